@@ -1,0 +1,587 @@
+"""Berth instance worker: restores a checkpoint and runs the serving cell on
+request, speaking a small framed protocol over a Unix socket.
+
+Invoked by the Node control plane as::
+
+    PY -c "import sys; sys.path.insert(0, '<dir>'); import berth_worker; berth_worker.main()"
+
+with the environment variable ``BERTH_WORKER_CONFIG`` holding JSON::
+
+    {"socket": "/path/to/unix.sock", "checkpoint": "/path/blob",
+     "code": "<serving cell source>", "requires": [{"name", "version"}],
+     "inputs": [{"name", "type"}], "outputs": [{"name", "type"}],
+     "maxResponseBytes": 16777216}
+
+Types: int, float, str, bool, list, dict, bytes, any. See PROTOCOL.md for the
+wire format; the constants below are the reference.
+
+Lifecycle: the socket is bound and served first (PINGs answer "loading"),
+then the checkpoint is restored in the main thread; the state becomes "ready",
+or "failed" with an error text, in which case the worker stays up answering
+PINGs until the controller kills it. Exit codes: 0 after SIGTERM/SIGINT,
+1 when the parent process is gone, 2 for a bad configuration or an unusable
+socket path. stdout/stderr are the instance log; Berth's lines start with
+``[berth]``.
+
+Semantics worth knowing: the interpreter state PERSISTS between calls, exactly
+like a notebook kernel that keeps running the serving cell: inputs are bound
+into ``__main__.__dict__``, the serving cell runs there, and whatever it
+defines or changes (counters, caches, a stale output variable the cell did not
+reassign) is seen by the next call. Calls therefore run one at a time under a
+global lock; PINGs never take it, so health checks answer while a call runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+import __main__
+
+import berth_state
+
+# ---------------------------------------------------------------------------
+# Protocol constants. Every frame, both directions:
+#   4-byte big-endian unsigned payload length | 1 type byte | payload
+
+HEADER = struct.Struct(">IB")
+
+REQ_EXECUTE = 0x01  # payload: UTF-8 JSON object; its "input" key is used
+REQ_PING = 0x02  # empty payload
+
+RESP_OK = 0x81  # {"output": {...}}
+RESP_USER_ERROR = 0x82  # {"error_name", "error_message", "traceback": [lines]}
+RESP_CALL_ERROR = 0x83  # {"code", "message", "details"}
+RESP_PONG = 0x84  # {"state", "error", "pid"}
+
+TYPES = frozenset({"int", "float", "str", "bool", "list", "dict", "bytes", "any"})
+
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Frames larger than this are refused (the gateway bounds request bodies far
+# below it; this only protects the worker from a corrupt length prefix).
+DEFAULT_MAX_REQUEST_BYTES = 256 * 1024 * 1024
+
+EXIT_CONFIG = 2
+EXIT_ORPHANED = 1
+
+# Compact UTF-8 output, as the brief specifies; the C encoder is used because
+# no indent/default is set. Error/pong payloads use plain json.dumps, whose
+# ASCII escaping keeps them valid even for odd exception texts.
+_OUTPUT_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_encode_output = _OUTPUT_ENCODER.encode
+_json_loads = json.loads
+_pack_header = HEADER.pack
+
+
+def log(message: str) -> None:
+    """A lifecycle line in the instance log."""
+    try:
+        sys.stderr.write(f"[berth] {message}\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - logging must never take the worker down
+        pass
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return _pack_header(len(payload), kind) + payload
+
+
+def _call_error(code: str, message: str, **details) -> bytes:
+    body = {"code": code, "message": message, "details": details}
+    return _frame(RESP_CALL_ERROR, json.dumps(body, separators=(",", ":")).encode("ascii"))
+
+
+def _safe_str(value) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ in user code
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _json_type(value) -> str:
+    """The JSON name of a decoded JSON value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------
+# Input/output typing
+
+
+class _Invalid(Exception):
+    """An input or output value does not match its declared type."""
+
+
+def _convert_input(type_: str, value):
+    """Check a decoded JSON input against its declared type and return the
+    Python value to bind (bytes arrive as base64 text)."""
+    if type_ == "any":
+        return value
+    if type_ == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif type_ == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except OverflowError:
+                raise _Invalid("is too large for a float") from None
+    elif type_ == "str":
+        if isinstance(value, str):
+            return value
+    elif type_ == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_ == "list":
+        if isinstance(value, list):
+            return value
+    elif type_ == "dict":
+        if isinstance(value, dict):
+            return value
+    elif type_ == "bytes":
+        if isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True)
+            except (ValueError, TypeError):  # binascii.Error is a ValueError
+                raise _Invalid("is not valid base64") from None
+        raise _Invalid(f"must be a base64 string, got {_json_type(value)}")
+    raise _Invalid(f"must be {type_}, got {_json_type(value)}")
+
+
+def _convert_output(type_: str, value):
+    """Check an output variable against its declared type and return the value
+    to JSON-encode. Raises _Invalid with the actual Python type."""
+    if type_ == "any":
+        return value
+    if type_ == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif type_ == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if isinstance(value, int) else value
+    elif type_ == "str":
+        if isinstance(value, str):
+            return value
+    elif type_ == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_ == "list":
+        if isinstance(value, (list, tuple)):
+            return value
+    elif type_ == "dict":
+        if isinstance(value, dict):
+            return value
+    elif type_ == "bytes":
+        if isinstance(value, (bytes, bytearray)):
+            return base64.b64encode(value).decode("ascii")
+    raise _Invalid(type_)
+
+
+def _conversion_hint(value) -> str:
+    if hasattr(value, "tolist"):  # numpy scalars/arrays, array.array ...
+        return " (hint: convert it with .tolist() or .item())"
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# The worker
+
+
+class Worker:
+    def __init__(self, config: dict):
+        self.socket_path: str = config["socket"]
+        self.checkpoint_path: str = config["checkpoint"]
+        self.source: str = config["code"]
+        self.requires: list = config.get("requires") or []
+        self.inputs: list = [(i["name"], i["type"]) for i in config.get("inputs") or []]
+        self.outputs: list = [(o["name"], o["type"]) for o in config.get("outputs") or []]
+        self.input_names = frozenset(name for name, _ in self.inputs)
+        self.max_response = int(config.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES)
+        self.max_request = int(config.get("maxRequestBytes") or DEFAULT_MAX_REQUEST_BYTES)
+
+        self.namespace: dict = __main__.__dict__
+        self.code = None  # the compiled serving cell, once ready
+        # One call at a time: the namespace is shared state (see module docstring).
+        self.exec_lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.state = "loading"
+        self.error: str | None = None
+        self._pong = b""
+        self._set_state("loading", None)
+
+    # -- state -------------------------------------------------------------
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        self.state, self.error = state, error
+        body = json.dumps({"state": state, "error": error, "pid": os.getpid()}, separators=(",", ":"))
+        self._pong = _frame(RESP_PONG, body.encode("ascii"))  # one atomic swap; PINGs just send it
+
+    # -- startup -----------------------------------------------------------
+
+    def listen(self) -> None:
+        """Bind and listen on the Unix socket (replacing a stale socket file)."""
+        path = self.socket_path
+        if len(os.fsencode(path)) >= 108:  # sun_path limit on Linux
+            raise OSError(f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, max 107): {path}")
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # socket file 0600: only Berth's user may connect
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(128)
+        self.listener = sock
+        threading.Thread(target=self._accept_loop, name="berth-accept", daemon=True).start()
+        log(f"listening on {path}")
+
+    def load(self) -> None:
+        """Restore the checkpoint into __main__.__dict__ and compile the
+        serving cell; ends in state "ready" or "failed"."""
+        started = time.monotonic()
+        try:
+            berth_state.require_dill()
+            problems = berth_state.check_requirements(self.requires)
+            for problem in problems:
+                if problem.level == "warning":
+                    log(f"warning: {problem.message}")
+            errors = [p.message for p in problems if p.level == "error"]
+            if errors:
+                return self._fail("; ".join(errors))
+
+            try:
+                with open(self.checkpoint_path, "rb") as f:
+                    blob = f.read()
+            except OSError as exc:
+                return self._fail(f"cannot read the checkpoint {self.checkpoint_path}: {exc.strerror or exc}")
+            log(f"restoring checkpoint {self.checkpoint_path} ({len(blob)} bytes)")
+
+            berth_state.reset_namespace(self.namespace)  # drop the -c bootstrap's names
+            try:
+                berth_state.restore(blob, self.namespace)
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises
+                self._log_exception(exc)
+                return self._fail(f"restoring the checkpoint failed: {type(exc).__name__}: {_safe_str(exc)}")
+            del blob
+
+            filename = "<serving cell>"
+            berth_state.register_source(filename, self.source)
+            try:
+                self.code = compile(self.source, filename, "exec")
+            except SyntaxError as exc:
+                return self._fail(f"the serving cell does not compile: {type(exc).__name__}: {exc}")
+        except berth_state.DillMissingError as exc:
+            return self._fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - never die while loading: report it
+            self._log_exception(exc)
+            return self._fail(f"{type(exc).__name__}: {_safe_str(exc)}")
+
+        count = sum(1 for k in self.namespace if berth_state.is_user_variable(k))
+        self._set_state("ready", None)
+        log(f"ready in {time.monotonic() - started:.3f} s ({count} variables restored)")
+
+    def _fail(self, error: str) -> None:
+        self._set_state("failed", error)
+        log(f"failed: {error}")
+
+    @staticmethod
+    def _log_exception(exc: BaseException) -> None:
+        try:
+            for line in berth_state.user_traceback(exc):
+                sys.stderr.write(f"[berth]   {line}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- connections -------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self.listener
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError as exc:
+                if listener.fileno() == -1:  # closed: shutting down
+                    return
+                log(f"accept failed: {exc}")  # e.g. EMFILE; back off briefly
+                time.sleep(0.1)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="berth-conn", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Answer frames on one connection until the client closes it. Any
+        socket error just ends this connection, never the worker."""
+        rfile = conn.makefile("rb", buffering=65536)
+        read = rfile.read
+        send = conn.sendall
+        unpack = HEADER.unpack
+        try:
+            while True:
+                header = read(5)
+                if len(header) < 5:
+                    return  # EOF (between frames, or a truncated header)
+                length, kind = unpack(header)
+                if length > self.max_request:
+                    send(_call_error("PROTOCOL_ERROR", f"frame of {length} bytes exceeds the {self.max_request}-byte limit",
+                                     limit=self.max_request))
+                    return
+                payload = read(length) if length else b""
+                if len(payload) < length:
+                    return  # client went away mid-frame
+                if kind == REQ_PING:
+                    send(self._pong)
+                elif kind == REQ_EXECUTE:
+                    send(self._execute(payload))
+                else:
+                    send(_call_error("PROTOCOL_ERROR", f"unknown frame type 0x{kind:02x}", type=kind))
+                    return
+        except OSError:
+            pass  # client disconnected (EPIPE, ECONNRESET ...)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker
+            log(f"connection handler error: {type(exc).__name__}: {exc}")
+        finally:
+            try:
+                rfile.close()
+                conn.close()
+            except OSError:
+                pass
+
+    # -- execution ---------------------------------------------------------
+
+    def _execute(self, payload: bytes) -> bytes:
+        """Run one call; returns the complete response frame."""
+        if self.state != "ready":
+            return _call_error("NOT_READY", f"the worker is {self.state}" + (f": {self.error}" if self.error else ""),
+                               state=self.state, error=self.error)
+        try:
+            values = self._decode_inputs(payload)
+        except _Invalid as exc:
+            message, details = exc.args
+            return _call_error("INPUT_INVALID", message, **details)
+
+        ns = self.namespace
+        with self.exec_lock:
+            try:
+                ns.update(values)
+                try:
+                    exec(self.code, ns)
+                except BaseException as exc:  # noqa: BLE001 - SystemExit from user code is an error too
+                    return self._user_error(exc)
+                return self._encode_outputs(ns)
+            except Exception as exc:  # noqa: BLE001 - a worker bug: report it, keep serving
+                log(f"internal error during a call: {type(exc).__name__}: {exc}")
+                return _call_error("WORKER_ERROR", f"{type(exc).__name__}: {_safe_str(exc)}")
+            finally:
+                # Let the cell's prints reach the instance log promptly.
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:  # noqa: BLE001 - user code may have closed/replaced it
+                        pass
+
+    def _decode_inputs(self, payload: bytes) -> dict:
+        """The declared inputs of an EXECUTE payload, converted for binding.
+        Raises _Invalid(message, details)."""
+        try:
+            request = _json_loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Invalid(f"the request is not valid UTF-8 JSON: {exc}", {}) from None
+        if not isinstance(request, dict):
+            raise _Invalid("the request must be a JSON object", {})
+        given = request.get("input", {})
+        if not isinstance(given, dict):
+            raise _Invalid(f'"input" must be an object, got {_json_type(given)}', {})
+        values = {}
+        for name, type_ in self.inputs:
+            if name not in given:
+                raise _Invalid(f'input "{name}" is missing', {"variable": name, "expected": type_})
+            try:
+                values[name] = _convert_input(type_, given[name])
+            except _Invalid as exc:
+                raise _Invalid(f'input "{name}" {exc.args[0]}',
+                               {"variable": name, "expected": type_, "actual": _json_type(given[name])}) from None
+        if len(given) != len(values):
+            unknown = sorted(k for k in given if k not in self.input_names)
+            raise _Invalid(f'unknown input "{unknown[0]}"', {"variable": unknown[0], "declared": sorted(self.input_names)})
+        return values
+
+    def _encode_outputs(self, ns: dict) -> bytes:
+        outputs = {}
+        for name, type_ in self.outputs:
+            try:
+                value = ns[name]
+            except KeyError:
+                return _call_error("OUTPUT_MISSING", f'output variable "{name}" is not defined after the serving cell ran',
+                                   variable=name)
+            try:
+                outputs[name] = _convert_output(type_, value)
+            except _Invalid:
+                actual = berth_state.type_name(value)
+                return _call_error(
+                    "OUTPUT_TYPE_MISMATCH",
+                    f'output variable "{name}" is declared {type_} but is {actual}{_conversion_hint(value)}',
+                    variable=name, expected=type_, actual=actual)
+        try:
+            body = _encode_output({"output": outputs}).encode("utf-8")
+        except Exception:  # noqa: BLE001 - TypeError, ValueError (NaN, cycles), UnicodeEncodeError, RecursionError
+            return self._not_serializable(ns, outputs)
+        if len(body) > self.max_response:
+            return _call_error("OUTPUT_TOO_LARGE",
+                               f"the response is {len(body)} bytes, above the {self.max_response}-byte limit",
+                               limit=self.max_response, size=len(body))
+        return _frame(RESP_OK, body)
+
+    def _not_serializable(self, ns: dict, outputs: dict) -> bytes:
+        """Find which output broke the JSON encoding and say why."""
+        for name, value in outputs.items():
+            try:
+                _encode_output(value).encode("utf-8")
+            except Exception as exc:  # noqa: BLE001
+                original = ns.get(name, value)
+                actual = berth_state.type_name(original)
+                reason = _safe_str(exc)
+                if isinstance(exc, ValueError) and "Out of range float" in reason:
+                    reason = "it contains NaN or infinity, which JSON cannot represent"
+                return _call_error(
+                    "OUTPUT_NOT_SERIALIZABLE",
+                    f'output variable "{name}" ({actual}) is not JSON-serialisable: {reason}{_conversion_hint(original)}',
+                    variable=name, type=actual)
+        return _call_error("OUTPUT_NOT_SERIALIZABLE", "the outputs are not JSON-serialisable together")
+
+    def _user_error(self, exc: BaseException) -> bytes:
+        try:
+            lines = berth_state.user_traceback(exc)
+        except Exception:  # noqa: BLE001
+            lines = []
+        body = {"error_name": type(exc).__name__, "error_message": _safe_str(exc), "traceback": lines}
+        log(f"call raised {body['error_name']}: {body['error_message']}")
+        return _frame(RESP_USER_ERROR, json.dumps(body, separators=(",", ":")).encode("ascii"))
+
+    # -- shutdown ----------------------------------------------------------
+
+    def close(self) -> None:
+        if self.listener is not None:
+            try:
+                self.listener.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Process plumbing
+
+
+def _die_with_parent() -> None:
+    """Never outlive Berth: ask the kernel for SIGKILL when the parent dies
+    (Linux PR_SET_PDEATHSIG), and watch the parent pid as a fallback (other
+    platforms, or a parent that died before prctl took effect)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
+        except Exception as exc:  # noqa: BLE001 - the watchdog still covers us
+            log(f"prctl(PR_SET_PDEATHSIG) unavailable: {exc}")
+
+    def watchdog():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                log("parent process is gone; exiting")
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watchdog, name="berth-parent-watchdog", daemon=True).start()
+
+
+def _read_config() -> dict:
+    raw = os.environ.get("BERTH_WORKER_CONFIG")
+    if not raw:
+        raise ValueError("BERTH_WORKER_CONFIG is not set")
+    config = json.loads(raw)
+    if not isinstance(config, dict):
+        raise ValueError("BERTH_WORKER_CONFIG is not a JSON object")
+    for key in ("socket", "checkpoint", "code"):
+        if not isinstance(config.get(key), str):
+            raise ValueError(f'"{key}" must be a string')
+    for key in ("inputs", "outputs"):
+        for item in config.get(key) or []:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item.get("type") not in TYPES:
+                raise ValueError(f'"{key}" entries must be {{"name": str, "type": one of {sorted(TYPES)}}}: {item!r}')
+    requires = config.get("requires") or []
+    if not isinstance(requires, list) or not all(isinstance(r, dict) for r in requires):
+        raise ValueError('"requires" must be a list of {"name", "version"} objects')
+    limit = config.get("maxResponseBytes", DEFAULT_MAX_RESPONSE_BYTES)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        raise ValueError('"maxResponseBytes" must be a positive integer')
+    return config
+
+
+def main() -> None:
+    try:
+        config = _read_config()
+    except ValueError as exc:
+        log(f"bad worker configuration: {exc}")
+        sys.exit(EXIT_CONFIG)
+
+    _die_with_parent()
+    log(f"worker pid {os.getpid()} starting: python {sys.version.split()[0]} ({sys.executable})")
+
+    worker = Worker(config)
+
+    def on_signal(signum, _frame):
+        log(f"{signal.Signals(signum).name} received; exiting")
+        worker.close()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(0)  # calls may be running in other threads: do not wait for them
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        worker.listen()  # first, so the controller can PING while we load
+    except OSError as exc:
+        log(f"cannot listen on {config['socket']}: {exc}")
+        sys.exit(EXIT_CONFIG)
+
+    worker.load()
+
+    # Everything else happens in the connection threads; the main thread only
+    # waits here so that it can run the signal handlers.
+    forever = threading.Event()
+    while True:
+        forever.wait(3600)

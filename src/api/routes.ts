@@ -1,0 +1,258 @@
+// The control plane REST API (/v1/…). Validates and stores resources, and tells the
+// controller; it never talks to instances itself.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Readable } from 'node:stream';
+import { Auth } from '../core/auth.js';
+import type { Config } from '../core/config.js';
+import { BerthError, invalidArgument } from '../core/errors.js';
+import { newId, nowIso } from '../core/ids.js';
+import { parseNodeSpec, typeName, validateFolder } from '../core/node-spec.js';
+import type { NodeRecord, TokenRecord } from '../core/types.js';
+import type { Store } from '../store/store.js';
+import type { Controller } from '../controller/controller.js';
+import type { CheckpointService } from '../checkpoints/service.js';
+import { notebookCells, splitScript } from '../checkpoints/cells.js';
+
+export interface ApiDeps {
+  config: Config;
+  store: Store;
+  auth: Auth;
+  controller: Controller;
+  checkpoints: CheckpointService;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest { token: TokenRecord }
+}
+
+type Body = Record<string, unknown>;
+
+function body(req: FastifyRequest): Body {
+  const b = req.body;
+  if (b === undefined || b === null) return {};
+  if (typeof b !== 'object' || Array.isArray(b)) throw invalidArgument('body', `must be a JSON object, got ${typeName(b)}`);
+  return b as Body;
+}
+
+function optString(b: Body, key: string): string | undefined {
+  const v = b[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw invalidArgument(key, `must be a string, got ${typeName(v)}`);
+  return v;
+}
+
+function requireFolder(token: TokenRecord, folderId: string): void {
+  if (!Auth.holdsFolder(token, folderId)) {
+    throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folderId}`, { folderId });
+  }
+}
+
+function requireAdmin(token: TokenRecord): void {
+  if (!token.admin) throw new BerthError('PERMISSION_DENIED', 'only an admin token may manage tokens');
+}
+
+export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
+  const { config, store, auth, controller, checkpoints } = deps;
+
+  app.decorateRequest('token', null as unknown as TokenRecord);
+  app.addHook('onRequest', async (req) => {
+    if (req.url.startsWith('/v1/') && req.url !== '/v1/health') req.token = auth.authenticate(req.headers.authorization);
+  });
+
+  const defaultFolderOf = (token: TokenRecord): string =>
+    token.admin || token.folders.includes('*') || token.folders.length === 0 ? config.defaultFolder : token.folders[0]!;
+
+  app.get('/v1/health', { schema: { tags: ['meta'], summary: 'Liveness' } }, async () => ({ status: 'ok' }));
+
+  app.get('/v1/whoami', { schema: { tags: ['meta'], summary: 'The calling token' } }, async (req) => {
+    const { hash: _hash, ...t } = req.token;
+    return { ...t, defaultFolder: defaultFolderOf(req.token) };
+  });
+
+  // ---- tokens ----
+  app.post('/v1/tokens', { schema: { tags: ['tokens'], summary: 'Create a token for some folders (admin)' } }, async (req, reply) => {
+    requireAdmin(req.token);
+    const b = body(req);
+    const name = optString(b, 'name') ?? 'token';
+    if (!Array.isArray(b.folders) || b.folders.length === 0) throw invalidArgument('folders', 'must be a non-empty array of folder ids');
+    const folders = b.folders.map((f, i) => {
+      if (typeof f !== 'string') throw invalidArgument(`folders[${i}]`, `must be a string, got ${typeName(f)}`);
+      return f === '*' ? f : validateFolder(f, `folders[${i}]`);
+    });
+    const { record, token } = await auth.create(name, folders, false);
+    reply.code(201);
+    return { id: record.id, name: record.name, folders: record.folders, admin: record.admin, createdAt: record.createdAt, token };
+  });
+
+  app.get('/v1/tokens', { schema: { tags: ['tokens'], summary: 'List tokens (admin)' } }, async (req) => {
+    requireAdmin(req.token);
+    return { tokens: (await store.listTokens()).map(({ hash: _h, ...t }) => t) };
+  });
+
+  app.delete<{ Params: { id: string } }>('/v1/tokens/:id', { schema: { tags: ['tokens'], summary: 'Revoke a token (admin)' } }, async (req) => {
+    requireAdmin(req.token);
+    if (!(await auth.remove(req.params.id))) throw new BerthError('TOKEN_NOT_FOUND', `token ${req.params.id} not found`, { tokenId: req.params.id });
+    return { id: req.params.id, deleted: true };
+  });
+
+  // ---- checkpoints ----
+  app.post('/v1/checkpoints', { schema: { tags: ['checkpoints'], summary: 'Run cells in a fresh interpreter and save the namespace' } }, async (req, reply) => {
+    const b = body(req);
+    const folderId = validateFolder(optString(b, 'folderId') ?? defaultFolderOf(req.token), 'folderId');
+    requireFolder(req.token, folderId);
+    let cells: string[];
+    let source: 'script' | 'notebook' = 'script';
+    if (b.cells !== undefined) {
+      if (!Array.isArray(b.cells) || b.cells.some((c) => typeof c !== 'string')) throw invalidArgument('cells', 'must be an array of strings');
+      cells = b.cells as string[];
+    } else if (b.script !== undefined) {
+      if (typeof b.script !== 'string') throw invalidArgument('script', `must be a string, got ${typeName(b.script)}`);
+      cells = splitScript(b.script);
+    } else if (b.notebook !== undefined) {
+      cells = notebookCells(b.notebook);
+      source = 'notebook';
+    } else {
+      throw invalidArgument('script', 'send one of "script" (cells split by "# %%"), "notebook" (.ipynb JSON) or "cells"');
+    }
+    for (const k of Object.keys(b)) {
+      if (!['cells', 'script', 'notebook', 'servingCell', 'name', 'python', 'folderId', 'projectId'].includes(k)) throw invalidArgument(k, 'is not a known field');
+    }
+    let servingCell = cells.length - 1;
+    if (b.servingCell !== undefined) {
+      if (typeof b.servingCell !== 'number' || !Number.isInteger(b.servingCell)) throw invalidArgument('servingCell', `must be an integer, got ${typeName(b.servingCell)}`);
+      servingCell = b.servingCell < 0 ? cells.length + b.servingCell : b.servingCell;
+    }
+    const { checkpoint, log } = await checkpoints.runAndSave({
+      cells, servingCell, source,
+      name: optString(b, 'name') ?? null,
+      python: optString(b, 'python') ?? config.python,
+      folderId, projectId: validateFolder(optString(b, 'projectId') ?? config.defaultProject, 'projectId'),
+      createdBy: req.token.name,
+    });
+    reply.code(201);
+    return { ...checkpoint, log };
+  });
+
+  app.addContentTypeParser('application/vnd.berth.checkpoint', (_req, payload, done) => done(null, payload));
+  app.post('/v1/checkpoints::upload', { schema: { tags: ['checkpoints'], summary: 'Save a live kernel snapshot (metadata line + dill blob)' } }, async (req, reply) => {
+    if (!String(req.headers['content-type']).startsWith('application/vnd.berth.checkpoint')) {
+      throw new BerthError('UNSUPPORTED_MEDIA_TYPE', 'upload with Content-Type: application/vnd.berth.checkpoint');
+    }
+    const q = req.query as Record<string, string | undefined>;
+    const folderId = validateFolder(q.folderId ?? defaultFolderOf(req.token), 'folderId');
+    requireFolder(req.token, folderId);
+    const checkpoint = await checkpoints.upload(req.body as Readable, { createdBy: req.token.name, folderId, projectId: config.defaultProject });
+    reply.code(201);
+    return checkpoint;
+  });
+
+  app.get('/v1/checkpoints', { schema: { tags: ['checkpoints'], summary: 'List checkpoints' } }, async (req) => {
+    const all = await store.listCheckpoints();
+    return { checkpoints: all.filter((c) => Auth.holdsFolder(req.token, c.folderId)) };
+  });
+
+  app.get<{ Params: { ref: string } }>('/v1/checkpoints/:ref', { schema: { tags: ['checkpoints'], summary: 'Get a checkpoint by id or name' } }, async (req) => {
+    const c = await checkpoints.resolve(req.params.ref);
+    requireFolder(req.token, c.folderId);
+    return c;
+  });
+
+  app.patch<{ Params: { ref: string } }>('/v1/checkpoints/:ref', { schema: { tags: ['checkpoints'], summary: 'Pin (name), rename or unpin (name: null)' } }, async (req) => {
+    const b = body(req);
+    if (!('name' in b)) throw invalidArgument('name', 'is required (a string to pin or rename, null to unpin)');
+    if (b.name !== null && typeof b.name !== 'string') throw invalidArgument('name', `must be a string or null, got ${typeName(b.name)}`);
+    const c = await checkpoints.resolve(req.params.ref);
+    requireFolder(req.token, c.folderId);
+    if (b.name === null && (await store.listNodes()).some((n) => n.spec.checkpointId === c.id)) {
+      throw new BerthError('CHECKPOINT_IN_USE', 'a checkpoint that backs a node cannot be unpinned', { checkpointId: c.id });
+    }
+    return checkpoints.rename(c.id, b.name as string | null);
+  });
+
+  app.delete<{ Params: { ref: string } }>('/v1/checkpoints/:ref', { schema: { tags: ['checkpoints'], summary: 'Delete a checkpoint no node uses' } }, async (req) => {
+    const c = await checkpoints.resolve(req.params.ref);
+    requireFolder(req.token, c.folderId);
+    await checkpoints.delete(c.id);
+    return { id: c.id, deleted: true };
+  });
+
+  // ---- nodes ----
+  const nodeView = (n: NodeRecord): Record<string, unknown> => {
+    const live = controller.nodeView(n.id);
+    return {
+      id: n.id, ...n.spec, status: live?.status ?? n.status,
+      createdAt: n.createdAt, updatedAt: n.updatedAt, createdBy: n.createdBy,
+      transitions: n.transitions, instances: live?.instances ?? [], queued: live?.queued ?? 0,
+      relatedAliases: [], warnings: live?.warnings ?? [],
+    };
+  };
+
+  const findNode = async (ref: string, token: TokenRecord): Promise<NodeRecord> => {
+    let n = await store.getNode(ref);
+    if (!n) {
+      const named = (await store.listNodes()).filter((x) => x.spec.name === ref && Auth.holdsFolder(token, x.spec.folderId));
+      if (named.length === 1) n = named[0];
+    }
+    if (!n) throw new BerthError('NODE_NOT_FOUND', `node ${ref} not found`, { nodeId: ref });
+    requireFolder(token, n.spec.folderId);
+    return n;
+  };
+
+  app.post('/v1/nodes', { schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
+    const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token), defaultProject: config.defaultProject, defaultPython: config.python });
+    requireFolder(req.token, spec.folderId);
+    let checkpoint;
+    try {
+      checkpoint = await checkpoints.resolve(spec.checkpointId, spec.projectId);
+    } catch (err) {
+      if (err instanceof BerthError) throw new BerthError(err.code, err.message, { ...err.details, field: 'checkpointId' });
+      throw err;
+    }
+    if (!checkpoint.pinned) {
+      throw new BerthError('CHECKPOINT_NOT_PINNED', `checkpoint ${checkpoint.id} is not pinned: pin it with a name first (berth checkpoint pin ${checkpoint.id} NAME)`,
+        { field: 'checkpointId', checkpointId: checkpoint.id });
+    }
+    spec.checkpointId = checkpoint.id;
+    if ((await store.listNodes()).some((n) => n.spec.folderId === spec.folderId && n.spec.name === spec.name)) {
+      throw new BerthError('NAME_TAKEN', `a node named "${spec.name}" already exists in folder ${spec.folderId}`, { field: 'name', name: spec.name });
+    }
+    const now = nowIso();
+    const record: NodeRecord = {
+      id: newId(), spec, status: 'Created', transitions: [{ status: 'Created', at: now }],
+      createdAt: now, updatedAt: now, createdBy: req.token.name,
+    };
+    await store.insertNode(record);
+    controller.addNode(record);
+    reply.code(201);
+    return nodeView(record);
+  });
+
+  app.get('/v1/nodes', { schema: { tags: ['nodes'], summary: 'List nodes' } }, async (req) => {
+    const nodes = (await store.listNodes()).filter((n) => Auth.holdsFolder(req.token, n.spec.folderId));
+    return { nodes: nodes.map(nodeView) };
+  });
+
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: { tags: ['nodes'], summary: 'Get a node with its instances' } }, async (req) => {
+    return nodeView(await findNode(req.params.ref, req.token));
+  });
+
+  app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: { tags: ['nodes'], summary: 'Delete a node and stop its instances' } }, async (req) => {
+    const n = await findNode(req.params.ref, req.token);
+    await controller.deleteNode(n.id);
+    await store.deleteNode(n.id);
+    return { id: n.id, deleted: true };
+  });
+
+  app.get<{ Params: { ref: string }; Querystring: { instance?: string; lines?: string } }>('/v1/nodes/:ref/logs',
+    { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed)" } }, async (req) => {
+      const n = await findNode(req.params.ref, req.token);
+      const lines = req.query.lines === undefined ? 200 : Number(req.query.lines);
+      if (!Number.isInteger(lines) || lines < 1 || lines > 100_000) throw invalidArgument('lines', 'must be an integer between 1 and 100000');
+      const ids = req.query.instance ? [req.query.instance] : controller.instanceIds(n.id);
+      if (req.query.instance && !controller.instanceIds(n.id).includes(req.query.instance)) {
+        throw new BerthError('INSTANCE_NOT_FOUND', `instance ${req.query.instance} not found on node ${n.id}`, { instanceId: req.query.instance });
+      }
+      const logs = await Promise.all(ids.map(async (id) => ({ instanceId: id, text: await controller.logs(n.id, id, lines) })));
+      return { nodeId: n.id, logs };
+    });
+}

@@ -1,0 +1,53 @@
+// How the CLI reaches a Berth server: URL and token found without the user copying them.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { defaultHome } from '../core/config.js';
+import { ADMIN_TOKEN_FILE } from '../core/auth.js';
+
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly details: Record<string, unknown>, readonly body: unknown) {
+    super(message);
+  }
+}
+
+export function serverUrl(explicit?: string): string {
+  if (explicit) return explicit.replace(/\/$/, '');
+  if (process.env.BERTH_URL) return process.env.BERTH_URL.replace(/\/$/, '');
+  const file = join(defaultHome(), 'server.json');
+  if (existsSync(file)) {
+    try { return (JSON.parse(readFileSync(file, 'utf8')) as { url: string }).url; } catch { /* fall through */ }
+  }
+  return 'http://127.0.0.1:7700';
+}
+
+export function findToken(): string {
+  if (process.env.BERTH_TOKEN) return process.env.BERTH_TOKEN;
+  const file = join(defaultHome(), ADMIN_TOKEN_FILE);
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  throw new Error(`no token: set BERTH_TOKEN, or run "berth up" once so it creates ${file}`);
+}
+
+export class Client {
+  constructor(readonly url: string, private readonly token: string) {}
+
+  async request<T = any>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(this.url + path, {
+        method,
+        headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new Error(`cannot reach Berth at ${this.url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
+    }
+    const text = await res.text();
+    let parsed: any = text;
+    try { parsed = text ? JSON.parse(text) : {}; } catch { /* not JSON */ }
+    if (!res.ok) {
+      const p = typeof parsed === 'object' && parsed ? parsed : {};
+      throw new ApiError(res.status, p.code ?? `HTTP_${res.status}`, p.message ?? String(text).slice(0, 500), p.details ?? {}, parsed);
+    }
+    return parsed as T;
+  }
+}

@@ -1,0 +1,276 @@
+// The `berth` command line. Every command prints a table (or a short line) and takes --json.
+import { Command, Option } from 'commander';
+import { readFileSync, existsSync } from 'node:fs';
+import { extname, resolve } from 'node:path';
+import YAML from 'yaml';
+import { loadConfig, defaultHome } from '../core/config.js';
+import { ApiError, Client, findToken, serverUrl } from './client.js';
+import { ago, bytes, table } from './format.js';
+
+const program = new Command();
+program.name('berth').description('Self-hosted model serving: cell nodes from Python checkpoints, balanced and health-checked.')
+  .option('--url <url>', 'Berth server URL (default: $BERTH_URL, the running server in $BERTH_HOME, or http://127.0.0.1:7700)')
+  .showHelpAfterError();
+
+const client = (): Client => new Client(serverUrl(program.opts().url), findToken());
+const out = (json: boolean, data: unknown, human: () => string): void => {
+  console.log(json ? JSON.stringify(data, null, 2) : human());
+};
+
+// ---- up ----
+program.command('up').description('Run the control API, controller and gateway in this process')
+  .option('--host <host>', 'address to listen on', process.env.BERTH_HOST ?? '127.0.0.1')
+  .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
+  .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
+  .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
+  .action(async (o) => {
+    const { startBerth, checkPython } = await import('../server.js');
+    const config = loadConfig({ host: o.host, port: Number(o.port), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}) });
+    const problem = checkPython(config.python);
+    if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
+    const berth = await startBerth(config);
+    console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime process, python ${config.python})`);
+    console.log(`admin token: ${config.home}/admin-token`);
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      console.log(`${signal}: letting running calls finish, then stopping instances…`);
+      berth.close().then(() => { console.log('stopped'); process.exit(0); }, (err) => { console.error(err); process.exit(1); });
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+// ---- checkpoints ----
+const ckpt = program.command('checkpoint').alias('checkpoints').description('Saved interpreter states (only pinned ones can back nodes)');
+
+ckpt.command('create <file>').description('Run a script (cells split by "# %%") or a .ipynb notebook in a fresh interpreter and save its state')
+  .option('--name <name>', 'pin it with this name')
+  .option('--cell <n>', 'the serving cell, 0-based (default: the last); negative counts from the end')
+  .option('--python <path>', 'interpreter to run it with (default: the server\'s)')
+  .option('--folder <id>', 'folder (default: your token\'s)')
+  .option('--json', 'print JSON')
+  .action(async (file, o) => {
+    const text = readFileSync(file, 'utf8');
+    const body: Record<string, unknown> = extname(file) === '.ipynb' ? { notebook: text } : { script: text };
+    if (o.name) body.name = o.name;
+    if (o.cell !== undefined) body.servingCell = Number(o.cell);
+    if (o.python) body.python = o.python;
+    if (o.folder) body.folderId = o.folder;
+    if (!o.json) process.stderr.write(`running ${file} in a fresh interpreter…\n`);
+    const c = await client().request('POST', '/v1/checkpoints', body);
+    if (!o.json && c.log) process.stderr.write(c.log.replace(/^/gm, '  | '));
+    out(o.json, c, () => `checkpoint ${c.id}${c.name ? ` pinned as "${c.name}"` : ' (not pinned)'}: ${c.variables.length} variables, ${bytes(c.size)}, Python ${c.python}` +
+      (c.skipped.length ? `\nnot saved (cannot be pickled): ${c.skipped.map((s: any) => `${s.name} (${s.type})`).join(', ')}` : ''));
+  });
+
+ckpt.command('list').description('List checkpoints').option('--json', 'print JSON').action(async (o) => {
+  const { checkpoints } = await client().request('GET', '/v1/checkpoints');
+  out(o.json, checkpoints, () => table(['ID', 'NAME', 'SOURCE', 'PYTHON', 'VARIABLES', 'SIZE', 'CREATED'],
+    checkpoints.map((c: any) => [c.id, c.name ?? '(not pinned)', c.source, c.python, c.variables.length, bytes(c.size), ago(c.createdAt)])));
+});
+
+ckpt.command('get <ref>').description('Show a checkpoint (id or name)').option('--json', 'print JSON').action(async (ref, o) => {
+  const c = await client().request('GET', `/v1/checkpoints/${encodeURIComponent(ref)}`);
+  out(o.json, c, () => [
+    table(['FIELD', 'VALUE'], [['id', c.id], ['name', c.name ?? '(not pinned)'], ['source', c.source], ['python', `${c.python} (${c.executable})`],
+      ['size', bytes(c.size)], ['sha256', c.sha256], ['variables', c.variables.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
+      ['requires', c.requires.map((p: any) => `${p.name}==${p.version}`).join(', ') || '(standard library only)'], ['created', c.createdAt]]),
+    'serving cell:', c.code.replace(/^/gm, '  '),
+  ].join('\n'));
+});
+
+for (const [cmd, desc] of [['pin', 'Pin a checkpoint under a name'], ['rename', 'Rename a pinned checkpoint']] as const) {
+  ckpt.command(`${cmd} <ref> <name>`).description(desc).option('--json', 'print JSON').action(async (ref, name, o) => {
+    const c = await client().request('PATCH', `/v1/checkpoints/${encodeURIComponent(ref)}`, { name });
+    out(o.json, c, () => `checkpoint ${c.id} pinned as "${c.name}"`);
+  });
+}
+
+ckpt.command('unpin <ref>').description('Remove a checkpoint\'s name').option('--json', 'print JSON').action(async (ref, o) => {
+  const c = await client().request('PATCH', `/v1/checkpoints/${encodeURIComponent(ref)}`, { name: null });
+  out(o.json, c, () => `checkpoint ${c.id} unpinned`);
+});
+
+ckpt.command('delete <ref>').description('Delete a checkpoint no node uses').option('--json', 'print JSON').action(async (ref, o) => {
+  const r = await client().request('DELETE', `/v1/checkpoints/${encodeURIComponent(ref)}`);
+  out(o.json, r, () => `checkpoint ${r.id} deleted`);
+});
+
+// ---- nodes ----
+const node = program.command('node').alias('nodes').description('Groups of instances serving one thing, balanced as one');
+
+const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string }> | undefined =>
+  list?.map((s) => {
+    const [name, type] = s.split(':');
+    if (!name || !type) throw new Error(`${flag} takes name:type, e.g. ${flag} input_data:dict (got "${s}")`);
+    return { name, type };
+  });
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+node.command('create').description('Create a cell node from a pinned checkpoint')
+  .requiredOption('--name <name>', 'node name')
+  .requiredOption('--checkpoint <ref>', 'pinned checkpoint (id or name)')
+  .option('--input <name:type>', 'input variable (repeat); types: int float str bool list dict bytes any', collect)
+  .option('--output <name:type>', 'output variable (repeat)', collect)
+  .option('--description <text>')
+  .option('--folder <id>', 'folder the node lives in')
+  .option('--acl <folder>', 'folder allowed to call it (repeat; default: its own folder)', collect)
+  .option('--min <n>', 'minInstances', '1')
+  .option('--max <n>', 'maxInstances (default: min)')
+  .option('--sessions <n>', 'sessionsPerInstance', '1')
+  .option('--resources <preset>', 'c1.4, c1.8, c1.32, g1.1 or g2.1')
+  .option('--timeout <seconds>', 'per-call timeout')
+  .option('--python <path>', 'interpreter for the instances')
+  .option('--no-wait', 'return at once instead of waiting for Healthy')
+  .option('-q, --quiet', 'print only the node id')
+  .option('--json', 'print JSON')
+  .action(async (o) => {
+    const spec: Record<string, unknown> = {
+      kind: 'cell', name: o.name, checkpointId: o.checkpoint,
+      inputs: parseVars(o.input, '--input') ?? [], outputs: parseVars(o.output, '--output') ?? [],
+      scaling: { minInstances: Number(o.min), maxInstances: Number(o.max ?? o.min), sessionsPerInstance: Number(o.sessions) },
+    };
+    if (o.description) spec.description = o.description;
+    if (o.folder) spec.folderId = o.folder;
+    if (o.acl) spec.permissions = { folders: o.acl };
+    if (o.resources) spec.resources = o.resources;
+    if (o.timeout) spec.timeout = Number(o.timeout);
+    if (o.python) spec.environment = { python: o.python };
+    await createNode(spec, o);
+  });
+
+async function createNode(spec: Record<string, unknown>, o: { wait?: boolean; quiet?: boolean; json?: boolean }): Promise<any> {
+  const c = client();
+  let n = await c.request('POST', '/v1/nodes', spec);
+  if (o.wait !== false) n = await waitHealthy(c, n.id, !o.quiet && !o.json);
+  if (o.quiet) console.log(n.id);
+  else out(!!o.json, n, () => nodeTable(n));
+  return n;
+}
+
+/** Shows progress while instances start; gives up with the instances' last errors. */
+async function waitHealthy(c: Client, id: string, progress: boolean, timeoutS = Number(process.env.BERTH_WAIT_SECONDS ?? 300)): Promise<any> {
+  const started = Date.now();
+  let last = '';
+  for (;;) {
+    const n = await c.request('GET', `/v1/nodes/${id}`);
+    const line = `node ${n.name}: ${n.status} — ` + (n.instances.map((i: any) => i.status).join(', ') || 'no instances yet');
+    if (progress && line !== last) { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}\n`); last = line; }
+    if (n.status === 'Healthy') return n;
+    if (Date.now() - started > timeoutS * 1000) {
+      const errors = n.instances.map((i: any) => i.lastError).filter(Boolean);
+      throw new Error(`node ${id} is not Healthy after ${timeoutS}s (${n.status})${errors.length ? `: ${errors[0]}` : ''}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+function nodeTable(n: any): string {
+  const head = table(['FIELD', 'VALUE'], [
+    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId],
+    ['checkpoint', n.checkpointId], ['inputs', n.inputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
+    ['outputs', n.outputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
+    ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each`],
+    ['acl', n.permissions.folders.join(', ')], ['timeout', `${n.timeout}s`],
+  ]);
+  const inst = table(['INSTANCE', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
+    n.instances.map((i: any) => [i.id, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
+  return `${head}\n${inst}${n.warnings?.length ? `\nnote: ${n.warnings.join('; ')}` : ''}`;
+}
+
+node.command('list').description('List nodes').option('--json', 'print JSON').action(async (o) => {
+  const { nodes } = await client().request('GET', '/v1/nodes');
+  out(o.json, nodes, () => table(['ID', 'NAME', 'KIND', 'STATUS', 'INSTANCES', 'FOLDER', 'CREATED'],
+    nodes.map((n: any) => [n.id, n.name, n.kind, n.status,
+      `${n.instances.filter((i: any) => i.status === 'Healthy').length}/${n.instances.length} healthy`, n.folderId, ago(n.createdAt)])));
+});
+
+node.command('get <node>').description('Show a node and its instances (id or name)').option('--json', 'print JSON').action(async (ref, o) => {
+  const n = await client().request('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
+  out(o.json, n, () => nodeTable(n));
+});
+
+node.command('delete <node>').description('Delete a node and stop its instances').option('--json', 'print JSON').action(async (ref, o) => {
+  const r = await client().request('DELETE', `/v1/nodes/${encodeURIComponent(ref)}`);
+  out(o.json, r, () => `node ${r.id} deleted`);
+});
+
+node.command('logs <node>').description('What the instances printed')
+  .option('--instance <id>', 'one instance only').option('--lines <n>', 'last N lines per instance', '100').option('--json', 'print JSON')
+  .action(async (ref, o) => {
+    const q = new URLSearchParams({ lines: o.lines, ...(o.instance ? { instance: o.instance } : {}) });
+    const r = await client().request('GET', `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
+    out(o.json, r, () => r.logs.map((l: any) => `==> instance ${l.instanceId} <==\n${l.text}`).join('\n'));
+  });
+
+node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')
+  .requiredOption('--input <json>', 'the input variables as a JSON object')
+  .option('--folder <id>', 'the folder you call from (default: your token\'s)')
+  .action(async (ref, o) => {
+    const c = client();
+    let input: unknown;
+    try { input = JSON.parse(o.input); } catch { throw new Error('--input must be a JSON object, e.g. --input \'{"x": 1}\''); }
+    const n = await c.request('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
+    const folder = o.folder ?? (await c.request('GET', '/v1/whoami')).defaultFolder;
+    const r = await c.request('POST', `/datasphere/v1/nodes/${n.id}:execute`, { folder_id: folder, input });
+    console.log(JSON.stringify(r, null, 2));
+  });
+
+// ---- apply ----
+program.command('apply').description('Create the nodes described in a YAML file (idempotent: unchanged nodes are left alone)')
+  .requiredOption('-f, --file <file>', 'YAML file, one or more documents')
+  .option('--no-wait', 'do not wait for Healthy').option('--json', 'print JSON')
+  .action(async (o) => {
+    if (!existsSync(o.file)) throw new Error(`no such file: ${o.file}`);
+    const docs = YAML.parseAllDocuments(readFileSync(resolve(o.file), 'utf8')).map((d) => {
+      if (d.errors.length) throw new Error(`${o.file}: ${d.errors[0]!.message}`);
+      return d.toJS() as Record<string, unknown>;
+    }).filter(Boolean);
+    const c = client();
+    const results = [];
+    for (const spec of docs) {
+      const existing = (await c.request('GET', '/v1/nodes')).nodes.find((n: any) => n.name === spec.name && (!spec.folderId || n.folderId === spec.folderId));
+      if (existing) {
+        if (!o.json) console.log(`node ${existing.name} (${existing.id}) exists: unchanged (in-place updates are not supported: delete and apply to replace)`);
+        results.push({ id: existing.id, name: existing.name, action: 'unchanged' });
+        continue;
+      }
+      const n = await createNode(spec, { wait: o.wait, quiet: true, json: false });
+      results.push({ id: n.id, name: n.name ?? spec.name, action: 'created' });
+      if (!o.json) console.log(`node ${spec.name} created`);
+    }
+    if (o.json) console.log(JSON.stringify(results, null, 2));
+  });
+
+// ---- tokens ----
+const tok = program.command('token').alias('tokens').description('Bearer tokens for callers (admin)');
+tok.command('create').description('Create a token for one or more folders')
+  .requiredOption('--folder <id>', 'folder the token may act for (repeat)', collect).option('--name <name>', 'label', 'token').option('--json', 'print JSON')
+  .action(async (o) => {
+    const r = await client().request('POST', '/v1/tokens', { name: o.name, folders: o.folder });
+    out(o.json, r, () => `${r.token}\n(shown once; folders: ${r.folders.join(', ')})`);
+  });
+tok.command('list').description('List tokens').option('--json', 'print JSON').action(async (o) => {
+  const { tokens } = await client().request('GET', '/v1/tokens');
+  out(o.json, tokens, () => table(['ID', 'NAME', 'FOLDERS', 'ADMIN', 'CREATED'], tokens.map((t: any) => [t.id, t.name, t.folders.join(', '), t.admin ? 'yes' : '', ago(t.createdAt)])));
+});
+tok.command('delete <id>').description('Revoke a token').option('--json', 'print JSON').action(async (id, o) => {
+  const r = await client().request('DELETE', `/v1/tokens/${id}`);
+  out(o.json, r, () => `token ${id} revoked`);
+});
+tok.command('admin').description(`Print the admin token (from ${defaultHome()}/admin-token)`).action(() => console.log(findToken()));
+
+program.addOption(new Option('--debug').hideHelp());
+program.parseAsync().catch((err: unknown) => {
+  if (err instanceof ApiError) {
+    console.error(`error: ${err.code}: ${err.message}`);
+    const d = { ...err.details };
+    if (Array.isArray(d.traceback)) { console.error((d.traceback as string[]).join('')); delete d.traceback; }
+    if (Object.keys(d).length) console.error(JSON.stringify(d, null, 2));
+  } else {
+    console.error(`error: ${(err as Error).message}`);
+  }
+  process.exit(1);
+});

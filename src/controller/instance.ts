@@ -1,0 +1,70 @@
+// One instance's bookkeeping: status with timestamped transitions, health counters,
+// its runtime handle and the connections the gateway balances over.
+import type { InstanceStatus, InstanceView, Transition } from '../core/types.js';
+import type { RuntimeInstance } from '../runtimes/runtime.js';
+import type { Slot } from '../gateway/dispatcher.js';
+import type { WorkerConnection } from '../worker/protocol.js';
+import { describeEndpoint } from '../worker/protocol.js';
+import { nowIso } from '../core/ids.js';
+
+const MAX_TRANSITIONS = 30;
+
+export class InstanceState {
+  status: InstanceStatus = 'Undefined';
+  transitions: Array<Transition<InstanceStatus>> = [];
+  handle: RuntimeInstance | null = null;
+  health: WorkerConnection | null = null;
+  slot: Slot;
+  passes = 0;
+  fails = 0;
+  restarts = 0;
+  /** Failures in a row before ever becoming Healthy: drives the restart backoff. */
+  failuresInARow = 0;
+  lastError: string | null = null;
+  /** Set when Berth itself is stopping it (delete, scale-down, shutdown): no restart. */
+  stopping = false;
+  healthySince = 0;
+  /** Whether the current run reached Healthy (a crash after that restarts at once). */
+  healthyThisRun = false;
+  unhealthySince = 0;
+  readonly createdAt = nowIso();
+  updatedAt = this.createdAt;
+  /** Bumped on each restart, so callbacks of an earlier run are ignored. */
+  generation = 0;
+  healthTimer: NodeJS.Timeout | null = null;
+
+  constructor(readonly id: string, readonly nodeId: string) {
+    this.slot = { id, free: [], busy: 0, lastUsedAt: Date.now() };
+    this.setStatus('Undefined');
+  }
+
+  setStatus(status: InstanceStatus, reason?: string): void {
+    if (this.status === status && this.transitions.length > 0) return;
+    this.status = status;
+    this.updatedAt = nowIso();
+    this.transitions.push({ status, at: this.updatedAt, ...(reason ? { reason } : {}) });
+    if (this.transitions.length > MAX_TRANSITIONS) this.transitions.shift();
+    if (status === 'Healthy') { this.healthySince = Date.now(); this.healthyThisRun = true; }
+    if (status === 'Unhealthy') this.unhealthySince = Date.now();
+  }
+
+  /** Closes every connection to the worker (its sessions and its health check). */
+  closeConnections(): void {
+    for (const c of this.slot.free) c.close();
+    this.slot.free.length = 0;
+    this.health?.close();
+    this.health = null;
+    if (this.healthTimer) clearTimeout(this.healthTimer);
+    this.healthTimer = null;
+  }
+
+  view(): InstanceView {
+    return {
+      id: this.id, nodeId: this.nodeId, status: this.status,
+      endpoint: this.handle ? describeEndpoint(this.handle.endpoint) : null,
+      pid: this.handle?.pid ?? null,
+      restarts: this.restarts, lastError: this.lastError, inFlight: this.slot.busy,
+      createdAt: this.createdAt, updatedAt: this.updatedAt, transitions: [...this.transitions],
+    };
+  }
+}

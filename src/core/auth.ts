@@ -1,0 +1,66 @@
+// Tokens: stored only as sha256 hashes, kept in memory for the hot path.
+import { existsSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { join } from 'node:path';
+import { BerthError } from './errors.js';
+import { hashToken, newId, newToken, nowIso } from './ids.js';
+import type { TokenRecord } from './types.js';
+import type { Store } from '../store/store.js';
+
+export const ADMIN_TOKEN_FILE = 'admin-token';
+
+export class Auth {
+  private byHash = new Map<string, TokenRecord>();
+
+  constructor(private readonly store: Store) {}
+
+  async load(): Promise<void> {
+    const map = new Map<string, TokenRecord>();
+    for (const t of await this.store.listTokens()) map.set(t.hash, t);
+    this.byHash = map;
+  }
+
+  /** On first start: create the admin token and store it readable only by its owner. */
+  async ensureAdminToken(home: string): Promise<void> {
+    const file = join(home, ADMIN_TOKEN_FILE);
+    if (existsSync(file)) {
+      const token = readFileSync(file, 'utf8').trim();
+      if (this.byHash.has(hashToken(token))) return;
+    }
+    const { token } = await this.create('admin', ['*'], true);
+    writeFileSync(file, token + '\n', { mode: 0o600 });
+    chmodSync(file, 0o600);
+  }
+
+  async create(name: string, folders: string[], admin = false): Promise<{ record: TokenRecord; token: string }> {
+    const token = newToken();
+    const record: TokenRecord = { id: newId(), name, hash: hashToken(token), folders, admin, createdAt: nowIso() };
+    await this.store.insertToken(record);
+    this.byHash.set(record.hash, record);
+    return { record, token };
+  }
+
+  async remove(id: string): Promise<boolean> {
+    const ok = await this.store.deleteToken(id);
+    if (ok) await this.load();
+    return ok;
+  }
+
+  /** `Authorization: Bearer <token>` or `Api-Key <token>` (the modelled platform accepts both). */
+  authenticate(header: string | string[] | undefined): TokenRecord {
+    if (typeof header !== 'string' || header.length === 0) {
+      throw new BerthError('UNAUTHENTICATED', 'missing Authorization header: send "Authorization: Bearer <token>"');
+    }
+    const space = header.indexOf(' ');
+    const scheme = space > 0 ? header.slice(0, space).toLowerCase() : '';
+    if (scheme !== 'bearer' && scheme !== 'api-key') {
+      throw new BerthError('UNAUTHENTICATED', 'Authorization header must be "Bearer <token>" or "Api-Key <key>"');
+    }
+    const record = this.byHash.get(hashToken(header.slice(space + 1).trim()));
+    if (!record) throw new BerthError('UNAUTHENTICATED', 'invalid token');
+    return record;
+  }
+
+  static holdsFolder(token: TokenRecord, folderId: string): boolean {
+    return token.admin || token.folders.includes('*') || token.folders.includes(folderId);
+  }
+}

@@ -1,0 +1,54 @@
+import { homedir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+/** Everything `berth up` can be told, from the environment or flags; embedded defaults otherwise. */
+export interface Config {
+  home: string;              // BERTH_HOME: database, checkpoint blobs, instance logs, admin token
+  host: string;
+  port: number;
+  python: string;            // default Python for checkpoints and cell instances
+  runtime: 'process';
+  defaultFolder: string;
+  defaultProject: string;
+  maxRequestBytes: number;
+  maxResponseBytes: number;
+  /** How long SIGTERM waits for running calls before stopping instances. */
+  drainSeconds: number;
+  /** Controller tick: health checks, scaling and replacement are evaluated this often. */
+  reconcileIntervalMs: number;
+}
+
+export const MB = 1024 * 1024;
+
+/** The repository root (holds python/), whether running from src/ via tsx or from dist/. */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const PYTHON_DIR = join(PACKAGE_ROOT, 'python');
+
+export function defaultHome(): string {
+  return process.env.BERTH_HOME ?? join(homedir(), '.berth');
+}
+
+/** Debian's interpreter sees Debian's python3-dill; prefer it when present. */
+export function defaultPython(): string {
+  if (process.env.BERTH_PYTHON) return process.env.BERTH_PYTHON;
+  return existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+}
+
+export function loadConfig(overrides: Partial<Config> = {}): Config {
+  const env = process.env;
+  return {
+    home: resolve(overrides.home ?? defaultHome()),
+    host: overrides.host ?? env.BERTH_HOST ?? '127.0.0.1',
+    port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
+    python: overrides.python ?? defaultPython(),
+    runtime: 'process',
+    defaultFolder: overrides.defaultFolder ?? env.BERTH_FOLDER ?? 'default',
+    defaultProject: overrides.defaultProject ?? 'default',
+    maxRequestBytes: overrides.maxRequestBytes ?? 16 * MB,
+    maxResponseBytes: overrides.maxResponseBytes ?? 16 * MB,
+    drainSeconds: overrides.drainSeconds ?? 30,
+    reconcileIntervalMs: overrides.reconcileIntervalMs ?? 500,
+  };
+}

@@ -1,0 +1,84 @@
+// Every error the API can return, in one place: a stable code, an HTTP status and a
+// gRPC status. Bodies are always JSON: {code, message, details}.
+
+export type GrpcStatusName =
+  | 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'PERMISSION_DENIED' | 'UNAUTHENTICATED'
+  | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'UNAVAILABLE' | 'DEADLINE_EXCEEDED' | 'INTERNAL'
+  | 'UNIMPLEMENTED' | 'UNKNOWN';
+
+export const GRPC_STATUS: Record<GrpcStatusName, number> = {
+  UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12,
+  INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16,
+};
+
+interface ErrorKind { http: number; grpc: GrpcStatusName }
+
+export const ERRORS = {
+  // request shape
+  INVALID_JSON: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  INVALID_ARGUMENT: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  INVALID_INPUT: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  PAYLOAD_TOO_LARGE: { http: 413, grpc: 'RESOURCE_EXHAUSTED' },
+  UNSUPPORTED_MEDIA_TYPE: { http: 415, grpc: 'INVALID_ARGUMENT' },
+  ROUTE_NOT_FOUND: { http: 404, grpc: 'UNIMPLEMENTED' },
+  METHOD_NOT_ALLOWED: { http: 405, grpc: 'UNIMPLEMENTED' },
+  // auth
+  UNAUTHENTICATED: { http: 401, grpc: 'UNAUTHENTICATED' },
+  PERMISSION_DENIED: { http: 403, grpc: 'PERMISSION_DENIED' },
+  // resources
+  NODE_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  CHECKPOINT_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  TOKEN_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  INSTANCE_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
+  NAME_TAKEN: { http: 409, grpc: 'ALREADY_EXISTS' },
+  CHECKPOINT_IN_USE: { http: 409, grpc: 'FAILED_PRECONDITION' },
+  CHECKPOINT_NOT_PINNED: { http: 400, grpc: 'FAILED_PRECONDITION' },
+  CHECKPOINT_FAILED: { http: 422, grpc: 'FAILED_PRECONDITION' },
+  ENVIRONMENT_ERROR: { http: 422, grpc: 'FAILED_PRECONDITION' },
+  // calls
+  EXECUTION_ERROR: { http: 500, grpc: 'INTERNAL' },
+  OUTPUT_MISSING: { http: 500, grpc: 'INTERNAL' },
+  OUTPUT_NOT_SERIALIZABLE: { http: 500, grpc: 'INTERNAL' },
+  OUTPUT_TYPE_MISMATCH: { http: 500, grpc: 'INTERNAL' },
+  RESPONSE_TOO_LARGE: { http: 502, grpc: 'RESOURCE_EXHAUSTED' },
+  INSTANCE_FAILED: { http: 502, grpc: 'UNAVAILABLE' },
+  NODE_UNAVAILABLE: { http: 503, grpc: 'UNAVAILABLE' },
+  SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
+  CALL_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
+  INTERNAL: { http: 500, grpc: 'INTERNAL' },
+} satisfies Record<string, ErrorKind>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class BerthError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown>;
+  /** Extra response headers, e.g. Retry-After on 503. */
+  readonly headers: Record<string, string>;
+
+  constructor(code: ErrorCode, message: string, details: Record<string, unknown> = {}, headers: Record<string, string> = {}) {
+    super(message);
+    this.name = 'BerthError';
+    this.code = code;
+    this.details = details;
+    this.headers = headers;
+  }
+
+  get httpStatus(): number { return ERRORS[this.code].http; }
+  get grpcStatus(): number { return GRPC_STATUS[ERRORS[this.code].grpc]; }
+
+  toJSON(): { code: string; message: string; details: Record<string, unknown> } {
+    return { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+export function invalidArgument(field: string, message: string, extra: Record<string, unknown> = {}): BerthError {
+  return new BerthError('INVALID_ARGUMENT', `${field}: ${message}`, { field, ...extra });
+}
+
+/** Turns anything thrown into a BerthError, hiding internals behind INTERNAL. */
+export function asBerthError(err: unknown): BerthError {
+  if (err instanceof BerthError) return err;
+  return new BerthError('INTERNAL', 'internal error', { reason: err instanceof Error ? err.message : String(err) });
+}

@@ -1,0 +1,190 @@
+// Validates and normalises a node spec as a user sends it (API body or YAML file) into
+// the NodeSpec Berth stores. Every error names the field, as `invalidArgument` does.
+import { invalidArgument } from './errors.js';
+import { VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type Resources, type Scaling, type Variable } from './types.js';
+
+export const RESOURCE_PRESETS: Record<string, Omit<Resources, 'preset'>> = {
+  'c1.4': { cores: 4, memoryGb: 32, gpus: 0 },
+  'c1.8': { cores: 8, memoryGb: 64, gpus: 0 },
+  'c1.32': { cores: 32, memoryGb: 256, gpus: 0 },
+  'g1.1': { cores: 8, memoryGb: 48, gpus: 1 },
+  'g2.1': { cores: 28, memoryGb: 119, gpus: 1 },
+};
+
+// 2–63 chars, starts with a letter, ends with a letter or digit; Cyrillic allowed.
+const NAME_RE = /^[A-Za-zА-Яа-яЁё][A-Za-zА-Яа-яЁё0-9_\- ]{0,61}[A-Za-zА-Яа-яЁё0-9]$/;
+const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const IDENTIFIER_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield']);
+
+const NODE_FIELDS = new Set(['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']);
+
+export interface SpecContext { defaultFolder: string; defaultProject: string; defaultPython: string }
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj { return typeof v === 'object' && v !== null && !Array.isArray(v); }
+
+function str(o: Obj, key: string, field: string, opts: { required?: boolean; max?: number } = {}): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) {
+    if (opts.required) throw invalidArgument(field, 'is required');
+    return undefined;
+  }
+  if (typeof v !== 'string') throw invalidArgument(field, `must be a string, got ${typeName(v)}`);
+  if (opts.max !== undefined && v.length > opts.max) throw invalidArgument(field, `must be at most ${opts.max} characters`);
+  return v;
+}
+
+function int(o: Obj, key: string, field: string, min: number, max: number, dflt: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArgument(field, `must be an integer, got ${typeName(v)}`);
+  if (v < min || v > max) throw invalidArgument(field, `must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function num(o: Obj, key: string, field: string, min: number, max: number, dflt: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidArgument(field, `must be a number, got ${typeName(v)}`);
+  if (v < min || v > max) throw invalidArgument(field, `must be between ${min} and ${max}, got ${v}`);
+  return v;
+}
+
+function obj(o: Obj, key: string, field: string, allowed: string[]): Obj {
+  const v = o[key];
+  if (v === undefined || v === null) return {};
+  if (!isObj(v)) throw invalidArgument(field, `must be an object, got ${typeName(v)}`);
+  for (const k of Object.keys(v)) if (!allowed.includes(k)) throw invalidArgument(`${field}.${k}`, 'is not a known field');
+  return v;
+}
+
+export function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'number';
+  return typeof v;
+}
+
+export function validateName(name: string | undefined, field = 'name'): string {
+  if (name === undefined) throw invalidArgument(field, 'is required');
+  if (!NAME_RE.test(name)) {
+    throw invalidArgument(field, 'must be 2–63 characters, start with a letter, contain only letters, digits, "-", "_" or spaces, and end with a letter or digit');
+  }
+  return name;
+}
+
+export function validateFolder(folder: string, field: string): string {
+  if (!FOLDER_RE.test(folder)) throw invalidArgument(field, 'must be 1–64 characters: letters, digits, ".", "_" or "-"');
+  return folder;
+}
+
+function variables(o: Obj, key: 'inputs' | 'outputs'): Variable[] {
+  const v = o[key];
+  if (v === undefined || v === null) throw invalidArgument(key, 'is required: declare at least one variable');
+  if (!Array.isArray(v)) throw invalidArgument(key, `must be an array, got ${typeName(v)}`);
+  if (v.length === 0) throw invalidArgument(key, 'must declare at least one variable');
+  if (v.length > 100) throw invalidArgument(key, 'must declare at most 100 variables');
+  const seen = new Set<string>();
+  return v.map((item, i) => {
+    const field = `${key}[${i}]`;
+    if (!isObj(item)) throw invalidArgument(field, `must be an object {name, type}, got ${typeName(item)}`);
+    for (const k of Object.keys(item)) if (!['name', 'type', 'description'].includes(k)) throw invalidArgument(`${field}.${k}`, 'is not a known field');
+    const name = str(item, 'name', `${field}.name`, { required: true, max: 128 })!;
+    if (!IDENTIFIER_RE.test(name) || PY_KEYWORDS.has(name)) throw invalidArgument(`${field}.name`, `"${name}" is not a valid Python identifier`);
+    if (seen.has(name)) throw invalidArgument(`${field}.name`, `"${name}" is declared twice`);
+    seen.add(name);
+    const type = str(item, 'type', `${field}.type`, { required: true })!;
+    if (!(VARIABLE_TYPES as readonly string[]).includes(type)) throw invalidArgument(`${field}.type`, `must be one of ${VARIABLE_TYPES.join(', ')}, got "${type}"`);
+    const description = str(item, 'description', `${field}.description`, { max: 1024 });
+    return { name, type: type as Variable['type'], ...(description ? { description } : {}) };
+  });
+}
+
+function resources(o: Obj): Resources {
+  const v = o.resources;
+  if (v === undefined || v === null) return { preset: 'c1.4', ...RESOURCE_PRESETS['c1.4']! };
+  if (typeof v === 'string') {
+    const preset = RESOURCE_PRESETS[v];
+    if (!preset) throw invalidArgument('resources', `unknown preset "${v}"; one of ${Object.keys(RESOURCE_PRESETS).join(', ')}`);
+    return { preset: v, ...preset };
+  }
+  const r = obj(o, 'resources', 'resources', ['cores', 'memoryGb', 'gpus']);
+  return {
+    cores: num(r, 'cores', 'resources.cores', 0.1, 256, 1),
+    memoryGb: num(r, 'memoryGb', 'resources.memoryGb', 0.1, 2048, 1),
+    gpus: int(r, 'gpus', 'resources.gpus', 0, 16, 0),
+  };
+}
+
+function scaling(o: Obj): Scaling {
+  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds']);
+  const minInstances = int(s, 'minInstances', 'scaling.minInstances', 1, 64, 1);
+  const maxInstances = int(s, 'maxInstances', 'scaling.maxInstances', 1, 64, minInstances);
+  if (maxInstances < minInstances) throw invalidArgument('scaling.maxInstances', `must be ≥ minInstances (${minInstances}), got ${maxInstances}`);
+  const sessionsPerInstance = int(s, 'sessionsPerInstance', 'scaling.sessionsPerInstance', 1, 256, 1);
+  return {
+    minInstances, maxInstances, sessionsPerInstance,
+    queueSize: int(s, 'queueSize', 'scaling.queueSize', 0, 100_000, 64 * maxInstances * sessionsPerInstance),
+    scaleDownDelaySeconds: num(s, 'scaleDownDelaySeconds', 'scaling.scaleDownDelaySeconds', 0, 86_400, 60),
+  };
+}
+
+function healthcheck(o: Obj): Healthcheck {
+  const h = obj(o, 'healthcheck', 'healthcheck', ['timeout', 'interval', 'failsThreshold', 'passesThreshold']);
+  return {
+    protocol: 'worker',
+    timeout: num(h, 'timeout', 'healthcheck.timeout', 0.05, 60, 2),
+    interval: num(h, 'interval', 'healthcheck.interval', 0.05, 600, 1),
+    failsThreshold: int(h, 'failsThreshold', 'healthcheck.failsThreshold', 1, 100, 3),
+    passesThreshold: int(h, 'passesThreshold', 'healthcheck.passesThreshold', 1, 100, 1),
+  };
+}
+
+/**
+ * Checks a cell node spec. `checkpointId` is returned as given (id or pinned name);
+ * the caller resolves it against the store.
+ */
+export function parseNodeSpec(body: unknown, ctx: SpecContext): CellNodeSpec {
+  if (!isObj(body)) throw invalidArgument('body', `must be a JSON object, got ${typeName(body)}`);
+  for (const k of Object.keys(body)) {
+    if (!NODE_FIELDS.has(k)) throw invalidArgument(k, 'is not a known field');
+  }
+  const kind = str(body, 'kind', 'kind') ?? 'cell';
+  if (kind === 'image') throw invalidArgument('kind', 'image nodes need the Docker runtime, which this Berth does not have yet');
+  if (kind !== 'cell') throw invalidArgument('kind', `must be "cell" or "image", got "${kind}"`);
+
+  const name = validateName(str(body, 'name', 'name'));
+  const description = str(body, 'description', 'description', { max: 1024 }) ?? '';
+  const folderId = validateFolder(str(body, 'folderId', 'folderId') ?? ctx.defaultFolder, 'folderId');
+  const projectId = validateFolder(str(body, 'projectId', 'projectId') ?? ctx.defaultProject, 'projectId');
+
+  const perms = obj(body, 'permissions', 'permissions', ['folders']);
+  let folders = [folderId];
+  if (perms.folders !== undefined) {
+    if (!Array.isArray(perms.folders)) throw invalidArgument('permissions.folders', `must be an array of folder ids, got ${typeName(perms.folders)}`);
+    folders = perms.folders.map((f, i) => {
+      if (typeof f !== 'string') throw invalidArgument(`permissions.folders[${i}]`, `must be a string, got ${typeName(f)}`);
+      return validateFolder(f, `permissions.folders[${i}]`);
+    });
+    if (folders.length === 0) throw invalidArgument('permissions.folders', 'must list at least one folder');
+  }
+
+  const checkpointId = str(body, 'checkpointId', 'checkpointId', { required: true, max: 128 })!;
+  const inputs = variables(body, 'inputs');
+  const outputs = variables(body, 'outputs');
+  const env = obj(body, 'environment', 'environment', ['python']);
+  const python = str(env, 'python', 'environment.python', { max: 4096 }) ?? ctx.defaultPython;
+
+  return {
+    kind: 'cell', name, description, folderId, projectId,
+    permissions: { folders: [...new Set(folders)] },
+    resources: resources(body),
+    scaling: scaling(body),
+    healthcheck: healthcheck(body),
+    checkpointId, inputs, outputs,
+    environment: { python },
+    timeout: num(body, 'timeout', 'timeout', 0.1, 3600, 60),
+  };
+}

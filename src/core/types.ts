@@ -1,0 +1,117 @@
+// The resources Berth stores, as the API shows them (camelCase, like the modelled platform).
+
+export const INSTANCE_STATUSES = ['Undefined', 'Created', 'Started', 'Preparing', 'Healthy', 'Unhealthy', 'Deleting', 'Outdated'] as const;
+export type InstanceStatus = (typeof INSTANCE_STATUSES)[number];
+export const NODE_STATUSES = ['Created', 'Healthy', 'Unhealthy', 'Suspended', 'Deleting'] as const;
+export type NodeStatus = (typeof NODE_STATUSES)[number];
+
+export const VARIABLE_TYPES = ['int', 'float', 'str', 'bool', 'list', 'dict', 'bytes', 'any'] as const;
+export type VariableType = (typeof VARIABLE_TYPES)[number];
+
+export interface Variable { name: string; type: VariableType; description?: string }
+export interface Transition<S extends string> { status: S; at: string; reason?: string }
+
+export interface Package { name: string; version: string }
+
+export interface Checkpoint {
+  id: string;
+  name: string | null;           // pinned when named
+  pinned: boolean;
+  projectId: string;
+  folderId: string;
+  source: 'script' | 'notebook' | 'kernel';
+  code: string;                   // the serving cell
+  cells: string[];                // every cell that was run (empty for kernel snapshots)
+  servingCell: number;
+  python: string;
+  executable: string;
+  packages: Package[];
+  requires: Package[];
+  variables: Array<{ name: string; type: string }>;
+  skipped: Array<{ name: string; type: string; reason: string }>;
+  size: number;
+  sha256: string;
+  createdAt: string;
+  updatedAt: string;
+  createdBy: string;
+}
+
+export interface Resources { preset?: string; cores: number; memoryGb: number; gpus: number }
+
+export interface Scaling {
+  minInstances: number;
+  maxInstances: number;
+  sessionsPerInstance: number;
+  /** Calls that may wait for a free session before callers get 503. */
+  queueSize: number;
+  /** How long an extra instance must stay idle before it is removed. */
+  scaleDownDelaySeconds: number;
+}
+
+export interface Healthcheck {
+  protocol?: 'http' | 'grpc' | 'worker';
+  port?: number;
+  path?: string;
+  service?: string;
+  timeout: number;      // seconds
+  interval: number;     // seconds
+  failsThreshold: number;
+  passesThreshold: number;
+}
+
+export interface NodeSpecCommon {
+  name: string;
+  description: string;
+  folderId: string;
+  projectId: string;
+  permissions: { folders: string[] };
+  resources: Resources;
+  scaling: Scaling;
+  healthcheck: Healthcheck;
+}
+
+export interface CellNodeSpec extends NodeSpecCommon {
+  kind: 'cell';
+  checkpointId: string;
+  inputs: Variable[];
+  outputs: Variable[];
+  environment: { python: string };
+  /** Per-call timeout in seconds. */
+  timeout: number;
+}
+
+export type NodeSpec = CellNodeSpec;
+
+export interface InstanceView {
+  id: string;
+  nodeId: string;
+  status: InstanceStatus;
+  endpoint: string | null;
+  pid: number | null;
+  restarts: number;
+  lastError: string | null;
+  inFlight: number;
+  createdAt: string;
+  updatedAt: string;
+  transitions: Array<Transition<InstanceStatus>>;
+}
+
+export interface NodeRecord {
+  id: string;
+  spec: NodeSpec;
+  status: NodeStatus;
+  transitions: Array<Transition<NodeStatus>>;
+  createdAt: string;
+  updatedAt: string;
+  createdBy: string;
+}
+
+export interface TokenRecord {
+  id: string;
+  name: string;
+  hash: string;
+  /** Folders the token may act for; ['*'] for admin tokens. */
+  folders: string[];
+  admin: boolean;
+  createdAt: string;
+}

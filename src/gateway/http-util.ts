@@ -1,0 +1,52 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { BerthError, asBerthError } from '../core/errors.js';
+
+/** Writes a JSON error body {code, message, details} with the error's status and headers. */
+export function sendError(res: ServerResponse, err: unknown, extraBody: Record<string, unknown> = {}): number {
+  const e = asBerthError(err);
+  if (res.headersSent) { res.destroy(); return e.httpStatus; }
+  const body = JSON.stringify({ ...e.toJSON(), ...extraBody });
+  res.writeHead(e.httpStatus, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...e.headers });
+  res.end(body);
+  return e.httpStatus;
+}
+
+/**
+ * Reads a request body up to `limit` bytes. A larger one is refused by its
+ * Content-Length before any byte is read, or as soon as the count passes the limit:
+ * the body is never buffered whole.
+ */
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) {
+    return Promise.reject(tooLarge(limit, Number(declared)));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    req.on('data', (chunk: Buffer) => {
+      if (failed) return;
+      size += chunk.length;
+      if (size > limit) {
+        failed = true;
+        chunks.length = 0;
+        req.pause();
+        reject(tooLarge(limit, size));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => { if (!failed) resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)); });
+    req.on('error', (err) => { if (!failed) { failed = true; reject(err); } });
+  });
+}
+
+function tooLarge(limit: number, size: number): BerthError {
+  return new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: size }, { connection: 'close' });
+}
+
+/** After a 413 the rest of the upload is not wanted: close once the answer is out. */
+export function closeAfterResponse(req: IncomingMessage, res: ServerResponse): void {
+  res.once('finish', () => req.socket.destroy());
+}

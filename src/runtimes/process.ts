@@ -1,0 +1,97 @@
+// The embedded runtime: each instance is a local Python process. Needs no Docker.
+import { spawn } from 'node:child_process';
+import { mkdirSync, openSync, closeSync, rmSync, existsSync, writeSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { PYTHON_DIR } from '../core/config.js';
+import type { ExitInfo, InstanceSpec, Runtime, RuntimeInstance } from './runtime.js';
+
+// sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep.
+const MAX_SOCKET_PATH = 100;
+
+export class ProcessRuntime implements Runtime {
+  readonly name = 'process';
+  private readonly logDir: string;
+  private readonly socketDir: string;
+
+  constructor(home: string) {
+    this.logDir = join(home, 'logs');
+    let socketDir = join(home, 'run');
+    if (socketDir.length + 30 > MAX_SOCKET_PATH) {
+      socketDir = join(tmpdir(), 'berth-' + createHash('sha256').update(home).digest('hex').slice(0, 12));
+    }
+    this.socketDir = socketDir;
+    mkdirSync(this.logDir, { recursive: true });
+    mkdirSync(this.socketDir, { recursive: true, mode: 0o700 });
+  }
+
+  unenforced(r: InstanceSpec['resources']): string[] {
+    return [`the process runtime does not limit CPU or memory (requested ${r.cores} cores, ${r.memoryGb} GB${r.gpus ? `, ${r.gpus} GPU` : ''})`];
+  }
+
+  async start(spec: InstanceSpec): Promise<RuntimeInstance> {
+    const w = spec.workload;
+    const socketPath = join(this.socketDir, `${spec.instanceId}.sock`);
+    rmSync(socketPath, { force: true });
+    const logFile = this.logPath(spec.nodeId, spec.instanceId);
+    mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
+    const logFd = openSync(logFile, 'a');
+    writeSync(logFd, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} with ${w.python}\n`);
+    const config = {
+      socket: socketPath, checkpoint: w.checkpointPath, code: w.code, requires: w.requires,
+      inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
+    };
+    const bootstrap = `import sys; sys.path.insert(0, ${JSON.stringify(PYTHON_DIR)}); import berth_worker; berth_worker.main()`;
+    const child = spawn(w.python, ['-u', '-c', bootstrap], {
+      stdio: ['ignore', logFd, logFd],
+      env: { ...process.env, BERTH_WORKER_CONFIG: JSON.stringify(config), PYTHONUNBUFFERED: '1' },
+      detached: true, // own process group, so a kill reaches anything the cell spawned
+    });
+    closeSync(logFd);
+    const exited = new Promise<ExitInfo>((resolve) => {
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+      child.once('error', (err) => {
+        resolve({ code: null, signal: null });
+        console.error(`[berth] instance ${spec.instanceId}: cannot start ${w.python}: ${err.message}`);
+      });
+    });
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: socketPath }, pid: child.pid ?? null, exited };
+  }
+
+  async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
+    signalGroup(instance.pid, 'SIGTERM');
+    const timer = setTimeout(() => signalGroup(instance.pid, 'SIGKILL'), graceMs);
+    await instance.exited;
+    clearTimeout(timer);
+    signalGroup(instance.pid, 'SIGKILL'); // anything the cell left behind in its group
+    if (instance.endpoint.path) rmSync(instance.endpoint.path, { force: true });
+  }
+
+  kill(instance: RuntimeInstance): void {
+    signalGroup(instance.pid, 'SIGKILL');
+  }
+
+  async logs(nodeId: string, instanceId: string, lines: number): Promise<string> {
+    const file = this.logPath(nodeId, instanceId);
+    if (!existsSync(file)) return '';
+    const text = await readFile(file, 'utf8');
+    const all = text.split('\n');
+    if (all[all.length - 1] === '') all.pop();
+    return all.slice(-lines).join('\n') + (all.length ? '\n' : '');
+  }
+
+  async cleanup(nodeId: string): Promise<void> {
+    await rm(join(this.logDir, nodeId), { recursive: true, force: true });
+  }
+
+  private logPath(nodeId: string, instanceId: string): string {
+    return join(this.logDir, nodeId, `${instanceId}.log`);
+  }
+}
+
+function signalGroup(pid: number | null, signal: NodeJS.Signals): void {
+  if (!pid) return;
+  try { process.kill(-pid, signal); } catch { /* already gone */ }
+}

@@ -1,0 +1,127 @@
+// The framed protocol between Berth and a Python cell worker (see python/PROTOCOL.md):
+// [u32 big-endian payload length][u8 type][payload]. One request in flight per connection.
+import { connect, type Socket } from 'node:net';
+
+export const FRAME = {
+  EXECUTE: 0x01,
+  PING: 0x02,
+  OK: 0x81,
+  USER_ERROR: 0x82,
+  CALL_ERROR: 0x83,
+  PONG: 0x84,
+} as const;
+
+export interface Frame { type: number; payload: Buffer }
+
+export interface Endpoint { path?: string; host?: string; port?: number }
+
+export function describeEndpoint(e: Endpoint): string {
+  return e.path ? `unix:${e.path}` : `tcp:${e.host}:${e.port}`;
+}
+
+export function encodeFrame(type: number, payload: Buffer | string): Buffer[] {
+  const body = typeof payload === 'string' ? Buffer.from(payload) : payload;
+  const header = Buffer.allocUnsafe(5);
+  header.writeUInt32BE(body.length, 0);
+  header[4] = type;
+  return [header, body];
+}
+
+export class ConnectionClosedError extends Error {
+  constructor(message = 'worker connection closed') { super(message); this.name = 'ConnectionClosedError'; }
+}
+
+export class FrameTooLargeError extends Error {
+  constructor(readonly size: number, readonly limit: number) { super(`frame of ${size} bytes exceeds ${limit}`); }
+}
+
+/**
+ * One persistent connection to a worker. `request` sends a frame and resolves with the
+ * reply; the connection is reused for the next call (no connect per call).
+ */
+export class WorkerConnection {
+  private readonly socket: Socket;
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private pending: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+  private closedError: Error | null = null;
+
+  private constructor(socket: Socket, private readonly maxFrameBytes: number) {
+    this.socket = socket;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => this.onData(chunk));
+    socket.on('error', (err) => this.fail(new ConnectionClosedError(`worker connection error: ${err.message}`)));
+    socket.on('close', () => this.fail(new ConnectionClosedError()));
+  }
+
+  static open(endpoint: Endpoint, maxFrameBytes: number, timeoutMs = 2000): Promise<WorkerConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = endpoint.path ? connect(endpoint.path) : connect(endpoint.port!, endpoint.host ?? '127.0.0.1');
+      const timer = setTimeout(() => { socket.destroy(); reject(new Error('connect timeout')); }, timeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        resolve(new WorkerConnection(socket, maxFrameBytes));
+      });
+      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
+    });
+  }
+
+  get closed(): boolean { return this.closedError !== null; }
+
+  request(type: number, payload: Buffer | string): Promise<Frame> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    if (this.pending) return Promise.reject(new Error('connection busy'));
+    return new Promise((resolve, reject) => {
+      this.pending = { resolve, reject };
+      const [header, body] = encodeFrame(type, payload);
+      this.socket.cork();
+      this.socket.write(header!);
+      this.socket.write(body!);
+      this.socket.uncork();
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+    this.fail(new ConnectionClosedError('connection closed by Berth'));
+  }
+
+  private onData(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    while (this.buffered >= 5) {
+      const head = this.chunks.length === 1 ? this.chunks[0]! : this.flatten();
+      const length = head.readUInt32BE(0);
+      if (length > this.maxFrameBytes) {
+        // the worker checks the limit itself; this guards against a broken worker
+        const err = new FrameTooLargeError(length, this.maxFrameBytes);
+        this.pending?.reject(err);
+        this.pending = null;
+        this.socket.destroy();
+        return;
+      }
+      if (this.buffered < 5 + length) return;
+      const all = this.flatten();
+      const frame: Frame = { type: all[4]!, payload: all.subarray(5, 5 + length) };
+      const rest = all.subarray(5 + length);
+      this.chunks = rest.length ? [rest] : [];
+      this.buffered = rest.length;
+      const p = this.pending;
+      this.pending = null;
+      p?.resolve(frame);
+    }
+  }
+
+  private flatten(): Buffer {
+    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
+    return this.chunks[0]!;
+  }
+
+  private fail(err: Error): void {
+    if (!this.closedError) this.closedError = err;
+    const p = this.pending;
+    this.pending = null;
+    p?.reject(err);
+  }
+}
