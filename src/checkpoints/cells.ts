@@ -7,7 +7,9 @@ export function splitScript(text: string): string[] {
   let current: string[] = [];
   const flush = (): void => {
     const code = current.join('\n');
-    if (code.trim()) cells.push(code.replace(/\s+$/, '') + '\n');
+    // a cell of nothing but comments (a file header, say) runs nothing: skip it
+    const runnable = current.some((l) => l.trim() !== '' && !l.trim().startsWith('#'));
+    if (runnable) cells.push(code.replace(/\s+$/, '') + '\n');
     current = [];
   };
   for (const line of text.split(/\r?\n/)) {

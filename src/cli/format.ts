@@ -1,7 +1,7 @@
 import Table from 'cli-table3';
 
 export function table(head: string[], rows: Array<Array<string | number | null | undefined>>): string {
-  const t = new Table({ head, style: { head: [], border: [] } });
+  const t = new Table({ head, style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
   for (const r of rows) t.push(r.map((c) => (c === null || c === undefined ? '' : String(c))));
   return t.toString();
 }

@@ -141,10 +141,11 @@ node.command('create').description('Create a cell node from a pinned checkpoint'
     await createNode(spec, o);
   });
 
-async function createNode(spec: Record<string, unknown>, o: { wait?: boolean; quiet?: boolean; json?: boolean }): Promise<any> {
+async function createNode(spec: Record<string, unknown>, o: { wait?: boolean; quiet?: boolean; json?: boolean; silent?: boolean }): Promise<any> {
   const c = client();
   let n = await c.request('POST', '/v1/nodes', spec);
   if (o.wait !== false) n = await waitHealthy(c, n.id, !o.quiet && !o.json);
+  if (o.silent) return n;
   if (o.quiet) console.log(n.id);
   else out(!!o.json, n, () => nodeTable(n));
   return n;
@@ -237,7 +238,7 @@ program.command('apply').description('Create the nodes described in a YAML file 
         results.push({ id: existing.id, name: existing.name, action: 'unchanged' });
         continue;
       }
-      const n = await createNode(spec, { wait: o.wait, quiet: true, json: false });
+      const n = await createNode(spec, { wait: o.wait, json: o.json, silent: true });
       results.push({ id: n.id, name: n.name ?? spec.name, action: 'created' });
       if (!o.json) console.log(`node ${spec.name} created`);
     }

@@ -1,0 +1,124 @@
+// Test helpers: a real `berth up` process on port 0 with its own BERTH_HOME, and a
+// client that talks to it over real HTTP, the way users do.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const CLI = [process.execPath, '--import', 'tsx', join(ROOT, 'src/cli/main.ts')];
+export const PYTHON = process.env.BERTH_PYTHON ?? '/usr/bin/python3';
+
+export interface Berth {
+  url: string;
+  home: string;
+  token: string;
+  proc: ChildProcess;
+  output: () => string;
+  request: (method: string, path: string, body?: unknown, headers?: Record<string, string>) => Promise<{ status: number; body: any; headers: Headers }>;
+  cli: (...args: string[]) => { status: number | null; stdout: string; stderr: string };
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+}
+
+export function tempHome(): string {
+  return mkdtempSync(join(tmpdir(), 'berth-test-'));
+}
+
+/** Starts `berth up` in a child process and waits until it listens. */
+export async function startBerth(home = tempHome(), extraEnv: Record<string, string> = {}): Promise<Berth> {
+  const proc = spawn(CLI[0]!, [...CLI.slice(1), 'up', '--port', '0', '--home', home], {
+    env: { ...process.env, BERTH_HOME: home, BERTH_PYTHON: PYTHON, ...extraEnv },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  proc.stdout!.on('data', (d) => { output += d; });
+  proc.stderr!.on('data', (d) => { output += d; });
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`berth up did not start in 30s:\n${output}`)), 30_000);
+    const check = (): void => {
+      const m = /listening on (http:\/\/\S+)/.exec(output);
+      if (m) { clearTimeout(timer); resolveUrl(m[1]!); }
+    };
+    proc.stdout!.on('data', check);
+    proc.once('exit', (code) => { clearTimeout(timer); reject(new Error(`berth up exited with ${code}:\n${output}`)); });
+  });
+  const token = readFileSync(join(home, 'admin-token'), 'utf8').trim();
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  const b: Berth = {
+    url, home, token, proc,
+    output: () => output,
+    request: async (method, path, body, headers = {}) => {
+      const res = await fetch(url + path, {
+        method,
+        headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+      });
+      const text = await res.text();
+      let parsed: unknown = text;
+      try { parsed = JSON.parse(text); } catch { /* keep text */ }
+      return { status: res.status, body: parsed, headers: res.headers };
+    },
+    cli: (...args) => {
+      const r = spawnSync(CLI[0]!, [...CLI.slice(1), ...args], {
+        env: { ...process.env, BERTH_HOME: home, BERTH_URL: url, BERTH_TOKEN: '' }, encoding: 'utf8', timeout: 120_000,
+      });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    },
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 40_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+  return b;
+}
+
+export function removeHome(home: string): void {
+  rmSync(home, { recursive: true, force: true });
+}
+
+export const RANDOMIZER_SCRIPT = readFileSync(join(ROOT, 'examples/randomizer.py'), 'utf8');
+
+/** Makes and pins a checkpoint from cells, returns its id. */
+export async function makeCheckpoint(b: Berth, name: string, cells: string[] | string): Promise<string> {
+  const body = typeof cells === 'string' ? { script: cells, name } : { cells, name };
+  const r = await b.request('POST', '/v1/checkpoints', body);
+  if (r.status !== 201) throw new Error(`checkpoint ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body.id;
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) { last = err; }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export async function createNode(b: Berth, spec: Record<string, unknown>, waitHealthy = true): Promise<any> {
+  const r = await b.request('POST', '/v1/nodes', spec);
+  if (r.status !== 201) throw new Error(`create node: ${r.status} ${JSON.stringify(r.body)}`);
+  if (!waitHealthy) return r.body;
+  return waitFor(`node ${r.body.id} Healthy`, async () => {
+    const n = await b.request('GET', `/v1/nodes/${r.body.id}`);
+    return n.body.status === 'Healthy' ? n.body : undefined;
+  }, 60_000);
+}
+
+export async function execute(b: Berth, nodeId: string, input: unknown, folder = 'default', token?: string): Promise<{ status: number; body: any; headers: Headers }> {
+  return b.request('POST', `/datasphere/v1/nodes/${nodeId}:execute`, { folder_id: folder, input },
+    token !== undefined ? { authorization: token } : {});
+}
+
+/** Pids of live processes whose command line mentions `needle` (to prove nothing is left behind). */
+export function processesMatching(needle: string): number[] {
+  const r = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  return r.stdout.split('\n').filter((l) => l.includes(needle) && !l.includes('ps -eo')).map((l) => Number(l.trim().split(/\s+/)[0]));
+}
