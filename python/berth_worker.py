@@ -12,6 +12,11 @@ with the environment variable ``BERTH_WORKER_CONFIG`` holding JSON::
      "inputs": [{"name", "type"}], "outputs": [{"name", "type"}],
      "maxResponseBytes": 16777216}
 
+Optional keys: "parentPid" (the controller's pid: the worker exits at once if
+its parent is already another process, closing the startup window before
+PR_SET_PDEATHSIG is set) and "maxRequestBytes" (frame size limit, default
+256 MiB).
+
 Types: int, float, str, bool, list, dict, bytes, any. See PROTOCOL.md for the
 wire format; the constants below are the reference.
 
@@ -498,10 +503,11 @@ class Worker:
 # Process plumbing
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(expected_parent: int | None) -> None:
     """Never outlive Berth: ask the kernel for SIGKILL when the parent dies
     (Linux PR_SET_PDEATHSIG), and watch the parent pid as a fallback (other
-    platforms, or a parent that died before prctl took effect)."""
+    platforms). A parent that died before prctl took effect is caught by
+    comparing with ``expected_parent`` (config "parentPid"), when given."""
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -513,6 +519,9 @@ def _die_with_parent() -> None:
                 log(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
         except Exception as exc:  # noqa: BLE001 - the watchdog still covers us
             log(f"prctl(PR_SET_PDEATHSIG) unavailable: {exc}")
+    if expected_parent is not None and os.getppid() != expected_parent:
+        log(f"parent process {expected_parent} is already gone; exiting")
+        os._exit(EXIT_ORPHANED)
 
     def watchdog():
         while True:
@@ -541,9 +550,10 @@ def _read_config() -> dict:
     requires = config.get("requires") or []
     if not isinstance(requires, list) or not all(isinstance(r, dict) for r in requires):
         raise ValueError('"requires" must be a list of {"name", "version"} objects')
-    limit = config.get("maxResponseBytes", DEFAULT_MAX_RESPONSE_BYTES)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-        raise ValueError('"maxResponseBytes" must be a positive integer')
+    for key in ("maxResponseBytes", "maxRequestBytes", "parentPid"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ValueError(f'"{key}" must be a positive integer')
     return config
 
 
@@ -554,7 +564,7 @@ def main() -> None:
         log(f"bad worker configuration: {exc}")
         sys.exit(EXIT_CONFIG)
 
-    _die_with_parent()
+    _die_with_parent(config.get("parentPid"))
     log(f"worker pid {os.getpid()} starting: python {sys.version.split()[0]} ({sys.executable})")
 
     worker = Worker(config)

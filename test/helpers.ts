@@ -117,8 +117,17 @@ export async function execute(b: Berth, nodeId: string, input: unknown, folder =
     token !== undefined ? { authorization: token } : {});
 }
 
-/** Pids of live processes whose command line mentions `needle` (to prove nothing is left behind). */
-export function processesMatching(needle: string): number[] {
-  const r = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
-  return r.stdout.split('\n').filter((l) => l.includes(needle) && !l.includes('ps -eo')).map((l) => Number(l.trim().split(/\s+/)[0]));
+/** A bounded load: `count` calls at most, `concurrency` at a time, stops after `maxMs` regardless. */
+export async function runLoad<T>(count: number, concurrency: number, maxMs: number, call: (i: number) => Promise<T>): Promise<T[]> {
+  const results: T[] = [];
+  const deadline = Date.now() + maxMs;
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < count && Date.now() < deadline) {
+      const i = next++;
+      results[i] = await call(i);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return results;
 }

@@ -66,7 +66,11 @@ class Connection:
     def __init__(self, path: str, timeout: float = 10.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
         self.rfile = self.sock.makefile("rb")
 
     def send(self, kind: int, payload: bytes = b"") -> None:

@@ -119,9 +119,9 @@ class RandomizerTest(WorkerTestCase):
         self.assertFalse(os.path.exists(worker.socket_path))
 
     def test_worker_dies_with_its_parent(self):
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="bw", dir="/tmp"), "w.sock")
         env = dict(os.environ, BERTH_WORKER_CONFIG=json.dumps({
-            "socket": os.path.join(tempfile.mkdtemp(prefix="bw", dir="/tmp"), "w.sock"),
-            "checkpoint": self.blob, "code": self.CELLS[-1], "requires": [],
+            "socket": socket_path, "checkpoint": self.blob, "code": self.CELLS[-1], "requires": [],
             "inputs": self.INPUTS, "outputs": self.OUTPUTS}))
         parent_code = ("import subprocess, sys, time\n"
                        f"p = subprocess.Popen({support.bootstrap('berth_worker')!r}, stdout=subprocess.DEVNULL, "
@@ -130,7 +130,12 @@ class RandomizerTest(WorkerTestCase):
         parent = subprocess.Popen([support.PYTHON, "-c", parent_code], env=env, stdout=subprocess.PIPE)
         self.addCleanup(parent.wait, 10)
         self.addCleanup(parent.kill)
-        worker_pid = int(parent.stdout.readline())
+        with parent.stdout:
+            worker_pid = int(parent.stdout.readline())
+        # Once it listens, the worker has set PR_SET_PDEATHSIG and its watchdog.
+        deadline = time.monotonic() + 10
+        while not os.path.exists(socket_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.assertTrue(_alive(worker_pid))
         parent.kill()
         deadline = time.monotonic() + 10
@@ -140,6 +145,14 @@ class RandomizerTest(WorkerTestCase):
         if alive:
             os.kill(worker_pid, signal.SIGKILL)
         self.assertFalse(alive, "the worker outlived its parent")
+
+    def test_exits_at_once_when_parent_pid_is_already_gone(self):
+        # "parentPid" (optional) closes the window before prctl takes effect.
+        env = dict(os.environ, BERTH_WORKER_CONFIG=json.dumps({
+            "socket": "/tmp/unused.sock", "checkpoint": self.blob, "code": "", "parentPid": os.getpid() + 10**6}))
+        proc = subprocess.run(support.bootstrap("berth_worker"), env=env, capture_output=True, timeout=30)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("parent process", proc.stderr.decode())
 
 
 def _alive(pid: int) -> bool:
