@@ -28,14 +28,15 @@ export function findToken(): string {
 }
 
 export class Client {
-  constructor(readonly url: string, private readonly token: string) {}
+  /** The token is looked up per request: the health check needs none, and on a first start the token file appears only once the server is up. */
+  constructor(readonly url: string, private readonly token: () => string) {}
 
   async request<T = any>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response;
     try {
       res = await fetch(this.url + path, {
         method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        headers: { ...(path === '/v1/health' ? {} : { authorization: `Bearer ${this.token()}` }), ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (err) {

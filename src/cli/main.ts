@@ -12,7 +12,7 @@ program.name('berth').description('Self-hosted model serving: cell nodes from Py
   .option('--url <url>', 'Berth server URL (default: $BERTH_URL, the running server in $BERTH_HOME, or http://127.0.0.1:7700)')
   .showHelpAfterError();
 
-const client = (): Client => new Client(serverUrl(program.opts().url), findToken());
+const client = (): Client => new Client(serverUrl(program.opts().url), findToken);
 const out = (json: boolean, data: unknown, human: () => string): void => {
   console.log(json ? JSON.stringify(data, null, 2) : human());
 };
@@ -40,6 +40,26 @@ program.command('up').description('Run the control API, controller and gateway i
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+program.command('status').description('Is the server up? Shows where it is and what it runs')
+  .option('--wait [seconds]', 'wait until it answers (default 30s)').option('--json', 'print JSON')
+  .action(async (o) => {
+    const c = client();
+    const deadline = Date.now() + (o.wait === undefined ? 0 : o.wait === true ? 30 : Number(o.wait)) * 1000;
+    for (;;) {
+      try {
+        await c.request('GET', '/v1/health');
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    const { nodes } = await c.request('GET', '/v1/nodes');
+    const { checkpoints } = await c.request('GET', '/v1/checkpoints');
+    const data = { url: c.url, nodes: nodes.length, healthyNodes: nodes.filter((n: any) => n.status === 'Healthy').length, checkpoints: checkpoints.length };
+    out(o.json, data, () => `Berth at ${data.url}: ${data.nodes} node(s), ${data.healthyNodes} healthy; ${data.checkpoints} checkpoint(s)`);
   });
 
 // ---- checkpoints ----
