@@ -39,6 +39,8 @@ import sys
 import time
 import tokenize
 
+import berth_state  # importable without dill; main() checks for it
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_REQUEST = 2
@@ -202,8 +204,6 @@ def _write_result(out: str, result: dict) -> None:
 def run_cells(cells: list[str], namespace: dict) -> dict | None:
     """Execute ``cells`` in order in ``namespace``. Returns None on success,
     or the ``error`` object of the result file for the first failing cell."""
-    import berth_state
-
     for index, source in enumerate(cells):
         filename = f"<cell {index}>"
         berth_state.register_source(filename, source)
@@ -225,8 +225,6 @@ def run_cells(cells: list[str], namespace: dict) -> dict | None:
 
 
 def main() -> None:
-    import berth_state
-
     if berth_state.dill is None:
         sys.stderr.write(berth_state.dill_missing_message() + "\n")
         _exit(EXIT_NO_DILL)
@@ -267,8 +265,6 @@ def main() -> None:
         env = berth_state.environment_info(namespace, code=cells, modules=imported)
         _write_atomically(out, blob)
         _write_result(out, {"ok": True, **env, "variables": variables, "skipped": skipped})
-    except SystemExit:
-        raise
     except BaseException as exc:  # noqa: BLE001 - report, then exit 2
         _log(f"internal error: {type(exc).__name__}: {exc}")
         import traceback

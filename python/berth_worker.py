@@ -412,7 +412,7 @@ class Worker:
         Raises _Invalid(message, details)."""
         try:
             request = _json_loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError; absurd nesting
             raise _Invalid(f"the request is not valid UTF-8 JSON: {exc}", {}) from None
         if not isinstance(request, dict):
             raise _Invalid("the request must be a JSON object", {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -60,6 +61,12 @@ def make_checkpoint(cells: list[str], directory: str, serving: int | None = None
     return proc.returncode, result, proc.stdout.decode(), proc.stderr.decode(), out
 
 
+def short_temp_dir() -> str:
+    """A fresh directory with a short path: Unix socket paths are limited to
+    107 bytes. The caller removes it."""
+    return tempfile.mkdtemp(prefix="bw", dir="/tmp")
+
+
 class Connection:
     """A client connection to a worker's Unix socket."""
 
@@ -112,8 +119,8 @@ class WorkerProcess:
 
     def __init__(self, directory: str, checkpoint: str, code: str, inputs=(), outputs=(), requires=(), **extra):
         self.directory = directory
-        # Unix socket paths are limited to 107 bytes: keep them short.
-        self.socket_path = os.path.join(tempfile.mkdtemp(prefix="bw", dir="/tmp"), "w.sock")
+        self.socket_dir = short_temp_dir()
+        self.socket_path = os.path.join(self.socket_dir, "w.sock")
         self.config = {
             "socket": self.socket_path, "checkpoint": checkpoint, "code": code,
             "requires": list(requires), "inputs": list(inputs), "outputs": list(outputs), **extra,
@@ -172,3 +179,4 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ with the framed protocol, as the Node gateway does."""
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ import time
 import unittest
 
 from tests import support
-from tests.support import CALL_ERROR, EXECUTE, OK, PING, PONG, USER_ERROR
+from tests.support import CALL_ERROR, EXECUTE, OK, USER_ERROR
 
 
 class WorkerTestCase(unittest.TestCase):
@@ -119,7 +120,9 @@ class RandomizerTest(WorkerTestCase):
         self.assertFalse(os.path.exists(worker.socket_path))
 
     def test_worker_dies_with_its_parent(self):
-        socket_path = os.path.join(tempfile.mkdtemp(prefix="bw", dir="/tmp"), "w.sock")
+        socket_dir = support.short_temp_dir()
+        self.addCleanup(shutil.rmtree, socket_dir, True)
+        socket_path = os.path.join(socket_dir, "w.sock")
         env = dict(os.environ, BERTH_WORKER_CONFIG=json.dumps({
             "socket": socket_path, "checkpoint": self.blob, "code": self.CELLS[-1], "requires": [],
             "inputs": self.INPUTS, "outputs": self.OUTPUTS}))
@@ -296,8 +299,9 @@ class ErrorsTest(WorkerTestCase):
         for request in cases:
             kind, body = self.conn.call(EXECUTE, json.dumps(request).encode())
             self.assertEqual((kind, body["code"]), (CALL_ERROR, "INPUT_INVALID"), request)
-        kind, body = self.conn.call(EXECUTE, b"{not json")
-        self.assertEqual((kind, body["code"]), (CALL_ERROR, "INPUT_INVALID"))
+        for payload in (b"{not json", b"\xff\xfe\x00", b'{"input":' + b"[" * 100000 + b"]" * 100000 + b"}"):
+            kind, body = self.conn.call(EXECUTE, payload)
+            self.assertEqual((kind, body["code"]), (CALL_ERROR, "INPUT_INVALID"), payload[:20])
         kind, body = self.conn.execute({"mode": 3})
         self.assertEqual(body["details"], {"variable": "mode", "expected": "str", "actual": "integer"})
 

@@ -41,7 +41,7 @@ export class ProcessRuntime implements Runtime {
     writeSync(logFd, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} with ${w.python}\n`);
     const config = {
       socket: socketPath, checkpoint: w.checkpointPath, code: w.code, requires: w.requires,
-      inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
+      inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes, parentPid: process.pid,
     };
     const bootstrap = `import sys; sys.path.insert(0, ${JSON.stringify(PYTHON_DIR)}); import berth_worker; berth_worker.main()`;
     const child = spawn(w.python, ['-u', '-c', bootstrap], {
