@@ -17,7 +17,7 @@ export function serverUrl(explicit?: string): string {
   if (existsSync(file)) {
     try { return (JSON.parse(readFileSync(file, 'utf8')) as { url: string }).url; } catch { /* fall through */ }
   }
-  return 'http://127.0.0.1:7700';
+  return `http://${process.env.BERTH_HOST ?? '127.0.0.1'}:${process.env.BERTH_PORT ?? 7700}`;
 }
 
 export function findToken(): string {
