@@ -219,7 +219,7 @@ export class Controller {
       instanceId: inst.id,
       resources: spec.resources,
       workload: {
-        kind: 'cell', python: spec.environment.python, checkpointPath: this.checkpointPath(checkpoint.id),
+        kind: 'cell', python: spec.environment.python, kernelImage: null, registryAuth: null, checkpointPath: this.checkpointPath(checkpoint.id),
         code: checkpoint.code, requires: checkpoint.requires, inputs: spec.inputs, outputs: spec.outputs,
         maxResponseBytes: this.config.maxResponseBytes,
       },

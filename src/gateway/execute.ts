@@ -74,6 +74,17 @@ export class Gateway {
     nodeMetrics?.observe(status, (performance.now() - started) / 1000);
   }
 
+  /**
+   * One execute call from any protocol (REST, gRPC): authenticates, finds the node and
+   * runs the call. `body` is the JSON request ({folder_id, input}). Throws BerthError.
+   */
+  async call(nodeId: string, authorization: string | undefined, body: Buffer): Promise<CallResult> {
+    const token = this.auth.authenticate(authorization);
+    const route = this.controller.route(nodeId);
+    if (!route) throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
+    return this.execute(route, token, body);
+  }
+
   /** Parses, authorises, validates and runs one call. Shared by every protocol. */
   async execute(route: NodeRoute, token: ReturnType<Auth['authenticate']>, raw: Buffer): Promise<CallResult> {
     let body: unknown;

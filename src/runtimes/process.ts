@@ -13,6 +13,7 @@ const MAX_SOCKET_PATH = 100;
 
 export class ProcessRuntime implements Runtime {
   readonly name = 'process';
+  readonly supportsImages = false;
   private readonly logDir: string;
   private readonly socketDir: string;
 
@@ -27,12 +28,18 @@ export class ProcessRuntime implements Runtime {
     mkdirSync(this.socketDir, { recursive: true, mode: 0o700 });
   }
 
+  async check(): Promise<string | null> { return null; }
+
+  /** Workers die with Berth (PR_SET_PDEATHSIG), so nothing is ever left to adopt. */
+  async list(): Promise<RuntimeInstance[]> { return []; }
+
   unenforced(r: InstanceSpec['resources']): string[] {
     return [`the process runtime does not limit CPU or memory (requested ${r.cores} cores, ${r.memoryGb} GB${r.gpus ? `, ${r.gpus} GPU` : ''})`];
   }
 
   async start(spec: InstanceSpec): Promise<RuntimeInstance> {
     const w = spec.workload;
+    if (w.kind !== 'cell') throw new Error('image nodes need a container runtime: start Berth with --runtime docker');
     const socketPath = join(this.socketDir, `${spec.instanceId}.sock`);
     rmSync(socketPath, { force: true });
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
@@ -53,11 +60,11 @@ export class ProcessRuntime implements Runtime {
     const exited = new Promise<ExitInfo>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
       child.once('error', (err) => {
-        resolve({ code: null, signal: null });
+        resolve({ code: null, signal: null, error: `cannot start ${w.python}: ${err.message}` });
         console.error(`[berth] instance ${spec.instanceId}: cannot start ${w.python}: ${err.message}`);
       });
     });
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: socketPath }, pid: child.pid ?? null, exited };
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: socketPath }, ports: new Map(), pid: child.pid ?? null, exited };
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {

@@ -2,10 +2,16 @@
 // runtimes/ knows which implementation is in use.
 import type { Endpoint } from '../worker/protocol.js';
 
-/** What a cell instance needs: the Python worker with its checkpoint. */
+export interface RegistryAuth { username: string; password: string }
+
+/** A cell instance: Berth's Python worker restoring a checkpoint. */
 export interface CellWorkload {
   kind: 'cell';
+  /** Interpreter on this machine (process runtime). */
   python: string;
+  /** Kernel image with Python and dill (container runtimes); the worker code is Berth's, mounted in. */
+  kernelImage: string | null;
+  registryAuth: RegistryAuth | null;
   checkpointPath: string;
   code: string;
   requires: Array<{ name: string; version: string }>;
@@ -14,20 +20,37 @@ export interface CellWorkload {
   maxResponseBytes: number;
 }
 
+/** An image instance: any container image serving its own API. */
+export interface ImageWorkload {
+  kind: 'image';
+  image: string;
+  registryAuth: RegistryAuth | null;
+  env: Record<string, string>;
+  /** Container ports to reach from the gateway (endpoint, health check, telemetry). */
+  ports: number[];
+}
+
+export type Workload = CellWorkload | ImageWorkload;
+
 export interface InstanceSpec {
   nodeId: string;
   instanceId: string;
-  workload: CellWorkload;
+  workload: Workload;
   resources: { cores: number; memoryGb: number; gpus: number };
 }
 
-export interface ExitInfo { code: number | null; signal: string | null }
+export interface ExitInfo { code: number | null; signal: string | null; error?: string }
 
 export interface RuntimeInstance {
   readonly nodeId: string;
   readonly instanceId: string;
-  /** Where the gateway connects; only ever on this machine (a Unix socket or 127.0.0.1). */
+  /**
+   * Where Berth reaches the instance; only ever this machine (a Unix socket or 127.0.0.1).
+   * Cell: the worker's socket. Image: the first of `workload.ports`.
+   */
   readonly endpoint: Endpoint;
+  /** Image instances: each container port of `workload.ports` → its address on 127.0.0.1. */
+  readonly ports: ReadonlyMap<number, Endpoint>;
   readonly pid: number | null;
   /** Resolves once when the instance stops running, for whatever reason. */
   readonly exited: Promise<ExitInfo>;
@@ -35,15 +58,24 @@ export interface RuntimeInstance {
 
 export interface Runtime {
   readonly name: string;
+  /** Whether image nodes can run here (container runtimes only). */
+  readonly supportsImages: boolean;
+  /** Checks the runtime can work (daemon reachable…); a clear message when not. */
+  check(): Promise<string | null>;
   /** Limits this runtime cannot enforce, said plainly to the user. */
   unenforced(resources: InstanceSpec['resources']): string[];
-  /** Creates and starts the instance (the process or container exists when this resolves). */
+  /** Creates and starts the instance (pulling its image if needed); resolves once it exists. */
   start(spec: InstanceSpec): Promise<RuntimeInstance>;
   /** Stops gracefully, then forcibly after graceMs; resolves when it is gone. */
   stop(instance: RuntimeInstance, graceMs: number): Promise<void>;
   /** Kills at once (a hung or failed instance). */
   kill(instance: RuntimeInstance): void;
-  /** The last `lines` lines of an instance's log (current and past runs). */
+  /**
+   * Instances an earlier `berth up` left running (containers carry node and instance
+   * labels). The controller adopts the ones it still wants and stops the rest.
+   */
+  list(): Promise<RuntimeInstance[]>;
+  /** The last `lines` lines of an instance's log. */
   logs(nodeId: string, instanceId: string, lines: number): Promise<string>;
   /** Removes everything left of a node's instances (logs, sockets). */
   cleanup(nodeId: string): Promise<void>;
