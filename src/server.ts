@@ -1,5 +1,7 @@
-// `berth up`: the control API, the controller and the gateway in one process, on one port.
+// `berth up`: the control API, the controller and the gateway in one process, on one
+// port that speaks HTTP/1.1, h2c and gRPC.
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
+import { createServer as createH2Server, constants as h2c } from 'node:http2';
 import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -10,11 +12,17 @@ import { Auth } from './core/auth.js';
 import { BerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { SqliteStore } from './store/sqlite.js';
-import { ProcessRuntime } from './runtimes/process.js';
+import { createRuntime } from './runtimes/index.js';
 import { Controller } from './controller/controller.js';
+import { Telemetry } from './controller/telemetry.js';
 import { CheckpointService } from './checkpoints/service.js';
+import { Secrets } from './secrets/secrets.js';
 import { Gateway } from './gateway/execute.js';
+import { Proxy } from './gateway/proxy.js';
+import { H2Upstream } from './gateway/upstream.js';
+import { createFrontDoor } from './gateway/front-door.js';
 import { sendError } from './gateway/http-util.js';
+import { startGrpcServer } from './grpc/node-service.js';
 import { registerRoutes } from './api/routes.js';
 
 export interface RunningBerth {
@@ -36,6 +44,9 @@ export function checkPython(python: string): string | null {
 
 export async function startBerth(config: Config): Promise<RunningBerth> {
   mkdirSync(config.home, { recursive: true, mode: 0o700 });
+  const runtime = createRuntime(config.runtime, config.home);
+  const problem = await runtime.check();
+  if (problem) throw new Error(problem);
   const store = new SqliteStore(join(config.home, 'berth.db'));
   await store.migrate();
   const auth = new Auth(store);
@@ -43,10 +54,14 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   await auth.ensureAdminToken(config.home);
 
   const metrics = new Metrics();
-  const runtime = new ProcessRuntime(config.home);
-  const controller = new Controller(config, store, runtime, metrics);
+  const secrets = new Secrets(config.home, store);
+  const controller = new Controller(config, store, runtime, metrics, secrets);
   const checkpoints = new CheckpointService(config, store);
   const gateway = new Gateway(config, controller, auth, metrics);
+  const proxy = new Proxy(config, controller, auth, metrics);
+  const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
+  const grpc = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
+  const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   let httpServer!: Server;
   const app = Fastify({
@@ -55,15 +70,24 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     serverFactory: (handler) => {
       // data-plane calls skip the framework entirely: the hot path stays short
       httpServer = createServer({ keepAliveTimeout: 65_000 }, (req: IncomingMessage, res: ServerResponse) => {
-        if (Gateway.handles(req.url)) void gateway.handle(req, res);
+        if (Proxy.routed(req.headers)) void proxy.handleHttp1(req, res);
+        else if (Gateway.handles(req.url)) void gateway.handle(req, res);
         else handler(req, res);
       });
       return httpServer;
     },
   });
+  // HTTP/2: header-routed calls go to image instances; the rest is Berth's own gRPC API
+  const h2Server = createH2Server({ maxSessionMemory: 64 });
+  h2Server.on('stream', (stream, headers) => {
+    stream.on('error', () => undefined);
+    if (Proxy.routed(headers)) void proxy.handleHttp2(stream, headers);
+    else void forwardToGrpc(stream, headers, grpcUpstream);
+  });
+  h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {
-    openapi: { info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints and tokens. Calls go to /datasphere/v1/nodes/{id}:execute.' } },
+    openapi: { info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute.' } },
   });
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     let e: unknown = err;
@@ -81,29 +105,39 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
     reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
+    return (await metrics.registry.metrics()) + telemetry.exposition();
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  registerRoutes(app, { config, store, auth, controller, checkpoints });
+  registerRoutes(app, { config, store, auth, controller, checkpoints, secrets });
 
   await controller.start();
-  await app.listen({ host: config.host, port: config.port });
-  const address = httpServer.address();
+  telemetry.start();
+  await app.ready();
+  const front = createFrontDoor(httpServer, h2Server);
+  await new Promise<void>((resolve, reject) => {
+    front.once('error', reject);
+    front.listen(config.port, config.host, () => resolve());
+  });
+  const address = front.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host}:${port}`;
   // lets the CLI find this server without being told
-  writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid }) + '\n', { mode: 0o600 });
+  writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       gateway.draining = true;
-      httpServer.close();
+      front.close();
       httpServer.closeIdleConnections();
       const deadline = Date.now() + config.drainSeconds * 1000;
-      while (gateway.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      telemetry.stop();
       await controller.stop();
       httpServer.closeAllConnections();
+      h2Server.close();
+      grpcUpstream.close();
+      await grpc.close(1000);
       await app.close().catch(() => undefined);
       await store.close();
       rmSync(join(config.home, 'server.json'), { force: true });
@@ -111,4 +145,26 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return closing;
   };
   return { url, config, close };
+}
+
+/** Berth's own gRPC services (NodeService, reflection, health) run in grpc-js on a loopback port. */
+async function forwardToGrpc(stream: import('node:http2').ServerHttp2Stream, headers: import('node:http2').IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
+  let trailers: Record<string, string | string[]> = {};
+  try {
+    const res = await upstream.request({
+      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
+      signal: new AbortController().signal, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
+    });
+    if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
+    stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers));
+    void res.trailers.then((t) => { trailers = t; });
+    res.body.pipe(stream);
+  } catch (err) {
+    if (!stream.headersSent) {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': encodeURIComponent(`Berth gRPC unavailable: ${(err as Error).message}`) }, { endStream: true });
+    } else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+  }
 }

@@ -12,6 +12,7 @@ import type { Store } from '../store/store.js';
 import type { Controller } from '../controller/controller.js';
 import type { CheckpointService } from '../checkpoints/service.js';
 import { notebookCells, splitScript } from '../checkpoints/cells.js';
+import type { Secrets } from '../secrets/secrets.js';
 
 export interface ApiDeps {
   config: Config;
@@ -19,6 +20,7 @@ export interface ApiDeps {
   auth: Auth;
   controller: Controller;
   checkpoints: CheckpointService;
+  secrets: Secrets;
 }
 
 declare module 'fastify' {
@@ -52,7 +54,7 @@ function requireAdmin(token: TokenRecord): void {
 }
 
 export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
-  const { config, store, auth, controller, checkpoints } = deps;
+  const { config, store, auth, controller, checkpoints, secrets } = deps;
 
   app.decorateRequest('token', null as unknown as TokenRecord);
   app.addHook('onRequest', async (req) => {
@@ -163,7 +165,7 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
     if (b.name !== null && typeof b.name !== 'string') throw invalidArgument('name', `must be a string or null, got ${typeName(b.name)}`);
     const c = await checkpoints.resolve(req.params.ref);
     requireFolder(req.token, c.folderId);
-    if (b.name === null && (await store.listNodes()).some((n) => n.spec.checkpointId === c.id)) {
+    if (b.name === null && (await store.listNodes()).some((n) => n.spec.kind === 'cell' && n.spec.checkpointId === c.id)) {
       throw new BerthError('CHECKPOINT_IN_USE', 'a checkpoint that backs a node cannot be unpinned', { checkpointId: c.id });
     }
     return checkpoints.rename(c.id, b.name as string | null);
@@ -201,18 +203,27 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
   app.post('/v1/nodes', { schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
     const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token), defaultProject: config.defaultProject, defaultPython: config.python });
     requireFolder(req.token, spec.folderId);
-    let checkpoint;
-    try {
-      checkpoint = await checkpoints.resolve(spec.checkpointId, spec.projectId);
-    } catch (err) {
-      if (err instanceof BerthError) throw new BerthError(err.code, err.message, { ...err.details, field: 'checkpointId' });
-      throw err;
+    if (spec.kind === 'cell') {
+      let checkpoint;
+      try {
+        checkpoint = await checkpoints.resolve(spec.checkpointId, spec.projectId);
+      } catch (err) {
+        if (err instanceof BerthError) throw new BerthError(err.code, err.message, { ...err.details, field: 'checkpointId' });
+        throw err;
+      }
+      if (!checkpoint.pinned) {
+        throw new BerthError('CHECKPOINT_NOT_PINNED', `checkpoint ${checkpoint.id} is not pinned: pin it with a name first (berth checkpoint pin ${checkpoint.id} NAME)`,
+          { field: 'checkpointId', checkpointId: checkpoint.id });
+      }
+      spec.checkpointId = checkpoint.id;
+    } else if (!controller.supportsImages) {
+      throw new BerthError('RUNTIME_UNSUPPORTED', `image nodes need a container runtime; this Berth runs the ${controller.runtimeName} runtime (start it with --runtime docker)`,
+        { field: 'kind', runtime: controller.runtimeName });
     }
-    if (!checkpoint.pinned) {
-      throw new BerthError('CHECKPOINT_NOT_PINNED', `checkpoint ${checkpoint.id} is not pinned: pin it with a name first (berth checkpoint pin ${checkpoint.id} NAME)`,
-        { field: 'checkpointId', checkpointId: checkpoint.id });
+    const secret = spec.kind === 'cell' ? spec.environment.passwordSecret : spec.passwordSecret;
+    if (secret && !(await secrets.exists(spec.projectId, secret))) {
+      throw new BerthError('SECRET_NOT_FOUND', `secret ${secret} not found`, { field: spec.kind === 'cell' ? 'environment.passwordSecret' : 'passwordSecret', name: secret });
     }
-    spec.checkpointId = checkpoint.id;
     if ((await store.listNodes()).some((n) => n.spec.folderId === spec.folderId && n.spec.name === spec.name)) {
       throw new BerthError('NAME_TAKEN', `a node named "${spec.name}" already exists in folder ${spec.folderId}`, { field: 'name', name: spec.name });
     }
@@ -225,6 +236,27 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
     controller.addNode(record);
     reply.code(201);
     return nodeView(record);
+  });
+
+  // ---- secrets ----
+  app.post('/v1/secrets', { schema: { tags: ['secrets'], summary: 'Store a secret (the value is never returned)' } }, async (req, reply) => {
+    const b = body(req);
+    for (const k of Object.keys(b)) if (!['name', 'value', 'projectId'].includes(k)) throw invalidArgument(k, 'is not a known field');
+    const projectId = validateFolder(optString(b, 'projectId') ?? config.defaultProject, 'projectId');
+    const s = await secrets.create(projectId, optString(b, 'name') as string, b.value, req.token.name);
+    reply.code(201);
+    return s;
+  });
+
+  app.get('/v1/secrets', { schema: { tags: ['secrets'], summary: 'List secrets (names only)' } }, async () => ({ secrets: await secrets.list() }));
+
+  app.delete<{ Params: { name: string } }>('/v1/secrets/:name', { schema: { tags: ['secrets'], summary: 'Delete a secret no node uses' } }, async (req) => {
+    const users = (await store.listNodes()).filter((n) => (n.spec.kind === 'cell' ? n.spec.environment.passwordSecret : n.spec.passwordSecret) === req.params.name);
+    if (users.length) {
+      throw new BerthError('SECRET_IN_USE', `secret ${req.params.name} is used by node ${users.map((n) => n.id).join(', ')}`, { nodes: users.map((n) => n.id) });
+    }
+    const s = await secrets.delete(config.defaultProject, req.params.name);
+    return { id: s.id, name: s.name, deleted: true };
   });
 
   app.get('/v1/nodes', { schema: { tags: ['nodes'], summary: 'List nodes' } }, async (req) => {

@@ -5,17 +5,20 @@ import { join } from 'node:path';
 import type { Config } from '../core/config.js';
 import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
-import type { CellNodeSpec, InstanceView, NodeRecord, NodeStatus } from '../core/types.js';
+import type { InstanceView, NodeRecord, NodeSpec, NodeStatus } from '../core/types.js';
 import type { Store } from '../store/store.js';
-import type { Runtime } from '../runtimes/runtime.js';
+import type { RegistryAuth, Runtime, RuntimeInstance, Workload } from '../runtimes/runtime.js';
+import type { Secrets } from '../secrets/secrets.js';
 import { NodeDispatcher } from '../gateway/dispatcher.js';
 import { compileInputValidator, type InputValidator } from '../gateway/input-validator.js';
+import { H1Upstream, H2Upstream } from '../gateway/upstream.js';
 import { FRAME, WorkerConnection } from '../worker/protocol.js';
 import { InstanceState } from './instance.js';
+import { probeGrpc, probeHttp, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
 
-/** How long an instance may take from spawn to an answering socket. */
-const CONNECT_TIMEOUT_MS = 30_000;
+/** How long an instance may take from start to an answering endpoint. */
+const CONNECT_TIMEOUT_MS = 60_000;
 /** How long restoring a checkpoint may take before the instance is replaced. */
 const PREPARE_TIMEOUT_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
@@ -23,15 +26,16 @@ const MAX_BACKOFF_MS = 30_000;
 /** A node as the gateway uses it: everything a call needs, with no database access. */
 export interface NodeRoute {
   readonly id: string;
-  readonly spec: CellNodeSpec;
+  readonly spec: NodeSpec;
   readonly dispatcher: NodeDispatcher;
-  readonly validateInput: InputValidator;
+  /** Cell nodes only. */
+  readonly validateInput: InputValidator | null;
   readonly aclFolders: ReadonlySet<string>;
 }
 
 class NodeState implements NodeRoute {
   readonly dispatcher: NodeDispatcher;
-  readonly validateInput: InputValidator;
+  readonly validateInput: InputValidator | null;
   readonly aclFolders: ReadonlySet<string>;
   readonly instances = new Map<string, InstanceState>();
   status: NodeStatus;
@@ -40,14 +44,16 @@ class NodeState implements NodeRoute {
 
   constructor(public record: NodeRecord) {
     this.dispatcher = new NodeDispatcher(record.id, record.spec.scaling.queueSize);
-    this.validateInput = compileInputValidator(record.spec.inputs);
+    this.validateInput = record.spec.kind === 'cell' ? compileInputValidator(record.spec.inputs) : null;
     this.aclFolders = new Set(record.spec.permissions.folders);
     this.status = record.status;
     this.everHealthy = record.status !== 'Created';
   }
 
   get id(): string { return this.record.id; }
-  get spec(): CellNodeSpec { return this.record.spec; }
+  get spec(): NodeSpec { return this.record.spec; }
+  /** Longest a call may run: in-flight calls get this long to finish before a stop. */
+  get callTimeoutS(): number { return this.spec.kind === 'cell' ? this.spec.timeout : this.spec.endpoint.timeout; }
 
   /** Instances that count towards the target (not being removed). */
   active(): InstanceState[] {
@@ -65,14 +71,31 @@ export class Controller {
     private readonly store: Store,
     private readonly runtime: Runtime,
     private readonly metrics: Metrics,
+    private readonly secrets: Secrets,
   ) {}
 
   checkpointPath(checkpointId: string): string {
     return join(this.config.home, 'checkpoints', `${checkpointId}.dill`);
   }
 
+  get runtimeName(): string { return this.runtime.name; }
+  get supportsImages(): boolean { return this.runtime.supportsImages; }
+
+  /** Brings back every stored node, adopting instances an earlier run left running. */
   async start(): Promise<void> {
-    for (const record of await this.store.listNodes()) this.addNode(record);
+    const left = await this.runtime.list();
+    for (const record of await this.store.listNodes()) {
+      const node = new NodeState(record);
+      this.nodes.set(record.id, node);
+      this.metrics.bindNode(record.id);
+      for (const handle of left.filter((h) => h.nodeId === record.id).slice(0, record.spec.scaling.maxInstances)) {
+        this.adopt(node, handle);
+      }
+    }
+    // what nobody wants any more: instances of deleted nodes, extras beyond maxInstances
+    const adopted = new Set([...this.nodes.values()].flatMap((n) => [...n.instances.keys()]));
+    await Promise.all(left.filter((h) => !adopted.has(h.instanceId)).map((h) => this.runtime.stop(h, 2000)));
+    for (const node of this.nodes.values()) this.reconcile(node);
     this.timer = setInterval(() => this.tick(), this.config.reconcileIntervalMs);
     this.timer.unref();
   }
@@ -103,11 +126,22 @@ export class Controller {
 
   /** A call overran its timeout: take the instance out and replace it. */
   instanceTimedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
-    const inst = this.nodes.get(nodeId)?.instances.get(instanceId);
-    if (!inst || !inst.handle || inst.stopping) return;
+    const node = this.nodes.get(nodeId);
+    const inst = node?.instances.get(instanceId);
+    if (!node || !inst || !inst.handle || inst.stopping) return;
     inst.lastError = `a call ran past the node's ${timeoutSeconds}s timeout; instance replaced`;
-    this.markUnhealthy(this.nodes.get(nodeId)!, inst, 'call timeout');
+    this.markUnhealthy(node, inst, 'call timeout');
     this.runtime.kill(inst.handle);
+  }
+
+  /** The gateway could not connect: out of balancing until its health check passes again. */
+  instanceRefused(nodeId: string, instanceId: string, reason: string): void {
+    const node = this.nodes.get(nodeId);
+    const inst = node?.instances.get(instanceId);
+    if (!node || !inst || inst.status !== 'Healthy') return;
+    inst.lastError = `the gateway could not connect: ${reason}`;
+    inst.passes = 0;
+    this.markUnhealthy(node, inst, 'connection refused');
   }
 
   nodeView(nodeId: string): { status: NodeStatus; instances: InstanceView[]; warnings: string[]; queued: number } | undefined {
@@ -120,6 +154,15 @@ export class Controller {
       queued: node.dispatcher.waiting,
     };
   }
+
+  /** Healthy instances of a node with their published ports (telemetry scraping). */
+  healthyInstances(nodeId: string): Array<{ id: string; handle: RuntimeInstance }> {
+    const node = this.nodes.get(nodeId);
+    if (!node) return [];
+    return [...node.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, handle: i.handle! }));
+  }
+
+  nodeIds(): string[] { return [...this.nodes.keys()]; }
 
   logs(nodeId: string, instanceId: string, lines: number): Promise<string> {
     return this.runtime.logs(nodeId, instanceId, lines);
@@ -201,80 +244,128 @@ export class Controller {
 
   private launch(node: NodeState, inst: InstanceState): void {
     node.instances.set(inst.id, inst);
-    void this.run(node, inst).catch((err) => {
-      inst.lastError = `start failed: ${err instanceof Error ? err.message : String(err)}`;
-      if (inst.handle) this.runtime.kill(inst.handle);
-      else this.scheduleRestart(node, inst);
-    });
+    void this.run(node, inst).catch((err) => this.startFailed(node, inst, err));
+  }
+
+  private startFailed(node: NodeState, inst: InstanceState, err: unknown): void {
+    inst.lastError = err instanceof Error ? err.message : String(err);
+    if (inst.handle) { this.runtime.kill(inst.handle); return; } // onExit restarts it
+    inst.setStatus('Unhealthy', 'start failed');
+    inst.failuresInARow++;
+    this.scheduleRestart(node, inst);
+  }
+
+  private async workload(spec: NodeSpec): Promise<Workload> {
+    if (spec.kind === 'image') {
+      if (!this.runtime.supportsImages) throw new Error(`image nodes need a container runtime; this Berth runs the ${this.runtime.name} runtime (start it with --runtime docker)`);
+      const ports = [...new Set([spec.endpoint.port, spec.healthcheck.port ?? spec.endpoint.port, ...(spec.telemetry ? [spec.telemetry.port] : [])])];
+      return { kind: 'image', image: spec.image, registryAuth: await this.registryAuth(spec.projectId, spec.username, spec.passwordSecret), env: spec.env, ports };
+    }
+    const checkpoint = await this.store.getCheckpoint(spec.checkpointId);
+    if (!checkpoint) throw new Error(`checkpoint ${spec.checkpointId} no longer exists`);
+    const env = spec.environment;
+    return {
+      kind: 'cell', python: env.python, kernelImage: env.image ?? this.config.kernelImage,
+      registryAuth: await this.registryAuth(spec.projectId, env.username, env.passwordSecret),
+      checkpointPath: this.checkpointPath(checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
+      inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
+    };
+  }
+
+  private async registryAuth(projectId: string, username?: string, secret?: string): Promise<RegistryAuth | null> {
+    if (!username || !secret) return null;
+    return { username, password: await this.secrets.reveal(projectId, secret) };
   }
 
   private async run(node: NodeState, inst: InstanceState): Promise<void> {
     const generation = ++inst.generation;
-    const spec = node.spec;
-    const checkpoint = await this.store.getCheckpoint(spec.checkpointId);
-    if (!checkpoint) throw new Error(`checkpoint ${spec.checkpointId} no longer exists`);
     inst.passes = 0; inst.fails = 0; inst.healthyThisRun = false;
     const handle = await this.runtime.start({
-      nodeId: node.id,
-      instanceId: inst.id,
-      resources: spec.resources,
-      workload: {
-        kind: 'cell', python: spec.environment.python, kernelImage: null, registryAuth: null, checkpointPath: this.checkpointPath(checkpoint.id),
-        code: checkpoint.code, requires: checkpoint.requires, inputs: spec.inputs, outputs: spec.outputs,
-        maxResponseBytes: this.config.maxResponseBytes,
-      },
+      nodeId: node.id, instanceId: inst.id, resources: node.spec.resources, workload: await this.workload(node.spec),
     });
     inst.handle = handle;
     if (inst.stopping) { this.runtime.kill(handle); return; }
     inst.setStatus('Created');
-    void handle.exited.then((info) => this.onExit(node, inst, generation, info.code, info.signal));
+    await this.connect(node, inst, generation, handle);
+  }
 
-    // Started: the worker's socket answers
+  /** An instance left by an earlier run: skip creation, check it like a new one. */
+  private adopt(node: NodeState, handle: RuntimeInstance): void {
+    const inst = new InstanceState(handle.instanceId, node.id);
+    node.instances.set(inst.id, inst);
+    inst.handle = handle;
+    inst.setStatus('Created', 'adopted after a restart');
+    const generation = ++inst.generation;
+    void this.connect(node, inst, generation, handle).catch((err) => this.startFailed(node, inst, err));
+  }
+
+  /** Started once the endpoint answers; then Preparing until health checks pass. */
+  private async connect(node: NodeState, inst: InstanceState, generation: number, handle: RuntimeInstance): Promise<void> {
+    void handle.exited.then((info) => this.onExit(node, inst, generation, info.code, info.signal, info.error));
     const deadline = Date.now() + CONNECT_TIMEOUT_MS;
-    while (!inst.health) {
+    for (;;) {
       if (inst.generation !== generation || inst.stopping) return;
-      try {
-        inst.health = await WorkerConnection.open(handle.endpoint, 1024 * 1024, 1000);
-      } catch {
-        if (Date.now() > deadline) throw new Error(`the worker did not open its socket within ${CONNECT_TIMEOUT_MS / 1000}s`);
-        await sleep(25);
+      if (node.spec.kind === 'cell') {
+        try {
+          inst.health = await WorkerConnection.open(handle.endpoint, 1024 * 1024, 1000);
+          break;
+        } catch { /* not listening yet */ }
+      } else if ((await probeTcp(handle.endpoint, 1000)).ok) {
+        break;
       }
+      if (Date.now() > deadline) throw new Error(`the instance did not accept connections within ${CONNECT_TIMEOUT_MS / 1000}s`);
+      await sleep(25);
     }
     inst.setStatus('Started');
     inst.setStatus('Preparing');
     this.healthLoop(node, inst, generation, Date.now());
   }
 
+  /** One health check: pass, fail, or (cell workers) still loading / failed for good. */
+  private async probe(node: NodeState, inst: InstanceState): Promise<ProbeResult | { loading: true } | { fatal: string }> {
+    const hc = node.spec.healthcheck;
+    const handle = inst.handle!;
+    const timeoutMs = hc.timeout * 1000;
+    if (hc.protocol === 'worker') {
+      try {
+        inst.health ??= await WorkerConnection.open(handle.endpoint, 1024 * 1024, timeoutMs);
+        const pong = await withTimeout(inst.health.request(FRAME.PING, ''), timeoutMs);
+        const body = JSON.parse(pong.payload.toString('utf8')) as { state: string; error: string | null };
+        if (body.state === 'failed') return { fatal: body.error ?? 'the worker failed to load the checkpoint' };
+        if (body.state === 'loading') return { loading: true };
+        return { ok: true };
+      } catch (err) {
+        // a late answer would confuse the next check: start over on a fresh connection
+        inst.health?.close();
+        inst.health = null;
+        return { ok: false, reason: `worker did not answer its health check: ${(err as Error).message}` };
+      }
+    }
+    const target = handle.ports.get(hc.port!) ?? handle.endpoint;
+    if (hc.protocol === 'http') return probeHttp(target, hc.path ?? '/', timeoutMs);
+    if (hc.protocol === 'grpc') return probeGrpc(target, hc.service ?? '', timeoutMs);
+    return probeTcp(target, timeoutMs);
+  }
+
   private healthLoop(node: NodeState, inst: InstanceState, generation: number, preparingSince: number): void {
     const hc = node.spec.healthcheck;
     const check = async (): Promise<void> => {
       if (inst.generation !== generation || inst.stopping || !inst.handle) return;
-      let state: string | null = null;
-      let error: string | null = null;
-      try {
-        inst.health ??= await WorkerConnection.open(inst.handle.endpoint, 1024 * 1024, hc.timeout * 1000);
-        const pong = await withTimeout(inst.health.request(FRAME.PING, ''), hc.timeout * 1000);
-        const body = JSON.parse(pong.payload.toString('utf8')) as { state: string; error: string | null };
-        state = body.state; error = body.error;
-      } catch {
-        // a late answer would confuse the next check: start over on a fresh connection
-        inst.health?.close();
-        inst.health = null;
-      }
+      const result = await this.probe(node, inst);
       if (inst.generation !== generation || inst.stopping) return;
-      if (state === 'failed') {
-        inst.lastError = error ?? 'the worker failed to load the checkpoint';
-        inst.setStatus('Unhealthy', 'checkpoint restore failed');
-        this.runtime.kill(inst.handle!);
+      if ('fatal' in result) {
+        inst.lastError = result.fatal;
+        inst.setStatus('Unhealthy', 'failed to prepare');
+        this.runtime.kill(inst.handle);
         return;
       }
-      if (state === 'loading') {
+      if ('loading' in result) {
         if (Date.now() - preparingSince > PREPARE_TIMEOUT_MS) {
-          inst.lastError = `restoring the checkpoint took longer than ${PREPARE_TIMEOUT_MS / 60_000} minutes`;
-          this.runtime.kill(inst.handle!);
+          inst.lastError = `preparing took longer than ${PREPARE_TIMEOUT_MS / 60_000} minutes`;
+          this.runtime.kill(inst.handle);
           return;
         }
-      } else if (state === 'ready') {
+      } else if (result.ok) {
         inst.fails = 0;
         inst.passes++;
         if (inst.status !== 'Healthy' && inst.passes >= hc.passesThreshold) await this.becomeHealthy(node, inst, generation);
@@ -282,11 +373,14 @@ export class Controller {
         inst.passes = 0;
         inst.fails++;
         if (inst.status === 'Healthy' && inst.fails >= hc.failsThreshold) {
-          inst.lastError = `failed ${inst.fails} health checks in a row`;
+          inst.lastError = `failed ${inst.fails} health checks in a row: ${result.reason}`;
           this.markUnhealthy(node, inst, 'health checks failing');
-        } else if (inst.status === 'Unhealthy' && inst.fails >= 2 * hc.failsThreshold) {
+        } else if (inst.status === 'Preparing' && inst.fails >= hc.failsThreshold) {
+          inst.lastError = result.reason;
+        } else if (inst.status === 'Unhealthy' && inst.fails >= 2 * hc.failsThreshold && node.spec.kind === 'cell') {
+          // a worker that stops answering is broken; an image instance may recover by itself
           inst.lastError = `stayed unhealthy for ${inst.fails} checks; instance replaced`;
-          this.runtime.kill(inst.handle!);
+          this.runtime.kill(inst.handle);
           return;
         }
       }
@@ -296,11 +390,20 @@ export class Controller {
   }
 
   private async becomeHealthy(node: NodeState, inst: InstanceState, generation: number): Promise<void> {
-    const want = node.spec.scaling.sessionsPerInstance;
-    while (inst.slot.free.length + inst.slot.busy < want) {
-      const conn = await WorkerConnection.open(inst.handle!.endpoint, this.config.maxResponseBytes + 1024);
-      if (inst.generation !== generation || inst.stopping) { conn.close(); return; }
-      inst.slot.free.push(conn);
+    const spec = node.spec;
+    const want = spec.scaling.sessionsPerInstance;
+    const handle = inst.handle!;
+    if (spec.kind === 'cell') {
+      while (inst.slot.free.length + inst.slot.busy < want) {
+        const conn = await WorkerConnection.open(handle.endpoint, this.config.maxResponseBytes + 1024);
+        if (inst.generation !== generation || inst.stopping) { conn.close(); return; }
+        inst.slot.free.push(conn);
+      }
+    } else {
+      inst.slot.upstream ??= spec.endpoint.protocol === 'http'
+        ? new H1Upstream(handle.endpoint, want, spec.endpoint.idleTimeout * 1000)
+        : new H2Upstream(handle.endpoint);
+      while (inst.slot.free.length + inst.slot.busy < want) inst.slot.free.push({ closed: false });
     }
     inst.failuresInARow = 0;
     inst.setStatus('Healthy');
@@ -313,13 +416,14 @@ export class Controller {
     this.publish(node);
   }
 
-  private onExit(node: NodeState, inst: InstanceState, generation: number, code: number | null, signal: string | null): void {
+  private onExit(node: NodeState, inst: InstanceState, generation: number, code: number | null, signal: string | null, error?: string): void {
     if (inst.generation !== generation) return;
     const wasHealthy = inst.healthyThisRun;
     inst.closeConnections();
     if (inst.stopping) return;
-    const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-    inst.lastError = inst.lastError && !inst.lastError.startsWith('process ') ? inst.lastError : `process ${how}`;
+    const how = error ?? (signal ? `was killed by ${signal}` : `exited with code ${code}`);
+    // keep a more specific reason (a timeout, a missing package) over "killed"
+    inst.lastError = inst.lastError && !inst.lastError.startsWith('process ') && inst.status !== 'Healthy' ? inst.lastError : `process ${how}`;
     inst.setStatus('Unhealthy', `process ${how}`);
     this.publish(node);
     if (!wasHealthy) inst.failuresInARow++;
@@ -344,9 +448,9 @@ export class Controller {
     inst.setStatus('Deleting', reason);
     this.publish(node);
     // calls already running on it finish; then its connections close with the process
-    const deadline = Date.now() + node.spec.timeout * 1000;
+    const deadline = Date.now() + node.callTimeoutS * 1000;
     while (inst.slot.busy > 0 && Date.now() < deadline) await sleep(20);
-    if (inst.handle) await this.runtime.stop(inst.handle, 2000);
+    if (inst.handle) await this.runtime.stop(inst.handle, 2000).catch(() => undefined);
     inst.closeConnections();
     node.instances.delete(inst.id);
     this.reconcileSoon(node);

@@ -34,7 +34,7 @@ export class InstanceState {
   healthTimer: NodeJS.Timeout | null = null;
 
   constructor(readonly id: string, readonly nodeId: string) {
-    this.slot = { id, free: [], busy: 0, lastUsedAt: Date.now() };
+    this.slot = { id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null };
     this.setStatus('Undefined');
   }
 
@@ -50,8 +50,10 @@ export class InstanceState {
 
   /** Closes every connection to the worker (its sessions and its health check). */
   closeConnections(): void {
-    for (const c of this.slot.free) c.close();
+    for (const c of this.slot.free) (c as { close?: () => void }).close?.();
     this.slot.free.length = 0;
+    this.slot.upstream?.close();
+    this.slot.upstream = null;
     this.health?.close();
     this.health = null;
     if (this.healthTimer) clearTimeout(this.healthTimer);

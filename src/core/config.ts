@@ -9,13 +9,18 @@ export interface Config {
   host: string;
   port: number;
   python: string;            // default Python for checkpoints and cell instances
-  runtime: 'process';
+  /** process: local Python processes (embedded default); docker: containers through the Docker Engine API. */
+  runtime: 'process' | 'docker';
   defaultFolder: string;
   defaultProject: string;
   maxRequestBytes: number;
   maxResponseBytes: number;
   /** How long SIGTERM waits for running calls before stopping instances. */
   drainSeconds: number;
+  /** Container runtimes: the image cell nodes run in when they name none (Python 3 with dill). */
+  kernelImage: string | null;
+  /** How often image nodes' own Prometheus endpoints are scraped. */
+  telemetryIntervalMs: number;
   /** Controller tick: health checks, scaling and replacement are evaluated this often. */
   reconcileIntervalMs: number;
 }
@@ -43,7 +48,9 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     host: overrides.host ?? env.BERTH_HOST ?? '127.0.0.1',
     port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
     python: overrides.python ?? defaultPython(),
-    runtime: 'process',
+    runtime: overrides.runtime ?? (env.BERTH_RUNTIME === 'docker' ? 'docker' : 'process'),
+    kernelImage: overrides.kernelImage ?? env.BERTH_KERNEL_IMAGE ?? null,
+    telemetryIntervalMs: overrides.telemetryIntervalMs ?? 5000,
     defaultFolder: overrides.defaultFolder ?? env.BERTH_FOLDER ?? 'default',
     defaultProject: overrides.defaultProject ?? 'default',
     maxRequestBytes: overrides.maxRequestBytes ?? 16 * MB,

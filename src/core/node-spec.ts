@@ -1,7 +1,7 @@
 // Validates and normalises a node spec as a user sends it (API body or YAML file) into
 // the NodeSpec Berth stores. Every error names the field, as `invalidArgument` does.
 import { invalidArgument } from './errors.js';
-import { VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type Resources, type Scaling, type Variable } from './types.js';
+import { VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type Scaling, type Variable } from './types.js';
 
 export const RESOURCE_PRESETS: Record<string, Omit<Resources, 'preset'>> = {
   'c1.4': { cores: 4, memoryGb: 32, gpus: 0 },
@@ -17,7 +17,14 @@ const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const IDENTIFIER_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield']);
 
-const NODE_FIELDS = new Set(['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']);
+const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck'];
+const KIND_FIELDS = {
+  cell: new Set([...COMMON_FIELDS, 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']),
+  image: new Set([...COMMON_FIELDS, 'image', 'username', 'passwordSecret', 'env', 'endpoint', 'telemetry']),
+};
+// image references: [registry[:port]/]name[:tag][@digest]
+const IMAGE_RE = /^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$/;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 export interface SpecContext { defaultFolder: string; defaultProject: string; defaultPython: string }
 
@@ -131,7 +138,33 @@ function scaling(o: Obj): Scaling {
   };
 }
 
-function healthcheck(o: Obj): Healthcheck {
+function port(o: Obj, key: string, field: string, dflt?: number): number {
+  if ((o[key] === undefined || o[key] === null) && dflt === undefined) throw invalidArgument(field, 'is required');
+  return int(o, key, field, 1, 65535, dflt ?? 0);
+}
+
+function healthcheck(o: Obj, kind: 'cell' | 'image', endpointPort: number): Healthcheck {
+  if (kind === 'image') {
+    if (o.healthcheck === undefined || o.healthcheck === null) {
+      // no health check declared: ready once the endpoint port accepts connections
+      return { protocol: 'tcp', port: endpointPort, timeout: 1, interval: 1, failsThreshold: 3, passesThreshold: 1 };
+    }
+    const h = obj(o, 'healthcheck', 'healthcheck', ['protocol', 'port', 'path', 'service', 'timeout', 'interval', 'failsThreshold', 'passesThreshold']);
+    const protocol = str(h, 'protocol', 'healthcheck.protocol') ?? 'http';
+    if (protocol !== 'http' && protocol !== 'grpc') throw invalidArgument('healthcheck.protocol', `must be "http" or "grpc", got "${protocol}"`);
+    if (protocol === 'http' && h.service !== undefined) throw invalidArgument('healthcheck.service', 'applies to grpc health checks only');
+    if (protocol === 'grpc' && h.path !== undefined) throw invalidArgument('healthcheck.path', 'applies to http health checks only');
+    const path = str(h, 'path', 'healthcheck.path', { max: 2048 }) ?? '/';
+    if (!path.startsWith('/')) throw invalidArgument('healthcheck.path', 'must start with "/"');
+    return {
+      protocol, port: port(h, 'port', 'healthcheck.port', endpointPort),
+      ...(protocol === 'http' ? { path } : { service: str(h, 'service', 'healthcheck.service', { max: 256 }) ?? '' }),
+      timeout: num(h, 'timeout', 'healthcheck.timeout', 0.05, 60, 1),
+      interval: num(h, 'interval', 'healthcheck.interval', 0.05, 600, 1),
+      failsThreshold: int(h, 'failsThreshold', 'healthcheck.failsThreshold', 1, 100, 3),
+      passesThreshold: int(h, 'passesThreshold', 'healthcheck.passesThreshold', 1, 100, 1),
+    };
+  }
   const h = obj(o, 'healthcheck', 'healthcheck', ['timeout', 'interval', 'failsThreshold', 'passesThreshold']);
   return {
     protocol: 'worker',
@@ -143,17 +176,16 @@ function healthcheck(o: Obj): Healthcheck {
 }
 
 /**
- * Checks a cell node spec. `checkpointId` is returned as given (id or pinned name);
- * the caller resolves it against the store.
+ * Checks a node spec. A cell node's `checkpointId` is returned as given (id or pinned
+ * name) and an image node's `passwordSecret` as a name: the caller resolves them.
  */
-export function parseNodeSpec(body: unknown, ctx: SpecContext): CellNodeSpec {
+export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
   if (!isObj(body)) throw invalidArgument('body', `must be a JSON object, got ${typeName(body)}`);
+  const kind = str(body, 'kind', 'kind') ?? (body.image !== undefined ? 'image' : 'cell');
+  if (kind !== 'cell' && kind !== 'image') throw invalidArgument('kind', `must be "cell" or "image", got "${kind}"`);
   for (const k of Object.keys(body)) {
-    if (!NODE_FIELDS.has(k)) throw invalidArgument(k, 'is not a known field');
+    if (!KIND_FIELDS[kind].has(k)) throw invalidArgument(k, `is not a known field of ${kind} nodes`);
   }
-  const kind = str(body, 'kind', 'kind') ?? 'cell';
-  if (kind === 'image') throw invalidArgument('kind', 'image nodes need the Docker runtime, which this Berth does not have yet');
-  if (kind !== 'cell') throw invalidArgument('kind', `must be "cell" or "image", got "${kind}"`);
 
   const name = validateName(str(body, 'name', 'name'));
   const description = str(body, 'description', 'description', { max: 1024 }) ?? '';
@@ -170,21 +202,70 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): CellNodeSpec {
     });
     if (folders.length === 0) throw invalidArgument('permissions.folders', 'must list at least one folder');
   }
-
-  const checkpointId = str(body, 'checkpointId', 'checkpointId', { required: true, max: 128 })!;
-  const inputs = variables(body, 'inputs');
-  const outputs = variables(body, 'outputs');
-  const env = obj(body, 'environment', 'environment', ['python']);
-  const python = str(env, 'python', 'environment.python', { max: 4096 }) ?? ctx.defaultPython;
-
-  return {
-    kind: 'cell', name, description, folderId, projectId,
+  const common: Omit<NodeSpecCommon, 'healthcheck'> = {
+    name, description, folderId, projectId,
     permissions: { folders: [...new Set(folders)] },
     resources: resources(body),
     scaling: scaling(body),
-    healthcheck: healthcheck(body),
+  };
+  return kind === 'cell' ? parseCell(body, common, ctx) : parseImage(body, common);
+}
+
+function parseCell(body: Obj, common: Omit<NodeSpecCommon, 'healthcheck'>, ctx: SpecContext): CellNodeSpec {
+  const checkpointId = str(body, 'checkpointId', 'checkpointId', { required: true, max: 128 })!;
+  const inputs = variables(body, 'inputs');
+  const outputs = variables(body, 'outputs');
+  const env = obj(body, 'environment', 'environment', ['python', 'image', 'username', 'passwordSecret']);
+  const python = str(env, 'python', 'environment.python', { max: 4096 }) ?? ctx.defaultPython;
+  const image = str(env, 'image', 'environment.image', { max: 512 });
+  if (image !== undefined && !IMAGE_RE.test(image)) throw invalidArgument('environment.image', `"${image}" is not a valid image reference`);
+  const username = str(env, 'username', 'environment.username', { max: 256 });
+  const passwordSecret = str(env, 'passwordSecret', 'environment.passwordSecret', { max: 128 });
+  return {
+    kind: 'cell', ...common,
+    healthcheck: healthcheck(body, 'cell', 0),
     checkpointId, inputs, outputs,
-    environment: { python },
+    environment: { python, ...(image ? { image } : {}), ...(username ? { username } : {}), ...(passwordSecret ? { passwordSecret } : {}) },
     timeout: num(body, 'timeout', 'timeout', 0.1, 3600, 60),
+  };
+}
+
+function parseImage(body: Obj, common: Omit<NodeSpecCommon, 'healthcheck'>): ImageNodeSpec {
+  const image = str(body, 'image', 'image', { required: true, max: 512 })!;
+  if (!IMAGE_RE.test(image)) throw invalidArgument('image', `"${image}" is not a valid image reference`);
+  const username = str(body, 'username', 'username', { max: 256 });
+  const passwordSecret = str(body, 'passwordSecret', 'passwordSecret', { max: 128 });
+  if (passwordSecret && !username) throw invalidArgument('username', 'is required with passwordSecret');
+  const envObj = obj(body, 'env', 'env', Object.keys(isObj(body.env) ? body.env : {}));
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(envObj)) {
+    if (!ENV_NAME_RE.test(k)) throw invalidArgument(`env.${k}`, 'is not a valid environment variable name');
+    if (typeof v !== 'string' && typeof v !== 'number' && typeof v !== 'boolean') throw invalidArgument(`env.${k}`, `must be a string, got ${typeName(v)}`);
+    env[k] = String(v);
+  }
+  if (body.endpoint === undefined || body.endpoint === null) throw invalidArgument('endpoint', 'is required: {port, protocol}');
+  const e = obj(body, 'endpoint', 'endpoint', ['port', 'protocol', 'timeout', 'idleTimeout']);
+  const protocol = str(e, 'protocol', 'endpoint.protocol') ?? 'http';
+  if (protocol !== 'http' && protocol !== 'http2' && protocol !== 'grpc') throw invalidArgument('endpoint.protocol', `must be http, http2 or grpc, got "${protocol}"`);
+  const endpoint = {
+    port: port(e, 'port', 'endpoint.port'),
+    protocol: protocol as ImageNodeSpec['endpoint']['protocol'],
+    timeout: num(e, 'timeout', 'endpoint.timeout', 0.1, 86_400, 15),
+    idleTimeout: num(e, 'idleTimeout', 'endpoint.idleTimeout', 0.1, 86_400, 300),
+  };
+  let telemetry: ImageNodeSpec['telemetry'];
+  if (body.telemetry !== undefined && body.telemetry !== null) {
+    const t = obj(body, 'telemetry', 'telemetry', ['path', 'port', 'format']);
+    const format = str(t, 'format', 'telemetry.format') ?? 'prometheus';
+    if (format !== 'prometheus') throw invalidArgument('telemetry.format', `must be "prometheus", got "${format}"`);
+    const path = str(t, 'path', 'telemetry.path', { max: 2048 }) ?? '/metrics';
+    if (!path.startsWith('/')) throw invalidArgument('telemetry.path', 'must start with "/"');
+    telemetry = { path, port: port(t, 'port', 'telemetry.port', endpoint.port), format: 'prometheus' };
+  }
+  return {
+    kind: 'image', ...common,
+    healthcheck: healthcheck(body, 'image', endpoint.port),
+    image, ...(username ? { username } : {}), ...(passwordSecret ? { passwordSecret } : {}),
+    env, endpoint, ...(telemetry ? { telemetry } : {}),
   };
 }

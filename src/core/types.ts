@@ -49,7 +49,8 @@ export interface Scaling {
 }
 
 export interface Healthcheck {
-  protocol?: 'http' | 'grpc' | 'worker';
+  /** worker: the cell worker's ping; tcp: the endpoint port accepts connections (image nodes without a health check). */
+  protocol: 'http' | 'grpc' | 'tcp' | 'worker';
   port?: number;
   path?: string;
   service?: string;
@@ -75,12 +76,34 @@ export interface CellNodeSpec extends NodeSpecCommon {
   checkpointId: string;
   inputs: Variable[];
   outputs: Variable[];
-  environment: { python: string };
+  /** python: interpreter (process runtime); image: kernel image with Python and dill (container runtimes). */
+  environment: { python: string; image?: string; username?: string; passwordSecret?: string };
   /** Per-call timeout in seconds. */
   timeout: number;
 }
 
-export type NodeSpec = CellNodeSpec;
+export interface Endpoint {
+  port: number;
+  protocol: 'http' | 'http2' | 'grpc';
+  /** Seconds a call may take in all. */
+  timeout: number;
+  /** Seconds a connection may stay silent before it is closed. */
+  idleTimeout: number;
+}
+
+export interface ImageNodeSpec extends NodeSpecCommon {
+  kind: 'image';
+  image: string;
+  username?: string;
+  passwordSecret?: string;
+  env: Record<string, string>;
+  endpoint: Endpoint;
+  telemetry?: { path: string; port: number; format: 'prometheus' };
+}
+
+export type NodeSpec = CellNodeSpec | ImageNodeSpec;
+
+export interface Secret { id: string; name: string; projectId: string; createdAt: string; createdBy: string }
 
 export interface InstanceView {
   id: string;

@@ -2,18 +2,23 @@
 // Healthy instances, never more than sessionsPerInstance per instance, least-busy first.
 // Calls that find no free session wait in a bounded FIFO queue; past it they get 503.
 import { BerthError } from '../core/errors.js';
-import type { WorkerConnection } from '../worker/protocol.js';
+import type { Upstream } from './upstream.js';
+
+/** One of an instance's sessions: a worker connection (cell) or a permit (image). */
+export interface Session { readonly closed: boolean }
 
 /** An instance as the dispatcher sees it. The controller owns it and its connections. */
 export interface Slot {
   readonly id: string;
-  /** Free connections; each is one session. */
-  readonly free: WorkerConnection[];
+  /** Free sessions; at most sessionsPerInstance exist per instance. */
+  readonly free: Session[];
   busy: number;
   lastUsedAt: number;
+  /** Image instances: the gateway's persistent connections to it. */
+  upstream: Upstream | null;
 }
 
-export interface Lease { slot: Slot; conn: WorkerConnection }
+export interface Lease { slot: Slot; conn: Session }
 
 interface Waiter {
   resolve: (lease: Lease) => void;

@@ -6,7 +6,7 @@ import { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Controller, NodeRoute } from '../controller/controller.js';
-import { FRAME, type Frame } from '../worker/protocol.js';
+import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
 import { readBody, sendError, closeAfterResponse } from './http-util.js';
 
@@ -107,25 +107,30 @@ export class Gateway {
     if (!route.aclFolders.has(folder)) {
       throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
     }
+    if (route.spec.kind !== 'cell' || !route.validateInput) {
+      throw new BerthError('INVALID_ARGUMENT', `node ${route.id} is an image node: call it with the x-node-id header on any path, not :execute`,
+        { field: 'nodeId', nodeKind: route.spec.kind });
+    }
     route.validateInput(b.input);
-    return this.run(route, raw);
+    return this.run(route, route.spec.timeout, raw);
   }
 
   /** Sends a validated call to an instance and maps the worker's answer. */
-  private async run(route: NodeRoute, payload: Buffer): Promise<CallResult> {
-    const timeoutMs = route.spec.timeout * 1000;
+  private async run(route: NodeRoute, timeoutS: number, payload: Buffer): Promise<CallResult> {
+    const timeoutMs = timeoutS * 1000;
     const acquired = route.dispatcher.acquire(timeoutMs);
     const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
+    const conn = lease.conn as WorkerConnection;
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
     try {
       const frame = await new Promise<Frame>((resolve, reject) => {
         timer = setTimeout(() => {
           timedOut = true;
-          reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${route.spec.timeout}s; its instance is being replaced`,
-            { nodeId: route.id, timeoutSeconds: route.spec.timeout }));
+          reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
+            { nodeId: route.id, timeoutSeconds: timeoutS }));
         }, timeoutMs);
-        lease.conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
+        conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
       });
       return mapFrame(frame);
     } catch (err) {
@@ -137,8 +142,8 @@ export class Gateway {
     } finally {
       clearTimeout(timer);
       if (timedOut) {
-        lease.conn.close();
-        this.controller.instanceTimedOut(route.id, lease.slot.id, route.spec.timeout);
+        conn.close();
+        this.controller.instanceTimedOut(route.id, lease.slot.id, timeoutS);
       }
       route.dispatcher.release(lease);
     }

@@ -31,8 +31,7 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       if (size > limit) {
         failed = true;
         chunks.length = 0;
-        req.pause();
-        reject(tooLarge(limit, size));
+        reject(tooLarge(limit, size)); // later chunks are dropped as they come: see closeAfterResponse
         return;
       }
       chunks.push(chunk);
@@ -46,7 +45,14 @@ function tooLarge(limit: number, size: number): BerthError {
   return new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: size }, { connection: 'close' });
 }
 
-/** After a 413 the rest of the upload is not wanted: close once the answer is out. */
-export function closeAfterResponse(req: IncomingMessage, res: ServerResponse): void {
-  res.once('finish', () => req.socket.destroy());
+/**
+ * After a 413 the rest of the upload is not wanted. Closing at once would make most
+ * clients fail on a broken pipe before they read the answer, so drain and drop the rest
+ * for a short while (a "lingering close", as nginx does), then close.
+ */
+export function closeAfterResponse(req: IncomingMessage, res: ServerResponse, lingerMs = 5000): void {
+  req.resume();
+  const timer = setTimeout(() => req.socket.destroy(), lingerMs);
+  timer.unref();
+  req.once('end', () => { clearTimeout(timer); res.once('finish', () => req.socket.destroy()); if (res.writableFinished) req.socket.destroy(); });
 }

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import type { Store } from './store.js';
+import type { SecretRecord, Store } from './store.js';
 import type { Checkpoint, NodeRecord, NodeStatus, TokenRecord, Transition } from '../core/types.js';
 
 /** Schema migrations, applied in order, each once, each in one transaction. */
@@ -17,6 +17,10 @@ const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_by TEXT NOT NULL);
    CREATE UNIQUE INDEX nodes_name ON nodes(folder_id, name);
    CREATE INDEX nodes_checkpoint ON nodes(checkpoint_id);`,
+  `CREATE TABLE secrets (
+     id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL, ciphertext BLOB NOT NULL,
+     created_at TEXT NOT NULL, created_by TEXT NOT NULL);
+   CREATE UNIQUE INDEX secrets_name ON secrets(project_id, name);`,
 ];
 
 /** Node status history kept per node (older transitions are dropped). */
@@ -100,6 +104,24 @@ export class SqliteStore implements Store {
     })();
   }
 
+  async insertSecret(s: SecretRecord): Promise<void> {
+    this.db.prepare('INSERT INTO secrets (id, project_id, name, ciphertext, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(s.id, s.projectId, s.name, s.ciphertext, s.createdAt, s.createdBy);
+  }
+
+  async getSecretByName(projectId: string, name: string): Promise<SecretRecord | undefined> {
+    const row = this.db.prepare('SELECT * FROM secrets WHERE project_id = ? AND name = ?').get(projectId, name) as Record<string, any> | undefined;
+    return row && rowToSecret(row);
+  }
+
+  async listSecrets(): Promise<SecretRecord[]> {
+    return (this.db.prepare('SELECT * FROM secrets ORDER BY created_at').all() as Array<Record<string, any>>).map(rowToSecret);
+  }
+
+  async deleteSecret(id: string): Promise<boolean> {
+    return this.db.prepare('DELETE FROM secrets WHERE id = ?').run(id).changes > 0;
+  }
+
   async insertNode(n: NodeRecord): Promise<void> {
     this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, status, transitions, created_at, updated_at, created_by)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
@@ -130,6 +152,10 @@ export class SqliteStore implements Store {
   async deleteNode(id: string): Promise<void> {
     this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
   }
+}
+
+function rowToSecret(r: Record<string, any>): SecretRecord {
+  return { id: r.id, projectId: r.project_id, name: r.name, ciphertext: r.ciphertext, createdAt: r.created_at, createdBy: r.created_by };
 }
 
 function rowToNode(r: Record<string, any>): NodeRecord {

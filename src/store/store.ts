@@ -1,4 +1,7 @@
-import type { Checkpoint, NodeRecord, NodeStatus, TokenRecord, Transition } from '../core/types.js';
+import type { Checkpoint, NodeRecord, NodeStatus, Secret, TokenRecord, Transition } from '../core/types.js';
+
+/** A secret as stored: the value only ever encrypted. */
+export interface SecretRecord extends Secret { ciphertext: Buffer }
 
 /**
  * Where Berth keeps its resources. One interface, several backends (SQLite is the
@@ -20,6 +23,11 @@ export interface Store {
   renameCheckpoint(id: string, name: string | null, updatedAt: string): Promise<void>;
   /** Deletes unless a node uses it; returns the ids of the nodes that do. */
   deleteCheckpoint(id: string): Promise<{ deleted: boolean; usedBy: string[] }>;
+
+  insertSecret(s: SecretRecord): Promise<void>;
+  getSecretByName(projectId: string, name: string): Promise<SecretRecord | undefined>;
+  listSecrets(): Promise<SecretRecord[]>;
+  deleteSecret(id: string): Promise<boolean>;
 
   insertNode(n: NodeRecord): Promise<void>;
   getNode(id: string): Promise<NodeRecord | undefined>;

@@ -1,0 +1,288 @@
+// Header-routed calls to image nodes: any method and path with `x-node-id` (or
+// `x-node-alias`), `x-folder-id` and a token go to a Healthy instance with method, path,
+// query, headers and body intact. HTTP/1.1, HTTP/2 and gRPC (with trailers) are carried
+// and streamed both ways: nothing is buffered whole.
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
+import { Transform, type Readable, type Writable, pipeline } from 'node:stream';
+import { Auth } from '../core/auth.js';
+import type { Config } from '../core/config.js';
+import { BerthError, asBerthError } from '../core/errors.js';
+import type { Metrics } from '../core/metrics.js';
+import type { ImageNodeSpec } from '../core/types.js';
+import type { Controller, NodeRoute } from '../controller/controller.js';
+import type { Lease } from './dispatcher.js';
+import { isRefused, type UpstreamResponse } from './upstream.js';
+import { closeAfterResponse, sendError } from './http-util.js';
+
+/** Headers that belong to one connection, or that carry Berth's routing and auth. */
+const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
+  'x-node-id', 'x-node-alias', 'x-folder-id', 'authorization', 'content-length']);
+const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
+
+/** An alias resolved to one of its nodes (aliases plug in here). */
+export interface AliasTarget { nodeId: string; headers: Array<{ name: string; value: string }>; aclFolders: ReadonlySet<string> | null; isPublic: boolean }
+export type AliasResolver = (name: string) => AliasTarget | undefined;
+
+/** The side of the exchange facing the caller: an HTTP/1.1 response or an HTTP/2 stream. */
+interface Downstream {
+  method: string;
+  path: string;
+  headers: IncomingHttpHeaders;
+  body: Readable;
+  isGrpc: boolean;
+  headersSent(): boolean;
+  respond(status: number, headers: Record<string, string | string[]>, endStream: boolean): void;
+  writable: Writable;
+  /** Ends the response, with trailers where the protocol carries them. */
+  setTrailers(trailers: Promise<Record<string, string | string[]>>): void;
+  fail(err: BerthError): number;
+  destroy(): void;
+  onClose(cb: () => void): void;
+}
+
+export class Proxy {
+  resolveAlias: AliasResolver | null = null;
+  /** Calls being served right now; shutdown waits for them. */
+  inFlight = 0;
+
+  constructor(
+    private readonly config: Config,
+    private readonly controller: Controller,
+    private readonly auth: Auth,
+    private readonly metrics: Metrics,
+  ) {}
+
+  static routed(headers: IncomingHttpHeaders | H2Headers): boolean {
+    return headers['x-node-id'] !== undefined || headers['x-node-alias'] !== undefined;
+  }
+
+  handleHttp1(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let closeCb: (() => void) | null = null;
+    res.on('close', () => { if (!res.writableFinished) closeCb?.(); });
+    return this.forward({
+      method: req.method ?? 'GET', path: req.url ?? '/', headers: req.headers, body: req,
+      isGrpc: false,
+      headersSent: () => res.headersSent,
+      respond: (status, headers, endStream) => {
+        res.writeHead(status, headers);
+        res.flushHeaders();
+        if (endStream) res.end();
+      },
+      writable: res,
+      setTrailers: () => { /* HTTP/1.1 callers get no trailers */ },
+      fail: (err) => {
+        if (err.code === 'PAYLOAD_TOO_LARGE') closeAfterResponse(req, res);
+        return sendError(res, err);
+      },
+      destroy: () => res.destroy(),
+      onClose: (cb) => { closeCb = cb; },
+    });
+  }
+
+  handleHttp2(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
+    const isGrpc = String(headers['content-type'] ?? '').startsWith('application/grpc');
+    let trailers: Promise<Record<string, string | string[]>> | null = null;
+    stream.on('wantTrailers', () => {
+      void (trailers ?? Promise.resolve({})).then((t) => { if (!stream.destroyed) stream.sendTrailers(t); });
+    });
+    return this.forward({
+      method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
+      isGrpc,
+      headersSent: () => stream.headersSent,
+      respond: (status, h, endStream) => stream.respond({ ...h, ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true }),
+      writable: stream,
+      setTrailers: (t) => { trailers = t; },
+      fail: (err) => {
+        if (stream.headersSent) { stream.close(h2c.NGHTTP2_INTERNAL_ERROR); return err.httpStatus; }
+        if (isGrpc) {
+          stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(err.grpcStatus), 'grpc-message': encodeURIComponent(err.message) }, { endStream: true });
+          return 200;
+        }
+        const body = JSON.stringify(err.toJSON());
+        stream.respond({ ':status': err.httpStatus, 'content-type': 'application/json', ...err.headers }, { endStream: false });
+        stream.end(body);
+        return err.httpStatus;
+      },
+      destroy: () => stream.close(h2c.NGHTTP2_CANCEL),
+      onClose: (cb) => stream.once('close', () => { if (!stream.writableFinished) cb(); }),
+    });
+  }
+
+  private target(d: Downstream): { route: NodeRoute & { spec: ImageNodeSpec }; extraHeaders: AliasTarget['headers'] } {
+    const token = this.auth.authenticate(d.headers.authorization);
+    const folder = d.headers['x-folder-id'];
+    if (typeof folder !== 'string' || !folder) throw new BerthError('INVALID_ARGUMENT', 'the x-folder-id header is required: the folder you call from', { field: 'x-folder-id' });
+    if (!Auth.holdsFolder(token, folder)) throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
+    let nodeId = d.headers['x-node-id'] as string | undefined;
+    let extraHeaders: AliasTarget['headers'] = [];
+    let acl: ReadonlySet<string> | null = null;
+    const aliasName = d.headers['x-node-alias'] as string | undefined;
+    if (!nodeId && aliasName !== undefined) {
+      const alias = this.resolveAlias?.(aliasName);
+      if (!alias) throw new BerthError('ALIAS_NOT_FOUND', `alias ${aliasName} not found`, { aliasName });
+      if (!alias.isPublic && !alias.aclFolders!.has(folder)) {
+        throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${aliasName}`, { folderId: folder, aliasName });
+      }
+      nodeId = alias.nodeId;
+      extraHeaders = alias.headers;
+      acl = alias.aclFolders;
+    }
+    const route = this.controller.route(nodeId!);
+    if (!route) throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
+    if (route.spec.kind !== 'image') {
+      throw new BerthError('INVALID_ARGUMENT', `node ${nodeId} is a cell node: call POST /datasphere/v1/nodes/${nodeId}:execute`, { field: 'x-node-id', nodeKind: 'cell' });
+    }
+    if (acl === null && !route.aclFolders.has(folder)) {
+      throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${nodeId}`, { folderId: folder, nodeId });
+    }
+    return { route: route as NodeRoute & { spec: ImageNodeSpec }, extraHeaders };
+  }
+
+  private async forward(d: Downstream): Promise<void> {
+    this.inFlight++;
+    const started = performance.now();
+    let nodeMetrics: ReturnType<Metrics['bindNode']> | null = null;
+    let status = 0;
+    let grpcStatus: string | undefined;
+    let lease: Lease | null = null;
+    let route: (NodeRoute & { spec: ImageNodeSpec }) | null = null;
+    const abort = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const t = this.target(d);
+      route = t.route;
+      nodeMetrics = this.metrics.bindNode(route.id);
+      nodeMetrics.requests.inc();
+      const { endpoint } = route.spec;
+      const limit = this.config.maxRequestBytes;
+      const declared = Number(d.headers['content-length'] ?? 0);
+      if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared }, { connection: 'close' });
+
+      const deadline = Date.now() + endpoint.timeout * 1000;
+      timer = setTimeout(() => abort.abort(new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`,
+        { nodeId: route!.id, timeoutSeconds: endpoint.timeout })), endpoint.timeout * 1000);
+      d.onClose(() => abort.abort(new Error('caller went away')));
+
+      const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
+      const counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
+      const headers = forwardHeaders(d.headers, t.extraHeaders);
+
+      // an instance that refuses the connection is skipped and the call tried on another
+      let upstreamRes: UpstreamResponse | null = null;
+      const tried = new Set<string>();
+      for (;;) {
+        const waitMs = Math.max(1, deadline - Date.now());
+        const acquired = route.dispatcher.acquire(waitMs);
+        lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal) : acquired;
+        tried.add(lease.slot.id);
+        try {
+          upstreamRes = await lease.slot.upstream!.request({
+            method: d.method, path: d.path, headers, body: counted?.stream ?? null, signal: abort.signal,
+            headersTimeoutMs: Math.max(1, deadline - Date.now()), idleTimeoutMs: endpoint.idleTimeout * 1000,
+          });
+          break;
+        } catch (err) {
+          const untouched = !counted || counted.bytes() === 0;
+          if (isRefused(err) && untouched && !abort.signal.aborted) {
+            this.controller.instanceRefused(route.id, lease.slot.id, (err as Error).message);
+            route.dispatcher.release(lease);
+            lease = null;
+            if (tried.size < 8) continue;
+          }
+          throw err;
+        }
+      }
+
+      const respLimit = this.config.maxResponseBytes;
+      const respLength = Number(upstreamRes.headers['content-length'] ?? 0);
+      if (respLength > respLimit) {
+        upstreamRes.body.destroy();
+        throw new BerthError('RESPONSE_TOO_LARGE', `the instance's response (${respLength} bytes) exceeds the limit of ${respLimit} bytes`, { limit: respLimit });
+      }
+      grpcStatus = headerValue(upstreamRes.headers['grpc-status']);
+      status = upstreamRes.status;
+      const respHeaders = responseHeaders(upstreamRes.headers);
+      if (upstreamRes.headersOnly) {
+        d.respond(status, respHeaders, true);
+        return;
+      }
+      d.setTrailers(upstreamRes.trailers.then((tr) => {
+        grpcStatus = headerValue(tr['grpc-status']) ?? grpcStatus;
+        return responseHeaders(tr);
+      }));
+      d.respond(status, respHeaders, false);
+      const out = countBytes(upstreamRes.body, respLimit, () => new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${respLimit} bytes`, { limit: respLimit }));
+      await new Promise<void>((resolve) => {
+        pipeline(out.stream, d.writable, (err) => {
+          if (err && !d.writable.destroyed) d.destroy();
+          resolve();
+        });
+      });
+      await upstreamRes.trailers;
+    } catch (err) {
+      let e = err instanceof BerthError ? err : abort.signal.aborted && abort.signal.reason instanceof BerthError ? abort.signal.reason : asBerthError(err);
+      if (!(err instanceof BerthError) && !(abort.signal.reason instanceof BerthError)) {
+        const code = (err as { code?: string })?.code ?? '';
+        if (code === 'UND_ERR_HEADERS_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the instance did not answer within the endpoint timeout`, { nodeId: route?.id });
+        else if (code === 'UND_ERR_BODY_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the connection was idle longer than the idle timeout`, { nodeId: route?.id });
+        else e = new BerthError('BAD_GATEWAY', `the instance failed: ${(err as Error).message}`, { nodeId: route?.id });
+      }
+      status = d.fail(e);
+      if (d.isGrpc) grpcStatus = String(e.grpcStatus);
+    } finally {
+      this.inFlight--;
+      clearTimeout(timer);
+      if (lease && route) route.dispatcher.release(lease);
+      if (nodeMetrics) {
+        nodeMetrics.observe(status, (performance.now() - started) / 1000);
+        if (grpcStatus !== undefined) nodeMetrics.grpc(grpcStatus);
+      }
+    }
+  }
+}
+
+function headerValue(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function forwardHeaders(incoming: IncomingHttpHeaders, extra: AliasTarget['headers']): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(incoming)) {
+    if (v === undefined || k.startsWith(':') || DROP_REQUEST.has(k)) continue;
+    if (k === 'te' && v !== 'trailers') continue;
+    out[k] = v;
+  }
+  for (const h of extra) out[h.name.toLowerCase()] = h.value;
+  return out;
+}
+
+function responseHeaders(h: Record<string, string | string[]>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(h)) if (!DROP_RESPONSE.has(k) && !k.startsWith(':')) out[k] = v;
+  return out;
+}
+
+/** Passes a stream through, counting bytes, and fails it past `limit`. */
+function countBytes(src: Readable, limit: number, tooLarge: () => Error): { stream: Readable; bytes: () => number } {
+  let n = 0;
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      n += chunk.length;
+      if (n > limit) cb(tooLarge());
+      else cb(null, chunk);
+    },
+  });
+  src.on('error', (err) => t.destroy(err));
+  src.pipe(t);
+  return { stream: t, bytes: () => n };
+}
+
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (e) => { signal.removeEventListener('abort', onAbort); reject(e); });
+  });
+}

@@ -1,0 +1,127 @@
+// Persistent connections from the gateway to one image instance: an undici pool for
+// HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
+import { connect as h2connect, constants as h2c, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
+import type { Readable } from 'node:stream';
+import { Pool } from 'undici';
+import type { Endpoint } from '../worker/protocol.js';
+
+export interface UpstreamRequest {
+  method: string;
+  path: string;
+  headers: Record<string, string | string[]>;
+  body: Readable | null;
+  signal: AbortSignal;
+  headersTimeoutMs: number;
+  idleTimeoutMs: number;
+}
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[]>;
+  body: Readable;
+  /** Resolves with the trailers once the body has ended (empty when there were none). */
+  trailers: Promise<Record<string, string | string[]>>;
+  /** The response ended in its headers (a gRPC trailers-only answer). */
+  headersOnly: boolean;
+}
+
+export interface Upstream {
+  readonly protocol: 'http1' | 'http2';
+  request(req: UpstreamRequest): Promise<UpstreamResponse>;
+  close(): void;
+}
+
+/** Errors that mean "nothing was sent": the call may go to another instance. */
+export function isRefused(err: unknown): boolean {
+  const code = (err as { code?: string })?.code ?? (err as { cause?: { code?: string } })?.cause?.code;
+  return code === 'ECONNREFUSED' || code === 'ECONNRESET_BEFORE_SEND' || code === 'ENOENT';
+}
+
+export class H1Upstream implements Upstream {
+  readonly protocol = 'http1';
+  private readonly pool: Pool;
+
+  constructor(endpoint: Endpoint, connections: number, idleTimeoutMs: number) {
+    this.pool = new Pool(`http://${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`, {
+      connections, pipelining: 1, keepAliveTimeout: Math.min(idleTimeoutMs, 60_000), keepAliveMaxTimeout: idleTimeoutMs,
+    });
+  }
+
+  async request(r: UpstreamRequest): Promise<UpstreamResponse> {
+    const res = await this.pool.request({
+      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body ?? undefined, signal: r.signal,
+      headersTimeout: r.headersTimeoutMs, bodyTimeout: r.idleTimeoutMs,
+    });
+    const body = res.body as unknown as Readable;
+    const trailers = new Promise<Record<string, string | string[]>>((resolve) => {
+      body.once('end', () => resolve((res.trailers ?? {}) as Record<string, string | string[]>));
+      body.once('error', () => resolve({}));
+      body.once('close', () => resolve({}));
+    });
+    return { status: res.statusCode, headers: res.headers as Record<string, string | string[]>, body, trailers, headersOnly: false };
+  }
+
+  close(): void { void this.pool.destroy(); }
+}
+
+export class H2Upstream implements Upstream {
+  readonly protocol = 'http2';
+  private session: ClientHttp2Session | null = null;
+  private closed = false;
+
+  constructor(private readonly endpoint: Endpoint) {}
+
+  private connect(): ClientHttp2Session {
+    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
+    const s = h2connect(`http://${this.endpoint.host ?? '127.0.0.1'}:${this.endpoint.port}`, { peerMaxConcurrentStreams: 1000 });
+    s.on('error', () => { /* surfaced on the streams */ });
+    s.on('close', () => { if (this.session === s) this.session = null; });
+    s.unref();
+    this.session = s;
+    return s;
+  }
+
+  request(r: UpstreamRequest): Promise<UpstreamResponse> {
+    if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
+    const session = this.connect();
+    return new Promise((resolve, reject) => {
+      const stream = session.request({ ...r.headers, [h2c.HTTP2_HEADER_METHOD]: r.method, [h2c.HTTP2_HEADER_PATH]: r.path },
+        { endStream: r.body === null, signal: r.signal });
+      stream.setTimeout(r.idleTimeoutMs, () => stream.close(h2c.NGHTTP2_CANCEL));
+      const headersTimer = setTimeout(() => stream.close(h2c.NGHTTP2_CANCEL), r.headersTimeoutMs);
+      let settled = false;
+      stream.once('error', (err) => {
+        clearTimeout(headersTimer);
+        if (!settled) { settled = true; reject(err); }
+      });
+      const trailers = new Promise<Record<string, string | string[]>>((res) => {
+        stream.once('trailers', (t) => res(stripPseudo(t)));
+        stream.once('close', () => res({}));
+      });
+      stream.once('response', (h: IncomingHttpHeaders, flags: number) => {
+        clearTimeout(headersTimer);
+        settled = true;
+        resolve({
+          status: Number(h[':status']), headers: stripPseudo(h), body: stream, trailers,
+          headersOnly: (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0,
+        });
+      });
+      stream.once('close', () => {
+        clearTimeout(headersTimer);
+        if (!settled) { settled = true; reject(Object.assign(new Error(`upstream stream closed (code ${stream.rstCode})`), { code: 'UPSTREAM_CLOSED' })); }
+      });
+      if (r.body) r.body.pipe(stream);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    this.session?.destroy();
+  }
+}
+
+function stripPseudo(h: IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(h)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
+  return out;
+}

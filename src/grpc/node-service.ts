@@ -1,0 +1,255 @@
+// The gRPC form of the execute API: yandex.cloud.datasphere.v1.NodeService/Execute and
+// /ExecuteAlias, compatible with the modelled platform, plus the standard server
+// reflection and health services. Calls run through Gateway.call, exactly as REST ones.
+//
+// Errors: the status code is the BerthError's gRPC status and the status message its
+// message. Trailers carry, for every Berth error:
+//   berth-error-code        the stable Berth code, e.g. INVALID_INPUT (ASCII)
+//   berth-error-bin         the REST error body {code, message, details} as UTF-8 JSON
+//   retry-after             when the REST answer would carry Retry-After
+// and for a Python exception in the node's code (EXECUTION_ERROR, status INTERNAL):
+//   grpc-status-details-bin google.rpc.Status {code, message, details: [Any{
+//                           yandex.cloud.datasphere.v1.NodeExecutionErrorDetails}]}
+import * as grpc from '@grpc/grpc-js';
+import type protobuf from 'protobufjs';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
+import { BerthError, ERRORS, asBerthError, type ErrorCode } from '../core/errors.js';
+import type { Gateway } from '../gateway/execute.js';
+import { structToJson, jsonToStruct, StructConversionError, type StructObject } from './struct.js';
+import { loadProtos, type LoadedProtos } from './protos.js';
+
+export const SERVICE_NAME = 'yandex.cloud.datasphere.v1.NodeService';
+export const ERROR_DETAILS_TYPE = 'yandex.cloud.datasphere.v1.NodeExecutionErrorDetails';
+export const ERROR_DETAILS_TYPE_URL = `type.googleapis.com/${ERROR_DETAILS_TYPE}`;
+const MiB = 1024 * 1024;
+/** Room for gRPC's and protobuf's framing around a 16 MiB payload. */
+const FRAMING_BYTES = 64 * 1024;
+
+export interface CallInfo {
+  method: 'Execute' | 'ExecuteAlias';
+  nodeId?: string;
+  alias?: string;
+  /** The gRPC status code answered (0 = OK). */
+  code: number;
+  /** The Berth error code, when the call failed. */
+  errorCode?: string;
+  seconds: number;
+}
+
+export interface GrpcDeps {
+  gateway: Gateway;
+  /** Maps an alias name to the node id that should serve this call; undefined = no such alias. */
+  resolveAlias?: (name: string) => string | undefined | Promise<string | undefined>;
+  /** Where to listen; 127.0.0.1 by default. */
+  host?: string;
+  /** Port; 0 (any free port) by default. */
+  port?: number;
+  /** The largest request or response payload; 16 MiB by default (framing room is added). */
+  maxMessageBytes?: number;
+  /** Called once per Execute/ExecuteAlias call when it is answered (for metrics). */
+  onCall?: (info: CallInfo) => void;
+}
+
+export interface GrpcServer {
+  port: number;
+  /** The grpc-js server, e.g. for createConnectionInjector(). */
+  server: grpc.Server;
+  /** Health: NOT_SERVING, then let running calls finish (up to graceMs, default 10 s), then stop. */
+  close(graceMs?: number): Promise<void>;
+}
+
+// ---- the protos, loaded once ----
+
+let protosCache: LoadedProtos | undefined;
+/** Berth's protos plus the health service's (so reflection lists it too). */
+export function protos(): LoadedProtos {
+  protosCache ??= loadProtos([{ name: 'grpc/health/v1/health.proto', path: HEALTH_PROTO }]);
+  return protosCache;
+}
+function errorTypes(): { status: protobuf.Type; details: protobuf.Type } {
+  const { root } = protos();
+  return { status: root.lookupType('google.rpc.Status'), details: root.lookupType(ERROR_DETAILS_TYPE) };
+}
+
+/** A grpc-js service definition whose (de)serializers are protobufjs types; requests decode to messages. */
+function serviceDefinition(root: protobuf.Root, name: string): grpc.ServiceDefinition {
+  const service = root.lookupService(name);
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const m of service.methodsArray) {
+    m.resolve();
+    const req = m.resolvedRequestType!;
+    const res = m.resolvedResponseType!;
+    def[m.name] = {
+      path: `/${name}/${m.name}`, originalName: m.name,
+      requestStream: Boolean(m.requestStream), responseStream: Boolean(m.responseStream),
+      requestSerialize: (v: unknown) => Buffer.from(req.encode(v as protobuf.Message).finish()),
+      requestDeserialize: (b: Buffer) => req.decode(b),
+      responseSerialize: (v: unknown) => Buffer.from(res.encode(v as protobuf.Message).finish()),
+      responseDeserialize: (b: Buffer) => res.decode(b),
+    };
+  }
+  return def as grpc.ServiceDefinition;
+}
+
+/** google.rpc.Status carrying NodeExecutionErrorDetails, as sent in grpc-status-details-bin. */
+export function encodeExecutionErrorStatus(code: number, message: string, details: { error_name?: unknown; error_message?: unknown; traceback?: unknown }): Buffer {
+  const { status, details: detailsType } = errorTypes();
+  const traceback = Array.isArray(details.traceback) ? details.traceback.map(String)
+    : typeof details.traceback === 'string' ? details.traceback.split('\n') : [];
+  const value = detailsType.encode(detailsType.fromObject({
+    error_name: String(details.error_name ?? ''), error_message: String(details.error_message ?? ''), traceback,
+  })).finish();
+  return Buffer.from(status.encode(status.fromObject({ code, message, details: [{ type_url: ERROR_DETAILS_TYPE_URL, value }] })).finish());
+}
+
+/** Decodes grpc-status-details-bin; for clients and tests. */
+export function decodeStatusDetails(bin: Buffer): { code: number; message: string; details: Array<{ type_url: string; value: Buffer; decoded?: Record<string, unknown> }> } {
+  const { status, details: detailsType } = errorTypes();
+  const s = status.toObject(status.decode(bin), { defaults: true, arrays: true, bytes: Buffer }) as any;
+  return {
+    code: s.code, message: s.message,
+    details: s.details.map((d: any) => ({
+      type_url: d.type_url, value: d.value,
+      decoded: d.type_url === ERROR_DETAILS_TYPE_URL ? detailsType.toObject(detailsType.decode(d.value), { defaults: true, arrays: true }) : undefined,
+    })),
+  };
+}
+
+// ---- errors ----
+
+function notFoundAlias(name: string): BerthError {
+  // ALIAS_NOT_FOUND once core/errors.ts defines it; a NOT_FOUND either way
+  const code = ('ALIAS_NOT_FOUND' in ERRORS ? 'ALIAS_NOT_FOUND' : 'NODE_NOT_FOUND') as ErrorCode;
+  return new BerthError(code, `alias ${name} not found`, { aliasName: name });
+}
+
+/** The status a gRPC caller gets for a failed call. */
+export function toServiceError(err: unknown): Partial<grpc.StatusObject> & { code: number } {
+  const e = asBerthError(err);
+  const metadata = new grpc.Metadata();
+  metadata.set('berth-error-code', e.code);
+  metadata.set('berth-error-bin', Buffer.from(JSON.stringify(e.toJSON())));
+  const retryAfter = e.headers['retry-after'];
+  if (retryAfter) metadata.set('retry-after', retryAfter);
+  if (e.code === 'EXECUTION_ERROR') {
+    metadata.set('grpc-status-details-bin', encodeExecutionErrorStatus(e.grpcStatus, e.message, e.details));
+  }
+  return { code: e.grpcStatus, details: e.message, metadata };
+}
+
+function requiredString(value: unknown, field: string): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new BerthError('INVALID_ARGUMENT', `${field} is required`, { field });
+  }
+  return value;
+}
+
+function authorizationOf(metadata: grpc.Metadata): string | undefined {
+  const v = metadata.get('authorization')[0];
+  return typeof v === 'string' ? v : undefined;
+}
+
+// ---- the server ----
+
+export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
+  const { gateway } = deps;
+  const maxMessageBytes = deps.maxMessageBytes ?? 16 * MiB;
+  const { root, descriptors } = protos(); // fails at start, not on the first call, if proto/ is broken
+  const service = serviceDefinition(root, SERVICE_NAME);
+
+  /** Runs one call on a node: Struct in, Struct out; throws BerthError. */
+  const run = async (nodeId: string, call: grpc.ServerUnaryCall<any, any>, folderId: unknown): Promise<StructObject> => {
+    if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
+    let input: Record<string, unknown>;
+    try {
+      input = structToJson(call.request.input, 'input');
+    } catch (err) {
+      if (err instanceof StructConversionError) throw new BerthError('INVALID_ARGUMENT', err.message, { field: err.path });
+      throw err;
+    }
+    const body = Buffer.from(JSON.stringify({ folder_id: typeof folderId === 'string' ? folderId : '', input }));
+    gateway.inFlight++;
+    let result;
+    try {
+      result = await gateway.call(nodeId, authorizationOf(call.metadata), body);
+    } finally {
+      gateway.inFlight--;
+    }
+    if (!result.ok) throw result.error;
+    const parsed = JSON.parse(result.body.toString('utf8')) as { output?: Record<string, unknown> };
+    try {
+      return jsonToStruct(parsed.output ?? {}, 'output');
+    } catch (err) {
+      if (err instanceof StructConversionError) throw new BerthError('OUTPUT_NOT_SERIALIZABLE', `the output has no google.protobuf.Struct form: ${err.message}`, { field: err.path });
+      throw err;
+    }
+  };
+
+  const answer = (
+    method: CallInfo['method'], started: number, ids: { nodeId?: string; alias?: string },
+    callback: grpc.sendUnaryData<unknown>, output: StructObject | null, err?: unknown,
+  ): void => {
+    let info: CallInfo;
+    if (err === undefined) {
+      callback(null, { output });
+      info = { method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 };
+    } else {
+      const status = toServiceError(err);
+      callback(status);
+      info = { method, ...ids, code: status.code, errorCode: asBerthError(err).code, seconds: (performance.now() - started) / 1000 };
+    }
+    if (deps.onCall) {
+      try { deps.onCall(info); } catch { /* metrics must not break calls */ }
+    }
+  };
+
+  const handlers: grpc.UntypedServiceImplementation = {
+    Execute: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
+      const started = performance.now();
+      const nodeId: string = call.request.node_id ?? '';
+      (async () => run(requiredString(nodeId, 'node_id'), call, call.request.folder_id))()
+        .then((out) => answer('Execute', started, { nodeId }, callback, out), (err) => answer('Execute', started, { nodeId }, callback, null, err));
+    },
+    ExecuteAlias: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
+      const started = performance.now();
+      const alias: string = call.request.alias_name ?? '';
+      let nodeId: string | undefined;
+      (async () => {
+        requiredString(alias, 'alias_name');
+        nodeId = deps.resolveAlias ? await deps.resolveAlias(alias) : undefined;
+        if (nodeId === undefined) throw notFoundAlias(alias);
+        return run(nodeId, call, call.request.folder_id);
+      })().then((out) => answer('ExecuteAlias', started, { alias, nodeId }, callback, out),
+        (err) => answer('ExecuteAlias', started, { alias, nodeId }, callback, null, err));
+    },
+  };
+
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': maxMessageBytes + FRAMING_BYTES,
+    'grpc.max_send_message_length': maxMessageBytes + FRAMING_BYTES,
+  });
+  server.addService(service, handlers);
+
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+  // ReflectionService reads only each entry's fileDescriptorProtos: hand it protoc-style ones
+  new ReflectionService({ berth: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
+
+  const host = deps.host ?? '127.0.0.1';
+  const port = await new Promise<number>((resolvePort, reject) => {
+    server.bindAsync(`${host}:${deps.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolvePort(p)));
+  });
+
+  let closing: Promise<void> | null = null;
+  const close = (graceMs = 10_000): Promise<void> => {
+    closing ??= new Promise<void>((done) => {
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      const timer = setTimeout(() => { server.forceShutdown(); done(); }, graceMs);
+      server.tryShutdown(() => { clearTimeout(timer); done(); });
+    });
+    return closing;
+  };
+  return { port, server, close };
+}

@@ -1,0 +1,479 @@
+// The container runtime: each instance is a Docker container, driven through the Docker
+// Engine API (dockerode; the socket /var/run/docker.sock or DOCKER_HOST).
+//
+// - Containers are named `berth-<instanceId>` and labelled with the node, the instance and
+//   the Berth home, so several Berth servers can share one daemon without ever touching
+//   each other's containers, and a restarted `berth up` can adopt its own (`list()`).
+// - Image workloads publish each container port on 127.0.0.1 with a port Docker picks.
+// - Cell workloads run Berth's Python worker inside the node's kernel image: the worker code
+//   (python/), the checkpoint and a per-instance run directory are bind-mounted, and Berth
+//   reaches the worker's Unix socket through the run directory on the host. The daemon must
+//   therefore run on this machine (a remote DOCKER_HOST cannot serve cell nodes).
+// - A container's log is copied into <home>/logs/<nodeId>/<instanceId>.log when it exits,
+//   then the container is removed; `logs()` shows that file plus the live container's log.
+import Docker from 'dockerode';
+import { appendFile, chmod, mkdir, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import { availableParallelism, constants as osConstants, tmpdir, totalmem } from 'node:os';
+import { PYTHON_DIR } from '../core/config.js';
+import type { Endpoint } from '../worker/protocol.js';
+import type { ExitInfo, InstanceSpec, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
+
+/** sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep. */
+const MAX_SOCKET_PATH = 100;
+const LABEL = {
+  node: 'berth.node-id',
+  instance: 'berth.instance-id',
+  home: 'berth.home',
+  kind: 'berth.kind',
+  ports: 'berth.ports',
+} as const;
+/** Lines of a container's log kept in the instance log file when the container goes away. */
+const ARCHIVE_LINES = 5000;
+const GB = 1024 ** 3;
+/** Docker refuses memory limits below 6 MB. */
+const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
+const PING_TIMEOUT_MS = 5000;
+/** After `stop`'s grace period and Docker's own kill, how long to wait for the container to go. */
+const STOP_SLACK_MS = 15_000;
+
+const WORKER_BOOTSTRAP = "import sys; sys.path.insert(0, '/berth/python'); import berth_worker; berth_worker.main()";
+
+export interface DockerRuntimeOptions {
+  /** A configured client; default: from DOCKER_HOST, else /var/run/docker.sock. */
+  docker?: Docker;
+}
+
+class DockerInstance implements RuntimeInstance {
+  constructor(
+    readonly nodeId: string,
+    readonly instanceId: string,
+    readonly endpoint: Endpoint,
+    readonly ports: ReadonlyMap<number, Endpoint>,
+    readonly pid: number | null,
+    readonly exited: Promise<ExitInfo>,
+  ) {}
+}
+
+interface Tracked {
+  instance: DockerInstance;
+  /** Set once the container's log has been copied to the log file (the container is going). */
+  archived: boolean;
+}
+
+export class DockerRuntime implements Runtime {
+  readonly name = 'docker';
+  readonly supportsImages = true;
+  private readonly home: string;
+  private readonly logDir: string;
+  private readonly runRoot: string;
+  private readonly docker: Docker;
+  private readonly tracked = new Map<string, Tracked>();
+  private readonly pulls = new Map<string, Promise<void>>();
+
+  constructor(home: string, options: DockerRuntimeOptions = {}) {
+    this.home = resolve(home);
+    this.logDir = join(this.home, 'logs');
+    let runRoot = join(this.home, 'run');
+    // <runRoot>/<20-char instance id>/worker.sock
+    if (runRoot.length + 1 + 20 + '/worker.sock'.length > MAX_SOCKET_PATH) {
+      runRoot = join(tmpdir(), 'berth-' + createHash('sha256').update(this.home).digest('hex').slice(0, 12));
+    }
+    this.runRoot = runRoot;
+    this.docker = options.docker ?? new Docker();
+  }
+
+  /** Where the daemon is expected, for messages. */
+  get daemonAddress(): string {
+    const m = this.docker.modem as { socketPath?: string; host?: string; port?: number | string; protocol?: string };
+    if (typeof m.socketPath === 'string' && m.socketPath) return `unix://${m.socketPath}`;
+    if (m.host) return `${m.protocol ?? 'http'}://${m.host}${m.port ? `:${m.port}` : ''}`;
+    return process.env.DOCKER_HOST || 'unix:///var/run/docker.sock';
+  }
+
+  async check(): Promise<string | null> {
+    try {
+      await withTimeout(this.docker.ping(), PING_TIMEOUT_MS, 'no answer within 5s');
+      return null;
+    } catch (err) {
+      return `Docker daemon not reachable at ${this.daemonAddress} (${errorText(err)}): install docker.io and start dockerd`;
+    }
+  }
+
+  unenforced(r: InstanceSpec['resources']): string[] {
+    const out: string[] = [];
+    const cpus = availableParallelism();
+    if (r.cores > cpus) out.push(`CPU capped at ${cpus} cores: this machine has ${cpus} (requested ${r.cores})`);
+    const totalGb = totalmem() / GB;
+    if (r.memoryGb > totalGb) out.push(`memory limit of ${r.memoryGb} GB cannot be reached: this machine has ${totalGb.toFixed(1)} GB`);
+    if (r.gpus > 0) out.push(`GPUs cannot be given to containers here (requested ${r.gpus}): the Docker runtime does not pass GPUs through`);
+    return out;
+  }
+
+  async start(spec: InstanceSpec): Promise<RuntimeInstance> {
+    const w = spec.workload;
+    const name = containerName(spec.instanceId);
+    await this.removeLeftover(name);
+
+    const image = w.kind === 'cell' ? w.kernelImage : w.image;
+    if (!image) throw new Error('cell nodes on the Docker runtime need a kernel image (an image with python3 and dill)');
+    await this.ensureImage(image, w.registryAuth);
+
+    const logFile = this.logPath(spec.nodeId, spec.instanceId);
+    await mkdir(join(this.logDir, spec.nodeId), { recursive: true });
+    await appendFile(logFile, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} in container ${name} from ${image}\n`);
+
+    const labels: Record<string, string> = {
+      [LABEL.node]: spec.nodeId,
+      [LABEL.instance]: spec.instanceId,
+      [LABEL.home]: this.home,
+      [LABEL.kind]: w.kind,
+    };
+    const hostConfig: Docker.HostConfig = {
+      Init: true, // tini as PID 1: signals reach the service with their default meaning
+      LogConfig: { Type: 'json-file', Config: { 'max-size': '20m', 'max-file': '2' } },
+      ...this.limits(spec.resources),
+    };
+    const create: Docker.ContainerCreateOptions = { name, Image: image, Labels: labels, HostConfig: hostConfig };
+
+    if (w.kind === 'image') {
+      const ports = [...new Set(w.ports)];
+      labels[LABEL.ports] = ports.join(',');
+      create.Env = Object.entries(w.env).map(([k, v]) => `${k}=${v}`);
+      create.ExposedPorts = Object.fromEntries(ports.map((p) => [`${p}/tcp`, {}]));
+      hostConfig.PortBindings = Object.fromEntries(ports.map((p) => [`${p}/tcp`, [{ HostIp: '127.0.0.1', HostPort: '' }]]));
+    } else {
+      const runDir = this.runDir(spec.instanceId);
+      await rm(runDir, { recursive: true, force: true });
+      await mkdir(runDir, { recursive: true });
+      await chmod(runDir, 0o777); // any container user can create the socket
+      const config = {
+        socket: '/berth/run/worker.sock', checkpoint: '/berth/checkpoint.dill', code: w.code, requires: w.requires,
+        inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
+      };
+      create.Entrypoint = ['python3'];
+      create.Cmd = ['-u', '-c', WORKER_BOOTSTRAP];
+      create.Env = [`BERTH_WORKER_CONFIG=${JSON.stringify(config)}`, 'PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1'];
+      // The worker's socket is created 0600: a Berth that is not root runs the worker as
+      // itself so it can connect (root can connect to any socket, so the image's user stays).
+      const uid = process.getuid?.() ?? 0;
+      if (uid !== 0) create.User = `${uid}:${process.getgid?.() ?? uid}`;
+      hostConfig.Mounts = [
+        { Type: 'bind', Source: PYTHON_DIR, Target: '/berth/python', ReadOnly: true },
+        { Type: 'bind', Source: resolve(w.checkpointPath), Target: '/berth/checkpoint.dill', ReadOnly: true },
+        { Type: 'bind', Source: runDir, Target: '/berth/run', ReadOnly: false },
+      ];
+    }
+
+    let container: Docker.Container;
+    try {
+      container = await this.docker.createContainer(create);
+    } catch (err) {
+      throw new Error(`create container ${name} from ${image}: ${errorText(err)}`);
+    }
+    try {
+      await container.start();
+    } catch (err) {
+      await container.remove({ force: true }).catch(() => {});
+      throw new Error(`start container ${name} from ${image}: ${errorText(err)}`);
+    }
+    return this.track(container, spec.nodeId, spec.instanceId, w.kind, labels[LABEL.ports]);
+  }
+
+  async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
+    const container = this.docker.getContainer(containerName(instance.instanceId));
+    const t = Math.max(0, Math.ceil(graceMs / 1000));
+    try {
+      await container.stop({ t });
+    } catch (err) {
+      if (statusOf(err) !== 304 && statusOf(err) !== 404) console.error(`[berth] stop ${containerName(instance.instanceId)}: ${errorText(err)}`);
+    }
+    const gone = await withTimeout(instance.exited.then(() => true), t * 1000 + STOP_SLACK_MS, 'timeout').catch(() => false);
+    if (!gone) await container.remove({ force: true }).catch(() => {});
+  }
+
+  kill(instance: RuntimeInstance): void {
+    // the container's watcher copies the log and removes the container once it has exited
+    this.docker.getContainer(containerName(instance.instanceId)).kill({ signal: 'SIGKILL' }).catch((err: unknown) => {
+      const s = statusOf(err);
+      if (s !== 404 && s !== 409) console.error(`[berth] kill ${containerName(instance.instanceId)}: ${errorText(err)}`);
+    });
+  }
+
+  async list(): Promise<RuntimeInstance[]> {
+    const infos = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL.home}=${this.home}`] } });
+    const out: RuntimeInstance[] = [];
+    for (const info of infos) {
+      const labels = info.Labels ?? {};
+      const nodeId = labels[LABEL.node];
+      const instanceId = labels[LABEL.instance];
+      if (!nodeId || !instanceId || labels[LABEL.home] !== this.home) continue;
+      const known = this.tracked.get(instanceId);
+      if (known) { if (info.State === 'running') out.push(known.instance); continue; }
+      const container = this.docker.getContainer(info.Id);
+      if (info.State === 'running') {
+        out.push(await this.track(container, nodeId, instanceId, labels[LABEL.kind] === 'cell' ? 'cell' : 'image', labels[LABEL.ports]));
+      } else {
+        // a container of this home that stopped while no Berth was watching: keep its log, remove it
+        await this.archiveLogs(container, nodeId, instanceId, `container found ${info.State} (${info.Status})`);
+        await container.remove({ force: true }).catch(() => {});
+        if (labels[LABEL.kind] === 'cell') await rm(this.runDir(instanceId), { recursive: true, force: true });
+      }
+    }
+    return out;
+  }
+
+  async logs(nodeId: string, instanceId: string, lines: number): Promise<string> {
+    const file = this.logPath(nodeId, instanceId);
+    let text = existsSync(file) ? await readFile(file, 'utf8') : '';
+    const tracked = this.tracked.get(instanceId);
+    if (!tracked?.archived) {
+      const live = await this.containerLog(containerName(instanceId), nodeId, lines);
+      if (live) text += (text && !text.endsWith('\n') ? '\n' : '') + live;
+    }
+    return lastLines(text, lines);
+  }
+
+  async cleanup(nodeId: string): Promise<void> {
+    await rm(join(this.logDir, nodeId), { recursive: true, force: true });
+    const ids = new Set<string>();
+    for (const [id, t] of this.tracked) if (t.instance.nodeId === nodeId) ids.add(id);
+    try {
+      const infos = await this.docker.listContainers({
+        all: true, filters: { label: [`${LABEL.home}=${this.home}`, `${LABEL.node}=${nodeId}`] },
+      });
+      for (const info of infos) {
+        const id = info.Labels?.[LABEL.instance];
+        if (id) ids.add(id);
+      }
+    } catch { /* daemon gone: the run dirs we know of are still removed */ }
+    for (const id of ids) await rm(this.runDir(id), { recursive: true, force: true });
+  }
+
+  // ---- helpers ----
+
+  private limits(r: InstanceSpec['resources']): Docker.HostConfig {
+    const out: Docker.HostConfig = {};
+    const cores = Math.min(r.cores, availableParallelism());
+    if (cores > 0) out.NanoCpus = Math.round(cores * 1e9);
+    if (r.memoryGb > 0) {
+      const bytes = Math.max(MIN_MEMORY_BYTES, Math.round(r.memoryGb * GB));
+      out.Memory = bytes;
+      out.MemorySwap = bytes; // no swap beyond the limit
+    }
+    return out;
+  }
+
+  /** Removes a container left with this name by an earlier run of this home (never another home's). */
+  private async removeLeftover(name: string): Promise<void> {
+    const c = this.docker.getContainer(name);
+    let info: Docker.ContainerInspectInfo;
+    try {
+      info = await c.inspect();
+    } catch (err) {
+      if (statusOf(err) === 404) return;
+      throw new Error(`inspect ${name}: ${errorText(err)}`);
+    }
+    const owner = info.Config?.Labels?.[LABEL.home];
+    if (owner !== this.home) {
+      throw new Error(`a container named ${name} already exists and does not belong to this Berth (home ${owner ?? 'unlabelled'})`);
+    }
+    await c.remove({ force: true }).catch((err: unknown) => {
+      if (statusOf(err) !== 404) throw new Error(`remove leftover container ${name}: ${errorText(err)}`);
+    });
+  }
+
+  /** Pulls the image unless it is present (one pull per image at a time). */
+  private async ensureImage(image: string, auth: RegistryAuth | null): Promise<void> {
+    try {
+      await this.docker.getImage(image).inspect();
+      return;
+    } catch (err) {
+      if (statusOf(err) !== 404) throw new Error(`inspect image ${image}: ${errorText(err)}`);
+    }
+    const key = `${image}\0${auth?.username ?? ''}\0${auth?.password ?? ''}`;
+    let p = this.pulls.get(key);
+    if (!p) {
+      p = this.pull(image, auth).finally(() => this.pulls.delete(key));
+      this.pulls.set(key, p);
+    }
+    await p;
+  }
+
+  private async pull(image: string, auth: RegistryAuth | null): Promise<void> {
+    const opts: Record<string, unknown> = {};
+    if (auth) opts.authconfig = { username: auth.username, password: auth.password, serveraddress: registryServerAddress(image) };
+    try {
+      const stream = await this.docker.pull(image, opts) as NodeJS.ReadableStream;
+      await new Promise<void>((resolveP, reject) => {
+        this.docker.modem.followProgress(stream, (err: Error | null, events: Array<{ error?: string; errorDetail?: { message?: string } }>) => {
+          if (err) { reject(err); return; }
+          const failed = events.find((e) => e.error || e.errorDetail);
+          if (failed) reject(new Error(failed.errorDetail?.message ?? failed.error));
+          else resolveP();
+        });
+      });
+    } catch (err) {
+      throw new Error(`pull ${image}: ${errorText(err)}`);
+    }
+  }
+
+  /** Reads the container back and starts watching it; the returned instance is kept for `list`/`logs`. */
+  private async track(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', portsLabel: string | undefined): Promise<DockerInstance> {
+    const ports = new Map<number, Endpoint>();
+    let endpoint: Endpoint;
+    let pid: number | null = null;
+    if (kind === 'cell') {
+      endpoint = { path: join(this.runDir(instanceId), 'worker.sock') };
+      try { pid = (await container.inspect()).State.Pid || null; } catch { /* exited and gone already */ }
+    } else {
+      const wanted = (portsLabel ?? '').split(',').filter(Boolean).map(Number);
+      // the mapping appears with the start; a container that already exited has none
+      for (let attempt = 0; attempt < 20; attempt++) {
+        let info: Docker.ContainerInspectInfo;
+        try { info = await container.inspect(); } catch { break; }
+        pid = info.State.Pid || null;
+        const map = info.NetworkSettings?.Ports ?? {};
+        for (const p of wanted) {
+          const hostPort = map[`${p}/tcp`]?.find((b) => b.HostIp === '127.0.0.1' || b.HostIp === '0.0.0.0' || b.HostIp === '')?.HostPort;
+          if (hostPort) ports.set(p, { host: '127.0.0.1', port: Number(hostPort) });
+        }
+        if (ports.size === wanted.length || !info.State.Running) break;
+        await sleep(50);
+      }
+      const first = wanted[0];
+      endpoint = (first !== undefined ? ports.get(first) : undefined) ?? { host: '127.0.0.1', port: 0 };
+    }
+    const tracked: Tracked = { instance: undefined as unknown as DockerInstance, archived: false };
+    const exited = this.watch(container, nodeId, instanceId, kind, tracked);
+    tracked.instance = new DockerInstance(nodeId, instanceId, endpoint, ports, pid, exited);
+    this.tracked.set(instanceId, tracked);
+    return tracked.instance;
+  }
+
+  /** Resolves once the container has exited, its log is copied and it is removed. Never rejects. */
+  private async watch(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', tracked: Tracked): Promise<ExitInfo> {
+    let code: number | null = null;
+    let error: string | undefined;
+    try {
+      const r = await container.wait() as { StatusCode?: number; Error?: { Message?: string } | null };
+      code = typeof r.StatusCode === 'number' ? r.StatusCode : null;
+      if (r.Error?.Message) error = r.Error.Message;
+    } catch (err) {
+      error = `lost track of the container: ${errorText(err)}`;
+    }
+    try {
+      const info = await container.inspect();
+      if (code === null && !info.State.Running) code = info.State.ExitCode;
+      if (info.State.OOMKilled) error = 'OOM killed: the container went over its memory limit';
+      else if (info.State.Error) error ??= info.State.Error;
+    } catch { /* already removed */ }
+    const signal = code !== null && code > 128 && code < 128 + 65 ? signalName(code - 128) : null;
+    const how = signal ? `was killed by ${signal} (exit code ${code})` : `exited with code ${code}`;
+    await this.archiveLogs(container, nodeId, instanceId, `container ${how}${error ? `: ${error}` : ''}`);
+    tracked.archived = true; // from now on logs() reads the file only
+    await container.remove({ force: true }).catch(() => {});
+    if (kind === 'cell') await rm(this.runDir(instanceId), { recursive: true, force: true }).catch(() => {});
+    if (this.tracked.get(instanceId) === tracked) this.tracked.delete(instanceId);
+    return { code, signal, ...(error ? { error } : {}) };
+  }
+
+  /** Appends the container's last log lines (and how it ended) to the instance's log file. */
+  private async archiveLogs(container: Docker.Container, nodeId: string, instanceId: string, ending: string): Promise<void> {
+    let text = '';
+    try {
+      text = demux(await container.logs({ stdout: true, stderr: true, follow: false, tail: ARCHIVE_LINES }));
+    } catch { /* no log to keep */ }
+    if (text && !text.endsWith('\n')) text += '\n';
+    try {
+      await mkdir(join(this.logDir, nodeId), { recursive: true });
+      await appendFile(this.logPath(nodeId, instanceId), `${text}[berth] ${new Date().toISOString()} ${ending}\n`);
+    } catch (err) {
+      console.error(`[berth] cannot keep the log of instance ${instanceId}: ${errorText(err)}`);
+    }
+  }
+
+  private async containerLog(name: string, nodeId: string, lines: number): Promise<string> {
+    try {
+      const c = this.docker.getContainer(name);
+      const info = await c.inspect();
+      const labels = info.Config?.Labels ?? {};
+      if (labels[LABEL.home] !== this.home || labels[LABEL.node] !== nodeId) return '';
+      return demux(await c.logs({ stdout: true, stderr: true, follow: false, tail: Math.max(1, lines) }));
+    } catch {
+      return '';
+    }
+  }
+
+  private runDir(instanceId: string): string {
+    return join(this.runRoot, instanceId);
+  }
+
+  private logPath(nodeId: string, instanceId: string): string {
+    return join(this.logDir, nodeId, `${instanceId}.log`);
+  }
+}
+
+export function containerName(instanceId: string): string {
+  return `berth-${instanceId}`;
+}
+
+/**
+ * The `serveraddress` for an image reference's registry: the host part of the reference
+ * (`127.0.0.1:5000/echo` → `127.0.0.1:5000`), Docker Hub's index for short names.
+ */
+export function registryServerAddress(image: string): string {
+  const parts = image.split('/');
+  const first = parts[0] ?? '';
+  if (parts.length > 1 && (first.includes('.') || first.includes(':') || first === 'localhost')) return first;
+  return 'https://index.docker.io/v1/';
+}
+
+/** Docker's multiplexed log stream (8-byte frame headers) to text; raw text (TTY) passes through. */
+export function demux(buf: Buffer | string): string {
+  if (typeof buf === 'string') return buf;
+  if (buf.length < 8 || buf[0]! > 2 || buf[1] !== 0 || buf[2] !== 0 || buf[3] !== 0) return buf.toString('utf8');
+  const parts: Buffer[] = [];
+  let i = 0;
+  while (i + 8 <= buf.length) {
+    const size = buf.readUInt32BE(i + 4);
+    parts.push(buf.subarray(i + 8, Math.min(buf.length, i + 8 + size)));
+    i += 8 + size;
+  }
+  return Buffer.concat(parts).toString('utf8');
+}
+
+function lastLines(text: string, lines: number): string {
+  const all = text.split('\n');
+  if (all[all.length - 1] === '') all.pop();
+  return all.slice(-lines).join('\n') + (all.length ? '\n' : '');
+}
+
+function signalName(n: number): string | null {
+  for (const [name, value] of Object.entries(osConstants.signals)) if (value === n) return name;
+  return null;
+}
+
+function statusOf(err: unknown): number | undefined {
+  return (err as { statusCode?: number } | null)?.statusCode;
+}
+
+/** The daemon's own words when it gave any (dockerode puts them in `json.message`). */
+function errorText(err: unknown): string {
+  const e = err as { json?: { message?: string } | null; reason?: string; message?: string } | null;
+  const text = e?.json?.message ?? e?.message ?? String(err);
+  return text.replace(/^\(HTTP code \d+\) [a-z ]+ - /, '').trim();
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise((res, rej) => {
+    const t = setTimeout(() => rej(new Error(what)), ms);
+    p.then((v) => { clearTimeout(t); res(v); }, (e) => { clearTimeout(t); rej(e); });
+  });
+}

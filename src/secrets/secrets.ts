@@ -1,0 +1,68 @@
+// Secrets (registry passwords…): AES-256-GCM at rest, with a key kept outside the
+// database (BERTH_HOME/secret.key, owner-only). The API never returns a value.
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BerthError, invalidArgument } from '../core/errors.js';
+import { newId, nowIso } from '../core/ids.js';
+import { validateName } from '../core/node-spec.js';
+import type { Secret } from '../core/types.js';
+import type { SecretRecord, Store } from '../store/store.js';
+
+const MAX_VALUE_BYTES = 64 * 1024;
+
+export class Secrets {
+  private readonly key: Buffer;
+
+  constructor(home: string, private readonly store: Store) {
+    const file = join(home, 'secret.key');
+    if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
+    this.key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+    if (this.key.length !== 32) throw new Error(`${file} does not hold a 32-byte key`);
+  }
+
+  async create(projectId: string, name: string, value: unknown, createdBy: string): Promise<Secret> {
+    validateName(name);
+    if (typeof value !== 'string' || value.length === 0) throw invalidArgument('value', 'must be a non-empty string');
+    if (Buffer.byteLength(value) > MAX_VALUE_BYTES) throw invalidArgument('value', `must be at most ${MAX_VALUE_BYTES} bytes`);
+    if (await this.store.getSecretByName(projectId, name)) {
+      throw new BerthError('NAME_TAKEN', `a secret named "${name}" already exists`, { field: 'name', name });
+    }
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', this.key, iv);
+    const body = Buffer.concat([cipher.update(value, 'utf8'), cipher.final()]);
+    const record: SecretRecord = { id: newId(), projectId, name, createdAt: nowIso(), createdBy, ciphertext: Buffer.concat([iv, cipher.getAuthTag(), body]) };
+    await this.store.insertSecret(record);
+    return view(record);
+  }
+
+  async list(): Promise<Secret[]> {
+    return (await this.store.listSecrets()).map(view);
+  }
+
+  async delete(projectId: string, name: string): Promise<Secret> {
+    const s = await this.store.getSecretByName(projectId, name);
+    if (!s) throw new BerthError('SECRET_NOT_FOUND', `secret ${name} not found`, { name });
+    await this.store.deleteSecret(s.id);
+    return view(s);
+  }
+
+  /** The plain value, for the runtime only (a registry login). */
+  async reveal(projectId: string, name: string): Promise<string> {
+    const s = await this.store.getSecretByName(projectId, name);
+    if (!s) throw new BerthError('SECRET_NOT_FOUND', `secret ${name} not found`, { name });
+    const iv = s.ciphertext.subarray(0, 12);
+    const tag = s.ciphertext.subarray(12, 28);
+    const decipher = createDecipheriv('aes-256-gcm', this.key, iv);
+    decipher.setAuthTag(tag);
+    return Buffer.concat([decipher.update(s.ciphertext.subarray(28)), decipher.final()]).toString('utf8');
+  }
+
+  async exists(projectId: string, name: string): Promise<boolean> {
+    return (await this.store.getSecretByName(projectId, name)) !== undefined;
+  }
+}
+
+function view(s: SecretRecord): Secret {
+  return { id: s.id, name: s.name, projectId: s.projectId, createdAt: s.createdAt, createdBy: s.createdBy };
+}
