@@ -23,13 +23,24 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
   .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
   .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
+  .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
+  .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
-    const config = loadConfig({ host: o.host, port: Number(o.port), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}) });
+    const config = loadConfig({
+      host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
+      ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}),
+    });
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
-    const berth = await startBerth(config);
-    console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime process, python ${config.python})`);
+    let berth;
+    try {
+      berth = await startBerth(config);
+    } catch (err) {
+      console.error(`berth: ${(err as Error).message}`);
+      process.exit(2);
+    }
+    console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python})`);
     console.log(`admin token: ${config.home}/admin-token`);
     let stopping = false;
     const stop = (signal: string): void => {
@@ -129,9 +140,16 @@ const parseVars = (list: string[] | undefined, flag: string): Array<{ name: stri
   });
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
-node.command('create').description('Create a cell node from a pinned checkpoint')
+node.command('create').description('Create a cell node (--checkpoint) or an image node (--image); `berth apply -f` takes every field')
   .requiredOption('--name <name>', 'node name')
-  .requiredOption('--checkpoint <ref>', 'pinned checkpoint (id or name)')
+  .option('--checkpoint <ref>', 'cell node: pinned checkpoint (id or name)')
+  .option('--image <ref>', 'image node: container image')
+  .option('--port <n>', 'image node: the port the container serves on')
+  .option('--protocol <p>', 'image node: http, http2 or grpc', 'http')
+  .option('--env <K=V>', 'image node: environment variable (repeat)', collect)
+  .option('--health-path <path>', 'image node: HTTP health check path on the endpoint port')
+  .option('--username <user>', 'registry user for a private image')
+  .option('--password-secret <name>', 'secret holding the registry password')
   .option('--input <name:type>', 'input variable (repeat); types: int float str bool list dict bytes any', collect)
   .option('--output <name:type>', 'output variable (repeat)', collect)
   .option('--description <text>')
@@ -147,16 +165,22 @@ node.command('create').description('Create a cell node from a pinned checkpoint'
   .option('-q, --quiet', 'print only the node id')
   .option('--json', 'print JSON')
   .action(async (o) => {
-    const spec: Record<string, unknown> = {
-      kind: 'cell', name: o.name, checkpointId: o.checkpoint,
-      inputs: parseVars(o.input, '--input') ?? [], outputs: parseVars(o.output, '--output') ?? [],
-      scaling: { minInstances: Number(o.min), maxInstances: Number(o.max ?? o.min), sessionsPerInstance: Number(o.sessions) },
-    };
+    if (!o.checkpoint === !o.image) throw new Error('give --checkpoint (a cell node) or --image (an image node)');
+    const scaling = { minInstances: Number(o.min), maxInstances: Number(o.max ?? o.min), sessionsPerInstance: Number(o.sessions) };
+    const spec: Record<string, unknown> = o.checkpoint
+      ? { kind: 'cell', name: o.name, checkpointId: o.checkpoint, inputs: parseVars(o.input, '--input') ?? [], outputs: parseVars(o.output, '--output') ?? [], scaling }
+      : {
+        kind: 'image', name: o.name, image: o.image, scaling,
+        endpoint: { port: Number(o.port), protocol: o.protocol, ...(o.timeout ? { timeout: Number(o.timeout) } : {}) },
+        env: Object.fromEntries((o.env ?? []).map((kv: string) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
+        ...(o.healthPath ? { healthcheck: { protocol: 'http', path: o.healthPath } } : {}),
+        ...(o.username ? { username: o.username } : {}), ...(o.passwordSecret ? { passwordSecret: o.passwordSecret } : {}),
+      };
     if (o.description) spec.description = o.description;
     if (o.folder) spec.folderId = o.folder;
     if (o.acl) spec.permissions = { folders: o.acl };
     if (o.resources) spec.resources = o.resources;
-    if (o.timeout) spec.timeout = Number(o.timeout);
+    if (o.timeout && o.checkpoint) spec.timeout = Number(o.timeout);
     if (o.python) spec.environment = { python: o.python };
     await createNode(spec, o);
   });
@@ -189,12 +213,16 @@ async function waitHealthy(c: Client, id: string, progress: boolean, timeoutS = 
 }
 
 function nodeTable(n: any): string {
+  const kindRows: Array<[string, string]> = n.kind === 'cell'
+    ? [['checkpoint', n.checkpointId], ['inputs', n.inputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
+      ['outputs', n.outputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')], ['timeout', `${n.timeout}s`]]
+    : [['image', n.image], ['endpoint', `${n.endpoint.protocol} :${n.endpoint.port}, timeout ${n.endpoint.timeout}s, idle ${n.endpoint.idleTimeout}s`],
+      ['health check', `${n.healthcheck.protocol}${n.healthcheck.path ? ' ' + n.healthcheck.path : ''} :${n.healthcheck.port}`],
+      ...(n.telemetry ? [['telemetry', `${n.telemetry.format} :${n.telemetry.port}${n.telemetry.path}`] as [string, string]] : [])];
   const head = table(['FIELD', 'VALUE'], [
-    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId],
-    ['checkpoint', n.checkpointId], ['inputs', n.inputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
-    ['outputs', n.outputs.map((v: any) => `${v.name}: ${v.type}`).join(', ')],
+    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId], ...kindRows,
     ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each`],
-    ['acl', n.permissions.folders.join(', ')], ['timeout', `${n.timeout}s`],
+    ['acl', n.permissions.folders.join(', ')],
   ]);
   const inst = table(['INSTANCE', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
     n.instances.map((i: any) => [i.id, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
@@ -264,6 +292,24 @@ program.command('apply').description('Create the nodes described in a YAML file 
     }
     if (o.json) console.log(JSON.stringify(results, null, 2));
   });
+
+// ---- secrets ----
+const sec = program.command('secret').alias('secrets').description('Encrypted values (registry passwords) referred to by name');
+sec.command('create <name>').description('Store a secret; the value comes from --value or standard input')
+  .option('--value <value>', 'the value (prefer stdin: it stays out of your shell history)').option('--json', 'print JSON')
+  .action(async (name, o) => {
+    const value = o.value ?? readFileSync(0, 'utf8').replace(/\n$/, '');
+    const r = await client().request('POST', '/v1/secrets', { name, value });
+    out(o.json, r, () => `secret ${r.name} stored`);
+  });
+sec.command('list').description('List secrets (names only)').option('--json', 'print JSON').action(async (o) => {
+  const { secrets } = await client().request('GET', '/v1/secrets');
+  out(o.json, secrets, () => table(['NAME', 'ID', 'CREATED'], secrets.map((s: any) => [s.name, s.id, ago(s.createdAt)])));
+});
+sec.command('delete <name>').description('Delete a secret no node uses').option('--json', 'print JSON').action(async (name, o) => {
+  const r = await client().request('DELETE', `/v1/secrets/${encodeURIComponent(name)}`);
+  out(o.json, r, () => `secret ${name} deleted`);
+});
 
 // ---- tokens ----
 const tok = program.command('token').alias('tokens').description('Bearer tokens for callers (admin)');
