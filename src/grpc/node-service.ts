@@ -10,6 +10,11 @@
 // and for a Python exception in the node's code (EXECUTION_ERROR, status INTERNAL):
 //   grpc-status-details-bin google.rpc.Status {code, message, details: [Any{
 //                           yandex.cloud.datasphere.v1.NodeExecutionErrorDetails}]}
+// (then berth-error-bin is left out: the details already say it all).
+// Trailers are bounded to stay under the 8 KiB of metadata that gRPC's C core (Python's
+// grpcio) accepts by default: the status message is cut at 512 bytes, error_message at
+// 1 KiB, the traceback keeps its last lines within 1.5 KiB. REST and the instance's log
+// have them whole.
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
@@ -72,6 +77,18 @@ function errorTypes(): { status: protobuf.Type; details: protobuf.Type } {
   return { status: root.lookupType('google.rpc.Status'), details: root.lookupType(ERROR_DETAILS_TYPE) };
 }
 
+/** A request that protobufjs could not decode (too deep, malformed): answered INVALID_ARGUMENT, not grpc-js's INTERNAL. */
+class UndecodableRequest {
+  constructor(readonly type: string, readonly reason: string) {}
+}
+
+/** The decoded request, or a BerthError saying why it could not be decoded. */
+function requestOf(call: grpc.ServerUnaryCall<any, any>): any {
+  const r = call.request;
+  if (r instanceof UndecodableRequest) throw new BerthError('INVALID_ARGUMENT', `the request is not a valid ${r.type}: ${r.reason}`, { field: 'request' });
+  return r;
+}
+
 /** A grpc-js service definition whose (de)serializers are protobufjs types; requests decode to messages. */
 function serviceDefinition(root: protobuf.Root, name: string): grpc.ServiceDefinition {
   const service = root.lookupService(name);
@@ -84,7 +101,9 @@ function serviceDefinition(root: protobuf.Root, name: string): grpc.ServiceDefin
       path: `/${name}/${m.name}`, originalName: m.name,
       requestStream: Boolean(m.requestStream), responseStream: Boolean(m.responseStream),
       requestSerialize: (v: unknown) => Buffer.from(req.encode(v as protobuf.Message).finish()),
-      requestDeserialize: (b: Buffer) => req.decode(b),
+      requestDeserialize: (b: Buffer) => {
+        try { return req.decode(b); } catch (err) { return new UndecodableRequest(req.fullName.slice(1), (err as Error).message); }
+      },
       responseSerialize: (v: unknown) => Buffer.from(res.encode(v as protobuf.Message).finish()),
       responseDeserialize: (b: Buffer) => res.decode(b),
     };
@@ -98,9 +117,13 @@ export function encodeExecutionErrorStatus(code: number, message: string, detail
   const traceback = Array.isArray(details.traceback) ? details.traceback.map(String)
     : typeof details.traceback === 'string' ? details.traceback.split('\n') : [];
   const value = detailsType.encode(detailsType.fromObject({
-    error_name: String(details.error_name ?? ''), error_message: String(details.error_message ?? ''), traceback,
+    error_name: truncateBytes(String(details.error_name ?? ''), MAX_ERROR_NAME_BYTES),
+    error_message: truncateBytes(String(details.error_message ?? ''), MAX_ERROR_MESSAGE_BYTES),
+    traceback: tailLines(traceback, MAX_TRACEBACK_BYTES),
   })).finish();
-  return Buffer.from(status.encode(status.fromObject({ code, message, details: [{ type_url: ERROR_DETAILS_TYPE_URL, value }] })).finish());
+  return Buffer.from(status.encode(status.fromObject({
+    code, message: truncateBytes(message, MAX_STATUS_MESSAGE_BYTES), details: [{ type_url: ERROR_DETAILS_TYPE_URL, value }],
+  })).finish());
 }
 
 /** Decodes grpc-status-details-bin; for clients and tests. */
@@ -118,6 +141,35 @@ export function decodeStatusDetails(bin: Buffer): { code: number; message: strin
 
 // ---- errors ----
 
+const MAX_STATUS_MESSAGE_BYTES = 512;
+const MAX_ERROR_NAME_BYTES = 256;
+const MAX_ERROR_MESSAGE_BYTES = 1024;
+const MAX_TRACEBACK_BYTES = 1536;
+const MAX_TRACEBACK_LINE_BYTES = 512;
+const MAX_ERROR_JSON_BYTES = 2048;
+
+/** Cuts `s` to at most `max` UTF-8 bytes, on a character boundary, marking the cut with "…". */
+export function truncateBytes(s: string, max: number): string {
+  if (Buffer.byteLength(s) <= max) return s;
+  return Buffer.from(s).subarray(0, max - 3).toString('utf8').replace(/\uFFFD+$/, '') + '…';
+}
+
+/** The last lines of a traceback that fit in `max` bytes, with a first line saying how many were left out. */
+export function tailLines(lines: string[], max: number): string[] {
+  const kept: string[] = [];
+  let size = 0;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = truncateBytes(lines[i]!, MAX_TRACEBACK_LINE_BYTES);
+    const n = Buffer.byteLength(line) + 2;
+    if (size + n > max - 40) break;
+    kept.unshift(line);
+    size += n;
+  }
+  const omitted = lines.length - kept.length;
+  if (omitted > 0) kept.unshift(`… ${omitted} earlier traceback line${omitted === 1 ? '' : 's'} left out (the REST answer has them all)`);
+  return kept;
+}
+
 function notFoundAlias(name: string): BerthError {
   // ALIAS_NOT_FOUND once core/errors.ts defines it; a NOT_FOUND either way
   const code = ('ALIAS_NOT_FOUND' in ERRORS ? 'ALIAS_NOT_FOUND' : 'NODE_NOT_FOUND') as ErrorCode;
@@ -127,15 +179,19 @@ function notFoundAlias(name: string): BerthError {
 /** The status a gRPC caller gets for a failed call. */
 export function toServiceError(err: unknown): Partial<grpc.StatusObject> & { code: number } {
   const e = asBerthError(err);
+  const message = truncateBytes(e.message, MAX_STATUS_MESSAGE_BYTES);
   const metadata = new grpc.Metadata();
   metadata.set('berth-error-code', e.code);
-  metadata.set('berth-error-bin', Buffer.from(JSON.stringify(e.toJSON())));
   const retryAfter = e.headers['retry-after'];
   if (retryAfter) metadata.set('retry-after', retryAfter);
   if (e.code === 'EXECUTION_ERROR') {
     metadata.set('grpc-status-details-bin', encodeExecutionErrorStatus(e.grpcStatus, e.message, e.details));
+  } else {
+    let json = JSON.stringify(e.toJSON());
+    if (Buffer.byteLength(json) > MAX_ERROR_JSON_BYTES) json = JSON.stringify({ code: e.code, message, details: { truncated: true } });
+    metadata.set('berth-error-bin', Buffer.from(json));
   }
-  return { code: e.grpcStatus, details: e.message, metadata };
+  return { code: e.grpcStatus, details: message, metadata };
 }
 
 function requiredString(value: unknown, field: string): string {
@@ -163,7 +219,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
     let input: Record<string, unknown>;
     try {
-      input = structToJson(call.request.input, 'input');
+      input = structToJson(requestOf(call).input, 'input');
     } catch (err) {
       if (err instanceof StructConversionError) throw new BerthError('INVALID_ARGUMENT', err.message, { field: err.path });
       throw err;
@@ -207,19 +263,24 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const handlers: grpc.UntypedServiceImplementation = {
     Execute: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
       const started = performance.now();
-      const nodeId: string = call.request.node_id ?? '';
-      (async () => run(requiredString(nodeId, 'node_id'), call, call.request.folder_id))()
+      let nodeId: string | undefined;
+      (async () => {
+        const request = requestOf(call);
+        nodeId = requiredString(request.node_id, 'node_id');
+        return run(nodeId, call, request.folder_id);
+      })()
         .then((out) => answer('Execute', started, { nodeId }, callback, out), (err) => answer('Execute', started, { nodeId }, callback, null, err));
     },
     ExecuteAlias: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
       const started = performance.now();
-      const alias: string = call.request.alias_name ?? '';
+      let alias: string | undefined;
       let nodeId: string | undefined;
       (async () => {
-        requiredString(alias, 'alias_name');
+        const request = requestOf(call);
+        alias = requiredString(request.alias_name, 'alias_name');
         nodeId = deps.resolveAlias ? await deps.resolveAlias(alias) : undefined;
         if (nodeId === undefined) throw notFoundAlias(alias);
-        return run(nodeId, call, call.request.folder_id);
+        return run(nodeId, call, request.folder_id);
       })().then((out) => answer('ExecuteAlias', started, { alias, nodeId }, callback, out),
         (err) => answer('ExecuteAlias', started, { alias, nodeId }, callback, null, err));
     },

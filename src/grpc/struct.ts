@@ -24,8 +24,17 @@ export interface ValueObject {
 export interface StructObject { fields?: Record<string, ValueObject> | null }
 export interface ListValueObject { values?: ValueObject[] | null }
 
-/** protobuf implementations refuse nesting deeper than 100 (C++, Java, Go, Python): so do we. */
-export const MAX_STRUCT_DEPTH = 100;
+/**
+ * protobuf refuses messages nested deeper than 100 levels (protoc's default recursion
+ * limit; protobufjs's util.recursionLimit too). Levels count messages: the request is
+ * level 0, its input Struct level 1, each Value and each Struct or ListValue inside one
+ * level more, so about 49 levels of JSON nesting fit. `level` below is that count.
+ */
+export const MAX_MESSAGE_DEPTH = 100;
+
+function tooDeep(path: string): StructConversionError {
+  return new StructConversionError(path, `nested too deeply: protobuf allows ${MAX_MESSAGE_DEPTH} levels of messages, about ${(MAX_MESSAGE_DEPTH >> 1) - 1} levels of JSON`);
+}
 
 /** A value that has no Struct or JSON form; `path` names where, e.g. `input.x[2].y`. */
 export class StructConversionError extends Error {
@@ -54,26 +63,28 @@ function child(path: string, key: string): string {
 
 // ---- Struct -> JSON ----
 
-export function structToJson(struct: StructObject | null | undefined, path = 'struct', depth = 0): Record<string, Json> {
-  if (depth >= MAX_STRUCT_DEPTH) throw new StructConversionError(path, `nested deeper than ${MAX_STRUCT_DEPTH} levels`);
+/** A Struct at message level `level` (1: a request's input) as a JSON object. */
+export function structToJson(struct: StructObject | null | undefined, path = 'struct', level = 1): Record<string, Json> {
+  if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
   const out: Record<string, Json> = {};
   const fields = struct?.fields;
   if (!fields) return out;
-  for (const key of Object.keys(fields)) put(out, key, valueToJson(fields[key], child(path, key), depth + 1));
+  for (const key of Object.keys(fields)) put(out, key, valueToJson(fields[key], child(path, key), level + 1));
   return out;
 }
 
-export function listToJson(list: ListValueObject | null | undefined, path = 'list', depth = 0): Json[] {
-  if (depth >= MAX_STRUCT_DEPTH) throw new StructConversionError(path, `nested deeper than ${MAX_STRUCT_DEPTH} levels`);
+export function listToJson(list: ListValueObject | null | undefined, path = 'list', level = 1): Json[] {
+  if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
   const values = list?.values;
   if (!values) return [];
   const out = new Array<Json>(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = valueToJson(values[i], `${path}[${i}]`, depth + 1);
+  for (let i = 0; i < values.length; i++) out[i] = valueToJson(values[i], `${path}[${i}]`, level + 1);
   return out;
 }
 
-export function valueToJson(value: ValueObject | null | undefined, path = 'value', depth = 0): Json {
+export function valueToJson(value: ValueObject | null | undefined, path = 'value', level = 1): Json {
   if (value === null || value === undefined) return null;
+  if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
   const v = value as Record<string, any>;
   let kind: string | undefined = typeof v.kind === 'string' ? v.kind : KINDS.find((k) => has(v, k));
   let x: unknown;
@@ -90,22 +101,24 @@ export function valueToJson(value: ValueObject | null | undefined, path = 'value
       return x;
     case 'string_value': return String(x ?? '');
     case 'bool_value': return Boolean(x);
-    case 'struct_value': return structToJson(x as StructObject, path, depth);
-    case 'list_value': return listToJson(x as ListValueObject, path, depth);
+    case 'struct_value': return structToJson(x as StructObject, path, level + 1);
+    case 'list_value': return listToJson(x as ListValueObject, path, level + 1);
     default: return null; // null_value, or no kind set
   }
 }
 
 // ---- JSON -> Struct ----
 
-export function jsonToStruct(obj: Record<string, unknown>, path = 'struct', depth = 0): StructObject {
-  if (depth >= MAX_STRUCT_DEPTH) throw new StructConversionError(path, `nested deeper than ${MAX_STRUCT_DEPTH} levels`);
+/** A JSON object as a Struct at message level `level` (1: a response's output). */
+export function jsonToStruct(obj: Record<string, unknown>, path = 'struct', level = 1): StructObject {
+  if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
   const fields: Record<string, ValueObject> = {};
-  for (const key of Object.keys(obj)) put(fields, key, jsonToValue(obj[key], child(path, key), depth + 1));
+  for (const key of Object.keys(obj)) put(fields, key, jsonToValue(obj[key], child(path, key), level + 1));
   return { fields };
 }
 
-export function jsonToValue(v: unknown, path = 'value', depth = 0): ValueObject {
+export function jsonToValue(v: unknown, path = 'value', level = 1): ValueObject {
+  if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
   switch (typeof v) {
     case 'number':
       if (!Number.isFinite(v)) throw new StructConversionError(path, `${v} is not a JSON number`);
@@ -117,12 +130,12 @@ export function jsonToValue(v: unknown, path = 'value', depth = 0): ValueObject 
     case 'object':
       if (v === null) return { null_value: 0 };
       if (Array.isArray(v)) {
-        if (depth >= MAX_STRUCT_DEPTH) throw new StructConversionError(path, `nested deeper than ${MAX_STRUCT_DEPTH} levels`);
+        if (level + 1 > MAX_MESSAGE_DEPTH) throw tooDeep(path);
         const values = new Array<ValueObject>(v.length);
-        for (let i = 0; i < v.length; i++) values[i] = jsonToValue(v[i], `${path}[${i}]`, depth + 1);
+        for (let i = 0; i < v.length; i++) values[i] = jsonToValue(v[i], `${path}[${i}]`, level + 2);
         return { list_value: { values } };
       }
-      return { struct_value: jsonToStruct(v as Record<string, unknown>, path, depth) };
+      return { struct_value: jsonToStruct(v as Record<string, unknown>, path, level + 1) };
     default:
       throw new StructConversionError(path, `a ${typeof v} has no JSON form`);
   }
