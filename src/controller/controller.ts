@@ -14,7 +14,7 @@ import { compileInputValidator, type InputValidator } from '../gateway/input-val
 import { H1Upstream, H2Upstream } from '../gateway/upstream.js';
 import { FRAME, WorkerConnection } from '../worker/protocol.js';
 import { InstanceState } from './instance.js';
-import { probeGrpc, probeHttp, probeTcp, type ProbeResult } from './probes.js';
+import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
 
 /** How long an instance may take from start to an answering endpoint. */
@@ -344,6 +344,7 @@ export class Controller {
     const target = handle.ports.get(hc.port!) ?? handle.endpoint;
     if (hc.protocol === 'http') return probeHttp(target, hc.path ?? '/', timeoutMs);
     if (hc.protocol === 'grpc') return probeGrpc(target, hc.service ?? '', timeoutMs);
+    if (hc.protocol === 'endpoint' && node.spec.kind === 'image') return probeServing(target, node.spec.endpoint.protocol, timeoutMs);
     return probeTcp(target, timeoutMs);
   }
 

@@ -17,6 +17,31 @@ export async function probeTcp(e: Endpoint, timeoutMs: number): Promise<ProbeRes
   });
 }
 
+/**
+ * Readiness of an image node without a declared health check: the endpoint answers in
+ * its protocol. A bare TCP connect is not enough: Docker's port proxy accepts
+ * connections before the program inside listens.
+ */
+export async function probeServing(e: Endpoint, protocol: 'http' | 'http2' | 'grpc', timeoutMs: number): Promise<ProbeResult> {
+  if (protocol === 'http') {
+    try {
+      const res = await request(`http://${e.host ?? '127.0.0.1'}:${e.port}/`, { method: 'GET', signal: AbortSignal.timeout(timeoutMs) });
+      await res.body.dump();
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, reason: `the endpoint does not answer HTTP: ${(err as Error).message}` };
+    }
+  }
+  return new Promise((resolve) => {
+    const session = h2connect(`http://${e.host ?? '127.0.0.1'}:${e.port}`);
+    const done = (r: ProbeResult): void => { clearTimeout(timer); session.destroy(); resolve(r); };
+    const timer = setTimeout(() => done({ ok: false, reason: 'the endpoint did not answer HTTP/2 in time' }), timeoutMs);
+    session.once('remoteSettings', () => done({ ok: true }));
+    session.once('error', (err) => done({ ok: false, reason: `the endpoint does not answer HTTP/2: ${err.message}` }));
+    session.once('close', () => done({ ok: false, reason: 'the endpoint closed the HTTP/2 connection' }));
+  });
+}
+
 export async function probeHttp(e: Endpoint, path: string, timeoutMs: number): Promise<ProbeResult> {
   try {
     const res = await request(`http://${e.host ?? '127.0.0.1'}:${e.port}${path}`, {

@@ -50,7 +50,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     python: overrides.python ?? defaultPython(),
     runtime: overrides.runtime ?? (env.BERTH_RUNTIME === 'docker' ? 'docker' : 'process'),
     kernelImage: overrides.kernelImage ?? env.BERTH_KERNEL_IMAGE ?? null,
-    telemetryIntervalMs: overrides.telemetryIntervalMs ?? 5000,
+    telemetryIntervalMs: overrides.telemetryIntervalMs ?? (env.BERTH_TELEMETRY_INTERVAL_MS ? Number(env.BERTH_TELEMETRY_INTERVAL_MS) : 5000),
     defaultFolder: overrides.defaultFolder ?? env.BERTH_FOLDER ?? 'default',
     defaultProject: overrides.defaultProject ?? 'default',
     maxRequestBytes: overrides.maxRequestBytes ?? 16 * MB,

@@ -147,7 +147,7 @@ function healthcheck(o: Obj, kind: 'cell' | 'image', endpointPort: number): Heal
   if (kind === 'image') {
     if (o.healthcheck === undefined || o.healthcheck === null) {
       // no health check declared: ready once the endpoint port accepts connections
-      return { protocol: 'tcp', port: endpointPort, timeout: 1, interval: 1, failsThreshold: 3, passesThreshold: 1 };
+      return { protocol: 'endpoint', port: endpointPort, timeout: 1, interval: 1, failsThreshold: 3, passesThreshold: 1 };
     }
     const h = obj(o, 'healthcheck', 'healthcheck', ['protocol', 'port', 'path', 'service', 'timeout', 'interval', 'failsThreshold', 'passesThreshold']);
     const protocol = str(h, 'protocol', 'healthcheck.protocol') ?? 'http';

@@ -49,8 +49,8 @@ export interface Scaling {
 }
 
 export interface Healthcheck {
-  /** worker: the cell worker's ping; tcp: the endpoint port accepts connections (image nodes without a health check). */
-  protocol: 'http' | 'grpc' | 'tcp' | 'worker';
+  /** worker: the cell worker's ping; endpoint: the endpoint answers in its protocol (image nodes without a declared check). */
+  protocol: 'http' | 'grpc' | 'endpoint' | 'worker';
   port?: number;
   path?: string;
   service?: string;

@@ -18,8 +18,9 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server): NetServer {
       socket.removeListener('data', onData);
       socket.pause();
       socket.unshift(head);
+      // both servers take the bytes already read from the socket's buffer first
       (isH2 ? h2 : http1).emit('connection', socket);
-      socket.resume();
+      if (!isH2) socket.resume();
     };
     socket.on('data', onData);
     socket.on('error', () => socket.destroy());

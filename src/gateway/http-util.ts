@@ -50,9 +50,11 @@ function tooLarge(limit: number, size: number): BerthError {
  * clients fail on a broken pipe before they read the answer, so drain and drop the rest
  * for a short while (a "lingering close", as nginx does), then close.
  */
-export function closeAfterResponse(req: IncomingMessage, res: ServerResponse, lingerMs = 5000): void {
+export function closeAfterResponse(req: IncomingMessage, _res: ServerResponse, lingerMs = 5000): void {
+  // the answer carries "Connection: close", so Node closes the socket once the upload has
+  // been drained and the answer flushed; a caller that keeps sending is cut off
   req.resume();
   const timer = setTimeout(() => req.socket.destroy(), lingerMs);
   timer.unref();
-  req.once('end', () => { clearTimeout(timer); res.once('finish', () => req.socket.destroy()); if (res.writableFinished) req.socket.destroy(); });
+  req.socket.once('close', () => clearTimeout(timer));
 }

@@ -160,8 +160,10 @@ export class Proxy {
       if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared }, { connection: 'close' });
 
       const deadline = Date.now() + endpoint.timeout * 1000;
-      timer = setTimeout(() => abort.abort(new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`,
-        { nodeId: route!.id, timeoutSeconds: endpoint.timeout })), endpoint.timeout * 1000);
+      timer = setTimeout(() => abort.abort(lease === null
+        ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
+        : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout })),
+      endpoint.timeout * 1000);
       d.onClose(() => abort.abort(new Error('caller went away')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;

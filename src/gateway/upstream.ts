@@ -31,10 +31,15 @@ export interface Upstream {
   close(): void;
 }
 
-/** Errors that mean "nothing was sent": the call may go to another instance. */
+/**
+ * Errors of the connection itself, before any answer: the instance is gone or not
+ * listening (Docker's port proxy accepts, then resets). The caller retries elsewhere
+ * when no byte of the request body was consumed.
+ */
 export function isRefused(err: unknown): boolean {
   const code = (err as { code?: string })?.code ?? (err as { cause?: { code?: string } })?.cause?.code;
-  return code === 'ECONNREFUSED' || code === 'ECONNRESET_BEFORE_SEND' || code === 'ENOENT';
+  return code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ENOENT'
+    || code === 'UND_ERR_SOCKET' || code === 'UPSTREAM_CLOSED' || code === 'ERR_HTTP2_STREAM_CANCEL' || code === 'ERR_HTTP2_GOAWAY_SESSION';
 }
 
 export class H1Upstream implements Upstream {
