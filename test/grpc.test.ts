@@ -4,12 +4,15 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import { createServer as createHttp2Server, type Http2Server } from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { protoPath as HEALTH_PROTO } from 'grpc-health-check';
 import { join, dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 import descriptorExt from 'protobufjs/ext/descriptor/index.js';
-import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from './helpers.js';
+import { startBerth, removeHome, makeCheckpoint, createNode, waitFor, type Berth } from './helpers.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
 import { structToJson, jsonToStruct, valueToJson, MAX_MESSAGE_DEPTH, StructConversionError } from '../src/grpc/struct.js';
 import { loadProtos, PROTO_DIR, jsonName } from '../src/grpc/protos.js';
@@ -97,7 +100,7 @@ function restoreMaps(root: protobuf.Root, files: any[]): void {
 }
 
 /** A grpc-js client for any service of a reflected root; responses come back as plain objects. */
-function genericClient(root: protobuf.Root, serviceName: string, target: string): any {
+function genericClient(root: protobuf.Root, serviceName: string, target: string, options: grpc.ChannelOptions = {}): any {
   const service = root.lookupService(serviceName);
   const def: Record<string, grpc.MethodDefinition<any, any>> = {};
   for (const m of service.methodsArray) {
@@ -113,7 +116,7 @@ function genericClient(root: protobuf.Root, serviceName: string, target: string)
     };
   }
   const Client = grpc.makeGenericClientConstructor(def, serviceName);
-  return new Client(target, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+  return new Client(target, grpc.credentials.createInsecure(), { ...CLIENT_OPTIONS, ...options });
 }
 
 interface Outcome { err?: grpc.ServiceError; res?: any }
@@ -336,7 +339,8 @@ describe('gRPC NodeService on the main Berth port', () => {
 
 // ---------------------------------------------------------------------------
 // The gRPC server alone, in this process, in front of a stand-in gateway: aliases,
-// draining, the call hook, NaN inputs.
+// draining, the call hook, bad inputs, deadlines, compression, limits; through
+// grpc-js and through handleStream.
 // ---------------------------------------------------------------------------
 
 describe('startGrpcServer with a stand-in gateway', () => {
@@ -352,12 +356,16 @@ describe('startGrpcServer with a stand-in gateway', () => {
         const details = { error_name: 'ValueError', error_message: 'é'.repeat(50_000), traceback: Array.from({ length: 1000 }, (_, i) => `line ${i} ${'x'.repeat(i % 700)}`) };
         return { ok: false, error: new BerthError('EXECUTION_ERROR', `the cell raised ValueError: ${details.error_message}`, details), extra: details };
       }
+      if (nodeId === 'slow') { await new Promise((r) => setTimeout(r, 1500)); return { ok: true, body: Buffer.from('{"output":{}}') }; }
+      if (nodeId === 'percent') return { ok: false, error: new BerthError('INVALID_INPUT', '100% wrong: ünïcode ✓\nsecond line') };
       if (nodeId === 'busy') return { ok: false, error: new BerthError('NODE_UNAVAILABLE', 'no healthy instance', {}, { 'retry-after': '2' }) };
       return { ok: true, body: Buffer.from(JSON.stringify({ output: { nodeId, echo: JSON.parse(body.toString('utf8')).input } })) };
     },
   };
   let server: Awaited<ReturnType<typeof startGrpcServer>>;
-  let client: any;
+  let front: Http2Server;
+  const clients: Record<string, any> = {};
+  const fallbacks: string[] = [];
 
   before(async () => {
     server = await startGrpcServer({
@@ -365,101 +373,164 @@ describe('startGrpcServer with a stand-in gateway', () => {
       resolveAlias: (name) => (name === 'my-alias' ? 'node-behind-alias' : undefined),
       onCall: (info) => infos.push(info),
     });
+    // a front door of our own: NodeService on handleStream, anything else refused
+    front = createHttp2Server();
+    front.on('stream', (stream, headers) => {
+      if (server.handleStream(stream, headers)) return;
+      fallbacks.push(String(headers[':path']));
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '12', 'grpc-message': 'not here' }, { endStream: true });
+    });
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
     const { root } = loadProtos();
-    client = genericClient(root, SERVICE, `127.0.0.1:${server.port}`);
+    clients['grpc-js'] = genericClient(root, SERVICE, `127.0.0.1:${server.port}`);
+    clients.handleStream = genericClient(root, SERVICE, `127.0.0.1:${(front.address() as AddressInfo).port}`);
   });
 
   after(async () => {
-    client?.close();
+    for (const c of Object.values(clients)) c.close();
+    await new Promise((r) => front?.close(r));
     await server?.close(1000);
   });
 
-  const md = (): grpc.Metadata => auth('Bearer good');
-
-  test('ExecuteAlias calls the node resolveAlias names', async () => {
-    const { err, res } = await unary(client, 'ExecuteAlias', { folder_id: 'f1', alias_name: 'my-alias', input: jsonToStruct({ x: 1 }) }, md());
-    assert.equal(err, undefined, err?.message);
-    assert.deepEqual(structToJson(res.output), { nodeId: 'node-behind-alias', echo: { x: 1 } });
-    assert.deepEqual(seen.at(-1), { nodeId: 'node-behind-alias', body: { folder_id: 'f1', input: { x: 1 } } });
-    const info = infos.at(-1)!;
-    assert.equal(info.method, 'ExecuteAlias');
-    assert.equal(info.alias, 'my-alias');
-    assert.equal(info.nodeId, 'node-behind-alias');
-    assert.equal(info.code, grpc.status.OK);
-  });
-
-  test('the JSON body sent to the gateway: folder_id, input as plain JSON, missing input as {}', async () => {
-    await unary(client, 'Execute', { folder_id: 'f2', node_id: 'n' }, md());
-    assert.deepEqual(seen.at(-1)!.body, { folder_id: 'f2', input: {} });
-  });
-
-  test('NaN and Infinity inputs are INVALID_ARGUMENT naming the path', async () => {
-    const input = { fields: { a: { list_value: { values: [{ number_value: 1 }, { number_value: NaN }] } } } };
-    const { err } = await unary(client, 'Execute', { folder_id: 'f', node_id: 'n', input }, md());
-    assert.equal(err?.code, grpc.status.INVALID_ARGUMENT);
-    assert.match(err!.details, /input\.a\[1\]: NaN/);
-  });
-
-  test('a request nested deeper than protobuf allows is INVALID_ARGUMENT, not INTERNAL', async () => {
-    const manual = (n: number): any => (n === 0 ? { number_value: 1 } : { list_value: { values: [manual(n - 1)] } });
-    const saved = protobuf.util.recursionLimit;
-    protobuf.util.recursionLimit = 10_000; // lets this client encode what the server's decoder refuses
+  test('handleStream takes only NodeService unary calls', async () => {
+    const { root } = loadProtos([{ name: 'grpc/health/v1/health.proto', path: HEALTH_PROTO }]);
+    const health = genericClient(root, 'grpc.health.v1.Health', `127.0.0.1:${(front.address() as AddressInfo).port}`);
     try {
-      const { err } = await unary(client, 'Execute', { folder_id: 'f', node_id: 'n', input: { fields: { deep: manual(60) } } }, md());
+      const { err } = await unary(health, 'Check', { service: '' });
+      assert.equal(err?.code, grpc.status.UNIMPLEMENTED);
+      assert.deepEqual(fallbacks, ['/grpc.health.v1.Health/Check']);
+    } finally {
+      health.close();
+    }
+  });
+
+  // the same tests through both ways in: grpc-js's server, and handleStream on a front door's HTTP/2
+  for (const via of ['grpc-js', 'handleStream']) describe(`via ${via}`, () => {
+    const client = (): any => clients[via];
+    const md = (): grpc.Metadata => auth('Bearer good');
+
+    test('ExecuteAlias calls the node resolveAlias names', async () => {
+      const { err, res } = await unary(client(), 'ExecuteAlias', { folder_id: 'f1', alias_name: 'my-alias', input: jsonToStruct({ x: 1 }) }, md());
+      assert.equal(err, undefined, err?.message);
+      assert.deepEqual(structToJson(res.output), { nodeId: 'node-behind-alias', echo: { x: 1 } });
+      assert.deepEqual(seen.at(-1), { nodeId: 'node-behind-alias', body: { folder_id: 'f1', input: { x: 1 } } });
+      const info = infos.at(-1)!;
+      assert.equal(info.method, 'ExecuteAlias');
+      assert.equal(info.alias, 'my-alias');
+      assert.equal(info.nodeId, 'node-behind-alias');
+      assert.equal(info.code, grpc.status.OK);
+    });
+
+    test('the JSON body sent to the gateway: folder_id, input as plain JSON, missing input as {}', async () => {
+      await unary(client(), 'Execute', { folder_id: 'f2', node_id: 'n' }, md());
+      assert.deepEqual(seen.at(-1)!.body, { folder_id: 'f2', input: {} });
+    });
+
+    test('NaN and Infinity inputs are INVALID_ARGUMENT naming the path', async () => {
+      const input = { fields: { a: { list_value: { values: [{ number_value: 1 }, { number_value: NaN }] } } } };
+      const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input }, md());
       assert.equal(err?.code, grpc.status.INVALID_ARGUMENT);
-      assert.match(err!.details, /not a valid yandex\.cloud\.datasphere\.v1\.NodeExecutionRequest: .*depth/);
-    } finally {
-      protobuf.util.recursionLimit = saved;
-    }
-  });
+      assert.match(err!.details, /input\.a\[1\]: NaN/);
+    });
 
-  test('a huge Python error still fits gRPC metadata limits: cut, with the traceback\'s last lines', async () => {
-    const { err } = await unary(client, 'Execute', { folder_id: 'f', node_id: 'huge-error', input: jsonToStruct({}) }, md());
-    assert.equal(err?.code, grpc.status.INTERNAL);
-    let size = 0;
-    for (const [k, v] of Object.entries(err!.metadata.getMap())) size += k.length + (Buffer.isBuffer(v) ? Math.ceil(v.length / 3) * 4 : Buffer.byteLength(String(v)));
-    size += Buffer.byteLength(encodeURI(err!.details));
-    assert.ok(size < 8192, `trailers take ${size} bytes`);
-    assert.ok(Buffer.byteLength(err!.details) <= 512);
-    assert.equal(err!.metadata.get('berth-error-bin').length, 0, 'the details carry it, not berth-error-bin');
-    const d = decodeStatusDetails(err!.metadata.get('grpc-status-details-bin')[0] as Buffer).details[0]!.decoded as any;
-    assert.equal(d.error_name, 'ValueError');
-    assert.ok(d.error_message.startsWith('ééé') && d.error_message.endsWith('…') && Buffer.byteLength(d.error_message) <= 1024);
-    assert.match(d.traceback[0], /^… \d+ earlier traceback lines left out/);
-    assert.equal(d.traceback.at(-1), `line 999 ${'x'.repeat(999 % 700)}`);
-  });
+    test('a request nested deeper than protobuf allows is INVALID_ARGUMENT, not INTERNAL', async () => {
+      const manual = (n: number): any => (n === 0 ? { number_value: 1 } : { list_value: { values: [manual(n - 1)] } });
+      const saved = protobuf.util.recursionLimit;
+      protobuf.util.recursionLimit = 10_000; // lets this client encode what the server's decoder refuses
+      try {
+        const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input: { fields: { deep: manual(60) } } }, md());
+        assert.equal(err?.code, grpc.status.INVALID_ARGUMENT);
+        assert.match(err!.details, /not a valid yandex\.cloud\.datasphere\.v1\.NodeExecutionRequest: .*depth/);
+      } finally {
+        protobuf.util.recursionLimit = saved;
+      }
+    });
 
-  test('Retry-After travels as a trailer, the Berth code too', async () => {
-    const { err } = await unary(client, 'Execute', { folder_id: 'f', node_id: 'busy', input: jsonToStruct({}) }, md());
-    assert.equal(err?.code, grpc.status.UNAVAILABLE);
-    assert.equal(err!.metadata.get('retry-after')[0], '2');
-    assert.equal(err!.metadata.get('berth-error-code')[0], 'NODE_UNAVAILABLE');
-    assert.equal(infos.at(-1)!.errorCode, 'NODE_UNAVAILABLE');
-  });
+    test('a huge Python error still fits gRPC metadata limits: cut, with the traceback\'s last lines', async () => {
+      const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'huge-error', input: jsonToStruct({}) }, md());
+      assert.equal(err?.code, grpc.status.INTERNAL);
+      let size = 0;
+      for (const [k, v] of Object.entries(err!.metadata.getMap())) size += k.length + (Buffer.isBuffer(v) ? Math.ceil(v.length / 3) * 4 : Buffer.byteLength(String(v)));
+      size += Buffer.byteLength(encodeURI(err!.details));
+      assert.ok(size < 8192, `trailers take ${size} bytes`);
+      assert.ok(Buffer.byteLength(err!.details) <= 512);
+      assert.equal(err!.metadata.get('berth-error-bin').length, 0, 'the details carry it, not berth-error-bin');
+      const d = decodeStatusDetails(err!.metadata.get('grpc-status-details-bin')[0] as Buffer).details[0]!.decoded as any;
+      assert.equal(d.error_name, 'ValueError');
+      assert.ok(d.error_message.startsWith('ééé') && d.error_message.endsWith('…') && Buffer.byteLength(d.error_message) <= 1024);
+      assert.match(d.traceback[0], /^… \d+ earlier traceback lines left out/);
+      assert.equal(d.traceback.at(-1), `line 999 ${'x'.repeat(999 % 700)}`);
+    });
 
-  test('while Berth drains, calls are UNAVAILABLE and not started', async () => {
-    gateway.draining = true;
-    const before = seen.length;
-    try {
-      const { err } = await unary(client, 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({}) }, md());
+    test('Retry-After travels as a trailer, the Berth code too', async () => {
+      const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'busy', input: jsonToStruct({}) }, md());
       assert.equal(err?.code, grpc.status.UNAVAILABLE);
-      assert.equal(seen.length, before);
-    } finally {
-      gateway.draining = false;
-    }
-  });
+      assert.equal(err!.metadata.get('retry-after')[0], '2');
+      assert.equal(err!.metadata.get('berth-error-code')[0], 'NODE_UNAVAILABLE');
+      assert.equal(infos.at(-1)!.errorCode, 'NODE_UNAVAILABLE');
+    });
 
-  test('calls count in gateway.inFlight while they run', async () => {
-    let during = -1;
-    const original = gateway.call;
-    gateway.call = async (...args: [string, string | undefined, Buffer]) => { during = gateway.inFlight; return original.apply(gateway, args); };
-    try {
-      await unary(client, 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({}) }, md());
-    } finally {
-      gateway.call = original;
-    }
-    assert.equal(during, 1);
-    assert.equal(gateway.inFlight, 0);
+    test('while Berth drains, calls are UNAVAILABLE and not started', async () => {
+      gateway.draining = true;
+      const before = seen.length;
+      try {
+        const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({}) }, md());
+        assert.equal(err?.code, grpc.status.UNAVAILABLE);
+        assert.equal(seen.length, before);
+      } finally {
+        gateway.draining = false;
+      }
+    });
+
+    test('calls count in gateway.inFlight while they run', async () => {
+      // a slow call left by an earlier deadline test may still be running
+      await waitFor('earlier calls to end', async () => gateway.inFlight === 0, 5000, 20);
+      let during = -1;
+      const original = gateway.call;
+      gateway.call = async (...args: [string, string | undefined, Buffer]) => { during = gateway.inFlight; return original.apply(gateway, args); };
+      try {
+        await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({}) }, md());
+      } finally {
+        gateway.call = original;
+      }
+      assert.equal(during, 1);
+      assert.equal(gateway.inFlight, 0);
+    });
+
+    test('a client deadline ends the call with DEADLINE_EXCEEDED', async () => {
+      const started = Date.now();
+      const { err } = await new Promise<Outcome>((resolve) => {
+        client().Execute({ folder_id: 'f', node_id: 'slow', input: jsonToStruct({}) }, md(), { deadline: Date.now() + 200 },
+          (e: grpc.ServiceError | null, res: any) => resolve(e ? { err: e } : { res }));
+      });
+      assert.equal(err?.code, grpc.status.DEADLINE_EXCEEDED);
+      assert.ok(Date.now() - started < 1400, 'answered at the deadline, not when the call ended');
+    });
+
+    test('gzip-compressed requests are read', async () => {
+      const { root } = loadProtos();
+      const port = via === 'grpc-js' ? server.port : (front.address() as AddressInfo).port;
+      const gz = genericClient(root, SERVICE, `127.0.0.1:${port}`, { 'grpc.default_compression_algorithm': 2 });
+      try {
+        const { err, res } = await unary(gz, 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({ text: 'z'.repeat(10_000) }) }, md());
+        assert.equal(err, undefined, err?.message);
+        assert.equal((structToJson(res.output) as any).echo.text.length, 10_000);
+      } finally {
+        gz.close();
+      }
+    });
+
+    test('status messages keep "%", non-ASCII and newlines', async () => {
+      const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'percent', input: jsonToStruct({}) }, md());
+      assert.equal(err?.code, grpc.status.INVALID_ARGUMENT);
+      assert.equal(err!.details, '100% wrong: ünïcode ✓\nsecond line');
+    });
+
+    test('a request over the limit is RESOURCE_EXHAUSTED', async () => {
+      const { err } = await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({ big: 'b'.repeat(17 * MiB) }) }, md());
+      assert.equal(err?.code, grpc.status.RESOURCE_EXHAUSTED);
+      assert.match(err!.details, /larger than max/);
+    });
   });
 });
 

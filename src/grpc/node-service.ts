@@ -15,6 +15,7 @@
 // grpcio) accepts by default: the status message is cut at 512 bytes, error_message at
 // 1 KiB, the traceback keeps its last lines within 1.5 KiB. REST and the instance's log
 // have them whole.
+import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
@@ -23,6 +24,7 @@ import { BerthError, ERRORS, asBerthError, type ErrorCode } from '../core/errors
 import type { Gateway } from '../gateway/execute.js';
 import { structToJson, jsonToStruct, StructConversionError, type StructObject } from './struct.js';
 import { loadProtos, type LoadedProtos } from './protos.js';
+import { serveUnary, isGrpcRequest, type UnaryHandler } from './h2-unary.js';
 
 export const SERVICE_NAME = 'yandex.cloud.datasphere.v1.NodeService';
 export const ERROR_DETAILS_TYPE = 'yandex.cloud.datasphere.v1.NodeExecutionErrorDetails';
@@ -32,7 +34,7 @@ const MiB = 1024 * 1024;
 const FRAMING_BYTES = 64 * 1024;
 
 export interface CallInfo {
-  method: 'Execute' | 'ExecuteAlias';
+  method: Method;
   nodeId?: string;
   alias?: string;
   /** The gRPC status code answered (0 = OK). */
@@ -56,10 +58,19 @@ export interface GrpcDeps {
   onCall?: (info: CallInfo) => void;
 }
 
+type Method = 'Execute' | 'ExecuteAlias';
+
 export interface GrpcServer {
+  /** The grpc-js server's loopback port: NodeService, reflection, health. */
   port: number;
   /** The grpc-js server, e.g. for createConnectionInjector(). */
   server: grpc.Server;
+  /**
+   * Serves NodeService/Execute and /ExecuteAlias straight on a stream of your own HTTP/2
+   * server (no proxy hop to `port`); returns false for anything else (reflection,
+   * health, other paths, non-gRPC requests), which you then forward to `port`.
+   */
+  handleStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean;
   /** Health: NOT_SERVING, then let running calls finish (up to graceMs, default 10 s), then stop. */
   close(graceMs?: number): Promise<void>;
 }
@@ -80,13 +91,13 @@ function errorTypes(): { status: protobuf.Type; details: protobuf.Type } {
 /** A request that protobufjs could not decode (too deep, malformed): answered INVALID_ARGUMENT, not grpc-js's INTERNAL. */
 class UndecodableRequest {
   constructor(readonly type: string, readonly reason: string) {}
+  error(): BerthError {
+    return new BerthError('INVALID_ARGUMENT', `the request is not a valid ${this.type}: ${this.reason}`, { field: 'request' });
+  }
 }
 
-/** The decoded request, or a BerthError saying why it could not be decoded. */
-function requestOf(call: grpc.ServerUnaryCall<any, any>): any {
-  const r = call.request;
-  if (r instanceof UndecodableRequest) throw new BerthError('INVALID_ARGUMENT', `the request is not a valid ${r.type}: ${r.reason}`, { field: 'request' });
-  return r;
+function decodeRequest(type: protobuf.Type, b: Buffer): unknown {
+  try { return type.decode(b); } catch (err) { return new UndecodableRequest(type.fullName.slice(1), (err as Error).message); }
 }
 
 /** A grpc-js service definition whose (de)serializers are protobufjs types; requests decode to messages. */
@@ -101,9 +112,7 @@ function serviceDefinition(root: protobuf.Root, name: string): grpc.ServiceDefin
       path: `/${name}/${m.name}`, originalName: m.name,
       requestStream: Boolean(m.requestStream), responseStream: Boolean(m.responseStream),
       requestSerialize: (v: unknown) => Buffer.from(req.encode(v as protobuf.Message).finish()),
-      requestDeserialize: (b: Buffer) => {
-        try { return req.decode(b); } catch (err) { return new UndecodableRequest(req.fullName.slice(1), (err as Error).message); }
-      },
+      requestDeserialize: (b: Buffer) => decodeRequest(req, b),
       responseSerialize: (v: unknown) => Buffer.from(res.encode(v as protobuf.Message).finish()),
       responseDeserialize: (b: Buffer) => res.decode(b),
     };
@@ -177,7 +186,7 @@ function notFoundAlias(name: string): BerthError {
 }
 
 /** The status a gRPC caller gets for a failed call. */
-export function toServiceError(err: unknown): Partial<grpc.StatusObject> & { code: number } {
+export function toServiceError(err: unknown): { code: number; details: string; metadata: grpc.Metadata } {
   const e = asBerthError(err);
   const message = truncateBytes(e.message, MAX_STATUS_MESSAGE_BYTES);
   const metadata = new grpc.Metadata();
@@ -215,11 +224,11 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const service = serviceDefinition(root, SERVICE_NAME);
 
   /** Runs one call on a node: Struct in, Struct out; throws BerthError. */
-  const run = async (nodeId: string, call: grpc.ServerUnaryCall<any, any>, folderId: unknown): Promise<StructObject> => {
+  const run = async (nodeId: string, inputStruct: unknown, folderId: unknown, authorization: string | undefined): Promise<StructObject> => {
     if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
     let input: Record<string, unknown>;
     try {
-      input = structToJson(requestOf(call).input, 'input');
+      input = structToJson(inputStruct as StructObject, 'input');
     } catch (err) {
       if (err instanceof StructConversionError) throw new BerthError('INVALID_ARGUMENT', err.message, { field: err.path });
       throw err;
@@ -228,7 +237,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     gateway.inFlight++;
     let result;
     try {
-      result = await gateway.call(nodeId, authorizationOf(call.metadata), body);
+      result = await gateway.call(nodeId, authorization, body);
     } finally {
       gateway.inFlight--;
     }
@@ -242,48 +251,61 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     }
   };
 
-  const answer = (
-    method: CallInfo['method'], started: number, ids: { nodeId?: string; alias?: string },
-    callback: grpc.sendUnaryData<unknown>, output: StructObject | null, err?: unknown,
-  ): void => {
-    let info: CallInfo;
-    if (err === undefined) {
-      callback(null, { output });
-      info = { method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 };
-    } else {
-      const status = toServiceError(err);
-      callback(status);
-      info = { method, ...ids, code: status.code, errorCode: asBerthError(err).code, seconds: (performance.now() - started) / 1000 };
-    }
-    if (deps.onCall) {
-      try { deps.onCall(info); } catch { /* metrics must not break calls */ }
+  const record = (info: CallInfo): void => {
+    if (!deps.onCall) return;
+    try { deps.onCall(info); } catch { /* metrics must not break calls */ }
+  };
+
+  /** One Execute or ExecuteAlias call, whichever way it came in: the output Struct, or a throw. */
+  const serve = async (method: Method, request: unknown, authorization: string | undefined): Promise<StructObject> => {
+    const started = performance.now();
+    const ids: { nodeId?: string; alias?: string } = {};
+    try {
+      if (request instanceof UndecodableRequest) throw request.error();
+      const r = request as Record<string, unknown>;
+      if (method === 'Execute') {
+        ids.nodeId = requiredString(r.node_id, 'node_id');
+      } else {
+        ids.alias = requiredString(r.alias_name, 'alias_name');
+        ids.nodeId = deps.resolveAlias ? await deps.resolveAlias(ids.alias) : undefined;
+        if (ids.nodeId === undefined) throw notFoundAlias(ids.alias);
+      }
+      const out = await run(ids.nodeId, r.input, r.folder_id, authorization);
+      record({ method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 });
+      return out;
+    } catch (err) {
+      const e = asBerthError(err);
+      record({ method, ...ids, code: e.grpcStatus, errorCode: e.code, seconds: (performance.now() - started) / 1000 });
+      throw e;
     }
   };
 
-  const handlers: grpc.UntypedServiceImplementation = {
-    Execute: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
-      const started = performance.now();
-      let nodeId: string | undefined;
-      (async () => {
-        const request = requestOf(call);
-        nodeId = requiredString(request.node_id, 'node_id');
-        return run(nodeId, call, request.folder_id);
-      })()
-        .then((out) => answer('Execute', started, { nodeId }, callback, out), (err) => answer('Execute', started, { nodeId }, callback, null, err));
-    },
-    ExecuteAlias: (call: grpc.ServerUnaryCall<any, any>, callback: grpc.sendUnaryData<unknown>) => {
-      const started = performance.now();
-      let alias: string | undefined;
-      let nodeId: string | undefined;
-      (async () => {
-        const request = requestOf(call);
-        alias = requiredString(request.alias_name, 'alias_name');
-        nodeId = deps.resolveAlias ? await deps.resolveAlias(alias) : undefined;
-        if (nodeId === undefined) throw notFoundAlias(alias);
-        return run(nodeId, call, request.folder_id);
-      })().then((out) => answer('ExecuteAlias', started, { alias, nodeId }, callback, out),
-        (err) => answer('ExecuteAlias', started, { alias, nodeId }, callback, null, err));
-    },
+  const unaryHandler = (method: Method): grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
+    serve(method, call.request, authorizationOf(call.metadata)).then((output) => callback(null, { output }), (err) => callback(toServiceError(err)));
+  };
+  const handlers: grpc.UntypedServiceImplementation = { Execute: unaryHandler('Execute'), ExecuteAlias: unaryHandler('ExecuteAlias') };
+
+  // the same calls straight on an HTTP/2 stream of the front door, without grpc-js
+  const fastPaths = new Map<string, UnaryHandler>();
+  for (const method of ['Execute', 'ExecuteAlias'] as const) {
+    const m = root.lookupService(SERVICE_NAME).methods[method]!;
+    m.resolve();
+    const req = m.resolvedRequestType!;
+    const res = m.resolvedResponseType!;
+    fastPaths.set(`/${SERVICE_NAME}/${method}`, {
+      decode: (b) => decodeRequest(req, b),
+      handle: async (request, headers) => {
+        const output = await serve(method, request, typeof headers.authorization === 'string' ? headers.authorization : undefined);
+        return Buffer.from(res.encode({ output } as never).finish());
+      },
+      toStatus: (err) => toServiceError(err),
+    });
+  }
+  const handleStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean => {
+    const handler = fastPaths.get(String(headers[':path']));
+    if (!handler || !isGrpcRequest(headers)) return false;
+    serveUnary(stream, headers, handler, maxMessageBytes + FRAMING_BYTES);
+    return true;
   };
 
   const server = new grpc.Server({
@@ -312,5 +334,5 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     });
     return closing;
   };
-  return { port, server, close };
+  return { port, server, close, handleStream };
 }
