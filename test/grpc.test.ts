@@ -404,6 +404,34 @@ describe('startGrpcServer with a stand-in gateway', () => {
     }
   });
 
+  test('without resolveAlias, ExecuteAlias uses gateway.callAlias, with the metadata as headers', async () => {
+    const calls: any[] = [];
+    const gw: any = {
+      inFlight: 0, draining: false,
+      call: async () => { throw new Error('not this one'); },
+      callAlias: async (name: string, authorization: string | undefined, body: Buffer, headers: Record<string, unknown>) => {
+        calls.push({ name, authorization, body: JSON.parse(body.toString('utf8')), sticky: headers['x-sticky-key'] });
+        if (name !== 'known') throw new BerthError('NODE_NOT_FOUND', `alias ${name} not found`);
+        return { ok: true, body: Buffer.from('{"output":{"via":"alias"}}') };
+      },
+    };
+    const s2 = await startGrpcServer({ gateway: gw });
+    const c2 = genericClient(loadProtos().root, SERVICE, `127.0.0.1:${s2.port}`);
+    try {
+      const m = auth('Bearer t');
+      m.set('x-sticky-key', 'user-7');
+      const ok = await unary(c2, 'ExecuteAlias', { folder_id: 'f', alias_name: 'known', input: jsonToStruct({ a: 1 }) }, m);
+      assert.equal(ok.err, undefined, ok.err?.message);
+      assert.deepEqual(structToJson(ok.res.output), { via: 'alias' });
+      assert.deepEqual(calls[0], { name: 'known', authorization: 'Bearer t', body: { folder_id: 'f', input: { a: 1 } }, sticky: 'user-7' });
+      const missing = await unary(c2, 'ExecuteAlias', { folder_id: 'f', alias_name: 'other', input: jsonToStruct({}) }, m);
+      assert.equal(missing.err?.code, grpc.status.NOT_FOUND);
+    } finally {
+      c2.close();
+      await s2.close(1000);
+    }
+  });
+
   // the same tests through both ways in: grpc-js's server, and handleStream on a front door's HTTP/2
   for (const via of ['grpc-js', 'handleStream']) describe(`via ${via}`, () => {
     const client = (): any => clients[via];

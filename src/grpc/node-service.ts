@@ -21,7 +21,7 @@ import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
 import { BerthError, ERRORS, asBerthError, type ErrorCode } from '../core/errors.js';
-import type { Gateway } from '../gateway/execute.js';
+import type { CallResult, Gateway } from '../gateway/execute.js';
 import { structToJson, jsonToStruct, StructConversionError, type StructObject } from './struct.js';
 import { loadProtos, type LoadedProtos } from './protos.js';
 import { serveUnary, isGrpcRequest, type UnaryHandler } from './h2-unary.js';
@@ -46,7 +46,11 @@ export interface CallInfo {
 
 export interface GrpcDeps {
   gateway: Gateway;
-  /** Maps an alias name to the node id that should serve this call; undefined = no such alias. */
+  /**
+   * Maps an alias name to the node id that should serve this call; undefined = no such
+   * alias. Without it, ExecuteAlias uses gateway.callAlias when the gateway has one
+   * (alias ACL, weights, sticky keys), and otherwise answers NOT_FOUND.
+   */
   resolveAlias?: (name: string) => string | undefined | Promise<string | undefined>;
   /** Where to listen; 127.0.0.1 by default. */
   host?: string;
@@ -210,6 +214,16 @@ function requiredString(value: unknown, field: string): string {
   return value;
 }
 
+/** Gateway.callAlias, once the gateway has it (aliases are landing in src/gateway/execute.ts). */
+type GatewayCallAlias = (name: string, authorization: string | undefined, body: Buffer, headers?: IncomingHttpHeaders) => Promise<CallResult>;
+
+/** The call's text metadata as HTTP headers (for the gateway's alias routing, e.g. a sticky key). */
+function metadataHeaders(metadata: grpc.Metadata): IncomingHttpHeaders {
+  const out: IncomingHttpHeaders = {};
+  for (const [k, v] of Object.entries(metadata.getMap())) if (typeof v === 'string') out[k] = v;
+  return out;
+}
+
 function authorizationOf(metadata: grpc.Metadata): string | undefined {
   const v = metadata.get('authorization')[0];
   return typeof v === 'string' ? v : undefined;
@@ -223,8 +237,8 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const { root, descriptors } = protos(); // fails at start, not on the first call, if proto/ is broken
   const service = serviceDefinition(root, SERVICE_NAME);
 
-  /** Runs one call on a node: Struct in, Struct out; throws BerthError. */
-  const run = async (nodeId: string, inputStruct: unknown, folderId: unknown, authorization: string | undefined): Promise<StructObject> => {
+  /** Runs one call (on a node, or through an alias): Struct in, Struct out; throws BerthError. */
+  const run = async (target: (body: Buffer) => Promise<CallResult>, inputStruct: unknown, folderId: unknown): Promise<StructObject> => {
     if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
     let input: Record<string, unknown>;
     try {
@@ -237,7 +251,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     gateway.inFlight++;
     let result;
     try {
-      result = await gateway.call(nodeId, authorization, body);
+      result = await target(body);
     } finally {
       gateway.inFlight--;
     }
@@ -257,20 +271,31 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   };
 
   /** One Execute or ExecuteAlias call, whichever way it came in: the output Struct, or a throw. */
-  const serve = async (method: Method, request: unknown, authorization: string | undefined): Promise<StructObject> => {
+  const serve = async (method: Method, request: unknown, authorization: string | undefined, headers: () => IncomingHttpHeaders): Promise<StructObject> => {
     const started = performance.now();
     const ids: { nodeId?: string; alias?: string } = {};
     try {
       if (request instanceof UndecodableRequest) throw request.error();
       const r = request as Record<string, unknown>;
+      let target: (body: Buffer) => Promise<CallResult>;
       if (method === 'Execute') {
-        ids.nodeId = requiredString(r.node_id, 'node_id');
+        const nodeId = ids.nodeId = requiredString(r.node_id, 'node_id');
+        target = (body) => gateway.call(nodeId, authorization, body);
       } else {
-        ids.alias = requiredString(r.alias_name, 'alias_name');
-        ids.nodeId = deps.resolveAlias ? await deps.resolveAlias(ids.alias) : undefined;
-        if (ids.nodeId === undefined) throw notFoundAlias(ids.alias);
+        const alias = ids.alias = requiredString(r.alias_name, 'alias_name');
+        const callAlias = (gateway as unknown as { callAlias?: GatewayCallAlias }).callAlias;
+        if (deps.resolveAlias) {
+          const nodeId = ids.nodeId = await deps.resolveAlias(alias);
+          if (nodeId === undefined) throw notFoundAlias(alias);
+          target = (body) => gateway.call(nodeId, authorization, body);
+        } else if (typeof callAlias === 'function') {
+          // the gateway's own alias call: the alias's ACL, weights, sticky key (from metadata), mirroring
+          target = (body) => callAlias.call(gateway, alias, authorization, body, headers());
+        } else {
+          throw notFoundAlias(alias);
+        }
       }
-      const out = await run(ids.nodeId, r.input, r.folder_id, authorization);
+      const out = await run(target, r.input, r.folder_id);
       record({ method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 });
       return out;
     } catch (err) {
@@ -281,7 +306,8 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   };
 
   const unaryHandler = (method: Method): grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
-    serve(method, call.request, authorizationOf(call.metadata)).then((output) => callback(null, { output }), (err) => callback(toServiceError(err)));
+    serve(method, call.request, authorizationOf(call.metadata), () => metadataHeaders(call.metadata))
+      .then((output) => callback(null, { output }), (err) => callback(toServiceError(err)));
   };
   const handlers: grpc.UntypedServiceImplementation = { Execute: unaryHandler('Execute'), ExecuteAlias: unaryHandler('ExecuteAlias') };
 
@@ -295,7 +321,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     fastPaths.set(`/${SERVICE_NAME}/${method}`, {
       decode: (b) => decodeRequest(req, b),
       handle: async (request, headers) => {
-        const output = await serve(method, request, typeof headers.authorization === 'string' ? headers.authorization : undefined);
+        const output = await serve(method, request, typeof headers.authorization === 'string' ? headers.authorization : undefined, () => headers);
         return Buffer.from(res.encode({ output } as never).finish());
       },
       toStatus: (err) => toServiceError(err),
