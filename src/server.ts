@@ -24,6 +24,7 @@ import { createFrontDoor } from './gateway/front-door.js';
 import { sendError } from './gateway/http-util.js';
 import { startGrpcServer } from './grpc/node-service.js';
 import { registerRoutes } from './api/routes.js';
+import { AliasTable } from './aliases/table.js';
 
 export interface RunningBerth {
   url: string;
@@ -57,8 +58,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const secrets = new Secrets(config.home, store);
   const controller = new Controller(config, store, runtime, metrics, secrets);
   const checkpoints = new CheckpointService(config, store);
-  const gateway = new Gateway(config, controller, auth, metrics);
-  const proxy = new Proxy(config, controller, auth, metrics);
+  const aliases = new AliasTable();
+  for (const a of await store.listAliases()) aliases.set(a);
+  const gateway = new Gateway(config, controller, auth, metrics, aliases);
+  const proxy = new Proxy(config, controller, auth, metrics, aliases);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
   const grpc = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
@@ -108,7 +111,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return (await metrics.registry.metrics()) + telemetry.exposition();
   });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  registerRoutes(app, { config, store, auth, controller, checkpoints, secrets });
+  registerRoutes(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics });
 
   await controller.start();
   telemetry.start();

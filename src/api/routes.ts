@@ -13,6 +13,10 @@ import type { Controller } from '../controller/controller.js';
 import type { CheckpointService } from '../checkpoints/service.js';
 import { notebookCells, splitScript } from '../checkpoints/cells.js';
 import type { Secrets } from '../secrets/secrets.js';
+import type { AliasTable } from '../aliases/table.js';
+import type { Metrics } from '../core/metrics.js';
+import { parseAliasSpec } from '../core/alias-spec.js';
+import type { AliasRecord, AliasSpec } from '../core/types.js';
 
 export interface ApiDeps {
   config: Config;
@@ -21,6 +25,8 @@ export interface ApiDeps {
   controller: Controller;
   checkpoints: CheckpointService;
   secrets: Secrets;
+  aliases: AliasTable;
+  metrics: Metrics;
 }
 
 declare module 'fastify' {
@@ -54,7 +60,7 @@ function requireAdmin(token: TokenRecord): void {
 }
 
 export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
-  const { config, store, auth, controller, checkpoints, secrets } = deps;
+  const { config, store, auth, controller, checkpoints, secrets, aliases, metrics } = deps;
 
   app.decorateRequest('token', null as unknown as TokenRecord);
   app.addHook('onRequest', async (req) => {
@@ -185,7 +191,7 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
       id: n.id, ...n.spec, status: live?.status ?? n.status,
       createdAt: n.createdAt, updatedAt: n.updatedAt, createdBy: n.createdBy,
       transitions: n.transitions, instances: live?.instances ?? [], queued: live?.queued ?? 0,
-      relatedAliases: [], warnings: live?.warnings ?? [],
+      relatedAliases: aliases.relatedTo(n.id), warnings: live?.warnings ?? [],
     };
   };
 
@@ -270,6 +276,11 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
 
   app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: { tags: ['nodes'], summary: 'Delete a node and stop its instances' } }, async (req) => {
     const n = await findNode(req.params.ref, req.token);
+    const users = aliases.relatedTo(n.id);
+    if (users.length) {
+      throw new BerthError('NODE_IN_USE', `node ${n.id} is used by alias${users.length > 1 ? 'es' : ''} ${users.join(', ')}: move the alias to another node first`,
+        { nodeId: n.id, aliases: users });
+    }
     await controller.deleteNode(n.id);
     await store.deleteNode(n.id);
     return { id: n.id, deleted: true };
@@ -287,4 +298,80 @@ export function registerRoutes(app: FastifyInstance, deps: ApiDeps): void {
       const logs = await Promise.all(ids.map(async (id) => ({ instanceId: id, text: await controller.logs(n.id, id, lines) })));
       return { nodeId: n.id, logs };
     });
+
+  // ---- aliases ----
+  /** Backends must exist, be reachable by the caller, and all be of one kind. */
+  const checkAliasNodes = async (spec: AliasSpec, token: TokenRecord): Promise<void> => {
+    const kinds = new Set<string>();
+    for (const [i, b] of spec.backends.entries()) {
+      const n = await store.getNode(b.nodeId);
+      if (!n) throw new BerthError('NODE_NOT_FOUND', `backends[${i}]: node ${b.nodeId} not found`, { field: `backends[${i}].nodeId`, nodeId: b.nodeId });
+      requireFolder(token, n.spec.folderId);
+      kinds.add(n.spec.kind);
+    }
+    if (kinds.size > 1) throw invalidArgument('backends', 'mixes cell and image nodes: an alias serves one kind');
+    if (spec.mirror) {
+      const shadow = await store.getNode(spec.mirror.nodeId);
+      if (!shadow) throw new BerthError('NODE_NOT_FOUND', `mirror: node ${spec.mirror.nodeId} not found`, { field: 'mirror.nodeId', nodeId: spec.mirror.nodeId });
+      if (shadow.spec.kind !== 'cell' || !kinds.has('cell')) throw invalidArgument('mirror.nodeId', 'mirroring compares execute answers: it works for aliases over cell nodes');
+    }
+  };
+
+  const aliasView = (a: AliasRecord): Record<string, unknown> => ({
+    id: a.id, ...a.spec, createdAt: a.createdAt, updatedAt: a.updatedAt, createdBy: a.createdBy,
+    status: {
+      backends: a.spec.backends.map((b) => ({ ...b, nodeStatus: controller.nodeView(b.nodeId)?.status ?? 'Deleted',
+        healthyInstances: controller.route(b.nodeId)?.dispatcher.healthyCount ?? 0 })),
+      mirror: aliases.mirrorStatus(a.spec.name),
+    },
+  });
+
+  const findAlias = async (name: string, token: TokenRecord): Promise<AliasRecord> => {
+    const a = (await store.listAliases()).find((x) => x.spec.name === name || x.id === name);
+    if (!a) throw new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
+    requireFolder(token, a.spec.folderId);
+    return a;
+  };
+
+  app.post('/v1/aliases', { schema: { tags: ['aliases'], summary: 'Create an alias over one or more nodes' } }, async (req, reply) => {
+    const spec = parseAliasSpec(req.body, { defaultFolder: defaultFolderOf(req.token), defaultProject: config.defaultProject });
+    requireFolder(req.token, spec.folderId);
+    if ((await store.listAliases()).some((a) => a.spec.name === spec.name)) {
+      throw new BerthError('NAME_TAKEN', `an alias named "${spec.name}" already exists`, { field: 'name', name: spec.name });
+    }
+    await checkAliasNodes(spec, req.token);
+    const now = nowIso();
+    const record: AliasRecord = { id: newId(), spec, createdAt: now, updatedAt: now, createdBy: req.token.name };
+    await store.insertAlias(record);
+    aliases.set(record);
+    reply.code(201);
+    return aliasView(record);
+  });
+
+  app.get('/v1/aliases', { schema: { tags: ['aliases'], summary: 'List aliases' } }, async (req) => ({
+    aliases: (await store.listAliases()).filter((a) => Auth.holdsFolder(req.token, a.spec.folderId)).map(aliasView),
+  }));
+
+  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Get an alias with its backends\' status' } }, async (req) =>
+    aliasView(await findAlias(req.params.name, req.token)));
+
+  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically' } }, async (req) => {
+    const current = await findAlias(req.params.name, req.token);
+    const b = body(req);
+    for (const k of ['name', 'folderId', 'projectId']) if (k in b && b[k] !== (current.spec as unknown as Record<string, unknown>)[k]) throw invalidArgument(k, 'cannot be changed: create a new alias');
+    const spec = parseAliasSpec({ ...current.spec, ...b }, { defaultFolder: current.spec.folderId, defaultProject: current.spec.projectId });
+    await checkAliasNodes(spec, req.token);
+    const record: AliasRecord = { ...current, spec, updatedAt: nowIso() };
+    await store.updateAlias(record);
+    aliases.set(record); // one swap: the next call sees the whole new alias
+    return aliasView(record);
+  });
+
+  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Delete an alias (its nodes stay)' } }, async (req) => {
+    const a = await findAlias(req.params.name, req.token);
+    await store.deleteAlias(a.id);
+    aliases.delete(a.spec.name);
+    metrics.forgetAlias(a.spec.name);
+    return { id: a.id, name: a.spec.name, deleted: true };
+  });
 }

@@ -268,7 +268,7 @@ node.command('execute <node>').description('Call a node, like POST /datasphere/v
   });
 
 // ---- apply ----
-program.command('apply').description('Create the nodes described in a YAML file (idempotent: unchanged nodes are left alone)')
+program.command('apply').description('Create the nodes and create or update the aliases described in a YAML file (existing nodes are left alone)')
   .requiredOption('-f, --file <file>', 'YAML file, one or more documents')
   .option('--no-wait', 'do not wait for Healthy').option('--json', 'print JSON')
   .action(async (o) => {
@@ -280,6 +280,16 @@ program.command('apply').description('Create the nodes described in a YAML file 
     const c = client();
     const results = [];
     for (const spec of docs) {
+      if (spec.kind === 'alias') {
+        const { kind: _k, ...body } = spec;
+        const found = (await c.request('GET', '/v1/aliases')).aliases.find((a: any) => a.name === spec.name);
+        const a = found
+          ? await c.request('PATCH', `/v1/aliases/${encodeURIComponent(String(spec.name))}`, Object.fromEntries(Object.entries(body).filter(([k]) => !['name', 'folderId', 'projectId'].includes(k))))
+          : await c.request('POST', '/v1/aliases', body);
+        results.push({ id: a.id, name: a.name, kind: 'alias', action: found ? 'updated' : 'created' });
+        if (!o.json) console.log(`alias ${a.name} ${found ? 'updated' : 'created'}`);
+        continue;
+      }
       const existing = (await c.request('GET', '/v1/nodes')).nodes.find((n: any) => n.name === spec.name && (!spec.folderId || n.folderId === spec.folderId));
       if (existing) {
         if (!o.json) console.log(`node ${existing.name} (${existing.id}) exists: unchanged (in-place updates are not supported: delete and apply to replace)`);
@@ -291,6 +301,108 @@ program.command('apply').description('Create the nodes described in a YAML file 
       if (!o.json) console.log(`node ${spec.name} created`);
     }
     if (o.json) console.log(JSON.stringify(results, null, 2));
+  });
+
+// ---- aliases ----
+const alias = program.command('alias').alias('aliases').description('Stable endpoints that spread calls over nodes by weight');
+
+/** "node=90" or "node" (weight 1); node by id or name. */
+async function parseBackends(c: Client, list: string[]): Promise<Array<{ nodeId: string; weight: number }>> {
+  const { nodes } = await c.request('GET', '/v1/nodes');
+  return list.map((item) => {
+    const [ref, w] = item.split('=');
+    const n = nodes.find((x: any) => x.id === ref || x.name === ref);
+    if (!n) throw new Error(`--backend ${item}: no node ${ref}`);
+    return { nodeId: n.id, weight: w === undefined ? 1 : Number(w) };
+  });
+}
+
+function aliasTable(a: any): string {
+  const head = table(['FIELD', 'VALUE'], [
+    ['id', a.id], ['name', a.name], ['folder', a.folderId],
+    ['acl', a.executionAcl.isPublic ? 'public (any token)' : a.executionAcl.folders.join(', ')],
+    ['headers', a.proxyMetadata.headers.map((h: any) => `${h.name}: ${h.value}`).join(', ')],
+    ['sticky', a.sticky ? `by header ${a.sticky.header}` : ''],
+    ['mirror', a.mirror ? `${a.mirror.percent}% to ${a.mirror.nodeId}` : ''],
+  ]);
+  const total = a.backends.reduce((s: number, b: any) => s + b.weight, 0);
+  const backends = table(['NODE', 'WEIGHT', 'SHARE', 'NODE STATUS', 'HEALTHY INSTANCES'],
+    a.status.backends.map((b: any) => [b.nodeId, b.weight, `${((100 * b.weight) / total).toFixed(1)}%`, b.nodeStatus, b.healthyInstances]));
+  const m = a.status.mirror;
+  const mirror = m ? `\nmirror: ${m.compared} compared, ${m.differing} differing (${(100 * m.differingRatio).toFixed(1)}%), p50 primary ${m.primaryP50Ms?.toFixed(1) ?? '-'} ms / shadow ${m.shadowP50Ms?.toFixed(1) ?? '-'} ms` : '';
+  return `${head}\n${backends}${mirror}`;
+}
+
+alias.command('create <name>').description('Create an alias, e.g. --backend model-v1=100')
+  .requiredOption('--backend <node=weight>', 'a backend node and its weight (repeat)', collect)
+  .option('--acl <folder>', 'folder allowed to call (repeat; default: its own folder)', collect)
+  .option('--public', 'any valid token may call it')
+  .option('--header <name=value>', 'header added to every call passed on (repeat)', collect)
+  .option('--sticky-header <name>', 'calls with the same value in this header reach the same node and instance')
+  .option('--folder <id>').option('--json', 'print JSON')
+  .action(async (name, o) => {
+    const c = client();
+    const spec: Record<string, unknown> = { name, backends: await parseBackends(c, o.backend) };
+    if (o.folder) spec.folderId = o.folder;
+    if (o.acl || o.public) spec.executionAcl = { ...(o.acl ? { folders: o.acl } : {}), isPublic: !!o.public };
+    if (o.header) spec.proxyMetadata = { headers: o.header.map((h: string) => ({ name: h.slice(0, h.indexOf('=')), value: h.slice(h.indexOf('=') + 1) })) };
+    if (o.stickyHeader) spec.sticky = { header: o.stickyHeader };
+    const a = await c.request('POST', '/v1/aliases', spec);
+    out(o.json, a, () => aliasTable(a));
+  });
+
+alias.command('list').description('List aliases').option('--json', 'print JSON').action(async (o) => {
+  const { aliases } = await client().request('GET', '/v1/aliases');
+  out(o.json, aliases, () => table(['NAME', 'BACKENDS', 'ACL', 'CREATED'], aliases.map((a: any) => [a.name,
+    a.backends.map((b: any) => `${b.nodeId}=${b.weight}`).join(' '), a.executionAcl.isPublic ? 'public' : a.executionAcl.folders.join(', '), ago(a.createdAt)])));
+});
+
+alias.command('get <name>').description('Show an alias, its backends and their status').option('--json', 'print JSON').action(async (name, o) => {
+  const a = await client().request('GET', `/v1/aliases/${encodeURIComponent(name)}`);
+  out(o.json, a, () => aliasTable(a));
+});
+
+alias.command('set <name>').description('Replace the backends at once, e.g. --backend v1=90 --backend v2=10')
+  .requiredOption('--backend <node=weight>', 'a backend node and its weight (repeat)', collect).option('--json', 'print JSON')
+  .action(async (name, o) => {
+    const c = client();
+    const a = await c.request('PATCH', `/v1/aliases/${encodeURIComponent(name)}`, { backends: await parseBackends(c, o.backend) });
+    out(o.json, a, () => aliasTable(a));
+  });
+
+alias.command('shift <name> <node> <percent>').description('Send PERCENT% of calls to NODE (added if new); the other backends share the rest in their current proportions')
+  .option('--json', 'print JSON')
+  .action(async (name, nodeRef, percentText, o) => {
+    const c = client();
+    const percent = Number(String(percentText).replace('%', ''));
+    if (!(percent >= 0 && percent <= 100)) throw new Error('percent must be between 0 and 100');
+    const a = await c.request('GET', `/v1/aliases/${encodeURIComponent(name)}`);
+    const [target] = await parseBackends(c, [nodeRef]);
+    const others = a.backends.filter((b: any) => b.nodeId !== target!.nodeId);
+    const rest = others.reduce((s: number, b: any) => s + b.weight, 0);
+    if (percent < 100 && rest === 0) throw new Error(`${nodeRef} is the only backend: add another before moving weight away from it`);
+    // weights out of 1000 keep one decimal of a percent
+    const backends = [
+      ...(percent > 0 ? [{ nodeId: target!.nodeId, weight: percent * 10 }] : []),
+      ...(percent < 100 ? others.map((b: any) => ({ nodeId: b.nodeId, weight: Math.max(1e-6, ((100 - percent) * 10 * b.weight) / rest) })) : []),
+    ];
+    const updated = await c.request('PATCH', `/v1/aliases/${encodeURIComponent(name)}`, { backends });
+    out(o.json, updated, () => aliasTable(updated));
+  });
+
+alias.command('delete <name>').description('Delete an alias (its nodes stay)').option('--json', 'print JSON').action(async (name, o) => {
+  const r = await client().request('DELETE', `/v1/aliases/${encodeURIComponent(name)}`);
+  out(o.json, r, () => `alias ${name} deleted`);
+});
+
+alias.command('execute <name>').description('Call an alias over cell nodes, like POST /datasphere/v1/aliases/{name}:execute')
+  .requiredOption('--input <json>', 'the input variables as a JSON object').option('--folder <id>', 'the folder you call from')
+  .action(async (name, o) => {
+    const c = client();
+    let input: unknown;
+    try { input = JSON.parse(o.input); } catch { throw new Error('--input must be a JSON object'); }
+    const folder = o.folder ?? (await c.request('GET', '/v1/whoami')).defaultFolder;
+    console.log(JSON.stringify(await c.request('POST', `/datasphere/v1/aliases/${encodeURIComponent(name)}:execute`, { folder_id: folder, input }), null, 2));
   });
 
 // ---- secrets ----

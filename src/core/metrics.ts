@@ -1,67 +1,95 @@
-// Prometheus metrics. Children are bound once per node, so a call only increments.
+// Prometheus metrics. Children are bound once per node and alias, so a call only increments.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { INSTANCE_STATUSES, type InstanceStatus } from './types.js';
 
-export interface NodeMetrics {
+/** The metrics of one node or alias. */
+export interface CallMetrics {
   requests: { inc(): void };
   observe(httpCode: number, seconds: number): void;
   grpc(status: string): void;
 }
 
-export class Metrics {
-  readonly registry = new Registry();
-  private readonly requests: Counter<'node_id'>;
-  private readonly httpCodes: Counter<'node_id' | 'code'>;
-  private readonly grpcCodes: Counter<'node_id' | 'code'>;
-  private readonly durations: Histogram<'node_id'>;
-  private readonly instances: Gauge<'node_id' | 'status'>;
-  private readonly bound = new Map<string, NodeMetrics & { codes: Map<number, unknown>; grpcSeen: Set<string> }>();
+const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
-    this.requests = new Counter({ name: 'node_requests', help: 'Calls received per node', labelNames: ['node_id'], registers: [this.registry] });
-    this.httpCodes = new Counter({ name: 'node_http_codes', help: 'Responses per node and HTTP status code', labelNames: ['node_id', 'code'], registers: [this.registry] });
-    this.grpcCodes = new Counter({ name: 'node_grpc_codes', help: 'gRPC calls per node and grpc-status code', labelNames: ['node_id', 'code'], registers: [this.registry] });
-    this.durations = new Histogram({
-      name: 'node_request_durations', help: 'Call duration per node in seconds', labelNames: ['node_id'],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers: [this.registry],
-    });
-    this.instances = new Gauge({ name: 'node_instances', help: 'Instances per node and status', labelNames: ['node_id', 'status'], registers: [this.registry] });
+/** node_requests, node_http_codes, node_grpc_codes, node_request_durations (and alias_… alike). */
+class CallMetricFamily {
+  private readonly requests: Counter<string>;
+  private readonly httpCodes: Counter<string>;
+  private readonly grpcCodes: Counter<string>;
+  private readonly durations: Histogram<string>;
+  private readonly bound = new Map<string, CallMetrics & { http: Set<string>; grpcSeen: Set<string> }>();
+
+  constructor(registry: Registry, private readonly prefix: 'node' | 'alias', private readonly label: string) {
+    const what = prefix === 'node' ? 'node' : 'alias';
+    this.requests = new Counter({ name: `${prefix}_requests`, help: `Calls received per ${what}`, labelNames: [label], registers: [registry] });
+    this.httpCodes = new Counter({ name: `${prefix}_http_codes`, help: `Responses per ${what} and HTTP status code`, labelNames: [label, 'code'], registers: [registry] });
+    this.grpcCodes = new Counter({ name: `${prefix}_grpc_codes`, help: `gRPC calls per ${what} and grpc-status code`, labelNames: [label, 'code'], registers: [registry] });
+    this.durations = new Histogram({ name: `${prefix}_request_durations`, help: `Call duration per ${what} in seconds`, labelNames: [label], buckets: BUCKETS, registers: [registry] });
   }
 
-  bindNode(nodeId: string): NodeMetrics {
-    let m = this.bound.get(nodeId);
+  bind(id: string): CallMetrics {
+    let m = this.bound.get(id);
     if (m) return m;
-    const requests = this.requests.labels(nodeId);
-    const duration = this.durations.labels(nodeId);
+    const requests = this.requests.labels(id);
+    const duration = this.durations.labels(id);
     const codes = new Map<number, { inc(): void }>();
+    const http = new Set<string>();
     const grpcSeen = new Set<string>();
     m = {
-      requests, codes, grpcSeen,
+      requests, http, grpcSeen,
       observe: (code, seconds) => {
         let c = codes.get(code);
-        if (!c) { c = this.httpCodes.labels(nodeId, String(code)); codes.set(code, c); }
+        if (!c) { c = this.httpCodes.labels(id, String(code)); codes.set(code, c); http.add(String(code)); }
         c.inc();
         duration.observe(seconds);
       },
       grpc: (status) => {
         grpcSeen.add(status);
-        this.grpcCodes.labels(nodeId, status).inc();
+        this.grpcCodes.labels(id, status).inc();
       },
     };
-    this.bound.set(nodeId, m);
+    this.bound.set(id, m);
     return m;
   }
 
+  forget(id: string): void {
+    const m = this.bound.get(id);
+    this.bound.delete(id);
+    this.requests.remove(id);
+    this.durations.remove(id);
+    for (const code of m?.http ?? []) this.httpCodes.remove(id, code);
+    for (const code of m?.grpcSeen ?? []) this.grpcCodes.remove(id, code);
+  }
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly nodes: CallMetricFamily;
+  private readonly aliases: CallMetricFamily;
+  private readonly instances: Gauge<'node_id' | 'status'>;
+  readonly mirror: { compared: Counter<'alias_name'>; differing: Counter<'alias_name'>; durations: Histogram<'alias_name' | 'role'> };
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
+    this.nodes = new CallMetricFamily(this.registry, 'node', 'node_id');
+    this.aliases = new CallMetricFamily(this.registry, 'alias', 'alias_name');
+    this.instances = new Gauge({ name: 'node_instances', help: 'Instances per node and status', labelNames: ['node_id', 'status'], registers: [this.registry] });
+    this.mirror = {
+      compared: new Counter({ name: 'alias_mirror_compared', help: 'Mirrored calls whose shadow answer was compared', labelNames: ['alias_name'], registers: [this.registry] }),
+      differing: new Counter({ name: 'alias_mirror_differing', help: 'Mirrored calls whose shadow answer differed from the primary', labelNames: ['alias_name'], registers: [this.registry] }),
+      durations: new Histogram({ name: 'alias_mirror_durations', help: 'Primary and shadow durations of mirrored calls, seconds', labelNames: ['alias_name', 'role'], buckets: BUCKETS, registers: [this.registry] }),
+    };
+  }
+
+  bindNode(nodeId: string): CallMetrics { return this.nodes.bind(nodeId); }
+  bindAlias(name: string): CallMetrics { return this.aliases.bind(name); }
+
   forgetNode(nodeId: string): void {
-    const m = this.bound.get(nodeId);
-    this.bound.delete(nodeId);
-    this.requests.remove(nodeId);
-    this.durations.remove(nodeId);
-    for (const code of m?.codes.keys() ?? []) this.httpCodes.remove(nodeId, String(code));
-    for (const code of m?.grpcSeen ?? []) this.grpcCodes.remove(nodeId, code);
+    this.nodes.forget(nodeId);
     for (const status of INSTANCE_STATUSES) this.instances.remove({ node_id: nodeId, status });
   }
+
+  forgetAlias(name: string): void { this.aliases.forget(name); }
 
   setInstanceStatuses(nodeId: string, statuses: InstanceStatus[]): void {
     const counts = new Map<string, number>();

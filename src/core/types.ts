@@ -138,3 +138,27 @@ export interface TokenRecord {
   admin: boolean;
   createdAt: string;
 }
+
+export interface AliasBackend { nodeId: string; weight: number }
+
+export interface AliasSpec {
+  name: string;
+  description: string;
+  folderId: string;
+  projectId: string;
+  backends: AliasBackend[];
+  executionAcl: { folders: string[]; isPublic: boolean };
+  proxyMetadata: { headers: Array<{ name: string; value: string }> };
+  /** Calls carrying the same value in this header reach the same node and instance. */
+  sticky: { header: string } | null;
+  /** A share of calls is also sent to a shadow node; its answers are compared, then dropped. */
+  mirror: { nodeId: string; percent: number } | null;
+}
+
+export interface AliasRecord {
+  id: string;
+  spec: AliasSpec;
+  createdAt: string;
+  updatedAt: string;
+  createdBy: string;
+}

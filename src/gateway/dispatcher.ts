@@ -21,6 +21,8 @@ export interface Slot {
 export interface Lease { slot: Slot; conn: Session }
 
 interface Waiter {
+  /** Sticky calls wait for one instance (chosen by the key), not for any. */
+  affinity: string | undefined;
   resolve: (lease: Lease) => void;
   reject: (err: BerthError) => void;
   timer: NodeJS.Timeout;
@@ -46,6 +48,11 @@ export class NodeDispatcher {
 
   get healthyCount(): number { return this.slots.length; }
 
+  /** Whether a call would get a session right now without waiting. */
+  hasFree(): boolean {
+    return this.queued === 0 && this.slots.some((s) => s.free.length > 0);
+  }
+
   /** Calls waiting for a session right now. */
   get waiting(): number { return this.queued; }
 
@@ -55,9 +62,12 @@ export class NodeDispatcher {
     return n;
   }
 
-  /** A free session now, or a promise of one within waitMs; 503 if the queue is full. */
-  acquire(waitMs: number): Lease | Promise<Lease> {
-    const lease = this.take();
+  /**
+   * A free session now, or a promise of one within waitMs; 503 if the queue is full.
+   * With an affinity key, always the same instance while it stays Healthy.
+   */
+  acquire(waitMs: number, affinity?: string): Lease | Promise<Lease> {
+    const lease = this.take(affinity);
     if (lease) return lease;
     if (this.queued >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
@@ -65,11 +75,12 @@ export class NodeDispatcher {
     }
     return new Promise<Lease>((resolve, reject) => {
       const w: Waiter = {
-        resolve, reject, done: false,
+        affinity, resolve, reject, done: false,
         timer: setTimeout(() => {
           if (w.done) return;
           w.done = true;
           this.queued--;
+          if (w.affinity !== undefined) this.stickyWaiting--;
           const reason = this.slots.length === 0 ? 'has no healthy instance' : 'had no free session';
           reject(new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} ${reason} within ${Math.round(waitMs / 100) / 10}s`,
             { nodeId: this.nodeId }, { 'retry-after': '1' }));
@@ -77,8 +88,11 @@ export class NodeDispatcher {
       };
       this.waiters.push(w);
       this.queued++;
+      if (affinity !== undefined) this.stickyWaiting++;
     });
   }
+
+  private stickyWaiting = 0;
 
   /** Returns a session; a broken connection is not reused. */
   release(lease: Lease): void {
@@ -97,14 +111,25 @@ export class NodeDispatcher {
       clearTimeout(w.timer);
       w.reject(err);
     }
-    this.waiters = []; this.head = 0; this.queued = 0;
+    this.waiters = []; this.head = 0; this.queued = 0; this.stickyWaiting = 0;
   }
 
-  private take(): Lease | null {
+  private take(affinity?: string): Lease | null {
     const slots = this.slots;
     const n = slots.length;
     if (n === 0) return null;
     let best: Slot | null = null;
+    if (affinity !== undefined) {
+      // rendezvous hashing: the same key picks the same instance while the set allows
+      let top = -1;
+      for (const s of slots) {
+        const score = hash32(affinity + '\u0000' + s.id);
+        if (score > top) { top = score; best = s; }
+      }
+      if (best!.free.length === 0) return null;
+      best!.busy++;
+      return { slot: best!, conn: best!.free.pop()! };
+    }
     // rotate the starting point so equally idle instances share the load
     const start = this.next++ % n;
     for (let i = 0; i < n; i++) {
@@ -118,6 +143,7 @@ export class NodeDispatcher {
   }
 
   private drain(): void {
+    if (this.stickyWaiting > 0) { this.drainScanning(); return; }
     while (this.queued > 0) {
       const w = this.waiters[this.head];
       if (!w) break;
@@ -130,9 +156,45 @@ export class NodeDispatcher {
       clearTimeout(w.timer);
       w.resolve(lease);
     }
+    this.compact();
+  }
+
+  /** With sticky waiters a blocked one must not hold up the others: scan the whole queue. */
+  private drainScanning(): void {
+    for (let i = this.head; i < this.waiters.length && this.queued > 0; i++) {
+      const w = this.waiters[i]!;
+      if (w.done) continue;
+      const lease = this.take(w.affinity);
+      if (!lease) {
+        if (w.affinity === undefined) break; // nothing free at all
+        continue;
+      }
+      w.done = true;
+      this.queued--;
+      if (w.affinity !== undefined) this.stickyWaiting--;
+      clearTimeout(w.timer);
+      w.resolve(lease);
+    }
+    while (this.head < this.waiters.length && this.waiters[this.head]!.done) this.head++;
+    this.compact();
+  }
+
+  private compact(): void {
     if (this.head > 1024 && this.head * 2 > this.waiters.length) {
       this.waiters = this.waiters.slice(this.head);
       this.head = 0;
     }
   }
+}
+
+/** FNV-1a: a fast, stable 32-bit hash for rendezvous choices. */
+export function hash32(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  // a final avalanche so similar keys spread
+  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
+  return h >>> 0;
 }

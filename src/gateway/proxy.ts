@@ -8,10 +8,11 @@ import { Transform, type Readable, type Writable, pipeline } from 'node:stream';
 import { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError } from '../core/errors.js';
-import type { Metrics } from '../core/metrics.js';
+import type { CallMetrics, Metrics } from '../core/metrics.js';
 import type { ImageNodeSpec } from '../core/types.js';
 import type { Controller, NodeRoute } from '../controller/controller.js';
 import type { Lease } from './dispatcher.js';
+import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { isRefused, type UpstreamResponse } from './upstream.js';
 import { closeAfterResponse, sendError } from './http-util.js';
 
@@ -20,9 +21,13 @@ const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 't
   'x-node-id', 'x-node-alias', 'x-folder-id', 'authorization', 'content-length']);
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
 
-/** An alias resolved to one of its nodes (aliases plug in here). */
-export interface AliasTarget { nodeId: string; headers: Array<{ name: string; value: string }>; aclFolders: ReadonlySet<string> | null; isPublic: boolean }
-export type AliasResolver = (name: string) => AliasTarget | undefined;
+/** Where one call goes: the node, the alias it came through (if any), extra headers. */
+interface Target {
+  route: NodeRoute & { spec: ImageNodeSpec };
+  alias: AliasRoute | null;
+  extraHeaders: Array<{ name: string; value: string }>;
+  stickyKey: string | undefined;
+}
 
 /** The side of the exchange facing the caller: an HTTP/1.1 response or an HTTP/2 stream. */
 interface Downstream {
@@ -42,7 +47,6 @@ interface Downstream {
 }
 
 export class Proxy {
-  resolveAlias: AliasResolver | null = null;
   /** Calls being served right now; shutdown waits for them. */
   inFlight = 0;
 
@@ -51,6 +55,7 @@ export class Proxy {
     private readonly controller: Controller,
     private readonly auth: Auth,
     private readonly metrics: Metrics,
+    private readonly aliases: AliasTable,
   ) {}
 
   static routed(headers: IncomingHttpHeaders | H2Headers): boolean {
@@ -109,44 +114,44 @@ export class Proxy {
     });
   }
 
-  private target(d: Downstream): { route: NodeRoute & { spec: ImageNodeSpec }; extraHeaders: AliasTarget['headers'] } {
+  private target(d: Downstream): Target {
     const token = this.auth.authenticate(d.headers.authorization);
     const folder = d.headers['x-folder-id'];
     if (typeof folder !== 'string' || !folder) throw new BerthError('INVALID_ARGUMENT', 'the x-folder-id header is required: the folder you call from', { field: 'x-folder-id' });
     if (!Auth.holdsFolder(token, folder)) throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
     let nodeId = d.headers['x-node-id'] as string | undefined;
-    let extraHeaders: AliasTarget['headers'] = [];
-    let acl: ReadonlySet<string> | null = null;
-    const aliasName = d.headers['x-node-alias'] as string | undefined;
-    if (!nodeId && aliasName !== undefined) {
-      const alias = this.resolveAlias?.(aliasName);
-      if (!alias) throw new BerthError('ALIAS_NOT_FOUND', `alias ${aliasName} not found`, { aliasName });
-      if (!alias.isPublic && !alias.aclFolders!.has(folder)) {
-        throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${aliasName}`, { folderId: folder, aliasName });
-      }
-      nodeId = alias.nodeId;
-      extraHeaders = alias.headers;
-      acl = alias.aclFolders;
+    let alias: AliasRoute | null = null;
+    let stickyKey: string | undefined;
+    if (!nodeId) {
+      const name = String(d.headers['x-node-alias']);
+      alias = this.aliases.get(name) ?? null;
+      if (!alias) throw new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
+      if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
+      const key = alias.spec.sticky ? d.headers[alias.spec.sticky.header] : undefined;
+      stickyKey = typeof key === 'string' && key ? key : undefined;
+      nodeId = alias.pick((id) => (this.controller.route(id)?.dispatcher.healthyCount ?? 0) > 0, stickyKey);
     }
-    const route = this.controller.route(nodeId!);
-    if (!route) throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
+    const route = this.controller.route(nodeId);
+    if (!route) throw new BerthError(alias ? 'NODE_UNAVAILABLE' : 'NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
     if (route.spec.kind !== 'image') {
-      throw new BerthError('INVALID_ARGUMENT', `node ${nodeId} is a cell node: call POST /datasphere/v1/nodes/${nodeId}:execute`, { field: 'x-node-id', nodeKind: 'cell' });
+      throw new BerthError('INVALID_ARGUMENT', `node ${nodeId} is a cell node: call POST /datasphere/v1/${alias ? `aliases/${alias.spec.name}` : `nodes/${nodeId}`}:execute`, { field: alias ? 'x-node-alias' : 'x-node-id', nodeKind: 'cell' });
     }
-    if (acl === null && !route.aclFolders.has(folder)) {
+    // through an alias, the alias's ACL decides; directly, the node's
+    if (!alias && !route.aclFolders.has(folder)) {
       throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${nodeId}`, { folderId: folder, nodeId });
     }
-    return { route: route as NodeRoute & { spec: ImageNodeSpec }, extraHeaders };
+    return { route: route as Target['route'], alias, extraHeaders: alias?.spec.proxyMetadata.headers ?? [], stickyKey };
   }
 
   private async forward(d: Downstream): Promise<void> {
     this.inFlight++;
     const started = performance.now();
-    let nodeMetrics: ReturnType<Metrics['bindNode']> | null = null;
+    let nodeMetrics: CallMetrics | null = null;
+    let aliasMetrics: CallMetrics | null = null;
     let status = 0;
     let grpcStatus: string | undefined;
     let lease: Lease | null = null;
-    let route: (NodeRoute & { spec: ImageNodeSpec }) | null = null;
+    let route: Target['route'] | null = null;
     const abort = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -154,6 +159,7 @@ export class Proxy {
       route = t.route;
       nodeMetrics = this.metrics.bindNode(route.id);
       nodeMetrics.requests.inc();
+      if (t.alias) { aliasMetrics = this.metrics.bindAlias(t.alias.spec.name); aliasMetrics.requests.inc(); }
       const { endpoint } = route.spec;
       const limit = this.config.maxRequestBytes;
       const declared = Number(d.headers['content-length'] ?? 0);
@@ -175,7 +181,7 @@ export class Proxy {
       const tried = new Set<string>();
       for (;;) {
         const waitMs = Math.max(1, deadline - Date.now());
-        const acquired = route.dispatcher.acquire(waitMs);
+        const acquired = route.dispatcher.acquire(waitMs, t.stickyKey);
         lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal) : acquired;
         tried.add(lease.slot.id);
         try {
@@ -236,9 +242,10 @@ export class Proxy {
       this.inFlight--;
       clearTimeout(timer);
       if (lease && route) route.dispatcher.release(lease);
-      if (nodeMetrics) {
-        nodeMetrics.observe(status, (performance.now() - started) / 1000);
-        if (grpcStatus !== undefined) nodeMetrics.grpc(grpcStatus);
+      for (const m of [nodeMetrics, aliasMetrics]) {
+        if (!m) continue;
+        m.observe(status, (performance.now() - started) / 1000);
+        if (grpcStatus !== undefined) m.grpc(grpcStatus);
       }
     }
   }
@@ -248,7 +255,7 @@ function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-function forwardHeaders(incoming: IncomingHttpHeaders, extra: AliasTarget['headers']): Record<string, string | string[]> {
+function forwardHeaders(incoming: IncomingHttpHeaders, extra: Target['extraHeaders']): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(incoming)) {
     if (v === undefined || k.startsWith(':') || DROP_REQUEST.has(k)) continue;

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
-import type { Checkpoint, NodeRecord, NodeStatus, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, Checkpoint, NodeRecord, NodeStatus, TokenRecord, Transition } from '../core/types.js';
 
 /** Schema migrations, applied in order, each once, each in one transaction. */
 const MIGRATIONS: string[] = [
@@ -21,6 +21,9 @@ const MIGRATIONS: string[] = [
      id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL, ciphertext BLOB NOT NULL,
      created_at TEXT NOT NULL, created_by TEXT NOT NULL);
    CREATE UNIQUE INDEX secrets_name ON secrets(project_id, name);`,
+  `CREATE TABLE aliases (
+     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL,
+     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_by TEXT NOT NULL);`,
 ];
 
 /** Node status history kept per node (older transitions are dropped). */
@@ -120,6 +123,25 @@ export class SqliteStore implements Store {
 
   async deleteSecret(id: string): Promise<boolean> {
     return this.db.prepare('DELETE FROM secrets WHERE id = ?').run(id).changes > 0;
+  }
+
+  async insertAlias(a: AliasRecord): Promise<void> {
+    this.db.prepare('INSERT INTO aliases (id, name, spec, created_at, updated_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(a.id, a.spec.name, JSON.stringify(a.spec), a.createdAt, a.updatedAt, a.createdBy);
+  }
+
+  async updateAlias(a: AliasRecord): Promise<void> {
+    this.db.prepare('UPDATE aliases SET name = ?, spec = ?, updated_at = ? WHERE id = ?').run(a.spec.name, JSON.stringify(a.spec), a.updatedAt, a.id);
+  }
+
+  async listAliases(): Promise<AliasRecord[]> {
+    return (this.db.prepare('SELECT * FROM aliases ORDER BY created_at').all() as Array<Record<string, any>>).map((r) => ({
+      id: r.id, spec: JSON.parse(r.spec), createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
+    }));
+  }
+
+  async deleteAlias(id: string): Promise<boolean> {
+    return this.db.prepare('DELETE FROM aliases WHERE id = ?').run(id).changes > 0;
   }
 
   async insertNode(n: NodeRecord): Promise<void> {

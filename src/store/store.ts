@@ -1,4 +1,4 @@
-import type { Checkpoint, NodeRecord, NodeStatus, Secret, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, Checkpoint, NodeRecord, NodeStatus, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
 export interface SecretRecord extends Secret { ciphertext: Buffer }
@@ -28,6 +28,12 @@ export interface Store {
   getSecretByName(projectId: string, name: string): Promise<SecretRecord | undefined>;
   listSecrets(): Promise<SecretRecord[]>;
   deleteSecret(id: string): Promise<boolean>;
+
+  insertAlias(a: AliasRecord): Promise<void>;
+  /** Replaces an alias's spec in one write: callers never see a half-applied change. */
+  updateAlias(a: AliasRecord): Promise<void>;
+  listAliases(): Promise<AliasRecord[]>;
+  deleteAlias(id: string): Promise<boolean>;
 
   insertNode(n: NodeRecord): Promise<void>;
   getNode(id: string): Promise<NodeRecord | undefined>;
