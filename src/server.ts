@@ -63,7 +63,19 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const gateway = new Gateway(config, controller, auth, metrics, aliases);
   const proxy = new Proxy(config, controller, auth, metrics, aliases);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
-  const grpc = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
+  const grpc = await startGrpcServer({
+    gateway, maxMessageBytes: config.maxRequestBytes,
+    // gRPC execute calls count in the same per-node and per-alias metrics as REST ones
+    onCall: (call) => {
+      const targets = [call.nodeId && controller.route(call.nodeId) ? metrics.bindNode(call.nodeId) : null, call.alias && aliases.get(call.alias) ? metrics.bindAlias(call.alias) : null];
+      for (const m of targets) {
+        if (!m) continue;
+        m.requests.inc();
+        m.observe(200, call.seconds);
+        m.grpc(String(call.code));
+      }
+    },
+  });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   let httpServer!: Server;
@@ -85,7 +97,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   h2Server.on('stream', (stream, headers) => {
     stream.on('error', () => undefined);
     if (Proxy.routed(headers)) void proxy.handleHttp2(stream, headers);
-    else void forwardToGrpc(stream, headers, grpcUpstream);
+    // NodeService calls are served right here; reflection and health by grpc-js behind it
+    else if (!grpc.handleStream(stream, headers)) void forwardToGrpc(stream, headers, grpcUpstream);
   });
   h2Server.on('sessionError', () => undefined);
 

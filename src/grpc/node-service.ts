@@ -214,9 +214,6 @@ function requiredString(value: unknown, field: string): string {
   return value;
 }
 
-/** Gateway.callAlias, once the gateway has it (aliases are landing in src/gateway/execute.ts). */
-type GatewayCallAlias = (name: string, authorization: string | undefined, body: Buffer, headers?: IncomingHttpHeaders) => Promise<CallResult>;
-
 /** The call's text metadata as HTTP headers (for the gateway's alias routing, e.g. a sticky key). */
 function metadataHeaders(metadata: grpc.Metadata): IncomingHttpHeaders {
   const out: IncomingHttpHeaders = {};
@@ -283,16 +280,13 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
         target = (body) => gateway.call(nodeId, authorization, body);
       } else {
         const alias = ids.alias = requiredString(r.alias_name, 'alias_name');
-        const callAlias = (gateway as unknown as { callAlias?: GatewayCallAlias }).callAlias;
         if (deps.resolveAlias) {
           const nodeId = ids.nodeId = await deps.resolveAlias(alias);
           if (nodeId === undefined) throw notFoundAlias(alias);
           target = (body) => gateway.call(nodeId, authorization, body);
-        } else if (typeof callAlias === 'function') {
-          // the gateway's own alias call: the alias's ACL, weights, sticky key (from metadata), mirroring
-          target = (body) => callAlias.call(gateway, alias, authorization, body, headers());
         } else {
-          throw notFoundAlias(alias);
+          // the gateway's own alias call: the alias's ACL, weights, sticky key (from metadata), mirroring
+          target = (body) => gateway.callAlias(alias, authorization, body, headers());
         }
       }
       const out = await run(target, r.input, r.folder_id);
