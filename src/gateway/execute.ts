@@ -12,7 +12,7 @@ import type { Controller, NodeRoute } from '../controller/controller.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
-import { readBody, sendError, closeAfterResponse } from './http-util.js';
+import { readBody, sendError, discardUpload } from './http-util.js';
 
 const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 
@@ -75,7 +75,7 @@ export class Gateway {
         status = sendError(res, result.error, result.extra);
       }
     } catch (err) {
-      if (err instanceof BerthError && err.code === 'PAYLOAD_TOO_LARGE') closeAfterResponse(req, res);
+      if (err instanceof BerthError && err.code === 'PAYLOAD_TOO_LARGE') discardUpload(req);
       status = sendError(res, err);
     } finally {
       this.inFlight--;

@@ -42,19 +42,20 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 function tooLarge(limit: number, size: number): BerthError {
-  return new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: size }, { connection: 'close' });
+  return new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: size });
 }
 
 /**
  * After a 413 the rest of the upload is not wanted. Closing at once would make most
- * clients fail on a broken pipe before they read the answer, so drain and drop the rest
- * for a short while (a "lingering close", as nginx does), then close.
+ * clients fail on a broken pipe before they read the answer, so the rest is read and
+ * dropped as it comes (never buffered) and the connection stays usable; a caller still
+ * sending after a few seconds is cut off.
  */
-export function closeAfterResponse(req: IncomingMessage, _res: ServerResponse, lingerMs = 5000): void {
-  // the answer carries "Connection: close", so Node closes the socket once the upload has
-  // been drained and the answer flushed; a caller that keeps sending is cut off
+export function discardUpload(req: IncomingMessage, lingerMs = 5000): void {
   req.resume();
   const timer = setTimeout(() => req.socket.destroy(), lingerMs);
   timer.unref();
-  req.socket.once('close', () => clearTimeout(timer));
+  const clear = (): void => clearTimeout(timer);
+  req.once('end', clear);
+  req.socket.once('close', clear);
 }

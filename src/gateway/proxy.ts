@@ -14,7 +14,7 @@ import type { Controller, NodeRoute } from '../controller/controller.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { isRefused, type UpstreamResponse } from './upstream.js';
-import { closeAfterResponse, sendError } from './http-util.js';
+import { discardUpload, sendError } from './http-util.js';
 
 /** Headers that belong to one connection, or that carry Berth's routing and auth. */
 const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
@@ -77,7 +77,7 @@ export class Proxy {
       writable: res,
       setTrailers: () => { /* HTTP/1.1 callers get no trailers */ },
       fail: (err) => {
-        if (err.code === 'PAYLOAD_TOO_LARGE') closeAfterResponse(req, res);
+        if (err.code === 'PAYLOAD_TOO_LARGE') discardUpload(req);
         return sendError(res, err);
       },
       destroy: () => res.destroy(),
@@ -163,7 +163,7 @@ export class Proxy {
       const { endpoint } = route.spec;
       const limit = this.config.maxRequestBytes;
       const declared = Number(d.headers['content-length'] ?? 0);
-      if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared }, { connection: 'close' });
+      if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared });
 
       const deadline = Date.now() + endpoint.timeout * 1000;
       timer = setTimeout(() => abort.abort(lease === null

@@ -38,6 +38,8 @@ const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
 const PING_TIMEOUT_MS = 5000;
 /** After `stop`'s grace period and Docker's own kill, how long to wait for the container to go. */
 const STOP_SLACK_MS = 15_000;
+/** How long a removal another caller started may take before we stop waiting for it. */
+const REMOVE_WAIT_MS = 15_000;
 
 const WORKER_BOOTSTRAP = "import sys; sys.path.insert(0, '/berth/python'); import berth_worker; berth_worker.main()";
 
@@ -54,6 +56,7 @@ class DockerInstance implements RuntimeInstance {
     readonly ports: ReadonlyMap<number, Endpoint>,
     readonly pid: number | null,
     readonly exited: Promise<ExitInfo>,
+    readonly containerId: string,
   ) {}
 }
 
@@ -183,7 +186,7 @@ export class DockerRuntime implements Runtime {
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
-    const container = this.docker.getContainer(containerName(instance.instanceId));
+    const container = this.containerOf(instance);
     const t = Math.max(0, Math.ceil(graceMs / 1000));
     try {
       await container.stop({ t });
@@ -191,12 +194,12 @@ export class DockerRuntime implements Runtime {
       if (statusOf(err) !== 304 && statusOf(err) !== 404) console.error(`[berth] stop ${containerName(instance.instanceId)}: ${errorText(err)}`);
     }
     const gone = await withTimeout(instance.exited.then(() => true), t * 1000 + STOP_SLACK_MS, 'timeout').catch(() => false);
-    if (!gone) await container.remove({ force: true }).catch(() => {});
+    if (!gone) await this.removeContainer(container);
   }
 
   kill(instance: RuntimeInstance): void {
     // the container's watcher copies the log and removes the container once it has exited
-    this.docker.getContainer(containerName(instance.instanceId)).kill({ signal: 'SIGKILL' }).catch((err: unknown) => {
+    this.containerOf(instance).kill({ signal: 'SIGKILL' }).catch((err: unknown) => {
       const s = statusOf(err);
       if (s !== 404 && s !== 409) console.error(`[berth] kill ${containerName(instance.instanceId)}: ${errorText(err)}`);
     });
@@ -218,7 +221,7 @@ export class DockerRuntime implements Runtime {
       } else {
         // a container of this home that stopped while no Berth was watching: keep its log, remove it
         await this.archiveLogs(container, nodeId, instanceId, `container found ${info.State} (${info.Status})`);
-        await container.remove({ force: true }).catch(() => {});
+        await this.removeContainer(container);
         if (labels[LABEL.kind] === 'cell') await rm(this.runDir(instanceId), { recursive: true, force: true });
       }
     }
@@ -280,9 +283,7 @@ export class DockerRuntime implements Runtime {
     if (owner !== this.home) {
       throw new Error(`a container named ${name} already exists and does not belong to this Berth (home ${owner ?? 'unlabelled'})`);
     }
-    await c.remove({ force: true }).catch((err: unknown) => {
-      if (statusOf(err) !== 404) throw new Error(`remove leftover container ${name}: ${errorText(err)}`);
-    });
+    await this.removeContainer(this.docker.getContainer(info.Id));
   }
 
   /** Pulls the image unless it is present (one pull per image at a time). */
@@ -348,7 +349,7 @@ export class DockerRuntime implements Runtime {
     }
     const tracked: Tracked = { instance: undefined as unknown as DockerInstance, archived: false };
     const exited = this.watch(container, nodeId, instanceId, kind, tracked);
-    tracked.instance = new DockerInstance(nodeId, instanceId, endpoint, ports, pid, exited);
+    tracked.instance = new DockerInstance(nodeId, instanceId, endpoint, ports, pid, exited, container.id);
     this.tracked.set(instanceId, tracked);
     return tracked.instance;
   }
@@ -374,10 +375,31 @@ export class DockerRuntime implements Runtime {
     const how = signal ? `was killed by ${signal} (exit code ${code})` : `exited with code ${code}`;
     await this.archiveLogs(container, nodeId, instanceId, `container ${how}${error ? `: ${error}` : ''}`);
     tracked.archived = true; // from now on logs() reads the file only
-    await container.remove({ force: true }).catch(() => {});
+    await this.removeContainer(container);
     if (kind === 'cell') await rm(this.runDir(instanceId), { recursive: true, force: true }).catch(() => {});
     if (this.tracked.get(instanceId) === tracked) this.tracked.delete(instanceId);
     return { code, signal, ...(error ? { error } : {}) };
+  }
+
+  /** Removes the container and resolves once it is gone (another removal may already be under way). */
+  private async removeContainer(container: Docker.Container): Promise<void> {
+    try {
+      await container.remove({ force: true });
+      return;
+    } catch (err) {
+      if (statusOf(err) === 404) return;
+    }
+    const deadline = Date.now() + REMOVE_WAIT_MS;
+    while (Date.now() < deadline) {
+      try {
+        await container.inspect();
+      } catch (err) {
+        if (statusOf(err) === 404) return;
+      }
+      await sleep(100);
+      await container.remove({ force: true }).catch(() => {});
+    }
+    console.error(`[berth] container ${container.id} is still there ${REMOVE_WAIT_MS / 1000}s after its removal`);
   }
 
   /** Appends the container's last log lines (and how it ended) to the instance's log file. */
@@ -405,6 +427,11 @@ export class DockerRuntime implements Runtime {
     } catch {
       return '';
     }
+  }
+
+  /** By id when we know it: a container with the same name may already be the next run's. */
+  private containerOf(instance: RuntimeInstance): Docker.Container {
+    return this.docker.getContainer(instance instanceof DockerInstance ? instance.containerId : containerName(instance.instanceId));
   }
 
   private runDir(instanceId: string): string {
