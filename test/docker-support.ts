@@ -166,7 +166,7 @@ export async function pushToRegistry(source: string, registry: Registry, repo: s
   await d.getImage(source).tag({ repo: target, tag });
   const stream = await d.getImage(`${target}:${tag}`).push({
     authconfig: { username: registry.user, password: registry.password, serveraddress: registry.host },
-  } as never);
+  } as Docker.ImagePushOptions) as NodeJS.ReadableStream;
   await followOrThrow(stream, `push ${target}:${tag}`);
   return `${target}:${tag}`;
 }

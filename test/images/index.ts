@@ -205,16 +205,15 @@ function pythonRootfs(): RootfsEntry[] {
 
 /** The libraries (and the dynamic loader) `ldd` lists for these binaries, at the paths it names. */
 function sharedLibraries(binaries: string[]): RootfsEntry[] {
-  const found = new Map<string, string>();
-  for (const bin of binaries) {
-    const r = spawnSync('ldd', [bin], { encoding: 'utf8', timeout: 10_000 });
-    if (r.status !== 0) throw new Error(`ldd ${bin} failed: ${r.stderr || r.error}`);
-    for (const line of r.stdout.split('\n')) {
-      const m = /=>\s*(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
-      if (m) found.set(m[1]!, m[1]!);
-    }
+  const found = new Set<string>();
+  const r = spawnSync('ldd', binaries, { encoding: 'utf8', timeout: 30_000 });
+  if (r.status !== 0) throw new Error(`ldd ${binaries.join(' ')} failed: ${r.stderr || r.error}`);
+  for (const line of r.stdout.split('\n')) {
+    // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "\t/lib64/ld-linux-x86-64.so.2 (0x…)"
+    const m = /=>\s*(\/\S+)/.exec(line) ?? /^\s+(\/\S+)\s+\(/.exec(line);
+    if (m) found.add(m[1]!);
   }
-  return [...found.keys()].sort().map((p) => ({ src: p, dest: p }));
+  return [...found].sort().map((p) => ({ src: p, dest: p }));
 }
 
 /** Path, size and mtime of every file an image would hold (excluded names left out). */
