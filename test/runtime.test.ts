@@ -6,7 +6,7 @@
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import http2 from 'node:http2';
@@ -282,6 +282,21 @@ for (const target of TARGETS) {
           const info = await within(adopted.exited, 10_000, 'adopted exited');
           assert.ok(info.code === 0, JSON.stringify(info));
         }
+      } finally {
+        await within(rt.stop(inst, 2000), 30_000, 'stop');
+      }
+      assert.deepEqual(await target.leftovers(home, inst), []);
+    });
+
+    test('a deep Berth home still gives a socket path within sun_path', async (t) => {
+      if (!(await target.ready(t))) return;
+      const home = join(newHome(), 'a-rather-long-directory-name-for-a-berth-home', 'and-another-level-below-it');
+      mkdirSync(home, { recursive: true });
+      const rt = createRuntime(target.name, home);
+      const inst = await within(rt.start(spec(cellWorkload())), 60_000, 'start');
+      try {
+        assert.ok(Buffer.byteLength(inst.endpoint.path!) <= 107, inst.endpoint.path);
+        (await workerReady(inst.endpoint)).close();
       } finally {
         await within(rt.stop(inst, 2000), 30_000, 'stop');
       }
