@@ -550,6 +550,7 @@ describe('runtime docker: private registries', { timeout: 120_000 }, () => {
         assert.match(err.message, new RegExp(`^pull ${image.replace(/[.]/g, '\\.')}: .*(unauthorized|authentication required)`), err.message);
         return true;
       });
+      assert.match(await rt.logs(wrong.nodeId, wrong.instanceId, 5), /start failed: pull .*(unauthorized|authentication required)/, 'the instance log says why');
       const none = spec({ kind: 'image', image, registryAuth: null, env: {}, ports: [8080] });
       await assert.rejects(within(rt.start(none), 60_000, 'start without credentials'), /^Error: pull .*(unauthorized|authentication required|no basic auth)/);
       const missing = spec({ kind: 'image', image: `${registry.host}/nope:1`, registryAuth: { username: 'berth', password: 's3cret-pass' }, env: {}, ports: [8080] });

@@ -117,16 +117,26 @@ export class DockerRuntime implements Runtime {
 
   async start(spec: InstanceSpec): Promise<RuntimeInstance> {
     const w = spec.workload;
-    const name = containerName(spec.instanceId);
-    await this.removeLeftover(name);
-
     const image = w.kind === 'cell' ? w.kernelImage : w.image;
     if (!image) throw new Error('cell nodes on the Docker runtime need a kernel image (an image with python3 and dill)');
-    await this.ensureImage(image, w.registryAuth);
-
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
     await mkdir(join(this.logDir, spec.nodeId), { recursive: true });
-    await appendFile(logFile, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} in container ${name} from ${image}\n`);
+    await appendFile(logFile, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} in container ${containerName(spec.instanceId)} from ${image}\n`);
+    try {
+      return await this.createAndStart(spec, image);
+    } catch (err) {
+      // the user reads why in the instance log too (a pull refused, a bad mount…)
+      await appendFile(logFile, `[berth] ${new Date().toISOString()} start failed: ${errorText(err)}\n`).catch(() => {});
+      if (w.kind === 'cell') await rm(this.runDir(spec.instanceId), { recursive: true, force: true }).catch(() => {});
+      throw err;
+    }
+  }
+
+  private async createAndStart(spec: InstanceSpec, image: string): Promise<RuntimeInstance> {
+    const w = spec.workload;
+    const name = containerName(spec.instanceId);
+    await this.removeLeftover(name);
+    await this.ensureImage(image, w.registryAuth);
 
     const labels: Record<string, string> = {
       [LABEL.node]: spec.nodeId,
