@@ -36,6 +36,11 @@ interface MakerResult {
   error?: { cell: number; error_name: string; error_message: string; traceback: string[] };
 }
 
+/** Where a checkpoint's dill blob lives. */
+export function checkpointBlobPath(home: string, id: string): string {
+  return join(home, 'checkpoints', `${id}.dill`);
+}
+
 export class CheckpointService {
   readonly dir: string;
 
@@ -44,7 +49,7 @@ export class CheckpointService {
     mkdirSync(join(this.dir, 'tmp'), { recursive: true });
   }
 
-  blobPath(id: string): string { return join(this.dir, `${id}.dill`); }
+  blobPath(id: string): string { return checkpointBlobPath(this.config.home, id); }
 
   /** By id, or by pinned name within the project. */
   async resolve(ref: string, projectId = this.config.defaultProject): Promise<Checkpoint> {

@@ -441,7 +441,6 @@ tok.command('delete <id>').description('Revoke a token').option('--json', 'print
 });
 tok.command('admin').description(`Print the admin token (from ${defaultHome()}/admin-token)`).action(() => console.log(findToken()));
 
-program.addOption(new Option('--debug').hideHelp());
 program.parseAsync().catch((err: unknown) => {
   if (err instanceof ApiError) {
     console.error(`error: ${err.code}: ${err.message}`);

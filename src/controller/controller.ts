@@ -1,7 +1,6 @@
 // The reconcile loop: compares what the store wants with what the runtime has, starts
 // and stops instances, health-checks them, computes statuses, scales, and keeps each
 // node's dispatcher (the gateway's routing table) up to date.
-import { join } from 'node:path';
 import type { Config } from '../core/config.js';
 import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
@@ -16,6 +15,7 @@ import { FRAME, WorkerConnection } from '../worker/protocol.js';
 import { InstanceState } from './instance.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
+import { checkpointBlobPath } from '../checkpoints/service.js';
 
 /** How long an instance may take from start to an answering endpoint. */
 const CONNECT_TIMEOUT_MS = 60_000;
@@ -73,10 +73,6 @@ export class Controller {
     private readonly metrics: Metrics,
     private readonly secrets: Secrets,
   ) {}
-
-  checkpointPath(checkpointId: string): string {
-    return join(this.config.home, 'checkpoints', `${checkpointId}.dill`);
-  }
 
   get runtimeName(): string { return this.runtime.name; }
   get supportsImages(): boolean { return this.runtime.supportsImages; }
@@ -267,7 +263,7 @@ export class Controller {
     return {
       kind: 'cell', python: env.python, kernelImage: env.image ?? this.config.kernelImage,
       registryAuth: await this.registryAuth(spec.projectId, env.username, env.passwordSecret),
-      checkpointPath: this.checkpointPath(checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
+      checkpointPath: checkpointBlobPath(this.config.home, checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
     };
   }
