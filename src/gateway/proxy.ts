@@ -220,9 +220,11 @@ export class Proxy {
         return responseHeaders(tr);
       }));
       d.respond(status, respHeaders, false);
-      const out = countBytes(upstreamRes.body, respLimit, () => new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${respLimit} bytes`, { limit: respLimit }));
+      // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
+      const body = respLength > 0 ? upstreamRes.body
+        : countBytes(upstreamRes.body, respLimit, () => new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${respLimit} bytes`, { limit: respLimit })).stream;
       await new Promise<void>((resolve) => {
-        pipeline(out.stream, d.writable, (err) => {
+        pipeline(body, d.writable, (err) => {
           if (err && !d.writable.destroyed) d.destroy();
           resolve();
         });
