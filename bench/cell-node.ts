@@ -1,0 +1,817 @@
+// Benchmark for "Cell nodes end to end": the randomizer served three ways on this machine,
+// each with 2 Python processes, driven by the same load generator (wrk, one thread, fixed
+// connections, same duration), one target at a time:
+//   berth            a Berth cell node (`berth up` as a child process, min = max = 2 instances)
+//   gunicorn         gunicorn, 2 sync workers + Flask                  (bench/apps/flask_app.py)
+//   uvicorn          `uvicorn --workers 2` + FastAPI                   (bench/apps/fastapi_app.py)
+//   uvicorn-nodelay  the same through bench/apps/uvicorn_nodelay.py, which only fixes uvicorn's
+//                    lost TCP_NODELAY with --workers (a ~40 ms stall per keep-alive request)
+// Also: Berth's added latency over its worker (a framed-protocol client straight to one
+// instance's Unix socket vs. a raw HTTP/1.1 client to the gateway, both at concurrency 1,
+// interleaved in blocks), and the time from POST /v1/nodes to status Healthy.
+//
+//   node --import tsx bench/cell-node.ts          (= npm run bench:cell; about 2-3 minutes)
+//     [--duration 10] [--warmup 2] [--connections 16] [--c1-duration 5] [--direct-calls 2000]
+//     [--targets berth,gunicorn,uvicorn,uvicorn-nodelay]   (run order; must include berth)
+//     [--attempts 3]   (a target disturbed by other processes on the machine is measured again)
+//     [--keep]         (keep the temporary directory: Berth's home, every server's log)
+//     [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']   (extra Node flags for berth up)
+//
+// Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
+// Fails (exit 1) if any target answers anything but 200 or wrk sees socket errors, and stops
+// every process it started on every exit path.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, createWriteStream, existsSync, openSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const APPS = join(ROOT, 'bench', 'apps');
+const LUA = join(ROOT, 'bench', 'post.lua');
+const PYTHON = '/usr/bin/python3';
+const WRK = '/usr/bin/wrk';
+const PROCESSES = 2;
+const BODY = JSON.stringify({ folder_id: 'default', input: { input_data: { left_bound: 1, right_bound: 10 } } });
+const EXEC_PATH = '/datasphere/v1/nodes/NODE:execute'; // baselines: same shape, NODE is ignored
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '16' },
+    'c1-duration': { type: 'string', default: '5' },
+    'direct-calls': { type: 'string', default: '2000' },
+    keep: { type: 'boolean', default: false },
+    targets: { type: 'string', default: 'berth,gunicorn,uvicorn,uvicorn-nodelay' },
+    'berth-node-args': { type: 'string', default: '' },
+    attempts: { type: 'string', default: '3' },
+  },
+});
+const DURATION = posInt(args.duration!, 'duration', 1, 600);
+const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
+const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
+const C1_DURATION = posInt(args['c1-duration']!, 'c1-duration', 0, 600);
+const DIRECT_CALLS = posInt(args['direct-calls']!, 'direct-calls', 100, 1_000_000);
+const ALL_TARGETS = ['berth', 'gunicorn', 'uvicorn', 'uvicorn-nodelay'];
+const TARGETS = args.targets!.split(',').map((t) => t.trim()).filter(Boolean);
+for (const t of TARGETS) if (!ALL_TARGETS.includes(t)) throw new Error(`--targets: unknown target ${t}; known: ${ALL_TARGETS.join(',')}`);
+if (!TARGETS.includes('berth')) throw new Error('--targets must include berth (the others are compared with it)');
+/** Background load (cores) under which the machine counts as quiet, and how long to wait for it. */
+const QUIET_CORES = 0.2;
+const QUIET_WAIT_S = 120;
+/** A measurement during which other processes used more cores than this is repeated... */
+const OTHER_MAX = 0.25;
+/** ...at most this many times in all. */
+const MAX_ATTEMPTS = posInt(args.attempts!, 'attempts', 1, 20);
+/** Extra Node flags for `berth up`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the gateway. */
+const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
+
+function posInt(v: string, name: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${v}`);
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Processes we start: every one in its own process group, all stopped on any exit path.
+
+interface Managed { name: string; proc: ChildProcess; exited: Promise<void>; log: WriteStream | null }
+const managed: Managed[] = [];
+/** Berth's worker pids: Berth stops them itself; checked again at the end, by pid. */
+const workerPids = new Set<number>();
+/** wrk runs in progress (bash + wrk, in their own process group). */
+const loadGenerators = new Set<ChildProcess>();
+/** This run's temporary directory (Berth's home, server logs): removed unless the run failed or --keep. */
+let workDir: string | null = null;
+
+function alive(m: Managed): boolean { return m.proc.exitCode === null && m.proc.signalCode === null; }
+
+/**
+ * Starts a server in its own process group. Its output goes straight to `logFile`, as
+ * Berth's workers write theirs (the cell prints every call); with `pipe`, through this
+ * process instead, to read it (Berth's own stdout only: a few lifecycle lines).
+ */
+function start(name: string, cmd: string, argv: string[], logFile: string, env: Record<string, string> = {}, pipe = false): Managed {
+  const fd = pipe ? null : openSync(logFile, 'a');
+  const proc = spawn(cmd, argv, {
+    cwd: ROOT, env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
+    stdio: fd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd], detached: true,
+  });
+  if (fd !== null) closeSync(fd);
+  let log: WriteStream | null = null;
+  if (pipe) {
+    log = createWriteStream(logFile, { flags: 'a' });
+    proc.stdout!.pipe(log, { end: false });
+    proc.stderr!.pipe(log, { end: false });
+  }
+  const exited = new Promise<void>((r) => { proc.once('exit', () => r()); proc.once('error', () => r()); });
+  const m = { name, proc, exited, log };
+  managed.push(m);
+  return m;
+}
+
+function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (!pid) return;
+  try { process.kill(-pid, sig); } catch { /* gone */ }
+}
+
+async function stop(m: Managed, graceMs = 15_000): Promise<void> {
+  if (alive(m)) {
+    signalGroup(m.proc.pid, 'SIGTERM');
+    const t = setTimeout(() => signalGroup(m.proc.pid, 'SIGKILL'), graceMs);
+    await m.exited;
+    clearTimeout(t);
+  }
+  signalGroup(m.proc.pid, 'SIGKILL'); // anything left in its group
+  killStrayWorkers();
+  m.log?.end();
+}
+
+function killStrayWorkers(): void {
+  for (const pid of workerPids) {
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (cmdline.includes('berth_worker')) process.kill(pid, 'SIGKILL');
+    } catch { /* gone */ }
+    workerPids.delete(pid);
+  }
+}
+
+async function stopAll(): Promise<void> {
+  for (const c of loadGenerators) signalGroup(c.pid, 'SIGKILL');
+  await Promise.all(managed.map((m) => stop(m)));
+}
+
+process.on('exit', () => {
+  for (const c of loadGenerators) signalGroup(c.pid, 'SIGKILL');
+  for (const m of managed) if (alive(m)) signalGroup(m.proc.pid, 'SIGKILL');
+  killStrayWorkers();
+});
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: stopping everything this benchmark started`);
+    void stopAll().finally(() => {
+      if (workDir) rmSync(workDir, { recursive: true, force: true });
+      process.exit(130);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function http(method: string, url: string, body?: unknown, token?: string, timeoutMs = 10_000): Promise<{ status: number; json: any; text: string }> {
+  const res = await fetch(url, {
+    method,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let json: any = null;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+
+/** A correct answer: 200 and {"output":{"output_data":{"generated_value": 1..10}}}. */
+function checkAnswer(name: string, status: number, json: any, text: string): void {
+  const v = json?.output?.output_data?.generated_value;
+  if (status !== 200 || !Number.isInteger(v) || v < 1 || v > 10) {
+    throw new Error(`${name} answered ${status} ${text.slice(0, 300)}; expected 200 {"output":{"output_data":{"generated_value":1..10}}}`);
+  }
+}
+
+async function waitReady(name: string, url: string, m: Managed, token?: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
+    if (!alive(m)) throw new Error(`${name} exited before it answered (see its log)`);
+    try {
+      const r = await http('POST', url, BODY, token, 2000);
+      checkAnswer(name, r.status, r.json, r.text);
+      return;
+    } catch (err) { last = (err as Error).message; }
+    await sleep(100);
+  }
+  throw new Error(`${name} did not answer correctly within ${timeoutMs / 1000}s: ${last}`);
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+// ---------------------------------------------------------------------------
+// CPU accounting from /proc: which process used how much CPU during a run.
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+function procTicks(pid: number): number | null {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime + stime
+  } catch { return null; }
+}
+
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[1]) === pid) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+function machineBusyTicks(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = line.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = line[3]! + line[4]!;
+  return { busy: total - idle, total };
+}
+
+interface CpuGroups { [group: string]: number[] }
+interface CpuUse { [group: string]: number } // cores used on average during the run
+
+function cpuSnapshot(groups: CpuGroups): { per: Record<string, number>; machine: { busy: number; total: number }; t: number } {
+  const per: Record<string, number> = {};
+  for (const [g, pids] of Object.entries(groups)) per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
+  // each worker on its own too ("w:" keys: not summed again), to see how evenly the load is spread
+  for (const [i, p] of (groups.workers ?? []).entries()) per[`w:${i}`] = procTicks(p) ?? 0;
+  return { per, machine: machineBusyTicks(), t: performance.now() };
+}
+
+/** Cores used on average: per server group, by wrk, by this script, by the whole machine, and the rest ("other"). */
+function cpuUse(a: ReturnType<typeof cpuSnapshot>, b: ReturnType<typeof cpuSnapshot>, wrkCpuS: number, benchCpuS: number): CpuUse {
+  const secs = (b.t - a.t) / 1000;
+  const out: CpuUse = {};
+  let ours = 0;
+  for (const g of Object.keys(a.per)) {
+    out[g] = (b.per[g]! - a.per[g]!) / CLK_TCK / secs;
+    if (!g.startsWith('w:')) ours += out[g]!;
+  }
+  out.wrk = wrkCpuS / secs;
+  out.bench = benchCpuS / secs;
+  ours += out.wrk + out.bench;
+  out.machine = ((b.machine.busy - a.machine.busy) / (b.machine.total - a.machine.total)) * cpus().length;
+  out.other = Math.max(0, out.machine - ours);
+  return out;
+}
+
+/** Average cores busy on the whole machine over `ms`. */
+async function machineLoad(ms: number): Promise<number> {
+  const a = machineBusyTicks();
+  await sleep(ms);
+  const b = machineBusyTicks();
+  return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * cpus().length;
+}
+
+/**
+ * The machine may be shared (other sessions' tests): wait, bounded, until it is quiet
+ * before a target starts, and record what was seen.
+ */
+async function waitQuiet(label: string): Promise<number> {
+  const deadline = Date.now() + QUIET_WAIT_S * 1000;
+  let load = await machineLoad(1000);
+  for (let i = 0; i < 1000 && load > QUIET_CORES && Date.now() < deadline; i++) {
+    if (i === 0) log(`${label}: machine busy (${load.toFixed(2)} cores used by others); waiting up to ${QUIET_WAIT_S}s for it to quieten`);
+    load = await machineLoad(1000);
+  }
+  if (load > QUIET_CORES) log(`${label}: WARNING: starting with ${load.toFixed(2)} cores used by other processes`);
+  return load;
+}
+
+// ---------------------------------------------------------------------------
+// wrk
+
+interface WrkResult {
+  requests: number; duration_us: number; bytes: number;
+  errors: { connect: number; read: number; write: number; status: number; timeout: number };
+  latency_us: { min: number; mean: number; stdev: number; max: number; p50: number; p90: number; p99: number; p999: number };
+  rps: number;
+  /** wrk's own CPU time (user + system), seconds */
+  cpu_s: number;
+  raw: string;
+}
+
+async function wrk(url: string, connections: number, seconds: number, auth: string | null): Promise<WrkResult> {
+  const argv = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '--latency', '-s', LUA, url];
+  // through bash only to read wrk's own CPU time afterwards (`times`: the children's user and system time)
+  const child = spawn('/bin/bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', WRK, ...argv], {
+    env: { ...process.env, BENCH_BODY: BODY, BENCH_AUTH: auth ?? '' },
+    stdio: ['ignore', 'pipe', 'pipe'], detached: true, // own group: bash and wrk stop together
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  loadGenerators.add(child);
+  const killer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (seconds + 30) * 1000);
+  const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
+  clearTimeout(killer);
+  loadGenerators.delete(child);
+  const line = out.split('\n').find((l) => l.startsWith('BENCH_RESULT '));
+  if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}):\n${out}\n${err}`);
+  const r = JSON.parse(line.slice('BENCH_RESULT '.length)) as WrkResult;
+  r.rps = r.requests / (r.duration_us / 1e6);
+  r.raw = out;
+  const t = [...err.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)].at(-1);
+  r.cpu_s = t ? Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]) : NaN;
+  return r;
+}
+
+function assertClean(name: string, r: WrkResult): void {
+  const e = r.errors;
+  const bad = e.connect + e.read + e.write + e.status + e.timeout;
+  if (r.requests === 0 || bad > 0) {
+    throw new Error(`${name}: ${r.requests} requests with errors ${JSON.stringify(e)} (status = non-2xx/3xx answers)\n${r.raw}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Raw clients for the added-latency measurement: one socket each, one call at a time,
+// no framework on the client side, so the difference is Berth's and not the client's.
+
+class RawClient {
+  private buf: Buffer = Buffer.alloc(0);
+  private pending: { resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: NodeJS.Timeout } | null = null;
+
+  private constructor(private readonly sock: Socket, private readonly parse: (buf: Buffer) => { frame: Buffer; used: number } | null) {
+    sock.setNoDelay(true);
+    sock.on('data', (d) => this.onData(d));
+    sock.on('error', (e) => this.fail(e));
+    sock.on('close', () => this.fail(new Error('connection closed')));
+  }
+
+  static open(target: { path: string } | { port: number }, parse: RawClient['parse']): Promise<RawClient> {
+    return new Promise((res, rej) => {
+      const sock = 'path' in target ? connect(target.path) : connect(target.port, '127.0.0.1');
+      const t = setTimeout(() => { sock.destroy(); rej(new Error('connect timeout')); }, 5000);
+      sock.once('connect', () => { clearTimeout(t); sock.removeAllListeners('error'); res(new RawClient(sock, parse)); });
+      sock.once('error', (e) => { clearTimeout(t); rej(e); });
+    });
+  }
+
+  call(request: Buffer, timeoutMs = 5000): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new Error('call timeout')), timeoutMs);
+      this.pending = { resolve, reject, timer };
+      this.sock.write(request);
+    });
+  }
+
+  close(): void { this.sock.destroy(); }
+
+  private onData(d: Buffer): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    const r = this.parse(this.buf);
+    if (!r) return;
+    this.buf = this.buf.subarray(r.used);
+    const p = this.pending;
+    this.pending = null;
+    if (p) { clearTimeout(p.timer); p.resolve(r.frame); }
+  }
+
+  private fail(e: Error): void {
+    const p = this.pending;
+    this.pending = null;
+    if (p) { clearTimeout(p.timer); p.reject(e); }
+  }
+}
+
+/** Worker protocol: u32 BE length | u8 type | payload. Returns type byte + payload. */
+function parseFrame(buf: Buffer): { frame: Buffer; used: number } | null {
+  if (buf.length < 5) return null;
+  const len = buf.readUInt32BE(0);
+  if (buf.length < 5 + len) return null;
+  return { frame: buf.subarray(4, 5 + len), used: 5 + len };
+}
+
+/** HTTP/1.1 response with Content-Length (Berth always sends one). Returns "status body". */
+function parseHttp(buf: Buffer): { frame: Buffer; used: number } | null {
+  const end = buf.indexOf('\r\n\r\n');
+  if (end === -1) return null;
+  const head = buf.toString('latin1', 0, end);
+  const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+  if (!m) throw new Error(`response without content-length: ${head}`);
+  const len = Number(m[1]);
+  if (buf.length < end + 4 + len) return null;
+  const status = head.slice(9, 12);
+  return { frame: Buffer.concat([Buffer.from(status + ' '), buf.subarray(end + 4, end + 4 + len)]), used: end + 4 + len };
+}
+
+interface LatencyStats { calls: number; p50_us: number; p90_us: number; p99_us: number; mean_us: number; min_us: number }
+
+function stats(samples: number[]): LatencyStats {
+  const s = [...samples].sort((a, b) => a - b);
+  return {
+    calls: s.length,
+    p50_us: percentile(s, 50), p90_us: percentile(s, 90), p99_us: percentile(s, 99),
+    mean_us: s.reduce((a, b) => a + b, 0) / s.length, min_us: s[0]!,
+  };
+}
+
+async function addedLatency(socketPath: string, port: number, nodeId: string, token: string): Promise<{ direct: LatencyStats; gateway: LatencyStats }> {
+  const payload = Buffer.from(BODY);
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(payload.length, 0);
+  header[4] = 0x01; // EXECUTE
+  const frameReq = Buffer.concat([header, payload]);
+  const httpReq = Buffer.from(
+    `POST /datasphere/v1/nodes/${nodeId}:execute HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
+    `Authorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\n\r\n` + BODY);
+
+  const direct = await RawClient.open({ path: socketPath }, parseFrame);
+  const gateway = await RawClient.open({ port }, parseHttp);
+  const checkDirect = (f: Buffer): void => {
+    if (f[0] !== 0x81) throw new Error(`worker answered frame type 0x${f[0]!.toString(16)}: ${f.subarray(1).toString()}`);
+  };
+  const checkGateway = (f: Buffer): void => {
+    if (!f.subarray(0, 4).equals(Buffer.from('200 '))) throw new Error(`gateway answered ${f.toString().slice(0, 300)}`);
+  };
+  const d: number[] = [];
+  const g: number[] = [];
+  const deadline = Date.now() + 120_000;
+  try {
+    for (let i = 0; i < 300; i++) { checkDirect(await direct.call(frameReq)); checkGateway(await gateway.call(httpReq)); } // warm-up
+    // blocks of 250 calls, alternating, so drift (timers, GC, the other instance) hits both alike
+    const block = 250;
+    for (let done = 0; done < DIRECT_CALLS && Date.now() < deadline; done += block) {
+      for (let i = 0; i < block; i++) {
+        const t = performance.now();
+        checkDirect(await direct.call(frameReq));
+        d.push((performance.now() - t) * 1000);
+      }
+      for (let i = 0; i < block; i++) {
+        const t = performance.now();
+        checkGateway(await gateway.call(httpReq));
+        g.push((performance.now() - t) * 1000);
+      }
+    }
+  } finally {
+    direct.close();
+    gateway.close();
+  }
+  return { direct: stats(d), gateway: stats(g) };
+}
+
+// ---------------------------------------------------------------------------
+// The targets
+
+interface TargetResult {
+  name: string;
+  server: string;
+  load: WrkResult;
+  c1: WrkResult | null;
+  cpu: CpuUse;
+  c1Cpu: CpuUse | null;
+  /** cores other processes used just before this target started */
+  idleLoad: number;
+  attempts: number;
+  /** other processes took more than OTHER_MAX cores even on the last attempt */
+  disturbed: boolean;
+}
+
+/** One wrk run with the CPU each party used during it. */
+async function loadRun(name: string, url: string, connections: number, seconds: number, auth: string | null, groups: CpuGroups): Promise<{ r: WrkResult; cpu: CpuUse }> {
+  const a = cpuSnapshot(groups);
+  const benchCpu = process.cpuUsage();
+  const r = await wrk(url, connections, seconds, auth);
+  const used = process.cpuUsage(benchCpu);
+  const b = cpuSnapshot(groups);
+  assertClean(name, r);
+  return { r, cpu: cpuUse(a, b, r.cpu_s, (used.user + used.system) / 1e6) };
+}
+
+/**
+ * Warm-up, the measured run at CONNECTIONS, then one at a single connection. If other
+ * processes on the machine took more than OTHER_MAX cores meanwhile, the whole
+ * measurement is repeated (at most MAX_ATTEMPTS times; the last one is kept, flagged).
+ */
+async function measure(name: string, server: string, url: string, groups: CpuGroups, auth: string | null): Promise<TargetResult> {
+  let result: TargetResult | null = null;
+  for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+    const idleLoad = await waitQuiet(name);
+    log(`${name}: warm-up ${WARMUP}s, ${CONNECTIONS} connections`);
+    if (WARMUP > 0) assertClean(`${name} (warm-up)`, await wrk(url, CONNECTIONS, WARMUP, auth));
+    log(`${name}: measuring ${DURATION}s, ${CONNECTIONS} connections`);
+    const main = await loadRun(name, url, CONNECTIONS, DURATION, auth, groups);
+    log(`${name}: ${main.r.rps.toFixed(0)} req/s, p50 ${(main.r.latency_us.p50 / 1000).toFixed(2)} ms, p99 ${(main.r.latency_us.p99 / 1000).toFixed(2)} ms; ` +
+      `CPU cores ${Object.entries(main.cpu).filter(([k]) => !k.startsWith('w:')).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+    let c1: { r: WrkResult; cpu: CpuUse } | null = null;
+    if (C1_DURATION > 0) {
+      log(`${name}: measuring ${C1_DURATION}s, 1 connection`);
+      c1 = await loadRun(`${name} (1 connection)`, url, 1, C1_DURATION, auth, groups);
+    }
+    const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
+    result = { name, server, load: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
+    if (!result.disturbed) break;
+    log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
+      (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
+  }
+  return result!;
+}
+
+function log(msg: string): void {
+  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
+}
+
+interface BerthExtras {
+  checkpointSeconds: number;
+  healthySeconds: number;
+  healthySecondsServer: number | null;
+  /** cores other processes used just before the node was created */
+  createIdleLoad: number;
+  added: { direct: LatencyStats; gateway: LatencyStats };
+  addedIdleLoad: number;
+  addedCpu: CpuUse;
+  httpCodes: Record<string, number>;
+}
+
+async function benchBerth(work: string): Promise<{ result: TargetResult; extras: BerthExtras }> {
+  const home = join(work, 'berth-home');
+  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home],
+    join(work, 'berth.log'), { BERTH_PYTHON: PYTHON }, true);
+  let out = '';
+  m.proc.stdout!.on('data', (d) => { out += d; });
+  const base = await new Promise<string>((res, rej) => {
+    const t = setTimeout(() => rej(new Error(`berth up did not print its address within 60s:\n${out}`)), 60_000);
+    const check = (): void => {
+      const mm = /Berth listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (mm) { clearTimeout(t); res(mm[1]!); }
+    };
+    m.proc.stdout!.on('data', check);
+    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(join(work, 'berth.log'))}`)); });
+  });
+  const port = Number(new URL(base).port);
+  const token = readFileSync(join(home, 'admin-token'), 'utf8').trim();
+  log(`berth: listening on ${base}`);
+
+  let t = performance.now();
+  const cp = await http('POST', `${base}/v1/checkpoints`, { script: readFileSync(join(ROOT, 'examples/randomizer.py'), 'utf8'), name: 'randomizer-checkpoint' }, token, 120_000);
+  if (cp.status !== 201) throw new Error(`checkpoint create: ${cp.status} ${cp.text}`);
+  const checkpointSeconds = (performance.now() - t) / 1000;
+
+  const createIdleLoad = await waitQuiet('berth node create');
+  t = performance.now();
+  const created = await http('POST', `${base}/v1/nodes`, {
+    name: 'randomizer-node', checkpointId: 'randomizer-checkpoint',
+    inputs: [{ name: 'input_data', type: 'dict' }], outputs: [{ name: 'output_data', type: 'dict' }],
+    scaling: { minInstances: PROCESSES, maxInstances: PROCESSES },
+  }, token);
+  if (created.status !== 201) throw new Error(`node create: ${created.status} ${created.text}`);
+  const nodeId = created.json.id as string;
+  let node: any = null;
+  const deadline = Date.now() + 120_000;
+  for (let i = 0; i < 20_000 && Date.now() < deadline; i++) {
+    const r = await http('GET', `${base}/v1/nodes/${nodeId}`, undefined, token);
+    if (r.status !== 200) throw new Error(`node get: ${r.status} ${r.text}`);
+    for (const inst of r.json.instances ?? []) if (inst.pid) workerPids.add(inst.pid);
+    if (r.json.status === 'Healthy') { node = r.json; break; }
+    await sleep(20);
+  }
+  const healthySeconds = (performance.now() - t) / 1000;
+  if (!node) throw new Error(`node ${nodeId} did not become Healthy within 120s`);
+  const healthyAt = (node.transitions as Array<{ status: string; at: string }>).find((x) => x.status === 'Healthy')?.at;
+  const healthySecondsServer = healthyAt ? (Date.parse(healthyAt) - Date.parse(node.createdAt)) / 1000 : null;
+  log(`berth: node ${nodeId} Healthy ${healthySeconds.toFixed(3)}s after create (server-side ${healthySecondsServer}s)`);
+  const instances = (node.instances as Array<{ status: string; endpoint: string; pid: number }>).filter((i) => i.status === 'Healthy');
+  if (instances.length !== PROCESSES) throw new Error(`expected ${PROCESSES} Healthy instances, got ${JSON.stringify(node.instances)}`);
+  const pids = instances.map((i) => i.pid);
+
+  const url = `${base}/datasphere/v1/nodes/${nodeId}:execute`;
+  await waitReady('berth', url, m, token);
+  const result = await measure('berth', `berth up (Node ${process.version}) + ${PROCESSES} Python workers`, url,
+    { gateway: [m.proc.pid!], workers: pids }, `Bearer ${token}`);
+
+  log(`berth: added latency, ${DIRECT_CALLS} calls each, direct to ${instances[0]!.endpoint} vs gateway, concurrency 1`);
+  let added!: { direct: LatencyStats; gateway: LatencyStats };
+  let addedIdleLoad = 0;
+  let addedCpu!: CpuUse;
+  for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+    addedIdleLoad = await waitQuiet('berth added latency');
+    const groups = { gateway: [m.proc.pid!], workers: pids };
+    const a = cpuSnapshot(groups);
+    const benchCpu = process.cpuUsage();
+    added = await addedLatency(instances[0]!.endpoint.replace(/^unix:/, ''), port, nodeId, token);
+    const used = process.cpuUsage(benchCpu);
+    addedCpu = cpuUse(a, cpuSnapshot(groups), 0, (used.user + used.system) / 1e6);
+    log(`berth: direct p50 ${added.direct.p50_us.toFixed(0)} µs, gateway p50 ${added.gateway.p50_us.toFixed(0)} µs; ` +
+      `other processes ${addedCpu.other!.toFixed(2)} cores`);
+    if (addedCpu.other! <= OTHER_MAX) break;
+    if (attempt < MAX_ATTEMPTS) log(`berth: added latency disturbed by other processes; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})`);
+  }
+
+  // Berth's own count of answers by status code, as a cross-check of wrk's
+  const metrics = await http('GET', `${base}/metrics`, undefined, token);
+  const httpCodes: Record<string, number> = {};
+  for (const line of metrics.text.split('\n')) {
+    const mm = /^node_http_codes\{node_id="([^"]+)",code="(\d+)"\} (\d+)/.exec(line);
+    if (mm && mm[1] === nodeId) httpCodes[mm[2]!] = Number(mm[3]);
+  }
+  const non200 = Object.entries(httpCodes).filter(([c]) => c !== '200');
+  if (non200.length) throw new Error(`berth answered non-200 codes: ${JSON.stringify(httpCodes)}`);
+
+  await stop(m);
+  return { result, extras: { checkpointSeconds, healthySeconds, healthySecondsServer, createIdleLoad, added, addedIdleLoad, addedCpu, httpCodes } };
+}
+
+async function benchGunicorn(work: string): Promise<TargetResult> {
+  const port = await freePort();
+  const m = start('gunicorn', PYTHON, ['-m', 'gunicorn', '-w', String(PROCESSES), '-k', 'sync', '-b', `127.0.0.1:${port}`,
+    '--chdir', APPS, 'flask_app:app'], join(work, 'gunicorn.log'));
+  const url = `http://127.0.0.1:${port}${EXEC_PATH}`;
+  await waitReady('gunicorn', url, m);
+  const master = m.proc.pid!;
+  const workers = childrenOf(master);
+  if (workers.length !== PROCESSES) throw new Error(`gunicorn has ${workers.length} workers, expected ${PROCESSES}`);
+  const r = await measure('gunicorn+flask', `gunicorn ${PROCESSES} sync workers + Flask`, url, { gateway: [master], workers }, null);
+  await stop(m);
+  return r;
+}
+
+async function benchUvicorn(work: string, nodelay: boolean): Promise<TargetResult> {
+  const port = await freePort();
+  // as specified: `python3 -m uvicorn --workers 2`; with nodelay, the same CLI through
+  // bench/apps/uvicorn_nodelay.py, which only fixes the listener's TCP_NODELAY bug (see there)
+  const launcher = nodelay ? [join(APPS, 'uvicorn_nodelay.py')] : ['-m', 'uvicorn'];
+  // uvicorn picks uvloop and httptools when it can import them (Debian: python3-uvloop, python3-httptools;
+  // not installed here by default), else asyncio and h11: say which in the name
+  const impl = spawnSync(PYTHON, ['-c', 'import importlib.util as u; print(*(m for m in ("uvloop", "httptools") if u.find_spec(m)), sep="+")'],
+    { encoding: 'utf8' }).stdout.trim();
+  const name = `uvicorn+fastapi${nodelay ? ' (nodelay)' : ''}${impl ? ` [${impl}]` : ''}`;
+  const m = start(name, PYTHON, [...launcher, '--workers', String(PROCESSES), '--host', '127.0.0.1', '--port', String(port),
+    '--no-access-log', '--app-dir', APPS, 'fastapi_app:app'], join(work, nodelay ? 'uvicorn-nodelay.log' : 'uvicorn.log'));
+  const url = `http://127.0.0.1:${port}${EXEC_PATH}`;
+  await waitReady(name, url, m);
+  const parent = m.proc.pid!;
+  // the supervisor's children: the workers (and multiprocessing's resource tracker, if any)
+  const workers = childrenOf(parent).filter((p) => !readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('resource_tracker'));
+  if (workers.length !== PROCESSES) throw new Error(`${name} has ${workers.length} workers, expected ${PROCESSES}`);
+  const r = await measure(name, `uvicorn --workers ${PROCESSES} + FastAPI${nodelay ? ', TCP_NODELAY fixed' : ''}`, url,
+    { gateway: [parent], workers }, null);
+  await stop(m);
+  return r;
+}
+
+function readLog(file: string): string {
+  try { return readFileSync(file, 'utf8').slice(-4000); } catch { return ''; }
+}
+
+// ---------------------------------------------------------------------------
+// The machine and the software, for the record
+
+function machine(): Record<string, string> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1] ?? 'unknown';
+  const memKb = Number(/MemTotal:\s*(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  const nproc = spawnSync('nproc', { encoding: 'utf8' }).stdout.trim();
+  const py = spawnSync(PYTHON, ['-c', [
+    'import sys, importlib',
+    'out = ["python " + sys.version.split()[0]]',
+    'for m in ["flask", "werkzeug", "gunicorn", "fastapi", "starlette", "pydantic", "uvicorn", "h11", "httptools", "uvloop", "dill"]:',
+    '    try:',
+    '        mod = importlib.import_module(m); out.append(m + " " + str(getattr(mod, "__version__", getattr(mod, "VERSION", "?"))))',
+    '    except Exception: out.append(m + " (not installed)")',
+    'print(", ".join(out))',
+  ].join('\n')], { encoding: 'utf8' }).stdout.trim();
+  const wrkVersion = spawnSync(WRK, ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
+  let head = 'unknown';
+  try {
+    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
+    head = h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
+  } catch { /* packed refs or no git: leave unknown */ }
+  return {
+    nproc, cpu: model, memory: `${(memKb / 1024 / 1024).toFixed(1)} GiB (MemTotal)`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    node: process.version, python: py, wrk: wrkVersion, berth_head: head,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+const ms = (us: number): string => (us / 1000).toFixed(2);
+const x = (v: number): string => (v >= 1 ? v.toFixed(2) : v.toPrecision(2)) + '×';
+
+function report(env: Record<string, string>, results: TargetResult[], berth: BerthExtras): string {
+  const lines: string[] = [];
+  lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Node ${env.node}; ${env.wrk}`);
+  lines.push(`Python: ${env.python}`);
+  lines.push(`Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
+    `${PROCESSES} Python processes each; run order ${TARGETS.join(', ')}.`);
+  lines.push('');
+  lines.push(`| target | req/s | p50 ms | p99 ms | requests | non-2xx + socket errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |`);
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of results) {
+    const e = r.load.errors;
+    const errs = e.connect + e.read + e.write + e.status + e.timeout;
+    lines.push(`| ${r.name} | ${r.load.rps.toFixed(0)} | ${ms(r.load.latency_us.p50)} | ${ms(r.load.latency_us.p99)} | ${r.load.requests} | ${errs} | ` +
+      `${r.c1 ? r.c1.rps.toFixed(0) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p50) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p99) : '–'} |`);
+  }
+  lines.push('');
+  lines.push(`CPU during the ${CONNECTIONS}-connection run, in cores (2 = the whole machine); "front" = Berth's Node process, gunicorn's arbiter, uvicorn's supervisor:`);
+  lines.push('');
+  lines.push('| target | front | Python workers (each) | server CPU µs per call | wrk | other processes: before / during / 1-conn run | attempts |');
+  lines.push('|---|---:|---:|---:|---:|---|---:|');
+  for (const r of results) {
+    const c = r.cpu;
+    const each = Object.keys(c).filter((k) => k.startsWith('w:')).map((k) => c[k]!.toFixed(2)).join(' + ');
+    lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${(((c.gateway! + c.workers!) / r.load.rps) * 1e6).toFixed(0)} | ` +
+      `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ` +
+      `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
+  }
+  const b = results.find((r) => r.name === 'berth')!;
+  lines.push('');
+  lines.push(`| Berth vs | throughput ratio (Berth / other) | p50 ratio (Berth / other, < 1 = Berth faster) | 1-conn p50 ratio |`);
+  lines.push('|---|---:|---:|---:|');
+  for (const r of results) {
+    if (r === b) continue;
+    lines.push(`| ${r.name} | ${x(b.load.rps / r.load.rps)} | ${x(b.load.latency_us.p50 / r.load.latency_us.p50)} | ` +
+      `${b.c1 && r.c1 ? x(b.c1.latency_us.p50 / r.c1.latency_us.p50) : '–'} |`);
+  }
+  const others = results.filter((r) => r !== b);
+  lines.push('');
+  lines.push(`Goal (Berth above in req/s and below in p50 at ${CONNECTIONS} connections): ` + others.map((r) =>
+    `vs ${r.name} ${b.load.rps > r.load.rps && b.load.latency_us.p50 < r.load.latency_us.p50 ? 'met' : 'NOT met'}`).join('; '));
+  const a = berth.added;
+  lines.push('');
+  lines.push(`| concurrency 1, ${a.direct.calls} calls each | p50 µs | p90 µs | p99 µs | mean µs |`);
+  lines.push('|---|---:|---:|---:|---:|');
+  lines.push(`| worker direct (framed protocol, Unix socket) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
+  lines.push(`| Berth gateway (HTTP, auth, balancing) | ${a.gateway.p50_us.toFixed(0)} | ${a.gateway.p90_us.toFixed(0)} | ${a.gateway.p99_us.toFixed(0)} | ${a.gateway.mean_us.toFixed(0)} |`);
+  lines.push(`| **added by Berth** | **${(a.gateway.p50_us - a.direct.p50_us).toFixed(0)}** | ${(a.gateway.p90_us - a.direct.p90_us).toFixed(0)} | ${(a.gateway.p99_us - a.direct.p99_us).toFixed(0)} | ${(a.gateway.mean_us - a.direct.mean_us).toFixed(0)} |`);
+  lines.push('');
+  lines.push(`(Both clients are raw sockets in this process, one call at a time, in alternating blocks of 250 calls; the direct one ` +
+    `talks to one instance, the gateway balances over both. Other processes used ${berth.addedCpu.other!.toFixed(2)} cores meanwhile.)`);
+  lines.push('');
+  lines.push(`Create → Healthy (${PROCESSES} instances): ${berth.healthySeconds.toFixed(2)} s measured by the client polling every 20 ms ` +
+    `(${berth.healthySecondsServer === null ? '?' : berth.healthySecondsServer.toFixed(2)} s by the node's own transition timestamps); ` +
+    `other processes used ${berth.createIdleLoad.toFixed(2)} cores just before; checkpoint create: ${berth.checkpointSeconds.toFixed(2)} s. Berth's status-code counter: ${JSON.stringify(berth.httpCodes)}.`);
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  for (const f of [WRK, PYTHON, LUA]) if (!existsSync(f)) throw new Error(`${f} is missing (wrk: apt-get install wrk)`);
+  const env = machine();
+  const work = mkdtempSync(join(tmpdir(), 'berth-bench-'));
+  workDir = work;
+  log(`work directory ${work}`);
+  let ok = false;
+  try {
+    // in the order given by --targets; the table always lists Berth first
+    const results: TargetResult[] = [];
+    let berth: { result: TargetResult; extras: BerthExtras } | null = null;
+    for (const t of TARGETS) {
+      if (t === 'berth') berth = await benchBerth(work);
+      else if (t === 'gunicorn') results.push(await benchGunicorn(work));
+      else results.push(await benchUvicorn(work, t === 'uvicorn-nodelay'));
+    }
+    if (!berth) throw new Error('unreachable: berth is always a target');
+    results.unshift(berth.result);
+    const table = report(env, results, berth.extras);
+    const outDir = join(ROOT, 'bench', 'results');
+    mkdirSync(outDir, { recursive: true });
+    const file = join(outDir, `cell-node-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+    writeFileSync(file, JSON.stringify({
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS },
+      results: results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null })),
+      berth: berth.extras, table,
+    }, null, 2) + '\n');
+    console.log('\n' + table + '\n');
+    log(`raw numbers: ${file}`);
+    ok = true;
+  } finally {
+    await stopAll();
+    if (args.keep || !ok) log(`logs kept in ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch(async (err) => {
+  console.error(`\nBENCHMARK FAILED: ${(err as Error).stack ?? err}`);
+  await stopAll();
+  process.exit(1);
+});
