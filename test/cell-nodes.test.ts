@@ -272,6 +272,10 @@ test('missing or wrong token: 401; folder not on the ACL: 403', async () => {
   // a node whose ACL lists team-b lets that token call
   const shared = await createNode(b, { ...LAB_NODE, name: 'shared', checkpointId: 'lab', permissions: { folders: ['default', 'team-b'] } });
   assert.equal((await execute(b, shared.id, { mode: 'echo', arg: 7 }, 'team-b', `Bearer ${other.body.token}`)).status, 200);
+
+  // a revoked token stops working at once
+  assert.equal((await b.request('DELETE', `/v1/tokens/${other.body.id}`)).status, 200);
+  assert.equal((await execute(b, shared.id, { mode: 'echo', arg: 7 }, 'team-b', `Bearer ${other.body.token}`)).status, 401);
 });
 
 test('a Python exception comes back with error_name, error_message and traceback', async () => {

@@ -8,8 +8,12 @@ import type { Store } from '../store/store.js';
 
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
+/** Verified raw tokens kept so a call does not hash its token again; bounded. */
+const MAX_CACHED_TOKENS = 10_000;
+
 export class Auth {
   private byHash = new Map<string, TokenRecord>();
+  private verified = new Map<string, TokenRecord>();
 
   constructor(private readonly store: Store) {}
 
@@ -17,6 +21,7 @@ export class Auth {
     const map = new Map<string, TokenRecord>();
     for (const t of await this.store.listTokens()) map.set(t.hash, t);
     this.byHash = map;
+    this.verified = new Map(); // a revoked token must not stay valid here
   }
 
   /** On first start: create the admin token and store it readable only by its owner. */
@@ -55,8 +60,13 @@ export class Auth {
     if (scheme !== 'bearer' && scheme !== 'api-key') {
       throw new BerthError('UNAUTHENTICATED', 'Authorization header must be "Bearer <token>" or "Api-Key <key>"');
     }
-    const record = this.byHash.get(hashToken(header.slice(space + 1).trim()));
+    const raw = header.slice(space + 1).trim();
+    const cached = this.verified.get(raw);
+    if (cached) return cached;
+    const record = this.byHash.get(hashToken(raw));
     if (!record) throw new BerthError('UNAUTHENTICATED', 'invalid token');
+    if (this.verified.size >= MAX_CACHED_TOKENS) this.verified.clear();
+    this.verified.set(raw, record);
     return record;
   }
 
