@@ -1,0 +1,951 @@
+// Benchmark for "Image nodes on Docker, and a gateway that carries HTTP/1.1, HTTP/2 and gRPC":
+// Berth's header-routed gateway against the same container called directly and through nginx,
+// on this machine, one target at a time, with the same load generator for every target.
+//
+//   HTTP/1.1  one `http-echo` container (a Berth image node, min = max = 1 instance,
+//             sessionsPerInstance 64, health check http /healthz), GET /healthz with wrk:
+//               direct        its published port 127.0.0.1:P (the node's instances[0].endpoint)
+//               berth         `berth up` with x-node-id / x-folder-id / Authorization
+//               nginx         Debian's nginx, worker_processes 1 (Berth's gateway is one Node
+//                             process), proxy_pass to 127.0.0.1:P with upstream keepalive
+//               node-floor    bench/gateway-node-proxy.mjs: a minimal reverse proxy in one Node
+//                             process (undici pool; node:http2 for gRPC), no auth, limits or metrics:
+//                             what Node itself costs here (for reference)
+//               container-ip  the container's own address, port 8080 (no docker-proxy; for reference)
+//   gRPC      one `grpc-echo` container, unary /berth.test.Echo/Echo with h2load (h2c, prior
+//             knowledge), the same five ways (nginx: grpc_pass with upstream keepalive).
+//
+// Every request carries the same headers, the routing ones included (direct and nginx ignore
+// them), so every target reads the same bytes. Each target: a warm-up, the measured run at
+// --connections (HTTP) or --grpc-clients × --grpc-streams (gRPC), then a run at 1 connection /
+// 1 stream, whose p50 gives the latency Berth adds over direct. wrk runs for a duration (-d);
+// h2load runs a fixed number of requests (-n, the same for every target), not a duration:
+// at the end of an -D run h2load resets the streams still in flight, and a stream reset before
+// Berth has answered crashed `berth up` when this was written (ERR_HTTP2_INVALID_STREAM from
+// ServerHttp2Stream.respond in the proxy's fail path; see docs/benchmarks.md).
+//
+//   node --import tsx bench/gateway.ts [--duration 10] [--warmup 2] [--connections 16]
+//        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
+//        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
+//        [--http-targets direct,berth,nginx,node-floor,container-ip] [--grpc-targets (the same)]
+//        [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//
+// Prints a markdown table at the end; writes the raw numbers to bench/results/ (ignored by git).
+// Fails (exit 1) on any non-2xx answer, socket error, or gRPC status other than 0.
+// Stops every process and removes every container it started, on errors and signals too.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { connect as h2connect } from 'node:http2';
+import { createServer, connect as netConnect } from 'node:net';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import Docker from 'dockerode';
+import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const LUA = join(ROOT, 'bench', 'gateway.lua');
+const NODE_PROXY = join(ROOT, 'bench', 'gateway-node-proxy.mjs');
+const WRK = '/usr/bin/wrk';
+const H2LOAD = '/usr/bin/h2load';
+const NGINX = '/usr/sbin/nginx';
+const PYTHON = '/usr/bin/python3'; // `berth up` checks for it even when every node is an image node
+const SESSIONS = 64;
+const GRPC_PATH = '/berth.test.Echo/Echo';
+const GRPC_TEXT = 'hello from bench/gateway.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    warmup: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '16' },
+    'c1-duration': { type: 'string', default: '5' },
+    'grpc-clients': { type: 'string', default: '4' },
+    'grpc-streams': { type: 'string', default: '4' },
+    'grpc-requests': { type: 'string', default: '40000' },
+    'grpc-c1-requests': { type: 'string', default: '4000' },
+    'grpc-warmup-requests': { type: 'string', default: '4000' },
+    path: { type: 'string', default: '/healthz' },
+    'http-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,container-ip' },
+    'grpc-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,container-ip' },
+    'quiet-wait': { type: 'string', default: '120' },
+    keep: { type: 'boolean', default: false },
+    'berth-node-args': { type: 'string', default: '' },
+  },
+});
+const DURATION = posInt(args.duration!, 'duration', 1, 600);
+const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
+const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
+const C1_DURATION = posInt(args['c1-duration']!, 'c1-duration', 0, 600);
+const GRPC_CLIENTS = posInt(args['grpc-clients']!, 'grpc-clients', 1, 256);
+const GRPC_STREAMS = posInt(args['grpc-streams']!, 'grpc-streams', 1, 256);
+const GRPC_REQUESTS = posInt(args['grpc-requests']!, 'grpc-requests', 100, 10_000_000);
+const GRPC_C1_REQUESTS = posInt(args['grpc-c1-requests']!, 'grpc-c1-requests', 0, 10_000_000);
+const GRPC_WARMUP_REQUESTS = posInt(args['grpc-warmup-requests']!, 'grpc-warmup-requests', 0, 10_000_000);
+/** Upper bound on one h2load run (it is killed past this, and the run fails). */
+const H2LOAD_MAX_S = 300;
+const QUIET_WAIT_S = posInt(args['quiet-wait']!, 'quiet-wait', 0, 3600);
+const PATH = args.path!;
+if (!PATH.startsWith('/')) throw new Error('--path must start with "/"');
+const TARGET_NAMES = ['direct', 'berth', 'nginx', 'node-floor', 'container-ip'] as const;
+type TargetName = typeof TARGET_NAMES[number];
+const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
+const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
+const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
+/** Background load (cores) under which the machine counts as quiet. */
+const QUIET_CORES = 0.2;
+/** A measurement during which other processes used more cores than this is repeated... */
+const OTHER_MAX = 0.25;
+/** ...at most this many times in all. */
+const MAX_ATTEMPTS = 3;
+
+function posInt(v: string, name: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${v}`);
+  return n;
+}
+
+function targetList(v: string, name: string): TargetName[] {
+  const list = v.split(',').map((t) => t.trim()).filter(Boolean);
+  for (const t of list) if (!(TARGET_NAMES as readonly string[]).includes(t)) throw new Error(`--${name}: unknown target ${t}; known: ${TARGET_NAMES.join(',')}`);
+  if (list.length && !list.includes('berth')) throw new Error(`--${name} must include berth (the others are compared with it)`);
+  return list as TargetName[];
+}
+
+// ---------------------------------------------------------------------------
+// Processes and containers we start: every process in its own group, all stopped on any exit
+// path; Berth's containers carry the label berth.home=<home> and are removed at the end.
+
+interface Managed { name: string; proc: ChildProcess; exited: Promise<void>; log: WriteStream | null }
+const managed: Managed[] = [];
+const loadGenerators = new Set<ChildProcess>();
+let workDir: string | null = null;
+let berthHome: string | null = null;
+let berthProc: Managed | null = null;
+/** wrk runs against Berth: each may leave up to -c calls abandoned when it stops */
+let berthWrkRuns = 0;
+let berthLog: string | null = null;
+const docker = new Docker();
+
+function alive(m: Managed): boolean { return m.proc.exitCode === null && m.proc.signalCode === null; }
+
+/** `berth up` must survive every run: a crash is a result to report, not a slow target. */
+function berthAlive(during: string): void {
+  if (berthProc && !alive(berthProc)) {
+    throw new Error(`berth up exited (code ${berthProc.proc.exitCode}, signal ${berthProc.proc.signalCode}) during ${during}; its log ends:\n${berthLog ? readLog(berthLog) : ''}`);
+  }
+}
+
+function start(name: string, cmd: string, argv: string[], logFile: string, env: Record<string, string> = {}, pipe = false): Managed {
+  const fd = pipe ? null : openSync(logFile, 'a');
+  const proc = spawn(cmd, argv, {
+    cwd: ROOT, env: { ...process.env, ...env },
+    stdio: fd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd], detached: true,
+  });
+  if (fd !== null) closeSync(fd);
+  let log: WriteStream | null = null;
+  if (pipe) {
+    log = createWriteStream(logFile, { flags: 'a' });
+    proc.stdout!.pipe(log, { end: false });
+    proc.stderr!.pipe(log, { end: false });
+  }
+  const exited = new Promise<void>((r) => { proc.once('exit', () => r()); proc.once('error', () => r()); });
+  const m = { name, proc, exited, log };
+  managed.push(m);
+  return m;
+}
+
+function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (!pid) return;
+  try { process.kill(-pid, sig); } catch { /* gone */ }
+}
+
+async function stop(m: Managed, graceMs = 30_000): Promise<void> {
+  if (alive(m)) {
+    signalGroup(m.proc.pid, 'SIGTERM');
+    const t = setTimeout(() => signalGroup(m.proc.pid, 'SIGKILL'), graceMs);
+    await m.exited;
+    clearTimeout(t);
+  }
+  signalGroup(m.proc.pid, 'SIGKILL'); // anything left in its group
+  m.log?.end();
+}
+
+/** Containers of this run's Berth home, removed through the API (async) or the CLI (sync, on exit). */
+async function removeContainers(): Promise<void> {
+  if (!berthHome) return;
+  const list = await docker.listContainers({ all: true, filters: { label: [`berth.home=${berthHome}`] } }).catch(() => []);
+  for (const c of list) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+}
+
+function removeContainersSync(): void {
+  if (!berthHome) return;
+  const ids = spawnSync('docker', ['ps', '-aq', '--filter', `label=berth.home=${berthHome}`], { encoding: 'utf8', timeout: 10_000 }).stdout?.trim();
+  if (ids) spawnSync('docker', ['rm', '-f', ...ids.split(/\s+/)], { timeout: 30_000 });
+}
+
+async function stopAll(): Promise<void> {
+  for (const c of loadGenerators) signalGroup(c.pid, 'SIGKILL');
+  // nginx first, Berth last (it stops its own containers on SIGTERM)
+  for (const m of [...managed].reverse()) await stop(m);
+  await removeContainers();
+}
+
+process.on('exit', () => {
+  for (const c of loadGenerators) signalGroup(c.pid, 'SIGKILL');
+  for (const m of managed) if (alive(m)) signalGroup(m.proc.pid, 'SIGKILL');
+  removeContainersSync();
+});
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: stopping everything this benchmark started`);
+    void stopAll().finally(() => {
+      if (workDir) rmSync(workDir, { recursive: true, force: true });
+      process.exit(130);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function log(msg: string): void {
+  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function http(method: string, url: string, body?: unknown, headers: Record<string, string> = {}, timeoutMs = 10_000): Promise<{ status: number; json: any; text: string }> {
+  const res = await fetch(url, {
+    method,
+    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let json: any = null;
+  try { json = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, json, text };
+}
+
+function waitListening(port: number, host: string, m: Managed | null, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return (async () => {
+    for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
+      if (m && !alive(m)) throw new Error(`${m.name} exited before it listened (see its log)`);
+      const ok = await new Promise<boolean>((r) => {
+        const s = netConnect(port, host);
+        s.once('connect', () => { s.destroy(); r(true); });
+        s.once('error', () => r(false));
+      });
+      if (ok) return;
+      await sleep(50);
+    }
+    throw new Error(`nothing listened on ${host}:${port} within ${timeoutMs / 1000}s`);
+  })();
+}
+
+function percentile(sorted: number[] | Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+function readLog(file: string): string {
+  try { return readFileSync(file, 'utf8').slice(-4000); } catch { return ''; }
+}
+
+// ---------------------------------------------------------------------------
+// CPU accounting from /proc (as bench/cell-node.ts): which process used how much CPU during a run.
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+function procStat(pid: number): string[] | null {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return s.slice(s.lastIndexOf(')') + 2).split(' ');
+  } catch { return null; }
+}
+
+function procTicks(pid: number): number | null {
+  const f = procStat(pid);
+  return f ? Number(f[11]) + Number(f[12]) : null; // utime + stime, all threads
+}
+
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    if (Number(procStat(Number(d))?.[1]) === pid) out.push(Number(d));
+  }
+  return out;
+}
+
+/** A process and all its descendants (a container: tini as PID 1, the service under it). */
+function treeOf(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length && i < 1000; i++) out.push(...childrenOf(out[i]!));
+  return out;
+}
+
+/** Docker's userland proxy process for a published 127.0.0.1 port (it relays every byte). */
+function dockerProxyPids(hostPort: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const argv = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (argv[0]?.endsWith('docker-proxy') && argv[argv.indexOf('-host-port') + 1] === String(hostPort)) out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+function machineBusyTicks(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = line.slice(0, 8).reduce((a, b) => a + b, 0);
+  const idle = line[3]! + line[4]!;
+  return { busy: total - idle, total };
+}
+
+interface CpuGroups { [group: string]: number[] }
+interface CpuUse { [group: string]: number } // cores used on average during the run
+
+function cpuSnapshot(groups: CpuGroups): { per: Record<string, number>; machine: { busy: number; total: number }; t: number } {
+  const per: Record<string, number> = {};
+  for (const [g, pids] of Object.entries(groups)) per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
+  return { per, machine: machineBusyTicks(), t: performance.now() };
+}
+
+/** Cores used on average: per group, by the load generator, by this script, by the machine, and the rest ("other"). */
+function cpuUse(a: ReturnType<typeof cpuSnapshot>, b: ReturnType<typeof cpuSnapshot>, loadCpuS: number, benchCpuS: number): CpuUse {
+  const secs = (b.t - a.t) / 1000;
+  const out: CpuUse = {};
+  let ours = 0;
+  for (const g of Object.keys(a.per)) {
+    out[g] = (b.per[g]! - a.per[g]!) / CLK_TCK / secs;
+    ours += out[g]!;
+  }
+  out.load = loadCpuS / secs;
+  out.bench = benchCpuS / secs;
+  ours += out.load + out.bench;
+  out.machine = ((b.machine.busy - a.machine.busy) / Math.max(1, b.machine.total - a.machine.total)) * cpus().length;
+  out.other = Math.max(0, out.machine - ours);
+  return out;
+}
+
+async function machineLoad(ms: number): Promise<number> {
+  const a = machineBusyTicks();
+  await sleep(ms);
+  const b = machineBusyTicks();
+  return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * cpus().length;
+}
+
+/** The machine may be shared: wait, bounded, until it is quiet, and record what was seen. */
+async function waitQuiet(label: string): Promise<number> {
+  const deadline = Date.now() + QUIET_WAIT_S * 1000;
+  let load = await machineLoad(1000);
+  for (let i = 0; i < 3600 && load > QUIET_CORES && Date.now() < deadline; i++) {
+    if (i === 0) log(`${label}: machine busy (${load.toFixed(2)} cores in use); waiting up to ${QUIET_WAIT_S}s for it to quieten`);
+    load = await machineLoad(1000);
+  }
+  if (load > QUIET_CORES) log(`${label}: WARNING: starting with ${load.toFixed(2)} cores used by other processes`);
+  return load;
+}
+
+// ---------------------------------------------------------------------------
+// Load generators. Both run through bash only to read their own CPU time afterwards (`times`).
+
+interface LoadResult {
+  tool: 'wrk' | 'h2load';
+  requests: number;
+  seconds: number;
+  rps: number;
+  /** non-2xx answers and socket/stream errors */
+  errors: number;
+  errorDetail: string;
+  bytes: number;
+  latency_us: { mean: number; p50: number; p90: number; p99: number; max: number };
+  /** the load generator's own CPU time (user + system), seconds */
+  cpu_s: number;
+  raw: string;
+}
+
+/** Runs a load generator; it is killed (and the run fails) `seconds` + 30 s after it started. */
+function runTool(argv: string[], seconds: number): Promise<{ code: number | null; out: string; err: string; cpu_s: number }> {
+  const child = spawn('/bin/bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', ...argv], {
+    stdio: ['ignore', 'pipe', 'pipe'], detached: true, // own group: bash and the tool stop together
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  loadGenerators.add(child);
+  const killer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (seconds + 30) * 1000);
+  return new Promise((res) => child.once('close', (code) => {
+    clearTimeout(killer);
+    loadGenerators.delete(child);
+    const t = [...err.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)].at(-1);
+    const cpu_s = t ? Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]) : NaN;
+    res({ code, out, err, cpu_s });
+  }));
+}
+
+function headerArgs(headers: Record<string, string>): string[] {
+  return Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+}
+
+async function wrk(url: string, connections: number, seconds: number, headers: Record<string, string>): Promise<LoadResult> {
+  const r = await runTool([WRK, '-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '--latency', '-s', LUA, ...headerArgs(headers), url], seconds);
+  const line = r.out.split('\n').find((l) => l.startsWith('BENCH_RESULT '));
+  if (r.code !== 0 || !line) throw new Error(`wrk failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+  const j = JSON.parse(line.slice('BENCH_RESULT '.length));
+  const e = j.errors;
+  return {
+    tool: 'wrk', requests: j.requests, seconds: j.duration_us / 1e6, rps: j.requests / (j.duration_us / 1e6),
+    errors: e.connect + e.read + e.write + e.status + e.timeout, errorDetail: JSON.stringify(e), bytes: j.bytes,
+    latency_us: { mean: j.latency_us.mean, p50: j.latency_us.p50, p90: j.latency_us.p90, p99: j.latency_us.p99, max: j.latency_us.max },
+    cpu_s: r.cpu_s, raw: r.out,
+  };
+}
+
+/**
+ * h2load prints min/max/mean/sd only, so the percentiles come from its per-request log
+ * (start µs, status, duration µs). A fixed number of requests (-n): every stream is answered.
+ */
+async function h2load(url: string, clients: number, streams: number, requests: number, headers: Record<string, string>, bodyFile: string, logFile: string): Promise<LoadResult> {
+  rmSync(logFile, { force: true });
+  const argv = [H2LOAD, '-t1', `-c${clients}`, `-m${streams}`, `-n${requests}`, '-d', bodyFile, ...headerArgs(headers), `--log-file=${logFile}`, url];
+  const r = await runTool(argv, H2LOAD_MAX_S);
+  const fin = /finished in ([\d.]+)(m?s), ([\d.]+) req\/s, ([\d.]+)([KMG]?B)\/s/.exec(r.out);
+  const req = /requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout/.exec(r.out);
+  const codes = /status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx/.exec(r.out);
+  const traffic = /traffic: [\d.]+[KMG]?B \((\d+)\) total/.exec(r.out);
+  if (r.code !== 0 || !fin || !req || !codes) throw new Error(`h2load failed (exit ${r.code}):\n${r.out}\n${r.err}`);
+  const done = Number(req[3]);
+  // the log: one line per finished request; keep those that started after the warm-up
+  const lines = existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n') : [];
+  const rows: Array<[number, number, number]> = [];
+  for (const l of lines) {
+    const f = l.split('\t');
+    if (f.length >= 3) rows.push([Number(f[0]), Number(f[1]), Number(f[2])]);
+  }
+  if (rows.length === 0) throw new Error(`h2load wrote no per-request log:\n${r.out}`);
+  // a stream that got no answer (reset, or cut off) is logged with status 0
+  const measured = rows.filter((x) => x[1] !== 0);
+  const cutOff = rows.length - measured.length;
+  const badStatus = measured.filter((x) => x[1] < 200 || x[1] > 299).length;
+  const lat = Float64Array.from(measured.map((x) => x[2])).sort();
+  const measuredSeconds = done / Number(fin[3]);
+  return {
+    tool: 'h2load', requests: measured.length, seconds: measuredSeconds, rps: measured.length / measuredSeconds,
+    errors: Number(req[5]) + Number(req[6]) + Number(req[7]) + Number(codes[2]) + Number(codes[3]) + Number(codes[4]) + badStatus + cutOff + (requests - measured.length),
+    errorDetail: `${req[0]}; ${codes[0]}; logged: ${measured.length} answered, ${badStatus} non-2xx, ${cutOff} unanswered`,
+    bytes: traffic ? Number(traffic[1]) : 0,
+    latency_us: { mean: lat.reduce((a, b) => a + b, 0) / lat.length, p50: percentile(lat, 50), p90: percentile(lat, 90), p99: percentile(lat, 99), max: lat[lat.length - 1]! },
+    cpu_s: r.cpu_s, raw: r.out,
+  };
+}
+
+function assertClean(name: string, r: LoadResult): void {
+  if (r.requests === 0 || r.errors > 0) throw new Error(`${name}: ${r.requests} requests with ${r.errors} errors (${r.errorDetail})\n${r.raw}`);
+}
+
+// ---------------------------------------------------------------------------
+// Measuring one target
+
+interface Target {
+  name: TargetName;
+  label: string;
+  url: string;
+  /** CPU groups; `front` is the proxy in front of the container (Berth, nginx, or nothing) */
+  groups: CpuGroups;
+}
+
+interface Measured {
+  name: TargetName;
+  label: string;
+  main: LoadResult;
+  c1: LoadResult | null;
+  cpu: CpuUse;
+  c1Cpu: CpuUse | null;
+  idleLoad: number;
+  attempts: number;
+  disturbed: boolean;
+}
+
+type Runner = (url: string, kind: 'warmup' | 'main' | 'c1') => Promise<LoadResult>;
+interface Phases { warmup: boolean; c1: boolean; describe: (kind: 'warmup' | 'main' | 'c1') => string }
+
+async function loadRun(name: string, t: Target, run: () => Promise<LoadResult>): Promise<{ r: LoadResult; cpu: CpuUse }> {
+  const a = cpuSnapshot(t.groups);
+  const benchCpu = process.cpuUsage();
+  const r = await run();
+  const used = process.cpuUsage(benchCpu);
+  const b = cpuSnapshot(t.groups);
+  assertClean(name, r);
+  return { r, cpu: cpuUse(a, b, r.cpu_s, (used.user + used.system) / 1e6) };
+}
+
+async function measure(proto: string, t: Target, runner: Runner, phases: Phases): Promise<Measured> {
+  const name = `${proto} ${t.name}`;
+  let result: Measured | null = null;
+  for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+    const idleLoad = await waitQuiet(name);
+    if (phases.warmup) {
+      log(`${name}: warm-up, ${phases.describe('warmup')}`);
+      assertClean(`${name} (warm-up)`, await runner(t.url, 'warmup'));
+      berthAlive(`${name} (warm-up)`);
+    }
+    log(`${name}: measuring, ${phases.describe('main')}`);
+    const main = await loadRun(name, t, () => runner(t.url, 'main'));
+    log(`${name}: ${main.r.rps.toFixed(0)} req/s, p50 ${ms(main.r.latency_us.p50)} ms, p99 ${ms(main.r.latency_us.p99)} ms; ` +
+      `CPU cores ${Object.entries(main.cpu).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+    berthAlive(name);
+    let c1: { r: LoadResult; cpu: CpuUse } | null = null;
+    if (phases.c1) {
+      log(`${name}: measuring at 1 connection / 1 stream, ${phases.describe('c1')}`);
+      c1 = await loadRun(`${name} (1 connection)`, t, () => runner(t.url, 'c1'));
+      log(`${name}: 1 connection: ${c1.r.rps.toFixed(0)} req/s, p50 ${ms(c1.r.latency_us.p50)} ms, p99 ${ms(c1.r.latency_us.p99)} ms`);
+      berthAlive(`${name} (1 connection)`);
+    }
+    const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
+    result = { name: t.name, label: t.label, main: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
+    if (!result.disturbed) break;
+    log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
+      (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
+  }
+  return result!;
+}
+
+// ---------------------------------------------------------------------------
+// Berth, its two image nodes, and nginx
+
+interface Instance { nodeId: string; instanceId: string; hostPort: number; containerIp: string; containerPids: number[]; proxyPids: number[] }
+
+async function createImageNode(base: string, token: string, spec: Record<string, unknown>): Promise<Instance> {
+  const created = await http('POST', `${base}/v1/nodes`, spec, { authorization: `Bearer ${token}` });
+  if (created.status !== 201) throw new Error(`node create: ${created.status} ${created.text}`);
+  const nodeId = created.json.id as string;
+  const deadline = Date.now() + 120_000;
+  let node: any = null;
+  for (let i = 0; i < 2_000 && Date.now() < deadline; i++) {
+    const r = await http('GET', `${base}/v1/nodes/${nodeId}`, undefined, { authorization: `Bearer ${token}` });
+    if (r.status !== 200) throw new Error(`node get: ${r.status} ${r.text}`);
+    if (r.json.status === 'Healthy') { node = r.json; break; }
+    await sleep(100);
+  }
+  if (!node) throw new Error(`node ${spec.name} did not become Healthy within 120s`);
+  const inst = node.instances[0];
+  const m = /^tcp:127\.0\.0\.1:(\d+)$/.exec(inst?.endpoint ?? '');
+  if (node.instances.length !== 1 || !m) throw new Error(`expected one instance at tcp:127.0.0.1:PORT, got ${JSON.stringify(node.instances)}`);
+  const hostPort = Number(m[1]);
+  const info = await docker.getContainer(`berth-${inst.id}`).inspect();
+  const containerIp = (info.NetworkSettings as { IPAddress?: string } | undefined)?.IPAddress || Object.values(info.NetworkSettings?.Networks ?? {})[0]?.IPAddress || '';
+  const proxyPids = dockerProxyPids(hostPort);
+  const containerPids = treeOf(info.State.Pid);
+  log(`node ${spec.name} (${nodeId}) Healthy: instance ${inst.id} at 127.0.0.1:${hostPort} (container ${containerIp}, pids ${containerPids.join(',')}; docker-proxy pid ${proxyPids.join(',') || 'none'})`);
+  return { nodeId, instanceId: inst.id, hostPort, containerIp, containerPids, proxyPids };
+}
+
+async function startBerth(work: string): Promise<{ m: Managed; base: string; token: string }> {
+  const home = join(work, 'berth-home');
+  berthHome = home;
+  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--runtime', 'docker'],
+    join(work, 'berth.log'), { BERTH_PYTHON: PYTHON, BERTH_HOME: home }, true);
+  let out = '';
+  m.proc.stdout!.on('data', (d) => { out += d; });
+  const base = await new Promise<string>((res, rej) => {
+    const t = setTimeout(() => rej(new Error(`berth up did not print its address within 60s:\n${out}`)), 60_000);
+    const check = (): void => {
+      const mm = /Berth listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+      if (mm) { clearTimeout(t); res(mm[1]!); }
+    };
+    m.proc.stdout!.on('data', check);
+    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(join(work, 'berth.log'))}`)); });
+  });
+  const token = readFileSync(join(home, 'admin-token'), 'utf8').trim();
+  berthProc = m;
+  berthLog = join(work, 'berth.log');
+  log(`berth: listening on ${base}`);
+  return { m, base, token };
+}
+
+function nginxConf(dir: string, httpPort: number, grpcPort: number, httpUpstream: number, grpcUpstream: number): string {
+  const tmp = join(dir, 'tmp');
+  return `# generated by bench/gateway.ts: one worker, as Berth's gateway is one Node process
+worker_processes 1;
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'error.log')} warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_timeout 65s;
+  keepalive_requests 1000000;
+  client_body_temp_path ${tmp}/body;
+  proxy_temp_path ${tmp}/proxy;
+  fastcgi_temp_path ${tmp}/fastcgi;
+  uwsgi_temp_path ${tmp}/uwsgi;
+  scgi_temp_path ${tmp}/scgi;
+  upstream echo_http {
+    server 127.0.0.1:${httpUpstream};
+    keepalive ${SESSIONS};
+    keepalive_requests 1000000;
+  }
+  upstream echo_grpc {
+    server 127.0.0.1:${grpcUpstream};
+    keepalive ${SESSIONS};
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${httpPort};
+    location / {
+      proxy_pass http://echo_http;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:${grpcPort} http2;
+    location / {
+      grpc_pass grpc://echo_grpc;
+    }
+  }
+}
+`;
+}
+
+async function startNginx(work: string, httpUpstream: number, grpcUpstream: number): Promise<{ m: Managed; httpPort: number; grpcPort: number; pids: number[] }> {
+  const dir = join(work, 'nginx');
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  const httpPort = await freePort();
+  const grpcPort = await freePort();
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, nginxConf(dir, httpPort, grpcPort, httpUpstream, grpcUpstream));
+  const m = start('nginx', NGINX, ['-c', conf, '-p', dir, '-g', 'daemon off;'], join(work, 'nginx.log'));
+  await waitListening(httpPort, '127.0.0.1', m);
+  await waitListening(grpcPort, '127.0.0.1', m);
+  let pids: number[] = [];
+  for (let i = 0; i < 100 && pids.length < 1; i++) { pids = childrenOf(m.proc.pid!); if (!pids.length) await sleep(50); }
+  log(`nginx: 127.0.0.1:${httpPort} (HTTP/1.1) and :${grpcPort} (h2c, gRPC); master ${m.proc.pid}, worker ${pids.join(',')}`);
+  return { m, httpPort, grpcPort, pids: [m.proc.pid!, ...pids] };
+}
+
+async function startNodeFloor(work: string, httpUpstream: number, grpcUpstream: number): Promise<{ m: Managed; httpPort: number; grpcPort: number }> {
+  const httpPort = await freePort();
+  const grpcPort = await freePort();
+  const m = start('node-floor', process.execPath, [NODE_PROXY, String(httpPort), String(httpUpstream), String(grpcPort), String(grpcUpstream)], join(work, 'node-floor.log'));
+  await waitListening(httpPort, '127.0.0.1', m);
+  await waitListening(grpcPort, '127.0.0.1', m);
+  log(`node floor: 127.0.0.1:${httpPort} (HTTP/1.1) and :${grpcPort} (h2c); pid ${m.proc.pid}`);
+  return { m, httpPort, grpcPort };
+}
+
+// ---------------------------------------------------------------------------
+// Correctness before the load: each HTTP target answers 200 "ok"; each gRPC target answers
+// :status 200, the request message echoed, and the trailer grpc-status 0.
+
+async function checkHttp(name: string, url: string, headers: Record<string, string>): Promise<void> {
+  const r = await http('GET', url, undefined, headers);
+  if (r.status !== 200) throw new Error(`${name}: GET ${url} answered ${r.status} ${r.text.slice(0, 300)}`);
+  if (PATH === '/healthz' && r.text !== 'ok\n') throw new Error(`${name}: GET ${url} answered ${JSON.stringify(r.text.slice(0, 300))}, not the echo's "ok"`);
+}
+
+function grpcFrame(text: string): Buffer {
+  const s = Buffer.from(text, 'utf8');
+  if (s.length > 127) throw new Error('keep the gRPC text under 128 bytes (one-byte varint length)');
+  const msg = Buffer.concat([Buffer.from([0x0a, s.length]), s]); // EchoMessage { string text = 1; }
+  const head = Buffer.alloc(5);
+  head.writeUInt32BE(msg.length, 1);
+  return Buffer.concat([head, msg]);
+}
+
+async function checkGrpc(name: string, url: string, headers: Record<string, string>, frame: Buffer): Promise<void> {
+  const u = new URL(url);
+  const session = h2connect(u.origin);
+  session.on('error', () => undefined);
+  try {
+    const result = await new Promise<{ status: number; type: string; body: Buffer; grpcStatus: string | undefined; grpcMessage: string | undefined }>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error('no answer within 10s')), 10_000);
+      const s = session.request({ ':method': 'POST', ':path': u.pathname, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+      const chunks: Buffer[] = [];
+      let head: Record<string, unknown> = {};
+      let trailers: Record<string, unknown> = {};
+      s.on('response', (h) => { head = h; });
+      s.on('trailers', (t) => { trailers = t; });
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('error', (e) => { clearTimeout(timer); rej(e); });
+      s.on('close', () => {
+        clearTimeout(timer);
+        const st = (trailers['grpc-status'] ?? head['grpc-status']) as string | undefined;
+        const gm = (trailers['grpc-message'] ?? head['grpc-message']) as string | undefined;
+        res({ status: Number(head[':status']), type: String(head['content-type']), body: Buffer.concat(chunks), grpcStatus: st, grpcMessage: gm });
+      });
+      s.end(frame);
+    });
+    if (result.status !== 200 || !result.type.startsWith('application/grpc') || result.grpcStatus !== '0' || !result.body.equals(frame)) {
+      throw new Error(`${name}: ${url} answered :status ${result.status}, content-type ${result.type}, grpc-status ${result.grpcStatus} ` +
+        `(${result.grpcMessage ?? ''}), body ${result.body.toString('hex')} (sent ${frame.toString('hex')})`);
+    }
+  } finally {
+    session.destroy();
+  }
+}
+
+/** One call with a real gRPC client (grpc-js, the generated stub) through Berth. */
+async function checkGrpcJs(base: string, nodeId: string, token: string): Promise<void> {
+  const def = protoLoader.loadSync(ECHO_PROTO, { keepCase: true });
+  const Echo = (grpc.loadPackageDefinition(def) as any).berth.test.Echo;
+  const client = new Echo(base.replace('http://', ''), grpc.credentials.createInsecure());
+  try {
+    const md = new grpc.Metadata();
+    md.set('x-node-id', nodeId);
+    md.set('x-folder-id', 'default');
+    md.set('authorization', `Bearer ${token}`);
+    const reply = await new Promise<any>((res, rej) => {
+      client.Echo({ text: GRPC_TEXT }, md, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, r: any) => (err ? rej(err) : res(r)));
+    });
+    if (reply?.text !== GRPC_TEXT) throw new Error(`grpc-js through Berth: got ${JSON.stringify(reply)}`);
+  } finally {
+    client.close();
+  }
+}
+
+/** Berth's own counters of answers per node: HTTP status codes and gRPC status codes. */
+async function berthCodes(base: string, token: string, nodeId: string): Promise<{ http: Record<string, number>; grpc: Record<string, number> }> {
+  const metrics = await http('GET', `${base}/metrics`, undefined, { authorization: `Bearer ${token}` });
+  const out = { http: {} as Record<string, number>, grpc: {} as Record<string, number> };
+  for (const line of metrics.text.split('\n')) {
+    const mm = /^node_(http|grpc)_codes\{node_id="([^"]+)",code="(\d+)"\} (\d+)/.exec(line);
+    if (mm && mm[2] === nodeId) out[mm[1] as 'http' | 'grpc'][mm[3]!] = Number(mm[4]);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// The machine and the software, for the record
+
+function machine(): Record<string, string> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1] ?? 'unknown';
+  const memKb = Number(/MemTotal:\s*(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  const first = (cmd: string, argv: string[]): string => {
+    const r = spawnSync(cmd, argv, { encoding: 'utf8', timeout: 10_000 });
+    return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n').find((l) => l.trim())?.trim() ?? 'unknown';
+  };
+  let head = 'unknown';
+  try {
+    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
+    head = h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
+  } catch { /* packed refs or no git */ }
+  return {
+    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), cpu: model,
+    memory: `${(memKb / 1024 / 1024).toFixed(1)} GiB`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    node: process.version, wrk: first(WRK, ['-v']), h2load: first(H2LOAD, ['--version']), nginx: first(NGINX, ['-v']),
+    docker: first('docker', ['version', '--format', 'Docker {{.Server.Version}}']), kernel: first('uname', ['-r']), berth_head: head,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+const ms = (us: number): string => (us / 1000).toFixed(2);
+const x = (v: number): string => v.toFixed(2) + '×';
+const LABEL_SHORT: Record<TargetName, string> = { direct: 'direct', berth: 'Berth gateway', nginx: 'nginx', 'node-floor': 'Node floor', 'container-ip': 'container IP' };
+
+function table(title: string, results: Measured[], loadDesc: string, c1Desc: string): string[] {
+  const lines: string[] = [];
+  lines.push(`**${title}** — ${loadDesc}; then ${c1Desc}.`);
+  lines.push('');
+  lines.push('| target | req/s | p50 ms | p99 ms | requests | errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of results) {
+    lines.push(`| ${r.label} | ${r.main.rps.toFixed(0)} | ${ms(r.main.latency_us.p50)} | ${ms(r.main.latency_us.p99)} | ${r.main.requests} | ${r.main.errors} | ` +
+      `${r.c1 ? r.c1.rps.toFixed(0) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p50) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p99) : '–'} |`);
+  }
+  lines.push('');
+  lines.push('CPU during the loaded run, in cores (2 = the whole machine); "front" = the proxy in front of the container (Berth\'s Node process, nginx master + worker, the Node floor\'s process):');
+  lines.push('');
+  lines.push('| target | front | front CPU µs per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
+  lines.push('|---|---:|---:|---:|---:|---:|---|---:|');
+  for (const r of results) {
+    const c = r.cpu;
+    const front = c.front ?? 0;
+    lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? ((front / r.main.rps) * 1e6).toFixed(0) : '–'} | ` +
+      `${c.echo!.toFixed(2)} | ${(c['docker-proxy'] ?? 0).toFixed(2)} | ${c.load!.toFixed(2)} | ` +
+      `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
+  }
+  const b = results.find((r) => r.name === 'berth')!;
+  const d = results.find((r) => r.name === 'direct');
+  const n = results.find((r) => r.name === 'nginx');
+  lines.push('');
+  lines.push('| Berth vs | throughput ratio (Berth / other) | p50 added, loaded (ms) | p50 added, 1 conn (ms) | p99 added, 1 conn (ms) |');
+  lines.push('|---|---:|---:|---:|---:|');
+  for (const r of results) {
+    if (r === b) continue;
+    lines.push(`| ${LABEL_SHORT[r.name]} | ${x(b.main.rps / r.main.rps)} | ${ms(b.main.latency_us.p50 - r.main.latency_us.p50)} | ` +
+      `${b.c1 && r.c1 ? ms(b.c1.latency_us.p50 - r.c1.latency_us.p50) : '–'} | ${b.c1 && r.c1 ? ms(b.c1.latency_us.p99 - r.c1.latency_us.p99) : '–'} |`);
+  }
+  const goals: string[] = [];
+  if (n) goals.push(`throughput ≥ 0.8 × nginx: ${x(b.main.rps / n.main.rps)} — ${b.main.rps >= 0.8 * n.main.rps ? 'met' : 'NOT met'}`);
+  if (d && b.c1 && d.c1) {
+    const added = (b.c1.latency_us.p50 - d.c1.latency_us.p50) / 1000;
+    goals.push(`added p50 over direct < 0.5 ms (1 connection): ${added.toFixed(2)} ms — ${added < 0.5 ? 'met' : 'NOT met'}`);
+  }
+  if (goals.length) { lines.push(''); lines.push(`Goal: ${goals.join('; ')}.`); }
+  return lines;
+}
+
+function report(env: Record<string, string>, httpResults: Measured[], grpcResults: Measured[], codes: { http: Record<string, number>; grpc: Record<string, number> }, grpcBytes: number): string {
+  const lines: string[] = [];
+  lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Linux ${env.kernel}; Node ${env.node}; ${env.docker}; ` +
+    `${env.nginx}; ${env.wrk.replace(/ Copyright.*/, '')}; ${env.h2load}. Berth ${env.berth_head}.`);
+  lines.push('');
+  if (httpResults.length) {
+    lines.push(...table('HTTP/1.1', httpResults,
+      `wrk -t1 -c${CONNECTIONS} -d${DURATION}s (after a ${WARMUP}s warm-up run), GET ${PATH}, the same three headers (x-node-id, x-folder-id, Authorization) to every target`,
+      `wrk -t1 -c1 -d${C1_DURATION}s`));
+    lines.push('');
+  }
+  if (grpcResults.length) {
+    lines.push(...table('gRPC unary', grpcResults,
+      `h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS} -n${GRPC_REQUESTS} (after a -n${GRPC_WARMUP_REQUESTS} warm-up run), POST ${GRPC_PATH} (one ${grpcBytes}-byte length-prefixed EchoMessage), ` +
+      `content-type application/grpc, te trailers and the routing headers to every target; percentiles from h2load's per-request log`,
+      `-c1 -m1 -n${GRPC_C1_REQUESTS}`));
+    lines.push('');
+  }
+  lines.push(`Berth's own counters for the two nodes: HTTP status codes ${JSON.stringify(codes.http)}, gRPC status codes ${JSON.stringify(codes.grpc)} ` +
+    `(a 502 here is a call wrk abandoned when a run ended: Berth counts those as 502).`);
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  for (const f of [WRK, H2LOAD, NGINX, LUA, PYTHON]) {
+    if (!existsSync(f)) throw new Error(`${f} is missing (Debian: apt-get install -y wrk nghttp2-client nginx python3-dill)`);
+  }
+  await docker.ping().catch((err) => { throw new Error(`Docker daemon not reachable (${(err as Error).message}): start dockerd`); });
+  const env = machine();
+  const work = mkdtempSync(join(tmpdir(), 'berth-bench-gw-'));
+  workDir = work;
+  log(`work directory ${work}`);
+  let ok = false;
+  try {
+    log('building the test images (skipped when up to date)');
+    await buildTestImages(['http-echo', 'grpc-echo'], { log });
+
+    const berth = await startBerth(work);
+    const scaling = { minInstances: 1, maxInstances: 1, sessionsPerInstance: SESSIONS };
+    const httpNode = await createImageNode(berth.base, berth.token, {
+      kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
+      endpoint: { port: 8080, protocol: 'http', timeout: 30 },
+      healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
+    });
+    const grpcNode = await createImageNode(berth.base, berth.token, {
+      kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
+      endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
+      healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
+    });
+    const nginx = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx')) ? await startNginx(work, httpNode.hostPort, grpcNode.hostPort) : null;
+    const floor = (HTTP_TARGETS.includes('node-floor') || GRPC_TARGETS.includes('node-floor')) ? await startNodeFloor(work, httpNode.hostPort, grpcNode.hostPort) : null;
+
+    // ---- HTTP/1.1
+    const httpHeaders = { 'x-node-id': httpNode.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${berth.token}` };
+    const httpTargets: Target[] = [];
+    const groupsFor = (inst: Instance, front: number[]): CpuGroups => ({ front, echo: inst.containerPids, 'docker-proxy': inst.proxyPids });
+    for (const t of HTTP_TARGETS) {
+      if (t === 'direct') httpTargets.push({ name: t, label: `direct (127.0.0.1:${httpNode.hostPort}, published port)`, url: `http://127.0.0.1:${httpNode.hostPort}${PATH}`, groups: groupsFor(httpNode, []) });
+      if (t === 'berth') httpTargets.push({ name: t, label: 'Berth gateway (header-routed)', url: `${berth.base}${PATH}`, groups: groupsFor(httpNode, [berth.m.proc.pid!]) });
+      if (t === 'nginx') httpTargets.push({ name: t, label: 'nginx (1 worker, upstream keepalive)', url: `http://127.0.0.1:${nginx!.httpPort}${PATH}`, groups: groupsFor(httpNode, nginx!.pids) });
+      if (t === 'node-floor') httpTargets.push({ name: t, label: 'Node floor (minimal Node proxy, undici pool)', url: `http://127.0.0.1:${floor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [floor!.m.proc.pid!]) });
+      if (t === 'container-ip' && httpNode.containerIp) httpTargets.push({ name: t, label: `container IP (${httpNode.containerIp}:8080, no docker-proxy)`, url: `http://${httpNode.containerIp}:8080${PATH}`, groups: groupsFor(httpNode, []) });
+    }
+    for (const t of httpTargets) await checkHttp(t.name, t.url, httpHeaders);
+    const wrkRunner: Runner = (url, kind) => {
+      if (url.startsWith(berth.base)) berthWrkRuns++;
+      return wrk(url, kind === 'c1' ? 1 : CONNECTIONS, kind === 'warmup' ? WARMUP : kind === 'c1' ? C1_DURATION : DURATION, httpHeaders);
+    };
+    const httpResults: Measured[] = [];
+    const wrkPhases: Phases = {
+      warmup: WARMUP > 0, c1: C1_DURATION > 0,
+      describe: (k) => k === 'warmup' ? `${WARMUP}s` : k === 'main' ? `${DURATION}s, ${CONNECTIONS} connections` : `${C1_DURATION}s`,
+    };
+    for (const t of httpTargets) httpResults.push(await measure('HTTP', t, wrkRunner, wrkPhases));
+
+    // ---- gRPC
+    const frame = grpcFrame(GRPC_TEXT);
+    const bodyFile = join(work, 'echo-request.bin');
+    writeFileSync(bodyFile, frame);
+    const grpcHeaders = { 'content-type': 'application/grpc', te: 'trailers', 'x-node-id': grpcNode.nodeId, 'x-folder-id': 'default', authorization: `Bearer ${berth.token}` };
+    const grpcTargets: Target[] = [];
+    for (const t of GRPC_TARGETS) {
+      if (t === 'direct') grpcTargets.push({ name: t, label: `direct (127.0.0.1:${grpcNode.hostPort}, published port)`, url: `http://127.0.0.1:${grpcNode.hostPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
+      if (t === 'berth') grpcTargets.push({ name: t, label: 'Berth gateway (header-routed)', url: `${berth.base}${GRPC_PATH}`, groups: groupsFor(grpcNode, [berth.m.proc.pid!]) });
+      if (t === 'nginx') grpcTargets.push({ name: t, label: 'nginx (1 worker, grpc_pass, upstream keepalive)', url: `http://127.0.0.1:${nginx!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, nginx!.pids) });
+      if (t === 'node-floor') grpcTargets.push({ name: t, label: 'Node floor (minimal Node proxy, node:http2)', url: `http://127.0.0.1:${floor!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, [floor!.m.proc.pid!]) });
+      if (t === 'container-ip' && grpcNode.containerIp) grpcTargets.push({ name: t, label: `container IP (${grpcNode.containerIp}:50051, no docker-proxy)`, url: `http://${grpcNode.containerIp}:50051${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
+    }
+    for (const t of grpcTargets) await checkGrpc(t.name, t.url, grpcHeaders, frame);
+    if (GRPC_TARGETS.includes('berth')) await checkGrpcJs(berth.base, grpcNode.nodeId, berth.token);
+    log(`gRPC: every target answered grpc-status 0 with the message echoed (manual HTTP/2 request${GRPC_TARGETS.includes('berth') ? '; and grpc-js through Berth' : ''})`);
+    const h2log = join(work, 'h2load.log');
+    const h2Runner: Runner = (url, kind) => kind === 'c1'
+      ? h2load(url, 1, 1, GRPC_C1_REQUESTS, grpcHeaders, bodyFile, h2log)
+      : h2load(url, GRPC_CLIENTS, GRPC_STREAMS, kind === 'warmup' ? GRPC_WARMUP_REQUESTS : GRPC_REQUESTS, grpcHeaders, bodyFile, h2log);
+    const grpcResults: Measured[] = [];
+    const h2Phases: Phases = {
+      warmup: GRPC_WARMUP_REQUESTS > 0, c1: GRPC_C1_REQUESTS > 0,
+      describe: (k) => k === 'warmup' ? `${GRPC_WARMUP_REQUESTS} requests` : k === 'main' ? `${GRPC_REQUESTS} requests, ${GRPC_CLIENTS} clients × ${GRPC_STREAMS} streams` : `${GRPC_C1_REQUESTS} requests`,
+    };
+    for (const t of grpcTargets) grpcResults.push(await measure('gRPC', t, h2Runner, h2Phases));
+
+    // Berth's own count of answers: every HTTP call 200, every gRPC call status 0
+    const hc = await berthCodes(berth.base, berth.token, httpNode.nodeId);
+    const gc = await berthCodes(berth.base, berth.token, grpcNode.nodeId);
+    const codes = { http: { ...hc.http }, grpc: { ...gc.grpc } };
+    // wrk stops with up to -c requests in flight; Berth counts each call its caller abandoned as a 502
+    // (see docs/benchmarks.md), so that many 502s are expected, and nothing else
+    const abandonedMax = berthWrkRuns * CONNECTIONS;
+    const badHttp = Object.entries(hc.http).filter(([c, n]) => c !== '200' && !(c === '502' && n <= abandonedMax));
+    const badGrpc = Object.keys(gc.grpc).filter((c) => c !== '0');
+    if (badHttp.length || badGrpc.length) throw new Error(`Berth counted failures: HTTP ${JSON.stringify(hc.http)} (at most ${abandonedMax} 502s for abandoned calls expected), gRPC ${JSON.stringify(gc.grpc)}`);
+
+    const text = report(env, httpResults, grpcResults, codes, frame.length);
+    const outDir = join(ROOT, 'bench', 'results');
+    mkdirSync(outDir, { recursive: true });
+    const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+    const strip = (r: Measured): unknown => ({ ...r, main: { ...r.main, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null });
+    writeFileSync(file, JSON.stringify({
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS },
+      http: httpResults.map(strip), grpc: grpcResults.map(strip), codes, table: text,
+    }, null, 2) + '\n');
+    console.log('\n' + text + '\n');
+    log(`raw numbers: ${file}`);
+    ok = true;
+  } finally {
+    await stopAll();
+    if (args.keep || !ok) log(`logs kept in ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch(async (err) => {
+  console.error(`\nBENCHMARK FAILED: ${(err as Error).stack ?? err}`);
+  await stopAll();
+  process.exit(1);
+});
