@@ -173,12 +173,14 @@ async function forwardToGrpc(stream: import('node:http2').ServerHttp2Stream, hea
       method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
       signal: new AbortController().signal, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
     });
+    if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
     if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
     stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
     stream.on('wantTrailers', () => stream.sendTrailers(trailers));
     void res.trailers.then((t) => { trailers = t; });
     res.body.pipe(stream);
   } catch (err) {
+    if (stream.destroyed || stream.closed) return; // the caller is gone
     if (!stream.headersSent) {
       stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': encodeURIComponent(`Berth gRPC unavailable: ${(err as Error).message}`) }, { endStream: true });
     } else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);

@@ -196,6 +196,34 @@ test('HTTP/2 (h2c) endpoints through the gateway, from HTTP/2 and HTTP/1.1 calle
   }
 });
 
+test('callers that give up (cancelled streams, aborted queued calls) cost nothing', async (t) => {
+  if (skip) return t.skip(skip);
+  const node = await createNode(b, { ...ECHO_NODE, name: 'one-session', scaling: { minInstances: 1, maxInstances: 1, sessionsPerInstance: 1 } });
+  // an HTTP/2 caller cancels before the instance answers: Berth keeps running
+  const session = h2connect(b.url);
+  const s = session.request({ ':path': '/sleep?ms=1500', 'x-node-id': node.id, 'x-folder-id': 'default', authorization: `Bearer ${b.token}`, 'content-type': 'application/grpc' });
+  s.on('error', () => undefined);
+  s.end();
+  await new Promise((r) => setTimeout(r, 200));
+  s.close();
+  await new Promise((r) => setTimeout(r, 1800));
+  session.close();
+  assert.equal((await b.request('GET', '/v1/health')).status, 200, 'berth up is still running');
+
+  // a call aborted while it waits in the queue does not keep the session it would have got
+  const slow = call(node.id, '/sleep?ms=800');
+  await new Promise((r) => setTimeout(r, 100));
+  const ac = new AbortController();
+  const queued = call(node.id, '/', { signal: ac.signal }).catch((e) => e);
+  await new Promise((r) => setTimeout(r, 100));
+  ac.abort();
+  assert.equal((await slow).status, 200);
+  await queued;
+  const started = Date.now();
+  assert.equal((await call(node.id, '/')).status, 200);
+  assert.ok(Date.now() - started < 2000, 'the session came back');
+});
+
 test('gRPC unary and streaming calls through the gateway keep their trailers', async (t) => {
   if (skip) return t.skip(skip);
   const node = await createNode(b, {

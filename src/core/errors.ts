@@ -4,10 +4,10 @@
 export type GrpcStatusName =
   | 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'PERMISSION_DENIED' | 'UNAUTHENTICATED'
   | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'UNAVAILABLE' | 'DEADLINE_EXCEEDED' | 'INTERNAL'
-  | 'UNIMPLEMENTED' | 'UNKNOWN';
+  | 'UNIMPLEMENTED' | 'UNKNOWN' | 'CANCELLED';
 
 export const GRPC_STATUS: Record<GrpcStatusName, number> = {
-  UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6,
+  CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6,
   PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12,
   INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16,
 };
@@ -53,6 +53,8 @@ export const ERRORS = {
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   CALL_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
   INTERNAL: { http: 500, grpc: 'INTERNAL' },
+  // the caller left before the answer (nginx's 499); only ever counted, never sent
+  CLIENT_CLOSED: { http: 499, grpc: 'CANCELLED' },
 } satisfies Record<string, ErrorKind>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -4,7 +4,7 @@
 // and streamed both ways: nothing is buffered whole.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
-import { Transform, type Readable, type Writable, pipeline } from 'node:stream';
+import { Transform, type Readable, type Writable } from 'node:stream';
 import { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError } from '../core/errors.js';
@@ -71,12 +71,14 @@ export class Proxy {
       headersSent: () => res.headersSent,
       respond: (status, headers, endStream) => {
         res.writeHead(status, headers);
-        res.flushHeaders();
         if (endStream) res.end();
+        // a streamed answer (no length: SSE, chunked) shows its headers at once; others go out with the body in one write
+        else if (headers['content-length'] === undefined) res.flushHeaders();
       },
       writable: res,
       setTrailers: () => { /* HTTP/1.1 callers get no trailers */ },
       fail: (err) => {
+        if (res.destroyed) return err.httpStatus; // the caller is gone: nobody to answer
         if (err.code === 'PAYLOAD_TOO_LARGE') discardUpload(req);
         return sendError(res, err);
       },
@@ -95,10 +97,14 @@ export class Proxy {
       method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
       isGrpc,
       headersSent: () => stream.headersSent,
-      respond: (status, h, endStream) => stream.respond({ ...h, ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true }),
+      respond: (status, h, endStream) => {
+        if (stream.destroyed || stream.closed) throw new BerthError('CLIENT_CLOSED', 'the caller went away');
+        stream.respond({ ...h, ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true });
+      },
       writable: stream,
       setTrailers: (t) => { trailers = t; },
       fail: (err) => {
+        if (stream.destroyed || stream.closed) return err.httpStatus; // the caller is gone: nobody to answer
         if (stream.headersSent) { stream.close(h2c.NGHTTP2_INTERNAL_ERROR); return err.httpStatus; }
         if (isGrpc) {
           stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(err.grpcStatus), 'grpc-message': encodeURIComponent(err.message) }, { endStream: true });
@@ -170,7 +176,7 @@ export class Proxy {
         ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
         : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout })),
       endpoint.timeout * 1000);
-      d.onClose(() => abort.abort(new Error('caller went away')));
+      d.onClose(() => abort.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
       const counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
@@ -182,7 +188,7 @@ export class Proxy {
       for (;;) {
         const waitMs = Math.max(1, deadline - Date.now());
         const acquired = route.dispatcher.acquire(waitMs, t.stickyKey);
-        lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal) : acquired;
+        lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal, (late) => route!.dispatcher.release(late)) : acquired;
         tried.add(lease.slot.id);
         try {
           upstreamRes = await lease.slot.upstream!.request({
@@ -223,11 +229,12 @@ export class Proxy {
       // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
       const body = respLength > 0 ? upstreamRes.body
         : countBytes(upstreamRes.body, respLimit, () => new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${respLimit} bytes`, { limit: respLimit })).stream;
+      // plain pipe: stream.pipeline costs an AbortController and more per call on this hot path
       await new Promise<void>((resolve) => {
-        pipeline(body, d.writable, (err) => {
-          if (err && !d.writable.destroyed) d.destroy();
-          resolve();
-        });
+        body.once('error', () => { d.destroy(); resolve(); });
+        d.writable.once('close', () => { if (!body.readableEnded) body.destroy(); resolve(); });
+        d.writable.once('finish', () => resolve());
+        body.pipe(d.writable);
       });
       await upstreamRes.trailers;
     } catch (err) {
@@ -289,10 +296,12 @@ function countBytes(src: Readable, limit: number, tooLarge: () => Error): { stre
   return { stream: t, bytes: () => n };
 }
 
-function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
+/** Waits for `p` unless the call is aborted first; what `p` yields after that goes to `late` (a session is handed back). */
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal, late: (v: T) => void): Promise<T> {
+  const abandon = (): void => { p.then(late, () => undefined); };
+  if (signal.aborted) { abandon(); return Promise.reject(signal.reason); }
   return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
+    const onAbort = (): void => { abandon(); reject(signal.reason); };
     signal.addEventListener('abort', onAbort, { once: true });
     p.then((v) => { signal.removeEventListener('abort', onAbort); resolve(v); }, (e) => { signal.removeEventListener('abort', onAbort); reject(e); });
   });
