@@ -36,19 +36,21 @@
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) on any non-2xx answer or socket error in part 1, any failed or stale call in
 // part 2, or fewer than 10 swaps. Stops every process it started, on errors and signals too.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { cpus } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from '../test/helpers.js';
+import {
+  CLK_TCK, ROOT, WRK, cpuModel, gitHead, loadGenerators, log, memGiB, onSignals, percentile, posInt as int, procTicks as ticks,
+  signalGroup, sleep, waitQuiet as waitQuietFor, wrk as wrkRun, wrkErrors, assertClean, type WrkResult,
+} from './lib.js';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const LUA = join(ROOT, 'bench', 'alias.lua');
-const WRK = '/usr/bin/wrk';
 const PYTHON = '/usr/bin/python3';
 const INSTANCES = 2;
 const RANDOMIZER_BODY = JSON.stringify({ folder_id: 'default', input: { input_data: { left_bound: 1, right_bound: 10 } } });
@@ -95,23 +97,11 @@ const CONTROL = args.control!;
 const PARTS = new Set(args.parts!.split(',').map((p) => p.trim()));
 for (const p of PARTS) if (p !== '1' && p !== '2') throw new Error(`--parts: 1 (alias vs direct), 2 (swaps under load) or 1,2; got ${args.parts}`);
 
-function int(v: string, name: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${v}`);
-  return n;
-}
-
 // ---------------------------------------------------------------------------
 // Processes we start: `berth up` children (their Python workers die with them,
 // PR_SET_PDEATHSIG) and wrk runs (bash + wrk in their own process group).
 
 const berths = new Set<Berth>();
-const loadGenerators = new Set<ChildProcess>();
-
-function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
-  if (!pid) return;
-  try { process.kill(-pid, sig); } catch { /* gone */ }
-}
 
 async function stopBerth(b: Berth): Promise<void> {
   if (!berths.has(b)) return;
@@ -130,26 +120,10 @@ process.on('exit', () => {
   for (const c of loadGenerators) signalGroup(c.pid, 'SIGKILL');
   for (const b of berths) if (b.proc.exitCode === null && b.proc.signalCode === null) b.proc.kill('SIGKILL');
 });
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping everything this benchmark started`);
-    void stopAll().finally(() => process.exit(130));
-  });
-}
+onSignals(stopAll);
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function log(msg: string): void {
-  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -177,15 +151,7 @@ async function codes(b: Berth, family: 'node' | 'alias'): Promise<Record<string,
 // ---------------------------------------------------------------------------
 // CPU accounting from /proc
 
-const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-
-function procTicks(pid: number): number {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]); // utime + stime
-  } catch { return 0; }
-}
+const procTicks = (pid: number): number => ticks(pid) ?? 0;
 
 function machineTicks(): { busy: number; total: number; steal: number } {
   const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
@@ -234,63 +200,21 @@ async function otherLoad(ms: number, ours: number[]): Promise<number> {
 }
 
 /** The machine is shared: wait (bounded) until other processes leave it quiet, and say what was seen. */
-async function waitQuiet(label: string, ours: number[]): Promise<number> {
-  const deadline = Date.now() + QUIET_WAIT_S * 1000;
-  let load = await otherLoad(1000, ours);
-  for (let i = 0; i < 1000 && load > QUIET_CORES && Date.now() < deadline; i++) {
-    if (i === 0) log(`${label}: machine busy (${load.toFixed(2)} cores used by other processes); waiting up to ${QUIET_WAIT_S}s`);
-    load = await otherLoad(1000, ours);
-  }
-  if (load > QUIET_CORES) log(`${label}: WARNING: going ahead with ${load.toFixed(2)} cores used by other processes`);
-  return load;
+function waitQuiet(label: string, ours: number[]): Promise<number> {
+  return waitQuietFor(label, {
+    cores: QUIET_CORES, waitS: QUIET_WAIT_S, sample: (ms) => otherLoad(ms, ours),
+    busy: (load, waitS) => `machine busy (${load} cores used by other processes); waiting up to ${waitS}s`,
+    warn: (load) => `WARNING: going ahead with ${load} cores used by other processes`,
+  });
 }
 
 // ---------------------------------------------------------------------------
 // wrk
 
-interface WrkResult {
-  requests: number; duration_us: number; bytes: number;
-  errors: { connect: number; read: number; write: number; status: number; timeout: number };
-  latency_us: { min: number; mean: number; stdev: number; max: number; p50: number; p90: number; p99: number; p999: number };
-  rps: number;
-  /** wrk's own CPU time (user + system), seconds */
-  cpu_s: number;
-}
-
 async function wrk(url: string, seconds: number, auth: string, body: string): Promise<WrkResult> {
-  const argv = ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--timeout', '5s', '--latency', '-s', LUA, url];
-  // through bash only to read wrk's own CPU time afterwards (`times`: the children's user and system time)
-  const child = spawn('/bin/bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', WRK, ...argv], {
-    env: { ...process.env, BENCH_BODY: body, BENCH_AUTH: auth },
-    stdio: ['ignore', 'pipe', 'pipe'], detached: true, // own group: bash and wrk stop together
-  });
-  loadGenerators.add(child);
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
-  const killer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (seconds + 30) * 1000);
-  const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
-  clearTimeout(killer);
-  loadGenerators.delete(child);
-  const line = out.split('\n').find((l) => l.startsWith('BENCH_RESULT '));
-  if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}):\n${out}\n${err}`);
-  const r = JSON.parse(line.slice('BENCH_RESULT '.length)) as WrkResult;
-  r.rps = r.requests / (r.duration_us / 1e6);
-  const t = [...err.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)].at(-1);
-  r.cpu_s = t ? Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]) : 0;
+  const r = await wrkRun(LUA, url, CONNECTIONS, seconds, { BENCH_BODY: body, BENCH_AUTH: auth });
+  delete r.raw; // not kept in the results file
   return r;
-}
-
-function wrkErrors(r: WrkResult): number {
-  const e = r.errors;
-  return e.connect + e.read + e.write + e.status + e.timeout;
-}
-
-function assertClean(name: string, r: WrkResult): void {
-  if (r.requests === 0 || wrkErrors(r) > 0) {
-    throw new Error(`${name}: ${r.requests} requests with errors ${JSON.stringify(r.errors)} (status = non-2xx/3xx answers)`);
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -645,21 +569,14 @@ async function swapUnderLoad(): Promise<SwapResult> {
 // The machine and the software, for the record
 
 function machine(): Record<string, string> {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const memKb = Number(/MemTotal:\s*(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
-  let head = 'unknown';
-  try {
-    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
-    head = h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
-  } catch { /* packed refs or no git */ }
   return {
     nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(),
-    cpu: /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1] ?? 'unknown',
-    memory: `${(memKb / 1024 / 1024).toFixed(1)} GiB`,
+    cpu: cpuModel(),
+    memory: `${memGiB()} GiB`,
     node: process.version,
     python: spawnSync(PYTHON, ['--version'], { encoding: 'utf8' }).stdout.trim(),
     wrk: spawnSync(WRK, ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0]!.replace(/ Copyright.*/, '').trim(),
-    berth_head: head,
+    berth_head: gitHead(),
   };
 }
 

@@ -20,19 +20,22 @@
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) if any target answers anything but 200 or wrk sees socket errors, and stops
 // every process it started on every exit path.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, createWriteStream, existsSync, openSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
+import {
+  ROOT, WRK, alive, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
+  loadRun as timedRun, log, managed, memGiB, onSignals, percentile, posInt, readLog, signalGroup, sleep, start as startProcess,
+  stop as stopProcess, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type WrkResult,
+} from './lib.js';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const APPS = join(ROOT, 'bench', 'apps');
 const LUA = join(ROOT, 'bench', 'post.lua');
 const PYTHON = '/usr/bin/python3';
-const WRK = '/usr/bin/wrk';
 const PROCESSES = 2;
 const BODY = JSON.stringify({ folder_id: 'default', input: { input_data: { left_bound: 1, right_bound: 10 } } });
 const EXEC_PATH = '/datasphere/v1/nodes/NODE:execute'; // baselines: same shape, NODE is ignored
@@ -69,25 +72,13 @@ const MAX_ATTEMPTS = posInt(args.attempts!, 'attempts', 1, 20);
 /** Extra Node flags for `berth up`, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the gateway. */
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
 
-function posInt(v: string, name: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${v}`);
-  return n;
-}
-
 // ---------------------------------------------------------------------------
 // Processes we start: every one in its own process group, all stopped on any exit path.
 
-interface Managed { name: string; proc: ChildProcess; exited: Promise<void>; log: WriteStream | null }
-const managed: Managed[] = [];
 /** Berth's worker pids: Berth stops them itself; checked again at the end, by pid. */
 const workerPids = new Set<number>();
-/** wrk runs in progress (bash + wrk, in their own process group). */
-const loadGenerators = new Set<ChildProcess>();
 /** This run's temporary directory (Berth's home, server logs): removed unless the run failed or --keep. */
 let workDir: string | null = null;
-
-function alive(m: Managed): boolean { return m.proc.exitCode === null && m.proc.signalCode === null; }
 
 /**
  * Starts a server in its own process group. Its output goes straight to `logFile`, as
@@ -95,37 +86,11 @@ function alive(m: Managed): boolean { return m.proc.exitCode === null && m.proc.
  * process instead, to read it (Berth's own stdout only: a few lifecycle lines).
  */
 function start(name: string, cmd: string, argv: string[], logFile: string, env: Record<string, string> = {}, pipe = false): Managed {
-  const fd = pipe ? null : openSync(logFile, 'a');
-  const proc = spawn(cmd, argv, {
-    cwd: ROOT, env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
-    stdio: fd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd], detached: true,
-  });
-  if (fd !== null) closeSync(fd);
-  let log: WriteStream | null = null;
-  if (pipe) {
-    log = createWriteStream(logFile, { flags: 'a' });
-    proc.stdout!.pipe(log, { end: false });
-    proc.stderr!.pipe(log, { end: false });
-  }
-  const exited = new Promise<void>((r) => { proc.once('exit', () => r()); proc.once('error', () => r()); });
-  const m = { name, proc, exited, log };
-  managed.push(m);
-  return m;
-}
-
-function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
-  if (!pid) return;
-  try { process.kill(-pid, sig); } catch { /* gone */ }
+  return startProcess(name, cmd, argv, logFile, { PYTHONUNBUFFERED: '1', ...env }, pipe);
 }
 
 async function stop(m: Managed, graceMs = 15_000): Promise<void> {
-  if (alive(m)) {
-    signalGroup(m.proc.pid, 'SIGTERM');
-    const t = setTimeout(() => signalGroup(m.proc.pid, 'SIGKILL'), graceMs);
-    await m.exited;
-    clearTimeout(t);
-  }
-  signalGroup(m.proc.pid, 'SIGKILL'); // anything left in its group
+  await stopProcess(m, graceMs);
   killStrayWorkers();
   m.log?.end();
 }
@@ -150,44 +115,14 @@ process.on('exit', () => {
   for (const m of managed) if (alive(m)) signalGroup(m.proc.pid, 'SIGKILL');
   killStrayWorkers();
 });
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping everything this benchmark started`);
-    void stopAll().finally(() => {
-      if (workDir) rmSync(workDir, { recursive: true, force: true });
-      process.exit(130);
-    });
-  });
-}
+onSignals(stopAll, () => { if (workDir) rmSync(workDir, { recursive: true, force: true }); });
 
 // ---------------------------------------------------------------------------
 // Small helpers
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => res(port));
-    });
-  });
-}
-
-async function http(method: string, url: string, body?: unknown, token?: string, timeoutMs = 10_000): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(url, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await res.text();
-  let json: any = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, json, text };
+/** A request with an optional admin token; a string body is sent as is. */
+function http(method: string, url: string, body?: unknown, token?: string, timeoutMs = 10_000): Promise<{ status: number; json: any; text: string }> {
+  return httpRequest(method, url, body, token ? { authorization: `Bearer ${token}` } : {}, timeoutMs);
 }
 
 /** A correct answer: 200 and {"output":{"output_data":{"generated_value": 1..10}}}. */
@@ -213,140 +148,14 @@ async function waitReady(name: string, url: string, m: Managed, token?: string, 
   throw new Error(`${name} did not answer correctly within ${timeoutMs / 1000}s: ${last}`);
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 // ---------------------------------------------------------------------------
-// CPU accounting from /proc: which process used how much CPU during a run.
+// The quiet-machine wait, wrk
 
-const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+/** Waits (up to QUIET_WAIT_S) until other processes leave the machine quiet. */
+const waitQuiet = (label: string): Promise<number> => waitQuietFor(label, { cores: QUIET_CORES, waitS: QUIET_WAIT_S });
 
-function procTicks(pid: number): number | null {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]); // utime + stime
-  } catch { return null; }
-}
-
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[1]) === pid) out.push(Number(d));
-    } catch { /* gone */ }
-  }
-  return out;
-}
-
-function machineBusyTicks(): { busy: number; total: number } {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = line.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = line[3]! + line[4]!;
-  return { busy: total - idle, total };
-}
-
-interface CpuGroups { [group: string]: number[] }
-interface CpuUse { [group: string]: number } // cores used on average during the run
-
-function cpuSnapshot(groups: CpuGroups): { per: Record<string, number>; machine: { busy: number; total: number }; t: number } {
-  const per: Record<string, number> = {};
-  for (const [g, pids] of Object.entries(groups)) per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
-  // each worker on its own too ("w:" keys: not summed again), to see how evenly the load is spread
-  for (const [i, p] of (groups.workers ?? []).entries()) per[`w:${i}`] = procTicks(p) ?? 0;
-  return { per, machine: machineBusyTicks(), t: performance.now() };
-}
-
-/** Cores used on average: per server group, by wrk, by this script, by the whole machine, and the rest ("other"). */
-function cpuUse(a: ReturnType<typeof cpuSnapshot>, b: ReturnType<typeof cpuSnapshot>, wrkCpuS: number, benchCpuS: number): CpuUse {
-  const secs = (b.t - a.t) / 1000;
-  const out: CpuUse = {};
-  let ours = 0;
-  for (const g of Object.keys(a.per)) {
-    out[g] = (b.per[g]! - a.per[g]!) / CLK_TCK / secs;
-    if (!g.startsWith('w:')) ours += out[g]!;
-  }
-  out.wrk = wrkCpuS / secs;
-  out.bench = benchCpuS / secs;
-  ours += out.wrk + out.bench;
-  out.machine = ((b.machine.busy - a.machine.busy) / (b.machine.total - a.machine.total)) * cpus().length;
-  out.other = Math.max(0, out.machine - ours);
-  return out;
-}
-
-/** Average cores busy on the whole machine over `ms`. */
-async function machineLoad(ms: number): Promise<number> {
-  const a = machineBusyTicks();
-  await sleep(ms);
-  const b = machineBusyTicks();
-  return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * cpus().length;
-}
-
-/**
- * The machine may be shared (other sessions' tests): wait, bounded, until it is quiet
- * before a target starts, and record what was seen.
- */
-async function waitQuiet(label: string): Promise<number> {
-  const deadline = Date.now() + QUIET_WAIT_S * 1000;
-  let load = await machineLoad(1000);
-  for (let i = 0; i < 1000 && load > QUIET_CORES && Date.now() < deadline; i++) {
-    if (i === 0) log(`${label}: machine busy (${load.toFixed(2)} cores used by others); waiting up to ${QUIET_WAIT_S}s for it to quieten`);
-    load = await machineLoad(1000);
-  }
-  if (load > QUIET_CORES) log(`${label}: WARNING: starting with ${load.toFixed(2)} cores used by other processes`);
-  return load;
-}
-
-// ---------------------------------------------------------------------------
-// wrk
-
-interface WrkResult {
-  requests: number; duration_us: number; bytes: number;
-  errors: { connect: number; read: number; write: number; status: number; timeout: number };
-  latency_us: { min: number; mean: number; stdev: number; max: number; p50: number; p90: number; p99: number; p999: number };
-  rps: number;
-  /** wrk's own CPU time (user + system), seconds */
-  cpu_s: number;
-  raw: string;
-}
-
-async function wrk(url: string, connections: number, seconds: number, auth: string | null): Promise<WrkResult> {
-  const argv = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '--latency', '-s', LUA, url];
-  // through bash only to read wrk's own CPU time afterwards (`times`: the children's user and system time)
-  const child = spawn('/bin/bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', WRK, ...argv], {
-    env: { ...process.env, BENCH_BODY: BODY, BENCH_AUTH: auth ?? '' },
-    stdio: ['ignore', 'pipe', 'pipe'], detached: true, // own group: bash and wrk stop together
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
-  loadGenerators.add(child);
-  const killer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (seconds + 30) * 1000);
-  const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
-  clearTimeout(killer);
-  loadGenerators.delete(child);
-  const line = out.split('\n').find((l) => l.startsWith('BENCH_RESULT '));
-  if (code !== 0 || !line) throw new Error(`wrk failed (exit ${code}):\n${out}\n${err}`);
-  const r = JSON.parse(line.slice('BENCH_RESULT '.length)) as WrkResult;
-  r.rps = r.requests / (r.duration_us / 1e6);
-  r.raw = out;
-  const t = [...err.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)].at(-1);
-  r.cpu_s = t ? Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]) : NaN;
-  return r;
-}
-
-function assertClean(name: string, r: WrkResult): void {
-  const e = r.errors;
-  const bad = e.connect + e.read + e.write + e.status + e.timeout;
-  if (r.requests === 0 || bad > 0) {
-    throw new Error(`${name}: ${r.requests} requests with errors ${JSON.stringify(e)} (status = non-2xx/3xx answers)\n${r.raw}`);
-  }
+function wrk(url: string, connections: number, seconds: number, auth: string | null): Promise<WrkResult> {
+  return wrkRun(LUA, url, connections, seconds, { BENCH_BODY: BODY, BENCH_AUTH: auth ?? '' });
 }
 
 // ---------------------------------------------------------------------------
@@ -494,14 +303,8 @@ interface TargetResult {
 }
 
 /** One wrk run with the CPU each party used during it. */
-async function loadRun(name: string, url: string, connections: number, seconds: number, auth: string | null, groups: CpuGroups): Promise<{ r: WrkResult; cpu: CpuUse }> {
-  const a = cpuSnapshot(groups);
-  const benchCpu = process.cpuUsage();
-  const r = await wrk(url, connections, seconds, auth);
-  const used = process.cpuUsage(benchCpu);
-  const b = cpuSnapshot(groups);
-  assertClean(name, r);
-  return { r, cpu: cpuUse(a, b, r.cpu_s, (used.user + used.system) / 1e6) };
+function loadRun(name: string, url: string, connections: number, seconds: number, auth: string | null, groups: CpuGroups): Promise<{ r: WrkResult; cpu: CpuUse }> {
+  return timedRun(groups, () => wrk(url, connections, seconds, auth), (r) => assertClean(name, r));
 }
 
 /**
@@ -531,10 +334,6 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
       (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
   }
   return result!;
-}
-
-function log(msg: string): void {
-  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
 }
 
 interface BerthExtras {
@@ -675,17 +474,10 @@ async function benchUvicorn(work: string, nodelay: boolean): Promise<TargetResul
   return r;
 }
 
-function readLog(file: string): string {
-  try { return readFileSync(file, 'utf8').slice(-4000); } catch { return ''; }
-}
-
 // ---------------------------------------------------------------------------
 // The machine and the software, for the record
 
 function machine(): Record<string, string> {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const model = /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1] ?? 'unknown';
-  const memKb = Number(/MemTotal:\s*(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
   const nproc = spawnSync('nproc', { encoding: 'utf8' }).stdout.trim();
   const py = spawnSync(PYTHON, ['-c', [
     'import sys, importlib',
@@ -697,14 +489,9 @@ function machine(): Record<string, string> {
     'print(", ".join(out))',
   ].join('\n')], { encoding: 'utf8' }).stdout.trim();
   const wrkVersion = spawnSync(WRK, ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
-  let head = 'unknown';
-  try {
-    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
-    head = h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
-  } catch { /* packed refs or no git: leave unknown */ }
   return {
-    nproc, cpu: model, memory: `${(memKb / 1024 / 1024).toFixed(1)} GiB (MemTotal)`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
-    node: process.version, python: py, wrk: wrkVersion, berth_head: head,
+    nproc, cpu: cpuModel(), memory: `${memGiB()} GiB (MemTotal)`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    node: process.version, python: py, wrk: wrkVersion, berth_head: gitHead(),
   };
 }
 

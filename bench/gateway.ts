@@ -33,23 +33,25 @@
 // Prints a markdown table at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) on any non-2xx answer, socket error, or gRPC status other than 0.
 // Stops every process and removes every container it started, on errors and signals too.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as h2connect } from 'node:http2';
-import { createServer, connect as netConnect } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { connect as netConnect } from 'node:net';
+import { tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
+import {
+  ROOT, WRK, alive, childrenOf, cpuModel, freePort, gitHead, http, loadGenerators, loadRun as timedRun, log, managed, memGiB,
+  onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, waitQuiet as waitQuietFor,
+  type CpuGroups, type CpuUse, type Managed,
+} from './lib.js';
 
-const ROOT = resolve(import.meta.dirname, '..');
 const LUA = join(ROOT, 'bench', 'gateway.lua');
 const NODE_PROXY = join(ROOT, 'bench', 'gateway-node-proxy.mjs');
-const WRK = '/usr/bin/wrk';
 const H2LOAD = '/usr/bin/h2load';
 const NGINX = '/usr/sbin/nginx';
 const PYTHON = '/usr/bin/python3'; // `berth up` checks for it even when every node is an image node
@@ -102,12 +104,6 @@ const OTHER_MAX = 0.25;
 /** ...at most this many times in all. */
 const MAX_ATTEMPTS = 3;
 
-function posInt(v: string, name: string, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in [${min}, ${max}], got ${v}`);
-  return n;
-}
-
 function targetList(v: string, name: string): TargetName[] {
   const list = v.split(',').map((t) => t.trim()).filter(Boolean);
   for (const t of list) if (!(TARGET_NAMES as readonly string[]).includes(t)) throw new Error(`--${name}: unknown target ${t}; known: ${TARGET_NAMES.join(',')}`);
@@ -119,9 +115,6 @@ function targetList(v: string, name: string): TargetName[] {
 // Processes and containers we start: every process in its own group, all stopped on any exit
 // path; Berth's containers carry the label berth.home=<home> and are removed at the end.
 
-interface Managed { name: string; proc: ChildProcess; exited: Promise<void>; log: WriteStream | null }
-const managed: Managed[] = [];
-const loadGenerators = new Set<ChildProcess>();
 let workDir: string | null = null;
 let berthHome: string | null = null;
 let berthProc: Managed | null = null;
@@ -130,8 +123,6 @@ let berthWrkRuns = 0;
 let berthLog: string | null = null;
 const docker = new Docker();
 
-function alive(m: Managed): boolean { return m.proc.exitCode === null && m.proc.signalCode === null; }
-
 /** `berth up` must survive every run: a crash is a result to report, not a slow target. */
 function berthAlive(during: string): void {
   if (berthProc && !alive(berthProc)) {
@@ -139,38 +130,8 @@ function berthAlive(during: string): void {
   }
 }
 
-function start(name: string, cmd: string, argv: string[], logFile: string, env: Record<string, string> = {}, pipe = false): Managed {
-  const fd = pipe ? null : openSync(logFile, 'a');
-  const proc = spawn(cmd, argv, {
-    cwd: ROOT, env: { ...process.env, ...env },
-    stdio: fd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', fd, fd], detached: true,
-  });
-  if (fd !== null) closeSync(fd);
-  let log: WriteStream | null = null;
-  if (pipe) {
-    log = createWriteStream(logFile, { flags: 'a' });
-    proc.stdout!.pipe(log, { end: false });
-    proc.stderr!.pipe(log, { end: false });
-  }
-  const exited = new Promise<void>((r) => { proc.once('exit', () => r()); proc.once('error', () => r()); });
-  const m = { name, proc, exited, log };
-  managed.push(m);
-  return m;
-}
-
-function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
-  if (!pid) return;
-  try { process.kill(-pid, sig); } catch { /* gone */ }
-}
-
 async function stop(m: Managed, graceMs = 30_000): Promise<void> {
-  if (alive(m)) {
-    signalGroup(m.proc.pid, 'SIGTERM');
-    const t = setTimeout(() => signalGroup(m.proc.pid, 'SIGKILL'), graceMs);
-    await m.exited;
-    clearTimeout(t);
-  }
-  signalGroup(m.proc.pid, 'SIGKILL'); // anything left in its group
+  await stopProcess(m, graceMs);
   m.log?.end();
 }
 
@@ -199,49 +160,10 @@ process.on('exit', () => {
   for (const m of managed) if (alive(m)) signalGroup(m.proc.pid, 'SIGKILL');
   removeContainersSync();
 });
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping everything this benchmark started`);
-    void stopAll().finally(() => {
-      if (workDir) rmSync(workDir, { recursive: true, force: true });
-      process.exit(130);
-    });
-  });
-}
+onSignals(stopAll, () => { if (workDir) rmSync(workDir, { recursive: true, force: true }); });
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function log(msg: string): void {
-  console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => res(port));
-    });
-  });
-}
-
-async function http(method: string, url: string, body?: unknown, headers: Record<string, string> = {}, timeoutMs = 10_000): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(url, {
-    method,
-    headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await res.text();
-  let json: any = null;
-  try { json = JSON.parse(text); } catch { /* not JSON */ }
-  return { status: res.status, json, text };
-}
 
 function waitListening(port: number, host: string, m: Managed | null, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -260,40 +182,8 @@ function waitListening(port: number, host: string, m: Managed | null, timeoutMs 
   })();
 }
 
-function percentile(sorted: number[] | Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-function readLog(file: string): string {
-  try { return readFileSync(file, 'utf8').slice(-4000); } catch { return ''; }
-}
-
 // ---------------------------------------------------------------------------
-// CPU accounting from /proc (as bench/cell-node.ts): which process used how much CPU during a run.
-
-const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-
-function procStat(pid: number): string[] | null {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return s.slice(s.lastIndexOf(')') + 2).split(' ');
-  } catch { return null; }
-}
-
-function procTicks(pid: number): number | null {
-  const f = procStat(pid);
-  return f ? Number(f[11]) + Number(f[12]) : null; // utime + stime, all threads
-}
-
-function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    if (Number(procStat(Number(d))?.[1]) === pid) out.push(Number(d));
-  }
-  return out;
-}
+// Processes to account CPU to (the accounting itself: bench/lib.ts).
 
 /** A process and all its descendants (a container: tini as PID 1, the service under it). */
 function treeOf(pid: number): number[] {
@@ -315,57 +205,11 @@ function dockerProxyPids(hostPort: number): number[] {
   return out;
 }
 
-function machineBusyTicks(): { busy: number; total: number } {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = line.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = line[3]! + line[4]!;
-  return { busy: total - idle, total };
-}
-
-interface CpuGroups { [group: string]: number[] }
-interface CpuUse { [group: string]: number } // cores used on average during the run
-
-function cpuSnapshot(groups: CpuGroups): { per: Record<string, number>; machine: { busy: number; total: number }; t: number } {
-  const per: Record<string, number> = {};
-  for (const [g, pids] of Object.entries(groups)) per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
-  return { per, machine: machineBusyTicks(), t: performance.now() };
-}
-
-/** Cores used on average: per group, by the load generator, by this script, by the machine, and the rest ("other"). */
-function cpuUse(a: ReturnType<typeof cpuSnapshot>, b: ReturnType<typeof cpuSnapshot>, loadCpuS: number, benchCpuS: number): CpuUse {
-  const secs = (b.t - a.t) / 1000;
-  const out: CpuUse = {};
-  let ours = 0;
-  for (const g of Object.keys(a.per)) {
-    out[g] = (b.per[g]! - a.per[g]!) / CLK_TCK / secs;
-    ours += out[g]!;
-  }
-  out.load = loadCpuS / secs;
-  out.bench = benchCpuS / secs;
-  ours += out.load + out.bench;
-  out.machine = ((b.machine.busy - a.machine.busy) / Math.max(1, b.machine.total - a.machine.total)) * cpus().length;
-  out.other = Math.max(0, out.machine - ours);
-  return out;
-}
-
-async function machineLoad(ms: number): Promise<number> {
-  const a = machineBusyTicks();
-  await sleep(ms);
-  const b = machineBusyTicks();
-  return ((b.busy - a.busy) / Math.max(1, b.total - a.total)) * cpus().length;
-}
-
 /** The machine may be shared: wait, bounded, until it is quiet, and record what was seen. */
-async function waitQuiet(label: string): Promise<number> {
-  const deadline = Date.now() + QUIET_WAIT_S * 1000;
-  let load = await machineLoad(1000);
-  for (let i = 0; i < 3600 && load > QUIET_CORES && Date.now() < deadline; i++) {
-    if (i === 0) log(`${label}: machine busy (${load.toFixed(2)} cores in use); waiting up to ${QUIET_WAIT_S}s for it to quieten`);
-    load = await machineLoad(1000);
-  }
-  if (load > QUIET_CORES) log(`${label}: WARNING: starting with ${load.toFixed(2)} cores used by other processes`);
-  return load;
-}
+const waitQuiet = (label: string): Promise<number> => waitQuietFor(label, {
+  cores: QUIET_CORES, waitS: QUIET_WAIT_S,
+  busy: (load, waitS) => `machine busy (${load} cores in use); waiting up to ${waitS}s for it to quieten`,
+});
 
 // ---------------------------------------------------------------------------
 // Load generators. Both run through bash only to read their own CPU time afterwards (`times`).
@@ -383,26 +227,6 @@ interface LoadResult {
   /** the load generator's own CPU time (user + system), seconds */
   cpu_s: number;
   raw: string;
-}
-
-/** Runs a load generator; it is killed (and the run fails) `seconds` + 30 s after it started. */
-function runTool(argv: string[], seconds: number): Promise<{ code: number | null; out: string; err: string; cpu_s: number }> {
-  const child = spawn('/bin/bash', ['-c', '"$0" "$@"; rc=$?; times >&2; exit $rc', ...argv], {
-    stdio: ['ignore', 'pipe', 'pipe'], detached: true, // own group: bash and the tool stop together
-  });
-  let out = '';
-  let err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
-  loadGenerators.add(child);
-  const killer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), (seconds + 30) * 1000);
-  return new Promise((res) => child.once('close', (code) => {
-    clearTimeout(killer);
-    loadGenerators.delete(child);
-    const t = [...err.matchAll(/^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/gm)].at(-1);
-    const cpu_s = t ? Number(t[1]) * 60 + Number(t[2]) + Number(t[3]) * 60 + Number(t[4]) : NaN;
-    res({ code, out, err, cpu_s });
-  }));
 }
 
 function headerArgs(headers: Record<string, string>): string[] {
@@ -491,14 +315,8 @@ interface Measured {
 type Runner = (url: string, kind: 'warmup' | 'main' | 'c1') => Promise<LoadResult>;
 interface Phases { warmup: boolean; c1: boolean; describe: (kind: 'warmup' | 'main' | 'c1') => string }
 
-async function loadRun(name: string, t: Target, run: () => Promise<LoadResult>): Promise<{ r: LoadResult; cpu: CpuUse }> {
-  const a = cpuSnapshot(t.groups);
-  const benchCpu = process.cpuUsage();
-  const r = await run();
-  const used = process.cpuUsage(benchCpu);
-  const b = cpuSnapshot(t.groups);
-  assertClean(name, r);
-  return { r, cpu: cpuUse(a, b, r.cpu_s, (used.user + used.system) / 1e6) };
+function loadRun(name: string, t: Target, run: () => Promise<LoadResult>): Promise<{ r: LoadResult; cpu: CpuUse }> {
+  return timedRun(t.groups, run, (r) => assertClean(name, r), 'load');
 }
 
 async function measure(proto: string, t: Target, runner: Runner, phases: Phases): Promise<Measured> {
@@ -740,23 +558,15 @@ async function berthCodes(base: string, token: string, nodeId: string): Promise<
 // The machine and the software, for the record
 
 function machine(): Record<string, string> {
-  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
-  const model = /model name\s*:\s*(.+)/.exec(cpuinfo)?.[1] ?? 'unknown';
-  const memKb = Number(/MemTotal:\s*(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
   const first = (cmd: string, argv: string[]): string => {
     const r = spawnSync(cmd, argv, { encoding: 'utf8', timeout: 10_000 });
     return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n').find((l) => l.trim())?.trim() ?? 'unknown';
   };
-  let head = 'unknown';
-  try {
-    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
-    head = h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
-  } catch { /* packed refs or no git */ }
   return {
-    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), cpu: model,
-    memory: `${(memKb / 1024 / 1024).toFixed(1)} GiB`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), cpu: cpuModel(),
+    memory: `${memGiB()} GiB`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
     node: process.version, wrk: first(WRK, ['-v']), h2load: first(H2LOAD, ['--version']), nginx: first(NGINX, ['-v']),
-    docker: first('docker', ['version', '--format', 'Docker {{.Server.Version}}']), kernel: first('uname', ['-r']), berth_head: head,
+    docker: first('docker', ['version', '--format', 'Docker {{.Server.Version}}']), kernel: first('uname', ['-r']), berth_head: gitHead(),
   };
 }
 

@@ -1,7 +1,7 @@
 -- wrk script shared by every target of bench/cell-node.ts: the same POST, the same
 -- headers, the same body for all of them. The body and the Authorization header come
 -- from the environment (BENCH_BODY, BENCH_AUTH); the baselines ignore the header.
--- done() prints one machine-readable line with the counts and latency percentiles (µs).
+-- done() (bench/report.lua) prints one machine-readable line with the counts and latency percentiles (µs).
 
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
@@ -11,14 +11,5 @@ if auth ~= nil and auth ~= "" then
   wrk.headers["Authorization"] = auth
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"latency_us":{"min":%d,"mean":%.1f,"stdev":%.1f,"max":%d,"p50":%d,"p90":%d,"p99":%d,"p999":%d}}\n',
-    summary.requests, summary.duration, summary.bytes,
-    e.connect, e.read, e.write, e.status, e.timeout,
-    latency.min, latency.mean, latency.stdev, latency.max,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9)))
-end
+-- done(): bench/report.lua, next to this script
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "report.lua")
