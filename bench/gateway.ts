@@ -639,7 +639,7 @@ function report(env: Record<string, string>, httpResults: Measured[], grpcResult
     lines.push('');
   }
   lines.push(`Berth's own counters for the two nodes: HTTP status codes ${JSON.stringify(codes.http)}, gRPC status codes ${JSON.stringify(codes.grpc)} ` +
-    `(a 502 here is a call wrk abandoned when a run ended: Berth counts those as 499).`);
+    `(a 499 here is a call wrk abandoned when a run ended).`);
   return lines.join('\n');
 }
 
