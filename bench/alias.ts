@@ -138,7 +138,7 @@ async function ok(b: Berth, method: string, path: string, body: unknown, want: n
 
 /** Berth's own counters by status code, from /metrics: {label value → {code → count}}. */
 async function codes(b: Berth, family: 'node' | 'alias'): Promise<Record<string, Record<string, number>>> {
-  const text = await fetch(`${b.url}/metrics`, { signal: AbortSignal.timeout(10_000) }).then((r) => r.text());
+  const text = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` }, signal: AbortSignal.timeout(10_000) }).then((r) => r.text());
   const re = family === 'node' ? /^node_http_codes\{node_id="([^"]+)",code="(\d+)"\} (\d+)/ : /^alias_http_codes\{alias_name="([^"]+)",code="(\d+)"\} (\d+)/;
   const out: Record<string, Record<string, number>> = {};
   for (const line of text.split('\n')) {

@@ -23,7 +23,8 @@ import { H2Upstream } from './gateway/upstream.js';
 import { createFrontDoor } from './gateway/front-door.js';
 import { sendError } from './gateway/http-util.js';
 import { startGrpcServer } from './grpc/node-service.js';
-import { registerRoutes } from './api/routes.js';
+import { registerApi } from './api/index.js';
+import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
 
 export interface RunningBerth {
@@ -119,12 +120,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));
   });
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
-    reply.header('content-type', metrics.registry.contentType);
-    return (await metrics.registry.metrics()) + telemetry.exposition();
-  });
-  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  registerRoutes(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics });
+  const metricsText = async (): Promise<string> => (await metrics.registry.metrics()) + telemetry.exposition();
+  app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
+  registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText });
+  const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
   await controller.start();
   telemetry.start();
@@ -155,12 +154,29 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       grpcUpstream.close();
       await grpc.close(1000);
       await app.close().catch(() => undefined);
+      metricsServer?.close();
       await store.close();
       rmSync(join(config.home, 'server.json'), { force: true });
     })();
     return closing;
   };
   return { url, config, close };
+}
+
+/** `--metrics-listen host:port`: Prometheus scrapes here without a token (keep it on a private address). */
+async function startMetricsListener(listen: string, text: () => Promise<string>, contentType: string): Promise<Server> {
+  const colon = listen.lastIndexOf(':');
+  const host = colon > 0 ? listen.slice(0, colon) : '127.0.0.1';
+  const port = Number(colon >= 0 ? listen.slice(colon + 1) : listen);
+  const server = createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') return void sendError(res, new BerthError('ROUTE_NOT_FOUND', 'this listener serves GET /metrics only', { path: req.url }));
+    text().then((body) => { res.writeHead(200, { 'content-type': contentType }); res.end(body); },
+      (err) => sendError(res, err));
+  });
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(port, host, () => resolve()); });
+  const a = server.address();
+  console.log(`metrics on http://${host}:${typeof a === 'object' && a ? a.port : port}/metrics`);
+  return server;
 }
 
 /** Berth's own gRPC services (NodeService, reflection, health) run in grpc-js on a loopback port. */

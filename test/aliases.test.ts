@@ -87,7 +87,7 @@ test('calls spread by weight: 10,000 calls at 90/10 land within ±2 points', asy
   assert.equal(results.filter((s) => s !== 200).length, 0);
   const shareA = counts.A! / (counts.A! + counts.B!);
   assert.ok(Math.abs(shareA - 0.9) <= 0.02, `A got ${(shareA * 100).toFixed(2)}%`);
-  const m = await fetch(`${b.url}/metrics`).then((r) => r.text());
+  const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
   assert.match(m, /alias_requests\{alias_name="split"\} 10000/);
   assert.match(m, /alias_http_codes\{alias_name="split",code="200"\} 10000/);
   assert.match(m, /alias_request_durations_count\{alias_name="split"\} 10000/);
@@ -179,7 +179,7 @@ test('mirroring: a share of calls also goes to a shadow node; differences are co
   assert.equal(status.sent, 20);
   assert.equal(status.differing, status.compared, 'node B answers differently');
   assert.ok(status.primaryP50Ms > 0 && status.shadowP50Ms > 0);
-  const m = await fetch(`${b.url}/metrics`).then((r) => r.text());
+  const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
   assert.match(m, /alias_mirror_differing\{alias_name="mirrored"\} 20/);
   assert.match(m, /alias_mirror_durations_count\{alias_name="mirrored",role="shadow"\} 20/);
   // a shadow that answers exactly alike shows no differences

@@ -267,7 +267,8 @@ test('missing or wrong token: 401; folder not on the ACL: 403', async () => {
   assert.equal(denied.body.code, 'PERMISSION_DENIED');
   const notHeld = await execute(b, lab.id, { mode: 'echo', arg: 1 }, 'default', `Bearer ${other.body.token}`);
   assert.equal(notHeld.status, 403);
-  assert.equal((await b.request('GET', `/v1/nodes/${lab.id}`, undefined, { authorization: `Bearer ${other.body.token}` })).status, 403);
+  // another folder's node is indistinguishable from a missing one in the control API
+  assert.equal((await b.request('GET', `/v1/nodes/${lab.id}`, undefined, { authorization: `Bearer ${other.body.token}` })).status, 404);
 
   // a node whose ACL lists team-b lets that token call
   const shared = await createNode(b, { ...LAB_NODE, name: 'shared', checkpointId: 'lab', permissions: { folders: ['default', 'team-b'] } });
@@ -341,7 +342,8 @@ test('Cyrillic node names are accepted', async () => {
 });
 
 test('metrics and OpenAPI are served', async () => {
-  const m = await fetch(`${b.url}/metrics`).then((r) => r.text());
+  assert.equal((await fetch(`${b.url}/metrics`)).status, 401, '/metrics needs a token');
+  const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
   assert.match(m, new RegExp(`node_requests\\{node_id="${lab.id}"\\} \\d+`));
   assert.match(m, /node_http_codes\{node_id="[a-z0-9]+",code="400"\}/);
   assert.match(m, /node_request_durations_bucket/);

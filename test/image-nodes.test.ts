@@ -77,7 +77,7 @@ test('three instances, balanced; method, path, query, headers and body intact', 
 test('telemetry is scraped and re-exposed with node and instance labels, beside node metrics', async (t) => {
   if (skip) return t.skip(skip);
   const text = await waitFor('scraped samples', async () => {
-    const m = await fetch(`${b.url}/metrics`).then((r) => r.text());
+    const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
     return m.includes(`echo_requests_total{node_id="${echo.id}",instance_id=`) ? m : undefined;
   }, 15_000);
   const instances = new Set([...text.matchAll(new RegExp(`echo_requests_total\\{node_id="${echo.id}",instance_id="([a-z0-9]+)"`, 'g'))].map((m) => m[1]));
@@ -266,7 +266,7 @@ test('gRPC unary and streaming calls through the gateway keep their trailers', a
     const bad = md(); bad.set('authorization', 'Bearer wrong');
     const denied = await new Promise<any>((resolve) => client.Echo({ text: 'x' }, bad, (e: any) => resolve(e)));
     assert.equal(denied.code, grpc.status.UNAUTHENTICATED);
-    const text = await fetch(`${b.url}/metrics`).then((r) => r.text());
+    const text = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
     assert.match(text, new RegExp(`node_grpc_codes\\{node_id="${node.id}",code="5"\\} 1`));
   } finally {
     client.close();
@@ -347,7 +347,7 @@ test('aliases over image nodes: x-node-alias over HTTP/1.1, HTTP/2 and gRPC, wit
   const mixed = await b.request('POST', '/v1/aliases', { name: 'mixed', backends: [{ nodeId: echo.id, weight: 1 }, { nodeId: cell.id, weight: 1 }] });
   assert.equal(mixed.body.code, 'INVALID_ARGUMENT');
   assert.equal(mixed.body.details.field, 'backends');
-  const m = await fetch(`${b.url}/metrics`).then((x) => x.text());
+  const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((x) => x.text());
   assert.match(m, /alias_requests\{alias_name="datasphere.user.echo"\} \d+/);
 });
 
@@ -388,7 +388,7 @@ test('swapping a gRPC alias between two image nodes five times under load fails 
   }
   assert.deepEqual(failures, []);
   assert.ok(ok > 100, `${ok} calls`);
-  const text = await fetch(`${b.url}/metrics`).then((x) => x.text());
+  const text = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((x) => x.text());
   const served = [g1.id, g2.id].map((id) => Number(new RegExp(`node_grpc_codes\\{node_id="${id}",code="0"\\} (\\d+)`).exec(text)?.[1] ?? 0));
   assert.ok(served.every((n) => n > 0), `both nodes served: ${served}`);
 });

@@ -10,7 +10,7 @@ import { PYTHON_DIR, type Config } from '../core/config.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { validateName } from '../core/node-spec.js';
-import type { Checkpoint, Package } from '../core/types.js';
+import type { Checkpoint, Package, Quota } from '../core/types.js';
 import type { Store } from '../store/store.js';
 
 const RUN_TIMEOUT_MS = 10 * 60_000;
@@ -26,6 +26,8 @@ export interface RunRequest {
   folderId: string;
   projectId: string;
   createdBy: string;
+  /** The folder's limits: its checkpoints' bytes in all are checked when the new one is stored. */
+  quota: Quota;
 }
 
 interface MakerResult {
@@ -51,19 +53,12 @@ export class CheckpointService {
 
   blobPath(id: string): string { return checkpointBlobPath(this.config.home, id); }
 
-  /** By id, or by pinned name within the project. */
-  async resolve(ref: string, projectId = this.config.defaultProject): Promise<Checkpoint> {
-    const c = (await this.store.getCheckpoint(ref)) ?? (await this.store.getCheckpointByName(projectId, ref));
-    if (!c) throw new BerthError('CHECKPOINT_NOT_FOUND', `checkpoint ${ref} not found`, { checkpointId: ref });
+  /** By id, or by pinned name within the folder. Another folder's checkpoint is not found. */
+  async resolve(ref: string, folderId: string): Promise<Checkpoint> {
+    const byId = await this.store.getCheckpoint(ref);
+    const c = byId && byId.folderId === folderId ? byId : await this.store.getCheckpointByName(folderId, ref);
+    if (!c) throw new BerthError('CHECKPOINT_NOT_FOUND', `checkpoint ${ref} not found in folder ${folderId}`, { checkpointId: ref });
     return c;
-  }
-
-  async checkNameFree(projectId: string, name: string | null): Promise<void> {
-    if (name === null) return;
-    validateName(name);
-    if (await this.store.getCheckpointByName(projectId, name)) {
-      throw new BerthError('NAME_TAKEN', `a checkpoint named "${name}" already exists`, { field: 'name', name });
-    }
   }
 
   /** Runs the cells in a fresh interpreter and saves the namespace it leaves. */
@@ -72,7 +67,7 @@ export class CheckpointService {
     if (req.servingCell < 0 || req.servingCell >= req.cells.length) {
       throw invalidArgument('servingCell', `must be between 0 and ${req.cells.length - 1} (there are ${req.cells.length} cells)`);
     }
-    await this.checkNameFree(req.projectId, req.name);
+    if (req.name !== null) validateName(req.name);
     const work = await mkdtemp(join(this.dir, 'tmp', 'run-'));
     const out = join(work, 'blob.dill');
     try {
@@ -91,7 +86,7 @@ export class CheckpointService {
         throw new BerthError('CHECKPOINT_FAILED', `cell ${e.cell} raised ${e.error_name}: ${e.error_message}`,
           { cell: e.cell, error_name: e.error_name, error_message: e.error_message, traceback: e.traceback, log: tail(log) });
       }
-      const checkpoint = await this.save(out, {
+      const checkpoint = await this.save(out, req.quota, {
         name: req.name, projectId: req.projectId, folderId: req.folderId, createdBy: req.createdBy,
         source: req.source, code: req.cells[req.servingCell]!, cells: req.cells, servingCell: req.servingCell,
         python: result.python ?? '', executable: result.executable ?? req.python,
@@ -108,15 +103,15 @@ export class CheckpointService {
    * Saves a live kernel's snapshot. Body: one line of JSON metadata, "\n", the dill blob.
    * Streamed to disk with its hash computed on the way; nothing is kept on failure.
    */
-  async upload(body: Readable, who: { createdBy: string; folderId: string; projectId: string }): Promise<Checkpoint> {
+  async upload(body: Readable, who: { createdBy: string; folderId: string; projectId: string; quota: Quota }): Promise<Checkpoint> {
     const work = await mkdtemp(join(this.dir, 'tmp', 'up-'));
     const out = join(work, 'blob.dill');
     try {
-      const meta = await splitUpload(body, out);
+      const meta = await splitUpload(body, out, who.quota.maxUploadBytes);
       const name = meta.name === undefined || meta.name === null ? null : String(meta.name);
       if (typeof meta.code !== 'string' || !meta.code.trim()) throw invalidArgument('code', 'the serving cell code is required');
-      await this.checkNameFree(who.projectId, name);
-      return await this.save(out, {
+      if (name !== null) validateName(name);
+      return await this.save(out, who.quota, {
         name, projectId: who.projectId, folderId: who.folderId, createdBy: who.createdBy,
         source: 'kernel', code: meta.code, cells: [], servingCell: 0,
         python: String(meta.python ?? ''), executable: String(meta.executable ?? ''),
@@ -128,31 +123,28 @@ export class CheckpointService {
     }
   }
 
-  private async save(blob: string, fields: Omit<Checkpoint, 'id' | 'pinned' | 'size' | 'sha256' | 'createdAt' | 'updatedAt'>): Promise<Checkpoint> {
+  private async save(blob: string, quota: Quota, fields: Omit<Checkpoint, 'id' | 'pinned' | 'size' | 'sha256' | 'createdAt' | 'updatedAt'>): Promise<Checkpoint> {
     const id = newId();
     const [size, sha256] = await Promise.all([stat(blob).then((s) => s.size), sha256File(blob)]);
     const now = nowIso();
     const checkpoint: Checkpoint = { id, pinned: fields.name !== null, size, sha256, createdAt: now, updatedAt: now, ...fields };
     await rename(blob, this.blobPath(id));
     try {
-      await this.store.insertCheckpoint(checkpoint);
+      await this.store.insertCheckpoint(checkpoint, quota); // decides NAME_TAKEN and the bytes quota
     } catch (err) {
       await rm(this.blobPath(id), { force: true });
-      if (String(err).includes('UNIQUE')) throw new BerthError('NAME_TAKEN', `a checkpoint named "${fields.name}" already exists`, { field: 'name' });
       throw err;
     }
     return checkpoint;
   }
 
-  async rename(ref: string, name: string | null): Promise<Checkpoint> {
-    const c = await this.resolve(ref);
-    if (name !== null && name !== c.name) await this.checkNameFree(c.projectId, name);
+  async rename(c: Checkpoint, name: string | null): Promise<Checkpoint> {
+    if (name !== null) validateName(name);
     await this.store.renameCheckpoint(c.id, name, nowIso());
     return (await this.store.getCheckpoint(c.id))!;
   }
 
-  async delete(ref: string): Promise<Checkpoint> {
-    const c = await this.resolve(ref);
+  async delete(c: Checkpoint): Promise<Checkpoint> {
     const { usedBy } = await this.store.deleteCheckpoint(c.id);
     if (usedBy.length > 0) {
       throw new BerthError('CHECKPOINT_IN_USE', `checkpoint ${c.name ?? c.id} backs node${usedBy.length > 1 ? 's' : ''} ${usedBy.join(', ')}; delete ${usedBy.length > 1 ? 'them' : 'it'} first`,
@@ -194,13 +186,18 @@ async function sha256File(path: string): Promise<string> {
 }
 
 /** Reads the metadata line, then streams the rest of the body into `out`. */
-async function splitUpload(body: Readable, out: string): Promise<Record<string, unknown>> {
+async function splitUpload(body: Readable, out: string, maxBytes: number): Promise<Record<string, unknown>> {
   const file = createWriteStream(out);
   let header: Buffer[] = [];
   let headerSize = 0;
+  let total = 0;
   let meta: Record<string, unknown> | null = null;
   try {
     for await (const chunk of body as AsyncIterable<Buffer>) {
+      total += chunk.length;
+      if (total > maxBytes) {
+        throw new BerthError('QUOTA_EXCEEDED', `the upload exceeds the folder's maxUploadBytes of ${maxBytes}`, { quota: 'maxUploadBytes', limit: maxBytes });
+      }
       if (meta) { if (!file.write(chunk)) await new Promise<void>((r) => file.once('drain', () => r())); continue; }
       const nl = chunk.indexOf(0x0a);
       if (nl === -1) {

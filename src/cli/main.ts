@@ -25,11 +25,12 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
   .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
   .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
+  .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
     const config = loadConfig({
       host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
-      ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}),
+      ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
     });
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
@@ -407,38 +408,74 @@ alias.command('execute <name>').description('Call an alias over cell nodes, like
 
 // ---- secrets ----
 const sec = program.command('secret').alias('secrets').description('Encrypted values (registry passwords) referred to by name');
-sec.command('create <name>').description('Store a secret; the value comes from --value or standard input')
-  .option('--value <value>', 'the value (prefer stdin: it stays out of your shell history)').option('--json', 'print JSON')
+sec.command('create <name>').description('Store a secret in a folder; the value comes from --value or standard input')
+  .option('--value <value>', 'the value (prefer stdin: it stays out of your shell history)').option('--folder <id>', "the secret's folder (default: the token's)").option('--json', 'print JSON')
   .action(async (name, o) => {
     const value = o.value ?? readFileSync(0, 'utf8').replace(/\n$/, '');
-    const r = await client().request('POST', '/v1/secrets', { name, value });
-    out(o.json, r, () => `secret ${r.name} stored`);
+    const r = await client().request('POST', '/v1/secrets', { name, value, ...(o.folder ? { folderId: o.folder } : {}) });
+    out(o.json, r, () => `secret ${r.name} stored in folder ${r.folderId}`);
   });
-sec.command('list').description('List secrets (names only)').option('--json', 'print JSON').action(async (o) => {
-  const { secrets } = await client().request('GET', '/v1/secrets');
-  out(o.json, secrets, () => table(['NAME', 'ID', 'CREATED'], secrets.map((s: any) => [s.name, s.id, ago(s.createdAt)])));
+sec.command('list').description('List secrets (names only)').option('--folder <id>', 'only this folder').option('--json', 'print JSON').action(async (o) => {
+  const { secrets } = await client().request('GET', `/v1/secrets${o.folder ? `?folderId=${encodeURIComponent(o.folder)}` : ''}`);
+  out(o.json, secrets, () => table(['NAME', 'FOLDER', 'ID', 'CREATED'], secrets.map((s: any) => [s.name, s.folderId, s.id, ago(s.createdAt)])));
 });
-sec.command('delete <name>').description('Delete a secret no node uses').option('--json', 'print JSON').action(async (name, o) => {
-  const r = await client().request('DELETE', `/v1/secrets/${encodeURIComponent(name)}`);
+sec.command('delete <name>').description('Delete a secret no node uses').option('--folder <id>', "the secret's folder (default: the token's)").option('--json', 'print JSON').action(async (name, o) => {
+  const r = await client().request('DELETE', `/v1/secrets/${encodeURIComponent(name)}${o.folder ? `?folderId=${encodeURIComponent(o.folder)}` : ''}`);
   out(o.json, r, () => `secret ${name} deleted`);
 });
 
 // ---- tokens ----
 const tok = program.command('token').alias('tokens').description('Bearer tokens for callers (admin)');
-tok.command('create').description('Create a token for one or more folders')
-  .requiredOption('--folder <id>', 'folder the token may act for (repeat)', collect).option('--name <name>', 'label', 'token').option('--json', 'print JSON')
+const rolesText = (roles: Record<string, string>): string => Object.entries(roles).map(([f, r]) => `${f}=${r}`).join(', ');
+tok.command('create').description('Create a token with a role in one or more folders')
+  .requiredOption('--folder <id>', 'folder the token may act in (repeat; * for every folder)', collect)
+  .addOption(new Option('--role <role>', 'admin: everything; editor: manage and call; executor: call only; viewer: read only').choices(['admin', 'editor', 'executor', 'viewer']).default('editor'))
+  .option('--name <name>', 'label', 'token').option('--json', 'print JSON')
   .action(async (o) => {
-    const r = await client().request('POST', '/v1/tokens', { name: o.name, folders: o.folder });
-    out(o.json, r, () => `${r.token}\n(shown once; folders: ${r.folders.join(', ')})`);
+    const r = await client().request('POST', '/v1/tokens', { name: o.name, folders: o.folder, role: o.role });
+    out(o.json, r, () => `${r.token}\n(shown once; roles: ${rolesText(r.roles)})`);
   });
 tok.command('list').description('List tokens').option('--json', 'print JSON').action(async (o) => {
   const { tokens } = await client().request('GET', '/v1/tokens');
-  out(o.json, tokens, () => table(['ID', 'NAME', 'FOLDERS', 'ADMIN', 'CREATED'], tokens.map((t: any) => [t.id, t.name, t.folders.join(', '), t.admin ? 'yes' : '', ago(t.createdAt)])));
+  out(o.json, tokens, () => table(['ID', 'NAME', 'ROLES', 'CREATED'], tokens.map((t: any) => [t.id, t.name, rolesText(t.roles), ago(t.createdAt)])));
 });
 tok.command('delete <id>').description('Revoke a token').option('--json', 'print JSON').action(async (id, o) => {
   const r = await client().request('DELETE', `/v1/tokens/${id}`);
   out(o.json, r, () => `token ${id} revoked`);
 });
+// ---- folders: quotas and the audit log ----
+const folder = program.command('folder').alias('folders').description("Folders' quotas and usage");
+const folderTable = (f: any): string => table(['QUOTA', 'LIMIT', 'USED'], [
+  ['maxNodes', f.quota.maxNodes, f.usage.nodes],
+  ['maxInstances', f.quota.maxInstances, f.usage.instances],
+  ['maxCheckpointBytes', bytes(f.quota.maxCheckpointBytes), bytes(f.usage.checkpointBytes)],
+  ['maxUploadBytes', bytes(f.quota.maxUploadBytes), ''],
+  ['maxCheckpointRuns', f.quota.maxCheckpointRuns, ''],
+]);
+folder.command('get <id>').description("A folder's quota and what it uses").option('--json', 'print JSON').action(async (id, o) => {
+  const r = await client().request('GET', `/v1/folders/${encodeURIComponent(id)}`);
+  out(o.json, r, () => `folder ${r.id}\n${folderTable(r)}`);
+});
+folder.command('set-quota <id>').description("Change a folder's quota (admin of every folder)")
+  .option('--max-instances <n>', 'sum of maxInstances over its nodes').option('--max-nodes <n>', 'nodes')
+  .option('--max-checkpoint-bytes <n>', 'bytes of checkpoints in all').option('--max-upload-bytes <n>', 'bytes of one checkpoint upload or run request')
+  .option('--max-checkpoint-runs <n>', 'checkpoint runs at once').option('--json', 'print JSON')
+  .action(async (id, o) => {
+    const change: Record<string, number> = {};
+    for (const k of ['maxInstances', 'maxNodes', 'maxCheckpointBytes', 'maxUploadBytes', 'maxCheckpointRuns']) if (o[k] !== undefined) change[k] = Number(o[k]);
+    if (Object.keys(change).length === 0) throw new Error('name at least one quota to change, e.g. --max-instances 8');
+    const r = await client().request('PATCH', `/v1/folders/${encodeURIComponent(id)}/quota`, change);
+    out(o.json, r, () => `folder ${r.id}\n${folderTable(r)}`);
+  });
+program.command('audit').description('Control-plane changes, newest first (admins see their folders)')
+  .option('--folder <id>', 'only this folder').option('--limit <n>', 'entries', '50').option('--json', 'print JSON')
+  .action(async (o) => {
+    const q = new URLSearchParams({ limit: o.limit, ...(o.folder ? { folderId: o.folder } : {}) });
+    const { entries } = await client().request('GET', `/v1/audit?${q}`);
+    out(o.json, entries, () => table(['WHEN', 'TOKEN', 'ACTION', 'FOLDER', 'RESOURCE', 'RESULT'],
+      entries.map((e: any) => [ago(e.at), e.tokenName ?? '', e.action, e.folderId ?? '', e.resourceId ?? '', e.result])));
+  });
+
 tok.command('admin').description(`Print the admin token (from ${defaultHome()}/admin-token)`).action(() => console.log(findToken()));
 
 program.parseAsync().catch((err: unknown) => {

@@ -255,22 +255,23 @@ export class Controller {
     if (spec.kind === 'image') {
       if (!this.runtime.supportsImages) throw new Error(`image nodes need a container runtime; this Berth runs the ${this.runtime.name} runtime (start it with --runtime docker)`);
       const ports = [...new Set([spec.endpoint.port, spec.healthcheck.port ?? spec.endpoint.port, ...(spec.telemetry ? [spec.telemetry.port] : [])])];
-      return { kind: 'image', image: spec.image, registryAuth: await this.registryAuth(spec.projectId, spec.username, spec.passwordSecret), env: spec.env, ports };
+      return { kind: 'image', image: spec.image, registryAuth: await this.registryAuth(spec.folderId, spec.username, spec.passwordSecret), env: spec.env, ports };
     }
     const checkpoint = await this.store.getCheckpoint(spec.checkpointId);
     if (!checkpoint) throw new Error(`checkpoint ${spec.checkpointId} no longer exists`);
     const env = spec.environment;
     return {
       kind: 'cell', python: env.python, kernelImage: env.image ?? this.config.kernelImage,
-      registryAuth: await this.registryAuth(spec.projectId, env.username, env.passwordSecret),
+      registryAuth: await this.registryAuth(spec.folderId, env.username, env.passwordSecret),
       checkpointPath: checkpointBlobPath(this.config.home, checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
     };
   }
 
-  private async registryAuth(projectId: string, username?: string, secret?: string): Promise<RegistryAuth | null> {
+  /** A node may name only its own folder's secrets. */
+  private async registryAuth(folderId: string, username?: string, secret?: string): Promise<RegistryAuth | null> {
     if (!username || !secret) return null;
-    return { username, password: await this.secrets.reveal(projectId, secret) };
+    return { username, password: await this.secrets.reveal(folderId, secret) };
   }
 
   private async run(node: NodeState, inst: InstanceState): Promise<void> {

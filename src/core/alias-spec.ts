@@ -50,6 +50,7 @@ export function parseAliasSpec(body: unknown, ctx: AliasContext): AliasSpec {
   if (body.kind !== undefined && body.kind !== 'alias') throw invalidArgument('kind', `must be "alias", got ${JSON.stringify(body.kind)}`);
   const name = validateAliasName(body.name);
   if (body.description !== undefined && typeof body.description !== 'string') throw invalidArgument('description', 'must be a string');
+  if (typeof body.description === 'string' && body.description.length > 1024) throw invalidArgument('description', 'must be at most 1024 characters');
   const folderId = validateFolder(typeof body.folderId === 'string' ? body.folderId : ctx.defaultFolder, 'folderId');
   const projectId = validateFolder(typeof body.projectId === 'string' ? body.projectId : ctx.defaultProject, 'projectId');
 
@@ -62,6 +63,7 @@ export function parseAliasSpec(body: unknown, ctx: AliasContext): AliasSpec {
     let folders = [folderId];
     if (a.folders !== undefined) {
       if (!Array.isArray(a.folders)) throw invalidArgument('executionAcl.folders', 'must be an array of folder ids');
+      if (a.folders.length > 100) throw invalidArgument('executionAcl.folders', 'must list at most 100 folders');
       folders = a.folders.map((f, i) => {
         if (typeof f !== 'string') throw invalidArgument(`executionAcl.folders[${i}]`, `must be a string, got ${typeName(f)}`);
         return validateFolder(f, `executionAcl.folders[${i}]`);
@@ -75,12 +77,14 @@ export function parseAliasSpec(body: unknown, ctx: AliasContext): AliasSpec {
     if (!isObj(body.proxyMetadata)) throw invalidArgument('proxyMetadata', 'must be an object {headers: [{name, value}]}');
     const hs = body.proxyMetadata.headers ?? [];
     if (!Array.isArray(hs)) throw invalidArgument('proxyMetadata.headers', 'must be an array of {name, value}');
+    if (hs.length > 32) throw invalidArgument('proxyMetadata.headers', 'must list at most 32 headers');
     hs.forEach((h, i) => {
       const f = `proxyMetadata.headers[${i}]`;
       if (!isObj(h) || typeof h.name !== 'string' || typeof h.value !== 'string') throw invalidArgument(f, 'must be {name: string, value: string}');
       if (!HEADER_NAME_RE.test(h.name)) throw invalidArgument(`${f}.name`, `"${h.name}" is not a valid header name`);
       if (RESERVED_HEADERS.has(h.name.toLowerCase())) throw invalidArgument(`${f}.name`, `"${h.name}" is reserved`);
       if (/[\r\n\0]/.test(h.value)) throw invalidArgument(`${f}.value`, 'must not contain line breaks');
+      if (h.name.length > 256 || h.value.length > 4096) throw invalidArgument(f, 'name must be at most 256 and value at most 4096 characters');
       headers.push({ name: h.name, value: h.value });
     });
   }

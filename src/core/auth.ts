@@ -1,15 +1,27 @@
-// Tokens: stored only as sha256 hashes, kept in memory for the hot path.
+// Tokens and what they may do. Tokens are stored only as sha256 hashes and kept in memory
+// for the hot path; each holds a role per folder (the folder `*` stands for every folder).
 import { existsSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { BerthError } from './errors.js';
 import { hashToken, newId, newToken, nowIso } from './ids.js';
-import type { TokenRecord } from './types.js';
+import type { Role, TokenRecord } from './types.js';
 import type { Store } from '../store/store.js';
 
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
 /** Verified raw tokens kept so a call does not hash its token again; bounded. */
 const MAX_CACHED_TOKENS = 10_000;
+
+/** What a request wants to do in a folder. */
+export type Permission = 'read' | 'write' | 'execute' | 'admin';
+
+/** admin: everything; editor: manage and call; executor: call only; viewer: read only. */
+const GRANTS: Record<Role, ReadonlySet<Permission>> = {
+  admin: new Set(['read', 'write', 'execute', 'admin']),
+  editor: new Set(['read', 'write', 'execute']),
+  executor: new Set(['execute']),
+  viewer: new Set(['read']),
+};
 
 export class Auth {
   private byHash = new Map<string, TokenRecord>();
@@ -31,14 +43,14 @@ export class Auth {
       const token = readFileSync(file, 'utf8').trim();
       if (this.byHash.has(hashToken(token))) return;
     }
-    const { token } = await this.create('admin', ['*'], true);
+    const { token } = await this.create('admin', { '*': 'admin' });
     writeFileSync(file, token + '\n', { mode: 0o600 });
     chmodSync(file, 0o600);
   }
 
-  async create(name: string, folders: string[], admin = false): Promise<{ record: TokenRecord; token: string }> {
+  async create(name: string, roles: Record<string, Role>): Promise<{ record: TokenRecord; token: string }> {
     const token = newToken();
-    const record: TokenRecord = { id: newId(), name, hash: hashToken(token), folders, admin, createdAt: nowIso() };
+    const record: TokenRecord = { id: newId(), name, hash: hashToken(token), roles, createdAt: nowIso() };
     await this.store.insertToken(record);
     this.byHash.set(record.hash, record);
     return { record, token };
@@ -70,7 +82,27 @@ export class Auth {
     return record;
   }
 
-  static holdsFolder(token: TokenRecord, folderId: string): boolean {
-    return token.admin || token.folders.includes('*') || token.folders.includes(folderId);
+  /** Whether the token may do `what` in `folderId` (through its role there or on `*`). */
+  static can(token: TokenRecord, folderId: string, what: Permission): boolean {
+    const here = token.roles[folderId];
+    if (here && GRANTS[here].has(what)) return true;
+    const everywhere = token.roles['*'];
+    return everywhere !== undefined && GRANTS[everywhere].has(what);
+  }
+
+  /** The admin of every folder: manages tokens and quotas. */
+  static isSuperAdmin(token: TokenRecord): boolean {
+    return token.roles['*'] === 'admin';
+  }
+
+  /** Folders the token may do `what` in; null means every folder. */
+  static foldersFor(token: TokenRecord, what: Permission): string[] | null {
+    if (token.roles['*'] && GRANTS[token.roles['*']].has(what)) return null;
+    return Object.entries(token.roles).filter(([, r]) => GRANTS[r].has(what)).map(([f]) => f);
+  }
+
+  /** Calling a node or alias from `folderId` (the folder named in the call). */
+  static mayExecute(token: TokenRecord, folderId: string): boolean {
+    return Auth.can(token, folderId, 'execute');
   }
 }

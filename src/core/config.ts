@@ -23,6 +23,8 @@ export interface Config {
   telemetryIntervalMs: number;
   /** Controller tick: health checks, scaling and replacement are evaluated this often. */
   reconcileIntervalMs: number;
+  /** host:port of a separate listener serving /metrics without a token; null: only the main port, with one. */
+  metricsListen: string | null;
 }
 
 export const MB = 1024 * 1024;
@@ -57,5 +59,6 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     maxResponseBytes: overrides.maxResponseBytes ?? 16 * MB,
     drainSeconds: overrides.drainSeconds ?? 30,
     reconcileIntervalMs: overrides.reconcileIntervalMs ?? 500,
+    metricsListen: overrides.metricsListen ?? env.BERTH_METRICS_LISTEN ?? null,
   };
 }

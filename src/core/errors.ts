@@ -26,6 +26,7 @@ export const ERRORS = {
   // auth
   UNAUTHENTICATED: { http: 401, grpc: 'UNAUTHENTICATED' },
   PERMISSION_DENIED: { http: 403, grpc: 'PERMISSION_DENIED' },
+  QUOTA_EXCEEDED: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
   // resources
   NODE_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
   CHECKPOINT_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },

@@ -196,6 +196,7 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
   let folders = [folderId];
   if (perms.folders !== undefined) {
     if (!Array.isArray(perms.folders)) throw invalidArgument('permissions.folders', `must be an array of folder ids, got ${typeName(perms.folders)}`);
+    if (perms.folders.length > 100) throw invalidArgument('permissions.folders', 'must list at most 100 folders');
     folders = perms.folders.map((f, i) => {
       if (typeof f !== 'string') throw invalidArgument(`permissions.folders[${i}]`, `must be a string, got ${typeName(f)}`);
       return validateFolder(f, `permissions.folders[${i}]`);

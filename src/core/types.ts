@@ -103,7 +103,7 @@ export interface ImageNodeSpec extends NodeSpecCommon {
 
 export type NodeSpec = CellNodeSpec | ImageNodeSpec;
 
-export interface Secret { id: string; name: string; projectId: string; createdAt: string; createdBy: string }
+export interface Secret { id: string; name: string; folderId: string; projectId: string; createdAt: string; createdBy: string }
 
 export interface InstanceView {
   id: string;
@@ -129,14 +129,44 @@ export interface NodeRecord {
   createdBy: string;
 }
 
+/** What a token may do in a folder: admin ⊇ editor ⊇ (executor, viewer). */
+export const ROLES = ['admin', 'editor', 'executor', 'viewer'] as const;
+export type Role = (typeof ROLES)[number];
+
 export interface TokenRecord {
   id: string;
   name: string;
   hash: string;
-  /** Folders the token may act for; ['*'] for admin tokens. */
-  folders: string[];
-  admin: boolean;
+  /** Role per folder id; the folder `*` means every folder (the admin token holds `{'*': 'admin'}`). */
+  roles: Record<string, Role>;
   createdAt: string;
+}
+
+/** Per-folder limits an admin sets; the defaults keep one tenant from exhausting a machine. */
+export interface Quota {
+  /** Sum of `scaling.maxInstances` over the folder's nodes. */
+  maxInstances: number;
+  maxNodes: number;
+  /** Sum of the folder's checkpoint blob sizes. */
+  maxCheckpointBytes: number;
+  /** One checkpoint upload or run request body. */
+  maxUploadBytes: number;
+  /** Checkpoint runs of the folder running at once. */
+  maxCheckpointRuns: number;
+}
+
+export interface AuditEntry {
+  id: number;
+  at: string;
+  tokenId: string | null;
+  tokenName: string | null;
+  /** e.g. node.create, alias.update, token.delete */
+  action: string;
+  folderId: string | null;
+  resourceId: string | null;
+  /** ok, or the error code the change was refused with */
+  result: string;
+  status: number;
 }
 
 export interface AliasBackend { nodeId: string; weight: number }

@@ -206,7 +206,7 @@ function parseCall(raw: Buffer, token: TokenRecord): { input: unknown; folder: s
   if (typeof folder !== 'string' || folder.length === 0) {
     throw new BerthError('INVALID_ARGUMENT', 'folder_id is required: the folder you call from', { field: 'folder_id' });
   }
-  if (!Auth.holdsFolder(token, folder)) {
+  if (!Auth.mayExecute(token, folder)) {
     throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
   }
   return { input: b.input, folder };

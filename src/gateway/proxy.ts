@@ -124,7 +124,7 @@ export class Proxy {
     const token = this.auth.authenticate(d.headers.authorization);
     const folder = d.headers['x-folder-id'];
     if (typeof folder !== 'string' || !folder) throw new BerthError('INVALID_ARGUMENT', 'the x-folder-id header is required: the folder you call from', { field: 'x-folder-id' });
-    if (!Auth.holdsFolder(token, folder)) throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
+    if (!Auth.mayExecute(token, folder)) throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
     let nodeId = d.headers['x-node-id'] as string | undefined;
     let alias: AliasRoute | null = null;
     let stickyKey: string | undefined;

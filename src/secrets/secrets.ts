@@ -21,35 +21,34 @@ export class Secrets {
     if (this.key.length !== 32) throw new Error(`${file} does not hold a 32-byte key`);
   }
 
-  async create(projectId: string, name: string, value: unknown, createdBy: string): Promise<Secret> {
+  /** Names are unique per folder (the database's index decides). */
+  async create(where: { folderId: string; projectId: string }, name: string, value: unknown, createdBy: string): Promise<Secret> {
     validateName(name);
     if (typeof value !== 'string' || value.length === 0) throw invalidArgument('value', 'must be a non-empty string');
     if (Buffer.byteLength(value) > MAX_VALUE_BYTES) throw invalidArgument('value', `must be at most ${MAX_VALUE_BYTES} bytes`);
-    if (await this.store.getSecretByName(projectId, name)) {
-      throw new BerthError('NAME_TAKEN', `a secret named "${name}" already exists`, { field: 'name', name });
-    }
     const iv = randomBytes(12);
     const cipher = createCipheriv('aes-256-gcm', this.key, iv);
     const body = Buffer.concat([cipher.update(value, 'utf8'), cipher.final()]);
-    const record: SecretRecord = { id: newId(), projectId, name, createdAt: nowIso(), createdBy, ciphertext: Buffer.concat([iv, cipher.getAuthTag(), body]) };
+    const record: SecretRecord = { id: newId(), folderId: where.folderId, projectId: where.projectId, name, createdAt: nowIso(), createdBy, ciphertext: Buffer.concat([iv, cipher.getAuthTag(), body]) };
     await this.store.insertSecret(record);
     return view(record);
   }
 
-  async list(): Promise<Secret[]> {
-    return (await this.store.listSecrets()).map(view);
+  /** The secrets of some folders (null: every folder). */
+  async list(folders: string[] | null): Promise<Secret[]> {
+    return (await this.store.listSecrets()).filter((s) => folders === null || folders.includes(s.folderId)).map(view);
   }
 
-  async delete(projectId: string, name: string): Promise<Secret> {
-    const s = await this.store.getSecretByName(projectId, name);
+  async delete(folderId: string, name: string): Promise<Secret> {
+    const s = await this.store.getSecretByName(folderId, name);
     if (!s) throw new BerthError('SECRET_NOT_FOUND', `secret ${name} not found`, { name });
     await this.store.deleteSecret(s.id);
     return view(s);
   }
 
   /** The plain value, for the runtime only (a registry login). */
-  async reveal(projectId: string, name: string): Promise<string> {
-    const s = await this.store.getSecretByName(projectId, name);
+  async reveal(folderId: string, name: string): Promise<string> {
+    const s = await this.store.getSecretByName(folderId, name);
     if (!s) throw new BerthError('SECRET_NOT_FOUND', `secret ${name} not found`, { name });
     const iv = s.ciphertext.subarray(0, 12);
     const tag = s.ciphertext.subarray(12, 28);
@@ -58,11 +57,11 @@ export class Secrets {
     return Buffer.concat([decipher.update(s.ciphertext.subarray(28)), decipher.final()]).toString('utf8');
   }
 
-  async exists(projectId: string, name: string): Promise<boolean> {
-    return (await this.store.getSecretByName(projectId, name)) !== undefined;
+  async exists(folderId: string, name: string): Promise<boolean> {
+    return (await this.store.getSecretByName(folderId, name)) !== undefined;
   }
 }
 
 function view(s: SecretRecord): Secret {
-  return { id: s.id, name: s.name, projectId: s.projectId, createdAt: s.createdAt, createdBy: s.createdBy };
+  return { id: s.id, name: s.name, folderId: s.folderId, projectId: s.projectId, createdAt: s.createdAt, createdBy: s.createdBy };
 }

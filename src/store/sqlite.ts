@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
-import type { AliasRecord, Checkpoint, NodeRecord, NodeStatus, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
+import { BerthError } from '../core/errors.js';
 
 /** Schema migrations, applied in order, each once, each in one transaction. */
 const MIGRATIONS: string[] = [
@@ -24,7 +25,36 @@ const MIGRATIONS: string[] = [
   `CREATE TABLE aliases (
      id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL,
      created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_by TEXT NOT NULL);`,
+  // folders own everything: roles per folder on tokens, checkpoint and secret names unique per
+  // folder, quotas per folder, and an audit log of every control-plane change
+  `ALTER TABLE tokens ADD COLUMN roles TEXT;
+   UPDATE tokens SET roles = CASE WHEN admin = 1 THEN '{"*":"admin"}'
+     ELSE (SELECT json_group_object(value, 'editor') FROM json_each(tokens.folders)) END;
+   ALTER TABLE checkpoints ADD COLUMN folder_id TEXT NOT NULL DEFAULT 'default';
+   UPDATE checkpoints SET folder_id = COALESCE(json_extract(data, '$.folderId'), 'default');
+   DROP INDEX checkpoints_name;
+   CREATE UNIQUE INDEX checkpoints_name ON checkpoints(folder_id, name) WHERE name IS NOT NULL;
+   ALTER TABLE secrets ADD COLUMN folder_id TEXT NOT NULL DEFAULT 'default';
+   DROP INDEX secrets_name;
+   CREATE UNIQUE INDEX secrets_name ON secrets(folder_id, name);
+   CREATE TABLE folders (id TEXT PRIMARY KEY, quota TEXT NOT NULL, updated_at TEXT NOT NULL);
+   CREATE TABLE audit (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, token_id TEXT, token_name TEXT,
+     action TEXT NOT NULL, folder_id TEXT, resource_id TEXT, result TEXT NOT NULL, status INTEGER NOT NULL);
+   CREATE INDEX audit_folder ON audit(folder_id, id);`,
 ];
+
+/** Audit rows kept (the oldest are dropped past this). */
+const MAX_AUDIT_ROWS = 200_000;
+
+/** A unique index said no: the name is taken (the database decides, not a read before the write). */
+function isUniqueViolation(err: unknown): boolean {
+  return (err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
+function quotaExceeded(field: keyof Quota, limit: number, wanted: number): BerthError {
+  return new BerthError('QUOTA_EXCEEDED', `folder quota ${field} is ${limit}; this change needs ${wanted}`, { quota: field, limit, wanted });
+}
 
 /** Node status history kept per node (older transitions are dropped). */
 const MAX_TRANSITIONS = 50;
@@ -54,22 +84,32 @@ export class SqliteStore implements Store {
   async close(): Promise<void> { this.db.close(); }
 
   async insertToken(t: TokenRecord): Promise<void> {
-    this.db.prepare('INSERT INTO tokens (id, name, hash, folders, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(t.id, t.name, t.hash, JSON.stringify(t.folders), t.admin ? 1 : 0, t.createdAt);
+    // folders/admin are kept filled for the schema of version 1; roles is what counts
+    this.db.prepare('INSERT INTO tokens (id, name, hash, folders, admin, roles, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(t.id, t.name, t.hash, JSON.stringify(Object.keys(t.roles)), t.roles['*'] === 'admin' ? 1 : 0, JSON.stringify(t.roles), t.createdAt);
   }
 
   async listTokens(): Promise<TokenRecord[]> {
     const rows = this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as Array<Record<string, any>>;
-    return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, folders: JSON.parse(r.folders), admin: r.admin === 1, createdAt: r.created_at }));
+    return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, roles: JSON.parse(r.roles), createdAt: r.created_at }));
   }
 
   async deleteToken(id: string): Promise<boolean> {
     return this.db.prepare('DELETE FROM tokens WHERE id = ?').run(id).changes > 0;
   }
 
-  async insertCheckpoint(c: Checkpoint): Promise<void> {
-    this.db.prepare('INSERT INTO checkpoints (id, project_id, name, data, created_at) VALUES (?, ?, ?, ?, ?)')
-      .run(c.id, c.projectId, c.name, JSON.stringify(c), c.createdAt);
+  async insertCheckpoint(c: Checkpoint, quota: Quota): Promise<void> {
+    this.db.transaction(() => {
+      const { used } = this.db.prepare('SELECT COALESCE(SUM(json_extract(data, \'$.size\')), 0) AS used FROM checkpoints WHERE folder_id = ?').get(c.folderId) as { used: number };
+      if (used + c.size > quota.maxCheckpointBytes) throw quotaExceeded('maxCheckpointBytes', quota.maxCheckpointBytes, used + c.size);
+      try {
+        this.db.prepare('INSERT INTO checkpoints (id, project_id, folder_id, name, data, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+          .run(c.id, c.projectId, c.folderId, c.name, JSON.stringify(c), c.createdAt);
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a checkpoint named "${c.name}" already exists in folder ${c.folderId}`, { field: 'name', name: c.name });
+        throw err;
+      }
+    })();
   }
 
   async getCheckpoint(id: string): Promise<Checkpoint | undefined> {
@@ -77,8 +117,8 @@ export class SqliteStore implements Store {
     return row && JSON.parse(row.data);
   }
 
-  async getCheckpointByName(projectId: string, name: string): Promise<Checkpoint | undefined> {
-    const row = this.db.prepare('SELECT data FROM checkpoints WHERE project_id = ? AND name = ?').get(projectId, name) as { data: string } | undefined;
+  async getCheckpointByName(folderId: string, name: string): Promise<Checkpoint | undefined> {
+    const row = this.db.prepare('SELECT data FROM checkpoints WHERE folder_id = ? AND name = ?').get(folderId, name) as { data: string } | undefined;
     return row && JSON.parse(row.data);
   }
 
@@ -93,7 +133,12 @@ export class SqliteStore implements Store {
       if (!row) return;
       const c = JSON.parse(row.data) as Checkpoint;
       c.name = name; c.pinned = name !== null; c.updatedAt = updatedAt;
-      this.db.prepare('UPDATE checkpoints SET name = ?, data = ? WHERE id = ?').run(name, JSON.stringify(c), id);
+      try {
+        this.db.prepare('UPDATE checkpoints SET name = ?, data = ? WHERE id = ?').run(name, JSON.stringify(c), id);
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a checkpoint named "${name}" already exists in folder ${c.folderId}`, { field: 'name', name });
+        throw err;
+      }
     })();
   }
 
@@ -108,12 +153,17 @@ export class SqliteStore implements Store {
   }
 
   async insertSecret(s: SecretRecord): Promise<void> {
-    this.db.prepare('INSERT INTO secrets (id, project_id, name, ciphertext, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(s.id, s.projectId, s.name, s.ciphertext, s.createdAt, s.createdBy);
+    try {
+      this.db.prepare('INSERT INTO secrets (id, project_id, folder_id, name, ciphertext, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)')
+        .run(s.id, s.projectId, s.folderId, s.name, s.ciphertext, s.createdAt, s.createdBy);
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a secret named "${s.name}" already exists in folder ${s.folderId}`, { field: 'name', name: s.name });
+      throw err;
+    }
   }
 
-  async getSecretByName(projectId: string, name: string): Promise<SecretRecord | undefined> {
-    const row = this.db.prepare('SELECT * FROM secrets WHERE project_id = ? AND name = ?').get(projectId, name) as Record<string, any> | undefined;
+  async getSecretByName(folderId: string, name: string): Promise<SecretRecord | undefined> {
+    const row = this.db.prepare('SELECT * FROM secrets WHERE folder_id = ? AND name = ?').get(folderId, name) as Record<string, any> | undefined;
     return row && rowToSecret(row);
   }
 
@@ -126,8 +176,14 @@ export class SqliteStore implements Store {
   }
 
   async insertAlias(a: AliasRecord): Promise<void> {
-    this.db.prepare('INSERT INTO aliases (id, name, spec, created_at, updated_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(a.id, a.spec.name, JSON.stringify(a.spec), a.createdAt, a.updatedAt, a.createdBy);
+    try {
+      this.db.prepare('INSERT INTO aliases (id, name, spec, created_at, updated_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(a.id, a.spec.name, JSON.stringify(a.spec), a.createdAt, a.updatedAt, a.createdBy);
+    } catch (err) {
+      // alias names are global (callers address them by name alone): say no more than that it is taken
+      if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `the alias name "${a.spec.name}" is not available`, { field: 'name', name: a.spec.name });
+      throw err;
+    }
   }
 
   async updateAlias(a: AliasRecord): Promise<void> {
@@ -144,11 +200,23 @@ export class SqliteStore implements Store {
     return this.db.prepare('DELETE FROM aliases WHERE id = ?').run(id).changes > 0;
   }
 
-  async insertNode(n: NodeRecord): Promise<void> {
-    this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, status, transitions, created_at, updated_at, created_by)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(n.id, n.spec.folderId, n.spec.name, n.spec.kind === 'cell' ? n.spec.checkpointId : null,
-        JSON.stringify(n.spec), n.status, JSON.stringify(n.transitions), n.createdAt, n.updatedAt, n.createdBy);
+  async insertNode(n: NodeRecord, quota: Quota): Promise<void> {
+    this.db.transaction(() => {
+      const row = this.db.prepare(`SELECT COUNT(*) AS nodes, COALESCE(SUM(json_extract(spec, '$.scaling.maxInstances')), 0) AS instances
+        FROM nodes WHERE folder_id = ?`).get(n.spec.folderId) as { nodes: number; instances: number };
+      if (row.nodes + 1 > quota.maxNodes) throw quotaExceeded('maxNodes', quota.maxNodes, row.nodes + 1);
+      const instances = row.instances + n.spec.scaling.maxInstances;
+      if (instances > quota.maxInstances) throw quotaExceeded('maxInstances', quota.maxInstances, instances);
+      try {
+        this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, status, transitions, created_at, updated_at, created_by)
+          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+          .run(n.id, n.spec.folderId, n.spec.name, n.spec.kind === 'cell' ? n.spec.checkpointId : null,
+            JSON.stringify(n.spec), n.status, JSON.stringify(n.transitions), n.createdAt, n.updatedAt, n.createdBy);
+      } catch (err) {
+        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a node named "${n.spec.name}" already exists in folder ${n.spec.folderId}`, { field: 'name', name: n.spec.name });
+        throw err;
+      }
+    })();
   }
 
   async getNode(id: string): Promise<NodeRecord | undefined> {
@@ -174,10 +242,47 @@ export class SqliteStore implements Store {
   async deleteNode(id: string): Promise<void> {
     this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
   }
+
+  async getQuota(folderId: string): Promise<Partial<Quota> | undefined> {
+    const row = this.db.prepare('SELECT quota FROM folders WHERE id = ?').get(folderId) as { quota: string } | undefined;
+    return row && JSON.parse(row.quota);
+  }
+
+  async setQuota(folderId: string, quota: Partial<Quota>, updatedAt: string): Promise<void> {
+    this.db.prepare('INSERT INTO folders (id, quota, updated_at) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET quota = excluded.quota, updated_at = excluded.updated_at')
+      .run(folderId, JSON.stringify(quota), updatedAt);
+  }
+
+  async folderUsage(folderId: string): Promise<{ nodes: number; instances: number; checkpointBytes: number }> {
+    const n = this.db.prepare(`SELECT COUNT(*) AS nodes, COALESCE(SUM(json_extract(spec, '$.scaling.maxInstances')), 0) AS instances
+      FROM nodes WHERE folder_id = ?`).get(folderId) as { nodes: number; instances: number };
+    const c = this.db.prepare('SELECT COALESCE(SUM(json_extract(data, \'$.size\')), 0) AS bytes FROM checkpoints WHERE folder_id = ?').get(folderId) as { bytes: number };
+    return { nodes: n.nodes, instances: n.instances, checkpointBytes: c.bytes };
+  }
+
+  async insertAudit(e: Omit<AuditEntry, 'id'>): Promise<void> {
+    const { lastInsertRowid } = this.db.prepare(`INSERT INTO audit (at, token_id, token_name, action, folder_id, resource_id, result, status)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(e.at, e.tokenId, e.tokenName, e.action, e.folderId, e.resourceId, e.result, e.status);
+    // bounded: trim in batches, not on every write
+    if (Number(lastInsertRowid) % 1000 === 0) this.db.prepare('DELETE FROM audit WHERE id <= ?').run(Number(lastInsertRowid) - MAX_AUDIT_ROWS);
+  }
+
+  async listAudit(q: { folders: string[] | null; limit: number; before?: number }): Promise<AuditEntry[]> {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.folders) { where.push(`folder_id IN (${q.folders.map(() => '?').join(', ')})`); args.push(...q.folders); }
+    if (q.before !== undefined) { where.push('id < ?'); args.push(q.before); }
+    const rows = this.db.prepare(`SELECT * FROM audit ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`)
+      .all(...args, q.limit) as Array<Record<string, any>>;
+    return rows.map((r) => ({
+      id: r.id, at: r.at, tokenId: r.token_id, tokenName: r.token_name, action: r.action,
+      folderId: r.folder_id, resourceId: r.resource_id, result: r.result, status: r.status,
+    }));
+  }
 }
 
 function rowToSecret(r: Record<string, any>): SecretRecord {
-  return { id: r.id, projectId: r.project_id, name: r.name, ciphertext: r.ciphertext, createdAt: r.created_at, createdBy: r.created_by };
+  return { id: r.id, folderId: r.folder_id, projectId: r.project_id, name: r.name, ciphertext: r.ciphertext, createdAt: r.created_at, createdBy: r.created_by };
 }
 
 function rowToNode(r: Record<string, any>): NodeRecord {

@@ -1,4 +1,4 @@
-import type { AliasRecord, Checkpoint, NodeRecord, NodeStatus, Secret, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
 export interface SecretRecord extends Secret { ciphertext: Buffer }
@@ -6,7 +6,8 @@ export interface SecretRecord extends Secret { ciphertext: Buffer }
 /**
  * Where Berth keeps its resources. One interface, several backends (SQLite is the
  * embedded default); every backend runs the same test suite.
- * Writes are atomic: a failed call leaves nothing half-written.
+ * Writes are atomic: a failed call leaves nothing half-written. Uniqueness (NAME_TAKEN) and
+ * quotas (QUOTA_EXCEEDED) are decided inside the write's transaction, never by a read before it.
  */
 export interface Store {
   migrate(): Promise<void>;
@@ -16,16 +17,17 @@ export interface Store {
   listTokens(): Promise<TokenRecord[]>;
   deleteToken(id: string): Promise<boolean>;
 
-  insertCheckpoint(c: Checkpoint): Promise<void>;
+  /** Refused past the folder's maxCheckpointBytes, or when the name is taken in the folder. */
+  insertCheckpoint(c: Checkpoint, quota: Quota): Promise<void>;
   getCheckpoint(id: string): Promise<Checkpoint | undefined>;
-  getCheckpointByName(projectId: string, name: string): Promise<Checkpoint | undefined>;
+  getCheckpointByName(folderId: string, name: string): Promise<Checkpoint | undefined>;
   listCheckpoints(): Promise<Checkpoint[]>;
   renameCheckpoint(id: string, name: string | null, updatedAt: string): Promise<void>;
   /** Deletes unless a node uses it; returns the ids of the nodes that do. */
   deleteCheckpoint(id: string): Promise<{ deleted: boolean; usedBy: string[] }>;
 
   insertSecret(s: SecretRecord): Promise<void>;
-  getSecretByName(projectId: string, name: string): Promise<SecretRecord | undefined>;
+  getSecretByName(folderId: string, name: string): Promise<SecretRecord | undefined>;
   listSecrets(): Promise<SecretRecord[]>;
   deleteSecret(id: string): Promise<boolean>;
 
@@ -35,9 +37,19 @@ export interface Store {
   listAliases(): Promise<AliasRecord[]>;
   deleteAlias(id: string): Promise<boolean>;
 
-  insertNode(n: NodeRecord): Promise<void>;
+  /** Refused past the folder's maxNodes / maxInstances, or when the name is taken in the folder. */
+  insertNode(n: NodeRecord, quota: Quota): Promise<void>;
   getNode(id: string): Promise<NodeRecord | undefined>;
   listNodes(): Promise<NodeRecord[]>;
   updateNodeStatus(id: string, status: NodeStatus, transition: Transition<NodeStatus>): Promise<void>;
   deleteNode(id: string): Promise<void>;
+
+  /** The limits an admin set for a folder (unset fields take the defaults). */
+  getQuota(folderId: string): Promise<Partial<Quota> | undefined>;
+  setQuota(folderId: string, quota: Partial<Quota>, updatedAt: string): Promise<void>;
+  folderUsage(folderId: string): Promise<{ nodes: number; instances: number; checkpointBytes: number }>;
+
+  insertAudit(e: Omit<AuditEntry, 'id'>): Promise<void>;
+  /** Newest first; `folders: null` means every folder. */
+  listAudit(q: { folders: string[] | null; limit: number; before?: number }): Promise<AuditEntry[]>;
 }

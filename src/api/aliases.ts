@@ -1,0 +1,94 @@
+// Aliases: stable names over weighted nodes. An alias routes and mirrors only to nodes of
+// its own folder; changes are applied to the routing table in one swap.
+import type { FastifyInstance } from 'fastify';
+import { Auth } from '../core/auth.js';
+import { BerthError, invalidArgument } from '../core/errors.js';
+import { newId, nowIso } from '../core/ids.js';
+import { parseAliasSpec } from '../core/alias-spec.js';
+import type { AliasRecord, AliasSpec, TokenRecord } from '../core/types.js';
+import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
+import { body } from './request.js';
+import type { ApiDeps } from './index.js';
+
+const notFound = (name: string) => (): BerthError => new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
+
+export function aliasRoutes(app: FastifyInstance, { config, store, controller, aliases, metrics }: ApiDeps): void {
+  /** Backends and the mirror must be nodes of the alias's own folder, all of one kind. */
+  const checkAliasNodes = async (spec: AliasSpec): Promise<void> => {
+    const sameFolder = async (nodeId: string, field: string) => {
+      const n = await store.getNode(nodeId);
+      // another folder's node is reported exactly like a missing one
+      if (!n || n.spec.folderId !== spec.folderId) {
+        throw new BerthError('NODE_NOT_FOUND', `${field}: node ${nodeId} not found in folder ${spec.folderId}`, { field, nodeId });
+      }
+      return n;
+    };
+    const kinds = new Set<string>();
+    for (const [i, b] of spec.backends.entries()) kinds.add((await sameFolder(b.nodeId, `backends[${i}].nodeId`)).spec.kind);
+    if (kinds.size > 1) throw invalidArgument('backends', 'mixes cell and image nodes: an alias serves one kind');
+    if (spec.mirror) {
+      const shadow = await sameFolder(spec.mirror.nodeId, 'mirror.nodeId');
+      if (shadow.spec.kind !== 'cell' || !kinds.has('cell')) throw invalidArgument('mirror.nodeId', 'mirroring compares execute answers: it works for aliases over cell nodes');
+    }
+  };
+
+  const aliasView = (a: AliasRecord): Record<string, unknown> => ({
+    id: a.id, ...a.spec, createdAt: a.createdAt, updatedAt: a.updatedAt, createdBy: a.createdBy,
+    status: {
+      backends: a.spec.backends.map((b) => ({ ...b, nodeStatus: controller.nodeView(b.nodeId)?.status ?? 'Deleted',
+        healthyInstances: controller.route(b.nodeId)?.dispatcher.healthyCount ?? 0 })),
+      mirror: aliases.mirrorStatus(a.spec.name),
+    },
+  });
+
+  const findAlias = async (name: string, token: TokenRecord, what: 'read' | 'write'): Promise<AliasRecord> => {
+    const a = (await store.listAliases()).find((x) => x.spec.name === name || x.id === name);
+    if (!a) throw notFound(name)();
+    authorize(token, a.spec.folderId, what, notFound(name));
+    return a;
+  };
+
+  app.post('/v1/aliases', { config: { audit: 'alias.create' }, schema: { tags: ['aliases'], summary: 'Create an alias over one or more nodes' } }, async (req, reply) => {
+    const spec = parseAliasSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject });
+    auditTarget(req, spec.folderId);
+    requireRole(req.token, spec.folderId, 'write');
+    await checkAliasNodes(spec);
+    const now = nowIso();
+    const record: AliasRecord = { id: newId(), spec, createdAt: now, updatedAt: now, createdBy: req.token.name };
+    await store.insertAlias(record); // decides NAME_TAKEN
+    auditTarget(req, spec.folderId, record.id);
+    aliases.set(record);
+    reply.code(201);
+    return aliasView(record);
+  });
+
+  app.get<{ Querystring: { folderId?: string } }>('/v1/aliases', { schema: { tags: ['aliases'], summary: 'List the aliases of the folders this token may read' } }, async (req) => {
+    const folder = req.query.folderId;
+    return { aliases: (await store.listAliases()).filter((a) => Auth.can(req.token, a.spec.folderId, 'read') && (folder === undefined || a.spec.folderId === folder)).map(aliasView) };
+  });
+
+  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Get an alias with its backends\' status' } }, async (req) =>
+    aliasView(await findAlias(req.params.name, req.token, 'read')));
+
+  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: { tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically' } }, async (req) => {
+    const current = await findAlias(req.params.name, req.token, 'write');
+    auditTarget(req, current.spec.folderId, current.id);
+    const b = body(req);
+    for (const k of ['name', 'folderId', 'projectId']) if (k in b && b[k] !== (current.spec as unknown as Record<string, unknown>)[k]) throw invalidArgument(k, 'cannot be changed: create a new alias');
+    const spec = parseAliasSpec({ ...current.spec, ...b }, { defaultFolder: current.spec.folderId, defaultProject: current.spec.projectId });
+    await checkAliasNodes(spec);
+    const record: AliasRecord = { ...current, spec, updatedAt: nowIso() };
+    await store.updateAlias(record);
+    aliases.set(record); // one swap: the next call sees the whole new alias
+    return aliasView(record);
+  });
+
+  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.delete' }, schema: { tags: ['aliases'], summary: 'Delete an alias (its nodes stay)' } }, async (req) => {
+    const a = await findAlias(req.params.name, req.token, 'write');
+    auditTarget(req, a.spec.folderId, a.id);
+    await store.deleteAlias(a.id);
+    aliases.delete(a.spec.name);
+    metrics.forgetAlias(a.spec.name);
+    return { id: a.id, name: a.spec.name, deleted: true };
+  });
+}

@@ -1,0 +1,50 @@
+// The control plane REST API (/v1/…): one fastify plugin per resource, each over its
+// service. It validates and stores resources and tells the controller; it never talks to
+// instances itself.
+import type { FastifyInstance } from 'fastify';
+import { Auth } from '../core/auth.js';
+import { BerthError } from '../core/errors.js';
+import type { Config } from '../core/config.js';
+import type { Store } from '../store/store.js';
+import type { Controller } from '../controller/controller.js';
+import type { CheckpointService } from '../checkpoints/service.js';
+import type { Secrets } from '../secrets/secrets.js';
+import type { AliasTable } from '../aliases/table.js';
+import type { Metrics } from '../core/metrics.js';
+import type { Quotas } from '../folders/quotas.js';
+import { registerAccess } from './access.js';
+import { tokenRoutes } from './tokens.js';
+import { checkpointRoutes } from './checkpoints.js';
+import { nodeRoutes } from './nodes.js';
+import { aliasRoutes } from './aliases.js';
+import { secretRoutes } from './secrets.js';
+import { folderRoutes } from './folders.js';
+
+export interface ApiDeps {
+  config: Config;
+  store: Store;
+  auth: Auth;
+  controller: Controller;
+  checkpoints: CheckpointService;
+  secrets: Secrets;
+  aliases: AliasTable;
+  metrics: Metrics;
+  quotas: Quotas;
+  /** The Prometheus exposition: Berth's metrics and the scraped image-node telemetry. */
+  metricsText: () => Promise<string>;
+}
+
+export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
+  registerAccess(app, deps.auth, deps.store);
+  app.get('/v1/health', { config: { public: true }, schema: { tags: ['meta'], summary: 'Liveness (no token needed)' } }, async () => ({ status: 'ok' }));
+  // metrics name every node and alias: only a token that may read every folder sees them here
+  // (or run `berth up --metrics-listen` for a scrape address of its own)
+  app.get('/metrics', { schema: { hide: true } }, async (req, reply) => {
+    if (Auth.foldersFor(req.token, 'read') !== null) {
+      throw new BerthError('PERMISSION_DENIED', '/metrics needs a token that may read every folder (role on "*"), or use berth up --metrics-listen', { needs: 'read on *' });
+    }
+    reply.header('content-type', deps.metrics.registry.contentType);
+    return deps.metricsText();
+  });
+  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes]) routes(app, deps);
+}

@@ -1,0 +1,28 @@
+// Reading request bodies: every field checked for type and length, errors naming the field.
+import type { FastifyRequest } from 'fastify';
+import { invalidArgument } from '../core/errors.js';
+import { typeName } from '../core/node-spec.js';
+
+export type Body = Record<string, unknown>;
+
+/** Free text is bounded everywhere (names have their own rules). */
+export const MAX_TEXT = 1024;
+
+export function body(req: FastifyRequest): Body {
+  const b = req.body;
+  if (b === undefined || b === null) return {};
+  if (typeof b !== 'object' || Array.isArray(b)) throw invalidArgument('body', `must be a JSON object, got ${typeName(b)}`);
+  return b as Body;
+}
+
+export function optString(b: Body, key: string, max = MAX_TEXT): string | undefined {
+  const v = b[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw invalidArgument(key, `must be a string, got ${typeName(v)}`);
+  if (v.length > max) throw invalidArgument(key, `must be at most ${max} characters`);
+  return v;
+}
+
+export function onlyFields(b: Body, known: readonly string[]): void {
+  for (const k of Object.keys(b)) if (!known.includes(k)) throw invalidArgument(k, 'is not a known field');
+}
