@@ -7,6 +7,7 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import { typeName, validateFolder } from '../core/node-spec.js';
 import type { Checkpoint, TokenRecord } from '../core/types.js';
 import { notebookCells, splitScript } from '../checkpoints/cells.js';
+import { discardUpload } from '../gateway/http-util.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body, onlyFields, optString } from './request.js';
 import type { ApiDeps } from './index.js';
@@ -79,7 +80,17 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
     const folderId = validateFolder(q.folderId ?? defaultFolderOf(req.token, config.defaultFolder), 'folderId');
     auditTarget(req, folderId);
     requireRole(req.token, folderId, 'write');
-    const checkpoint = await checkpoints.upload(req.body as Readable, { createdBy: req.token.name, folderId, projectId: config.defaultProject, quota: await quotas.of(folderId) });
+    let checkpoint;
+    try {
+      checkpoint = await checkpoints.upload(req.body as Readable, { createdBy: req.token.name, folderId, projectId: config.defaultProject, quota: await quotas.of(folderId) });
+    } catch (err) {
+      // refused mid-upload: drop the rest as it comes, answer, and close the connection
+      if (!req.raw.complete && err instanceof BerthError) {
+        discardUpload(req.raw);
+        throw new BerthError(err.code, err.message, err.details, { ...err.headers, connection: 'close' });
+      }
+      throw err;
+    }
     auditTarget(req, folderId, checkpoint.id);
     reply.code(201);
     return checkpoint;

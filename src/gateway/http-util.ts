@@ -52,10 +52,12 @@ function tooLarge(limit: number, size: number): BerthError {
  * sending after a few seconds is cut off.
  */
 export function discardUpload(req: IncomingMessage, lingerMs = 5000): void {
+  const socket = req.socket as IncomingMessage['socket'] | null; // null once the request is destroyed
+  if (!socket) return;
   req.resume();
-  const timer = setTimeout(() => req.socket.destroy(), lingerMs);
+  const timer = setTimeout(() => socket.destroy(), lingerMs);
   timer.unref();
   const clear = (): void => clearTimeout(timer);
   req.once('end', clear);
-  req.socket.once('close', clear);
+  socket.once('close', clear);
 }
