@@ -10,6 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, PYTHON, startBerth, removeHome, makeCheckpoint, createNode, execute, waitFor, type Berth } from '../helpers.js';
 import { InstanceLog, tailLines, rotatedPaths, type LogLimits } from '../../src/runtimes/log-file.js';
+import { DockerRuntime, containerName } from '../../src/runtimes/docker.js';
+import { newId } from '../../src/core/ids.js';
+import { docker, removeContainersOfHome, requireDocker } from '../docker-support.js';
+import { buildTestImages, TEST_IMAGES } from '../images/index.js';
 
 /** The reference: split the whole text (what the old code did), last n lines. */
 function naiveTail(texts: string[], n: number): string {
@@ -309,5 +313,33 @@ describe('bounded logs on a real berth up', () => {
     }
     const byName = await b.request('GET', '/v1/nodes/printer/logs', undefined, { authorization: `Bearer ${t.body.token}` });
     assert.equal(byName.status, 404);
+  });
+});
+
+describe('Docker runtime: container logs capped, tail only, follow', { timeout: 180_000 }, () => {
+  test('json-file max-size/max-file from the settings; logs() tail; follow sees the exit line and ends', async (t) => {
+    if (!(await requireDocker(t))) return;
+    await buildTestImages(['http-echo']);
+    const home = mkdtempSync(join(tmpdir(), 'berth-dlog-'));
+    const rt = new DockerRuntime(home, { logLimits: { maxBytes: 65536, files: 3 } });
+    const s = { nodeId: newId(), instanceId: newId(), workload: { kind: 'image' as const, image: TEST_IMAGES['http-echo'], registryAuth: null, env: {}, ports: [8080] }, resources: { cores: 0.5, memoryGb: 0.25, gpus: 0 } };
+    const inst = await rt.start(s);
+    try {
+      const info = await docker().getContainer(containerName(s.instanceId)).inspect();
+      assert.deepEqual(info.HostConfig.LogConfig, { Type: 'json-file', Config: { 'max-size': '65536', 'max-file': '3' } });
+      await waitFor('the listening line', async () => (await rt.logs(s.nodeId, s.instanceId, 1)).includes('http-echo listening on 8080'), 20_000);
+      assert.equal((await rt.logs(s.nodeId, s.instanceId, 1)).split('\n').filter(Boolean).length, 1);
+      assert.match(await rt.logs(s.nodeId, s.instanceId, 50, { search: 'listening' }), /^http-echo listening/);
+      let followed = '';
+      const ended = new Promise<void>((resolveEnd) => rt.follow(s.nodeId, s.instanceId, (c) => { followed += c.toString('utf8'); }, resolveEnd));
+      await new Promise((r) => setTimeout(r, 500)); // Docker's follow stream is open
+      await rt.stop(inst, 5000);
+      await Promise.race([ended, new Promise((_, rej) => setTimeout(() => rej(new Error('follow did not end')), 20_000))]);
+      assert.match(followed, /http-echo: SIGTERM, exiting/);
+    } finally {
+      await rt.stop(inst, 1000).catch(() => undefined);
+      await removeContainersOfHome(home).catch(() => undefined);
+      rmSync(home, { recursive: true, force: true });
+    }
   });
 });
