@@ -13,6 +13,7 @@ import { BerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { SqliteStore } from './store/sqlite.js';
 import { createRuntime } from './runtimes/index.js';
+import { checkLogLimits } from './runtimes/log-file.js';
 import { Controller } from './controller/controller.js';
 import { Telemetry } from './controller/telemetry.js';
 import { CheckpointService } from './checkpoints/service.js';
@@ -46,7 +47,10 @@ export function checkPython(python: string): string | null {
 
 export async function startBerth(config: Config): Promise<RunningBerth> {
   mkdirSync(config.home, { recursive: true, mode: 0o700 });
-  const runtime = createRuntime(config.runtime, config.home);
+  const logLimits = { maxBytes: config.logMaxBytes, files: config.logFiles };
+  const logProblem = checkLogLimits(logLimits);
+  if (logProblem) throw new Error(logProblem);
+  const runtime = createRuntime(config.runtime, config.home, logLimits);
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   const store = new SqliteStore(join(config.home, 'berth.db'));

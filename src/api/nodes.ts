@@ -1,4 +1,4 @@
-// Nodes: create, read, delete, logs. A node may use only its own folder's checkpoint and
+// Nodes: create, read, delete, logs (bounded reads, follow). A node may use only its own folder's checkpoint and
 // secrets; another folder's node is indistinguishable from a missing one.
 import type { FastifyInstance } from 'fastify';
 import { Auth, type Permission } from '../core/auth.js';
@@ -8,6 +8,13 @@ import { parseNodeSpec } from '../core/node-spec.js';
 import type { NodeRecord, TokenRecord } from '../core/types.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './index.js';
+import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
+
+/** Log followers (`logs?follow=true`) connected at once, over all nodes. */
+const MAX_LOG_FOLLOWERS = 64;
+/** Bytes queued to one follower before its lines are skipped. */
+const FOLLOW_BUFFER_BYTES = 1024 * 1024;
+const MAX_LOG_SEARCH = 256;
 
 const notFound = (ref: string) => (): BerthError => new BerthError('NODE_NOT_FOUND', `node ${ref} not found`, { nodeId: ref });
 
@@ -93,16 +100,80 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return { id: n.id, deleted: true };
   });
 
-  app.get<{ Params: { ref: string }; Querystring: { instance?: string; lines?: string } }>('/v1/nodes/:ref/logs',
-    { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed)" } }, async (req) => {
-      const n = await findNode(req.params.ref, req.token, 'read');
-      const lines = req.query.lines === undefined ? 200 : Number(req.query.lines);
-      if (!Number.isInteger(lines) || lines < 1 || lines > 100_000) throw invalidArgument('lines', 'must be an integer between 1 and 100000');
-      const ids = req.query.instance ? [req.query.instance] : controller.instanceIds(n.id);
-      if (req.query.instance && !controller.instanceIds(n.id).includes(req.query.instance)) {
-        throw new BerthError('INSTANCE_NOT_FOUND', `instance ${req.query.instance} not found on node ${n.id}`, { instanceId: req.query.instance });
+  // Logs: the last N lines are read backwards from the end (O(N)); `follow=true` streams new
+  // lines as chunked text/plain until the caller leaves or the instances' logs end.
+  let followers = 0;
+  app.get<{ Params: { ref: string }; Querystring: { instance?: string; lines?: string; search?: string; follow?: string } }>('/v1/nodes/:ref/logs',
+    { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines" } }, async (req, reply) => {
+      const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
+      const q = req.query;
+      const follow = q.follow === undefined ? false : q.follow === 'true' || q.follow === '1' ? true : q.follow === 'false' || q.follow === '0' ? false : null;
+      if (follow === null) throw invalidArgument('follow', 'must be true or false');
+      const lines = q.lines === undefined ? (follow ? 10 : 200) : Number(q.lines);
+      if (!Number.isInteger(lines) || lines < (follow ? 0 : 1) || lines > MAX_TAIL_LINES) {
+        throw invalidArgument('lines', `must be an integer between ${follow ? 0 : 1} and ${MAX_TAIL_LINES}`, { max: MAX_TAIL_LINES });
       }
-      const logs = await Promise.all(ids.map(async (id) => ({ instanceId: id, text: await controller.logs(n.id, id, lines) })));
-      return { nodeId: n.id, logs };
+      if (q.search !== undefined && (q.search.length === 0 || q.search.length > MAX_LOG_SEARCH)) {
+        throw invalidArgument('search', `must be 1 to ${MAX_LOG_SEARCH} characters`);
+      }
+      const query = q.search ? { search: q.search } : {};
+      const ids = q.instance ? [q.instance] : controller.instanceIds(n.id);
+      if (q.instance && !controller.instanceIds(n.id).includes(q.instance)) {
+        throw new BerthError('INSTANCE_NOT_FOUND', `instance ${q.instance} not found on node ${n.id}`, { instanceId: q.instance });
+      }
+      if (!follow) {
+        const logs = await Promise.all(ids.map(async (id) => ({ instanceId: id, text: await controller.logs(n.id, id, lines, query) })));
+        return { nodeId: n.id, logs };
+      }
+      if (followers >= MAX_LOG_FOLLOWERS) {
+        throw new BerthError('TOO_MANY_FOLLOWERS', `${MAX_LOG_FOLLOWERS} log followers are connected already; try again later`, { limit: MAX_LOG_FOLLOWERS }, { 'retry-after': '5' });
+      }
+      followers++;
+      void reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+      const unsubscribe: Array<() => void> = [];
+      let finished = false;
+      const finish = (): void => {
+        if (finished) return;
+        finished = true;
+        followers--;
+        for (const u of unsubscribe) u();
+        if (!res.writableEnded) res.end();
+      };
+      res.on('close', finish);
+      // with several instances, a `==> instance X <==` header whenever the source changes (as tail -f does)
+      let current: string | null = null;
+      let skipped = 0;
+      const send = (id: string, chunk: Buffer | string): void => {
+        if (finished || res.destroyed) return;
+        // a reader slower than the log loses lines (counted), never Berth's memory
+        if (res.writableLength > FOLLOW_BUFFER_BYTES) { skipped += Buffer.byteLength(chunk); return; }
+        if (skipped) { res.write(`[berth] ${skipped} bytes skipped: this reader is slower than the log\n`); skipped = 0; }
+        if (ids.length > 1 && current !== id) { res.write(`==> instance ${id} <==\n`); current = id; }
+        res.write(chunk);
+      };
+      try {
+        for (const id of ids) {
+          const tail = lines > 0 ? await controller.logs(n.id, id, lines, query) : '';
+          if (tail) send(id, tail);
+        }
+      } catch {
+        finish();
+        return;
+      }
+      if (finished) return;
+      let open = ids.length;
+      if (open === 0) { finish(); return; }
+      const needle = q.search;
+      for (const id of ids) {
+        unsubscribe.push(controller.followLogs(n.id, id,
+          (chunk) => {
+            if (!needle) { send(id, chunk); return; }
+            const kept = chunk.toString('utf8').split('\n').filter((l) => l.includes(needle));
+            if (kept.length) send(id, kept.join('\n') + '\n');
+          },
+          () => { if (--open === 0) finish(); }));
+      }
     });
 }

@@ -5,6 +5,7 @@ import { extname, resolve } from 'node:path';
 import YAML from 'yaml';
 import { loadConfig, defaultHome } from '../core/config.js';
 import { ApiError, Client, findToken, serverUrl } from './client.js';
+import { parseByteSize } from '../runtimes/log-file.js';
 import { ago, bytes, table } from './format.js';
 
 const program = new Command();
@@ -26,11 +27,15 @@ program.command('up').description('Run the control API, controller and gateway i
   .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
   .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
   .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
+  .option('--log-max-bytes <size>', 'instance logs rotate past this size, e.g. 10m (default: $BERTH_LOG_MAX_BYTES or 10m)')
+  .option('--log-files <n>', 'instance log files kept per instance, the current one included (default: $BERTH_LOG_FILES or 2)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
     const config = loadConfig({
       host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
       ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+      ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
+      ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}),
     });
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
@@ -247,13 +252,38 @@ node.command('delete <node>').description('Delete a node and stop its instances'
   out(o.json, r, () => `node ${r.id} deleted`);
 });
 
-node.command('logs <node>').description('What the instances printed')
-  .option('--instance <id>', 'one instance only').option('--lines <n>', 'last N lines per instance', '100').option('--json', 'print JSON')
+node.command('logs <node>').description('What the instances printed (the last lines; -f keeps printing new ones)')
+  .option('--instance <id>', 'one instance only').option('--lines <n>', 'last N lines per instance (at most 10000; default 100, 10 with -f)')
+  .option('--search <text>', 'only lines containing this text').option('-f, --follow', 'keep printing lines as they are written, until Ctrl-C or the instances end')
+  .option('--json', 'print JSON')
   .action(async (ref, o) => {
-    const q = new URLSearchParams({ lines: o.lines, ...(o.instance ? { instance: o.instance } : {}) });
+    const q = new URLSearchParams({ ...(o.lines ? { lines: o.lines } : o.follow ? {} : { lines: '100' }), ...(o.instance ? { instance: o.instance } : {}), ...(o.search ? { search: o.search } : {}) });
+    if (o.follow) {
+      q.set('follow', 'true');
+      await followLogs(`/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
+      return;
+    }
     const r = await client().request('GET', `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
     out(o.json, r, () => r.logs.map((l: any) => `==> instance ${l.instanceId} <==\n${l.text}`).join('\n'));
   });
+
+/** Streams a follow response to stdout as it arrives (chunked text/plain). */
+async function followLogs(path: string): Promise<void> {
+  const url = serverUrl(program.opts().url);
+  let res: Response;
+  try {
+    res = await fetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
+  } catch (err) {
+    throw new Error(`cannot reach Berth at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
+  }
+  if (!res.ok || !res.body) {
+    const text = await res.text();
+    let p: any = {};
+    try { p = JSON.parse(text); } catch { /* not JSON */ }
+    throw new ApiError(res.status, p.code ?? `HTTP_${res.status}`, p.message ?? text.slice(0, 500), p.details ?? {}, p);
+  }
+  for await (const chunk of res.body) process.stdout.write(chunk);
+}
 
 node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')
   .requiredOption('--input <json>', 'the input variables as a JSON object')

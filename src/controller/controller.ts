@@ -6,7 +6,7 @@ import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import type { InstanceView, NodeRecord, NodeSpec, NodeStatus } from '../core/types.js';
 import type { Store } from '../store/store.js';
-import type { RegistryAuth, Runtime, RuntimeInstance, Workload } from '../runtimes/runtime.js';
+import type { LogQuery, RegistryAuth, Runtime, RuntimeInstance, Workload } from '../runtimes/runtime.js';
 import type { Secrets } from '../secrets/secrets.js';
 import { NodeDispatcher } from '../gateway/dispatcher.js';
 import { compileInputValidator, type InputValidator } from '../gateway/input-validator.js';
@@ -160,8 +160,12 @@ export class Controller {
 
   nodeIds(): string[] { return [...this.nodes.keys()]; }
 
-  logs(nodeId: string, instanceId: string, lines: number): Promise<string> {
-    return this.runtime.logs(nodeId, instanceId, lines);
+  logs(nodeId: string, instanceId: string, lines: number, query?: LogQuery): Promise<string> {
+    return this.runtime.logs(nodeId, instanceId, lines, query);
+  }
+
+  followLogs(nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void {
+    return this.runtime.follow(nodeId, instanceId, onData, onEnd);
   }
 
   instanceIds(nodeId: string): string[] {

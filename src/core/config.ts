@@ -2,6 +2,7 @@ import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { parseByteSize } from '../runtimes/log-file.js';
 
 /** Everything `berth up` can be told, from the environment or flags; embedded defaults otherwise. */
 export interface Config {
@@ -25,6 +26,10 @@ export interface Config {
   reconcileIntervalMs: number;
   /** host:port of a separate listener serving /metrics without a token; null: only the main port, with one. */
   metricsListen: string | null;
+  /** Instance logs: rotated past this size (`--log-max-bytes`, BERTH_LOG_MAX_BYTES; also Docker's json-file max-size). */
+  logMaxBytes: number;
+  /** Instance logs: files kept per instance, the current one included (`--log-files`, BERTH_LOG_FILES). */
+  logFiles: number;
 }
 
 export const MB = 1024 * 1024;
@@ -60,5 +65,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     drainSeconds: overrides.drainSeconds ?? 30,
     reconcileIntervalMs: overrides.reconcileIntervalMs ?? 500,
     metricsListen: overrides.metricsListen ?? env.BERTH_METRICS_LISTEN ?? null,
+    logMaxBytes: overrides.logMaxBytes ?? (env.BERTH_LOG_MAX_BYTES ? parseByteSize(env.BERTH_LOG_MAX_BYTES) ?? NaN : 10 * MB),
+    logFiles: overrides.logFiles ?? (env.BERTH_LOG_FILES ? Number(env.BERTH_LOG_FILES) : 2),
   };
 }

@@ -52,6 +52,8 @@ export const ERRORS = {
   INSTANCE_FAILED: { http: 502, grpc: 'UNAVAILABLE' },
   NODE_UNAVAILABLE: { http: 503, grpc: 'UNAVAILABLE' },
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
+  // logs?follow=true: the cap on connected followers is reached
+  TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
   CALL_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
   INTERNAL: { http: 500, grpc: 'INTERNAL' },
   // the caller left before the answer (nginx's 499); only ever counted, never sent

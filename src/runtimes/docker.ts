@@ -11,15 +11,18 @@
 //   therefore run on this machine (a remote DOCKER_HOST cannot serve cell nodes).
 // - A container's log is copied into <home>/logs/<nodeId>/<instanceId>.log when it exits,
 //   then the container is removed; `logs()` shows that file plus the live container's log.
+//   Containers' own logs are capped by the json-file driver (`max-size`/`max-file` from
+//   `--log-max-bytes`/`--log-files`), and reads ask Docker for the tail only.
 import Docker from 'dockerode';
-import { appendFile, chmod, mkdir, readFile, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { appendFile, chmod, mkdir, rm } from 'node:fs/promises';
+import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { availableParallelism, constants as osConstants, tmpdir, totalmem } from 'node:os';
 import { PYTHON_DIR } from '../core/config.js';
 import type { Endpoint } from '../worker/protocol.js';
-import type { ExitInfo, InstanceSpec, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
+import type { ExitInfo, InstanceSpec, LogQuery, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
+import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
 
 /** sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep. */
 const MAX_SOCKET_PATH = 100;
@@ -46,6 +49,8 @@ const WORKER_BOOTSTRAP = "import sys; sys.path.insert(0, '/berth/python'); impor
 export interface DockerRuntimeOptions {
   /** A configured client; default: from DOCKER_HOST, else /var/run/docker.sock. */
   docker?: Docker;
+  /** Caps of containers' logs (json-file driver) and of the archived copy. */
+  logLimits?: LogLimits;
 }
 
 class DockerInstance implements RuntimeInstance {
@@ -75,6 +80,7 @@ export class DockerRuntime implements Runtime {
   private readonly docker: Docker;
   private readonly tracked = new Map<string, Tracked>();
   private readonly pulls = new Map<string, Promise<void>>();
+  private readonly logLimits: LogLimits;
 
   constructor(home: string, options: DockerRuntimeOptions = {}) {
     this.home = resolve(home);
@@ -86,6 +92,7 @@ export class DockerRuntime implements Runtime {
     }
     this.runRoot = runRoot;
     this.docker = options.docker ?? new Docker();
+    this.logLimits = options.logLimits ?? DEFAULT_LOG_LIMITS;
   }
 
   /** Where the daemon is expected, for messages. */
@@ -146,7 +153,8 @@ export class DockerRuntime implements Runtime {
     };
     const hostConfig: Docker.HostConfig = {
       Init: true, // tini as PID 1: signals reach the service with their default meaning
-      LogConfig: { Type: 'json-file', Config: { 'max-size': '20m', 'max-file': '2' } },
+      // Docker rotates the container's own log: bounded like the process runtime's files
+      LogConfig: { Type: 'json-file', Config: { 'max-size': String(this.logLimits.maxBytes), 'max-file': String(this.logLimits.files) } },
       ...this.limits(spec.resources),
     };
     const create: Docker.ContainerCreateOptions = { name, Image: image, Labels: labels, HostConfig: hostConfig };
@@ -238,15 +246,37 @@ export class DockerRuntime implements Runtime {
     return out;
   }
 
-  async logs(nodeId: string, instanceId: string, lines: number): Promise<string> {
-    const file = this.logPath(nodeId, instanceId);
-    let text = existsSync(file) ? await readFile(file, 'utf8') : '';
+  /** The archived file's tail (read backwards) and the live container's tail (Docker's `tail`), never either whole. */
+  async logs(nodeId: string, instanceId: string, lines: number, query: LogQuery = {}): Promise<string> {
+    let text = (await tailLines([this.logPath(nodeId, instanceId)], lines, query)).text;
     const tracked = this.tracked.get(instanceId);
     if (!tracked?.archived) {
-      const live = await this.containerLog(containerName(instanceId), nodeId, lines);
+      let live = await this.containerLog(containerName(instanceId), nodeId, query.search ? MAX_TAIL_LINES : lines);
+      if (query.search) live = live.split('\n').filter((l) => l.includes(query.search!)).join('\n');
       if (live) text += (text && !text.endsWith('\n') ? '\n' : '') + live;
     }
     return lastLines(text, lines);
+  }
+
+  /** Docker's own follow of the live container, from now on; ends when the container goes. */
+  follow(_nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void {
+    const tracked = this.tracked.get(instanceId);
+    if (!tracked || tracked.archived) { queueMicrotask(onEnd); return () => undefined; }
+    let stream: NodeJS.ReadableStream | null = null;
+    let stopped = false;
+    let ended = false;
+    const end = (): void => { if (!ended) { ended = true; onEnd(); } };
+    this.containerOf(tracked.instance).logs({ follow: true, stdout: true, stderr: true, tail: 0 }).then((s) => {
+      stream = s;
+      if (stopped) { (s as unknown as { destroy(): void }).destroy(); return; }
+      const out = new PassThrough();
+      out.on('data', onData);
+      this.docker.modem.demuxStream(s, out, out);
+      s.on('end', end);
+      s.on('close', end);
+      s.on('error', end);
+    }, end);
+    return () => { stopped = true; (stream as unknown as { destroy(): void } | null)?.destroy(); };
   }
 
   async cleanup(nodeId: string): Promise<void> {
@@ -419,6 +449,11 @@ export class DockerRuntime implements Runtime {
       text = demux(await container.logs({ stdout: true, stderr: true, follow: false, tail: ARCHIVE_LINES }));
     } catch { /* no log to keep */ }
     if (text && !text.endsWith('\n')) text += '\n';
+    // the kept copy is bounded like the live log: its last maxBytes, from a line start
+    if (Buffer.byteLength(text) > this.logLimits.maxBytes) {
+      const tail = Buffer.from(text).subarray(-this.logLimits.maxBytes).toString('utf8');
+      text = tail.slice(tail.indexOf('\n') + 1);
+    }
     try {
       await mkdir(join(this.logDir, nodeId), { recursive: true });
       await appendFile(this.logPath(nodeId, instanceId), `${text}[berth] ${new Date().toISOString()} ${ending}\n`);

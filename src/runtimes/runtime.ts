@@ -39,6 +39,12 @@ export interface InstanceSpec {
   resources: { cores: number; memoryGb: number; gpus: number };
 }
 
+/** Filters on a log read. */
+export interface LogQuery {
+  /** Only lines containing this text. */
+  search?: string;
+}
+
 export interface ExitInfo { code: number | null; signal: string | null; error?: string }
 
 export interface RuntimeInstance {
@@ -75,8 +81,13 @@ export interface Runtime {
    * labels). The controller adopts the ones it still wants and stops the rest.
    */
   list(): Promise<RuntimeInstance[]>;
-  /** The last `lines` lines of an instance's log. */
-  logs(nodeId: string, instanceId: string, lines: number): Promise<string>;
+  /** The last `lines` lines of an instance's log (read from the end: O(lines), never the whole log). */
+  logs(nodeId: string, instanceId: string, lines: number, query?: LogQuery): Promise<string>;
+  /**
+   * New log output as it is written, until the instance's log ends (`onEnd`, also when it
+   * has ended already). Returns the unsubscribe.
+   */
+  follow(nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void;
   /** Removes everything left of a node's instances (logs, sockets). */
   cleanup(nodeId: string): Promise<void>;
 }
