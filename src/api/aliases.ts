@@ -8,7 +8,7 @@ import { parseAliasSpec } from '../core/alias-spec.js';
 import type { AliasRecord, AliasSpec, TokenRecord } from '../core/types.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body } from './request.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 
 const notFound = (name: string) => (): BerthError => new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
 

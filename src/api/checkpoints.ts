@@ -10,7 +10,7 @@ import { notebookCells, splitScript } from '../checkpoints/cells.js';
 import { discardUpload } from '../gateway/http-util.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body, onlyFields, optString } from './request.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 
 const notFound = (ref: string) => (): BerthError => new BerthError('CHECKPOINT_NOT_FOUND', `checkpoint ${ref} not found`, { checkpointId: ref });
 

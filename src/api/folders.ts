@@ -6,7 +6,7 @@ import { nowIso } from '../core/ids.js';
 import { validateFolder } from '../core/node-spec.js';
 import { parseQuota } from '../folders/quotas.js';
 import { auditTarget, requireSuperAdmin } from './access.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 
 export function folderRoutes(app: FastifyInstance, { store, quotas }: ApiDeps): void {
   const folderView = async (id: string): Promise<Record<string, unknown>> => ({

@@ -4,14 +4,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
-import type { Config } from '../core/config.js';
-import type { Store } from '../store/store.js';
-import type { Controller } from '../controller/controller.js';
-import type { CheckpointService } from '../checkpoints/service.js';
-import type { Secrets } from '../secrets/secrets.js';
-import type { AliasTable } from '../aliases/table.js';
-import type { Metrics } from '../core/metrics.js';
-import type { Quotas } from '../folders/quotas.js';
+import type { ApiDeps } from './deps.js';
 import { registerAccess } from './access.js';
 import { tokenRoutes } from './tokens.js';
 import { checkpointRoutes } from './checkpoints.js';
@@ -19,20 +12,6 @@ import { nodeRoutes } from './nodes.js';
 import { aliasRoutes } from './aliases.js';
 import { secretRoutes } from './secrets.js';
 import { folderRoutes } from './folders.js';
-
-export interface ApiDeps {
-  config: Config;
-  store: Store;
-  auth: Auth;
-  controller: Controller;
-  checkpoints: CheckpointService;
-  secrets: Secrets;
-  aliases: AliasTable;
-  metrics: Metrics;
-  quotas: Quotas;
-  /** The Prometheus exposition: Berth's metrics and the scraped image-node telemetry. */
-  metricsText: () => Promise<string>;
-}
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   registerAccess(app, deps.auth, deps.store);

@@ -7,7 +7,7 @@ import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
 import type { NodeRecord, TokenRecord } from '../core/types.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */

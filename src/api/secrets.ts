@@ -6,7 +6,7 @@ import { BerthError } from '../core/errors.js';
 import { validateFolder } from '../core/node-spec.js';
 import { auditTarget, defaultFolderOf, requireRole } from './access.js';
 import { body, onlyFields, optString } from './request.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 
 export function secretRoutes(app: FastifyInstance, { config, store, secrets }: ApiDeps): void {
   app.post('/v1/secrets', { config: { audit: 'secret.create' }, schema: { tags: ['secrets'], summary: 'Store a secret in a folder (the value is never returned)' } }, async (req, reply) => {

@@ -5,7 +5,7 @@ import { validateFolder, typeName } from '../core/node-spec.js';
 import { ROLES, type Role, type TokenRecord } from '../core/types.js';
 import { auditTarget, defaultFolderOf, requireSuperAdmin } from './access.js';
 import { body, onlyFields, optString } from './request.js';
-import type { ApiDeps } from './index.js';
+import type { ApiDeps } from './deps.js';
 
 const MAX_TOKEN_NAME = 63;
 const MAX_GRANTS = 100;
