@@ -66,9 +66,12 @@ test('randomizer walk-through: checkpoint from a script, pinned node, seeds curl
   }
   assert.ok(seen.size > 1, 'values are random');
 
-  const viaCli = b.cli('node', 'execute', 'randomizer-node', '--input', '{"input_data": {"left_bound": 5, "right_bound": 5}}');
+  const viaCli = b.cli('node', 'execute', 'randomizer-node', '--input', '{"input_data": {"left_bound": 5, "right_bound": 5}}', '--json');
   assert.equal(viaCli.status, 0, viaCli.stderr);
   assert.deepEqual(JSON.parse(viaCli.stdout), { output: { output_data: { generated_value: 5 } } });
+  const asTable = b.cli('node', 'execute', 'randomizer-node', '--input', '{"input_data": {"left_bound": 5, "right_bound": 5}}');
+  assert.match(asTable.stdout, /OUTPUT\s.*VALUE/);
+  assert.match(asTable.stdout, /output_data\s.*\{"generated_value":5\}/);
 
   const table = b.cli('node', 'get', 'randomizer-node');
   assert.match(table.stdout, /INSTANCE\s.*STATUS/);

@@ -285,17 +285,29 @@ async function followLogs(path: string): Promise<void> {
   for await (const chunk of res.body) process.stdout.write(chunk);
 }
 
+/** The answer of an execute call: one row per output variable, or the raw JSON. */
+const printOutput = (json: boolean, r: { output?: Record<string, unknown> }): void =>
+  out(json, r, () => table(['OUTPUT', 'VALUE'], Object.entries(r.output ?? {}).map(([k, v]) => [k, JSON.stringify(v)])));
+
+const parseInput = (text: string): unknown => {
+  try { return JSON.parse(text); } catch { throw new Error('--input must be a JSON object, e.g. --input \'{"x": 1}\''); }
+};
+
 node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')
   .requiredOption('--input <json>', 'the input variables as a JSON object')
-  .option('--folder <id>', 'the folder you call from (default: your token\'s)')
+  .option('--folder <id>', 'the folder you call from (default: your token\'s)').option('--json', 'print the raw JSON answer')
   .action(async (ref, o) => {
     const c = client();
-    let input: unknown;
-    try { input = JSON.parse(o.input); } catch { throw new Error('--input must be a JSON object, e.g. --input \'{"x": 1}\''); }
-    const n = await c.request('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
+    const input = parseInput(o.input);
+    // an executor token may call but not read nodes: a node id is used as it is
+    let id = ref;
+    try {
+      id = (await c.request('GET', `/v1/nodes/${encodeURIComponent(ref)}`)).id;
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404 && /^[a-z0-9]{20}$/.test(ref))) throw err;
+    }
     const folder = o.folder ?? (await c.request('GET', '/v1/whoami')).defaultFolder;
-    const r = await c.request('POST', `/datasphere/v1/nodes/${n.id}:execute`, { folder_id: folder, input });
-    console.log(JSON.stringify(r, null, 2));
+    printOutput(o.json, await c.request('POST', `/datasphere/v1/nodes/${id}:execute`, { folder_id: folder, input }));
   });
 
 // ---- apply ----
@@ -428,12 +440,12 @@ alias.command('delete <name>').description('Delete an alias (its nodes stay)').o
 
 alias.command('execute <name>').description('Call an alias over cell nodes, like POST /datasphere/v1/aliases/{name}:execute')
   .requiredOption('--input <json>', 'the input variables as a JSON object').option('--folder <id>', 'the folder you call from')
+  .option('--json', 'print the raw JSON answer')
   .action(async (name, o) => {
     const c = client();
-    let input: unknown;
-    try { input = JSON.parse(o.input); } catch { throw new Error('--input must be a JSON object'); }
+    const input = parseInput(o.input);
     const folder = o.folder ?? (await c.request('GET', '/v1/whoami')).defaultFolder;
-    console.log(JSON.stringify(await c.request('POST', `/datasphere/v1/aliases/${encodeURIComponent(name)}:execute`, { folder_id: folder, input }), null, 2));
+    printOutput(o.json, await c.request('POST', `/datasphere/v1/aliases/${encodeURIComponent(name)}:execute`, { folder_id: folder, input }));
   });
 
 // ---- secrets ----
