@@ -62,6 +62,21 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * The Python worker's call-error codes (python/berth_worker.py, `_call_error`) and the
+ * API error each becomes. Codes the worker shares with the API map to themselves.
+ */
+export const WORKER_ERRORS: Record<string, ErrorCode> = {
+  INPUT_INVALID: 'INVALID_INPUT',
+  NOT_READY: 'NODE_UNAVAILABLE',
+  OUTPUT_TOO_LARGE: 'RESPONSE_TOO_LARGE',
+  OUTPUT_MISSING: 'OUTPUT_MISSING',
+  OUTPUT_TYPE_MISMATCH: 'OUTPUT_TYPE_MISMATCH',
+  OUTPUT_NOT_SERIALIZABLE: 'OUTPUT_NOT_SERIALIZABLE',
+  PROTOCOL_ERROR: 'INTERNAL',
+  WORKER_ERROR: 'INTERNAL',
+};
+
 export class BerthError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown>;

@@ -3,7 +3,7 @@
 // Execute/ExecuteAlias call the same methods. Reads no database: routes, aliases,
 // tokens and validators are all in memory.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError, type ErrorCode, ERRORS } from '../core/errors.js';
+import { BerthError, type ErrorCode, WORKER_ERRORS } from '../core/errors.js';
 import { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import type { CallMetrics, Metrics } from '../core/metrics.js';
@@ -224,11 +224,7 @@ function mapFrame(frame: Frame): CallResult {
     };
   }
   if (frame.type === FRAME.CALL_ERROR) {
-    let code = String(info.code) as ErrorCode;
-    if (code === ('OUTPUT_TOO_LARGE' as ErrorCode)) code = 'RESPONSE_TOO_LARGE';
-    else if (code === ('INPUT_INVALID' as ErrorCode)) code = 'INVALID_INPUT';
-    else if (code === ('NOT_READY' as ErrorCode)) code = 'NODE_UNAVAILABLE';
-    if (!(code in ERRORS)) code = 'INTERNAL';
+    const code: ErrorCode = WORKER_ERRORS[String(info.code)] ?? 'INTERNAL';
     return { ok: false, error: new BerthError(code, String(info.message), info.details ?? {}) };
   }
   return { ok: false, error: new BerthError('INTERNAL', `unexpected frame type ${frame.type} from the worker`) };
