@@ -27,6 +27,7 @@ import { startGrpcServer } from './grpc/node-service.js';
 import { registerApi } from './api/index.js';
 import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
+import { RoutingTable } from './gateway/routing-table.js';
 
 export interface RunningBerth {
   url: string;
@@ -65,14 +66,16 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const checkpoints = new CheckpointService(config, store);
   const aliases = new AliasTable();
   for (const a of await store.listAliases()) aliases.set(a);
-  const gateway = new Gateway(config, controller, auth, metrics, aliases);
-  const proxy = new Proxy(config, controller, auth, metrics, aliases);
+  // the gateway serves from the controller's routing snapshots and reports back through them
+  const routes = new RoutingTable(controller, config.maxResponseBytes);
+  const gateway = new Gateway(config, routes, auth, metrics, aliases);
+  const proxy = new Proxy(config, routes, auth, metrics, aliases);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
   const grpc = await startGrpcServer({
     gateway, maxMessageBytes: config.maxRequestBytes,
     // gRPC execute calls count in the same per-node and per-alias metrics as REST ones
     onCall: (call) => {
-      const targets = [call.nodeId && controller.route(call.nodeId) ? metrics.bindNode(call.nodeId) : null, call.alias && aliases.get(call.alias) ? metrics.bindAlias(call.alias) : null];
+      const targets = [call.nodeId && routes.route(call.nodeId) ? metrics.bindNode(call.nodeId) : null, call.alias && aliases.get(call.alias) ? metrics.bindAlias(call.alias) : null];
       for (const m of targets) {
         if (!m) continue;
         m.requests.inc();
@@ -130,6 +133,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
   await controller.start();
+  controller.attach(routes);
   telemetry.start();
   await app.ready();
   const front = createFrontDoor(httpServer, h2Server);
@@ -152,6 +156,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       const deadline = Date.now() + config.drainSeconds * 1000;
       while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       telemetry.stop();
+      routes.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
       await controller.stop();
       httpServer.closeAllConnections();
       h2Server.close();

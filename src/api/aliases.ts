@@ -35,8 +35,10 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
   const aliasView = (a: AliasRecord): Record<string, unknown> => ({
     id: a.id, ...a.spec, createdAt: a.createdAt, updatedAt: a.updatedAt, createdBy: a.createdBy,
     status: {
-      backends: a.spec.backends.map((b) => ({ ...b, nodeStatus: controller.nodeView(b.nodeId)?.status ?? 'Deleted',
-        healthyInstances: controller.route(b.nodeId)?.dispatcher.healthyCount ?? 0 })),
+      backends: a.spec.backends.map((b) => {
+        const live = controller.nodeView(b.nodeId);
+        return { ...b, nodeStatus: live?.status ?? 'Deleted', healthyInstances: live?.instances.filter((i) => i.status === 'Healthy').length ?? 0 };
+      }),
       mirror: aliases.mirrorStatus(a.spec.name),
     },
   });

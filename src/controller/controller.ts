@@ -1,6 +1,7 @@
 // The reconcile loop: compares what the store wants with what the runtime has, starts
-// and stops instances, health-checks them, computes statuses, scales, and keeps each
-// node's dispatcher (the gateway's routing table) up to date.
+// and stops instances, health-checks them, computes statuses, scales, and publishes a
+// routing snapshot (src/routing/) that gateways serve from. It never imports the gateway:
+// gateways send instance events and load back through the interfaces in routing/.
 import type { Config } from '../core/config.js';
 import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
@@ -8,10 +9,8 @@ import type { InstanceView, NodeRecord, NodeSpec, NodeStatus } from '../core/typ
 import type { Store } from '../store/store.js';
 import type { LogQuery, RegistryAuth, Runtime, RuntimeInstance, Workload } from '../runtimes/runtime.js';
 import type { Secrets } from '../secrets/secrets.js';
-import { NodeDispatcher } from '../gateway/dispatcher.js';
-import { compileInputValidator, type InputValidator } from '../gateway/input-validator.js';
-import { H1Upstream, H2Upstream } from '../gateway/upstream.js';
 import { FRAME, WorkerConnection } from '../worker/protocol.js';
+import type { InstanceEvents, LoadSource, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import { InstanceState } from './instance.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
@@ -23,29 +22,13 @@ const CONNECT_TIMEOUT_MS = 60_000;
 const PREPARE_TIMEOUT_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
 
-/** A node as the gateway uses it: everything a call needs, with no database access. */
-export interface NodeRoute {
-  readonly id: string;
-  readonly spec: NodeSpec;
-  readonly dispatcher: NodeDispatcher;
-  /** Cell nodes only. */
-  readonly validateInput: InputValidator | null;
-  readonly aclFolders: ReadonlySet<string>;
-}
-
-class NodeState implements NodeRoute {
-  readonly dispatcher: NodeDispatcher;
-  readonly validateInput: InputValidator | null;
-  readonly aclFolders: ReadonlySet<string>;
+class NodeState {
   readonly instances = new Map<string, InstanceState>();
   status: NodeStatus;
   everHealthy: boolean;
   deleting = false;
 
   constructor(public record: NodeRecord) {
-    this.dispatcher = new NodeDispatcher(record.id, record.spec.scaling.queueSize);
-    this.validateInput = record.spec.kind === 'cell' ? compileInputValidator(record.spec.inputs) : null;
-    this.aclFolders = new Set(record.spec.permissions.folders);
     this.status = record.status;
     this.everHealthy = record.status !== 'Created';
   }
@@ -61,10 +44,19 @@ class NodeState implements NodeRoute {
   }
 }
 
-export class Controller {
+/** Nothing serves calls yet (before a gateway attaches): no load, snapshots dropped. */
+const DETACHED: SnapshotSink & LoadSource = {
+  apply: () => undefined,
+  node: () => ({ busy: 0, waiting: 0 }),
+  instance: () => ({ busy: 0, lastUsedAt: 0 }),
+};
+
+export class Controller implements InstanceEvents {
   private readonly nodes = new Map<string, NodeState>();
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  private gateways: SnapshotSink & LoadSource = DETACHED;
+  private snapshotVersion = 0;
 
   constructor(
     private readonly config: Config,
@@ -73,6 +65,12 @@ export class Controller {
     private readonly metrics: Metrics,
     private readonly secrets: Secrets,
   ) {}
+
+  /** Where snapshots go and load comes from: the gateway (or its workers). */
+  attach(gateways: SnapshotSink & LoadSource): void {
+    this.gateways = gateways;
+    this.publishAll();
+  }
 
   get runtimeName(): string { return this.runtime.name; }
   get supportsImages(): boolean { return this.runtime.supportsImages; }
@@ -96,9 +94,10 @@ export class Controller {
     this.timer.unref();
   }
 
-  route(nodeId: string): NodeRoute | undefined {
+  /** A live node's spec (telemetry scraping); undefined once it is being deleted. */
+  nodeSpec(nodeId: string): NodeSpec | undefined {
     const n = this.nodes.get(nodeId);
-    return n && !n.deleting ? n : undefined;
+    return n && !n.deleting ? n.spec : undefined;
   }
 
   addNode(record: NodeRecord): void {
@@ -112,16 +111,25 @@ export class Controller {
     const node = this.nodes.get(nodeId);
     if (!node) return;
     node.deleting = true;
+    this.publishAll(); // gateways drop the node: waiting calls get NODE_NOT_FOUND
     await this.setNodeStatus(node, 'Deleting');
-    node.dispatcher.rejectAll(new BerthError('NODE_NOT_FOUND', `node ${nodeId} is being deleted`, { nodeId }));
     await Promise.all(node.active().map((i) => this.stopInstance(node, i, 'node deleted')));
     this.nodes.delete(nodeId);
     this.metrics.forgetNode(nodeId);
     await this.runtime.cleanup(nodeId);
   }
 
-  /** A call overran its timeout: take the instance out and replace it. */
-  instanceTimedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
+  /** A call overran its timeout: take the instance out and replace it (off the call path). */
+  timedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
+    setImmediate(() => this.onTimedOut(nodeId, instanceId, timeoutSeconds));
+  }
+
+  /** The gateway could not connect: out of balancing until its health check passes again. */
+  refused(nodeId: string, instanceId: string, reason: string): void {
+    setImmediate(() => this.onRefused(nodeId, instanceId, reason));
+  }
+
+  private onTimedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
     const node = this.nodes.get(nodeId);
     const inst = node?.instances.get(instanceId);
     if (!node || !inst || !inst.handle || inst.stopping) return;
@@ -130,8 +138,7 @@ export class Controller {
     this.runtime.kill(inst.handle);
   }
 
-  /** The gateway could not connect: out of balancing until its health check passes again. */
-  instanceRefused(nodeId: string, instanceId: string, reason: string): void {
+  private onRefused(nodeId: string, instanceId: string, reason: string): void {
     const node = this.nodes.get(nodeId);
     const inst = node?.instances.get(instanceId);
     if (!node || !inst || inst.status !== 'Healthy') return;
@@ -145,9 +152,9 @@ export class Controller {
     if (!node) return undefined;
     return {
       status: node.status,
-      instances: [...node.instances.values()].map((i) => i.view()),
+      instances: [...node.instances.values()].map((i) => i.view(this.gateways.instance(nodeId, i.id).busy)),
       warnings: this.runtime.unenforced(node.spec.resources),
-      queued: node.dispatcher.waiting,
+      queued: this.gateways.node(nodeId).waiting,
     };
   }
 
@@ -178,7 +185,6 @@ export class Controller {
     if (this.timer) clearInterval(this.timer);
     const all: Promise<void>[] = [];
     for (const node of this.nodes.values()) {
-      node.dispatcher.rejectAll(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
       for (const inst of node.active()) all.push(this.stopInstance(node, inst, 'Berth stopping'));
     }
     await Promise.all(all);
@@ -196,7 +202,7 @@ export class Controller {
   private reconcile(node: NodeState): void {
     const { minInstances, maxInstances, sessionsPerInstance, scaleDownDelaySeconds } = node.spec.scaling;
     const active = node.active();
-    const d = node.dispatcher;
+    const d = this.gateways.node(node.id);
 
     // keep at least minInstances; add more while calls wait for a session
     let target = Math.max(minInstances, active.length);
@@ -210,8 +216,11 @@ export class Controller {
     if (active.length > minInstances && d.waiting === 0) {
       const now = Date.now();
       const quietMs = scaleDownDelaySeconds * 1000;
-      const idle = active.find((i) => i.status === 'Healthy' && i.slot.busy === 0
-        && now - i.slot.lastUsedAt >= quietMs && now - i.healthySince >= quietMs);
+      const idle = active.find((i) => {
+        if (i.status !== 'Healthy' || now - i.healthySince < quietMs) return false;
+        const load = this.gateways.instance(node.id, i.id);
+        return load.busy === 0 && now - load.lastUsedAt >= quietMs;
+      });
       if (idle) void this.stopInstance(node, idle, `idle for ${scaleDownDelaySeconds}s (scale-down)`);
     }
 
@@ -234,10 +243,22 @@ export class Controller {
     await this.store.updateNodeStatus(node.id, status, { status, at: nowIso(), ...(reason ? { reason } : {}) });
   }
 
-  /** Publishes the node's Healthy instances to its dispatcher (an immutable swap). */
+  /** A node's Healthy instances changed: publish a new snapshot, then update its status. */
   private publish(node: NodeState): void {
-    node.dispatcher.setSlots([...node.instances.values()].filter((i) => i.status === 'Healthy').map((i) => i.slot));
+    this.publishAll();
     this.updateNodeStatus(node);
+  }
+
+  /** Every live node with its Healthy instances, as one new immutable snapshot. */
+  private publishAll(): void {
+    const snapshot: RoutingSnapshot = {
+      version: ++this.snapshotVersion,
+      nodes: [...this.nodes.values()].filter((n) => !n.deleting).map((n) => ({
+        id: n.id, spec: n.spec, specVersion: n.record.updatedAt,
+        instances: [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint })),
+      })),
+    };
+    this.gateways.apply(snapshot);
   }
 
   // ---- one instance's life ----
@@ -392,21 +413,7 @@ export class Controller {
   }
 
   private async becomeHealthy(node: NodeState, inst: InstanceState, generation: number): Promise<void> {
-    const spec = node.spec;
-    const want = spec.scaling.sessionsPerInstance;
-    const handle = inst.handle!;
-    if (spec.kind === 'cell') {
-      while (inst.slot.free.length + inst.slot.busy < want) {
-        const conn = await WorkerConnection.open(handle.endpoint, this.config.maxResponseBytes + 1024);
-        if (inst.generation !== generation || inst.stopping) { conn.close(); return; }
-        inst.slot.free.push(conn);
-      }
-    } else {
-      inst.slot.upstream ??= spec.endpoint.protocol === 'http'
-        ? new H1Upstream(handle.endpoint, want, spec.endpoint.idleTimeout * 1000)
-        : new H2Upstream(handle.endpoint);
-      while (inst.slot.free.length + inst.slot.busy < want) inst.slot.free.push({ closed: false });
-    }
+    if (inst.generation !== generation || inst.stopping) return;
     inst.failuresInARow = 0;
     inst.setStatus('Healthy');
     this.publish(node);
@@ -451,7 +458,7 @@ export class Controller {
     this.publish(node);
     // calls already running on it finish; then its connections close with the process
     const deadline = Date.now() + node.callTimeoutS * 1000;
-    while (inst.slot.busy > 0 && Date.now() < deadline) await sleep(20);
+    while (this.gateways.instance(node.id, inst.id).busy > 0 && Date.now() < deadline) await sleep(20);
     if (inst.handle) await this.runtime.stop(inst.handle, 2000).catch(() => undefined);
     inst.closeConnections();
     node.instances.delete(inst.id);

@@ -1,8 +1,7 @@
 // One instance's bookkeeping: status with timestamped transitions, health counters,
-// its runtime handle and the connections the gateway balances over.
+// its runtime handle and the controller's own health-check connection.
 import type { InstanceStatus, InstanceView, Transition } from '../core/types.js';
 import type { RuntimeInstance } from '../runtimes/runtime.js';
-import type { Slot } from '../gateway/dispatcher.js';
 import type { WorkerConnection } from '../worker/protocol.js';
 import { describeEndpoint } from '../worker/protocol.js';
 import { nowIso } from '../core/ids.js';
@@ -14,7 +13,6 @@ export class InstanceState {
   transitions: Array<Transition<InstanceStatus>> = [];
   handle: RuntimeInstance | null = null;
   health: WorkerConnection | null = null;
-  slot: Slot;
   passes = 0;
   fails = 0;
   restarts = 0;
@@ -34,7 +32,6 @@ export class InstanceState {
   healthTimer: NodeJS.Timeout | null = null;
 
   constructor(readonly id: string, readonly nodeId: string) {
-    this.slot = { id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null };
     this.setStatus('Undefined');
   }
 
@@ -48,24 +45,21 @@ export class InstanceState {
     if (status === 'Unhealthy') this.unhealthySince = Date.now();
   }
 
-  /** Closes every connection to the worker (its sessions and its health check). */
+  /** Closes the health-check connection (the gateway closes its own when the instance leaves the snapshot). */
   closeConnections(): void {
-    for (const c of this.slot.free) (c as { close?: () => void }).close?.();
-    this.slot.free.length = 0;
-    this.slot.upstream?.close();
-    this.slot.upstream = null;
     this.health?.close();
     this.health = null;
     if (this.healthTimer) clearTimeout(this.healthTimer);
     this.healthTimer = null;
   }
 
-  view(): InstanceView {
+  /** `inFlight`: calls the gateways run on it now. */
+  view(inFlight: number): InstanceView {
     return {
       id: this.id, nodeId: this.nodeId, status: this.status,
       endpoint: this.handle ? describeEndpoint(this.handle.endpoint) : null,
       pid: this.handle?.pid ?? null,
-      restarts: this.restarts, lastError: this.lastError, inFlight: this.slot.busy,
+      restarts: this.restarts, lastError: this.lastError, inFlight,
       createdAt: this.createdAt, updatedAt: this.updatedAt, transitions: [...this.transitions],
     };
   }

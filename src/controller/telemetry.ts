@@ -25,9 +25,9 @@ export class Telemetry {
   async scrapeAll(): Promise<void> {
     const live = new Set<string>();
     await Promise.all(this.controller.nodeIds().map(async (nodeId) => {
-      const route = this.controller.route(nodeId);
-      if (!route || route.spec.kind !== 'image' || !route.spec.telemetry) return;
-      const t = route.spec.telemetry;
+      const spec = this.controller.nodeSpec(nodeId);
+      if (!spec || spec.kind !== 'image' || !spec.telemetry) return;
+      const t = spec.telemetry;
       const byInstance = this.samples.get(nodeId) ?? new Map<string, string>();
       this.samples.set(nodeId, byInstance);
       const instances = this.controller.healthyInstances(nodeId);

@@ -7,7 +7,7 @@ import type { Upstream } from './upstream.js';
 /** One of an instance's sessions: a worker connection (cell) or a permit (image). */
 export interface Session { readonly closed: boolean }
 
-/** An instance as the dispatcher sees it. The controller owns it and its connections. */
+/** An instance as the dispatcher sees it, with the gateway's connections to it. */
 export interface Slot {
   readonly id: string;
   /** Free sessions; at most sessionsPerInstance exist per instance. */
@@ -16,6 +16,10 @@ export interface Slot {
   lastUsedAt: number;
   /** Image instances: the gateway's persistent connections to it. */
   upstream: Upstream | null;
+  /** Its sessions are open: it may take calls. */
+  ready: boolean;
+  /** Gone from the routing snapshot: takes no new call, closes when the last one ends. */
+  retired: boolean;
 }
 
 export interface Lease { slot: Slot; conn: Session }
@@ -96,9 +100,15 @@ export class NodeDispatcher {
 
   /** Returns a session; a broken connection is not reused. */
   release(lease: Lease): void {
-    lease.slot.busy--;
-    lease.slot.lastUsedAt = Date.now();
-    if (!lease.conn.closed) lease.slot.free.push(lease.conn);
+    const slot = lease.slot;
+    slot.busy--;
+    slot.lastUsedAt = Date.now();
+    if (slot.retired) {
+      (lease.conn as { close?: () => void }).close?.();
+      if (slot.busy === 0) { slot.upstream?.close(); slot.upstream = null; }
+      return;
+    }
+    if (!lease.conn.closed) slot.free.push(lease.conn);
     this.drain();
   }
 

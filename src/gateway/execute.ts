@@ -8,7 +8,7 @@ import { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import type { CallMetrics, Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
-import type { Controller, NodeRoute } from '../controller/controller.js';
+import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
@@ -28,7 +28,7 @@ export class Gateway {
 
   constructor(
     private readonly config: Config,
-    private readonly controller: Controller,
+    private readonly routes: RoutingTable,
     private readonly auth: Auth,
     private readonly metrics: Metrics,
     private readonly aliases: AliasTable,
@@ -57,14 +57,14 @@ export class Gateway {
     const started = performance.now();
     let callMetrics: CallMetrics | null = null;
     if (isAlias) { if (this.aliases.get(id)) callMetrics = this.metrics.bindAlias(id); }
-    else if (this.controller.route(id)) callMetrics = this.metrics.bindNode(id);
+    else if (this.routes.route(id)) callMetrics = this.metrics.bindNode(id);
     callMetrics?.requests.inc();
     let status: number;
     try {
       const authorization = req.headers.authorization;
       this.auth.authenticate(authorization); // 401 before anything else, even a 404
       if (isAlias && !this.aliases.get(id)) throw new BerthError('ALIAS_NOT_FOUND', `alias ${id} not found`, { aliasName: id });
-      if (!isAlias && !this.controller.route(id)) throw new BerthError('NODE_NOT_FOUND', `node ${id} not found`, { nodeId: id });
+      if (!isAlias && !this.routes.route(id)) throw new BerthError('NODE_NOT_FOUND', `node ${id} not found`, { nodeId: id });
       const raw = await readBody(req, this.config.maxRequestBytes);
       const result = isAlias ? await this.callAlias(id, authorization, raw, req.headers) : await this.call(id, authorization, raw);
       if (result.ok) {
@@ -90,7 +90,7 @@ export class Gateway {
    */
   async call(nodeId: string, authorization: string | undefined, body: Buffer): Promise<CallResult> {
     const token = this.auth.authenticate(authorization);
-    const route = this.controller.route(nodeId);
+    const route = this.routes.route(nodeId);
     if (!route) throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
     const { input, folder } = parseCall(body, token);
     if (!route.aclFolders.has(folder)) {
@@ -110,8 +110,8 @@ export class Gateway {
     const { input, folder } = parseCall(body, token);
     if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
     const stickyKey = stickyKeyOf(alias, headers);
-    const nodeId = alias.pick((id) => (this.controller.route(id)?.dispatcher.healthyCount ?? 0) > 0, stickyKey);
-    const route = this.controller.route(nodeId);
+    const nodeId = alias.pick((id) => this.routes.healthyCount(id) > 0, stickyKey);
+    const route = this.routes.route(nodeId);
     if (!route) throw new BerthError('NODE_UNAVAILABLE', `alias ${name} points at node ${nodeId}, which is gone`, { aliasName: name, nodeId }, { 'retry-after': '1' });
     const started = performance.now();
     const result = await this.runCell(route, input, body, stickyKey);
@@ -156,7 +156,7 @@ export class Gateway {
       clearTimeout(timer);
       if (timedOut) {
         conn.close();
-        this.controller.instanceTimedOut(route.id, lease.slot.id, timeoutS);
+        this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);
       }
       route.dispatcher.release(lease);
     }
@@ -164,7 +164,7 @@ export class Gateway {
 
   /** Sends the call to the shadow node too, off the caller's path; compares, then drops the answer. */
   private mirror(alias: AliasRoute, body: Buffer, primary: CallResult, primaryMs: number): void {
-    const shadow = this.controller.route(alias.spec.mirror!.nodeId);
+    const shadow = this.routes.route(alias.spec.mirror!.nodeId);
     const stats = alias.mirrorStats;
     // never queue behind real traffic: no free shadow session means this call is not mirrored
     if (!shadow || shadow.spec.kind !== 'cell' || !shadow.dispatcher.hasFree()) { stats.skipped++; return; }

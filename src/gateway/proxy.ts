@@ -10,7 +10,7 @@ import type { Config } from '../core/config.js';
 import { BerthError, asBerthError } from '../core/errors.js';
 import type { CallMetrics, Metrics } from '../core/metrics.js';
 import type { ImageNodeSpec } from '../core/types.js';
-import type { Controller, NodeRoute } from '../controller/controller.js';
+import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { isRefused, type UpstreamResponse } from './upstream.js';
@@ -52,7 +52,7 @@ export class Proxy {
 
   constructor(
     private readonly config: Config,
-    private readonly controller: Controller,
+    private readonly routes: RoutingTable,
     private readonly auth: Auth,
     private readonly metrics: Metrics,
     private readonly aliases: AliasTable,
@@ -135,9 +135,9 @@ export class Proxy {
       if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
       const key = alias.spec.sticky ? d.headers[alias.spec.sticky.header] : undefined;
       stickyKey = typeof key === 'string' && key ? key : undefined;
-      nodeId = alias.pick((id) => (this.controller.route(id)?.dispatcher.healthyCount ?? 0) > 0, stickyKey);
+      nodeId = alias.pick((id) => this.routes.healthyCount(id) > 0, stickyKey);
     }
-    const route = this.controller.route(nodeId);
+    const route = this.routes.route(nodeId);
     if (!route) throw new BerthError(alias ? 'NODE_UNAVAILABLE' : 'NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
     if (route.spec.kind !== 'image') {
       throw new BerthError('INVALID_ARGUMENT', `node ${nodeId} is a cell node: call POST /datasphere/v1/${alias ? `aliases/${alias.spec.name}` : `nodes/${nodeId}`}:execute`, { field: alias ? 'x-node-alias' : 'x-node-id', nodeKind: 'cell' });
@@ -199,7 +199,7 @@ export class Proxy {
         } catch (err) {
           const untouched = !counted || counted.bytes() === 0;
           if (isRefused(err) && untouched && !abort.signal.aborted) {
-            this.controller.instanceRefused(route.id, lease.slot.id, (err as Error).message);
+            this.routes.reportRefused(route.id, lease.slot.id, (err as Error).message);
             route.dispatcher.release(lease);
             lease = null;
             if (tried.size < 8) continue;

@@ -1,0 +1,164 @@
+// The gateway's side of a routing snapshot: per node, a dispatcher over the Healthy
+// instances with the gateway's own persistent connections to each (worker sessions for
+// cell nodes, an HTTP/1.1 or HTTP/2 pool for image nodes). A new snapshot is applied by
+// diffing: instances that stay keep their connections; new ones are connected before
+// they take calls; removed ones leave balancing at once and are closed when idle.
+import { BerthError } from '../core/errors.js';
+import type { NodeSpec } from '../core/types.js';
+import type { InstanceEntry, InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
+import { WorkerConnection } from '../worker/protocol.js';
+import { NodeDispatcher, type Slot } from './dispatcher.js';
+import { compileInputValidator, type InputValidator } from './input-validator.js';
+import { H1Upstream, H2Upstream } from './upstream.js';
+
+/** A node as a call sees it: everything it needs, no database. */
+export interface NodeRoute {
+  readonly id: string;
+  readonly spec: NodeSpec;
+  readonly dispatcher: NodeDispatcher;
+  /** Cell nodes only. */
+  readonly validateInput: InputValidator | null;
+  readonly aclFolders: ReadonlySet<string>;
+}
+
+class RouteState implements NodeRoute {
+  readonly dispatcher: NodeDispatcher;
+  spec: NodeSpec;
+  specVersion: string;
+  validateInput: InputValidator | null;
+  aclFolders: ReadonlySet<string>;
+  readonly slots = new Map<string, Slot>();
+
+  constructor(readonly id: string, entry: NodeEntry) {
+    this.dispatcher = new NodeDispatcher(id, entry.spec.scaling.queueSize);
+    this.spec = entry.spec;
+    this.specVersion = entry.specVersion;
+    this.validateInput = null;
+    this.aclFolders = new Set();
+    this.compile(entry);
+  }
+
+  compile(entry: NodeEntry): void {
+    this.spec = entry.spec;
+    this.specVersion = entry.specVersion;
+    this.validateInput = entry.spec.kind === 'cell' ? compileInputValidator(entry.spec.inputs) : null;
+    this.aclFolders = new Set(entry.spec.permissions.folders);
+    this.dispatcher.setQueueSize(entry.spec.scaling.queueSize);
+  }
+
+  /** Hands the dispatcher the connected, current instances (an immutable swap). */
+  publish(): void {
+    this.dispatcher.setSlots([...this.slots.values()].filter((s) => s.ready && !s.retired));
+  }
+}
+
+export class RoutingTable implements SnapshotSink, LoadSource {
+  private routes = new Map<string, RouteState>();
+  private version = 0;
+
+  constructor(private readonly events: InstanceEvents, private readonly maxResponseBytes: number) {}
+
+  route(nodeId: string): NodeRoute | undefined {
+    return this.routes.get(nodeId);
+  }
+
+  /** Whether a node has an instance taking calls (alias picking, status views). */
+  healthyCount(nodeId: string): number {
+    return this.routes.get(nodeId)?.dispatcher.healthyCount ?? 0;
+  }
+
+  apply(snapshot: RoutingSnapshot): void {
+    if (snapshot.version <= this.version) return; // late or repeated: a newer one is applied
+    this.version = snapshot.version;
+    const present = new Set<string>();
+    for (const entry of snapshot.nodes) {
+      present.add(entry.id);
+      let route = this.routes.get(entry.id);
+      if (!route) this.routes.set(entry.id, route = new RouteState(entry.id, entry));
+      else if (route.specVersion !== entry.specVersion) route.compile(entry);
+      this.syncInstances(route, entry.instances);
+    }
+    for (const [id, route] of this.routes) {
+      if (present.has(id)) continue;
+      this.routes.delete(id);
+      route.dispatcher.rejectAll(new BerthError('NODE_NOT_FOUND', `node ${id} is being deleted`, { nodeId: id }));
+      for (const slot of route.slots.values()) retire(slot);
+      route.publish();
+    }
+  }
+
+  /** Refuses every waiting call (Berth is stopping). */
+  close(err: BerthError): void {
+    for (const route of this.routes.values()) route.dispatcher.rejectAll(err);
+  }
+
+  reportTimeout(nodeId: string, instanceId: string, timeoutSeconds: number): void {
+    this.events.timedOut(nodeId, instanceId, timeoutSeconds);
+  }
+
+  reportRefused(nodeId: string, instanceId: string, reason: string): void {
+    this.events.refused(nodeId, instanceId, reason);
+  }
+
+  node(nodeId: string): { busy: number; waiting: number } {
+    const d = this.routes.get(nodeId)?.dispatcher;
+    return { busy: d?.busy ?? 0, waiting: d?.waiting ?? 0 };
+  }
+
+  instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
+    const slot = this.routes.get(nodeId)?.slots.get(instanceId);
+    return { busy: slot?.busy ?? 0, lastUsedAt: slot?.lastUsedAt ?? 0 };
+  }
+
+  private syncInstances(route: RouteState, instances: readonly InstanceEntry[]): void {
+    const wanted = new Set(instances.map((i) => i.id));
+    for (const [id, slot] of route.slots) {
+      if (wanted.has(id)) continue;
+      retire(slot);
+      route.slots.delete(id);
+    }
+    for (const inst of instances) {
+      if (route.slots.has(inst.id)) continue;
+      const slot: Slot = { id: inst.id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null, ready: false, retired: false };
+      route.slots.set(inst.id, slot);
+      void this.connect(route, slot, inst);
+    }
+    route.publish();
+  }
+
+  /** Opens the instance's sessions; it takes calls once they are open. */
+  private async connect(route: RouteState, slot: Slot, inst: InstanceEntry): Promise<void> {
+    const spec = route.spec;
+    const sessions = spec.scaling.sessionsPerInstance;
+    try {
+      if (spec.kind === 'cell') {
+        while (slot.free.length + slot.busy < sessions) {
+          const conn = await WorkerConnection.open(inst.endpoint, this.maxResponseBytes + 1024);
+          if (slot.retired) { conn.close(); return; }
+          slot.free.push(conn);
+        }
+      } else {
+        slot.upstream = spec.endpoint.protocol === 'http'
+          ? new H1Upstream(inst.endpoint, sessions, spec.endpoint.idleTimeout * 1000)
+          : new H2Upstream(inst.endpoint);
+        while (slot.free.length + slot.busy < sessions) slot.free.push({ closed: false });
+      }
+    } catch (err) {
+      retire(slot);
+      if (route.slots.get(slot.id) === slot) route.slots.delete(slot.id);
+      this.events.refused(route.id, slot.id, (err as Error).message);
+      return;
+    }
+    if (slot.retired) return;
+    slot.ready = true;
+    route.publish();
+  }
+}
+
+/** Out of balancing now: idle sessions close at once, the rest as their calls end (Dispatcher.release). */
+function retire(slot: Slot): void {
+  slot.retired = true;
+  for (const c of slot.free) (c as { close?: () => void }).close?.();
+  slot.free.length = 0;
+  if (slot.busy === 0) { slot.upstream?.close(); slot.upstream = null; }
+}

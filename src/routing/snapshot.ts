@@ -1,0 +1,53 @@
+// What the controller tells gateways: a versioned, immutable, serialisable routing
+// snapshot (every node with its Healthy instances and where to reach them), and what
+// gateways tell the controller back (instance events, load). The controller and the
+// gateway share only these types; neither imports the other.
+import type { NodeSpec } from '../core/types.js';
+import type { Endpoint } from '../worker/protocol.js';
+
+/** A Healthy instance, in balancing. */
+export interface InstanceEntry {
+  readonly id: string;
+  /** Cell: the worker's socket. Image: the endpoint port's address on this machine. */
+  readonly endpoint: Endpoint;
+}
+
+export interface NodeEntry {
+  readonly id: string;
+  /** The node's spec as stored; a gateway compiles what it needs (validators, ACL) once per version. */
+  readonly spec: NodeSpec;
+  /** Bumped whenever the spec changes, so gateways recompile only then. */
+  readonly specVersion: string;
+  readonly instances: readonly InstanceEntry[];
+}
+
+export interface RoutingSnapshot {
+  readonly version: number;
+  readonly nodes: readonly NodeEntry[];
+}
+
+/** Gateways report what they see on the call path; the controller acts on it off that path. */
+export interface InstanceEvents {
+  /** The gateway could not connect to the instance (refused, reset). */
+  refused(nodeId: string, instanceId: string, reason: string): void;
+  /** A call ran past the node's timeout on this instance. */
+  timedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void;
+}
+
+/** Calls running and waiting, as gateways count them: what scaling and draining decide on. */
+export interface LoadSource {
+  node(nodeId: string): { busy: number; waiting: number };
+  instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number };
+}
+
+/** Something that serves calls from snapshots: one gateway, or N gateway workers behind one. */
+export interface SnapshotSink {
+  apply(snapshot: RoutingSnapshot): void;
+}
+
+/** Snapshots travel between processes as JSON; this checks the shape on arrival. */
+export function parseSnapshot(text: string): RoutingSnapshot {
+  const s = JSON.parse(text) as RoutingSnapshot;
+  if (typeof s.version !== 'number' || !Array.isArray(s.nodes)) throw new Error('not a routing snapshot');
+  return s;
+}
