@@ -1,19 +1,33 @@
-// Benchmark for "Cell nodes end to end": the randomizer served three ways on this machine,
-// each with 2 Python processes, driven by the same load generator (wrk, one thread, fixed
+// Benchmark for "Cell nodes end to end": the randomizer served several ways on this machine,
+// with the same number P of Python processes each (--processes: P = 1 and P = 2 by default,
+// each a round of its own), driven by the same load generator (wrk, one thread, fixed
 // connections, same duration), one target at a time:
-//   berth            a Berth cell node (`berth up` as a child process, min = max = 2 instances)
-//   gunicorn         gunicorn, 2 sync workers + Flask                  (bench/apps/flask_app.py)
-//   uvicorn          `uvicorn --workers 2` + FastAPI                   (bench/apps/fastapi_app.py)
-//   uvicorn-nodelay  the same through bench/apps/uvicorn_nodelay.py, which only fixes uvicorn's
-//                    lost TCP_NODELAY with --workers (a ~40 ms stall per keep-alive request)
+//   berth              a Berth cell node (`berth up` as a child process, min = max = P instances;
+//                      with --gateway-workers N when `berth up --help` lists that flag)
+//   uvicorn            `uvicorn --workers P --loop uvloop --http httptools` + FastAPI
+//                      (bench/apps/fastapi_app.py; P = 1: uvicorn's single-process mode)
+//   uvicorn-reuseport  P uvicorn workers (uvloop + httptools), each with its own SO_REUSEPORT
+//                      listener (bench/apps/uvicorn_reuseport.py), so the kernel gives every
+//                      worker connections; P = 2 only (with P = 1 it is the same as uvicorn)
+//   gunicorn           gunicorn, P sync workers + Flask (bench/apps/flask_app.py; not by default)
+//   uvicorn-nodelay    uvicorn through bench/apps/uvicorn_nodelay.py, which only fixes uvicorn's
+//                      lost TCP_NODELAY with --workers and asyncio (not by default)
+// Every multi-process target's workers are checked: the CPU time each used during the run is
+// printed, and a worker that did (almost) nothing is reported as UNBALANCED in the table.
+// Reported per target: req/s, calls/s per Python process (what counts when memory, one copy
+// of the model per process, limits the replicas), p50, and CPU µs per call of the front
+// (Berth's gateway processes; the supervisor elsewhere) and of the Python workers, with
+// ratios against Berth, all from one run.
 // Also: Berth's added latency over its worker (a framed-protocol client straight to one
 // instance's Unix socket vs. a raw HTTP/1.1 client to the gateway, both at concurrency 1,
 // interleaved in blocks), and the time from POST /v1/nodes to status Healthy.
 //
-//   node --import tsx bench/cell-node.ts          (= npm run bench:cell; about 2-3 minutes)
+//   node --import tsx bench/cell-node.ts          (= npm run bench:cell; about 5-6 minutes)
 //     [--duration 10] [--warmup 2] [--connections 16] [--c1-duration 5] [--direct-calls 2000]
-//     [--targets berth,gunicorn,uvicorn,uvicorn-nodelay]   (run order; must include berth)
+//     [--processes 1,2] [--gateway-workers 1,2]   (Python processes per target; Berth gateway workers)
+//     [--targets berth,uvicorn,uvicorn-reuseport]   (run order; must include berth; also gunicorn, uvicorn-nodelay)
 //     [--attempts 3]   (a target disturbed by other processes on the machine is measured again)
+//     [--quiet-wait 120]   (seconds to wait, at most, for other processes to leave the machine quiet)
 //     [--keep]         (keep the temporary directory: Berth's home, every server's log)
 //     [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']   (extra Node flags for berth up)
 //
@@ -30,13 +44,14 @@ import { performance } from 'node:perf_hooks';
 import {
   ROOT, WRK, alive, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
   loadRun as timedRun, log, managed, memGiB, onSignals, percentile, posInt, readLog, signalGroup, sleep, start as startProcess,
-  stop as stopProcess, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type WrkResult,
+  stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type WrkResult,
 } from './lib.js';
 
 const APPS = join(ROOT, 'bench', 'apps');
 const LUA = join(ROOT, 'bench', 'post.lua');
 const PYTHON = '/usr/bin/python3';
-const PROCESSES = 2;
+/** Python processes per target in the current round (--processes lists the rounds). */
+let PROCESSES = 2;
 const BODY = JSON.stringify({ folder_id: 'default', input: { input_data: { left_bound: 1, right_bound: 10 } } });
 const EXEC_PATH = '/datasphere/v1/nodes/NODE:execute'; // baselines: same shape, NODE is ignored
 
@@ -48,9 +63,12 @@ const { values: args } = parseArgs({
     'c1-duration': { type: 'string', default: '5' },
     'direct-calls': { type: 'string', default: '2000' },
     keep: { type: 'boolean', default: false },
-    targets: { type: 'string', default: 'berth,gunicorn,uvicorn,uvicorn-nodelay' },
+    targets: { type: 'string', default: 'berth,uvicorn,uvicorn-reuseport' },
+    processes: { type: 'string', default: '1,2' },
+    'gateway-workers': { type: 'string', default: '1,2' },
     'berth-node-args': { type: 'string', default: '' },
     attempts: { type: 'string', default: '3' },
+    'quiet-wait': { type: 'string', default: '120' },
   },
 });
 const DURATION = posInt(args.duration!, 'duration', 1, 600);
@@ -58,13 +76,21 @@ const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
 const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
 const C1_DURATION = posInt(args['c1-duration']!, 'c1-duration', 0, 600);
 const DIRECT_CALLS = posInt(args['direct-calls']!, 'direct-calls', 100, 1_000_000);
-const ALL_TARGETS = ['berth', 'gunicorn', 'uvicorn', 'uvicorn-nodelay'];
+const ALL_TARGETS = ['berth', 'gunicorn', 'uvicorn', 'uvicorn-reuseport', 'uvicorn-nodelay'];
 const TARGETS = args.targets!.split(',').map((t) => t.trim()).filter(Boolean);
 for (const t of TARGETS) if (!ALL_TARGETS.includes(t)) throw new Error(`--targets: unknown target ${t}; known: ${ALL_TARGETS.join(',')}`);
 if (!TARGETS.includes('berth')) throw new Error('--targets must include berth (the others are compared with it)');
+const intList = (v: string, name: string, max: number): number[] => [...new Set(v.split(',').map((t) => posInt(t.trim(), name, 1, max)))];
+const PROCESS_MODES = intList(args.processes!, 'processes', 16);
+const GATEWAY_WORKERS = intList(args['gateway-workers']!, 'gateway-workers', 64);
+/** Whether this Berth has `berth up --gateway-workers N` (being added for issue 8); without it Berth runs as it is. */
+const GATEWAY_WORKERS_FLAG = /--gateway-workers\b/.test(spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'up', '--help'],
+  { cwd: ROOT, encoding: 'utf8', timeout: 60_000 }).stdout ?? '');
+/** Python modules the baselines need (Debian packages in the message). */
+const PY_PREREQS: Record<string, string> = { fastapi: 'python3-fastapi', uvicorn: 'python3-uvicorn', uvloop: 'python3-uvloop', httptools: 'python3-httptools' };
 /** Background load (cores) under which the machine counts as quiet, and how long to wait for it. */
 const QUIET_CORES = 0.2;
-const QUIET_WAIT_S = 120;
+const QUIET_WAIT_S = posInt(args['quiet-wait']!, 'quiet-wait', 0, 3600);
 /** A measurement during which other processes used more cores than this is repeated... */
 const OTHER_MAX = 0.25;
 /** ...at most this many times in all. */
@@ -300,6 +326,10 @@ interface TargetResult {
   attempts: number;
   /** other processes took more than OTHER_MAX cores even on the last attempt */
   disturbed: boolean;
+  /** Python processes serving */
+  processes: number;
+  /** a worker that got (almost) no work during the loaded run, named; null when all did */
+  unbalanced: string | null;
 }
 
 /** One wrk run with the CPU each party used during it. */
@@ -328,12 +358,29 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
       c1 = await loadRun(`${name} (1 connection)`, url, 1, C1_DURATION, auth, groups);
     }
     const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
-    result = { name, server, load: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
+    const unbalanced = checkWorkers(name, main.cpu, groups.workers ?? []);
+    result = { name, server, load: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX, processes: PROCESSES, unbalanced };
     if (!result.disturbed) break;
     log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
       (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
   }
   return result!;
+}
+
+/**
+ * Each worker's CPU during the loaded run, printed; a worker under a tenth of the busiest
+ * one's got (almost) no connections, which makes the comparison unfair: say so.
+ */
+function checkWorkers(name: string, cpu: CpuUse, pids: number[]): string | null {
+  const each = pids.map((pid, i) => ({ pid, cores: cpu[`w:${i}`] ?? 0 }));
+  log(`${name}: CPU per Python worker during the run (cores): ${each.map((w) => `pid ${w.pid} ${w.cores.toFixed(2)}`).join(', ')}`);
+  if (each.length < 2) return null;
+  const top = Math.max(...each.map((w) => w.cores));
+  const idle = each.filter((w) => w.cores < top / 10);
+  if (idle.length === 0) return null;
+  const msg = `worker${idle.length > 1 ? 's' : ''} ${idle.map((w) => `pid ${w.pid} (${w.cores.toFixed(2)} cores)`).join(', ')} got (almost) no connections`;
+  log(`${name}: WARNING: ${msg}`);
+  return msg;
 }
 
 interface BerthExtras {
@@ -348,10 +395,14 @@ interface BerthExtras {
   httpCodes: Record<string, number>;
 }
 
-async function benchBerth(work: string): Promise<{ result: TargetResult; extras: BerthExtras }> {
-  const home = join(work, 'berth-home');
-  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home],
-    join(work, 'berth.log'), { BERTH_PYTHON: PYTHON }, true);
+/** `gatewayWorkers`: passed as --gateway-workers when berth up has it (null: run as it is). */
+async function benchBerth(work: string, gatewayWorkers: number | null): Promise<{ result: TargetResult; extras: BerthExtras }> {
+  const tag = `p${PROCESSES}${gatewayWorkers === null ? '' : `-g${gatewayWorkers}`}`;
+  const home = join(work, `berth-home-${tag}`);
+  const name = gatewayWorkers === null ? 'berth' : `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
+  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home,
+    ...(gatewayWorkers === null ? [] : ['--gateway-workers', String(gatewayWorkers)])],
+    join(work, `berth-${tag}.log`), { BERTH_PYTHON: PYTHON }, true);
   let out = '';
   m.proc.stdout!.on('data', (d) => { out += d; });
   const base = await new Promise<string>((res, rej) => {
@@ -361,7 +412,7 @@ async function benchBerth(work: string): Promise<{ result: TargetResult; extras:
       if (mm) { clearTimeout(t); res(mm[1]!); }
     };
     m.proc.stdout!.on('data', check);
-    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(join(work, 'berth.log'))}`)); });
+    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(join(work, `berth-${tag}.log`))}`)); });
   });
   const port = Number(new URL(base).port);
   const token = readFileSync(join(home, 'admin-token'), 'utf8').trim();
@@ -401,8 +452,11 @@ async function benchBerth(work: string): Promise<{ result: TargetResult; extras:
 
   const url = `${base}/datasphere/v1/nodes/${nodeId}:execute`;
   await waitReady('berth', url, m, token);
-  const result = await measure('berth', `berth up (Node ${process.version}) + ${PROCESSES} Python workers`, url,
-    { gateway: [m.proc.pid!], workers: pids }, `Bearer ${token}`);
+  // the gateway: berth up's whole process tree (gateway workers too, once there are any) but the Python workers'
+  const workerTrees = new Set(pids.flatMap((p) => treeOf(p)));
+  const gateway = treeOf(m.proc.pid!).filter((p) => !workerTrees.has(p));
+  const result = await measure(name, `berth up (Node ${process.version}${gatewayWorkers === null ? '' : `, --gateway-workers ${gatewayWorkers}`}) + ${PROCESSES} Python worker${PROCESSES > 1 ? 's' : ''}`, url,
+    { gateway, workers: pids }, `Bearer ${token}`);
 
   log(`berth: added latency, ${DIRECT_CALLS} calls each, direct to ${instances[0]!.endpoint} vs gateway, concurrency 1`);
   let added!: { direct: LatencyStats; gateway: LatencyStats };
@@ -410,7 +464,7 @@ async function benchBerth(work: string): Promise<{ result: TargetResult; extras:
   let addedCpu!: CpuUse;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     addedIdleLoad = await waitQuiet('berth added latency');
-    const groups = { gateway: [m.proc.pid!], workers: pids };
+    const groups = { gateway, workers: pids };
     const a = cpuSnapshot(groups);
     const benchCpu = process.cpuUsage();
     added = await addedLatency(instances[0]!.endpoint.replace(/^unix:/, ''), port, nodeId, token);
@@ -439,7 +493,7 @@ async function benchBerth(work: string): Promise<{ result: TargetResult; extras:
 async function benchGunicorn(work: string): Promise<TargetResult> {
   const port = await freePort();
   const m = start('gunicorn', PYTHON, ['-m', 'gunicorn', '-w', String(PROCESSES), '-k', 'sync', '-b', `127.0.0.1:${port}`,
-    '--chdir', APPS, 'flask_app:app'], join(work, 'gunicorn.log'));
+    '--chdir', APPS, 'flask_app:app'], join(work, `gunicorn-p${PROCESSES}.log`));
   const url = `http://127.0.0.1:${port}${EXEC_PATH}`;
   await waitReady('gunicorn', url, m);
   const master = m.proc.pid!;
@@ -450,26 +504,32 @@ async function benchGunicorn(work: string): Promise<TargetResult> {
   return r;
 }
 
-async function benchUvicorn(work: string, nodelay: boolean): Promise<TargetResult> {
+type UvicornVariant = 'uvicorn' | 'uvicorn-nodelay' | 'uvicorn-reuseport';
+
+async function benchUvicorn(work: string, variant: UvicornVariant): Promise<TargetResult> {
   const port = await freePort();
-  // as specified: `python3 -m uvicorn --workers 2`; with nodelay, the same CLI through
-  // bench/apps/uvicorn_nodelay.py, which only fixes the listener's TCP_NODELAY bug (see there)
-  const launcher = nodelay ? [join(APPS, 'uvicorn_nodelay.py')] : ['-m', 'uvicorn'];
-  // uvicorn picks uvloop and httptools when it can import them (Debian: python3-uvloop, python3-httptools;
-  // not installed here by default), else asyncio and h11: say which in the name
-  const impl = spawnSync(PYTHON, ['-c', 'import importlib.util as u; print(*(m for m in ("uvloop", "httptools") if u.find_spec(m)), sep="+")'],
-    { encoding: 'utf8' }).stdout.trim();
-  const name = `uvicorn+fastapi${nodelay ? ' (nodelay)' : ''}${impl ? ` [${impl}]` : ''}`;
-  const m = start(name, PYTHON, [...launcher, '--workers', String(PROCESSES), '--host', '127.0.0.1', '--port', String(port),
-    '--no-access-log', '--app-dir', APPS, 'fastapi_app:app'], join(work, nodelay ? 'uvicorn-nodelay.log' : 'uvicorn.log'));
+  // uvicorn: `python3 -m uvicorn --workers P --loop uvloop --http httptools` (all workers accept from one
+  // shared socket); nodelay: the same CLI through bench/apps/uvicorn_nodelay.py (fixes the listener's lost
+  // TCP_NODELAY, see there); reuseport: bench/apps/uvicorn_reuseport.py, one SO_REUSEPORT listener per worker
+  const loop = ['--loop', 'uvloop', '--http', 'httptools'];
+  const argv = variant === 'uvicorn-reuseport'
+    ? [join(APPS, 'uvicorn_reuseport.py'), '--workers', String(PROCESSES), '--host', '127.0.0.1', '--port', String(port), '--app-dir', APPS, 'fastapi_app:app']
+    : [...(variant === 'uvicorn-nodelay' ? [join(APPS, 'uvicorn_nodelay.py')] : ['-m', 'uvicorn']), '--workers', String(PROCESSES), ...loop,
+      '--host', '127.0.0.1', '--port', String(port), '--no-access-log', '--app-dir', APPS, 'fastapi_app:app'];
+  const name = `${variant}+fastapi [uvloop+httptools]`;
+  const m = start(name, PYTHON, argv, join(work, `${variant}-p${PROCESSES}.log`));
   const url = `http://127.0.0.1:${port}${EXEC_PATH}`;
   await waitReady(name, url, m);
   const parent = m.proc.pid!;
-  // the supervisor's children: the workers (and multiprocessing's resource tracker, if any)
-  const workers = childrenOf(parent).filter((p) => !readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('resource_tracker'));
+  // the supervisor's children: the workers (and multiprocessing's resource tracker, if any);
+  // uvicorn with one worker serves from its own process, without a supervisor
+  const children = childrenOf(parent).filter((p) => !readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('resource_tracker'));
+  const single = variant !== 'uvicorn-reuseport' && PROCESSES === 1;
+  const workers = single ? [parent] : children;
   if (workers.length !== PROCESSES) throw new Error(`${name} has ${workers.length} workers, expected ${PROCESSES}`);
-  const r = await measure(name, `uvicorn --workers ${PROCESSES} + FastAPI${nodelay ? ', TCP_NODELAY fixed' : ''}`, url,
-    { gateway: [parent], workers }, null);
+  const how = variant === 'uvicorn-reuseport' ? `${PROCESSES} uvicorn workers, one SO_REUSEPORT listener each` : `uvicorn --workers ${PROCESSES}`;
+  const r = await measure(name, `${how} --loop uvloop --http httptools + FastAPI${variant === 'uvicorn-nodelay' ? ', TCP_NODELAY fixed' : ''}`, url,
+    { gateway: single ? [] : [parent], workers }, null);
   await stop(m);
   return r;
 }
@@ -501,91 +561,136 @@ function machine(): Record<string, string> {
 const ms = (us: number): string => (us / 1000).toFixed(2);
 const x = (v: number): string => (v >= 1 ? v.toFixed(2) : v.toPrecision(2)) + '×';
 
-function report(env: Record<string, string>, results: TargetResult[], berth: BerthExtras): string {
+const us = (v: number): string => v.toFixed(0);
+
+/** CPU µs per call: the front (Berth's gateway processes, a supervisor), the Python workers, both. */
+function perCall(r: TargetResult): { front: number; workers: number; total: number } {
+  const f = ((r.cpu.gateway ?? 0) / r.load.rps) * 1e6;
+  const w = ((r.cpu.workers ?? 0) / r.load.rps) * 1e6;
+  return { front: f, workers: w, total: f + w };
+}
+
+/** One round's tables: every target with the same number of Python processes. */
+function report(results: TargetResult[], berths: Array<{ result: TargetResult; extras: BerthExtras }>): string {
+  const P = results[0]!.processes;
   const lines: string[] = [];
-  lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Node ${env.node}; ${env.wrk}`);
-  lines.push(`Python: ${env.python}`);
-  lines.push(`Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
-    `${PROCESSES} Python processes each; run order ${TARGETS.join(', ')}.`);
+  lines.push(`#### ${P} Python process${P > 1 ? 'es' : ''} per target`);
   lines.push('');
-  lines.push(`| target | req/s | p50 ms | p99 ms | requests | non-2xx + socket errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |`);
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+  lines.push(`| target | req/s | req/s per Python process | p50 ms | p99 ms | requests | non-2xx + socket errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |`);
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of results) {
     const e = r.load.errors;
     const errs = e.connect + e.read + e.write + e.status + e.timeout;
-    lines.push(`| ${r.name} | ${r.load.rps.toFixed(0)} | ${ms(r.load.latency_us.p50)} | ${ms(r.load.latency_us.p99)} | ${r.load.requests} | ${errs} | ` +
+    lines.push(`| ${r.name} | ${r.load.rps.toFixed(0)} | ${(r.load.rps / r.processes).toFixed(0)} | ${ms(r.load.latency_us.p50)} | ${ms(r.load.latency_us.p99)} | ${r.load.requests} | ${errs} | ` +
       `${r.c1 ? r.c1.rps.toFixed(0) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p50) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p99) : '–'} |`);
   }
   lines.push('');
-  lines.push(`CPU during the ${CONNECTIONS}-connection run, in cores (2 = the whole machine); "front" = Berth's Node process, gunicorn's arbiter, uvicorn's supervisor:`);
+  lines.push(`CPU during the ${CONNECTIONS}-connection run: cores (2 = the whole machine) and µs per call; "front" = Berth's gateway (berth up's processes but the Python workers), gunicorn's arbiter, uvicorn's supervisor (none for one uvicorn process):`);
   lines.push('');
-  lines.push('| target | front | Python workers (each) | server CPU µs per call | wrk | other processes: before / during / 1-conn run | attempts |');
-  lines.push('|---|---:|---:|---:|---:|---|---:|');
+  lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | wrk | other processes: before / during / 1-conn run | attempts | workers all busy? |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---|---:|---|');
   for (const r of results) {
     const c = r.cpu;
     const each = Object.keys(c).filter((k) => k.startsWith('w:')).map((k) => c[k]!.toFixed(2)).join(' + ');
-    lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${(((c.gateway! + c.workers!) / r.load.rps) * 1e6).toFixed(0)} | ` +
+    const pc = perCall(r);
+    lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${us(pc.front)} | ${us(pc.workers)} | ${us(pc.total)} | ` +
       `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ` +
-      `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
+      `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} | ${r.unbalanced ? `UNBALANCED: ${r.unbalanced}` : r.processes > 1 ? 'yes' : '–'} |`);
   }
-  const b = results.find((r) => r.name === 'berth')!;
-  lines.push('');
-  lines.push(`| Berth vs | throughput ratio (Berth / other) | p50 ratio (Berth / other, < 1 = Berth faster) | 1-conn p50 ratio |`);
-  lines.push('|---|---:|---:|---:|');
-  for (const r of results) {
-    if (r === b) continue;
-    lines.push(`| ${r.name} | ${x(b.load.rps / r.load.rps)} | ${x(b.load.latency_us.p50 / r.load.latency_us.p50)} | ` +
-      `${b.c1 && r.c1 ? x(b.c1.latency_us.p50 / r.c1.latency_us.p50) : '–'} |`);
+  const others = results.filter((r) => !r.name.startsWith('berth'));
+  for (const { result: b } of berths) {
+    lines.push('');
+    lines.push(`| ${b.name} vs | throughput per Python process (Berth / other) | p50 (Berth / other, < 1 = Berth faster) | 1-conn p50 | server CPU per call (Berth / other) |`);
+    lines.push('|---|---:|---:|---:|---:|');
+    for (const r of others) {
+      lines.push(`| ${r.name} | ${x((b.load.rps / b.processes) / (r.load.rps / r.processes))} | ${x(b.load.latency_us.p50 / r.load.latency_us.p50)} | ` +
+        `${b.c1 && r.c1 ? x(b.c1.latency_us.p50 / r.c1.latency_us.p50) : '–'} | ${x(perCall(b).total / perCall(r).total)} |`);
+    }
+    const uv = others.filter((r) => r.name.startsWith('uvicorn') && !r.unbalanced);
+    const best = uv.sort((a, c) => c.load.rps - a.load.rps)[0];
+    const goals: string[] = [];
+    if (best && P === 1) {
+      const ratio = b.load.rps / best.load.rps;
+      goals.push(`≥ 1.5× ${best.name} with one Python process each at a lower p50: ${x(ratio)}, p50 ${ms(b.load.latency_us.p50)} vs ${ms(best.load.latency_us.p50)} ms — ` +
+        `${ratio >= 1.5 && b.load.latency_us.p50 < best.load.latency_us.p50 ? 'met' : 'NOT met'}`);
+    }
+    goals.push(`gateway CPU per cell call ≤ 100 µs: ${us(perCall(b).front)} µs — ${perCall(b).front <= 100 ? 'met' : 'NOT met'}`);
+    lines.push('');
+    lines.push(`Goals (issue 8) for ${b.name}: ${goals.join('; ')}.`);
   }
-  const others = results.filter((r) => r !== b);
-  lines.push('');
-  lines.push(`Goal (Berth above in req/s and below in p50 at ${CONNECTIONS} connections): ` + others.map((r) =>
-    `vs ${r.name} ${b.load.rps > r.load.rps && b.load.latency_us.p50 < r.load.latency_us.p50 ? 'met' : 'NOT met'}`).join('; '));
-  const a = berth.added;
-  lines.push('');
-  lines.push(`| concurrency 1, ${a.direct.calls} calls each | p50 µs | p90 µs | p99 µs | mean µs |`);
-  lines.push('|---|---:|---:|---:|---:|');
-  lines.push(`| worker direct (framed protocol, Unix socket) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
-  lines.push(`| Berth gateway (HTTP, auth, balancing) | ${a.gateway.p50_us.toFixed(0)} | ${a.gateway.p90_us.toFixed(0)} | ${a.gateway.p99_us.toFixed(0)} | ${a.gateway.mean_us.toFixed(0)} |`);
-  lines.push(`| **added by Berth** | **${(a.gateway.p50_us - a.direct.p50_us).toFixed(0)}** | ${(a.gateway.p90_us - a.direct.p90_us).toFixed(0)} | ${(a.gateway.p99_us - a.direct.p99_us).toFixed(0)} | ${(a.gateway.mean_us - a.direct.mean_us).toFixed(0)} |`);
-  lines.push('');
-  lines.push(`(Both clients are raw sockets in this process, one call at a time, in alternating blocks of 250 calls; the direct one ` +
-    `talks to one instance, the gateway balances over both. Other processes used ${berth.addedCpu.other!.toFixed(2)} cores meanwhile.)`);
-  lines.push('');
-  lines.push(`Create → Healthy (${PROCESSES} instances): ${berth.healthySeconds.toFixed(2)} s measured by the client polling every 20 ms ` +
-    `(${berth.healthySecondsServer === null ? '?' : berth.healthySecondsServer.toFixed(2)} s by the node's own transition timestamps); ` +
-    `other processes used ${berth.createIdleLoad.toFixed(2)} cores just before; checkpoint create: ${berth.checkpointSeconds.toFixed(2)} s. Berth's status-code counter: ${JSON.stringify(berth.httpCodes)}.`);
+  for (const { result: b, extras } of berths) {
+    const a = extras.added;
+    lines.push('');
+    lines.push(`| ${b.name}: concurrency 1, ${a.direct.calls} calls each | p50 µs | p90 µs | p99 µs | mean µs |`);
+    lines.push('|---|---:|---:|---:|---:|');
+    lines.push(`| worker direct (framed protocol, Unix socket) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
+    lines.push(`| Berth gateway (HTTP, auth, balancing) | ${a.gateway.p50_us.toFixed(0)} | ${a.gateway.p90_us.toFixed(0)} | ${a.gateway.p99_us.toFixed(0)} | ${a.gateway.mean_us.toFixed(0)} |`);
+    lines.push(`| **added by Berth** | **${(a.gateway.p50_us - a.direct.p50_us).toFixed(0)}** | ${(a.gateway.p90_us - a.direct.p90_us).toFixed(0)} | ${(a.gateway.p99_us - a.direct.p99_us).toFixed(0)} | ${(a.gateway.mean_us - a.direct.mean_us).toFixed(0)} |`);
+    lines.push('');
+    lines.push(`(Raw sockets in this process, one call at a time, alternating blocks of 250 calls; the direct one talks to one instance, ` +
+      `the gateway balances over all ${P}. Other processes used ${extras.addedCpu.other!.toFixed(2)} cores meanwhile.) ` +
+      `Create → Healthy (${P} instance${P > 1 ? 's' : ''}): ${extras.healthySeconds.toFixed(2)} s by the client polling every 20 ms ` +
+      `(${extras.healthySecondsServer === null ? '?' : extras.healthySecondsServer.toFixed(2)} s by the node's own timestamps); ` +
+      `checkpoint create ${extras.checkpointSeconds.toFixed(2)} s. Berth's status-code counter: ${JSON.stringify(extras.httpCodes)}.`);
+  }
   return lines.join('\n');
+}
+
+function header(env: Record<string, string>): string {
+  return [
+    `Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Node ${env.node}; ${env.wrk}; Berth ${env.berth_head}`,
+    `Python: ${env.python}`,
+    `Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
+      `run order ${TARGETS.join(', ')}; rounds with ${PROCESS_MODES.join(' and ')} Python process(es) per target. ` +
+      (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : `\`berth up\` has no --gateway-workers flag yet: Berth runs with its one gateway process.`),
+  ].join('\n');
 }
 
 // ---------------------------------------------------------------------------
 
 async function main(): Promise<void> {
   for (const f of [WRK, PYTHON, LUA]) if (!existsSync(f)) throw new Error(`${f} is missing (wrk: apt-get install wrk)`);
+  const probe = spawnSync(PYTHON, ['-c', `import importlib.util as u; print(" ".join(m for m in ${JSON.stringify(Object.keys(PY_PREREQS))} if not u.find_spec(m)))`], { encoding: 'utf8' });
+  const missing = (probe.stdout ?? '').trim().split(/\s+/).filter(Boolean);
+  if (missing.length && TARGETS.some((t) => t.startsWith('uvicorn'))) {
+    throw new Error(`the uvicorn baselines need ${missing.join(', ')} for ${PYTHON}: apt-get install -y ${missing.map((m) => PY_PREREQS[m]).join(' ')}`);
+  }
+  if (!GATEWAY_WORKERS_FLAG) log('berth up --help does not list --gateway-workers yet: Berth runs as today, with one gateway process');
   const env = machine();
   const work = mkdtempSync(join(tmpdir(), 'berth-bench-'));
   workDir = work;
   log(`work directory ${work}`);
   let ok = false;
   try {
-    // in the order given by --targets; the table always lists Berth first
-    const results: TargetResult[] = [];
-    let berth: { result: TargetResult; extras: BerthExtras } | null = null;
-    for (const t of TARGETS) {
-      if (t === 'berth') berth = await benchBerth(work);
-      else if (t === 'gunicorn') results.push(await benchGunicorn(work));
-      else results.push(await benchUvicorn(work, t === 'uvicorn-nodelay'));
+    const rounds: Array<{ processes: number; results: TargetResult[]; berths: Array<{ result: TargetResult; extras: BerthExtras }> }> = [];
+    for (const P of PROCESS_MODES) {
+      PROCESSES = P;
+      log(`---- round: ${P} Python process${P > 1 ? 'es' : ''} per target`);
+      // in the order given by --targets; the table always lists Berth first
+      const results: TargetResult[] = [];
+      const berths: Array<{ result: TargetResult; extras: BerthExtras }> = [];
+      for (const t of TARGETS) {
+        if (t === 'berth') {
+          for (const g of GATEWAY_WORKERS_FLAG ? GATEWAY_WORKERS : [null]) berths.push(await benchBerth(work, g));
+        } else if (t === 'gunicorn') results.push(await benchGunicorn(work));
+        else if (t === 'uvicorn-reuseport' && P === 1) log('uvicorn-reuseport: skipped with one process (the same as uvicorn)');
+        else results.push(await benchUvicorn(work, t as UvicornVariant));
+      }
+      results.unshift(...berths.map((b) => b.result));
+      rounds.push({ processes: P, results, berths });
     }
-    if (!berth) throw new Error('unreachable: berth is always a target');
-    results.unshift(berth.result);
-    const table = report(env, results, berth.extras);
+    const table = [header(env), ...rounds.map((r) => report(r.results, r.berths))].join('\n\n');
     const outDir = join(ROOT, 'bench', 'results');
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `cell-node-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS },
-      results: results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null })),
-      berth: berth.extras, table,
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS, PROCESS_MODES, GATEWAY_WORKERS, GATEWAY_WORKERS_FLAG },
+      rounds: rounds.map((rd) => ({
+        processes: rd.processes,
+        results: rd.results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null, cpuPerCallUs: perCall(r) })),
+        berth: rd.berths.map((b) => b.extras),
+      })),
+      table,
     }, null, 2) + '\n');
     console.log('\n' + table + '\n');
     log(`raw numbers: ${file}`);

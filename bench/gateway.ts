@@ -6,8 +6,12 @@
 //             sessionsPerInstance 64, health check http /healthz), GET /healthz with wrk:
 //               direct        its published port 127.0.0.1:P (the node's instances[0].endpoint)
 //               berth         `berth up` with x-node-id / x-folder-id / Authorization
-//               nginx         Debian's nginx, worker_processes 1 (Berth's gateway is one Node
-//                             process), proxy_pass to 127.0.0.1:P with upstream keepalive
+//               nginx         Debian's nginx with as many worker processes as Berth has gateway
+//                             workers (--gateway-workers; 1 and 2 by default, one nginx each),
+//                             proxy_pass to 127.0.0.1:P with upstream keepalive. Berth gets
+//                             `--gateway-workers N` (one Berth per N, each with its own two nodes)
+//                             only when `berth up --help` lists the flag; until then one Berth,
+//                             one gateway process, and the report says so.
 //               node-floor    bench/gateway-node-proxy.mjs: a minimal reverse proxy in one Node
 //                             process (undici pool; node:http2 for gRPC), no auth, limits or metrics:
 //                             what Node itself costs here (for reference)
@@ -28,7 +32,11 @@
 //        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
 //        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
 //        [--http-targets direct,berth,nginx,node-floor,container-ip] [--grpc-targets (the same)]
-//        [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//        [--gateway-workers 1,2] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//
+// CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
+// master + workers, the Node floor) and the whole server side (front + echo container +
+// docker-proxy), with the ratios of Berth's to nginx's and to the Node floor's, in one run.
 //
 // Prints a markdown table at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) on any non-2xx answer, socket error, or gRPC status other than 0.
@@ -46,7 +54,7 @@ import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
   ROOT, WRK, alive, childrenOf, cpuModel, freePort, gitHead, http, loadGenerators, loadRun as timedRun, log, managed, memGiB,
-  onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, waitQuiet as waitQuietFor,
+  onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed,
 } from './lib.js';
 
@@ -76,6 +84,7 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '120' },
     keep: { type: 'boolean', default: false },
     'berth-node-args': { type: 'string', default: '' },
+    'gateway-workers': { type: 'string', default: '1,2' },
   },
 });
 const DURATION = posInt(args.duration!, 'duration', 1, 600);
@@ -97,6 +106,10 @@ type TargetName = typeof TARGET_NAMES[number];
 const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
 const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
+const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
+/** Whether this Berth has `berth up --gateway-workers N` (being added for issue 8). */
+const GATEWAY_WORKERS_FLAG = /--gateway-workers\b/.test(spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'up', '--help'],
+  { cwd: ROOT, encoding: 'utf8', timeout: 60_000 }).stdout ?? '');
 /** Background load (cores) under which the machine counts as quiet. */
 const QUIET_CORES = 0.2;
 /** A measurement during which other processes used more cores than this is repeated... */
@@ -116,17 +129,18 @@ function targetList(v: string, name: string): TargetName[] {
 // path; Berth's containers carry the label berth.home=<home> and are removed at the end.
 
 let workDir: string | null = null;
-let berthHome: string | null = null;
-let berthProc: Managed | null = null;
+/** Every Berth home of this run (one per --gateway-workers value when berth up has the flag). */
+const berthHomes: string[] = [];
+/** Every `berth up` of this run, with its log. */
+const berthProcs: Array<{ m: Managed; log: string }> = [];
 /** wrk runs against Berth: each may leave up to -c calls abandoned when it stops */
 let berthWrkRuns = 0;
-let berthLog: string | null = null;
 const docker = new Docker();
 
 /** `berth up` must survive every run: a crash is a result to report, not a slow target. */
 function berthAlive(during: string): void {
-  if (berthProc && !alive(berthProc)) {
-    throw new Error(`berth up exited (code ${berthProc.proc.exitCode}, signal ${berthProc.proc.signalCode}) during ${during}; its log ends:\n${berthLog ? readLog(berthLog) : ''}`);
+  for (const { m, log: file } of berthProcs) {
+    if (!alive(m)) throw new Error(`berth up exited (code ${m.proc.exitCode}, signal ${m.proc.signalCode}) during ${during}; its log ends:\n${readLog(file)}`);
   }
 }
 
@@ -137,15 +151,17 @@ async function stop(m: Managed, graceMs = 30_000): Promise<void> {
 
 /** Containers of this run's Berth home, removed through the API (async) or the CLI (sync, on exit). */
 async function removeContainers(): Promise<void> {
-  if (!berthHome) return;
-  const list = await docker.listContainers({ all: true, filters: { label: [`berth.home=${berthHome}`] } }).catch(() => []);
-  for (const c of list) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+  for (const home of berthHomes) {
+    const list = await docker.listContainers({ all: true, filters: { label: [`berth.home=${home}`] } }).catch(() => []);
+    for (const c of list) await docker.getContainer(c.Id).remove({ force: true }).catch(() => undefined);
+  }
 }
 
 function removeContainersSync(): void {
-  if (!berthHome) return;
-  const ids = spawnSync('docker', ['ps', '-aq', '--filter', `label=berth.home=${berthHome}`], { encoding: 'utf8', timeout: 10_000 }).stdout?.trim();
-  if (ids) spawnSync('docker', ['rm', '-f', ...ids.split(/\s+/)], { timeout: 30_000 });
+  for (const home of berthHomes) {
+    const ids = spawnSync('docker', ['ps', '-aq', '--filter', `label=berth.home=${home}`], { encoding: 'utf8', timeout: 10_000 }).stdout?.trim();
+    if (ids) spawnSync('docker', ['rm', '-f', ...ids.split(/\s+/)], { timeout: 30_000 });
+  }
 }
 
 async function stopAll(): Promise<void> {
@@ -184,13 +200,6 @@ function waitListening(port: number, host: string, m: Managed | null, timeoutMs 
 
 // ---------------------------------------------------------------------------
 // Processes to account CPU to (the accounting itself: bench/lib.ts).
-
-/** A process and all its descendants (a container: tini as PID 1, the service under it). */
-function treeOf(pid: number): number[] {
-  const out = [pid];
-  for (let i = 0; i < out.length && i < 1000; i++) out.push(...childrenOf(out[i]!));
-  return out;
-}
 
 /** Docker's userland proxy process for a published 127.0.0.1 port (it relays every byte). */
 function dockerProxyPids(hostPort: number): number[] {
@@ -294,6 +303,10 @@ function assertClean(name: string, r: LoadResult): void {
 
 interface Target {
   name: TargetName;
+  /** short name in the tables: "nginx 2w", "Berth 2gw" */
+  short: string;
+  /** proxy processes serving (nginx workers, Berth gateway workers); 0 for no proxy */
+  workers: number;
   label: string;
   url: string;
   /** CPU groups; `front` is the proxy in front of the container (Berth, nginx, or nothing) */
@@ -302,6 +315,8 @@ interface Target {
 
 interface Measured {
   name: TargetName;
+  short: string;
+  workers: number;
   label: string;
   main: LoadResult;
   c1: LoadResult | null;
@@ -320,7 +335,7 @@ function loadRun(name: string, t: Target, run: () => Promise<LoadResult>): Promi
 }
 
 async function measure(proto: string, t: Target, runner: Runner, phases: Phases): Promise<Measured> {
-  const name = `${proto} ${t.name}`;
+  const name = `${proto} ${t.short}`;
   let result: Measured | null = null;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const idleLoad = await waitQuiet(name);
@@ -342,7 +357,7 @@ async function measure(proto: string, t: Target, runner: Runner, phases: Phases)
       berthAlive(`${name} (1 connection)`);
     }
     const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
-    result = { name: t.name, label: t.label, main: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
+    result = { name: t.name, short: t.short, workers: t.workers, label: t.label, main: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
     if (!result.disturbed) break;
     log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
       (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
@@ -380,11 +395,15 @@ async function createImageNode(base: string, token: string, spec: Record<string,
   return { nodeId, instanceId: inst.id, hostPort, containerIp, containerPids, proxyPids };
 }
 
-async function startBerth(work: string): Promise<{ m: Managed; base: string; token: string }> {
-  const home = join(work, 'berth-home');
-  berthHome = home;
-  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--runtime', 'docker'],
-    join(work, 'berth.log'), { BERTH_PYTHON: PYTHON, BERTH_HOME: home }, true);
+/** `gatewayWorkers`: passed as --gateway-workers (only when berth up has it); null: Berth as it is. */
+async function startBerth(work: string, gatewayWorkers: number | null): Promise<{ m: Managed; base: string; token: string }> {
+  const tag = gatewayWorkers === null ? '' : `-g${gatewayWorkers}`;
+  const home = join(work, `berth-home${tag}`);
+  const logFile = join(work, `berth${tag}.log`);
+  berthHomes.push(home);
+  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--runtime', 'docker',
+    ...(gatewayWorkers === null ? [] : ['--gateway-workers', String(gatewayWorkers)])],
+    logFile, { BERTH_PYTHON: PYTHON, BERTH_HOME: home }, true);
   let out = '';
   m.proc.stdout!.on('data', (d) => { out += d; });
   const base = await new Promise<string>((res, rej) => {
@@ -394,19 +413,18 @@ async function startBerth(work: string): Promise<{ m: Managed; base: string; tok
       if (mm) { clearTimeout(t); res(mm[1]!); }
     };
     m.proc.stdout!.on('data', check);
-    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(join(work, 'berth.log'))}`)); });
+    m.proc.once('exit', (code) => { clearTimeout(t); rej(new Error(`berth up exited with ${code}:\n${out}\n${readLog(logFile)}`)); });
   });
   const token = readFileSync(join(home, 'admin-token'), 'utf8').trim();
-  berthProc = m;
-  berthLog = join(work, 'berth.log');
+  berthProcs.push({ m, log: logFile });
   log(`berth: listening on ${base}`);
   return { m, base, token };
 }
 
-function nginxConf(dir: string, httpPort: number, grpcPort: number, httpUpstream: number, grpcUpstream: number): string {
+function nginxConf(dir: string, httpPort: number, grpcPort: number, httpUpstream: number, grpcUpstream: number, workers: number): string {
   const tmp = join(dir, 'tmp');
-  return `# generated by bench/gateway.ts: one worker, as Berth's gateway is one Node process
-worker_processes 1;
+  return `# generated by bench/gateway.ts: as many workers as Berth has gateway workers
+worker_processes ${workers};
 pid ${join(dir, 'nginx.pid')};
 error_log ${join(dir, 'error.log')} warn;
 events { worker_connections 4096; }
@@ -447,20 +465,21 @@ http {
 `;
 }
 
-async function startNginx(work: string, httpUpstream: number, grpcUpstream: number): Promise<{ m: Managed; httpPort: number; grpcPort: number; pids: number[] }> {
-  const dir = join(work, 'nginx');
+async function startNginx(work: string, httpUpstream: number, grpcUpstream: number, workers: number): Promise<{ m: Managed; httpPort: number; grpcPort: number; pids: number[]; workers: number }> {
+  const dir = join(work, `nginx-${workers}`);
   mkdirSync(join(dir, 'tmp'), { recursive: true });
   const httpPort = await freePort();
   const grpcPort = await freePort();
   const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, nginxConf(dir, httpPort, grpcPort, httpUpstream, grpcUpstream));
-  const m = start('nginx', NGINX, ['-c', conf, '-p', dir, '-g', 'daemon off;'], join(work, 'nginx.log'));
+  writeFileSync(conf, nginxConf(dir, httpPort, grpcPort, httpUpstream, grpcUpstream, workers));
+  const m = start(`nginx-${workers}`, NGINX, ['-c', conf, '-p', dir, '-g', 'daemon off;'], join(work, `nginx-${workers}.log`));
   await waitListening(httpPort, '127.0.0.1', m);
   await waitListening(grpcPort, '127.0.0.1', m);
   let pids: number[] = [];
-  for (let i = 0; i < 100 && pids.length < 1; i++) { pids = childrenOf(m.proc.pid!); if (!pids.length) await sleep(50); }
-  log(`nginx: 127.0.0.1:${httpPort} (HTTP/1.1) and :${grpcPort} (h2c, gRPC); master ${m.proc.pid}, worker ${pids.join(',')}`);
-  return { m, httpPort, grpcPort, pids: [m.proc.pid!, ...pids] };
+  for (let i = 0; i < 100 && pids.length < workers; i++) { pids = childrenOf(m.proc.pid!); if (pids.length < workers) await sleep(50); }
+  if (pids.length !== workers) throw new Error(`nginx started ${pids.length} workers, expected ${workers}`);
+  log(`nginx (${workers} worker${workers > 1 ? 's' : ''}): 127.0.0.1:${httpPort} (HTTP/1.1) and :${grpcPort} (h2c, gRPC); master ${m.proc.pid}, workers ${pids.join(',')}`);
+  return { m, httpPort, grpcPort, pids: [m.proc.pid!, ...pids], workers };
 }
 
 async function startNodeFloor(work: string, httpUpstream: number, grpcUpstream: number): Promise<{ m: Managed; httpPort: number; grpcPort: number }> {
@@ -575,7 +594,13 @@ function machine(): Record<string, string> {
 
 const ms = (us: number): string => (us / 1000).toFixed(2);
 const x = (v: number): string => v.toFixed(2) + '×';
-const LABEL_SHORT: Record<TargetName, string> = { direct: 'direct', berth: 'Berth gateway', nginx: 'nginx', 'node-floor': 'Node floor', 'container-ip': 'container IP' };
+const us = (v: number): string => v.toFixed(0);
+/** CPU µs per call: the proxy in front, and the whole server side (front + echo container + docker-proxy). */
+function perCall(r: Measured): { front: number; server: number } {
+  const c = r.cpu;
+  const front = c.front ?? 0;
+  return { front: (front / r.main.rps) * 1e6, server: ((front + (c.echo ?? 0) + (c['docker-proxy'] ?? 0)) / r.main.rps) * 1e6 };
+}
 
 function table(title: string, results: Measured[], loadDesc: string, c1Desc: string): string[] {
   const lines: string[] = [];
@@ -588,42 +613,53 @@ function table(title: string, results: Measured[], loadDesc: string, c1Desc: str
       `${r.c1 ? r.c1.rps.toFixed(0) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p50) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p99) : '–'} |`);
   }
   lines.push('');
-  lines.push('CPU during the loaded run, in cores (2 = the whole machine); "front" = the proxy in front of the container (Berth\'s Node process, nginx master + worker, the Node floor\'s process):');
+  lines.push('CPU during the loaded run, in cores (2 = the whole machine) and µs per call; "front" = the proxy in front of the container (Berth\'s processes, nginx master + workers, the Node floor\'s process); "server" = front + echo container + docker-proxy:');
   lines.push('');
-  lines.push('| target | front | front CPU µs per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
-  lines.push('|---|---:|---:|---:|---:|---:|---|---:|');
+  lines.push('| target | front | front µs/call | server µs/call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---|---:|');
   for (const r of results) {
     const c = r.cpu;
     const front = c.front ?? 0;
-    lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? ((front / r.main.rps) * 1e6).toFixed(0) : '–'} | ` +
+    const pc = perCall(r);
+    lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? us(pc.front) : '–'} | ${us(pc.server)} | ` +
       `${c.echo!.toFixed(2)} | ${(c['docker-proxy'] ?? 0).toFixed(2)} | ${c.load!.toFixed(2)} | ` +
       `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
   }
-  const b = results.find((r) => r.name === 'berth')!;
   const d = results.find((r) => r.name === 'direct');
-  const n = results.find((r) => r.name === 'nginx');
-  lines.push('');
-  lines.push('| Berth vs | throughput ratio (Berth / other) | p50 added, loaded (ms) | p50 added, 1 conn (ms) | p99 added, 1 conn (ms) |');
-  lines.push('|---|---:|---:|---:|---:|');
-  for (const r of results) {
-    if (r === b) continue;
-    lines.push(`| ${LABEL_SHORT[r.name]} | ${x(b.main.rps / r.main.rps)} | ${ms(b.main.latency_us.p50 - r.main.latency_us.p50)} | ` +
-      `${b.c1 && r.c1 ? ms(b.c1.latency_us.p50 - r.c1.latency_us.p50) : '–'} | ${b.c1 && r.c1 ? ms(b.c1.latency_us.p99 - r.c1.latency_us.p99) : '–'} |`);
+  const floor = results.find((r) => r.name === 'node-floor');
+  for (const b of results.filter((r) => r.name === 'berth')) {
+    lines.push('');
+    lines.push(`| ${b.short} vs | throughput (Berth / other) | front CPU per call (Berth / other) | p50 added, loaded (ms) | p50 added, 1 conn (ms) | p99 added, 1 conn (ms) |`);
+    lines.push('|---|---:|---:|---:|---:|---:|');
+    for (const r of results) {
+      if (r.name === 'berth') continue;
+      const other = perCall(r).front;
+      lines.push(`| ${r.short} | ${x(b.main.rps / r.main.rps)} | ${other > 0 ? x(perCall(b).front / other) : '–'} | ${ms(b.main.latency_us.p50 - r.main.latency_us.p50)} | ` +
+        `${b.c1 && r.c1 ? ms(b.c1.latency_us.p50 - r.c1.latency_us.p50) : '–'} | ${b.c1 && r.c1 ? ms(b.c1.latency_us.p99 - r.c1.latency_us.p99) : '–'} |`);
+    }
+    const goals: string[] = [];
+    // nginx with as many workers as this Berth has gateway workers
+    const n = results.find((r) => r.name === 'nginx' && r.workers === b.workers);
+    if (n) goals.push(`throughput ≥ 0.8 × ${n.short}: ${x(b.main.rps / n.main.rps)} — ${b.main.rps >= 0.8 * n.main.rps ? 'met' : 'NOT met'}`);
+    if (floor && title.startsWith('HTTP')) {
+      const ratio = perCall(b).front / perCall(floor).front;
+      goals.push(`front CPU per call ≤ 1.3 × the Node floor's: ${x(ratio)} — ${ratio <= 1.3 ? 'met' : 'NOT met'}`);
+    }
+    if (d && b.c1 && d.c1) {
+      const limit = title.startsWith('HTTP') ? 0.3 : 0.5;
+      const added = (b.c1.latency_us.p50 - d.c1.latency_us.p50) / 1000;
+      goals.push(`added p50 over direct < ${limit} ms (1 connection): ${added.toFixed(2)} ms — ${added < limit ? 'met' : 'NOT met'}`);
+    }
+    if (goals.length) { lines.push(''); lines.push(`Goals (issue 8) for ${b.short}: ${goals.join('; ')}.`); }
   }
-  const goals: string[] = [];
-  if (n) goals.push(`throughput ≥ 0.8 × nginx: ${x(b.main.rps / n.main.rps)} — ${b.main.rps >= 0.8 * n.main.rps ? 'met' : 'NOT met'}`);
-  if (d && b.c1 && d.c1) {
-    const added = (b.c1.latency_us.p50 - d.c1.latency_us.p50) / 1000;
-    goals.push(`added p50 over direct < 0.5 ms (1 connection): ${added.toFixed(2)} ms — ${added < 0.5 ? 'met' : 'NOT met'}`);
-  }
-  if (goals.length) { lines.push(''); lines.push(`Goal: ${goals.join('; ')}.`); }
   return lines;
 }
 
 function report(env: Record<string, string>, httpResults: Measured[], grpcResults: Measured[], codes: { http: Record<string, number>; grpc: Record<string, number> }, grpcBytes: number): string {
   const lines: string[] = [];
   lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Linux ${env.kernel}; Node ${env.node}; ${env.docker}; ` +
-    `${env.nginx}; ${env.wrk.replace(/ Copyright.*/, '')}; ${env.h2load}. Berth ${env.berth_head}.`);
+    `${env.nginx}; ${env.wrk.replace(/ Copyright.*/, '')}; ${env.h2load}. Berth ${env.berth_head}. nginx with ${GATEWAY_WORKERS.join(' and ')} worker processes; ` +
+    (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : '`berth up` has no --gateway-workers flag yet: Berth runs with its one gateway process.'));
   lines.push('');
   if (httpResults.length) {
     lines.push(...table('HTTP/1.1', httpResults,
@@ -659,36 +695,60 @@ async function main(): Promise<void> {
     log('building the test images (skipped when up to date)');
     await buildTestImages(['http-echo', 'grpc-echo'], { log });
 
-    const berth = await startBerth(work);
+    if (!GATEWAY_WORKERS_FLAG) log('berth up --help does not list --gateway-workers yet: Berth runs as today, with one gateway process');
+    // one Berth per gateway-worker count (when it has the flag), each with its own two nodes;
+    // direct, nginx and the Node floor use the first Berth's containers
     const scaling = { minInstances: 1, maxInstances: 1, sessionsPerInstance: SESSIONS };
-    const httpNode = await createImageNode(berth.base, berth.token, {
-      kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
-      endpoint: { port: 8080, protocol: 'http', timeout: 30 },
-      healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
-    });
-    const grpcNode = await createImageNode(berth.base, berth.token, {
-      kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
-      endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
-      healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
-    });
-    const nginx = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx')) ? await startNginx(work, httpNode.hostPort, grpcNode.hostPort) : null;
+    const berths: Array<{ gw: number | null; berth: { m: Managed; base: string; token: string }; httpNode: Instance; grpcNode: Instance }> = [];
+    for (const gw of GATEWAY_WORKERS_FLAG ? GATEWAY_WORKERS : [null]) {
+      const berth = await startBerth(work, gw);
+      const httpNode = await createImageNode(berth.base, berth.token, {
+        kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
+        endpoint: { port: 8080, protocol: 'http', timeout: 30 },
+        healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
+      });
+      const grpcNode = await createImageNode(berth.base, berth.token, {
+        kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
+        endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
+        healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
+      });
+      berths.push({ gw, berth, httpNode, grpcNode });
+    }
+    const { berth, httpNode, grpcNode } = berths[0]!;
+    const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } => b.gw === null
+      ? { short: 'Berth', workers: 1, label: 'Berth gateway (header-routed; one gateway process)' }
+      : { short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` };
+    // the proxy's processes: berth up's whole tree (its gateway workers too, once there are any)
+    const berthFront = (b: typeof berths[number]): number[] => treeOf(b.berth.m.proc.pid!);
+    const nginxes = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx'))
+      ? await Promise.all(GATEWAY_WORKERS.map((w) => startNginx(work, httpNode.hostPort, grpcNode.hostPort, w))) : [];
     const floor = (HTTP_TARGETS.includes('node-floor') || GRPC_TARGETS.includes('node-floor')) ? await startNodeFloor(work, httpNode.hostPort, grpcNode.hostPort) : null;
 
     // ---- HTTP/1.1
-    const httpHeaders = { 'x-node-id': httpNode.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${berth.token}` };
+    // every target gets the same headers (each Berth its own node id and token; the others ignore them)
+    const httpHeadersFor = (b: typeof berths[number]): Record<string, string> => ({ 'x-node-id': b.httpNode.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${b.berth.token}` });
+    const httpHeaders = httpHeadersFor(berths[0]!);
+    const headersByUrl = new Map<string, Record<string, string>>();
     const httpTargets: Target[] = [];
     const groupsFor = (inst: Instance, front: number[]): CpuGroups => ({ front, echo: inst.containerPids, 'docker-proxy': inst.proxyPids });
+    const nw = (w: number): string => `${w} worker${w > 1 ? 's' : ''}`;
     for (const t of HTTP_TARGETS) {
-      if (t === 'direct') httpTargets.push({ name: t, label: `direct (127.0.0.1:${httpNode.hostPort}, published port)`, url: `http://127.0.0.1:${httpNode.hostPort}${PATH}`, groups: groupsFor(httpNode, []) });
-      if (t === 'berth') httpTargets.push({ name: t, label: 'Berth gateway (header-routed)', url: `${berth.base}${PATH}`, groups: groupsFor(httpNode, [berth.m.proc.pid!]) });
-      if (t === 'nginx') httpTargets.push({ name: t, label: 'nginx (1 worker, upstream keepalive)', url: `http://127.0.0.1:${nginx!.httpPort}${PATH}`, groups: groupsFor(httpNode, nginx!.pids) });
-      if (t === 'node-floor') httpTargets.push({ name: t, label: 'Node floor (minimal Node proxy, undici pool)', url: `http://127.0.0.1:${floor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [floor!.m.proc.pid!]) });
-      if (t === 'container-ip' && httpNode.containerIp) httpTargets.push({ name: t, label: `container IP (${httpNode.containerIp}:8080, no docker-proxy)`, url: `http://${httpNode.containerIp}:8080${PATH}`, groups: groupsFor(httpNode, []) });
+      if (t === 'direct') httpTargets.push({ name: t, short: 'direct', workers: 0, label: `direct (127.0.0.1:${httpNode.hostPort}, published port)`, url: `http://127.0.0.1:${httpNode.hostPort}${PATH}`, groups: groupsFor(httpNode, []) });
+      if (t === 'berth') {
+        for (const b of berths) {
+          const url = `${b.berth.base}${PATH}`;
+          headersByUrl.set(url, httpHeadersFor(b));
+          httpTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.httpNode, berthFront(b)) });
+        }
+      }
+      if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });
+      if (t === 'node-floor') httpTargets.push({ name: t, short: 'Node floor', workers: 1, label: 'Node floor (minimal Node proxy, undici pool)', url: `http://127.0.0.1:${floor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [floor!.m.proc.pid!]) });
+      if (t === 'container-ip' && httpNode.containerIp) httpTargets.push({ name: t, short: 'container IP', workers: 0, label: `container IP (${httpNode.containerIp}:8080, no docker-proxy)`, url: `http://${httpNode.containerIp}:8080${PATH}`, groups: groupsFor(httpNode, []) });
     }
-    for (const t of httpTargets) await checkHttp(t.name, t.url, httpHeaders);
+    for (const t of httpTargets) await checkHttp(t.short, t.url, headersByUrl.get(t.url) ?? httpHeaders);
     const wrkRunner: Runner = (url, kind) => {
-      if (url.startsWith(berth.base)) berthWrkRuns++;
-      return wrk(url, kind === 'c1' ? 1 : CONNECTIONS, kind === 'warmup' ? WARMUP : kind === 'c1' ? C1_DURATION : DURATION, httpHeaders);
+      if (berths.some((b) => url.startsWith(b.berth.base))) berthWrkRuns++;
+      return wrk(url, kind === 'c1' ? 1 : CONNECTIONS, kind === 'warmup' ? WARMUP : kind === 'c1' ? C1_DURATION : DURATION, headersByUrl.get(url) ?? httpHeaders);
     };
     const httpResults: Measured[] = [];
     const wrkPhases: Phases = {
@@ -701,22 +761,29 @@ async function main(): Promise<void> {
     const frame = grpcFrame(GRPC_TEXT);
     const bodyFile = join(work, 'echo-request.bin');
     writeFileSync(bodyFile, frame);
-    const grpcHeaders = { 'content-type': 'application/grpc', te: 'trailers', 'x-node-id': grpcNode.nodeId, 'x-folder-id': 'default', authorization: `Bearer ${berth.token}` };
+    const grpcHeadersFor = (b: typeof berths[number]): Record<string, string> => ({ 'content-type': 'application/grpc', te: 'trailers', 'x-node-id': b.grpcNode.nodeId, 'x-folder-id': 'default', authorization: `Bearer ${b.berth.token}` });
+    const grpcHeaders = grpcHeadersFor(berths[0]!);
     const grpcTargets: Target[] = [];
     for (const t of GRPC_TARGETS) {
-      if (t === 'direct') grpcTargets.push({ name: t, label: `direct (127.0.0.1:${grpcNode.hostPort}, published port)`, url: `http://127.0.0.1:${grpcNode.hostPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
-      if (t === 'berth') grpcTargets.push({ name: t, label: 'Berth gateway (header-routed)', url: `${berth.base}${GRPC_PATH}`, groups: groupsFor(grpcNode, [berth.m.proc.pid!]) });
-      if (t === 'nginx') grpcTargets.push({ name: t, label: 'nginx (1 worker, grpc_pass, upstream keepalive)', url: `http://127.0.0.1:${nginx!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, nginx!.pids) });
-      if (t === 'node-floor') grpcTargets.push({ name: t, label: 'Node floor (minimal Node proxy, node:http2)', url: `http://127.0.0.1:${floor!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, [floor!.m.proc.pid!]) });
-      if (t === 'container-ip' && grpcNode.containerIp) grpcTargets.push({ name: t, label: `container IP (${grpcNode.containerIp}:50051, no docker-proxy)`, url: `http://${grpcNode.containerIp}:50051${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
+      if (t === 'direct') grpcTargets.push({ name: t, short: 'direct', workers: 0, label: `direct (127.0.0.1:${grpcNode.hostPort}, published port)`, url: `http://127.0.0.1:${grpcNode.hostPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
+      if (t === 'berth') {
+        for (const b of berths) {
+          const url = `${b.berth.base}${GRPC_PATH}`;
+          headersByUrl.set(url, grpcHeadersFor(b));
+          grpcTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.grpcNode, berthFront(b)) });
+        }
+      }
+      if (t === 'nginx') for (const n of nginxes) grpcTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, grpc_pass, upstream keepalive)`, url: `http://127.0.0.1:${n.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, n.pids) });
+      if (t === 'node-floor') grpcTargets.push({ name: t, short: 'Node floor', workers: 1, label: 'Node floor (minimal Node proxy, node:http2)', url: `http://127.0.0.1:${floor!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, [floor!.m.proc.pid!]) });
+      if (t === 'container-ip' && grpcNode.containerIp) grpcTargets.push({ name: t, short: 'container IP', workers: 0, label: `container IP (${grpcNode.containerIp}:50051, no docker-proxy)`, url: `http://${grpcNode.containerIp}:50051${GRPC_PATH}`, groups: groupsFor(grpcNode, []) });
     }
-    for (const t of grpcTargets) await checkGrpc(t.name, t.url, grpcHeaders, frame);
-    if (GRPC_TARGETS.includes('berth')) await checkGrpcJs(berth.base, grpcNode.nodeId, berth.token);
+    for (const t of grpcTargets) await checkGrpc(t.short, t.url, headersByUrl.get(t.url) ?? grpcHeaders, frame);
+    if (GRPC_TARGETS.includes('berth')) for (const b of berths) await checkGrpcJs(b.berth.base, b.grpcNode.nodeId, b.berth.token);
     log(`gRPC: every target answered grpc-status 0 with the message echoed (manual HTTP/2 request${GRPC_TARGETS.includes('berth') ? '; and grpc-js through Berth' : ''})`);
     const h2log = join(work, 'h2load.log');
     const h2Runner: Runner = (url, kind) => kind === 'c1'
-      ? h2load(url, 1, 1, GRPC_C1_REQUESTS, grpcHeaders, bodyFile, h2log)
-      : h2load(url, GRPC_CLIENTS, GRPC_STREAMS, kind === 'warmup' ? GRPC_WARMUP_REQUESTS : GRPC_REQUESTS, grpcHeaders, bodyFile, h2log);
+      ? h2load(url, 1, 1, GRPC_C1_REQUESTS, headersByUrl.get(url) ?? grpcHeaders, bodyFile, h2log)
+      : h2load(url, GRPC_CLIENTS, GRPC_STREAMS, kind === 'warmup' ? GRPC_WARMUP_REQUESTS : GRPC_REQUESTS, headersByUrl.get(url) ?? grpcHeaders, bodyFile, h2log);
     const grpcResults: Measured[] = [];
     const h2Phases: Phases = {
       warmup: GRPC_WARMUP_REQUESTS > 0, c1: GRPC_C1_REQUESTS > 0,
@@ -725,8 +792,14 @@ async function main(): Promise<void> {
     for (const t of grpcTargets) grpcResults.push(await measure('gRPC', t, h2Runner, h2Phases));
 
     // Berth's own count of answers: every HTTP call 200, every gRPC call status 0
-    const hc = await berthCodes(berth.base, berth.token, httpNode.nodeId);
-    const gc = await berthCodes(berth.base, berth.token, grpcNode.nodeId);
+    const hc = { http: {} as Record<string, number> };
+    const gc = { grpc: {} as Record<string, number> };
+    for (const b of berths) {
+      const h = await berthCodes(b.berth.base, b.berth.token, b.httpNode.nodeId);
+      const g = await berthCodes(b.berth.base, b.berth.token, b.grpcNode.nodeId);
+      for (const [c, n] of Object.entries(h.http)) hc.http[c] = (hc.http[c] ?? 0) + n;
+      for (const [c, n] of Object.entries(g.grpc)) gc.grpc[c] = (gc.grpc[c] ?? 0) + n;
+    }
     const codes = { http: { ...hc.http }, grpc: { ...gc.grpc } };
     // wrk stops with up to -c requests in flight; Berth counts each call its caller abandoned as a 499 (nginx's code)
     // (see docs/benchmarks.md), so that many 499s are expected, and nothing else
@@ -741,7 +814,7 @@ async function main(): Promise<void> {
     const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     const strip = (r: Measured): unknown => ({ ...r, main: { ...r.main, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null });
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS },
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS, GATEWAY_WORKERS, GATEWAY_WORKERS_FLAG },
       http: httpResults.map(strip), grpc: grpcResults.map(strip), codes, table: text,
     }, null, 2) + '\n');
     console.log('\n' + text + '\n');

@@ -129,6 +129,9 @@ export async function http(method: string, url: string, body?: unknown, headers:
 // The machine and the software, for the record
 
 export function gitHead(): string {
+  // git itself first: in a worktree .git is a file, not a directory
+  const r = spawnSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: ROOT, encoding: 'utf8', timeout: 10_000 });
+  if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
   try {
     const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
     return h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
@@ -169,6 +172,13 @@ export function childrenOf(pid: number): number[] {
     if (!/^\d+$/.test(d)) continue;
     if (Number(procStat(Number(d))?.[1]) === pid) out.push(Number(d));
   }
+  return out;
+}
+
+/** A process and all its descendants (a container: tini as PID 1, the service under it; berth up and its workers). */
+export function treeOf(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length && i < 1000; i++) out.push(...childrenOf(out[i]!));
   return out;
 }
 

@@ -76,21 +76,23 @@ test('bad aliases get a clear error naming the field and change nothing', async 
   assert.equal((await b.request('GET', '/v1/aliases')).body.aliases.length, before);
 });
 
-test('calls spread by weight: 10,000 calls at 90/10 land within ±2 points', async () => {
+// The exact split (and windows, stickiness, unhealthy backends) is unit-tested in
+// test/unit/alias-table.test.ts; this is the one end-to-end check that real calls follow it.
+test('calls spread by weight: 1,000 calls at 90/10 land within ±1 point, all counted', async () => {
   await b.request('POST', '/v1/aliases', { name: 'split', backends: [{ nodeId: nodeA.id, weight: 90 }, { nodeId: nodeB.id, weight: 10 }] });
   const counts = { A: 0, B: 0 } as Record<string, number>;
-  const results = await runLoad(10_000, 8, 120_000, async () => {
+  const results = await runLoad(1_000, 8, 60_000, async () => {
     const r = await callAlias('split');
     if (r.status === 200) counts[r.body.output.result.who]!++;
     return r.status;
   });
   assert.equal(results.filter((s) => s !== 200).length, 0);
   const shareA = counts.A! / (counts.A! + counts.B!);
-  assert.ok(Math.abs(shareA - 0.9) <= 0.02, `A got ${(shareA * 100).toFixed(2)}%`);
+  assert.ok(Math.abs(shareA - 0.9) <= 0.01, `A got ${(shareA * 100).toFixed(2)}%`);
   const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
-  assert.match(m, /alias_requests\{alias_name="split"\} 10000/);
-  assert.match(m, /alias_http_codes\{alias_name="split",code="200"\} 10000/);
-  assert.match(m, /alias_request_durations_count\{alias_name="split"\} 10000/);
+  assert.match(m, /alias_requests\{alias_name="split"\} 1000\n/);
+  assert.match(m, /alias_http_codes\{alias_name="split",code="200"\} 1000\n/);
+  assert.match(m, /alias_request_durations_count\{alias_name="split"\} 1000\n/);
 });
 
 test('the CLI moves weight with one command', async () => {

@@ -68,28 +68,45 @@ export class NodeDispatcher {
 
   /**
    * A free session now, or a promise of one within waitMs; 503 if the queue is full.
-   * With an affinity key, always the same instance while it stays Healthy.
+   * With an affinity key, always the same instance while it stays Healthy. With a signal,
+   * a caller that goes away leaves the queue at once (its place must not count against
+   * queueSize until its timeout) and the promise rejects with the signal's reason.
    */
-  acquire(waitMs: number, affinity?: string): Lease | Promise<Lease> {
+  acquire(waitMs: number, affinity?: string, signal?: AbortSignal): Lease | Promise<Lease> {
     const lease = this.take(affinity);
     if (lease) return lease;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.queued >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });
     }
     return new Promise<Lease>((resolve, reject) => {
+      // leave the queue: counted out now, skipped by drain() later
+      const leave = (): boolean => {
+        if (w.done) return false;
+        w.done = true;
+        this.queued--;
+        if (w.affinity !== undefined) this.stickyWaiting--;
+        signal?.removeEventListener('abort', onAbort);
+        return true;
+      };
+      const onAbort = (): void => {
+        if (!leave()) return;
+        clearTimeout(w.timer);
+        reject(signal!.reason);
+      };
       const w: Waiter = {
-        affinity, resolve, reject, done: false,
+        affinity, done: false,
+        resolve: (l) => { signal?.removeEventListener('abort', onAbort); resolve(l); },
+        reject: (e) => { signal?.removeEventListener('abort', onAbort); reject(e); },
         timer: setTimeout(() => {
-          if (w.done) return;
-          w.done = true;
-          this.queued--;
-          if (w.affinity !== undefined) this.stickyWaiting--;
+          if (!leave()) return;
           const reason = this.slots.length === 0 ? 'has no healthy instance' : 'had no free session';
           reject(new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} ${reason} within ${Math.round(waitMs / 100) / 10}s`,
             { nodeId: this.nodeId }, { 'retry-after': '1' }));
         }, waitMs),
       };
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
       this.queued++;
       if (affinity !== undefined) this.stickyWaiting++;

@@ -47,7 +47,8 @@ export function compileInputValidator(inputs: Variable[]): InputValidator {
       }
     }
     for (const name of names) {
-      if (!(name in obj)) {
+      // own keys only: `in` would find Object.prototype's `toString`, `constructor`...
+      if (!Object.hasOwn(obj, name)) {
         throw new BerthError('INVALID_INPUT', `input variable "${name}" is missing`, { variable: name, reason: 'missing', expected: types.get(name) });
       }
     }

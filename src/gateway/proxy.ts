@@ -187,7 +187,7 @@ export class Proxy {
       const tried = new Set<string>();
       for (;;) {
         const waitMs = Math.max(1, deadline - Date.now());
-        const acquired = route.dispatcher.acquire(waitMs, t.stickyKey);
+        const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, abort.signal); // a caller that leaves frees its queue place
         lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal, (late) => route!.dispatcher.release(late)) : acquired;
         tried.add(lease.slot.id);
         try {
