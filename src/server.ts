@@ -1,15 +1,17 @@
 // `berth up`: the control API, the controller and the gateway in one process, on one
-// port that speaks HTTP/1.1, h2c and gRPC.
+// port that speaks HTTP/1.1, h2c and gRPC (or HTTPS, h2 and gRPC over TLS).
+// Every request target is made canonical here, once, before any routing (gateway/target.ts),
+// and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createServer as createH2Server, constants as h2c } from 'node:http2';
-import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import Fastify, { type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
-import { BerthError } from './core/errors.js';
+import { BerthError, asBerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { SqliteStore } from './store/sqlite.js';
 import { createRuntime } from './runtimes/index.js';
@@ -23,6 +25,8 @@ import { Proxy } from './gateway/proxy.js';
 import { H2Upstream } from './gateway/upstream.js';
 import { createFrontDoor } from './gateway/front-door.js';
 import { sendError } from './gateway/http-util.js';
+import { canonicalTarget, proxiedTarget } from './gateway/target.js';
+import { guardHttp1, guardH2, respondH2Error, installProcessGuards } from './gateway/last-resort.js';
 import { startGrpcServer } from './grpc/node-service.js';
 import { registerApi } from './api/index.js';
 import { Quotas } from './folders/quotas.js';
@@ -45,7 +49,15 @@ export function checkPython(python: string): string | null {
   return null;
 }
 
+/** Addresses only this machine can reach: no TLS needed there. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
 export async function startBerth(config: Config): Promise<RunningBerth> {
+  installProcessGuards();
+  // read before anything starts: a wrong path fails `berth up` at once
+  const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
   mkdirSync(config.home, { recursive: true, mode: 0o700 });
   const logLimits = { maxBytes: config.logMaxBytes, files: config.logFiles };
   const logProblem = checkLogLimits(logLimits);
@@ -89,22 +101,35 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     bodyLimit: config.maxRequestBytes,
     serverFactory: (handler) => {
       // data-plane calls skip the framework entirely: the hot path stays short
-      httpServer = createServer({ keepAliveTimeout: 65_000 }, (req: IncomingMessage, res: ServerResponse) => {
-        if (Proxy.routed(req.headers)) void proxy.handleHttp1(req, res);
-        else if (Gateway.handles(req.url)) void gateway.handle(req, res);
-        else handler(req, res);
-      });
+      // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
+      httpServer = createServer({
+        keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
+      }, guardHttp1('http1', (req: IncomingMessage, res: ServerResponse) => {
+        // one canonical target for every router; header-routed calls keep their path as sent
+        const routed = Proxy.routed(req.headers);
+        const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
+        if (!t.ok) { res.setHeader('connection', 'close'); sendError(res, t.error); return; }
+        req.url = t.target;
+        if (routed) return proxy.handleHttp1(req, res);
+        if (Gateway.handles(req.url)) return gateway.handle(req, res);
+        handler(req, res);
+      }));
       return httpServer;
     },
   });
   // HTTP/2: header-routed calls go to image instances; the rest is Berth's own gRPC API
   const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('stream', (stream, headers) => {
+  h2Server.on('stream', guardH2('h2', (stream, headers) => {
     stream.on('error', () => undefined);
-    if (Proxy.routed(headers)) void proxy.handleHttp2(stream, headers);
+    const routed = Proxy.routed(headers);
+    const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
+    if (!t.ok) return respondH2Error(stream, headers, t.error);
+    headers[':path'] = t.target;
+    if (routed) return proxy.handleHttp2(stream, headers);
     // NodeService calls are served right here; reflection and health by grpc-js behind it
-    else if (!grpc.handleStream(stream, headers)) void forwardToGrpc(stream, headers, grpcUpstream);
-  });
+    if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+  }));
   h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {
@@ -115,10 +140,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     if (!(err instanceof BerthError)) {
       if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') e = new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${config.maxRequestBytes} bytes`, { limit: config.maxRequestBytes });
       else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') e = new BerthError('UNSUPPORTED_MEDIA_TYPE', err.message);
+      else if (err.code === 'FST_ERR_BAD_URL') e = new BerthError('INVALID_PATH', 'the request target is not a valid path', { field: 'path' });
       else if (err.statusCode === 400) e = new BerthError('INVALID_JSON', `request body is not valid JSON: ${err.message}`);
     }
     void reply.hijack();
-    sendError(reply.raw, e);
+    sendError(reply.raw, asBerthError(e, 'control-api'));
   });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
@@ -132,14 +158,25 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   await controller.start();
   telemetry.start();
   await app.ready();
-  const front = createFrontDoor(httpServer, h2Server);
+  const door = createFrontDoor(httpServer, h2Server, {
+    maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls,
+  });
+  const front = door.server;
   await new Promise<void>((resolve, reject) => {
     front.once('error', reject);
     front.listen(config.port, config.host, () => resolve());
   });
   const address = front.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  const url = `http://${config.host}:${port}`;
+  const url = `${tls ? 'https' : 'http'}://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  if (!tls && !isLoopback(config.host)) {
+    process.stderr.write([
+      '',
+      '!!! WARNING: Berth is listening on a non-loopback address WITHOUT TLS !!!',
+      `!!! ${url}: tokens, inputs and outputs cross the network in cleartext.`,
+      '!!! Use --tls-cert FILE --tls-key FILE, or bind 127.0.0.1 behind a TLS proxy.',
+      '', ''].join('\n'));
+  }
   // lets the CLI find this server without being told
   writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 

@@ -29,13 +29,28 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
   .option('--log-max-bytes <size>', 'instance logs rotate past this size, e.g. 10m (default: $BERTH_LOG_MAX_BYTES or 10m)')
   .option('--log-files <n>', 'instance log files kept per instance, the current one included (default: $BERTH_LOG_FILES or 2)')
+  .option('--tls-cert <file>', 'serve HTTPS, h2 and gRPC over TLS with this PEM certificate chain (needs --tls-key; default $BERTH_TLS_CERT)')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert (default $BERTH_TLS_KEY)')
+  .option('--max-connections <n>', 'connections open at once; past it 503 + Retry-After / GOAWAY (default: from ulimit -n, or $BERTH_MAX_CONNECTIONS)')
+  .option('--headers-timeout <seconds>', 'from connect to a complete request head or first h2 stream (default 20, or $BERTH_HEADERS_TIMEOUT)')
+  .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
+    if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
+    const positive = (flag: string, v: unknown): number => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n <= 0) { console.error(`berth: ${flag} takes a positive number, got ${String(v)}`); process.exit(2); }
+      return n;
+    };
     const config = loadConfig({
       host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
       ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
       ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
       ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}),
+      ...(o.tlsCert ? { tls: { certFile: resolve(o.tlsCert), keyFile: resolve(o.tlsKey) } } : {}),
+      ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
+      ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
+      ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
     });
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
