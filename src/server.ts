@@ -95,6 +95,18 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
+  // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
+  // `x-berth-fault: throw | reject | control-api` fails inside a handler, so the tests can
+  // prove the last resort on a real server; off, the header means nothing
+  const faults = process.env.BERTH_FAULTS === '1';
+  const fault = (h: Record<string, unknown>): Promise<void> | undefined => {
+    if (!faults) return undefined;
+    const f = h['x-berth-fault'];
+    if (f === 'throw') throw new TypeError('injected fault: /internal/detail/that/must/not/leak');
+    if (f === 'reject') return Promise.reject(new RangeError('injected fault: /internal/detail/that/must/not/leak'));
+    return undefined;
+  };
+
   let httpServer!: Server;
   const app = Fastify({
     logger: false,
@@ -111,6 +123,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
         const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
         if (!t.ok) { res.setHeader('connection', 'close'); sendError(res, t.error); return; }
         req.url = t.target;
+        const injected = fault(req.headers);
+        if (injected) return injected;
         if (routed) return proxy.handleHttp1(req, res);
         if (Gateway.handles(req.url)) return gateway.handle(req, res);
         handler(req, res);
@@ -126,6 +140,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
     if (!t.ok) return respondH2Error(stream, headers, t.error);
     headers[':path'] = t.target;
+    const injected = fault(headers);
+    if (injected) return injected;
     if (routed) return proxy.handleHttp2(stream, headers);
     // NodeService calls are served right here; reflection and health by grpc-js behind it
     if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
@@ -150,6 +166,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));
   });
+  if (faults) app.addHook('onRequest', async (req) => { if (req.headers['x-berth-fault'] === 'control-api') throw new TypeError('injected fault: /internal/detail/that/must/not/leak'); });
   const metricsText = async (): Promise<string> => (await metrics.registry.metrics()) + telemetry.exposition();
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText });

@@ -11,7 +11,9 @@ import { ago, bytes, table } from './format.js';
 const program = new Command();
 program.name('berth').description('Self-hosted model serving: cell nodes from Python checkpoints, balanced and health-checked.')
   .option('--url <url>', 'Berth server URL (default: $BERTH_URL, the running server in $BERTH_HOME, or http://127.0.0.1:7700)')
+  .option('--ca <file>', 'trust this PEM certificate for an https URL, e.g. a self-signed --tls-cert (default: $BERTH_CA)')
   .showHelpAfterError();
+program.hook('preAction', () => { const ca = program.opts().ca as string | undefined; if (ca) process.env.BERTH_CA = resolve(ca); });
 
 const client = (): Client => new Client(serverUrl(program.opts().url), findToken);
 const out = (json: boolean, data: unknown, human: () => string): void => {
