@@ -121,7 +121,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
         // one canonical target for every router; header-routed calls keep their path as sent
         const routed = Proxy.routed(req.headers);
         const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
-        if (!t.ok) { res.setHeader('connection', 'close'); sendError(res, t.error); return; }
+        if (!t.ok) { sendError(res, t.error); return; } // the framing is intact: the connection stays usable
         req.url = t.target;
         const injected = fault(req.headers);
         if (injected) return injected;

@@ -92,7 +92,9 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     };
     arm(opts.headersTimeoutMs);
     session.on('stream', (stream: ServerHttp2Stream, _headers, flags: number) => {
-      settled((session.socket as unknown as Tagged)[CONN]);
+      // the socket is gone once the session is destroyed (a stream can still be emitted then)
+      const socket = session.socket as unknown as Tagged | undefined;
+      settled(socket?.[CONN]);
       if (timer) { clearTimeout(timer); timer = null; }
       sessions.set(session, (sessions.get(session) ?? 0) + 1);
       // END_STREAM on the HEADERS frame (flag 0x1): no body to wait for
