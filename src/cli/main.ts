@@ -4,7 +4,7 @@ import { readFileSync, existsSync } from 'node:fs';
 import { extname, resolve } from 'node:path';
 import YAML from 'yaml';
 import { loadConfig, defaultHome } from '../core/config.js';
-import { ApiError, Client, findToken, serverUrl } from './client.js';
+import { ApiError, Client, berthFetch, findToken, serverUrl } from './client.js';
 import { parseByteSize } from '../runtimes/log-file.js';
 import { ago, bytes, table } from './format.js';
 
@@ -289,7 +289,7 @@ async function followLogs(path: string): Promise<void> {
   const url = serverUrl(program.opts().url);
   let res: Response;
   try {
-    res = await fetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
+    res = await berthFetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
   } catch (err) {
     throw new Error(`cannot reach Berth at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
   }
