@@ -1,15 +1,17 @@
 // `berth up`: the control API, the controller and the gateway in one process, on one
-// port that speaks HTTP/1.1, h2c and gRPC.
+// port that speaks HTTP/1.1, h2c and gRPC (or HTTPS, h2 and gRPC over TLS).
+// Every request target is made canonical here, once, before any routing (gateway/target.ts),
+// and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createServer as createH2Server, constants as h2c } from 'node:http2';
-import { mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import Fastify, { type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
-import { BerthError } from './core/errors.js';
+import { BerthError, asBerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { SqliteStore } from './store/sqlite.js';
 import { createRuntime } from './runtimes/index.js';
@@ -23,6 +25,8 @@ import { Proxy } from './gateway/proxy.js';
 import { H2Upstream } from './gateway/upstream.js';
 import { createFrontDoor } from './gateway/front-door.js';
 import { sendError } from './gateway/http-util.js';
+import { canonicalTarget, proxiedTarget } from './gateway/target.js';
+import { guardHttp1, guardH2, respondH2Error, installProcessGuards } from './gateway/last-resort.js';
 import { startGrpcServer } from './grpc/node-service.js';
 import { registerApi } from './api/index.js';
 import { Quotas } from './folders/quotas.js';
@@ -46,7 +50,15 @@ export function checkPython(python: string): string | null {
   return null;
 }
 
+/** Addresses only this machine can reach: no TLS needed there. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
 export async function startBerth(config: Config): Promise<RunningBerth> {
+  installProcessGuards();
+  // read before anything starts: a wrong path fails `berth up` at once
+  const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
   mkdirSync(config.home, { recursive: true, mode: 0o700 });
   const logLimits = { maxBytes: config.logMaxBytes, files: config.logFiles };
   const logProblem = checkLogLimits(logLimits);
@@ -86,28 +98,57 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
+  // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
+  // `x-berth-fault: throw | reject | control-api` fails inside a handler, so the tests can
+  // prove the last resort on a real server; off, the header means nothing
+  const faults = process.env.BERTH_FAULTS === '1';
+  const fault = (h: Record<string, unknown>): Promise<void> | undefined => {
+    if (!faults) return undefined;
+    const f = h['x-berth-fault'];
+    if (f === 'throw') throw new TypeError('injected fault: /internal/detail/that/must/not/leak');
+    if (f === 'reject') return Promise.reject(new RangeError('injected fault: /internal/detail/that/must/not/leak'));
+    return undefined;
+  };
+
   let httpServer!: Server;
   const app = Fastify({
     logger: false,
     bodyLimit: config.maxRequestBytes,
     serverFactory: (handler) => {
       // data-plane calls skip the framework entirely: the hot path stays short
-      httpServer = createServer({ keepAliveTimeout: 65_000 }, (req: IncomingMessage, res: ServerResponse) => {
-        if (Proxy.routed(req.headers)) void proxy.handleHttp1(req, res);
-        else if (Gateway.handles(req.url)) void gateway.handle(req, res);
-        else handler(req, res);
-      });
+      // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
+      httpServer = createServer({
+        keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
+        connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
+      }, guardHttp1('http1', (req: IncomingMessage, res: ServerResponse) => {
+        // one canonical target for every router; header-routed calls keep their path as sent
+        const routed = Proxy.routed(req.headers);
+        const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
+        if (!t.ok) { sendError(res, t.error); return; } // the framing is intact: the connection stays usable
+        req.url = t.target;
+        const injected = fault(req.headers);
+        if (injected) return injected;
+        if (routed) return proxy.handleHttp1(req, res);
+        if (Gateway.handles(req.url)) return gateway.handle(req, res);
+        handler(req, res);
+      }));
       return httpServer;
     },
   });
   // HTTP/2: header-routed calls go to image instances; the rest is Berth's own gRPC API
   const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('stream', (stream, headers) => {
+  h2Server.on('stream', guardH2('h2', (stream, headers) => {
     stream.on('error', () => undefined);
-    if (Proxy.routed(headers)) void proxy.handleHttp2(stream, headers);
+    const routed = Proxy.routed(headers);
+    const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
+    if (!t.ok) return respondH2Error(stream, headers, t.error);
+    headers[':path'] = t.target;
+    const injected = fault(headers);
+    if (injected) return injected;
+    if (routed) return proxy.handleHttp2(stream, headers);
     // NodeService calls are served right here; reflection and health by grpc-js behind it
-    else if (!grpc.handleStream(stream, headers)) void forwardToGrpc(stream, headers, grpcUpstream);
-  });
+    if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+  }));
   h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {
@@ -118,15 +159,17 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     if (!(err instanceof BerthError)) {
       if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') e = new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${config.maxRequestBytes} bytes`, { limit: config.maxRequestBytes });
       else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') e = new BerthError('UNSUPPORTED_MEDIA_TYPE', err.message);
+      else if (err.code === 'FST_ERR_BAD_URL') e = new BerthError('INVALID_PATH', 'the request target is not a valid path', { field: 'path' });
       else if (err.statusCode === 400) e = new BerthError('INVALID_JSON', `request body is not valid JSON: ${err.message}`);
     }
     void reply.hijack();
-    sendError(reply.raw, e);
+    sendError(reply.raw, asBerthError(e, 'control-api'));
   });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));
   });
+  if (faults) app.addHook('onRequest', async (req) => { if (req.headers['x-berth-fault'] === 'control-api') throw new TypeError('injected fault: /internal/detail/that/must/not/leak'); });
   const metricsText = async (): Promise<string> => (await metrics.registry.metrics()) + telemetry.exposition();
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText });
@@ -136,14 +179,25 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   controller.attach(routes);
   telemetry.start();
   await app.ready();
-  const front = createFrontDoor(httpServer, h2Server);
+  const door = createFrontDoor(httpServer, h2Server, {
+    maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls,
+  });
+  const front = door.server;
   await new Promise<void>((resolve, reject) => {
     front.once('error', reject);
     front.listen(config.port, config.host, () => resolve());
   });
   const address = front.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  const url = `http://${config.host}:${port}`;
+  const url = `${tls ? 'https' : 'http'}://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  if (!tls && !isLoopback(config.host)) {
+    process.stderr.write([
+      '',
+      '!!! WARNING: Berth is listening on a non-loopback address WITHOUT TLS !!!',
+      `!!! ${url}: tokens, inputs and outputs cross the network in cleartext.`,
+      '!!! Use --tls-cert FILE --tls-key FILE, or bind 127.0.0.1 behind a TLS proxy.',
+      '', ''].join('\n'));
+  }
   // lets the CLI find this server without being told
   writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 

@@ -1,5 +1,7 @@
-// How the CLI reaches a Berth server: URL and token found without the user copying them.
+// How the CLI reaches a Berth server: URL and token found without the user copying them,
+// over http or https (a self-signed server certificate is trusted through BERTH_CA / --ca).
 import { existsSync, readFileSync } from 'node:fs';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { join } from 'node:path';
 import { defaultHome } from '../core/config.js';
 import { ADMIN_TOKEN_FILE } from '../core/auth.js';
@@ -27,6 +29,18 @@ export function findToken(): string {
   throw new Error(`no token: set BERTH_TOKEN, or run "berth up" once so it creates ${file}`);
 }
 
+let caAgent: { file: string; agent: Agent } | null = null;
+/**
+ * fetch, trusting the PEM certificate(s) in $BERTH_CA (set by `--ca`) besides the system's
+ * roots when it is set: what a server started with a self-signed --tls-cert needs.
+ */
+export function berthFetch(url: string, init: RequestInit): Promise<Response> {
+  const file = process.env.BERTH_CA;
+  if (!file) return fetch(url, init);
+  if (caAgent?.file !== file) caAgent = { file, agent: new Agent({ connect: { ca: readFileSync(file) } }) };
+  return undiciFetch(url, { ...(init as object), dispatcher: caAgent.agent }) as unknown as Promise<Response>;
+}
+
 export class Client {
   /** The token is looked up per request: the health check needs none, and on a first start the token file appears only once the server is up. */
   constructor(readonly url: string, private readonly token: () => string) {}
@@ -34,7 +48,7 @@ export class Client {
   async request<T = any>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response;
     try {
-      res = await fetch(this.url + path, {
+      res = await berthFetch(this.url + path, {
         method,
         headers: { ...(path === '/v1/health' ? {} : { authorization: `Bearer ${this.token()}` }), ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
         body: body === undefined ? undefined : JSON.stringify(body),

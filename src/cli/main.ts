@@ -4,14 +4,16 @@ import { readFileSync, existsSync } from 'node:fs';
 import { extname, resolve } from 'node:path';
 import YAML from 'yaml';
 import { loadConfig, defaultHome } from '../core/config.js';
-import { ApiError, Client, findToken, serverUrl } from './client.js';
+import { ApiError, Client, berthFetch, findToken, serverUrl } from './client.js';
 import { parseByteSize } from '../runtimes/log-file.js';
 import { ago, bytes, table } from './format.js';
 
 const program = new Command();
 program.name('berth').description('Self-hosted model serving: cell nodes from Python checkpoints, balanced and health-checked.')
   .option('--url <url>', 'Berth server URL (default: $BERTH_URL, the running server in $BERTH_HOME, or http://127.0.0.1:7700)')
+  .option('--ca <file>', 'trust this PEM certificate for an https URL, e.g. a self-signed --tls-cert (default: $BERTH_CA)')
   .showHelpAfterError();
+program.hook('preAction', () => { const ca = program.opts().ca as string | undefined; if (ca) process.env.BERTH_CA = resolve(ca); });
 
 const client = (): Client => new Client(serverUrl(program.opts().url), findToken);
 const out = (json: boolean, data: unknown, human: () => string): void => {
@@ -29,13 +31,28 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
   .option('--log-max-bytes <size>', 'instance logs rotate past this size, e.g. 10m (default: $BERTH_LOG_MAX_BYTES or 10m)')
   .option('--log-files <n>', 'instance log files kept per instance, the current one included (default: $BERTH_LOG_FILES or 2)')
+  .option('--tls-cert <file>', 'serve HTTPS, h2 and gRPC over TLS with this PEM certificate chain (needs --tls-key; default $BERTH_TLS_CERT)')
+  .option('--tls-key <file>', 'the PEM private key for --tls-cert (default $BERTH_TLS_KEY)')
+  .option('--max-connections <n>', 'connections open at once; past it 503 + Retry-After / GOAWAY (default: from ulimit -n, or $BERTH_MAX_CONNECTIONS)')
+  .option('--headers-timeout <seconds>', 'from connect to a complete request head or first h2 stream (default 20, or $BERTH_HEADERS_TIMEOUT)')
+  .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
+    if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
+    const positive = (flag: string, v: unknown): number => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n <= 0) { console.error(`berth: ${flag} takes a positive number, got ${String(v)}`); process.exit(2); }
+      return n;
+    };
     const config = loadConfig({
       host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
       ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
       ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
       ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}),
+      ...(o.tlsCert ? { tls: { certFile: resolve(o.tlsCert), keyFile: resolve(o.tlsKey) } } : {}),
+      ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
+      ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
+      ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
     });
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
@@ -272,7 +289,7 @@ async function followLogs(path: string): Promise<void> {
   const url = serverUrl(program.opts().url);
   let res: Response;
   try {
-    res = await fetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
+    res = await berthFetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
   } catch (err) {
     throw new Error(`cannot reach Berth at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
   }

@@ -1,6 +1,6 @@
 import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseByteSize } from '../runtimes/log-file.js';
 
@@ -30,6 +30,14 @@ export interface Config {
   logMaxBytes: number;
   /** Instance logs: files kept per instance, the current one included (`--log-files`, BERTH_LOG_FILES). */
   logFiles: number;
+  /** Front door: connections open at once; past it, 503 + Retry-After (HTTP/1.1) or GOAWAY (h2). Default: from the fd limit. */
+  maxConnections: number;
+  /** Front door: from accept to a complete request head (HTTP/1.1) or first stream (h2), TLS handshake included. */
+  headersTimeoutMs: number;
+  /** Front door: a connection with no call running, or a request body, silent this long is closed. */
+  idleTimeoutMs: number;
+  /** HTTPS, h2 (ALPN) and gRPC over TLS on the same port: PEM certificate chain and key files; null = cleartext. */
+  tls: { certFile: string; keyFile: string } | null;
 }
 
 export const MB = 1024 * 1024;
@@ -46,6 +54,25 @@ export function defaultHome(): string {
 export function defaultPython(): string {
   if (process.env.BERTH_PYTHON) return process.env.BERTH_PYTHON;
   return existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+}
+
+/**
+ * Connections the front door keeps open by default: half the open-file limit (`ulimit -n`,
+ * which Node raises to the hard limit at start) less room for the database, logs, worker
+ * sockets and upstream connections; between 64 and 10,000.
+ */
+export function defaultMaxConnections(): number {
+  let limit = 1024;
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m) limit = Number(m[1]);
+  } catch { /* not Linux: assume the common 1024 */ }
+  return Math.max(64, Math.min(10_000, Math.floor((limit - 256) / 2)));
+}
+
+function envNumber(name: string): number | undefined {
+  const v = process.env[name];
+  return v === undefined || v === '' ? undefined : Number(v);
 }
 
 export function loadConfig(overrides: Partial<Config> = {}): Config {
@@ -67,5 +94,10 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     metricsListen: overrides.metricsListen ?? env.BERTH_METRICS_LISTEN ?? null,
     logMaxBytes: overrides.logMaxBytes ?? (env.BERTH_LOG_MAX_BYTES ? parseByteSize(env.BERTH_LOG_MAX_BYTES) ?? NaN : 10 * MB),
     logFiles: overrides.logFiles ?? (env.BERTH_LOG_FILES ? Number(env.BERTH_LOG_FILES) : 2),
+    maxConnections: overrides.maxConnections ?? envNumber('BERTH_MAX_CONNECTIONS') ?? defaultMaxConnections(),
+    headersTimeoutMs: overrides.headersTimeoutMs ?? (envNumber('BERTH_HEADERS_TIMEOUT') ?? 20) * 1000,
+    idleTimeoutMs: overrides.idleTimeoutMs ?? (envNumber('BERTH_IDLE_TIMEOUT') ?? 300) * 1000,
+    tls: overrides.tls !== undefined ? overrides.tls
+      : env.BERTH_TLS_CERT && env.BERTH_TLS_KEY ? { certFile: env.BERTH_TLS_CERT, keyFile: env.BERTH_TLS_KEY } : null,
   };
 }

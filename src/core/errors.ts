@@ -1,5 +1,6 @@
 // Every error the API can return, in one place: a stable code, an HTTP status and a
 // gRPC status. Bodies are always JSON: {code, message, details}.
+import { randomUUID } from 'node:crypto';
 
 export type GrpcStatusName =
   | 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'PERMISSION_DENIED' | 'UNAUTHENTICATED'
@@ -19,6 +20,8 @@ export const ERRORS = {
   INVALID_JSON: { http: 400, grpc: 'INVALID_ARGUMENT' },
   INVALID_ARGUMENT: { http: 400, grpc: 'INVALID_ARGUMENT' },
   INVALID_INPUT: { http: 400, grpc: 'INVALID_ARGUMENT' },
+  // a request target nobody can decode (malformed %-escapes, not UTF-8, not origin-form)
+  INVALID_PATH: { http: 400, grpc: 'INVALID_ARGUMENT' },
   PAYLOAD_TOO_LARGE: { http: 413, grpc: 'RESOURCE_EXHAUSTED' },
   UNSUPPORTED_MEDIA_TYPE: { http: 415, grpc: 'INVALID_ARGUMENT' },
   ROUTE_NOT_FOUND: { http: 404, grpc: 'UNIMPLEMENTED' },
@@ -54,6 +57,8 @@ export const ERRORS = {
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   // logs?follow=true: the cap on connected followers is reached
   TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
+  // the front door's connection cap is reached and every connection is busy
+  SERVER_BUSY: { http: 503, grpc: 'UNAVAILABLE' },
   CALL_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
   INTERNAL: { http: 500, grpc: 'INTERNAL' },
   // the caller left before the answer (nginx's 499); only ever counted, never sent
@@ -103,8 +108,26 @@ export function invalidArgument(field: string, message: string, extra: Record<st
   return new BerthError('INVALID_ARGUMENT', `${field}: ${message}`, { field, ...extra });
 }
 
-/** Turns anything thrown into a BerthError, hiding internals behind INTERNAL. */
-export function asBerthError(err: unknown): BerthError {
+/**
+ * Turns anything thrown into a BerthError. Anything not already one is a bug: the caller
+ * gets INTERNAL with a request id and no internal detail (the body carries
+ * `details.requestId`, the `x-request-id` header the same id); the detail goes to the
+ * server log as one JSON line on stderr, with that id. `where` names the handler.
+ */
+export function asBerthError(err: unknown, where = 'request'): BerthError {
   if (err instanceof BerthError) return err;
-  return new BerthError('INTERNAL', 'internal error', { reason: err instanceof Error ? err.message : String(err) });
+  const requestId = randomUUID();
+  logInternalError(requestId, where, err);
+  return new BerthError('INTERNAL', `internal error; the server log has the details under request id ${requestId}`, { requestId }, { 'x-request-id': requestId });
+}
+
+/** One JSON line on stderr for an unexpected error (never sent to a caller). */
+export function logInternalError(requestId: string, where: string, err: unknown): void {
+  const e = err instanceof Error ? err : null;
+  try {
+    process.stderr.write(`${JSON.stringify({
+      level: 'error', time: new Date().toISOString(), event: 'internal_error', requestId, where,
+      error: e ? `${e.name}: ${e.message}` : String(err), stack: e?.stack,
+    })}\n`);
+  } catch { /* logging must never throw into a handler */ }
 }

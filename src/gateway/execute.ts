@@ -52,7 +52,11 @@ export class Gateway {
       return void sendError(res, new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
     }
     const isAlias = m[1] === 'aliases';
-    const id = decodeURIComponent(m[2]!);
+    // the front door refuses undecodable targets before this; never throw here regardless
+    let id: string;
+    try { id = decodeURIComponent(m[2]!); } catch {
+      return void sendError(res, new BerthError('INVALID_PATH', `the ${isAlias ? 'alias name' : 'node id'} in the path is not valid percent-encoded UTF-8`, { field: 'path', path }));
+    }
     this.inFlight++;
     const started = performance.now();
     let callMetrics: CallMetrics | null = null;

@@ -1,13 +1,128 @@
-// One port for everything: HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge,
-// which gRPC clients use), told apart by the connection preface.
+// One port for everything: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, which gRPC
+// clients use; over TLS, h2 by ALPN), told apart by the connection preface, optionally
+// behind TLS. This is also where connections are bounded, so a caller that connects and
+// sends nothing (or a byte a second) cannot hold a file descriptor for long:
+//   - from accept until the first request head (HTTP/1.1) or the first stream (h2), a
+//     deadline of `headersTimeoutMs` (the TLS handshake and the preface sniffing count);
+//     each later HTTP/1.1 request head has the same (Node's headersTimeout);
+//   - a connection with no request running and no traffic (HTTP/1.1 keep-alive, an h2
+//     session without streams), or a request body that stops arriving, is closed after
+//     `idleTimeoutMs`; a call that is running (a 60 s cell call, SSE, a gRPC stream) is
+//     never cut by these: its own timeouts apply;
+//   - at most `maxConnections` are open. At the cap, a connection that has not sent a full
+//     request yet is dropped first (oldest first) and then idle ones are reclaimed, so a
+//     flood of idle or slow sockets cannot keep prompt callers out; only when every
+//     connection is busy is the newcomer refused: HTTP/1.1 gets 503 with Retry-After, h2
+//     a GOAWAY.
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import type { Server as HttpServer } from 'node:http';
-import type { Http2Server } from 'node:http2';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
+import type { Http2Server, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
+import { BerthError } from '../core/errors.js';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+/** Sockets being refused at most, beyond the cap; past that they are closed without a word. */
+const REFUSAL_SLACK = 256;
+/** How long a refused connection may take to show its protocol and read the answer. */
+const REFUSAL_LINGER_MS = 2000;
 
-export function createFrontDoor(http1: HttpServer, h2: Http2Server): NetServer {
-  return createNetServer({ noDelay: true }, (socket: Socket) => {
+export interface FrontDoorOptions {
+  maxConnections: number;
+  headersTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** PEM certificate chain and key: TLS on the same port (HTTPS, h2 by ALPN, gRPC). */
+  tls: { cert: Buffer | string; key: Buffer | string } | null;
+}
+
+export interface FrontDoorStats { open: number; refused: number; evicted: number }
+
+export interface FrontDoor {
+  server: NetServer;
+  stats(): FrontDoorStats;
+}
+
+/** One accepted connection, until it has sent its first full request. */
+interface Conn { raw: Socket; deadline: NodeJS.Timeout | null }
+
+const CONN = Symbol('berth.frontDoorConn');
+type Tagged = { [CONN]?: Conn };
+
+export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontDoorOptions): FrontDoor {
+  let open = 0;
+  let refusing = 0;
+  const counters = { refused: 0, evicted: 0 };
+  /** Connections that have not completed a request yet, oldest first (a Set keeps insertion order). */
+  const waiting = new Set<Conn>();
+  /** h2 sessions and how many streams each has open: the idle ones can be reclaimed. */
+  const sessions = new Map<ServerHttp2Session, number>();
+  /** HTTP/1.1 connections handed to the http server (to see which ones closeIdleConnections ended). */
+  const http1Sockets = new Set<Socket>();
+
+  const settled = (conn: Conn | undefined): void => {
+    if (!conn || !waiting.delete(conn)) return;
+    if (conn.deadline) { clearTimeout(conn.deadline); conn.deadline = null; }
+  };
+
+  // ---- HTTP/1.1: Node's own header timeout, keep-alive idle, and a body idle timeout ----
+  http1.headersTimeout = opts.headersTimeoutMs;
+  http1.requestTimeout = 0; // a long upload or call is not cut as a whole; idleness is
+  http1.keepAliveTimeout = opts.idleTimeoutMs;
+  // Node checks headersTimeout only for servers that emitted 'listening'; this one never
+  // listens itself (the front door does), so start that tracking here
+  http1.emit('listening');
+  http1.prependListener('request', (req: IncomingMessage, res: ServerResponse) => {
+    settled((req.socket as Tagged)[CONN]);
+    const h = req.headers;
+    const hasBody = h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+    if (!hasBody) return;
+    // a body that stops arriving for idleTimeoutMs: the socket is closed (Node destroys it on 'timeout')
+    const socket = req.socket;
+    socket.setTimeout(opts.idleTimeoutMs);
+    req.once('end', () => { if (!res.writableFinished && !socket.destroyed) socket.setTimeout(0); });
+  });
+
+  // ---- h2: a session must open a stream within headersTimeoutMs, then idles at most idleTimeoutMs between streams ----
+  h2.on('session', (session: ServerHttp2Session) => {
+    sessions.set(session, 0);
+    let timer: NodeJS.Timeout | null = null;
+    const arm = (ms: number): void => {
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(() => closeSession(session), ms);
+      timer.unref();
+    };
+    arm(opts.headersTimeoutMs);
+    session.on('stream', (stream: ServerHttp2Stream, _headers, flags: number) => {
+      // the socket is gone once the session is destroyed (a stream can still be emitted then)
+      const socket = session.socket as unknown as Tagged | undefined;
+      settled(socket?.[CONN]);
+      if (timer) { clearTimeout(timer); timer = null; }
+      sessions.set(session, (sessions.get(session) ?? 0) + 1);
+      // END_STREAM on the HEADERS frame (flag 0x1): no body to wait for
+      if ((flags & 0x1) === 0) {
+        stream.setTimeout(opts.idleTimeoutMs, () => stream.close(0x8 /* CANCEL */));
+        stream.once('end', () => stream.setTimeout(0));
+      }
+      stream.once('close', () => {
+        const n = (sessions.get(session) ?? 1) - 1;
+        sessions.set(session, n);
+        if (n === 0 && !session.destroyed) arm(opts.idleTimeoutMs);
+      });
+    });
+    session.once('close', () => { if (timer) clearTimeout(timer); sessions.delete(session); });
+  });
+
+  /** Refuses or hands over a connection whose protocol is now known. */
+  const dispatch = (conn: Conn, plain: Socket, isH2: boolean, refused: boolean): void => {
+    if (refused) return refuse(plain, isH2);
+    (plain as Tagged)[CONN] = conn;
+    if (!isH2) { http1Sockets.add(plain); plain.once('close', () => http1Sockets.delete(plain)); }
+    // both servers take the bytes already read back from the socket's buffer first
+    (isH2 ? h2 : http1).emit('connection', plain);
+    if (!isH2) plain.resume();
+  };
+
+  /** Reads until the bytes say HTTP/2 preface or not, then dispatches. */
+  const sniff = (conn: Conn, plain: Socket, refused: boolean): void => {
     let head: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
       head = head.length ? Buffer.concat([head, chunk]) : chunk;
@@ -15,14 +130,113 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server): NetServer {
       const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
       // wait for enough bytes to tell (a preface may arrive in pieces)
       if (isH2 && n < H2_PREFACE.length) return;
-      socket.removeListener('data', onData);
-      socket.pause();
-      socket.unshift(head);
-      // both servers take the bytes already read from the socket's buffer first
-      (isH2 ? h2 : http1).emit('connection', socket);
-      if (!isH2) socket.resume();
+      plain.removeListener('data', onData);
+      plain.pause();
+      plain.unshift(head);
+      dispatch(conn, plain, isH2, refused);
     };
-    socket.on('data', onData);
+    plain.on('data', onData);
+  };
+
+  // TLS: a tls.Server that never listens does the handshake (ALPN h2, http/1.1) on sockets handed to it
+  const tlsServer = opts.tls ? createTlsServer({
+    cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ['h2', 'http/1.1'], handshakeTimeout: opts.headersTimeoutMs,
+  }) : null;
+  const TLS_STATE = Symbol('berth.tlsState');
+  type TlsState = { conn: Conn; refused: boolean };
+  if (tlsServer) {
+    tlsServer.on('secureConnection', (t: TLSSocket) => {
+      const state = (t as unknown as { _parent?: Socket & { [TLS_STATE]?: TlsState } })._parent?.[TLS_STATE];
+      if (!state) { t.destroy(); return; }
+      t.on('error', () => t.destroy());
+      if (t.alpnProtocol === 'h2') dispatch(state.conn, t, true, state.refused);
+      else sniff(state.conn, t, state.refused);
+    });
+    tlsServer.on('tlsClientError', (_err, t) => t.destroy());
+  }
+
+  /** At the cap: drop the oldest connection that has not sent a request, else reclaim idle ones. */
+  const makeRoom = (): boolean => {
+    const oldest = waiting.values().next();
+    if (!oldest.done) {
+      settled(oldest.value);
+      counters.evicted++;
+      oldest.value.raw.destroy();
+      return true;
+    }
+    let reclaimed = false;
+    for (const [session, streams] of sessions) {
+      if (streams === 0 && !session.closed) { closeSession(session); reclaimed = true; break; }
+    }
+    if (!reclaimed) {
+      // HTTP/1.1 keep-alive connections between requests (closeIdleConnections destroys them at once)
+      http1.closeIdleConnections();
+      for (const s of http1Sockets) if (s.destroyed) { http1Sockets.delete(s); reclaimed = true; }
+    }
+    return reclaimed;
+  };
+
+  const server = createNetServer({ noDelay: true }, (socket: Socket) => {
     socket.on('error', () => socket.destroy());
+    let refused = false;
+    if (open >= opts.maxConnections && !makeRoom()) {
+      if (refusing >= REFUSAL_SLACK) { counters.refused++; socket.destroy(); return; }
+      refused = true;
+    }
+    if (refused) {
+      refusing++;
+      counters.refused++;
+      socket.once('close', () => { refusing--; });
+    } else {
+      open++;
+      socket.once('close', () => { open--; });
+    }
+    const conn: Conn = { raw: socket, deadline: null };
+    // the deadline for the first full request: handshake, preface and head included
+    conn.deadline = setTimeout(() => { waiting.delete(conn); socket.destroy(); }, refused ? REFUSAL_LINGER_MS : opts.headersTimeoutMs);
+    conn.deadline.unref();
+    socket.once('close', () => settled(conn));
+    if (!refused) waiting.add(conn);
+    else socket.once('close', () => { if (conn.deadline) clearTimeout(conn.deadline); });
+    if (tlsServer) {
+      (socket as Socket & { [TLS_STATE]?: TlsState })[TLS_STATE] = { conn, refused };
+      tlsServer.emit('connection', socket);
+    } else {
+      sniff(conn, socket, refused);
+    }
   });
+
+  return { server, stats: () => ({ open, refused: counters.refused, evicted: counters.evicted }) };
+}
+
+/** Asks an h2 session to go (GOAWAY), and makes sure it does. */
+function closeSession(session: ServerHttp2Session): void {
+  if (session.destroyed) return;
+  try { session.close(); } catch { /* already closing */ }
+  setTimeout(() => { if (!session.destroyed) session.destroy(); }, 1000).unref();
+}
+
+/**
+ * The refusal of a connection over the cap, in its own protocol: HTTP/1.1 gets a 503 with
+ * Retry-After and the connection closed; HTTP/2 gets the server preface (SETTINGS) and a
+ * GOAWAY with last-stream-id 0 (nothing was processed: safe to retry).
+ */
+function refuse(socket: Socket, isH2: boolean): void {
+  if (isH2) {
+    const debug = Buffer.from('berth: too many connections, retry later');
+    const goaway = Buffer.alloc(9 + 8 + debug.length);
+    goaway.writeUIntBE(8 + debug.length, 0, 3);
+    goaway[3] = 0x7; // GOAWAY
+    goaway.writeUInt32BE(0, 5); // stream 0
+    goaway.writeUInt32BE(0, 9); // last stream id
+    goaway.writeUInt32BE(0xb, 13); // ENHANCE_YOUR_CALM
+    debug.copy(goaway, 17);
+    socket.write(Buffer.concat([Buffer.from([0, 0, 0, 0x4, 0, 0, 0, 0, 0]), goaway]));
+  } else {
+    const body = JSON.stringify(new BerthError('SERVER_BUSY', 'too many open connections; retry later', { retryAfterSeconds: 1 }).toJSON());
+    socket.write(`HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n${body}`);
+  }
+  // half-close and keep reading what the client still sends, so it reads the answer instead of a reset
+  socket.end();
+  socket.resume();
 }

@@ -4,7 +4,7 @@ import { BerthError, asBerthError } from '../core/errors.js';
 /** Writes a JSON error body {code, message, details} with the error's status and headers. */
 export function sendError(res: ServerResponse, err: unknown, extraBody: Record<string, unknown> = {}): number {
   const e = asBerthError(err);
-  if (res.headersSent) { res.destroy(); return e.httpStatus; }
+  if (res.headersSent || res.destroyed) { res.destroy(); return e.httpStatus; }
   const body = JSON.stringify({ ...e.toJSON(), ...extraBody });
   res.writeHead(e.httpStatus, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...e.headers });
   res.end(body);
@@ -37,7 +37,9 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       chunks.push(chunk);
     });
     req.on('end', () => { if (!failed) resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)); });
-    req.on('error', (err) => { if (!failed) { failed = true; reject(err); } });
+    // the caller went away mid-body (Node's "aborted"): nobody to answer, not a server fault
+    req.on('error', () => { if (!failed) { failed = true; reject(new BerthError('CLIENT_CLOSED', 'the caller went away before sending the whole body')); } });
+    req.on('close', () => { if (!failed && !req.complete) { failed = true; reject(new BerthError('CLIENT_CLOSED', 'the caller went away before sending the whole body')); } });
   });
 }
 

@@ -238,12 +238,17 @@ export class Proxy {
       });
       await upstreamRes.trailers;
     } catch (err) {
-      let e = err instanceof BerthError ? err : abort.signal.aborted && abort.signal.reason instanceof BerthError ? abort.signal.reason : asBerthError(err);
-      if (!(err instanceof BerthError) && !(abort.signal.reason instanceof BerthError)) {
-        const code = (err as { code?: string })?.code ?? '';
+      let e: BerthError;
+      if (err instanceof BerthError) e = err;
+      else if (abort.signal.aborted && abort.signal.reason instanceof BerthError) e = abort.signal.reason;
+      else {
+        // errors of the upstream exchange carry a code (undici's UND_ERR_*, Node's ERR_* and
+        // E* system errors); one without is a bug here: INTERNAL, logged, no detail sent
+        const code = (err as { code?: unknown })?.code;
         if (code === 'UND_ERR_HEADERS_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the instance did not answer within the endpoint timeout`, { nodeId: route?.id });
         else if (code === 'UND_ERR_BODY_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the connection was idle longer than the idle timeout`, { nodeId: route?.id });
-        else e = new BerthError('BAD_GATEWAY', `the instance failed: ${(err as Error).message}`, { nodeId: route?.id });
+        else if (typeof code === 'string' && code) e = new BerthError('BAD_GATEWAY', `the instance failed: ${(err as Error).message}`, { nodeId: route?.id });
+        else e = asBerthError(err, 'proxy');
       }
       status = d.fail(e);
       if (d.isGrpc) grpcStatus = String(e.grpcStatus);

@@ -166,6 +166,6 @@ export function serveUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeade
       } catch (err) {
         sendStatus(handler.toStatus(err));
       }
-    })();
+    })().catch(() => sendStatus({ code: STATUS.INTERNAL, details: 'internal error' })); // the last resort: never an unhandled rejection
   });
 }

@@ -191,12 +191,14 @@ function notFoundAlias(name: string): BerthError {
 
 /** The status a gRPC caller gets for a failed call. */
 export function toServiceError(err: unknown): { code: number; details: string; metadata: grpc.Metadata } {
-  const e = asBerthError(err);
+  const e = asBerthError(err, 'grpc');
   const message = truncateBytes(e.message, MAX_STATUS_MESSAGE_BYTES);
   const metadata = new grpc.Metadata();
   metadata.set('berth-error-code', e.code);
   const retryAfter = e.headers['retry-after'];
   if (retryAfter) metadata.set('retry-after', retryAfter);
+  const requestId = e.headers['x-request-id'];
+  if (requestId) metadata.set('x-request-id', requestId);
   if (e.code === 'EXECUTION_ERROR') {
     metadata.set('grpc-status-details-bin', encodeExecutionErrorStatus(e.grpcStatus, e.message, e.details));
   } else {
@@ -293,7 +295,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
       record({ method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 });
       return out;
     } catch (err) {
-      const e = asBerthError(err);
+      const e = asBerthError(err, 'grpc');
       record({ method, ...ids, code: e.grpcStatus, errorCode: e.code, seconds: (performance.now() - started) / 1000 });
       throw e;
     }
@@ -301,7 +303,8 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
 
   const unaryHandler = (method: Method): grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
     serve(method, call.request, authorizationOf(call.metadata), () => metadataHeaders(call.metadata))
-      .then((output) => callback(null, { output }), (err) => callback(toServiceError(err)));
+      .then((output) => callback(null, { output }), (err) => callback(toServiceError(err)))
+      .catch(() => { try { callback({ code: grpc.status.INTERNAL, details: 'internal error' }); } catch { /* answered already */ } });
   };
   const handlers: grpc.UntypedServiceImplementation = { Execute: unaryHandler('Execute'), ExecuteAlias: unaryHandler('ExecuteAlias') };
 
