@@ -3,7 +3,7 @@
 // Every request target is made canonical here, once, before any routing (gateway/target.ts),
 // and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
-import { createServer as createH2Server, constants as h2c } from 'node:http2';
+import { createServer as createH2Server, constants as h2c, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -111,10 +111,12 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   };
 
   let httpServer!: Server;
+  let fastifyHandler!: (req: IncomingMessage, res: ServerResponse) => void;
   const app = Fastify({
     logger: false,
     bodyLimit: config.maxRequestBytes,
     serverFactory: (handler) => {
+      fastifyHandler = handler;
       // data-plane calls skip the framework entirely: the hot path stays short
       // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
       httpServer = createServer({
@@ -135,9 +137,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       return httpServer;
     },
   });
-  // HTTP/2: header-routed calls go to image instances; the rest is Berth's own gRPC API
+  // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
+  // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
+  // through Node's compatibility request/response
   const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('stream', guardH2('h2', (stream, headers) => {
+  h2Server.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => guardH2('h2', (stream, headers) => {
     stream.on('error', () => undefined);
     const routed = Proxy.routed(headers);
     const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
@@ -146,9 +150,17 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     const injected = fault(headers);
     if (injected) return injected;
     if (routed) return proxy.handleHttp2(stream, headers);
-    // NodeService calls are served right here; reflection and health by grpc-js behind it
-    if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
-  }));
+    if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
+      // NodeService calls are served right here; reflection and health by grpc-js behind it
+      if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+      return;
+    }
+    req.url = t.target;
+    const compatReq = req as unknown as IncomingMessage;
+    const compatRes = res as unknown as ServerResponse;
+    if (Gateway.handles(req.url)) return gateway.handle(compatReq, compatRes);
+    fastifyHandler(compatReq, compatRes);
+  })(req.stream, req.headers));
   h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {

@@ -354,3 +354,33 @@ test('metrics and OpenAPI are served', async () => {
   const spec = await fetch(`${b.url}/openapi.json`).then((r) => r.json()) as any;
   assert.ok(spec.paths['/v1/nodes']);
 });
+
+test('the control API and REST execute answer over HTTP/2 (h2c) as over HTTP/1.1', async () => {
+  const { connect } = await import('node:http2');
+  const session = connect(b.url);
+  const h2 = (method: string, path: string, body?: unknown, token: string | null = b.token) => new Promise<{ status: number; body: any }>((resolve, reject) => {
+    const r = session.request({ ':method': method, ':path': path, ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) });
+    let status = 0;
+    let text = '';
+    r.on('response', (h) => { status = Number(h[':status']); });
+    r.on('data', (d) => { text += d; });
+    r.on('end', () => resolve({ status, body: text ? JSON.parse(text) : null }));
+    r.on('error', reject);
+    r.end(body ? JSON.stringify(body) : undefined);
+  });
+  try {
+    assert.deepEqual((await h2('GET', '/v1/health', undefined, null)).body, { status: 'ok' });
+    assert.equal((await h2('GET', '/v1/nodes', undefined, null)).status, 401);
+    const nodes = await h2('GET', '/v1/nodes');
+    assert.equal(nodes.status, 200);
+    assert.ok(nodes.body.nodes.some((n: any) => n.id === lab.id));
+    const ok = await h2('POST', `/datasphere/v1/nodes/${lab.id}:execute`, { folder_id: 'default', input: { mode: 'echo', arg: 'over h2' } });
+    assert.equal(ok.status, 200);
+    assert.deepEqual(ok.body.output, { result: 'over h2' });
+    const bad = await h2('POST', `/datasphere/v1/nodes/${lab.id}:execute`, { folder_id: 'default', input: { mode: 3 } });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.details.variable, 'mode');
+  } finally {
+    session.close();
+  }
+});

@@ -12,7 +12,7 @@ import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
-import { readBody, sendError, discardUpload } from './http-util.js';
+import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
 
 const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 
@@ -48,7 +48,7 @@ export class Gateway {
       return void sendError(res, new BerthError('METHOD_NOT_ALLOWED', `${path} takes POST, got ${req.method}`, { method: req.method }, { allow: 'POST' }));
     }
     if (this.draining) {
-      res.setHeader('connection', 'close');
+      if (!isHttp2(res)) res.setHeader('connection', 'close');
       return void sendError(res, new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
     }
     const isAlias = m[1] === 'aliases';

@@ -6,9 +6,16 @@ export function sendError(res: ServerResponse, err: unknown, extraBody: Record<s
   const e = asBerthError(err);
   if (res.headersSent || res.destroyed) { res.destroy(); return e.httpStatus; }
   const body = JSON.stringify({ ...e.toJSON(), ...extraBody });
-  res.writeHead(e.httpStatus, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...e.headers });
+  const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...e.headers };
+  if (isHttp2(res)) delete headers.connection; // HTTP/2 has no connection header (the compat layer throws on one)
+  res.writeHead(e.httpStatus, headers);
   res.end(body);
   return e.httpStatus;
+}
+
+/** A response of Node's HTTP/2 compatibility layer (REST and the control API over h2). */
+export function isHttp2(res: ServerResponse): boolean {
+  return (res as unknown as { stream?: unknown }).stream !== undefined;
 }
 
 /**
