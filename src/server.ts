@@ -3,7 +3,7 @@
 // Every request target is made canonical here, once, before any routing (gateway/target.ts),
 // and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
-import { createServer as createH2Server, constants as h2c, type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
+import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -85,14 +85,13 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
   const grpc = await startGrpcServer({
     gateway, maxMessageBytes: config.maxRequestBytes,
-    // gRPC execute calls count in the same per-node and per-alias metrics as REST ones
+    // gRPC execute calls count in the same per-node and per-alias metrics as REST ones, under their grpc-status
     onCall: (call) => {
       const targets = [call.nodeId && routes.route(call.nodeId) ? metrics.bindNode(call.nodeId) : null, call.alias && aliases.get(call.alias) ? metrics.bindAlias(call.alias) : null];
       for (const m of targets) {
         if (!m) continue;
         m.requests.inc();
-        m.observe(200, call.seconds);
-        m.grpc(String(call.code));
+        m.observeGrpc(String(call.code), call.seconds);
       }
     },
   });
@@ -141,7 +140,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
   // through Node's compatibility request/response
   const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => guardH2('h2', (stream, headers) => {
+  h2Server.on('stream', guardH2('h2', (stream, headers) => {
     stream.on('error', () => undefined);
     const routed = Proxy.routed(headers);
     const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
@@ -155,12 +154,14 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
       return;
     }
-    req.url = t.target;
-    const compatReq = req as unknown as IncomingMessage;
-    const compatRes = res as unknown as ServerResponse;
-    if (Gateway.handles(req.url)) return gateway.handle(compatReq, compatRes);
-    fastifyHandler(compatReq, compatRes);
-  })(req.stream, req.headers));
+    // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
+    // for these streams, so they never touch the raw streams above (their trailers, say)
+    const rawHeaders = Object.entries(headers).flatMap(([k, v]) => (Array.isArray(v) ? v.flatMap((x) => [k, x]) : v === undefined ? [] : [k, String(v)]));
+    const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
+    const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
+    if (Gateway.handles(t.target)) return gateway.handle(req, res);
+    fastifyHandler(req, res);
+  }));
   h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {

@@ -80,6 +80,12 @@ test('bad aliases get a clear error naming the field and change nothing', async 
 // test/unit/alias-table.test.ts; this is the one end-to-end check that real calls follow it.
 test('calls spread by weight: 1,000 calls at 90/10 land within ±1 point, all counted', async () => {
   await b.request('POST', '/v1/aliases', { name: 'split', backends: [{ nodeId: nodeA.id, weight: 90 }, { nodeId: nodeB.id, weight: 10 }] });
+  const nodeRequests = async (): Promise<Record<string, number>> => {
+    const text = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
+    const get = (id: string): number => Number(new RegExp(`node_requests\\{node_id="${id}"\\} (\\d+)`).exec(text)?.[1] ?? 0);
+    return { A: get(nodeA.id), B: get(nodeB.id) };
+  };
+  const nodesBefore = await nodeRequests();
   const counts = { A: 0, B: 0 } as Record<string, number>;
   const results = await runLoad(1_000, 8, 60_000, async () => {
     const r = await callAlias('split');
@@ -93,6 +99,10 @@ test('calls spread by weight: 1,000 calls at 90/10 land within ±1 point, all co
   assert.match(m, /alias_requests\{alias_name="split"\} 1000\n/);
   assert.match(m, /alias_http_codes\{alias_name="split",code="200"\} 1000\n/);
   assert.match(m, /alias_request_durations_count\{alias_name="split"\} 1000\n/);
+  // calls through the alias count on the node that served each too
+  const nodesAfter = await nodeRequests();
+  assert.equal(nodesAfter.A! - nodesBefore.A!, counts.A);
+  assert.equal(nodesAfter.B! - nodesBefore.B!, counts.B);
 });
 
 test('the CLI moves weight with one command', async () => {

@@ -219,6 +219,20 @@ describe('gRPC NodeService on the main Berth port', () => {
     assert.equal(body.details.variable, 'mode');
   });
 
+  test('gRPC calls count in the node metrics under their grpc-status, not as HTTP 200', async () => {
+    const metric = async (re: RegExp): Promise<number> => {
+      const text = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
+      return Number(re.exec(text)?.[1] ?? 0);
+    };
+    const invalid = new RegExp(`node_grpc_codes\\{node_id="${lab.id}",code="3"\\} (\\d+)`);
+    const http200 = new RegExp(`node_http_codes\\{node_id="${lab.id}",code="200"\\} (\\d+)`);
+    const [invalidBefore, okBefore] = [await metric(invalid), await metric(http200)];
+    const { err } = await execute({ mode: 7, arg: 1 });
+    assert.equal(err?.code, grpc.status.INVALID_ARGUMENT, err?.details);
+    assert.equal(await metric(invalid), invalidBefore + 1);
+    assert.equal(await metric(http200), okBefore, 'a failed gRPC call is not an HTTP 200');
+  });
+
   test('a missing input variable is INVALID_ARGUMENT naming it', async () => {
     const { err } = await execute({ mode: 'echo' });
     assert.equal(err?.code, grpc.status.INVALID_ARGUMENT);

@@ -3,9 +3,8 @@ import { Command, Option } from 'commander';
 import { readFileSync, existsSync } from 'node:fs';
 import { extname, resolve } from 'node:path';
 import YAML from 'yaml';
-import { loadConfig, defaultHome } from '../core/config.js';
+import { loadConfig, defaultHome, parseByteSize } from '../core/config.js';
 import { ApiError, Client, berthFetch, findToken, serverUrl } from './client.js';
-import { parseByteSize } from '../runtimes/log-file.js';
 import { ago, bytes, table } from './format.js';
 
 const program = new Command();
@@ -35,6 +34,8 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--tls-key <file>', 'the PEM private key for --tls-cert (default $BERTH_TLS_KEY)')
   .option('--max-connections <n>', 'connections open at once; past it 503 + Retry-After / GOAWAY (default: from ulimit -n, or $BERTH_MAX_CONNECTIONS)')
   .option('--headers-timeout <seconds>', 'from connect to a complete request head or first h2 stream (default 20, or $BERTH_HEADERS_TIMEOUT)')
+  .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
+  .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
   .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
@@ -53,7 +54,12 @@ program.command('up').description('Run the control API, controller and gateway i
       ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
       ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
       ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
+      ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
+      ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
     });
+    for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
+      if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
+    }
     const problem = checkPython(config.python);
     if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
     let berth;

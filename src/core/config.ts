@@ -2,7 +2,6 @@ import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseByteSize } from '../runtimes/log-file.js';
 
 /** Everything `berth up` can be told, from the environment or flags; embedded defaults otherwise. */
 export interface Config {
@@ -70,6 +69,19 @@ export function defaultMaxConnections(): number {
   return Math.max(64, Math.min(10_000, Math.floor((limit - 256) / 2)));
 }
 
+/** Parses `10485760`, `512k`, `10m`, `1g` (binary units). */
+export function parseByteSize(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$/i.exec(text);
+  if (!m) return null;
+  const unit = { '': 1, k: 1024, m: MB, g: 1024 * MB }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Math.floor(Number(m[1]) * unit);
+}
+
+/** A size from the environment; unset gives undefined, a wrong one NaN (refused at start). */
+function sizeFromEnv(v: string | undefined): number | undefined {
+  return v === undefined ? undefined : parseByteSize(v) ?? NaN;
+}
+
 function envNumber(name: string): number | undefined {
   const v = process.env[name];
   return v === undefined || v === '' ? undefined : Number(v);
@@ -87,8 +99,8 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     telemetryIntervalMs: overrides.telemetryIntervalMs ?? (env.BERTH_TELEMETRY_INTERVAL_MS ? Number(env.BERTH_TELEMETRY_INTERVAL_MS) : 5000),
     defaultFolder: overrides.defaultFolder ?? env.BERTH_FOLDER ?? 'default',
     defaultProject: overrides.defaultProject ?? 'default',
-    maxRequestBytes: overrides.maxRequestBytes ?? 16 * MB,
-    maxResponseBytes: overrides.maxResponseBytes ?? 16 * MB,
+    maxRequestBytes: overrides.maxRequestBytes ?? sizeFromEnv(env.BERTH_MAX_REQUEST_BYTES) ?? 16 * MB,
+    maxResponseBytes: overrides.maxResponseBytes ?? sizeFromEnv(env.BERTH_MAX_RESPONSE_BYTES) ?? 16 * MB,
     drainSeconds: overrides.drainSeconds ?? 30,
     reconcileIntervalMs: overrides.reconcileIntervalMs ?? 500,
     metricsListen: overrides.metricsListen ?? env.BERTH_METRICS_LISTEN ?? null,

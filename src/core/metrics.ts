@@ -5,8 +5,12 @@ import { INSTANCE_STATUSES, type InstanceStatus } from './types.js';
 /** The metrics of one node or alias. */
 export interface CallMetrics {
   requests: { inc(): void };
+  /** A call answered over HTTP: its status code and duration. */
   observe(httpCode: number, seconds: number): void;
+  /** The grpc-status of a call proxied over HTTP/2 (counted beside its HTTP status). */
   grpc(status: string): void;
+  /** A call answered by Berth's own gRPC service: counted under its grpc-status only. */
+  observeGrpc(status: string, seconds: number): void;
 }
 
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -46,6 +50,10 @@ class CallMetricFamily {
       grpc: (status) => {
         grpcSeen.add(status);
         this.grpcCodes.labels(id, status).inc();
+      },
+      observeGrpc: (status, seconds) => {
+        m!.grpc(status);
+        duration.observe(seconds);
       },
     };
     this.bound.set(id, m);

@@ -17,9 +17,13 @@ import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
 const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 
 /** The result of a call, independent of the protocol it came in on. */
-export type CallResult =
+export type CallResult = (
   | { ok: true; body: Buffer }
-  | { ok: false; error: BerthError; extra?: Record<string, unknown> };
+  | { ok: false; error: BerthError; extra?: Record<string, unknown> }
+) & {
+  /** Through an alias: the node that served the call (its metrics count it too). */
+  nodeId?: string;
+};
 
 export class Gateway {
   /** Calls being served right now; shutdown waits for them. */
@@ -64,6 +68,7 @@ export class Gateway {
     else if (this.routes.route(id)) callMetrics = this.metrics.bindNode(id);
     callMetrics?.requests.inc();
     let status: number;
+    let servedBy: string | undefined;
     try {
       const authorization = req.headers.authorization;
       this.auth.authenticate(authorization); // 401 before anything else, even a 404
@@ -71,6 +76,7 @@ export class Gateway {
       if (!isAlias && !this.routes.route(id)) throw new BerthError('NODE_NOT_FOUND', `node ${id} not found`, { nodeId: id });
       const raw = await readBody(req, this.config.maxRequestBytes);
       const result = isAlias ? await this.callAlias(id, authorization, raw, req.headers) : await this.call(id, authorization, raw);
+      servedBy = result.nodeId;
       if (result.ok) {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': result.body.length });
         res.end(result.body);
@@ -84,7 +90,13 @@ export class Gateway {
     } finally {
       this.inFlight--;
     }
-    callMetrics?.observe(status, (performance.now() - started) / 1000);
+    const seconds = (performance.now() - started) / 1000;
+    callMetrics?.observe(status, seconds);
+    if (servedBy) { // a call through an alias counts on the node that served it too
+      const node = this.metrics.bindNode(servedBy);
+      node.requests.inc();
+      node.observe(status, seconds);
+    }
   }
 
   /**
@@ -120,6 +132,7 @@ export class Gateway {
     const started = performance.now();
     const result = await this.runCell(route, input, body, stickyKey);
     if (alias.shouldMirror()) this.mirror(alias, body, result, performance.now() - started);
+    result.nodeId = nodeId;
     return result;
   }
 

@@ -237,7 +237,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const service = serviceDefinition(root, SERVICE_NAME);
 
   /** Runs one call (on a node, or through an alias): Struct in, Struct out; throws BerthError. */
-  const run = async (target: (body: Buffer) => Promise<CallResult>, inputStruct: unknown, folderId: unknown): Promise<StructObject> => {
+  const run = async (target: (body: Buffer) => Promise<CallResult>, inputStruct: unknown, folderId: unknown, ids: { nodeId?: string }): Promise<StructObject> => {
     if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
     let input: Record<string, unknown>;
     try {
@@ -254,6 +254,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
     } finally {
       gateway.inFlight--;
     }
+    if (result.nodeId) ids.nodeId = result.nodeId; // through an alias: the node's metrics count it too
     if (!result.ok) throw result.error;
     const parsed = JSON.parse(result.body.toString('utf8')) as { output?: Record<string, unknown> };
     try {
@@ -291,7 +292,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
           target = (body) => gateway.callAlias(alias, authorization, body, headers());
         }
       }
-      const out = await run(target, r.input, r.folder_id);
+      const out = await run(target, r.input, r.folder_id, ids);
       record({ method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 });
       return out;
     } catch (err) {

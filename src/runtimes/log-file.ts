@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as fs from 'node:fs';
+import { MB } from '../core/config.js';
 
 export interface LogLimits {
   /** Size at which `<instance>.log` is rotated. */
@@ -27,7 +28,6 @@ export interface LogLimits {
   files: number;
 }
 
-export const MB = 1024 * 1024;
 export const DEFAULT_LOG_LIMITS: LogLimits = { maxBytes: 10 * MB, files: 2 };
 export const MIN_LOG_BYTES = 16 * 1024;
 export const MAX_LOG_FILES = 100;
@@ -57,14 +57,6 @@ export function maxLineBytes(limits: LogLimits): number {
 /** The files of one instance log, newest first: `x.log`, `x.log.1`, … */
 export function rotatedPaths(path: string, files: number): string[] {
   return Array.from({ length: Math.max(1, files) }, (_, i) => (i === 0 ? path : `${path}.${i}`));
-}
-
-/** Parses `10485760`, `512k`, `10m`, `1g` (binary units). */
-export function parseByteSize(text: string): number | null {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$/i.exec(text);
-  if (!m) return null;
-  const unit = { '': 1, k: 1024, m: MB, g: 1024 * MB }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g'];
-  return Math.floor(Number(m[1]) * unit);
 }
 
 /** Checks the settings `berth up` was given; a message naming the flag when they are wrong. */
