@@ -76,6 +76,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       let route = this.routes.get(entry.id);
       if (!route) this.routes.set(entry.id, route = new RouteState(entry.id, entry));
       else if (route.specVersion !== entry.specVersion) route.compile(entry);
+      route.dispatcher.setRefusal(refusalOf(entry));
       this.syncInstances(route, entry.instances);
     }
     for (const [id, route] of this.routes) {
@@ -153,6 +154,18 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     slot.ready = true;
     route.publish();
   }
+}
+
+/** What calls get at once while the node takes none: suspended, or failing with the controller's reason. */
+function refusalOf(entry: NodeEntry): BerthError | null {
+  if (entry.suspended) {
+    return new BerthError('NODE_SUSPENDED', `node ${entry.id} (${entry.spec.name}) is suspended: resume it to serve calls (berth node resume ${entry.id})`, { nodeId: entry.id });
+  }
+  if (entry.unavailable !== undefined) {
+    return new BerthError('NODE_UNAVAILABLE', `node ${entry.id} has no healthy instance: ${entry.unavailable}`,
+      { nodeId: entry.id, reason: entry.unavailable }, { 'retry-after': '5' });
+  }
+  return null;
 }
 
 /** Out of balancing now: idle sessions close at once, the rest as their calls end (Dispatcher.release). */
