@@ -167,3 +167,72 @@ test('Unhealthy instances make way: bounded load keeps being served while one in
     await b.request('DELETE', `/v1/nodes/${node.id}`);
   }
 });
+
+async function token(name: string, body: Record<string, unknown>): Promise<string> {
+  const r = await b.request('POST', '/v1/tokens', { name, ...body });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  return `Bearer ${r.body.token}`;
+}
+
+test('suspend drains running calls, stops instances, refuses calls; survives a restart; resume brings it back', async () => {
+  const node = await createNode(b, { ...LAB_NODE, name: 'sleeper', checkpointId: 'lab', timeout: 10 });
+  const pid = node.instances[0].pid;
+  // a call running when the suspend comes finishes with its answer
+  const running = execute(b, node.id, { mode: 'sleep', arg: 1 });
+  await new Promise((r) => setTimeout(r, 300));
+  const viewer = await token('viewer-default', { folders: ['default'], role: 'viewer' });
+  const denied = await b.request('POST', `/v1/nodes/${node.id}:suspend`, undefined, { authorization: viewer });
+  assert.equal(denied.status, 403, JSON.stringify(denied.body));
+  const suspended = await b.request('POST', `/v1/nodes/${node.id}:suspend`);
+  assert.equal(suspended.status, 200, JSON.stringify(suspended.body));
+  const done = await running;
+  assert.equal(done.status, 200, JSON.stringify(done.body));
+  assert.deepEqual(done.body, { output: { result: 1 } });
+  assert.equal(suspended.body.status, 'Suspended');
+  assert.deepEqual(suspended.body.instances, []);
+  assert.ok(!alive(pid), 'its process is stopped');
+
+  const started = Date.now();
+  const r = await execute(b, node.id, { mode: 'echo', arg: 1 });
+  assert.equal(r.status, 409, JSON.stringify(r.body));
+  assert.equal(r.body.code, 'NODE_SUSPENDED');
+  assert.match(r.body.message, new RegExp(`node ${node.id} \\(sleeper\\) is suspended`));
+  assert.ok(Date.now() - started < 2000);
+
+  // across a restart of berth up: still suspended, nothing started
+  await b.stop();
+  b = await startBerth(b.home);
+  const after = await nodeOf(node.id);
+  assert.equal(after.status, 'Suspended');
+  await new Promise((res) => setTimeout(res, 1000));
+  assert.deepEqual((await nodeOf(node.id)).instances, []);
+  assert.equal((await execute(b, node.id, { mode: 'echo', arg: 1 })).body.code, 'NODE_SUSPENDED');
+
+  const resumed = b.cli('node', 'resume', 'sleeper', '--json');
+  assert.equal(resumed.status, 0, resumed.stderr);
+  await waitFor('Healthy after resume', async () => ((await nodeOf(node.id)).status === 'Healthy' ? true : undefined), 30_000);
+  assert.deepEqual((await execute(b, node.id, { mode: 'echo', arg: 'back' })).body, { output: { result: 'back' } });
+  const n = await nodeOf(node.id);
+  assert.deepEqual(n.transitions.map((t: any) => t.status).slice(-3), ['Suspended', 'Created', 'Healthy']);
+
+  const audit = (await b.request('GET', '/v1/audit?limit=100')).body.entries as any[];
+  assert.ok(audit.some((e) => e.action === 'node.suspend' && e.resourceId === node.id && e.result === 'ok'));
+  assert.ok(audit.some((e) => e.action === 'node.suspend' && e.result === 'PERMISSION_DENIED'));
+  assert.ok(audit.some((e) => e.action === 'node.resume' && e.resourceId === node.id && e.result === 'ok'));
+  await b.request('DELETE', `/v1/nodes/${node.id}`);
+});
+
+test('an alias skips a suspended backend', async () => {
+  const one = await createNode(b, { ...LAB_NODE, name: 'alias-one', checkpointId: 'lab' });
+  const two = await createNode(b, { ...LAB_NODE, name: 'alias-two', checkpointId: 'lab' });
+  const a = await b.request('POST', '/v1/aliases', { name: 'both-lab', backends: [{ nodeId: one.id, weight: 50 }, { nodeId: two.id, weight: 50 }] });
+  assert.equal(a.status, 201, JSON.stringify(a.body));
+  assert.equal((await b.request('POST', `/v1/nodes/${one.id}:suspend`)).status, 200);
+  for (let i = 0; i < 20; i++) {
+    const r = await b.request('POST', '/datasphere/v1/aliases/both-lab:execute', { folder_id: 'default', input: { mode: 'echo', arg: i } });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+  }
+  await b.request('DELETE', '/v1/aliases/both-lab');
+  await b.request('DELETE', `/v1/nodes/${one.id}`);
+  await b.request('DELETE', `/v1/nodes/${two.id}`);
+});

@@ -6,7 +6,7 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
 import type { NodeRecord, TokenRecord } from '../core/types.js';
-import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
+import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
 
@@ -98,6 +98,23 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     await controller.deleteNode(n.id);
     await store.deleteNode(n.id);
     return { id: n.id, deleted: true };
+  });
+
+  // Suspend / resume: POST /v1/nodes/{ref}:suspend and :resume (the Google-style custom verb).
+  // One parametric route takes both: a colon inside a path segment is not a router separator.
+  app.post<{ Params: { action: string } }>('/v1/nodes/:action', {
+    config: { audit: 'node.lifecycle' },
+    schema: { tags: ['nodes'], summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back' },
+  }, async (req) => {
+    const m = /^(.+):(suspend|resume)$/.exec(req.params.action);
+    if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend or {ref}:resume`, { path: req.url });
+    const [, ref, verb] = m as unknown as [string, string, 'suspend' | 'resume'];
+    auditAction(req, `node.${verb}`);
+    const n = await findNode(ref, req.token, 'write');
+    auditTarget(req, n.spec.folderId, n.id);
+    if (verb === 'suspend') await controller.suspend(n.id);
+    else await controller.resume(n.id);
+    return nodeView((await store.getNode(n.id)) ?? n);
   });
 
   // Logs: the last N lines are read backwards from the end (O(N)); `follow=true` streams new

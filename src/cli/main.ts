@@ -269,6 +269,16 @@ node.command('delete <node>').description('Delete a node and stop its instances'
   out(o.json, r, () => `node ${r.id} deleted`);
 });
 
+for (const verb of ['suspend', 'resume'] as const) {
+  node.command(`${verb} <node>`)
+    .description(verb === 'suspend' ? 'Drain calls and stop every instance; calls get NODE_SUSPENDED until resume (settings are kept)' : 'Start the instances of a suspended node again')
+    .option('--json', 'print JSON')
+    .action(async (ref, o) => {
+      const n = await client().request('POST', `/v1/nodes/${encodeURIComponent(ref)}:${verb}`);
+      out(o.json, n, () => `node ${n.name} (${n.id}): ${n.status}`);
+    });
+}
+
 node.command('logs <node>').description('What the instances printed (the last lines; -f keeps printing new ones)')
   .option('--instance <id>', 'one instance only').option('--lines <n>', 'last N lines per instance (at most 10000; default 100, 10 with -f)')
   .option('--search <text>', 'only lines containing this text').option('-f, --follow', 'keep printing lines as they are written, until Ctrl-C or the instances end')

@@ -139,6 +139,43 @@ export class Controller implements InstanceEvents {
     await this.runtime.cleanup(nodeId);
   }
 
+  /**
+   * Suspends a node: new calls are refused (NODE_SUSPENDED) at once, running calls finish,
+   * then every instance stops. The stored status keeps it suspended across restarts.
+   */
+  async suspend(nodeId: string): Promise<void> {
+    const node = this.nodes.get(nodeId);
+    if (!node || node.deleting || node.suspended) return;
+    node.suspended = true;
+    node.unavailable = null;
+    await this.setNodeStatus(node, 'Suspended', 'suspended by request');
+    this.publishAll(); // gateways refuse new calls now; instances leave balancing, running calls go on
+    await Promise.all(node.active().map((i) => this.stopInstance(node, i, 'node suspended')));
+  }
+
+  /** Brings a suspended node's instances back (same spec); it goes Healthy as they pass their checks. */
+  async resume(nodeId: string): Promise<void> {
+    const node = this.nodes.get(nodeId);
+    if (!node || node.deleting || !node.suspended) return;
+    node.suspended = false;
+    node.everHealthy = false;
+    await this.setNodeStatus(node, 'Created', 'resumed by request');
+    this.publishAll();
+    this.reconcile(node);
+  }
+
+  /**
+   * A node's spec changed in place (scaling, description, ACL): gateways get it with the next
+   * snapshot (a new specVersion), reconcile adds or drains instances; nothing restarts.
+   */
+  updateNode(record: NodeRecord): void {
+    const node = this.nodes.get(record.id);
+    if (!node || node.deleting) return;
+    node.record = { ...record, status: node.status };
+    this.publishAll();
+    this.reconcile(node);
+  }
+
   /** A call overran its timeout: take the instance out and replace it (off the call path). */
   timedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
     setImmediate(() => this.onTimedOut(nodeId, instanceId, timeoutSeconds));

@@ -28,6 +28,8 @@ class RouteState implements NodeRoute {
   validateInput: InputValidator | null;
   aclFolders: ReadonlySet<string>;
   readonly slots = new Map<string, Slot>();
+  /** Gone from the snapshot with calls still running: counted until they end (the controller drains on it). */
+  readonly draining = new Map<string, Slot>();
 
   constructor(readonly id: string, entry: NodeEntry) {
     this.dispatcher = new NodeDispatcher(id, entry.spec.scaling.queueSize);
@@ -107,7 +109,12 @@ export class RoutingTable implements SnapshotSink, LoadSource {
   }
 
   instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
-    const slot = this.routes.get(nodeId)?.slots.get(instanceId);
+    const route = this.routes.get(nodeId);
+    let slot = route?.slots.get(instanceId);
+    if (!slot && route) {
+      slot = route.draining.get(instanceId);
+      if (slot && slot.busy === 0) route.draining.delete(instanceId);
+    }
     return { busy: slot?.busy ?? 0, lastUsedAt: slot?.lastUsedAt ?? 0 };
   }
 
@@ -117,6 +124,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       if (wanted.has(id)) continue;
       retire(slot);
       route.slots.delete(id);
+      if (slot.busy > 0) route.draining.set(id, slot);
     }
     for (const inst of instances) {
       if (route.slots.has(inst.id)) continue;
