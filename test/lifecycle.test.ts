@@ -236,3 +236,79 @@ test('an alias skips a suspended backend', async () => {
   await b.request('DELETE', `/v1/nodes/${one.id}`);
   await b.request('DELETE', `/v1/nodes/${two.id}`);
 });
+
+test('PATCH updates scaling, description and ACL in place; the rest is refused and nothing changes', async () => {
+  const node = await createNode(b, { ...LAB_NODE, name: 'patchme', checkpointId: 'lab' });
+  const pid = node.instances[0].pid;
+  const patch = (body: unknown, auth?: string) => b.request('PATCH', `/v1/nodes/${node.id}`, body, auth ? { authorization: auth } : {});
+
+  // ACL: folder team-x may not call it, then may
+  assert.equal((await execute(b, node.id, { mode: 'echo', arg: 1 }, 'team-x')).body.code, 'PERMISSION_DENIED');
+  const up = await patch({ description: 'now two', scaling: { minInstances: 2, maxInstances: 3 }, permissions: { folders: ['default', 'team-x'] } });
+  assert.equal(up.status, 200, JSON.stringify(up.body));
+  assert.equal(up.body.description, 'now two');
+  assert.equal(up.body.scaling.maxInstances, 3);
+  assert.equal(up.body.scaling.queueSize, 64 * 3, 'a defaulted queueSize follows maxInstances');
+  await waitFor('ACL applied', async () => ((await execute(b, node.id, { mode: 'echo', arg: 1 }, 'team-x')).status === 200 ? true : undefined), 5_000);
+  const two = await waitFor('2 Healthy', async () => {
+    const x = await nodeOf(node.id);
+    return x.instances.filter((i: any) => i.status === 'Healthy').length === 2 ? x : undefined;
+  }, 30_000);
+  const first = two.instances.find((i: any) => i.pid === pid);
+  assert.ok(first, 'the first instance was not restarted');
+  assert.equal(first.restarts, 0);
+
+  // rejected updates change nothing
+  const bad = await patch({ scaling: { minInstances: 4 } });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.details.field, 'scaling.maxInstances');
+  const revision = await patch({ timeout: 5, description: 'x' });
+  assert.equal(revision.status, 400);
+  assert.equal(revision.body.details.field, 'timeout');
+  assert.match(revision.body.message, /revision/);
+  const ckpt = await patch({ checkpointId: 'bomb' });
+  assert.equal(ckpt.status, 400);
+  assert.equal(ckpt.body.details.field, 'checkpointId');
+  assert.equal((await patch({ checkpointId: 'lab' })).status, 200, 'the same checkpoint by name is no change');
+  const after = await nodeOf(node.id);
+  assert.equal(after.description, 'now two');
+  assert.equal(after.scaling.minInstances, 2);
+  assert.equal(after.timeout, 60);
+
+  // roles: another folder's token sees nothing, a viewer may not change
+  const other = await token('editor-other', { folders: ['team-other'], role: 'editor' });
+  assert.equal((await patch({ description: 'mine' }, other)).status, 404);
+  const viewer = await token('viewer-patch', { folders: ['default'], role: 'viewer' });
+  assert.equal((await patch({ description: 'mine' }, viewer)).status, 403);
+
+  // the CLI, then lowering maxInstances drains the extra instance
+  const cli = b.cli('node', 'update', 'patchme', '--min', '1', '--max', '1', '--description', 'one again', '--json');
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.equal(JSON.parse(cli.stdout).scaling.maxInstances, 1);
+  await waitFor('back to one instance', async () => ((await nodeOf(node.id)).instances.length === 1 ? true : undefined), 30_000);
+  assert.equal((await execute(b, node.id, { mode: 'echo', arg: 'ok' })).status, 200);
+  await b.request('DELETE', `/v1/nodes/${node.id}`);
+});
+
+test('folder quotas hold on update; berth apply -f updates an existing node', async () => {
+  assert.equal((await b.request('PATCH', '/v1/folders/team-q/quota', { maxInstances: 2 })).status, 200);
+  const r = await b.request('POST', '/v1/checkpoints', { cells: LAB_CELLS, name: 'lab-q', folderId: 'team-q' });
+  assert.ok(r.status === 201, JSON.stringify(r.body));
+  const node = await createNode(b, { ...LAB_NODE, name: 'quota-node', checkpointId: 'lab-q', folderId: 'team-q' }, false);
+  const over = await b.request('PATCH', `/v1/nodes/${node.id}`, { scaling: { maxInstances: 3 } });
+  assert.equal(over.status, 429, JSON.stringify(over.body));
+  assert.equal(over.body.code, 'QUOTA_EXCEEDED');
+  assert.equal((await nodeOf(node.id)).scaling.maxInstances, 1, 'unchanged');
+  assert.equal((await b.request('PATCH', `/v1/nodes/${node.id}`, { scaling: { maxInstances: 2 } })).status, 200);
+
+  const { writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const file = join(b.home, 'quota-node.yaml');
+  writeFileSync(file, `kind: cell\nname: quota-node\nfolderId: team-q\ncheckpointId: lab-q\ndescription: from a file\ninputs:\n  - {name: mode, type: str}\n  - {name: arg, type: any}\noutputs:\n  - {name: result, type: any}\n`);
+  const applied = b.cli('apply', '-f', file, '--json');
+  assert.equal(applied.status, 0, applied.stderr);
+  assert.deepEqual(JSON.parse(applied.stdout).map((x: any) => x.action), ['updated']);
+  assert.equal((await nodeOf(node.id)).description, 'from a file');
+  assert.equal(JSON.parse(b.cli('apply', '-f', file, '--json').stdout)[0].action, 'unchanged');
+  await b.request('DELETE', `/v1/nodes/${node.id}`);
+});
