@@ -113,10 +113,14 @@ test('a failing health check keeps an instance out of balancing', async (t) => {
     return /503/.test(x.instances[0]?.lastError ?? '') ? x : undefined;
   }, 30_000);
   assert.equal(n.instances[0].status, 'Preparing');
-  assert.equal(n.status, 'Created');
+  // never Healthy: the node says why (issue 9), and calls are refused at once with that reason
+  const failing = await waitFor('node Unhealthy', async () => { const x = await nodeOf(node.id); return x.status === 'Unhealthy' ? x : undefined; }, 10_000);
+  assert.match(failing.transitions.at(-1).reason, /503/);
   const r = await call(node.id, '/');
   assert.equal(r.status, 503);
-  assert.equal(((await r.json()) as any).code, 'NODE_UNAVAILABLE');
+  const body = (await r.json()) as any;
+  assert.equal(body.code, 'NODE_UNAVAILABLE');
+  assert.match(body.message, /503/);
 });
 
 test('an image that exits on start is restarted with backoff and says why', async (t) => {

@@ -12,7 +12,7 @@ declare module 'fastify' {
   interface FastifyRequest {
     token: TokenRecord;
     /** What a change acted on, for the audit log; set by the handler as soon as it knows. */
-    auditTarget: { folderId: string | null; resourceId: string | null };
+    auditTarget: { folderId: string | null; resourceId: string | null; action?: string };
     auditError: string | null;
   }
   interface FastifyContextConfig {
@@ -39,7 +39,7 @@ export function registerAccess(app: FastifyInstance, auth: Auth, store: Store): 
     reply.raw.once('close', () => {
       const status = reply.raw.statusCode;
       void store.insertAudit({
-        at: nowIso(), tokenId: req.token.id, tokenName: req.token.name, action,
+        at: nowIso(), tokenId: req.token.id, tokenName: req.token.name, action: req.auditTarget.action ?? action,
         folderId: req.auditTarget.folderId, resourceId: req.auditTarget.resourceId,
         result: status < 400 ? 'ok' : req.auditError ?? `HTTP_${status}`, status,
       }).catch((err) => console.error(`[berth] audit write failed: ${(err as Error).message}`));
@@ -55,6 +55,11 @@ export function auditTarget(req: FastifyRequest, folderId: string | null, resour
   if (!req.auditTarget) return;
   if (folderId !== null) req.auditTarget.folderId = folderId;
   if (resourceId !== null) req.auditTarget.resourceId = resourceId;
+}
+
+/** Names the audit action when one route serves several (POST /v1/nodes/{ref}:suspend and :resume). */
+export function auditAction(req: FastifyRequest, action: string): void {
+  if (req.auditTarget) req.auditTarget.action = action;
 }
 
 /**

@@ -5,8 +5,9 @@ import { Auth, type Permission } from '../core/auth.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
+import { IN_PLACE_FIELDS, changedFields, mergePatch, specInput } from '../core/node-update.js';
 import type { NodeRecord, TokenRecord } from '../core/types.js';
-import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
+import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
 
@@ -98,6 +99,54 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     await controller.deleteNode(n.id);
     await store.deleteNode(n.id);
     return { id: n.id, deleted: true };
+  });
+
+  // In-place update: a merge patch over the node's spec, validated as on create. Only scaling,
+  // description and ACL change this way; what instances run needs revisions (not built yet).
+  app.patch<{ Params: { ref: string } }>('/v1/nodes/:ref', {
+    config: { audit: 'node.update' },
+    schema: { tags: ['nodes'], summary: 'Update scaling, description or permissions.folders in place (JSON merge patch)' },
+  }, async (req) => {
+    const n = await findNode(req.params.ref, req.token, 'write');
+    auditTarget(req, n.spec.folderId, n.id);
+    if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw invalidArgument('body', 'must be a JSON object: the fields to change');
+    const spec = parseNodeSpec(mergePatch(specInput(n.spec), req.body),
+      { defaultFolder: n.spec.folderId, defaultProject: n.spec.projectId, defaultPython: config.python });
+    if (spec.kind === 'cell' && n.spec.kind === 'cell' && spec.checkpointId !== n.spec.checkpointId) {
+      // a pinned name for the same checkpoint is no change
+      const same = await checkpoints.resolve(spec.checkpointId, spec.folderId).then((c) => c.id === (n.spec as typeof spec).checkpointId, () => false);
+      if (same) spec.checkpointId = n.spec.checkpointId;
+    }
+    const changed = changedFields(n.spec, spec);
+    const needsRevision = changed.filter((f) => !IN_PLACE_FIELDS.has(f));
+    if (needsRevision.length) {
+      throw new BerthError('INVALID_ARGUMENT',
+        `${needsRevision.join(', ')}: changing what a node's instances run needs a new revision and a rollout, which Berth does not do yet; ` +
+        `only ${[...IN_PLACE_FIELDS].join(', ')} update in place (to change the rest, create a new node and move an alias to it)`,
+        { field: needsRevision[0], fields: needsRevision, inPlace: [...IN_PLACE_FIELDS] });
+    }
+    if (changed.length === 0) return nodeView(n);
+    const record: NodeRecord = { ...n, spec, updatedAt: nowIso() };
+    await store.updateNodeSpec(record, await quotas.of(spec.folderId)); // decides QUOTA_EXCEEDED in its transaction
+    controller.updateNode(record);
+    return nodeView(record);
+  });
+
+  // Suspend / resume: POST /v1/nodes/{ref}:suspend and :resume (the Google-style custom verb).
+  // One parametric route takes both: a colon inside a path segment is not a router separator.
+  app.post<{ Params: { action: string } }>('/v1/nodes/:action', {
+    config: { audit: 'node.lifecycle' },
+    schema: { tags: ['nodes'], summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back' },
+  }, async (req) => {
+    const m = /^(.+):(suspend|resume)$/.exec(req.params.action);
+    if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend or {ref}:resume`, { path: req.url });
+    const [, ref, verb] = m as unknown as [string, string, 'suspend' | 'resume'];
+    auditAction(req, `node.${verb}`);
+    const n = await findNode(ref, req.token, 'write');
+    auditTarget(req, n.spec.folderId, n.id);
+    if (verb === 'suspend') await controller.suspend(n.id);
+    else await controller.resume(n.id);
+    return nodeView((await store.getNode(n.id)) ?? n);
   });
 
   // Logs: the last N lines are read backwards from the end (O(N)); `follow=true` streams new

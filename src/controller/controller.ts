@@ -27,10 +27,15 @@ class NodeState {
   status: NodeStatus;
   everHealthy: boolean;
   deleting = false;
+  /** Suspended by request: no instances, calls refused; survives a restart (the stored status). */
+  suspended: boolean;
+  /** Why calls fail at once (no Healthy instance and none about to be): published in the snapshot. */
+  unavailable: string | null = null;
 
   constructor(public record: NodeRecord) {
     this.status = record.status;
-    this.everHealthy = record.status !== 'Created';
+    this.suspended = record.status === 'Suspended';
+    this.everHealthy = record.status !== 'Created' && !this.suspended;
   }
 
   get id(): string { return this.record.id; }
@@ -42,6 +47,20 @@ class NodeState {
   active(): InstanceState[] {
     return [...this.instances.values()].filter((i) => !i.stopping);
   }
+}
+
+/**
+ * An instance that served and then went Unhealthy while still running (hung, paused):
+ * out of balancing, so a replacement starts beside it instead of it holding the node below minInstances.
+ */
+function isOut(i: InstanceState): boolean {
+  return i.status === 'Unhealthy' && i.hung && !i.stopping && !i.restarting;
+}
+
+/** An instance that cannot become Healthy now: failed to start, crashes before serving, fails its checks. */
+function isFailing(i: InstanceState, failsThreshold: number): boolean {
+  if (i.stopping) return false;
+  return i.failuresInARow > 0 || (i.status === 'Unhealthy' && !i.healthyThisRun) || (i.status === 'Preparing' && i.fails >= failsThreshold);
 }
 
 /** Nothing serves calls yet (before a gateway attaches): no load, snapshots dropped. */
@@ -82,7 +101,8 @@ export class Controller implements InstanceEvents {
       const node = new NodeState(record);
       this.nodes.set(record.id, node);
       this.metrics.bindNode(record.id);
-      for (const handle of left.filter((h) => h.nodeId === record.id).slice(0, record.spec.scaling.maxInstances)) {
+      const keep = node.suspended ? 0 : record.spec.scaling.maxInstances; // a suspended node's leftovers are stopped
+      for (const handle of left.filter((h) => h.nodeId === record.id).slice(0, keep)) {
         this.adopt(node, handle);
       }
     }
@@ -119,6 +139,43 @@ export class Controller implements InstanceEvents {
     await this.runtime.cleanup(nodeId);
   }
 
+  /**
+   * Suspends a node: new calls are refused (NODE_SUSPENDED) at once, running calls finish,
+   * then every instance stops. The stored status keeps it suspended across restarts.
+   */
+  async suspend(nodeId: string): Promise<void> {
+    const node = this.nodes.get(nodeId);
+    if (!node || node.deleting || node.suspended) return;
+    node.suspended = true;
+    node.unavailable = null;
+    await this.setNodeStatus(node, 'Suspended', 'suspended by request');
+    this.publishAll(); // gateways refuse new calls now; instances leave balancing, running calls go on
+    await Promise.all(node.active().map((i) => this.stopInstance(node, i, 'node suspended')));
+  }
+
+  /** Brings a suspended node's instances back (same spec); it goes Healthy as they pass their checks. */
+  async resume(nodeId: string): Promise<void> {
+    const node = this.nodes.get(nodeId);
+    if (!node || node.deleting || !node.suspended) return;
+    node.suspended = false;
+    node.everHealthy = false;
+    await this.setNodeStatus(node, 'Created', 'resumed by request');
+    this.publishAll();
+    this.reconcile(node);
+  }
+
+  /**
+   * A node's spec changed in place (scaling, description, ACL): gateways get it with the next
+   * snapshot (a new specVersion), reconcile adds or drains instances; nothing restarts.
+   */
+  updateNode(record: NodeRecord): void {
+    const node = this.nodes.get(record.id);
+    if (!node || node.deleting) return;
+    node.record = { ...record, status: node.status };
+    this.publishAll();
+    this.reconcile(node);
+  }
+
   /** A call overran its timeout: take the instance out and replace it (off the call path). */
   timedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
     setImmediate(() => this.onTimedOut(nodeId, instanceId, timeoutSeconds));
@@ -134,6 +191,7 @@ export class Controller implements InstanceEvents {
     const inst = node?.instances.get(instanceId);
     if (!node || !inst || !inst.handle || inst.stopping) return;
     inst.lastError = `a call ran past the node's ${timeoutSeconds}s timeout; instance replaced`;
+    inst.restarting = true; // killed and restarted at once: no replacement beside it
     this.markUnhealthy(node, inst, 'call timeout');
     this.runtime.kill(inst.handle);
   }
@@ -200,20 +258,32 @@ export class Controller implements InstanceEvents {
   }
 
   private reconcile(node: NodeState): void {
+    if (node.suspended) { this.updateNodeStatus(node); return; }
     const { minInstances, maxInstances, sessionsPerInstance, scaleDownDelaySeconds } = node.spec.scaling;
     const active = node.active();
     const d = this.gateways.node(node.id);
+    // instances that hang after serving are out: they do not count, a replacement starts beside
+    // each (at most one per out instance above maxInstances, so a crash loop cannot grow the node)
+    const out = active.filter(isOut).length;
+    const live = active.length - out;
 
     // keep at least minInstances; add more while calls wait for a session
-    let target = Math.max(minInstances, active.length);
+    let target = Math.max(minInstances, Math.min(live, maxInstances));
     if (d.waiting > 0) {
       const wanted = Math.ceil((d.busy + d.waiting) / sessionsPerInstance);
       target = Math.min(maxInstances, Math.max(target, wanted));
     }
-    for (let i = active.length; i < target; i++) this.launch(node, new InstanceState(newId(), node.id));
+    for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) {
+      this.launch(node, new InstanceState(newId(), node.id));
+    }
 
-    // remove one idle extra instance per tick after the quiet period
-    if (active.length > minInstances && d.waiting === 0) {
+    if (live > maxInstances) {
+      // maxInstances lowered by an update: the least useful extras go (not Healthy first, then idle), drained
+      const rank = (i: InstanceState): number => (i.status === 'Healthy' ? 1 : 0) * 1e9 + this.gateways.instance(node.id, i.id).busy;
+      const extras = active.filter((i) => !isOut(i)).sort((a, b) => rank(a) - rank(b)).slice(0, live - maxInstances);
+      for (const i of extras) void this.stopInstance(node, i, `maxInstances lowered to ${maxInstances}`);
+    } else if (live > minInstances && d.waiting === 0) {
+      // remove one idle extra instance per tick after the quiet period
       const now = Date.now();
       const quietMs = scaleDownDelaySeconds * 1000;
       const idle = active.find((i) => {
@@ -230,12 +300,38 @@ export class Controller implements InstanceEvents {
 
   private updateNodeStatus(node: NodeState): void {
     if (node.deleting) return;
+    if (node.suspended) {
+      if (node.unavailable !== null) { node.unavailable = null; this.publishAll(); }
+      if (node.status !== 'Suspended') void this.setNodeStatus(node, 'Suspended');
+      return;
+    }
     let healthy = 0;
     for (const i of node.instances.values()) if (i.status === 'Healthy') healthy++;
-    const enough = healthy >= node.spec.scaling.minInstances;
+    const min = node.spec.scaling.minInstances;
+    const enough = healthy >= min;
     if (enough) node.everHealthy = true;
-    const status: NodeStatus = enough ? 'Healthy' : node.everHealthy ? 'Unhealthy' : 'Created';
-    if (status !== node.status) void this.setNodeStatus(node, status, `${healthy} of ${node.spec.scaling.minInstances} required instances healthy`);
+    const failure = healthy === 0 ? this.failureOf(node) : null;
+    const status: NodeStatus = enough ? 'Healthy' : node.everHealthy || failure ? 'Unhealthy' : 'Created';
+    if (status !== node.status) void this.setNodeStatus(node, status, failure ?? `${healthy} of ${min} required instances healthy`);
+    if (failure !== node.unavailable) {
+      node.unavailable = failure;
+      this.publishAll(); // gateways refuse calls at once while it holds, and wait again once it clears
+    }
+  }
+
+  /**
+   * Why a node without a Healthy instance cannot serve: the reason of a failing instance, when
+   * no other instance is on its way to Healthy (starting, loading). Null while one is.
+   */
+  private failureOf(node: NodeState): string | null {
+    const threshold = node.spec.healthcheck.failsThreshold;
+    let reason: string | null = null;
+    for (const i of node.active()) {
+      if (isOut(i)) continue; // hung after serving: its replacement decides
+      if (!isFailing(i, threshold)) return null;
+      reason ??= i.lastError ?? (i.status === 'Unhealthy' ? 'the instance is unhealthy' : null);
+    }
+    return reason;
   }
 
   private async setNodeStatus(node: NodeState, status: NodeStatus, reason?: string): Promise<void> {
@@ -255,7 +351,8 @@ export class Controller implements InstanceEvents {
       version: ++this.snapshotVersion,
       nodes: [...this.nodes.values()].filter((n) => !n.deleting).map((n) => ({
         id: n.id, spec: n.spec, specVersion: n.record.updatedAt,
-        instances: [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint })),
+        instances: n.suspended ? [] : [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint })),
+        ...(n.suspended ? { suspended: true } : n.unavailable !== null ? { unavailable: n.unavailable } : {}),
       })),
     };
     this.gateways.apply(snapshot);
@@ -301,7 +398,7 @@ export class Controller implements InstanceEvents {
 
   private async run(node: NodeState, inst: InstanceState): Promise<void> {
     const generation = ++inst.generation;
-    inst.passes = 0; inst.fails = 0; inst.healthyThisRun = false;
+    inst.passes = 0; inst.fails = 0; inst.healthyThisRun = false; inst.restarting = false; inst.hung = false;
     const handle = await this.runtime.start({
       nodeId: node.id, instanceId: inst.id, resources: node.spec.resources, workload: await this.workload(node.spec),
     });
@@ -395,15 +492,19 @@ export class Controller implements InstanceEvents {
       } else {
         inst.passes = 0;
         inst.fails++;
-        if (inst.status === 'Healthy' && inst.fails >= hc.failsThreshold) {
+        if (inst.healthyThisRun && !inst.hung && inst.fails >= hc.failsThreshold && (inst.status === 'Healthy' || inst.status === 'Unhealthy')) {
+          // served, now stuck while running (a refused connection may have marked it already)
           inst.lastError = `failed ${inst.fails} health checks in a row: ${result.reason}`;
-          this.markUnhealthy(node, inst, 'health checks failing');
+          inst.hung = true;
+          if (inst.status === 'Healthy') this.markUnhealthy(node, inst, 'health checks failing');
+          else this.reconcile(node);
         } else if (inst.status === 'Preparing' && inst.fails >= hc.failsThreshold) {
           inst.lastError = result.reason;
-        } else if (inst.status === 'Unhealthy' && inst.fails >= 2 * hc.failsThreshold && node.spec.kind === 'cell') {
-          // a worker that stops answering is broken; an image instance may recover by itself
-          inst.lastError = `stayed unhealthy for ${inst.fails} checks; instance replaced`;
-          this.runtime.kill(inst.handle);
+        } else if (inst.status === 'Unhealthy' && inst.fails >= 2 * hc.failsThreshold) {
+          // hung (a stuck worker, a paused container): its replacement started when it went
+          // Unhealthy; now it goes, cell and image alike
+          inst.lastError = `stayed unhealthy for ${inst.fails} health checks in a row (${result.reason}); instance replaced`;
+          void this.replaceHung(node, inst);
           return;
         }
       }
@@ -422,12 +523,32 @@ export class Controller implements InstanceEvents {
   private markUnhealthy(node: NodeState, inst: InstanceState, reason: string): void {
     if (inst.status === 'Unhealthy') return;
     inst.setStatus('Unhealthy', reason);
+    this.publishAll();
+    this.reconcile(node); // its replacement starts now, before the node's status is decided
+  }
+
+  /** Removes a hung instance at once (it is out of balancing already); reconcile keeps the count. */
+  private async replaceHung(node: NodeState, inst: InstanceState): Promise<void> {
+    if (inst.stopping) return;
+    inst.stopping = true;
+    const reason = inst.lastError ?? 'stayed unhealthy';
+    inst.setStatus('Deleting', 'stayed unhealthy; replaced');
+    console.error(`[berth] node ${node.id}: instance ${inst.id} replaced: ${reason}`);
     this.publish(node);
+    if (inst.handle) {
+      this.runtime.kill(inst.handle);
+      const gone = await withTimeout(inst.handle.exited, 10_000).then(() => true, () => false);
+      if (!gone) await this.runtime.stop(inst.handle, 1000).catch(() => undefined);
+    }
+    inst.closeConnections();
+    node.instances.delete(inst.id);
+    this.reconcileSoon(node);
   }
 
   private onExit(node: NodeState, inst: InstanceState, generation: number, code: number | null, signal: string | null, error?: string): void {
     if (inst.generation !== generation) return;
     const wasHealthy = inst.healthyThisRun;
+    inst.healthyThisRun = false; // exited, not hung: it restarts in place rather than being replaced
     inst.closeConnections();
     if (inst.stopping) return;
     const how = error ?? (signal ? `was killed by ${signal}` : `exited with code ${code}`);

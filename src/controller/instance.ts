@@ -25,6 +25,10 @@ export class InstanceState {
   /** Whether the current run reached Healthy (a crash after that restarts at once). */
   healthyThisRun = false;
   unhealthySince = 0;
+  /** Served, then failed failsThreshold health checks while still running: hung, a replacement starts beside it. */
+  hung = false;
+  /** Killed on purpose to restart in place (a call timeout): not "out", so no replacement starts beside it. */
+  restarting = false;
   readonly createdAt = nowIso();
   updatedAt = this.createdAt;
   /** Bumped on each restart, so callbacks of an earlier run are ignored. */

@@ -54,6 +54,8 @@ export const ERRORS = {
   RESPONSE_TOO_LARGE: { http: 502, grpc: 'RESOURCE_EXHAUSTED' },
   INSTANCE_FAILED: { http: 502, grpc: 'UNAVAILABLE' },
   NODE_UNAVAILABLE: { http: 503, grpc: 'UNAVAILABLE' },
+  // suspended by request: waiting will not help, resuming will (issue 9: 409 / FAILED_PRECONDITION)
+  NODE_SUSPENDED: { http: 409, grpc: 'FAILED_PRECONDITION' },
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   // logs?follow=true: the cap on connected followers is reached
   TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },

@@ -44,9 +44,18 @@ export class NodeDispatcher {
 
   setQueueSize(n: number): void { this.queueSize = n; }
 
+  /** Why calls fail at once while no instance takes calls (the node is failing or suspended); null: they wait. */
+  private refusal: BerthError | null = null;
+
+  setRefusal(err: BerthError | null): void {
+    this.refusal = err;
+    if (err && this.slots.length === 0) this.rejectAll(err);
+  }
+
   /** Replaces the set of balanced instances (an immutable swap), then serves waiters. */
   setSlots(slots: readonly Slot[]): void {
     this.slots = slots;
+    if (this.refusal && slots.length === 0) this.rejectAll(this.refusal);
     this.drain();
   }
 
@@ -76,6 +85,7 @@ export class NodeDispatcher {
     const lease = this.take(affinity);
     if (lease) return lease;
     if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.refusal && this.slots.length === 0) throw this.refusal;
     if (this.queued >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });

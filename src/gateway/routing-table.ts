@@ -28,6 +28,8 @@ class RouteState implements NodeRoute {
   validateInput: InputValidator | null;
   aclFolders: ReadonlySet<string>;
   readonly slots = new Map<string, Slot>();
+  /** Gone from the snapshot with calls still running: counted until they end (the controller drains on it). */
+  readonly draining = new Map<string, Slot>();
 
   constructor(readonly id: string, entry: NodeEntry) {
     this.dispatcher = new NodeDispatcher(id, entry.spec.scaling.queueSize);
@@ -76,6 +78,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       let route = this.routes.get(entry.id);
       if (!route) this.routes.set(entry.id, route = new RouteState(entry.id, entry));
       else if (route.specVersion !== entry.specVersion) route.compile(entry);
+      route.dispatcher.setRefusal(refusalOf(entry));
       this.syncInstances(route, entry.instances);
     }
     for (const [id, route] of this.routes) {
@@ -106,7 +109,12 @@ export class RoutingTable implements SnapshotSink, LoadSource {
   }
 
   instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
-    const slot = this.routes.get(nodeId)?.slots.get(instanceId);
+    const route = this.routes.get(nodeId);
+    let slot = route?.slots.get(instanceId);
+    if (!slot && route) {
+      slot = route.draining.get(instanceId);
+      if (slot && slot.busy === 0) route.draining.delete(instanceId);
+    }
     return { busy: slot?.busy ?? 0, lastUsedAt: slot?.lastUsedAt ?? 0 };
   }
 
@@ -116,6 +124,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       if (wanted.has(id)) continue;
       retire(slot);
       route.slots.delete(id);
+      if (slot.busy > 0) route.draining.set(id, slot);
     }
     for (const inst of instances) {
       if (route.slots.has(inst.id)) continue;
@@ -153,6 +162,18 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     slot.ready = true;
     route.publish();
   }
+}
+
+/** What calls get at once while the node takes none: suspended, or failing with the controller's reason. */
+function refusalOf(entry: NodeEntry): BerthError | null {
+  if (entry.suspended) {
+    return new BerthError('NODE_SUSPENDED', `node ${entry.id} (${entry.spec.name}) is suspended: resume it to serve calls (berth node resume ${entry.id})`, { nodeId: entry.id });
+  }
+  if (entry.unavailable !== undefined) {
+    return new BerthError('NODE_UNAVAILABLE', `node ${entry.id} has no healthy instance: ${entry.unavailable}`,
+      { nodeId: entry.id, reason: entry.unavailable }, { 'retry-after': '5' });
+  }
+  return null;
 }
 
 /** Out of balancing now: idle sessions close at once, the rest as their calls end (Dispatcher.release). */

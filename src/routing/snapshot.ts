@@ -19,6 +19,10 @@ export interface NodeEntry {
   /** Bumped whenever the spec changes, so gateways recompile only then. */
   readonly specVersion: string;
   readonly instances: readonly InstanceEntry[];
+  /** Set while the node has no Healthy instance and none about to be: calls fail at once with this reason. */
+  readonly unavailable?: string;
+  /** Suspended by request: calls are refused with NODE_SUSPENDED. */
+  readonly suspended?: boolean;
 }
 
 export interface RoutingSnapshot {

@@ -239,6 +239,17 @@ export class SqliteStore implements Store {
     })();
   }
 
+  async updateNodeSpec(n: NodeRecord, quota: Quota): Promise<void> {
+    this.db.transaction(() => {
+      const row = this.db.prepare(`SELECT COALESCE(SUM(json_extract(spec, '$.scaling.maxInstances')), 0) AS instances
+        FROM nodes WHERE folder_id = ? AND id != ?`).get(n.spec.folderId, n.id) as { instances: number };
+      const instances = row.instances + n.spec.scaling.maxInstances;
+      if (instances > quota.maxInstances) throw quotaExceeded('maxInstances', quota.maxInstances, instances);
+      const changes = this.db.prepare('UPDATE nodes SET spec = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(n.spec), n.updatedAt, n.id).changes;
+      if (changes === 0) throw new BerthError('NODE_NOT_FOUND', `node ${n.id} not found`, { nodeId: n.id });
+    })();
+  }
+
   async deleteNode(id: string): Promise<void> {
     this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
   }

@@ -42,6 +42,8 @@ export interface Store {
   getNode(id: string): Promise<NodeRecord | undefined>;
   listNodes(): Promise<NodeRecord[]>;
   updateNodeStatus(id: string, status: NodeStatus, transition: Transition<NodeStatus>): Promise<void>;
+  /** Replaces a node's spec in place; refused past the folder's maxInstances (the sum of maxInstances, this node's new value counted). */
+  updateNodeSpec(n: NodeRecord, quota: Quota): Promise<void>;
   deleteNode(id: string): Promise<void>;
 
   /** The limits an admin set for a folder (unset fields take the defaults). */
