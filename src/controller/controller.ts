@@ -124,6 +124,7 @@ export class Controller implements InstanceEvents {
     const node = new NodeState(record);
     this.nodes.set(record.id, node);
     this.metrics.bindNode(record.id);
+    this.publishAll(); // routable at once: calls wait for its first instance instead of 404
     this.reconcile(node);
   }
 
