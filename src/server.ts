@@ -6,8 +6,9 @@ import { createServer, type IncomingMessage, type ServerResponse, type Server } 
 import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import Fastify, { type FastifyError } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
@@ -15,6 +16,7 @@ import { BerthError, asBerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { SqliteStore } from './store/sqlite.js';
 import { createRuntime } from './runtimes/index.js';
+import { log } from './core/log.js';
 import { checkLogLimits } from './runtimes/log-file.js';
 import { Controller } from './controller/controller.js';
 import { Telemetry } from './controller/telemetry.js';
@@ -112,7 +114,9 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   let httpServer!: Server;
   let fastifyHandler!: (req: IncomingMessage, res: ServerResponse) => void;
   const app = Fastify({
-    logger: false,
+    // control-plane requests are logged with their id (also sent back as x-request-id)
+    loggerInstance: log.child({ component: 'api' }) as FastifyBaseLogger,
+    genReqId: () => randomUUID(),
     bodyLimit: config.maxRequestBytes,
     serverFactory: (handler) => {
       fastifyHandler = handler;
@@ -176,8 +180,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       else if (err.statusCode === 400) e = new BerthError('INVALID_JSON', `request body is not valid JSON: ${err.message}`);
     }
     void reply.hijack();
+    if (!reply.raw.headersSent) reply.raw.setHeader('x-request-id', _req.id);
     sendError(reply.raw, asBerthError(e, 'control-api'));
   });
+  app.addHook('onSend', async (req, reply) => { reply.header('x-request-id', req.id); });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));

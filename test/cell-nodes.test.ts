@@ -384,3 +384,15 @@ test('the control API and REST execute answer over HTTP/2 (h2c) as over HTTP/1.1
     session.close();
   }
 });
+
+test('control-plane requests and lifecycle events are logged as JSON lines with ids; data-plane calls are not', async () => {
+  const r = await b.request('GET', '/v1/nodes');
+  const id = r.headers.get('x-request-id');
+  assert.match(id ?? '', /^[0-9a-f-]{36}$/);
+  const lines = b.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  assert.ok(lines.some((l) => l.reqId === id && l.component === 'api'), 'the request is logged under its id');
+  assert.ok(lines.some((l) => l.event === 'instance_status' && l.status === 'Healthy' && l.nodeId === lab.id));
+  const before = b.output().length;
+  for (let i = 0; i < 20; i++) assert.equal((await execute(b, lab.id, { mode: 'echo', arg: i })).status, 200);
+  assert.ok(!b.output().slice(before).includes(':execute'), 'nothing is logged per execute call');
+});

@@ -7,6 +7,7 @@ import { BerthError } from '../core/errors.js';
 import { nowIso } from '../core/ids.js';
 import type { TokenRecord } from '../core/types.js';
 import type { Store } from '../store/store.js';
+import { log } from '../core/log.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -42,7 +43,7 @@ export function registerAccess(app: FastifyInstance, auth: Auth, store: Store): 
         at: nowIso(), tokenId: req.token.id, tokenName: req.token.name, action: req.auditTarget.action ?? action,
         folderId: req.auditTarget.folderId, resourceId: req.auditTarget.resourceId,
         result: status < 400 ? 'ok' : req.auditError ?? `HTTP_${status}`, status,
-      }).catch((err) => console.error(`[berth] audit write failed: ${(err as Error).message}`));
+      }).catch((err) => log.error({ event: 'audit_write_failed', action, error: (err as Error).message }, 'audit write failed'));
     });
   });
   app.addHook('onError', async (req, _reply, err) => {

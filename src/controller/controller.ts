@@ -15,6 +15,7 @@ import { InstanceState } from './instance.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
 import { checkpointBlobPath } from '../checkpoints/service.js';
+import { log } from '../core/log.js';
 
 /** How long an instance may take from start to an answering endpoint. */
 const CONNECT_TIMEOUT_MS = 60_000;
@@ -337,6 +338,7 @@ export class Controller implements InstanceEvents {
 
   private async setNodeStatus(node: NodeState, status: NodeStatus, reason?: string): Promise<void> {
     node.status = status;
+    log.info({ event: 'node_status', nodeId: node.id, status, reason }, `node ${status}`);
     await this.store.updateNodeStatus(node.id, status, { status, at: nowIso(), ...(reason ? { reason } : {}) });
   }
 
@@ -534,7 +536,7 @@ export class Controller implements InstanceEvents {
     inst.stopping = true;
     const reason = inst.lastError ?? 'stayed unhealthy';
     inst.setStatus('Deleting', 'stayed unhealthy; replaced');
-    console.error(`[berth] node ${node.id}: instance ${inst.id} replaced: ${reason}`);
+    log.warn({ event: 'instance_replaced', nodeId: node.id, instanceId: inst.id, reason }, 'instance replaced');
     this.publish(node);
     if (inst.handle) {
       this.runtime.kill(inst.handle);

@@ -5,6 +5,7 @@ import type { RuntimeInstance } from '../runtimes/runtime.js';
 import type { WorkerConnection } from '../worker/protocol.js';
 import { describeEndpoint } from '../worker/protocol.js';
 import { nowIso } from '../core/ids.js';
+import { log } from '../core/log.js';
 
 const MAX_TRANSITIONS = 30;
 
@@ -44,6 +45,7 @@ export class InstanceState {
     this.status = status;
     this.updatedAt = nowIso();
     this.transitions.push({ status, at: this.updatedAt, ...(reason ? { reason } : {}) });
+    log.info({ event: 'instance_status', nodeId: this.nodeId, instanceId: this.id, status, reason }, `instance ${status}`);
     if (this.transitions.length > MAX_TRANSITIONS) this.transitions.shift();
     if (status === 'Healthy') { this.healthySince = Date.now(); this.healthyThisRun = true; }
     if (status === 'Unhealthy') this.unhealthySince = Date.now();

@@ -1,5 +1,6 @@
 // Every error the API can return, in one place: a stable code, an HTTP status and a
 // gRPC status. Bodies are always JSON: {code, message, details}.
+import { log } from './log.js';
 import { randomUUID } from 'node:crypto';
 
 export type GrpcStatusName =
@@ -127,9 +128,6 @@ export function asBerthError(err: unknown, where = 'request'): BerthError {
 export function logInternalError(requestId: string, where: string, err: unknown): void {
   const e = err instanceof Error ? err : null;
   try {
-    process.stderr.write(`${JSON.stringify({
-      level: 'error', time: new Date().toISOString(), event: 'internal_error', requestId, where,
-      error: e ? `${e.name}: ${e.message}` : String(err), stack: e?.stack,
-    })}\n`);
+    log.error({ event: 'internal_error', requestId, where, error: e ? `${e.name}: ${e.message}` : String(err), stack: e?.stack }, 'internal error');
   } catch { /* logging must never throw into a handler */ }
 }

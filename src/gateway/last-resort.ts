@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { BerthError, asBerthError } from '../core/errors.js';
 import { sendError } from './http-util.js';
+import { log } from '../core/log.js';
 import { percentEncode } from '../grpc/h2-unary.js';
 
 type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
@@ -82,10 +83,7 @@ export function installProcessGuards(): void {
   process.on('unhandledRejection', (reason) => {
     const e = reason instanceof Error ? reason : null;
     try {
-      process.stderr.write(`${JSON.stringify({
-        level: 'error', time: new Date().toISOString(), event: 'unhandled_rejection',
-        error: e ? `${e.name}: ${e.message}` : String(reason), stack: e?.stack,
-      })}\n`);
+      log.error({ event: 'unhandled_rejection', error: e ? `${e.name}: ${e.message}` : String(reason), stack: e?.stack }, 'unhandled rejection');
     } catch { /* never throw from here */ }
   });
 }
