@@ -57,10 +57,10 @@ export class Client {
       throw new Error(`cannot reach Berth at ${this.url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
     }
     const text = await res.text();
-    let parsed: any = text;
+    let parsed: unknown = text;
     try { parsed = text ? JSON.parse(text) : {}; } catch { /* not JSON */ }
     if (!res.ok) {
-      const p = typeof parsed === 'object' && parsed ? parsed : {};
+      const p = (typeof parsed === 'object' && parsed ? parsed : {}) as { code?: string; message?: string; details?: Record<string, unknown> };
       throw new ApiError(res.status, p.code ?? `HTTP_${res.status}`, p.message ?? String(text).slice(0, 500), p.details ?? {}, parsed);
     }
     return parsed as T;

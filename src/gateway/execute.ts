@@ -231,7 +231,9 @@ function parseCall(raw: Buffer, token: TokenRecord): { input: unknown; folder: s
 
 function mapFrame(frame: Frame): CallResult {
   if (frame.type === FRAME.OK) return { ok: true, body: frame.payload };
-  const info = JSON.parse(frame.payload.toString('utf8')) as Record<string, any>;
+  const info = JSON.parse(frame.payload.toString('utf8')) as {
+    error_name?: string; error_message?: string; traceback?: string[]; code?: string; message?: string; details?: Record<string, unknown>;
+  };
   if (frame.type === FRAME.USER_ERROR) {
     const details = { error_name: info.error_name, error_message: info.error_message, traceback: info.traceback };
     return {

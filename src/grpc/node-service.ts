@@ -142,10 +142,10 @@ export function encodeExecutionErrorStatus(code: number, message: string, detail
 /** Decodes grpc-status-details-bin; for clients and tests. */
 export function decodeStatusDetails(bin: Buffer): { code: number; message: string; details: Array<{ type_url: string; value: Buffer; decoded?: Record<string, unknown> }> } {
   const { status, details: detailsType } = errorTypes();
-  const s = status.toObject(status.decode(bin), { defaults: true, arrays: true, bytes: Buffer }) as any;
+  const s = status.toObject(status.decode(bin), { defaults: true, arrays: true, bytes: Buffer }) as { code: number; message: string; details: Array<{ type_url: string; value: Buffer }> };
   return {
     code: s.code, message: s.message,
-    details: s.details.map((d: any) => ({
+    details: s.details.map((d) => ({
       type_url: d.type_url, value: d.value,
       decoded: d.type_url === ERROR_DETAILS_TYPE_URL ? detailsType.toObject(detailsType.decode(d.value), { defaults: true, arrays: true }) : undefined,
     })),

@@ -49,7 +49,7 @@ const CAMEL: Record<string, typeof KINDS[number]> = {
   nullValue: 'null_value', numberValue: 'number_value', stringValue: 'string_value',
   boolValue: 'bool_value', structValue: 'struct_value', listValue: 'list_value',
 };
-const has = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k) && (o as any)[k] !== undefined && (o as any)[k] !== null;
+const has = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k) && (o as Record<string, unknown>)[k] !== undefined && (o as Record<string, unknown>)[k] !== null;
 
 /** Sets obj[key] as an own property even for "__proto__". */
 function put(obj: Record<string, unknown>, key: string, value: unknown): void {
@@ -85,7 +85,7 @@ export function listToJson(list: ListValueObject | null | undefined, path = 'lis
 export function valueToJson(value: ValueObject | null | undefined, path = 'value', level = 1): Json {
   if (value === null || value === undefined) return null;
   if (level > MAX_MESSAGE_DEPTH) throw tooDeep(path);
-  const v = value as Record<string, any>;
+  const v = value as Record<string, unknown>;
   let kind: string | undefined = typeof v.kind === 'string' ? v.kind : KINDS.find((k) => has(v, k));
   let x: unknown;
   if (kind !== undefined) {

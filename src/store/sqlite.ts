@@ -44,6 +44,13 @@ const MIGRATIONS: string[] = [
    CREATE INDEX audit_folder ON audit(folder_id, id);`,
 ];
 
+/** Rows as SQLite returns them (snake_case columns; JSON kept as text). */
+interface TokenRow { id: string; name: string; hash: string; roles: string; created_at: string }
+interface SecretRow { id: string; folder_id: string; project_id: string; name: string; ciphertext: Buffer; created_at: string; created_by: string }
+interface AliasRow { id: string; spec: string; created_at: string; updated_at: string; created_by: string }
+interface NodeRow { id: string; spec: string; status: NodeStatus; transitions: string; created_at: string; updated_at: string; created_by: string }
+interface AuditRow { id: number; at: string; token_id: string | null; token_name: string | null; action: string; folder_id: string | null; resource_id: string | null; result: string; status: number }
+
 /** Audit rows kept (the oldest are dropped past this). */
 const MAX_AUDIT_ROWS = 200_000;
 
@@ -90,7 +97,7 @@ export class SqliteStore implements Store {
   }
 
   async listTokens(): Promise<TokenRecord[]> {
-    const rows = this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as Array<Record<string, any>>;
+    const rows = this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as TokenRow[];
     return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, roles: JSON.parse(r.roles), createdAt: r.created_at }));
   }
 
@@ -163,12 +170,12 @@ export class SqliteStore implements Store {
   }
 
   async getSecretByName(folderId: string, name: string): Promise<SecretRecord | undefined> {
-    const row = this.db.prepare('SELECT * FROM secrets WHERE folder_id = ? AND name = ?').get(folderId, name) as Record<string, any> | undefined;
+    const row = this.db.prepare('SELECT * FROM secrets WHERE folder_id = ? AND name = ?').get(folderId, name) as SecretRow | undefined;
     return row && rowToSecret(row);
   }
 
   async listSecrets(): Promise<SecretRecord[]> {
-    return (this.db.prepare('SELECT * FROM secrets ORDER BY created_at').all() as Array<Record<string, any>>).map(rowToSecret);
+    return (this.db.prepare('SELECT * FROM secrets ORDER BY created_at').all() as SecretRow[]).map(rowToSecret);
   }
 
   async deleteSecret(id: string): Promise<boolean> {
@@ -191,7 +198,7 @@ export class SqliteStore implements Store {
   }
 
   async listAliases(): Promise<AliasRecord[]> {
-    return (this.db.prepare('SELECT * FROM aliases ORDER BY created_at').all() as Array<Record<string, any>>).map((r) => ({
+    return (this.db.prepare('SELECT * FROM aliases ORDER BY created_at').all() as AliasRow[]).map((r) => ({
       id: r.id, spec: JSON.parse(r.spec), createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
     }));
   }
@@ -220,12 +227,12 @@ export class SqliteStore implements Store {
   }
 
   async getNode(id: string): Promise<NodeRecord | undefined> {
-    const row = this.db.prepare('SELECT * FROM nodes WHERE id = ?').get(id) as Record<string, any> | undefined;
+    const row = this.db.prepare('SELECT * FROM nodes WHERE id = ?').get(id) as NodeRow | undefined;
     return row && rowToNode(row);
   }
 
   async listNodes(): Promise<NodeRecord[]> {
-    const rows = this.db.prepare('SELECT * FROM nodes ORDER BY created_at').all() as Array<Record<string, any>>;
+    const rows = this.db.prepare('SELECT * FROM nodes ORDER BY created_at').all() as NodeRow[];
     return rows.map(rowToNode);
   }
 
@@ -284,7 +291,7 @@ export class SqliteStore implements Store {
     if (q.folders) { where.push(`folder_id IN (${q.folders.map(() => '?').join(', ')})`); args.push(...q.folders); }
     if (q.before !== undefined) { where.push('id < ?'); args.push(q.before); }
     const rows = this.db.prepare(`SELECT * FROM audit ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`)
-      .all(...args, q.limit) as Array<Record<string, any>>;
+      .all(...args, q.limit) as AuditRow[];
     return rows.map((r) => ({
       id: r.id, at: r.at, tokenId: r.token_id, tokenName: r.token_name, action: r.action,
       folderId: r.folder_id, resourceId: r.resource_id, result: r.result, status: r.status,
@@ -292,11 +299,11 @@ export class SqliteStore implements Store {
   }
 }
 
-function rowToSecret(r: Record<string, any>): SecretRecord {
+function rowToSecret(r: SecretRow): SecretRecord {
   return { id: r.id, folderId: r.folder_id, projectId: r.project_id, name: r.name, ciphertext: r.ciphertext, createdAt: r.created_at, createdBy: r.created_by };
 }
 
-function rowToNode(r: Record<string, any>): NodeRecord {
+function rowToNode(r: NodeRow): NodeRecord {
   return {
     id: r.id, spec: JSON.parse(r.spec), status: r.status, transitions: JSON.parse(r.transitions),
     createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
