@@ -178,6 +178,12 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') e = new BerthError('UNSUPPORTED_MEDIA_TYPE', err.message);
       else if (err.code === 'FST_ERR_BAD_URL') e = new BerthError('INVALID_PATH', 'the request target is not a valid path', { field: 'path' });
       else if (err.statusCode === 400) e = new BerthError('INVALID_JSON', `request body is not valid JSON: ${err.message}`);
+      // fastify's own refusals (a method its router does not know, say) keep their 4xx meaning
+      else if (err.statusCode === 404) e = new BerthError('ROUTE_NOT_FOUND', `no route ${_req.method} ${_req.url.split('?')[0]}`, { path: _req.url });
+      else if (err.statusCode === 405) e = new BerthError('METHOD_NOT_ALLOWED', err.message, { method: _req.method });
+      else if (err.statusCode === 413) e = new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${config.maxRequestBytes} bytes`, { limit: config.maxRequestBytes });
+      else if (err.statusCode === 415) e = new BerthError('UNSUPPORTED_MEDIA_TYPE', err.message);
+      else if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) e = new BerthError('INVALID_ARGUMENT', err.message, { field: 'request' });
     }
     void reply.hijack();
     if (!reply.raw.headersSent) reply.raw.setHeader('x-request-id', _req.id);
