@@ -119,6 +119,11 @@ function processesWith(marker: string): string[] {
   return r.stdout.split('\n').filter((l) => l.includes(marker) && !l.includes('ps -eo'));
 }
 
+/** Pids of processes running as `uid`, from ps. */
+function processesOf(uid: number): string[] {
+  return spawnSync('ps', ['-o', 'pid=', '-u', String(uid)], { encoding: 'utf8' }).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
 function secretFiles(home: string): string[] {
   return ['admin-token', 'secret.key', 'berth.db'].map((f) => join(home, f));
 }
@@ -240,15 +245,15 @@ x = 1
 
   test('a fork bomb stops at the pids limit and Berth keeps serving', async () => {
     const bomb = await createNode(b, PROBE_SPEC('bomb', ckptA));
+    const { uid } = await probe(b, bomb.id, 'ids');
     const r = await probe(b, bomb.id, 'forkbomb', 5000);
     assert.ok(r.forked < 64, JSON.stringify(r));
     assert.ok(r.error, `fork failed at the limit: ${JSON.stringify(r)}`);
     assert.equal((await b.request('GET', '/v1/health')).status, 200);
     assert.ok((await probe(b, probeA.id, 'ids')).uid > 0, 'other nodes still answer');
-    const uid = (await b.request('GET', `/v1/nodes/${bomb.id}`)).body.instances[0];
-    assert.ok(uid);
+    assert.ok(processesOf(uid).length > r.forked, `the bomb's processes run as its uid ${uid}`);
     assert.equal((await b.request('DELETE', `/v1/nodes/${bomb.id}`)).status, 200);
-    await waitFor('the bomb\'s processes gone', async () => processesWith('sleep 60').length === 0 && (await b.request('GET', `/v1/nodes/${bomb.id}`)).status === 404, 30_000);
+    await waitFor('the bomb\'s processes gone', async () => processesOf(uid).length === 0 && (await b.request('GET', `/v1/nodes/${bomb.id}`)).status === 404, 30_000);
   });
 
   test('a node over its memory limit is killed and shows the OOM error', async () => {
@@ -310,7 +315,8 @@ describe('sandbox: checkpoint runs are bounded', { skip, timeout: 240_000 }, () 
   });
 
   test('runs over the bound queue, then get 429 TOO_MANY_RUNS', async () => {
-    const slow = (name: string) => b.request('POST', '/v1/checkpoints', { script: 'import time\ntime.sleep(2)\nx = 1\n', name });
+    // one folder each, so that only the server-wide bound (not a folder's quota) is in play
+    const slow = (name: string) => b.request('POST', '/v1/checkpoints', { script: 'import time\ntime.sleep(2)\nx = 1\n', name, folderId: `f-${name}` });
     const first = slow('q-1');
     await new Promise((r) => setTimeout(r, 300));
     const second = slow('q-2'); // waits for the first
