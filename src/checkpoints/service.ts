@@ -105,7 +105,7 @@ export class CheckpointService {
         throw new BerthError('CHECKPOINT_FAILED', `out of memory (limit ${this.config.checkpointRunMemoryGb} GB): the run was killed`,
           { limitGb: this.config.checkpointRunMemoryGb, log: tail(log) });
       }
-      if (run.error) throw new BerthError('ENVIRONMENT_ERROR', `cannot run ${req.python}: ${run.error}`, { python: req.python });
+      if (run.error) throw new BerthError('ENVIRONMENT_ERROR', run.error.startsWith('cannot') ? run.error : `cannot run ${req.python}: ${run.error}`, { python: req.python });
       // the sandbox wrote these: only plain files are taken (a symlink could point anywhere)
       await ownFile(out);
       await ownFile(out + '.json');
