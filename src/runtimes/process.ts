@@ -1,7 +1,7 @@
 // The embedded runtime: each instance is a local Python process, run in the sandbox
 // (src/sandbox/: bubblewrap namespaces, its own uid, a cgroup with the node's limits).
 // Needs no Docker.
-import { mkdirSync, rmSync } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadConfig } from '../core/config.js';
@@ -10,6 +10,8 @@ import type { ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeInstance } from 
 import { DEFAULT_LOG_LIMITS, InstanceLog, pruneInstanceLogs, rotatedPaths, tailLines, type LogLimits } from './log-file.js';
 
 const SOCKET = 'worker.sock';
+/** The worker binds its socket before it loads the checkpoint: a few hundred ms; this is a generous bound. */
+const PREPARE_SOCKET_MS = 60_000;
 
 export class ProcessRuntime implements Runtime {
   readonly name = 'process';
@@ -84,7 +86,36 @@ export class ProcessRuntime implements Runtime {
     });
     log.attach([sb.child.stdout!, sb.child.stderr!], exited);
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: join(dir, SOCKET) }, ports: new Map(), pid: sb.child.pid ?? null, exited };
+    const endpoint = this.sandbox.mode === 'none' ? join(dir, SOCKET) : await this.pinSocket(dir, spec.instanceId, sb);
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: endpoint }, ports: new Map(), pid: sb.child.pid ?? null, exited };
+  }
+
+  /**
+   * The sandbox can write its own directory, so it could put a symlink (to another tenant's
+   * socket, or Docker's) where its socket was. Berth therefore connects through a hard link,
+   * made once the worker has bound its socket, in a directory only Berth can write: it keeps
+   * naming the worker's socket whatever the sandbox does later.
+   */
+  private async pinSocket(dir: string, instanceId: string, sb: Sandboxed): Promise<string> {
+    const pinned = join(this.sandbox.runDir, `${instanceId}.sock`);
+    rmSync(pinned, { force: true });
+    let gone = false;
+    void sb.exited.then(() => { gone = true; });
+    const deadline = Date.now() + PREPARE_SOCKET_MS;
+    while (!gone && Date.now() < deadline) {
+      try {
+        linkSync(join(dir, SOCKET), pinned); // link() does not follow a symlink: it would link the symlink itself
+        const st = lstatSync(pinned);
+        if (st.isSocket() && (sb.uid === null || st.uid === sb.uid)) return pinned;
+        rmSync(pinned, { force: true });
+        throw new Error(`instance ${instanceId}: ${SOCKET} is not the worker's socket`);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') { sb.kill(); throw err; }
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (!gone) { sb.kill(); throw new Error(`instance ${instanceId}: the worker did not create its socket within ${PREPARE_SOCKET_MS / 1000}s`); }
+    return pinned; // it exited first: the controller sees that through exited
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
@@ -94,6 +125,7 @@ export class ProcessRuntime implements Runtime {
     await instance.exited;
     clearTimeout(timer);
     rmSync(join(this.sandbox.runDir, instance.instanceId), { recursive: true, force: true });
+    rmSync(join(this.sandbox.runDir, `${instance.instanceId}.sock`), { force: true });
   }
 
   kill(instance: RuntimeInstance): void {

@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { FRAME, WorkerConnection } from '../../src/worker/protocol.js';
 import { createNode, execute, makeCheckpoint, removeHome, startBerth, tempHome, waitFor, type Berth } from '../helpers.js';
 
 const root = process.getuid?.() === 0;
@@ -92,6 +93,11 @@ elif action == 'forkbomb':
             os._exit(0)
         forked += 1
     result = {'forked': forked, 'error': error}
+elif action == 'swap':
+    tmp = '/berth/run/swap.tmp'
+    os.symlink(arg, tmp)
+    os.replace(tmp, '/berth/run/worker.sock')
+    result = os.readlink('/berth/run/worker.sock')
 elif action == 'background':
     subprocess.Popen(['sleep', str(arg)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = 'started'
@@ -188,6 +194,28 @@ describe('sandbox: a cell cannot reach Berth or other tenants', { skip, timeout:
     for (const p of others) assert.notEqual(r[p], 'connected', `${p}: ${r[p]}`);
     assert.equal(r['/berth/run/worker.sock'], 'connected', 'control: the probe reaches its own socket');
     assert.deepEqual(await probe(b, probeB.id, 'ids'), await probe(b, probeB.id, 'ids'), 'B still answers');
+  });
+
+  test('replacing its socket with a symlink to another instance\'s does not redirect Berth', async () => {
+    const victim = await createNode(b, PROBE_SPEC('victim', ckptB));
+    const attacker = await createNode(b, PROBE_SPEC('attacker', ckptA));
+    const instV = await instanceOf(victim.id);
+    const instA = await instanceOf(attacker.id);
+    const victimSocket = String(instV.endpoint).replace(/^unix:/, '');
+    const attackerEndpoint = String(instA.endpoint).replace(/^unix:/, '');
+    const attackerUid = (await probe(b, attacker.id, 'ids')).uid;
+    const victimUid = (await probe(b, victim.id, 'ids')).uid;
+    assert.equal(await probe(b, attacker.id, 'swap', victimSocket), victimSocket, 'the swap happened inside');
+    // a new connection to the attacker's endpoint, as Berth makes after any reconnect
+    const conn = await WorkerConnection.open({ path: attackerEndpoint }, 1024 * 1024, 2000);
+    try {
+      const f = await conn.request(FRAME.EXECUTE, JSON.stringify({ input: { action: 'ids', arg: null } }));
+      const uid = JSON.parse(f.payload.toString('utf8')).output.result.uid;
+      assert.equal(uid, attackerUid, 'still the attacker\'s own worker');
+      assert.notEqual(uid, victimUid);
+    } finally { conn.close(); }
+    await b.request('DELETE', `/v1/nodes/${attacker.id}`);
+    await b.request('DELETE', `/v1/nodes/${victim.id}`);
   });
 
   test('sees no BERTH_* variable; runs as its own uid, neither 0 nor Berth\'s, and cannot signal Berth', async () => {
