@@ -391,7 +391,9 @@ describe('sandbox: kill -9 of berth up leaves nothing behind after the next star
         assert.deepEqual(alive, [], 'no process of the earlier sandbox is left');
         // the node comes back and serves
         await waitFor('node Healthy again', async () => (await b.request('GET', `/v1/nodes/${node.id}`)).body.status === 'Healthy', 60_000);
-        assert.ok(readdirSync(join(home, 'sandboxes')).length <= 1, 'only the new instance\'s directory');
+        const live = (await b.request('GET', `/v1/nodes/${node.id}`)).body.instances.map((i: any) => i.id);
+        const entries = readdirSync(join(home, 'sandboxes'));
+        assert.ok(entries.every((e) => live.some((id: string) => e.startsWith(id))), `only the live instance's files: ${entries} (live ${live})`);
       } finally {
         await b.stop();
         removeHome(home);
