@@ -263,6 +263,21 @@ x = 1
     assert.deepEqual(snapshot(secretFiles(b.home)), before);
   });
 
+  test('a spec cannot ask for an unknown network mode or a dangerous capability', async () => {
+    const before = (await b.request('GET', '/v1/nodes')).body.nodes.length;
+    const badNet = await b.request('POST', '/v1/nodes', PROBE_SPEC('bad-net', ckptA, { network: 'host' }));
+    assert.equal(badNet.status, 400);
+    assert.equal(badNet.body.details.field, 'network');
+    const image = { kind: 'image', name: 'caps', image: 'example/app:1', endpoint: { port: 8080 } };
+    const badCap = await b.request('POST', '/v1/nodes', { ...image, capabilities: ['SYS_ADMIN'] });
+    assert.equal(badCap.status, 400);
+    assert.equal(badCap.body.details.field, 'capabilities[0]');
+    const offlineImage = await b.request('POST', '/v1/nodes', { ...image, network: 'none' });
+    assert.equal(offlineImage.status, 400);
+    assert.equal(offlineImage.body.details.field, 'network');
+    assert.equal((await b.request('GET', '/v1/nodes')).body.nodes.length, before, 'nothing created');
+  });
+
   test('network: none cannot reach a 127.0.0.1 server; the default can', async () => {
     const was = tcpConnections;
     assert.notEqual(await probe(b, offline.id, 'tcp', tcpPort), 'connected');
