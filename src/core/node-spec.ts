@@ -229,7 +229,8 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
     permissions: { folders: [...new Set(folders)] },
     resources: resources(body),
     scaling: scaling(body),
-    network: network(body),
+    // stored only when given: specs without it keep their exact shape (outbound is the default)
+    ...(body.network !== undefined && body.network !== null ? { network: network(body) } : {}),
   };
   return kind === 'cell' ? parseCell(body, common, ctx) : parseImage(body, common);
 }
