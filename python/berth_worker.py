@@ -5,7 +5,9 @@ Invoked by the Node control plane as::
 
     PY -c "import sys; sys.path.insert(0, '<dir>'); import berth_worker; berth_worker.main()"
 
-with the environment variable ``BERTH_WORKER_CONFIG`` holding JSON::
+with its configuration as JSON on stdin (read to EOF; Berth's sandbox passes it so,
+keeping the environment free of BERTH_* variables) or, when set, in the environment
+variable ``BERTH_WORKER_CONFIG``::
 
     {"socket": "/path/to/unix.sock", "checkpoint": "/path/blob",
      "code": "<serving cell source>", "requires": [{"name", "version"}],
@@ -536,7 +538,16 @@ def _die_with_parent(expected_parent: int | None) -> None:
 def _read_config() -> dict:
     raw = os.environ.get("BERTH_WORKER_CONFIG")
     if not raw:
-        raise ValueError("BERTH_WORKER_CONFIG is not set")
+        try:
+            raw = sys.stdin.read()
+        except (OSError, ValueError, AttributeError):  # no stdin at all
+            raw = ""
+        try:
+            sys.stdin.close()
+        except Exception:  # noqa: BLE001
+            pass
+    if not raw or not raw.strip():
+        raise ValueError("no configuration: BERTH_WORKER_CONFIG is not set and stdin is empty")
     config = json.loads(raw)
     if not isinstance(config, dict):
         raise ValueError("BERTH_WORKER_CONFIG is not a JSON object")

@@ -34,6 +34,7 @@ import { registerApi } from './api/index.js';
 import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
 import { RoutingTable } from './gateway/routing-table.js';
+import { Sandbox } from './sandbox/sandbox.js';
 
 export interface RunningBerth {
   url: string;
@@ -65,7 +66,14 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const logLimits = { maxBytes: config.logMaxBytes, files: config.logFiles };
   const logProblem = checkLogLimits(logLimits);
   if (logProblem) throw new Error(logProblem);
-  const runtime = createRuntime(config.runtime, config.home, logLimits);
+  // cells and checkpoint runs execute in this sandbox (docs/sandbox.md)
+  const sandbox = new Sandbox({ home: config.home, mode: config.sandbox, uidFirst: config.sandboxUidFirst, uidCount: config.sandboxUidCount, pidsLimit: config.pidsLimit });
+  const sandboxProblem = await sandbox.check();
+  if (sandboxProblem) throw new Error(sandboxProblem);
+  for (const w of sandbox.warnings) console.error(`[berth] WARNING: ${w}`);
+  const left = await sandbox.cleanLeftovers();
+  if (left.processes || left.cgroups) console.error(`[berth] ended ${left.processes} process(es) in ${left.cgroups} sandbox(es) left by an earlier run`);
+  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox);
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   const store = new SqliteStore(join(config.home, 'berth.db'));
@@ -77,7 +85,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const metrics = new Metrics();
   const secrets = new Secrets(config.home, store);
   const controller = new Controller(config, store, runtime, metrics, secrets);
-  const checkpoints = new CheckpointService(config, store);
+  const checkpoints = new CheckpointService(config, store, sandbox);
   const aliases = new AliasTable();
   for (const a of await store.listAliases()) aliases.set(a);
   // the gateway serves from the controller's routing snapshots and reports back through them
@@ -244,6 +252,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       await app.close().catch(() => undefined);
       metricsServer?.close();
       await store.close();
+      sandbox.close();
       rmSync(join(config.home, 'server.json'), { force: true });
     })();
     return closing;

@@ -200,6 +200,16 @@ for (const target of TARGETS) {
       assert.ok(inst.endpoint.path, 'a cell instance is reached through a Unix socket');
       assert.ok(Buffer.byteLength(inst.endpoint.path) <= 107);
       const conn = await workerReady(inst.endpoint);
+      if (target.name === 'docker') {
+        // a cell kernel: not root, nothing writable but /tmp, no capabilities, no privilege gain
+        const info = await docker().getContainer(containerName(s.instanceId)).inspect();
+        assert.ok(info.Config.User && !/^0(:|$)/.test(info.Config.User) && !/^root/.test(info.Config.User), `User ${info.Config.User}`);
+        assert.equal(info.HostConfig.ReadonlyRootfs, true);
+        assert.ok(info.HostConfig.Tmpfs?.['/tmp'] !== undefined);
+        assert.deepEqual(info.HostConfig.CapDrop, ['ALL']);
+        assert.deepEqual(info.HostConfig.SecurityOpt, ['no-new-privileges:true']);
+        assert.ok((info.HostConfig.PidsLimit ?? 0) > 0);
+      }
       try {
         const echo = await execute(conn, { mode: 'echo', arg: { a: [1, 2, 'три'] } });
         assert.equal(echo.type, FRAME.OK);
@@ -331,7 +341,7 @@ describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
     if (!(await requireDocker(t))) return;
     const home = newHome();
     const rt = createRuntime('docker', home);
-    const s = spec(imageWorkload('http-echo', [8080, 9100], { GREETING: 'hello there' }), { cores: 0.5, memoryGb: 0.25, gpus: 0 });
+    const s = spec({ ...imageWorkload('http-echo', [8080, 9100], { GREETING: 'hello there' }), capabilities: ['NET_BIND_SERVICE'] }, { cores: 0.5, memoryGb: 0.25, gpus: 0 });
     const inst = await within(rt.start(s), 30_000, 'start');
     try {
       assert.equal(inst.endpoint.host, '127.0.0.1');
@@ -354,6 +364,11 @@ describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
       assert.equal(info.Config.Labels['berth.home'], home);
       assert.equal(info.HostConfig.NanoCpus, 0.5e9);
       assert.equal(info.HostConfig.Memory, 0.25 * 1024 ** 3);
+      // hardening: no privilege gain, every capability dropped but the one asked for, a pids limit
+      assert.deepEqual(info.HostConfig.SecurityOpt, ['no-new-privileges:true']);
+      assert.deepEqual(info.HostConfig.CapDrop, ['ALL']);
+      assert.deepEqual(info.HostConfig.CapAdd, ['NET_BIND_SERVICE']);
+      assert.ok((info.HostConfig.PidsLimit ?? 0) > 0, `PidsLimit ${info.HostConfig.PidsLimit}`);
       for (const binding of Object.values(info.HostConfig.PortBindings ?? {}) as Array<Array<{ HostIp: string }>>) {
         assert.equal(binding[0]!.HostIp, '127.0.0.1', 'published on loopback only');
       }

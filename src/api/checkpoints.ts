@@ -55,6 +55,9 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
       throw new BerthError('QUOTA_EXCEEDED', `the request exceeds the folder's maxUploadBytes of ${quota.maxUploadBytes}`, { quota: 'maxUploadBytes', limit: quota.maxUploadBytes, wanted: size });
     }
     const release = await quotas.startRun(folderId);
+    // the caller leaving ends the run (the response closing before it was sent)
+    const left = new AbortController();
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) left.abort(); });
     try {
       const { checkpoint, log } = await checkpoints.runAndSave({
         cells, servingCell, source, quota,
@@ -62,7 +65,7 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
         python: optString(b, 'python') ?? config.python,
         folderId, projectId: validateFolder(optString(b, 'projectId') ?? config.defaultProject, 'projectId'),
         createdBy: req.token.name,
-      });
+      }, left.signal);
       auditTarget(req, folderId, checkpoint.id);
       reply.code(201);
       return { ...checkpoint, log };

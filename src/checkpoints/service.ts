@@ -1,19 +1,21 @@
 // Making, storing and finding checkpoints. A checkpoint is made by running the user's
-// cells in a fresh interpreter (python/berth_checkpoint.py) or uploaded from a live kernel.
-import { spawn } from 'node:child_process';
+// cells in a fresh interpreter (python/berth_checkpoint.py) — in the sandbox, with a
+// wall-clock limit and a global bound on concurrent runs — or uploaded from a live kernel.
 import { createHash } from 'node:crypto';
-import { createWriteStream, mkdirSync } from 'node:fs';
-import { readFile, rename, rm, stat, mkdtemp } from 'node:fs/promises';
+import { createWriteStream, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmod, chown, lstat, readFile, rename, rm, stat, mkdtemp } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { PYTHON_DIR, type Config } from '../core/config.js';
+import type { Config } from '../core/config.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
+import type { Sandbox } from '../sandbox/sandbox.js';
+import { RunLimiter } from '../sandbox/run-limiter.js';
 import { newId, nowIso } from '../core/ids.js';
 import { validateName } from '../core/node-spec.js';
 import type { Checkpoint, Package, Quota } from '../core/types.js';
 import type { Store } from '../store/store.js';
 
-const RUN_TIMEOUT_MS = 10 * 60_000;
 const MAX_LOG_BYTES = 256 * 1024;
 const MAX_META_BYTES = 8 * 1024 * 1024;
 
@@ -45,10 +47,14 @@ export function checkpointBlobPath(home: string, id: string): string {
 
 export class CheckpointService {
   readonly dir: string;
+  readonly runs: RunLimiter;
 
-  constructor(private readonly config: Config, private readonly store: Store) {
+  constructor(private readonly config: Config, private readonly store: Store, private readonly sandbox: Sandbox) {
     this.dir = join(config.home, 'checkpoints');
     mkdirSync(join(this.dir, 'tmp'), { recursive: true });
+    // runs and uploads an earlier Berth left half done (nothing is running yet)
+    for (const e of readdirSync(join(this.dir, 'tmp'))) rmSync(join(this.dir, 'tmp', e), { recursive: true, force: true });
+    this.runs = new RunLimiter(Math.max(1, config.maxCheckpointRuns), config.checkpointRunQueue);
   }
 
   blobPath(id: string): string { return checkpointBlobPath(this.config.home, id); }
@@ -61,17 +67,48 @@ export class CheckpointService {
     return c;
   }
 
-  /** Runs the cells in a fresh interpreter and saves the namespace it leaves. */
-  async runAndSave(req: RunRequest): Promise<{ checkpoint: Checkpoint; log: string }> {
+  /**
+   * Runs the cells in a fresh, sandboxed interpreter and saves the namespace it leaves.
+   * `signal` (the caller went away) ends the run and everything it started.
+   */
+  async runAndSave(req: RunRequest, signal?: AbortSignal): Promise<{ checkpoint: Checkpoint; log: string }> {
     if (req.cells.length === 0) throw invalidArgument('cells', 'there is no code cell to run');
     if (req.servingCell < 0 || req.servingCell >= req.cells.length) {
       throw invalidArgument('servingCell', `must be between 0 and ${req.cells.length - 1} (there are ${req.cells.length} cells)`);
     }
     if (req.name !== null) validateName(req.name);
+    const release = await this.runs.acquire(signal);
+    try {
+      return await this.runLimited(req, signal);
+    } finally {
+      release();
+    }
+  }
+
+  private async runLimited(req: RunRequest, signal?: AbortSignal): Promise<{ checkpoint: Checkpoint; log: string }> {
     const work = await mkdtemp(join(this.dir, 'tmp', 'run-'));
     const out = join(work, 'blob.dill');
     try {
-      const { code, log } = await runMaker(req.python, JSON.stringify({ cells: req.cells, servingCell: req.servingCell, out }));
+      const limitSeconds = this.config.checkpointRunSeconds;
+      const run = await runMaker(this.sandbox, {
+        id: 'run-' + newId(), python: req.python, dir: work, timeoutMs: limitSeconds * 1000, signal,
+        memoryGb: this.config.checkpointRunMemoryGb,
+        request: (dir) => JSON.stringify({ cells: req.cells, servingCell: req.servingCell, out: join(dir, 'blob.dill') }),
+      });
+      const { code, log } = run;
+      if (run.aborted) throw new BerthError('CLIENT_CLOSED', 'the caller left; the run was stopped');
+      if (run.timedOut) {
+        throw new BerthError('RUN_TIMEOUT', `the checkpoint run passed its ${limitSeconds}s wall-clock limit and was stopped with everything it started`,
+          { limitSeconds, log: tail(log) });
+      }
+      if (run.oom) {
+        throw new BerthError('CHECKPOINT_FAILED', `out of memory (limit ${this.config.checkpointRunMemoryGb} GB): the run was killed`,
+          { limitGb: this.config.checkpointRunMemoryGb, log: tail(log) });
+      }
+      if (run.error) throw new BerthError('ENVIRONMENT_ERROR', run.error.startsWith('cannot') ? run.error : `cannot run ${req.python}: ${run.error}`, { python: req.python });
+      // the sandbox wrote these: only plain files are taken (a symlink could point anywhere)
+      await ownFile(out);
+      await ownFile(out + '.json');
       if (code === 3) {
         throw new BerthError('ENVIRONMENT_ERROR', `${req.python} cannot make checkpoints: ${log.trim().split('\n').pop()}`, { python: req.python });
       }
@@ -159,23 +196,63 @@ function asList<T>(v: unknown): T[] { return Array.isArray(v) ? (v as T[]) : [];
 
 function tail(log: string): string { return log.length > 4000 ? '…' + log.slice(-4000) : log; }
 
-function runMaker(python: string, request: string): Promise<{ code: number | null; log: string }> {
-  return new Promise((resolve, reject) => {
-    const bootstrap = `import sys; sys.path.insert(0, ${JSON.stringify(PYTHON_DIR)}); import berth_checkpoint; berth_checkpoint.main()`;
-    const child = spawn(python, ['-u', '-c', bootstrap], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let log = '';
-    const collect = (chunk: Buffer): void => { if (log.length < MAX_LOG_BYTES) log += chunk.toString('utf8'); };
-    child.stdout.on('data', collect);
-    child.stderr.on('data', collect);
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new BerthError('ENVIRONMENT_ERROR', `cannot run ${python}: ${err.message}`, { python }));
+interface MakerRun { code: number | null; log: string; timedOut: boolean; aborted: boolean; oom: boolean; error?: string }
+
+/**
+ * Runs python/berth_checkpoint.py in the sandbox. Ends when the main process exits: what it
+ * left running (a background process holding stdout) is killed then, never waited for.
+ */
+async function runMaker(sandbox: Sandbox, o: {
+  id: string; python: string; dir: string; timeoutMs: number; memoryGb: number; signal?: AbortSignal; request: (dir: string) => string;
+}): Promise<MakerRun> {
+  if (o.signal?.aborted) return { code: null, log: '', timedOut: false, aborted: true, oom: false };
+  let sb;
+  try {
+    sb = await sandbox.spawn({
+      id: o.id, python: o.python, checkpoint: null, dir: o.dir, network: true,
+      limits: { cores: availableParallelism(), memoryGb: o.memoryGb },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      args: (p) => ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(p.pythonDir)}); import berth_checkpoint; berth_checkpoint.main()`],
     });
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, log }); });
-    child.stdin.on('error', () => { /* the interpreter died early; reported via close */ });
-    child.stdin.end(request);
-  });
+  } catch (err) {
+    return { code: null, log: '', timedOut: false, aborted: false, oom: false, error: (err as Error).message };
+  }
+  const child = sb.child;
+  let log = '';
+  const collect = (chunk: Buffer): void => { if (log.length < MAX_LOG_BYTES) log += chunk.toString('utf8'); };
+  child.stdout!.on('data', collect);
+  child.stderr!.on('data', collect);
+  let timedOut = false;
+  let aborted = false;
+  const timer = setTimeout(() => { timedOut = true; sb.kill(); }, o.timeoutMs);
+  const onAbort = (): void => { aborted = true; sb.kill(); };
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  child.stdin!.on('error', () => { /* the interpreter died early; reported via exit */ });
+  child.stdin!.end(o.request(sb.paths.dir));
+  const exit = await sb.exited;
+  clearTimeout(timer);
+  o.signal?.removeEventListener('abort', onAbort);
+  // everything in the sandbox is gone now; take what is still buffered in the pipes, briefly
+  await Promise.all([child.stdout!, child.stderr!].map((s) => new Promise<void>((r) => {
+    if (s.destroyed || s.readableEnded) { r(); return; }
+    const t = setTimeout(() => { s.destroy(); r(); }, 1000);
+    s.once('close', () => { clearTimeout(t); r(); });
+  })));
+  return { code: exit.code, log, timedOut, aborted, oom: exit.oom, ...(exit.error ? { error: exit.error } : {}) };
+}
+
+/** A file the sandbox wrote, made Berth's and readable by the instances it will be bound into; symlinks and hard links are refused. */
+async function ownFile(path: string): Promise<void> {
+  let st;
+  try { st = await lstat(path); } catch { return; }
+  if (!st.isFile() || st.nlink !== 1) {
+    await rm(path, { force: true });
+    throw new BerthError('CHECKPOINT_FAILED', 'the run left something other than a plain file where the checkpoint goes', { file: path.split('/').pop() });
+  }
+  const uid = process.getuid?.() ?? st.uid;
+  const gid = process.getgid?.() ?? st.gid;
+  if (st.uid !== uid) await chown(path, uid, gid);
+  await chmod(path, 0o644);
 }
 
 async function sha256File(path: string): Promise<string> {

@@ -37,6 +37,7 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
   .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
   .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
+  .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
   .action(async (o) => {
     const { startBerth, checkPython } = await import('../server.js');
     if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
@@ -49,7 +50,7 @@ program.command('up').description('Run the control API, controller and gateway i
       host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
       ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
       ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
-      ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}),
+      ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,
       ...(o.tlsCert ? { tls: { certFile: resolve(o.tlsCert), keyFile: resolve(o.tlsKey) } } : {}),
       ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
       ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
@@ -69,7 +70,7 @@ program.command('up').description('Run the control API, controller and gateway i
       console.error(`berth: ${(err as Error).message}`);
       process.exit(2);
     }
-    console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python})`);
+    console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
     console.log(`admin token: ${config.home}/admin-token`);
     let stopping = false;
     const stop = (signal: string): void => {

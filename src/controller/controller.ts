@@ -380,7 +380,7 @@ export class Controller implements InstanceEvents {
     if (spec.kind === 'image') {
       if (!this.runtime.supportsImages) throw new Error(`image nodes need a container runtime; this Berth runs the ${this.runtime.name} runtime (start it with --runtime docker)`);
       const ports = [...new Set([spec.endpoint.port, spec.healthcheck.port ?? spec.endpoint.port, ...(spec.telemetry ? [spec.telemetry.port] : [])])];
-      return { kind: 'image', image: spec.image, registryAuth: await this.registryAuth(spec.folderId, spec.username, spec.passwordSecret), env: spec.env, ports };
+      return { kind: 'image', image: spec.image, registryAuth: await this.registryAuth(spec.folderId, spec.username, spec.passwordSecret), env: spec.env, ports, capabilities: spec.capabilities ?? [] };
     }
     const checkpoint = await this.store.getCheckpoint(spec.checkpointId);
     if (!checkpoint) throw new Error(`checkpoint ${spec.checkpointId} no longer exists`);
@@ -404,6 +404,7 @@ export class Controller implements InstanceEvents {
     inst.passes = 0; inst.fails = 0; inst.healthyThisRun = false; inst.restarting = false; inst.hung = false;
     const handle = await this.runtime.start({
       nodeId: node.id, instanceId: inst.id, resources: node.spec.resources, workload: await this.workload(node.spec),
+      network: node.spec.network ?? 'outbound',
     });
     inst.handle = handle;
     if (inst.stopping) { this.runtime.kill(handle); return; }

@@ -37,6 +37,18 @@ export interface Config {
   idleTimeoutMs: number;
   /** HTTPS, h2 (ALPN) and gRPC over TLS on the same port: PEM certificate chain and key files; null = cleartext. */
   tls: { certFile: string; keyFile: string } | null;
+  /** bubblewrap: cells and checkpoint runs in a sandbox (docs/sandbox.md); none: unsandboxed, for laptops without bwrap. */
+  sandbox: 'bubblewrap' | 'none';
+  /** Sandboxes run as uids from this range, one each (BERTH_SANDBOX_UIDS=first-last). */
+  sandboxUidFirst: number;
+  sandboxUidCount: number;
+  /** Processes and threads one sandbox may have. */
+  pidsLimit: number;
+  /** Checkpoint runs: wall-clock limit, memory limit, how many at once and how many may wait. */
+  checkpointRunSeconds: number;
+  checkpointRunMemoryGb: number;
+  maxCheckpointRuns: number;
+  checkpointRunQueue: number;
 }
 
 export const MB = 1024 * 1024;
@@ -111,5 +123,33 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     idleTimeoutMs: overrides.idleTimeoutMs ?? (envNumber('BERTH_IDLE_TIMEOUT') ?? 300) * 1000,
     tls: overrides.tls !== undefined ? overrides.tls
       : env.BERTH_TLS_CERT && env.BERTH_TLS_KEY ? { certFile: env.BERTH_TLS_CERT, keyFile: env.BERTH_TLS_KEY } : null,
+    sandbox: overrides.sandbox ?? (env.BERTH_SANDBOX === 'none' ? 'none' : 'bubblewrap'),
+    ...sandboxUids(env.BERTH_SANDBOX_UIDS, overrides),
+    pidsLimit: overrides.pidsLimit ?? numberEnv('BERTH_PIDS_LIMIT', 1024),
+    checkpointRunSeconds: overrides.checkpointRunSeconds ?? numberEnv('BERTH_CHECKPOINT_RUN_SECONDS', 600),
+    checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
+    maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
+    checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
   };
+}
+
+function numberEnv(name: string, dflt: number): number {
+  const v = process.env[name];
+  if (v === undefined || v === '') return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name}=${v}: expected a non-negative number`);
+  return n;
+}
+
+/** BERTH_SANDBOX_UIDS=200000-203999 (default): the uids sandboxes run as. */
+function sandboxUids(spec: string | undefined, o: Partial<Config>): { sandboxUidFirst: number; sandboxUidCount: number } {
+  let first = 200_000;
+  let count = 4000;
+  if (spec) {
+    const m = /^(\d+)-(\d+)$/.exec(spec);
+    if (!m || Number(m[2]) < Number(m[1])) throw new Error(`BERTH_SANDBOX_UIDS=${spec}: expected first-last, e.g. 200000-203999`);
+    first = Number(m[1]);
+    count = Number(m[2]) - first + 1;
+  }
+  return { sandboxUidFirst: o.sandboxUidFirst ?? first, sandboxUidCount: o.sandboxUidCount ?? count };
 }

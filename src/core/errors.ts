@@ -47,6 +47,9 @@ export const ERRORS = {
   CHECKPOINT_NOT_PINNED: { http: 400, grpc: 'FAILED_PRECONDITION' },
   CHECKPOINT_FAILED: { http: 422, grpc: 'FAILED_PRECONDITION' },
   ENVIRONMENT_ERROR: { http: 422, grpc: 'FAILED_PRECONDITION' },
+  // checkpoint runs: too many at once (the rest queue briefly), or past their wall-clock limit
+  TOO_MANY_RUNS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
+  RUN_TIMEOUT: { http: 422, grpc: 'DEADLINE_EXCEEDED' },
   // calls
   EXECUTION_ERROR: { http: 500, grpc: 'INTERNAL' },
   OUTPUT_MISSING: { http: 500, grpc: 'INTERNAL' },

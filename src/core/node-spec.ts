@@ -17,11 +17,13 @@ const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const IDENTIFIER_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield']);
 
-const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck'];
+const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'network'];
 const KIND_FIELDS = {
   cell: new Set([...COMMON_FIELDS, 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']),
-  image: new Set([...COMMON_FIELDS, 'image', 'username', 'passwordSecret', 'env', 'endpoint', 'telemetry']),
+  image: new Set([...COMMON_FIELDS, 'image', 'username', 'passwordSecret', 'env', 'endpoint', 'telemetry', 'capabilities']),
 };
+/** Capabilities an image node may ask to keep (Docker's default set; everything else stays dropped). */
+export const CAPABILITIES = ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP', 'NET_BIND_SERVICE', 'NET_RAW', 'SYS_CHROOT', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP'] as const;
 // image references: [registry[:port]/]name[:tag][@digest]
 const IMAGE_RE = /^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$/;
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -125,6 +127,25 @@ function resources(o: Obj): Resources {
   };
 }
 
+function network(o: Obj): 'outbound' | 'none' {
+  const v = str(o, 'network', 'network') ?? 'outbound';
+  if (v !== 'outbound' && v !== 'none') throw invalidArgument('network', `must be "outbound" (the default) or "none", got "${v}"`);
+  return v;
+}
+
+function capabilities(o: Obj): string[] {
+  const v = o.capabilities;
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw invalidArgument('capabilities', `must be an array of capability names, got ${typeName(v)}`);
+  const out = v.map((c, i) => {
+    if (typeof c !== 'string') throw invalidArgument(`capabilities[${i}]`, `must be a string, got ${typeName(c)}`);
+    const name = c.toUpperCase().replace(/^CAP_/, '');
+    if (!(CAPABILITIES as readonly string[]).includes(name)) throw invalidArgument(`capabilities[${i}]`, `"${c}" is not allowed; one of ${CAPABILITIES.join(', ')}`);
+    return name;
+  });
+  return [...new Set(out)];
+}
+
 function scaling(o: Obj): Scaling {
   const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds']);
   const minInstances = int(s, 'minInstances', 'scaling.minInstances', 1, 64, 1);
@@ -208,6 +229,8 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
     permissions: { folders: [...new Set(folders)] },
     resources: resources(body),
     scaling: scaling(body),
+    // stored only when given: specs without it keep their exact shape (outbound is the default)
+    ...(body.network !== undefined && body.network !== null ? { network: network(body) } : {}),
   };
   return kind === 'cell' ? parseCell(body, common, ctx) : parseImage(body, common);
 }
@@ -232,6 +255,7 @@ function parseCell(body: Obj, common: Omit<NodeSpecCommon, 'healthcheck'>, ctx: 
 }
 
 function parseImage(body: Obj, common: Omit<NodeSpecCommon, 'healthcheck'>): ImageNodeSpec {
+  if (common.network === 'none') throw invalidArgument('network', 'image nodes are reached over the network; "none" applies to cell nodes only');
   const image = str(body, 'image', 'image', { required: true, max: 512 })!;
   if (!IMAGE_RE.test(image)) throw invalidArgument('image', `"${image}" is not a valid image reference`);
   const username = str(body, 'username', 'username', { max: 256 });
@@ -268,5 +292,6 @@ function parseImage(body: Obj, common: Omit<NodeSpecCommon, 'healthcheck'>): Ima
     healthcheck: healthcheck(body, 'image', endpoint.port),
     image, ...(username ? { username } : {}), ...(passwordSecret ? { passwordSecret } : {}),
     env, endpoint, ...(telemetry ? { telemetry } : {}),
+    ...(body.capabilities !== undefined ? { capabilities: capabilities(body) } : {}),
   };
 }

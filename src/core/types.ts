@@ -69,6 +69,8 @@ export interface NodeSpecCommon {
   resources: Resources;
   scaling: Scaling;
   healthcheck: Healthcheck;
+  /** outbound (default): the host's network; none: no network at all. Absent in specs stored before it existed. */
+  network?: 'outbound' | 'none';
 }
 
 export interface CellNodeSpec extends NodeSpecCommon {
@@ -97,6 +99,8 @@ export interface ImageNodeSpec extends NodeSpecCommon {
   username?: string;
   passwordSecret?: string;
   env: Record<string, string>;
+  /** Linux capabilities the container keeps (all others are dropped); from CAPABILITIES. */
+  capabilities?: string[];
   endpoint: Endpoint;
   telemetry?: { path: string; port: number; format: 'prometheus' };
 }

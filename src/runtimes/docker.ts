@@ -14,12 +14,12 @@
 //   Containers' own logs are capped by the json-file driver (`max-size`/`max-file` from
 //   `--log-max-bytes`/`--log-files`), and reads ask Docker for the tail only.
 import Docker from 'dockerode';
-import { appendFile, chmod, mkdir, rm } from 'node:fs/promises';
+import { appendFile, chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { availableParallelism, constants as osConstants, tmpdir, totalmem } from 'node:os';
-import { PYTHON_DIR } from '../core/config.js';
+import { PYTHON_DIR, loadConfig } from '../core/config.js';
 import type { Endpoint } from '../worker/protocol.js';
 import type { ExitInfo, InstanceSpec, LogQuery, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
@@ -44,7 +44,11 @@ const STOP_SLACK_MS = 15_000;
 /** How long a removal another caller started may take before we stop waiting for it. */
 const REMOVE_WAIT_MS = 15_000;
 
-const WORKER_BOOTSTRAP = "import sys; sys.path.insert(0, '/berth/python'); import berth_worker; berth_worker.main()";
+/** Cell kernels run as this user when Berth is root (nobody): never root in the container. */
+const KERNEL_USER = 65534;
+
+// the worker's configuration is a file in its run directory, read as its stdin: no BERTH_* variables
+const WORKER_BOOTSTRAP = "import sys; sys.stdin = open('/berth/run/config.json'); sys.path.insert(0, '/berth/python'); import berth_worker; berth_worker.main()";
 
 export interface DockerRuntimeOptions {
   /** A configured client; default: from DOCKER_HOST, else /var/run/docker.sock. */
@@ -156,6 +160,12 @@ export class DockerRuntime implements Runtime {
       // Docker rotates the container's own log: bounded like the process runtime's files
       LogConfig: { Type: 'json-file', Config: { 'max-size': String(this.logLimits.maxBytes), 'max-file': String(this.logLimits.files) } },
       ...this.limits(spec.resources),
+      // the sandbox's guarantees, from container options (docs/sandbox.md)
+      SecurityOpt: ['no-new-privileges:true'],
+      CapDrop: ['ALL'],
+      ...(w.kind === 'image' && w.capabilities?.length ? { CapAdd: w.capabilities } : {}),
+      PidsLimit: loadConfig({ home: this.home }).pidsLimit,
+      ...(spec.network === 'none' ? { NetworkMode: 'none' } : {}),
     };
     const create: Docker.ContainerCreateOptions = { name, Image: image, Labels: labels, HostConfig: hostConfig };
 
@@ -169,18 +179,25 @@ export class DockerRuntime implements Runtime {
       const runDir = this.runDir(spec.instanceId);
       await rm(runDir, { recursive: true, force: true });
       await mkdir(runDir, { recursive: true });
-      await chmod(runDir, 0o777); // any container user can create the socket
+      const root = (process.getuid?.() ?? 0) === 0;
+      // only the container's user may create (and reach) things in it; root reaches any socket
+      if (root) { await chown(runDir, KERNEL_USER, KERNEL_USER); await chmod(runDir, 0o700); } else await chmod(runDir, 0o777);
       const config = {
         socket: '/berth/run/worker.sock', checkpoint: '/berth/checkpoint.dill', code: w.code, requires: w.requires,
         inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
       };
       create.Entrypoint = ['python3'];
       create.Cmd = ['-u', '-c', WORKER_BOOTSTRAP];
-      create.Env = [`BERTH_WORKER_CONFIG=${JSON.stringify(config)}`, 'PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1'];
+      await writeFile(join(runDir, 'config.json'), JSON.stringify(config), { mode: 0o644 });
+      create.Env = ['PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1'];
       // The worker's socket is created 0600: a Berth that is not root runs the worker as
       // itself so it can connect (root can connect to any socket, so the image's user stays).
       const uid = process.getuid?.() ?? 0;
-      if (uid !== 0) create.User = `${uid}:${process.getgid?.() ?? uid}`;
+      create.User = uid !== 0 ? `${uid}:${process.getgid?.() ?? uid}` : `${KERNEL_USER}:${KERNEL_USER}`;
+      create.Env.push('HOME=/tmp');
+      // nothing of the image is writable: a private /tmp only
+      hostConfig.ReadonlyRootfs = true;
+      hostConfig.Tmpfs = { '/tmp': 'rw,nosuid,nodev,mode=1777' };
       hostConfig.Mounts = [
         { Type: 'bind', Source: PYTHON_DIR, Target: '/berth/python', ReadOnly: true },
         { Type: 'bind', Source: resolve(w.checkpointPath), Target: '/berth/checkpoint.dill', ReadOnly: true },

@@ -1,89 +1,137 @@
-// The embedded runtime: each instance is a local Python process. Needs no Docker.
-import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+// The embedded runtime: each instance is a local Python process, run in the sandbox
+// (src/sandbox/: bubblewrap namespaces, its own uid, a cgroup with the node's limits).
+// Needs no Docker.
+import { linkSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
-import { PYTHON_DIR } from '../core/config.js';
+import { loadConfig } from '../core/config.js';
+import { Sandbox, type Sandboxed } from '../sandbox/sandbox.js';
 import type { ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, InstanceLog, pruneInstanceLogs, rotatedPaths, tailLines, type LogLimits } from './log-file.js';
 
-// sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep.
-const MAX_SOCKET_PATH = 100;
+const SOCKET = 'worker.sock';
+/** The worker binds its socket before it loads the checkpoint: a few hundred ms; this is a generous bound. */
+const PREPARE_SOCKET_MS = 60_000;
 
 export class ProcessRuntime implements Runtime {
   readonly name = 'process';
   readonly supportsImages = false;
   private readonly logDir: string;
-  private readonly socketDir: string;
+  private readonly sandbox: Sandbox;
+  /** Live sandboxes, by instance id. */
+  private readonly running = new Map<string, Sandboxed>();
   /** Logs being written, by instance id (closed when the instance's pipes end). */
   private readonly openLogs = new Map<string, InstanceLog>();
 
-  constructor(home: string, private readonly logLimits: LogLimits = DEFAULT_LOG_LIMITS) {
+  /** `sandbox`: shared with checkpoint runs; made from the environment (BERTH_SANDBOX…) when absent. */
+  constructor(home: string, private readonly logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox) {
     this.logDir = join(home, 'logs');
-    let socketDir = join(home, 'run');
-    if (socketDir.length + 30 > MAX_SOCKET_PATH) {
-      socketDir = join(tmpdir(), 'berth-' + createHash('sha256').update(home).digest('hex').slice(0, 12));
-    }
-    this.socketDir = socketDir;
     mkdirSync(this.logDir, { recursive: true });
-    mkdirSync(this.socketDir, { recursive: true, mode: 0o700 });
+    if (!sandbox) {
+      const c = loadConfig({ home });
+      sandbox = new Sandbox({ home: c.home, mode: c.sandbox, uidFirst: c.sandboxUidFirst, uidCount: c.sandboxUidCount, pidsLimit: c.pidsLimit });
+    }
+    this.sandbox = sandbox;
   }
 
-  async check(): Promise<string | null> { return null; }
+  check(): Promise<string | null> { return this.sandbox.check(); }
 
-  /** Workers die with Berth (PR_SET_PDEATHSIG), so nothing is ever left to adopt. */
+  /** Workers die with Berth (bwrap --die-with-parent, PR_SET_PDEATHSIG), so nothing is ever left to adopt. */
   async list(): Promise<RuntimeInstance[]> { return []; }
 
   unenforced(r: InstanceSpec['resources']): string[] {
-    return [`the process runtime does not limit CPU or memory (requested ${r.cores} cores, ${r.memoryGb} GB${r.gpus ? `, ${r.gpus} GPU` : ''})`];
+    return this.sandbox.unenforced(r);
   }
 
   async start(spec: InstanceSpec): Promise<RuntimeInstance> {
     const w = spec.workload;
     if (w.kind !== 'cell') throw new Error('image nodes need a container runtime: start Berth with --runtime docker');
-    const socketPath = join(this.socketDir, `${spec.instanceId}.sock`);
-    rmSync(socketPath, { force: true });
+    const dir = join(this.sandbox.runDir, spec.instanceId);
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
     mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
     // stdout/stderr go through pipes into a capped, rotated file (log-file.ts)
-    const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId} with ${w.python}`);
+    const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId} with ${w.python}${this.sandbox.mode === 'none' ? ' (no sandbox)' : ''}`);
     this.openLogs.set(spec.instanceId, log);
     void pruneInstanceLogs(join(this.logDir, spec.nodeId), new Set(this.openLogs.keys()));
-    const config = {
-      socket: socketPath, checkpoint: w.checkpointPath, code: w.code, requires: w.requires,
-      inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes, parentPid: process.pid,
-    };
-    const bootstrap = `import sys; sys.path.insert(0, ${JSON.stringify(PYTHON_DIR)}); import berth_worker; berth_worker.main()`;
-    const child = spawn(w.python, ['-u', '-c', bootstrap], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, BERTH_WORKER_CONFIG: JSON.stringify(config), PYTHONUNBUFFERED: '1' },
-      detached: true, // own process group, so a kill reaches anything the cell spawned
-    });
-    const exited = new Promise<ExitInfo>((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal }));
-      child.once('error', (err) => {
-        resolve({ code: null, signal: null, error: `cannot start ${w.python}: ${err.message}` });
-        console.error(`[berth] instance ${spec.instanceId}: cannot start ${w.python}: ${err.message}`);
+    let sb: Sandboxed;
+    try {
+      sb = await this.sandbox.spawn({
+        id: spec.instanceId, python: w.python, checkpoint: w.checkpointPath, dir,
+        limits: { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb },
+        network: spec.network !== 'none',
+        stdio: ['pipe', 'pipe', 'pipe'],
+        args: (p) => ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(p.pythonDir)}); import berth_worker; berth_worker.main()`],
       });
+    } catch (err) {
+      this.openLogs.delete(spec.instanceId);
+      await log.close().catch(() => undefined);
+      throw err;
+    }
+    // the worker's configuration goes on stdin: nothing of it in the environment
+    const config = {
+      socket: join(sb.paths.dir, SOCKET), checkpoint: sb.paths.checkpoint, code: w.code, requires: w.requires,
+      inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
+      // in a pid namespace the parent is bwrap's init, not Berth
+      ...(this.sandbox.mode === 'none' ? { parentPid: process.pid } : {}),
+    };
+    sb.child.stdin?.on('error', () => { /* died early: reported through exited */ });
+    sb.child.stdin?.end(JSON.stringify(config));
+    this.running.set(spec.instanceId, sb);
+    const limit = spec.resources.memoryGb;
+    const exited = sb.exited.then((e): ExitInfo => {
+      if (this.running.get(spec.instanceId) === sb) this.running.delete(spec.instanceId);
+      if (e.oom) return { code: e.code, signal: e.signal, error: `out of memory (limit ${limit} GB)` };
+      if (e.error) console.error(`[berth] instance ${spec.instanceId}: ${e.error}`);
+      return { code: e.code, signal: e.signal, ...(e.error ? { error: e.error } : {}) };
     });
-    log.attach([child.stdout, child.stderr], exited);
+    log.attach([sb.child.stdout!, sb.child.stderr!], exited);
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: socketPath }, ports: new Map(), pid: child.pid ?? null, exited };
+    const endpoint = this.sandbox.mode === 'none' ? join(dir, SOCKET) : await this.pinSocket(dir, spec.instanceId, sb);
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: endpoint }, ports: new Map(), pid: sb.child.pid ?? null, exited };
+  }
+
+  /**
+   * The sandbox can write its own directory, so it could put a symlink (to another tenant's
+   * socket, or Docker's) where its socket was. Berth therefore connects through a hard link,
+   * made once the worker has bound its socket, in a directory only Berth can write: it keeps
+   * naming the worker's socket whatever the sandbox does later.
+   */
+  private async pinSocket(dir: string, instanceId: string, sb: Sandboxed): Promise<string> {
+    const pinned = join(this.sandbox.runDir, `${instanceId}.sock`);
+    rmSync(pinned, { force: true });
+    let gone = false;
+    void sb.exited.then(() => { gone = true; });
+    const deadline = Date.now() + PREPARE_SOCKET_MS;
+    while (!gone && Date.now() < deadline) {
+      try {
+        linkSync(join(dir, SOCKET), pinned); // link() does not follow a symlink: it would link the symlink itself
+        const st = lstatSync(pinned);
+        if (st.isSocket() && (sb.uid === null || st.uid === sb.uid)) return pinned;
+        rmSync(pinned, { force: true });
+        throw new Error(`instance ${instanceId}: ${SOCKET} is not the worker's socket`);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') { sb.kill(); throw err; }
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    if (!gone) { sb.kill(); throw new Error(`instance ${instanceId}: the worker did not create its socket within ${PREPARE_SOCKET_MS / 1000}s`); }
+    return pinned; // it exited first: the controller sees that through exited
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
-    signalGroup(instance.pid, 'SIGTERM');
-    const timer = setTimeout(() => signalGroup(instance.pid, 'SIGKILL'), graceMs);
+    const sb = this.running.get(instance.instanceId);
+    if (sb) sb.signal('SIGTERM'); // to the worker itself, so it exits cleanly
+    const timer = setTimeout(() => this.kill(instance), graceMs);
     await instance.exited;
     clearTimeout(timer);
-    signalGroup(instance.pid, 'SIGKILL'); // anything the cell left behind in its group
-    if (instance.endpoint.path) rmSync(instance.endpoint.path, { force: true });
+    rmSync(join(this.sandbox.runDir, instance.instanceId), { recursive: true, force: true });
+    rmSync(join(this.sandbox.runDir, `${instance.instanceId}.sock`), { force: true });
   }
 
   kill(instance: RuntimeInstance): void {
-    signalGroup(instance.pid, 'SIGKILL');
+    const sb = this.running.get(instance.instanceId);
+    if (sb) sb.kill();
+    else if (instance.pid) { try { process.kill(-instance.pid, 'SIGKILL'); } catch { /* gone */ } }
   }
 
   /** The last lines, read backwards from the end across rotated files: O(lines), never the whole file. */
@@ -98,7 +146,6 @@ export class ProcessRuntime implements Runtime {
   }
 
   async cleanup(nodeId: string): Promise<void> {
-    // a process that escaped the group may still hold a pipe: cut it off, end followers
     const mine = [...this.openLogs.entries()].filter(([, l]) => l.path.startsWith(join(this.logDir, nodeId) + '/'));
     await Promise.all(mine.map(([id, l]) => { this.openLogs.delete(id); return l.close(); }));
     await rm(join(this.logDir, nodeId), { recursive: true, force: true });
@@ -107,9 +154,4 @@ export class ProcessRuntime implements Runtime {
   private logPath(nodeId: string, instanceId: string): string {
     return join(this.logDir, nodeId, `${instanceId}.log`);
   }
-}
-
-function signalGroup(pid: number | null, signal: NodeJS.Signals): void {
-  if (!pid) return;
-  try { process.kill(-pid, signal); } catch { /* already gone */ }
 }

@@ -28,6 +28,8 @@ export interface ImageWorkload {
   env: Record<string, string>;
   /** Container ports to reach from the gateway (endpoint, health check, telemetry). */
   ports: number[];
+  /** Capabilities kept (all others dropped). */
+  capabilities?: string[];
 }
 
 export type Workload = CellWorkload | ImageWorkload;
@@ -37,6 +39,8 @@ export interface InstanceSpec {
   instanceId: string;
   workload: Workload;
   resources: { cores: number; memoryGb: number; gpus: number };
+  /** none: no network at all (loopback only); outbound (the default): the host's network. */
+  network?: 'outbound' | 'none';
 }
 
 /** Filters on a log read. */
