@@ -15,7 +15,7 @@ const WHO = (who: string): string[] => [
 const WHO_NODE = { inputs: [{ name: 'x', type: 'any' }], outputs: [{ name: 'result', type: 'dict' }] };
 
 before(async () => {
-  b = await startBerth();
+  b = await startBerth(undefined, { BERTH_ALLOWED_PYTHONS: '/bin/false' }); // one node is made never to become Healthy
   await makeCheckpoint(b, 'who-a', WHO('A'));
   await makeCheckpoint(b, 'who-b', WHO('B'));
   [nodeA, nodeB] = await Promise.all([
@@ -211,7 +211,7 @@ test('mirroring: a share of calls also goes to a shadow node; differences are co
 test('aliases survive a restart of berth up', async () => {
   const names = (await b.request('GET', '/v1/aliases')).body.aliases.map((a: any) => a.name).sort();
   await b.stop();
-  b = await startBerth(b.home);
+  b = await startBerth(b.home, { BERTH_ALLOWED_PYTHONS: '/bin/false' });
   assert.deepEqual((await b.request('GET', '/v1/aliases')).body.aliases.map((a: any) => a.name).sort(), names);
   const r = await waitFor('alias answers', async () => {
     const x = await callAlias('split');

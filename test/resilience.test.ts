@@ -2,19 +2,27 @@
 // of `berth up` with nodes in place.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { startBerth, removeHome, makeCheckpoint, createNode, execute, waitFor, runLoad, type Berth } from './helpers.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
+
+// an interpreter that sees one more package, made by a test below; Berth must be told it may run it
+const PKG_DIR = mkdtempSync(join(tmpdir(), 'berth-pkg-'));
+const PKG_PYTHON = join(PKG_DIR, 'python-with-pkg');
 
 let b: Berth;
 
 before(async () => {
-  b = await startBerth();
+  b = await startBerth(undefined, { BERTH_ALLOWED_PYTHONS: PKG_PYTHON });
   await makeCheckpoint(b, 'lab', LAB_CELLS);
 });
 
 after(async () => {
   await b.stop();
   removeHome(b.home);
+  removeHome(PKG_DIR);
 });
 
 const nodeOf = async (id: string): Promise<any> => (await b.request('GET', `/v1/nodes/${id}`)).body;
@@ -116,15 +124,14 @@ test('deleting a node stops its instances', async () => {
 
 test('a missing package fails the instance with an error naming it', async () => {
   // made with an interpreter that sees a package, served by one that does not
-  const { mkdtempSync, mkdirSync, writeFileSync, chmodSync } = await import('node:fs');
-  const { join } = await import('node:path');
-  const dir = mkdtempSync(join(b.home, 'pkg-'));
+  const { mkdirSync, writeFileSync, chmodSync } = await import('node:fs');
+  const dir = PKG_DIR;
   mkdirSync(join(dir, 'site', 'berthfakepkg'), { recursive: true });
   writeFileSync(join(dir, 'site', 'berthfakepkg', '__init__.py'), 'def twice(x):\n    return 2 * x\n');
   mkdirSync(join(dir, 'site', 'berthfakepkg-1.2.3.dist-info'));
   writeFileSync(join(dir, 'site', 'berthfakepkg-1.2.3.dist-info', 'METADATA'), 'Metadata-Version: 2.1\nName: berthfakepkg\nVersion: 1.2.3\n');
   writeFileSync(join(dir, 'site', 'berthfakepkg-1.2.3.dist-info', 'top_level.txt'), 'berthfakepkg\n');
-  const wrapper = join(dir, 'python-with-pkg');
+  const wrapper = PKG_PYTHON;
   writeFileSync(wrapper, `#!/bin/sh\nPYTHONPATH=${join(dir, 'site')} exec /usr/bin/python3 "$@"\n`);
   chmodSync(wrapper, 0o755);
   const r = await b.request('POST', '/v1/checkpoints', { cells: ['import berthfakepkg\nx = 1\n', 'y = berthfakepkg.twice(x)\n'], name: 'needs-pkg', python: wrapper });
@@ -156,7 +163,7 @@ test('SIGTERM lets running calls finish, leaves no processes; a restart brings e
   const alive = pids.filter((pid) => { try { process.kill(pid, 0); return true; } catch { return false; } });
   assert.deepEqual(alive, [], 'no stray worker processes');
 
-  b = await startBerth(b.home);
+  b = await startBerth(b.home, { BERTH_ALLOWED_PYTHONS: PKG_PYTHON });
   const after = await b.request('GET', '/v1/nodes');
   assert.deepEqual(after.body.nodes.map((n: any) => n.id).sort(), before.body.nodes.map((n: any) => n.id).sort());
   assert.equal((await b.request('GET', '/v1/checkpoints/lab')).status, 200);

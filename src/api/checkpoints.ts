@@ -9,7 +9,7 @@ import type { Checkpoint, TokenRecord } from '../core/types.js';
 import { notebookCells, splitScript } from '../checkpoints/cells.js';
 import { discardUpload } from '../gateway/http-util.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
-import { body, onlyFields, optString } from './request.js';
+import { allowedPython, body, onlyFields, optString } from './request.js';
 import type { ApiDeps } from './deps.js';
 
 const notFound = (ref: string) => (): BerthError => new BerthError('CHECKPOINT_NOT_FOUND', `checkpoint ${ref} not found`, { checkpointId: ref });
@@ -62,7 +62,7 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
       const { checkpoint, log } = await checkpoints.runAndSave({
         cells, servingCell, source, quota,
         name: optString(b, 'name') ?? null,
-        python: optString(b, 'python') ?? config.python,
+        python: allowedPython(config.allowedPythons, optString(b, 'python', 4096) ?? config.python, 'python'),
         folderId, projectId: validateFolder(optString(b, 'projectId') ?? config.defaultProject, 'projectId'),
         createdBy: req.token.name,
       }, left.signal);

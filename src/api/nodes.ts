@@ -9,6 +9,7 @@ import { IN_PLACE_FIELDS, changedFields, mergePatch, specInput } from '../core/n
 import type { NodeRecord, TokenRecord } from '../core/types.js';
 import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
+import { allowedPython } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
@@ -46,6 +47,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject, defaultPython: config.python });
     auditTarget(req, spec.folderId);
     requireRole(req.token, spec.folderId, 'write');
+    if (spec.kind === 'cell') allowedPython(config.allowedPythons, spec.environment.python, 'environment.python');
     if (spec.kind === 'cell') {
       let checkpoint;
       try {

@@ -23,6 +23,14 @@ export function optString(b: Body, key: string, max = MAX_TEXT): string | undefi
   return v;
 }
 
+/** A tenant names an interpreter; only those an admin allowed at `berth up` are started. */
+export function allowedPython(allowed: readonly string[], python: string, field: string): string {
+  if (!allowed.includes(python)) {
+    throw invalidArgument(field, `${python} is not an interpreter this Berth runs (allowed: ${allowed.join(', ')}); an admin adds one with berth up --allow-python PATH`);
+  }
+  return python;
+}
+
 export function onlyFields(b: Body, known: readonly string[]): void {
   for (const k of Object.keys(b)) if (!known.includes(k)) throw invalidArgument(k, 'is not a known field');
 }

@@ -25,6 +25,7 @@ program.command('up').description('Run the control API, controller and gateway i
   .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
   .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
   .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
+  .option('--allow-python <path>', 'another interpreter nodes and checkpoint runs may name (repeat; default: only --python, or $BERTH_ALLOWED_PYTHONS)', (v: string, prev: string[] = []) => [...prev, v])
   .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
   .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
   .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
@@ -47,7 +48,7 @@ program.command('up').description('Run the control API, controller and gateway i
       return n;
     };
     const config = loadConfig({
-      host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
+      host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
       ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
       ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
       ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,

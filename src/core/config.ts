@@ -9,6 +9,12 @@ export interface Config {
   host: string;
   port: number;
   python: string;            // default Python for checkpoints and cell instances
+  /**
+   * The interpreters a node or checkpoint run may name (`environment.python`, `python`):
+   * Berth starts them itself, so a tenant may not pick an arbitrary host program.
+   * `python` plus `--allow-python` / BERTH_ALLOWED_PYTHONS (colon-separated).
+   */
+  allowedPythons: string[];
   /** process: local Python processes (embedded default); docker: containers through the Docker Engine API. */
   runtime: 'process' | 'docker';
   defaultFolder: string;
@@ -106,6 +112,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     host: overrides.host ?? env.BERTH_HOST ?? '127.0.0.1',
     port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
     python: overrides.python ?? defaultPython(),
+    allowedPythons: [...new Set([overrides.python ?? defaultPython(), ...(overrides.allowedPythons ?? []), ...(env.BERTH_ALLOWED_PYTHONS ?? '').split(':').filter(Boolean)])],
     runtime: overrides.runtime ?? (env.BERTH_RUNTIME === 'docker' ? 'docker' : 'process'),
     kernelImage: overrides.kernelImage ?? env.BERTH_KERNEL_IMAGE ?? null,
     telemetryIntervalMs: overrides.telemetryIntervalMs ?? (env.BERTH_TELEMETRY_INTERVAL_MS ? Number(env.BERTH_TELEMETRY_INTERVAL_MS) : 5000),

@@ -162,6 +162,18 @@ test('/metrics needs a token that reads every folder; --metrics-listen serves it
   assert.equal((await fetch(`http://127.0.0.1:${metricsPort}/v1/secrets`)).status, 404, 'the metrics listener serves nothing else');
 });
 
+test('a node or checkpoint run may name only an interpreter the admin allowed (Berth starts it as root)', async () => {
+  const before = await nodeCount();
+  const node = await b.request('POST', '/v1/nodes', { ...ECHO_NODE, name: 'sh-node', folderId: 'team-a', checkpointId: 'b-model', environment: { python: '/bin/sh' } }, as('editorA'));
+  assert.equal(node.status, 400);
+  assert.equal(node.body.details.field, 'environment.python');
+  const run = await b.request('POST', '/v1/checkpoints', { cells: ECHO, name: 'sh-run', folderId: 'team-a', python: '/usr/bin/env' }, as('editorA'));
+  assert.equal(run.status, 400);
+  assert.equal(run.body.details.field, 'python');
+  assert.equal(await nodeCount(), before);
+  assert.ok(!(await b.request('GET', '/v1/checkpoints?folderId=team-a')).body.checkpoints.some((c: any) => c.name === 'sh-run'));
+});
+
 test('free-text fields are bounded', async () => {
   const before = await nodeCount();
   const long = await b.request('POST', '/v1/nodes', { ...ECHO_NODE, name: 'long', folderId: 'team-a', checkpointId: 'b-model', description: 'x'.repeat(5000) }, as('editorA'));
