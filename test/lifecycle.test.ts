@@ -5,6 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { startBerth, removeHome, makeCheckpoint, createNode, execute, waitFor, runLoad, type Berth } from './helpers.js';
 import { dockerProblem, removeContainersOfHome } from './docker-support.js';
 import { buildTestImages, testImage } from './images/index.js';
@@ -27,6 +28,20 @@ after(async () => {
 
 const nodeOf = async (id: string): Promise<any> => (await b.request('GET', `/v1/nodes/${id}`)).body;
 const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+/** An instance's pid is its sandbox's (bwrap); the worker runs below it: signal the whole tree. */
+function signalTree(pid: number, signal: NodeJS.Signals): void {
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) {
+    for (const task of safeList(`/proc/${tree[i]}/task`)) {
+      const kids = safeRead(`/proc/${tree[i]}/task/${task}/children`).trim();
+      if (kids) tree.push(...kids.split(/\s+/).map(Number));
+    }
+  }
+  for (const p of tree) { try { process.kill(p, signal); } catch { /* gone */ } }
+}
+function safeList(dir: string): string[] { try { return readdirSync(dir); } catch { return []; } }
+function safeRead(file: string): string { try { return readFileSync(file, 'utf8'); } catch { return ''; } }
 
 test('a checkpoint that cannot restore: node Unhealthy with the reason, calls get 503 at once', async () => {
   // unpickling this object raises: the checkpoint is written, its restore always fails
@@ -66,7 +81,7 @@ test('a hung cell worker (SIGSTOP) is replaced; a replacement starts while it is
   const node = await createNode(b, { ...LAB_NODE, name: 'hang', checkpointId: 'lab', timeout: 5, healthcheck: FAST_HC });
   const victim = node.instances[0];
   assert.ok(victim.pid);
-  process.kill(victim.pid, 'SIGSTOP');
+  signalTree(victim.pid, 'SIGSTOP');
   try {
     // while it is Unhealthy and still there, another instance starts beside it
     const during = await waitFor('a replacement beside the hung instance', async () => {
@@ -85,7 +100,7 @@ test('a hung cell worker (SIGSTOP) is replaced; a replacement starts while it is
     assert.equal(r.status, 200, JSON.stringify(r.body));
     assert.deepEqual(r.body, { output: { result: 'after' } });
   } finally {
-    if (alive(victim.pid)) process.kill(victim.pid, 'SIGKILL');
+    if (alive(victim.pid)) signalTree(victim.pid, 'SIGKILL');
     await b.request('DELETE', `/v1/nodes/${node.id}`);
   }
 });
@@ -148,7 +163,7 @@ test('Unhealthy instances make way: bounded load keeps being served while one in
     return x.instances.filter((i: any) => i.status === 'Healthy').length === 2 ? x : undefined;
   }, 30_000);
   const victim = (await nodeOf(node.id)).instances[0];
-  process.kill(victim.pid, 'SIGSTOP');
+  signalTree(victim.pid, 'SIGSTOP');
   try {
     await waitFor('the hung instance out', async () => {
       const x = await nodeOf(node.id);
@@ -163,7 +178,7 @@ test('Unhealthy instances make way: bounded load keeps being served while one in
       return x.status === 'Healthy' && x.instances.filter((i: any) => i.status === 'Healthy').length === 2 && !x.instances.some((i: any) => i.id === victim.id) ? x : undefined;
     }, 30_000);
   } finally {
-    if (alive(victim.pid)) process.kill(victim.pid, 'SIGKILL');
+    if (alive(victim.pid)) signalTree(victim.pid, 'SIGKILL');
     await b.request('DELETE', `/v1/nodes/${node.id}`);
   }
 });
