@@ -45,7 +45,7 @@ export class Client {
   /** The token is looked up per request: the health check needs none, and on a first start the token file appears only once the server is up. */
   constructor(readonly url: string, private readonly token: () => string) {}
 
-  async request<T = any>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+  async request<T = unknown>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
     let res: Response;
     try {
       res = await berthFetch(this.url + path, {

@@ -1,0 +1,194 @@
+// `berth node …`: create (cell or image), list, show, update in place, suspend/resume, delete,
+// read or follow the instances' logs, and execute. createNode is shared with `berth apply`.
+import type { Command } from 'commander';
+import { ApiError, berthFetch, findToken, serverUrl } from '../client.js';
+import { ago, table } from '../format.js';
+import { clientFor, collect, out, parseInput, printOutput, waitHealthy, type JsonOption } from '../shared.js';
+import type { Deleted, ExecuteAnswer, NodeList, NodeLogs, NodeView, WhoAmI } from '../views.js';
+
+interface CreateOptions extends JsonOption {
+  name: string; checkpoint?: string; image?: string; port?: string; protocol: string; env?: string[]; healthPath?: string;
+  username?: string; passwordSecret?: string; input?: string[]; output?: string[]; description?: string; folder?: string;
+  acl?: string[]; min: string; max?: string; sessions: string; resources?: string; timeout?: string; python?: string;
+  wait: boolean; quiet?: boolean;
+}
+
+const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string }> | undefined =>
+  list?.map((s) => {
+    const [name, type] = s.split(':');
+    if (!name || !type) throw new Error(`${flag} takes name:type, e.g. ${flag} input_data:dict (got "${s}")`);
+    return { name, type };
+  });
+
+export function nodeTable(n: NodeView): string {
+  const kindRows: Array<[string, string]> = n.kind === 'cell'
+    ? [['checkpoint', n.checkpointId], ['inputs', n.inputs.map((v) => `${v.name}: ${v.type}`).join(', ')],
+      ['outputs', n.outputs.map((v) => `${v.name}: ${v.type}`).join(', ')], ['timeout', `${n.timeout}s`]]
+    : [['image', n.image], ['endpoint', `${n.endpoint.protocol} :${n.endpoint.port}, timeout ${n.endpoint.timeout}s, idle ${n.endpoint.idleTimeout}s`],
+      ['health check', `${n.healthcheck.protocol}${n.healthcheck.path ? ' ' + n.healthcheck.path : ''} :${n.healthcheck.port}`],
+      ...(n.telemetry ? [['telemetry', `${n.telemetry.format} :${n.telemetry.port}${n.telemetry.path}`] as [string, string]] : [])];
+  const head = table(['FIELD', 'VALUE'], [
+    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId], ...kindRows,
+    ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each`],
+    ['acl', n.permissions.folders.join(', ')],
+  ]);
+  const inst = table(['INSTANCE', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
+    n.instances.map((i) => [i.id, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
+  return `${head}\n${inst}${n.warnings?.length ? `\nnote: ${n.warnings.join('; ')}` : ''}`;
+}
+
+/** POSTs a node spec, waits for Healthy unless told not to, prints it unless `silent`. */
+export async function createNode(cli: Command, spec: Record<string, unknown>, o: { wait?: boolean; quiet?: boolean; json?: boolean; silent?: boolean }): Promise<NodeView> {
+  const c = clientFor(cli)();
+  let n = await c.request<NodeView>('POST', '/v1/nodes', spec);
+  if (o.wait !== false) n = await waitHealthy(c, n.id, !o.quiet && !o.json);
+  if (o.silent) return n;
+  if (o.quiet) console.log(n.id);
+  else out(!!o.json, n, () => nodeTable(n));
+  return n;
+}
+
+/** Streams a follow response to stdout as it arrives (chunked text/plain). */
+async function followLogs(cli: Command, path: string): Promise<void> {
+  const url = serverUrl(cli.opts<{ url?: string }>().url);
+  let res: Response;
+  try {
+    res = await berthFetch(url + path, { headers: { authorization: `Bearer ${findToken()}` } });
+  } catch (err) {
+    throw new Error(`cannot reach Berth at ${url} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "berth up" running?`);
+  }
+  if (!res.ok || !res.body) {
+    const text = await res.text();
+    let p: { code?: string; message?: string; details?: Record<string, unknown> } = {};
+    try { p = JSON.parse(text) as typeof p; } catch { /* not JSON */ }
+    throw new ApiError(res.status, p.code ?? `HTTP_${res.status}`, p.message ?? text.slice(0, 500), p.details ?? {}, p);
+  }
+  for await (const chunk of res.body) process.stdout.write(chunk);
+}
+
+export function registerNodes(cli: Command): void {
+  const client = clientFor(cli);
+  const node = cli.command('node').alias('nodes').description('Groups of instances serving one thing, balanced as one');
+
+  node.command('create').description('Create a cell node (--checkpoint) or an image node (--image); `berth apply -f` takes every field')
+    .requiredOption('--name <name>', 'node name')
+    .option('--checkpoint <ref>', 'cell node: pinned checkpoint (id or name)')
+    .option('--image <ref>', 'image node: container image')
+    .option('--port <n>', 'image node: the port the container serves on')
+    .option('--protocol <p>', 'image node: http, http2 or grpc', 'http')
+    .option('--env <K=V>', 'image node: environment variable (repeat)', collect)
+    .option('--health-path <path>', 'image node: HTTP health check path on the endpoint port')
+    .option('--username <user>', 'registry user for a private image')
+    .option('--password-secret <name>', 'secret holding the registry password')
+    .option('--input <name:type>', 'input variable (repeat); types: int float str bool list dict bytes any', collect)
+    .option('--output <name:type>', 'output variable (repeat)', collect)
+    .option('--description <text>')
+    .option('--folder <id>', 'folder the node lives in')
+    .option('--acl <folder>', 'folder allowed to call it (repeat; default: its own folder)', collect)
+    .option('--min <n>', 'minInstances', '1')
+    .option('--max <n>', 'maxInstances (default: min)')
+    .option('--sessions <n>', 'sessionsPerInstance', '1')
+    .option('--resources <preset>', 'c1.4, c1.8, c1.32, g1.1 or g2.1')
+    .option('--timeout <seconds>', 'per-call timeout')
+    .option('--python <path>', 'interpreter for the instances')
+    .option('--no-wait', 'return at once instead of waiting for Healthy')
+    .option('-q, --quiet', 'print only the node id')
+    .option('--json', 'print JSON')
+    .action(async (o: CreateOptions) => {
+      if (!o.checkpoint === !o.image) throw new Error('give --checkpoint (a cell node) or --image (an image node)');
+      const scaling = { minInstances: Number(o.min), maxInstances: Number(o.max ?? o.min), sessionsPerInstance: Number(o.sessions) };
+      const spec: Record<string, unknown> = o.checkpoint
+        ? { kind: 'cell', name: o.name, checkpointId: o.checkpoint, inputs: parseVars(o.input, '--input') ?? [], outputs: parseVars(o.output, '--output') ?? [], scaling }
+        : {
+          kind: 'image', name: o.name, image: o.image, scaling,
+          endpoint: { port: Number(o.port), protocol: o.protocol, ...(o.timeout ? { timeout: Number(o.timeout) } : {}) },
+          env: Object.fromEntries((o.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
+          ...(o.healthPath ? { healthcheck: { protocol: 'http', path: o.healthPath } } : {}),
+          ...(o.username ? { username: o.username } : {}), ...(o.passwordSecret ? { passwordSecret: o.passwordSecret } : {}),
+        };
+      if (o.description) spec.description = o.description;
+      if (o.folder) spec.folderId = o.folder;
+      if (o.acl) spec.permissions = { folders: o.acl };
+      if (o.resources) spec.resources = o.resources;
+      if (o.timeout && o.checkpoint) spec.timeout = Number(o.timeout);
+      if (o.python) spec.environment = { python: o.python };
+      await createNode(cli, spec, o);
+    });
+
+  node.command('list').description('List nodes').option('--json', 'print JSON').action(async (o: JsonOption) => {
+    const { nodes } = await client().request<NodeList>('GET', '/v1/nodes');
+    out(o.json, nodes, () => table(['ID', 'NAME', 'KIND', 'STATUS', 'INSTANCES', 'FOLDER', 'CREATED'],
+      nodes.map((n) => [n.id, n.name, n.kind, n.status,
+        `${n.instances.filter((i) => i.status === 'Healthy').length}/${n.instances.length} healthy`, n.folderId, ago(n.createdAt)])));
+  });
+
+  node.command('get <node>').description('Show a node and its instances (id or name)').option('--json', 'print JSON').action(async (ref: string, o: JsonOption) => {
+    const n = await client().request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
+    out(o.json, n, () => nodeTable(n));
+  });
+
+  node.command('delete <node>').description('Delete a node and stop its instances').option('--json', 'print JSON').action(async (ref: string, o: JsonOption) => {
+    const r = await client().request<Deleted>('DELETE', `/v1/nodes/${encodeURIComponent(ref)}`);
+    out(o.json, r, () => `node ${r.id} deleted`);
+  });
+
+  node.command('update <node>').description('Change scaling, description or ACL in place (nothing restarts); the rest needs revisions, not built yet')
+    .option('--min <n>', 'scaling.minInstances').option('--max <n>', 'scaling.maxInstances')
+    .option('--description <text>', 'description').option('--acl <folders>', 'permissions.folders: the folders that may call it, comma-separated')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption & { min?: string; max?: string; description?: string; acl?: string }) => {
+      const scaling: Record<string, number> = {};
+      if (o.min !== undefined) scaling.minInstances = Number(o.min);
+      if (o.max !== undefined) scaling.maxInstances = Number(o.max);
+      const patch: Record<string, unknown> = {
+        ...(Object.keys(scaling).length ? { scaling } : {}),
+        ...(o.description !== undefined ? { description: o.description } : {}),
+        ...(o.acl !== undefined ? { permissions: { folders: String(o.acl).split(',').map((f) => f.trim()).filter(Boolean) } } : {}),
+      };
+      if (!Object.keys(patch).length) throw new Error('nothing to change: give --min, --max, --description or --acl');
+      const n = await client().request<NodeView>('PATCH', `/v1/nodes/${encodeURIComponent(ref)}`, patch);
+      out(o.json, n, () => `node ${n.name} (${n.id}) updated: ${n.scaling.minInstances}-${n.scaling.maxInstances} instances, ACL ${n.permissions.folders.join(', ')}`);
+    });
+
+  for (const verb of ['suspend', 'resume'] as const) {
+    node.command(`${verb} <node>`)
+      .description(verb === 'suspend' ? 'Drain calls and stop every instance; calls get NODE_SUSPENDED until resume (settings are kept)' : 'Start the instances of a suspended node again')
+      .option('--json', 'print JSON')
+      .action(async (ref: string, o: JsonOption) => {
+        const n = await client().request<NodeView>('POST', `/v1/nodes/${encodeURIComponent(ref)}:${verb}`);
+        out(o.json, n, () => `node ${n.name} (${n.id}): ${n.status}`);
+      });
+  }
+
+  node.command('logs <node>').description('What the instances printed (the last lines; -f keeps printing new ones)')
+    .option('--instance <id>', 'one instance only').option('--lines <n>', 'last N lines per instance (at most 10000; default 100, 10 with -f)')
+    .option('--search <text>', 'only lines containing this text').option('-f, --follow', 'keep printing lines as they are written, until Ctrl-C or the instances end')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption & { instance?: string; lines?: string; search?: string; follow?: boolean }) => {
+      const q = new URLSearchParams({ ...(o.lines ? { lines: o.lines } : o.follow ? {} : { lines: '100' }), ...(o.instance ? { instance: o.instance } : {}), ...(o.search ? { search: o.search } : {}) });
+      if (o.follow) {
+        q.set('follow', 'true');
+        await followLogs(cli, `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
+        return;
+      }
+      const r = await client().request<NodeLogs>('GET', `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
+      out(o.json, r, () => r.logs.map((l) => `==> instance ${l.instanceId} <==\n${l.text}`).join('\n'));
+    });
+
+  node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')
+    .requiredOption('--input <json>', 'the input variables as a JSON object')
+    .option('--folder <id>', 'the folder you call from (default: your token\'s)').option('--json', 'print the raw JSON answer')
+    .action(async (ref: string, o: JsonOption & { input: string; folder?: string }) => {
+      const c = client();
+      const input = parseInput(o.input);
+      // an executor token may call but not read nodes: a node id is used as it is
+      let id = ref;
+      try {
+        id = (await c.request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(ref)}`)).id;
+      } catch (err) {
+        if (!(err instanceof ApiError && err.status === 404 && /^[a-z0-9]{20}$/.test(ref))) throw err;
+      }
+      const folder = o.folder ?? (await c.request<WhoAmI>('GET', '/v1/whoami')).defaultFolder;
+      printOutput(o.json, await c.request<ExecuteAnswer>('POST', `/datasphere/v1/nodes/${id}:execute`, { folder_id: folder, input }));
+    });
+}

@@ -1,0 +1,101 @@
+// `berth up` (the server in this process) and `berth status` (is it up, what does it run).
+import { Option, type Command } from 'commander';
+import { resolve } from 'node:path';
+import { loadConfig, parseByteSize, type Config } from '../../core/config.js';
+import { clientFor, collect, out } from '../shared.js';
+import type { CheckpointList, NodeList } from '../views.js';
+
+interface UpOptions {
+  host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
+  logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
+  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox'];
+}
+
+export function registerServer(cli: Command): void {
+  const client = clientFor(cli);
+
+  cli.command('up').description('Run the control API, controller and gateway in this process')
+    .option('--host <host>', 'address to listen on', process.env.BERTH_HOST ?? '127.0.0.1')
+    .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
+    .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
+    .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
+    .option('--allow-python <path>', 'another interpreter nodes and checkpoint runs may name (repeat; default: only --python, or $BERTH_ALLOWED_PYTHONS)', collect)
+    .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
+    .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
+    .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
+    .option('--log-max-bytes <size>', 'instance logs rotate past this size, e.g. 10m (default: $BERTH_LOG_MAX_BYTES or 10m)')
+    .option('--log-files <n>', 'instance log files kept per instance, the current one included (default: $BERTH_LOG_FILES or 2)')
+    .option('--tls-cert <file>', 'serve HTTPS, h2 and gRPC over TLS with this PEM certificate chain (needs --tls-key; default $BERTH_TLS_CERT)')
+    .option('--tls-key <file>', 'the PEM private key for --tls-cert (default $BERTH_TLS_KEY)')
+    .option('--max-connections <n>', 'connections open at once; past it 503 + Retry-After / GOAWAY (default: from ulimit -n, or $BERTH_MAX_CONNECTIONS)')
+    .option('--headers-timeout <seconds>', 'from connect to a complete request head or first h2 stream (default 20, or $BERTH_HEADERS_TIMEOUT)')
+    .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
+    .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
+    .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
+    .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
+    .action(async (o: UpOptions) => {
+      // loaded only here: the other commands never need the server's dependencies
+      const { startBerth, checkPython } = await import('../../server.js');
+      if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
+      const positive = (flag: string, v: unknown): number => {
+        const n = Number(v);
+        if (!Number.isFinite(n) || n <= 0) { console.error(`berth: ${flag} takes a positive number, got ${String(v)}`); process.exit(2); }
+        return n;
+      };
+      const config = loadConfig({
+        host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
+        ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
+        ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
+        ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,
+        ...(o.tlsCert ? { tls: { certFile: resolve(o.tlsCert), keyFile: resolve(o.tlsKey!) } } : {}),
+        ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
+        ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
+        ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
+        ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
+        ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
+      });
+      for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
+        if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
+      }
+      const problem = checkPython(config.python);
+      if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
+      let berth;
+      try {
+        berth = await startBerth(config);
+      } catch (err) {
+        console.error(`berth: ${(err as Error).message}`);
+        process.exit(2);
+      }
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
+      console.log(`admin token: ${config.home}/admin-token`);
+      let stopping = false;
+      const stop = (signal: string): void => {
+        if (stopping) return;
+        stopping = true;
+        console.log(`${signal}: letting running calls finish, then stopping instances…`);
+        berth.close().then(() => { console.log('stopped'); process.exit(0); }, (err: unknown) => { console.error(err); process.exit(1); });
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    });
+
+  cli.command('status').description('Is the server up? Shows where it is and what it runs')
+    .option('--wait [seconds]', 'wait until it answers (default 30s)').option('--json', 'print JSON')
+    .action(async (o: { wait?: string | true; json?: boolean }) => {
+      const c = client();
+      const deadline = Date.now() + (o.wait === undefined ? 0 : o.wait === true ? 30 : Number(o.wait)) * 1000;
+      for (;;) {
+        try {
+          await c.request('GET', '/v1/health');
+          break;
+        } catch (err) {
+          if (Date.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      const { nodes } = await c.request<NodeList>('GET', '/v1/nodes');
+      const { checkpoints } = await c.request<CheckpointList>('GET', '/v1/checkpoints');
+      const data = { url: c.url, nodes: nodes.length, healthyNodes: nodes.filter((n) => n.status === 'Healthy').length, checkpoints: checkpoints.length };
+      out(o.json, data, () => `Berth at ${data.url}: ${data.nodes} node(s), ${data.healthyNodes} healthy; ${data.checkpoints} checkpoint(s)`);
+    });
+}
