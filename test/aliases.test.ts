@@ -166,10 +166,11 @@ test('the alias ACL decides who calls: folders, public aliases', async () => {
 test('sticky sessions: the same key reaches the same node and instance', async () => {
   await b.request('POST', '/v1/aliases', { name: 'sticky', backends: [{ nodeId: nodeA.id, weight: 1 }, { nodeId: nodeB.id, weight: 1 }], sticky: { header: 'x-session-id' } });
   const places = new Set<string>();
-  for (const key of ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']) {
+  // 20 keys: all landing on one of two equal nodes by chance is 2 in a million
+  for (const key of Array.from({ length: 20 }, (_, i) => `session-${i}`)) {
     const seen = new Set<string>();
     let last = -1;
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 3; i++) {
       const r = (await callAlias('sticky', { 'x-session-id': key })).body.output.result;
       seen.add(`${r.who}/${r.pid}`);
       if (last >= 0) assert.equal(r.calls, last + 1, 'the same interpreter every time');
@@ -178,7 +179,7 @@ test('sticky sessions: the same key reaches the same node and instance', async (
     assert.equal(seen.size, 1, `${key}: ${[...seen]}`);
     places.add([...seen][0]!);
   }
-  assert.ok(places.size >= 2, 'different keys spread over nodes and instances');
+  assert.ok(places.size >= 2, `different keys spread over nodes and instances: ${[...places]}`);
 });
 
 test('mirroring: a share of calls also goes to a shadow node; differences are counted', async () => {
