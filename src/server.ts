@@ -4,7 +4,7 @@
 // and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
-import { mkdirSync, writeFileSync, rmSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, rmSync, readFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
@@ -62,7 +62,12 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   installProcessGuards();
   // read before anything starts: a wrong path fails `berth up` at once
   const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
+  // Berth's own files are its alone (database, logs, tokens, blobs), whatever the umask it
+  // was started with or the mode of a home made beforehand; what tenants must read (their
+  // checkpoint, their run directory) is opened up explicitly where it is made
+  process.umask(0o077);
   mkdirSync(config.home, { recursive: true, mode: 0o700 });
+  chmodSync(config.home, 0o700);
   const logLimits = { maxBytes: config.logMaxBytes, files: config.logFiles };
   const logProblem = checkLogLimits(logLimits);
   if (logProblem) throw new Error(logProblem);

@@ -27,6 +27,11 @@ test('admin token is created on first start, readable only by its owner', () => 
   assert.equal(mode, 0o600);
 });
 
+test("Berth's files are its own: home 0700, database, key and server.json 0600, whatever the umask", () => {
+  assert.equal(statSync(b.home).mode & 0o777, 0o700);
+  for (const f of ['berth.db', 'secret.key', 'server.json', 'admin-token']) assert.equal(statSync(join(b.home, f)).mode & 0o077, 0, `${f} is not readable by others`);
+});
+
 test('randomizer walk-through: checkpoint from a script, pinned node, seeds curl call', async () => {
   const script = join(b.home, 'randomizer.py');
   writeFileSync(script, RANDOMIZER_SCRIPT);

@@ -165,6 +165,8 @@ export class CheckpointService {
     const [size, sha256] = await Promise.all([stat(blob).then((s) => s.size), sha256File(blob)]);
     const now = nowIso();
     const checkpoint: Checkpoint = { id, pinned: fields.name !== null, size, sha256, createdAt: now, updatedAt: now, ...fields };
+    // readable by the one sandbox it is bound into (Berth's home, 0700, hides it from the rest)
+    await chmod(blob, 0o644);
     await rename(blob, this.blobPath(id));
     try {
       await this.store.insertCheckpoint(checkpoint, quota); // decides NAME_TAKEN and the bytes quota
