@@ -188,7 +188,9 @@ export class DockerRuntime implements Runtime {
       };
       create.Entrypoint = ['python3'];
       create.Cmd = ['-u', '-c', WORKER_BOOTSTRAP];
-      await writeFile(join(runDir, 'config.json'), JSON.stringify(config), { mode: 0o644 });
+      // chmod, not writeFile's mode: Berth's umask (077) would mask it and the container's user could not read it
+      await writeFile(join(runDir, 'config.json'), JSON.stringify(config));
+      await chmod(join(runDir, 'config.json'), 0o644);
       create.Env = ['PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1'];
       // The worker's socket is created 0600: a Berth that is not root runs the worker as
       // itself so it can connect (root can connect to any socket, so the image's user stays).
