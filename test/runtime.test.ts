@@ -77,7 +77,7 @@ function cellWorkload(): CellWorkload {
 }
 
 function spec(workload: InstanceSpec['workload'], resources: InstanceSpec['resources'] = { cores: 1, memoryGb: 0.5, gpus: 0 }, nodeId = newId()): InstanceSpec {
-  return { nodeId, instanceId: newId(), workload, resources };
+  return { nodeId, instanceId: newId(), revision: 1, workload, resources };
 }
 
 function sleep(ms: number): Promise<void> {
@@ -459,7 +459,7 @@ describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
     assert.equal((await containersOfHome(otherHome)).length, 1, "the other home's container is untouched");
     assert.match(await rt.logs(nodeId, mine, 20), /crashing on purpose/);
     // a start never replaces a container of another home that has the same name
-    await assert.rejects(rt.start({ nodeId, instanceId: theirs, workload: imageWorkload('http-echo', [8080]), resources: { cores: 1, memoryGb: 0, gpus: 0 } }),
+    await assert.rejects(rt.start({ nodeId, instanceId: theirs, revision: 1, workload: imageWorkload('http-echo', [8080]), resources: { cores: 1, memoryGb: 0, gpus: 0 } }),
       /does not belong to this Berth/);
     await removeContainersOfHome(otherHome);
   });

@@ -1,12 +1,13 @@
-// Nodes: create, read, delete, logs (bounded reads, follow). A node may use only its own folder's checkpoint and
-// secrets; another folder's node is indistinguishable from a missing one.
+// Nodes: create, read, update (in place, or a new revision rolled out), rollback, revisions,
+// suspend/resume, delete, logs (bounded reads, follow). A node may use only its own folder's
+// checkpoint and secrets; another folder's node is indistinguishable from a missing one.
 import type { FastifyInstance } from 'fastify';
 import { Auth, type Permission } from '../core/auth.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
-import { IN_PLACE_FIELDS, changedFields, mergePatch, specInput } from '../core/node-update.js';
-import type { NodeRecord, TokenRecord } from '../core/types.js';
+import { IN_PLACE_FIELDS, changedFields, mergePatch, specDiff, specInput } from '../core/node-update.js';
+import type { NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
 import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
 import { allowedPython } from './request.js';
@@ -23,32 +24,24 @@ const notFound = (ref: string) => (): BerthError => new BerthError('NODE_NOT_FOU
 export function nodeRoutes(app: FastifyInstance, { config, store, controller, checkpoints, secrets, aliases, quotas }: ApiDeps): void {
   const nodeView = (n: NodeRecord): Record<string, unknown> => {
     const live = controller.nodeView(n.id);
+    const rollout = controller.rolloutOf(n.id);
     return {
       id: n.id, ...n.spec, status: live?.status ?? n.status,
+      revision: rollout?.revision ?? n.revision, rollout: rollout ? rollout.rollout : n.rollout,
       createdAt: n.createdAt, updatedAt: n.updatedAt, createdBy: n.createdBy,
       transitions: n.transitions, instances: live?.instances ?? [], queued: live?.queued ?? 0,
       relatedAliases: aliases.relatedTo(n.id), warnings: live?.warnings ?? [],
     };
   };
 
-  /** By id, or by name among the nodes the token may read. */
-  const findNode = async (ref: string, token: TokenRecord, what: Permission): Promise<NodeRecord> => {
-    let n = await store.getNode(ref);
-    if (!n) {
-      const named = (await store.listNodes()).filter((x) => x.spec.name === ref && Auth.can(token, x.spec.folderId, 'read'));
-      if (named.length === 1) n = named[0];
-    }
-    if (!n) throw notFound(ref)();
-    authorize(token, n.spec.folderId, what, notFound(ref));
-    return n;
-  };
-
-  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
-    const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject, defaultPython: config.python });
-    auditTarget(req, spec.folderId);
-    requireRole(req.token, spec.folderId, 'write');
-    if (spec.kind === 'cell') allowedPython(config.allowedPythons, spec.environment.python, 'environment.python');
+  /**
+   * What a spec names must exist in its own folder and be usable here (create, update, rollback
+   * alike): a pinned checkpoint (its id replaces a name), an allowed Python, a container runtime
+   * for images, the registry password's secret.
+   */
+  const checkReferences = async (spec: NodeSpec): Promise<void> => {
     if (spec.kind === 'cell') {
+      allowedPython(config.allowedPythons, spec.environment.python, 'environment.python');
       let checkpoint;
       try {
         checkpoint = await checkpoints.resolve(spec.checkpointId, spec.folderId);
@@ -69,9 +62,60 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     if (secret && !(await secrets.exists(spec.folderId, secret))) {
       throw new BerthError('SECRET_NOT_FOUND', `secret ${secret} not found in folder ${spec.folderId}`, { field: spec.kind === 'cell' ? 'environment.passwordSecret' : 'passwordSecret', name: secret });
     }
+  };
+
+  /**
+   * Applies a changed spec: in place when only IN_PLACE_FIELDS differ, else as a new revision
+   * rolled out (`cause` says why it exists). Returns what changed; `dryRun` changes nothing.
+   */
+  const change = async (n: NodeRecord, spec: NodeSpec, by: string, cause: (fields: string[]) => string, dryRun: boolean) => {
+    const changed = changedFields(n.spec, spec);
+    if (changed.includes('kind')) throw invalidArgument('kind', 'a node cannot change kind: create a new node and move an alias to it');
+    if (n.spec.kind === 'image' && spec.kind === 'image' && n.spec.endpoint.protocol !== spec.endpoint.protocol) {
+      throw invalidArgument('endpoint.protocol', 'cannot change in a rollout (old and new instances would need different callers): create a new node and move an alias to it');
+    }
+    const restarts = changed.filter((f) => !IN_PLACE_FIELDS.has(f));
+    const revisions = restarts.length ? await store.listRevisions(n.id) : [];
+    const revision = restarts.length ? Math.max(n.revision, ...revisions.map((r) => r.revision)) + 1 : n.revision;
+    const plan = { changed, rollout: restarts.length > 0, revision, diff: specDiff(specInput(n.spec), specInput(spec)) };
+    if (dryRun || changed.length === 0) return { plan, record: n };
+    const now = nowIso();
+    let rollout = n.rollout;
+    let row: NodeRevision | undefined;
+    if (restarts.length) {
+      const live = controller.rolloutOf(n.id);
+      const current = live?.rollout ?? n.rollout;
+      // an update during a rollout replaces its target; a failure still goes back to where it started
+      const from = current?.state === 'Progressing' ? current.from : (live?.revision ?? n.revision);
+      rollout = { revision, from, state: 'Progressing', startedAt: now } satisfies Rollout;
+      row = { nodeId: n.id, revision, spec, cause: cause(restarts), createdAt: now, createdBy: by };
+    }
+    const record: NodeRecord = { ...n, spec, revision, rollout, updatedAt: now };
+    await store.updateNodeSpec(record, await quotas.of(spec.folderId), row); // decides QUOTA_EXCEEDED and CONFLICT in its transaction
+    controller.updateNode(record);
+    return { plan, record };
+  };
+
+  /** By id, or by name among the nodes the token may read. */
+  const findNode = async (ref: string, token: TokenRecord, what: Permission): Promise<NodeRecord> => {
+    let n = await store.getNode(ref);
+    if (!n) {
+      const named = (await store.listNodes()).filter((x) => x.spec.name === ref && Auth.can(token, x.spec.folderId, 'read'));
+      if (named.length === 1) n = named[0];
+    }
+    if (!n) throw notFound(ref)();
+    authorize(token, n.spec.folderId, what, notFound(ref));
+    return n;
+  };
+
+  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
+    const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject, defaultPython: config.python });
+    auditTarget(req, spec.folderId);
+    requireRole(req.token, spec.folderId, 'write');
+    await checkReferences(spec);
     const now = nowIso();
     const record: NodeRecord = {
-      id: newId(), spec, status: 'Created', transitions: [{ status: 'Created', at: now }],
+      id: newId(), spec, revision: 1, rollout: null, status: 'Created', transitions: [{ status: 'Created', at: now }],
       createdAt: now, updatedAt: now, createdBy: req.token.name,
     };
     await store.insertNode(record, await quotas.of(spec.folderId)); // decides NAME_TAKEN and the quotas
@@ -103,53 +147,90 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return { id: n.id, deleted: true };
   });
 
-  // In-place update: a merge patch over the node's spec, validated as on create. Only scaling,
-  // description and ACL change this way; what instances run needs revisions (not built yet).
-  app.patch<{ Params: { ref: string } }>('/v1/nodes/:ref', {
+  // Update: a JSON merge patch over the node's spec, validated as on create. Scaling, description,
+  // ACL and rollout settings apply in place; anything else makes a new revision and rolls it out.
+  // `?dryRun=true` answers what would change and changes nothing.
+  app.patch<{ Params: { ref: string }; Querystring: { dryRun?: string } }>('/v1/nodes/:ref', {
     config: { audit: 'node.update' },
-    schema: { tags: ['nodes'], summary: 'Update scaling, description or permissions.folders in place (JSON merge patch)' },
+    schema: { tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls' },
   }, async (req) => {
+    const dryRun = req.query.dryRun === undefined ? false : req.query.dryRun === 'true' || req.query.dryRun === '1' ? true : req.query.dryRun === 'false' || req.query.dryRun === '0' ? false : null;
+    if (dryRun === null) throw invalidArgument('dryRun', 'must be true or false');
     const n = await findNode(req.params.ref, req.token, 'write');
     auditTarget(req, n.spec.folderId, n.id);
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw invalidArgument('body', 'must be a JSON object: the fields to change');
     const spec = parseNodeSpec(mergePatch(specInput(n.spec), req.body),
       { defaultFolder: n.spec.folderId, defaultProject: n.spec.projectId, defaultPython: config.python });
-    if (spec.kind === 'cell' && n.spec.kind === 'cell' && spec.checkpointId !== n.spec.checkpointId) {
-      // a pinned name for the same checkpoint is no change
-      const same = await checkpoints.resolve(spec.checkpointId, spec.folderId).then((c) => c.id === (n.spec as typeof spec).checkpointId, () => false);
-      if (same) spec.checkpointId = n.spec.checkpointId;
-    }
-    const changed = changedFields(n.spec, spec);
-    const needsRevision = changed.filter((f) => !IN_PLACE_FIELDS.has(f));
-    if (needsRevision.length) {
-      throw new BerthError('INVALID_ARGUMENT',
-        `${needsRevision.join(', ')}: changing what a node's instances run needs a new revision and a rollout, which Berth does not do yet; ` +
-        `only ${[...IN_PLACE_FIELDS].join(', ')} update in place (to change the rest, create a new node and move an alias to it)`,
-        { field: needsRevision[0], fields: needsRevision, inPlace: [...IN_PLACE_FIELDS] });
-    }
-    if (changed.length === 0) return nodeView(n);
-    const record: NodeRecord = { ...n, spec, updatedAt: nowIso() };
-    await store.updateNodeSpec(record, await quotas.of(spec.folderId)); // decides QUOTA_EXCEEDED in its transaction
-    controller.updateNode(record);
-    return nodeView(record);
+    if (spec.folderId !== n.spec.folderId) throw invalidArgument('folderId', 'a node cannot move to another folder');
+    if (changedFields(n.spec, spec).some((f) => !IN_PLACE_FIELDS.has(f))) await checkReferences(spec);
+    const { plan, record } = await change(n, spec, req.token.name, (fields) => `update (${fields.join(', ')})`, dryRun);
+    return dryRun ? { dryRun: true, nodeId: n.id, ...plan } : { ...nodeView(record), changed: plan.changed };
+  });
+
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/revisions', { schema: { tags: ['nodes'], summary: "A node's revisions, newest first (the last 20)" } }, async (req) => {
+    const n = await findNode(req.params.ref, req.token, 'read');
+    const current = controller.rolloutOf(n.id)?.revision ?? n.revision;
+    const revisions = await store.listRevisions(n.id);
+    return {
+      nodeId: n.id, current,
+      revisions: revisions.map((r, i) => ({
+        revision: r.revision, current: r.revision === current, cause: r.cause, createdAt: r.createdAt, createdBy: r.createdBy,
+        runs: r.spec.kind === 'cell' ? { checkpointId: r.spec.checkpointId } : { image: r.spec.image },
+        changed: revisions[i + 1] ? changedFields(revisions[i + 1].spec, r.spec).filter((f) => !IN_PLACE_FIELDS.has(f)) : [],
+      })),
+    };
   });
 
   // Suspend / resume: POST /v1/nodes/{ref}:suspend and :resume (the Google-style custom verb).
   // One parametric route takes both: a colon inside a path segment is not a router separator.
   app.post<{ Params: { action: string } }>('/v1/nodes/:action', {
     config: { audit: 'node.lifecycle' },
-    schema: { tags: ['nodes'], summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back' },
+    schema: {
+      tags: ['nodes'],
+      summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back; :rollback {revision?} rolls an earlier revision out again',
+    },
   }, async (req) => {
-    const m = /^(.+):(suspend|resume)$/.exec(req.params.action);
-    if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend or {ref}:resume`, { path: req.url });
-    const [, ref, verb] = m as unknown as [string, string, 'suspend' | 'resume'];
+    const m = /^(.+):(suspend|resume|rollback)$/.exec(req.params.action);
+    if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend, {ref}:resume or {ref}:rollback`, { path: req.url });
+    const [, ref, verb] = m as unknown as [string, string, 'suspend' | 'resume' | 'rollback'];
     auditAction(req, `node.${verb}`);
     const n = await findNode(ref, req.token, 'write');
     auditTarget(req, n.spec.folderId, n.id);
+    if (verb === 'rollback') return nodeView(await rollback(n, req.body, req.token.name));
     if (verb === 'suspend') await controller.suspend(n.id);
     else await controller.resume(n.id);
     return nodeView((await store.getNode(n.id)) ?? n);
   });
+
+  /**
+   * Rolls an earlier revision out again as a new revision (`rollback to N`): what its instances
+   * ran comes back; scaling, description, ACL and rollout settings stay as they are now.
+   * Default: where the running rollout started, else the revision before the current one.
+   */
+  const rollback = async (n: NodeRecord, body: unknown, by: string): Promise<NodeRecord> => {
+    const b = body === undefined || body === null ? {} : body;
+    if (typeof b !== 'object' || Array.isArray(b)) throw invalidArgument('body', 'must be a JSON object: {revision?}');
+    const { revision: wanted, ...rest } = b as { revision?: unknown };
+    const unknown = Object.keys(rest)[0];
+    if (unknown !== undefined) throw invalidArgument(unknown, 'is not a known field: {revision?}');
+    if (wanted !== undefined && (!Number.isInteger(wanted) || (wanted as number) < 1)) throw invalidArgument('revision', 'must be a positive integer');
+    const live = controller.rolloutOf(n.id);
+    const current = live?.revision ?? n.revision;
+    const revisions = await store.listRevisions(n.id);
+    const to = (wanted as number | undefined)
+      ?? (live?.rollout?.state === 'Progressing' ? live.rollout.from : revisions.find((r) => r.revision < current)?.revision);
+    const target = revisions.find((r) => r.revision === to);
+    if (to === undefined || !target) {
+      throw new BerthError('REVISION_NOT_FOUND', to === undefined ? `node ${n.id} has no earlier revision to roll back to` : `node ${n.id} has no revision ${to} (the last 20 are kept)`,
+        { field: 'revision', nodeId: n.id, revision: to ?? null });
+    }
+    if (to === current) throw invalidArgument('revision', `revision ${to} is the current one`);
+    const spec = { ...target.spec } as NodeSpec & Record<string, unknown>;
+    const now = n.spec as NodeSpec & Record<string, unknown>;
+    for (const f of IN_PLACE_FIELDS) { if (now[f] === undefined) delete spec[f]; else spec[f] = now[f]; }
+    await checkReferences(spec); // its checkpoint or secret may be gone since
+    return (await change(n, spec, by, () => `rollback to ${to}`, false)).record;
+  };
 
   // Logs: the last N lines are read backwards from the end (O(N)); `follow=true` streams new
   // lines as chunked text/plain until the caller leaves or the instances' logs end.

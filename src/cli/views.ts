@@ -2,7 +2,7 @@
 // core/types.ts plus what the API adds on top (live status, instances, related aliases…).
 // Kept here, not in core, because only the CLI consumes them as types; the server builds them in src/api.
 import type {
-  AliasBackend, AliasSpec, AuditEntry, Checkpoint, InstanceView, NodeSpec, NodeStatus, Quota, Role, Secret, Transition,
+  AliasBackend, AliasSpec, AuditEntry, Checkpoint, InstanceView, NodeSpec, NodeStatus, Quota, Role, Rollout, Secret, Transition,
 } from '../core/types.js';
 
 /** A checkpoint; `log` is what the run printed (only in the answer to a create). */
@@ -20,8 +20,29 @@ export interface NodeLive {
   queued: number;
   relatedAliases: string[];
   warnings: string[];
+  revision: number;
+  /** The last rollout, with how far it got (instances of the new revision, of older ones, Healthy new ones). */
+  rollout: (Rollout & { updated?: number; outdated?: number; healthy?: number }) | null;
+  /** In the answer to an update: the top-level fields that changed. */
+  changed?: string[];
 }
 export type NodeView = NodeSpec & NodeLive;
+
+/** PATCH /v1/nodes/{id}?dryRun=true */
+export interface UpdatePlan {
+  dryRun: true;
+  nodeId: string;
+  changed: string[];
+  rollout: boolean;
+  revision: number;
+  diff: Array<{ field: string; from: unknown; to: unknown }>;
+}
+
+export interface RevisionList {
+  nodeId: string;
+  current: number;
+  revisions: Array<{ revision: number; current: boolean; cause: string; createdAt: string; createdBy: string; runs: { checkpointId?: string; image?: string }; changed: string[] }>;
+}
 
 /** A backend as the alias answer shows it: its weight plus its node's live state. */
 export interface AliasBackendStatus extends AliasBackend {

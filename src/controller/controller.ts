@@ -5,7 +5,8 @@
 import type { Config } from '../core/config.js';
 import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
-import type { InstanceView, NodeRecord, NodeSpec, NodeStatus } from '../core/types.js';
+import type { InstanceView, NodeRecord, NodeSpec, NodeStatus, Rollout } from '../core/types.js';
+import { rolloutSettings } from '../core/node-update.js';
 import type { Store } from '../store/store.js';
 import type { LogQuery, RegistryAuth, Runtime, RuntimeInstance, Workload } from '../runtimes/runtime.js';
 import type { Secrets } from '../secrets/secrets.js';
@@ -22,6 +23,8 @@ const CONNECT_TIMEOUT_MS = 60_000;
 /** How long restoring a checkpoint may take before the instance is replaced. */
 const PREPARE_TIMEOUT_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
+/** New instances that fail this many times in a row before ever serving stop their rollout. */
+const ROLLOUT_CRASH_LIMIT = 3;
 
 class NodeState {
   readonly instances = new Map<string, InstanceState>();
@@ -32,6 +35,10 @@ class NodeState {
   suspended: boolean;
   /** Why calls fail at once (no Healthy instance and none about to be): published in the snapshot. */
   unavailable: string | null = null;
+  /** While instances of another revision run: how many instances the node keeps (0: not decided yet). */
+  rolloutBase = 0;
+  /** Specs of the earlier revisions its instances still run (adopted after a restart mid-rollout). */
+  readonly revisionSpecs = new Map<number, NodeSpec>();
 
   constructor(public record: NodeRecord) {
     this.status = record.status;
@@ -41,6 +48,7 @@ class NodeState {
 
   get id(): string { return this.record.id; }
   get spec(): NodeSpec { return this.record.spec; }
+  get revision(): number { return this.record.revision; }
   /** Longest a call may run: in-flight calls get this long to finish before a stop. */
   get callTimeoutS(): number { return this.spec.kind === 'cell' ? this.spec.timeout : this.spec.endpoint.timeout; }
 
@@ -102,9 +110,16 @@ export class Controller implements InstanceEvents {
       const node = new NodeState(record);
       this.nodes.set(record.id, node);
       this.metrics.bindNode(record.id);
-      const keep = node.suspended ? 0 : record.spec.scaling.maxInstances; // a suspended node's leftovers are stopped
-      for (const handle of left.filter((h) => h.nodeId === record.id).slice(0, keep)) {
-        this.adopt(node, handle);
+      // a suspended node's leftovers are stopped; mid-rollout, old and new instances both come back
+      const keep = node.suspended ? 0 : record.spec.scaling.maxInstances + rolloutSettings(record.spec).maxSurge;
+      const mine = left.filter((h) => h.nodeId === record.id).slice(0, keep);
+      if (mine.some((h) => h.revision !== undefined && h.revision !== record.revision)) {
+        for (const r of await this.store.listRevisions(record.id)) node.revisionSpecs.set(r.revision, r.spec);
+      }
+      for (const handle of mine) {
+        const revision = handle.revision ?? record.revision;
+        const spec = revision === record.revision ? record.spec : node.revisionSpecs.get(revision);
+        if (spec) this.adopt(node, handle, revision, spec); // a revision no longer kept: stopped below
       }
     }
     // what nobody wants any more: instances of deleted nodes, extras beyond maxInstances
@@ -173,9 +188,28 @@ export class Controller implements InstanceEvents {
   updateNode(record: NodeRecord): void {
     const node = this.nodes.get(record.id);
     if (!node || node.deleting) return;
+    if (record.revision !== node.revision) {
+      node.revisionSpecs.set(node.revision, node.spec); // its instances keep running it until replaced
+      node.rolloutBase = 0;
+      log.info({ event: 'rollout_started', nodeId: node.id, revision: record.revision, from: node.revision }, 'rollout started');
+    }
     node.record = { ...record, status: node.status };
     this.publishAll();
     this.reconcile(node);
+  }
+
+  /** The node's current revision and its last rollout, with how far it got. */
+  rolloutOf(nodeId: string): { revision: number; rollout: (Rollout & { updated: number; outdated: number; healthy: number }) | null } | undefined {
+    const node = this.nodes.get(nodeId);
+    if (!node) return undefined;
+    const r = node.record.rollout;
+    if (!r) return { revision: node.revision, rollout: null };
+    let updated = 0, outdated = 0, healthy = 0;
+    for (const i of node.instances.values()) {
+      if (i.revision !== node.revision) outdated++;
+      else if (!i.stopping) { updated++; if (i.status === 'Healthy') healthy++; }
+    }
+    return { revision: node.revision, rollout: { ...r, updated, outdated, healthy } };
   }
 
   /** A call overran its timeout: take the instance out and replace it (off the call path). */
@@ -268,18 +302,26 @@ export class Controller implements InstanceEvents {
     // each (at most one per out instance above maxInstances, so a crash loop cannot grow the node)
     const out = active.filter(isOut).length;
     const live = active.length - out;
+    // instances of an earlier revision: a rollout is replacing them
+    const olds = active.filter((i) => i.revision !== node.revision && !isOut(i));
+    if (olds.length > 0 && node.rolloutBase === 0) node.rolloutBase = Math.max(minInstances, Math.min(live, maxInstances));
+    if (olds.length === 0) node.rolloutBase = 0;
 
-    // keep at least minInstances; add more while calls wait for a session
-    let target = Math.max(minInstances, Math.min(live, maxInstances));
+    // keep at least minInstances (during a rollout, the count it had); add more while calls wait for a session
+    let target = Math.max(minInstances, Math.min(olds.length > 0 ? node.rolloutBase : live, maxInstances));
     if (d.waiting > 0) {
       const wanted = Math.ceil((d.busy + d.waiting) / sessionsPerInstance);
       target = Math.min(maxInstances, Math.max(target, wanted));
     }
-    for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) {
-      this.launch(node, new InstanceState(newId(), node.id));
+    if (olds.length > 0) {
+      this.rollStep(node, active, olds, target);
+    } else {
+      for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) this.launchNew(node);
     }
 
-    if (live > maxInstances) {
+    if (olds.length > 0) {
+      // no scale-down while a rollout replaces instances
+    } else if (live > maxInstances) {
       // maxInstances lowered by an update: the least useful extras go (not Healthy first, then idle), drained
       const rank = (i: InstanceState): number => (i.status === 'Healthy' ? 1 : 0) * 1e9 + this.gateways.instance(node.id, i.id).busy;
       const extras = active.filter((i) => !isOut(i)).sort((a, b) => rank(a) - rank(b)).slice(0, live - maxInstances);
@@ -297,7 +339,94 @@ export class Controller implements InstanceEvents {
     }
 
     this.updateNodeStatus(node);
+    this.checkRollout(node);
     this.metrics.setInstanceStatuses(node.id, [...node.instances.values()].map((i) => i.status));
+  }
+
+  private launchNew(node: NodeState): void {
+    this.launch(node, new InstanceState(newId(), node.id, node.revision, node.spec));
+  }
+
+  /**
+   * One step of a rollout (as a Kubernetes Deployment): new instances start beside the old, at
+   * most target + maxSurge in all; an old instance becomes Outdated (out of balancing, drained,
+   * deleted) only while target - maxUnavailable Healthy instances remain without it. Old
+   * instances that serve nothing go at once.
+   */
+  private rollStep(node: NodeState, active: InstanceState[], olds: InstanceState[], target: number): void {
+    const { maxSurge, maxUnavailable } = rolloutSettings(node.spec);
+    const news = active.filter((i) => i.revision === node.revision && !isOut(i));
+    for (let n = news.length, total = news.length + olds.length; n < target && total < target + maxSurge; n++, total++) this.launchNew(node);
+    let healthy = active.filter((i) => i.status === 'Healthy').length;
+    const busy = (i: InstanceState): number => this.gateways.instance(node.id, i.id).busy;
+    const order = [...olds].sort((a, b) => Number(a.status === 'Healthy') - Number(b.status === 'Healthy') || busy(a) - busy(b));
+    for (const old of order) {
+      if (old.status === 'Healthy') {
+        if (healthy - 1 < target - maxUnavailable) break;
+        healthy--;
+      }
+      void this.stopInstance(node, old, `replaced by revision ${node.revision}`, 'Outdated');
+    }
+  }
+
+  /** Ends a rollout: Complete once only the new revision runs and serves; Failed (and undone) past its deadline or when new instances keep crashing. */
+  private checkRollout(node: NodeState): void {
+    const r = node.record.rollout;
+    if (!r || r.state !== 'Progressing' || node.deleting) return;
+    const now = Date.now();
+    if (node.suspended) { void this.endRollout(node, { ...r, state: 'Complete', reason: 'the node is suspended: its instances start with this revision on resume', finishedAt: nowIso() }); return; }
+    const mine = node.active().filter((i) => i.revision === node.revision);
+    const others = [...node.instances.values()].some((i) => i.revision !== node.revision);
+    const healthy = mine.filter((i) => i.status === 'Healthy').length;
+    if (!others && healthy >= node.spec.scaling.minInstances) {
+      void this.endRollout(node, { ...r, state: 'Complete', finishedAt: nowIso() });
+      return;
+    }
+    const crashing = mine.find((i) => i.failuresInARow >= ROLLOUT_CRASH_LIMIT);
+    const { deadlineSeconds } = rolloutSettings(node.spec);
+    let reason: string | null = null;
+    if (crashing) reason = `new instances of revision ${r.revision} keep failing (${crashing.failuresInARow} times in a row): ${crashing.lastError ?? 'no reason given'}`;
+    else if (now - Date.parse(r.startedAt) > deadlineSeconds * 1000) {
+      const why = mine.find((i) => i.status !== 'Healthy' && i.lastError)?.lastError;
+      reason = `new instances of revision ${r.revision} were not all Healthy within ${deadlineSeconds}s${why ? `: ${why}` : ''}`;
+    }
+    if (reason) void this.failRollout(node, r, reason);
+  }
+
+  private rollingBack = new Set<string>();
+
+  /** A failed rollout goes back to the revision it started from: its new instances go, the old ones keep serving. */
+  private async failRollout(node: NodeState, r: Rollout, reason: string): Promise<void> {
+    if (this.rollingBack.has(node.id)) return;
+    this.rollingBack.add(node.id);
+    try {
+      const from = r.from === node.revision ? undefined : (node.revisionSpecs.get(r.from) ?? (await this.store.listRevisions(node.id)).find((x) => x.revision === r.from)?.spec);
+      if (node.record.rollout !== r) return; // changed meanwhile (a new update)
+      if (!from) {
+        await this.endRollout(node, { ...r, state: 'Failed', reason: `${reason}; revision ${r.from} is no longer kept, so the new one stays`, finishedAt: nowIso() });
+        return;
+      }
+      log.warn({ event: 'rollout_failed', nodeId: node.id, revision: r.revision, from: r.from, reason }, 'rollout failed; rolling back');
+      node.revisionSpecs.set(node.revision, node.spec);
+      node.record = { ...node.record, spec: from, revision: r.from, updatedAt: nowIso() };
+      node.rolloutBase = 0;
+      // new instances that do not serve go at once; any that do are replaced like any other old ones
+      for (const i of node.active()) {
+        if (i.revision === r.revision && i.status !== 'Healthy') void this.stopInstance(node, i, `rollout to revision ${r.revision} failed`);
+      }
+      await this.endRollout(node, { ...r, state: 'Failed', reason, finishedAt: nowIso() });
+      await this.setNodeStatus(node, node.status, `rollout to revision ${r.revision} failed: ${reason}`);
+      this.publishAll();
+      this.reconcileSoon(node);
+    } finally {
+      this.rollingBack.delete(node.id);
+    }
+  }
+
+  private async endRollout(node: NodeState, rollout: Rollout): Promise<void> {
+    node.record = { ...node.record, rollout };
+    if (rollout.state === 'Complete') log.info({ event: 'rollout_complete', nodeId: node.id, revision: rollout.revision }, 'rollout complete');
+    await this.store.setNodeRevision(node.record);
   }
 
   private updateNodeStatus(node: NodeState): void {
@@ -403,8 +532,8 @@ export class Controller implements InstanceEvents {
     const generation = ++inst.generation;
     inst.passes = 0; inst.fails = 0; inst.healthyThisRun = false; inst.restarting = false; inst.hung = false;
     const handle = await this.runtime.start({
-      nodeId: node.id, instanceId: inst.id, resources: node.spec.resources, workload: await this.workload(node.spec),
-      network: node.spec.network ?? 'outbound',
+      nodeId: node.id, instanceId: inst.id, revision: inst.revision, resources: inst.spec.resources, workload: await this.workload(inst.spec),
+      network: inst.spec.network ?? 'outbound',
     });
     inst.handle = handle;
     if (inst.stopping) { this.runtime.kill(handle); return; }
@@ -413,8 +542,8 @@ export class Controller implements InstanceEvents {
   }
 
   /** An instance left by an earlier run: skip creation, check it like a new one. */
-  private adopt(node: NodeState, handle: RuntimeInstance): void {
-    const inst = new InstanceState(handle.instanceId, node.id);
+  private adopt(node: NodeState, handle: RuntimeInstance, revision: number, spec: NodeSpec): void {
+    const inst = new InstanceState(handle.instanceId, node.id, revision, spec);
     node.instances.set(inst.id, inst);
     inst.handle = handle;
     inst.setStatus('Created', 'adopted after a restart');
@@ -446,7 +575,7 @@ export class Controller implements InstanceEvents {
 
   /** One health check: pass, fail, or (cell workers) still loading / failed for good. */
   private async probe(node: NodeState, inst: InstanceState): Promise<ProbeResult | { loading: true } | { fatal: string }> {
-    const hc = node.spec.healthcheck;
+    const hc = inst.spec.healthcheck;
     const handle = inst.handle!;
     const timeoutMs = hc.timeout * 1000;
     if (hc.protocol === 'worker') {
@@ -467,12 +596,12 @@ export class Controller implements InstanceEvents {
     const target = handle.ports.get(hc.port!) ?? handle.endpoint;
     if (hc.protocol === 'http') return probeHttp(target, hc.path ?? '/', timeoutMs);
     if (hc.protocol === 'grpc') return probeGrpc(target, hc.service ?? '', timeoutMs);
-    if (hc.protocol === 'endpoint' && node.spec.kind === 'image') return probeServing(target, node.spec.endpoint.protocol, timeoutMs);
+    if (hc.protocol === 'endpoint' && inst.spec.kind === 'image') return probeServing(target, inst.spec.endpoint.protocol, timeoutMs);
     return probeTcp(target, timeoutMs);
   }
 
   private healthLoop(node: NodeState, inst: InstanceState, generation: number, preparingSince: number): void {
-    const hc = node.spec.healthcheck;
+    const hc = inst.spec.healthcheck;
     const check = async (): Promise<void> => {
       if (inst.generation !== generation || inst.stopping || !inst.handle) return;
       const result = await this.probe(node, inst);
@@ -566,6 +695,11 @@ export class Controller implements InstanceEvents {
 
   private scheduleRestart(node: NodeState, inst: InstanceState): void {
     if (inst.stopping || node.deleting || this.stopped) return;
+    if (inst.revision !== node.revision) {
+      // a rollout is replacing it: it goes, and a new-revision instance takes its place
+      void this.stopInstance(node, inst, `exited during the rollout to revision ${node.revision}`);
+      return;
+    }
     const delay = inst.failuresInARow === 0 ? 0 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** (inst.failuresInARow - 1));
     setTimeout(() => {
       if (inst.stopping || node.deleting || this.stopped) return;
@@ -576,14 +710,16 @@ export class Controller implements InstanceEvents {
     }, delay).unref();
   }
 
-  private async stopInstance(node: NodeState, inst: InstanceState, reason: string): Promise<void> {
+  /** Out of balancing at once (`as`: Deleting, or Outdated when a rollout replaces it); stopped once its calls have finished. */
+  private async stopInstance(node: NodeState, inst: InstanceState, reason: string, as: 'Deleting' | 'Outdated' = 'Deleting'): Promise<void> {
     if (inst.stopping) return;
     inst.stopping = true;
-    inst.setStatus('Deleting', reason);
+    inst.setStatus(as, reason);
     this.publish(node);
     // calls already running on it finish; then its connections close with the process
     const deadline = Date.now() + node.callTimeoutS * 1000;
     while (this.gateways.instance(node.id, inst.id).busy > 0 && Date.now() < deadline) await sleep(20);
+    if (as === 'Outdated') inst.setStatus('Deleting', 'drained');
     if (inst.handle) await this.runtime.stop(inst.handle, 2000).catch(() => undefined);
     inst.closeConnections();
     node.instances.delete(inst.id);

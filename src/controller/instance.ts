@@ -1,6 +1,6 @@
 // One instance's bookkeeping: status with timestamped transitions, health counters,
 // its runtime handle and the controller's own health-check connection.
-import type { InstanceStatus, InstanceView, Transition } from '../core/types.js';
+import type { InstanceStatus, InstanceView, NodeSpec, Transition } from '../core/types.js';
 import type { RuntimeInstance } from '../runtimes/runtime.js';
 import type { WorkerConnection } from '../worker/protocol.js';
 import { describeEndpoint } from '../worker/protocol.js';
@@ -36,7 +36,8 @@ export class InstanceState {
   generation = 0;
   healthTimer: NodeJS.Timeout | null = null;
 
-  constructor(readonly id: string, readonly nodeId: string) {
+  /** `revision` and `spec`: what it runs (during a rollout, old and new instances differ). */
+  constructor(readonly id: string, readonly nodeId: string, readonly revision: number, readonly spec: NodeSpec) {
     this.setStatus('Undefined');
   }
 
@@ -62,7 +63,7 @@ export class InstanceState {
   /** `inFlight`: calls the gateways run on it now. */
   view(inFlight: number): InstanceView {
     return {
-      id: this.id, nodeId: this.nodeId, status: this.status,
+      id: this.id, nodeId: this.nodeId, revision: this.revision, status: this.status,
       endpoint: this.handle ? describeEndpoint(this.handle.endpoint) : null,
       pid: this.handle?.pid ?? null,
       restarts: this.restarts, lastError: this.lastError, inFlight,

@@ -6,11 +6,11 @@ import { randomUUID } from 'node:crypto';
 export type GrpcStatusName =
   | 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'PERMISSION_DENIED' | 'UNAUTHENTICATED'
   | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'UNAVAILABLE' | 'DEADLINE_EXCEEDED' | 'INTERNAL'
-  | 'UNIMPLEMENTED' | 'UNKNOWN' | 'CANCELLED';
+  | 'UNIMPLEMENTED' | 'UNKNOWN' | 'CANCELLED' | 'ABORTED';
 
 export const GRPC_STATUS: Record<GrpcStatusName, number> = {
   CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, DEADLINE_EXCEEDED: 4, NOT_FOUND: 5, ALREADY_EXISTS: 6,
-  PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, UNIMPLEMENTED: 12,
+  PERMISSION_DENIED: 7, RESOURCE_EXHAUSTED: 8, FAILED_PRECONDITION: 9, ABORTED: 10, UNIMPLEMENTED: 12,
   INTERNAL: 13, UNAVAILABLE: 14, UNAUTHENTICATED: 16,
 };
 
@@ -60,6 +60,9 @@ export const ERRORS = {
   NODE_UNAVAILABLE: { http: 503, grpc: 'UNAVAILABLE' },
   // suspended by request: waiting will not help, resuming will (issue 9: 409 / FAILED_PRECONDITION)
   NODE_SUSPENDED: { http: 409, grpc: 'FAILED_PRECONDITION' },
+  // two updates of one node raced: the later one is refused, nothing changed
+  CONFLICT: { http: 409, grpc: 'ABORTED' },
+  REVISION_NOT_FOUND: { http: 404, grpc: 'NOT_FOUND' },
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   // logs?follow=true: the cap on connected followers is reached
   TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },

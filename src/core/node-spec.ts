@@ -1,7 +1,7 @@
 // Validates and normalises a node spec as a user sends it (API body or YAML file) into
 // the NodeSpec Berth stores. Every error names the field, as `invalidArgument` does.
 import { invalidArgument } from './errors.js';
-import { VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type Scaling, type Variable } from './types.js';
+import { ROLLOUT_DEFAULTS, VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type RolloutSettings, type Scaling, type Variable } from './types.js';
 
 export const RESOURCE_PRESETS: Record<string, Omit<Resources, 'preset'>> = {
   'c1.4': { cores: 4, memoryGb: 32, gpus: 0 },
@@ -17,7 +17,7 @@ const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const IDENTIFIER_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield']);
 
-const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'network'];
+const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'network', 'rollout'];
 const KIND_FIELDS = {
   cell: new Set([...COMMON_FIELDS, 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']),
   image: new Set([...COMMON_FIELDS, 'image', 'username', 'passwordSecret', 'env', 'endpoint', 'telemetry', 'capabilities']),
@@ -159,6 +159,14 @@ function scaling(o: Obj): Scaling {
   };
 }
 
+function rollout(o: Obj): RolloutSettings {
+  const r = obj(o, 'rollout', 'rollout', ['maxSurge', 'maxUnavailable', 'deadlineSeconds']);
+  const maxSurge = int(r, 'maxSurge', 'rollout.maxSurge', 0, 64, ROLLOUT_DEFAULTS.maxSurge);
+  const maxUnavailable = int(r, 'maxUnavailable', 'rollout.maxUnavailable', 0, 64, ROLLOUT_DEFAULTS.maxUnavailable);
+  if (maxSurge + maxUnavailable === 0) throw invalidArgument('rollout.maxSurge', 'maxSurge and maxUnavailable cannot both be 0: a rollout could never start a new instance');
+  return { maxSurge, maxUnavailable, deadlineSeconds: num(r, 'deadlineSeconds', 'rollout.deadlineSeconds', 5, 86_400, ROLLOUT_DEFAULTS.deadlineSeconds) };
+}
+
 function port(o: Obj, key: string, field: string, dflt?: number): number {
   if ((o[key] === undefined || o[key] === null) && dflt === undefined) throw invalidArgument(field, 'is required');
   return int(o, key, field, 1, 65535, dflt ?? 0);
@@ -231,6 +239,7 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
     scaling: scaling(body),
     // stored only when given: specs without it keep their exact shape (outbound is the default)
     ...(body.network !== undefined && body.network !== null ? { network: network(body) } : {}),
+    ...(body.rollout !== undefined && body.rollout !== null ? { rollout: rollout(body) } : {}),
   };
   return kind === 'cell' ? parseCell(body, common, ctx) : parseImage(body, common);
 }

@@ -1,11 +1,11 @@
-// In-place node updates (PATCH /v1/nodes/{id}, `berth apply` on an existing node): the stored
-// spec turned back into the form users write, a JSON merge patch (RFC 7386) over it, and which
-// fields differ. The merged result goes through parseNodeSpec, so an update is validated
-// exactly as a create is.
-import type { NodeSpec } from './types.js';
+// Node updates (PATCH /v1/nodes/{id}, `berth apply` on an existing node): the stored spec turned
+// back into the form users write, a JSON merge patch (RFC 7386) over it, and what differs. The
+// merged result goes through parseNodeSpec, so an update is validated exactly as a create is.
+// Fields in IN_PLACE_FIELDS apply at once; any other change makes a new revision and a rollout.
+import { ROLLOUT_DEFAULTS, type NodeSpec, type RolloutSettings } from './types.js';
 
 /** What changes without touching instances: gateways and the scaler pick it up from the next snapshot. */
-export const IN_PLACE_FIELDS: ReadonlySet<string> = new Set(['description', 'scaling', 'permissions']);
+export const IN_PLACE_FIELDS: ReadonlySet<string> = new Set(['description', 'scaling', 'permissions', 'rollout']);
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -36,6 +36,19 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
     else out[k] = mergePatch(out[k], v);
   }
   return out;
+}
+
+export function rolloutSettings(spec: NodeSpec): RolloutSettings {
+  return spec.rollout ?? ROLLOUT_DEFAULTS;
+}
+
+/** Every leaf that differs, by dotted path (arrays compared whole): what `--dry-run` prints. */
+export function specDiff(a: unknown, b: unknown, path = ''): Array<{ field: string; from: unknown; to: unknown }> {
+  if (isObj(a) && isObj(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => specDiff(a[k], b[k], path ? `${path}.${k}` : k));
+  }
+  return canonical(a) === canonical(b) ? [] : [{ field: path, from: a ?? null, to: b ?? null }];
 }
 
 /** Top-level fields whose values differ (key order ignored). */

@@ -71,7 +71,20 @@ export interface NodeSpecCommon {
   healthcheck: Healthcheck;
   /** outbound (default): the host's network; none: no network at all. Absent in specs stored before it existed. */
   network?: 'outbound' | 'none';
+  /** How a new revision replaces the instances; absent means ROLLOUT_DEFAULTS. */
+  rollout?: RolloutSettings;
 }
+
+export interface RolloutSettings {
+  /** Instances of the new revision that may run beyond the node's count during a rollout. */
+  maxSurge: number;
+  /** Instances the node may run below its count during a rollout (0: never fewer Healthy ones). */
+  maxUnavailable: number;
+  /** A rollout whose new instances are not all Healthy by then stops and the old revision stays. */
+  deadlineSeconds: number;
+}
+
+export const ROLLOUT_DEFAULTS: RolloutSettings = { maxSurge: 1, maxUnavailable: 0, deadlineSeconds: 300 };
 
 export interface CellNodeSpec extends NodeSpecCommon {
   kind: 'cell';
@@ -112,6 +125,8 @@ export interface Secret { id: string; name: string; folderId: string; projectId:
 export interface InstanceView {
   id: string;
   nodeId: string;
+  /** The node revision it runs. */
+  revision: number;
   status: InstanceStatus;
   endpoint: string | null;
   pid: number | null;
@@ -123,9 +138,33 @@ export interface InstanceView {
   transitions: Array<Transition<InstanceStatus>>;
 }
 
+/** The last rollout of a node: to `revision` from `from`. Kept after it ends, so the node shows how it went. */
+export interface Rollout {
+  revision: number;
+  from: number;
+  state: 'Progressing' | 'Complete' | 'Failed';
+  reason?: string;
+  startedAt: string;
+  finishedAt?: string;
+}
+
+/** One version of what a node's instances run; a new one for each change that restarts them. */
+export interface NodeRevision {
+  nodeId: string;
+  revision: number;
+  spec: NodeSpec;
+  /** Why it exists: created, update (fields), rollback to N. */
+  cause: string;
+  createdAt: string;
+  createdBy: string;
+}
+
 export interface NodeRecord {
   id: string;
   spec: NodeSpec;
+  /** The revision `spec` is: what new instances run. */
+  revision: number;
+  rollout: Rollout | null;
   status: NodeStatus;
   transitions: Array<Transition<NodeStatus>>;
   createdAt: string;

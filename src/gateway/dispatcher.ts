@@ -33,6 +33,9 @@ interface Waiter {
   done: boolean;
 }
 
+/** Sticky keys remembered per node. */
+const MAX_PINS = 100_000;
+
 export class NodeDispatcher {
   private slots: readonly Slot[] = [];
   private next = 0;
@@ -151,17 +154,32 @@ export class NodeDispatcher {
     this.waiters = []; this.head = 0; this.queued = 0; this.stickyWaiting = 0;
   }
 
+  /** Sticky key → the instance it is on; bounded (the oldest keys are forgotten first). */
+  private readonly pins = new Map<string, string>();
+
+  private pin(key: string, slotId: string): void {
+    this.pins.delete(key);
+    this.pins.set(key, slotId);
+    if (this.pins.size > MAX_PINS) this.pins.delete(this.pins.keys().next().value!);
+  }
+
   private take(affinity?: string): Lease | null {
     const slots = this.slots;
     const n = slots.length;
     if (n === 0) return null;
     let best: Slot | null = null;
     if (affinity !== undefined) {
-      // rendezvous hashing: the same key picks the same instance while the set allows
-      let top = -1;
-      for (const s of slots) {
-        const score = hash32(affinity + '\u0000' + s.id);
-        if (score > top) { top = score; best = s; }
+      // a key stays on its instance while that instance serves (new instances, e.g. of a rollout,
+      // do not take keys away); a new or orphaned key goes by rendezvous hashing
+      const pinned = this.pins.get(affinity);
+      if (pinned !== undefined) for (const s of slots) if (s.id === pinned) { best = s; break; }
+      if (best === null) {
+        let top = -1;
+        for (const s of slots) {
+          const score = hash32(affinity + '\u0000' + s.id);
+          if (score > top) { top = score; best = s; }
+        }
+        this.pin(affinity, best!.id);
       }
       if (best!.free.length === 0) return null;
       best!.busy++;

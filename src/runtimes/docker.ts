@@ -32,6 +32,7 @@ const LABEL = {
   home: 'berth.home',
   kind: 'berth.kind',
   ports: 'berth.ports',
+  revision: 'berth.revision',
 } as const;
 /** Lines of a container's log kept in the instance log file when the container goes away. */
 const ARCHIVE_LINES = 5000;
@@ -66,6 +67,7 @@ class DockerInstance implements RuntimeInstance {
     readonly pid: number | null,
     readonly exited: Promise<ExitInfo>,
     readonly containerId: string,
+    readonly revision: number | undefined,
   ) {}
 }
 
@@ -154,6 +156,7 @@ export class DockerRuntime implements Runtime {
       [LABEL.instance]: spec.instanceId,
       [LABEL.home]: this.home,
       [LABEL.kind]: w.kind,
+      [LABEL.revision]: String(spec.revision),
     };
     const hostConfig: Docker.HostConfig = {
       Init: true, // tini as PID 1: signals reach the service with their default meaning
@@ -219,7 +222,7 @@ export class DockerRuntime implements Runtime {
       await container.remove({ force: true }).catch(() => {});
       throw new Error(`start container ${name} from ${image}: ${errorText(err)}`);
     }
-    return this.track(container, spec.nodeId, spec.instanceId, w.kind, labels[LABEL.ports]);
+    return this.track(container, spec.nodeId, spec.instanceId, w.kind, labels[LABEL.ports], spec.revision);
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
@@ -254,7 +257,8 @@ export class DockerRuntime implements Runtime {
       if (known) { if (info.State === 'running') out.push(known.instance); continue; }
       const container = this.docker.getContainer(info.Id);
       if (info.State === 'running') {
-        out.push(await this.track(container, nodeId, instanceId, labels[LABEL.kind] === 'cell' ? 'cell' : 'image', labels[LABEL.ports]));
+        const revision = Number(labels[LABEL.revision]); // absent on containers from before revisions: the node's current one
+        out.push(await this.track(container, nodeId, instanceId, labels[LABEL.kind] === 'cell' ? 'cell' : 'image', labels[LABEL.ports], Number.isInteger(revision) && revision > 0 ? revision : undefined));
       } else {
         // a container of this home that stopped while no Berth was watching: keep its log, remove it
         await this.archiveLogs(container, nodeId, instanceId, `container found ${info.State} (${info.Status})`);
@@ -381,7 +385,7 @@ export class DockerRuntime implements Runtime {
   }
 
   /** Reads the container back and starts watching it; the returned instance is kept for `list`/`logs`. */
-  private async track(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', portsLabel: string | undefined): Promise<DockerInstance> {
+  private async track(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', portsLabel: string | undefined, revision: number | undefined): Promise<DockerInstance> {
     const ports = new Map<number, Endpoint>();
     let endpoint: Endpoint;
     let pid: number | null = null;
@@ -408,7 +412,7 @@ export class DockerRuntime implements Runtime {
     }
     const tracked: Tracked = { instance: undefined as unknown as DockerInstance, archived: false };
     const exited = this.watch(container, nodeId, instanceId, kind, tracked);
-    tracked.instance = new DockerInstance(nodeId, instanceId, endpoint, ports, pid, exited, container.id);
+    tracked.instance = new DockerInstance(nodeId, instanceId, endpoint, ports, pid, exited, container.id, revision);
     this.tracked.set(instanceId, tracked);
     return tracked.instance;
   }

@@ -87,7 +87,7 @@ export class ProcessRuntime implements Runtime {
     log.attach([sb.child.stdout!, sb.child.stderr!], exited);
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
     const endpoint = this.sandbox.mode === 'none' ? join(dir, SOCKET) : await this.pinSocket(dir, spec.instanceId, sb);
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, endpoint: { path: endpoint }, ports: new Map(), pid: sb.child.pid ?? null, exited };
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: { path: endpoint }, ports: new Map(), pid: sb.child.pid ?? null, exited };
   }
 
   /**

@@ -37,6 +37,8 @@ export type Workload = CellWorkload | ImageWorkload;
 export interface InstanceSpec {
   nodeId: string;
   instanceId: string;
+  /** The node revision it runs (kept with the instance, so a restarted Berth knows it when adopting). */
+  revision: number;
   workload: Workload;
   resources: { cores: number; memoryGb: number; gpus: number };
   /** none: no network at all (loopback only); outbound (the default): the host's network. */
@@ -54,6 +56,8 @@ export interface ExitInfo { code: number | null; signal: string | null; error?: 
 export interface RuntimeInstance {
   readonly nodeId: string;
   readonly instanceId: string;
+  /** From InstanceSpec; undefined for instances started before revisions existed. */
+  readonly revision?: number;
   /**
    * Where Berth reaches the instance; only ever this machine (a Unix socket or 127.0.0.1).
    * Cell: the worker's socket. Image: the first of `workload.ports`.

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
-import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeRevision, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
 import { BerthError } from '../core/errors.js';
 
 /** Schema migrations, applied in order, each once, each in one transaction. */
@@ -42,13 +42,22 @@ const MIGRATIONS: string[] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, token_id TEXT, token_name TEXT,
      action TEXT NOT NULL, folder_id TEXT, resource_id TEXT, result TEXT NOT NULL, status INTEGER NOT NULL);
    CREATE INDEX audit_folder ON audit(folder_id, id);`,
+  // revisions: what a node's instances run, one row per change that restarts them; the node
+  // row holds the current one and its last rollout
+  `ALTER TABLE nodes ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+   ALTER TABLE nodes ADD COLUMN rollout TEXT;
+   CREATE TABLE node_revisions (
+     node_id TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, cause TEXT NOT NULL,
+     created_at TEXT NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (node_id, revision));
+   INSERT INTO node_revisions SELECT id, 1, spec, 'created', created_at, created_by FROM nodes;`,
 ];
 
 /** Rows as SQLite returns them (snake_case columns; JSON kept as text). */
 interface TokenRow { id: string; name: string; hash: string; roles: string; created_at: string }
 interface SecretRow { id: string; folder_id: string; project_id: string; name: string; ciphertext: Buffer; created_at: string; created_by: string }
 interface AliasRow { id: string; spec: string; created_at: string; updated_at: string; created_by: string }
-interface NodeRow { id: string; spec: string; status: NodeStatus; transitions: string; created_at: string; updated_at: string; created_by: string }
+interface NodeRow { id: string; spec: string; revision: number; rollout: string | null; status: NodeStatus; transitions: string; created_at: string; updated_at: string; created_by: string }
+interface RevisionRow { node_id: string; revision: number; spec: string; cause: string; created_at: string; created_by: string }
 interface AuditRow { id: number; at: string; token_id: string | null; token_name: string | null; action: string; folder_id: string | null; resource_id: string | null; result: string; status: number }
 
 /** Audit rows kept (the oldest are dropped past this). */
@@ -65,6 +74,8 @@ function quotaExceeded(field: keyof Quota, limit: number, wanted: number): Berth
 
 /** Node status history kept per node (older transitions are dropped). */
 const MAX_TRANSITIONS = 50;
+/** Revisions kept per node (the oldest are dropped; the current one always stays). */
+const MAX_REVISIONS = 20;
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
@@ -215,10 +226,11 @@ export class SqliteStore implements Store {
       const instances = row.instances + n.spec.scaling.maxInstances;
       if (instances > quota.maxInstances) throw quotaExceeded('maxInstances', quota.maxInstances, instances);
       try {
-        this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, status, transitions, created_at, updated_at, created_by)
-          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, revision, rollout, status, transitions, created_at, updated_at, created_by)
+          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
           .run(n.id, n.spec.folderId, n.spec.name, n.spec.kind === 'cell' ? n.spec.checkpointId : null,
-            JSON.stringify(n.spec), n.status, JSON.stringify(n.transitions), n.createdAt, n.updatedAt, n.createdBy);
+            JSON.stringify(n.spec), n.revision, n.rollout && JSON.stringify(n.rollout), n.status, JSON.stringify(n.transitions), n.createdAt, n.updatedAt, n.createdBy);
+        this.insertRevision({ nodeId: n.id, revision: n.revision, spec: n.spec, cause: 'created', createdAt: n.createdAt, createdBy: n.createdBy });
       } catch (err) {
         if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a node named "${n.spec.name}" already exists in folder ${n.spec.folderId}`, { field: 'name', name: n.spec.name });
         throw err;
@@ -246,19 +258,48 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async updateNodeSpec(n: NodeRecord, quota: Quota): Promise<void> {
+  async updateNodeSpec(n: NodeRecord, quota: Quota, revision?: NodeRevision): Promise<void> {
     this.db.transaction(() => {
       const row = this.db.prepare(`SELECT COALESCE(SUM(json_extract(spec, '$.scaling.maxInstances')), 0) AS instances
         FROM nodes WHERE folder_id = ? AND id != ?`).get(n.spec.folderId, n.id) as { instances: number };
       const instances = row.instances + n.spec.scaling.maxInstances;
       if (instances > quota.maxInstances) throw quotaExceeded('maxInstances', quota.maxInstances, instances);
-      const changes = this.db.prepare('UPDATE nodes SET spec = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(n.spec), n.updatedAt, n.id).changes;
-      if (changes === 0) throw new BerthError('NODE_NOT_FOUND', `node ${n.id} not found`, { nodeId: n.id });
+      this.writeNode(n);
+      if (revision) {
+        const last = this.db.prepare('SELECT MAX(revision) AS r FROM node_revisions WHERE node_id = ?').get(n.id) as { r: number | null };
+        if (revision.revision <= (last.r ?? 0)) throw new BerthError('CONFLICT', `node ${n.id} changed meanwhile: try again`, { nodeId: n.id });
+        this.insertRevision(revision);
+      }
     })();
   }
 
+  async setNodeRevision(n: NodeRecord): Promise<void> {
+    this.db.transaction(() => this.writeNode(n))();
+  }
+
+  async listRevisions(nodeId: string): Promise<NodeRevision[]> {
+    const rows = this.db.prepare('SELECT * FROM node_revisions WHERE node_id = ? ORDER BY revision DESC').all(nodeId) as RevisionRow[];
+    return rows.map((r) => ({ nodeId: r.node_id, revision: r.revision, spec: JSON.parse(r.spec), cause: r.cause, createdAt: r.created_at, createdBy: r.created_by }));
+  }
+
+  /** The node row's spec, revision and rollout (checkpoint_id follows the spec: it decides CHECKPOINT_IN_USE). */
+  private writeNode(n: NodeRecord): void {
+    const changes = this.db.prepare('UPDATE nodes SET spec = ?, checkpoint_id = ?, revision = ?, rollout = ?, updated_at = ? WHERE id = ?')
+      .run(JSON.stringify(n.spec), n.spec.kind === 'cell' ? n.spec.checkpointId : null, n.revision, n.rollout && JSON.stringify(n.rollout), n.updatedAt, n.id).changes;
+    if (changes === 0) throw new BerthError('NODE_NOT_FOUND', `node ${n.id} not found`, { nodeId: n.id });
+  }
+
+  private insertRevision(r: NodeRevision): void {
+    this.db.prepare('INSERT INTO node_revisions (node_id, revision, spec, cause, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(r.nodeId, r.revision, JSON.stringify(r.spec), r.cause, r.createdAt, r.createdBy);
+    this.db.prepare('DELETE FROM node_revisions WHERE node_id = ? AND revision <= ?').run(r.nodeId, r.revision - MAX_REVISIONS);
+  }
+
   async deleteNode(id: string): Promise<void> {
-    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM node_revisions WHERE node_id = ?').run(id);
+      this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+    })();
   }
 
   async getQuota(folderId: string): Promise<Partial<Quota> | undefined> {
@@ -305,7 +346,8 @@ function rowToSecret(r: SecretRow): SecretRecord {
 
 function rowToNode(r: NodeRow): NodeRecord {
   return {
-    id: r.id, spec: JSON.parse(r.spec), status: r.status, transitions: JSON.parse(r.transitions),
+    id: r.id, spec: JSON.parse(r.spec), revision: r.revision, rollout: r.rollout === null ? null : JSON.parse(r.rollout),
+    status: r.status, transitions: JSON.parse(r.transitions),
     createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
   };
 }

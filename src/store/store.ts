@@ -1,4 +1,4 @@
-import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeRevision, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
 export interface SecretRecord extends Secret { ciphertext: Buffer }
@@ -42,8 +42,16 @@ export interface Store {
   getNode(id: string): Promise<NodeRecord | undefined>;
   listNodes(): Promise<NodeRecord[]>;
   updateNodeStatus(id: string, status: NodeStatus, transition: Transition<NodeStatus>): Promise<void>;
-  /** Replaces a node's spec in place; refused past the folder's maxInstances (the sum of maxInstances, this node's new value counted). */
-  updateNodeSpec(n: NodeRecord, quota: Quota): Promise<void>;
+  /**
+   * Replaces a node's spec, revision and rollout, with the new revision's row when given (one
+   * transaction); refused past the folder's maxInstances (this node's new value counted), and
+   * with CONFLICT when that revision number exists already (two updates at once).
+   */
+  updateNodeSpec(n: NodeRecord, quota: Quota, revision?: NodeRevision): Promise<void>;
+  /** Rollout progress: the node's spec, revision and rollout as the controller decided (a failed rollout goes back). */
+  setNodeRevision(n: NodeRecord): Promise<void>;
+  /** Newest first; the last 20 are kept. */
+  listRevisions(nodeId: string): Promise<NodeRevision[]>;
   deleteNode(id: string): Promise<void>;
 
   /** The limits an admin set for a folder (unset fields take the defaults). */

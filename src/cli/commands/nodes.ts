@@ -1,10 +1,12 @@
-// `berth node …`: create (cell or image), list, show, update in place, suspend/resume, delete,
-// read or follow the instances' logs, and execute. createNode is shared with `berth apply`.
+// `berth node …`: create (cell or image), list, show, update (in place or rolled out), rollout
+// status, history, rollback, suspend/resume, delete, read or follow the instances' logs, and
+// execute. createNode, planTable and followRollout are shared with `berth apply`.
 import type { Command } from 'commander';
 import { ApiError, berthFetch, findToken, serverUrl } from '../client.js';
 import { ago, table } from '../format.js';
 import { clientFor, collect, out, parseInput, printOutput, waitHealthy, type JsonOption } from '../shared.js';
-import type { Deleted, ExecuteAnswer, NodeList, NodeLogs, NodeView, WhoAmI } from '../views.js';
+import type { Client } from '../client.js';
+import type { Deleted, ExecuteAnswer, NodeList, NodeLogs, NodeView, RevisionList, UpdatePlan, WhoAmI } from '../views.js';
 
 interface CreateOptions extends JsonOption {
   name: string; checkpoint?: string; image?: string; port?: string; protocol: string; env?: string[]; healthPath?: string;
@@ -28,13 +30,54 @@ export function nodeTable(n: NodeView): string {
       ['health check', `${n.healthcheck.protocol}${n.healthcheck.path ? ' ' + n.healthcheck.path : ''} :${n.healthcheck.port}`],
       ...(n.telemetry ? [['telemetry', `${n.telemetry.format} :${n.telemetry.port}${n.telemetry.path}`] as [string, string]] : [])];
   const head = table(['FIELD', 'VALUE'], [
-    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId], ...kindRows,
+    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId], ['revision', rolloutLine(n)], ...kindRows,
     ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each`],
     ['acl', n.permissions.folders.join(', ')],
   ]);
-  const inst = table(['INSTANCE', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
-    n.instances.map((i) => [i.id, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
+  const inst = table(['INSTANCE', 'REV', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
+    n.instances.map((i) => [i.id, i.revision, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
   return `${head}\n${inst}${n.warnings?.length ? `\nnote: ${n.warnings.join('; ')}` : ''}`;
+}
+
+/** `3`, or `3 (rolling out from 2: 1 updated, 1 outdated)`, or `2 (rollout to 3 failed: …)`. */
+function rolloutLine(n: NodeView): string {
+  const r = n.rollout;
+  if (!r || r.state === 'Complete') return String(n.revision);
+  if (r.state === 'Failed') return `${n.revision} (rollout to ${r.revision} failed: ${r.reason ?? 'no reason given'})`;
+  return `${n.revision} (rolling out from ${r.from}: ${r.healthy ?? 0} healthy of ${r.updated ?? 0} updated, ${r.outdated ?? 0} old)`;
+}
+
+/** What an update would change, field by field (`--dry-run`). */
+export function planTable(p: UpdatePlan): string {
+  if (p.changed.length === 0) return 'no change';
+  const show = (v: unknown): string => (v === null ? '—' : typeof v === 'string' ? v : JSON.stringify(v));
+  return `${table(['FIELD', 'NOW', 'AFTER'], p.diff.map((d) => [d.field, show(d.from), show(d.to)]))}
+` +
+    (p.rollout ? `a new revision ${p.revision} would be rolled out` : 'applies in place: nothing restarts');
+}
+
+/**
+ * Follows a node's rollout until it completes or fails, with a progress bar on stderr.
+ * Throws when it fails (the old revision keeps serving).
+ */
+export async function followRollout(c: Client, id: string, progress: boolean, timeoutS = Number(process.env.BERTH_WAIT_SECONDS ?? 900)): Promise<NodeView> {
+  const started = Date.now();
+  let last = '';
+  for (;;) {
+    const n = await c.request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(id)}`);
+    const r = n.rollout;
+    if (!r) return n;
+    const target = Math.max(n.scaling.minInstances, (r.healthy ?? 0) + (r.outdated ?? 0));
+    const done = r.state === 'Complete' ? target : Math.min(r.healthy ?? 0, target);
+    const width = 20;
+    const filled = Math.round((done / Math.max(1, target)) * width);
+    const line = `revision ${r.revision} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${target} new healthy, ${r.outdated ?? 0} old — ${r.state}`;
+    if (progress && line !== last) { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}\n`); last = line; }
+    if (r.state === 'Complete') return n;
+    if (r.state === 'Failed') throw new Error(`rollout to revision ${r.revision} failed; revision ${n.revision} keeps serving: ${r.reason ?? 'no reason given'}`);
+    if (Date.now() - started > timeoutS * 1000) throw new Error(`rollout to revision ${r.revision} still in progress after ${timeoutS}s (berth node rollout status ${id} follows it)`);
+    await new Promise((res) => setTimeout(res, 250));
+  }
 }
 
 /** POSTs a node spec, waits for Healthy unless told not to, prints it unless `silent`. */
@@ -64,6 +107,25 @@ async function followLogs(cli: Command, path: string): Promise<void> {
     throw new ApiError(res.status, p.code ?? `HTTP_${res.status}`, p.message ?? text.slice(0, 500), p.details ?? {}, p);
   }
   for await (const chunk of res.body) process.stdout.write(chunk);
+}
+
+/** PATCHes a node; prints the plan (`dryRun`) or follows the rollout it starts (`wait`). */
+export async function updateNode(c: Client, ref: string, patch: Record<string, unknown>, o: { dryRun: boolean; wait: boolean; json?: boolean; quiet?: boolean }): Promise<NodeView | UpdatePlan> {
+  const path = `/v1/nodes/${encodeURIComponent(ref)}`;
+  if (o.dryRun) {
+    const plan = await c.request<UpdatePlan>('PATCH', `${path}?dryRun=true`, patch);
+    if (!o.quiet) out(o.json, plan, () => planTable(plan));
+    return plan;
+  }
+  let n = await c.request<NodeView>('PATCH', path, patch);
+  const rolling = n.rollout?.state === 'Progressing' && n.changed?.some((f) => !['description', 'scaling', 'permissions', 'rollout'].includes(f));
+  if (rolling && o.wait) n = await followRollout(c, n.id, !o.json);
+  if (!o.quiet) {
+    out(o.json, n, () => (n.changed?.length
+      ? `node ${n.name} (${n.id}) updated (${n.changed.join(', ')}): revision ${rolloutLine(n)}`
+      : `node ${n.name} (${n.id}) unchanged`));
+  }
+  return n;
 }
 
 export function registerNodes(cli: Command): void {
@@ -132,22 +194,62 @@ export function registerNodes(cli: Command): void {
     out(o.json, r, () => `node ${r.id} deleted`);
   });
 
-  node.command('update <node>').description('Change scaling, description or ACL in place (nothing restarts); the rest needs revisions, not built yet')
-    .option('--min <n>', 'scaling.minInstances').option('--max <n>', 'scaling.maxInstances')
+  node.command('update <node>')
+    .description('Change a node. Scaling, description and ACL apply in place; checkpoint, image, env, resources… make a new revision, rolled out with zero failed calls')
+    .option('--checkpoint <ref>', 'cell node: pinned checkpoint (id or name)').option('--image <ref>', 'image node: container image')
+    .option('--env <K=V>', 'image node: set an environment variable (repeat; K= removes it)', collect)
+    .option('--resources <preset>', 'c1.4, c1.8, c1.32, g1.1 or g2.1').option('--timeout <seconds>', 'per-call timeout')
+    .option('--min <n>', 'scaling.minInstances').option('--max <n>', 'scaling.maxInstances').option('--sessions <n>', 'scaling.sessionsPerInstance')
     .option('--description <text>', 'description').option('--acl <folders>', 'permissions.folders: the folders that may call it, comma-separated')
+    .option('--max-surge <n>', 'rollout.maxSurge').option('--max-unavailable <n>', 'rollout.maxUnavailable').option('--deadline <seconds>', 'rollout.deadlineSeconds')
+    .option('--dry-run', 'print what would change and change nothing').option('--no-wait', 'return at once instead of following the rollout')
     .option('--json', 'print JSON')
-    .action(async (ref: string, o: JsonOption & { min?: string; max?: string; description?: string; acl?: string }) => {
-      const scaling: Record<string, number> = {};
-      if (o.min !== undefined) scaling.minInstances = Number(o.min);
-      if (o.max !== undefined) scaling.maxInstances = Number(o.max);
-      const patch: Record<string, unknown> = {
-        ...(Object.keys(scaling).length ? { scaling } : {}),
-        ...(o.description !== undefined ? { description: o.description } : {}),
-        ...(o.acl !== undefined ? { permissions: { folders: String(o.acl).split(',').map((f) => f.trim()).filter(Boolean) } } : {}),
+    .action(async (ref: string, o: JsonOption & Record<string, string | string[] | boolean | undefined>) => {
+      const num = (v: unknown): number | undefined => (v === undefined ? undefined : Number(v));
+      const defined = (x: Record<string, unknown>): Record<string, unknown> | undefined => {
+        const e = Object.entries(x).filter(([, v]) => v !== undefined);
+        return e.length ? Object.fromEntries(e) : undefined;
       };
-      if (!Object.keys(patch).length) throw new Error('nothing to change: give --min, --max, --description or --acl');
-      const n = await client().request<NodeView>('PATCH', `/v1/nodes/${encodeURIComponent(ref)}`, patch);
-      out(o.json, n, () => `node ${n.name} (${n.id}) updated: ${n.scaling.minInstances}-${n.scaling.maxInstances} instances, ACL ${n.permissions.folders.join(', ')}`);
+      const env = o.env as string[] | undefined;
+      const patch: Record<string, unknown> = defined({
+        checkpointId: o.checkpoint, image: o.image, resources: o.resources, description: o.description,
+        env: env && Object.fromEntries(env.map((kv) => { const i = kv.indexOf('='); return [kv.slice(0, i), i < 0 || i === kv.length - 1 ? null : kv.slice(i + 1)]; })),
+        permissions: o.acl === undefined ? undefined : { folders: String(o.acl).split(',').map((f) => f.trim()).filter(Boolean) },
+        scaling: defined({ minInstances: num(o.min), maxInstances: num(o.max), sessionsPerInstance: num(o.sessions) }),
+        rollout: defined({ maxSurge: num(o.maxSurge), maxUnavailable: num(o.maxUnavailable), deadlineSeconds: num(o.deadline) }),
+      }) ?? {};
+      if (o.timeout !== undefined) {
+        // a cell node's timeout is top-level, an image node's is its endpoint's
+        const kind = (await client().request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(ref)}`)).kind;
+        Object.assign(patch, kind === 'cell' ? { timeout: Number(o.timeout) } : { endpoint: { timeout: Number(o.timeout) } });
+      }
+      if (!Object.keys(patch).length) throw new Error('nothing to change: give --checkpoint, --image, --env, --resources, --timeout, --min, --max, --sessions, --description, --acl or a rollout setting');
+      await updateNode(client(), ref, patch, { dryRun: !!o.dryRun, wait: o.wait !== false, json: o.json });
+    });
+
+  const rollout = node.command('rollout').description('Rollouts of new revisions');
+  rollout.command('status <node>').description('Follow the current rollout with a progress bar until it completes or fails')
+    .option('--no-wait', 'print the state once').option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption & { wait: boolean }) => {
+      const c = client();
+      const n = o.wait && !o.json ? await followRollout(c, ref, true) : await c.request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
+      out(o.json, { id: n.id, revision: n.revision, rollout: n.rollout }, () => `node ${n.name}: revision ${rolloutLine(n)}${n.rollout ? `, last rollout ${n.rollout.state.toLowerCase()}` : ''}`);
+    });
+
+  node.command('history <node>').description("A node's revisions, newest first").option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption) => {
+      const h = await client().request<RevisionList>('GET', `/v1/nodes/${encodeURIComponent(ref)}/revisions`);
+      out(o.json, h, () => table(['REVISION', 'CURRENT', 'RUNS', 'CAUSE', 'CREATED', 'BY'],
+        h.revisions.map((r) => [r.revision, r.current ? '*' : '', r.runs.checkpointId ?? r.runs.image ?? '', r.cause, ago(r.createdAt), r.createdBy])));
+    });
+
+  node.command('rollback <node>').description('Roll an earlier revision out again (default: the one before the current)')
+    .option('--to <revision>', 'the revision to go back to').option('--no-wait', 'return at once instead of following the rollout').option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption & { to?: string; wait: boolean }) => {
+      const c = client();
+      let n = await c.request<NodeView>('POST', `/v1/nodes/${encodeURIComponent(ref)}:rollback`, o.to === undefined ? {} : { revision: Number(o.to) });
+      if (o.wait) n = await followRollout(c, n.id, !o.json);
+      out(o.json, n, () => `node ${n.name} (${n.id}): revision ${rolloutLine(n)}`);
     });
 
   for (const verb of ['suspend', 'resume'] as const) {
