@@ -129,6 +129,10 @@ test('five updates of a cell node (new checkpoint) under load: zero failed calls
   assert.equal(back.revision, 7);
   assert.equal(back.rollout.state, 'Complete');
   assert.equal((await execute(b, node.id, { x: 1 })).body.output.result.version, 5);
+  const status = b.cli('node', 'rollout', 'status', 'rolling', '--json');
+  assert.equal(status.status, 0, status.stderr);
+  assert.deepEqual({ ...JSON.parse(status.stdout).rollout, startedAt: 0, finishedAt: 0 },
+    { revision: 7, from: 6, state: 'Complete', startedAt: 0, finishedAt: 0, updated: 2, outdated: 0, healthy: 2 });
   const to2 = await b.request('POST', `/v1/nodes/${node.id}:rollback`, { revision: 2 });
   assert.equal(to2.status, 200, JSON.stringify(to2.body));
   assert.equal((await rolloutEnds(node.id)).rollout.state, 'Complete');

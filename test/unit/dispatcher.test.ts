@@ -265,6 +265,25 @@ describe('sticky affinity', () => {
     assert.equal(now(d, 'user-1').slot, first.slot);
   });
 
+  test('a new instance takes no key from an instance that still serves; a key moves when its instance goes', () => {
+    const d = new NodeDispatcher('n', 10);
+    const [a, b2] = [slot('a', 1000), slot('b', 1000)];
+    d.setSlots([a, b2]);
+    const keys = Array.from({ length: 100 }, (_, i) => `user-${i}`);
+    const before = new Map(keys.map((k) => [k, now(d, k).slot.id]));
+    // a third instance joins (a rollout's new one): every key stays where it was
+    const c = slot('c', 1000);
+    d.setSlots([a, b2, c]);
+    for (const k of keys) assert.equal(now(d, k).slot.id, before.get(k), `key ${k} moved to a new instance`);
+    // a goes away: only its keys move, the others stay
+    d.setSlots([b2, c]);
+    for (const k of keys) {
+      const id = now(d, k).slot.id;
+      if (before.get(k) === 'b') assert.equal(id, 'b');
+      else assert.notEqual(id, 'a');
+    }
+  });
+
   test('a sticky waiter waits for its own instance and does not hold up others behind it', async () => {
     const d = new NodeDispatcher('n', 10);
     const a = slot('a', 1);

@@ -6,6 +6,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseNodeSpec, RESOURCE_PRESETS, type SpecContext } from '../../src/core/node-spec.js';
 import { parseAliasSpec, type AliasContext } from '../../src/core/alias-spec.js';
+import { IN_PLACE_FIELDS, changedFields, mergePatch, rolloutSettings, specDiff, specInput } from '../../src/core/node-update.js';
 import { BerthError } from '../../src/core/errors.js';
 import type { CellNodeSpec, ImageNodeSpec } from '../../src/core/types.js';
 
@@ -57,6 +58,12 @@ describe('node specs: bad input names the field', () => {
     ['permissions.folders empty', { ...CELL, permissions: { folders: [] } }, 'permissions.folders'],
     ['permissions.folders item not a string', { ...CELL, permissions: { folders: ['ok', 3] } }, 'permissions.folders[1]'],
     ['permissions.folders item bad', { ...CELL, permissions: { folders: ['a b'] } }, 'permissions.folders[0]'],
+    ['rollout not an object', { ...CELL, rollout: 1 }, 'rollout'],
+    ['rollout unknown field', { ...CELL, rollout: { surge: 1 } }, 'rollout.surge'],
+    ['rollout maxSurge negative', { ...CELL, rollout: { maxSurge: -1 } }, 'rollout.maxSurge'],
+    ['rollout both 0', { ...CELL, rollout: { maxSurge: 0, maxUnavailable: 0 } }, 'rollout.maxSurge'],
+    ['rollout maxUnavailable not an integer', { ...CELL, rollout: { maxUnavailable: 0.5 } }, 'rollout.maxUnavailable'],
+    ['rollout deadline too short', { ...CELL, rollout: { deadlineSeconds: 1 } }, 'rollout.deadlineSeconds'],
     ['permissions.folders too many', { ...CELL, permissions: { folders: Array.from({ length: 101 }, (_, i) => `f${i}`) } }, 'permissions.folders'],
     ['unknown preset', { ...CELL, resources: 'huge' }, 'resources'],
     ['resources not an object', { ...CELL, resources: 4 }, 'resources'],
@@ -272,3 +279,28 @@ describe('alias specs: defaults', () => {
 });
 
 function b0(weight: number): Record<string, unknown> { return { ...ALIAS, backends: [{ nodeId: 'n1', weight }] }; }
+
+describe('node updates: merge patch, what changed, what restarts', () => {
+  test('a patch over the stored spec: changed fields, in-place or not, and the leaf diff', () => {
+    const before = parseNodeSpec({ ...CELL, name: 'upd' }, CTX);
+    const after = parseNodeSpec(mergePatch(specInput(before), { checkpointId: 'v2', scaling: { maxInstances: 3 }, description: 'new' }), CTX);
+    assert.deepEqual(changedFields(before, after), ['checkpointId', 'description', 'scaling']);
+    assert.deepEqual(changedFields(before, after).filter((f) => !IN_PLACE_FIELDS.has(f)), ['checkpointId']);
+    const diff = specDiff(specInput(before), specInput(after));
+    assert.deepEqual(diff.map((d) => d.field), ['checkpointId', 'description', 'scaling.maxInstances']);
+    assert.deepEqual(diff.find((d) => d.field === 'description'), { field: 'description', from: '', to: 'new' });
+    // null removes a key (RFC 7386); the same spec again is no change
+    assert.deepEqual(changedFields(before, parseNodeSpec(specInput(before), CTX)), []);
+    const noDesc = mergePatch(specInput(after), { description: null }) as Record<string, unknown>;
+    assert.equal('description' in noDesc, false);
+  });
+
+  test('rollout settings: defaults when absent, stored only when given', () => {
+    const plain = parseNodeSpec({ ...CELL, name: 'roll' }, CTX);
+    assert.equal(plain.rollout, undefined);
+    assert.deepEqual(rolloutSettings(plain), { maxSurge: 1, maxUnavailable: 0, deadlineSeconds: 300 });
+    const set = parseNodeSpec({ ...CELL, name: 'roll', rollout: { maxSurge: 0, maxUnavailable: 1 } }, CTX);
+    assert.deepEqual(rolloutSettings(set), { maxSurge: 0, maxUnavailable: 1, deadlineSeconds: 300 });
+    assert.ok(IN_PLACE_FIELDS.has('rollout'), 'changing rollout settings restarts nothing');
+  });
+});
