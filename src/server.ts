@@ -98,18 +98,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const gateway = new Gateway(config, routes, auth, metrics, aliases);
   const proxy = new Proxy(config, routes, auth, metrics, aliases);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
-  const grpc = await startGrpcServer({
-    gateway, maxMessageBytes: config.maxRequestBytes,
-    // gRPC execute calls count in the same per-node and per-alias metrics as REST ones, under their grpc-status
-    onCall: (call) => {
-      const targets = [call.nodeId && routes.route(call.nodeId) ? metrics.bindNode(call.nodeId) : null, call.alias && aliases.get(call.alias) ? metrics.bindAlias(call.alias) : null];
-      for (const m of targets) {
-        if (!m) continue;
-        m.requests.inc();
-        m.observeGrpc(String(call.code), call.seconds);
-      }
-    },
-  });
+  // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
+  const grpc = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying

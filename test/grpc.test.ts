@@ -16,7 +16,7 @@ import { startBerth, removeHome, makeCheckpoint, createNode, waitFor, type Berth
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
 import { structToJson, jsonToStruct, valueToJson, MAX_MESSAGE_DEPTH, StructConversionError } from '../src/grpc/struct.js';
 import { loadProtos, PROTO_DIR, jsonName } from '../src/grpc/protos.js';
-import { startGrpcServer, decodeStatusDetails, truncateBytes, tailLines, type CallInfo } from '../src/grpc/node-service.js';
+import { startGrpcServer, decodeStatusDetails, truncateBytes, tailLines } from '../src/grpc/node-service.js';
 import { BerthError } from '../src/core/errors.js';
 
 const { FileDescriptorProto } = descriptorExt as unknown as { FileDescriptorProto: protobuf.Type };
@@ -358,14 +358,27 @@ describe('gRPC NodeService on the main Berth port', () => {
 // ---------------------------------------------------------------------------
 
 describe('startGrpcServer with a stand-in gateway', () => {
-  const seen: Array<{ nodeId: string; body: any }> = [];
-  const infos: CallInfo[] = [];
+  const seen: Array<{ nodeId: string; body: any; sticky?: unknown }> = [];
+  /** What the pipeline counted: the call's target and the grpc-status it ended with. */
+  const infos: Array<{ nodeId?: string; alias?: string; code: number }> = [];
+  // the gateway's side of the pipeline as node-service uses it: authenticate, count, execute
   const gateway: any = {
     inFlight: 0,
     draining: false,
-    async call(nodeId: string, authorization: string | undefined, body: Buffer) {
-      if (authorization !== 'Bearer good') throw new BerthError('UNAUTHENTICATED', 'invalid token');
-      seen.push({ nodeId, body: JSON.parse(body.toString('utf8')) });
+    pipeline: {
+      authenticate(authorization: string | undefined) {
+        if (authorization !== 'Bearer good') throw new BerthError('UNAUTHENTICATED', 'invalid token');
+        return { id: 'good', name: 'good', hash: '', roles: { '*': 'admin' }, createdAt: '' };
+      },
+      count(target: { nodeId?: string; alias?: string }) {
+        return { node() {}, alias() {}, end: (_http: number | undefined, grpcStatus?: string) => { infos.push({ ...target, code: Number(grpcStatus) }); } };
+      },
+    },
+    async execute(_token: unknown, _folder: string, target: { nodeId?: string; alias?: string }, _input: unknown, payload: Buffer, headers: Record<string, unknown>) {
+      const nodeId = target.nodeId ?? (target.alias === 'my-alias' ? 'node-behind-alias' : undefined);
+      if (!nodeId) throw new BerthError('ALIAS_NOT_FOUND', `alias ${target.alias} not found`);
+      const body = JSON.parse(payload.toString('utf8'));
+      seen.push({ nodeId, body, sticky: headers['x-sticky-key'] });
       if (nodeId === 'huge-error') {
         const details = { error_name: 'ValueError', error_message: 'é'.repeat(50_000), traceback: Array.from({ length: 1000 }, (_, i) => `line ${i} ${'x'.repeat(i % 700)}`) };
         return { ok: false, error: new BerthError('EXECUTION_ERROR', `the cell raised ValueError: ${details.error_message}`, details), extra: details };
@@ -373,7 +386,7 @@ describe('startGrpcServer with a stand-in gateway', () => {
       if (nodeId === 'slow') { await new Promise((r) => setTimeout(r, 1500)); return { ok: true, body: Buffer.from('{"output":{}}') }; }
       if (nodeId === 'percent') return { ok: false, error: new BerthError('INVALID_INPUT', '100% wrong: ünïcode ✓\nsecond line') };
       if (nodeId === 'busy') return { ok: false, error: new BerthError('NODE_UNAVAILABLE', 'no healthy instance', {}, { 'retry-after': '2' }) };
-      return { ok: true, body: Buffer.from(JSON.stringify({ output: { nodeId, echo: JSON.parse(body.toString('utf8')).input } })) };
+      return { ok: true, body: Buffer.from(JSON.stringify({ output: { nodeId, echo: body.input } })) };
     },
   };
   let server: Awaited<ReturnType<typeof startGrpcServer>>;
@@ -382,11 +395,7 @@ describe('startGrpcServer with a stand-in gateway', () => {
   const fallbacks: string[] = [];
 
   before(async () => {
-    server = await startGrpcServer({
-      gateway,
-      resolveAlias: (name) => (name === 'my-alias' ? 'node-behind-alias' : undefined),
-      onCall: (info) => infos.push(info),
-    });
+    server = await startGrpcServer({ gateway });
     // a front door of our own: NodeService on handleStream, anything else refused
     front = createHttp2Server();
     front.on('stream', (stream, headers) => {
@@ -418,54 +427,30 @@ describe('startGrpcServer with a stand-in gateway', () => {
     }
   });
 
-  test('without resolveAlias, ExecuteAlias uses gateway.callAlias, with the metadata as headers', async () => {
-    const calls: any[] = [];
-    const gw: any = {
-      inFlight: 0, draining: false,
-      call: async () => { throw new Error('not this one'); },
-      callAlias: async (name: string, authorization: string | undefined, body: Buffer, headers: Record<string, unknown>) => {
-        calls.push({ name, authorization, body: JSON.parse(body.toString('utf8')), sticky: headers['x-sticky-key'] });
-        if (name !== 'known') throw new BerthError('NODE_NOT_FOUND', `alias ${name} not found`);
-        return { ok: true, body: Buffer.from('{"output":{"via":"alias"}}') };
-      },
-    };
-    const s2 = await startGrpcServer({ gateway: gw });
-    const c2 = genericClient(loadProtos().root, SERVICE, `127.0.0.1:${s2.port}`);
-    try {
-      const m = auth('Bearer t');
-      m.set('x-sticky-key', 'user-7');
-      const ok = await unary(c2, 'ExecuteAlias', { folder_id: 'f', alias_name: 'known', input: jsonToStruct({ a: 1 }) }, m);
-      assert.equal(ok.err, undefined, ok.err?.message);
-      assert.deepEqual(structToJson(ok.res.output), { via: 'alias' });
-      assert.deepEqual(calls[0], { name: 'known', authorization: 'Bearer t', body: { folder_id: 'f', input: { a: 1 } }, sticky: 'user-7' });
-      const missing = await unary(c2, 'ExecuteAlias', { folder_id: 'f', alias_name: 'other', input: jsonToStruct({}) }, m);
-      assert.equal(missing.err?.code, grpc.status.NOT_FOUND);
-    } finally {
-      c2.close();
-      await s2.close(1000);
-    }
-  });
-
   // the same tests through both ways in: grpc-js's server, and handleStream on a front door's HTTP/2
   for (const via of ['grpc-js', 'handleStream']) describe(`via ${via}`, () => {
     const client = (): any => clients[via];
     const md = (): grpc.Metadata => auth('Bearer good');
 
-    test('ExecuteAlias calls the node resolveAlias names', async () => {
-      const { err, res } = await unary(client(), 'ExecuteAlias', { folder_id: 'f1', alias_name: 'my-alias', input: jsonToStruct({ x: 1 }) }, md());
+    test('ExecuteAlias goes to the pipeline by alias name, with the metadata as headers (a sticky key), and is counted on it', async () => {
+      const m = md();
+      m.set('x-sticky-key', 'user-7');
+      const { err, res } = await unary(client(), 'ExecuteAlias', { folder_id: 'f1', alias_name: 'my-alias', input: jsonToStruct({ x: 1 }) }, m);
       assert.equal(err, undefined, err?.message);
       assert.deepEqual(structToJson(res.output), { nodeId: 'node-behind-alias', echo: { x: 1 } });
-      assert.deepEqual(seen.at(-1), { nodeId: 'node-behind-alias', body: { folder_id: 'f1', input: { x: 1 } } });
-      const info = infos.at(-1)!;
-      assert.equal(info.method, 'ExecuteAlias');
-      assert.equal(info.alias, 'my-alias');
-      assert.equal(info.nodeId, 'node-behind-alias');
-      assert.equal(info.code, grpc.status.OK);
+      assert.deepEqual(seen.at(-1), { nodeId: 'node-behind-alias', body: { folder_id: 'f1', input: { x: 1 } }, sticky: 'user-7' });
+      assert.deepEqual(infos.at(-1), { alias: 'my-alias', code: grpc.status.OK });
+      const missing = await unary(client(), 'ExecuteAlias', { folder_id: 'f', alias_name: 'other', input: jsonToStruct({}) }, md());
+      assert.equal(missing.err?.code, grpc.status.NOT_FOUND);
+      assert.deepEqual(infos.at(-1), { alias: 'other', code: grpc.status.NOT_FOUND });
     });
 
     test('the JSON body sent to the gateway: folder_id, input as plain JSON, missing input as {}', async () => {
       await unary(client(), 'Execute', { folder_id: 'f2', node_id: 'n' }, md());
       assert.deepEqual(seen.at(-1)!.body, { folder_id: 'f2', input: {} });
+      const noFolder = await unary(client(), 'Execute', { node_id: 'n', input: jsonToStruct({}) }, md());
+      assert.equal(noFolder.err?.code, grpc.status.INVALID_ARGUMENT);
+      assert.match(noFolder.err!.details, /folder_id is required/);
     });
 
     test('NaN and Infinity inputs are INVALID_ARGUMENT naming the path', async () => {
@@ -509,7 +494,7 @@ describe('startGrpcServer with a stand-in gateway', () => {
       assert.equal(err?.code, grpc.status.UNAVAILABLE);
       assert.equal(err!.metadata.get('retry-after')[0], '2');
       assert.equal(err!.metadata.get('berth-error-code')[0], 'NODE_UNAVAILABLE');
-      assert.equal(infos.at(-1)!.errorCode, 'NODE_UNAVAILABLE');
+      assert.deepEqual(infos.at(-1), { nodeId: 'busy', code: grpc.status.UNAVAILABLE });
     });
 
     test('while Berth drains, calls are UNAVAILABLE and not started', async () => {
@@ -528,12 +513,12 @@ describe('startGrpcServer with a stand-in gateway', () => {
       // a slow call left by an earlier deadline test may still be running
       await waitFor('earlier calls to end', async () => gateway.inFlight === 0, 5000, 20);
       let during = -1;
-      const original = gateway.call;
-      gateway.call = async (...args: [string, string | undefined, Buffer]) => { during = gateway.inFlight; return original.apply(gateway, args); };
+      const original = gateway.execute;
+      gateway.execute = async (...args: unknown[]) => { during = gateway.inFlight; return original.apply(gateway, args); };
       try {
         await unary(client(), 'Execute', { folder_id: 'f', node_id: 'n', input: jsonToStruct({}) }, md());
       } finally {
-        gateway.call = original;
+        gateway.execute = original;
       }
       assert.equal(during, 1);
       assert.equal(gateway.inFlight, 0);

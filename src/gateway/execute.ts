@@ -1,42 +1,43 @@
 // The execute data plane: POST /datasphere/v1/nodes/{nodeId}:execute and
 // /datasphere/v1/aliases/{name}:execute, compatible with the modelled platform; gRPC
-// Execute/ExecuteAlias call the same methods. Reads no database: routes, aliases,
-// tokens and validators are all in memory.
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+// Execute/ExecuteAlias (grpc/node-service.ts) run through `execute` too. Both go through
+// the one call pipeline (pipeline.ts). Reads no database: routes, aliases, tokens and
+// validators are all in memory.
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, type ErrorCode, WORKER_ERRORS } from '../core/errors.js';
-import { Auth } from '../core/auth.js';
+import type { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
-import type { CallMetrics, Metrics } from '../core/metrics.js';
+import type { Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
 import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
+import { CallPipeline, type CallCount, type CallTarget, type HeaderSource } from './pipeline.js';
 
 const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 
 /** The result of a call, independent of the protocol it came in on. */
-export type CallResult = (
+export type CallResult =
   | { ok: true; body: Buffer }
-  | { ok: false; error: BerthError; extra?: Record<string, unknown> }
-) & {
-  /** Through an alias: the node that served the call (its metrics count it too). */
-  nodeId?: string;
-};
+  | { ok: false; error: BerthError; extra?: Record<string, unknown> };
 
 export class Gateway {
   /** Calls being served right now; shutdown waits for them. */
   inFlight = 0;
   draining = false;
+  readonly pipeline: CallPipeline;
 
   constructor(
     private readonly config: Config,
     private readonly routes: RoutingTable,
-    private readonly auth: Auth,
+    auth: Auth,
     private readonly metrics: Metrics,
-    private readonly aliases: AliasTable,
-  ) {}
+    aliases: AliasTable,
+  ) {
+    this.pipeline = new CallPipeline(routes, aliases, auth, metrics);
+  }
 
   static handles(url: string | undefined): boolean {
     return url !== undefined && url.startsWith('/datasphere/');
@@ -61,22 +62,16 @@ export class Gateway {
     try { id = decodeURIComponent(m[2]!); } catch {
       return void sendError(res, new BerthError('INVALID_PATH', `the ${isAlias ? 'alias name' : 'node id'} in the path is not valid percent-encoded UTF-8`, { field: 'path', path }));
     }
+    const target: CallTarget = isAlias ? { alias: id } : { nodeId: id };
     this.inFlight++;
-    const started = performance.now();
-    let callMetrics: CallMetrics | null = null;
-    if (isAlias) { if (this.aliases.get(id)) callMetrics = this.metrics.bindAlias(id); }
-    else if (this.routes.route(id)) callMetrics = this.metrics.bindNode(id);
-    callMetrics?.requests.inc();
+    const count = this.pipeline.count(target);
     let status: number;
-    let servedBy: string | undefined;
     try {
-      const authorization = req.headers.authorization;
-      this.auth.authenticate(authorization); // 401 before anything else, even a 404
-      if (isAlias && !this.aliases.get(id)) throw new BerthError('ALIAS_NOT_FOUND', `alias ${id} not found`, { aliasName: id });
-      if (!isAlias && !this.routes.route(id)) throw new BerthError('NODE_NOT_FOUND', `node ${id} not found`, { nodeId: id });
+      const token = this.pipeline.authenticate(req.headers.authorization); // 401 before anything else, even a 404
+      this.pipeline.exists(target); // 404 before the body is read
       const raw = await readBody(req, this.config.maxRequestBytes);
-      const result = isAlias ? await this.callAlias(id, authorization, raw, req.headers) : await this.call(id, authorization, raw);
-      servedBy = result.nodeId;
+      const { input, folder } = parseCall(raw);
+      const result = await this.execute(token, folder, target, input, raw, req.headers, count);
       if (result.ok) {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': result.body.length });
         res.end(result.body);
@@ -90,49 +85,20 @@ export class Gateway {
     } finally {
       this.inFlight--;
     }
-    const seconds = (performance.now() - started) / 1000;
-    callMetrics?.observe(status, seconds);
-    if (servedBy) { // a call through an alias counts on the node that served it too
-      const node = this.metrics.bindNode(servedBy);
-      node.requests.inc();
-      node.observe(status, seconds);
-    }
+    count.end(status);
   }
 
   /**
-   * One execute call on a node, from any protocol: authenticates, checks the folder is on
-   * the node's ACL, validates the input and runs it. `body` is the JSON request
-   * ({folder_id, input}). Throws BerthError for a call that cannot start.
+   * One execute call (REST and gRPC alike) once its protocol has parsed it: the pipeline's
+   * folder, target and alias steps, then the cell. `payload` is the worker's frame
+   * ({folder_id, input} as JSON bytes), sent as it is; `input` its parsed input, validated.
+   * Throws BerthError for a call that cannot start.
    */
-  async call(nodeId: string, authorization: string | undefined, body: Buffer): Promise<CallResult> {
-    const token = this.auth.authenticate(authorization);
-    const route = this.routes.route(nodeId);
-    if (!route) throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
-    const { input, folder } = parseCall(body, token);
-    if (!route.aclFolders.has(folder)) {
-      throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
-    }
-    return this.runCell(route, input, body);
-  }
-
-  /**
-   * One execute call through an alias: the alias's ACL decides who may call; the node is
-   * picked by weight (or by the sticky key in `headers`); a share may be mirrored.
-   */
-  async callAlias(name: string, authorization: string | undefined, body: Buffer, headers: IncomingHttpHeaders = {}): Promise<CallResult> {
-    const token = this.auth.authenticate(authorization);
-    const alias = this.aliases.get(name);
-    if (!alias) throw new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
-    const { input, folder } = parseCall(body, token);
-    if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
-    const stickyKey = stickyKeyOf(alias, headers);
-    const nodeId = alias.pick((id) => this.routes.healthyCount(id) > 0, stickyKey);
-    const route = this.routes.route(nodeId);
-    if (!route) throw new BerthError('NODE_UNAVAILABLE', `alias ${name} points at node ${nodeId}, which is gone`, { aliasName: name, nodeId }, { 'retry-after': '1' });
+  async execute(token: TokenRecord, folder: string, target: CallTarget, input: unknown, payload: Buffer, headers: HeaderSource, count: CallCount): Promise<CallResult> {
+    const { route, alias, stickyKey } = this.pipeline.resolve(token, folder, target, headers, count);
     const started = performance.now();
-    const result = await this.runCell(route, input, body, stickyKey);
-    if (alias.shouldMirror()) this.mirror(alias, body, result, performance.now() - started);
-    result.nodeId = nodeId;
+    const result = await this.runCell(route, input, payload, stickyKey);
+    if (alias?.shouldMirror()) this.mirror(alias, payload, result, performance.now() - started);
     return result;
   }
 
@@ -201,14 +167,8 @@ export class Gateway {
   }
 }
 
-function stickyKeyOf(alias: AliasRoute, headers: IncomingHttpHeaders): string | undefined {
-  if (!alias.spec.sticky) return undefined;
-  const v = headers[alias.spec.sticky.header];
-  return typeof v === 'string' && v ? v : undefined;
-}
-
-/** The request body of an execute call: {folder_id | folderId, input}; the token must hold the folder. */
-function parseCall(raw: Buffer, token: TokenRecord): { input: unknown; folder: string } {
+/** The request body of an execute call: {folder_id | folderId, input}. */
+function parseCall(raw: Buffer): { input: unknown; folder: string } {
   let body: unknown;
   try {
     body = JSON.parse(raw.toString('utf8'));
@@ -220,13 +180,12 @@ function parseCall(raw: Buffer, token: TokenRecord): { input: unknown; folder: s
   }
   const b = body as Record<string, unknown>;
   const folder = b.folder_id ?? b.folderId;
-  if (typeof folder !== 'string' || folder.length === 0) {
-    throw new BerthError('INVALID_ARGUMENT', 'folder_id is required: the folder you call from', { field: 'folder_id' });
-  }
-  if (!Auth.mayExecute(token, folder)) {
-    throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
-  }
+  if (typeof folder !== 'string' || folder.length === 0) throw folderRequired();
   return { input: b.input, folder };
+}
+
+export function folderRequired(): BerthError {
+  return new BerthError('INVALID_ARGUMENT', 'folder_id is required: the folder you call from', { field: 'folder_id' });
 }
 
 function mapFrame(frame: Frame): CallResult {

@@ -1,20 +1,23 @@
 // Header-routed calls to image nodes: any method and path with `x-node-id` (or
 // `x-node-alias`), `x-folder-id` and a token go to a Healthy instance with method, path,
 // query, headers and body intact. HTTP/1.1, HTTP/2 and gRPC (with trailers) are carried
-// and streamed both ways: nothing is buffered whole.
+// and streamed both ways: nothing is buffered whole. Who may call what is decided by the one
+// call pipeline (pipeline.ts), as for execute calls.
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
 import { Transform, type Readable, type Writable } from 'node:stream';
-import { Auth } from '../core/auth.js';
+import type { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError } from '../core/errors.js';
-import type { CallMetrics, Metrics } from '../core/metrics.js';
+import type { Metrics } from '../core/metrics.js';
 import type { ImageNodeSpec } from '../core/types.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import { isRefused, type UpstreamResponse } from './upstream.js';
 import { discardUpload, sendError } from './http-util.js';
+import { respondH2Error } from './last-resort.js';
+import { CallPipeline, type CallCount, type CallTarget } from './pipeline.js';
 
 /** Headers that belong to one connection, or that carry Berth's routing and auth. */
 const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
@@ -49,14 +52,17 @@ interface Downstream {
 export class Proxy {
   /** Calls being served right now; shutdown waits for them. */
   inFlight = 0;
+  private readonly pipeline: CallPipeline;
 
   constructor(
     private readonly config: Config,
     private readonly routes: RoutingTable,
-    private readonly auth: Auth,
-    private readonly metrics: Metrics,
-    private readonly aliases: AliasTable,
-  ) {}
+    auth: Auth,
+    metrics: Metrics,
+    aliases: AliasTable,
+  ) {
+    this.pipeline = new CallPipeline(routes, aliases, auth, metrics);
+  }
 
   static routed(headers: IncomingHttpHeaders | H2Headers): boolean {
     return headers['x-node-id'] !== undefined || headers['x-node-alias'] !== undefined;
@@ -104,56 +110,32 @@ export class Proxy {
       writable: stream,
       setTrailers: (t) => { trailers = t; },
       fail: (err) => {
-        if (stream.destroyed || stream.closed) return err.httpStatus; // the caller is gone: nobody to answer
-        if (stream.headersSent) { stream.close(h2c.NGHTTP2_INTERNAL_ERROR); return err.httpStatus; }
-        if (isGrpc) {
-          stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(err.grpcStatus), 'grpc-message': encodeURIComponent(err.message) }, { endStream: true });
-          return 200;
-        }
-        const body = JSON.stringify(err.toJSON());
-        stream.respond({ ':status': err.httpStatus, 'content-type': 'application/json', ...err.headers }, { endStream: false });
-        stream.end(body);
-        return err.httpStatus;
+        const answered = !stream.destroyed && !stream.closed && !stream.headersSent;
+        respondH2Error(stream, headers, err, 'proxy'); // the same answer as every other h2 error
+        return answered && isGrpc ? 200 : err.httpStatus;
       },
       destroy: () => stream.close(h2c.NGHTTP2_CANCEL),
       onClose: (cb) => stream.once('close', () => { if (!stream.writableFinished) cb(); }),
     });
   }
 
-  private target(d: Downstream): Target {
-    const token = this.auth.authenticate(d.headers.authorization);
+  /** The pipeline's steps for a header-routed call: token, folder from x-folder-id, node or alias. */
+  private target(d: Downstream, to: CallTarget, count: CallCount): Target {
+    const token = this.pipeline.authenticate(d.headers.authorization);
     const folder = d.headers['x-folder-id'];
     if (typeof folder !== 'string' || !folder) throw new BerthError('INVALID_ARGUMENT', 'the x-folder-id header is required: the folder you call from', { field: 'x-folder-id' });
-    if (!Auth.mayExecute(token, folder)) throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
-    let nodeId = d.headers['x-node-id'] as string | undefined;
-    let alias: AliasRoute | null = null;
-    let stickyKey: string | undefined;
-    if (!nodeId) {
-      const name = String(d.headers['x-node-alias']);
-      alias = this.aliases.get(name) ?? null;
-      if (!alias) throw new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
-      if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
-      const key = alias.spec.sticky ? d.headers[alias.spec.sticky.header] : undefined;
-      stickyKey = typeof key === 'string' && key ? key : undefined;
-      nodeId = alias.pick((id) => this.routes.healthyCount(id) > 0, stickyKey);
-    }
-    const route = this.routes.route(nodeId);
-    if (!route) throw new BerthError(alias ? 'NODE_UNAVAILABLE' : 'NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
+    const { route, alias, stickyKey } = this.pipeline.resolve(token, folder, to, d.headers, count);
     if (route.spec.kind !== 'image') {
-      throw new BerthError('INVALID_ARGUMENT', `node ${nodeId} is a cell node: call POST /datasphere/v1/${alias ? `aliases/${alias.spec.name}` : `nodes/${nodeId}`}:execute`, { field: alias ? 'x-node-alias' : 'x-node-id', nodeKind: 'cell' });
-    }
-    // through an alias, the alias's ACL decides; directly, the node's
-    if (!alias && !route.aclFolders.has(folder)) {
-      throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${nodeId}`, { folderId: folder, nodeId });
+      throw new BerthError('INVALID_ARGUMENT', `node ${route.id} is a cell node: call POST /datasphere/v1/${alias ? `aliases/${alias.spec.name}` : `nodes/${route.id}`}:execute`, { field: alias ? 'x-node-alias' : 'x-node-id', nodeKind: 'cell' });
     }
     return { route: route as Target['route'], alias, extraHeaders: alias?.spec.proxyMetadata.headers ?? [], stickyKey };
   }
 
   private async forward(d: Downstream): Promise<void> {
     this.inFlight++;
-    const started = performance.now();
-    let nodeMetrics: CallMetrics | null = null;
-    let aliasMetrics: CallMetrics | null = null;
+    const nodeId = d.headers['x-node-id'];
+    const to: CallTarget = typeof nodeId === 'string' && nodeId ? { nodeId } : { alias: String(d.headers['x-node-alias']) };
+    const count = this.pipeline.count(to);
     let status = 0;
     let grpcStatus: string | undefined;
     let lease: Lease | null = null;
@@ -161,11 +143,8 @@ export class Proxy {
     const abort = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     try {
-      const t = this.target(d);
+      const t = this.target(d, to, count);
       route = t.route;
-      nodeMetrics = this.metrics.bindNode(route.id);
-      nodeMetrics.requests.inc();
-      if (t.alias) { aliasMetrics = this.metrics.bindAlias(t.alias.spec.name); aliasMetrics.requests.inc(); }
       const { endpoint } = route.spec;
       const limit = this.config.maxRequestBytes;
       const declared = Number(d.headers['content-length'] ?? 0);
@@ -256,11 +235,7 @@ export class Proxy {
       this.inFlight--;
       clearTimeout(timer);
       if (lease && route) route.dispatcher.release(lease);
-      for (const m of [nodeMetrics, aliasMetrics]) {
-        if (!m) continue;
-        m.observe(status, (performance.now() - started) / 1000);
-        if (grpcStatus !== undefined) m.grpc(grpcStatus);
-      }
+      count.end(status, grpcStatus);
     }
   }
 }

@@ -1,6 +1,8 @@
 // The gRPC form of the execute API: yandex.cloud.datasphere.v1.NodeService/Execute and
 // /ExecuteAlias, compatible with the modelled platform, plus the standard server
-// reflection and health services. Calls run through Gateway.call, exactly as REST ones.
+// reflection and health services. Calls run through the one call pipeline (Gateway.execute),
+// exactly as REST ones: the input Struct becomes the worker's frame in one step, nothing is
+// parsed twice, and each call counts on the node and alias metrics under its grpc-status.
 //
 // Errors: the status code is the BerthError's gRPC status and the status message its
 // message. Trailers carry, for every Berth error:
@@ -20,8 +22,9 @@ import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
-import { BerthError, ERRORS, asBerthError, type ErrorCode } from '../core/errors.js';
-import type { CallResult, Gateway } from '../gateway/execute.js';
+import { BerthError, asBerthError } from '../core/errors.js';
+import { folderRequired, type Gateway } from '../gateway/execute.js';
+import type { CallTarget } from '../gateway/pipeline.js';
 import { structToJson, jsonToStruct, StructConversionError, type StructObject } from './struct.js';
 import { loadProtos, type LoadedProtos } from './protos.js';
 import { serveUnary, isGrpcRequest, type UnaryHandler } from './h2-unary.js';
@@ -33,33 +36,16 @@ const MiB = 1024 * 1024;
 /** Room for gRPC's and protobuf's framing around a 16 MiB payload. */
 const FRAMING_BYTES = 64 * 1024;
 
-export interface CallInfo {
-  method: Method;
-  nodeId?: string;
-  alias?: string;
-  /** The gRPC status code answered (0 = OK). */
-  code: number;
-  /** The Berth error code, when the call failed. */
-  errorCode?: string;
-  seconds: number;
-}
 
 export interface GrpcDeps {
-  gateway: Gateway;
-  /**
-   * Maps an alias name to the node id that should serve this call; undefined = no such
-   * alias. Without it, ExecuteAlias uses gateway.callAlias when the gateway has one
-   * (alias ACL, weights, sticky keys), and otherwise answers NOT_FOUND.
-   */
-  resolveAlias?: (name: string) => string | undefined | Promise<string | undefined>;
+  /** The execute side of the gateway: the pipeline's first steps and the call itself. */
+  gateway: Pick<Gateway, 'inFlight' | 'draining' | 'execute'> & { pipeline: Pick<Gateway['pipeline'], 'authenticate' | 'count'> };
   /** Where to listen; 127.0.0.1 by default. */
   host?: string;
   /** Port; 0 (any free port) by default. */
   port?: number;
   /** The largest request or response payload; 16 MiB by default (framing room is added). */
   maxMessageBytes?: number;
-  /** Called once per Execute/ExecuteAlias call when it is answered (for metrics). */
-  onCall?: (info: CallInfo) => void;
 }
 
 type Method = 'Execute' | 'ExecuteAlias';
@@ -183,12 +169,6 @@ export function tailLines(lines: string[], max: number): string[] {
   return kept;
 }
 
-function notFoundAlias(name: string): BerthError {
-  // ALIAS_NOT_FOUND once core/errors.ts defines it; a NOT_FOUND either way
-  const code = ('ALIAS_NOT_FOUND' in ERRORS ? 'ALIAS_NOT_FOUND' : 'NODE_NOT_FOUND') as ErrorCode;
-  return new BerthError(code, `alias ${name} not found`, { aliasName: name });
-}
-
 /** The status a gRPC caller gets for a failed call. */
 export function toServiceError(err: unknown): { code: number; details: string; metadata: grpc.Metadata } {
   const e = asBerthError(err, 'grpc');
@@ -236,68 +216,46 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const { root, descriptors } = protos(); // fails at start, not on the first call, if proto/ is broken
   const service = serviceDefinition(root, SERVICE_NAME);
 
-  /** Runs one call (on a node, or through an alias): Struct in, Struct out; throws BerthError. */
-  const run = async (target: (body: Buffer) => Promise<CallResult>, inputStruct: unknown, folderId: unknown, ids: { nodeId?: string }): Promise<StructObject> => {
-    if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
-    let input: Record<string, unknown>;
-    try {
-      input = structToJson(inputStruct as StructObject, 'input');
-    } catch (err) {
-      if (err instanceof StructConversionError) throw new BerthError('INVALID_ARGUMENT', err.message, { field: err.path });
-      throw err;
-    }
-    const body = Buffer.from(JSON.stringify({ folder_id: typeof folderId === 'string' ? folderId : '', input }));
-    gateway.inFlight++;
-    let result;
-    try {
-      result = await target(body);
-    } finally {
-      gateway.inFlight--;
-    }
-    if (result.nodeId) ids.nodeId = result.nodeId; // through an alias: the node's metrics count it too
-    if (!result.ok) throw result.error;
-    const parsed = JSON.parse(result.body.toString('utf8')) as { output?: Record<string, unknown> };
-    try {
-      return jsonToStruct(parsed.output ?? {}, 'output');
-    } catch (err) {
-      if (err instanceof StructConversionError) throw new BerthError('OUTPUT_NOT_SERIALIZABLE', `the output has no google.protobuf.Struct form: ${err.message}`, { field: err.path });
-      throw err;
-    }
-  };
-
-  const record = (info: CallInfo): void => {
-    if (!deps.onCall) return;
-    try { deps.onCall(info); } catch { /* metrics must not break calls */ }
-  };
-
   /** One Execute or ExecuteAlias call, whichever way it came in: the output Struct, or a throw. */
   const serve = async (method: Method, request: unknown, authorization: string | undefined, headers: () => IncomingHttpHeaders): Promise<StructObject> => {
-    const started = performance.now();
-    const ids: { nodeId?: string; alias?: string } = {};
+    if (request instanceof UndecodableRequest) throw request.error();
+    const r = request as Record<string, unknown>;
+    const target: CallTarget = method === 'Execute' ? { nodeId: requiredString(r.node_id, 'node_id') } : { alias: requiredString(r.alias_name, 'alias_name') };
+    const count = gateway.pipeline.count(target);
     try {
-      if (request instanceof UndecodableRequest) throw request.error();
-      const r = request as Record<string, unknown>;
-      let target: (body: Buffer) => Promise<CallResult>;
-      if (method === 'Execute') {
-        const nodeId = ids.nodeId = requiredString(r.node_id, 'node_id');
-        target = (body) => gateway.call(nodeId, authorization, body);
-      } else {
-        const alias = ids.alias = requiredString(r.alias_name, 'alias_name');
-        if (deps.resolveAlias) {
-          const nodeId = ids.nodeId = await deps.resolveAlias(alias);
-          if (nodeId === undefined) throw notFoundAlias(alias);
-          target = (body) => gateway.call(nodeId, authorization, body);
-        } else {
-          // the gateway's own alias call: the alias's ACL, weights, sticky key (from metadata), mirroring
-          target = (body) => gateway.callAlias(alias, authorization, body, headers());
-        }
+      if (gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
+      const token = gateway.pipeline.authenticate(authorization);
+      if (typeof r.folder_id !== 'string' || r.folder_id.length === 0) throw folderRequired();
+      let input: Record<string, unknown>;
+      try {
+        input = structToJson(r.input as StructObject, 'input');
+      } catch (err) {
+        if (err instanceof StructConversionError) throw new BerthError('INVALID_ARGUMENT', err.message, { field: err.path });
+        throw err;
       }
-      const out = await run(target, r.input, r.folder_id, ids);
-      record({ method, ...ids, code: grpc.status.OK, seconds: (performance.now() - started) / 1000 });
-      return out;
+      // the worker's frame, made once: the gateway neither parses it again nor copies it
+      const payload = Buffer.from(JSON.stringify({ folder_id: r.folder_id, input }));
+      gateway.inFlight++;
+      let result;
+      try {
+        result = await gateway.execute(token, r.folder_id, target, input, payload, headers(), count);
+      } finally {
+        gateway.inFlight--;
+      }
+      if (!result.ok) throw result.error;
+      const parsed = JSON.parse(result.body.toString('utf8')) as { output?: Record<string, unknown> };
+      let output: StructObject;
+      try {
+        output = jsonToStruct(parsed.output ?? {}, 'output');
+      } catch (err) {
+        if (err instanceof StructConversionError) throw new BerthError('OUTPUT_NOT_SERIALIZABLE', `the output has no google.protobuf.Struct form: ${err.message}`, { field: err.path });
+        throw err;
+      }
+      count.end(undefined, '0');
+      return output;
     } catch (err) {
       const e = asBerthError(err, 'grpc');
-      record({ method, ...ids, code: e.grpcStatus, errorCode: e.code, seconds: (performance.now() - started) / 1000 });
+      count.end(undefined, String(e.grpcStatus));
       throw e;
     }
   };
