@@ -67,8 +67,8 @@ async function rolloutEnds(id: string, timeoutMs = 90_000): Promise<any> {
 /** The node's containers (running or not) with the revision each is labelled with. */
 async function containersOf(nodeId: string): Promise<Array<{ id: string; revision: string; state: string }>> {
   return (await containersOfHome(b.home))
-    .filter((c) => c.Labels['berth.node'] === nodeId)
-    .map((c) => ({ id: c.Labels['berth.instance'] ?? c.Id, revision: c.Labels['berth.revision'] ?? '?', state: c.State }));
+    .filter((c) => c.Labels['berth.node-id'] === nodeId)
+    .map((c) => ({ id: c.Labels['berth.instance-id'] ?? c.Id, revision: c.Labels['berth.revision'] ?? '?', state: c.State }));
 }
 
 /** Waits until the node runs exactly `count` Healthy instances, all of `revision`, and its containers are just those. */
@@ -220,9 +220,9 @@ test('berth up killed mid-rollout and restarted on the same home: the rollout re
   const failsBack = await createNode(b, { ...GRPC_NODE, name: 'grpc-fails-back', image: image('v1'), rollout: { deadlineSeconds: 12 } });
   assert.equal((await patch(resumes.id, { image: image('slow') })).status, 200);
   assert.equal((await patch(failsBack.id, { image: image('deaf') })).status, 200);
-  await waitFor('a revision-2 container of each node', async () => {
+  await waitFor('a running revision-2 container of each node', async () => {
     const [a, c] = await Promise.all([containersOf(resumes.id), containersOf(failsBack.id)]);
-    return a.some((x) => x.revision === '2') && c.some((x) => x.revision === '2') ? true : undefined;
+    return a.some((x) => x.revision === '2' && x.state === 'running') && c.some((x) => x.revision === '2' && x.state === 'running') ? true : undefined;
   }, 30_000);
   const mid = await nodeOf(resumes.id);
   assert.equal(mid.rollout.state, 'Progressing', 'killed while the rollout is half done');
@@ -231,7 +231,7 @@ test('berth up killed mid-rollout and restarted on the same home: the rollout re
 
   assert.equal(await b.stop('SIGKILL'), null);
   const left = await containersOfHome(b.home);
-  assert.ok(left.filter((c) => c.State === 'running').length >= 6, 'the containers outlive berth up');
+  assert.ok(left.filter((c) => c.State === 'running').length === 6, `the containers outlive berth up: ${JSON.stringify(left.map((c) => [c.Labels['berth.node-id'], c.Labels['berth.revision'], c.State, c.Status]))}`);
   b = await startBerth(b.home, BERTH_ENV);
 
   // after the restart, calls to both go on without failing while the rollouts finish
@@ -269,6 +269,6 @@ test('berth up killed mid-rollout and restarted on the same home: the rollout re
   const shown = new Set<string>();
   for (const id of [resumes.id, failsBack.id]) for (const i of (await nodeOf(id)).instances) shown.add(i.id);
   const all = await containersOfHome(b.home);
-  assert.deepEqual(all.map((x) => x.Labels['berth.instance']).filter((id) => !shown.has(id!)), [], 'containers no instance owns');
+  assert.deepEqual(all.map((x) => x.Labels['berth.instance-id']).filter((id) => !shown.has(id!)), [], 'containers no instance owns');
   assert.equal(all.length, 4);
 });
