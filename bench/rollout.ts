@@ -18,13 +18,14 @@
 // how many completed and how long each took; the cores other processes used meanwhile.
 // Goal from the issue: zero failed calls, p99 during rollouts within 2× of steady state.
 //
-//   node --import tsx bench/rollout.ts   (= npm run bench:rollout; about 2 minutes by default)
-//     [--seconds 20] [--rounds 1] [--concurrency 8] [--swap-interval-ms 1000] [--keep]
+//   node --import tsx bench/rollout.ts   (= npm run bench:rollout; about 2.5 minutes by default)
+//     [--seconds 15] [--rounds 2] [--concurrency 8] [--swap-interval-ms 1000] [--keep]
 //
 // Prints a markdown table; writes the raw numbers to bench/results/ (ignored by git). Fails
 // (exit 1) on any failed call or failed rollout. Stops every process it started on every exit path.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
@@ -39,8 +40,8 @@ const BODY = JSON.stringify({ folder_id: 'default', input: { x: 1 } });
 
 const { values: args } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '20' },
-    rounds: { type: 'string', default: '1' },
+    seconds: { type: 'string', default: '15' },
+    rounds: { type: 'string', default: '2' },
     concurrency: { type: 'string', default: '8' },
     'swap-interval-ms': { type: 'string', default: '1000' },
     keep: { type: 'boolean', default: false },
@@ -98,10 +99,24 @@ async function phase(b: Berth, name: PhaseName, round: number, path: string, cha
   const pool = new Pool(b.url, { connections: CONCURRENCY, pipelining: 1 });
   const headers = { authorization: `Bearer ${b.token}`, 'content-type': 'application/json' };
   const p: Phase = { name, round, seconds: 0, calls: 0, failed: 0, failures: {}, latencies: [], versions: {}, changes: 0, changeMs: [], otherCores: 0 };
-  const pids = treeOf(b.proc.pid!);
-  const ours = (): number => pids.reduce((s, pid) => s + (procTicks(pid) ?? 0), 0) + (process.cpuUsage().user + process.cpuUsage().system) / 1e6 * CLK_TCK;
+  // CPU of our processes: berth up and every worker it runs (rollouts start and stop some, so
+  // its process tree is sampled every 200 ms: first and last ticks seen per process), and this script
+  const first = new Map<number, number>();
+  const last = new Map<number, number>();
+  let initial = true;
+  const sample = (): void => {
+    for (const pid of treeOf(b.proc.pid!)) {
+      const t = procTicks(pid);
+      if (t === null) continue;
+      if (!first.has(pid)) first.set(pid, initial ? t : 0); // born during the phase: all its ticks count
+      last.set(pid, t);
+    }
+    initial = false;
+  };
+  sample();
+  const sampler = setInterval(sample, 200);
+  const cpu0 = process.cpuUsage();
   const m0 = machineBusyTicks();
-  const o0 = ours();
   const t0 = performance.now();
   const endAt = t0 + SECONDS * 1000;
   const loop = async (): Promise<void> => {
@@ -130,13 +145,17 @@ async function phase(b: Berth, name: PhaseName, round: number, path: string, cha
   try {
     await Promise.all([...Array.from({ length: CONCURRENCY }, loop), change ? change(endAt, p) : Promise.resolve()]);
   } finally {
+    clearInterval(sampler);
     await pool.close().catch(() => {});
   }
+  sample();
   p.seconds = (performance.now() - t0) / 1000;
   const m1 = machineBusyTicks();
-  const machineCores = ((m1.busy - m0.busy) / Math.max(1, m1.total - m0.total)) * Number(spawnSync('nproc', { encoding: 'utf8' }).stdout.trim() || 2);
-  // our processes: berth up, its workers at the start (workers started later are not counted), this script
-  p.otherCores = Math.max(0, machineCores - (ours() - o0) / CLK_TCK / p.seconds);
+  const cpu1 = process.cpuUsage(cpu0);
+  const machineCores = ((m1.busy - m0.busy) / Math.max(1, m1.total - m0.total)) * cpus().length;
+  let ourTicks = 0;
+  for (const [pid, t] of last) ourTicks += t - first.get(pid)!;
+  p.otherCores = Math.max(0, machineCores - (ourTicks / CLK_TCK + (cpu1.user + cpu1.system) / 1e6) / p.seconds);
   p.latencies.sort((a, c) => a - c);
   const pct = (q: number): string => percentile(p.latencies, q).toFixed(2);
   log(`${name} (round ${round}): ${p.calls} calls, ${p.failed} failed, p50 ${pct(50)} ms, p99 ${pct(99)} ms, ${p.changes} changes, versions ${JSON.stringify(p.versions)}`);
