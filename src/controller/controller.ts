@@ -360,10 +360,15 @@ export class Controller implements InstanceEvents {
     let healthy = active.filter((i) => i.status === 'Healthy').length;
     const busy = (i: InstanceState): number => this.gateways.instance(node.id, i.id).busy;
     const order = [...olds].sort((a, b) => Number(a.status === 'Healthy') - Number(b.status === 'Healthy') || busy(a) - busy(b));
+    const threshold = node.spec.healthcheck.failsThreshold;
     for (const old of order) {
       if (old.status === 'Healthy') {
         if (healthy - 1 < target - maxUnavailable) break;
         healthy--;
+      } else if ((old.status === 'Created' || old.status === 'Preparing') && !isFailing(old, threshold) && healthy < target - maxUnavailable) {
+        // on its way back (adopted after a restart of berth up, restarted): kept while the node is
+        // short of Healthy instances, or a restart mid-rollout would leave nothing serving
+        continue;
       }
       void this.stopInstance(node, old, `replaced by revision ${node.revision}`, 'Outdated');
     }

@@ -10,6 +10,8 @@
 //   sse         :8080 /events: 10 server-sent events, 100 ms apart
 //   crash       prints "crashing on purpose" to stderr, exits with code 3
 //   kernel      python3 + dill: the kernel image for cell nodes on Docker
+// buildServiceVariants() makes more tags of one service with environment baked in (the rollout
+// tests' `berth-test/grpc-echo:v1`…, each answering with its own x-echo-revision header).
 import Docker from 'dockerode';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -78,21 +80,9 @@ export async function buildTestImages(names: readonly TestImageName[] = TEST_IMA
   const services = [...wanted].filter((n): n is Exclude<TestImageName, 'kernel'> => n !== 'kernel');
 
   if (services.length) {
-    const base = nodeRootfs();
-    const baseHash = hashOf(['node-base', BUILDER_VERSION, treeDigest(base)]);
-    reports.push(await ensureImage(docker, testImage('node-base'), baseHash, log, () => rootfsContext(base, baseHash, ['/usr/bin/node'])));
-    for (const name of services) {
-      const def = SERVICES[name];
-      const source = readFileSync(join(IMAGES_DIR, 'services', def.service));
-      const dockerfile = serviceDockerfile(def);
-      const hash = hashOf([name, BUILDER_VERSION, baseHash, source, dockerfile]);
-      reports.push(await ensureImage(docker, testImage(name), hash, log, () => {
-        const dir = mkdtempSync(join(tmpdir(), 'berth-image-'));
-        writeFileSync(join(dir, 'service.mjs'), source);
-        writeFileSync(join(dir, 'Dockerfile'), `${dockerfile}LABEL ${HASH_LABEL}="${hash}"\n`);
-        return dir;
-      }));
-    }
+    const { report, baseHash } = await ensureNodeBase(docker, log);
+    reports.push(report);
+    for (const name of services) reports.push(await ensureService(docker, log, baseHash, testImage(name), SERVICES[name]));
   }
   if (wanted.has('kernel')) {
     const rootfs = pythonRootfs();
@@ -100,6 +90,41 @@ export async function buildTestImages(names: readonly TestImageName[] = TEST_IMA
     reports.push(await ensureImage(docker, testImage('kernel'), hash, log, () => rootfsContext(rootfs, hash, ['/usr/bin/python3'])));
   }
   return reports;
+}
+
+/**
+ * Variants of a service image under tags of their own, each with extra environment baked in
+ * (e.g. `berth-test/grpc-echo:v2` with ECHO_REVISION=v2): really different images, as a new
+ * release of a model server would be. Built from the service's own files (not FROM its
+ * `:latest` tag), so a concurrent rebuild of that tag cannot change them.
+ */
+export async function buildServiceVariants(service: Exclude<TestImageName, 'kernel'>, variants: Array<{ tag: string; env: Record<string, string> }>, options: { docker?: Docker; log?: (line: string) => void } = {}): Promise<BuildReport[]> {
+  const docker = options.docker ?? new Docker();
+  const log = options.log ?? (() => {});
+  const { report, baseHash } = await ensureNodeBase(docker, log);
+  const reports = [report];
+  const def = SERVICES[service];
+  for (const v of variants) reports.push(await ensureService(docker, log, baseHash, `berth-test/${service}:${v.tag}`, { ...def, env: { ...def.env, ...v.env } }));
+  return reports;
+}
+
+async function ensureNodeBase(docker: Docker, log: (line: string) => void): Promise<{ report: BuildReport; baseHash: string }> {
+  const base = nodeRootfs();
+  const baseHash = hashOf(['node-base', BUILDER_VERSION, treeDigest(base)]);
+  return { report: await ensureImage(docker, testImage('node-base'), baseHash, log, () => rootfsContext(base, baseHash, ['/usr/bin/node'])), baseHash };
+}
+
+async function ensureService(docker: Docker, log: (line: string) => void, baseHash: string, tag: string, def: ServiceDef): Promise<BuildReport> {
+  const source = readFileSync(join(IMAGES_DIR, 'services', def.service));
+  const dockerfile = serviceDockerfile(def);
+  const name = tag.replace(/^berth-test\//, '').replace(/:latest$/, ''); // the hash of a `:latest` image stays what it was
+  const hash = hashOf([name, BUILDER_VERSION, baseHash, source, dockerfile]);
+  return ensureImage(docker, tag, hash, log, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-image-'));
+    writeFileSync(join(dir, 'service.mjs'), source);
+    writeFileSync(join(dir, 'Dockerfile'), `${dockerfile}LABEL ${HASH_LABEL}="${hash}"\n`);
+    return dir;
+  });
 }
 
 function serviceDockerfile(def: ServiceDef): string {

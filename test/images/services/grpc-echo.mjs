@@ -8,11 +8,16 @@
 //   /berth.test.Echo/Fail      grpc-status 5 NOT_FOUND, "no such thing"
 //   /grpc.health.v1.Health/Check  SERVING for "" and "berth.test.Echo", NOT_SERVING for
 //                              "down", NOT_FOUND otherwise
+// Environment: GRPC_PORT (default 50051); ECHO_REVISION, when set, is sent back as the response
+// header `x-echo-revision` on every answer (rollout tests tell image revisions apart by it);
+// ECHO_LISTEN_DELAY_MS waits that long before listening (an image slow to become healthy).
 import http2 from 'node:http2';
 
 const PORT = Number(process.env.GRPC_PORT ?? 50051);
 const MAX_MESSAGE = 16 * 1024 * 1024;
 const MAX_REPEAT = 1000;
+const REVISION = process.env.ECHO_REVISION ?? '';
+const LISTEN_DELAY_MS = Math.max(0, Number(process.env.ECHO_LISTEN_DELAY_MS ?? 0) || 0);
 const STATUS = { OK: 0, INVALID_ARGUMENT: 3, NOT_FOUND: 5, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13 };
 
 function frame(message) {
@@ -58,7 +63,7 @@ function trailersOnly(stream, status, message) {
 /** Sends messages (possibly over time), then the trailers. */
 function reply(stream, { messages = [], delayMs = 0, trailers = {} }) {
   if (stream.destroyed) return;
-  stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+  stream.respond({ ':status': 200, 'content-type': 'application/grpc', ...(REVISION ? { 'x-echo-revision': REVISION } : {}) }, { waitForTrailers: true });
   stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'grpc-message': '', ...trailers }));
   let i = 0;
   const next = () => {
@@ -126,7 +131,7 @@ server.on('stream', (stream, headers) => {
     }
   });
 });
-server.listen(PORT, '0.0.0.0', () => console.log(`grpc-echo listening on ${PORT} (h2c)`));
+setTimeout(() => server.listen(PORT, '0.0.0.0', () => console.log(`grpc-echo listening on ${PORT} (h2c)`)), LISTEN_DELAY_MS);
 
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, () => { console.log(`grpc-echo: ${sig}, exiting`); server.close(); process.exit(0); });
