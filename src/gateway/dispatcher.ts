@@ -20,6 +20,10 @@ export interface Slot {
   ready: boolean;
   /** Gone from the routing snapshot: takes no new call, closes when the last one ends. */
   retired: boolean;
+  /** Sessions this gateway may hold on the instance (its lease); a session released above it is closed. Absent: no cap here. */
+  limit?: number;
+  /** Sessions being opened (counted against the limit). */
+  opening?: number;
 }
 
 export interface Lease { slot: Slot; conn: Session }
@@ -44,6 +48,9 @@ export class NodeDispatcher {
   private queued = 0;
 
   constructor(private readonly nodeId: string, private queueSize: number) {}
+
+  /** Told when a session was given back because the lease shrank, or a call has to wait (a gateway worker reports both at once). */
+  onLoadChange: (() => void) | null = null;
 
   setQueueSize(n: number): void { this.queueSize = n; }
 
@@ -122,6 +129,7 @@ export class NodeDispatcher {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
       this.queued++;
+      this.onLoadChange?.();
       if (affinity !== undefined) this.stickyWaiting++;
     });
   }
@@ -136,6 +144,12 @@ export class NodeDispatcher {
     if (slot.retired) {
       (lease.conn as { close?: () => void }).close?.();
       if (slot.busy === 0) { slot.upstream?.close(); slot.upstream = null; }
+      return;
+    }
+    if (slot.limit !== undefined && slot.free.length + slot.busy + (slot.opening ?? 0) >= slot.limit) {
+      // the lease shrank while this session was busy: give it back (the primary waits for that)
+      (lease.conn as { close?: () => void }).close?.();
+      this.onLoadChange?.();
       return;
     }
     if (!lease.conn.closed) slot.free.push(lease.conn);
