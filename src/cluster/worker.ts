@@ -25,7 +25,9 @@ const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade',
 async function main(): Promise<void> {
   installProcessGuards();
   const boot = JSON.parse(process.env[WORKER_ENV] ?? '') as WorkerBoot;
-  const config = boot.config;
+  // --max-connections bounds the port as a whole: each worker takes its share (the primary
+  // hands connections out round-robin, so the shares fill evenly)
+  const config = { ...boot.config, maxConnections: Math.max(1, Math.ceil(boot.config.maxConnections / boot.config.gatewayWorkers)) };
   process.umask(0o077);
   const send = (m: FromWorker): void => {
     if (!process.connected) return;
