@@ -136,7 +136,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     if (!reply.raw.headersSent) reply.raw.setHeader('x-request-id', _req.id);
     sendError(reply.raw, asBerthError(e, 'control-api'));
   });
-  app.addHook('onSend', async (req, reply) => { reply.header('x-request-id', req.id); });
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    // with gateway workers, a change is answered once every worker has it (tokens, aliases, routing)
+    if (gatewayCluster && req.method !== 'GET' && req.method !== 'HEAD') await gatewayCluster.sync();
+  });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));

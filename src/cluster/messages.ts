@@ -13,6 +13,7 @@ export type ToWorker =
   | { t: 'tokens'; records: TokenRecord[] }
   | { t: 'aliases'; records: AliasRecord[] }
   | { t: 'metrics?'; id: number }
+  | { t: 'sync'; id: number }
   | { t: 'drain'; deadline: number };
 
 export type FromWorker =
@@ -22,6 +23,8 @@ export type FromWorker =
   | { t: 'refused'; nodeId: string; instanceId: string; reason: string }
   | { t: 'timedOut'; nodeId: string; instanceId: string; timeoutSeconds: number }
   | { t: 'metrics'; id: number; json: unknown }
+  /** Everything sent before the matching sync has been applied (the channel keeps order). */
+  | { t: 'synced'; id: number }
   | { t: 'drained' };
 
 /** What a gateway worker is started with (environment variable BERTH_GATEWAY_WORKER, JSON). */

@@ -28,6 +28,7 @@ const ROTATE_MS = 100;
 const MIN_UPTIME_MS = 5000;
 const RESPAWN_DELAY_MS = 1000;
 const METRICS_TIMEOUT_MS = 2000;
+const SYNC_TIMEOUT_MS = 1000;
 const PROPAGATION_SAMPLES = 200;
 /** A shrunk lease not sent yet: confirmed by no report. */
 const UNSENT = Number.MAX_SAFE_INTEGER;
@@ -181,7 +182,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         return;
       case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;
       case 'timedOut': this.opts.events.timedOut(m.nodeId, m.instanceId, m.timeoutSeconds); return;
-      case 'metrics': this.metricsWaiters.get(m.id)?.(m.json); return;
+      case 'metrics': case 'synced': this.metricsWaiters.get(m.id)?.(m.t === 'metrics' ? m.json : null); return;
       case 'drained': state.drained = true; return;
     }
   }
@@ -372,6 +373,21 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     })));
     const all = [await own.getMetricsAsJSON(), ...parts.filter((p) => p !== null)] as Parameters<typeof AggregatorRegistry.aggregate>[0];
     return AggregatorRegistry.aggregate(all).metrics();
+  }
+
+  /**
+   * Resolves once every worker has applied everything sent to it so far (tokens, aliases,
+   * snapshots): a control-API change answers only then, so a call made right after it, on
+   * any connection, sees it. Bounded: a stalled worker delays an answer by SYNC_TIMEOUT_MS at most.
+   */
+  async sync(): Promise<void> {
+    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    await Promise.all(live.map((w) => new Promise<void>((resolve) => {
+      const id = ++this.metricsSeq;
+      const timer = setTimeout(() => { this.metricsWaiters.delete(id); resolve(); }, SYNC_TIMEOUT_MS);
+      this.metricsWaiters.set(id, () => { clearTimeout(timer); this.metricsWaiters.delete(id); resolve(); });
+      this.send(w, { t: 'sync', id });
+    })));
   }
 
   status(): ClusterStatus {

@@ -102,6 +102,7 @@ async function main(): Promise<void> {
         listen();
         return;
       }
+      case 'sync': send({ t: 'synced', id: m.id }); return;
       case 'metrics?':
         void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));
         return;
