@@ -113,6 +113,8 @@ test('sessionsPerInstance holds across both workers together under load', async 
   }
   const failed = answers.filter((a) => a.status !== 200);
   assert.equal(failed.length, 0, `every call answered: ${JSON.stringify(failed.slice(0, 3))}`);
+  assert.ok(answers.every((a) => typeof a.body.concurrent === 'number'),
+    'the http-echo test image answers /sleep with `concurrent` (an image built from an older tree has the same tag: rebuild it)');
   const maxBy = new Map<string, number>();
   for (const a of answers) maxBy.set(a.body.instance, Math.max(maxBy.get(a.body.instance) ?? 0, a.body.concurrent));
   t.diagnostic(`${answers.length} calls; most running at once per instance: ${JSON.stringify(Object.fromEntries(maxBy))}`);

@@ -14,6 +14,8 @@ export type ToWorker =
   | { t: 'aliases'; records: AliasRecord[] }
   | { t: 'metrics?'; id: number }
   | { t: 'sync'; id: number }
+  /** Calls waiting per node in the other workers (each worker's queue counts them against queueSize). */
+  | { t: 'elsewhere'; waiting: Record<string, number> }
   | { t: 'drain'; deadline: number };
 
 export type FromWorker =

@@ -51,6 +51,8 @@ class WorkerState {
   readonly lackSince = new Map<string, number>();
   readonly startedAt = Date.now();
   drained = false;
+  /** What it was last told the other workers have waiting (sent only when it changes). */
+  elsewhere = '{}';
 
   constructor(readonly worker: Worker) {}
 
@@ -245,6 +247,24 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     // leases of instances no longer in the snapshot are void
     for (const w of live) for (const k of w.leases.keys()) if (!keys.has(k)) { w.leases.delete(k); w.pending.delete(k); }
     for (const w of changed) this.sendSnapshot(w);
+    this.shareWaiting(live);
+  }
+
+  /** queueSize bounds the calls waiting in all workers together: each learns what the others have waiting. */
+  private shareWaiting(live: WorkerState[]): void {
+    const total: Record<string, number> = {};
+    for (const w of live) for (const [id, n] of Object.entries(w.report?.nodes ?? {})) if (n.waiting > 0) total[id] = (total[id] ?? 0) + n.waiting;
+    for (const w of live) {
+      const others: Record<string, number> = {};
+      for (const [id, n] of Object.entries(total)) {
+        const mine = w.report?.nodes[id]?.waiting ?? 0;
+        if (n - mine > 0) others[id] = n - mine;
+      }
+      const text = JSON.stringify(others);
+      if (text === w.elsewhere) continue;
+      w.elsewhere = text;
+      this.send(w, { t: 'elsewhere', waiting: others });
+    }
   }
 
   private balanceNode(node: NodeEntry, live: WorkerState[]): Set<WorkerState> {
@@ -255,10 +275,11 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     const keys = node.instances.map((i) => key(node.id, i.id));
     const used = (k: string, instId: string): number => live.reduce((n, w) => n + w.usage(k, node.id, instId), 0);
     const total = (w: WorkerState): number => keys.reduce((n, k) => n + (w.leases.get(k) ?? 0), 0);
-    const grant = (w: WorkerState): boolean => {
+    const grant = (w: WorkerState, only?: number): boolean => {
       // the instance with the most unleased sessions
       let best = -1; let room = 0;
       node.instances.forEach((inst, i) => {
+        if (only !== undefined && i !== only) return;
         const r = S - used(keys[i]!, inst.id);
         if (r > room) { room = r; best = i; }
       });
@@ -267,6 +288,13 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
       w.leases.set(k, (w.leases.get(k) ?? 0) + 1);
       changed.add(w);
       return true;
+    };
+    const shrinkAt = (w: WorkerState, at: number): void => {
+      const k = keys[at]!;
+      const most = w.leases.get(k) ?? 0;
+      w.leases.set(k, most - 1);
+      w.pending.set(k, { held: Math.max(w.usage(k, node.id, node.instances[at]!.id), most), until: UNSENT });
+      changed.add(w);
     };
     const shrink = (w: WorkerState): boolean => {
       // from the instance where it holds most; confirmed given back before anyone else gets it
@@ -281,6 +309,19 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
       changed.add(w);
       return true;
     };
+
+    // sticky calls wait for one instance: a worker with such calls and no lease there gets one
+    // of its sessions (from unleased ones, or the largest other holder gives one back)
+    node.instances.forEach((inst, i) => {
+      const k = keys[i]!;
+      for (const w of live) {
+        if (!(w.report?.nodes[node.id]?.instances[inst.id]?.stickyWaiting) || (w.leases.get(k) ?? 0) > 0) continue;
+        if (grant(w, i)) continue;
+        if (live.some((o) => { const p = o.pending.get(k); return p !== undefined && o.acked < p.until; })) continue; // one on its way back
+        const donor = live.filter((o) => o !== w && (o.leases.get(k) ?? 0) > 0).sort((a, b) => (b.leases.get(k) ?? 0) - (a.leases.get(k) ?? 0))[0];
+        if (donor) shrinkAt(donor, i);
+      }
+    });
 
     const demand = live.filter((w) => { const n = w.node(node.id); return n.busy + n.waiting > 0; });
     if (demand.length === 0) {

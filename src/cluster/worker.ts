@@ -103,6 +103,7 @@ async function main(): Promise<void> {
         return;
       }
       case 'sync': send({ t: 'synced', id: m.id }); return;
+      case 'elsewhere': routes.setElsewhere(m.waiting); return;
       case 'metrics?':
         void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));
         return;

@@ -49,6 +49,9 @@ export class NodeDispatcher {
 
   constructor(private readonly nodeId: string, private queueSize: number) {}
 
+  /** With gateway workers: calls the other workers have waiting for this node (queueSize bounds them all together). */
+  elsewhere = 0;
+
   /** Told when a session was given back because the lease shrank, or a call has to wait (a gateway worker reports both at once). */
   onLoadChange: (() => void) | null = null;
 
@@ -96,7 +99,7 @@ export class NodeDispatcher {
     if (lease) return lease;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.refusal && this.slots.length === 0) throw this.refusal;
-    if (this.queued >= this.queueSize) {
+    if (this.queued + this.elsewhere >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });
     }
@@ -135,6 +138,24 @@ export class NodeDispatcher {
   }
 
   private stickyWaiting = 0;
+
+  /** Sticky calls waiting, per instance they wait for (a gateway worker reports them: its lease there must not be 0). */
+  stickyWaitingByInstance(): Record<string, number> {
+    const out: Record<string, number> = {};
+    if (this.stickyWaiting === 0 || this.slots.length === 0) return out;
+    for (let i = this.head; i < this.waiters.length; i++) {
+      const w = this.waiters[i]!;
+      if (w.done || w.affinity === undefined) continue;
+      let best: Slot | null = null;
+      let top = -1;
+      for (const s of this.slots) {
+        const score = hash32(w.affinity + '\u0000' + s.id);
+        if (score > top) { top = score; best = s; }
+      }
+      out[best!.id] = (out[best!.id] ?? 0) + 1;
+    }
+    return out;
+  }
 
   /** Returns a session; a broken connection is not reused. */
   release(lease: Lease): void {

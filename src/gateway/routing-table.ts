@@ -14,7 +14,7 @@ import { H1Upstream, H2Upstream } from './upstream.js';
 /** One gateway's load, per node and instance (see RoutingTable.loadReport). */
 export interface LoadReport {
   version: number;
-  nodes: Record<string, { busy: number; waiting: number; instances: Record<string, { busy: number; held: number; lastUsedAt: number }> }>;
+  nodes: Record<string, { busy: number; waiting: number; instances: Record<string, { busy: number; held: number; lastUsedAt: number; stickyWaiting?: number }> }>;
 }
 
 /** A node as a call sees it: everything it needs, no database. */
@@ -129,6 +129,11 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     return { busy: slot?.busy ?? 0, lastUsedAt: slot?.lastUsedAt ?? 0 };
   }
 
+  /** With gateway workers: calls waiting per node in the other workers, as the primary last saw them. */
+  setElsewhere(waiting: Readonly<Record<string, number>>): void {
+    for (const [id, route] of this.routes) route.dispatcher.elsewhere = waiting[id] ?? 0;
+  }
+
   /** The snapshot version applied last. */
   get appliedVersion(): number { return this.version; }
 
@@ -144,9 +149,10 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     for (const [id, route] of this.routes) {
       const d = route.dispatcher;
       const instances: LoadReport['nodes'][string]['instances'] = {};
+      const sticky = d.stickyWaitingByInstance();
       for (const map of [route.slots, route.draining]) {
         for (const [iid, slot] of map) {
-          instances[iid] = { busy: slot.busy, held: slot.free.length + slot.busy + (slot.opening ?? 0), lastUsedAt: slot.lastUsedAt };
+          instances[iid] = { busy: slot.busy, held: slot.free.length + slot.busy + (slot.opening ?? 0), lastUsedAt: slot.lastUsedAt, ...(sticky[iid] ? { stickyWaiting: sticky[iid] } : {}) };
         }
       }
       nodes[id] = { busy: d.busy + [...route.draining.values()].reduce((n, s) => n + s.busy, 0), waiting: d.waiting, instances };
