@@ -108,6 +108,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   private resolvePort!: (port: number) => void;
   private rejectPort!: (err: Error) => void;
   private rebalanceQueued = false;
+  private rotateTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: ClusterOptions) {
     this.listeningPort = new Promise((resolve, reject) => { this.resolvePort = resolve; this.rejectPort = reject; });
@@ -344,6 +345,8 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
       if (w.node(node.id).waiting > 0 && total(w) < base + 1) { if (!w.lackSince.has(node.id)) w.lackSince.set(node.id, now); } else w.lackSince.delete(node.id);
     }
     const someoneLacks = demand.some((w) => w.lackSince.has(node.id));
+    // the extra sessions rotate on time, not only when a report arrives
+    if (someoneLacks && !this.rotateTimer) this.rotateTimer = setTimeout(() => { this.rotateTimer = null; this.rebalance(); }, ROTATE_MS).unref();
     const rank = (w: WorkerState): number => {
       const since = w.extraSince.get(node.id);
       if (since !== undefined && (now - since < ROTATE_MS || !someoneLacks)) return 0; // keeps its extra

@@ -131,7 +131,9 @@ async function main(): Promise<void> {
 
 /** Control-API requests, relayed unchanged to the primary over its unix socket. */
 function relayTo(socketPath: string): (req: IncomingMessage, res: ServerResponse) => void {
-  const agent = new Agent({ keepAlive: true, maxSockets: 32 });
+  // no cap on relay sockets: the front door bounds connections, and a capped pool lets a few
+  // requests with bodies that never end hold up every other control request (health included)
+  const agent = new Agent({ keepAlive: true });
   return (req, res) => {
     const headers: OutgoingHttpHeaders = {};
     for (const [k, v] of Object.entries(req.headers)) if (!k.startsWith(':') && !HOP.has(k) && v !== undefined) headers[k] = v;
