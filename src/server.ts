@@ -1,9 +1,9 @@
-// `berth up`: the control API, the controller and the gateway in one process, on one
-// port that speaks HTTP/1.1, h2c and gRPC (or HTTPS, h2 and gRPC over TLS).
+// `berth up`: the control API, the controller and the gateway, on one port that speaks
+// HTTP/1.1, h2c and gRPC (or HTTPS, h2 and gRPC over TLS). With --gateway-workers N > 1 the
+// port is served by N gateway processes (cluster/) and this one keeps the rest.
 // Every request target is made canonical here, once, before any routing (gateway/target.ts),
 // and every handler runs behind the last resort (gateway/last-resort.ts).
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
-import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import { mkdirSync, writeFileSync, rmSync, readFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -22,14 +22,10 @@ import { Controller } from './controller/controller.js';
 import { Telemetry } from './controller/telemetry.js';
 import { CheckpointService } from './checkpoints/service.js';
 import { Secrets } from './secrets/secrets.js';
-import { Gateway } from './gateway/execute.js';
-import { Proxy } from './gateway/proxy.js';
-import { H2Upstream } from './gateway/upstream.js';
-import { createFrontDoor } from './gateway/front-door.js';
+import { createDataPlane } from './gateway/data-plane.js';
 import { sendError } from './gateway/http-util.js';
-import { canonicalTarget, proxiedTarget } from './gateway/target.js';
-import { guardHttp1, guardH2, respondH2Error, installProcessGuards } from './gateway/last-resort.js';
-import { startGrpcServer } from './grpc/node-service.js';
+import { installProcessGuards } from './gateway/last-resort.js';
+import { GatewayCluster } from './cluster/primary.js';
 import { registerApi } from './api/index.js';
 import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
@@ -93,29 +89,19 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const checkpoints = new CheckpointService(config, store, sandbox);
   const aliases = new AliasTable();
   for (const a of await store.listAliases()) aliases.set(a);
-  // the gateway serves from the controller's routing snapshots and reports back through them
-  const routes = new RoutingTable(controller, config.maxResponseBytes);
-  const gateway = new Gateway(config, routes, auth, metrics, aliases);
-  const proxy = new Proxy(config, routes, auth, metrics, aliases);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
-  // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
-  const grpc = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
-  const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
-
-  // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
-  // `x-berth-fault: throw | reject | control-api` fails inside a handler, so the tests can
-  // prove the last resort on a real server; off, the header means nothing
   const faults = process.env.BERTH_FAULTS === '1';
-  const fault = (h: Record<string, unknown>): Promise<void> | undefined => {
-    if (!faults) return undefined;
-    const f = h['x-berth-fault'];
-    if (f === 'throw') throw new TypeError('injected fault: /internal/detail/that/must/not/leak');
-    if (f === 'reject') return Promise.reject(new RangeError('injected fault: /internal/detail/that/must/not/leak'));
-    return undefined;
-  };
-
-  let httpServer!: Server;
+  // one gateway in this process, or N gateway workers (cluster/primary.ts) that serve the port
+  // while this process keeps the controller, the store and the control API
+  const clustered = config.gatewayWorkers > 1;
+  const routes = clustered ? null : new RoutingTable(controller, config.maxResponseBytes);
   let fastifyHandler!: (req: IncomingMessage, res: ServerResponse) => void;
+  const plane = routes ? await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: (req, res) => fastifyHandler(req, res) }) : null;
+  // with workers, the control API listens on a unix socket only they (and this user) reach
+  const controlSocket = join(config.home, 'control.sock');
+  let controlServer: Server | null = null;
+  const gatewayCluster = clustered ? new GatewayCluster({ config, events: controller, auth, aliases, controlSocket }) : null;
+
   const app = Fastify({
     // control-plane requests are logged with their id (also sent back as x-request-id)
     loggerInstance: log.child({ component: 'api' }) as FastifyBaseLogger,
@@ -123,53 +109,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     bodyLimit: config.maxRequestBytes,
     serverFactory: (handler) => {
       fastifyHandler = handler;
-      // data-plane calls skip the framework entirely: the hot path stays short
-      // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
-      httpServer = createServer({
-        keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
-        connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
-      }, guardHttp1('http1', (req: IncomingMessage, res: ServerResponse) => {
-        // one canonical target for every router; header-routed calls keep their path as sent
-        const routed = Proxy.routed(req.headers);
-        const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
-        if (!t.ok) { sendError(res, t.error); return; } // the framing is intact: the connection stays usable
-        req.url = t.target;
-        const injected = fault(req.headers);
-        if (injected) return injected;
-        if (routed) return proxy.handleHttp1(req, res);
-        if (Gateway.handles(req.url)) return gateway.handle(req, res);
-        handler(req, res);
-      }));
-      return httpServer;
+      if (plane) return plane.httpServer;
+      controlServer = createServer({ keepAliveTimeout: 60_000, requestTimeout: 0 }, handler);
+      return controlServer;
     },
   });
-  // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
-  // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
-  // through Node's compatibility request/response
-  const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('stream', guardH2('h2', (stream, headers) => {
-    stream.on('error', () => undefined);
-    const routed = Proxy.routed(headers);
-    const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
-    if (!t.ok) return respondH2Error(stream, headers, t.error);
-    headers[':path'] = t.target;
-    const injected = fault(headers);
-    if (injected) return injected;
-    if (routed) return proxy.handleHttp2(stream, headers);
-    if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
-      // NodeService calls are served right here; reflection and health by grpc-js behind it
-      if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
-      return;
-    }
-    // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
-    // for these streams, so they never touch the raw streams above (their trailers, say)
-    const rawHeaders = Object.entries(headers).flatMap(([k, v]) => (Array.isArray(v) ? v.flatMap((x) => [k, x]) : v === undefined ? [] : [k, String(v)]));
-    const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
-    const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
-    if (Gateway.handles(t.target)) return gateway.handle(req, res);
-    fastifyHandler(req, res);
-  }));
-  h2Server.on('sessionError', () => undefined);
 
   await app.register(swagger, {
     openapi: { info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute.' } },
@@ -192,31 +136,46 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     if (!reply.raw.headersSent) reply.raw.setHeader('x-request-id', _req.id);
     sendError(reply.raw, asBerthError(e, 'control-api'));
   });
-  app.addHook('onSend', async (req, reply) => { reply.header('x-request-id', req.id); });
+  app.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+    // with gateway workers, a change is answered once every worker has it (tokens, aliases, routing)
+    if (gatewayCluster && req.method !== 'GET' && req.method !== 'HEAD') await gatewayCluster.sync();
+  });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
     sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));
   });
   if (faults) app.addHook('onRequest', async (req) => { if (req.headers['x-berth-fault'] === 'control-api') throw new TypeError('injected fault: /internal/detail/that/must/not/leak'); });
-  const metricsText = async (): Promise<string> => (await metrics.registry.metrics()) + telemetry.exposition();
+  const metricsText = async (): Promise<string> => (gatewayCluster ? await gatewayCluster.metrics(metrics.registry) : await metrics.registry.metrics()) + telemetry.exposition();
+  // which processes serve the port, and how fast routing snapshots reach them
+  app.get('/v1/gateway', { schema: { hide: true } }, async (req) => {
+    if (!Auth.isSuperAdmin(req.token)) throw new BerthError('PERMISSION_DENIED', '/v1/gateway needs an admin token on "*"', { needs: 'admin on *' });
+    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }] };
+  });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText });
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
   await controller.start();
-  controller.attach(routes);
   telemetry.start();
   await app.ready();
-  const door = createFrontDoor(httpServer, h2Server, {
-    maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls,
-  });
-  const front = door.server;
-  await new Promise<void>((resolve, reject) => {
-    front.once('error', reject);
-    front.listen(config.port, config.host, () => resolve());
-  });
-  const address = front.address();
-  const port = typeof address === 'object' && address ? address.port : config.port;
+  let port: number;
+  if (gatewayCluster) {
+    controller.attach(gatewayCluster);
+    rmSync(controlSocket, { force: true });
+    await new Promise<void>((resolve, reject) => { controlServer!.once('error', reject); controlServer!.listen(controlSocket, () => resolve()); });
+    chmodSync(controlSocket, 0o600);
+    port = await gatewayCluster.start();
+  } else {
+    controller.attach(routes!);
+    const front = plane!.door.server;
+    await new Promise<void>((resolve, reject) => {
+      front.once('error', reject);
+      front.listen(config.port, config.host, () => resolve());
+    });
+    const address = front.address();
+    port = typeof address === 'object' && address ? address.port : config.port;
+  }
   const url = `${tls ? 'https' : 'http'}://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
   if (!tls && !isLoopback(config.host)) {
     process.stderr.write([
@@ -232,23 +191,21 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closing ??= (async () => {
-      gateway.draining = true;
-      front.close();
-      httpServer.closeIdleConnections();
       const deadline = Date.now() + config.drainSeconds * 1000;
-      while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      // every gateway stops taking calls and lets running ones finish; instances stop only then
+      if (gatewayCluster) await gatewayCluster.drain(deadline);
+      else await plane!.drain(deadline);
       telemetry.stop();
-      routes.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
+      routes?.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
       await controller.stop();
-      httpServer.closeAllConnections();
-      h2Server.close();
-      grpcUpstream.close();
-      await grpc.close(1000);
+      await plane?.close();
+      controlServer?.closeAllConnections();
       await app.close().catch(() => undefined);
       metricsServer?.close();
       await store.close();
       sandbox.close();
       rmSync(join(config.home, 'server.json'), { force: true });
+      if (gatewayCluster) rmSync(controlSocket, { force: true });
     })();
     return closing;
   };
@@ -269,28 +226,4 @@ async function startMetricsListener(listen: string, text: () => Promise<string>,
   const a = server.address();
   console.log(`metrics on http://${host}:${typeof a === 'object' && a ? a.port : port}/metrics`);
   return server;
-}
-
-/** Berth's own gRPC services (NodeService, reflection, health) run in grpc-js on a loopback port. */
-async function forwardToGrpc(stream: import('node:http2').ServerHttp2Stream, headers: import('node:http2').IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
-  let trailers: Record<string, string | string[]> = {};
-  try {
-    const res = await upstream.request({
-      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
-      signal: new AbortController().signal, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
-    });
-    if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
-    if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
-    stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
-    stream.on('wantTrailers', () => stream.sendTrailers(trailers));
-    void res.trailers.then((t) => { trailers = t; });
-    res.body.pipe(stream);
-  } catch (err) {
-    if (stream.destroyed || stream.closed) return; // the caller is gone
-    if (!stream.headersSent) {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': encodeURIComponent(`Berth gRPC unavailable: ${(err as Error).message}`) }, { endStream: true });
-    } else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
-  }
 }

@@ -93,8 +93,43 @@ export function percentile(list: number[], p: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/** Mirror statistics of one alias as a gateway worker reports them to the primary. */
+export type MirrorReport = MirrorStats;
+
 export class AliasTable {
   private byName = new Map<string, AliasRoute>();
+  private readonly recordsByName = new Map<string, AliasRecord>();
+  private readonly listeners: Array<() => void> = [];
+  /** With gateway workers: each worker's mirror statistics per alias (the calls run there). */
+  private readonly remoteMirror = new Map<string, Map<string, MirrorReport>>();
+
+  /** Called after every set/delete (the primary forwards aliases to its gateway workers). */
+  onChange(fn: () => void): void { this.listeners.push(fn); }
+
+  /** Every alias as stored. */
+  records(): AliasRecord[] { return [...this.recordsByName.values()]; }
+
+  /** A gateway worker's aliases: the primary's whole set, swapped in (statistics kept per name). */
+  replaceAll(records: readonly AliasRecord[]): void {
+    const names = new Set(records.map((r) => r.spec.name));
+    for (const name of [...this.byName.keys()]) if (!names.has(name)) this.delete(name);
+    for (const r of records) if (this.recordsByName.get(r.spec.name) !== r) this.set(r);
+  }
+
+  /** This process's mirror statistics of every mirrored alias (a worker's report). */
+  mirrorReports(): Record<string, MirrorReport> {
+    const out: Record<string, MirrorReport> = {};
+    for (const [name, a] of this.byName) if (a.spec.mirror && a.mirrorStats.sent + a.mirrorStats.skipped > 0) out[name] = a.mirrorStats;
+    return out;
+  }
+
+  /** A worker's latest mirror statistics (the primary sums them in mirrorStatus); null: the worker is gone. */
+  setRemoteMirror(worker: string, reports: Record<string, MirrorReport> | null): void {
+    if (reports === null) { this.remoteMirror.delete(worker); return; }
+    this.remoteMirror.set(worker, new Map(Object.entries(reports)));
+  }
+
+  private changed(): void { for (const fn of this.listeners) fn(); }
 
   /** Loads or replaces an alias; mirror statistics survive updates of the same alias. */
   set(record: AliasRecord): void {
@@ -103,9 +138,16 @@ export class AliasTable {
     const sameShadow = previous?.spec.mirror?.nodeId === record.spec.mirror?.nodeId;
     const stats = previous && sameShadow ? previous.mirrorStats : { sent: 0, compared: 0, differing: 0, shadowErrors: 0, skipped: 0, primaryMs: [], shadowMs: [] };
     this.byName.set(record.spec.name, new AliasRoute(record.id, record.spec, stats));
+    if (previous && previous.spec.name !== record.spec.name) this.recordsByName.delete(previous.spec.name);
+    this.recordsByName.set(record.spec.name, record);
+    this.changed();
   }
 
-  delete(name: string): void { this.byName.delete(name); }
+  delete(name: string): void {
+    this.byName.delete(name);
+    this.recordsByName.delete(name);
+    this.changed();
+  }
 
   get(name: string): AliasRoute | undefined { return this.byName.get(name); }
 
@@ -119,7 +161,15 @@ export class AliasTable {
   mirrorStatus(name: string): Record<string, unknown> | null {
     const a = this.byName.get(name);
     if (!a?.spec.mirror) return null;
-    const s = a.mirrorStats;
+    let s = a.mirrorStats;
+    const remote = [...this.remoteMirror.values()].map((m) => m.get(name)).filter((r): r is MirrorReport => r !== undefined);
+    if (remote.length > 0) {
+      s = { ...s, primaryMs: [...s.primaryMs], shadowMs: [...s.shadowMs] };
+      for (const r of remote) {
+        s.sent += r.sent; s.compared += r.compared; s.differing += r.differing; s.shadowErrors += r.shadowErrors; s.skipped += r.skipped;
+        s.primaryMs.push(...r.primaryMs); s.shadowMs.push(...r.shadowMs);
+      }
+    }
     return {
       shadowNodeId: a.spec.mirror.nodeId, percent: a.spec.mirror.percent, sent: s.sent, compared: s.compared,
       differing: s.differing, differingRatio: s.compared ? s.differing / s.compared : 0, shadowErrors: s.shadowErrors, skipped: s.skipped,

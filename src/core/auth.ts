@@ -26,14 +26,35 @@ const GRANTS: Record<Role, ReadonlySet<Permission>> = {
 export class Auth {
   private byHash = new Map<string, TokenRecord>();
   private verified = new Map<string, TokenRecord>();
+  private readonly listeners: Array<() => void> = [];
 
-  constructor(private readonly store: Store) {}
+  /** Without a store (a gateway worker): tokens arrive from the primary through replace(). */
+  constructor(private readonly store: Store | null) {}
 
   async load(): Promise<void> {
+    this.replace(await this.db().listTokens());
+  }
+
+  /** Swaps the whole token set (hashes and roles; never the raw tokens). */
+  replace(records: readonly TokenRecord[]): void {
     const map = new Map<string, TokenRecord>();
-    for (const t of await this.store.listTokens()) map.set(t.hash, t);
+    for (const t of records) map.set(t.hash, t);
     this.byHash = map;
     this.verified = new Map(); // a revoked token must not stay valid here
+    this.changed();
+  }
+
+  /** Every token record: what gateway workers need to authenticate without the database. */
+  records(): TokenRecord[] { return [...this.byHash.values()]; }
+
+  /** Called after every change of the token set. */
+  onChange(fn: () => void): void { this.listeners.push(fn); }
+
+  private changed(): void { for (const fn of this.listeners) fn(); }
+
+  private db(): Store {
+    if (!this.store) throw new BerthError('INTERNAL', 'tokens are managed by the primary process');
+    return this.store;
   }
 
   /** On first start: create the admin token and store it readable only by its owner. */
@@ -51,13 +72,14 @@ export class Auth {
   async create(name: string, roles: Record<string, Role>): Promise<{ record: TokenRecord; token: string }> {
     const token = newToken();
     const record: TokenRecord = { id: newId(), name, hash: hashToken(token), roles, createdAt: nowIso() };
-    await this.store.insertToken(record);
+    await this.db().insertToken(record);
     this.byHash.set(record.hash, record);
+    this.changed();
     return { record, token };
   }
 
   async remove(id: string): Promise<boolean> {
-    const ok = await this.store.deleteToken(id);
+    const ok = await this.db().deleteToken(id);
     if (ok) await this.load();
     return ok;
   }

@@ -1,4 +1,4 @@
-import { homedir } from 'node:os';
+import { homedir, availableParallelism } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -55,6 +55,8 @@ export interface Config {
   checkpointRunMemoryGb: number;
   maxCheckpointRuns: number;
   checkpointRunQueue: number;
+  /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
+  gatewayWorkers: number;
 }
 
 export const MB = 1024 * 1024;
@@ -137,6 +139,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
+    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', availableParallelism()),
   };
 }
 

@@ -68,6 +68,8 @@ export const ERRORS = {
   TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
   // the front door's connection cap is reached and every connection is busy
   SERVER_BUSY: { http: 503, grpc: 'UNAVAILABLE' },
+  // a gateway worker could not relay a control-API request to the primary process
+  CONTROL_UNAVAILABLE: { http: 503, grpc: 'UNAVAILABLE' },
   CALL_TIMEOUT: { http: 504, grpc: 'DEADLINE_EXCEEDED' },
   INTERNAL: { http: 500, grpc: 'INTERNAL' },
   // the caller left before the answer (nginx's 499); only ever counted, never sent

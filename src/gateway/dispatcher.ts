@@ -20,6 +20,10 @@ export interface Slot {
   ready: boolean;
   /** Gone from the routing snapshot: takes no new call, closes when the last one ends. */
   retired: boolean;
+  /** Sessions this gateway may hold on the instance (its lease); a session released above it is closed. Absent: no cap here. */
+  limit?: number;
+  /** Sessions being opened (counted against the limit). */
+  opening?: number;
 }
 
 export interface Lease { slot: Slot; conn: Session }
@@ -44,6 +48,12 @@ export class NodeDispatcher {
   private queued = 0;
 
   constructor(private readonly nodeId: string, private queueSize: number) {}
+
+  /** With gateway workers: calls the other workers have waiting for this node (queueSize bounds them all together). */
+  elsewhere = 0;
+
+  /** Told when a session was given back because the lease shrank, or a call has to wait (a gateway worker reports both at once). */
+  onLoadChange: (() => void) | null = null;
 
   setQueueSize(n: number): void { this.queueSize = n; }
 
@@ -89,7 +99,7 @@ export class NodeDispatcher {
     if (lease) return lease;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.refusal && this.slots.length === 0) throw this.refusal;
-    if (this.queued >= this.queueSize) {
+    if (this.queued + this.elsewhere >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });
     }
@@ -122,11 +132,30 @@ export class NodeDispatcher {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
       this.queued++;
+      this.onLoadChange?.();
       if (affinity !== undefined) this.stickyWaiting++;
     });
   }
 
   private stickyWaiting = 0;
+
+  /** Sticky calls waiting, per instance they wait for (a gateway worker reports them: its lease there must not be 0). */
+  stickyWaitingByInstance(): Record<string, number> {
+    const out: Record<string, number> = {};
+    if (this.stickyWaiting === 0 || this.slots.length === 0) return out;
+    for (let i = this.head; i < this.waiters.length; i++) {
+      const w = this.waiters[i]!;
+      if (w.done || w.affinity === undefined) continue;
+      let best: Slot | null = null;
+      let top = -1;
+      for (const s of this.slots) {
+        const score = hash32(w.affinity + '\u0000' + s.id);
+        if (score > top) { top = score; best = s; }
+      }
+      out[best!.id] = (out[best!.id] ?? 0) + 1;
+    }
+    return out;
+  }
 
   /** Returns a session; a broken connection is not reused. */
   release(lease: Lease): void {
@@ -136,6 +165,12 @@ export class NodeDispatcher {
     if (slot.retired) {
       (lease.conn as { close?: () => void }).close?.();
       if (slot.busy === 0) { slot.upstream?.close(); slot.upstream = null; }
+      return;
+    }
+    if (slot.limit !== undefined && slot.free.length + slot.busy + (slot.opening ?? 0) >= slot.limit) {
+      // the lease shrank while this session was busy: give it back (the primary waits for that)
+      (lease.conn as { close?: () => void }).close?.();
+      this.onLoadChange?.();
       return;
     }
     if (!lease.conn.closed) slot.free.push(lease.conn);

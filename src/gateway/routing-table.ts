@@ -11,6 +11,12 @@ import { NodeDispatcher, type Slot } from './dispatcher.js';
 import { compileInputValidator, type InputValidator } from './input-validator.js';
 import { H1Upstream, H2Upstream } from './upstream.js';
 
+/** One gateway's load, per node and instance (see RoutingTable.loadReport). */
+export interface LoadReport {
+  version: number;
+  nodes: Record<string, { busy: number; waiting: number; instances: Record<string, { busy: number; held: number; lastUsedAt: number; stickyWaiting?: number }> }>;
+}
+
 /** A node as a call sees it: everything it needs, no database. */
 export interface NodeRoute {
   readonly id: string;
@@ -57,6 +63,8 @@ class RouteState implements NodeRoute {
 export class RoutingTable implements SnapshotSink, LoadSource {
   private routes = new Map<string, RouteState>();
   private version = 0;
+  /** Told when sessions held change outside the call path (gateway workers report load then, not on a timer only). */
+  onLoadChange: (() => void) | null = null;
 
   constructor(private readonly events: InstanceEvents, private readonly maxResponseBytes: number) {}
 
@@ -76,7 +84,10 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     for (const entry of snapshot.nodes) {
       present.add(entry.id);
       let route = this.routes.get(entry.id);
-      if (!route) this.routes.set(entry.id, route = new RouteState(entry.id, entry));
+      if (!route) {
+        this.routes.set(entry.id, route = new RouteState(entry.id, entry));
+        route.dispatcher.onLoadChange = () => this.loadChanged();
+      }
       else if (route.specVersion !== entry.specVersion) route.compile(entry);
       route.dispatcher.setRefusal(refusalOf(entry));
       this.syncInstances(route, entry.instances);
@@ -118,6 +129,37 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     return { busy: slot?.busy ?? 0, lastUsedAt: slot?.lastUsedAt ?? 0 };
   }
 
+  /** With gateway workers: calls waiting per node in the other workers, as the primary last saw them. */
+  setElsewhere(waiting: Readonly<Record<string, number>>): void {
+    for (const [id, route] of this.routes) route.dispatcher.elsewhere = waiting[id] ?? 0;
+  }
+
+  /** The snapshot version applied last. */
+  get appliedVersion(): number { return this.version; }
+
+  /** Ids of the nodes this gateway routes (a worker forgets the metrics of the others). */
+  nodeIds(): string[] { return [...this.routes.keys()]; }
+
+  /**
+   * What this gateway holds and runs, per node and instance (a gateway worker's report to
+   * the primary, which sums the workers' for the controller and moves session leases by it).
+   */
+  loadReport(): LoadReport {
+    const nodes: LoadReport['nodes'] = {};
+    for (const [id, route] of this.routes) {
+      const d = route.dispatcher;
+      const instances: LoadReport['nodes'][string]['instances'] = {};
+      const sticky = d.stickyWaitingByInstance();
+      for (const map of [route.slots, route.draining]) {
+        for (const [iid, slot] of map) {
+          instances[iid] = { busy: slot.busy, held: slot.free.length + slot.busy + (slot.opening ?? 0), lastUsedAt: slot.lastUsedAt, ...(sticky[iid] ? { stickyWaiting: sticky[iid] } : {}) };
+        }
+      }
+      nodes[id] = { busy: d.busy + [...route.draining.values()].reduce((n, s) => n + s.busy, 0), waiting: d.waiting, instances };
+    }
+    return { version: this.version, nodes };
+  }
+
   private syncInstances(route: RouteState, instances: readonly InstanceEntry[]): void {
     const wanted = new Set(instances.map((i) => i.id));
     for (const [id, slot] of route.slots) {
@@ -127,32 +169,41 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       if (slot.busy > 0) route.draining.set(id, slot);
     }
     for (const inst of instances) {
-      if (route.slots.has(inst.id)) continue;
-      const slot: Slot = { id: inst.id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null, ready: false, retired: false };
+      const have = route.slots.get(inst.id);
+      if (have) { this.relimit(route, have, inst); continue; }
+      const slot: Slot = { id: inst.id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null, ready: false, retired: false, ...(inst.sessions !== undefined ? { limit: inst.sessions } : {}) };
       route.slots.set(inst.id, slot);
       void this.connect(route, slot, inst);
     }
     route.publish();
   }
 
-  /** Opens the instance's sessions; it takes calls once they are open. */
+  /**
+   * Opens the instance's sessions up to its lease (all of sessionsPerInstance with one
+   * gateway); it takes calls once they are open. Called again when the lease grows.
+   */
   private async connect(route: RouteState, slot: Slot, inst: InstanceEntry): Promise<void> {
     const spec = route.spec;
-    const sessions = spec.scaling.sessionsPerInstance;
+    const want = (): number => slot.limit ?? spec.scaling.sessionsPerInstance;
     try {
       if (spec.kind === 'cell') {
-        while (slot.free.length + slot.busy < sessions) {
-          const conn = await WorkerConnection.open(inst.endpoint, this.maxResponseBytes + 1024);
+        while (!slot.retired && slot.free.length + slot.busy + (slot.opening ?? 0) < want()) {
+          slot.opening = (slot.opening ?? 0) + 1;
+          let conn: WorkerConnection;
+          try { conn = await WorkerConnection.open(inst.endpoint, this.maxResponseBytes + 1024); } finally { slot.opening--; }
           if (slot.retired) { conn.close(); return; }
+          // the lease may have shrunk while this one was opening
+          if (slot.free.length + slot.busy + slot.opening >= want()) { conn.close(); break; }
           slot.free.push(conn);
         }
       } else {
-        slot.upstream = spec.endpoint.protocol === 'http'
-          ? new H1Upstream(inst.endpoint, sessions, spec.endpoint.idleTimeout * 1000)
+        slot.upstream ??= spec.endpoint.protocol === 'http'
+          ? new H1Upstream(inst.endpoint, spec.scaling.sessionsPerInstance, spec.endpoint.idleTimeout * 1000)
           : new H2Upstream(inst.endpoint);
-        while (slot.free.length + slot.busy < sessions) slot.free.push({ closed: false });
+        while (slot.free.length + slot.busy < want()) slot.free.push({ closed: false });
       }
     } catch (err) {
+      if (slot.ready) { this.loadChanged(); return; } // growing failed: the instance keeps what it has; probes judge it
       retire(slot);
       if (route.slots.get(slot.id) === slot) route.slots.delete(slot.id);
       this.events.refused(route.id, slot.id, (err as Error).message);
@@ -161,7 +212,25 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     if (slot.retired) return;
     slot.ready = true;
     route.publish();
+    this.loadChanged();
   }
+
+  /** A new lease for an instance this gateway already has: grow to it, or give back free sessions above it. */
+  private relimit(route: RouteState, slot: Slot, inst: InstanceEntry): void {
+    const limit = inst.sessions;
+    if (limit === slot.limit) return;
+    slot.limit = limit;
+    const cap = limit ?? route.spec.scaling.sessionsPerInstance;
+    const held = slot.free.length + slot.busy + (slot.opening ?? 0);
+    if (held < cap) { if (slot.ready) void this.connect(route, slot, inst); return; }
+    while (slot.free.length > 0 && slot.free.length + slot.busy + (slot.opening ?? 0) > cap) {
+      (slot.free.pop() as { close?: () => void }).close?.();
+    }
+    this.loadChanged();
+  }
+
+  /** Sessions held per instance changed outside a call (a lease applied, a session given back). */
+  private loadChanged(): void { this.onLoadChange?.(); }
 }
 
 /** What calls get at once while the node takes none: suspended, or failing with the controller's reason. */

@@ -10,6 +10,12 @@ export interface InstanceEntry {
   readonly id: string;
   /** Cell: the worker's socket. Image: the endpoint port's address on this machine. */
   readonly endpoint: Endpoint;
+  /**
+   * With several gateway workers: the sessions of this instance this gateway may hold (its
+   * lease; the primary moves sessions between workers, never more than sessionsPerInstance
+   * in all). Absent: all of them (one gateway).
+   */
+  readonly sessions?: number;
 }
 
 export interface NodeEntry {

@@ -8,13 +8,13 @@ import type { CheckpointList, NodeList } from '../views.js';
 interface UpOptions {
   host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
   logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
-  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox'];
+  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string;
 }
 
 export function registerServer(cli: Command): void {
   const client = clientFor(cli);
 
-  cli.command('up').description('Run the control API, controller and gateway in this process')
+  cli.command('up').description('Run the control API, controller and gateway (in N gateway processes with --gateway-workers)')
     .option('--host <host>', 'address to listen on', process.env.BERTH_HOST ?? '127.0.0.1')
     .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
     .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
@@ -32,6 +32,7 @@ export function registerServer(cli: Command): void {
     .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
+    .option('--gateway-workers <n>', 'gateway processes serving the port; 1 keeps everything in one process (default: the number of cores, or $BERTH_GATEWAY_WORKERS)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
@@ -53,7 +54,11 @@ export function registerServer(cli: Command): void {
         ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
         ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
         ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
+        ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: positive('--gateway-workers', o.gatewayWorkers) } : {}),
       });
+      if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
+        console.error(`berth: --gateway-workers takes a whole number from 1 to 256, got ${config.gatewayWorkers}`); process.exit(2);
+      }
       for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
         if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
       }

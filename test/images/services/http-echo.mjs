@@ -1,7 +1,8 @@
 // Test service `http-echo` (and `unhealthy`, which sets ECHO_HEALTHZ_STATUS=503).
 // Node built-ins only; runs inside a test image as /app/service.mjs.
 //   :8080 HTTP/1.1   echo as JSON; POST ?raw=1 echoes the body bytes; /healthz; /sleep?ms=N;
-//                    /big?bytes=N (streamed, chunked); /env (the container's environment)
+//                    /big?bytes=N (streamed, chunked); /env (the container's environment);
+//                    /sleep answers `concurrent`: the /sleep calls running here when it started, itself included
 //   :8081 h2c        the same handler over HTTP/2 cleartext (prior knowledge)
 //   :9100 /metrics   Prometheus text: echo_requests_total
 import http from 'node:http';
@@ -17,6 +18,8 @@ const MAX_BIG = 1024 * 1024 * 1024;
 const MAX_SLEEP_MS = 10 * 60_000;
 
 let requests = 0;
+/** /sleep calls running right now (a test checks Berth never runs more than sessionsPerInstance). */
+let sleeping = 0;
 
 function handle(req, res) {
   requests++;
@@ -53,7 +56,8 @@ function handle(req, res) {
     const body = Buffer.concat(chunks);
     if (url.pathname === '/sleep') {
       const ms = Math.min(MAX_SLEEP_MS, Math.max(0, Number(url.searchParams.get('ms') ?? 0) || 0));
-      setTimeout(() => json(res, 200, { slept: ms, instance: hostname() }), ms);
+      const concurrent = ++sleeping;
+      setTimeout(() => { sleeping--; json(res, 200, { slept: ms, instance: hostname(), concurrent }); }, ms);
       return;
     }
     if (url.pathname === '/env') { json(res, 200, process.env); return; }

@@ -1,0 +1,464 @@
+// The primary's side of `berth up --gateway-workers N` (N > 1): N gateway processes (Node's
+// cluster module) serve the one port; this process keeps the controller, the store and the
+// control API. To the controller the N workers look like one gateway (SnapshotSink &
+// LoadSource): snapshots are forwarded to every worker, load reports are summed.
+//
+// Sessions: an instance never runs more than sessionsPerInstance calls at once, across all
+// workers together. The primary owns each instance's sessions and leases them to workers
+// (InstanceEntry.sessions in each worker's snapshot). A lease shrinks first; the sessions go
+// to another worker only once the holder has reported, after applying the smaller lease,
+// that it holds no more than it (a busy session is given back when its call ends). Moves
+// are driven by the workers' load reports (calls running and waiting per node), so nothing
+// per call crosses processes. Workers with calls share a node's sessions evenly; when there
+// are fewer sessions than such workers, the extra ones rotate every ROTATE_MS.
+import cluster, { type Worker } from 'node:cluster';
+import { fileURLToPath } from 'node:url';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import type { Config } from '../core/config.js';
+import type { Auth } from '../core/auth.js';
+import type { AliasTable } from '../aliases/table.js';
+import { log } from '../core/log.js';
+import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
+import type { LoadReport } from '../gateway/routing-table.js';
+import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
+
+/** How long a worker keeps a node's extra session while another worker with calls waits for one. */
+const ROTATE_MS = 100;
+/** A worker that dies this soon after it started is replaced after RESPAWN_DELAY_MS (no crash loop). */
+const MIN_UPTIME_MS = 5000;
+const RESPAWN_DELAY_MS = 1000;
+const METRICS_TIMEOUT_MS = 2000;
+const SYNC_TIMEOUT_MS = 1000;
+const PROPAGATION_SAMPLES = 200;
+/** A shrunk lease not sent yet: confirmed by no report. */
+const UNSENT = Number.MAX_SAFE_INTEGER;
+
+interface Pending { held: number; until: number }
+
+class WorkerState {
+  ready = false;
+  /** The last snapshot version sent to it, and the last it reported as applied. */
+  sent = 0;
+  acked = 0;
+  report: LoadReport | null = null;
+  /** instance key → sessions leased to this worker. */
+  readonly leases = new Map<string, number>();
+  /** instance key → a lease that shrank and is not confirmed given back yet. */
+  readonly pending = new Map<string, Pending>();
+  /** node id → when this worker got a session above the even share. */
+  readonly extraSince = new Map<string, number>();
+  /** node id → since when it has waited without its share. */
+  readonly lackSince = new Map<string, number>();
+  readonly startedAt = Date.now();
+  drained = false;
+  /** What it was last told the other workers have waiting (sent only when it changes). */
+  elsewhere = '{}';
+
+  constructor(readonly worker: Worker) {}
+
+  get pid(): number { return this.worker.process.pid ?? 0; }
+
+  node(nodeId: string): { busy: number; waiting: number } {
+    const n = this.report?.nodes[nodeId];
+    return { busy: n?.busy ?? 0, waiting: n?.waiting ?? 0 };
+  }
+
+  /** Sessions of an instance this worker may be using: its lease, or more until it has confirmed a smaller one. */
+  usage(key: string, nodeId: string, instanceId: string): number {
+    const lease = this.leases.get(key) ?? 0;
+    const p = this.pending.get(key);
+    const held = this.report?.nodes[nodeId]?.instances[instanceId]?.held ?? 0;
+    if (p) {
+      if (this.acked < p.until) return Math.max(lease, p.held, held);
+      this.pending.delete(key);
+    }
+    return Math.max(lease, held);
+  }
+}
+
+export interface ClusterOptions {
+  config: Config;
+  events: InstanceEvents;
+  auth: Auth;
+  aliases: AliasTable;
+  controlSocket: string;
+}
+
+export interface ClusterStatus {
+  workers: Array<{ id: number; pid: number; ready: boolean; appliedVersion: number; startedAt: string }>;
+  restarts: number;
+  snapshotVersion: number;
+  /** Milliseconds from a controller snapshot to the last worker confirming it, recent changes. */
+  propagationMs: { samples: number; p50: number | null; max: number | null; last: number | null };
+}
+
+export class GatewayCluster implements SnapshotSink, LoadSource {
+  private readonly workers = new Map<number, WorkerState>();
+  private base: RoutingSnapshot | null = null;
+  /** Versions of the snapshots sent to workers (one counter: each worker's sequence only grows). */
+  private version = 0;
+  /** Controller snapshots not yet confirmed by every worker: when published, and the version each worker got. */
+  private readonly propagating: Array<{ at: number; need: Map<WorkerState, number> }> = [];
+  private readonly propagation: number[] = [];
+  private closing = false;
+  private restarts = 0;
+  private metricsSeq = 0;
+  private readonly metricsWaiters = new Map<number, (json: unknown) => void>();
+  private listeningPort: Promise<number>;
+  private resolvePort!: (port: number) => void;
+  private rejectPort!: (err: Error) => void;
+  private rebalanceQueued = false;
+  private rotateTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly opts: ClusterOptions) {
+    this.listeningPort = new Promise((resolve, reject) => { this.resolvePort = resolve; this.rejectPort = reject; });
+    opts.auth.onChange(() => this.broadcast({ t: 'tokens', records: opts.auth.records() }));
+    opts.aliases.onChange(() => this.broadcast({ t: 'aliases', records: opts.aliases.records() }));
+  }
+
+  /** Forks the workers; resolves with the port once every one of them listens. */
+  async start(): Promise<number> {
+    // rr: this process accepts and hands connections round-robin (an even spread); none: the kernel picks a worker
+    cluster.schedulingPolicy = process.env.BERTH_CLUSTER_SCHED === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
+    const here = fileURLToPath(import.meta.url);
+    cluster.setupPrimary({ exec: here.replace(/primary\.(ts|js)$/, 'worker.$1'), args: [], execArgv: process.execArgv, silent: false });
+    for (let i = 0; i < this.opts.config.gatewayWorkers; i++) this.fork();
+    const all = new Promise<void>((resolve) => {
+      const check = (): void => { if ([...this.workers.values()].every((w) => w.ready)) resolve(); else setTimeout(check, 10); };
+      check();
+    });
+    const port = await this.listeningPort;
+    await all;
+    return port;
+  }
+
+  private fork(): void {
+    const boot: WorkerBoot = { config: this.opts.config, controlSocket: this.opts.controlSocket };
+    const worker = cluster.fork({ [WORKER_ENV]: JSON.stringify(boot) });
+    const state = new WorkerState(worker);
+    this.workers.set(worker.id, state);
+    worker.on('message', (m: FromWorker) => this.onMessage(state, m));
+    worker.on('error', () => undefined);
+    worker.on('exit', (code, signal) => {
+      this.workers.delete(worker.id);
+      this.opts.aliases.setRemoteMirror(String(worker.id), null);
+      if (!state.ready && !this.closing && this.restarts === 0 && [...this.workers.values()].every((w) => !w.ready)) {
+        this.rejectPort(new Error(`gateway worker ${worker.id} exited before listening (${signal ?? code})`));
+      }
+      if (this.closing) return;
+      log.warn({ event: 'gateway_worker_exit', worker: worker.id, pid: state.pid, code, signal }, 'gateway worker exited; starting a new one');
+      this.restarts++;
+      setTimeout(() => { if (!this.closing) this.fork(); }, Date.now() - state.startedAt < MIN_UPTIME_MS ? RESPAWN_DELAY_MS : 0).unref();
+      this.scheduleRebalance(); // its sessions are free again
+    });
+  }
+
+  private send(state: WorkerState, m: ToWorker): void {
+    if (!state.worker.isConnected()) return;
+    try { state.worker.send(m); } catch { /* exiting: 'exit' follows */ }
+  }
+
+  private broadcast(m: ToWorker): void {
+    for (const w of this.workers.values()) this.send(w, m);
+  }
+
+  private onMessage(state: WorkerState, m: FromWorker): void {
+    switch (m.t) {
+      case 'hello':
+        this.send(state, { t: 'tokens', records: this.opts.auth.records() });
+        this.send(state, { t: 'aliases', records: this.opts.aliases.records() });
+        if (this.base) this.sendSnapshot(state);
+        return;
+      case 'listening':
+        state.ready = true;
+        this.resolvePort(m.port);
+        this.rebalance();
+        return;
+      case 'load':
+        state.report = m.report;
+        if (m.report.version > state.acked) {
+          state.acked = m.report.version;
+          this.confirmPropagation();
+        }
+        if (m.mirror) this.opts.aliases.setRemoteMirror(String(state.worker.id), m.mirror);
+        this.scheduleRebalance();
+        return;
+      case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;
+      case 'timedOut': this.opts.events.timedOut(m.nodeId, m.instanceId, m.timeoutSeconds); return;
+      case 'metrics': case 'synced': this.metricsWaiters.get(m.id)?.(m.t === 'metrics' ? m.json : null); return;
+      case 'drained': state.drained = true; return;
+    }
+  }
+
+  // ---- SnapshotSink & LoadSource (what the controller sees) ----
+
+  apply(snapshot: RoutingSnapshot): void {
+    if (this.base && snapshot.version <= this.base.version) return;
+    this.base = snapshot;
+    // every worker gets it now (with its leases), whether its leases changed or not
+    const at = performance.now();
+    this.rebalance(true);
+    const need = new Map<WorkerState, number>();
+    for (const w of this.workers.values()) if (w.ready && w.worker.isConnected()) need.set(w, w.sent);
+    if (need.size > 0) this.propagating.push({ at, need });
+  }
+
+  node(nodeId: string): { busy: number; waiting: number } {
+    let busy = 0; let waiting = 0;
+    for (const w of this.workers.values()) { const n = w.node(nodeId); busy += n.busy; waiting += n.waiting; }
+    return { busy, waiting };
+  }
+
+  instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
+    let busy = 0; let lastUsedAt = 0;
+    let unconfirmed = false;
+    for (const w of this.workers.values()) {
+      const i = w.report?.nodes[nodeId]?.instances[instanceId];
+      if (i) { busy += i.busy; lastUsedAt = Math.max(lastUsedAt, i.lastUsedAt); }
+      if (w.acked < w.sent) unconfirmed = true;
+    }
+    // an instance leaving balancing is drained by this count: until every worker has applied
+    // the snapshot without it, a call may have started there that no report shows yet
+    if (unconfirmed && !this.inBase(nodeId, instanceId)) busy++;
+    return { busy, lastUsedAt };
+  }
+
+  private inBase(nodeId: string, instanceId: string): boolean {
+    return this.base?.nodes.find((n) => n.id === nodeId)?.instances.some((i) => i.id === instanceId) ?? false;
+  }
+
+  // ---- session leases ----
+
+  private scheduleRebalance(): void {
+    if (this.rebalanceQueued) return;
+    this.rebalanceQueued = true;
+    setImmediate(() => { this.rebalanceQueued = false; this.rebalance(); });
+  }
+
+  /** Recomputes every lease; sends a snapshot to each worker whose leases changed (to all with `all`). */
+  private rebalance(all = false): void {
+    if (!this.base) return;
+    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    const changed = new Set<WorkerState>(all ? live : []);
+    const keys = new Set<string>();
+    for (const node of this.base.nodes) {
+      for (const inst of node.instances) keys.add(key(node.id, inst.id));
+      for (const w of this.balanceNode(node, live)) changed.add(w);
+    }
+    // leases of instances no longer in the snapshot are void
+    for (const w of live) for (const k of w.leases.keys()) if (!keys.has(k)) { w.leases.delete(k); w.pending.delete(k); }
+    for (const w of changed) this.sendSnapshot(w);
+    this.shareWaiting(live);
+  }
+
+  /** queueSize bounds the calls waiting in all workers together: each learns what the others have waiting. */
+  private shareWaiting(live: WorkerState[]): void {
+    const total: Record<string, number> = {};
+    for (const w of live) for (const [id, n] of Object.entries(w.report?.nodes ?? {})) if (n.waiting > 0) total[id] = (total[id] ?? 0) + n.waiting;
+    for (const w of live) {
+      const others: Record<string, number> = {};
+      for (const [id, n] of Object.entries(total)) {
+        const mine = w.report?.nodes[id]?.waiting ?? 0;
+        if (n - mine > 0) others[id] = n - mine;
+      }
+      const text = JSON.stringify(others);
+      if (text === w.elsewhere) continue;
+      w.elsewhere = text;
+      this.send(w, { t: 'elsewhere', waiting: others });
+    }
+  }
+
+  private balanceNode(node: NodeEntry, live: WorkerState[]): Set<WorkerState> {
+    const changed = new Set<WorkerState>();
+    if (live.length === 0 || node.instances.length === 0) return changed;
+    const S = node.spec.scaling.sessionsPerInstance;
+    const now = Date.now();
+    const keys = node.instances.map((i) => key(node.id, i.id));
+    const used = (k: string, instId: string): number => live.reduce((n, w) => n + w.usage(k, node.id, instId), 0);
+    const total = (w: WorkerState): number => keys.reduce((n, k) => n + (w.leases.get(k) ?? 0), 0);
+    const grant = (w: WorkerState, only?: number): boolean => {
+      // the instance with the most unleased sessions
+      let best = -1; let room = 0;
+      node.instances.forEach((inst, i) => {
+        if (only !== undefined && i !== only) return;
+        const r = S - used(keys[i]!, inst.id);
+        if (r > room) { room = r; best = i; }
+      });
+      if (best < 0) return false;
+      const k = keys[best]!;
+      w.leases.set(k, (w.leases.get(k) ?? 0) + 1);
+      changed.add(w);
+      return true;
+    };
+    const shrinkAt = (w: WorkerState, at: number): void => {
+      const k = keys[at]!;
+      const most = w.leases.get(k) ?? 0;
+      w.leases.set(k, most - 1);
+      w.pending.set(k, { held: Math.max(w.usage(k, node.id, node.instances[at]!.id), most), until: UNSENT });
+      changed.add(w);
+    };
+    const shrink = (w: WorkerState): boolean => {
+      // from the instance where it holds most; confirmed given back before anyone else gets it
+      let best = -1; let most = 0;
+      keys.forEach((k, i) => { const l = w.leases.get(k) ?? 0; if (l > most) { most = l; best = i; } });
+      if (best < 0) return false;
+      const k = keys[best]!;
+      const inst = node.instances[best]!;
+      const was = w.usage(k, node.id, inst.id);
+      w.leases.set(k, most - 1);
+      w.pending.set(k, { held: Math.max(was, most), until: UNSENT });
+      changed.add(w);
+      return true;
+    };
+
+    // sticky calls wait for one instance: a worker with such calls and no lease there gets one
+    // of its sessions (from unleased ones, or the largest other holder gives one back)
+    node.instances.forEach((inst, i) => {
+      const k = keys[i]!;
+      for (const w of live) {
+        if (!(w.report?.nodes[node.id]?.instances[inst.id]?.stickyWaiting) || (w.leases.get(k) ?? 0) > 0) continue;
+        if (grant(w, i)) continue;
+        if (live.some((o) => { const p = o.pending.get(k); return p !== undefined && o.acked < p.until; })) continue; // one on its way back
+        const donor = live.filter((o) => o !== w && (o.leases.get(k) ?? 0) > 0).sort((a, b) => (b.leases.get(k) ?? 0) - (a.leases.get(k) ?? 0))[0];
+        if (donor) shrinkAt(donor, i);
+      }
+    });
+
+    const demand = live.filter((w) => { const n = w.node(node.id); return n.busy + n.waiting > 0; });
+    if (demand.length === 0) {
+      // nobody is calling: spread what is unleased evenly so the first calls find a session anywhere
+      for (;;) {
+        const w = [...live].sort((a, b) => total(a) - total(b) || a.worker.id - b.worker.id)[0]!;
+        if (!grant(w)) break;
+      }
+      return changed;
+    }
+    const C = S * node.instances.length;
+    const base = Math.floor(C / demand.length);
+    let extras = C - base * demand.length;
+    const quota = new Map<WorkerState, number>();
+    for (const w of live) quota.set(w, 0);
+    for (const w of demand) {
+      quota.set(w, base);
+      const has = total(w) > base;
+      if (has) { if (!w.extraSince.has(node.id)) w.extraSince.set(node.id, now); } else w.extraSince.delete(node.id);
+      if (w.node(node.id).waiting > 0 && total(w) < base + 1) { if (!w.lackSince.has(node.id)) w.lackSince.set(node.id, now); } else w.lackSince.delete(node.id);
+    }
+    const someoneLacks = demand.some((w) => w.lackSince.has(node.id));
+    // the extra sessions rotate on time, not only when a report arrives
+    if (someoneLacks && !this.rotateTimer) this.rotateTimer = setTimeout(() => { this.rotateTimer = null; this.rebalance(); }, ROTATE_MS).unref();
+    const rank = (w: WorkerState): number => {
+      const since = w.extraSince.get(node.id);
+      if (since !== undefined && (now - since < ROTATE_MS || !someoneLacks)) return 0; // keeps its extra
+      if (w.lackSince.has(node.id)) return 1;
+      if (since !== undefined) return 2; // had it long enough while others wait
+      return 3;
+    };
+    const order = [...demand].sort((a, b) => rank(a) - rank(b) || (a.lackSince.get(node.id) ?? now) - (b.lackSince.get(node.id) ?? now));
+    for (const w of order) { if (extras === 0) break; quota.set(w, base + 1); extras--; }
+
+    // grants from unleased sessions first, then shrink those above their quota for those below it that wait
+    let deficit = 0;
+    for (const w of demand) {
+      const q = quota.get(w)!;
+      while (total(w) < q && grant(w)) { /* granted */ }
+      if (total(w) < q && w.node(node.id).waiting > 0) deficit += q - total(w);
+    }
+    if (deficit > 0) {
+      // sessions already on their way back count against the deficit
+      for (const w of live) for (const k of keys) { const p = w.pending.get(k); if (p && w.acked < p.until) deficit -= p.held - (w.leases.get(k) ?? 0); }
+      const donors = [...live].filter((w) => total(w) > quota.get(w)!)
+        .sort((a, b) => (quota.get(a)! === 0 ? 0 : 1) - (quota.get(b)! === 0 ? 0 : 1) || (total(b) - quota.get(b)!) - (total(a) - quota.get(a)!));
+      for (const w of donors) {
+        while (deficit > 0 && total(w) > quota.get(w)! && shrink(w)) deficit--;
+        if (deficit <= 0) break;
+      }
+    }
+    return changed;
+  }
+
+  private sendSnapshot(w: WorkerState): void {
+    if (!this.base) return;
+    const version = ++this.version;
+    const snapshot: RoutingSnapshot = {
+      version,
+      nodes: this.base.nodes.map((n) => ({
+        ...n,
+        instances: n.instances.map((i) => ({ ...i, sessions: w.leases.get(key(n.id, i.id)) ?? 0 })),
+      })),
+    };
+    // pending shrinks sent in this snapshot are confirmed by a report of this version or later
+    for (const p of w.pending.values()) if (p.until === UNSENT) p.until = version;
+    w.sent = version;
+    this.send(w, { t: 'snapshot', snapshot });
+  }
+
+  private confirmPropagation(): void {
+    for (let i = 0; i < this.propagating.length; i++) {
+      const p = this.propagating[i]!;
+      // a worker that died meanwhile does not hold it up
+      if ([...p.need].some(([w, v]) => w.acked < v && this.workers.get(w.worker.id) === w)) continue;
+      this.propagating.splice(i--, 1);
+      this.propagation.push(performance.now() - p.at);
+      if (this.propagation.length > PROPAGATION_SAMPLES) this.propagation.shift();
+    }
+  }
+
+  // ---- metrics, status, shutdown ----
+
+  /** The Prometheus exposition summed over the workers, with this process's own registry. */
+  async metrics(own: Registry): Promise<string> {
+    const live = [...this.workers.values()].filter((w) => w.worker.isConnected());
+    const parts = await Promise.all(live.map((w) => new Promise<unknown>((resolve) => {
+      const id = ++this.metricsSeq;
+      const timer = setTimeout(() => { this.metricsWaiters.delete(id); resolve(null); }, METRICS_TIMEOUT_MS);
+      this.metricsWaiters.set(id, (json) => { clearTimeout(timer); this.metricsWaiters.delete(id); resolve(json); });
+      this.send(w, { t: 'metrics?', id });
+    })));
+    const all = [await own.getMetricsAsJSON(), ...parts.filter((p) => p !== null)] as Parameters<typeof AggregatorRegistry.aggregate>[0];
+    return AggregatorRegistry.aggregate(all).metrics();
+  }
+
+  /**
+   * Resolves once every worker has applied everything sent to it so far (tokens, aliases,
+   * snapshots): a control-API change answers only then, so a call made right after it, on
+   * any connection, sees it. Bounded: a stalled worker delays an answer by SYNC_TIMEOUT_MS at most.
+   */
+  async sync(): Promise<void> {
+    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    await Promise.all(live.map((w) => new Promise<void>((resolve) => {
+      const id = ++this.metricsSeq;
+      const timer = setTimeout(() => { this.metricsWaiters.delete(id); resolve(); }, SYNC_TIMEOUT_MS);
+      this.metricsWaiters.set(id, () => { clearTimeout(timer); this.metricsWaiters.delete(id); resolve(); });
+      this.send(w, { t: 'sync', id });
+    })));
+  }
+
+  status(): ClusterStatus {
+    const sorted = [...this.propagation].sort((a, b) => a - b);
+    const round = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
+    return {
+      workers: [...this.workers.values()].map((w) => ({ id: w.worker.id, pid: w.pid, ready: w.ready, appliedVersion: w.acked, startedAt: new Date(w.startedAt).toISOString() })),
+      restarts: this.restarts,
+      snapshotVersion: this.base?.version ?? 0,
+      propagationMs: { samples: sorted.length, p50: round(sorted[Math.floor(sorted.length / 2)]), max: round(sorted[sorted.length - 1]), last: round(this.propagation[this.propagation.length - 1]) },
+    };
+  }
+
+  /** SIGTERM: every worker stops taking connections and lets its calls finish (until the deadline), then exits. */
+  async drain(deadline: number): Promise<void> {
+    this.closing = true;
+    const exits = [...this.workers.values()].map((w) => new Promise<void>((resolve) => {
+      if (w.worker.isDead()) return resolve();
+      w.worker.once('exit', () => resolve());
+      this.send(w, { t: 'drain', deadline });
+    }));
+    const hard = setTimeout(() => { for (const w of this.workers.values()) w.worker.process.kill('SIGKILL'); }, Math.max(0, deadline - Date.now()) + 5000);
+    await Promise.all(exits);
+    clearTimeout(hard);
+  }
+}
+
+function key(nodeId: string, instanceId: string): string {
+  return `${nodeId}\u0000${instanceId}`;
+}

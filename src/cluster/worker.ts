@@ -1,0 +1,161 @@
+// A gateway worker of `berth up --gateway-workers N`: one of N processes that accept on the
+// one port (Node's cluster module shares the listening socket) and serve the data plane from
+// the routing snapshots, tokens and aliases the primary sends. It has no database and no
+// controller: instance events and load go up to the primary; control-API requests that
+// arrive here are relayed, as they are, to the primary's unix socket in BERTH_HOME (mode
+// 0600), which answers them with the same fastify app as with one process.
+import { readFileSync } from 'node:fs';
+import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { Auth } from '../core/auth.js';
+import { BerthError } from '../core/errors.js';
+import { Metrics } from '../core/metrics.js';
+import { AliasTable } from '../aliases/table.js';
+import { RoutingTable } from '../gateway/routing-table.js';
+import { createDataPlane, controlUnavailable } from '../gateway/data-plane.js';
+import { installProcessGuards } from '../gateway/last-resort.js';
+import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
+
+/** Load is reported this often when it changed (and at once when sessions are given back or calls queue). */
+const REPORT_MS = 20;
+/** Mirror statistics (aliases with a shadow node) are reported this often when they changed. */
+const MIRROR_REPORT_MS = 250;
+/** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
+const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
+
+async function main(): Promise<void> {
+  installProcessGuards();
+  const boot = JSON.parse(process.env[WORKER_ENV] ?? '') as WorkerBoot;
+  // --max-connections bounds the port as a whole: each worker takes its share (the primary
+  // hands connections out round-robin, so the shares fill evenly)
+  const config = { ...boot.config, maxConnections: Math.max(1, Math.ceil(boot.config.maxConnections / boot.config.gatewayWorkers)) };
+  process.umask(0o077);
+  const send = (m: FromWorker): void => {
+    if (!process.connected) return;
+    try { process.send!(m); } catch { /* the primary is gone: 'disconnect' ends this process */ }
+  };
+
+  const auth = new Auth(null);
+  const aliases = new AliasTable();
+  const metrics = new Metrics();
+  const routes = new RoutingTable({
+    refused: (nodeId, instanceId, reason) => send({ t: 'refused', nodeId, instanceId, reason }),
+    timedOut: (nodeId, instanceId, timeoutSeconds) => send({ t: 'timedOut', nodeId, instanceId, timeoutSeconds }),
+  }, config.maxResponseBytes);
+  const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
+  const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayTo(boot.controlSocket) });
+
+  // ---- load reports: what the primary sums for the controller and moves session leases by ----
+  let lastLoad = '';
+  let lastMirror = '';
+  let queued = false;
+  const report = (force: boolean): void => {
+    const load = routes.loadReport();
+    const text = JSON.stringify(load);
+    if (!force && text === lastLoad) return;
+    lastLoad = text;
+    send({ t: 'load', report: load });
+  };
+  routes.onLoadChange = () => {
+    if (queued) return;
+    queued = true;
+    setImmediate(() => { queued = false; report(false); });
+  };
+  setInterval(() => report(false), REPORT_MS).unref();
+  setInterval(() => {
+    const mirror = aliases.mirrorReports();
+    const text = JSON.stringify(mirror);
+    if (text === lastMirror) return;
+    lastMirror = text;
+    send({ t: 'load', report: routes.loadReport(), mirror });
+  }, MIRROR_REPORT_MS).unref();
+
+  let haveTokens = false;
+  let haveAliases = false;
+  let draining = false;
+  let listening = false;
+  const listen = (): void => {
+    if (listening || !haveTokens || !haveAliases) return;
+    listening = true;
+    plane.door.server.once('error', (err) => { console.error(`[berth] gateway worker ${process.pid}: ${err.message}`); process.exit(2); });
+    plane.door.server.listen(config.port, config.host, () => {
+      const a = plane.door.server.address();
+      send({ t: 'listening', port: typeof a === 'object' && a ? a.port : config.port });
+    });
+  };
+
+  process.on('message', (m: ToWorker) => {
+    switch (m.t) {
+      case 'snapshot': {
+        const before = new Set(routes.nodeIds());
+        routes.apply(m.snapshot);
+        const now = new Set(routes.nodeIds());
+        for (const id of before) if (!now.has(id)) metrics.forgetNode(id);
+        report(true); // the acknowledgement: the primary times propagation and confirms shrunk leases by it
+        return;
+      }
+      case 'tokens': auth.replace(m.records); haveTokens = true; listen(); return;
+      case 'aliases': {
+        const names = new Set(m.records.map((r) => r.spec.name));
+        for (const r of aliases.records()) if (!names.has(r.spec.name)) metrics.forgetAlias(r.spec.name);
+        aliases.replaceAll(m.records);
+        haveAliases = true;
+        listen();
+        return;
+      }
+      case 'sync': send({ t: 'synced', id: m.id }); return;
+      case 'elsewhere': routes.setElsewhere(m.waiting); return;
+      case 'metrics?':
+        void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));
+        return;
+      case 'drain':
+        if (draining) return;
+        draining = true;
+        void (async () => {
+          await plane.drain(m.deadline);
+          routes.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
+          report(true);
+          await plane.close();
+          send({ t: 'drained' });
+          process.exit(0);
+        })();
+        return;
+    }
+  });
+  // the primary decides when to stop (it drains every worker on SIGTERM); a worker whose
+  // primary is gone has nothing to serve from
+  process.on('SIGTERM', () => undefined);
+  process.on('SIGINT', () => undefined);
+  process.on('disconnect', () => process.exit(draining ? 0 : 1));
+  send({ t: 'hello' });
+}
+
+/** Control-API requests, relayed unchanged to the primary over its unix socket. */
+function relayTo(socketPath: string): (req: IncomingMessage, res: ServerResponse) => void {
+  // no cap on relay sockets: the front door bounds connections, and a capped pool lets a few
+  // requests with bodies that never end hold up every other control request (health included)
+  const agent = new Agent({ keepAlive: true });
+  return (req, res) => {
+    const headers: OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(req.headers)) if (!k.startsWith(':') && !HOP.has(k) && v !== undefined) headers[k] = v;
+    const authority = req.headers[':authority'];
+    if (headers.host === undefined && typeof authority === 'string') headers.host = authority;
+    const up = httpRequest({ socketPath, method: req.method, path: req.url, headers, agent }, (answer) => {
+      const out: OutgoingHttpHeaders = {};
+      for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
+      res.writeHead(answer.statusCode ?? 502, out);
+      answer.pipe(res);
+      answer.on('error', () => res.destroy());
+    });
+    up.on('error', (err) => {
+      if (!res.headersSent) controlUnavailable(res, err.message);
+      else res.destroy();
+    });
+    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
+    req.pipe(up);
+  };
+}
+
+main().catch((err: unknown) => {
+  console.error(`[berth] gateway worker ${process.pid} failed to start: ${(err as Error).stack ?? String(err)}`);
+  process.exit(2);
+});

@@ -1,0 +1,160 @@
+// The serving half of `berth up`: the front door on the one port (HTTP/1.1, h2c, gRPC, TLS),
+// the execute gateway, the header-routed proxy and Berth's own gRPC services, all reading
+// routing snapshots and nothing else. Whatever is not data plane (the control API,
+// /openapi.json, /metrics) goes to `control`: fastify in the same process with one gateway,
+// or a relay to the primary in a gateway worker (cluster/worker.ts). Built the same way in
+// both, so the two modes serve calls with the same code.
+import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
+import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import type { Config } from '../core/config.js';
+import type { Auth } from '../core/auth.js';
+import { BerthError } from '../core/errors.js';
+import type { Metrics } from '../core/metrics.js';
+import type { AliasTable } from '../aliases/table.js';
+import { startGrpcServer, type GrpcServer } from '../grpc/node-service.js';
+import { Gateway } from './execute.js';
+import { Proxy } from './proxy.js';
+import { H2Upstream } from './upstream.js';
+import { createFrontDoor, type FrontDoor } from './front-door.js';
+import { sendError } from './http-util.js';
+import { canonicalTarget, proxiedTarget } from './target.js';
+import { guardHttp1, guardH2, respondH2Error } from './last-resort.js';
+import type { RoutingTable } from './routing-table.js';
+
+export interface DataPlaneDeps {
+  config: Config;
+  routes: RoutingTable;
+  auth: Auth;
+  metrics: Metrics;
+  aliases: AliasTable;
+  /** Everything that is not a data-plane call (already made canonical). */
+  control: (req: IncomingMessage, res: ServerResponse) => void;
+  tls: { cert: Buffer; key: Buffer } | null;
+}
+
+export interface DataPlane {
+  httpServer: Server;
+  h2Server: Http2Server;
+  gateway: Gateway;
+  proxy: Proxy;
+  door: FrontDoor;
+  /** Refuses new calls and waits (until the deadline) for running ones. */
+  drain(deadline: number): Promise<void>;
+  /** Closes every connection and Berth's gRPC server. */
+  close(): Promise<void>;
+}
+
+export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
+  const { config, routes, auth, metrics, aliases } = deps;
+  const gateway = new Gateway(config, routes, auth, metrics, aliases);
+  const proxy = new Proxy(config, routes, auth, metrics, aliases);
+  // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
+  const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
+  const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
+
+  // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
+  // `x-berth-fault: throw | reject | control-api` fails inside a handler, so the tests can
+  // prove the last resort on a real server; off, the header means nothing
+  const faults = process.env.BERTH_FAULTS === '1';
+  const fault = (h: Record<string, unknown>): Promise<void> | undefined => {
+    if (!faults) return undefined;
+    const f = h['x-berth-fault'];
+    if (f === 'throw') throw new TypeError('injected fault: /internal/detail/that/must/not/leak');
+    if (f === 'reject') return Promise.reject(new RangeError('injected fault: /internal/detail/that/must/not/leak'));
+    return undefined;
+  };
+
+  // data-plane calls skip the framework entirely: the hot path stays short
+  // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
+  const httpServer = createServer({
+    keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
+    connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
+  }, guardHttp1('http1', (req: IncomingMessage, res: ServerResponse) => {
+    // one canonical target for every router; header-routed calls keep their path as sent
+    const routed = Proxy.routed(req.headers);
+    const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
+    if (!t.ok) { sendError(res, t.error); return; } // the framing is intact: the connection stays usable
+    req.url = t.target;
+    const injected = fault(req.headers);
+    if (injected) return injected;
+    if (routed) return proxy.handleHttp1(req, res);
+    if (Gateway.handles(req.url)) return gateway.handle(req, res);
+    deps.control(req, res);
+  }));
+  // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
+  // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
+  // through Node's compatibility request/response
+  const h2Server = createH2Server({ maxSessionMemory: 64 });
+  h2Server.on('stream', guardH2('h2', (stream, headers) => {
+    stream.on('error', () => undefined);
+    const routed = Proxy.routed(headers);
+    const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
+    if (!t.ok) return respondH2Error(stream, headers, t.error);
+    headers[':path'] = t.target;
+    const injected = fault(headers);
+    if (injected) return injected;
+    if (routed) return proxy.handleHttp2(stream, headers);
+    if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
+      // NodeService calls are served right here; reflection and health by grpc-js behind it
+      if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+      return;
+    }
+    // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
+    // for these streams, so they never touch the raw streams above (their trailers, say)
+    const rawHeaders = Object.entries(headers).flatMap(([k, v]) => (Array.isArray(v) ? v.flatMap((x) => [k, x]) : v === undefined ? [] : [k, String(v)]));
+    const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
+    const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
+    if (Gateway.handles(t.target)) return gateway.handle(req, res);
+    deps.control(req, res);
+  }));
+  h2Server.on('sessionError', () => undefined);
+
+  const door = createFrontDoor(httpServer, h2Server, {
+    maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls: deps.tls,
+  });
+
+  return {
+    httpServer, h2Server, gateway, proxy, door,
+    drain: async (deadline) => {
+      gateway.draining = true;
+      door.server.close();
+      httpServer.closeIdleConnections();
+      while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    },
+    close: async () => {
+      httpServer.closeAllConnections();
+      h2Server.close();
+      grpcUpstream.close();
+      await grpc.close(1000);
+    },
+  };
+}
+
+/** Berth's own gRPC services (NodeService, reflection, health) run in grpc-js on a loopback port. */
+async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
+  let trailers: Record<string, string | string[]> = {};
+  try {
+    const res = await upstream.request({
+      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
+      signal: new AbortController().signal, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
+    });
+    if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
+    if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
+    stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers));
+    void res.trailers.then((t) => { trailers = t; });
+    res.body.pipe(stream);
+  } catch (err) {
+    if (stream.destroyed || stream.closed) return; // the caller is gone
+    if (!stream.headersSent) {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': encodeURIComponent(`Berth gRPC unavailable: ${(err as Error).message}`) }, { endStream: true });
+    } else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+  }
+}
+
+/** Refuses control-plane requests a gateway cannot serve right now (the primary is unreachable). */
+export function controlUnavailable(res: ServerResponse, why: string): void {
+  sendError(res, new BerthError('CONTROL_UNAVAILABLE', `the control API is not reachable: ${why}`, {}, { 'retry-after': '1' }));
+}
