@@ -283,17 +283,24 @@ test('sticky keys through a rollout: a key moves only when its instance goes awa
     await Promise.all(loops);
   }
   assert.deepEqual(failures, []);
-  // when a key moved off instance X, X never answered a call started after that
+  // when a key moved off instance X, X never answered a call started after that — give or take
+  // the time a routing snapshot takes to reach every gateway worker (each leaves X when it has
+  // applied the snapshot without it; test/gateway-workers.test.ts bounds that at 250 ms)
+  const PROPAGATION_MS = 250;
   const lastStart = new Map<string, number>();
   for (const s of seen) lastStart.set(s.instance, Math.max(lastStart.get(s.instance) ?? 0, s.at));
   let moves = 0;
   for (const key of keys) {
     const mine = seen.filter((s) => s.key === key).sort((a, b2) => a.at - b2.at);
+    const left = new Set<string>();
     for (let i = 1; i < mine.length; i++) {
       if (mine[i]!.instance === mine[i - 1]!.instance) continue;
       moves++;
       const gone = mine[i - 1]!.instance;
-      assert.ok(lastStart.get(gone)! <= mine[i]!.at, `key ${key} left instance ${gone} while it still served`);
+      left.add(gone);
+      assert.ok(!left.has(mine[i]!.instance), `key ${key} went back to an instance it had left: ${mine.map((m) => m.instance.slice(0, 4)).join(',')}`);
+      assert.ok(lastStart.get(gone)! <= mine[i]!.at + PROPAGATION_MS,
+        `key ${key} left instance ${gone} while it still served (${(lastStart.get(gone)! - mine[i]!.at).toFixed(1)} ms after)`);
     }
   }
   assert.ok(moves >= keys.length, `every key moved at least once (its instance was replaced): ${moves} moves`);

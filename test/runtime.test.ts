@@ -490,7 +490,12 @@ describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
       // gRPC by hand
       const grpcPort = grpc.endpoint.port!;
       const msg = Buffer.from([0x0a, 0x02, 0x68, 0x69]); // EchoMessage{text: "hi"}
-      const unary = await until('gRPC Echo', () => h2Request(grpcPort, '/berth.test.Echo/Echo', 'POST', { 'content-type': 'application/grpc', te: 'trailers' }, grpcFrame(msg)), 10_000);
+      // until the service answers whole: while the container starts, Docker's port proxy may accept and close
+      const unary = await until('gRPC Echo', async () => {
+        const r = await h2Request(grpcPort, '/berth.test.Echo/Echo', 'POST', { 'content-type': 'application/grpc', te: 'trailers' }, grpcFrame(msg));
+        if (r.trailers['grpc-status'] === undefined) throw new Error(`an answer without trailers (status ${String(r.headers[':status'])})`);
+        return r;
+      }, 10_000);
       assert.deepEqual(unary.trailers['grpc-status'], '0');
       assert.deepEqual(grpcMessages(unary.data), [msg]);
       const repeat = await h2Request(grpcPort, '/berth.test.Echo/Repeat', 'POST', { 'content-type': 'application/grpc', 'x-repeat': '4' }, grpcFrame(msg));

@@ -49,6 +49,8 @@ class WorkerState {
   readonly extraSince = new Map<string, number>();
   /** node id → since when it has waited without its share. */
   readonly lackSince = new Map<string, number>();
+  /** instance key → when it last got a session there (a lease is not taken back sooner than ROTATE_MS). */
+  readonly grantedAt = new Map<string, number>();
   readonly startedAt = Date.now();
   drained = false;
   /** What it was last told the other workers have waiting (sent only when it changes). */
@@ -194,6 +196,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
 
   apply(snapshot: RoutingSnapshot): void {
     if (this.base && snapshot.version <= this.base.version) return;
+    const before = this.base;
     this.base = snapshot;
     // every worker gets it now (with its leases), whether its leases changed or not
     const at = performance.now();
@@ -201,7 +204,15 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     const need = new Map<WorkerState, number>();
     for (const w of this.workers.values()) if (w.ready && w.worker.isConnected()) need.set(w, w.sent);
     if (need.size > 0) this.propagating.push({ at, need });
+    // instances that left balancing now: busy for the controller until each worker has applied this
+    for (const [k, v] of this.leaving) if (![...v].some(([w, version]) => w.acked < version && this.workers.get(w.worker.id) === w)) this.leaving.delete(k);
+    for (const n of before?.nodes ?? []) {
+      for (const i of n.instances) if (!this.inBase(n.id, i.id)) this.leaving.set(key(n.id, i.id), need);
+    }
   }
+
+  /** Instances gone from the snapshot → the version each worker must apply before none can start a call there. */
+  private readonly leaving = new Map<string, Map<WorkerState, number>>();
 
   node(nodeId: string): { busy: number; waiting: number } {
     let busy = 0; let waiting = 0;
@@ -211,15 +222,20 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
 
   instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
     let busy = 0; let lastUsedAt = 0;
-    let unconfirmed = false;
     for (const w of this.workers.values()) {
       const i = w.report?.nodes[nodeId]?.instances[instanceId];
       if (i) { busy += i.busy; lastUsedAt = Math.max(lastUsedAt, i.lastUsedAt); }
-      if (w.acked < w.sent) unconfirmed = true;
     }
     // an instance leaving balancing is drained by this count: until every worker has applied
-    // the snapshot without it, a call may have started there that no report shows yet
-    if (unconfirmed && !this.inBase(nodeId, instanceId)) busy++;
+    // the snapshot without it, a call may have started there that no report shows yet (later
+    // snapshots, sent for lease changes, do not hold it up)
+    const k = key(nodeId, instanceId);
+    const need = this.leaving.get(k);
+    if (need) {
+      const waiting = [...need].some(([w, v]) => w.acked < v && this.workers.get(w.worker.id) === w && w.worker.isConnected());
+      if (waiting) busy++;
+      else this.leaving.delete(k);
+    }
     return { busy, lastUsedAt };
   }
 
@@ -287,8 +303,17 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
       if (best < 0) return false;
       const k = keys[best]!;
       w.leases.set(k, (w.leases.get(k) ?? 0) + 1);
+      w.grantedAt.set(k, now);
       changed.add(w);
       return true;
+    };
+    // a session just granted is used before it moves again: taking it back in the same round (or
+    // the next report) made two workers that both wait for one instance hand it to and fro forever
+    let held = false;
+    const movable = (w: WorkerState, k: string): boolean => {
+      if (now - (w.grantedAt.get(k) ?? 0) >= ROTATE_MS) return true;
+      held = true;
+      return false;
     };
     const shrinkAt = (w: WorkerState, at: number): void => {
       const k = keys[at]!;
@@ -300,7 +325,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     const shrink = (w: WorkerState): boolean => {
       // from the instance where it holds most; confirmed given back before anyone else gets it
       let best = -1; let most = 0;
-      keys.forEach((k, i) => { const l = w.leases.get(k) ?? 0; if (l > most) { most = l; best = i; } });
+      keys.forEach((k, i) => { const l = w.leases.get(k) ?? 0; if (l > most && movable(w, k)) { most = l; best = i; } });
       if (best < 0) return false;
       const k = keys[best]!;
       const inst = node.instances[best]!;
@@ -319,7 +344,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         if (!(w.report?.nodes[node.id]?.instances[inst.id]?.stickyWaiting) || (w.leases.get(k) ?? 0) > 0) continue;
         if (grant(w, i)) continue;
         if (live.some((o) => { const p = o.pending.get(k); return p !== undefined && o.acked < p.until; })) continue; // one on its way back
-        const donor = live.filter((o) => o !== w && (o.leases.get(k) ?? 0) > 0).sort((a, b) => (b.leases.get(k) ?? 0) - (a.leases.get(k) ?? 0))[0];
+        const donor = live.filter((o) => o !== w && (o.leases.get(k) ?? 0) > 0 && movable(o, k)).sort((a, b) => (b.leases.get(k) ?? 0) - (a.leases.get(k) ?? 0))[0];
         if (donor) shrinkAt(donor, i);
       }
     });
@@ -374,6 +399,8 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         if (deficit <= 0) break;
       }
     }
+    // something waits for a session that is held a moment longer: look again when it may move
+    if (held && !this.rotateTimer) this.rotateTimer = setTimeout(() => { this.rotateTimer = null; this.rebalance(); }, ROTATE_MS).unref();
     return changed;
   }
 

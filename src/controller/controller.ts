@@ -488,7 +488,7 @@ export class Controller implements InstanceEvents {
       version: ++this.snapshotVersion,
       nodes: [...this.nodes.values()].filter((n) => !n.deleting).map((n) => ({
         id: n.id, spec: n.spec, specVersion: n.record.updatedAt,
-        instances: n.suspended ? [] : [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint })),
+        instances: n.suspended ? [] : [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint, since: i.healthySince })),
         ...(n.suspended ? { suspended: true } : n.unavailable !== null ? { unavailable: n.unavailable } : {}),
       })),
     };

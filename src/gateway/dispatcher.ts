@@ -24,6 +24,8 @@ export interface Slot {
   limit?: number;
   /** Sessions being opened (counted against the limit). */
   opening?: number;
+  /** When the controller saw it Healthy (ms since the epoch; 0: unknown, as settled as can be). */
+  since?: number;
 }
 
 export interface Lease { slot: Slot; conn: Session }
@@ -39,6 +41,8 @@ interface Waiter {
 
 /** Sticky keys remembered per node. */
 const MAX_PINS = 100_000;
+/** How long an instance serves before new sticky keys go to it. */
+const STICKY_SETTLE_MS = 10_000;
 
 export class NodeDispatcher {
   private slots: readonly Slot[] = [];
@@ -146,13 +150,8 @@ export class NodeDispatcher {
     for (let i = this.head; i < this.waiters.length; i++) {
       const w = this.waiters[i]!;
       if (w.done || w.affinity === undefined) continue;
-      let best: Slot | null = null;
-      let top = -1;
-      for (const s of this.slots) {
-        const score = hash32(w.affinity + '\u0000' + s.id);
-        if (score > top) { top = score; best = s; }
-      }
-      out[best!.id] = (out[best!.id] ?? 0) + 1;
+      const id = this.stickySlot(w.affinity)!.id;
+      out[id] = (out[id] ?? 0) + 1;
     }
     return out;
   }
@@ -192,6 +191,33 @@ export class NodeDispatcher {
   /** Sticky key → the instance it is on; bounded (the oldest keys are forgotten first). */
   private readonly pins = new Map<string, string>();
 
+  /**
+   * The instance a sticky key goes to: the one it is on while that one serves (new instances,
+   * e.g. of a rollout, do not take keys away). A new or orphaned key goes by rendezvous hashing
+   * over the settled instances (Healthy for STICKY_SETTLE_MS), else over the oldest one: gateway
+   * workers keep pins of their own, and this way each of them picks the same instance for a key.
+   */
+  private stickySlot(affinity: string): Slot | null {
+    const pinned = this.pins.get(affinity);
+    if (pinned !== undefined) for (const s of this.slots) if (s.id === pinned) return s;
+    let pool = this.slots;
+    const settled = Date.now() - STICKY_SETTLE_MS;
+    if (pool.some((s) => (s.since ?? 0) > settled)) {
+      pool = pool.filter((s) => (s.since ?? 0) <= settled);
+      if (pool.length === 0) {
+        const oldest = Math.min(...this.slots.map((s) => s.since ?? 0));
+        pool = this.slots.filter((s) => (s.since ?? 0) === oldest);
+      }
+    }
+    let best: Slot | null = null;
+    let top = -1;
+    for (const s of pool) {
+      const score = hash32(affinity + '\u0000' + s.id);
+      if (score > top) { top = score; best = s; }
+    }
+    return best;
+  }
+
   private pin(key: string, slotId: string): void {
     this.pins.delete(key);
     this.pins.set(key, slotId);
@@ -204,19 +230,9 @@ export class NodeDispatcher {
     if (n === 0) return null;
     let best: Slot | null = null;
     if (affinity !== undefined) {
-      // a key stays on its instance while that instance serves (new instances, e.g. of a rollout,
-      // do not take keys away); a new or orphaned key goes by rendezvous hashing
-      const pinned = this.pins.get(affinity);
-      if (pinned !== undefined) for (const s of slots) if (s.id === pinned) { best = s; break; }
-      if (best === null) {
-        let top = -1;
-        for (const s of slots) {
-          const score = hash32(affinity + '\u0000' + s.id);
-          if (score > top) { top = score; best = s; }
-        }
-        this.pin(affinity, best!.id);
-      }
-      if (best!.free.length === 0) return null;
+      best = this.stickySlot(affinity)!;
+      if (this.pins.get(affinity) !== best.id) this.pin(affinity, best.id);
+      if (best.free.length === 0) return null;
       best!.busy++;
       return { slot: best!, conn: best!.free.pop()! };
     }

@@ -171,7 +171,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     for (const inst of instances) {
       const have = route.slots.get(inst.id);
       if (have) { this.relimit(route, have, inst); continue; }
-      const slot: Slot = { id: inst.id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null, ready: false, retired: false, ...(inst.sessions !== undefined ? { limit: inst.sessions } : {}) };
+      const slot: Slot = { id: inst.id, free: [], busy: 0, lastUsedAt: Date.now(), upstream: null, ready: false, retired: false, since: inst.since ?? 0, ...(inst.sessions !== undefined ? { limit: inst.sessions } : {}) };
       route.slots.set(inst.id, slot);
       void this.connect(route, slot, inst);
     }

@@ -10,6 +10,8 @@ export interface InstanceEntry {
   readonly id: string;
   /** Cell: the worker's socket. Image: the endpoint port's address on this machine. */
   readonly endpoint: Endpoint;
+  /** When it became Healthy (ms since the epoch): sticky keys go to settled instances first, the same in every gateway worker. */
+  readonly since?: number;
   /**
    * With several gateway workers: the sessions of this instance this gateway may hold (its
    * lease; the primary moves sessions between workers, never more than sessionsPerInstance
