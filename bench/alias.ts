@@ -36,7 +36,6 @@
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) on any non-2xx answer or socket error in part 1, any failed or stale call in
 // part 2, or fewer than 10 swaps. Stops every process it started, on errors and signals too.
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { cpus } from 'node:os';
@@ -46,7 +45,7 @@ import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from '../test/helpers.js';
 import {
-  CLK_TCK, ROOT, WRK, cpuModel, gitHead, loadGenerators, log, memGiB, onSignals, percentile, posInt as int, procTicks as ticks,
+  CLK_TCK, ROOT, WRK, firstLine, loadGenerators, log, machine, onSignals, percentile, posInt as int, procTicks as ticks,
   signalGroup, sleep, waitQuiet as waitQuietFor, wrk as wrkRun, wrkErrors, assertClean, type WrkResult,
 } from './lib.js';
 
@@ -566,21 +565,6 @@ async function swapUnderLoad(): Promise<SwapResult> {
 }
 
 // ---------------------------------------------------------------------------
-// The machine and the software, for the record
-
-function machine(): Record<string, string> {
-  return {
-    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(),
-    cpu: cpuModel(),
-    memory: `${memGiB()} GiB`,
-    node: process.version,
-    python: spawnSync(PYTHON, ['--version'], { encoding: 'utf8' }).stdout.trim(),
-    wrk: spawnSync(WRK, ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0]!.replace(/ Copyright.*/, '').trim(),
-    berth_head: gitHead(),
-  };
-}
-
-// ---------------------------------------------------------------------------
 // Report
 
 const ms = (us: number): string => (us / 1000).toFixed(2);
@@ -714,7 +698,7 @@ function reportSwap(env: Record<string, string>, swap: SwapResult): string {
 
 async function main(): Promise<void> {
   for (const f of [WRK, PYTHON, LUA]) if (!existsSync(f)) throw new Error(`${f} is missing (wrk: apt-get install wrk)`);
-  const env = machine();
+  const env = machine({ python: firstLine(PYTHON, ['--version']), wrk: firstLine(WRK, ['-v']).replace(/ Copyright.*/, '') });
   try {
     const cost = PARTS.has('1') ? await aliasCost() : null;
     const swap = PARTS.has('2') ? await swapUnderLoad() : null;

@@ -53,7 +53,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, childrenOf, cpuModel, freePort, gitHead, http, loadGenerators, loadRun as timedRun, log, managed, memGiB,
+  ROOT, WRK, alive, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed,
   onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed,
 } from './lib.js';
@@ -576,17 +576,11 @@ async function berthCodes(base: string, token: string, nodeId: string): Promise<
 // ---------------------------------------------------------------------------
 // The machine and the software, for the record
 
-function machine(): Record<string, string> {
-  const first = (cmd: string, argv: string[]): string => {
-    const r = spawnSync(cmd, argv, { encoding: 'utf8', timeout: 10_000 });
-    return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n').find((l) => l.trim())?.trim() ?? 'unknown';
-  };
-  return {
-    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), cpu: cpuModel(),
-    memory: `${memGiB()} GiB`, total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
-    node: process.version, wrk: first(WRK, ['-v']), h2load: first(H2LOAD, ['--version']), nginx: first(NGINX, ['-v']),
-    docker: first('docker', ['version', '--format', 'Docker {{.Server.Version}}']), kernel: first('uname', ['-r']), berth_head: gitHead(),
-  };
+function gatewayMachine(): Record<string, string> {
+  return machine({
+    total_mem_os: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`, wrk: firstLine(WRK, ['-v']), h2load: firstLine(H2LOAD, ['--version']), nginx: firstLine(NGINX, ['-v']),
+    docker: firstLine('docker', ['version', '--format', 'Docker {{.Server.Version}}']), kernel: firstLine('uname', ['-r']),
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -686,7 +680,7 @@ async function main(): Promise<void> {
     if (!existsSync(f)) throw new Error(`${f} is missing (Debian: apt-get install -y wrk nghttp2-client nginx python3-dill)`);
   }
   await docker.ping().catch((err) => { throw new Error(`Docker daemon not reachable (${(err as Error).message}): start dockerd`); });
-  const env = machine();
+  const env = gatewayMachine();
   const work = mkdtempSync(join(tmpdir(), 'berth-bench-gw-'));
   workDir = work;
   log(`work directory ${work}`);

@@ -138,6 +138,20 @@ export function gitHead(): string {
   } catch { return 'unknown'; } // packed refs or no git
 }
 
+/** The first non-empty line a tool prints (its version, usually), or "unknown". */
+export function firstLine(cmd: string, argv: string[]): string {
+  const r = spawnSync(cmd, argv, { encoding: 'utf8', timeout: 10_000 });
+  return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n').find((l) => l.trim())?.trim() ?? 'unknown';
+}
+
+/** The machine and the software, for the record: what every benchmark reports, plus `extra`. */
+export function machine(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), cpu: cpuModel(), memory: `${memGiB()} GiB`,
+    node: process.version, ...extra, berth_head: gitHead(),
+  };
+}
+
 export function cpuModel(): string {
   return /model name\s*:\s*(.+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
 }

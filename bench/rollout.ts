@@ -23,7 +23,6 @@
 //
 // Prints a markdown table; writes the raw numbers to bench/results/ (ignored by git). Fails
 // (exit 1) on any failed call or failed rollout. Stops every process it started on every exit path.
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -31,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from '../test/helpers.js';
-import { ROOT, cpuModel, gitHead, log, machineBusyTicks, memGiB, onSignals, percentile, posInt as int, procTicks, CLK_TCK, sleep, treeOf, waitQuiet } from './lib.js';
+import { ROOT, firstLine, log, machine, machineBusyTicks, onSignals, percentile, posInt as int, procTicks, CLK_TCK, sleep, treeOf, waitQuiet } from './lib.js';
 
 const PYTHON = '/usr/bin/python3';
 const INSTANCES = 2;
@@ -202,16 +201,6 @@ function swaps(b: Berth, ids: [string, string]) {
   };
 }
 
-function machine(): Record<string, string> {
-  return {
-    nproc: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(),
-    cpu: cpuModel(),
-    memory: `${memGiB()} GiB`,
-    node: process.version,
-    python: spawnSync(PYTHON, ['--version'], { encoding: 'utf8' }).stdout.trim(),
-    berth_head: gitHead(),
-  };
-}
 
 interface Row { name: PhaseName; calls: number; failed: number; failures: Record<string, number>; seconds: number; p50: number; p99: number; max: number; changes: number; changeMs: number[]; versions: Record<string, number>; other: number }
 
@@ -261,7 +250,7 @@ function report(env: Record<string, string>, rows: Row[], idle: number): string 
 }
 
 async function main(): Promise<void> {
-  const env = machine();
+  const env = machine({ python: firstLine(PYTHON, ['--version']) });
   log('starting berth up (process runtime)');
   const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON });
   berth = b;
