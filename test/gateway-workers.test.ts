@@ -23,11 +23,16 @@ interface Answer { status: number; body: any }
 
 /** One header-routed call on a keep-alive agent (its sockets are spread over the workers by the primary's round robin). */
 function call(agent: Agent, nodeId: string, path: string): Promise<Answer> {
+  return get(agent, path, { 'x-node-id': nodeId });
+}
+
+/** A header-routed GET with the caller's folder and token, plus `route` (x-node-id, or x-node-alias and a sticky key). */
+function get(agent: Agent, path: string, route: Record<string, string>): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const u = new URL(b.url);
     const req = request({
       host: u.hostname, port: u.port, path, method: 'GET', agent,
-      headers: { 'x-node-id': nodeId, 'x-folder-id': 'default', authorization: `Bearer ${b.token}` },
+      headers: { ...route, 'x-folder-id': 'default', authorization: `Bearer ${b.token}` },
     }, (res) => {
       let text = '';
       res.setEncoding('utf8');
@@ -123,6 +128,40 @@ test('sessionsPerInstance holds across both workers together under load', async 
   // the sessions were used, not only bounded: 4 sessions of 20 ms calls for 4 s
   assert.ok(answers.length > 150, `the sessions were kept busy (${answers.length} calls)`);
   assert.ok([...maxBy.values()].some((m) => m === 2), 'an instance ran two calls at once');
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('sticky calls through an alias over both workers keep flowing (one session per instance, keys waiting in both)', async (t) => {
+  if (skip) return t.skip(skip);
+  // both workers wait for both instances' single session: before, they handed it to and fro
+  // without either using it, and every sticky call waited for its timeout
+  const node = await createNode(b, { ...ECHO, name: 'sticky-leases', scaling: { minInstances: 2, maxInstances: 2, sessionsPerInstance: 1, queueSize: 1000 } });
+  await waitFor('two healthy instances', async () => (await b.request('GET', `/v1/nodes/${node.id}`)).body.instances.filter((i: any) => i.status === 'Healthy').length === 2);
+  const alias = await b.request('POST', '/v1/aliases', { name: 'sticky-leases', backends: [{ nodeId: node.id, weight: 1 }], sticky: { header: 'x-user' } });
+  assert.equal(alias.status, 201, JSON.stringify(alias.body));
+  const agent = new Agent({ keepAlive: true, maxSockets: 20 });
+  const byKey = new Map<string, Set<string>>();
+  let ok = 0;
+  const failed: string[] = [];
+  const deadline = Date.now() + 4000;
+  try {
+    await Promise.all(Array.from({ length: 20 }, async (_, k) => {
+      while (Date.now() < deadline) {
+        const a = await get(agent, '/sleep?ms=5', { 'x-node-alias': 'sticky-leases', 'x-user': `user-${k}` });
+        if (a.status !== 200) { failed.push(`${a.status} ${JSON.stringify(a.body).slice(0, 200)}`); continue; }
+        ok++;
+        if (!byKey.has(`user-${k}`)) byKey.set(`user-${k}`, new Set());
+        byKey.get(`user-${k}`)!.add(a.body.instance);
+      }
+    }));
+  } finally {
+    agent.destroy();
+  }
+  t.diagnostic(`${ok} sticky calls in 4 s`);
+  assert.deepEqual(failed, []);
+  assert.ok(ok > 100, `sticky calls flowed (${ok} in 4 s)`);
+  for (const [key, seen] of byKey) assert.equal(seen.size, 1, `${key} stayed on one instance: ${[...seen]}`);
+  assert.equal((await b.request('DELETE', '/v1/aliases/sticky-leases')).status, 200);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 
