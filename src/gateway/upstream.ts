@@ -90,8 +90,16 @@ export class H2Upstream implements Upstream {
     if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
     const session = this.connect();
     return new Promise((resolve, reject) => {
+      // the caller's abort closes the stream; not `signal` in the options, which costs Node an
+      // AsyncResource.bind behind a deprecation wrapper on every request (seen in a CPU profile of the gRPC proxy)
       const stream = session.request({ ...r.headers, [h2c.HTTP2_HEADER_METHOD]: r.method, [h2c.HTTP2_HEADER_PATH]: r.path },
-        { endStream: r.body === null, signal: r.signal });
+        { endStream: r.body === null });
+      const onAbort = (): void => { stream.destroy(r.signal.reason instanceof Error ? r.signal.reason : new Error('aborted')); };
+      if (r.signal.aborted) onAbort();
+      else {
+        r.signal.addEventListener('abort', onAbort, { once: true });
+        stream.once('close', () => r.signal.removeEventListener('abort', onAbort));
+      }
       stream.setTimeout(r.idleTimeoutMs, () => stream.close(h2c.NGHTTP2_CANCEL));
       const headersTimer = setTimeout(() => stream.close(h2c.NGHTTP2_CANCEL), r.headersTimeoutMs);
       let settled = false;
