@@ -14,9 +14,9 @@ import protobuf from 'protobufjs';
 import descriptorExt from 'protobufjs/ext/descriptor/index.js';
 import { startBerth, removeHome, makeCheckpoint, createNode, waitFor, type Berth } from './helpers.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
-import { structToJson, jsonToStruct, valueToJson, MAX_MESSAGE_DEPTH, StructConversionError } from '../src/grpc/struct.js';
-import { loadProtos, PROTO_DIR, jsonName } from '../src/grpc/protos.js';
-import { startGrpcServer, decodeStatusDetails, truncateBytes, tailLines } from '../src/grpc/node-service.js';
+import { structToJson, jsonToStruct, valueToJson, MAX_MESSAGE_DEPTH, StructConversionError } from '../src/gateway/grpc/struct.js';
+import { loadProtos, PROTO_DIR, jsonName } from '../src/gateway/grpc/protos.js';
+import { startGrpcServer, decodeStatusDetails, truncateBytes, tailLines } from '../src/gateway/grpc/node-service.js';
 import { BerthError } from '../src/core/errors.js';
 
 const { FileDescriptorProto } = descriptorExt as unknown as { FileDescriptorProto: protobuf.Type };

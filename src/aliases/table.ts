@@ -2,7 +2,7 @@
 // in the map on update: a call resolves its alias once, so it never sees a half-applied
 // change, and calls already running on a removed node finish there.
 import type { AliasRecord, AliasSpec } from '../core/types.js';
-import { hash32 } from '../gateway/dispatcher.js';
+import { hash32 } from '../core/hash.js';
 
 /** How many shadow comparisons' latencies are kept for the status percentiles. */
 const MIRROR_SAMPLES = 1000;

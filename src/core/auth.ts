@@ -5,7 +5,13 @@ import { join } from 'node:path';
 import { BerthError } from './errors.js';
 import { hashToken, newId, newToken, nowIso } from './ids.js';
 import type { Role, TokenRecord } from './types.js';
-import type { Store } from '../store/store.js';
+
+/** Where tokens are kept: the part of the store Auth uses (core does not depend on store/). */
+export interface TokenStore {
+  insertToken(t: TokenRecord): Promise<void>;
+  listTokens(): Promise<TokenRecord[]>;
+  deleteToken(id: string): Promise<boolean>;
+}
 
 export const ADMIN_TOKEN_FILE = 'admin-token';
 
@@ -29,7 +35,7 @@ export class Auth {
   private readonly listeners: Array<() => void> = [];
 
   /** Without a store (a gateway worker): tokens arrive from the primary through replace(). */
-  constructor(private readonly store: Store | null) {}
+  constructor(private readonly store: TokenStore | null) {}
 
   async load(): Promise<void> {
     this.replace(await this.db().listTokens());
@@ -52,7 +58,7 @@ export class Auth {
 
   private changed(): void { for (const fn of this.listeners) fn(); }
 
-  private db(): Store {
+  private db(): TokenStore {
     if (!this.store) throw new BerthError('INTERNAL', 'tokens are managed by the primary process');
     return this.store;
   }

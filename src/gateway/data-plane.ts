@@ -11,7 +11,7 @@ import type { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { AliasTable } from '../aliases/table.js';
-import { startGrpcServer, type GrpcServer } from '../grpc/node-service.js';
+import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
 import { H2Upstream } from './upstream.js';

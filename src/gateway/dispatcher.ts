@@ -3,6 +3,7 @@
 // Calls that find no free session wait in a bounded FIFO queue; past it they get 503.
 import { BerthError } from '../core/errors.js';
 import type { Upstream } from './upstream.js';
+import { hash32 } from '../core/hash.js';
 
 /** One of an instance's sessions: a worker connection (cell) or a permit (image). */
 export interface Session { readonly closed: boolean }
@@ -293,14 +294,3 @@ export class NodeDispatcher {
   }
 }
 
-/** FNV-1a: a fast, stable 32-bit hash for rendezvous choices. */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  // a final avalanche so similar keys spread
-  h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); h ^= h >>> 16;
-  return h >>> 0;
-}

@@ -9,7 +9,7 @@ import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } fr
 import { BerthError, asBerthError } from '../core/errors.js';
 import { sendError } from './http-util.js';
 import { log } from '../core/log.js';
-import { percentEncode } from '../grpc/h2-unary.js';
+import { percentEncode } from './grpc/h2-unary.js';
 
 type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
 type H2Handler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void | Promise<void>;

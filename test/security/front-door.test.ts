@@ -11,7 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { CLI, removeHome, tempHome } from '../helpers.js';
 import { LAB_CELLS, LAB_NODE } from '../fixtures.js';
-import { PROTO_DIR } from '../../src/grpc/protos.js';
+import { PROTO_DIR } from '../../src/gateway/grpc/protos.js';
 import { startServer, rawExchange, h2request, h2session, makeCert, type Server } from './front-door-support.js';
 
 const HEADERS_TIMEOUT_S = 2;

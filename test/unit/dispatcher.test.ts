@@ -6,7 +6,8 @@
 // beyond its `closed` flag). Only the imports name the module, for the move to src/routing/.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { NodeDispatcher, hash32, type Lease, type Slot } from '../../src/gateway/dispatcher.js';
+import { NodeDispatcher, type Lease, type Slot } from '../../src/gateway/dispatcher.js';
+import { hash32 } from '../../src/core/hash.js';
 import { BerthError } from '../../src/core/errors.js';
 
 interface TestSession { closed: boolean; n: number }

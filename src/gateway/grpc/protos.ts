@@ -16,7 +16,7 @@ const { FileDescriptorProto } = descriptorExt as unknown as { FileDescriptorProt
 const parser = protobuf.parse as unknown as { filename: string | null };
 
 /** proto/ at the repository root, whether running from src/ (tsx) or dist/. */
-export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'proto');
+export const PROTO_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'proto');
 
 /** Berth's own files under proto/, dependencies first. */
 export const BERTH_PROTO_FILES = [
