@@ -71,6 +71,11 @@ after(async () => {
 
 test('two gateway workers serve the port; routing snapshots reach both within 50 ms', async (t) => {
   if (skip) return t.skip(skip);
+  // GET /v1/gateway is for an admin of every folder: a folder's admin and no token are refused
+  const folderAdmin = await b.request('POST', '/v1/tokens', { name: 'gw-folder-admin', roles: { 'team-gw': 'admin' } });
+  assert.equal(folderAdmin.status, 201, JSON.stringify(folderAdmin.body));
+  assert.equal((await b.request('GET', '/v1/gateway', undefined, { authorization: `Bearer ${folderAdmin.body.token}` })).status, 403);
+  assert.equal((await b.request('GET', '/v1/gateway', undefined, { authorization: '' })).status, 401);
   const s = await gatewayStatus();
   assert.equal(s.mode, 'workers');
   assert.equal(s.workers.length, 2);
