@@ -10,7 +10,7 @@ import { IN_PLACE_FIELDS, changedFields, mergePatch, specDiff, specInput } from 
 import type { NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
 import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
-import { allowedPython } from './request.js';
+import { allowedPython, flag } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
@@ -154,8 +154,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     config: { audit: 'node.update' },
     schema: { tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls' },
   }, async (req) => {
-    const dryRun = req.query.dryRun === undefined ? false : req.query.dryRun === 'true' || req.query.dryRun === '1' ? true : req.query.dryRun === 'false' || req.query.dryRun === '0' ? false : null;
-    if (dryRun === null) throw invalidArgument('dryRun', 'must be true or false');
+    const dryRun = flag(req.query.dryRun, 'dryRun');
     const n = await findNode(req.params.ref, req.token, 'write');
     auditTarget(req, n.spec.folderId, n.id);
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) throw invalidArgument('body', 'must be a JSON object: the fields to change');
@@ -239,8 +238,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines" } }, async (req, reply) => {
       const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
       const q = req.query;
-      const follow = q.follow === undefined ? false : q.follow === 'true' || q.follow === '1' ? true : q.follow === 'false' || q.follow === '0' ? false : null;
-      if (follow === null) throw invalidArgument('follow', 'must be true or false');
+      const follow = flag(q.follow, 'follow');
       const lines = q.lines === undefined ? (follow ? 10 : 200) : Number(q.lines);
       if (!Number.isInteger(lines) || lines < (follow ? 0 : 1) || lines > MAX_TAIL_LINES) {
         throw invalidArgument('lines', `must be an integer between ${follow ? 0 : 1} and ${MAX_TAIL_LINES}`, { max: MAX_TAIL_LINES });

@@ -1,4 +1,4 @@
-// Reading request bodies: every field checked for type and length, errors naming the field.
+// Reading requests: every body field and query flag checked for type and length, errors naming the field.
 import type { FastifyRequest } from 'fastify';
 import { invalidArgument } from '../core/errors.js';
 import { typeName } from '../core/node-spec.js';
@@ -33,4 +33,11 @@ export function allowedPython(allowed: readonly string[], python: string, field:
 
 export function onlyFields(b: Body, known: readonly string[]): void {
   for (const k of Object.keys(b)) if (!known.includes(k)) throw invalidArgument(k, 'is not a known field');
+}
+
+/** A true/false query flag (`true`/`1`, `false`/`0`); absent means false. */
+export function flag(value: string | undefined, field: string): boolean {
+  if (value === undefined || value === 'false' || value === '0') return false;
+  if (value === 'true' || value === '1') return true;
+  throw invalidArgument(field, 'must be true or false');
 }
