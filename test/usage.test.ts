@@ -213,30 +213,31 @@ test("the token's folders only: another folder is 403, a token without a reading
 
 test('kill -9 of berth up loses at most 10 s of usage: restart and compare', async () => {
   const home = tempHome();
-  let x = await startBerth(home);
+  let x: Berth | undefined;
   try {
-    await makeCheckpoint(x, 'lab', LAB_CELLS);
-    const node = await createNode(x, { ...LAB_NODE, name: 'crash', checkpointId: 'lab' });
+    const w = x = await startBerth(home);
+    await makeCheckpoint(w, 'lab', LAB_CELLS);
+    const node = await createNode(w, { ...LAB_NODE, name: 'crash', checkpointId: 'lab' });
     const started = createdAt(node);
     let sent = 0, got = 0;
     for (let i = 0; i < 5; i++) {
-      const r = await call(x, node.id, { mode: 'echo', arg: i });
+      const r = await call(w, node.id, { mode: 'echo', arg: i });
       assert.equal(r.status, 200);
       sent += r.sent; got += r.got;
     }
     // long enough that losing everything would be far more than 10 s; the calls 11 s old
     await sleep(Math.max(11_000, started + 16_000 - Date.now()));
     const killedAt = Date.now();
-    x.proc.kill('SIGKILL');
-    await x.stop();
+    w.proc.kill('SIGKILL');
+    await w.stop();
 
-    x = await startBerth(home);
+    const y = x = await startBerth(home);
     const again = await waitFor('Healthy after the restart', async () => {
-      const n = (await x.request('GET', `/v1/nodes/${node.id}`)).body;
+      const n = (await y.request('GET', `/v1/nodes/${node.id}`)).body;
       return n.status === 'Healthy' ? n : undefined;
     }, 60_000);
     const restarted = createdAt(again);
-    const row = await rowOf(x, node.id);
+    const row = await rowOf(y, node.id);
     const queried = Date.now();
     const expected = (killedAt - started + queried - restarted) / 1000;
     const lost = expected - row.instanceSeconds;
@@ -247,33 +248,34 @@ test('kill -9 of berth up loses at most 10 s of usage: restart and compare', asy
     assert.equal(row.bytesIn, sent);
     assert.equal(row.bytesOut, got);
   } finally {
-    await x.stop();
+    await x?.stop();
     removeHome(home);
   }
 });
 
 test('with gateway workers, every worker\'s calls reach the primary (piggybacked on load reports)', async () => {
   const home = tempHome();
-  const x = await startBerth(home, { BERTH_GATEWAY_WORKERS: '2' });
+  let x: Berth | undefined;
   try {
-    await makeCheckpoint(x, 'lab', LAB_CELLS);
-    const node = await createNode(x, { ...LAB_NODE, name: 'spread', checkpointId: 'lab', scaling: { minInstances: 1, maxInstances: 1, sessionsPerInstance: 2 } });
+    const w = x = await startBerth(home, { BERTH_GATEWAY_WORKERS: '2' });
+    await makeCheckpoint(w, 'lab', LAB_CELLS);
+    const node = await createNode(w, { ...LAB_NODE, name: 'spread', checkpointId: 'lab', scaling: { minInstances: 1, maxInstances: 1, sessionsPerInstance: 2 } });
     let sent = 0, got = 0;
     // separate connections (no keep-alive pool shared): the primary deals them to both workers
-    const results = await Promise.all(Array.from({ length: 24 }, (_, i) => call(x, node.id, { mode: 'echo', arg: 'y'.repeat(i) })));
+    const results = await Promise.all(Array.from({ length: 24 }, (_, i) => call(w, node.id, { mode: 'echo', arg: 'y'.repeat(i) })));
     for (const r of results) { assert.equal(r.status, 200); sent += r.sent; got += r.got; }
     // counts reach the primary within about a second of the calls
     const row = await waitFor('all calls counted', async () => {
-      const r = await rowOf(x, node.id);
+      const r = await rowOf(w, node.id);
       return r && r.calls === 24 ? r : undefined;
     }, 10_000, 250);
     assert.equal(row.bytesIn, sent);
     assert.equal(row.bytesOut, got);
     assert.ok(row.instanceSeconds > 0);
     // SIGTERM drains the workers: a call made just before is in the store when Berth has exited
-    const last = await call(x, node.id, { mode: 'echo', arg: 'last' });
+    const last = await call(w, node.id, { mode: 'echo', arg: 'last' });
     assert.equal(last.status, 200);
-    assert.equal(await x.stop(), 0);
+    assert.equal(await w.stop(), 0);
     const db = new Database(join(home, 'berth.db'), { readonly: true });
     try {
       const stored = db.prepare('SELECT SUM(calls) AS calls, SUM(bytes_in) AS bytesIn FROM usage WHERE node_id = ?').get(node.id) as { calls: number; bytesIn: number };
@@ -282,7 +284,7 @@ test('with gateway workers, every worker\'s calls reach the primary (piggybacked
       db.close();
     }
   } finally {
-    await x.stop();
+    await x?.stop();
     removeHome(home);
   }
 });
@@ -292,40 +294,41 @@ test('image nodes on Docker: header-routed calls count their bytes; a container 
   await buildTestImages(['http-echo']);
   const home = tempHome();
   const env = { BERTH_RUNTIME: 'docker' };
-  let x = await startBerth(home, env);
+  let x: Berth | undefined;
   try {
-    const node = await createNode(x, {
+    const w = x = await startBerth(home, env);
+    const node = await createNode(w, {
       kind: 'image', name: 'echo-metered', image: testImage('http-echo'),
       endpoint: { port: 8080, protocol: 'http', timeout: 10 },
       healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
       resources: { cores: 1, memoryGb: 0.5, gpus: 0 },
     });
     const started = createdAt(node);
-    const headers = { 'x-node-id': node.id, 'x-folder-id': 'default', authorization: `Bearer ${x.token}` };
+    const headers = { 'x-node-id': node.id, 'x-folder-id': 'default', authorization: `Bearer ${w.token}` };
     let sent = 0, got = 0;
     for (let i = 1; i <= 4; i++) {
       const body = Buffer.alloc(1000 * i, 'b'); // echoed with a content-length
-      const res = await fetch(`${x.url}/anything?raw=1`, { method: 'POST', headers, body });
+      const res = await fetch(`${w.url}/anything?raw=1`, { method: 'POST', headers, body });
       assert.equal(res.status, 200);
       sent += body.length; got += Buffer.from(await res.arrayBuffer()).length;
     }
-    const streamed = await fetch(`${x.url}/big?bytes=300000`, { headers }); // chunked: counted as it passes
+    const streamed = await fetch(`${w.url}/big?bytes=300000`, { headers }); // chunked: counted as it passes
     assert.equal(streamed.status, 200);
     got += Buffer.from(await streamed.arrayBuffer()).length;
     assert.equal(got, 10_000 + 300_000);
 
     // the container keeps running while no Berth watches; the next one adopts it and bills the gap
     await sleep(1000);
-    x.proc.kill('SIGKILL');
-    await x.stop();
+    w.proc.kill('SIGKILL');
+    await w.stop();
     await sleep(3000);
-    x = await startBerth(home, env);
+    const y = x = await startBerth(home, env);
     const again = await waitFor('adopted and Healthy', async () => {
-      const n = (await x.request('GET', `/v1/nodes/${node.id}`)).body;
+      const n = (await y.request('GET', `/v1/nodes/${node.id}`)).body;
       return n.status === 'Healthy' ? n : undefined;
     }, 60_000);
     assert.equal(again.instances[0].id, node.instances[0].id, 'the same container, adopted');
-    const row = await rowOf(x, node.id);
+    const row = await rowOf(y, node.id);
     const lived = (Date.now() - started) / 1000;
     console.log(`# adopted container: ran ${lived.toFixed(2)} s, recorded ${row.instanceSeconds.toFixed(2)} s`);
     assert.ok(row.instanceSeconds > lived - 1.5 && row.instanceSeconds <= lived + 0.5, `recorded ${row.instanceSeconds} s of ${lived.toFixed(2)} s`);
@@ -334,7 +337,7 @@ test('image nodes on Docker: header-routed calls count their bytes; a container 
     assert.equal(row.bytesIn, sent);
     assert.equal(row.bytesOut, got);
   } finally {
-    await x.stop();
+    await x?.stop();
     await removeContainersOfHome(home);
     removeHome(home);
   }
