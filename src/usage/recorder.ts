@@ -54,6 +54,7 @@ export class UsageRecorder implements InstanceClock {
   private pending = new Map<string, UsageDelta>();
   private readonly sources: Array<() => CallUsage[]> = [];
   private timer: NodeJS.Timeout | null = null;
+  private soon = false;
   private writing: Promise<void> = Promise.resolve();
   private readonly flushMs: number;
 
@@ -96,6 +97,9 @@ export class UsageRecorder implements InstanceClock {
     const run: Run = { key, from, ended: false };
     this.runs.set(key.instanceId, run);
     this.ended.delete(key.instanceId);
+    // written down at once, not at the next flush: a container that outlives a crash in its
+    // first seconds is still known to the next Berth (starts are rare: this is never per call)
+    this.flushSoon();
     return () => {
       if (run.ended) return;
       run.ended = true;
@@ -105,6 +109,13 @@ export class UsageRecorder implements InstanceClock {
         this.ended.add(key.instanceId);
       }
     };
+  }
+
+  /** One write for every run started in this turn of the event loop (a scale-out starts several). */
+  private flushSoon(): void {
+    if (this.soon || this.timer === null) return;
+    this.soon = true;
+    setImmediate(() => { this.soon = false; void this.flush(); });
   }
 
   /** Calls and bytes gathered by a gateway (this process's, or a worker's report). */
