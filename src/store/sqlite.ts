@@ -402,7 +402,7 @@ export class SqliteStore implements Store {
     }
     // the node's name now, or the last one written with its usage (a deleted node)
     const rows = this.db.prepare(`SELECT u.folder_id, u.node_id, u.preset,
-        COALESCE((SELECT name FROM nodes WHERE id = u.node_id), MAX(u.node_name)) AS node_name, ${sums}
+        COALESCE((SELECT json_extract(spec, '$.name') FROM nodes WHERE id = u.node_id), MAX(u.node_name)) AS node_name, ${sums}
       FROM usage u WHERE ${cond} GROUP BY u.folder_id, u.node_id, u.preset ORDER BY u.folder_id, node_name, u.node_id, u.preset`)
       .all(...args) as Array<Sums & { node_id: string; preset: string; node_name: string | null }>;
     return rows.map((r) => ({ folderId: r.folder_id, nodeId: r.node_id, nodeName: r.node_name, preset: r.preset, ...totals(r) }));
