@@ -2,7 +2,8 @@
 // execute, gRPC Execute/ExecuteAlias, header-routed HTTP/1.1, HTTP/2 and gRPC):
 //   authenticate once → check the caller's folder → node, or alias and its pick (weights,
 //   sticky key) → ACL → [session, forward: by the caller] → errors from core/errors.ts →
-//   metrics on the node, the alias, and the node an alias picked.
+//   metrics on the node, the alias, and the node an alias picked → usage (calls and bytes
+//   of a call that reached an instance, counted in memory: usage-meter.ts).
 // Each protocol only parses its own framing into these steps and writes the answer back.
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
@@ -11,6 +12,7 @@ import type { TokenRecord } from '../core/types.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
 import { DeadlineWheel } from './deadlines.js';
+import type { CallMeter } from './usage-meter.js';
 
 /** What a call names: a node by id, or an alias by name. */
 export type CallTarget = { nodeId: string; alias?: undefined } | { alias: string; nodeId?: undefined };
@@ -35,7 +37,16 @@ export class CallCount {
   private readonly bound: CallMetrics[] = [];
   private readonly started = performance.now();
 
-  constructor(private readonly metrics: Metrics) {}
+  constructor(private readonly metrics: Metrics, private readonly meter: CallMeter) {}
+
+  /**
+   * The call reached an instance of `route` (whatever it answered): it counts as one call in
+   * the usage of the node's folder, with the bytes sent to the instance and answered by it.
+   * Calls refused before an instance (auth, validation, a full queue, a suspended node) do not.
+   */
+  served(route: NodeRoute, bytesIn: number, bytesOut: number): void {
+    this.meter.add(route, bytesIn, bytesOut);
+  }
 
   node(nodeId: string): void { this.add(this.metrics.bindNode(nodeId)); }
   alias(name: string): void { this.add(this.metrics.bindAlias(name)); }
@@ -78,7 +89,7 @@ export class CallPipeline {
 
   /** Starts counting a call on what it names (when that exists: unknown names make no metric series). */
   count(target: CallTarget): CallCount {
-    const c = new CallCount(this.metrics);
+    const c = new CallCount(this.metrics, this.routes.usage);
     if (target.alias !== undefined) { if (this.aliases.get(target.alias)) c.alias(target.alias); }
     else if (this.routes.route(target.nodeId)) c.node(target.nodeId);
     return c;

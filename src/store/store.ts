@@ -1,3 +1,4 @@
+import type { UsageStore } from '../usage/store.js';
 import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeRevision, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
@@ -9,7 +10,7 @@ export interface SecretRecord extends Secret { ciphertext: Buffer }
  * Writes are atomic: a failed call leaves nothing half-written. Uniqueness (NAME_TAKEN) and
  * quotas (QUOTA_EXCEEDED) are decided inside the write's transaction, never by a read before it.
  */
-export interface Store {
+export interface Store extends UsageStore {
   migrate(): Promise<void>;
   close(): Promise<void>;
 
