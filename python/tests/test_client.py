@@ -197,8 +197,8 @@ class MagicTest(unittest.TestCase):
         out, err = self.run_magic("--frobnicate", "x = 1\n")
         self.assertIn("unknown option", err)
         self.assertNotIn("x", self.shell.user_ns)
-        self.assertEqual(berth_client._parse_magic_line("--name 'my model' --url=http://h:1"),
-                         {"name": "my model", "url": "http://h:1"})
+        self.assertEqual(berth_client._parse_magic_line("--name 'my model' --url=http://h:1 --folder=team-a"),
+                         {"name": "my model", "url": "http://h:1", "folder": "team-a"})
 
 
 if __name__ == "__main__":
