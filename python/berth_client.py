@@ -34,7 +34,6 @@ already loaded.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shlex
@@ -50,6 +49,7 @@ import berth_state
 DEFAULT_URL = "http://127.0.0.1:7700"
 CONTENT_TYPE = "application/vnd.berth.checkpoint"
 DEFAULT_KEEP = 10
+SLOW_RECORDING_S = 2.0  # past this, autocheckpoint says (once) what a changed cell costs
 MAX_KEEP = 1000
 
 
@@ -197,7 +197,6 @@ class _Upload:
         self.code = code
         self.blob, self.variables, self.skipped = berth_state.snapshot(namespace, hidden)
         self.env = berth_state.environment_info(namespace, code=[code] if code else (), hidden=hidden)
-        self.sha256 = hashlib.sha256(self.blob).hexdigest()
 
     def send(self, name, url, token, python, timeout, folder=None, extra: dict | None = None) -> tuple[dict, dict]:
         """Uploads; returns the server's answer and the metadata that was sent."""
@@ -345,9 +344,10 @@ class _AutoCheckpoint:
     never pruned).
 
     Cheap when nothing changed: a cell that rebinds no name and can call
-    nothing (``df.shape``) is skipped without a snapshot; any other cell is
-    snapshotted and skipped when the snapshot's bytes equal the last one
-    recorded; only a changed state is uploaded."""
+    nothing (``df.shape``) is skipped at once; any other cell is hashed
+    (``berth_state.state_digest``: the C pickler, not dill) and skipped when
+    the hash equals the last one recorded; only a changed state is
+    snapshotted with dill and uploaded."""
 
     def __init__(self, shell):
         self.shell = shell
@@ -358,7 +358,8 @@ class _AutoCheckpoint:
         self.verbose = False
         self.session = uuid.uuid4().hex[:16]  # this kernel's recordings; pruned together
         self.last_fingerprint = None
-        self.last_sha256 = None
+        self.last_digest = None
+        self.warned_slow = False
         self.suspended = 0  # > 0 while a berth magic runs its own cell
         self.stats = {"recorded": 0, "unchanged": 0, "failed": 0}
 
@@ -384,11 +385,13 @@ class _AutoCheckpoint:
         if fingerprint == self.last_fingerprint and _is_read_only(self.shell.transform_cell(raw)):
             self.stats["unchanged"] += 1
             return
-        upload = _Upload(namespace, _serving_code(raw), hidden=hidden)
-        if upload.sha256 == self.last_sha256:
+        started = time.monotonic()
+        digest = berth_state.state_digest(namespace, hidden)
+        if digest == self.last_digest:
             self.last_fingerprint = fingerprint
             self.stats["unchanged"] += 1
             return
+        upload = _Upload(namespace, _serving_code(raw), hidden=hidden)
         extra = {"cell": {"number": number, "code": raw},
                  "autosave": {"session": self.session, "keep": self.keep}}
         try:
@@ -401,10 +404,15 @@ class _AutoCheckpoint:
             else:
                 print(f"berth: autocheckpoint not recorded: {exc}", file=sys.stderr)
             return
-        self.last_fingerprint, self.last_sha256 = fingerprint, upload.sha256
+        self.last_fingerprint, self.last_digest = fingerprint, digest
         self.stats["recorded"] += 1
+        took = time.monotonic() - started
         if self.verbose:
-            print(f"berth: checkpoint {saved.get('id')} after cell [{number}] ({len(upload.variables)} variables)")
+            print(f"berth: checkpoint {saved.get('id')} after cell [{number}] ({len(upload.variables)} variables, {took:.2f} s)")
+        elif took > SLOW_RECORDING_S and not self.warned_slow:
+            self.warned_slow = True
+            print(f"berth: recording this state took {took:.1f} s (once per changed cell; unchanged cells cost "
+                  f"no upload); %berth_autocheckpoint off stops it", file=sys.stderr)
 
     def recent(self) -> list:
         """This kernel's recorded checkpoints still kept, newest first."""

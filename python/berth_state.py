@@ -110,6 +110,32 @@ def user_variables(namespace: dict, hidden: dict | None = None) -> dict:
     }
 
 
+def state_digest(namespace: dict, hidden: dict | None = None) -> str:
+    """A hash of the user's variables that changes when the state may have
+    changed: each variable's name, the object it is bound to (rebinding
+    always counts, even to an equal value) and its pickled bytes (so a
+    mutation counts). The bytes come from the C pickler, which is tens of
+    times faster than dill's pure-Python one (a 10 MB state: ~20 ms against
+    ~600 ms); dill only serves what the C pickler refuses. Functions and
+    classes are pickled by reference there: a change to one's attributes,
+    without rebinding it, is not seen."""
+    import hashlib  # noqa: PLC0415 - only kernels recording checkpoints need it
+    import pickle  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    for name, value in user_variables(namespace, hidden).items():
+        try:
+            data = pickle.dumps(value, protocol=5)
+        except Exception:  # noqa: BLE001 - anything the C pickler refuses
+            try:
+                data = _dumps(value) if dill is not None else b""
+            except Exception:  # noqa: BLE001 - unpicklable: skipped by snapshot too
+                data = b""
+        digest.update(f"{name}\0{id(value)}\0{len(data)}\0".encode("utf-8", "surrogatepass"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def fingerprint(namespace: dict, hidden: dict | None = None) -> tuple:
     """Which object each user variable is bound to: equal fingerprints mean no
     name was bound, rebound or deleted (objects may still have been mutated)."""

@@ -4,59 +4,11 @@
 // serves the nodes; a plain Python without IPython restores what the kernel saved.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { ROOT, PYTHON, startBerth, removeHome, tempHome, execute, waitFor, type Berth } from './helpers.js';
-
-interface CellResult { status: string; execution_count?: number; stdout: string; stderr: string; result: string | null; error: { ename: string; evalue: string } | null }
-
-/** A kernel and the protocol driver in front of it; `run` sends one cell and waits for it. */
-class Kernel {
-  private readonly lines: AsyncIterableIterator<string>;
-  private queue: Promise<unknown> = Promise.resolve();
-  constructor(readonly proc: ChildProcess, private readonly stderr: () => string) {
-    this.lines = createInterface({ input: proc.stdout! })[Symbol.asyncIterator]();
-  }
-
-  static async start(env: Record<string, string>): Promise<Kernel> {
-    const proc = spawn(PYTHON, [join(ROOT, 'test/kernel_driver.py')], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
-    let err = '';
-    proc.stderr!.on('data', (d) => { err += d; });
-    const k = new Kernel(proc, () => err);
-    const first = await Promise.race([k.lines.next(), new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`kernel did not start: ${err}`)), 60_000))]);
-    assert.ok(!first.done && JSON.parse(first.value).ready, `kernel did not start: ${err}`);
-    return k;
-  }
-
-  run(code: string, timeout = 120): Promise<CellResult> {
-    const next = this.queue.then(async () => {
-      this.proc.stdin!.write(JSON.stringify({ code, timeout }) + '\n');
-      const r = await this.lines.next();
-      if (r.done) throw new Error(`the kernel driver exited: ${this.stderr()}`);
-      return JSON.parse(r.value) as CellResult;
-    });
-    this.queue = next.catch(() => undefined);
-    return next;
-  }
-
-  /** Runs a cell that must succeed. */
-  async ok(code: string, timeout?: number): Promise<CellResult> {
-    const r = await this.run(code, timeout);
-    assert.equal(r.status, 'ok', `cell failed: ${code}\n${JSON.stringify(r, null, 1)}`);
-    return r;
-  }
-
-  async close(): Promise<void> {
-    if (this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc.once('exit', r));
-    this.proc.stdin!.end(); // the driver shuts the kernel down and exits
-    const t = setTimeout(() => this.proc.kill('SIGKILL'), 20_000);
-    await exited;
-    clearTimeout(t);
-  }
-}
+import { Kernel, type CellResult } from './kernel-support.js';
 
 let b: Berth;
 let k: Kernel;
@@ -75,22 +27,16 @@ const checkpoints = async (folder?: string): Promise<any[]> =>
 const useToken = (t: string): Promise<CellResult> => k.ok(`%env BERTH_TOKEN=${t}`);
 
 before(async () => {
-  const t0 = Date.now();
   b = await startBerth(tempHome());
-  console.log('TIMING berth', Date.now() - t0);
   tokens.other = await token('other-folder-editor', { folders: ['team-x'], role: 'editor' });
   tokens.executor = await token('default-executor', { folders: ['default'], role: 'executor' });
   k = await Kernel.start({ PYTHONPATH: join(ROOT, 'python'), BERTH_URL: b.url, BERTH_TOKEN: b.token });
   await k.ok('%load_ext berth_client');
-  console.log('TIMING kernel', Date.now() - t0);
 });
 
 after(async () => {
-  const t0 = Date.now();
   await k?.close();
-  const t1 = Date.now();
   await b?.stop();
-  console.log('TIMING close', t1 - t0, 'stop', Date.now() - t1);
   if (b) removeHome(b.home);
 });
 
