@@ -1,15 +1,19 @@
 // Benchmark for `%berth_autocheckpoint`: what recording a checkpoint after every cell costs the
 // person at the notebook. One `berth up` (port 0) and one real Jupyter kernel (ipykernel through
 // jupyter_client, test/kernel_driver.py); cells are sent over the kernel protocol and timed
-// from here, round trip, as a notebook front end sees them. In alternating rounds it runs
-//   - off:        autocheckpoint off, a cell that rebinds a name (`z = i`)    ← the anchor
-//   - read-only:  on, a cell that reads only (`z`): skipped without a snapshot
-//   - unchanged:  on, a cell that calls something but changes nothing (`print(end="")`):
-//                 a snapshot is made and hashed, nothing is uploaded
-//   - changed:    on, `z = i`: snapshot, upload, server-side pruning (keep 5)
+// from here, round trip, as a notebook front end sees them. Three kinds of cell, each timed with
+// autocheckpoint off (the anchor: the same cell, the same kernel) and on, in alternating rounds:
+//   - read-only:  `z`: skipped without hashing
+//   - unchanged:  `print(end="")` calls something but changes nothing: the state is hashed
+//                 (C pickler), nothing is uploaded
+//   - changed:    `z = i` back to back (as "Run All" does): hash, then the dill snapshot and the
+//                 upload in a forked child; a cell that finds the previous recording still
+//                 running waits for it, so this is the throughput of recording
+//   - paused:     `z = i` after the previous recording has ended (untimed wait), as a person
+//                 running cells one by one sees it: hash + fork only
 // for a small namespace and for one of about 10 MB (a 10 MB bytes value and a 200,000-int list).
-// Reports p50 per cell and its ratio to the anchor of the same state, and the CPU per cell of
-// the kernel and of Berth (from /proc).
+// Reports p50 per cell, on/off of the same cell, and the CPU per cell of the kernel and of
+// Berth (from /proc).
 //
 //   node --import tsx bench/kernel.ts          (= npm run bench:kernel; about a minute)
 //     [--cells 30] [--rounds 3]
@@ -26,8 +30,10 @@ const { values: args } = parseArgs({ options: { cells: { type: 'string', default
 const CELLS = posInt(args.cells!, 'cells', 5, 1000);
 const ROUNDS = posInt(args.rounds!, 'rounds', 1, 20);
 
-type Mode = 'off' | 'read-only' | 'unchanged' | 'changed';
-const MODES: Mode[] = ['off', 'read-only', 'unchanged', 'changed'];
+type Kind = 'read-only' | 'unchanged' | 'changed' | 'paused';
+type Mode = `${Kind} ${'off' | 'on'}`;
+const KINDS: Kind[] = ['read-only', 'unchanged', 'changed', 'paused'];
+const MODES: Mode[] = KINDS.flatMap((k) => [`${k} off`, `${k} on`] as Mode[]);
 const STATES = {
   small: 'import math\nscale = 2.5\ndef f(x):\n    return math.sqrt(x) * scale\nz = 0',
   '10 MB': 'big = bytes(10_000_000)\nnums = list(range(200_000))',
@@ -45,20 +51,22 @@ async function main(): Promise<void> {
     for (const [label, setup] of Object.entries(STATES)) {
       await k.ok('%berth_autocheckpoint off');
       await k.ok(setup);
-      const times: Record<Mode, number[]> = { off: [], 'read-only': [], unchanged: [], changed: [] };
-      const kernelTicks: Record<Mode, number> = { off: 0, 'read-only': 0, unchanged: 0, changed: 0 };
-      const berthTicks: Record<Mode, number> = { off: 0, 'read-only': 0, unchanged: 0, changed: 0 };
+      const times = Object.fromEntries(MODES.map((m) => [m, [] as number[]])) as Record<Mode, number[]>;
+      const kernelTicks = Object.fromEntries(MODES.map((m) => [m, 0])) as Record<Mode, number>;
+      const berthTicks = Object.fromEntries(MODES.map((m) => [m, 0])) as Record<Mode, number>;
       let n = 0;
       for (let round = 0; round < ROUNDS; round++) {
         for (const mode of MODES) {
-          await k.ok(mode === 'off' ? '%berth_autocheckpoint off' : '%berth_autocheckpoint on --keep 5');
+          const [kind, state] = mode.split(' ') as [Kind, 'off' | 'on'];
+          await k.ok(state === 'off' ? '%berth_autocheckpoint off' : '%berth_autocheckpoint on --keep 5');
           await k.ok(`z = ${++n}`); // a recorded starting point, so 'read-only'/'unchanged' compare against it
           const kPids = k.kernelPid ? [k.kernelPid] : [];
           const bPids = treeOf(b.proc.pid!);
           const k0 = ticksOf(kPids);
           const b0 = ticksOf(bPids);
           for (let i = 0; i < CELLS; i++) {
-            const cell = mode === 'read-only' ? 'z' : mode === 'unchanged' ? 'print(end="")' : `z = ${++n}`;
+            const cell = kind === 'read-only' ? 'z' : kind === 'unchanged' ? 'print(end="")' : `z = ${++n}`;
+            if (kind === 'paused') await k.ok('get_ipython()._berth_autocheckpoint.collect(block=True)');
             const t = performance.now();
             await k.ok(cell);
             times[mode].push(performance.now() - t);
@@ -68,16 +76,18 @@ async function main(): Promise<void> {
         }
       }
       const p50 = (m: Mode): number => percentile([...times[m]].sort((x, y) => x - y), 50);
-      for (const mode of MODES) {
-        const cells = times[mode].length;
-        rows.push(`| ${label} | ${mode} | ${p50(mode).toFixed(1)} | ${(p50(mode) / p50('off')).toFixed(2)}× | `
-          + `${((kernelTicks[mode] / CLK_TCK) * 1000 / cells).toFixed(1)} | ${((berthTicks[mode] / CLK_TCK) * 1000 / cells).toFixed(1)} |`);
+      for (const kind of KINDS) {
+        const cpu = (t: Record<Mode, number>, m: Mode): string => ((t[m] / CLK_TCK) * 1000 / times[m].length).toFixed(1);
+        const off: Mode = `${kind} off`;
+        const on: Mode = `${kind} on`;
+        rows.push(`| ${label} | ${kind} | ${p50(off).toFixed(1)} | ${p50(on).toFixed(1)} | ${(p50(on) / p50(off)).toFixed(2)}× | `
+          + `${cpu(kernelTicks, off)} → ${cpu(kernelTicks, on)} | ${cpu(berthTicks, off)} → ${cpu(berthTicks, on)} |`);
       }
     }
     const kept = (await b.request('GET', '/v1/checkpoints')).body.checkpoints.filter((c: { autosave?: unknown }) => c.autosave).length;
     console.log(`\n${new Date().toISOString()} · ${gitHead()} · ${cpuModel()} · ${CELLS} cells × ${ROUNDS} rounds per row; autosaves kept at the end: ${kept}\n`);
-    console.log('| state | autocheckpoint | p50 ms per cell | vs off | kernel CPU ms per cell | Berth CPU ms per cell |');
-    console.log('|---|---|---|---|---|---|');
+    console.log('| state | cell | p50 ms, off | p50 ms, on | on / off | kernel CPU ms per cell, off → on | Berth CPU ms per cell, off → on |');
+    console.log('|---|---|---|---|---|---|---|');
     for (const r of rows) console.log(r);
   } finally {
     await k.close();

@@ -49,7 +49,7 @@ import berth_state
 DEFAULT_URL = "http://127.0.0.1:7700"
 CONTENT_TYPE = "application/vnd.berth.checkpoint"
 DEFAULT_KEEP = 10
-SLOW_RECORDING_S = 2.0  # past this, autocheckpoint says (once) what a changed cell costs
+SLOW_RECORDING_S = 2.0  # past this, a --sync autocheckpoint says (once) what a changed cell costs
 MAX_KEEP = 1000
 
 
@@ -334,7 +334,8 @@ def _serving_code(raw: str) -> str:
     """The cell as plain Python: IPython-only lines (``%magic``, ``!cmd``)
     commented out, as for notebooks (the worker runs plain Python)."""
     import berth_checkpoint  # noqa: PLC0415 - only the kernel path needs it
-    return berth_checkpoint._disable_ipython_lines(raw)
+    code = berth_checkpoint._disable_ipython_lines(raw)
+    return code if code.strip() else "pass\n"  # a node needs a serving cell; a blank one does nothing
 
 
 class _AutoCheckpoint:
@@ -346,8 +347,19 @@ class _AutoCheckpoint:
     Cheap when nothing changed: a cell that rebinds no name and can call
     nothing (``df.shape``) is skipped at once; any other cell is hashed
     (``berth_state.state_digest``: the C pickler, not dill) and skipped when
-    the hash equals the last one recorded; only a changed state is
-    snapshotted with dill and uploaded."""
+    the hash equals the last one recorded.
+
+    Off the user's path when it did change: the dill snapshot (pure Python,
+    seconds for a large state of Python objects) and the upload run in a
+    forked child, which sees the namespace exactly as the cell left it
+    (copy-on-write) while the kernel goes on. One recording runs at a time, so
+    they reach the server in order: a changed cell that finds the previous
+    recording still running waits for it. The child only pickles, uploads and
+    writes one JSON line to a pipe; the kernel reads it at the next cell (and
+    says what failed there). ``--sync`` (or a Python without ``os.fork``)
+    records in the kernel itself."""
+
+    CHILD_TIMEOUT_S = 300.0
 
     def __init__(self, shell):
         self.shell = shell
@@ -356,14 +368,17 @@ class _AutoCheckpoint:
         self.url = None
         self.folder = None
         self.verbose = False
+        self.sync = not hasattr(os, "fork")
         self.session = uuid.uuid4().hex[:16]  # this kernel's recordings; pruned together
         self.last_fingerprint = None
         self.last_digest = None
         self.warned_slow = False
         self.suspended = 0  # > 0 while a berth magic runs its own cell
+        self.child = None  # the recording in flight: {pid, fd, number, started, digest}
         self.stats = {"recorded": 0, "unchanged": 0, "failed": 0}
 
     def post_run_cell(self, result) -> None:
+        self.collect(block=False)
         if not self.enabled or self.suspended:
             return
         info = getattr(result, "info", None)
@@ -385,31 +400,106 @@ class _AutoCheckpoint:
         if fingerprint == self.last_fingerprint and _is_read_only(self.shell.transform_cell(raw)):
             self.stats["unchanged"] += 1
             return
-        started = time.monotonic()
         digest = berth_state.state_digest(namespace, hidden)
         if digest == self.last_digest:
             self.last_fingerprint = fingerprint
             self.stats["unchanged"] += 1
             return
-        upload = _Upload(namespace, _serving_code(raw), hidden=hidden)
+        self.collect(block=True)  # one at a time: recordings reach the server in order
+        if not self.enabled:
+            return  # the one that just ended was refused: recording is off now
         extra = {"cell": {"number": number, "code": raw},
                  "autosave": {"session": self.session, "keep": self.keep}}
-        try:
-            saved, _ = upload.send(None, self.url, None, None, 60.0, self.folder, extra)
-        except BerthError as exc:
-            self.stats["failed"] += 1
-            if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                self.enabled = False
-                print(f"berth: autocheckpoint turned off: {exc}", file=sys.stderr)
-            else:
-                print(f"berth: autocheckpoint not recorded: {exc}", file=sys.stderr)
-            return
+        # counted as recorded at once, so the next unchanged cell is skipped; a failure resets it
         self.last_fingerprint, self.last_digest = fingerprint, digest
-        self.stats["recorded"] += 1
+        started = time.monotonic()
+        if self.sync:
+            self._finish(self._snapshot_and_send(namespace, hidden, raw, extra), number, started)
+        else:
+            self._fork(namespace, hidden, raw, extra, number, started)
+
+    def _snapshot_and_send(self, namespace, hidden, raw, extra) -> dict:
+        """The recording itself, in whichever process runs it: an outcome dict."""
+        try:
+            upload = _Upload(namespace, _serving_code(raw), hidden=hidden)
+            saved, _ = upload.send(None, self.url, None, None, 60.0, self.folder, extra)
+            return {"ok": True, "id": saved.get("id"), "variables": len(upload.variables)}
+        except BerthError as exc:
+            return {"ok": False, "code": exc.code, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - reported to the kernel, never raised
+            return {"ok": False, "code": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}"}
+
+    def _fork(self, namespace, hidden, raw, extra, number, started) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: pickle, upload, report, and leave without running any cleanup
+            try:
+                os.close(read_fd)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # the kernel's streams are not this process's to write
+                    os.dup2(devnull, fd)
+                sys.stdout = sys.stderr = open(devnull, "w", closefd=False)
+                import warnings  # noqa: PLC0415
+                warnings.simplefilter("ignore")
+                outcome = self._snapshot_and_send(namespace, hidden, raw, extra)
+                os.write(write_fd, json.dumps(outcome).encode("utf-8")[:60_000])
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        self.child = {"pid": pid, "fd": read_fd, "number": number, "started": started}
+
+    def collect(self, block: bool) -> None:
+        """Takes in the outcome of the recording in flight: at once when it has
+        ended, else (``block``) after waiting for it, up to CHILD_TIMEOUT_S."""
+        child = self.child
+        if child is None:
+            return
+        deadline = time.monotonic() + self.CHILD_TIMEOUT_S
+        while True:
+            try:
+                done, status = os.waitpid(child["pid"], os.WNOHANG)
+            except ChildProcessError:
+                done, status = child["pid"], 0
+            if done:
+                break
+            if not block:
+                return
+            if time.monotonic() > deadline:
+                os.kill(child["pid"], 9)
+                os.waitpid(child["pid"], 0)
+                status = -1
+                break
+            time.sleep(0.01)
+        chunks = []
+        while True:
+            chunk = os.read(child["fd"], 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(child["fd"])
+        self.child = None
+        try:
+            outcome = json.loads(b"".join(chunks).decode("utf-8"))
+        except ValueError:
+            why = "it passed its time limit" if status == -1 else f"the recording process ended with status {status}"
+            outcome = {"ok": False, "code": "RECORDING_FAILED", "error": why}
+        self._finish(outcome, child["number"], child["started"])
+
+    def _finish(self, outcome: dict, number, started: float) -> None:
         took = time.monotonic() - started
+        if not outcome.get("ok"):
+            self.stats["failed"] += 1
+            self.last_fingerprint = self.last_digest = None  # the next cell tries again
+            if outcome.get("code") in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                self.enabled = False
+                print(f"berth: autocheckpoint turned off: {outcome.get('error')}", file=sys.stderr)
+            else:
+                print(f"berth: autocheckpoint after cell [{number}] not recorded: {outcome.get('error')}", file=sys.stderr)
+            return
+        self.stats["recorded"] += 1
         if self.verbose:
-            print(f"berth: checkpoint {saved.get('id')} after cell [{number}] ({len(upload.variables)} variables, {took:.2f} s)")
-        elif took > SLOW_RECORDING_S and not self.warned_slow:
+            print(f"berth: checkpoint {outcome.get('id')} after cell [{number}] ({outcome.get('variables')} variables, {took:.2f} s)")
+        elif self.sync and took > SLOW_RECORDING_S and not self.warned_slow:
             self.warned_slow = True
             print(f"berth: recording this state took {took:.1f} s (once per changed cell; unchanged cells cost "
                   f"no upload); %berth_autocheckpoint off stops it", file=sys.stderr)
@@ -423,11 +513,11 @@ class _AutoCheckpoint:
         return sorted(mine, key=lambda c: c.get("createdAt", ""), reverse=True)
 
 
-_AUTO_USAGE = "%berth_autocheckpoint on|off|status [--keep N] [--folder FOLDER] [--url URL] [--verbose]"
+_AUTO_USAGE = "%berth_autocheckpoint on|off|status [--keep N] [--folder FOLDER] [--url URL] [--verbose] [--sync]"
 
 
 def _autocheckpoint_magic(auto: _AutoCheckpoint, line: str) -> None:
-    o = _parse_options(line or "status", _AUTO_USAGE, values=("keep", "folder", "url"), flags=("verbose",), positional=1)
+    o = _parse_options(line or "status", _AUTO_USAGE, values=("keep", "folder", "url"), flags=("verbose", "sync"), positional=1)
     what = o["args"][0]
     if what not in ("on", "off", "status"):
         raise _Usage(f"say on, off or status, not {what!r}; usage: {_AUTO_USAGE}")
@@ -435,13 +525,16 @@ def _autocheckpoint_magic(auto: _AutoCheckpoint, line: str) -> None:
         keep = _whole(o["keep"], "--keep", 1, MAX_KEEP)
         auto.keep = keep if keep is not None else auto.keep
         auto.url, auto.folder, auto.verbose = o["url"] or auto.url, o["folder"] or auto.folder, o["verbose"]
+        auto.sync = o["sync"] or not hasattr(os, "fork")
         auto.enabled = True
         print(f"berth: a checkpoint after every cell that changes the state; the most recent {auto.keep} are kept "
               f"(pin one: %berth_pin ID NAME)")
     elif what == "off":
+        auto.collect(block=True)
         auto.enabled = False
         print("berth: autocheckpoint off")
     else:
+        auto.collect(block=True)  # what is in flight counts
         state = f"on, keeping {auto.keep}" if auto.enabled else "off"
         s = auto.stats
         print(f"berth: autocheckpoint {state}; {s['recorded']} recorded, {s['unchanged']} unchanged cells skipped, {s['failed']} failed")

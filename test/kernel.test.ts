@@ -118,13 +118,17 @@ print([str(p) for p in berth_state.check_requirements(${JSON.stringify(ck.requir
 test('%berth_autocheckpoint: a checkpoint after each cell that changes the state, the newest N kept, pinned ones never pruned', async () => {
   const on = await k.ok('%berth_autocheckpoint on --keep 3');
   assert.match(on.stdout, /most recent 3 are kept/);
-  const mine = async (): Promise<any[]> => (await checkpoints()).filter((c) => c.autosave);
+  // recordings run in a forked child while the kernel goes on; `status` waits for the one in flight
+  const mine = async (): Promise<any[]> => {
+    await k.ok('%berth_autocheckpoint status');
+    return (await checkpoints()).filter((c) => c.autosave);
+  };
   assert.equal((await mine()).length, 0, 'turning it on records nothing');
 
   await k.ok('a = 1');
   assert.equal((await mine()).length, 1);
   await k.ok('a'); // reads only: no snapshot, nothing recorded
-  await k.ok('print(a)'); // calls something, but the state is the same bytes: nothing recorded
+  await k.ok('print(a)'); // calls something, but the state hashes the same: nothing recorded
   await k.ok('a + 0');
   assert.equal((await mine()).length, 1, 'cells that change nothing record nothing');
   const failed = await k.run('a = 99\n1 / 0');
@@ -153,6 +157,7 @@ test('%berth_autocheckpoint: a checkpoint after each cell that changes the state
   const pinCell = await k.ok(`%berth_pin ${kept[0].id} state-with-c`);
   assert.match(pinCell.stdout, /pinned as 'state-with-c'/);
   for (const cell of ['d = 1', 'd = 2', 'd = 3', 'd = 4']) await k.ok(cell);
+  await mine();
   const after = await checkpoints();
   const pinned = after.find((c) => c.name === 'state-with-c');
   assert.ok(pinned, 'the pinned autosave is kept');
@@ -236,11 +241,18 @@ test('access: a token of another folder cannot deploy into this one; an executor
     assert.match(ckpt.stderr, /checkpoint not saved: PERMISSION_DENIED/);
     const dep = await k.ok('%%berth_deploy exec-node --input v:int --output w:int\nw = add(v)\n');
     assert.match(dep.stderr, /not deployed: PERMISSION_DENIED/);
-    await k.ok('%berth_autocheckpoint on');
+    // in the kernel itself (--sync): the refusal shows in the cell that made the change
+    await k.ok('%berth_autocheckpoint on --sync');
     const cell = await k.ok('f = 1');
     assert.match(cell.stderr, /autocheckpoint turned off: PERMISSION_DENIED/);
     await k.ok('f = 2');
     assert.match((await k.ok('%berth_autocheckpoint status')).stdout, /autocheckpoint off/);
+    // in a forked child (the default): the refusal is reported at the next cell
+    await k.ok('%berth_autocheckpoint on');
+    await k.ok('f = 3');
+    const next = await k.ok('%berth_autocheckpoint status');
+    assert.match(next.stderr, /autocheckpoint turned off: PERMISSION_DENIED/);
+    assert.match(next.stdout, /autocheckpoint off/);
     // the API itself, as the executor: no node either
     const direct = await b.request('POST', '/v1/nodes', { name: 'exec-node', checkpointId: 'kernel-state', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }] },
       { authorization: `Bearer ${tokens.executor}` });
