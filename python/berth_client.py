@@ -193,10 +193,10 @@ def pin(ref: str, name: str, url: str | None = None, token: str | None = None, f
 class _Upload:
     """One snapshot of a namespace, made once, then sent (or not)."""
 
-    def __init__(self, namespace: dict, code: str | None, hidden: dict | None = None):
+    def __init__(self, namespace: dict, code: str | None, hidden: dict | None = None, env: dict | None = None):
         self.code = code
         self.blob, self.variables, self.skipped = berth_state.snapshot(namespace, hidden)
-        self.env = berth_state.environment_info(namespace, code=[code] if code else (), hidden=hidden)
+        self.env = env or berth_state.environment_info(namespace, code=[code] if code else (), hidden=hidden)
 
     def send(self, name, url, token, python, timeout, folder=None, extra: dict | None = None) -> tuple[dict, dict]:
         """Uploads; returns the server's answer and the metadata that was sent."""
@@ -418,10 +418,10 @@ class _AutoCheckpoint:
         else:
             self._fork(namespace, hidden, raw, extra, number, started)
 
-    def _snapshot_and_send(self, namespace, hidden, raw, extra) -> dict:
+    def _snapshot_and_send(self, namespace, hidden, raw, extra, env=None) -> dict:
         """The recording itself, in whichever process runs it: an outcome dict."""
         try:
-            upload = _Upload(namespace, _serving_code(raw), hidden=hidden)
+            upload = _Upload(namespace, _serving_code(raw), hidden=hidden, env=env)
             saved, _ = upload.send(None, self.url, None, None, 60.0, self.folder, extra)
             return {"ok": True, "id": saved.get("id"), "variables": len(upload.variables)}
         except BerthError as exc:
@@ -430,6 +430,9 @@ class _AutoCheckpoint:
             return {"ok": False, "code": type(exc).__name__, "error": f"{type(exc).__name__}: {exc}"}
 
     def _fork(self, namespace, hidden, raw, extra, number, started) -> None:
+        # what is installed and what the history imports are cached in this process: a child's
+        # cache would die with it, and a fresh scan costs a few hundred ms every time
+        env = berth_state.environment_info(namespace, code=[_serving_code(raw)], hidden=hidden)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: pickle, upload, report, and leave without running any cleanup
@@ -441,7 +444,7 @@ class _AutoCheckpoint:
                 sys.stdout = sys.stderr = open(devnull, "w", closefd=False)
                 import warnings  # noqa: PLC0415
                 warnings.simplefilter("ignore")
-                outcome = self._snapshot_and_send(namespace, hidden, raw, extra)
+                outcome = self._snapshot_and_send(namespace, hidden, raw, extra, env)
                 os.write(write_fd, json.dumps(outcome).encode("utf-8")[:60_000])
             finally:
                 os._exit(0)
