@@ -372,6 +372,7 @@ class _AutoCheckpoint:
         self.session = uuid.uuid4().hex[:16]  # this kernel's recordings; pruned together
         self.last_fingerprint = None
         self.last_digest = None
+        self.digest_memo: dict = {}  # hashes of immutable values, by name (see state_digest)
         self.warned_slow = False
         self.suspended = 0  # > 0 while a berth magic runs its own cell
         self.child = None  # the recording in flight: {pid, fd, number, started, digest}
@@ -400,7 +401,7 @@ class _AutoCheckpoint:
         if fingerprint == self.last_fingerprint and _is_read_only(self.shell.transform_cell(raw)):
             self.stats["unchanged"] += 1
             return
-        digest = berth_state.state_digest(namespace, hidden)
+        digest = berth_state.state_digest(namespace, hidden, self.digest_memo)
         if digest == self.last_digest:
             self.last_fingerprint = fingerprint
             self.stats["unchanged"] += 1

@@ -159,6 +159,23 @@ class SnapshotRestoreTest(unittest.TestCase):
         ns["a"] = [1, 2]
         self.assertNotEqual(berth_state.fingerprint(ns), first)
 
+    def test_state_digest_sees_rebinding_and_mutation_and_reuses_immutable_hashes(self):
+        big = bytes(1000)
+        ns = {"big": big, "items": [1, 2], "In": ["x"]}
+        memo: dict = {}
+        first = berth_state.state_digest(ns, memo=memo)
+        self.assertIs(memo["big"][0], big)
+        self.assertNotIn("items", memo)  # mutable: hashed again every time
+        self.assertEqual(berth_state.state_digest(ns, memo=memo), first)
+        ns["items"].append(3)
+        mutated = berth_state.state_digest(ns, memo=memo)
+        self.assertNotEqual(mutated, first)
+        ns["big"] = bytes(1000)  # an equal value, but rebound
+        self.assertNotEqual(berth_state.state_digest(ns, memo=memo), mutated)
+        del ns["big"]
+        berth_state.state_digest(ns, memo=memo)
+        self.assertEqual(memo, {})  # nothing the namespace dropped is kept alive
+
     def test_restore_updates_the_namespace(self):
         blob, _, _ = berth_state.snapshot({"a": 1, "b": "two"})
         target = {"a": 0, "c": 3}
