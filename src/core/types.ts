@@ -29,12 +29,19 @@ export interface Checkpoint {
   requires: Package[];
   variables: Array<{ name: string; type: string }>;
   skipped: Array<{ name: string; type: string; reason: string }>;
+  /** Live-kernel checkpoints: the kernel cell that made it (its execution count, its source). */
+  cell?: CheckpointCell | null;
+  /** Recorded by `%berth_autocheckpoint`: unpinned, the kernel session's most recent `keep` kept. */
+  autosave?: CheckpointAutosave | null;
   size: number;
   sha256: string;
   createdAt: string;
   updatedAt: string;
   createdBy: string;
 }
+
+export interface CheckpointCell { number: number | null; code: string }
+export interface CheckpointAutosave { session: string; keep: number }
 
 export interface Resources { preset?: string; cores: number; memoryGb: number; gpus: number }
 

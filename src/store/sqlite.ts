@@ -179,6 +179,16 @@ export class SqliteStore implements Store {
     })();
   }
 
+  async pruneAutosaves(folderId: string, session: string, keep: number): Promise<string[]> {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare(`SELECT id FROM checkpoints WHERE folder_id = ? AND name IS NULL
+          AND json_extract(data, '$.autosave.session') = ? ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?`)
+        .all(folderId, session, keep) as Array<{ id: string }>;
+      const del = this.db.prepare('DELETE FROM checkpoints WHERE id = ? AND name IS NULL AND NOT EXISTS (SELECT 1 FROM nodes WHERE checkpoint_id = ?)');
+      return rows.filter((r) => del.run(r.id, r.id).changes > 0).map((r) => r.id);
+    })();
+  }
+
   async deleteCheckpoint(id: string): Promise<{ deleted: boolean; usedBy: string[] }> {
     // check-and-delete in one transaction, so a node created meanwhile cannot slip in
     return this.db.transaction(() => {

@@ -24,6 +24,11 @@ export interface Store extends UsageStore {
   getCheckpointByName(folderId: string, name: string): Promise<Checkpoint | undefined>;
   listCheckpoints(): Promise<Checkpoint[]>;
   renameCheckpoint(id: string, name: string | null, updatedAt: string): Promise<void>;
+  /**
+   * Deletes the folder's unpinned autosaves of a kernel session past its `keep` most recent
+   * (pinned ones stay, whatever their age); returns the ids deleted. One transaction.
+   */
+  pruneAutosaves(folderId: string, session: string, keep: number): Promise<string[]>;
   /** Deletes unless a node uses it; returns the ids of the nodes that do. */
   deleteCheckpoint(id: string): Promise<{ deleted: boolean; usedBy: string[] }>;
 
