@@ -478,6 +478,10 @@ export function route(s: {
 }): FastifySchema {
   const { public: isPublic, ...rest } = s;
   if (isPublic) delete (rest.response as Record<string, unknown>)['401'];
+  // the success answer is described by what the route does (OpenAPI requires a description)
+  for (const [code, r] of Object.entries(rest.response)) {
+    if (code.startsWith('2') && typeof r === 'object' && r !== null && !('description' in r)) rest.response[code] = { ...r, description: s.summary };
+  }
   // public routes need no token, whatever security the document declares for the rest
   return { ...rest, ...(isPublic ? { security: [] } : {}) } as FastifySchema;
 }
