@@ -9,6 +9,7 @@ import type { AliasRecord, AliasSpec, TokenRecord } from '../core/types.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body } from './request.js';
 import type { ApiDeps } from './deps.js';
+import { Alias, AliasDeleted, AliasList, AliasPatch, AliasSpecIn, errors, folderQuery, params, query, ref, route } from './schemas.js';
 
 const notFound = (name: string) => (): BerthError => new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
 
@@ -50,7 +51,7 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return a;
   };
 
-  app.post('/v1/aliases', { config: { audit: 'alias.create' }, schema: { tags: ['aliases'], summary: 'Create an alias over one or more nodes' } }, async (req, reply) => {
+  app.post('/v1/aliases', { config: { audit: 'alias.create' }, schema: route({ tags: ['aliases'], summary: 'Create an alias over one or more nodes', body: ref(AliasSpecIn), response: { 201: ref(Alias), ...errors(400, 403, 404, 409, 413, 415) } }) }, async (req, reply) => {
     const spec = parseAliasSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject });
     auditTarget(req, spec.folderId);
     requireRole(req.token, spec.folderId, 'write');
@@ -64,15 +65,15 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return aliasView(record);
   });
 
-  app.get<{ Querystring: { folderId?: string } }>('/v1/aliases', { schema: { tags: ['aliases'], summary: 'List the aliases of the folders this token may read' } }, async (req) => {
+  app.get<{ Querystring: { folderId?: string } }>('/v1/aliases', { schema: route({ tags: ['aliases'], summary: 'List the aliases of the folders this token may read', querystring: query(folderQuery), response: { 200: ref(AliasList), ...errors() } }) }, async (req) => {
     const folder = req.query.folderId;
     return { aliases: (await store.listAliases()).filter((a) => Auth.can(req.token, a.spec.folderId, 'read') && (folder === undefined || a.spec.folderId === folder)).map(aliasView) };
   });
 
-  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Get an alias with its backends\' status' } }, async (req) =>
+  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: route({ tags: ['aliases'], summary: 'Get an alias with its backends\' status', params: params({ name: 'alias name or id' }), response: { 200: ref(Alias), ...errors(404) } }) }, async (req) =>
     aliasView(await findAlias(req.params.name, req.token, 'read')));
 
-  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: { tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically' } }, async (req) => {
+  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: route({ tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically', params: params({ name: 'alias name or id' }), body: ref(AliasPatch), response: { 200: ref(Alias), ...errors(400, 403, 404, 413, 415) } }) }, async (req) => {
     const current = await findAlias(req.params.name, req.token, 'write');
     auditTarget(req, current.spec.folderId, current.id);
     const b = body(req);
@@ -85,7 +86,7 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return aliasView(record);
   });
 
-  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.delete' }, schema: { tags: ['aliases'], summary: 'Delete an alias (its nodes stay)' } }, async (req) => {
+  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.delete' }, schema: route({ tags: ['aliases'], summary: 'Delete an alias (its nodes stay)', params: params({ name: 'alias name or id' }), response: { 200: ref(AliasDeleted), ...errors(403, 404) } }) }, async (req) => {
     const a = await findAlias(req.params.name, req.token, 'write');
     auditTarget(req, a.spec.folderId, a.id);
     await store.deleteAlias(a.id);

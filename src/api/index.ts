@@ -6,6 +6,7 @@ import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import type { ApiDeps } from './deps.js';
 import { registerAccess } from './access.js';
+import { Health, errors, ref, registerSchemas, route } from './schemas.js';
 import { tokenRoutes } from './tokens.js';
 import { checkpointRoutes } from './checkpoints.js';
 import { nodeRoutes } from './nodes.js';
@@ -15,8 +16,9 @@ import { folderRoutes } from './folders.js';
 import { usageRoutes } from './usage.js';
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
+  registerSchemas(app);
   registerAccess(app, deps.auth, deps.store);
-  app.get('/v1/health', { config: { public: true }, schema: { tags: ['meta'], summary: 'Liveness (no token needed)' } }, async () => ({ status: 'ok' }));
+  app.get('/v1/health', { config: { public: true }, schema: route({ tags: ['meta'], summary: 'Liveness (no token needed)', public: true, response: { 200: ref(Health), ...errors() } }) }, async () => ({ status: 'ok' }));
   // metrics name every node and alias: only a token that may read every folder sees them here
   // (or run `berth up --metrics-listen` for a scrape address of its own)
   app.get('/metrics', { schema: { hide: true } }, async (req, reply) => {

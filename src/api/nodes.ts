@@ -12,6 +12,8 @@ import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } fro
 import type { ApiDeps } from './deps.js';
 import { allowedPython, flag } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
+import { Node, NodeDeleted, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
+import { Type } from '@sinclair/typebox';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
 const MAX_LOG_FOLLOWERS = 64;
@@ -108,7 +110,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return n;
   };
 
-  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
+  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: route({ tags: ['nodes'], summary: 'Create a node', body: ref(NodeSpecIn), response: { 201: ref(Node), ...errors(400, 403, 404, 409, 413, 415, 429) } }) }, async (req, reply) => {
     const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject, defaultPython: config.python });
     auditTarget(req, spec.folderId);
     requireRole(req.token, spec.folderId, 'write');
@@ -125,16 +127,16 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return nodeView(record);
   });
 
-  app.get<{ Querystring: { folderId?: string } }>('/v1/nodes', { schema: { tags: ['nodes'], summary: 'List the nodes of the folders this token may read' } }, async (req) => {
+  app.get<{ Querystring: { folderId?: string } }>('/v1/nodes', { schema: route({ tags: ['nodes'], summary: 'List the nodes of the folders this token may read', querystring: query(folderQuery), response: { 200: ref(NodeList), ...errors() } }) }, async (req) => {
     const folder = req.query.folderId;
     const nodes = (await store.listNodes()).filter((n) => Auth.can(req.token, n.spec.folderId, 'read') && (folder === undefined || n.spec.folderId === folder));
     return { nodes: nodes.map(nodeView) };
   });
 
-  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: { tags: ['nodes'], summary: 'Get a node with its instances' } }, async (req) =>
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: route({ tags: ['nodes'], summary: 'Get a node with its instances', params: params({ ref: 'node id or name' }), response: { 200: ref(Node), ...errors(404) } }) }, async (req) =>
     nodeView(await findNode(req.params.ref, req.token, 'read')));
 
-  app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { config: { audit: 'node.delete' }, schema: { tags: ['nodes'], summary: 'Delete a node and stop its instances' } }, async (req) => {
+  app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { config: { audit: 'node.delete' }, schema: route({ tags: ['nodes'], summary: 'Delete a node and stop its instances', params: params({ ref: 'node id or name' }), response: { 200: ref(NodeDeleted), ...errors(403, 404, 409) } }) }, async (req) => {
     const n = await findNode(req.params.ref, req.token, 'write');
     auditTarget(req, n.spec.folderId, n.id);
     const users = aliases.relatedTo(n.id);
@@ -152,7 +154,12 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // `?dryRun=true` answers what would change and changes nothing.
   app.patch<{ Params: { ref: string }; Querystring: { dryRun?: string } }>('/v1/nodes/:ref', {
     config: { audit: 'node.update' },
-    schema: { tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls' },
+    schema: route({
+      tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls',
+      params: params({ ref: 'node id or name' }), querystring: query({ dryRun: Type.String({ enum: ['true', 'false', '1', '0'], description: 'true: answer what would change, change nothing' }) }),
+      body: ref(NodePatch),
+      response: { 200: { anyOf: [ref(Node), ref(NodeUpdatePlan)], description: 'the node (with `changed`), or with dryRun the plan' }, ...errors(400, 403, 404, 409, 413, 415, 429) },
+    }),
   }, async (req) => {
     const dryRun = flag(req.query.dryRun, 'dryRun');
     const n = await findNode(req.params.ref, req.token, 'write');
@@ -166,7 +173,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return dryRun ? { dryRun: true, nodeId: n.id, ...plan } : { ...nodeView(record), changed: plan.changed };
   });
 
-  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/revisions', { schema: { tags: ['nodes'], summary: "A node's revisions, newest first (the last 20)" } }, async (req) => {
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/revisions', { schema: route({ tags: ['nodes'], summary: "A node's revisions, newest first (the last 20)", params: params({ ref: 'node id or name' }), response: { 200: ref(NodeRevisions), ...errors(404) } }) }, async (req) => {
     const n = await findNode(req.params.ref, req.token, 'read');
     const current = controller.rolloutOf(n.id)?.revision ?? n.revision;
     const revisions = await store.listRevisions(n.id);
@@ -184,10 +191,13 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // One parametric route takes both: a colon inside a path segment is not a router separator.
   app.post<{ Params: { action: string } }>('/v1/nodes/:action', {
     config: { audit: 'node.lifecycle' },
-    schema: {
+    schema: route({
       tags: ['nodes'],
       summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back; :rollback {revision?} rolls an earlier revision out again',
-    },
+      params: Type.Object({ action: Type.String({ pattern: '^.+:(suspend|resume|rollback)$', description: '{ref}:suspend, {ref}:resume or {ref}:rollback (ref: node id or name)' }) }),
+      body: { ...ref(RollbackRequest), description: ':rollback only (optional)' },
+      response: { 200: ref(Node), ...errors(400, 403, 404, 409, 429) },
+    }),
   }, async (req) => {
     const m = /^(.+):(suspend|resume|rollback)$/.exec(req.params.action);
     if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend, {ref}:resume or {ref}:rollback`, { path: req.url });
@@ -235,7 +245,20 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // lines as chunked text/plain until the caller leaves or the instances' logs end.
   let followers = 0;
   app.get<{ Params: { ref: string }; Querystring: { instance?: string; lines?: string; search?: string; follow?: string } }>('/v1/nodes/:ref/logs',
-    { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines" } }, async (req, reply) => {
+    { schema: route({
+      tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines",
+      params: params({ ref: 'node id or name' }),
+      querystring: query({
+        instance: Type.String({ description: 'one instance (default: all)' }),
+        lines: Type.String({ pattern: '^[0-9]+$', description: `the last N lines, 1–${MAX_TAIL_LINES} (follow: 0–${MAX_TAIL_LINES}); default 200, with follow 10` }),
+        search: Type.String({ minLength: 1, maxLength: MAX_LOG_SEARCH, description: 'only lines containing this text' }),
+        follow: Type.String({ enum: ['true', 'false', '1', '0'], description: 'true: stream new lines as text/plain until the caller leaves' }),
+      }),
+      response: {
+        200: { description: 'the last lines as JSON, or with follow=true a text/plain stream', content: { 'application/json': { schema: ref(NodeLogs) }, 'text/plain': { schema: { type: 'string' } } } },
+        ...errors(400, 404, 429),
+      },
+    }) }, async (req, reply) => {
       const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
       const q = req.query;
       const follow = flag(q.follow, 'follow');
