@@ -15,11 +15,27 @@ interface CreateOptions extends JsonOption {
   wait: boolean; quiet?: boolean;
 }
 
-const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string }> | undefined =>
+/** `name:type[=default]`: the type may be `ndarray[float32,-1]`, `list[int]`…; the default is JSON (or a plain string). */
+const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string; default?: unknown }> | undefined =>
   list?.map((s) => {
-    const [name, type] = s.split(':');
-    if (!name || !type) throw new Error(`${flag} takes name:type, e.g. ${flag} input_data:dict (got "${s}")`);
-    return { name, type };
+    const colon = s.indexOf(':');
+    const name = colon === -1 ? '' : s.slice(0, colon);
+    const rest = colon === -1 ? '' : s.slice(colon + 1);
+    // the default starts at the first "=" outside the type's brackets
+    let depth = 0;
+    let eq = -1;
+    for (let i = 0; i < rest.length && eq === -1; i++) {
+      if (rest[i] === '[') depth++;
+      else if (rest[i] === ']') depth--;
+      else if (rest[i] === '=' && depth === 0) eq = i;
+    }
+    const type = eq === -1 ? rest : rest.slice(0, eq);
+    if (!name || !type) throw new Error(`${flag} takes name:type[=default], e.g. ${flag} input_data:dict or ${flag} 'x:ndarray[float32,-1]' (got "${s}")`);
+    if (eq === -1) return { name, type };
+    const text = rest.slice(eq + 1);
+    let dflt: unknown;
+    try { dflt = JSON.parse(text); } catch { dflt = text; }
+    return { name, type, default: dflt };
   });
 
 export function nodeTable(n: NodeView): string {
@@ -142,7 +158,7 @@ export function registerNodes(cli: Command): void {
     .option('--health-path <path>', 'image node: HTTP health check path on the endpoint port')
     .option('--username <user>', 'registry user for a private image')
     .option('--password-secret <name>', 'secret holding the registry password')
-    .option('--input <name:type>', 'input variable (repeat); types: int float str bool list dict bytes any', collect)
+    .option('--input <name:type>', "input variable name:type[=default] (repeat); types: int float str bool list dict bytes any, list[T], 'ndarray[float32,-1]', dataframe", collect)
     .option('--output <name:type>', 'output variable (repeat)', collect)
     .option('--description <text>')
     .option('--folder <id>', 'folder the node lives in')

@@ -1,0 +1,157 @@
+// Per-node contracts end to end on a real `berth up` with real Python workers: the model
+// types (ndarray as nested lists and as base64 raw bytes, dataframe records/split, list[T],
+// defaults) over REST execute with good and bad values; numpy/pandas values in the cell.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startBerth, removeHome, makeCheckpoint, createNode, execute, type Berth } from './helpers.js';
+
+let b: Berth;
+let node: any;
+const tokens: Record<string, string> = {};
+const as = (who: string): Record<string, string> => ({ authorization: `Bearer ${tokens[who]}` });
+
+/** A small "model": scales a float32 batch, sums it, describes a table. */
+export const MODEL_CELLS = [
+  `import numpy as np
+import pandas as pd
+def predict(batch, k):
+    return (batch * k).astype(np.float32)
+x, k, df, tags = np.zeros((1, 3), dtype=np.float32), 2.0, pd.DataFrame(), []
+`,
+  `y = predict(x, k)
+total = np.float32(x.sum())
+n_rows = len(df)
+cols = [str(c) for c in df.columns] + tags
+`,
+];
+
+export const MODEL_NODE = {
+  kind: 'cell',
+  inputs: [
+    { name: 'x', type: 'ndarray[float32,-1,3]', description: 'a batch of 3 features' },
+    { name: 'k', type: 'float', default: 2 },
+    { name: 'df', type: 'dataframe', default: [] },
+    { name: 'tags', type: 'list[str]', default: [] },
+  ],
+  outputs: [
+    { name: 'y', type: 'ndarray', dtype: 'float32', shape: [-1, 3] },
+    { name: 'total', type: 'float' },
+    { name: 'n_rows', type: 'int' },
+    { name: 'cols', type: 'list[str]' },
+  ],
+};
+
+function f32b64(values: number[]): string {
+  return Buffer.from(new Float32Array(values).buffer).toString('base64');
+}
+
+async function token(name: string, body: Record<string, unknown>): Promise<string> {
+  const r = await b.request('POST', '/v1/tokens', { name, ...body });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  return r.body.token;
+}
+
+before(async () => {
+  b = await startBerth();
+  await makeCheckpoint(b, 'model', MODEL_CELLS);
+  node = await createNode(b, { ...MODEL_NODE, name: 'model', checkpointId: 'model', permissions: { folders: ['default'] } });
+  tokens.other = await token('other-folder', { folders: ['team-b'], role: 'executor' });
+  tokens.viewer = await token('viewer', { folders: ['default'], role: 'viewer' });
+  tokens.executor = await token('executor', { folders: ['default'], role: 'executor' });
+});
+
+after(async () => {
+  await b?.stop();
+  if (b) removeHome(b.home);
+});
+
+test('the spec stores canonical type strings; the YAML object form becomes the same string', () => {
+  assert.deepEqual(node.inputs.map((v: any) => v.type), ['ndarray[float32,-1,3]', 'float', 'dataframe', 'list[str]']);
+  assert.equal(node.outputs[0].type, 'ndarray[float32,-1,3]');
+  assert.equal(node.inputs[1].default, 2);
+});
+
+test('ndarray as nested lists, defaults filled in, numpy values back as JSON', async () => {
+  const r = await execute(b, node.id, { x: [[1, 2, 3], [4, 5, 6]] });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(r.body.output, { y: [[2, 4, 6], [8, 10, 12]], total: 21, n_rows: 0, cols: [] });
+});
+
+test('ndarray as base64 raw bytes in, and out with ndarray_format base64', async () => {
+  const r = await b.request('POST', `/datasphere/v1/nodes/${node.id}:execute`, {
+    folder_id: 'default', ndarray_format: 'base64',
+    input: { x: { dtype: 'float32', shape: [1, 3], data: f32b64([0.5, 1.5, 2.5]) }, k: 4 },
+  });
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  assert.deepEqual(r.body.output.y, { dtype: 'float32', shape: [1, 3], data: f32b64([2, 6, 10]) });
+  assert.equal(r.body.output.total, 4.5);
+});
+
+test('dataframe in records and split orientation; list[str]', async () => {
+  const records = await execute(b, node.id, { x: [[0, 0, 0]], df: [{ a: 1, b: 'x' }, { a: 2, b: 'y' }], tags: ['t'] });
+  assert.equal(records.status, 200, JSON.stringify(records.body));
+  assert.deepEqual([records.body.output.n_rows, records.body.output.cols], [2, ['a', 'b', 't']]);
+  const split = await execute(b, node.id, { x: [[0, 0, 0]], df: { columns: ['c'], data: [[1], [2], [3]], index: ['r1', 'r2', 'r3'] } });
+  assert.equal(split.status, 200, JSON.stringify(split.body));
+  assert.deepEqual([split.body.output.n_rows, split.body.output.cols], [3, ['c']]);
+});
+
+test('bad values: 400 INVALID_INPUT naming the variable and what was expected', async () => {
+  const cases: Array<[Record<string, unknown>, string, RegExp]> = [
+    [{ x: [[1, 2], [3, 4]] }, 'x', /shape \[-1,3\].*got shape \[2,2\]/],
+    [{ x: [[1, 2, 3], [4, 5]] }, 'x', /regular tensor/],
+    [{ x: [[1, 2, 'a']] }, 'x', /float32 values, got string/],
+    [{ x: 'abc' }, 'x', /float32 tensor/],
+    [{ x: { dtype: 'float64', shape: [1, 3], data: f32b64([1, 2, 3, 4, 5, 6]) } }, 'x', /dtype float32, got float64/],
+    [{ x: { dtype: 'float32', shape: [2, 3], data: f32b64([1, 2, 3]) } }, 'x', /24 bytes.*got 12/],
+    [{ x: [[1, 2, 3]], df: [1, 2] }, 'df', /records are row objects/],
+    [{ x: [[1, 2, 3]], df: { columns: ['a'], data: [[1, 2]] } }, 'df', /1 values/],
+    [{ x: [[1, 2, 3]], tags: ['a', 3] }, 'tags', /at \[1\] must be a string/],
+    [{ x: [[1, 2, 3]], k: 'two' }, 'k', /must be a number/],
+    [{ k: 1 }, 'x', /missing/],
+  ];
+  for (const [input, variable, message] of cases) {
+    const r = await execute(b, node.id, input);
+    assert.equal(r.status, 400, JSON.stringify(input));
+    assert.equal(r.body.code, 'INVALID_INPUT');
+    assert.equal(r.body.details.variable, variable, JSON.stringify(r.body));
+    assert.equal(r.body.details.expected, MODEL_NODE.inputs.find((v) => v.name === variable)!.type);
+    assert.match(r.body.message, new RegExp(`"${variable}"`));
+    assert.match(r.body.message, message);
+  }
+  const fmt = await b.request('POST', `/datasphere/v1/nodes/${node.id}:execute`, { folder_id: 'default', ndarray_format: 'hex', input: { x: [[1, 2, 3]] } });
+  assert.equal(fmt.status, 400);
+  assert.equal(fmt.body.details.field, 'ndarray_format');
+});
+
+test('a node declaring a bad type or default is refused naming the field, and nothing is created', async () => {
+  const before = (await b.request('GET', '/v1/nodes')).body.nodes.length;
+  const bad = await b.request('POST', '/v1/nodes', { ...MODEL_NODE, name: 'bad', checkpointId: 'model', inputs: [{ name: 'x', type: 'ndarray[float32,-1', default: 1 }] });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.details.field, 'inputs[0].type');
+  const dflt = await b.request('POST', '/v1/nodes', { ...MODEL_NODE, name: 'bad', checkpointId: 'model', inputs: [{ name: 'x', type: 'ndarray[int8,2]', default: [1, 2, 3] }] });
+  assert.equal(dflt.status, 400);
+  assert.equal(dflt.body.details.field, 'inputs[0].default');
+  assert.equal((await b.request('GET', '/v1/nodes')).body.nodes.length, before);
+});
+
+test('the CLI takes name:type[=default] with brackets', async () => {
+  const r = b.cli('node', 'create', '--name', 'cli-model', '--checkpoint', 'model', '--no-wait', '--json',
+    '--input', 'x:ndarray[float32,-1,3]', '--input', 'k:float=3', '--input', 'tags:list[str]=["a"]', '--input', 'df:dataframe=[]',
+    '--output', 'y:ndarray[float32,-1,3]', '--output', 'total:float', '--output', 'n_rows:int', '--output', 'cols:list[str]');
+  assert.equal(r.status, 0, r.stderr);
+  const made = JSON.parse(r.stdout);
+  assert.deepEqual(made.inputs.slice(0, 3), [{ name: 'x', type: 'ndarray[float32,-1,3]' }, { name: 'k', type: 'float', default: 3 }, { name: 'tags', type: 'list[str]', default: ['a'] }]);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${made.id}`)).status < 300, true);
+});
+
+test("another folder's caller and a viewer cannot call the typed node", async () => {
+  const other = await execute(b, node.id, { x: [[1, 2, 3]] }, 'team-b', `Bearer ${tokens.other}`);
+  assert.equal(other.status, 403);
+  const asDefault = await execute(b, node.id, { x: [[1, 2, 3]] }, 'default', `Bearer ${tokens.other}`);
+  assert.equal(asDefault.status, 403);
+  const viewer = await execute(b, node.id, { x: [[1, 2, 3]] }, 'default', `Bearer ${tokens.viewer}`);
+  assert.equal(viewer.status, 403);
+  const executor = await execute(b, node.id, { x: [[1, 2, 3]] }, 'default', `Bearer ${tokens.executor}`);
+  assert.equal(executor.status, 200);
+});
