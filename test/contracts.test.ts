@@ -155,3 +155,102 @@ test("another folder's caller and a viewer cannot call the typed node", async ()
   const executor = await execute(b, node.id, { x: [[1, 2, 3]] }, 'default', `Bearer ${tokens.executor}`);
   assert.equal(executor.status, 200);
 });
+
+// ---- the per-node OpenAPI contract, the Swagger UI, aliases over compatible nodes ----
+
+async function validOpenApi(doc: unknown): Promise<void> {
+  const { Validator } = await import('@seriousme/openapi-schema-validator');
+  const v = new Validator();
+  const res = await v.validate(doc as object);
+  assert.ok(res.valid, JSON.stringify(res.errors, null, 1));
+  assert.equal(v.version, '3.1');
+}
+
+test('GET /v1/nodes/{ref}/openapi.json: a valid OpenAPI 3.1 document typed from the variables, whose example runs', async () => {
+  const r = await b.request('GET', `/v1/nodes/${node.id}/openapi.json`);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  const doc = r.body;
+  await validOpenApi(doc);
+  const path = `/datasphere/v1/nodes/${node.id}:execute`;
+  const op = doc.paths[path].post;
+  const input = doc.components.schemas.Input;
+  assert.deepEqual(input.required, ['x']);
+  assert.equal(input.properties.x['x-berth-type'], 'ndarray[float32,-1,3]');
+  assert.equal(input.properties.x.oneOf[0].items.minItems, 3);
+  assert.equal(input.properties.x.oneOf[1].properties.dtype.const, 'float32');
+  assert.equal(input.properties.k.default, 2);
+  assert.deepEqual(doc.components.schemas.Output.required, ['y', 'total', 'n_rows', 'cols']);
+  // error bodies from the catalogue, by status
+  assert.ok(op.responses['400'].content['application/json'].schema.allOf[1].properties.code.enum.includes('INVALID_INPUT'));
+  assert.ok(op.responses['500'].content['application/json'].schema.allOf[1].properties.code.enum.includes('EXECUTION_ERROR'));
+  assert.ok(op.responses['504']);
+  assert.equal(doc.servers[0].url, b.url);
+  // the document's own example is a call that works
+  const example = op.requestBody.content['application/json'].example;
+  const call = await b.request('POST', path, example);
+  assert.equal(call.status, 200, JSON.stringify(call.body));
+  assert.deepEqual(Object.keys(call.body.output), ['y', 'total', 'n_rows', 'cols']);
+  // by name too
+  const byName = await b.request('GET', '/v1/nodes/model/openapi.json');
+  assert.equal(byName.status, 200);
+  assert.deepEqual(byName.body.components.schemas.Input, input);
+});
+
+test("the contract is for readers and callers only: another folder's token gets 404, no token 401", async () => {
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, { authorization: '' })).status, 401);
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('other'))).status, 404);
+  assert.equal((await b.request('GET', '/v1/nodes/model/openapi.json', undefined, as('other'))).status, 404);
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('viewer'))).status, 200, 'a reader');
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('executor'))).status, 200, 'a caller');
+  // a viewer in a folder on the ACL may not call from there, and may not read the node's folder
+  const viewerB = await token('viewer-b', { folders: ['team-b'], role: 'viewer' });
+  const acl = await b.request('PATCH', `/v1/nodes/${node.id}`, { permissions: { folders: ['default', 'team-b'] } });
+  assert.equal(acl.status, 200, JSON.stringify(acl.body));
+  try {
+    assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, { authorization: `Bearer ${viewerB}` })).status, 404);
+    assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('other'))).status, 200, 'an executor of a folder on the ACL');
+  } finally {
+    assert.equal((await b.request('PATCH', `/v1/nodes/${node.id}`, { permissions: { folders: ['default'] } })).status, 200);
+  }
+});
+
+test('Swagger UI: /docs and /docs/nodes/{ref} are public pages; the document they load is not', async () => {
+  for (const path of ['/docs', `/docs/nodes/${node.id}`, '/docs/static/swagger-ui-bundle.js']) {
+    const res = await fetch(b.url + path);
+    assert.equal(res.status, 200, path);
+    await res.arrayBuffer();
+  }
+  const page = await (await fetch(`${b.url}/docs/nodes/${node.id}`)).text();
+  assert.match(page, new RegExp(`/v1/nodes/${node.id}/openapi.json`));
+  assert.match(page, /requestInterceptor/);
+  assert.equal((await fetch(`${b.url}/v1/nodes/${node.id}/openapi.json`)).status, 401);
+  const control = await (await fetch(`${b.url}/docs/json`)).json() as any;
+  assert.equal(control.components.securitySchemes.bearer.scheme, 'bearer');
+  assert.ok(control.paths['/v1/nodes/{ref}/openapi.json']);
+});
+
+test('aliases over cell nodes: one contract; a create or shift mixing contracts is refused naming the variable', async () => {
+  const twin = await createNode(b, { ...MODEL_NODE, name: 'model-twin', checkpointId: 'model' }, false);
+  const other = await createNode(b, { ...MODEL_NODE, name: 'model-f64', checkpointId: 'model', inputs: [{ ...MODEL_NODE.inputs[0], type: 'ndarray[float64,-1,3]' }, ...MODEL_NODE.inputs.slice(1)] }, false);
+  const made = await b.request('POST', '/v1/aliases', { name: 'model-alias', backends: [{ nodeId: node.id, weight: 90 }, { nodeId: twin.id, weight: 10 }] });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const doc = await b.request('GET', '/v1/aliases/model-alias/openapi.json');
+  assert.equal(doc.status, 200);
+  await validOpenApi(doc.body);
+  assert.ok(doc.body.paths['/datasphere/v1/aliases/model-alias:execute']);
+  assert.equal((await b.request('GET', '/v1/aliases/model-alias/openapi.json', undefined, as('other'))).status, 404);
+
+  const shift = await b.request('PATCH', '/v1/aliases/model-alias', { backends: [{ nodeId: node.id, weight: 50 }, { nodeId: other.id, weight: 50 }] });
+  assert.equal(shift.status, 409, JSON.stringify(shift.body));
+  assert.equal(shift.body.code, 'CONTRACT_MISMATCH');
+  assert.equal(shift.body.details.variable, 'x');
+  assert.equal(shift.body.details.field, 'backends[1].nodeId');
+  assert.match(shift.body.message, /"x" is ndarray\[float32,-1,3\] \(required\) on the first backend but ndarray\[float64,-1,3\] \(required\)/);
+  const still = await b.request('GET', '/v1/aliases/model-alias');
+  assert.deepEqual(still.body.backends.map((x: any) => x.nodeId), [node.id, twin.id], 'nothing changed');
+  const create = await b.request('POST', '/v1/aliases', { name: 'mixed', backends: [{ nodeId: other.id, weight: 1 }, { nodeId: node.id, weight: 1 }] });
+  assert.equal(create.status, 409);
+  assert.equal(create.body.details.variable, 'x');
+  assert.equal((await b.request('GET', '/v1/aliases/mixed')).status, 404);
+  for (const n of [twin, other]) await b.request('DELETE', `/v1/nodes/${n.id}`);
+});

@@ -12,6 +12,7 @@ import { nodeRoutes } from './nodes.js';
 import { aliasRoutes } from './aliases.js';
 import { secretRoutes } from './secrets.js';
 import { folderRoutes } from './folders.js';
+import { contractRoutes } from './contracts.js';
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   registerAccess(app, deps.auth, deps.store);
@@ -25,5 +26,5 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metricsText();
   });
-  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes]) routes(app, deps);
+  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, contractRoutes]) routes(app, deps);
 }
