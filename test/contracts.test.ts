@@ -254,3 +254,28 @@ test('aliases over cell nodes: one contract; a create or shift mixing contracts 
   assert.equal((await b.request('GET', '/v1/aliases/mixed')).status, 404);
   for (const n of [twin, other]) await b.request('DELETE', `/v1/nodes/${n.id}`);
 });
+
+test('berth node snippet: the curl and python calls it prints work as printed; typescript and grpc name the call', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { PYTHON } = await import('./helpers.js');
+  const env = { ...process.env, BERTH_TOKEN: tokens.executor };
+  const curl = b.cli('node', 'snippet', 'model', '--lang', 'curl');
+  assert.equal(curl.status, 0, curl.stderr);
+  assert.doesNotMatch(curl.stdout, new RegExp(b.token), 'no token in a snippet');
+  const ran = spawnSync('sh', ['-c', curl.stdout], { env, encoding: 'utf8', timeout: 30_000 });
+  assert.equal(ran.status, 0, ran.stderr);
+  assert.deepEqual(JSON.parse(ran.stdout).output.y, [[1, 2, 3]].map((r) => r.map((_, i) => (0.5 + i) * 2)));
+  const py = b.cli('node', 'snippet', 'model', '--lang', 'python');
+  assert.equal(py.status, 0, py.stderr);
+  const pyRan = spawnSync(PYTHON, ['-c', py.stdout], { env, encoding: 'utf8', timeout: 30_000 });
+  assert.equal(pyRan.status, 0, pyRan.stderr);
+  assert.deepEqual(Object.keys(JSON.parse(pyRan.stdout)), ['y', 'total', 'n_rows', 'cols']);
+  const ts = b.cli('node', 'snippet', node.id, '--lang', 'typescript');
+  assert.match(ts.stdout, new RegExp(`/datasphere/v1/nodes/${node.id}:execute`));
+  const grpc = b.cli('node', 'snippet', 'model', '--lang', 'grpc');
+  assert.match(grpc.stdout, /berth\.nodes\.v1\.Model\/Execute/);
+  assert.match(grpc.stdout, /"dtype":"float32","shape":\[1,3\],"data":"/);
+  const bad = b.cli('node', 'snippet', 'model', '--lang', 'cobol');
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--lang must be one of curl, python, typescript, grpc/);
+});

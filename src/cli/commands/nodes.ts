@@ -6,6 +6,14 @@ import { ApiError, berthFetch, findToken, serverUrl } from '../client.js';
 import { ago, table } from '../format.js';
 import { clientFor, collect, out, parseInput, printOutput, waitHealthy, type JsonOption } from '../shared.js';
 import type { Client } from '../client.js';
+import { SNIPPET_LANGS, snippet, type SnippetLang } from '../../contracts/snippets.js';
+
+/** The parts of a node's OpenAPI contract the snippets read. */
+interface OpenApiDoc {
+  servers: Array<{ url: string }>;
+  paths: Record<string, unknown>;
+  components: { schemas: { Input: { properties: Record<string, { 'x-berth-type': string; default?: unknown }> } } };
+}
 import type { Deleted, ExecuteAnswer, NodeList, NodeLogs, NodeView, RevisionList, UpdatePlan, WhoAmI } from '../views.js';
 
 interface CreateOptions extends JsonOption {
@@ -291,6 +299,34 @@ export function registerNodes(cli: Command): void {
       }
       const r = await client().request<NodeLogs>('GET', `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
       out(o.json, r, () => r.logs.map((l) => `==> instance ${l.instanceId} <==\n${l.text}`).join('\n'));
+    });
+
+  node.command('snippet <node>').description('Print a working call of a cell node, with example inputs (the token is read from $BERTH_TOKEN)')
+    .option('--lang <lang>', `one of ${SNIPPET_LANGS.join(', ')}`, 'curl')
+    .option('--folder <id>', 'the folder you call from (default: your token\'s)')
+    .action(async (ref: string, o: { lang: string; folder?: string }) => {
+      if (!(SNIPPET_LANGS as readonly string[]).includes(o.lang)) throw new Error(`--lang must be one of ${SNIPPET_LANGS.join(', ')}, got "${o.lang}"`);
+      const c = client();
+      // the contract, not the node: a caller (executor) may read the one and not the other
+      const doc = await c.request<OpenApiDoc>('GET', `/v1/nodes/${encodeURIComponent(ref)}/openapi.json`);
+      const path = Object.keys(doc.paths)[0]!;
+      const nodeId = decodeURIComponent(/\/nodes\/([^/:]+):execute$/.exec(path)![1]!);
+      const props = doc.components.schemas.Input.properties;
+      const inputs = Object.entries(props).map(([name, p]) => ({ name, type: p['x-berth-type'], ...(Object.hasOwn(p, 'default') ? { default: p.default } : {}) }));
+      const proto = await c.request<string>('GET', `/v1/nodes/${encodeURIComponent(ref)}/node.proto`);
+      const service = /^service (\S+) \{/m.exec(proto)?.[1];
+      const folder = o.folder ?? (await c.request<WhoAmI>('GET', '/v1/whoami')).defaultFolder;
+      process.stdout.write(snippet(o.lang as SnippetLang, { url: doc.servers[0]!.url, nodeId, folderId: folder, inputs, service: `berth.nodes.v1.${service}` }));
+    });
+
+  node.command('proto <node>').description('Print the typed gRPC contract of a cell node (service berth.nodes.v1.<Name>, served on Berth\'s port)')
+    .action(async (ref: string) => {
+      process.stdout.write(await client().request<string>('GET', `/v1/nodes/${encodeURIComponent(ref)}/node.proto`));
+    });
+
+  node.command('openapi <node>').description('Print the OpenAPI 3.1 contract of a cell node (the Swagger UI shows it at /docs/nodes/<id>)')
+    .action(async (ref: string) => {
+      process.stdout.write(JSON.stringify(await client().request('GET', `/v1/nodes/${encodeURIComponent(ref)}/openapi.json`), null, 2) + '\n');
     });
 
   node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')
