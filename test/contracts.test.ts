@@ -3,6 +3,7 @@
 // defaults) over REST execute with good and bad values; numpy/pandas values in the cell.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { startBerth, removeHome, makeCheckpoint, createNode, execute, type Berth } from './helpers.js';
 
 let b: Berth;
@@ -278,4 +279,85 @@ test('berth node snippet: the curl and python calls it prints work as printed; t
   const bad = b.cli('node', 'snippet', 'model', '--lang', 'cobol');
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--lang must be one of curl, python, typescript, grpc/);
+});
+
+// ---- the typed gRPC service, through reflection only ----
+
+test('berth node proto: a .proto protobufjs parses, with typed messages and service berth.nodes.v1.Model', async () => {
+  const protobuf = (await import('protobufjs')).default;
+  const r = b.cli('node', 'proto', 'model');
+  assert.equal(r.status, 0, r.stderr);
+  // as protoc would: the imports from the include path (Berth's proto/ has the well-known types)
+  const { readFileSync } = await import('node:fs');
+  const root = new protobuf.Root();
+  const parsed = protobuf.parse(r.stdout, root, { keepCase: true });
+  assert.equal(parsed.package, 'berth.nodes.v1');
+  assert.deepEqual(parsed.imports, ['google/protobuf/struct.proto']);
+  protobuf.parse(readFileSync(new URL('../proto/google/protobuf/struct.proto', import.meta.url), 'utf8'), root, { keepCase: true });
+  root.resolveAll();
+  const svc = parsed.root.lookupService('berth.nodes.v1.Model');
+  assert.deepEqual(Object.keys(svc.methods), ['Execute']);
+  const input = parsed.root.lookupType('berth.nodes.v1.ModelInput');
+  assert.equal(input.fields.x!.type, 'ModelTensor');
+  assert.equal(input.fields.k!.type, 'double');
+  assert.ok(input.fields.k!.options?.proto3_optional || input.fields.k!.partOf, 'k has a default: optional');
+  assert.equal(input.fields.tags!.repeated, true);
+  const output = parsed.root.lookupType('berth.nodes.v1.ModelOutput');
+  assert.equal(output.fields.n_rows!.type, 'int64');
+  // another folder's token cannot read it
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/node.proto`, undefined, as('other'))).status, 404);
+});
+
+test('typed gRPC: reflection lists berth.nodes.v1.Model to its callers only; Execute by typed fields; bad values named', async () => {
+  const { ReflectionClient, genericClient, unary, authMetadata } = await import('./reflection-client.js');
+  const target = b.url.replace(/^http:\/\//, '');
+  const refl = new ReflectionClient(target, authMetadata(tokens.executor!));
+  const services = await refl.listServices();
+  assert.ok(services.includes('berth.nodes.v1.Model'), services.join(','));
+  assert.ok(services.includes('yandex.cloud.datasphere.v1.NodeService'));
+  const root = await refl.root('berth.nodes.v1.Model');
+  refl.close();
+  for (const [who, md] of [['another folder', authMetadata(tokens.other!)], ['no token', authMetadata(null)]] as const) {
+    const r = new ReflectionClient(target, md);
+    assert.ok(!(await r.listServices()).includes('berth.nodes.v1.Model'), `${who} does not see the node's service`);
+    r.close();
+  }
+  const client = genericClient(root, 'berth.nodes.v1.Model', target);
+  try {
+    const x = { dtype: 'float32', shape: [2, 3], data: Buffer.from(new Float32Array([1, 2, 3, 4, 5, 6]).buffer) };
+    // folder from x-folder-id; defaults for k, df, tags
+    const ok = await unary(client, 'Execute', { input: { x } }, authMetadata(tokens.executor!, { 'x-folder-id': 'default' }));
+    assert.ifError(ok.err);
+    const y = ok.res.output.y;
+    assert.equal(y.dtype, 'float32');
+    assert.deepEqual(y.shape, [2, 3]);
+    assert.deepEqual([...new Float32Array(new Uint8Array(y.data).buffer)], [2, 4, 6, 8, 10, 12]);
+    assert.equal(ok.res.output.total, 21);
+    assert.equal(ok.res.output.n_rows, 0);
+    // folder_id in the message, k set, a dataframe as a Value, a list[str]
+    const df = { list_value: { values: [{ struct_value: { fields: { a: { number_value: 1 } } } }] } };
+    const full = await unary(client, 'Execute', { folder_id: 'default', input: { x, k: 1, df, tags: ['t'] } }, authMetadata(tokens.executor!));
+    assert.ifError(full.err);
+    assert.deepEqual([...new Float32Array(new Uint8Array(full.res.output.y.data).buffer)], [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(full.res.output.cols, ['a', 't']);
+    // a token of one folder needs no folder at all
+    assert.ifError((await unary(client, 'Execute', { input: { x } }, authMetadata(tokens.executor!))).err);
+    // bad shape: INVALID_ARGUMENT naming the variable
+    const bad = await unary(client, 'Execute', { input: { x: { dtype: 'float32', shape: [3], data: Buffer.alloc(12) } } }, authMetadata(tokens.executor!));
+    assert.equal(bad.err?.code, grpcStatus.INVALID_ARGUMENT);
+    assert.match(bad.err!.details, /"x".*shape \[-1,3\]/);
+    assert.equal(bad.err!.metadata.get('berth-error-code')[0], 'INVALID_INPUT');
+    const missing = await unary(client, 'Execute', { input: {} }, authMetadata(tokens.executor!));
+    assert.match(missing.err!.details, /"x" is missing/);
+    // another folder's caller, a viewer, no token
+    assert.equal((await unary(client, 'Execute', { folder_id: 'team-b', input: { x } }, authMetadata(tokens.other!))).err?.code, grpcStatus.PERMISSION_DENIED);
+    assert.equal((await unary(client, 'Execute', { folder_id: 'default', input: { x } }, authMetadata(tokens.viewer!))).err?.code, grpcStatus.PERMISSION_DENIED);
+    assert.equal((await unary(client, 'Execute', { folder_id: 'default', input: { x } }, authMetadata(null))).err?.code, grpcStatus.UNAUTHENTICATED);
+    // the admin token holds every folder: it must name one
+    const admin = await unary(client, 'Execute', { input: { x } }, authMetadata(b.token));
+    assert.equal(admin.err?.code, grpcStatus.INVALID_ARGUMENT);
+    assert.match(admin.err!.details, /x-folder-id/);
+  } finally {
+    client.close();
+  }
 });

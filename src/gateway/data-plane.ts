@@ -12,6 +12,7 @@ import { BerthError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { AliasTable } from '../aliases/table.js';
 import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
+import { TypedServices } from './grpc/typed.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
 import { H2Upstream } from './upstream.js';
@@ -52,7 +53,9 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   const gateway = new Gateway(config, routes, pipeline, metrics);
   const proxy = new Proxy(config, routes, pipeline);
   // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
-  const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
+  // every cell node's typed service (berth.nodes.v1.<Name>), listed by reflection to those who may call it
+  const typed = new TypedServices(routes, gateway, config.maxRequestBytes);
+  const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes, reflect: (token) => typed.descriptorsFor(token) });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
@@ -99,7 +102,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     if (routed) return proxy.handleHttp2(stream, headers);
     if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
       // NodeService calls are served right here; reflection and health by grpc-js behind it
-      if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+      if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
       return;
     }
     // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
