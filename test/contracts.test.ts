@@ -361,3 +361,149 @@ test('typed gRPC: reflection lists berth.nodes.v1.Model to its callers only; Exe
     client.close();
   }
 });
+
+// ---- the Open Inference Protocol (KServe v2): REST with plain HTTP, gRPC from a generated Python client ----
+
+async function v2(method: string, path: string, who: string | null, headers: Record<string, string> = {}, body?: BodyInit): Promise<Response> {
+  return fetch(b.url + path, { method, body, headers: { ...(who ? { authorization: `Bearer ${who}` } : {}), ...headers } });
+}
+
+test('OIP REST: health, metadata, readiness, JSON infer, with auth and folder checks', async () => {
+  assert.deepEqual(await (await v2('GET', '/v2/health/live', tokens.executor!)).json(), { live: true });
+  assert.deepEqual(await (await v2('GET', '/v2/health/ready', tokens.executor!)).json(), { ready: true });
+  assert.equal((await v2('GET', '/v2/health/live', null)).status, 401);
+  const meta = await v2('GET', '/v2/models/model', b.token, { 'x-folder-id': 'default' });
+  assert.equal(meta.status, 200);
+  const m = await meta.json() as any;
+  assert.deepEqual(m.inputs, [
+    { name: 'x', datatype: 'FP32', shape: [-1, 3] }, { name: 'k', datatype: 'FP64', shape: [1] },
+    { name: 'df', datatype: 'BYTES', shape: [1] }, { name: 'tags', datatype: 'BYTES', shape: [-1] }]);
+  assert.deepEqual(m.outputs.map((o: any) => [o.name, o.datatype]), [['y', 'FP32'], ['total', 'FP64'], ['n_rows', 'INT64'], ['cols', 'BYTES']]);
+  assert.deepEqual(await (await v2('GET', `/v2/models/${node.id}/ready`, tokens.executor!)).json(), { name: node.id, ready: true });
+
+  const infer = (who: string | null, body: unknown, headers: Record<string, string> = {}) =>
+    v2('POST', '/v2/models/model/infer', who, { 'content-type': 'application/json', ...headers }, JSON.stringify(body));
+  const ok = await infer(tokens.executor!, { id: 'r1', inputs: [{ name: 'x', shape: [2, 3], datatype: 'FP32', data: [[1, 2, 3], [4, 5, 6]] }, { name: 'k', shape: [1], datatype: 'FP64', data: [3] }, { name: 'tags', shape: [1], datatype: 'BYTES', data: ['t'] }] });
+  assert.equal(ok.status, 200, await ok.clone().text());
+  const out = await ok.json() as any;
+  assert.equal(out.id, 'r1');
+  assert.equal(out.model_name, 'model');
+  const y = out.outputs.find((o: any) => o.name === 'y');
+  assert.deepEqual([y.datatype, y.shape, y.data], ['FP32', [2, 3], [3, 6, 9, 12, 15, 18]]);
+  assert.deepEqual(out.outputs.find((o: any) => o.name === 'total').data, [21]);
+  assert.deepEqual(out.outputs.find((o: any) => o.name === 'cols').data, ['t']);
+
+  // a bad tensor: 400 naming the variable and what was expected, in Berth's body and the protocol's "error"
+  const bad = await infer(tokens.executor!, { inputs: [{ name: 'x', shape: [4], datatype: 'FP32', data: [1, 2, 3, 4] }] });
+  assert.equal(bad.status, 400);
+  const be = await bad.json() as any;
+  assert.equal(be.code, 'INVALID_INPUT');
+  assert.equal(be.details.variable, 'x');
+  assert.match(be.error, /"x".*shape \[-1,3\].*got shape \[4\]/);
+  const dt = await infer(tokens.executor!, { inputs: [{ name: 'x', shape: [1, 3], datatype: 'INT32', data: [1, 2, 3] }] });
+  assert.match(((await dt.json()) as any).message, /dtype float32, got int32/);
+  const count = await infer(tokens.executor!, { inputs: [{ name: 'x', shape: [1, 3], datatype: 'FP32', data: [1, 2] }] });
+  assert.match(((await count.json()) as any).message, /"x" has 2 values for shape \[1,3\]/);
+
+  // auth and folders as for execute
+  const x = { name: 'x', shape: [1, 3], datatype: 'FP32', data: [1, 2, 3] };
+  assert.equal((await infer(null, { inputs: [x] })).status, 401);
+  assert.equal((await infer(tokens.other!, { inputs: [x] })).status, 404, "another folder's caller does not find it by name");
+  assert.equal((await v2('POST', `/v2/models/${node.id}/infer`, tokens.other!, { 'content-type': 'application/json' }, JSON.stringify({ inputs: [x] }))).status, 403, 'nor call it by id');
+  assert.equal((await infer(tokens.other!, { inputs: [x] }, { 'x-folder-id': 'default' })).status, 403);
+  assert.equal((await infer(tokens.viewer!, { inputs: [x] })).status, 403);
+  assert.equal((await v2('GET', '/v2/models/model', tokens.other!, { 'x-folder-id': 'team-b' })).status, 404);
+  const admin = await infer(b.token, { inputs: [x] });
+  assert.equal(admin.status, 400);
+  assert.equal(((await admin.json()) as any).details.field, 'x-folder-id');
+});
+
+test('OIP REST binary-data extension: raw tensors in and out after a JSON header', async () => {
+  const raw = Buffer.from(new Float32Array([1, 2, 3, 4, 5, 6]).buffer);
+  const head = Buffer.from(JSON.stringify({
+    inputs: [{ name: 'x', shape: [2, 3], datatype: 'FP32', parameters: { binary_data_size: raw.length } }],
+    outputs: [{ name: 'y', parameters: { binary_data: true } }, { name: 'total' }],
+  }));
+  const r = await v2('POST', '/v2/models/model/infer', tokens.executor!, { 'content-type': 'application/octet-stream', 'inference-header-content-length': String(head.length) }, Buffer.concat([head, raw]));
+  assert.equal(r.status, 200, await r.clone().text());
+  const n = Number(r.headers.get('inference-header-content-length'));
+  const body = Buffer.from(await r.arrayBuffer());
+  const answer = JSON.parse(body.subarray(0, n).toString('utf8'));
+  assert.deepEqual(answer.outputs.map((o: any) => o.name), ['y', 'total'], 'only the outputs asked for');
+  const y = answer.outputs[0];
+  assert.deepEqual([y.datatype, y.shape, y.parameters.binary_data_size], ['FP32', [2, 3], 24]);
+  const yRaw = body.subarray(n, n + 24);
+  assert.deepEqual([...new Float32Array(yRaw.buffer.slice(yRaw.byteOffset, yRaw.byteOffset + 24))], [2, 4, 6, 8, 10, 12]);
+  assert.deepEqual(answer.outputs[1].data, [21]);
+  const short = await v2('POST', '/v2/models/model/infer', tokens.executor!, { 'inference-header-content-length': String(head.length) }, Buffer.concat([head, raw.subarray(0, 10)]));
+  assert.equal(short.status, 400);
+  assert.match(((await short.json()) as any).details.field, /binary_data_size/);
+});
+
+test('OIP gRPC: a Python client generated from the protocol .proto with grpc_tools calls a node', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { PYTHON, ROOT } = await import('./helpers.js');
+  const script = `
+import json, sys, tempfile
+import grpc
+import numpy as np
+from grpc_tools import protoc
+out = tempfile.mkdtemp()
+assert protoc.main(["protoc", "-I" + sys.argv[1], "--python_out=" + out, "--grpc_python_out=" + out, "inference/grpc_predict_v2.proto"]) == 0
+sys.path.insert(0, out)
+from inference import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pbg
+target, executor, other = sys.argv[2], sys.argv[3], sys.argv[4]
+stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(target))
+md = [("authorization", "Bearer " + executor)]
+res = {"live": stub.ServerLive(pb.ServerLiveRequest(), metadata=md).live,
+       "ready": stub.ModelReady(pb.ModelReadyRequest(name="model"), metadata=md).ready}
+meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="model"), metadata=md)
+res["inputs"] = [[t.name, t.datatype, list(t.shape)] for t in meta.inputs]
+# typed contents
+req = pb.ModelInferRequest(model_name="model", id="c1")
+x = req.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+x.contents.fp32_contents.extend([1, 2, 3, 4, 5, 6])
+req.inputs.add(name="k", datatype="FP64", shape=[1]).contents.fp64_contents.append(0.5)
+ans = stub.ModelInfer(req, metadata=md)
+outs = {o.name: (o.datatype, list(o.shape), raw) for o, raw in zip(ans.outputs, ans.raw_output_contents)}
+res["y"] = np.frombuffer(outs["y"][2], dtype="<f4").tolist()
+res["total"] = np.frombuffer(outs["total"][2], dtype="<f8").tolist()
+res["id"] = ans.id
+# raw_input_contents
+req = pb.ModelInferRequest(model_name="model")
+req.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+req.raw_input_contents.append(np.array([[1, 1, 1]], dtype="<f4").tobytes())
+ans = stub.ModelInfer(req, metadata=md)
+res["raw_y"] = np.frombuffer(ans.raw_output_contents[0], dtype="<f4").tolist()
+def code(call):
+    try:
+        call()
+        return "OK"
+    except grpc.RpcError as e:
+        return [e.code().name, e.details()]
+bad = pb.ModelInferRequest(model_name="model")
+bad.inputs.add(name="x", datatype="FP32", shape=[2]).contents.fp32_contents.extend([1, 2])
+res["bad"] = code(lambda: stub.ModelInfer(bad, metadata=md))
+ok_req = pb.ModelInferRequest(model_name="model")
+ok_req.inputs.add(name="x", datatype="FP32", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])
+res["other_default"] = code(lambda: stub.ModelInfer(ok_req, metadata=[("authorization", "Bearer " + other), ("x-folder-id", "default")]))
+res["other_named"] = code(lambda: stub.ModelInfer(ok_req, metadata=[("authorization", "Bearer " + other)]))
+res["no_token"] = code(lambda: stub.ModelInfer(ok_req))
+print(json.dumps(res))
+`;
+  const r = spawnSync(PYTHON, ['-c', script, `${ROOT}/proto`, b.url.replace(/^http:\/\//, ''), tokens.executor!, tokens.other!], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const res = JSON.parse(r.stdout);
+  assert.equal(res.live, true);
+  assert.equal(res.ready, true);
+  assert.deepEqual(res.inputs[0], ['x', 'FP32', [-1, 3]]);
+  assert.deepEqual(res.y, [0.5, 1, 1.5, 2, 2.5, 3]);
+  assert.deepEqual(res.total, [21]);
+  assert.equal(res.id, 'c1');
+  assert.deepEqual(res.raw_y, [2, 2, 2]);
+  assert.equal(res.bad[0], 'INVALID_ARGUMENT');
+  assert.match(res.bad[1], /"x".*shape \[-1,3\]/);
+  assert.equal(res.other_default[0], 'PERMISSION_DENIED');
+  assert.equal(res.other_named[0], 'NOT_FOUND');
+  assert.equal(res.no_token[0], 'UNAUTHENTICATED');
+});

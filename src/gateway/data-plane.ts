@@ -13,6 +13,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { AliasTable } from '../aliases/table.js';
 import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
 import { TypedServices } from './grpc/typed.js';
+import { InferenceProtocol } from './oip/service.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
 import { H2Upstream } from './upstream.js';
@@ -55,6 +56,8 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
   // every cell node's typed service (berth.nodes.v1.<Name>), listed by reflection to those who may call it
   const typed = new TypedServices(routes, gateway, config.maxRequestBytes);
+  // the Open Inference Protocol (KServe v2) over the cell nodes, REST and gRPC
+  const oip = new InferenceProtocol(config, routes, gateway);
   const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes, reflect: (token) => typed.descriptorsFor(token) });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
@@ -85,6 +88,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     if (injected) return injected;
     if (routed) return proxy.handleHttp1(req, res);
     if (Gateway.handles(req.url)) return gateway.handle(req, res);
+    if (InferenceProtocol.handles(req.url)) return oip.handle(req, res);
     deps.control(req, res);
   }));
   // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
@@ -102,7 +106,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     if (routed) return proxy.handleHttp2(stream, headers);
     if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
       // NodeService calls are served right here; reflection and health by grpc-js behind it
-      if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+      if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
       return;
     }
     // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
@@ -111,6 +115,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
     const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
     if (Gateway.handles(t.target)) return gateway.handle(req, res);
+    if (InferenceProtocol.handles(t.target)) return oip.handle(req, res);
     deps.control(req, res);
   }));
   h2Server.on('sessionError', () => undefined);

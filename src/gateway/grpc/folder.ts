@@ -2,7 +2,6 @@
 // messages have no (or an optional) folder field: the message's folder_id, else the
 // x-folder-id header (as header-routed calls carry it), else the token's folder when it
 // holds exactly one. Anything else is ambiguous and refused naming the field.
-import { Auth } from '../../core/auth.js';
 import { BerthError } from '../../core/errors.js';
 import type { TokenRecord } from '../../core/types.js';
 
@@ -10,7 +9,8 @@ export function callerFolder(token: TokenRecord, explicit: unknown, header: unkn
   if (typeof explicit === 'string' && explicit.length > 0) return explicit;
   const h = Array.isArray(header) ? header[0] : header;
   if (typeof h === 'string' && h.length > 0) return h;
-  const folders = Object.keys(token.roles).filter((f) => f !== '*' && Auth.mayExecute(token, f));
-  if (folders.length === 1 && !Object.hasOwn(token.roles, '*')) return folders[0]!;
+  // the token's one folder, whatever its role there: too small a role is then refused as for execute
+  const folders = Object.keys(token.roles);
+  if (folders.length === 1 && folders[0] !== '*') return folders[0]!;
   throw new BerthError('INVALID_ARGUMENT', 'the folder you call from is needed: send the x-folder-id header (or folder_id), or use a token of one folder', { field: 'x-folder-id' });
 }

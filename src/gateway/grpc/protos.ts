@@ -24,6 +24,7 @@ export const BERTH_PROTO_FILES = [
   'google/protobuf/struct.proto',
   'google/rpc/status.proto',
   'yandex/cloud/datasphere/v1/node_service.proto',
+  'inference/grpc_predict_v2.proto',
 ];
 
 export interface ProtoFile {
