@@ -75,7 +75,7 @@ export class TypedServices {
     try {
       if (this.gateway.draining) throw new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' });
       const token = this.gateway.pipeline.authenticate(headers.authorization);
-      const r = entry.request.toObject(request, { longs: Number, bytes: String, defaults: false, arrays: false }) as { folder_id?: string; input?: Record<string, unknown> };
+      const r = entry.request.toObject(request, { longs: Number, defaults: false, arrays: false }) as { folder_id?: string; input?: Record<string, unknown> };
       const folder = callerFolder(token, r.folder_id, headers['x-folder-id']);
       const input = toJsonInput(entry.contract, r.input ?? {});
       // the worker's frame, made once; tensors come back as raw bytes, as the message carries them
@@ -156,10 +156,12 @@ function parseEntry(r: NodeRoute, name: string): Entry {
 
 function fieldToJson(codec: FieldCodec, v: unknown, path: string): unknown {
   switch (codec.kind) {
-    case 'scalar': return v;
+    // bytes stay Buffers from the decoder; base64 (the worker's form) is made natively here
+    case 'scalar': return Buffer.isBuffer(v) || v instanceof Uint8Array ? Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') : v;
     case 'tensor': {
-      const t = v as { dtype?: string; shape?: number[]; data?: string };
-      return { dtype: t.dtype ?? '', shape: t.shape ?? [], data: t.data ?? '' };
+      const t = v as { dtype?: string; shape?: number[]; data?: Uint8Array };
+      const data = t.data ? Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).toString('base64') : '';
+      return { dtype: t.dtype ?? '', shape: t.shape ?? [], data };
     }
     case 'struct': return structToJson(v as StructObject, path);
     case 'value': return valueToJson(v as ValueObject, path);
@@ -193,8 +195,11 @@ const ZERO = { int64: 0, double: 0, string: '', bool: false, bytes: '' } as cons
 
 function fieldFromJson(codec: FieldCodec, v: unknown, path: string): unknown {
   switch (codec.kind) {
-    case 'scalar': return v;
-    case 'tensor': return v;
+    case 'scalar': return codec.proto === 'bytes' ? Buffer.from(String(v), 'base64') : v;
+    case 'tensor': {
+      const t = v as { dtype: string; shape: number[]; data: string };
+      return { dtype: t.dtype, shape: t.shape, data: Buffer.from(t.data, 'base64') };
+    }
     case 'struct': return jsonToStruct(v as Record<string, unknown>, path);
     case 'value': return jsonToValue(v, path);
     case 'repeated': return (v as unknown[]).map((x, i) => fieldFromJson(codec.item, x, `${path}[${i}]`));
