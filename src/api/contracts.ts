@@ -14,7 +14,7 @@ import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import type { AliasRecord, CellNodeSpec, NodeRecord, TokenRecord } from '../core/types.js';
 import { nodeOpenApi, type ContractSubject } from '../contracts/openapi.js';
-import { nodeProto } from '../contracts/proto.js';
+import { nodeProto, serviceNameOf } from '../contracts/proto.js';
 import type { ApiDeps } from './deps.js';
 
 const nodeNotFound = (ref: string): BerthError => new BerthError('NODE_NOT_FOUND', `node ${ref} not found`, { nodeId: ref });
@@ -81,8 +81,11 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
     schema: { tags: ['contracts'], summary: 'The typed gRPC service of a cell node (berth.nodes.v1.<Name>), as a .proto file' },
   }, async (req, reply) => {
     const n = await findNode(req.params.ref, req.token);
+    // the name the gateway serves it under: two cell nodes of one service name are both told apart by id
+    const base = serviceNameOf(n.spec.name, n.id);
+    const shared = (await store.listNodes()).filter((x) => x.spec.kind === 'cell' && serviceNameOf(x.spec.name, x.id) === base).length > 1;
     reply.header('content-type', 'text/plain; charset=utf-8');
-    return nodeProto(nodeSubject(n)).text;
+    return nodeProto(nodeSubject(n), shared ? `${base}_${n.id}` : base).text;
   });
 
   // the Swagger UI: its assets and the control API's page at /docs (the control API's
