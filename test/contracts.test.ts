@@ -507,3 +507,36 @@ print(json.dumps(res))
   assert.equal(res.other_named[0], 'NOT_FOUND');
   assert.equal(res.no_token[0], 'UNAUTHENTICATED');
 });
+
+test('Swagger UI in a real browser: the token from the fragment (then dropped from the URL), the typed form, "try it out" runs the node', async () => {
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({
+    executablePath: process.env.BERTH_CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${b.url}/docs/nodes/${node.id}#token=${tokens.executor}`);
+    await page.waitForSelector('.opblock-summary-path', { timeout: 30_000 });
+    assert.doesNotMatch(page.url(), /token=/, 'the token leaves the address bar');
+    assert.match(await page.textContent('.opblock-summary-path') ?? '', new RegExp(`/datasphere/v1/nodes/${node.id}:execute`));
+    await page.click('.opblock-summary');
+    const tryIt = page.locator('button.try-out__btn:not(.cancel)'); // tryItOutEnabled: usually on already
+    if (await tryIt.count()) await tryIt.click();
+    await page.click('button.execute');
+    await page.waitForSelector('.live-responses-table tr.response .response-col_status', { timeout: 30_000 });
+    assert.equal((await page.textContent('.live-responses-table tr.response .response-col_status'))?.trim(), '200');
+    assert.match(await page.textContent('.live-responses-table .microlight') ?? '', /"output"/);
+
+    // no token: the page asks; another folder's token: the document does not load
+    const other = await browser.newPage();
+    await other.goto(`${b.url}/docs/nodes/${node.id}`);
+    await other.waitForSelector('#berth-token:not([hidden])', { timeout: 10_000 });
+    await other.fill('#berth-token input', tokens.other!);
+    await other.click('#berth-token button');
+    await other.waitForSelector('.errors-wrapper, .loading-container .errors, .info .title, .swagger-ui .errors', { timeout: 30_000 });
+    assert.equal(await other.locator('.opblock-summary-path').count(), 0, "another folder's token sees no operation");
+  } finally {
+    await browser.close();
+  }
+});

@@ -118,6 +118,7 @@ function docsPage(specUrl: string): string {
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Berth contract</title>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png">
 <style>#berth-token{font:14px sans-serif;padding:8px 16px;background:#f4f4f4}#berth-token input{width:28em}</style>
 </head><body>
 <form id="berth-token" hidden>A Berth token that may read or call this node:
