@@ -253,6 +253,14 @@ test('aliases over cell nodes: one contract; a create or shift mixing contracts 
   assert.equal(create.status, 409);
   assert.equal(create.body.details.variable, 'x');
   assert.equal((await b.request('GET', '/v1/aliases/mixed')).status, 404);
+  // a node behind the alias cannot change its contract alone
+  const update = await b.request('PATCH', `/v1/nodes/${twin.id}`, { outputs: [...MODEL_NODE.outputs.slice(0, 3), { name: 'cols', type: 'list[int]' }] });
+  assert.equal(update.status, 409, JSON.stringify(update.body));
+  assert.equal(update.body.code, 'CONTRACT_MISMATCH');
+  assert.equal(update.body.details.variable, 'cols');
+  assert.equal(update.body.details.aliasName, 'model-alias');
+  assert.equal((await b.request('GET', `/v1/nodes/${twin.id}`)).body.outputs[3].type, 'list[str]', 'nothing changed');
+  assert.equal((await b.request('DELETE', '/v1/aliases/model-alias')).status, 200);
   for (const n of [twin, other]) await b.request('DELETE', `/v1/nodes/${n.id}`);
 });
 
