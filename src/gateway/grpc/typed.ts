@@ -65,7 +65,7 @@ export class TypedServices {
         return this.call(entry, request as protobuf.Message, h);
       },
       toStatus: (err) => toServiceError(err),
-    }, this.maxMessageBytes + FRAMING_BYTES);
+    }, this.maxMessageBytes + FRAMING_BYTES, this.gateway.pipeline.deadlines);
     return true;
   }
 

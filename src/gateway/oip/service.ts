@@ -183,7 +183,7 @@ export class InferenceProtocol {
         return Buffer.from(method.res.encode(method.res.fromObject(out)).finish());
       },
       toStatus: (err) => toServiceError(err),
-    }, this.config.maxRequestBytes + FRAMING_BYTES);
+    }, this.config.maxRequestBytes + FRAMING_BYTES, this.gateway.pipeline.deadlines);
     return true;
   }
 
