@@ -268,7 +268,7 @@ function parseInferRequest(request: Record<string, unknown>, binary: Buffer | nu
       return { name: x.name, datatype: x.datatype, shape, raw };
     }
     if (x.data === undefined) throw new BerthError('INVALID_ARGUMENT', `inputs[${i}] needs data (or parameters.binary_data_size)`, { field: `inputs[${i}].data`, variable: x.name });
-    const values = flatten(x.data);
+    const values = flatten(x.data, x.name);
     return { name: x.name, datatype: x.datatype, shape, values: x.datatype === 'BYTES' ? values.map((v) => (typeof v === 'string' ? Buffer.from(v, 'utf8') : v)) : values };
   });
   const outs = Array.isArray(request.outputs) ? (request.outputs as Array<{ name?: unknown; parameters?: { binary_data?: unknown } }>) : null;

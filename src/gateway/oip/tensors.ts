@@ -139,13 +139,17 @@ function packBytes(values: Buffer[]): Buffer {
   return Buffer.concat(parts);
 }
 
-/** Flattens nested JSON arrays (row-major). */
-export function flatten(data: unknown): unknown[] {
+/** Flattens nested JSON arrays (row-major); deeper than any tensor may be (32 axes) is refused, never a stack overflow. */
+export function flatten(data: unknown, name = 'data'): unknown[] {
   if (!Array.isArray(data)) return [data];
   if (!data.some(Array.isArray)) return data;
   const out: unknown[] = [];
-  const walk = (v: unknown): void => { if (Array.isArray(v)) for (const x of v) walk(x); else out.push(v); };
-  walk(data);
+  const walk = (v: unknown, depth: number): void => {
+    if (!Array.isArray(v)) { out.push(v); return; }
+    if (depth > 32) throw bad(name, 'nests its data deeper than 32 axes');
+    for (const x of v) walk(x, depth + 1);
+  };
+  walk(data, 1);
   return out;
 }
 
