@@ -191,6 +191,12 @@ test('GET /v1/nodes/{ref}/openapi.json: a valid OpenAPI 3.1 document typed from 
   const call = await b.request('POST', path, example);
   assert.equal(call.status, 200, JSON.stringify(call.body));
   assert.deepEqual(Object.keys(call.body.output), ['y', 'total', 'n_rows', 'cols']);
+  // the same node as an Open Inference Protocol model, whose example runs too
+  const oipPath = `/v2/models/${node.id}/infer`;
+  const oip = doc.paths[oipPath].post;
+  assert.deepEqual(oip.requestBody.content['application/json'].schema.properties.inputs.items.oneOf.map((t: any) => t.properties.datatype.const), ['FP32', 'FP64', 'BYTES', 'BYTES']);
+  const oipCall = await b.request('POST', oipPath, oip.requestBody.content['application/json'].example, { 'x-folder-id': 'default' });
+  assert.equal(oipCall.status, 200, JSON.stringify(oipCall.body));
   // by name too
   const byName = await b.request('GET', '/v1/nodes/model/openapi.json');
   assert.equal(byName.status, 200);

@@ -6,6 +6,7 @@
 import { ERRORS, type ErrorCode } from '../core/errors.js';
 import type { Variable } from '../core/types.js';
 import { exampleInputs, variablesSchema, type JsonSchema } from './schema.js';
+import { mappingOf, tensorMetadata } from './tensors.js';
 
 /** What a contract is generated from: a cell node, or an alias over compatible cell nodes. */
 export interface ContractSubject {
@@ -74,6 +75,31 @@ export function nodeOpenApi(s: ContractSubject, opts: OpenApiOptions): Record<st
   const input = variablesSchema(s.inputs, false);
   const output = variablesSchema(s.outputs, true);
   const tensors = [...s.inputs, ...s.outputs].some((v) => v.type.startsWith('ndarray') || v.type.includes('[ndarray'));
+  const paths: Record<string, unknown> = {
+    [path]: {
+      post: {
+        operationId: 'execute',
+        summary: `Run ${s.name}`,
+        requestBody: {
+          required: true,
+          content: {
+            'application/json': {
+              schema: { $ref: '#/components/schemas/ExecuteRequest' },
+              example: { folder_id: s.folderId, input: example },
+            },
+          },
+        },
+        responses: {
+          200: {
+            description: 'The declared output variables',
+            content: { 'application/json': { schema: { $ref: '#/components/schemas/ExecuteResponse' } } },
+          },
+          ...errorResponses(s),
+        },
+      },
+    },
+  };
+  if (s.kind === 'node') paths[`/v2/models/${encodeURIComponent(s.ref)}/infer`] = oipPath(s);
   return {
     openapi: '3.1.0',
     info: {
@@ -87,30 +113,7 @@ export function nodeOpenApi(s: ContractSubject, opts: OpenApiOptions): Record<st
     },
     servers: [{ url: opts.serverUrl }],
     security: [{ bearer: [] }],
-    paths: {
-      [path]: {
-        post: {
-          operationId: 'execute',
-          summary: `Run ${s.name}`,
-          requestBody: {
-            required: true,
-            content: {
-              'application/json': {
-                schema: { $ref: '#/components/schemas/ExecuteRequest' },
-                example: { folder_id: s.folderId, input: example },
-              },
-            },
-          },
-          responses: {
-            200: {
-              description: 'The declared output variables',
-              content: { 'application/json': { schema: { $ref: '#/components/schemas/ExecuteResponse' } } },
-            },
-            ...errorResponses(s),
-          },
-        },
-      },
-    },
+    paths,
     components: {
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer', description: 'A Berth token (berth token create --folder F --role executor); `Api-Key <key>` works too.' },
@@ -142,4 +145,66 @@ export function nodeOpenApi(s: ContractSubject, opts: OpenApiOptions): Record<st
       },
     },
   };
+}
+
+/** The same node as an Open Inference Protocol model: POST /v2/models/{id}/infer with JSON tensors. */
+function oipPath(s: ContractSubject): Record<string, unknown> {
+  const tensor = (v: Variable): JsonSchema => {
+    const m = tensorMetadata(v);
+    return {
+      type: 'object', required: ['name', 'datatype', 'shape', 'data'],
+      properties: {
+        name: { const: v.name }, datatype: { const: m.datatype },
+        shape: { type: 'array', items: { type: 'integer', minimum: 0 }, description: `declared [${m.shape.join(',')}] (-1: any length)` },
+        data: { type: 'array', description: 'the values, flat or nested, row-major' },
+      },
+    };
+  };
+  const example = exampleInputs(s.inputs);
+  return {
+    post: {
+      operationId: 'infer',
+      summary: `Run ${s.name} through the Open Inference Protocol (KServe v2)`,
+      parameters: [{ name: 'x-folder-id', in: 'header', required: false, schema: { type: 'string' }, description: 'The folder you call from; may be left out with a token of one folder' }],
+      requestBody: {
+        required: true,
+        content: {
+          'application/json': {
+            schema: {
+              type: 'object', required: ['inputs'],
+              properties: {
+                id: { type: 'string' },
+                inputs: { type: 'array', items: { oneOf: s.inputs.map(tensor) } },
+                outputs: { type: 'array', items: { type: 'object', required: ['name'], properties: { name: { enum: s.outputs.map((o) => o.name) }, parameters: { type: 'object' } } } },
+                parameters: { type: 'object' },
+              },
+            },
+            example: {
+              inputs: s.inputs.filter((v) => !Object.hasOwn(v, 'default')).map((v) => {
+                const m = mappingOf(v);
+                const value = example[v.name];
+                if (m.kind === 'json') return { name: v.name, datatype: m.datatype, shape: [1], data: [JSON.stringify(value)] };
+                if (m.kind === 'scalar') return { name: v.name, datatype: m.datatype, shape: [1], data: [value] };
+                return { name: v.name, datatype: m.datatype, shape: shapeOf(value), data: value };
+              }),
+            },
+          },
+        },
+      },
+      responses: {
+        200: {
+          description: 'The output tensors',
+          content: { 'application/json': { schema: { type: 'object', properties: { model_name: { type: 'string' }, id: { type: 'string' }, outputs: { type: 'array', items: { oneOf: s.outputs.map(tensor) } } } } } },
+        },
+        ...errorResponses(s),
+      },
+    },
+  };
+}
+
+function shapeOf(value: unknown): number[] {
+  const shape: number[] = [];
+  let cur: unknown = value;
+  while (Array.isArray(cur)) { shape.push(cur.length); cur = cur[0]; }
+  return shape;
 }
