@@ -59,6 +59,8 @@ before(async () => {
   tokens.other = await token('other-folder', { folders: ['team-b'], role: 'executor' });
   tokens.viewer = await token('viewer', { folders: ['default'], role: 'viewer' });
   tokens.executor = await token('executor', { folders: ['default'], role: 'executor' });
+  // a role too small everywhere that matters: may read team-b only, call nothing
+  tokens.viewerB = await token('viewer-b', { folders: ['team-b'], role: 'viewer' });
 });
 
 after(async () => {
@@ -210,7 +212,7 @@ test("the contract is for readers and callers only: another folder's token gets 
   assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('viewer'))).status, 200, 'a reader');
   assert.equal((await b.request('GET', `/v1/nodes/${node.id}/openapi.json`, undefined, as('executor'))).status, 200, 'a caller');
   // a viewer in a folder on the ACL may not call from there, and may not read the node's folder
-  const viewerB = await token('viewer-b', { folders: ['team-b'], role: 'viewer' });
+  const viewerB = tokens.viewerB!;
   const acl = await b.request('PATCH', `/v1/nodes/${node.id}`, { permissions: { folders: ['default', 'team-b'] } });
   assert.equal(acl.status, 200, JSON.stringify(acl.body));
   try {
@@ -246,6 +248,8 @@ test('aliases over cell nodes: one contract; a create or shift mixing contracts 
   await validOpenApi(doc.body);
   assert.ok(doc.body.paths['/datasphere/v1/aliases/model-alias:execute']);
   assert.equal((await b.request('GET', '/v1/aliases/model-alias/openapi.json', undefined, as('other'))).status, 404);
+  assert.equal((await b.request('GET', '/v1/aliases/model-alias/openapi.json', undefined, as('viewerB'))).status, 404);
+  assert.equal((await b.request('GET', '/v1/aliases/model-alias/openapi.json', undefined, as('executor'))).status, 200, 'a caller');
 
   const shift = await b.request('PATCH', '/v1/aliases/model-alias', { backends: [{ nodeId: node.id, weight: 50 }, { nodeId: other.id, weight: 50 }] });
   assert.equal(shift.status, 409, JSON.stringify(shift.body));
@@ -318,8 +322,10 @@ test('berth node proto: a .proto protobufjs parses, with typed messages and serv
   assert.equal(input.fields.tags!.repeated, true);
   const output = parsed.root.lookupType('berth.nodes.v1.ModelOutput');
   assert.equal(output.fields.n_rows!.type, 'int64');
-  // another folder's token cannot read it
+  // another folder's token and a too small role cannot read it; a caller can
   assert.equal((await b.request('GET', `/v1/nodes/${node.id}/node.proto`, undefined, as('other'))).status, 404);
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/node.proto`, undefined, as('viewerB'))).status, 404);
+  assert.equal((await b.request('GET', `/v1/nodes/${node.id}/node.proto`, undefined, as('executor'))).status, 200);
 });
 
 test('typed gRPC: reflection lists berth.nodes.v1.Model to its callers only; Execute by typed fields; bad values named', async () => {
