@@ -231,7 +231,8 @@ test('Swagger UI: /docs and /docs/nodes/{ref} are public pages; the document the
   }
   const page = await (await fetch(`${b.url}/docs/nodes/${node.id}`)).text();
   assert.match(page, new RegExp(`/v1/nodes/${node.id}/openapi.json`));
-  assert.match(page, /requestInterceptor/);
+  assert.match(page, /berth-contract.js/);
+  assert.match(await (await fetch(`${b.url}/docs/berth-contract.js`)).text(), /requestInterceptor/);
   assert.equal((await fetch(`${b.url}/v1/nodes/${node.id}/openapi.json`)).status, 401);
   const control = await (await fetch(`${b.url}/docs/json`)).json() as any;
   assert.equal(control.components.securitySchemes.bearer.scheme, 'bearer');

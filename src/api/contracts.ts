@@ -98,15 +98,20 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
     uiConfig: { persistAuthorization: true, tryItOutEnabled: true },
   });
 
+  const CSP = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+  app.get('/docs/berth-contract.js', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
+    reply.header('content-type', 'application/javascript; charset=utf-8');
+    return DOCS_SCRIPT;
+  });
   app.get<{ Params: { ref: string } }>('/docs/nodes/:ref', { config: { public: true }, schema: { hide: true } }, async (req, reply) => {
     reply.header('content-type', 'text/html; charset=utf-8');
-    reply.header('content-security-policy', "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'");
+    reply.header('content-security-policy', CSP);
     reply.header('referrer-policy', 'no-referrer');
     return docsPage(`/v1/nodes/${encodeURIComponent(req.params.ref)}/openapi.json`);
   });
   app.get<{ Params: { name: string } }>('/docs/aliases/:name', { config: { public: true }, schema: { hide: true } }, async (req, reply) => {
     reply.header('content-type', 'text/html; charset=utf-8');
-    reply.header('content-security-policy', "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'");
+    reply.header('content-security-policy', CSP);
     reply.header('referrer-policy', 'no-referrer');
     return docsPage(`/v1/aliases/${encodeURIComponent(req.params.name)}/openapi.json`);
   });
@@ -114,27 +119,32 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
 
 /** The Swagger UI for one contract; the document URL is already percent-encoded. */
 function docsPage(specUrl: string): string {
-  const url = JSON.stringify(specUrl).replace(/</g, '\\u003c');
+  const url = specUrl.replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Berth contract</title>
 <link rel="stylesheet" href="/docs/static/swagger-ui.css">
 <link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png">
-<style>#berth-token{font:14px sans-serif;padding:8px 16px;background:#f4f4f4}#berth-token input{width:28em}</style>
-</head><body>
-<form id="berth-token" hidden>A Berth token that may read or call this node:
-<input name="token" type="password" autocomplete="off" placeholder="token"> <button>Show the contract</button></form>
+</head><body data-spec="${url}">
+<form id="berth-token" hidden style="font:14px sans-serif;padding:8px 16px;background:#f4f4f4">A Berth token that may read or call this node:
+<input name="token" type="password" autocomplete="off" placeholder="token" style="width:28em"> <button>Show the contract</button></form>
 <div id="swagger-ui"></div>
 <script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>
-(function () {
+<script src="/docs/berth-contract.js"></script>
+</body></html>
+`;
+}
+
+/** The page's script, served as a file so the page's CSP needs no inline script. */
+const DOCS_SCRIPT = `(function () {
   var KEY = 'berth-token';
+  var spec = document.body.getAttribute('data-spec');
   var m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m) { sessionStorage.setItem(KEY, decodeURIComponent(m[1])); history.replaceState(null, '', location.pathname + location.search); }
   var form = document.getElementById('berth-token');
   function show(token) {
     form.hidden = true;
     var ui = SwaggerUIBundle({
-      url: ${url}, dom_id: '#swagger-ui', deepLinking: true, tryItOutEnabled: true,
+      url: spec, dom_id: '#swagger-ui', deepLinking: true, tryItOutEnabled: true, validatorUrl: null,
       requestInterceptor: function (r) { r.headers.Authorization = 'Bearer ' + token; return r; },
       onComplete: function () { ui.preauthorizeApiKey && ui.preauthorizeApiKey('bearer', token); }
     });
@@ -148,7 +158,4 @@ function docsPage(specUrl: string): string {
   var saved = sessionStorage.getItem(KEY);
   if (saved) show(saved); else form.hidden = false;
 })();
-</script>
-</body></html>
 `;
-}
