@@ -184,4 +184,4 @@ async function main(): Promise<void> {
 }
 
 main().then(() => { stopBerth(); setTimeout(() => { rmSync(home, { recursive: true, force: true }); process.exit(0); }, 2000); },
-  (err) => { console.error(err); console.error(output.slice(-3000)); stopBerth(); setTimeout(() => process.exit(1), 2000); });
+  (err) => { console.error(err); console.error(output.slice(-3000)); stopBerth(); setTimeout(() => { rmSync(home, { recursive: true, force: true }); process.exit(1); }, 2000); });
