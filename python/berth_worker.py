@@ -19,8 +19,10 @@ its parent is already another process, closing the startup window before
 PR_SET_PDEATHSIG is set) and "maxRequestBytes" (frame size limit, default
 256 MiB).
 
-Types: int, float, str, bool, list, dict, bytes, any. See PROTOCOL.md for the
-wire format; the constants below are the reference.
+Types: int, float, str, bool, list, dict, bytes, any, list[T], ndarray[dtype,
+shape...] and dataframe (berth_types.py). Inputs may carry a "default" (JSON),
+used when a call leaves them out. See PROTOCOL.md for the wire format; the
+constants below are the reference.
 
 Lifecycle: the socket is bound and served first (PINGs answer "loading"),
 then the checkpoint is restored in the main thread; the state becomes "ready",
@@ -40,7 +42,7 @@ global lock; PINGs never take it, so health checks answer while a call runs.
 
 from __future__ import annotations
 
-import base64
+import copy
 import json
 import os
 import signal
@@ -53,6 +55,7 @@ import time
 import __main__
 
 import berth_state
+import berth_types
 
 # ---------------------------------------------------------------------------
 # Protocol constants. Every frame, both directions:
@@ -68,7 +71,7 @@ RESP_USER_ERROR = 0x82  # {"error_name", "error_message", "traceback": [lines]}
 RESP_CALL_ERROR = 0x83  # {"code", "message", "details"}
 RESP_PONG = 0x84  # {"state", "error", "pid"}
 
-TYPES = frozenset({"int", "float", "str", "bool", "list", "dict", "bytes", "any"})
+NDARRAY_FORMATS = ("list", "base64")
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Frames larger than this are refused (the gateway bounds request bodies far
@@ -132,76 +135,11 @@ def _json_type(value) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Input/output typing
+# Input/output typing (berth_types.py has the types and their conversions)
 
 
 class _Invalid(Exception):
-    """An input or output value does not match its declared type."""
-
-
-def _convert_input(type_: str, value):
-    """Check a decoded JSON input against its declared type and return the
-    Python value to bind (bytes arrive as base64 text)."""
-    if type_ == "any":
-        return value
-    if type_ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif type_ == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:
-                raise _Invalid("is too large for a float") from None
-    elif type_ == "str":
-        if isinstance(value, str):
-            return value
-    elif type_ == "bool":
-        if isinstance(value, bool):
-            return value
-    elif type_ == "list":
-        if isinstance(value, list):
-            return value
-    elif type_ == "dict":
-        if isinstance(value, dict):
-            return value
-    elif type_ == "bytes":
-        if isinstance(value, str):
-            try:
-                return base64.b64decode(value, validate=True)
-            except (ValueError, TypeError):  # binascii.Error is a ValueError
-                raise _Invalid("is not valid base64") from None
-        raise _Invalid(f"must be a base64 string, got {_json_type(value)}")
-    raise _Invalid(f"must be {type_}, got {_json_type(value)}")
-
-
-def _convert_output(type_: str, value):
-    """Check an output variable against its declared type and return the value
-    to JSON-encode. Raises _Invalid with the actual Python type."""
-    if type_ == "any":
-        return value
-    if type_ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif type_ == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value) if isinstance(value, int) else value
-    elif type_ == "str":
-        if isinstance(value, str):
-            return value
-    elif type_ == "bool":
-        if isinstance(value, bool):
-            return value
-    elif type_ == "list":
-        if isinstance(value, (list, tuple)):
-            return value
-    elif type_ == "dict":
-        if isinstance(value, dict):
-            return value
-    elif type_ == "bytes":
-        if isinstance(value, (bytes, bytearray)):
-            return base64.b64encode(value).decode("ascii")
-    raise _Invalid(type_)
+    """An input value does not match its declared type: args = (message, details)."""
 
 
 def _conversion_hint(value) -> str:
@@ -220,9 +158,11 @@ class Worker:
         self.checkpoint_path: str = config["checkpoint"]
         self.source: str = config["code"]
         self.requires: list = config.get("requires") or []
-        self.inputs: list = [(i["name"], i["type"]) for i in config.get("inputs") or []]
-        self.outputs: list = [(o["name"], o["type"]) for o in config.get("outputs") or []]
-        self.input_names = frozenset(name for name, _ in self.inputs)
+        # (name, type string, parsed type, has default, default)
+        self.inputs: list = [(i["name"], i["type"], berth_types.parse(i["type"]), "default" in i, i.get("default"))
+                             for i in config.get("inputs") or []]
+        self.outputs: list = [(o["name"], o["type"], berth_types.parse(o["type"])) for o in config.get("outputs") or []]
+        self.input_names = frozenset(i[0] for i in self.inputs)
         self.max_response = int(config.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES)
         self.max_request = int(config.get("maxRequestBytes") or DEFAULT_MAX_REQUEST_BYTES)
 
@@ -285,6 +225,13 @@ class Worker:
             except OSError as exc:
                 return self._fail(f"cannot read the checkpoint {self.checkpoint_path}: {exc.strerror or exc}")
             log(f"restoring checkpoint {self.checkpoint_path} ({len(blob)} bytes)")
+
+            if any(berth_types.needs_numpy(v[2]) for v in self.inputs + self.outputs):
+                try:
+                    import numpy  # noqa: F401 - imported while loading, not on the first call
+                    import pandas  # noqa: F401
+                except ImportError as exc:
+                    return self._fail(f"this node declares ndarray or dataframe variables, which need numpy and pandas: {exc}")
 
             berth_state.reset_namespace(self.namespace)  # drop the -c bootstrap's names
             try:
@@ -384,7 +331,7 @@ class Worker:
             return _call_error("NOT_READY", f"the worker is {self.state}" + (f": {self.error}" if self.error else ""),
                                state=self.state, error=self.error)
         try:
-            values = self._decode_inputs(payload)
+            values, fmt = self._decode_inputs(payload)
         except _Invalid as exc:
             message, details = exc.args
             return _call_error("INPUT_INVALID", message, **details)
@@ -397,7 +344,7 @@ class Worker:
                     exec(self.code, ns)
                 except BaseException as exc:  # noqa: BLE001 - SystemExit from user code is an error too
                     return self._user_error(exc)
-                return self._encode_outputs(ns)
+                return self._encode_outputs(ns, fmt)
             except Exception as exc:  # noqa: BLE001 - a worker bug: report it, keep serving
                 log(f"internal error during a call: {type(exc).__name__}: {exc}")
                 return _call_error("WORKER_ERROR", f"{type(exc).__name__}: {_safe_str(exc)}")
@@ -409,9 +356,9 @@ class Worker:
                     except Exception:  # noqa: BLE001 - user code may have closed/replaced it
                         pass
 
-    def _decode_inputs(self, payload: bytes) -> dict:
-        """The declared inputs of an EXECUTE payload, converted for binding.
-        Raises _Invalid(message, details)."""
+    def _decode_inputs(self, payload: bytes):
+        """The declared inputs of an EXECUTE payload, converted for binding,
+        and the tensor format the outputs go back in. Raises _Invalid(message, details)."""
         try:
             request = _json_loads(payload)
         except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError; absurd nesting
@@ -421,36 +368,47 @@ class Worker:
         given = request.get("input", {})
         if not isinstance(given, dict):
             raise _Invalid(f'"input" must be an object, got {_json_type(given)}', {})
+        fmt = request.get("ndarray_format", "list")
+        if fmt not in NDARRAY_FORMATS:
+            raise _Invalid(f'"ndarray_format" must be "list" or "base64", got {fmt!r}', {"field": "ndarray_format"})
         values = {}
-        for name, type_ in self.inputs:
-            if name not in given:
+        used = 0
+        for name, type_, parsed, has_default, default in self.inputs:
+            if name in given:
+                value = given[name]
+                used += 1
+            elif has_default:
+                value = copy.deepcopy(default)  # the cell may change it: never share the declared one
+            else:
                 raise _Invalid(f'input "{name}" is missing', {"variable": name, "expected": type_})
             try:
-                values[name] = _convert_input(type_, given[name])
-            except _Invalid as exc:
+                values[name] = berth_types.convert_input(parsed, value)
+            except berth_types.Invalid as exc:
                 raise _Invalid(f'input "{name}" {exc.args[0]}',
-                               {"variable": name, "expected": type_, "actual": _json_type(given[name])}) from None
-        if len(given) != len(values):
+                               {"variable": name, "expected": type_, "actual": _json_type(value)}) from None
+        if len(given) != used:
             unknown = sorted(k for k in given if k not in self.input_names)
             raise _Invalid(f'unknown input "{unknown[0]}"', {"variable": unknown[0], "declared": sorted(self.input_names)})
-        return values
+        return values, fmt
 
-    def _encode_outputs(self, ns: dict) -> bytes:
+    def _encode_outputs(self, ns: dict, fmt: str = "list") -> bytes:
         outputs = {}
-        for name, type_ in self.outputs:
+        for name, type_, parsed in self.outputs:
             try:
                 value = ns[name]
             except KeyError:
                 return _call_error("OUTPUT_MISSING", f'output variable "{name}" is not defined after the serving cell ran',
                                    variable=name)
             try:
-                outputs[name] = _convert_output(type_, value)
-            except _Invalid:
+                outputs[name] = berth_types.convert_output(parsed, value, fmt)
+            except berth_types.Invalid as exc:
                 actual = berth_state.type_name(value)
-                return _call_error(
-                    "OUTPUT_TYPE_MISMATCH",
-                    f'output variable "{name}" is declared {type_} but is {actual}{_conversion_hint(value)}',
-                    variable=name, expected=type_, actual=actual)
+                why = exc.args[0] if exc.args else type_
+                if why == type_:  # a plain type: the value's type says it all
+                    message = f'output variable "{name}" is declared {type_} but is {actual}{_conversion_hint(value)}'
+                else:
+                    message = f'output variable "{name}" is declared {type_}: expected {why}'
+                return _call_error("OUTPUT_TYPE_MISMATCH", message, variable=name, expected=type_, actual=actual)
         try:
             body = _encode_output({"output": outputs}).encode("utf-8")
         except Exception:  # noqa: BLE001 - TypeError, ValueError (NaN, cycles), UnicodeEncodeError, RecursionError
@@ -556,8 +514,9 @@ def _read_config() -> dict:
             raise ValueError(f'"{key}" must be a string')
     for key in ("inputs", "outputs"):
         for item in config.get(key) or []:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item.get("type") not in TYPES:
-                raise ValueError(f'"{key}" entries must be {{"name": str, "type": one of {sorted(TYPES)}}}: {item!r}')
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("type"), str):
+                raise ValueError(f'"{key}" entries must be {{"name": str, "type": str}}: {item!r}')
+            berth_types.parse(item["type"])  # TypeSyntax is a ValueError
     requires = config.get("requires") or []
     if not isinstance(requires, list) or not all(isinstance(r, dict) for r in requires):
         raise ValueError('"requires" must be a list of {"name", "version"} objects')

@@ -122,7 +122,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
 
   await app.register(swagger, {
-    openapi: { info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute.' } },
+    openapi: {
+      info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute; each cell node\'s own contract is at /v1/nodes/{id}/openapi.json.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
   });
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     let e: unknown = err;

@@ -5,7 +5,8 @@ import { Auth } from '../core/auth.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseAliasSpec } from '../core/alias-spec.js';
-import type { AliasRecord, AliasSpec, TokenRecord } from '../core/types.js';
+import type { AliasRecord, AliasSpec, CellNodeSpec, NodeRecord, TokenRecord } from '../core/types.js';
+import { contractDifference } from '../contracts/compat.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body } from './request.js';
 import type { ApiDeps } from './deps.js';
@@ -25,11 +26,28 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
       return n;
     };
     const kinds = new Set<string>();
-    for (const [i, b] of spec.backends.entries()) kinds.add((await sameFolder(b.nodeId, `backends[${i}].nodeId`)).spec.kind);
+    const cells: Array<{ field: string; node: NodeRecord }> = [];
+    for (const [i, b] of spec.backends.entries()) {
+      const field = `backends[${i}].nodeId`;
+      const node = await sameFolder(b.nodeId, field);
+      kinds.add(node.spec.kind);
+      if (node.spec.kind === 'cell') cells.push({ field, node });
+    }
     if (kinds.size > 1) throw invalidArgument('backends', 'mixes cell and image nodes: an alias serves one kind');
     if (spec.mirror) {
       const shadow = await sameFolder(spec.mirror.nodeId, 'mirror.nodeId');
       if (shadow.spec.kind !== 'cell' || !kinds.has('cell')) throw invalidArgument('mirror.nodeId', 'mirroring compares execute answers: it works for aliases over cell nodes');
+      cells.push({ field: 'mirror.nodeId', node: shadow });
+    }
+    // callers of an alias see one contract: every cell backend must declare the same variables
+    const first = cells[0];
+    for (const other of cells.slice(1)) {
+      const diff = contractDifference(first!.node.spec as CellNodeSpec, other.node.spec as CellNodeSpec);
+      if (diff) {
+        throw new BerthError('CONTRACT_MISMATCH',
+          `${other.field}: node ${other.node.id} does not have the contract of node ${first!.node.id}: ${diff.message}; an alias needs backends callers can call alike`,
+          { field: other.field, nodeId: other.node.id, otherNodeId: first!.node.id, variable: diff.variable, side: diff.side, expected: diff.expected, got: diff.got });
+      }
     }
   };
 

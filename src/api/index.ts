@@ -14,6 +14,7 @@ import { aliasRoutes } from './aliases.js';
 import { secretRoutes } from './secrets.js';
 import { folderRoutes } from './folders.js';
 import { usageRoutes } from './usage.js';
+import { contractRoutes } from './contracts.js';
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   registerSchemas(app);
@@ -28,5 +29,5 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metricsText();
   });
-  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, usageRoutes]) routes(app, deps);
+  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, usageRoutes, contractRoutes]) routes(app, deps);
 }

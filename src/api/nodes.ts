@@ -7,7 +7,8 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
 import { IN_PLACE_FIELDS, changedFields, mergePatch, specDiff, specInput } from '../core/node-update.js';
-import type { NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
+import type { CellNodeSpec, NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
+import { contractDifference } from '../contracts/compat.js';
 import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
 import { allowedPython, flag } from './request.js';
@@ -66,6 +67,24 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     }
   };
 
+  /** A node behind an alias keeps the contract of the alias's other cell nodes (docs/contracts.md). */
+  const checkAliasContracts = async (nodeId: string, spec: CellNodeSpec): Promise<void> => {
+    for (const name of aliases.relatedTo(nodeId)) {
+      const a = aliases.get(name)?.spec;
+      if (!a) continue;
+      const others = [...a.backends.map((b) => b.nodeId), ...(a.mirror ? [a.mirror.nodeId] : [])].filter((id) => id !== nodeId);
+      for (const id of new Set(others)) {
+        const other = await store.getNode(id);
+        if (other?.spec.kind !== 'cell') continue;
+        const diff = contractDifference(other.spec, spec);
+        if (diff) {
+          throw new BerthError('CONTRACT_MISMATCH', `${diff.side}s: alias ${name} also serves node ${id}, whose ${diff.message.replace('on the first backend but', 'while this change makes it').replace(' on this one', '')}; change them together through a new node and the alias`,
+            { field: `${diff.side}s`, aliasName: name, otherNodeId: id, variable: diff.variable, expected: diff.expected, got: diff.got });
+        }
+      }
+    }
+  };
+
   /**
    * Applies a changed spec: in place when only IN_PLACE_FIELDS differ, else as a new revision
    * rolled out (`cause` says why it exists). Returns what changed; `dryRun` changes nothing.
@@ -76,6 +95,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     if (n.spec.kind === 'image' && spec.kind === 'image' && n.spec.endpoint.protocol !== spec.endpoint.protocol) {
       throw invalidArgument('endpoint.protocol', 'cannot change in a rollout (old and new instances would need different callers): create a new node and move an alias to it');
     }
+    if (spec.kind === 'cell' && (changed.includes('inputs') || changed.includes('outputs'))) await checkAliasContracts(n.id, spec);
     const restarts = changed.filter((f) => !IN_PLACE_FIELDS.has(f));
     const revisions = restarts.length ? await store.listRevisions(n.id) : [];
     const revision = restarts.length ? Math.max(n.revision, ...revisions.map((r) => r.revision)) + 1 : n.revision;

@@ -5,10 +5,12 @@ export type InstanceStatus = (typeof INSTANCE_STATUSES)[number];
 export const NODE_STATUSES = ['Created', 'Healthy', 'Unhealthy', 'Suspended', 'Deleting'] as const;
 export type NodeStatus = (typeof NODE_STATUSES)[number];
 
+/** The plain variable types; `type` may also be list[T], ndarray[dtype,shape…] or dataframe (core/var-types.ts). */
 export const VARIABLE_TYPES = ['int', 'float', 'str', 'bool', 'list', 'dict', 'bytes', 'any'] as const;
 export type VariableType = (typeof VARIABLE_TYPES)[number];
 
-export interface Variable { name: string; type: VariableType; description?: string }
+/** `type` is a canonical type string (core/var-types.ts); an input with `default` may be left out. */
+export interface Variable { name: string; type: string; description?: string; default?: unknown }
 export interface Transition<S extends string> { status: S; at: string; reason?: string }
 
 export interface Package { name: string; version: string }

@@ -165,7 +165,7 @@ export class Gateway {
   }
 }
 
-/** The request body of an execute call: {folder_id | folderId, input}. */
+/** The request body of an execute call: {folder_id | folderId, input[, ndarray_format]}. */
 function parseCall(raw: Buffer): { input: unknown; folder: string } {
   let body: unknown;
   try {
@@ -179,6 +179,11 @@ function parseCall(raw: Buffer): { input: unknown; folder: string } {
   const b = body as Record<string, unknown>;
   const folder = b.folder_id ?? b.folderId;
   if (typeof folder !== 'string' || folder.length === 0) throw folderRequired();
+  // how tensor outputs come back (the worker reads it from the same bytes)
+  const fmt = b.ndarray_format;
+  if (fmt !== undefined && fmt !== 'list' && fmt !== 'base64') {
+    throw new BerthError('INVALID_ARGUMENT', 'ndarray_format must be "list" (nested arrays, the default) or "base64" ({dtype, shape, data})', { field: 'ndarray_format' });
+  }
   return { input: b.input, folder };
 }
 

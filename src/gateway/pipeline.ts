@@ -107,17 +107,8 @@ export class CallPipeline {
    * node with a Healthy instance by weight or by the sticky key. The node that serves is counted.
    */
   resolve(token: TokenRecord, folder: string, target: CallTarget, headers: HeaderSource, count: CallCount): Resolved {
-    if (!Auth.mayExecute(token, folder)) {
-      throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
-    }
-    if (target.alias === undefined) {
-      const route = this.routes.route(target.nodeId);
-      if (!route) throw nodeNotFound(target.nodeId);
-      if (!route.aclFolders.has(folder)) {
-        throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
-      }
-      return { route, alias: null, stickyKey: undefined };
-    }
+    this.folder(token, folder);
+    if (target.alias === undefined) return { route: this.node(token, folder, target.nodeId), alias: null, stickyKey: undefined };
     const name = target.alias;
     const alias = this.aliases.get(name);
     if (!alias) throw aliasNotFound(name);
@@ -129,6 +120,27 @@ export class CallPipeline {
     if (!route) throw new BerthError('NODE_UNAVAILABLE', `alias ${name} points at node ${nodeId}, which is gone`, { aliasName: name, nodeId }, { 'retry-after': '1' });
     count.node(route.id); // a call through an alias counts on the node that served it too
     return { route, alias, stickyKey };
+  }
+
+  /** Step 2: the token must hold the caller's folder (to execute there). */
+  folder(token: TokenRecord, folder: string): void {
+    if (!Auth.mayExecute(token, folder)) {
+      throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
+    }
+  }
+
+  /**
+   * Steps 2–3 for a node: the caller's folder, then the node's ACL. Also what a node's
+   * metadata and readiness (Open Inference Protocol) are checked with: what one may call, one may see.
+   */
+  node(token: TokenRecord, folder: string, nodeId: string): NodeRoute {
+    this.folder(token, folder);
+    const route = this.routes.route(nodeId);
+    if (!route) throw nodeNotFound(nodeId);
+    if (!route.aclFolders.has(folder)) {
+      throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
+    }
+    return route;
   }
 }
 

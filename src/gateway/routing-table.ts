@@ -75,6 +75,11 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     return this.routes.get(nodeId);
   }
 
+  /** Every node the gateway routes to (typed gRPC services and the Open Inference Protocol list them). */
+  list(): IterableIterator<NodeRoute> {
+    return this.routes.values();
+  }
+
   /** Whether a node has an instance taking calls (alias picking, status views). */
   healthyCount(nodeId: string): number {
     return this.routes.get(nodeId)?.dispatcher.healthyCount ?? 0;

@@ -18,7 +18,9 @@ export const INSIDE = {
 
 /** Small read-only files from /etc that name resolution, TLS and time zones need. */
 const ETC = ['/etc/ld.so.cache', '/etc/resolv.conf', '/etc/hosts', '/etc/nsswitch.conf', '/etc/host.conf', '/etc/gai.conf',
-  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types'];
+  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types',
+  // Debian's alternatives: symlinks that shared libraries go through (numpy's libblas.so.3 does)
+  '/etc/alternatives'];
 
 export interface BwrapSpec {
   /** The uid to run as; null when Berth is not root (bwrap then uses a user namespace, no uid switch). */
