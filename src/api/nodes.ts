@@ -305,6 +305,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
       void reply.hijack();
       const res = reply.raw;
       res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+      res.flushHeaders(); // a follower of a quiet node gets its answer now, not with the first line
       const unsubscribe: Array<() => void> = [];
       let finished = false;
       const finish = (): void => {
