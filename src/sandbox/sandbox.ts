@@ -4,12 +4,12 @@
 // cgroup with memory, CPU and process-count limits. `none` runs the same commands unsandboxed.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PYTHON_DIR } from '../core/config.js';
 import { BWRAP, INSIDE, bwrapArgs, checkBwrap } from './bwrap.js';
-import { Cgroup, CgroupTree } from './cgroups.js';
+import { type Cgroup, CgroupTree } from './cgroups.js';
 import { pythonEnv } from './python-env.js';
 import { StartedRecord } from './leftovers.js';
 import { UidPool } from './uids.js';
@@ -57,6 +57,8 @@ export interface Sandboxed {
   signal(sig: NodeJS.Signals): void;
   /** SIGKILL to everything the sandbox holds. */
   kill(): void;
+  /** Host pids of every process in its cgroup (empty without cgroups). */
+  pids(): number[];
 }
 
 // sockaddr_un.sun_path is 108 bytes; a deep home gets a short private directory instead.
@@ -149,6 +151,25 @@ export class Sandbox {
     for (const p of new Set(Object.values(this.tree.parents))) { try { rmdirSync(p); } catch { /* still in use */ } }
   }
 
+  /**
+   * A process forked inside a live sandbox (an instance forked from its node's template) gets
+   * a cgroup of its own with the instance's limits (pages it shares with the template stay
+   * charged to the template's cgroup; what it writes is charged to its own), and its process
+   * group is recorded so that the next start ends it after a crash. Null without cgroups.
+   */
+  placeForked(id: string, hostPid: number, limits: { cores: number; memoryGb: number }): Cgroup | null {
+    this.record.processGroup(hostPid);
+    const cgroup = this.tree?.create(`${id}-${++this.seq}`, { ...limits, pids: this.config.pidsLimit }) ?? null;
+    if (!cgroup) return null;
+    try {
+      for (const f of cgroup.procsFiles()) writeFileSync(f, String(hostPid));
+    } catch (err) {
+      void cgroup.destroy().catch(() => undefined);
+      throw err;
+    }
+    return cgroup;
+  }
+
   async spawn(req: SpawnRequest): Promise<Sandboxed> {
     return this.mode === 'none' ? this.spawnPlain(req) : this.spawnBwrap(req);
   }
@@ -235,6 +256,7 @@ export class Sandbox {
         killGroup('SIGKILL');
         for (const p of cgroup?.pids() ?? []) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
       },
+      pids: () => cgroup?.pids() ?? [],
     };
   }
 }
