@@ -294,18 +294,25 @@ export class ForkTemplate {
     const conn = await open(this.controlPath);
     const lines = new Lines(conn);
     let child: Child | null = null;
+    let cgroup: Cgroup | null = null;
+    let cgroupError: Error | null = null;
     try {
       conn.write(JSON.stringify({ op: 'fork', socket: inside }) + '\n');
+      // its cgroup is made while the template forks
+      try { cgroup = this.sandbox.forkedCgroup(instanceId, limits); } catch (err) { cgroupError = err as Error; }
       const reply = await lines.next(HANDSHAKE_MS);
       if (typeof reply.pid !== 'number') throw new Error(`the template did not fork: ${String(reply.error ?? JSON.stringify(reply))}`);
       child = new Child(reply.pid);
+      child.cgroup = cgroup;
+      cgroup = null;
       this.children.set(reply.pid, child);
+      if (cgroupError) throw cgroupError;
       const hostPid = none ? reply.pid : hostPidOf(reply.pid, { parent: this.hostPid, candidates: this.sb!.pids() });
       if (!hostPid) throw new Error(`cannot find forked process ${reply.pid} on the host`);
       child.hostPid = hostPid;
       const early = this.early.get(reply.pid);
       if (early) { this.early.delete(reply.pid); throw new Error(`the forked process ended at once (${early.signal ?? `exit code ${early.code}`})`); }
-      child.cgroup = this.sandbox.placeForked(instanceId, hostPid, limits);
+      await this.sandbox.enterForked(child.cgroup, hostPid);
       conn.write('go\n');
       const bound = await lines.next(HANDSHAKE_MS);
       if (bound.bound !== true) throw new Error(`the forked instance did not start: ${String(bound.error ?? JSON.stringify(bound))}`);
@@ -319,7 +326,12 @@ export class ForkTemplate {
         kill: () => c.kill(),
       };
     } catch (err) {
-      child?.kill();
+      if (child) {
+        // it ends (the template reports it); its cgroup goes with it
+        child.kill();
+        if (this.children.get(child.nsPid) !== child) void child.end(null, 'SIGKILL');
+      }
+      void cgroup?.destroy().catch(() => undefined);
       conn.destroy();
       throw err;
     }

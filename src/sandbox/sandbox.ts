@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PYTHON_DIR } from '../core/config.js';
@@ -154,20 +155,18 @@ export class Sandbox {
   /**
    * A process forked inside a live sandbox (an instance forked from its node's template) gets
    * a cgroup of its own with the instance's limits (pages it shares with the template stay
-   * charged to the template's cgroup; what it writes is charged to its own), and its process
-   * group is recorded so that the next start ends it after a crash. Null without cgroups.
+   * charged to the template's cgroup; what it writes is charged to its own). `forkedCgroup`
+   * makes the cgroup (while the template forks), `enterForked` moves the process in and records
+   * its process group so that the next start ends it after a crash. Null without cgroups.
    */
-  placeForked(id: string, hostPid: number, limits: { cores: number; memoryGb: number }): Cgroup | null {
+  forkedCgroup(id: string, limits: { cores: number; memoryGb: number }): Cgroup | null {
+    return this.tree?.create(`${id}-${++this.seq}`, { ...limits, pids: this.config.pidsLimit }) ?? null;
+  }
+
+  async enterForked(cgroup: Cgroup | null, hostPid: number): Promise<void> {
     this.record.processGroup(hostPid);
-    const cgroup = this.tree?.create(`${id}-${++this.seq}`, { ...limits, pids: this.config.pidsLimit }) ?? null;
-    if (!cgroup) return null;
-    try {
-      for (const f of cgroup.procsFiles()) writeFileSync(f, String(hostPid));
-    } catch (err) {
-      void cgroup.destroy().catch(() => undefined);
-      throw err;
-    }
-    return cgroup;
+    // each move waits for the kernel (an RCU grace period per hierarchy): all at once, not in turn
+    await Promise.all((cgroup?.procsFiles() ?? []).map((f) => writeFile(f, String(hostPid))));
   }
 
   async spawn(req: SpawnRequest): Promise<Sandboxed> {
