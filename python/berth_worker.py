@@ -543,9 +543,10 @@ def _read_config() -> dict:
 # in the main thread), so a fork never copies a lock held by another thread.
 # Control protocol (JSON lines over the Unix socket at config "socket"):
 #   -> {"op": "watch"}            <- the state line, then {"exit": pid, "code", "signal"} per instance that ends
-#   -> {"op": "fork", "socket": P} <- {"pid": n} (the template), -> "go\n" (Berth, once the child is in its
-#                                  cgroup), <- {"bound": true} (the child, listening on P); the rest of the
-#                                  connection is the child's stdout and stderr: its own log.
+#   -> {"op": "hold"}             <- {"held": token}: this connection waits to be a forked instance's stderr
+#   -> {"op": "fork", "socket": P, "stderr": token?} <- {"pid": n} (the template), -> "go\n" (Berth, once the
+#                                  child is in its cgroup), <- {"bound": true} (the child, listening on P); the
+#                                  rest of the connection is the child's stdout (and stderr, without a token).
 
 
 def _fork_hazards(own_fds: set) -> list:
@@ -609,6 +610,8 @@ class Template:
         self.control = _bind_unix(config["socket"])
         self.conns: dict = {}  # accepted connection -> bytes received so far
         self.watchers: list = []
+        self.held: dict = {}  # token -> connection that will be a forked instance's stderr
+        self.held_seq = 0
         self.children: set = set()
         self.state_line = b""
         self.wake_r = self.wake_w = -1
@@ -666,6 +669,9 @@ class Template:
 
     def _drop(self, conn: socket.socket) -> None:
         self.conns.pop(conn, None)
+        for key, held in list(self.held.items()):
+            if held is conn:
+                del self.held[key]
         if conn in self.watchers:
             self.watchers.remove(conn)
         try:
@@ -697,11 +703,19 @@ class Template:
             if op == "watch":
                 self.watchers.append(conn)
                 conn.sendall(self.state_line)
+            elif op == "hold":
+                # kept for the next fork that names it: it becomes that instance's stderr
+                self.held_seq += 1
+                self.held[self.held_seq] = conn
+                _send_line(conn, {"held": self.held_seq})
             elif op == "fork" and isinstance(request.get("socket"), str):
+                err = self.held.pop(request.get("stderr"), None) if isinstance(request.get("stderr"), int) else None
                 if self.state != "ready":
                     _send_line(conn, {"error": f"the template is {self.state}"})
+                    if err is not None:
+                        self._drop(err)
                     return self._drop(conn)
-                self._fork(conn, request["socket"])
+                self._fork(conn, request["socket"], err)
             else:
                 _send_line(conn, {"error": "unknown request"})
                 self._drop(conn)
@@ -709,7 +723,7 @@ class Template:
             self._drop(conn)
         return None
 
-    def _fork(self, conn: socket.socket, socket_path: str) -> None:
+    def _fork(self, conn: socket.socket, socket_path: str, err: socket.socket | None = None) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -718,12 +732,14 @@ class Template:
         template_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._become_instance(conn, socket_path, template_pid)  # never returns
+            self._become_instance(conn, socket_path, template_pid, err)  # never returns
         self.children.add(pid)
         try:
             _send_line(conn, {"pid": pid})
         finally:
-            self._drop(conn)  # the child keeps its own copy
+            self._drop(conn)  # the child keeps its own copies
+            if err is not None:
+                self._drop(err)
 
     def _reap(self) -> None:
         while True:
@@ -747,7 +763,7 @@ class Template:
 
     # -- in the forked child -----------------------------------------------
 
-    def _become_instance(self, conn: socket.socket, socket_path: str, template_pid: int) -> None:
+    def _become_instance(self, conn: socket.socket, socket_path: str, template_pid: int, err: socket.socket | None) -> None:
         worker = self.worker
 
         def on_signal(signum, _frame):
@@ -767,7 +783,7 @@ class Template:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # the template's descriptors are not the instance's: only its own connection stays
             for c in [self.control, *self.conns]:
-                if c is not conn:
+                if c is not conn and c is not err:
                     c.close()
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -799,8 +815,10 @@ class Template:
             os.dup2(null, 0)
             os.close(null)
             os.dup2(conn.fileno(), 1)
-            os.dup2(conn.fileno(), 2)
+            os.dup2((err or conn).fileno(), 2)  # stderr on a connection of its own when Berth held one
             conn.close()
+            if err is not None:
+                err.close()
             log(f"worker pid {os.getpid()} forked from template pid {template_pid}; listening on {socket_path}")
             _run_instance(worker, template_pid)
         finally:

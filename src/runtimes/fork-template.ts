@@ -39,8 +39,9 @@ export interface ForkedInstance {
   hostPid: number;
   /** Where Berth connects to it (pinned, as a fresh worker's socket). */
   endpoint: string;
-  /** Its stdout and stderr. */
+  /** Its stdout and its stderr (two streams, as a fresh worker's pipes: lines of one never break into the other's). */
   output: Socket;
+  errors: Socket;
   exited: Promise<SandboxExit>;
   signal(sig: NodeJS.Signals): void;
   kill(): void;
@@ -291,13 +292,18 @@ export class ForkTemplate {
     // unsandboxed, the child binds where a fresh worker would; sandboxed, inside the template's directory
     const hostDir = none ? join(this.sandbox.runDir, instanceId) : join(this.dir, instanceId);
     const inside = none ? join(hostDir, SOCKET) : `${INSIDE.dir}/${instanceId}/${SOCKET}`;
-    const conn = await open(this.controlPath);
+    // stderr first: the template holds that connection for this fork
+    const [errConn, conn] = await Promise.all([open(this.controlPath), open(this.controlPath)]);
+    const errLines = new Lines(errConn);
     const lines = new Lines(conn);
     let child: Child | null = null;
     let cgroup: Cgroup | null = null;
     let cgroupError: Error | null = null;
     try {
-      conn.write(JSON.stringify({ op: 'fork', socket: inside }) + '\n');
+      errConn.write('{"op":"hold"}\n');
+      const held = await errLines.next(HANDSHAKE_MS);
+      if (typeof held.held !== 'number') throw new Error(`the template did not hold a connection: ${String(held.error ?? JSON.stringify(held))}`);
+      conn.write(JSON.stringify({ op: 'fork', socket: inside, stderr: held.held }) + '\n');
       // its cgroup is made while the template forks
       try { cgroup = this.sandbox.forkedCgroup(instanceId, limits); } catch (err) { cgroupError = err as Error; }
       const reply = await lines.next(HANDSHAKE_MS);
@@ -320,8 +326,10 @@ export class ForkTemplate {
       const endpoint = none ? inside : await pinSocket(join(hostDir, SOCKET), join(this.sandbox.runDir, `${instanceId}.sock`), this.sb!.uid, () => c.done, HANDSHAKE_MS);
       const rest = lines.detach();
       if (rest.length) conn.unshift(rest);
+      const restErr = errLines.detach();
+      if (restErr.length) errConn.unshift(restErr);
       return {
-        hostPid, endpoint, output: conn, exited: c.exited, paths: [hostDir],
+        hostPid, endpoint, output: conn, errors: errConn, exited: c.exited, paths: [hostDir],
         signal: (sig) => c.signal(sig),
         kill: () => c.kill(),
       };
@@ -333,6 +341,7 @@ export class ForkTemplate {
       }
       void cgroup?.destroy().catch(() => undefined);
       conn.destroy();
+      errConn.destroy();
       throw err;
     }
   }

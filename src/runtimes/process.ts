@@ -160,10 +160,10 @@ export class ProcessRuntime implements Runtime {
       if (e.oom) return { code: e.code, signal: e.signal, error: `out of memory (limit ${limit} GB)` };
       return { code: e.code, signal: e.signal, ...(e.error ? { error: e.error } : {}) };
     });
-    log.attach([f.output], exited);
+    log.attach([f.output, f.errors], exited);
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
     // a child that keeps the log connection open after it is gone must not hold the log forever
-    void exited.then(() => setTimeout(() => f.output.destroy(), 2000).unref());
+    void exited.then(() => setTimeout(() => { f.output.destroy(); f.errors.destroy(); }, 2000).unref());
     return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: { path: f.endpoint }, ports: new Map(), pid: f.hostPid, exited };
   }
 
