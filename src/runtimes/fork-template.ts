@@ -211,6 +211,10 @@ export class ForkTemplate {
     this.spawned = sandbox.spawn({
       id: this.id, python: w.python, checkpoint: w.checkpointPath, dir: this.dir,
       limits: spec.resources, network: spec.network, stdio: ['pipe', 'pipe', 'pipe'],
+      // large allocations (the restored state's buffers) on transparent huge pages: fork then
+      // copies one page-table entry per 2 MB instead of 512 (1 GB of numpy state: ~5 ms instead
+      // of ~150 ms here), and the restore itself is faster. A write in an instance still copies 4 kB.
+      env: { GLIBC_TUNABLES: 'glibc.malloc.hugetlb=1' },
       args: (p) => ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(p.pythonDir)}); import berth_worker; berth_worker.main()`],
     }).then((sb) => {
       this.sb = sb;

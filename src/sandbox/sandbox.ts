@@ -44,6 +44,8 @@ export interface SpawnRequest {
   limits: { cores: number; memoryGb: number };
   network: boolean;
   stdio: StdioOptions;
+  /** Extra environment variables for the interpreter (a fork template's malloc tuning). */
+  env?: Record<string, string>;
 }
 
 export interface SandboxExit { code: number | null; signal: string | null; oom: boolean; error?: string }
@@ -194,7 +196,7 @@ export class Sandbox {
         uid, pythonDirs: py.dirs, pythonDir: PYTHON_DIR, checkpoint: req.checkpoint, dir: req.dir, network: req.network,
         env: {
           PATH: `${dirname(py.executable)}:/usr/local/bin:/usr/bin:/bin`, HOME: '/tmp', TMPDIR: '/tmp', LANG: 'C.UTF-8',
-          PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1', ...py.env,
+          PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1', ...py.env, ...req.env,
         },
         command: [py.executable, ...req.args(paths)],
       });
@@ -216,6 +218,7 @@ export class Sandbox {
     mkdirSync(req.dir, { recursive: true, mode: 0o700 });
     const env: Record<string, string> = { PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1' };
     for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('BERTH_')) env[k] = v;
+    Object.assign(env, req.env);
     const paths: SandboxPaths = { pythonDir: PYTHON_DIR, checkpoint: req.checkpoint, dir: req.dir };
     const child = spawn(req.python, req.args(paths), { stdio: req.stdio, env, detached: true });
     return this.track(child, paths, null, null);
