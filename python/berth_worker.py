@@ -791,7 +791,7 @@ class Template:
             _die_with_parent(template_pid, watchdog=False)
             conn.settimeout(30)
             buf = b""
-            while b"\n" not in buf:  # Berth says go once the child is in its own cgroup
+            while b"\n" not in buf:  # Berth says go once it knows the host pid (the move into its cgroup runs meanwhile)
                 data = conn.recv(64)
                 if not data:
                     os._exit(EXIT_ORPHANED)

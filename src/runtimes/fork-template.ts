@@ -322,9 +322,11 @@ export class ForkTemplate {
       child.hostPid = hostPid;
       const early = this.early.get(reply.pid);
       if (early) { this.early.delete(reply.pid); throw new Error(`the forked process ended at once (${early.signal ?? `exit code ${early.code}`})`); }
-      await this.sandbox.enterForked(child.cgroup, hostPid);
+      // it sets itself up (Berth's code: re-seed, bind its socket) while it is moved into its
+      // cgroup; no call, so none of the node's code, reaches it before both are done
+      const moved = this.sandbox.enterForked(child.cgroup, hostPid);
       conn.write('go\n');
-      const bound = await lines.next(HANDSHAKE_MS);
+      const [, bound] = await Promise.all([moved, lines.next(HANDSHAKE_MS)]);
       if (bound.bound !== true) throw new Error(`the forked instance did not start: ${String(bound.error ?? JSON.stringify(bound))}`);
       const c = child;
       const endpoint = none ? inside : await pinSocket(join(hostDir, SOCKET), join(this.sandbox.runDir, `${instanceId}.sock`), this.sb!.uid, () => c.done, HANDSHAKE_MS);
