@@ -26,6 +26,8 @@ const SOCKET = 'worker.sock';
 const HANDSHAKE_MS = 15_000;
 /** Restoring the checkpoint in the template: as long as a fresh instance may take to prepare. */
 const PREPARE_MS = 10 * 60_000;
+/** Longest protocol line accepted from a template. */
+const MAX_LINE = 64 * 1024;
 
 export interface TemplateSpec {
   nodeId: string;
@@ -55,7 +57,12 @@ class Lines {
   private waiter: { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void } | null = null;
   private ended: Error | null = null;
   private listener: ((v: Record<string, unknown>) => void) | null = null;
-  private readonly onData = (d: Buffer): void => { this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d; this.pump(); };
+  private readonly onData = (d: Buffer): void => {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    // the template runs tenant code: a "line" that never ends must not grow Berth's memory
+    if (this.buf.length > MAX_LINE && this.buf.indexOf(10) < 0) { this.ended ??= new Error('protocol line too long'); this.buf = Buffer.alloc(0); this.sock.destroy(); }
+    this.pump();
+  };
   private readonly onEnd = (): void => { this.ended ??= new Error('the connection closed'); this.pump(); };
   private readonly onError = (e: Error): void => { this.ended ??= e; this.pump(); };
 
