@@ -139,7 +139,7 @@ const ScalingIn = Type.Object({
   sessionsPerInstance: Opt(Int(1, 256, 1, 'calls one instance serves at once')),
   queueSize: Opt(Int(0, 100_000, undefined, 'calls that may wait for a session before 503; default 64 × maxInstances × sessionsPerInstance')),
   scaleDownDelaySeconds: Opt(Num(0, 86_400, 60)),
-  fork: Opt(Type.Boolean({ default: true, description: 'cell nodes, process runtime: fork instances from a template that restored the checkpoint once; false: a fresh process each' })),
+  fork: Opt(Type.Boolean({ description: 'cell nodes, process runtime: fork instances from a template that restored the checkpoint once (absent: true); false: a fresh process each' })),
 }, { additionalProperties: false });
 const RolloutIn = Type.Object({
   maxSurge: Opt(Int(0, 64, ROLLOUT_DEFAULTS.maxSurge)),
