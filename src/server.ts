@@ -210,6 +210,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       telemetry.stop();
       routes?.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
       await controller.stop();
+      await runtime.close?.(); // fork templates, once their instances are gone
       await usage.stop(); // the instances have stopped (their time is final) and the gateways drained
       await plane?.close();
       controlServer?.closeAllConnections();

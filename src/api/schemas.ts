@@ -139,6 +139,7 @@ const ScalingIn = Type.Object({
   sessionsPerInstance: Opt(Int(1, 256, 1, 'calls one instance serves at once')),
   queueSize: Opt(Int(0, 100_000, undefined, 'calls that may wait for a session before 503; default 64 × maxInstances × sessionsPerInstance')),
   scaleDownDelaySeconds: Opt(Num(0, 86_400, 60)),
+  fork: Opt(Type.Boolean({ description: 'cell nodes, process runtime: fork instances from a template that restored the checkpoint once (absent: true); false: a fresh process each' })),
 }, { additionalProperties: false });
 const RolloutIn = Type.Object({
   maxSurge: Opt(Int(0, 64, ROLLOUT_DEFAULTS.maxSurge)),
@@ -222,7 +223,7 @@ const specProps = {
   projectId: Type.String(),
   permissions: Type.Object({ folders: Type.Array(Type.String()) }),
   resources: Type.Object({ preset: Opt(Type.String()), cores: Type.Number(), memoryGb: Type.Number(), gpus: Type.Integer() }),
-  scaling: Type.Object({ minInstances: Type.Integer(), maxInstances: Type.Integer(), sessionsPerInstance: Type.Integer(), queueSize: Type.Integer(), scaleDownDelaySeconds: Type.Number() }),
+  scaling: Type.Object({ minInstances: Type.Integer(), maxInstances: Type.Integer(), sessionsPerInstance: Type.Integer(), queueSize: Type.Integer(), scaleDownDelaySeconds: Type.Number(), fork: Opt(Type.Boolean({ description: 'absent: true' })) }),
   network: Opt(StringEnum(['outbound', 'none'])),
   rollout: Opt(Type.Object({ maxSurge: Type.Integer(), maxUnavailable: Type.Integer(), deadlineSeconds: Type.Number() }, { description: 'absent: the defaults' })),
 };
@@ -288,7 +289,7 @@ const nodeViewProps = {
   instances: Type.Array(Type.Ref(Instance)),
   queued: Type.Integer({ description: 'calls waiting for a free session' }),
   relatedAliases: Type.Array(Type.String(), { description: 'aliases that route or mirror to it' }),
-  warnings: Type.Array(Type.String(), { description: 'resources this runtime does not enforce' }),
+  warnings: Type.Array(Type.String(), { description: 'resources this runtime does not enforce; why instances are not forked' }),
   changed: Opt(Type.Array(Type.String(), { description: 'PATCH answers only: the top-level fields that changed' })),
 };
 export const CellNode = Type.Object({ ...cellSpecProps, ...nodeViewProps }, { $id: 'CellNode', description: 'A cell node: its spec, status, instances and rollout' });

@@ -254,7 +254,7 @@ export class Controller implements InstanceEvents {
     return {
       status: node.status,
       instances: [...node.instances.values()].map((i) => i.view(this.gateways.instance(nodeId, i.id).busy)),
-      warnings: this.runtime.unenforced(node.spec.resources),
+      warnings: [...this.runtime.unenforced(node.spec.resources), ...(this.runtime.nodeWarnings?.(nodeId) ?? [])],
       queued: this.gateways.node(nodeId).waiting,
     };
   }
@@ -301,6 +301,8 @@ export class Controller implements InstanceEvents {
   }
 
   private reconcile(node: NodeState): void {
+    // the current revision's fork template stays, even with no instance (scaled to zero)
+    this.runtime.keepTemplates?.(node.id, node.suspended || node.spec.kind !== 'cell' || node.spec.scaling.fork === false ? [] : [node.revision]);
     if (node.suspended) { this.updateNodeStatus(node); return; }
     const { minInstances, maxInstances, sessionsPerInstance, scaleDownDelaySeconds } = node.spec.scaling;
     const active = node.active();
@@ -531,6 +533,7 @@ export class Controller implements InstanceEvents {
       registryAuth: await this.registryAuth(spec.folderId, env.username, env.passwordSecret),
       checkpointPath: checkpointBlobPath(this.config.home, checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
+      fork: spec.scaling.fork !== false,
     };
   }
 

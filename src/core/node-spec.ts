@@ -63,6 +63,13 @@ function num(o: Obj, key: string, field: string, min: number, max: number, dflt:
   return v;
 }
 
+function bool(o: Obj, key: string, field: string, dflt: boolean): boolean {
+  const v = o[key];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'boolean') throw invalidArgument(field, `must be true or false, got ${typeName(v)}`);
+  return v;
+}
+
 function obj(o: Obj, key: string, field: string, allowed: string[]): Obj {
   const v = o[key];
   if (v === undefined || v === null) return {};
@@ -181,7 +188,7 @@ function capabilities(o: Obj): string[] {
 }
 
 function scaling(o: Obj): Scaling {
-  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds']);
+  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds', 'fork']);
   const minInstances = int(s, 'minInstances', 'scaling.minInstances', 1, 64, 1);
   const maxInstances = int(s, 'maxInstances', 'scaling.maxInstances', 1, 64, minInstances);
   if (maxInstances < minInstances) throw invalidArgument('scaling.maxInstances', `must be ≥ minInstances (${minInstances}), got ${maxInstances}`);
@@ -190,6 +197,8 @@ function scaling(o: Obj): Scaling {
     minInstances, maxInstances, sessionsPerInstance,
     queueSize: int(s, 'queueSize', 'scaling.queueSize', 0, 100_000, 64 * maxInstances * sessionsPerInstance),
     scaleDownDelaySeconds: num(s, 'scaleDownDelaySeconds', 'scaling.scaleDownDelaySeconds', 0, 86_400, 60),
+    // stored only when off: absent means on (specs from before it existed, and the default)
+    ...(bool(s, 'fork', 'scaling.fork', true) ? {} : { fork: false }),
   };
 }
 

@@ -55,6 +55,8 @@ export interface Scaling {
   queueSize: number;
   /** How long an extra instance must stay idle before it is removed. */
   scaleDownDelaySeconds: number;
+  /** Cell nodes, process runtime: fork instances from a template (default true; absent in older specs means true). */
+  fork?: boolean;
 }
 
 export interface Healthcheck {
