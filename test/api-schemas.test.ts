@@ -338,10 +338,10 @@ test('contracts, typed variables and usage: documents, .proto, Swagger UI pages,
   assert.match(await call('GET', `/docs/nodes/${typed.id}`, '/docs/nodes/{ref}', 200, undefined, none), new RegExp(`/v1/nodes/${typed.id}/openapi.json`));
   assert.match(await call('GET', '/docs/aliases/echo-live', '/docs/aliases/{name}', 200, undefined, none), /\/v1\/aliases\/echo-live\/openapi.json/);
 
-  // usage: the echo node ran and was called
+  // usage: the echo node ran (its calls' counts are test/usage.test.ts's; here the shapes)
   const used = await call('GET', '/v1/usage', '/v1/usage', 200, undefined, 'viewerB');
   const row = used.rows.find((r: Json) => r.nodeId === node.id);
-  assert.ok(row && row.instanceSeconds > 0 && row.calls >= 1 && row.nodeName === 'echo' && row.preset, JSON.stringify(used));
+  assert.ok(row && row.instanceSeconds > 0 && row.nodeName === 'echo' && row.preset, JSON.stringify(used));
   const days = await call('GET', '/v1/usage?groupBy=day&folder=team-b', '/v1/usage', 200, undefined, 'viewerB');
   assert.ok(days.rows.length >= 1 && days.rows.every((r: Json) => r.folderId === 'team-b' && r.day), JSON.stringify(days));
   const folders = await call('GET', '/v1/usage?groupBy=folder&from=2020-01-01', '/v1/usage', 200);
