@@ -107,6 +107,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   let controlServer: Server | null = null;
   const gatewayCluster = clustered ? new GatewayCluster({ config, events: controller, auth, aliases, controlSocket, usage }) : null;
   if (routes) usage.drainFrom(() => routes.usage.drain());
+  if (gatewayCluster) usage.collectFrom(() => gatewayCluster.sync());
 
   const app = Fastify({
     // control-plane requests are logged with their id (also sent back as x-request-id)

@@ -49,7 +49,7 @@ export function usageRoutes(app: FastifyInstance, { store, usage }: ApiDeps): vo
     } else if (readable !== null && readable.length === 0) {
       throw new BerthError('PERMISSION_DENIED', 'usage needs a role that may read (viewer or above) in some folder', { needs: 'read' });
     }
-    await usage.flush(); // current to now: running instances' time and the calls counted so far
+    await usage.current(); // current to now: the workers' counts, running instances' time, the calls counted so far
     // whole hour buckets: the one `from` falls in and every one that starts before `to`
     const rows = await store.queryUsage({ folders, from: Math.floor(from / HOUR_MS) * HOUR_MS, to, groupBy });
     return { from: new Date(from).toISOString(), to: new Date(to).toISOString(), groupBy, rows };

@@ -111,7 +111,7 @@ async function main(): Promise<void> {
         listen();
         return;
       }
-      case 'sync': send({ t: 'synced', id: m.id }); return;
+      case 'sync': reportUsage(); send({ t: 'synced', id: m.id }); return; // the counts arrive before 'synced' (the channel keeps order)
       case 'elsewhere': routes.setElsewhere(m.waiting); return;
       case 'metrics?':
         void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));

@@ -53,6 +53,7 @@ export class UsageRecorder implements InstanceClock {
   private ended = new Set<string>();
   private pending = new Map<string, UsageDelta>();
   private readonly sources: Array<() => CallUsage[]> = [];
+  private readonly collectors: Array<() => Promise<void>> = [];
   private timer: NodeJS.Timeout | null = null;
   private soon = false;
   private writing: Promise<void> = Promise.resolve();
@@ -75,6 +76,15 @@ export class UsageRecorder implements InstanceClock {
 
   /** A gateway in this process: its meter is drained at each flush. */
   drainFrom(source: () => CallUsage[]): void { this.sources.push(source); }
+
+  /** Gateway workers send their counts about every second; a read first asks them for the rest (a cluster sync). */
+  collectFrom(collect: () => Promise<void>): void { this.collectors.push(collect); }
+
+  /** Everything up to now written: what the workers hold, running instances' time, the calls counted. */
+  async current(): Promise<void> {
+    await Promise.all(this.collectors.map((c) => c()));
+    await this.flush();
+  }
 
   start(): void {
     this.timer = setInterval(() => void this.flush(), this.flushMs);
