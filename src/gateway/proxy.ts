@@ -150,11 +150,14 @@ export class Proxy {
       const declared = Number(d.headers['content-length'] ?? 0);
       if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared });
 
-      const deadline = Date.now() + endpoint.timeout * 1000;
-      timer = setTimeout(() => abort.abort(lease === null
+      let deadline = Date.now() + endpoint.timeout * 1000;
+      const expire = (): void => abort.abort(lease === null
         ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
-        : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout })),
-      endpoint.timeout * 1000);
+        : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout }));
+      // a node scaled to zero holds the call while an instance starts (the dispatcher bounds the
+      // hold and says why past it); the endpoint timeout then starts once the call has its instance
+      const holdMs = route.dispatcher.holdMs;
+      timer = setTimeout(expire, holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000);
       d.onClose(() => abort.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
@@ -168,6 +171,11 @@ export class Proxy {
         const waitMs = Math.max(1, deadline - Date.now());
         const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, abort.signal); // a caller that leaves frees its queue place
         lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal, (late) => route!.dispatcher.release(late)) : acquired;
+        if (holdMs !== null && tried.size === 0) {
+          deadline = Date.now() + endpoint.timeout * 1000;
+          clearTimeout(timer);
+          timer = setTimeout(expire, endpoint.timeout * 1000);
+        }
         tried.add(lease.slot.id);
         try {
           upstreamRes = await lease.slot.upstream!.request({
