@@ -92,7 +92,7 @@ export class Autoscaler {
       if (down < current) {
         const reason = down === 0
           ? `no call for ${s.scaleDownDelaySeconds}s`
-          : `at most ${most} call${most === 1 ? '' : 's'} in flight over the last ${s.scaleDownDelaySeconds}s: ${down} instance${down === 1 ? '' : 's'} at a target of ${util} are enough`;
+          : `at most ${most} call${most === 1 ? '' : 's'} in flight over the last ${s.scaleDownDelaySeconds}s: ${down} instance${down === 1 ? ' is' : 's are'} enough at a target of ${util}`;
         return { target: down, kind: 'down', reason };
       }
     }
