@@ -17,8 +17,9 @@ export const INSIDE = {
 } as const;
 
 /** Small read-only files from /etc that name resolution, TLS and time zones need. */
+// /etc/alternatives: Debian's shared libraries point through it (numpy's libblas.so.3), symlinks only
 const ETC = ['/etc/ld.so.cache', '/etc/resolv.conf', '/etc/hosts', '/etc/nsswitch.conf', '/etc/host.conf', '/etc/gai.conf',
-  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types'];
+  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types', '/etc/alternatives'];
 
 export interface BwrapSpec {
   /** The uid to run as; null when Berth is not root (bwrap then uses a user namespace, no uid switch). */
