@@ -24,6 +24,8 @@ const CONNECT_TIMEOUT_MS = 60_000;
 /** How long restoring a checkpoint may take before the instance is replaced. */
 const PREPARE_TIMEOUT_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
+/** How soon a cell worker that answered "still loading" is asked again. */
+const LOADING_RECHECK_MS = 20;
 /** New instances that fail this many times in a row before ever serving stop their rollout. */
 const ROLLOUT_CRASH_LIMIT = 3;
 
@@ -715,7 +717,10 @@ export class Controller implements InstanceEvents {
           return;
         }
       }
-      inst.healthTimer = setTimeout(() => void check(), hc.interval * 1000);
+      // a worker still restoring its checkpoint is asked again soon, not a whole interval later:
+      // that wait would be most of a wake from zero (calls are held meanwhile)
+      const next = 'loading' in result ? Math.min(hc.interval * 1000, LOADING_RECHECK_MS) : hc.interval * 1000;
+      inst.healthTimer = setTimeout(() => void check(), next);
     };
     void check();
   }
