@@ -208,8 +208,9 @@ test('the autoscaler follows sustained load without flapping under a sawtooth; e
   assert.equal(down.details.to, 1);
   const metrics = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
   const count = (dir: string): number => Number(new RegExp(`node_scale_events_total\\{node_id="${node.id}",direction="${dir}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
-  assert.equal(count('up'), ups.length);
-  assert.equal(count('down'), 1, JSON.stringify(await eventsOf(b, node.id)));
+  const everything = JSON.stringify(await eventsOf(b, node.id));
+  assert.equal(count('up'), ups.length, everything);
+  assert.equal(count('down'), 1, everything);
   await b.request('DELETE', `/v1/nodes/${node.id}`);
 });
 
