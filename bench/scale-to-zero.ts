@@ -38,6 +38,7 @@ const SIZES = args.sizes!.split(',').map((s) => posInt(s.trim(), 'sizes', 1, 400
 const ROUNDS = posInt(args.rounds!, 'rounds', 1, 50);
 const BIG_ROUNDS = posInt(args['big-rounds']!, 'big-rounds', 1, 50);
 
+const LOAD_BEFORE = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const work = mkdtempSync(join(tmpdir(), 'berth-bench-zero-'));
 const home = join(work, 'home');
 onSignals(async () => { for (const m of [...managed].reverse()) await stop(m, 5000); }, () => { if (!args.keep) rmSync(work, { recursive: true, force: true }); });
@@ -49,7 +50,7 @@ function treeTicks(pid: number): number {
   return t;
 }
 
-interface Sample { ms: number; cpuMs: number }
+interface Sample { ms: number; cpuMs: number; phases?: { spawn: number; restore: number; serve: number } }
 
 async function main(): Promise<void> {
   const port = await freePort();
@@ -90,7 +91,7 @@ async function main(): Promise<void> {
         if (side === 'berth') row.berth.push(await berthFirstCall(url, auth, id, berth));
         else row.gunicorn.push(await gunicornFirstCall(pkl, mb, r));
         const last = side === 'berth' ? row.berth[row.berth.length - 1]! : row.gunicorn[row.gunicorn.length - 1]!;
-        log(`${mb} MB round ${r + 1}: ${side} first call ${last.ms.toFixed(0)} ms, CPU ${last.cpuMs.toFixed(0)} ms`);
+        log(`${mb} MB round ${r + 1}: ${side} first call ${last.ms.toFixed(0)} ms, CPU ${last.cpuMs.toFixed(0)} ms${last.phases ? ` (spawn ${last.phases.spawn}, restore ${last.phases.restore}, serve ${last.phases.serve.toFixed(0)})` : ''}`);
       }
     }
     await http('DELETE', `${url}/v1/nodes/${id}`, undefined, auth);
@@ -100,13 +101,17 @@ async function main(): Promise<void> {
   const med = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50);
   const f = (x: number): string => x.toFixed(0);
   const lines = [
+    `load average before: ${LOAD_BEFORE}, after: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
+    '',
     `Scale to zero, first call (${new Date().toISOString().slice(0, 10)}, commit ${gitHead()}, ${cpuModel()}, ${memGiB()}; rounds interleaved)`,
     '',
-    '| state | checkpoint | Berth first call at zero, ms (median / min / max) | gunicorn --preload cold to first answer, ms (median / min / max) | Berth ÷ gunicorn (median) | CPU per first call, ms: Berth / gunicorn |',
-    '|---|---|---|---|---|---|',
+    '| state | checkpoint | Berth first call at zero, ms (median / min / max) | gunicorn --preload cold to first answer, ms (median / min / max) | Berth ÷ gunicorn (median) | CPU per first call, ms: Berth / gunicorn | Berth phases, ms (median): spawn / restore / serve |',
+    '|---|---|---|---|---|---|---|',
     ...rows.map((r) => {
       const b = r.berth.map((s) => s.ms); const g = r.gunicorn.map((s) => s.ms);
-      return `| ${r.mb} MB | ${(r.checkpointBytes / 1024 / 1024).toFixed(0)} MB | ${f(med(b))} / ${f(Math.min(...b))} / ${f(Math.max(...b))} | ${f(med(g))} / ${f(Math.min(...g))} / ${f(Math.max(...g))} | ${(med(b) / med(g)).toFixed(2)} | ${f(med(r.berth.map((s) => s.cpuMs)))} / ${f(med(r.gunicorn.map((s) => s.cpuMs)))} |`;
+      const ph = r.berth.flatMap((s) => (s.phases ? [s.phases] : []));
+      const phases = ph.length ? `${f(med(ph.map((p) => p.spawn)))} / ${f(med(ph.map((p) => p.restore)))} / ${f(med(ph.map((p) => p.serve)))}` : '—';
+      return `| ${r.mb} MB | ${(r.checkpointBytes / 1024 / 1024).toFixed(0)} MB | ${f(med(b))} / ${f(Math.min(...b))} / ${f(Math.max(...b))} | ${f(med(g))} / ${f(Math.min(...g))} / ${f(Math.max(...g))} | ${(med(b) / med(g)).toFixed(2)} | ${f(med(r.berth.map((s) => s.cpuMs)))} / ${f(med(r.gunicorn.map((s) => s.cpuMs)))} | ${phases} |`;
     }),
   ];
   console.log(lines.join('\n'));
@@ -122,12 +127,25 @@ async function berthFirstCall(url: string, auth: Record<string, string>, id: str
   }
   await sleep(300); // the instance's exit settles
   const cpu0 = treeTicks(berth.proc.pid!);
+  const wall0 = Date.now();
   const t0 = performance.now();
   const r = await http('POST', `${url}/datasphere/v1/nodes/${id}:execute`, { folder_id: 'default', input: { x: 1.5 } }, auth, 600_000);
   const ms = performance.now() - t0;
   const cpuMs = ((treeTicks(berth.proc.pid!) - cpu0) * 1000) / CLK_TCK;
   if (r.status !== 200 || r.json?.output?.result !== 2.5) throw new Error(`berth first call: ${r.status} ${r.text.slice(0, 500)}`);
-  return { ms, cpuMs };
+  // where the time went, from the instance's timestamped transitions (ms resolution):
+  // spawn = held → Created (sandbox, interpreter, worker socket), restore = Created → Healthy
+  // (checkpoint restored, health check passed), serve = Healthy → answer (sessions opened, the call)
+  const n = await http('GET', `${url}/v1/nodes/${id}`, undefined, auth);
+  const at = (status: string): number | undefined => {
+    const tr = (n.json?.instances?.[0]?.transitions ?? []) as Array<{ status: string; at: string }>;
+    const hit = tr.filter((x) => x.status === status).pop();
+    return hit ? Date.parse(hit.at) - wall0 : undefined;
+  };
+  const created = at('Created');
+  const healthy = at('Healthy');
+  const phases = created !== undefined && healthy !== undefined ? { spawn: created, restore: healthy - created, serve: ms - healthy } : undefined;
+  return { ms, cpuMs, ...(phases ? { phases } : {}) };
 }
 
 /** Starts gunicorn --preload cold and times it from spawn to its first answered call. */

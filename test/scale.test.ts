@@ -12,7 +12,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { startBerth, removeHome, makeCheckpoint, createNode, execute, waitFor, runLoad, type Berth } from './helpers.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
 import { dockerProblem, removeContainersOfHome } from './docker-support.js';
-import { buildTestImages, testImage } from './images/index.js';
+import { buildTestImages, testImage, ECHO_PROTO } from './images/index.js';
 import { PROTO_DIR } from '../src/gateway/grpc/protos.js';
 import { structToJson } from '../src/gateway/grpc/struct.js';
 
@@ -279,20 +279,24 @@ test('with two gateway workers, calls held in both wake the node and are served'
   }
 });
 
-test('an image node on Docker scaled to zero: header-routed HTTP/1.1 and HTTP/2 calls are held and served', async (t) => {
+test('image nodes on Docker scaled to zero: header-routed HTTP/1.1, HTTP/2 and gRPC calls are held and served', async (t) => {
   const problem = await dockerProblem();
   if (problem) {
     if (process.env.CI) throw new Error(`CI must have Docker: ${problem}`);
     t.skip(problem);
     return;
   }
-  await buildTestImages(['http-echo']);
+  await buildTestImages(['http-echo', 'grpc-echo']);
   const d = await startBerth(undefined, { BERTH_RUNTIME: 'docker' });
   try {
-    const node = await createNode(d, {
-      kind: 'image', name: 'zero-image', image: testImage('http-echo'), endpoint: { port: 8081, protocol: 'http2', timeout: 5 },
-      scaling: { minInstances: 0, maxInstances: 1, scaleDownDelaySeconds: 1 },
-    });
+    const zero = { minInstances: 0, maxInstances: 1, scaleDownDelaySeconds: 1 };
+    const [node, grpcNode] = await Promise.all([
+      createNode(d, { kind: 'image', name: 'zero-image', image: testImage('http-echo'), endpoint: { port: 8081, protocol: 'http2', timeout: 5 }, scaling: zero }),
+      createNode(d, {
+        kind: 'image', name: 'zero-grpc', image: testImage('grpc-echo'), scaling: zero,
+        endpoint: { port: 50051, protocol: 'grpc', timeout: 5 }, healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 0.5 },
+      }),
+    ]);
     await atZero(d, node.id);
     const h1 = await fetch(`${d.url}/held?via=h1`, { headers: { 'x-node-id': node.id, 'x-folder-id': 'default', authorization: `Bearer ${d.token}` } });
     assert.equal(h1.status, 200, await h1.clone().text());
@@ -317,6 +321,20 @@ test('an image node on Docker scaled to zero: header-routed HTTP/1.1 and HTTP/2 
     }
     const types = (await eventsOf(d, node.id)).map((e) => e.type);
     assert.equal(types.filter((x) => x === 'wake').length, 2, JSON.stringify(types));
+
+    // gRPC through the header-routed proxy (its own image node; the endpoint timeout is 5 s, the hold 60 s)
+    await atZero(d, grpcNode.id);
+    const Echo = (grpc.loadPackageDefinition(protoLoader.loadSync(ECHO_PROTO, { keepCase: true })) as any).berth.test.Echo;
+    const client = new Echo(new URL(d.url).host, grpc.credentials.createInsecure());
+    try {
+      const m = new grpc.Metadata();
+      m.set('x-node-id', grpcNode.id); m.set('x-folder-id', 'default'); m.set('authorization', `Bearer ${d.token}`);
+      const r = await new Promise<any>((resolve, reject) => client.Echo({ text: 'held' }, m, { deadline: Date.now() + 60_000 }, (e: any, x: any) => (e ? reject(e) : resolve(x))));
+      assert.equal(r.text, 'held');
+    } finally {
+      client.close();
+    }
+    assert.equal((await eventsOf(d, grpcNode.id))[0].type, 'wake');
   } finally {
     await d.stop();
     await removeContainersOfHome(d.home);

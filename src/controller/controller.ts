@@ -237,13 +237,19 @@ export class Controller implements InstanceEvents {
 
   /** A call is held at a node scaled to zero: wake it now rather than at the next sample. */
   held(nodeId: string): void {
+    if (this.wakes.has(nodeId)) return; // calls arriving together: one look at them all
+    this.wakes.add(nodeId);
     setImmediate(() => {
+      this.wakes.delete(nodeId);
       const node = this.nodes.get(nodeId);
       if (!node || node.deleting || node.suspended || this.stopped) return;
       this.sampleNode(node, Date.now());
       this.reconcile(node);
     });
   }
+
+  /** Nodes with a wake check scheduled (held() coalesces the calls of one burst). */
+  private readonly wakes = new Set<string>();
 
   private onTimedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
     const node = this.nodes.get(nodeId);
