@@ -10,13 +10,20 @@
 //               excess, not a spike, moves it (within about a second)
 //   scale down— the *most* in flight over the stabilisation window (scaleDownDelaySeconds) needs
 //               fewer, and the node has had its size that long: a sawtooth whose peaks come back
-//               within the window keeps its peak size (no flapping)
+//               within the window keeps its peak size (no flapping); acted on once it has held
+//               DOWN_SETTLE_MS, to what it is then (one step, not stairs)
 //   to zero   — minInstances 0 and no call at all (none sampled, none ended) for the window
 import type { Scaling } from '../core/types.js';
 import { SCALING_DEFAULTS } from '../core/types.js';
 
 export const SAMPLE_MS = 100;
 export const UP_WINDOW_MS = 1000;
+/**
+ * A lower count must stay recommended this long before it is acted on: the tail of a burst
+ * (4, 3, 2 calls as they finish) leaves the window over a second or so, and acting on its first
+ * step would go down in stairs (4 → 3, a window later 3 → 1) instead of once.
+ */
+export const DOWN_SETTLE_MS = 1500;
 
 export interface Recommendation {
   /** Instances the node should have (within [minInstances, maxInstances]). */
@@ -37,6 +44,8 @@ export class Autoscaler {
   private buckets: Bucket[] = [];
   /** When the node's size last changed (or the scaler started): a scale-down needs a full window after it. */
   private changedAt: number;
+  /** Since when a lower count has been recommended without a break (null: none is). */
+  private downSince: number | null = null;
 
   constructor(now: number) { this.changedAt = now; }
 
@@ -52,7 +61,7 @@ export class Autoscaler {
   }
 
   /** The node's size changed (a decision was carried out, or instances were added or lost otherwise). */
-  changed(now: number): void { this.changedAt = now; }
+  changed(now: number): void { this.changedAt = now; this.downSince = null; }
 
   /**
    * What the node should have now. `current`: instances running or starting (not being removed);
@@ -75,7 +84,7 @@ export class Autoscaler {
     if (span >= UP_WINDOW_MS - SAMPLE_MS) {
       let least = Infinity;
       for (const r of this.recent) if (r.at >= now - UP_WINDOW_MS) least = Math.min(least, r.inFlight);
-      const up = clamp(need(least));
+      const up = least === Infinity ? current : clamp(need(least)); // no recent sample: no evidence
       if (up > current) {
         return { target: up, kind: 'up', reason: `at least ${least} calls in flight for ${UP_WINDOW_MS / 1000}s: ${current} instance${current === 1 ? '' : 's'} × ${s.sessionsPerInstance} session${s.sessionsPerInstance === 1 ? '' : 's'} at a target of ${util} is too few` };
       }
@@ -90,12 +99,15 @@ export class Autoscaler {
       // calls too short for a sample to see still keep the last instance
       if (down === 0 && !quiet) down = clamp(1);
       if (down < current) {
+        this.downSince ??= now;
+        if (now - this.downSince < DOWN_SETTLE_MS) return { target: current, kind: 'steady', reason: 'settling before a scale-down' };
         const reason = down === 0
           ? `no call for ${s.scaleDownDelaySeconds}s`
           : `at most ${most} call${most === 1 ? '' : 's'} in flight over the last ${s.scaleDownDelaySeconds}s: ${down} instance${down === 1 ? ' is' : 's are'} enough at a target of ${util}`;
         return { target: down, kind: 'down', reason };
       }
     }
+    this.downSince = null;
     return { target: clamp(current), kind: 'steady', reason: current < s.minInstances ? `minInstances is ${s.minInstances}` : current > s.maxInstances ? `maxInstances is ${s.maxInstances}` : 'steady' };
   }
 }

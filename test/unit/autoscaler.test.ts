@@ -5,7 +5,7 @@
 // same behaviour end to end with real processes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Autoscaler, SAMPLE_MS } from '../../src/controller/autoscaler.js';
+import { Autoscaler, DOWN_SETTLE_MS, SAMPLE_MS } from '../../src/controller/autoscaler.js';
 import type { Scaling } from '../../src/core/types.js';
 
 const S: Scaling = { minInstances: 0, maxInstances: 8, sessionsPerInstance: 2, queueSize: 100, scaleDownDelaySeconds: 10 };
@@ -56,28 +56,33 @@ test('down only after the stabilisation window, to what its busiest moment neede
   a.changed(t); // scaled to 4
   t = feed(a, t, 9000, 2);
   assert.equal(a.recommend(t, 4, 4, S, t).kind, 'steady', 'the 8 calls of 9s ago are inside the window');
-  t = feed(a, t, 2000, 2);
-  const r = a.recommend(t, 4, 4, S, t);
+  // asked every sample from here: the busy second (t = 3.0 s) leaves the window at 14 s, and the
+  // lower count must then hold DOWN_SETTLE_MS before it is acted on
+  let r = a.recommend(t, 4, 4, S, t);
+  while (r.kind === 'steady' && t < 30_000) { t = feed(a, t, SAMPLE_MS, 2); r = a.recommend(t, 4, 4, S, t); }
   assert.deepEqual([r.kind, r.target], ['down', 1]);
+  assert.ok(t >= 14_000 + DOWN_SETTLE_MS && t <= 14_000 + DOWN_SETTLE_MS + 2 * SAMPLE_MS, `down at ${t} ms`);
 });
 
 test('to zero only with no call at all for the window, and only when minInstances is 0', () => {
   const a = new Autoscaler(0);
-  let t = feed(a, 0, 11_000, 0);
+  const t = feed(a, 0, 11_000, 0);
   // a call ended 3s ago (too short for any sample to see): the last instance stays
   assert.deepEqual([a.recommend(t, 1, 1, S, t - 3000).kind, a.recommend(t, 1, 1, S, t - 3000).target], ['steady', 1]);
-  const r = a.recommend(t, 1, 1, S, t - 10_500);
+  assert.equal(a.recommend(t, 1, 1, S, t - 10_500).kind, 'steady', 'settling');
+  const r = a.recommend(t + 2000, 1, 1, S, t - 10_500);
   assert.deepEqual([r.kind, r.target], ['down', 0]);
   assert.equal(a.recommend(t, 1, 1, { ...S, minInstances: 1 }, 0).kind, 'steady');
 });
 
-test('a sawtooth within the window does not flap: one scale-up, no scale-down', () => {
+test('a sawtooth within the window does not flap: one scale-up, no scale-down; then down in one step', () => {
   const a = new Autoscaler(0);
   let t = 0;
   let current = 1;
   const decisions: string[] = [];
   for (let cycle = 0; cycle < 10; cycle++) {
-    for (const [ms, load] of [[3000, 8], [3000, 0]] as const) {
+    // each burst ends in a tail (8, 6, 4, 2 calls as they finish) that straddles a second
+    for (const [ms, load] of [[2900, 8], [100, 6], [200, 4], [200, 2], [2600, 0]] as const) {
       for (let x = 0; x < ms; x += SAMPLE_MS) {
         t += SAMPLE_MS;
         a.record(t, load, 10_000);
