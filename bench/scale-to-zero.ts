@@ -103,7 +103,7 @@ async function main(): Promise<void> {
   const lines = [
     `load average before: ${LOAD_BEFORE}, after: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`,
     '',
-    `Scale to zero, first call (${new Date().toISOString().slice(0, 10)}, commit ${gitHead()}, ${cpuModel()}, ${memGiB()}; rounds interleaved)`,
+    `Scale to zero, first call (${new Date().toISOString().slice(0, 10)}, commit ${gitHead()}, ${cpuModel()}, ${memGiB()} GiB; rounds interleaved)`,
     '',
     '| state | checkpoint | Berth first call at zero, ms (median / min / max) | gunicorn --preload cold to first answer, ms (median / min / max) | Berth ÷ gunicorn (median) | CPU per first call, ms: Berth / gunicorn | Berth phases, ms (median): spawn / restore / serve |',
     '|---|---|---|---|---|---|---|',
