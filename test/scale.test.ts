@@ -73,8 +73,7 @@ test('minInstances 0: the node scales to zero when idle, stays Healthy, and says
   assert.equal(node.instances.length, 1, 'a new node starts one instance to show it can serve');
   const z = await atZero(b, node.id);
   assert.equal(z.scaledToZero, true);
-  assert.match(b.cli('node', 'get', node.id).stdout, /Healthy \(scaled to zero\)/);
-  assert.match(b.cli('node', 'list').stdout, /0 \(scaled to zero\)/);
+  assert.match(b.cli('node', 'list').stdout, /Healthy \(scaled to zero\) +│ 0 \(scaled to zero\)/);
   const events = await eventsOf(b, node.id);
   assert.equal(events[0].type, 'scale-to-zero');
   assert.match(events[0].reason, /no call for 1s/);
@@ -187,10 +186,10 @@ test('past holdTimeout a held call gets 503 NODE_UNAVAILABLE with Retry-After an
 });
 
 test('the autoscaler follows sustained load without flapping under a sawtooth; every decision is an event and a metric', async () => {
-  const node = await createNode(b, { ...LAB_NODE, name: 'sawtooth', checkpointId: 'lab', scaling: { minInstances: 1, maxInstances: 4, scaleDownDelaySeconds: 6 } });
+  const node = await createNode(b, { ...LAB_NODE, name: 'sawtooth', checkpointId: 'lab', scaling: { minInstances: 1, maxInstances: 4, scaleDownDelaySeconds: 4 } });
   const t0 = new Date().toISOString();
-  // 4 callers for 2 s, then 1.5 s of nothing, four times
-  for (let cycle = 0; cycle < 4; cycle++) {
+  // 4 callers for 2 s, then 1.5 s of nothing (less than the 4 s window), three times
+  for (let cycle = 0; cycle < 3; cycle++) {
     const until = Date.now() + 2000;
     const rs = await runLoad(10_000, 4, 10_000, async () => (Date.now() < until ? (await execute(b, node.id, { mode: 'sleep', arg: 0.1 })).status : 200));
     assert.ok(rs.every((s) => s === 200), `statuses ${[...new Set(rs)]}`);
@@ -200,11 +199,12 @@ test('the autoscaler follows sustained load without flapping under a sawtooth; e
   const ups = during.filter((e) => e.type === 'scale-up');
   const downs = during.filter((e) => e.type === 'scale-down');
   assert.ok(ups.length >= 1 && ups.length <= 2, `scale-ups under the sawtooth: ${JSON.stringify(during)}`);
+  assert.ok(ups.every((e) => e.details.to <= 4));
   assert.equal(downs.length, 0, `no scale-down inside the stabilisation window: ${JSON.stringify(during)}`);
   assert.match(ups[ups.length - 1].reason, /calls in flight for 1s/);
   // the load is gone: one decision down after the window, with its reason
   const down = await waitFor('scale-down after the window', async () => (await eventsOf(b, node.id)).find((e) => e.type === 'scale-down'), 20_000);
-  assert.match(down.reason, /over the last 6s/);
+  assert.match(down.reason, /over the last 4s/);
   assert.equal(down.details.to, 1);
   const metrics = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
   const count = (dir: string): number => Number(new RegExp(`node_scale_events_total\\{node_id="${node.id}",direction="${dir}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
@@ -253,8 +253,6 @@ test('events API: paging, limits, viewer role; another folder and an executor se
   const cli = b.cli('node', 'events', node.id);
   assert.equal(cli.status, 0, cli.stderr);
   assert.match(cli.stdout, /wake/);
-  const json = JSON.parse(b.cli('node', 'events', node.id, '--json', '--limit', '1').stdout);
-  assert.equal(json.events.length, 1);
   await b.request('DELETE', `/v1/nodes/${node.id}`);
 });
 
