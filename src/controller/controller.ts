@@ -377,9 +377,10 @@ export class Controller implements InstanceEvents {
     const now = Date.now();
     const rec = this.recommend(node, now);
     const floor = node.everHealthy ? 0 : Math.min(1, maxInstances);
-    if (rec.kind === 'wake' || rec.kind === 'up' || rec.kind === 'down') {
-      const type = rec.kind === 'wake' ? 'wake' : rec.kind === 'up' ? 'scale-up' : rec.target === 0 ? 'scale-to-zero' : 'scale-down';
-      this.event(node, type, rec.reason, { from: rec.current, to: rec.target });
+    const floored = Math.max(rec.target, floor);
+    if (rec.kind !== 'steady' && floored !== rec.current) {
+      const type = rec.kind === 'wake' ? 'wake' : rec.kind === 'up' ? 'scale-up' : floored === 0 ? 'scale-to-zero' : 'scale-down';
+      this.event(node, type, rec.reason, { from: rec.current, to: floored });
       node.scaler.changed(now);
     }
 
@@ -394,7 +395,7 @@ export class Controller implements InstanceEvents {
       for (const i of extras) void this.stopInstance(node, i, `maxInstances lowered to ${maxInstances}`);
       node.scaler.changed(now);
     } else {
-      const target = Math.max(rec.target, floor);
+      const target = floored;
       for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) this.launchNew(node);
       if (target < live) {
         // fewer: instances nobody waits for first (starting, failing), then the idlest; each drains its calls
