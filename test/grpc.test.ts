@@ -18,6 +18,7 @@ import { structToJson, jsonToStruct, valueToJson, MAX_MESSAGE_DEPTH, StructConve
 import { loadProtos, PROTO_DIR, jsonName } from '../src/gateway/grpc/protos.js';
 import { startGrpcServer, decodeStatusDetails, truncateBytes, tailLines } from '../src/gateway/grpc/node-service.js';
 import { BerthError } from '../src/core/errors.js';
+import { DeadlineWheel } from '../src/gateway/deadlines.js';
 
 const { FileDescriptorProto } = descriptorExt as unknown as { FileDescriptorProto: protobuf.Type };
 const SERVICE = 'yandex.cloud.datasphere.v1.NodeService';
@@ -366,6 +367,7 @@ describe('startGrpcServer with a stand-in gateway', () => {
     inFlight: 0,
     draining: false,
     pipeline: {
+      deadlines: new DeadlineWheel(),
       authenticate(authorization: string | undefined) {
         if (authorization !== 'Bearer good') throw new BerthError('UNAUTHENTICATED', 'invalid token');
         return { id: 'good', name: 'good', hash: '', roles: { '*': 'admin' }, createdAt: '' };

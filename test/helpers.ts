@@ -34,7 +34,8 @@ export async function startBerth(home = tempHome(), extraEnv: Record<string, str
   proc.stdout!.on('data', (d) => { output += d; });
   proc.stderr!.on('data', (d) => { output += d; });
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`berth up did not start in 30s:\n${output}`)), 30_000);
+    // generous: with gateway workers each one loads the code too, and CI machines are shared
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`berth up did not start in 60s:\n${output}`)); }, 60_000);
     const check = (): void => {
       const m = /listening on (http:\/\/\S+)/.exec(output);
       if (m) { clearTimeout(timer); resolveUrl(m[1]!); }

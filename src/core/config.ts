@@ -1,4 +1,4 @@
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -139,8 +139,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    // one process until N workers pass the whole suite on a loaded 2-core machine (docs/architecture.md)
-    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
+    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', availableParallelism()),
   };
 }
 

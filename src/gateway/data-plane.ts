@@ -15,6 +15,8 @@ import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
 import { H2Upstream } from './upstream.js';
+import { CallPipeline } from './pipeline.js';
+import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
 import { sendError } from './http-util.js';
 import { canonicalTarget, proxiedTarget } from './target.js';
@@ -46,8 +48,9 @@ export interface DataPlane {
 
 export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   const { config, routes, auth, metrics, aliases } = deps;
-  const gateway = new Gateway(config, routes, auth, metrics, aliases);
-  const proxy = new Proxy(config, routes, auth, metrics, aliases);
+  const pipeline = new CallPipeline(routes, aliases, auth, metrics);
+  const gateway = new Gateway(config, routes, pipeline, metrics);
+  const proxy = new Proxy(config, routes, pipeline);
   // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
   const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
@@ -138,7 +141,7 @@ async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHea
   try {
     const res = await upstream.request({
       method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
-      signal: new AbortController().signal, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
+      signal: new Deadline(Infinity, null), headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
     });
     if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
     if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }

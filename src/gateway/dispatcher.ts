@@ -4,6 +4,7 @@
 import { BerthError } from '../core/errors.js';
 import type { Upstream } from './upstream.js';
 import { hash32 } from '../core/hash.js';
+import type { CallSignal } from './deadlines.js';
 
 /** One of an instance's sessions: a worker connection (cell) or a permit (image). */
 export interface Session { readonly closed: boolean }
@@ -110,7 +111,7 @@ export class NodeDispatcher {
    * a caller that goes away leaves the queue at once (its place must not count against
    * queueSize until its timeout) and the promise rejects with the signal's reason.
    */
-  acquire(waitMs: number, affinity?: string, signal?: AbortSignal): Lease | Promise<Lease> {
+  acquire(waitMs: number, affinity?: string, signal?: CallSignal): Lease | Promise<Lease> {
     const lease = this.take(affinity);
     if (lease) return lease;
     if (signal?.aborted) return Promise.reject(signal.reason);

@@ -5,16 +5,16 @@
 // validators are all in memory.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, type ErrorCode, WORKER_ERRORS } from '../core/errors.js';
-import type { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import type { Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
-import type { AliasRoute, AliasTable } from '../aliases/table.js';
+import type { AliasRoute } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
 import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
-import { CallPipeline, type CallCount, type CallTarget, type HeaderSource } from './pipeline.js';
+import type { CallPipeline, CallCount, CallTarget, HeaderSource } from './pipeline.js';
+import type { Deadline } from './deadlines.js';
 
 const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 
@@ -27,17 +27,13 @@ export class Gateway {
   /** Calls being served right now; shutdown waits for them. */
   inFlight = 0;
   draining = false;
-  readonly pipeline: CallPipeline;
 
   constructor(
     private readonly config: Config,
     private readonly routes: RoutingTable,
-    auth: Auth,
+    readonly pipeline: CallPipeline,
     private readonly metrics: Metrics,
-    aliases: AliasTable,
-  ) {
-    this.pipeline = new CallPipeline(routes, aliases, auth, metrics);
-  }
+  ) {}
 
   static handles(url: string | undefined): boolean {
     return url !== undefined && url.startsWith('/datasphere/');
@@ -117,15 +113,15 @@ export class Gateway {
     const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
     const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
     const conn = lease.conn as WorkerConnection;
-    let timer: NodeJS.Timeout | undefined;
+    let deadline: Deadline | undefined;
     let timedOut = false;
     try {
       const frame = await new Promise<Frame>((resolve, reject) => {
-        timer = setTimeout(() => {
+        deadline = this.pipeline.deadlines.start(timeoutMs, () => {
           timedOut = true;
           reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
             { nodeId: route.id, timeoutSeconds: timeoutS }));
-        }, timeoutMs);
+        });
         conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
       });
       return mapFrame(frame);
@@ -136,7 +132,7 @@ export class Gateway {
         error: new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id }),
       };
     } finally {
-      clearTimeout(timer);
+      if (deadline) this.pipeline.deadlines.clear(deadline);
       if (timedOut) {
         conn.close();
         this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);

@@ -10,6 +10,7 @@ import type { CallMetrics, Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
+import { DeadlineWheel } from './deadlines.js';
 
 /** What a call names: a node by id, or an alias by name. */
 export type CallTarget = { nodeId: string; alias?: undefined } | { alias: string; nodeId?: undefined };
@@ -60,6 +61,9 @@ export class CallCount {
 }
 
 export class CallPipeline {
+  /** Every call's deadline, on one timer. */
+  readonly deadlines = new DeadlineWheel();
+
   constructor(
     private readonly routes: RoutingTable,
     private readonly aliases: AliasTable,

@@ -6,18 +6,17 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
 import { Transform, type Readable, type Writable } from 'node:stream';
-import type { Auth } from '../core/auth.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError } from '../core/errors.js';
-import type { Metrics } from '../core/metrics.js';
 import type { ImageNodeSpec } from '../core/types.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
-import type { AliasRoute, AliasTable } from '../aliases/table.js';
+import type { AliasRoute } from '../aliases/table.js';
 import { isRefused, type UpstreamResponse } from './upstream.js';
 import { discardUpload, sendError } from './http-util.js';
 import { respondH2Error } from './last-resort.js';
-import { CallPipeline, type CallCount, type CallTarget } from './pipeline.js';
+import type { CallPipeline, CallCount, CallTarget } from './pipeline.js';
+import type { CallSignal, Deadline } from './deadlines.js';
 
 /** Headers that belong to one connection, or that carry Berth's routing and auth. */
 const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
@@ -52,17 +51,12 @@ interface Downstream {
 export class Proxy {
   /** Calls being served right now; shutdown waits for them. */
   inFlight = 0;
-  private readonly pipeline: CallPipeline;
 
   constructor(
     private readonly config: Config,
     private readonly routes: RoutingTable,
-    auth: Auth,
-    metrics: Metrics,
-    aliases: AliasTable,
-  ) {
-    this.pipeline = new CallPipeline(routes, aliases, auth, metrics);
-  }
+    private readonly pipeline: CallPipeline,
+  ) {}
 
   static routed(headers: IncomingHttpHeaders | H2Headers): boolean {
     return headers['x-node-id'] !== undefined || headers['x-node-alias'] !== undefined;
@@ -105,7 +99,8 @@ export class Proxy {
       headersSent: () => stream.headersSent,
       respond: (status, h, endStream) => {
         if (stream.destroyed || stream.closed) throw new BerthError('CLIENT_CLOSED', 'the caller went away');
-        stream.respond({ ...h, ':status': status }, endStream ? { endStream: true } : { waitForTrailers: true });
+        h[':status'] = String(status); // h is this call's own copy (responseHeaders)
+        stream.respond(h, endStream ? { endStream: true } : { waitForTrailers: true });
       },
       writable: stream,
       setTrailers: (t) => { trailers = t; },
@@ -140,8 +135,7 @@ export class Proxy {
     let grpcStatus: string | undefined;
     let lease: Lease | null = null;
     let route: Target['route'] | null = null;
-    const abort = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
+    let deadline: Deadline | null = null;
     try {
       const t = this.target(d, to, count);
       route = t.route;
@@ -150,15 +144,15 @@ export class Proxy {
       const declared = Number(d.headers['content-length'] ?? 0);
       if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared });
 
-      let deadline = Date.now() + endpoint.timeout * 1000;
-      const expire = (): void => abort.abort(lease === null
+      // the call's deadline is also its abort signal: queue, upstream and body all listen to it.
+      // A node scaled to zero holds the call while an instance starts (the dispatcher bounds the
+      // hold and says why past it); the endpoint timeout then starts once the call has its instance.
+      const expire = (dl: Deadline): void => dl.abort(lease === null
         ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
         : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout }));
-      // a node scaled to zero holds the call while an instance starts (the dispatcher bounds the
-      // hold and says why past it); the endpoint timeout then starts once the call has its instance
       const holdMs = route.dispatcher.holdMs;
-      timer = setTimeout(expire, holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000);
-      d.onClose(() => abort.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
+      let call: Deadline = deadline = this.pipeline.deadlines.start(holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000, expire);
+      d.onClose(() => call.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
       const counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
@@ -168,24 +162,23 @@ export class Proxy {
       let upstreamRes: UpstreamResponse | null = null;
       const tried = new Set<string>();
       for (;;) {
-        const waitMs = Math.max(1, deadline - Date.now());
-        const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, abort.signal); // a caller that leaves frees its queue place
-        lease = acquired instanceof Promise ? await raceAbort(acquired, abort.signal, (late) => route!.dispatcher.release(late)) : acquired;
+        const waitMs = Math.max(1, call.expiresAt - Date.now());
+        const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, call); // a caller that leaves frees its queue place
+        lease = acquired instanceof Promise ? await raceAbort(acquired, call, (late) => route!.dispatcher.release(late)) : acquired;
         if (holdMs !== null && tried.size === 0) {
-          deadline = Date.now() + endpoint.timeout * 1000;
-          clearTimeout(timer);
-          timer = setTimeout(expire, endpoint.timeout * 1000);
+          this.pipeline.deadlines.clear(call);
+          call = deadline = this.pipeline.deadlines.start(endpoint.timeout * 1000, expire);
         }
         tried.add(lease.slot.id);
         try {
           upstreamRes = await lease.slot.upstream!.request({
-            method: d.method, path: d.path, headers, body: counted?.stream ?? null, signal: abort.signal,
-            headersTimeoutMs: Math.max(1, deadline - Date.now()), idleTimeoutMs: endpoint.idleTimeout * 1000,
+            method: d.method, path: d.path, headers, body: counted?.stream ?? null, signal: call,
+            headersTimeoutMs: Math.max(1, call.expiresAt - Date.now()), idleTimeoutMs: endpoint.idleTimeout * 1000,
           });
           break;
         } catch (err) {
           const untouched = !counted || counted.bytes() === 0;
-          if (isRefused(err) && untouched && !abort.signal.aborted) {
+          if (isRefused(err) && untouched && !call.aborted) {
             this.routes.reportRefused(route.id, lease.slot.id, (err as Error).message);
             route.dispatcher.release(lease);
             lease = null;
@@ -214,20 +207,12 @@ export class Proxy {
       }));
       d.respond(status, respHeaders, false);
       // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
-      const body = respLength > 0 ? upstreamRes.body
-        : countBytes(upstreamRes.body, respLimit, () => new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${respLimit} bytes`, { limit: respLimit })).stream;
-      // plain pipe: stream.pipeline costs an AbortController and more per call on this hot path
-      await new Promise<void>((resolve) => {
-        body.once('error', () => { d.destroy(); resolve(); });
-        d.writable.once('close', () => { if (!body.readableEnded) body.destroy(); resolve(); });
-        d.writable.once('finish', () => resolve());
-        body.pipe(d.writable);
-      });
+      await relay(upstreamRes.body, d, respLength > 0 ? Infinity : this.config.maxResponseBytes);
       await upstreamRes.trailers;
     } catch (err) {
       let e: BerthError;
       if (err instanceof BerthError) e = err;
-      else if (abort.signal.aborted && abort.signal.reason instanceof BerthError) e = abort.signal.reason;
+      else if (deadline?.aborted && deadline.reason instanceof BerthError) e = deadline.reason;
       else {
         // errors of the upstream exchange carry a code (undici's UND_ERR_*, Node's ERR_* and
         // E* system errors); one without is a bug here: INTERNAL, logged, no detail sent
@@ -241,7 +226,7 @@ export class Proxy {
       if (d.isGrpc) grpcStatus = String(e.grpcStatus);
     } finally {
       this.inFlight--;
-      clearTimeout(timer);
+      if (deadline) this.pipeline.deadlines.clear(deadline);
       if (lease && route) route.dispatcher.release(lease);
       count.end(status, grpcStatus);
     }
@@ -269,6 +254,31 @@ function responseHeaders(h: Record<string, string | string[]>): Record<string, s
   return out;
 }
 
+/**
+ * Copies the answer's body to the caller, as pipe() does (pausing while the caller's side is
+ * full), counting as it goes: past `limit` the exchange is cut before the chunk that crosses it
+ * is written. A plain listener, not stream.pipeline or a Transform: no extra objects per call.
+ */
+function relay(body: Readable, d: Downstream, limit: number): Promise<void> {
+  const out = d.writable;
+  return new Promise<void>((resolve) => {
+    let n = 0;
+    const onData = (chunk: Buffer): void => {
+      n += chunk.length;
+      if (n > limit) { body.destroy(new BerthError('RESPONSE_TOO_LARGE', `the instance's response exceeds the limit of ${limit} bytes`, { limit })); return; }
+      if (!out.write(chunk)) body.pause();
+    };
+    const onDrain = (): void => { body.resume(); };
+    const done = (): void => { body.off('data', onData); out.off('drain', onDrain); resolve(); };
+    body.on('data', onData);
+    out.on('drain', onDrain);
+    body.once('end', () => { out.end(); });
+    body.once('error', () => { d.destroy(); done(); });
+    out.once('close', () => { if (!body.readableEnded) body.destroy(); done(); });
+    out.once('finish', done);
+  });
+}
+
 /** Passes a stream through, counting bytes, and fails it past `limit`. */
 function countBytes(src: Readable, limit: number, tooLarge: () => Error): { stream: Readable; bytes: () => number } {
   let n = 0;
@@ -285,7 +295,7 @@ function countBytes(src: Readable, limit: number, tooLarge: () => Error): { stre
 }
 
 /** Waits for `p` unless the call is aborted first; what `p` yields after that goes to `late` (a session is handed back). */
-function raceAbort<T>(p: Promise<T>, signal: AbortSignal, late: (v: T) => void): Promise<T> {
+function raceAbort<T>(p: Promise<T>, signal: CallSignal, late: (v: T) => void): Promise<T> {
   const abandon = (): void => { p.then(late, () => undefined); };
   if (signal.aborted) { abandon(); return Promise.reject(signal.reason); }
   return new Promise((resolve, reject) => {

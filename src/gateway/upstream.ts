@@ -4,19 +4,23 @@ import { connect as h2connect, constants as h2c, type ClientHttp2Session, type I
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
 import type { Endpoint } from '../worker/protocol.js';
+import type { CallSignal } from './deadlines.js';
 
 export interface UpstreamRequest {
   method: string;
   path: string;
+  /** The call's own copy (the HTTP/2 client adds its pseudo-headers to it). */
   headers: Record<string, string | string[]>;
   body: Readable | null;
-  signal: AbortSignal;
+  /** The call's deadline: aborting it ends the exchange (a timeout, or the caller left). */
+  signal: CallSignal;
   headersTimeoutMs: number;
   idleTimeoutMs: number;
 }
 
 export interface UpstreamResponse {
   status: number;
+  /** As received: over HTTP/2 with its pseudo-headers (':status'), which callers drop. */
   headers: Record<string, string | string[]>;
   body: Readable;
   /** Resolves with the trailers once the body has ended (empty when there were none). */
@@ -54,7 +58,8 @@ export class H1Upstream implements Upstream {
 
   async request(r: UpstreamRequest): Promise<UpstreamResponse> {
     const res = await this.pool.request({
-      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body ?? undefined, signal: r.signal,
+      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body ?? undefined,
+      signal: r.signal as unknown as AbortSignal, // undici takes any object with addEventListener
       headersTimeout: r.headersTimeoutMs, bodyTimeout: r.idleTimeoutMs,
     });
     const body = res.body as unknown as Readable;
@@ -92,35 +97,35 @@ export class H2Upstream implements Upstream {
     return new Promise((resolve, reject) => {
       // the caller's abort closes the stream; not `signal` in the options, which costs Node an
       // AsyncResource.bind behind a deprecation wrapper on every request (seen in a CPU profile of the gRPC proxy)
-      const stream = session.request({ ...r.headers, [h2c.HTTP2_HEADER_METHOD]: r.method, [h2c.HTTP2_HEADER_PATH]: r.path },
-        { endStream: r.body === null });
+      // r.headers is the call's own copy: the pseudo-headers go into it (session.request copies it once more)
+      r.headers[h2c.HTTP2_HEADER_METHOD] = r.method;
+      r.headers[h2c.HTTP2_HEADER_PATH] = r.path;
+      const stream = session.request(r.headers, { endStream: r.body === null });
       const onAbort = (): void => { stream.destroy(r.signal.reason instanceof Error ? r.signal.reason : new Error('aborted')); };
       if (r.signal.aborted) onAbort();
       else {
         r.signal.addEventListener('abort', onAbort, { once: true });
         stream.once('close', () => r.signal.removeEventListener('abort', onAbort));
       }
-      stream.setTimeout(r.idleTimeoutMs, () => stream.close(h2c.NGHTTP2_CANCEL));
-      const headersTimer = setTimeout(() => stream.close(h2c.NGHTTP2_CANCEL), r.headersTimeoutMs);
+      // the call's deadline bounds the wait for headers (it aborts the signal); a silent stream is
+      // cut sooner only when the idle timeout is the shorter one (a timer per stream otherwise)
+      if (r.idleTimeoutMs < r.headersTimeoutMs) stream.setTimeout(r.idleTimeoutMs, () => stream.close(h2c.NGHTTP2_CANCEL));
       let settled = false;
       stream.once('error', (err) => {
-        clearTimeout(headersTimer);
         if (!settled) { settled = true; reject(err); }
       });
       const trailers = new Promise<Record<string, string | string[]>>((res) => {
-        stream.once('trailers', (t) => res(stripPseudo(t)));
+        stream.once('trailers', (t) => res(t as Record<string, string | string[]>));
         stream.once('close', () => res({}));
       });
       stream.once('response', (h: IncomingHttpHeaders, flags: number) => {
-        clearTimeout(headersTimer);
         settled = true;
         resolve({
-          status: Number(h[':status']), headers: stripPseudo(h), body: stream, trailers,
+          status: Number(h[':status']), headers: h as Record<string, string | string[]>, body: stream, trailers,
           headersOnly: (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0,
         });
       });
       stream.once('close', () => {
-        clearTimeout(headersTimer);
         if (!settled) { settled = true; reject(Object.assign(new Error(`upstream stream closed (code ${stream.rstCode})`), { code: 'UPSTREAM_CLOSED' })); }
       });
       if (r.body) r.body.pipe(stream);
@@ -131,10 +136,4 @@ export class H2Upstream implements Upstream {
     this.closed = true;
     this.session?.destroy();
   }
-}
-
-function stripPseudo(h: IncomingHttpHeaders): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(h)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
-  return out;
 }

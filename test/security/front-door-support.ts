@@ -33,7 +33,8 @@ export async function startServer(args: string[] = [], env: Record<string, strin
   proc.stderr!.on('data', (d) => { output += d; });
   const exited = new Promise<number | null>((r) => proc.once('exit', (code, signal) => r(code ?? (signal ? 128 : null))));
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`berth up did not start in 30s:\n${output}`)), 30_000);
+    // generous: each gateway worker loads the code too, and CI machines are shared
+    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`berth up did not start in 60s:\n${output}`)); }, 60_000);
     const check = (): void => {
       const m = /listening on (https?:\/\/\S+)/.exec(output);
       if (m) { clearTimeout(timer); resolveUrl(m[1]!); }

@@ -11,6 +11,7 @@ import { constants as h2c, type IncomingHttpHeaders, type OutgoingHttpHeaders, t
 import { gunzip, inflate } from 'node:zlib';
 import { promisify } from 'node:util';
 import type { Metadata } from '@grpc/grpc-js';
+import type { Deadline, DeadlineWheel } from '../deadlines.js';
 
 const gunzipAsync = promisify(gunzip);
 const inflateAsync = promisify(inflate);
@@ -65,13 +66,13 @@ export function frame(message: Buffer): Buffer {
  * Serves one unary call on `stream`. `maxMessageBytes` bounds the request and the
  * response message (as grpc-js's max_receive/max_send_message_length do).
  */
-export function serveUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, handler: UnaryHandler, maxMessageBytes: number): void {
+export function serveUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, handler: UnaryHandler, maxMessageBytes: number, deadlines: DeadlineWheel): void {
   let done = false;
-  let timer: NodeJS.Timeout | undefined;
+  let deadline: Deadline | undefined;
   const finish = (): boolean => {
     if (done) return false;
     done = true;
-    clearTimeout(timer);
+    if (deadline) deadlines.clear(deadline);
     return !(stream.destroyed || stream.closed);
   };
   const sendStatus = (status: UnaryStatus, rst = false): void => {
@@ -108,10 +109,10 @@ export function serveUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeade
   };
 
   stream.on('error', () => undefined);
-  stream.once('close', () => { done = true; clearTimeout(timer); });
+  stream.once('close', () => { done = true; if (deadline) deadlines.clear(deadline); });
   const timeoutMs = parseGrpcTimeout(headers['grpc-timeout']);
   if (timeoutMs !== undefined) {
-    timer = setTimeout(() => sendStatus({ code: STATUS.DEADLINE_EXCEEDED, details: 'Deadline exceeded' }, true), Math.max(0, timeoutMs));
+    deadline = deadlines.start(Math.max(0, timeoutMs), () => sendStatus({ code: STATUS.DEADLINE_EXCEEDED, details: 'Deadline exceeded' }, true));
   }
 
   const chunks: Buffer[] = [];

@@ -39,7 +39,7 @@ const FRAMING_BYTES = 64 * 1024;
 
 export interface GrpcDeps {
   /** The execute side of the gateway: the pipeline's first steps and the call itself. */
-  gateway: Pick<Gateway, 'inFlight' | 'draining' | 'execute'> & { pipeline: Pick<Gateway['pipeline'], 'authenticate' | 'count'> };
+  gateway: Pick<Gateway, 'inFlight' | 'draining' | 'execute'> & { pipeline: Pick<Gateway['pipeline'], 'authenticate' | 'count' | 'deadlines'> };
   /** Where to listen; 127.0.0.1 by default. */
   host?: string;
   /** Port; 0 (any free port) by default. */
@@ -286,7 +286,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
   const handleStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean => {
     const handler = fastPaths.get(String(headers[':path']));
     if (!handler || !isGrpcRequest(headers)) return false;
-    serveUnary(stream, headers, handler, maxMessageBytes + FRAMING_BYTES);
+    serveUnary(stream, headers, handler, maxMessageBytes + FRAMING_BYTES, gateway.pipeline.deadlines);
     return true;
   };
 
