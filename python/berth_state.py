@@ -61,12 +61,18 @@ def require_dill() -> None:
 # Which names of a namespace are the user's variables
 
 # Names IPython puts into the user namespace; they are history/plumbing, not
-# user state, and some of them (get_ipython, exit) do not survive a restore.
+# user state, and some of them (get_ipython, exit, IPython 8's own ``open``)
+# do not survive a restore without IPython. A live kernel also says exactly
+# which names are its own: ``shell.user_ns_hidden`` (see ``user_variables``);
+# this list is the fallback for a namespace handed over without its shell.
 _IPYTHON_NAMES = frozenset(
     {"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh",
      "get_ipython", "exit", "quit", "_exit_code"}
 )
 _IPYTHON_NUMBERED = re.compile(r"_i?\d+\Z")  # _i<digits> (inputs), _<digits> (outputs)
+# Builtins IPython shadows in the user namespace with its own function
+# (IPython >= 8.? puts ``open = IPython.core.interactiveshell._modified_open``).
+_IPYTHON_SHADOWED_BUILTINS = frozenset({"open"})
 
 
 def is_user_variable(name: str) -> bool:
@@ -78,9 +84,82 @@ def is_user_variable(name: str) -> bool:
     return True
 
 
-def user_variables(namespace: dict) -> dict:
-    """The user's variables of ``namespace``, in namespace order."""
-    return {k: v for k, v in namespace.items() if isinstance(k, str) and is_user_variable(k)}
+def _is_ipython_plumbing(name: str, value: Any) -> bool:
+    """A builtin's name bound to IPython's replacement of it (not the user's own)."""
+    if name not in _IPYTHON_SHADOWED_BUILTINS:
+        return False
+    module = getattr(value, "__module__", None)
+    return isinstance(module, str) and module.split(".", 1)[0] in ("IPython", "ipykernel")
+
+
+_MISSING = object()
+
+
+def user_variables(namespace: dict, hidden: dict | None = None) -> dict:
+    """The user's variables of ``namespace``, in namespace order.
+
+    ``hidden`` is an IPython shell's ``user_ns_hidden``: the names the shell
+    put into the namespace itself. As IPython's ``%who`` does, a hidden name
+    is skipped while it is still bound to the shell's own object, and counts
+    as the user's once the user rebinds it (``open = my_open``)."""
+    hidden = hidden or {}
+    return {
+        k: v for k, v in namespace.items()
+        if isinstance(k, str) and is_user_variable(k)
+        and hidden.get(k, _MISSING) is not v and not _is_ipython_plumbing(k, v)
+    }
+
+
+_IMMUTABLE_LEAVES = (bytes, str, int, float, complex, bool, type(None))
+
+
+def state_digest(namespace: dict, hidden: dict | None = None, memo: dict | None = None) -> str:
+    """A hash of the user's variables that changes when the state may have
+    changed: each variable's name, the object it is bound to (rebinding
+    always counts, even to an equal value) and its pickled bytes (so a
+    mutation counts). The bytes come from the C pickler, which is tens of
+    times faster than dill's pure-Python one (a 10 MB state: ~20 ms against
+    ~600 ms); dill only serves what the C pickler refuses. Functions and
+    classes are pickled by reference there: a change to one's attributes,
+    without rebinding it, is not seen.
+
+    ``memo`` (a dict the caller keeps between calls) remembers the hash of
+    immutable values (bytes, str, numbers): the same object cannot have
+    changed, so a large one is not pickled again. It holds only the values
+    bound at the last call, so it keeps nothing alive that the namespace
+    dropped."""
+    import hashlib  # noqa: PLC0415 - only kernels recording checkpoints need it
+    import pickle  # noqa: PLC0415
+
+    digest = hashlib.sha256()
+    fresh: dict = {}
+    for name, value in user_variables(namespace, hidden).items():
+        known = memo.get(name) if memo is not None else None
+        if known is not None and known[0] is value:
+            part = known[1]
+        else:
+            try:
+                data = pickle.dumps(value, protocol=5)
+            except Exception:  # noqa: BLE001 - anything the C pickler refuses
+                try:
+                    data = _dumps(value) if dill is not None else b""
+                except Exception:  # noqa: BLE001 - unpicklable: skipped by snapshot too
+                    data = b""
+            part = hashlib.sha256(data).digest()
+        if type(value) in _IMMUTABLE_LEAVES:
+            fresh[name] = (value, part)
+        digest.update(f"{name}\0{id(value)}\0".encode("utf-8", "surrogatepass"))
+        digest.update(part)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
+    return digest.hexdigest()
+
+
+def fingerprint(namespace: dict, hidden: dict | None = None) -> tuple:
+    """Which object each user variable is bound to: equal fingerprints mean no
+    name was bound, rebound or deleted (objects may still have been mutated)."""
+    return tuple((k, id(v)) for k, v in user_variables(namespace, hidden).items())
 
 
 def reset_namespace(namespace: dict) -> None:
@@ -199,8 +278,9 @@ class SnapshotError(RuntimeError):
 # Snapshot / restore
 
 
-def snapshot(namespace: dict) -> tuple[bytes, list[dict], list[dict]]:
-    """Pickle the user variables of ``namespace`` with dill.
+def snapshot(namespace: dict, hidden: dict | None = None) -> tuple[bytes, list[dict], list[dict]]:
+    """Pickle the user variables of ``namespace`` with dill (``hidden``: the
+    shell's own names, see ``user_variables``).
 
     Returns ``(blob, variables, skipped)``: ``variables`` lists
     ``{name, type}`` of what the blob holds, ``skipped`` lists
@@ -211,7 +291,7 @@ def snapshot(namespace: dict) -> tuple[bytes, list[dict], list[dict]]:
     require_dill()
     candidates: dict = {}
     skipped: list[dict] = []
-    for name, value in user_variables(namespace).items():
+    for name, value in user_variables(namespace, hidden).items():
         reason = _top_level_reason(value)
         if reason is not None:
             skipped.append({"name": name, "type": type_name(value), "reason": reason})
@@ -262,18 +342,49 @@ def _normalize(dist_name: str) -> str:
     return re.sub(r"[-_.]+", "-", dist_name).lower()
 
 
+class _Installed(NamedTuple):
+    packages: list          # [{name, version}], sorted by name
+    by_key: dict            # normalized name -> {name, version}
+    providers: dict         # top-level module -> [distribution names]
+
+
+_installed_cache: dict = {}  # "key" -> sys.path fingerprint, "value" -> _Installed
+
+
+def _path_state() -> tuple:
+    """sys.path with each directory's mtime: installing or removing a
+    distribution adds or removes a directory entry, which changes it."""
+    state = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, None))
+    return tuple(state)
+
+
+def _installed() -> _Installed:
+    """What is installed, scanned once and again only when ``sys.path`` or
+    one of its directories changed: the scan takes a few hundred ms, which a
+    kernel recording a checkpoint after every cell must not pay each time."""
+    key = _path_state()
+    if _installed_cache.get("key") != key:
+        seen: dict = {}
+        for dist in metadata.distributions():
+            name = dist.metadata["Name"]
+            if not name:
+                continue
+            seen.setdefault(_normalize(name), {"name": name, "version": dist.version})
+        packages = sorted(seen.values(), key=lambda p: p["name"].lower())
+        _installed_cache["value"] = _Installed(packages, seen, metadata.packages_distributions())
+        _installed_cache["key"] = key
+    return _installed_cache["value"]
+
+
 def installed_packages() -> list[dict]:
     """``[{name, version}]`` of every installed distribution (first one on
     sys.path wins when a name is installed twice), sorted by name."""
-    seen: dict = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        key = _normalize(name)
-        if key not in seen:
-            seen[key] = {"name": name, "version": dist.version}
-    return sorted(seen.values(), key=lambda p: p["name"].lower())
+    return [dict(p) for p in _installed().packages]
 
 
 def _is_stdlib(module: str) -> bool:
@@ -346,7 +457,8 @@ def _distributions_for(modules: Iterable[str]) -> list[dict]:
     """``[{name, version}]`` of the installed distributions providing the
     given (top-level, non-stdlib) modules. Modules no distribution provides
     (local files) are ignored."""
-    mapping = metadata.packages_distributions()
+    installed = _installed()
+    mapping = installed.providers
     found: dict = {}
     for module in sorted(set(modules)):
         if not module or _is_stdlib(module) or module.startswith("berth_"):
@@ -355,27 +467,40 @@ def _distributions_for(modules: Iterable[str]) -> list[dict]:
         if not candidates:
             # Some distro packages (e.g. Debian's python3-dill egg-info) record
             # no file list; a distribution named like the module is the best guess.
-            try:
-                candidates = [metadata.distribution(module).metadata["Name"]]
-            except metadata.PackageNotFoundError:
+            if _normalize(module) not in installed.by_key:
                 continue
+            candidates = [installed.by_key[_normalize(module)]["name"]]
         for dist_name in _owning_distributions(module, candidates):
-            try:
-                dist = metadata.distribution(dist_name)
-            except metadata.PackageNotFoundError:
+            known = installed.by_key.get(_normalize(dist_name))
+            if known is None:
                 continue
-            name = dist.metadata["Name"] or dist_name
-            found.setdefault(_normalize(name), {"name": name, "version": dist.version})
+            found.setdefault(_normalize(known["name"]), dict(known))
     return sorted(found.values(), key=lambda p: p["name"].lower())
 
 
-def environment_info(namespace: dict, code: Iterable[str] = (), modules: Iterable[str] | None = None) -> dict:
+_imports_cache: dict = {}  # source -> frozenset of imported module names
+
+
+def _imports_of(source: str) -> frozenset:
+    """``imported_modules`` remembered per source text: a kernel's history
+    (``In``) is re-read at every checkpoint, and only its new cells need parsing."""
+    found = _imports_cache.get(source)
+    if found is None:
+        if len(_imports_cache) > 10_000:
+            _imports_cache.clear()
+        found = _imports_cache[source] = frozenset(imported_modules(source))
+    return found
+
+
+def environment_info(namespace: dict, code: Iterable[str] = (), modules: Iterable[str] | None = None,
+                     hidden: dict | None = None) -> dict:
     """Describe the interpreter a checkpoint is made in.
 
     ``requires`` lists the distributions that provide the non-stdlib modules
     the checkpoint needs, gathered from:
       * the namespace: module objects, the modules of values' types, and of
-        functions/classes;
+        functions/classes (the user's variables only: ``hidden`` as for
+        ``snapshot``, so a kernel's own objects do not make IPython required);
       * the source ``code`` (and IPython's ``In`` history when the namespace
         is a kernel's): every absolute import, so lazily imported libraries
         of the serving cell count too;
@@ -387,14 +512,14 @@ def environment_info(namespace: dict, code: Iterable[str] = (), modules: Iterabl
     dill itself is always required (it is the checkpoint's format).
     """
     names: set[str] = {"dill"}
-    for value in user_variables(namespace).values():
+    for value in user_variables(namespace, hidden).values():
         names.update(m.partition(".")[0] for m in _value_modules(value))
     sources = list(code)
     history = namespace.get("In")
     if isinstance(history, list):
         sources.extend(s for s in history if isinstance(s, str))
     for source in sources:
-        names.update(imported_modules(source))
+        names.update(_imports_of(source))
     if modules is not None:
         names.update(m.partition(".")[0] for m in modules)
     return {

@@ -19,8 +19,10 @@ its parent is already another process, closing the startup window before
 PR_SET_PDEATHSIG is set) and "maxRequestBytes" (frame size limit, default
 256 MiB).
 
-Types: int, float, str, bool, list, dict, bytes, any. See PROTOCOL.md for the
-wire format; the constants below are the reference.
+Types: int, float, str, bool, list, dict, bytes, any, list[T], ndarray[dtype,
+shape...] and dataframe (berth_types.py). Inputs may carry a "default" (JSON),
+used when a call leaves them out. See PROTOCOL.md for the wire format; the
+constants below are the reference.
 
 Lifecycle: the socket is bound and served first (PINGs answer "loading"),
 then the checkpoint is restored in the main thread; the state becomes "ready",
@@ -40,9 +42,11 @@ global lock; PINGs never take it, so health checks answer while a call runs.
 
 from __future__ import annotations
 
-import base64
+import copy
+import gc
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -53,6 +57,7 @@ import time
 import __main__
 
 import berth_state
+import berth_types
 
 # ---------------------------------------------------------------------------
 # Protocol constants. Every frame, both directions:
@@ -68,7 +73,7 @@ RESP_USER_ERROR = 0x82  # {"error_name", "error_message", "traceback": [lines]}
 RESP_CALL_ERROR = 0x83  # {"code", "message", "details"}
 RESP_PONG = 0x84  # {"state", "error", "pid"}
 
-TYPES = frozenset({"int", "float", "str", "bool", "list", "dict", "bytes", "any"})
+NDARRAY_FORMATS = ("list", "base64")
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 # Frames larger than this are refused (the gateway bounds request bodies far
@@ -132,76 +137,11 @@ def _json_type(value) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Input/output typing
+# Input/output typing (berth_types.py has the types and their conversions)
 
 
 class _Invalid(Exception):
-    """An input or output value does not match its declared type."""
-
-
-def _convert_input(type_: str, value):
-    """Check a decoded JSON input against its declared type and return the
-    Python value to bind (bytes arrive as base64 text)."""
-    if type_ == "any":
-        return value
-    if type_ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif type_ == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:
-                raise _Invalid("is too large for a float") from None
-    elif type_ == "str":
-        if isinstance(value, str):
-            return value
-    elif type_ == "bool":
-        if isinstance(value, bool):
-            return value
-    elif type_ == "list":
-        if isinstance(value, list):
-            return value
-    elif type_ == "dict":
-        if isinstance(value, dict):
-            return value
-    elif type_ == "bytes":
-        if isinstance(value, str):
-            try:
-                return base64.b64decode(value, validate=True)
-            except (ValueError, TypeError):  # binascii.Error is a ValueError
-                raise _Invalid("is not valid base64") from None
-        raise _Invalid(f"must be a base64 string, got {_json_type(value)}")
-    raise _Invalid(f"must be {type_}, got {_json_type(value)}")
-
-
-def _convert_output(type_: str, value):
-    """Check an output variable against its declared type and return the value
-    to JSON-encode. Raises _Invalid with the actual Python type."""
-    if type_ == "any":
-        return value
-    if type_ == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif type_ == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value) if isinstance(value, int) else value
-    elif type_ == "str":
-        if isinstance(value, str):
-            return value
-    elif type_ == "bool":
-        if isinstance(value, bool):
-            return value
-    elif type_ == "list":
-        if isinstance(value, (list, tuple)):
-            return value
-    elif type_ == "dict":
-        if isinstance(value, dict):
-            return value
-    elif type_ == "bytes":
-        if isinstance(value, (bytes, bytearray)):
-            return base64.b64encode(value).decode("ascii")
-    raise _Invalid(type_)
+    """An input value does not match its declared type: args = (message, details)."""
 
 
 def _conversion_hint(value) -> str:
@@ -214,15 +154,35 @@ def _conversion_hint(value) -> str:
 # The worker
 
 
+def _bind_unix(path: str) -> socket.socket:
+    """A listening Unix socket at path, file mode 0600 (a stale file is replaced)."""
+    if len(os.fsencode(path)) >= 108:  # sun_path limit on Linux
+        raise OSError(f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, max 107): {path}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # socket file 0600: only Berth's user (and the sandbox's) may connect
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    return sock
+
+
 class Worker:
     def __init__(self, config: dict):
         self.socket_path: str = config["socket"]
         self.checkpoint_path: str = config["checkpoint"]
         self.source: str = config["code"]
         self.requires: list = config.get("requires") or []
-        self.inputs: list = [(i["name"], i["type"]) for i in config.get("inputs") or []]
-        self.outputs: list = [(o["name"], o["type"]) for o in config.get("outputs") or []]
-        self.input_names = frozenset(name for name, _ in self.inputs)
+        # (name, type string, parsed type, has default, default)
+        self.inputs: list = [(i["name"], i["type"], berth_types.parse(i["type"]), "default" in i, i.get("default"))
+                             for i in config.get("inputs") or []]
+        self.outputs: list = [(o["name"], o["type"], berth_types.parse(o["type"])) for o in config.get("outputs") or []]
+        self.input_names = frozenset(i[0] for i in self.inputs)
         self.max_response = int(config.get("maxResponseBytes") or DEFAULT_MAX_RESPONSE_BYTES)
         self.max_request = int(config.get("maxRequestBytes") or DEFAULT_MAX_REQUEST_BYTES)
 
@@ -245,25 +205,12 @@ class Worker:
 
     # -- startup -----------------------------------------------------------
 
-    def listen(self) -> None:
+    def listen(self, quiet: bool = False) -> None:
         """Bind and listen on the Unix socket (replacing a stale socket file)."""
-        path = self.socket_path
-        if len(os.fsencode(path)) >= 108:  # sun_path limit on Linux
-            raise OSError(f"socket path is too long for a Unix socket ({len(os.fsencode(path))} bytes, max 107): {path}")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # socket file 0600: only Berth's user may connect
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(128)
-        self.listener = sock
+        self.listener = _bind_unix(self.socket_path)
         threading.Thread(target=self._accept_loop, name="berth-accept", daemon=True).start()
-        log(f"listening on {path}")
+        if not quiet:
+            log(f"listening on {self.socket_path}")
 
     def load(self) -> None:
         """Restore the checkpoint into __main__.__dict__ and compile the
@@ -285,6 +232,13 @@ class Worker:
             except OSError as exc:
                 return self._fail(f"cannot read the checkpoint {self.checkpoint_path}: {exc.strerror or exc}")
             log(f"restoring checkpoint {self.checkpoint_path} ({len(blob)} bytes)")
+
+            if any(berth_types.needs_numpy(v[2]) for v in self.inputs + self.outputs):
+                try:
+                    import numpy  # noqa: F401 - imported while loading, not on the first call
+                    import pandas  # noqa: F401
+                except ImportError as exc:
+                    return self._fail(f"this node declares ndarray or dataframe variables, which need numpy and pandas: {exc}")
 
             berth_state.reset_namespace(self.namespace)  # drop the -c bootstrap's names
             try:
@@ -384,7 +338,7 @@ class Worker:
             return _call_error("NOT_READY", f"the worker is {self.state}" + (f": {self.error}" if self.error else ""),
                                state=self.state, error=self.error)
         try:
-            values = self._decode_inputs(payload)
+            values, fmt = self._decode_inputs(payload)
         except _Invalid as exc:
             message, details = exc.args
             return _call_error("INPUT_INVALID", message, **details)
@@ -397,7 +351,7 @@ class Worker:
                     exec(self.code, ns)
                 except BaseException as exc:  # noqa: BLE001 - SystemExit from user code is an error too
                     return self._user_error(exc)
-                return self._encode_outputs(ns)
+                return self._encode_outputs(ns, fmt)
             except Exception as exc:  # noqa: BLE001 - a worker bug: report it, keep serving
                 log(f"internal error during a call: {type(exc).__name__}: {exc}")
                 return _call_error("WORKER_ERROR", f"{type(exc).__name__}: {_safe_str(exc)}")
@@ -409,9 +363,9 @@ class Worker:
                     except Exception:  # noqa: BLE001 - user code may have closed/replaced it
                         pass
 
-    def _decode_inputs(self, payload: bytes) -> dict:
-        """The declared inputs of an EXECUTE payload, converted for binding.
-        Raises _Invalid(message, details)."""
+    def _decode_inputs(self, payload: bytes):
+        """The declared inputs of an EXECUTE payload, converted for binding,
+        and the tensor format the outputs go back in. Raises _Invalid(message, details)."""
         try:
             request = _json_loads(payload)
         except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError; absurd nesting
@@ -421,36 +375,47 @@ class Worker:
         given = request.get("input", {})
         if not isinstance(given, dict):
             raise _Invalid(f'"input" must be an object, got {_json_type(given)}', {})
+        fmt = request.get("ndarray_format", "list")
+        if fmt not in NDARRAY_FORMATS:
+            raise _Invalid(f'"ndarray_format" must be "list" or "base64", got {fmt!r}', {"field": "ndarray_format"})
         values = {}
-        for name, type_ in self.inputs:
-            if name not in given:
+        used = 0
+        for name, type_, parsed, has_default, default in self.inputs:
+            if name in given:
+                value = given[name]
+                used += 1
+            elif has_default:
+                value = copy.deepcopy(default)  # the cell may change it: never share the declared one
+            else:
                 raise _Invalid(f'input "{name}" is missing', {"variable": name, "expected": type_})
             try:
-                values[name] = _convert_input(type_, given[name])
-            except _Invalid as exc:
+                values[name] = berth_types.convert_input(parsed, value)
+            except berth_types.Invalid as exc:
                 raise _Invalid(f'input "{name}" {exc.args[0]}',
-                               {"variable": name, "expected": type_, "actual": _json_type(given[name])}) from None
-        if len(given) != len(values):
+                               {"variable": name, "expected": type_, "actual": _json_type(value)}) from None
+        if len(given) != used:
             unknown = sorted(k for k in given if k not in self.input_names)
             raise _Invalid(f'unknown input "{unknown[0]}"', {"variable": unknown[0], "declared": sorted(self.input_names)})
-        return values
+        return values, fmt
 
-    def _encode_outputs(self, ns: dict) -> bytes:
+    def _encode_outputs(self, ns: dict, fmt: str = "list") -> bytes:
         outputs = {}
-        for name, type_ in self.outputs:
+        for name, type_, parsed in self.outputs:
             try:
                 value = ns[name]
             except KeyError:
                 return _call_error("OUTPUT_MISSING", f'output variable "{name}" is not defined after the serving cell ran',
                                    variable=name)
             try:
-                outputs[name] = _convert_output(type_, value)
-            except _Invalid:
+                outputs[name] = berth_types.convert_output(parsed, value, fmt)
+            except berth_types.Invalid as exc:
                 actual = berth_state.type_name(value)
-                return _call_error(
-                    "OUTPUT_TYPE_MISMATCH",
-                    f'output variable "{name}" is declared {type_} but is {actual}{_conversion_hint(value)}',
-                    variable=name, expected=type_, actual=actual)
+                why = exc.args[0] if exc.args else type_
+                if why == type_:  # a plain type: the value's type says it all
+                    message = f'output variable "{name}" is declared {type_} but is {actual}{_conversion_hint(value)}'
+                else:
+                    message = f'output variable "{name}" is declared {type_}: expected {why}'
+                return _call_error("OUTPUT_TYPE_MISMATCH", message, variable=name, expected=type_, actual=actual)
         try:
             body = _encode_output({"output": outputs}).encode("utf-8")
         except Exception:  # noqa: BLE001 - TypeError, ValueError (NaN, cycles), UnicodeEncodeError, RecursionError
@@ -505,7 +470,7 @@ class Worker:
 # Process plumbing
 
 
-def _die_with_parent(expected_parent: int | None) -> None:
+def _die_with_parent(expected_parent: int | None, watchdog: bool = True) -> None:
     """Never outlive Berth: ask the kernel for SIGKILL when the parent dies
     (Linux PR_SET_PDEATHSIG), and watch the parent pid as a fallback (other
     platforms). A parent that died before prctl took effect is caught by
@@ -525,14 +490,15 @@ def _die_with_parent(expected_parent: int | None) -> None:
         log(f"parent process {expected_parent} is already gone; exiting")
         os._exit(EXIT_ORPHANED)
 
-    def watchdog():
+    def _watch():
         while True:
             time.sleep(1.0)
             if os.getppid() != parent:
                 log("parent process is gone; exiting")
                 os._exit(EXIT_ORPHANED)
 
-    threading.Thread(target=watchdog, name="berth-parent-watchdog", daemon=True).start()
+    if watchdog:  # a template stays single-threaded: its select loop checks the parent instead
+        threading.Thread(target=_watch, name="berth-parent-watchdog", daemon=True).start()
 
 
 def _read_config() -> dict:
@@ -551,13 +517,16 @@ def _read_config() -> dict:
     config = json.loads(raw)
     if not isinstance(config, dict):
         raise ValueError("BERTH_WORKER_CONFIG is not a JSON object")
+    if config.get("mode", "instance") not in ("instance", "template"):
+        raise ValueError('"mode" must be "instance" or "template"')
     for key in ("socket", "checkpoint", "code"):
         if not isinstance(config.get(key), str):
             raise ValueError(f'"{key}" must be a string')
     for key in ("inputs", "outputs"):
         for item in config.get(key) or []:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item.get("type") not in TYPES:
-                raise ValueError(f'"{key}" entries must be {{"name": str, "type": one of {sorted(TYPES)}}}: {item!r}')
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("type"), str):
+                raise ValueError(f'"{key}" entries must be {{"name": str, "type": str}}: {item!r}')
+            berth_types.parse(item["type"])  # TypeSyntax is a ValueError
     requires = config.get("requires") or []
     if not isinstance(requires, list) or not all(isinstance(r, dict) for r in requires):
         raise ValueError('"requires" must be a list of {"name", "version"} objects')
@@ -568,12 +537,337 @@ def _read_config() -> dict:
     return config
 
 
+# ---------------------------------------------------------------------------
+# Template mode (config "mode": "template"): restore the checkpoint once, then
+# fork instances on request. The template stays single-threaded (a select loop
+# in the main thread), so a fork never copies a lock held by another thread.
+# Control protocol (JSON lines over the Unix socket at config "socket"):
+#   -> {"op": "watch"}            <- the state line, then {"exit": pid, "code", "signal"} per instance that ends
+#   -> {"op": "hold"}             <- {"held": token}: this connection waits to be a forked instance's stderr
+#   -> {"op": "fork", "socket": P, "stderr": token?} <- {"pid": n} (the template), -> "go\n" (Berth, once the
+#                                  child is in its cgroup), <- {"bound": true} (the child, listening on P); the
+#                                  rest of the connection is the child's stdout (and stderr, without a token).
+
+
+def _fork_hazards(own_fds: set) -> list:
+    """Why forking this interpreter would be unsafe: threads besides the main one (Python or
+    native) and open sockets that are not Berth's. Empty when it is safe."""
+    reasons = []
+    main_ident = threading.main_thread().ident
+    others = [tid for tid in sys._current_frames() if tid != main_ident]
+    if others:
+        names = sorted(t.name for t in threading.enumerate() if t.ident in others)
+        reasons.append(f"restoring the checkpoint started {len(others)} thread(s)"
+                       f" ({', '.join(names) if names else 'unnamed'}): a forked copy would hold their locks without them")
+    try:
+        native = len(os.listdir("/proc/self/task")) - 1 - len(others)
+    except OSError:
+        native = 0
+    if native > 0:
+        reasons.append(f"restoring the checkpoint started {native} native thread(s) (a C extension's)")
+    sockets = []
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        fds = []
+    for name in fds:
+        fd = int(name)
+        if fd in own_fds:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            sockets.append(fd)
+    if sockets:
+        reasons.append(f"the restored state holds {len(sockets)} open socket(s) (fd {', '.join(map(str, sorted(sockets)))}):"
+                       " forked instances would share one connection")
+    return reasons
+
+
+def _reseed() -> None:
+    """A forked instance must not repeat its siblings' random numbers (a fresh process seeds anew)."""
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            numpy.random.seed()
+        except Exception:  # noqa: BLE001 - an odd numpy: the instance still serves
+            pass
+
+
+def _send_line(conn: socket.socket, obj: dict) -> None:
+    conn.sendall(json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n")
+
+
+class Template:
+    """Restores once; forks one instance per request; reports their exits to watchers."""
+
+    def __init__(self, config: dict):
+        self.worker = Worker(config)
+        self.control = _bind_unix(config["socket"])
+        self.conns: dict = {}  # accepted connection -> bytes received so far
+        self.watchers: list = []
+        self.held: dict = {}  # token -> connection that will be a forked instance's stderr
+        self.held_seq = 0
+        self.children: set = set()
+        self.state_line = b""
+        self.wake_r = self.wake_w = -1
+
+    def prepare(self) -> None:
+        started = time.monotonic()
+        self.worker.load()
+        if self.worker.state != "ready":
+            self._state({"state": "failed", "error": self.worker.error})
+            return
+        hazards = _fork_hazards({0, 1, 2, self.control.fileno()})
+        if hazards:
+            for h in hazards:
+                log(f"not fork-safe: {h}")
+            self._state({"state": "unsafe", "reasons": hazards})
+            return
+        # objects restored so far go to the permanent generation: the collector never writes
+        # their headers, so forked instances keep sharing those pages
+        gc.collect()
+        gc.freeze()
+        self._state({"state": "ready", "pid": os.getpid(), "seconds": round(time.monotonic() - started, 3)})
+        log(f"template ready: forking instances from pid {os.getpid()}")
+
+    def _state(self, obj: dict) -> None:
+        self.state = obj["state"]
+        self.state_line = json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+
+    def serve(self, parent: int) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so the wakeup fd is written
+        self._reap()
+        while True:
+            readable, _, _ = select.select([self.control, self.wake_r, *self.conns], [], [], 1.0)
+            if os.getppid() != parent:
+                log("parent process is gone; exiting")
+                os._exit(EXIT_ORPHANED)
+            if self.wake_r in readable:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                self._reap()
+            if self.control in readable:
+                try:
+                    conn, _ = self.control.accept()
+                    self.conns[conn] = b""
+                except OSError as exc:
+                    log(f"accept failed: {exc}")
+            for conn in [c for c in readable if c in self.conns]:
+                self._receive(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.conns.pop(conn, None)
+        for key, held in list(self.held.items()):
+            if held is conn:
+                del self.held[key]
+        if conn in self.watchers:
+            self.watchers.remove(conn)
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _receive(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            return self._drop(conn)
+        buf = self.conns[conn] + data
+        if b"\n" not in buf:
+            if len(buf) > 65536:
+                return self._drop(conn)
+            self.conns[conn] = buf
+            return None
+        line = buf.split(b"\n", 1)[0]
+        self.conns[conn] = b""
+        try:
+            request = json.loads(line)
+            op = request.get("op")
+        except (ValueError, AttributeError):
+            op = None
+        try:
+            if op == "watch":
+                self.watchers.append(conn)
+                conn.sendall(self.state_line)
+            elif op == "hold":
+                # kept for the next fork that names it: it becomes that instance's stderr
+                self.held_seq += 1
+                self.held[self.held_seq] = conn
+                _send_line(conn, {"held": self.held_seq})
+            elif op == "fork" and isinstance(request.get("socket"), str):
+                err = self.held.pop(request.get("stderr"), None) if isinstance(request.get("stderr"), int) else None
+                if self.state != "ready":
+                    _send_line(conn, {"error": f"the template is {self.state}"})
+                    if err is not None:
+                        self._drop(err)
+                    return self._drop(conn)
+                self._fork(conn, request["socket"], err)
+            else:
+                _send_line(conn, {"error": "unknown request"})
+                self._drop(conn)
+        except OSError:
+            self._drop(conn)
+        return None
+
+    def _fork(self, conn: socket.socket, socket_path: str, err: socket.socket | None = None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        template_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            self._become_instance(conn, socket_path, template_pid, err)  # never returns
+        self.children.add(pid)
+        try:
+            _send_line(conn, {"pid": pid})
+        finally:
+            self._drop(conn)  # the child keeps its own copies
+            if err is not None:
+                self._drop(err)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid not in self.children:
+                continue  # a process the restored state started
+            self.children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            event = {"exit": pid, "code": code if code >= 0 else None,
+                     "signal": signal.Signals(-code).name if code < 0 else None}
+            for w in list(self.watchers):
+                try:
+                    _send_line(w, event)
+                except OSError:
+                    self._drop(w)
+
+    # -- in the forked child -----------------------------------------------
+
+    def _become_instance(self, conn: socket.socket, socket_path: str, template_pid: int, err: socket.socket | None) -> None:
+        worker = self.worker
+
+        def on_signal(signum, _frame):
+            log(f"{signal.Signals(signum).name} received; exiting")
+            worker.close()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
+            os._exit(0)
+
+        try:
+            signal.signal(signal.SIGTERM, on_signal)  # not the template's handler, even for a signal sent at once
+            signal.signal(signal.SIGINT, on_signal)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # the template's descriptors are not the instance's: only its own connection stays
+            for c in [self.control, *self.conns]:
+                if c is not conn and c is not err:
+                    c.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            os.setpgid(0, 0)  # its own process group: Berth ends it and what it starts together
+            _die_with_parent(template_pid, watchdog=False)
+            conn.settimeout(30)
+            buf = b""
+            while b"\n" not in buf:  # Berth says go once it knows the host pid (the move into its cgroup runs meanwhile)
+                data = conn.recv(64)
+                if not data:
+                    os._exit(EXIT_ORPHANED)
+                buf += data
+            conn.settimeout(None)
+            _reseed()
+            worker.socket_path = socket_path
+            os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+            worker.listen(quiet=True)
+            worker._set_state("ready", None)  # the pong names this process
+            _send_line(conn, {"bound": True})
+        except BaseException as exc:  # noqa: BLE001 - whatever went wrong, the child must not return into the loop
+            try:
+                _send_line(conn, {"error": f"{type(exc).__name__}: {_safe_str(exc)}"})
+            except Exception:  # noqa: BLE001
+                pass
+            os._exit(EXIT_CONFIG)
+        try:
+            # from here the connection is the instance's stdout and stderr: its own log
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            os.dup2(conn.fileno(), 1)
+            os.dup2((err or conn).fileno(), 2)  # stderr on a connection of its own when Berth held one
+            conn.close()
+            if err is not None:
+                err.close()
+            log(f"worker pid {os.getpid()} forked from template pid {template_pid}; listening on {socket_path}")
+            _run_instance(worker, template_pid)
+        finally:
+            os._exit(1)
+
+
+def _run_instance(worker: Worker, parent: int) -> None:
+    """A forked instance serves until a signal, as main() does after loading."""
+    _die_with_parent(parent)
+    forever = threading.Event()
+    while True:
+        forever.wait(3600)
+
+
+def template_main(config: dict) -> None:
+    parent = os.getppid()
+    _die_with_parent(config.get("parentPid"), watchdog=False)
+    log(f"template pid {os.getpid()} starting: python {sys.version.split()[0]} ({sys.executable})")
+
+    def on_signal(signum, _frame):
+        log(f"{signal.Signals(signum).name} received; template exiting")
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        template = Template(config)
+    except OSError as exc:
+        log(f"cannot listen on {config['socket']}: {exc}")
+        sys.exit(EXIT_CONFIG)
+    template.prepare()
+    template.serve(parent)
+
+
 def main() -> None:
     try:
         config = _read_config()
     except ValueError as exc:
         log(f"bad worker configuration: {exc}")
         sys.exit(EXIT_CONFIG)
+
+    if config.get("mode") == "template":
+        template_main(config)
+        return
 
     _die_with_parent(config.get("parentPid"))
     log(f"worker pid {os.getpid()} starting: python {sys.version.split()[0]} ({sys.executable})")

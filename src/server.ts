@@ -31,6 +31,7 @@ import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
 import { RoutingTable } from './gateway/routing-table.js';
 import { Sandbox } from './sandbox/sandbox.js';
+import { UsageRecorder } from './usage/recorder.js';
 
 export interface RunningBerth {
   url: string;
@@ -86,6 +87,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const metrics = new Metrics();
   const secrets = new Secrets(config.home, store);
   const controller = new Controller(config, store, runtime, metrics, secrets);
+  // usage accounting: instance time from the controller, calls and bytes from the gateway(s)
+  const usage = new UsageRecorder(store, metrics, { nameOf: (id) => controller.nodeSpec(id)?.name });
+  await usage.load();
+  controller.meterInstances(usage);
   const checkpoints = new CheckpointService(config, store, sandbox);
   const aliases = new AliasTable();
   for (const a of await store.listAliases()) aliases.set(a);
@@ -100,7 +105,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // with workers, the control API listens on a unix socket only they (and this user) reach
   const controlSocket = join(config.home, 'control.sock');
   let controlServer: Server | null = null;
-  const gatewayCluster = clustered ? new GatewayCluster({ config, events: controller, auth, aliases, controlSocket }) : null;
+  const gatewayCluster = clustered ? new GatewayCluster({ config, events: controller, auth, aliases, controlSocket, usage }) : null;
+  if (routes) usage.drainFrom(() => routes.usage.drain());
 
   const app = Fastify({
     // control-plane requests are logged with their id (also sent back as x-request-id)
@@ -116,7 +122,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
 
   await app.register(swagger, {
-    openapi: { info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute.' } },
+    openapi: {
+      info: { title: 'Berth control API', version: '0.1.0', description: 'Nodes, checkpoints, secrets and tokens. Calls go to /datasphere/v1/nodes/{id}:execute; each cell node\'s own contract is at /v1/nodes/{id}/openapi.json.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
   });
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     let e: unknown = err;
@@ -153,10 +163,12 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }] };
   });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
-  registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText });
+  registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage });
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
   await controller.start();
+  usage.forgetLeftovers(); // what the last run left open and nobody adopted has stopped
+  usage.start();
   telemetry.start();
   await app.ready();
   let port: number;
@@ -198,6 +210,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       telemetry.stop();
       routes?.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
       await controller.stop();
+      await runtime.close?.(); // fork templates, once their instances are gone
+      await usage.stop(); // the instances have stopped (their time is final) and the gateways drained
       await plane?.close();
       controlServer?.closeAllConnections();
       await app.close().catch(() => undefined);

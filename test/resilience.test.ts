@@ -144,6 +144,12 @@ test('a missing package fails the instance with an error naming it', async () =>
   }, 20_000);
   assert.match(failed.instances[0].lastError, /berthfakepkg/);
   assert.notEqual(failed.status, 'Healthy');
+  // the CLI says why as soon as the node is Unhealthy, not after waiting out its 300 s
+  const t0 = Date.now();
+  const cli = b.cli('node', 'create', '--name', 'no-pkg-cli', '--checkpoint', 'needs-pkg', '--input', 'x:int', '--output', 'y:int');
+  assert.notEqual(cli.status, 0);
+  assert.match(cli.stderr, /cannot become Healthy: .*berthfakepkg/);
+  assert.ok(Date.now() - t0 < 60_000, `the CLI took ${Date.now() - t0} ms`);
   // the same checkpoint served with the interpreter that has it works
   const ok = await createNode(b, { name: 'with-pkg', checkpointId: 'needs-pkg', environment: { python: wrapper }, inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }] });
   assert.deepEqual((await execute(b, ok.id, { x: 21 })).body, { output: { y: 42 } });

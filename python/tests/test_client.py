@@ -197,8 +197,49 @@ class MagicTest(unittest.TestCase):
         out, err = self.run_magic("--frobnicate", "x = 1\n")
         self.assertIn("unknown option", err)
         self.assertNotIn("x", self.shell.user_ns)
-        self.assertEqual(berth_client._parse_magic_line("--name 'my model' --url=http://h:1"),
-                         {"name": "my model", "url": "http://h:1"})
+        self.assertEqual(berth_client._parse_magic_line("--name 'my model' --url=http://h:1 --folder=team-a"),
+                         {"name": "my model", "url": "http://h:1", "folder": "team-a"})
+
+
+class KernelHelpersTest(unittest.TestCase):
+    """The pure parts of the kernel magics (the magics themselves run in a real
+    kernel in test/kernel.test.ts)."""
+
+    def test_read_only_cells(self):
+        for source in ("x", "df.shape", "a + b * 2", "x[0]", "", "# a comment"):
+            self.assertTrue(berth_client._is_read_only(source), source)
+        for source in ("x = 1", "print(x)", "items.append(3)", "del x", "import os", "(y := 2)",
+                       "x += 1", "def f(): pass", "for i in r: pass", "x[0] = 1", "not valid python ("):
+            self.assertFalse(berth_client._is_read_only(source), source)
+
+    def test_options(self):
+        o = berth_client._parse_options("adder --input v:int --input=w:float --output y:int --min 2",
+                                        "usage", values=("min",), repeated=("input", "output"), positional=1)
+        self.assertEqual((o["args"], o["input"], o["output"], o["min"]), (["adder"], ["v:int", "w:float"], ["y:int"], "2"))
+        for line in ("--input", "a b", "--bogus 1", "'unclosed"):
+            with self.assertRaises(berth_client._Usage):
+                berth_client._parse_options(line, "usage", repeated=("input",), positional=1)
+        self.assertEqual(berth_client._parse_variables(["x:ndarray[float32,-1]"], "--input"),
+                         [{"name": "x", "type": "ndarray[float32,-1]"}])
+        with self.assertRaises(berth_client._Usage):
+            berth_client._parse_variables(["x"], "--input")
+        with self.assertRaises(berth_client._Usage):
+            berth_client._whole("0", "--keep", 1, 1000)
+        with self.assertRaises(berth_client._Usage):
+            berth_client._whole("two", "--keep", 1, 1000)
+
+    def test_checkpoint_names_fit_the_name_rules(self):
+        name = berth_client._checkpoint_name("m" * 80, 2)
+        self.assertLessEqual(len(name), 63)
+        self.assertRegex(name, r"^m+-\d{8}-\d{6}-2$")
+        self.assertRegex(berth_client._checkpoint_name("my model", 0), r"^my model-\d{8}-\d{6}$")
+
+    def test_curl_line_quotes_the_body_for_a_shell(self):
+        line = berth_client.curl_line("http://127.0.0.1:1", {"id": "abc", "folderId": "default"}, {"s": "it's"})
+        self.assertIn('"http://127.0.0.1:1/datasphere/v1/nodes/abc:execute"', line)
+        self.assertIn("""--data-raw '{"folder_id": "default", "input": {"s": "it'\\''s"}}'""", line)
+        self.assertEqual(berth_client._example_value(object(), "float"), 0.0)
+        self.assertEqual(berth_client._example_value([1, 2], "list"), [1, 2])
 
 
 if __name__ == "__main__":

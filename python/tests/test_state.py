@@ -23,8 +23,8 @@ def run_cells(*cells: str) -> dict:
     return namespace
 
 
-def roundtrip(namespace: dict) -> tuple[dict, list, list]:
-    blob, variables, skipped = berth_state.snapshot(namespace)
+def roundtrip(namespace: dict, hidden: dict | None = None) -> tuple[dict, list, list]:
+    blob, variables, skipped = berth_state.snapshot(namespace, hidden)
     restored: dict = {}
     berth_state.restore(blob, restored)
     return restored, variables, skipped
@@ -126,6 +126,55 @@ class SnapshotRestoreTest(unittest.TestCase):
         ns = {"In": ["x = 1"], "_3": 4, "__doc__": None, "x": 1}
         _, variables, _ = roundtrip(ns)
         self.assertEqual(variables, [{"name": "x", "type": "int"}])
+
+    def test_a_shells_hidden_names_stay_out_until_the_user_rebinds_them(self):
+        def ipython_open(*a, **k):  # stands for IPython's own open
+            return None
+
+        def my_open(*a, **k):
+            return None
+
+        hidden = {"open": ipython_open, "helper": 1}
+        ns = {"open": ipython_open, "helper": 1, "x": 1}
+        self.assertEqual(list(berth_state.user_variables(ns, hidden)), ["x"])
+        ns["open"] = my_open  # the user's own now (IPython's %who rule)
+        self.assertEqual(list(berth_state.user_variables(ns, hidden)), ["open", "x"])
+        _, variables, _ = roundtrip({"open": ipython_open, "x": 1}, hidden={"open": ipython_open})
+        self.assertEqual(variables, [{"name": "x", "type": "int"}])
+
+    def test_ipythons_open_is_left_out_without_the_shell_too(self):
+        fake = type(lambda: None)((lambda: None).__code__, {}, "open")
+        fake.__module__ = "IPython.core.interactiveshell"
+        self.assertEqual(list(berth_state.user_variables({"open": fake, "x": 1})), ["x"])
+        mine = type(lambda: None)((lambda: None).__code__, {}, "open")
+        self.assertEqual(list(berth_state.user_variables({"open": mine})), ["open"])
+
+    def test_fingerprint_changes_when_a_name_is_rebound(self):
+        ns = {"a": [1], "In": []}
+        first = berth_state.fingerprint(ns)
+        ns["a"].append(2)
+        self.assertEqual(berth_state.fingerprint(ns), first)  # a mutation is not seen here
+        ns["In"] = ["x"]
+        self.assertEqual(berth_state.fingerprint(ns), first)  # IPython's names do not count
+        ns["a"] = [1, 2]
+        self.assertNotEqual(berth_state.fingerprint(ns), first)
+
+    def test_state_digest_sees_rebinding_and_mutation_and_reuses_immutable_hashes(self):
+        big = bytes(1000)
+        ns = {"big": big, "items": [1, 2], "In": ["x"]}
+        memo: dict = {}
+        first = berth_state.state_digest(ns, memo=memo)
+        self.assertIs(memo["big"][0], big)
+        self.assertNotIn("items", memo)  # mutable: hashed again every time
+        self.assertEqual(berth_state.state_digest(ns, memo=memo), first)
+        ns["items"].append(3)
+        mutated = berth_state.state_digest(ns, memo=memo)
+        self.assertNotEqual(mutated, first)
+        ns["big"] = bytes(1000)  # an equal value, but rebound
+        self.assertNotEqual(berth_state.state_digest(ns, memo=memo), mutated)
+        del ns["big"]
+        berth_state.state_digest(ns, memo=memo)
+        self.assertEqual(memo, {})  # nothing the namespace dropped is kept alive
 
     def test_restore_updates_the_namespace(self):
         blob, _, _ = berth_state.snapshot({"a": 1, "b": "two"})

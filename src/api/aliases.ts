@@ -5,10 +5,12 @@ import { Auth } from '../core/auth.js';
 import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseAliasSpec } from '../core/alias-spec.js';
-import type { AliasRecord, AliasSpec, TokenRecord } from '../core/types.js';
+import type { AliasRecord, AliasSpec, CellNodeSpec, NodeRecord, TokenRecord } from '../core/types.js';
+import { contractDifference } from '../contracts/compat.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { body } from './request.js';
 import type { ApiDeps } from './deps.js';
+import { Alias, AliasDeleted, AliasList, AliasPatch, AliasSpecIn, errors, folderQuery, params, query, ref, route } from './schemas.js';
 
 const notFound = (name: string) => (): BerthError => new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
 
@@ -24,11 +26,28 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
       return n;
     };
     const kinds = new Set<string>();
-    for (const [i, b] of spec.backends.entries()) kinds.add((await sameFolder(b.nodeId, `backends[${i}].nodeId`)).spec.kind);
+    const cells: Array<{ field: string; node: NodeRecord }> = [];
+    for (const [i, b] of spec.backends.entries()) {
+      const field = `backends[${i}].nodeId`;
+      const node = await sameFolder(b.nodeId, field);
+      kinds.add(node.spec.kind);
+      if (node.spec.kind === 'cell') cells.push({ field, node });
+    }
     if (kinds.size > 1) throw invalidArgument('backends', 'mixes cell and image nodes: an alias serves one kind');
     if (spec.mirror) {
       const shadow = await sameFolder(spec.mirror.nodeId, 'mirror.nodeId');
       if (shadow.spec.kind !== 'cell' || !kinds.has('cell')) throw invalidArgument('mirror.nodeId', 'mirroring compares execute answers: it works for aliases over cell nodes');
+      cells.push({ field: 'mirror.nodeId', node: shadow });
+    }
+    // callers of an alias see one contract: every cell backend must declare the same variables
+    const first = cells[0];
+    for (const other of cells.slice(1)) {
+      const diff = contractDifference(first!.node.spec as CellNodeSpec, other.node.spec as CellNodeSpec);
+      if (diff) {
+        throw new BerthError('CONTRACT_MISMATCH',
+          `${other.field}: node ${other.node.id} does not have the contract of node ${first!.node.id}: ${diff.message}; an alias needs backends callers can call alike`,
+          { field: other.field, nodeId: other.node.id, otherNodeId: first!.node.id, variable: diff.variable, side: diff.side, expected: diff.expected, got: diff.got });
+      }
     }
   };
 
@@ -50,7 +69,7 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return a;
   };
 
-  app.post('/v1/aliases', { config: { audit: 'alias.create' }, schema: { tags: ['aliases'], summary: 'Create an alias over one or more nodes' } }, async (req, reply) => {
+  app.post('/v1/aliases', { config: { audit: 'alias.create' }, schema: route({ tags: ['aliases'], summary: 'Create an alias over one or more nodes', body: ref(AliasSpecIn), response: { 201: ref(Alias), ...errors(400, 403, 404, 409, 413, 415) } }) }, async (req, reply) => {
     const spec = parseAliasSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject });
     auditTarget(req, spec.folderId);
     requireRole(req.token, spec.folderId, 'write');
@@ -64,15 +83,15 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return aliasView(record);
   });
 
-  app.get<{ Querystring: { folderId?: string } }>('/v1/aliases', { schema: { tags: ['aliases'], summary: 'List the aliases of the folders this token may read' } }, async (req) => {
+  app.get<{ Querystring: { folderId?: string } }>('/v1/aliases', { schema: route({ tags: ['aliases'], summary: 'List the aliases of the folders this token may read', querystring: query(folderQuery), response: { 200: ref(AliasList), ...errors() } }) }, async (req) => {
     const folder = req.query.folderId;
     return { aliases: (await store.listAliases()).filter((a) => Auth.can(req.token, a.spec.folderId, 'read') && (folder === undefined || a.spec.folderId === folder)).map(aliasView) };
   });
 
-  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: { tags: ['aliases'], summary: 'Get an alias with its backends\' status' } }, async (req) =>
+  app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: route({ tags: ['aliases'], summary: 'Get an alias with its backends\' status', params: params({ name: 'alias name or id' }), response: { 200: ref(Alias), ...errors(404) } }) }, async (req) =>
     aliasView(await findAlias(req.params.name, req.token, 'read')));
 
-  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: { tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically' } }, async (req) => {
+  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: route({ tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically', params: params({ name: 'alias name or id' }), body: ref(AliasPatch), response: { 200: ref(Alias), ...errors(400, 403, 404, 413, 415) } }) }, async (req) => {
     const current = await findAlias(req.params.name, req.token, 'write');
     auditTarget(req, current.spec.folderId, current.id);
     const b = body(req);
@@ -85,7 +104,7 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
     return aliasView(record);
   });
 
-  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.delete' }, schema: { tags: ['aliases'], summary: 'Delete an alias (its nodes stay)' } }, async (req) => {
+  app.delete<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.delete' }, schema: route({ tags: ['aliases'], summary: 'Delete an alias (its nodes stay)', params: params({ name: 'alias name or id' }), response: { 200: ref(AliasDeleted), ...errors(403, 404) } }) }, async (req) => {
     const a = await findAlias(req.params.name, req.token, 'write');
     auditTarget(req, a.spec.folderId, a.id);
     await store.deleteAlias(a.id);

@@ -11,6 +11,7 @@ import { discardUpload } from '../gateway/http-util.js';
 import { auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import { allowedPython, body, onlyFields, optString } from './request.js';
 import type { ApiDeps } from './deps.js';
+import { Checkpoint as CheckpointSchema, CheckpointCreate, CheckpointDeleted, CheckpointList, CheckpointRun, CheckpointUpdate, errors, folderQuery, params, query, ref, route } from './schemas.js';
 
 const notFound = (ref: string) => (): BerthError => new BerthError('CHECKPOINT_NOT_FOUND', `checkpoint ${ref} not found`, { checkpointId: ref });
 
@@ -24,7 +25,7 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
     return c;
   };
 
-  app.post('/v1/checkpoints', { config: { audit: 'checkpoint.create' }, schema: { tags: ['checkpoints'], summary: 'Run cells in a fresh interpreter and save the namespace' } }, async (req, reply) => {
+  app.post('/v1/checkpoints', { config: { audit: 'checkpoint.create' }, schema: route({ tags: ['checkpoints'], summary: 'Run cells in a fresh interpreter and save the namespace', body: ref(CheckpointCreate), response: { 201: ref(CheckpointRun), ...errors(400, 403, 404, 409, 413, 415, 422, 429) } }) }, async (req, reply) => {
     const b = body(req);
     onlyFields(b, ['cells', 'script', 'notebook', 'servingCell', 'name', 'python', 'folderId', 'projectId']);
     const folderId = validateFolder(optString(b, 'folderId') ?? defaultFolderOf(req.token, config.defaultFolder), 'folderId');
@@ -75,7 +76,11 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
   });
 
   app.addContentTypeParser('application/vnd.berth.checkpoint', (_req, payload, done) => done(null, payload));
-  app.post('/v1/checkpoints::upload', { config: { audit: 'checkpoint.upload' }, schema: { tags: ['checkpoints'], summary: 'Save a live kernel snapshot (metadata line + dill blob)' } }, async (req, reply) => {
+  app.post('/v1/checkpoints::upload', { config: { audit: 'checkpoint.upload' }, schema: route({
+      tags: ['checkpoints'], summary: 'Save a live kernel snapshot (metadata line + dill blob)', querystring: query(folderQuery),
+      body: { content: { 'application/vnd.berth.checkpoint': { schema: { type: 'string', format: 'binary', description: 'one JSON line {code, name?, python, executable, packages, requires, variables, skipped}, "\\n", then the dill blob' } } } },
+      response: { 201: ref(CheckpointSchema), ...errors(400, 403, 409, 413, 415, 429) },
+    }) }, async (req, reply) => {
     if (!String(req.headers['content-type']).startsWith('application/vnd.berth.checkpoint')) {
       throw new BerthError('UNSUPPORTED_MEDIA_TYPE', 'upload with Content-Type: application/vnd.berth.checkpoint');
     }
@@ -99,16 +104,16 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
     return checkpoint;
   });
 
-  app.get<{ Querystring: { folderId?: string } }>('/v1/checkpoints', { schema: { tags: ['checkpoints'], summary: 'List the checkpoints of the folders this token may read' } }, async (req) => {
+  app.get<{ Querystring: { folderId?: string } }>('/v1/checkpoints', { schema: route({ tags: ['checkpoints'], summary: 'List the checkpoints of the folders this token may read', querystring: query(folderQuery), response: { 200: ref(CheckpointList), ...errors() } }) }, async (req) => {
     const all = await store.listCheckpoints();
     const folder = req.query.folderId;
     return { checkpoints: all.filter((c) => Auth.can(req.token, c.folderId, 'read') && (folder === undefined || c.folderId === folder)) };
   });
 
-  app.get<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { schema: { tags: ['checkpoints'], summary: 'Get a checkpoint by id or name' } }, async (req) =>
+  app.get<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { schema: route({ tags: ['checkpoints'], summary: 'Get a checkpoint by id or name', params: params({ ref: 'checkpoint id or name' }), querystring: query(folderQuery), response: { 200: ref(CheckpointSchema), ...errors(400, 404) } }) }, async (req) =>
     find(req.params.ref, req.query.folderId, req.token, 'read'));
 
-  app.patch<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { config: { audit: 'checkpoint.update' }, schema: { tags: ['checkpoints'], summary: 'Pin (name), rename or unpin (name: null)' } }, async (req) => {
+  app.patch<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { config: { audit: 'checkpoint.update' }, schema: route({ tags: ['checkpoints'], summary: 'Pin (name), rename or unpin (name: null)', params: params({ ref: 'checkpoint id or name' }), querystring: query(folderQuery), body: ref(CheckpointUpdate), response: { 200: ref(CheckpointSchema), ...errors(400, 403, 404, 409) } }) }, async (req) => {
     const b = body(req);
     onlyFields(b, ['name']);
     if (!('name' in b)) throw invalidArgument('name', 'is required (a string to pin or rename, null to unpin)');
@@ -121,7 +126,7 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
     return checkpoints.rename(c, b.name as string | null);
   });
 
-  app.delete<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { config: { audit: 'checkpoint.delete' }, schema: { tags: ['checkpoints'], summary: 'Delete a checkpoint no node uses' } }, async (req) => {
+  app.delete<{ Params: { ref: string }; Querystring: { folderId?: string } }>('/v1/checkpoints/:ref', { config: { audit: 'checkpoint.delete' }, schema: route({ tags: ['checkpoints'], summary: 'Delete a checkpoint no node uses', params: params({ ref: 'checkpoint id or name' }), querystring: query(folderQuery), response: { 200: ref(CheckpointDeleted), ...errors(400, 403, 404, 409) } }) }, async (req) => {
     const c = await find(req.params.ref, req.query.folderId, req.token, 'write');
     auditTarget(req, c.folderId, c.id);
     await checkpoints.delete(c);

@@ -8,6 +8,7 @@ import type { AliasTable } from '../aliases/table.js';
 import type { Metrics } from '../core/metrics.js';
 import type { Quotas } from '../folders/quotas.js';
 import type { Auth } from '../core/auth.js';
+import type { UsageRecorder } from '../usage/recorder.js';
 
 export interface ApiDeps {
   config: Config;
@@ -21,4 +22,6 @@ export interface ApiDeps {
   quotas: Quotas;
   /** The Prometheus exposition: Berth's metrics and the scraped image-node telemetry. */
   metricsText: () => Promise<string>;
+  /** Usage accounting: flushed before a read, so GET /v1/usage is current to the second. */
+  usage: UsageRecorder;
 }

@@ -6,16 +6,20 @@ import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import type { ApiDeps } from './deps.js';
 import { registerAccess } from './access.js';
+import { Health, errors, ref, registerSchemas, route } from './schemas.js';
 import { tokenRoutes } from './tokens.js';
 import { checkpointRoutes } from './checkpoints.js';
 import { nodeRoutes } from './nodes.js';
 import { aliasRoutes } from './aliases.js';
 import { secretRoutes } from './secrets.js';
 import { folderRoutes } from './folders.js';
+import { usageRoutes } from './usage.js';
+import { contractRoutes } from './contracts.js';
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
+  registerSchemas(app);
   registerAccess(app, deps.auth, deps.store);
-  app.get('/v1/health', { config: { public: true }, schema: { tags: ['meta'], summary: 'Liveness (no token needed)' } }, async () => ({ status: 'ok' }));
+  app.get('/v1/health', { config: { public: true }, schema: route({ tags: ['meta'], summary: 'Liveness (no token needed)', public: true, response: { 200: ref(Health), ...errors() } }) }, async () => ({ status: 'ok' }));
   // metrics name every node and alias: only a token that may read every folder sees them here
   // (or run `berth up --metrics-listen` for a scrape address of its own)
   app.get('/metrics', { schema: { hide: true } }, async (req, reply) => {
@@ -25,5 +29,5 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metricsText();
   });
-  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes]) routes(app, deps);
+  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, usageRoutes, contractRoutes]) routes(app, deps);
 }

@@ -7,11 +7,14 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import { parseNodeSpec } from '../core/node-spec.js';
 import { IN_PLACE_FIELDS, changedFields, mergePatch, specDiff, specInput } from '../core/node-update.js';
-import type { NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
+import type { CellNodeSpec, NodeRecord, NodeRevision, NodeSpec, Rollout, TokenRecord } from '../core/types.js';
+import { contractDifference } from '../contracts/compat.js';
 import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } from './access.js';
 import type { ApiDeps } from './deps.js';
 import { allowedPython, flag } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
+import { Node, NodeDeleted, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
+import { Type } from '@sinclair/typebox';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
 const MAX_LOG_FOLLOWERS = 64;
@@ -66,6 +69,24 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     }
   };
 
+  /** A node behind an alias keeps the contract of the alias's other cell nodes (docs/contracts.md). */
+  const checkAliasContracts = async (nodeId: string, spec: CellNodeSpec): Promise<void> => {
+    for (const name of aliases.relatedTo(nodeId)) {
+      const a = aliases.get(name)?.spec;
+      if (!a) continue;
+      const others = [...a.backends.map((b) => b.nodeId), ...(a.mirror ? [a.mirror.nodeId] : [])].filter((id) => id !== nodeId);
+      for (const id of new Set(others)) {
+        const other = await store.getNode(id);
+        if (other?.spec.kind !== 'cell') continue;
+        const diff = contractDifference(other.spec, spec);
+        if (diff) {
+          throw new BerthError('CONTRACT_MISMATCH', `${diff.side}s: alias ${name} also serves node ${id}, whose ${diff.message.replace('on the first backend but', 'while this change makes it').replace(' on this one', '')}; change them together through a new node and the alias`,
+            { field: `${diff.side}s`, aliasName: name, otherNodeId: id, variable: diff.variable, expected: diff.expected, got: diff.got });
+        }
+      }
+    }
+  };
+
   /**
    * Applies a changed spec: in place when only IN_PLACE_FIELDS differ, else as a new revision
    * rolled out (`cause` says why it exists). Returns what changed; `dryRun` changes nothing.
@@ -76,6 +97,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     if (n.spec.kind === 'image' && spec.kind === 'image' && n.spec.endpoint.protocol !== spec.endpoint.protocol) {
       throw invalidArgument('endpoint.protocol', 'cannot change in a rollout (old and new instances would need different callers): create a new node and move an alias to it');
     }
+    if (spec.kind === 'cell' && (changed.includes('inputs') || changed.includes('outputs'))) await checkAliasContracts(n.id, spec);
     const restarts = changed.filter((f) => !IN_PLACE_FIELDS.has(f));
     const revisions = restarts.length ? await store.listRevisions(n.id) : [];
     const revision = restarts.length ? Math.max(n.revision, ...revisions.map((r) => r.revision)) + 1 : n.revision;
@@ -110,7 +132,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return n;
   };
 
-  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: { tags: ['nodes'], summary: 'Create a node' } }, async (req, reply) => {
+  app.post('/v1/nodes', { config: { audit: 'node.create' }, schema: route({ tags: ['nodes'], summary: 'Create a node', body: ref(NodeSpecIn), response: { 201: ref(Node), ...errors(400, 403, 404, 409, 413, 415, 429) } }) }, async (req, reply) => {
     const spec = parseNodeSpec(req.body, { defaultFolder: defaultFolderOf(req.token, config.defaultFolder), defaultProject: config.defaultProject, defaultPython: config.python });
     auditTarget(req, spec.folderId);
     requireRole(req.token, spec.folderId, 'write');
@@ -127,16 +149,16 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return nodeView(record);
   });
 
-  app.get<{ Querystring: { folderId?: string } }>('/v1/nodes', { schema: { tags: ['nodes'], summary: 'List the nodes of the folders this token may read' } }, async (req) => {
+  app.get<{ Querystring: { folderId?: string } }>('/v1/nodes', { schema: route({ tags: ['nodes'], summary: 'List the nodes of the folders this token may read', querystring: query(folderQuery), response: { 200: ref(NodeList), ...errors() } }) }, async (req) => {
     const folder = req.query.folderId;
     const nodes = (await store.listNodes()).filter((n) => Auth.can(req.token, n.spec.folderId, 'read') && (folder === undefined || n.spec.folderId === folder));
     return { nodes: nodes.map(nodeView) };
   });
 
-  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: { tags: ['nodes'], summary: 'Get a node with its instances' } }, async (req) =>
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref', { schema: route({ tags: ['nodes'], summary: 'Get a node with its instances', params: params({ ref: 'node id or name' }), response: { 200: ref(Node), ...errors(404) } }) }, async (req) =>
     nodeView(await findNode(req.params.ref, req.token, 'read')));
 
-  app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { config: { audit: 'node.delete' }, schema: { tags: ['nodes'], summary: 'Delete a node and stop its instances' } }, async (req) => {
+  app.delete<{ Params: { ref: string } }>('/v1/nodes/:ref', { config: { audit: 'node.delete' }, schema: route({ tags: ['nodes'], summary: 'Delete a node and stop its instances', params: params({ ref: 'node id or name' }), response: { 200: ref(NodeDeleted), ...errors(403, 404, 409) } }) }, async (req) => {
     const n = await findNode(req.params.ref, req.token, 'write');
     auditTarget(req, n.spec.folderId, n.id);
     const users = aliases.relatedTo(n.id);
@@ -154,7 +176,12 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // `?dryRun=true` answers what would change and changes nothing.
   app.patch<{ Params: { ref: string }; Querystring: { dryRun?: string } }>('/v1/nodes/:ref', {
     config: { audit: 'node.update' },
-    schema: { tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls' },
+    schema: route({
+      tags: ['nodes'], summary: 'Update a node (JSON merge patch): in place, or as a new revision rolled out with zero failed calls',
+      params: params({ ref: 'node id or name' }), querystring: query({ dryRun: Type.String({ enum: ['true', 'false', '1', '0'], description: 'true: answer what would change, change nothing' }) }),
+      body: ref(NodePatch),
+      response: { 200: { anyOf: [ref(Node), ref(NodeUpdatePlan)], description: 'the node (with `changed`), or with dryRun the plan' }, ...errors(400, 403, 404, 409, 413, 415, 429) },
+    }),
   }, async (req) => {
     const dryRun = flag(req.query.dryRun, 'dryRun');
     const n = await findNode(req.params.ref, req.token, 'write');
@@ -168,7 +195,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     return dryRun ? { dryRun: true, nodeId: n.id, ...plan } : { ...nodeView(record), changed: plan.changed };
   });
 
-  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/revisions', { schema: { tags: ['nodes'], summary: "A node's revisions, newest first (the last 20)" } }, async (req) => {
+  app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/revisions', { schema: route({ tags: ['nodes'], summary: "A node's revisions, newest first (the last 20)", params: params({ ref: 'node id or name' }), response: { 200: ref(NodeRevisions), ...errors(404) } }) }, async (req) => {
     const n = await findNode(req.params.ref, req.token, 'read');
     const current = controller.rolloutOf(n.id)?.revision ?? n.revision;
     const revisions = await store.listRevisions(n.id);
@@ -198,10 +225,13 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // One parametric route takes both: a colon inside a path segment is not a router separator.
   app.post<{ Params: { action: string } }>('/v1/nodes/:action', {
     config: { audit: 'node.lifecycle' },
-    schema: {
+    schema: route({
       tags: ['nodes'],
       summary: 'POST /v1/nodes/{ref}:suspend drains calls and stops every instance; :resume brings them back; :rollback {revision?} rolls an earlier revision out again',
-    },
+      params: Type.Object({ action: Type.String({ pattern: '^.+:(suspend|resume|rollback)$', description: '{ref}:suspend, {ref}:resume or {ref}:rollback (ref: node id or name)' }) }),
+      body: { ...ref(RollbackRequest), description: ':rollback only (optional)' },
+      response: { 200: ref(Node), ...errors(400, 403, 404, 409, 429) },
+    }),
   }, async (req) => {
     const m = /^(.+):(suspend|resume|rollback)$/.exec(req.params.action);
     if (!m) throw new BerthError('ROUTE_NOT_FOUND', `no route POST /v1/nodes/${req.params.action}: use {ref}:suspend, {ref}:resume or {ref}:rollback`, { path: req.url });
@@ -249,7 +279,20 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
   // lines as chunked text/plain until the caller leaves or the instances' logs end.
   let followers = 0;
   app.get<{ Params: { ref: string }; Querystring: { instance?: string; lines?: string; search?: string; follow?: string } }>('/v1/nodes/:ref/logs',
-    { schema: { tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines" } }, async (req, reply) => {
+    { schema: route({
+      tags: ['nodes'], summary: "The instances' logs (what the cell printed); follow=true streams new lines",
+      params: params({ ref: 'node id or name' }),
+      querystring: query({
+        instance: Type.String({ description: 'one instance (default: all)' }),
+        lines: Type.String({ pattern: '^[0-9]+$', description: `the last N lines, 1–${MAX_TAIL_LINES} (follow: 0–${MAX_TAIL_LINES}); default 200, with follow 10` }),
+        search: Type.String({ minLength: 1, maxLength: MAX_LOG_SEARCH, description: 'only lines containing this text' }),
+        follow: Type.String({ enum: ['true', 'false', '1', '0'], description: 'true: stream new lines as text/plain until the caller leaves' }),
+      }),
+      response: {
+        200: { description: 'the last lines as JSON, or with follow=true a text/plain stream', content: { 'application/json': { schema: ref(NodeLogs) }, 'text/plain': { schema: { type: 'string' } } } },
+        ...errors(400, 404, 429),
+      },
+    }) }, async (req, reply) => {
       const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
       const q = req.query;
       const follow = flag(q.follow, 'follow');
@@ -276,6 +319,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
       void reply.hijack();
       const res = reply.raw;
       res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+      res.flushHeaders(); // a follower of a quiet node gets its answer now, not with the first line
       const unsubscribe: Array<() => void> = [];
       let finished = false;
       const finish = (): void => {

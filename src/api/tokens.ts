@@ -6,6 +6,7 @@ import { ROLES, type Role, type TokenRecord } from '../core/types.js';
 import { auditTarget, defaultFolderOf, requireSuperAdmin } from './access.js';
 import { body, onlyFields, optString } from './request.js';
 import type { ApiDeps } from './deps.js';
+import { TokenCreate, TokenCreated, TokenDeleted, TokenList, Whoami, errors, params, ref, route } from './schemas.js';
 
 const MAX_TOKEN_NAME = 63;
 const MAX_GRANTS = 100;
@@ -42,10 +43,10 @@ export function tokenView(t: TokenRecord): Record<string, unknown> {
 }
 
 export function tokenRoutes(app: FastifyInstance, { config, store, auth }: ApiDeps): void {
-  app.get('/v1/whoami', { schema: { tags: ['tokens'], summary: 'The calling token' } }, async (req) =>
+  app.get('/v1/whoami', { schema: route({ tags: ['tokens'], summary: 'The calling token', response: { 200: ref(Whoami), ...errors() } }) }, async (req) =>
     ({ ...tokenView(req.token), defaultFolder: defaultFolderOf(req.token, config.defaultFolder) }));
 
-  app.post('/v1/tokens', { config: { audit: 'token.create' }, schema: { tags: ['tokens'], summary: 'Create a token with a role per folder (admin)' } }, async (req, reply) => {
+  app.post('/v1/tokens', { config: { audit: 'token.create' }, schema: route({ tags: ['tokens'], summary: 'Create a token with a role per folder (admin)', body: ref(TokenCreate), response: { 201: ref(TokenCreated), ...errors(400, 403, 413, 415) } }) }, async (req, reply) => {
     requireSuperAdmin(req.token, 'create tokens');
     const b = body(req);
     onlyFields(b, ['name', 'roles', 'folders', 'role']);
@@ -56,12 +57,12 @@ export function tokenRoutes(app: FastifyInstance, { config, store, auth }: ApiDe
     return { ...tokenView(record), token };
   });
 
-  app.get('/v1/tokens', { schema: { tags: ['tokens'], summary: 'List tokens (admin)' } }, async (req) => {
+  app.get('/v1/tokens', { schema: route({ tags: ['tokens'], summary: 'List tokens (admin)', response: { 200: ref(TokenList), ...errors(403) } }) }, async (req) => {
     requireSuperAdmin(req.token, 'list tokens');
     return { tokens: (await store.listTokens()).map(tokenView) };
   });
 
-  app.delete<{ Params: { id: string } }>('/v1/tokens/:id', { config: { audit: 'token.delete' }, schema: { tags: ['tokens'], summary: 'Revoke a token (admin)' } }, async (req) => {
+  app.delete<{ Params: { id: string } }>('/v1/tokens/:id', { config: { audit: 'token.delete' }, schema: route({ tags: ['tokens'], summary: 'Revoke a token (admin)', params: params({ id: 'token id' }), response: { 200: ref(TokenDeleted), ...errors(403, 404) } }) }, async (req) => {
     requireSuperAdmin(req.token, 'revoke tokens');
     auditTarget(req, null, req.params.id);
     if (!(await auth.remove(req.params.id))) throw new BerthError('TOKEN_NOT_FOUND', `token ${req.params.id} not found`, { tokenId: req.params.id });

@@ -13,7 +13,7 @@ import type { Sandbox } from '../sandbox/sandbox.js';
 import { RunLimiter } from '../sandbox/run-limiter.js';
 import { newId, nowIso } from '../core/ids.js';
 import { validateName } from '../core/node-spec.js';
-import type { Checkpoint, Package, Quota } from '../core/types.js';
+import type { Checkpoint, CheckpointAutosave, CheckpointCell, Package, Quota } from '../core/types.js';
 import type { Store } from '../store/store.js';
 
 const MAX_LOG_BYTES = 256 * 1024;
@@ -148,13 +148,23 @@ export class CheckpointService {
       const name = meta.name === undefined || meta.name === null ? null : String(meta.name);
       if (typeof meta.code !== 'string' || !meta.code.trim()) throw invalidArgument('code', 'the serving cell code is required');
       if (name !== null) validateName(name);
-      return await this.save(out, who.quota, {
+      const cell = parseCell(meta.cell);
+      const autosave = parseAutosave(meta.autosave);
+      if (autosave && name !== null) throw invalidArgument('name', 'an autosave is recorded unpinned: pin it afterwards (berth checkpoint pin ID NAME)');
+      const checkpoint = await this.save(out, who.quota, {
         name, projectId: who.projectId, folderId: who.folderId, createdBy: who.createdBy,
         source: 'kernel', code: meta.code, cells: [], servingCell: 0,
         python: String(meta.python ?? ''), executable: String(meta.executable ?? ''),
         packages: asList(meta.packages), requires: asList(meta.requires),
         variables: asList(meta.variables), skipped: asList(meta.skipped),
+        ...(cell ? { cell } : {}), ...(autosave ? { autosave } : {}),
       });
+      if (autosave) {
+        // the session's older unpinned recordings past `keep` go (pinned ones never do)
+        const pruned = await this.store.pruneAutosaves(who.folderId, autosave.session, autosave.keep);
+        await Promise.all(pruned.map((id) => rm(this.blobPath(id), { force: true })));
+      }
+      return checkpoint;
     } finally {
       await rm(work, { recursive: true, force: true });
     }
@@ -195,6 +205,37 @@ export class CheckpointService {
 }
 
 function asList<T>(v: unknown): T[] { return Array.isArray(v) ? (v as T[]) : []; }
+
+/** Most autosaves one kernel session may keep. */
+export const MAX_AUTOSAVE_KEEP = 1000;
+const MAX_CELL_CODE = 1024 * 1024;
+
+/** The upload's `cell`: `{number: int | null, code: string}`, or absent. */
+function parseCell(v: unknown): CheckpointCell | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalidArgument('cell', 'must be an object {number, code}');
+  const { number, code } = v as Record<string, unknown>;
+  if (number !== null && number !== undefined && !(typeof number === 'number' && Number.isInteger(number) && number >= 0)) {
+    throw invalidArgument('cell.number', `must be a whole number or null, got ${JSON.stringify(number)}`);
+  }
+  if (typeof code !== 'string') throw invalidArgument('cell.code', 'must be a string');
+  if (code.length > MAX_CELL_CODE) throw invalidArgument('cell.code', `must be at most ${MAX_CELL_CODE} characters`);
+  return { number: (number as number | null | undefined) ?? null, code };
+}
+
+/** The upload's `autosave`: `{session: id, keep: 1..1000}`, or absent. */
+function parseAutosave(v: unknown): CheckpointAutosave | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'object' || Array.isArray(v)) throw invalidArgument('autosave', 'must be an object {session, keep}');
+  const { session, keep } = v as Record<string, unknown>;
+  if (typeof session !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(session)) {
+    throw invalidArgument('autosave.session', 'must be 1-64 letters, digits, "-" or "_"');
+  }
+  if (typeof keep !== 'number' || !Number.isInteger(keep) || keep < 1 || keep > MAX_AUTOSAVE_KEEP) {
+    throw invalidArgument('autosave.keep', `must be a whole number from 1 to ${MAX_AUTOSAVE_KEEP}`);
+  }
+  return { session, keep };
+}
 
 function tail(log: string): string { return log.length > 4000 ? '…' + log.slice(-4000) : log; }
 

@@ -12,6 +12,7 @@ import { registerNodes } from './commands/nodes.js';
 import { registerSecrets } from './commands/secrets.js';
 import { registerServer } from './commands/server.js';
 import { registerTokens } from './commands/tokens.js';
+import { registerUsage } from './commands/usage.js';
 
 const program = new Command();
 program.name('berth').description('Self-hosted model serving: cell nodes from Python checkpoints, balanced and health-checked.')
@@ -28,6 +29,7 @@ registerAliases(program);      // alias …
 registerSecrets(program);      // secret …
 registerTokens(program);       // token …
 registerFolders(program);      // folder …, audit
+registerUsage(program);        // usage
 
 program.parseAsync().catch((err: unknown) => {
   if (err instanceof ApiError) {

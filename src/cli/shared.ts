@@ -34,6 +34,12 @@ export async function waitHealthy(c: Client, id: string, progress: boolean, time
     const line = `node ${n.name}: ${n.status} — ` + (n.instances.map((i) => i.status).join(', ') || 'no instances yet');
     if (progress && line !== last) { process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}\n`); last = line; }
     if (n.status === 'Healthy') return n;
+    // the controller calls a node Unhealthy only once its instances fail (crash, failed checks):
+    // say why now rather than at the timeout (the %%berth_deploy magic stops on the same rule)
+    if (n.status === 'Unhealthy' && !n.instances.some((i) => i.status === 'Healthy')) {
+      const why = n.instances.map((i) => i.lastError).filter(Boolean).at(-1) ?? n.transitions?.at(-1)?.reason ?? 'no reason given';
+      throw new Error(`node ${n.name} cannot become Healthy: ${why} (berth node get ${id}; it keeps retrying)`);
+    }
     if (Date.now() - started > timeoutS * 1000) {
       const errors = n.instances.map((i) => i.lastError).filter(Boolean);
       throw new Error(`node ${id} is not Healthy after ${timeoutS}s (${n.status})${errors.length ? `: ${errors[0]}` : ''}`);

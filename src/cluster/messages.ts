@@ -7,6 +7,7 @@ import type { Config } from '../core/config.js';
 import type { RoutingSnapshot } from '../routing/snapshot.js';
 import type { LoadReport } from '../gateway/routing-table.js';
 import type { MirrorReport } from '../aliases/table.js';
+import type { CallUsage } from '../routing/usage.js';
 
 export type ToWorker =
   | { t: 'snapshot'; snapshot: RoutingSnapshot }
@@ -21,7 +22,8 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'hello' }
   | { t: 'listening'; port: number }
-  | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport> }
+  /** `usage`: calls and bytes per node since the worker's last one (about every second, and when it drains). */
+  | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport>; usage?: CallUsage[] }
   | { t: 'refused'; nodeId: string; instanceId: string; reason: string }
   | { t: 'timedOut'; nodeId: string; instanceId: string; timeoutSeconds: number }
   | { t: 'held'; nodeId: string }

@@ -20,6 +20,7 @@ import type { AliasTable } from '../aliases/table.js';
 import { log } from '../core/log.js';
 import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import type { LoadReport } from '../gateway/routing-table.js';
+import type { CallUsage } from '../routing/usage.js';
 import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
 
 /** How long a worker keeps a node's extra session while another worker with calls waits for one. */
@@ -84,6 +85,8 @@ export interface ClusterOptions {
   auth: Auth;
   aliases: AliasTable;
   controlSocket: string;
+  /** Where the workers' calls and bytes go (usage accounting), as their load reports bring them. */
+  usage?: { addCalls(rows: readonly CallUsage[]): void };
 }
 
 export interface ClusterStatus {
@@ -183,6 +186,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
           this.confirmPropagation();
         }
         if (m.mirror) this.opts.aliases.setRemoteMirror(String(state.worker.id), m.mirror);
+        if (m.usage) this.opts.usage?.addCalls(m.usage);
         this.scheduleRebalance();
         return;
       case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;

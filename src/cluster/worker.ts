@@ -19,6 +19,8 @@ import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './m
 const REPORT_MS = 20;
 /** Mirror statistics (aliases with a shadow node) are reported this often when they changed. */
 const MIRROR_REPORT_MS = 250;
+/** Calls and bytes served (usage accounting) ride on a load report this often, when there are any. */
+const USAGE_REPORT_MS = 1000;
 /** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
 
@@ -70,6 +72,13 @@ async function main(): Promise<void> {
     send({ t: 'load', report: routes.loadReport(), mirror });
   }, MIRROR_REPORT_MS).unref();
 
+  // usage: counted in memory on the call path, carried up in batches (never per call)
+  const reportUsage = (): void => {
+    const usage = routes.usage.drain();
+    if (usage.length > 0) send({ t: 'load', report: routes.loadReport(), usage });
+  };
+  setInterval(reportUsage, USAGE_REPORT_MS).unref();
+
   let haveTokens = false;
   let haveAliases = false;
   let draining = false;
@@ -115,6 +124,7 @@ async function main(): Promise<void> {
           await plane.drain(m.deadline);
           routes.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
           report(true);
+          reportUsage(); // before 'drained': the channel keeps order, the primary has it all before it stops
           await plane.close();
           send({ t: 'drained' });
           process.exit(0);

@@ -18,6 +18,8 @@ import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from '
 import type { Metrics } from '../core/metrics.js';
 import { checkpointBlobPath } from '../checkpoints/service.js';
 import { log } from '../core/log.js';
+import { NO_CLOCK, type InstanceClock } from '../usage/recorder.js';
+import { usagePreset } from '../routing/usage.js';
 
 /** How long an instance may take from start to an answering endpoint. */
 const CONNECT_TIMEOUT_MS = 60_000;
@@ -93,6 +95,8 @@ export class Controller implements InstanceEvents {
   private stopped = false;
   private gateways: SnapshotSink & LoadSource = DETACHED;
   private snapshotVersion = 0;
+  /** Instance time for usage accounting: each run from its start by the runtime to its exit. */
+  private clock: InstanceClock = NO_CLOCK;
 
   constructor(
     private readonly config: Config,
@@ -107,6 +111,9 @@ export class Controller implements InstanceEvents {
     this.gateways = gateways;
     this.publishAll();
   }
+
+  /** Where instance time goes (src/usage/); before `start`, so adopted instances are clocked too. */
+  meterInstances(clock: InstanceClock): void { this.clock = clock; }
 
   get runtimeName(): string { return this.runtime.name; }
   get supportsImages(): boolean { return this.runtime.supportsImages; }
@@ -277,7 +284,7 @@ export class Controller implements InstanceEvents {
       status: node.status,
       scaledToZero: this.holds(node) && node.active().length === 0,
       instances: [...node.instances.values()].map((i) => i.view(this.gateways.instance(nodeId, i.id).busy)),
-      warnings: this.runtime.unenforced(node.spec.resources),
+      warnings: [...this.runtime.unenforced(node.spec.resources), ...(this.runtime.nodeWarnings?.(nodeId) ?? [])],
       queued: this.gateways.node(nodeId).waiting,
     };
   }
@@ -360,6 +367,8 @@ export class Controller implements InstanceEvents {
   }
 
   private reconcile(node: NodeState): void {
+    // the current revision's fork template stays, even with no instance (scaled to zero)
+    this.runtime.keepTemplates?.(node.id, node.suspended || node.spec.kind !== 'cell' || node.spec.scaling.fork === false ? [] : [node.revision]);
     if (node.suspended) { this.updateNodeStatus(node); return; }
     const { minInstances, maxInstances } = node.spec.scaling;
     const active = node.active();
@@ -602,6 +611,7 @@ export class Controller implements InstanceEvents {
       registryAuth: await this.registryAuth(spec.folderId, env.username, env.passwordSecret),
       checkpointPath: checkpointBlobPath(this.config.home, checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
+      fork: spec.scaling.fork !== false,
     };
   }
 
@@ -619,6 +629,7 @@ export class Controller implements InstanceEvents {
       network: inst.spec.network ?? 'outbound',
     });
     inst.handle = handle;
+    this.clockRun(node, inst, handle, false);
     if (inst.stopping) { this.runtime.kill(handle); return; }
     inst.setStatus('Created');
     await this.connect(node, inst, generation, handle);
@@ -629,9 +640,16 @@ export class Controller implements InstanceEvents {
     const inst = new InstanceState(handle.instanceId, node.id, revision, spec);
     node.instances.set(inst.id, inst);
     inst.handle = handle;
+    this.clockRun(node, inst, handle, true);
     inst.setStatus('Created', 'adopted after a restart');
     const generation = ++inst.generation;
     void this.connect(node, inst, generation, handle).catch((err) => this.startFailed(node, inst, err));
+  }
+
+  /** Usage: this run of the instance is billed from now (or, adopted, from the last record) until it exits. */
+  private clockRun(node: NodeState, inst: InstanceState, handle: RuntimeInstance, adopted: boolean): void {
+    const stop = this.clock.started({ folderId: node.record.spec.folderId, nodeId: node.id, preset: usagePreset(inst.spec.resources), instanceId: inst.id }, adopted);
+    void handle.exited.then(stop, stop);
   }
 
   /** Started once the endpoint answers; then Preparing until health checks pass. */

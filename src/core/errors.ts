@@ -44,6 +44,8 @@ export const ERRORS = {
   NAME_TAKEN: { http: 409, grpc: 'ALREADY_EXISTS' },
   CHECKPOINT_IN_USE: { http: 409, grpc: 'FAILED_PRECONDITION' },
   NODE_IN_USE: { http: 409, grpc: 'FAILED_PRECONDITION' },
+  // an alias over cell nodes whose declared variables differ (details.variable names one)
+  CONTRACT_MISMATCH: { http: 409, grpc: 'FAILED_PRECONDITION' },
   CHECKPOINT_NOT_PINNED: { http: 400, grpc: 'FAILED_PRECONDITION' },
   CHECKPOINT_FAILED: { http: 422, grpc: 'FAILED_PRECONDITION' },
   ENVIRONMENT_ERROR: { http: 422, grpc: 'FAILED_PRECONDITION' },

@@ -13,6 +13,8 @@ export interface CallMetrics {
   observeGrpc(status: string, seconds: number): void;
 }
 
+type UsageLabel = 'folder_id' | 'node_id' | 'preset';
+
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 /** node_requests, node_http_codes, node_grpc_codes, node_request_durations (and alias_… alike). */
@@ -78,6 +80,10 @@ export class Metrics {
   /** Autoscaler decisions carried out, per node and direction (up: scale-up, wake; down: scale-down, scale-to-zero). */
   private readonly scaleEvents: Counter<'node_id' | 'direction'>;
   readonly mirror: { compared: Counter<'alias_name'>; differing: Counter<'alias_name'>; durations: Histogram<'alias_name' | 'role'> };
+  /** Usage accounting (src/usage/): counted as it is written, every few seconds, by the process that owns the store. */
+  private readonly usageCounters: {
+    instanceSeconds: Counter<UsageLabel>; calls: Counter<UsageLabel>; bytes: Counter<UsageLabel | 'direction'>;
+  };
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
@@ -90,6 +96,27 @@ export class Metrics {
       differing: new Counter({ name: 'alias_mirror_differing', help: 'Mirrored calls whose shadow answer differed from the primary', labelNames: ['alias_name'], registers: [this.registry] }),
       durations: new Histogram({ name: 'alias_mirror_durations', help: 'Primary and shadow durations of mirrored calls, seconds', labelNames: ['alias_name', 'role'], buckets: BUCKETS, registers: [this.registry] }),
     };
+    // Berth's own accounting, not a platform metric: Prometheus' conventions (prefix, unit, _total)
+    const usage = ['folder_id', 'node_id', 'preset'] as const;
+    this.usageCounters = {
+      instanceSeconds: new Counter({ name: 'berth_usage_instance_seconds_total', help: 'Instance time per folder, node and resources preset, seconds (from start to stop, Preparing included)', labelNames: usage, registers: [this.registry] }),
+      calls: new Counter({ name: 'berth_usage_calls_total', help: 'Calls that reached an instance, per folder, node and preset', labelNames: usage, registers: [this.registry] }),
+      bytes: new Counter({ name: 'berth_usage_bytes_total', help: 'Bytes of calls sent to instances (direction="in") and answered (direction="out")', labelNames: [...usage, 'direction'], registers: [this.registry] }),
+    };
+  }
+
+  /**
+   * Usage just written to the store (UsageRecorder): the counters follow it. A deleted node's
+   * series stay until Berth restarts: the last of its time is written after it is gone.
+   */
+  usage(folderId: string, nodeId: string, preset: string, d: { instanceSeconds: number; calls: number; bytesIn: number; bytesOut: number }): void {
+    const labels = { folder_id: folderId, node_id: nodeId, preset };
+    if (d.instanceSeconds > 0) this.usageCounters.instanceSeconds.inc(labels, d.instanceSeconds);
+    if (d.calls > 0) this.usageCounters.calls.inc(labels, d.calls);
+    if (d.calls > 0) {
+      this.usageCounters.bytes.inc({ ...labels, direction: 'in' }, d.bytesIn);
+      this.usageCounters.bytes.inc({ ...labels, direction: 'out' }, d.bytesOut);
+    }
   }
 
   bindNode(nodeId: string): CallMetrics { return this.nodes.bind(nodeId); }

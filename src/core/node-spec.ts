@@ -1,7 +1,9 @@
 // Validates and normalises a node spec as a user sends it (API body or YAML file) into
 // the NodeSpec Berth stores. Every error names the field, as `invalidArgument` does.
 import { invalidArgument } from './errors.js';
-import { ROLLOUT_DEFAULTS, VARIABLE_TYPES, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type RolloutSettings, type Scaling, type Variable } from './types.js';
+import { compileCheck } from './var-check.js';
+import { formatType, parseType, TypeSyntaxError } from './var-types.js';
+import { ROLLOUT_DEFAULTS, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type RolloutSettings, type Scaling, type Variable } from './types.js';
 
 export const RESOURCE_PRESETS: Record<string, Omit<Resources, 'preset'>> = {
   'c1.4': { cores: 4, memoryGb: 32, gpus: 0 },
@@ -61,6 +63,13 @@ function num(o: Obj, key: string, field: string, min: number, max: number, dflt:
   return v;
 }
 
+function bool(o: Obj, key: string, field: string, dflt: boolean): boolean {
+  const v = o[key];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'boolean') throw invalidArgument(field, `must be true or false, got ${typeName(v)}`);
+  return v;
+}
+
 function obj(o: Obj, key: string, field: string, allowed: string[]): Obj {
   const v = o[key];
   if (v === undefined || v === null) return {};
@@ -99,16 +108,48 @@ function variables(o: Obj, key: 'inputs' | 'outputs'): Variable[] {
   return v.map((item, i) => {
     const field = `${key}[${i}]`;
     if (!isObj(item)) throw invalidArgument(field, `must be an object {name, type}, got ${typeName(item)}`);
-    for (const k of Object.keys(item)) if (!['name', 'type', 'description'].includes(k)) throw invalidArgument(`${field}.${k}`, 'is not a known field');
+    for (const k of Object.keys(item)) if (!VARIABLE_FIELDS.includes(k)) throw invalidArgument(`${field}.${k}`, 'is not a known field');
     const name = str(item, 'name', `${field}.name`, { required: true, max: 128 })!;
     if (!IDENTIFIER_RE.test(name) || PY_KEYWORDS.has(name)) throw invalidArgument(`${field}.name`, `"${name}" is not a valid Python identifier`);
     if (seen.has(name)) throw invalidArgument(`${field}.name`, `"${name}" is declared twice`);
     seen.add(name);
-    const type = str(item, 'type', `${field}.type`, { required: true })!;
-    if (!(VARIABLE_TYPES as readonly string[]).includes(type)) throw invalidArgument(`${field}.type`, `must be one of ${VARIABLE_TYPES.join(', ')}, got "${type}"`);
+    const type = variableType(item, field);
     const description = str(item, 'description', `${field}.description`, { max: 1024 });
-    return { name, type: type as Variable['type'], ...(description ? { description } : {}) };
+    const out: Variable = { name, type, ...(description ? { description } : {}) };
+    if (Object.hasOwn(item, 'default')) {
+      if (key === 'outputs') throw invalidArgument(`${field}.default`, 'only inputs take a default');
+      const p = compileCheck(parseType(type))(item.default);
+      if (p) throw invalidArgument(`${field}.default`, `${p.path ? `at ${p.path} ` : ''}${p.message}`, { expected: type });
+      out.default = item.default;
+    }
+    return out;
   });
+}
+
+const VARIABLE_FIELDS = ['name', 'type', 'description', 'default', 'dtype', 'shape'];
+
+/**
+ * A variable's type as its canonical string: `type` is a type string (`ndarray[float32,-1]`,
+ * `list[int]`…), or `ndarray` with `dtype` and `shape` beside it (the YAML object form).
+ */
+function variableType(item: Obj, field: string): string {
+  const type = str(item, 'type', `${field}.type`, { required: true, max: 256 })!;
+  let text = type;
+  if (item.dtype !== undefined || item.shape !== undefined) {
+    if (type !== 'ndarray') throw invalidArgument(`${field}.dtype`, 'dtype and shape go with type: ndarray only');
+    const dtype = item.dtype ?? 'any';
+    if (typeof dtype !== 'string') throw invalidArgument(`${field}.dtype`, `must be a string, got ${typeName(dtype)}`);
+    const shape = item.shape ?? [];
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d))) throw invalidArgument(`${field}.shape`, 'must be an array of lengths, -1 for any');
+    text = `ndarray[${[dtype, ...shape].join(',')}]`;
+    if (item.shape === undefined && dtype !== 'any') text = `ndarray[${dtype}]`;
+  }
+  try {
+    return formatType(parseType(text));
+  } catch (err) {
+    if (err instanceof TypeSyntaxError) throw invalidArgument(`${field}.type`, err.message);
+    throw err;
+  }
 }
 
 function resources(o: Obj): Resources {
@@ -147,7 +188,7 @@ function capabilities(o: Obj): string[] {
 }
 
 function scaling(o: Obj): Scaling {
-  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds', 'holdTimeout', 'targetUtilization']);
+  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds', 'holdTimeout', 'targetUtilization', 'fork']);
   // 0: scale to zero when idle; calls are then held while an instance starts (docs/scaling.md)
   const minInstances = int(s, 'minInstances', 'scaling.minInstances', 0, 64, 1);
   const maxInstances = int(s, 'maxInstances', 'scaling.maxInstances', 1, 64, Math.max(1, minInstances));
@@ -160,6 +201,8 @@ function scaling(o: Obj): Scaling {
     // stored only when given: older specs keep their exact shape (SCALING_DEFAULTS otherwise)
     ...(s.holdTimeout !== undefined && s.holdTimeout !== null ? { holdTimeout: num(s, 'holdTimeout', 'scaling.holdTimeout', 0.1, 3600, 60) } : {}),
     ...(s.targetUtilization !== undefined && s.targetUtilization !== null ? { targetUtilization: num(s, 'targetUtilization', 'scaling.targetUtilization', 0.1, 1, 1) } : {}),
+    // stored only when off: absent means on (specs from before it existed, and the default)
+    ...(bool(s, 'fork', 'scaling.fork', true) ? {} : { fork: false }),
   };
 }
 

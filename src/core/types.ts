@@ -5,10 +5,12 @@ export type InstanceStatus = (typeof INSTANCE_STATUSES)[number];
 export const NODE_STATUSES = ['Created', 'Healthy', 'Unhealthy', 'Suspended', 'Deleting'] as const;
 export type NodeStatus = (typeof NODE_STATUSES)[number];
 
+/** The plain variable types; `type` may also be list[T], ndarray[dtype,shape…] or dataframe (core/var-types.ts). */
 export const VARIABLE_TYPES = ['int', 'float', 'str', 'bool', 'list', 'dict', 'bytes', 'any'] as const;
 export type VariableType = (typeof VARIABLE_TYPES)[number];
 
-export interface Variable { name: string; type: VariableType; description?: string }
+/** `type` is a canonical type string (core/var-types.ts); an input with `default` may be left out. */
+export interface Variable { name: string; type: string; description?: string; default?: unknown }
 export interface Transition<S extends string> { status: S; at: string; reason?: string }
 
 export interface Package { name: string; version: string }
@@ -29,12 +31,19 @@ export interface Checkpoint {
   requires: Package[];
   variables: Array<{ name: string; type: string }>;
   skipped: Array<{ name: string; type: string; reason: string }>;
+  /** Live-kernel checkpoints: the kernel cell that made it (its execution count, its source). */
+  cell?: CheckpointCell | null;
+  /** Recorded by `%berth_autocheckpoint`: unpinned, the kernel session's most recent `keep` kept. */
+  autosave?: CheckpointAutosave | null;
   size: number;
   sha256: string;
   createdAt: string;
   updatedAt: string;
   createdBy: string;
 }
+
+export interface CheckpointCell { number: number | null; code: string }
+export interface CheckpointAutosave { session: string; keep: number }
 
 export interface Resources { preset?: string; cores: number; memoryGb: number; gpus: number }
 
@@ -50,6 +59,8 @@ export interface Scaling {
   holdTimeout?: number;
   /** Calls in flight per session the autoscaler aims for, 0.1–1 (absent: SCALING_DEFAULTS). */
   targetUtilization?: number;
+  /** Cell nodes, process runtime: fork instances from a template (default true; absent in older specs means true). */
+  fork?: boolean;
 }
 
 /** What optional scaling fields mean when a spec leaves them out (stored only when given). */

@@ -12,6 +12,8 @@ import { BerthError } from '../core/errors.js';
 import type { Metrics } from '../core/metrics.js';
 import type { AliasTable } from '../aliases/table.js';
 import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
+import { TypedServices } from './grpc/typed.js';
+import { InferenceProtocol } from './oip/service.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
 import { H2Upstream } from './upstream.js';
@@ -52,7 +54,11 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   const gateway = new Gateway(config, routes, pipeline, metrics);
   const proxy = new Proxy(config, routes, pipeline);
   // gRPC execute calls count in the per-node and per-alias metrics themselves (the call pipeline)
-  const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes });
+  // every cell node's typed service (berth.nodes.v1.<Name>), listed by reflection to those who may call it
+  const typed = new TypedServices(routes, gateway, config.maxRequestBytes);
+  // the Open Inference Protocol (KServe v2) over the cell nodes, REST and gRPC
+  const oip = new InferenceProtocol(config, routes, gateway);
+  const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes, reflect: (token) => typed.descriptorsFor(token) });
   const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
@@ -82,6 +88,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     if (injected) return injected;
     if (routed) return proxy.handleHttp1(req, res);
     if (Gateway.handles(req.url)) return gateway.handle(req, res);
+    if (InferenceProtocol.handles(req.url)) return oip.handle(req, res);
     deps.control(req, res);
   }));
   // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
@@ -99,7 +106,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     if (routed) return proxy.handleHttp2(stream, headers);
     if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
       // NodeService calls are served right here; reflection and health by grpc-js behind it
-      if (!grpc.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
+      if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
       return;
     }
     // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
@@ -108,6 +115,7 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
     const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
     if (Gateway.handles(t.target)) return gateway.handle(req, res);
+    if (InferenceProtocol.handles(t.target)) return oip.handle(req, res);
     deps.control(req, res);
   }));
   h2Server.on('sessionError', () => undefined);

@@ -21,7 +21,7 @@ const EXECUTE = /^\/datasphere\/v1\/(nodes|aliases)\/([^/:?]+):execute$/;
 /** The result of a call, independent of the protocol it came in on. */
 export type CallResult =
   | { ok: true; body: Buffer }
-  | { ok: false; error: BerthError; extra?: Record<string, unknown> };
+  | { ok: false; error: BerthError; extra?: Record<string, unknown>; answerBytes?: number };
 
 export class Gateway {
   /** Calls being served right now; shutdown waits for them. */
@@ -94,6 +94,8 @@ export class Gateway {
     const { route, alias, stickyKey } = this.pipeline.resolve(token, folder, target, headers, count);
     const started = performance.now();
     const result = await this.runCell(route, input, payload, stickyKey);
+    // an answer (not a throw) means an instance had the call: usage counts the frames' bytes
+    count.served(route, payload.length, result.ok ? result.body.length : result.answerBytes ?? 0);
     if (alias?.shouldMirror()) this.mirror(alias, payload, result, performance.now() - started);
     return result;
   }
@@ -163,7 +165,7 @@ export class Gateway {
   }
 }
 
-/** The request body of an execute call: {folder_id | folderId, input}. */
+/** The request body of an execute call: {folder_id | folderId, input[, ndarray_format]}. */
 function parseCall(raw: Buffer): { input: unknown; folder: string } {
   let body: unknown;
   try {
@@ -177,6 +179,11 @@ function parseCall(raw: Buffer): { input: unknown; folder: string } {
   const b = body as Record<string, unknown>;
   const folder = b.folder_id ?? b.folderId;
   if (typeof folder !== 'string' || folder.length === 0) throw folderRequired();
+  // how tensor outputs come back (the worker reads it from the same bytes)
+  const fmt = b.ndarray_format;
+  if (fmt !== undefined && fmt !== 'list' && fmt !== 'base64') {
+    throw new BerthError('INVALID_ARGUMENT', 'ndarray_format must be "list" (nested arrays, the default) or "base64" ({dtype, shape, data})', { field: 'ndarray_format' });
+  }
   return { input: b.input, folder };
 }
 
@@ -189,17 +196,19 @@ function mapFrame(frame: Frame): CallResult {
   const info = JSON.parse(frame.payload.toString('utf8')) as {
     error_name?: string; error_message?: string; traceback?: string[]; code?: string; message?: string; details?: Record<string, unknown>;
   };
+  const answerBytes = frame.payload.length;
   if (frame.type === FRAME.USER_ERROR) {
     const details = { error_name: info.error_name, error_message: info.error_message, traceback: info.traceback };
     return {
       ok: false,
       error: new BerthError('EXECUTION_ERROR', `the cell raised ${info.error_name}: ${info.error_message}`, details),
       extra: details,
+      answerBytes,
     };
   }
   if (frame.type === FRAME.CALL_ERROR) {
     const code: ErrorCode = WORKER_ERRORS[String(info.code)] ?? 'INTERNAL';
-    return { ok: false, error: new BerthError(code, String(info.message), info.details ?? {}) };
+    return { ok: false, error: new BerthError(code, String(info.message), info.details ?? {}), answerBytes };
   }
   return { ok: false, error: new BerthError('INTERNAL', `unexpected frame type ${frame.type} from the worker`) };
 }

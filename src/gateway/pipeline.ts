@@ -2,7 +2,8 @@
 // execute, gRPC Execute/ExecuteAlias, header-routed HTTP/1.1, HTTP/2 and gRPC):
 //   authenticate once → check the caller's folder → node, or alias and its pick (weights,
 //   sticky key) → ACL → [session, forward: by the caller] → errors from core/errors.ts →
-//   metrics on the node, the alias, and the node an alias picked.
+//   metrics on the node, the alias, and the node an alias picked → usage (calls and bytes
+//   of a call that reached an instance, counted in memory: usage-meter.ts).
 // Each protocol only parses its own framing into these steps and writes the answer back.
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
@@ -11,6 +12,7 @@ import type { TokenRecord } from '../core/types.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
 import { DeadlineWheel } from './deadlines.js';
+import type { CallMeter } from './usage-meter.js';
 
 /** What a call names: a node by id, or an alias by name. */
 export type CallTarget = { nodeId: string; alias?: undefined } | { alias: string; nodeId?: undefined };
@@ -35,7 +37,16 @@ export class CallCount {
   private readonly bound: CallMetrics[] = [];
   private readonly started = performance.now();
 
-  constructor(private readonly metrics: Metrics) {}
+  constructor(private readonly metrics: Metrics, private readonly meter: CallMeter) {}
+
+  /**
+   * The call reached an instance of `route` (whatever it answered): it counts as one call in
+   * the usage of the node's folder, with the bytes sent to the instance and answered by it.
+   * Calls refused before an instance (auth, validation, a full queue, a suspended node) do not.
+   */
+  served(route: NodeRoute, bytesIn: number, bytesOut: number): void {
+    this.meter.add(route, bytesIn, bytesOut);
+  }
 
   node(nodeId: string): void { this.add(this.metrics.bindNode(nodeId)); }
   alias(name: string): void { this.add(this.metrics.bindAlias(name)); }
@@ -78,7 +89,7 @@ export class CallPipeline {
 
   /** Starts counting a call on what it names (when that exists: unknown names make no metric series). */
   count(target: CallTarget): CallCount {
-    const c = new CallCount(this.metrics);
+    const c = new CallCount(this.metrics, this.routes.usage);
     if (target.alias !== undefined) { if (this.aliases.get(target.alias)) c.alias(target.alias); }
     else if (this.routes.route(target.nodeId)) c.node(target.nodeId);
     return c;
@@ -96,17 +107,8 @@ export class CallPipeline {
    * node with a Healthy instance by weight or by the sticky key. The node that serves is counted.
    */
   resolve(token: TokenRecord, folder: string, target: CallTarget, headers: HeaderSource, count: CallCount): Resolved {
-    if (!Auth.mayExecute(token, folder)) {
-      throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
-    }
-    if (target.alias === undefined) {
-      const route = this.routes.route(target.nodeId);
-      if (!route) throw nodeNotFound(target.nodeId);
-      if (!route.aclFolders.has(folder)) {
-        throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
-      }
-      return { route, alias: null, stickyKey: undefined };
-    }
+    this.folder(token, folder);
+    if (target.alias === undefined) return { route: this.node(token, folder, target.nodeId), alias: null, stickyKey: undefined };
     const name = target.alias;
     const alias = this.aliases.get(name);
     if (!alias) throw aliasNotFound(name);
@@ -118,6 +120,27 @@ export class CallPipeline {
     if (!route) throw new BerthError('NODE_UNAVAILABLE', `alias ${name} points at node ${nodeId}, which is gone`, { aliasName: name, nodeId }, { 'retry-after': '1' });
     count.node(route.id); // a call through an alias counts on the node that served it too
     return { route, alias, stickyKey };
+  }
+
+  /** Step 2: the token must hold the caller's folder (to execute there). */
+  folder(token: TokenRecord, folder: string): void {
+    if (!Auth.mayExecute(token, folder)) {
+      throw new BerthError('PERMISSION_DENIED', `this token does not grant access to folder ${folder}`, { folderId: folder });
+    }
+  }
+
+  /**
+   * Steps 2–3 for a node: the caller's folder, then the node's ACL. Also what a node's
+   * metadata and readiness (Open Inference Protocol) are checked with: what one may call, one may see.
+   */
+  node(token: TokenRecord, folder: string, nodeId: string): NodeRoute {
+    this.folder(token, folder);
+    const route = this.routes.route(nodeId);
+    if (!route) throw nodeNotFound(nodeId);
+    if (!route.aclFolders.has(folder)) {
+      throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call node ${route.id}`, { folderId: folder, nodeId: route.id });
+    }
+    return route;
   }
 }
 

@@ -136,6 +136,10 @@ export class Proxy {
     let lease: Lease | null = null;
     let route: Target['route'] | null = null;
     let deadline: Deadline | null = null;
+    // usage: whether an instance answered, and the body bytes each way (counted as they pass)
+    let reached = false;
+    let counted: ReturnType<typeof countBytes> | null = null;
+    let answerBytes = 0;
     try {
       const t = this.target(d, to, count);
       route = t.route;
@@ -155,7 +159,7 @@ export class Proxy {
       d.onClose(() => call.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
-      const counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
+      counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
       const headers = forwardHeaders(d.headers, t.extraHeaders);
 
       // an instance that refuses the connection is skipped and the call tried on another
@@ -188,6 +192,7 @@ export class Proxy {
         }
       }
 
+      reached = true;
       const respLimit = this.config.maxResponseBytes;
       const respLength = Number(upstreamRes.headers['content-length'] ?? 0);
       if (respLength > respLimit) {
@@ -207,7 +212,7 @@ export class Proxy {
       }));
       d.respond(status, respHeaders, false);
       // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
-      await relay(upstreamRes.body, d, respLength > 0 ? Infinity : this.config.maxResponseBytes);
+      answerBytes = await relay(upstreamRes.body, d, respLength > 0 ? Infinity : this.config.maxResponseBytes);
       await upstreamRes.trailers;
     } catch (err) {
       let e: BerthError;
@@ -228,6 +233,7 @@ export class Proxy {
       this.inFlight--;
       if (deadline) this.pipeline.deadlines.clear(deadline);
       if (lease && route) route.dispatcher.release(lease);
+      if (reached && route) count.served(route, counted?.bytes() ?? 0, answerBytes);
       count.end(status, grpcStatus);
     }
   }
@@ -258,10 +264,11 @@ function responseHeaders(h: Record<string, string | string[]>): Record<string, s
  * Copies the answer's body to the caller, as pipe() does (pausing while the caller's side is
  * full), counting as it goes: past `limit` the exchange is cut before the chunk that crosses it
  * is written. A plain listener, not stream.pipeline or a Transform: no extra objects per call.
+ * Resolves with the bytes relayed (usage accounting).
  */
-function relay(body: Readable, d: Downstream, limit: number): Promise<void> {
+function relay(body: Readable, d: Downstream, limit: number): Promise<number> {
   const out = d.writable;
-  return new Promise<void>((resolve) => {
+  return new Promise<number>((resolve) => {
     let n = 0;
     const onData = (chunk: Buffer): void => {
       n += chunk.length;
@@ -269,7 +276,7 @@ function relay(body: Readable, d: Downstream, limit: number): Promise<void> {
       if (!out.write(chunk)) body.pause();
     };
     const onDrain = (): void => { body.resume(); };
-    const done = (): void => { body.off('data', onData); out.off('drain', onDrain); resolve(); };
+    const done = (): void => { body.off('data', onData); out.off('drain', onDrain); resolve(n); };
     body.on('data', onData);
     out.on('drain', onDrain);
     body.once('end', () => { out.end(); });

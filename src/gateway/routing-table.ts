@@ -10,6 +10,7 @@ import { WorkerConnection } from '../worker/protocol.js';
 import { NodeDispatcher, type Slot } from './dispatcher.js';
 import { compileInputValidator, type InputValidator } from './input-validator.js';
 import { H1Upstream, H2Upstream } from './upstream.js';
+import { CallMeter } from './usage-meter.js';
 
 /** One gateway's load, per node and instance (see RoutingTable.loadReport). */
 export interface LoadReport {
@@ -63,6 +64,8 @@ class RouteState implements NodeRoute {
 export class RoutingTable implements SnapshotSink, LoadSource {
   private routes = new Map<string, RouteState>();
   private version = 0;
+  /** Calls and bytes served per node since the last drain (usage accounting; pipeline.ts counts into it). */
+  readonly usage = new CallMeter();
   /** Told when sessions held change outside the call path (gateway workers report load then, not on a timer only). */
   onLoadChange: (() => void) | null = null;
 
@@ -70,6 +73,11 @@ export class RoutingTable implements SnapshotSink, LoadSource {
 
   route(nodeId: string): NodeRoute | undefined {
     return this.routes.get(nodeId);
+  }
+
+  /** Every node the gateway routes to (typed gRPC services and the Open Inference Protocol list them). */
+  list(): IterableIterator<NodeRoute> {
+    return this.routes.values();
   }
 
   /** Whether a node has an instance taking calls (alias picking, status views). */

@@ -1,12 +1,15 @@
 // The embedded runtime: each instance is a local Python process, run in the sandbox
 // (src/sandbox/: bubblewrap namespaces, its own uid, a cgroup with the node's limits).
+// Cell instances are forked from a template of their node revision when the workload asks
+// (fork-template.ts), else (and when the checkpoint is not safe to fork) fresh processes.
 // Needs no Docker.
 import { linkSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadConfig } from '../core/config.js';
 import { Sandbox, type Sandboxed } from '../sandbox/sandbox.js';
-import type { ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeInstance } from './runtime.js';
+import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeInstance } from './runtime.js';
+import { ForkTemplate, NotForkable } from './fork-template.js';
 import { DEFAULT_LOG_LIMITS, InstanceLog, pruneInstanceLogs, rotatedPaths, tailLines, type LogLimits } from './log-file.js';
 
 const SOCKET = 'worker.sock';
@@ -18,8 +21,16 @@ export class ProcessRuntime implements Runtime {
   readonly supportsImages = false;
   private readonly logDir: string;
   private readonly sandbox: Sandbox;
-  /** Live sandboxes, by instance id. */
-  private readonly running = new Map<string, Sandboxed>();
+  /** Live instances (sandboxes, or forked processes), by instance id. */
+  private readonly running = new Map<string, { signal(sig: NodeJS.Signals): void; kill(): void }>();
+  /** Host paths of forked instances to remove once they stop. */
+  private readonly forkedPaths = new Map<string, string[]>();
+  /** Templates by `${nodeId}/${revision}`. */
+  private readonly templates = new Map<string, ForkTemplate>();
+  /** Revisions whose instances start fresh, with why (a node warning). */
+  private readonly forkOff = new Map<string, string>();
+  /** Per node: the revisions whose templates stay while they have no instance. */
+  private readonly keep = new Map<string, ReadonlySet<number>>();
   /** Logs being written, by instance id (closed when the instance's pipes end). */
   private readonly openLogs = new Map<string, InstanceLog>();
 
@@ -46,6 +57,10 @@ export class ProcessRuntime implements Runtime {
   async start(spec: InstanceSpec): Promise<RuntimeInstance> {
     const w = spec.workload;
     if (w.kind !== 'cell') throw new Error('image nodes need a container runtime: start Berth with --runtime docker');
+    if (w.fork) {
+      const forked = await this.startForked(spec, w);
+      if (forked) return forked;
+    }
     const dir = join(this.sandbox.runDir, spec.instanceId);
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
     mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
@@ -91,6 +106,103 @@ export class ProcessRuntime implements Runtime {
   }
 
   /**
+   * A forked instance, or null when its revision cannot fork (the reason becomes a node
+   * warning and the caller starts a fresh process).
+   */
+  private async startForked(spec: InstanceSpec, w: CellWorkload): Promise<RuntimeInstance | null> {
+    const key = `${spec.nodeId}/${spec.revision}`;
+    if (this.forkOff.has(key)) return null;
+    let template = this.templates.get(key);
+    if (!template || template.state === 'exited' || template.state === 'stopped') {
+      const t = new ForkTemplate(this.sandbox, {
+        nodeId: spec.nodeId, revision: spec.revision, workload: w,
+        resources: { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb }, network: spec.network !== 'none',
+      }, (id, sb) => {
+        // the template's own output (what the restore printed) goes to a log of its own
+        mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
+        const log = new InstanceLog(this.logPath(spec.nodeId, id), this.logLimits, `starting template ${id} for revision ${spec.revision} with ${w.python}`);
+        this.openLogs.set(id, log);
+        log.attach([sb.child.stdout!, sb.child.stderr!], sb.exited);
+        void log.ended.then(() => { if (this.openLogs.get(id) === log) this.openLogs.delete(id); });
+      });
+      t.onChildEnded = () => this.retireIdle(spec.nodeId);
+      this.templates.set(key, t);
+      template = t;
+    }
+    try {
+      await template.ready;
+    } catch (err) {
+      if (!(err instanceof NotForkable)) throw err;
+      if (this.templates.get(key) === template) this.templates.delete(key);
+      this.forkOff.set(key, err.message);
+      console.error(`[berth] node ${spec.nodeId} revision ${spec.revision}: instances start as fresh processes: ${err.message}`);
+      void template.stop();
+      return null;
+    }
+    const logFile = this.logPath(spec.nodeId, spec.instanceId);
+    mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
+    const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId}: forked from template ${template.id} (revision ${spec.revision}, restored in ${template.restoreSeconds} s)`);
+    this.openLogs.set(spec.instanceId, log);
+    void pruneInstanceLogs(join(this.logDir, spec.nodeId), new Set(this.openLogs.keys()));
+    let f;
+    try {
+      f = await template.fork(spec.instanceId, { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb });
+    } catch (err) {
+      this.openLogs.delete(spec.instanceId);
+      await log.close().catch(() => undefined);
+      throw err;
+    }
+    this.running.set(spec.instanceId, f);
+    this.forkedPaths.set(spec.instanceId, f.paths);
+    const limit = spec.resources.memoryGb;
+    const exited = f.exited.then((e): ExitInfo => {
+      if (this.running.get(spec.instanceId) === f) this.running.delete(spec.instanceId);
+      if (e.oom) return { code: e.code, signal: e.signal, error: `out of memory (limit ${limit} GB)` };
+      return { code: e.code, signal: e.signal, ...(e.error ? { error: e.error } : {}) };
+    });
+    log.attach([f.output, f.errors], exited);
+    void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
+    // a child that keeps the log connection open after it is gone must not hold the log forever
+    void exited.then(() => setTimeout(() => { f.output.destroy(); f.errors.destroy(); }, 2000).unref());
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: { path: f.endpoint }, ports: new Map(), pid: f.hostPid, exited };
+  }
+
+  keepTemplates(nodeId: string, revisions: readonly number[]): void {
+    const prev = this.keep.get(nodeId);
+    if (prev && prev.size === revisions.length && revisions.every((r) => prev.has(r))) return;
+    this.keep.set(nodeId, new Set(revisions));
+    for (const key of [...this.forkOff.keys()]) {
+      // a revision no longer wanted may be tried again (a rollback to it)
+      if (key.startsWith(nodeId + '/') && !revisions.includes(Number(key.slice(nodeId.length + 1)))) this.forkOff.delete(key);
+    }
+    this.retireIdle(nodeId);
+  }
+
+  /** Stops the node's templates that are not kept and have no instance left. */
+  private retireIdle(nodeId: string): void {
+    const keep = this.keep.get(nodeId) ?? new Set<number>();
+    for (const [key, t] of this.templates) {
+      if (!key.startsWith(nodeId + '/') || keep.has(Number(key.slice(nodeId.length + 1))) || t.liveChildren > 0) continue;
+      this.templates.delete(key);
+      void t.stop();
+    }
+  }
+
+  nodeWarnings(nodeId: string): string[] {
+    const out: string[] = [];
+    for (const [key, why] of this.forkOff) {
+      if (key.startsWith(nodeId + '/')) out.push(`instances of revision ${key.slice(nodeId.length + 1)} start as fresh processes, not forked from a template: ${why}`);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.templates.values()];
+    this.templates.clear();
+    await Promise.all(all.map((t) => t.stop()));
+  }
+
+  /**
    * The sandbox can write its own directory, so it could put a symlink (to another tenant's
    * socket, or Docker's) where its socket was. Berth therefore connects through a hard link,
    * made once the worker has bound its socket, in a directory only Berth can write: it keeps
@@ -126,6 +238,8 @@ export class ProcessRuntime implements Runtime {
     clearTimeout(timer);
     rmSync(join(this.sandbox.runDir, instance.instanceId), { recursive: true, force: true });
     rmSync(join(this.sandbox.runDir, `${instance.instanceId}.sock`), { force: true });
+    for (const p of this.forkedPaths.get(instance.instanceId) ?? []) rmSync(p, { recursive: true, force: true });
+    this.forkedPaths.delete(instance.instanceId);
   }
 
   kill(instance: RuntimeInstance): void {
@@ -146,6 +260,11 @@ export class ProcessRuntime implements Runtime {
   }
 
   async cleanup(nodeId: string): Promise<void> {
+    this.keep.delete(nodeId);
+    for (const key of [...this.forkOff.keys()]) if (key.startsWith(nodeId + '/')) this.forkOff.delete(key);
+    const mineT = [...this.templates.entries()].filter(([key]) => key.startsWith(nodeId + '/'));
+    for (const [key] of mineT) this.templates.delete(key);
+    await Promise.all(mineT.map(([, t]) => t.stop()));
     const mine = [...this.openLogs.entries()].filter(([, l]) => l.path.startsWith(join(this.logDir, nodeId) + '/'));
     await Promise.all(mine.map(([id, l]) => { this.openLogs.delete(id); return l.close(); }));
     await rm(join(this.logDir, nodeId), { recursive: true, force: true });

@@ -18,6 +18,11 @@ export interface CellWorkload {
   inputs: Array<{ name: string; type: string }>;
   outputs: Array<{ name: string; type: string }>;
   maxResponseBytes: number;
+  /**
+   * Fork the instance from a template process of its node revision that restored the
+   * checkpoint once (process runtime; `scaling.fork`). Absent or false: a fresh process.
+   */
+  fork?: boolean;
 }
 
 /** An image instance: any container image serving its own API. */
@@ -98,4 +103,14 @@ export interface Runtime {
   follow(nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void;
   /** Removes everything left of a node's instances (logs, sockets). */
   cleanup(nodeId: string): Promise<void>;
+  /**
+   * Runtimes that fork instances from templates (process): the revisions of a node whose
+   * templates stay alive even with no instance (the current one, also when scaled to zero);
+   * the templates of other revisions go once their last instance has. Called on every reconcile.
+   */
+  keepTemplates?(nodeId: string, revisions: readonly number[]): void;
+  /** What the runtime wants said about a node (why its instances are not forked). */
+  nodeWarnings?(nodeId: string): string[];
+  /** Ends what the runtime keeps beside instances (templates), at shutdown. */
+  close?(): Promise<void>;
 }

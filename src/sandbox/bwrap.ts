@@ -16,10 +16,13 @@ export const INSIDE = {
   dir: '/berth/run',
 } as const;
 
+const THP = '/sys/kernel/mm/transparent_hugepage';
+
 /** Small read-only files from /etc that name resolution, TLS and time zones need. */
-// /etc/alternatives: Debian's shared libraries point through it (numpy's libblas.so.3), symlinks only
 const ETC = ['/etc/ld.so.cache', '/etc/resolv.conf', '/etc/hosts', '/etc/nsswitch.conf', '/etc/host.conf', '/etc/gai.conf',
-  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types', '/etc/alternatives'];
+  '/etc/localtime', '/etc/ssl', '/etc/ca-certificates', '/etc/pki', '/etc/mime.types',
+  // Debian's alternatives: symlinks that shared libraries go through (numpy's libblas.so.3 does)
+  '/etc/alternatives'];
 
 export interface BwrapSpec {
   /** The uid to run as; null when Berth is not root (bwrap then uses a user namespace, no uid switch). */
@@ -60,6 +63,9 @@ export function bwrapArgs(s: BwrapSpec): string[] {
       made.add(d);
     }
   };
+  // the transparent huge page settings, read-only: glibc reads them to honour malloc's hugetlb
+  // tunable (fork templates, src/runtimes/fork-template.ts); nothing else of /sys is visible
+  if (existsSync(THP)) { parents(THP); a.push('--ro-bind', THP, THP); }
   for (const d of s.pythonDirs) {
     if (bound.some((b) => d === b || d.startsWith(b + '/'))) continue;
     parents(d);

@@ -4,12 +4,13 @@
 // cgroup with memory, CPU and process-count limits. `none` runs the same commands unsandboxed.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PYTHON_DIR } from '../core/config.js';
 import { BWRAP, INSIDE, bwrapArgs, checkBwrap } from './bwrap.js';
-import { Cgroup, CgroupTree } from './cgroups.js';
+import { type Cgroup, CgroupTree } from './cgroups.js';
 import { pythonEnv } from './python-env.js';
 import { StartedRecord } from './leftovers.js';
 import { UidPool } from './uids.js';
@@ -43,6 +44,8 @@ export interface SpawnRequest {
   limits: { cores: number; memoryGb: number };
   network: boolean;
   stdio: StdioOptions;
+  /** Extra environment variables for the interpreter (a fork template's malloc tuning). */
+  env?: Record<string, string>;
 }
 
 export interface SandboxExit { code: number | null; signal: string | null; oom: boolean; error?: string }
@@ -57,6 +60,8 @@ export interface Sandboxed {
   signal(sig: NodeJS.Signals): void;
   /** SIGKILL to everything the sandbox holds. */
   kill(): void;
+  /** Host pids of every process in its cgroup (empty without cgroups). */
+  pids(): number[];
 }
 
 // sockaddr_un.sun_path is 108 bytes; a deep home gets a short private directory instead.
@@ -149,6 +154,23 @@ export class Sandbox {
     for (const p of new Set(Object.values(this.tree.parents))) { try { rmdirSync(p); } catch { /* still in use */ } }
   }
 
+  /**
+   * A process forked inside a live sandbox (an instance forked from its node's template) gets
+   * a cgroup of its own with the instance's limits (pages it shares with the template stay
+   * charged to the template's cgroup; what it writes is charged to its own). `forkedCgroup`
+   * makes the cgroup (while the template forks), `enterForked` moves the process in and records
+   * its process group so that the next start ends it after a crash. Null without cgroups.
+   */
+  forkedCgroup(id: string, limits: { cores: number; memoryGb: number }): Cgroup | null {
+    return this.tree?.create(`${id}-${++this.seq}`, { ...limits, pids: this.config.pidsLimit }) ?? null;
+  }
+
+  async enterForked(cgroup: Cgroup | null, hostPid: number): Promise<void> {
+    this.record.processGroup(hostPid);
+    // each move waits for the kernel (an RCU grace period per hierarchy): all at once, not in turn
+    await Promise.all((cgroup?.procsFiles() ?? []).map((f) => writeFile(f, String(hostPid))));
+  }
+
   async spawn(req: SpawnRequest): Promise<Sandboxed> {
     return this.mode === 'none' ? this.spawnPlain(req) : this.spawnBwrap(req);
   }
@@ -174,7 +196,7 @@ export class Sandbox {
         uid, pythonDirs: py.dirs, pythonDir: PYTHON_DIR, checkpoint: req.checkpoint, dir: req.dir, network: req.network,
         env: {
           PATH: `${dirname(py.executable)}:/usr/local/bin:/usr/bin:/bin`, HOME: '/tmp', TMPDIR: '/tmp', LANG: 'C.UTF-8',
-          PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1', ...py.env,
+          PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1', ...py.env, ...req.env,
         },
         command: [py.executable, ...req.args(paths)],
       });
@@ -196,6 +218,7 @@ export class Sandbox {
     mkdirSync(req.dir, { recursive: true, mode: 0o700 });
     const env: Record<string, string> = { PYTHONUNBUFFERED: '1', PYTHONDONTWRITEBYTECODE: '1' };
     for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('BERTH_')) env[k] = v;
+    Object.assign(env, req.env);
     const paths: SandboxPaths = { pythonDir: PYTHON_DIR, checkpoint: req.checkpoint, dir: req.dir };
     const child = spawn(req.python, req.args(paths), { stdio: req.stdio, env, detached: true });
     return this.track(child, paths, null, null);
@@ -235,6 +258,7 @@ export class Sandbox {
         killGroup('SIGKILL');
         for (const p of cgroup?.pids() ?? []) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
       },
+      pids: () => cgroup?.pids() ?? [],
     };
   }
 }

@@ -1,10 +1,15 @@
 import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
+import type { OpenInstance, UsageDelta, UsageQuery, UsageRow } from '../usage/store.js';
 import type { AliasRecord, AuditEntry, Checkpoint, NodeEvent, NodeRecord, NodeRevision, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
 import { BerthError } from '../core/errors.js';
 
-/** Schema migrations, applied in order, each once, each in one transaction. */
-const MIGRATIONS: string[] = [
+/**
+ * Schema migrations, version = position (from 1), applied in order, each once, each in one
+ * transaction. A null is a number taken by work not merged here yet: skipped, and applied
+ * whenever it arrives (versions are applied by what is missing, not by the highest seen).
+ */
+const MIGRATIONS: Array<string | null> = [
   `CREATE TABLE tokens (
      id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
      folders TEXT NOT NULL, admin INTEGER NOT NULL, created_at TEXT NOT NULL);
@@ -50,13 +55,22 @@ const MIGRATIONS: string[] = [
      node_id TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, cause TEXT NOT NULL,
      created_at TEXT NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (node_id, revision));
    INSERT INTO node_revisions SELECT id, 1, spec, 'created', created_at, created_by FROM nodes;`,
-  // 5: reserved (usage accounting, on its own branch); an empty step keeps the numbers aligned
-  '',
   // 6: node events: scale decisions with their reason, wakes, failed starts, rollouts (bounded per node)
   `CREATE TABLE node_events (
      id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, at TEXT NOT NULL, type TEXT NOT NULL,
      reason TEXT NOT NULL, details TEXT NOT NULL);
    CREATE INDEX node_events_node ON node_events(node_id, id);`,
+  // 7: usage accounting (src/usage/, docs/usage.md): one row per hour, folder, node and preset,
+  // added to as usage accrues; and the instance runs open at the last write
+  `CREATE TABLE usage (
+     hour INTEGER NOT NULL, folder_id TEXT NOT NULL, node_id TEXT NOT NULL, preset TEXT NOT NULL,
+     node_name TEXT, instance_seconds REAL NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0,
+     bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0,
+     PRIMARY KEY (folder_id, hour, node_id, preset)) WITHOUT ROWID;
+   CREATE INDEX usage_hour ON usage(hour);
+   CREATE TABLE usage_open (
+     instance_id TEXT PRIMARY KEY, folder_id TEXT NOT NULL, node_id TEXT NOT NULL, preset TEXT NOT NULL,
+     until INTEGER NOT NULL);`,
 ];
 
 /** Rows as SQLite returns them (snake_case columns; JSON kept as text). */
@@ -101,11 +115,12 @@ export class SqliteStore implements Store {
 
   async migrate(): Promise<void> {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
-    const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null };
-    const current = row.v ?? 0;
-    for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+    const applied = new Set((this.db.prepare('SELECT version FROM schema_migrations').all() as Array<{ version: number }>).map((r) => r.version));
+    for (let v = 1; v <= MIGRATIONS.length; v++) {
+      const sql = MIGRATIONS[v - 1];
+      if (sql === null || sql === undefined || applied.has(v)) continue;
       this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v - 1]!);
+        this.db.exec(sql);
         this.db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(v, new Date().toISOString());
       })();
     }
@@ -169,6 +184,16 @@ export class SqliteStore implements Store {
         if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a checkpoint named "${name}" already exists in folder ${c.folderId}`, { field: 'name', name });
         throw err;
       }
+    })();
+  }
+
+  async pruneAutosaves(folderId: string, session: string, keep: number): Promise<string[]> {
+    return this.db.transaction(() => {
+      const rows = this.db.prepare(`SELECT id FROM checkpoints WHERE folder_id = ? AND name IS NULL
+          AND json_extract(data, '$.autosave.session') = ? ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?`)
+        .all(folderId, session, keep) as Array<{ id: string }>;
+      const del = this.db.prepare('DELETE FROM checkpoints WHERE id = ? AND name IS NULL AND NOT EXISTS (SELECT 1 FROM nodes WHERE checkpoint_id = ?)');
+      return rows.filter((r) => del.run(r.id, r.id).changes > 0).map((r) => r.id);
     })();
   }
 
@@ -366,6 +391,56 @@ export class SqliteStore implements Store {
       id: r.id, at: r.at, tokenId: r.token_id, tokenName: r.token_name, action: r.action,
       folderId: r.folder_id, resourceId: r.resource_id, result: r.result, status: r.status,
     }));
+  }
+
+  // ---- usage (src/usage/) ----
+
+  async writeUsage(deltas: UsageDelta[], open: OpenInstance[], ended: string[]): Promise<void> {
+    const add = this.db.prepare(`INSERT INTO usage (hour, folder_id, node_id, preset, node_name, instance_seconds, calls, bytes_in, bytes_out)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (folder_id, hour, node_id, preset) DO UPDATE SET
+        node_name = COALESCE(excluded.node_name, node_name), instance_seconds = instance_seconds + excluded.instance_seconds,
+        calls = calls + excluded.calls, bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out`);
+    const keep = this.db.prepare(`INSERT INTO usage_open (instance_id, folder_id, node_id, preset, until) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (instance_id) DO UPDATE SET folder_id = excluded.folder_id, node_id = excluded.node_id, preset = excluded.preset, until = excluded.until`);
+    const drop = this.db.prepare('DELETE FROM usage_open WHERE instance_id = ?');
+    this.db.transaction(() => {
+      for (const d of deltas) add.run(d.hour, d.folderId, d.nodeId, d.preset, d.nodeName, d.instanceSeconds, d.calls, d.bytesIn, d.bytesOut);
+      for (const id of ended) drop.run(id);
+      for (const o of open) keep.run(o.instanceId, o.folderId, o.nodeId, o.preset, o.until);
+    })();
+  }
+
+  async openInstances(): Promise<OpenInstance[]> {
+    const rows = this.db.prepare('SELECT * FROM usage_open').all() as Array<{ instance_id: string; folder_id: string; node_id: string; preset: string; until: number }>;
+    return rows.map((r) => ({ instanceId: r.instance_id, folderId: r.folder_id, nodeId: r.node_id, preset: r.preset, until: r.until }));
+  }
+
+  async queryUsage(q: UsageQuery): Promise<UsageRow[]> {
+    const where = ['hour >= ?', 'hour < ?'];
+    const args: unknown[] = [q.from, q.to];
+    if (q.folders) { where.push(`folder_id IN (${q.folders.map(() => '?').join(', ')})`); args.push(...q.folders); }
+    const sums = 'SUM(instance_seconds) AS instance_seconds, SUM(calls) AS calls, SUM(bytes_in) AS bytes_in, SUM(bytes_out) AS bytes_out';
+    const cond = where.join(' AND ');
+    type Sums = { folder_id: string; instance_seconds: number; calls: number; bytes_in: number; bytes_out: number };
+    const totals = (r: Sums): Pick<UsageRow, 'instanceSeconds' | 'calls' | 'bytesIn' | 'bytesOut'> => ({
+      instanceSeconds: Math.round(r.instance_seconds * 1000) / 1000, calls: r.calls, bytesIn: r.bytes_in, bytesOut: r.bytes_out,
+    });
+    if (q.groupBy === 'folder') {
+      const rows = this.db.prepare(`SELECT folder_id, ${sums} FROM usage WHERE ${cond} GROUP BY folder_id ORDER BY folder_id`).all(...args) as Sums[];
+      return rows.map((r) => ({ folderId: r.folder_id, ...totals(r) }));
+    }
+    if (q.groupBy === 'day') {
+      const rows = this.db.prepare(`SELECT folder_id, (hour / 86400000) * 86400000 AS day, ${sums} FROM usage WHERE ${cond}
+        GROUP BY folder_id, day ORDER BY folder_id, day`).all(...args) as Array<Sums & { day: number }>;
+      return rows.map((r) => ({ folderId: r.folder_id, day: new Date(r.day).toISOString().slice(0, 10), ...totals(r) }));
+    }
+    // the node's name now, or the last one written with its usage (a deleted node)
+    const rows = this.db.prepare(`SELECT u.folder_id, u.node_id, u.preset,
+        COALESCE((SELECT json_extract(spec, '$.name') FROM nodes WHERE id = u.node_id), MAX(u.node_name)) AS node_name, ${sums}
+      FROM usage u WHERE ${cond} GROUP BY u.folder_id, u.node_id, u.preset ORDER BY u.folder_id, node_name, u.node_id, u.preset`)
+      .all(...args) as Array<Sums & { node_id: string; preset: string; node_name: string | null }>;
+    return rows.map((r) => ({ folderId: r.folder_id, nodeId: r.node_id, nodeName: r.node_name, preset: r.preset, ...totals(r) }));
   }
 }
 

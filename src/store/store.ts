@@ -1,3 +1,4 @@
+import type { UsageStore } from '../usage/store.js';
 import type { AliasRecord, AuditEntry, Checkpoint, NodeEvent, NodeRecord, NodeRevision, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
@@ -9,7 +10,7 @@ export interface SecretRecord extends Secret { ciphertext: Buffer }
  * Writes are atomic: a failed call leaves nothing half-written. Uniqueness (NAME_TAKEN) and
  * quotas (QUOTA_EXCEEDED) are decided inside the write's transaction, never by a read before it.
  */
-export interface Store {
+export interface Store extends UsageStore {
   migrate(): Promise<void>;
   close(): Promise<void>;
 
@@ -23,6 +24,11 @@ export interface Store {
   getCheckpointByName(folderId: string, name: string): Promise<Checkpoint | undefined>;
   listCheckpoints(): Promise<Checkpoint[]>;
   renameCheckpoint(id: string, name: string | null, updatedAt: string): Promise<void>;
+  /**
+   * Deletes the folder's unpinned autosaves of a kernel session past its `keep` most recent
+   * (pinned ones stay, whatever their age); returns the ids deleted. One transaction.
+   */
+  pruneAutosaves(folderId: string, session: string, keep: number): Promise<string[]>;
   /** Deletes unless a node uses it; returns the ids of the nodes that do. */
   deleteCheckpoint(id: string): Promise<{ deleted: boolean; usedBy: string[] }>;
 

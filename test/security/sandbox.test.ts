@@ -53,12 +53,29 @@ def _tcp(port):
         return type(e).__name__
     finally:
         s.close()
+def _own_socket():
+    # the socket this worker listens on: a fresh worker's is /berth/run/worker.sock, a forked
+    # one's /berth/run/<instance>/worker.sock (its template's directory)
+    mine = set()
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            link = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            continue
+        if link.startswith('socket:['):
+            mine.add(link[8:-1])
+    with open('/proc/net/unix') as f:
+        for line in list(f)[1:]:
+            parts = line.split()
+            if len(parts) >= 8 and parts[6] in mine and parts[3] == '00010000' and parts[7].endswith('worker.sock'):
+                return parts[7]
+    return None
 if action == 'open':
     result = {p: _open(p) for p in arg}
 elif action == 'write':
     result = {p: _write(p) for p in arg}
 elif action == 'unix':
-    result = {p: _unix(p) for p in arg}
+    result = {p: _unix(_own_socket() if p == 'own' else p) for p in arg}
 elif action == 'tcp':
     result = _tcp(arg)
 elif action == 'env':
@@ -94,10 +111,11 @@ elif action == 'forkbomb':
         forked += 1
     result = {'forked': forked, 'error': error}
 elif action == 'swap':
-    tmp = '/berth/run/swap.tmp'
+    own = _own_socket()
+    tmp = own + '.swap'
     os.symlink(arg, tmp)
-    os.replace(tmp, '/berth/run/worker.sock')
-    result = os.readlink('/berth/run/worker.sock')
+    os.replace(tmp, own)
+    result = os.readlink(own)
 elif action == 'background':
     subprocess.Popen(['sleep', str(arg)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = 'started'
@@ -128,6 +146,15 @@ function processesWith(marker: string): string[] {
 /** Pids of processes running as `uid`, from ps. */
 function processesOf(uid: number): string[] {
   return spawnSync('ps', ['-o', 'pid=', '-u', String(uid)], { encoding: 'utf8' }).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
+/** Where an instance's worker bound its socket on the host: its own directory, or (forked) one in its template's. */
+function workerSocket(home: string, instanceId: string): string {
+  const dir = join(home, 'sandboxes');
+  const fresh = join(dir, instanceId, 'worker.sock');
+  if (existsSync(fresh)) return fresh;
+  const forked = readdirSync(dir).map((e) => join(dir, e, instanceId, 'worker.sock')).find((p) => existsSync(p));
+  return forked ?? fresh;
 }
 
 function secretFiles(home: string): string[] {
@@ -188,11 +215,11 @@ describe('sandbox: a cell cannot reach Berth or other tenants', { skip, timeout:
 
   test('cannot connect to another instance\'s worker socket; can connect to its own', async () => {
     const instB = await instanceOf(probeB.id);
-    const others = [...new Set([String(instB.endpoint).replace(/^unix:/, ''), join(b.home, 'sandboxes', instB.id, 'worker.sock')])];
+    const others = [...new Set([String(instB.endpoint).replace(/^unix:/, ''), workerSocket(b.home, instB.id)])];
     assert.ok(others.length > 0 && others.every((p) => existsSync(p)), `B's socket exists on the host: ${others}`);
-    const r = await probe(b, probeA.id, 'unix', [...others, '/berth/run/worker.sock']);
+    const r = await probe(b, probeA.id, 'unix', [...others, 'own']);
     for (const p of others) assert.notEqual(r[p], 'connected', `${p}: ${r[p]}`);
-    assert.equal(r['/berth/run/worker.sock'], 'connected', 'control: the probe reaches its own socket');
+    assert.equal(r.own, 'connected', 'control: the probe reaches its own socket');
     assert.deepEqual(await probe(b, probeB.id, 'ids'), await probe(b, probeB.id, 'ids'), 'B still answers');
   });
 
@@ -388,11 +415,16 @@ describe('sandbox: kill -9 of berth up leaves nothing behind after the next star
         const sock = String(inst.endpoint).replace(/^unix:/, '');
         assert.ok(existsSync(sock), sock);
         assert.equal(processesWith(`sleep ${marker}`).length, 1);
-        // every process of the instance's sandbox (bwrap, the worker, the sleep), from its cgroup
-        const cgroupPids = mode === 'bubblewrap'
-          ? spawnSync('sh', ['-c', `cat $(find /sys/fs/cgroup/pids -path '*/berth-*/${inst.id}-*' -name cgroup.procs)`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number)
-          : [];
-        if (mode === 'bubblewrap') assert.ok(cgroupPids.length >= 3, `sandbox processes in the cgroup: ${cgroupPids}`);
+        // every process of the instance (the worker, the sleep) from its cgroup, and of its
+        // sandbox (bwrap, the template it was forked from) from the template's
+        const inCgroups = (pattern: string): number[] =>
+          spawnSync('sh', ['-c', `cat $(find /sys/fs/cgroup/pids -path '*/berth-*/${pattern}' -name cgroup.procs)`], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number);
+        const own = mode === 'bubblewrap' ? inCgroups(`${inst.id}-*`) : [];
+        const cgroupPids = mode === 'bubblewrap' ? [...own, ...inCgroups('tpl*')] : [];
+        if (mode === 'bubblewrap') {
+          assert.ok(own.length >= 2, `the instance's processes in its cgroup: ${own}`);
+          assert.ok(cgroupPids.length >= 4, `sandbox processes in the cgroups: ${cgroupPids}`);
+        }
         b.proc.kill('SIGKILL');
         await b.stop();
         await new Promise((r) => setTimeout(r, 500));
@@ -409,8 +441,10 @@ describe('sandbox: kill -9 of berth up leaves nothing behind after the next star
         // the node comes back and serves
         await waitFor('node Healthy again', async () => (await b.request('GET', `/v1/nodes/${node.id}`)).body.status === 'Healthy', 60_000);
         const live = (await b.request('GET', `/v1/nodes/${node.id}`)).body.instances.map((i: any) => i.id);
+        // the live instance's files, and its template's (tpl…: the node's one live template)
         const entries = readdirSync(join(home, 'sandboxes'));
-        assert.ok(entries.every((e) => live.some((id: string) => e.startsWith(id))), `only the live instance's files: ${entries} (live ${live})`);
+        assert.ok(entries.every((e) => live.some((id: string) => e.startsWith(id)) || e.startsWith('tpl')), `only the live instance's files: ${entries} (live ${live})`);
+        assert.ok(new Set(entries.filter((e) => e.startsWith('tpl')).map((e) => e.replace(/\.sock$/, ''))).size <= 1, `one template: ${entries}`);
       } finally {
         await b.stop();
         removeHome(home);

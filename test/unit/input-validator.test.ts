@@ -128,3 +128,53 @@ describe('the input as a whole', () => {
     assert.doesNotThrow(() => i(JSON.parse('{"n": 1e300}')));
   });
 });
+
+describe('model types: ndarray, dataframe, list[T], defaults', () => {
+  test('ndarray[float32,-1,3]: nested lists and base64 raw bytes; shape, dtype and size refusals name the variable', () => {
+    const check = compileInputValidator([{ name: 'x', type: 'ndarray[float32,-1,3]' }]);
+    check({ x: [[1, 2, 3], [4, 5.5, 6]] });
+    check({ x: { dtype: 'float32', shape: [0, 3], data: '' } });
+    check({ x: { dtype: 'float32', shape: [1, 3], data: Buffer.from(new Float32Array([1, 2, 3]).buffer).toString('base64') } });
+    const cases: Array<[unknown, string, RegExp]> = [
+      [[[1, 2]], 'wrong_shape', /shape \[-1,3\].*got shape \[1,2\]/],
+      [[1, 2, 3], 'wrong_shape', /got shape \[3\]/],
+      [[[1, 2, 3], [1, 2]], 'ragged', /axis 1/],
+      [[[1, 2, true]], 'wrong_dtype', /float32 values, got boolean/],
+      ['abc', 'wrong_type', /float32 tensor/],
+      [{ dtype: 'int8', shape: [1, 3], data: 'AAAA' }, 'wrong_dtype', /dtype float32, got int8/],
+      [{ dtype: 'float32', shape: [1, 3], data: 'AAAA' }, 'wrong_size', /12 bytes.*got 3/],
+      [{ dtype: 'float32', shape: [1, 3], data: '!!!!' }, 'wrong_type', /base64/],
+      [{ dtype: 'float32', shape: [1, 3] , data: 'AAAA', extra: 1 }, 'wrong_type', /"extra"/],
+    ];
+    for (const [value, reason, message] of cases) {
+      const e = refusal(() => check({ x: value }));
+      assert.equal(e.details.variable, 'x');
+      assert.equal(e.details.reason, reason, JSON.stringify(value));
+      assert.equal(e.details.expected, 'ndarray[float32,-1,3]');
+      assert.match(e.message, message);
+    }
+  });
+
+  test('integer dtypes refuse fractions and values out of range; bool wants booleans', () => {
+    const check = compileInputValidator([{ name: 'a', type: 'ndarray[uint8]' }, { name: 'b', type: 'ndarray[bool,2]', default: [true, false] }]);
+    check({ a: [0, 255] });
+    check({ a: 3 }); // rank 0 where no shape is declared
+    assert.equal(refusal(() => check({ a: [256] })).details.reason, 'wrong_dtype');
+    assert.equal(refusal(() => check({ a: [-1] })).details.reason, 'wrong_dtype');
+    assert.equal(refusal(() => check({ a: [1.5] })).details.reason, 'wrong_dtype');
+    assert.equal(refusal(() => check({ a: [1], b: [1, 0] })).details.variable, 'b');
+  });
+
+  test('dataframe: records or split; list[T] names the index; a default makes an input optional', () => {
+    const check = compileInputValidator([{ name: 'df', type: 'dataframe' }, { name: 'tags', type: 'list[list[int]]', default: [] }]);
+    check({ df: [{ a: 1 }, { a: 2 }] });
+    check({ df: { columns: ['a', 'b'], data: [[1, 2]], index: ['r'] } });
+    assert.match(refusal(() => check({ df: { columns: ['a'], data: [[1, 2]] } })).message, /1 values/);
+    assert.match(refusal(() => check({ df: { columns: ['a'], data: [[1]], index: [] } })).message, /"index"/);
+    assert.match(refusal(() => check({ df: 'x' })).message, /table/);
+    const e = refusal(() => check({ df: [], tags: [[1], [2, 'x']] }));
+    assert.equal(e.details.variable, 'tags');
+    assert.equal(e.details.at, '[1][1]');
+    assert.equal(refusal(() => check({ tags: [] })).details.reason, 'missing');
+  });
+});

@@ -7,6 +7,14 @@ import { ago, bytes, table } from '../format.js';
 import { clientFor, out, type JsonOption } from '../shared.js';
 import type { CheckpointList, CheckpointView, Deleted } from '../views.js';
 
+/** `[12] model.fit(X, y)…`: the kernel cell that made a checkpoint (its number, its first line). */
+function cellLabel(c: CheckpointView): string {
+  if (!c.cell) return '';
+  const first = c.cell.code.split('\n').find((l) => l.trim()) ?? '';
+  const short = first.length > 40 ? first.slice(0, 39) + '…' : first;
+  return `${c.cell.number === null ? '' : `[${c.cell.number}] `}${short.trim()}`;
+}
+
 export function registerCheckpoints(cli: Command): void {
   const client = clientFor(cli);
   const ckpt = cli.command('checkpoint').alias('checkpoints').description('Saved interpreter states (only pinned ones can back nodes)');
@@ -33,8 +41,8 @@ export function registerCheckpoints(cli: Command): void {
 
   ckpt.command('list').description('List checkpoints').option('--json', 'print JSON').action(async (o: JsonOption) => {
     const { checkpoints } = await client().request<CheckpointList>('GET', '/v1/checkpoints');
-    out(o.json, checkpoints, () => table(['ID', 'NAME', 'SOURCE', 'PYTHON', 'VARIABLES', 'SIZE', 'CREATED'],
-      checkpoints.map((c) => [c.id, c.name ?? '(not pinned)', c.source, c.python, c.variables.length, bytes(c.size), ago(c.createdAt)])));
+    out(o.json, checkpoints, () => table(['ID', 'NAME', 'SOURCE', 'CELL', 'PYTHON', 'VARIABLES', 'SIZE', 'CREATED'],
+      checkpoints.map((c) => [c.id, c.name ?? '(not pinned)', c.autosave ? 'kernel (auto)' : c.source, cellLabel(c), c.python, c.variables.length, bytes(c.size), ago(c.createdAt)])));
   });
 
   ckpt.command('get <ref>').description('Show a checkpoint (id or name)').option('--json', 'print JSON').action(async (ref: string, o: JsonOption) => {
@@ -42,7 +50,9 @@ export function registerCheckpoints(cli: Command): void {
     out(o.json, c, () => [
       table(['FIELD', 'VALUE'], [['id', c.id], ['name', c.name ?? '(not pinned)'], ['source', c.source], ['python', `${c.python} (${c.executable})`],
         ['size', bytes(c.size)], ['sha256', c.sha256], ['variables', c.variables.map((v) => `${v.name}: ${v.type}`).join(', ')],
-        ['requires', c.requires.map((p) => `${p.name}==${p.version}`).join(', ') || '(standard library only)'], ['created', c.createdAt]]),
+        ['requires', c.requires.map((p) => `${p.name}==${p.version}`).join(', ') || '(standard library only)'], ['created', c.createdAt],
+        ...(c.cell ? [['made by cell', cellLabel(c)] as [string, string]] : []),
+        ...(c.autosave ? [['autosave', `kernel session ${c.autosave.session}, its ${c.autosave.keep} most recent kept`] as [string, string]] : [])]),
       'serving cell:', c.code.replace(/^/gm, '  '),
     ].join('\n'));
   });

@@ -6,6 +6,14 @@ import { ApiError, berthFetch, findToken, serverUrl } from '../client.js';
 import { ago, table } from '../format.js';
 import { clientFor, collect, out, parseInput, printOutput, waitHealthy, type JsonOption } from '../shared.js';
 import type { Client } from '../client.js';
+import { SNIPPET_LANGS, snippet, type SnippetLang } from '../../contracts/snippets.js';
+
+/** The parts of a node's OpenAPI contract the snippets read. */
+interface OpenApiDoc {
+  servers: Array<{ url: string }>;
+  paths: Record<string, unknown>;
+  components: { schemas: { Input: { properties: Record<string, { 'x-berth-type': string; default?: unknown }> } } };
+}
 import type { Deleted, ExecuteAnswer, NodeEventList, NodeList, NodeLogs, NodeView, RevisionList, UpdatePlan, WhoAmI } from '../views.js';
 
 interface CreateOptions extends JsonOption {
@@ -15,11 +23,27 @@ interface CreateOptions extends JsonOption {
   wait: boolean; quiet?: boolean;
 }
 
-const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string }> | undefined =>
+/** `name:type[=default]`: the type may be `ndarray[float32,-1]`, `list[int]`…; the default is JSON (or a plain string). */
+const parseVars = (list: string[] | undefined, flag: string): Array<{ name: string; type: string; default?: unknown }> | undefined =>
   list?.map((s) => {
-    const [name, type] = s.split(':');
-    if (!name || !type) throw new Error(`${flag} takes name:type, e.g. ${flag} input_data:dict (got "${s}")`);
-    return { name, type };
+    const colon = s.indexOf(':');
+    const name = colon === -1 ? '' : s.slice(0, colon);
+    const rest = colon === -1 ? '' : s.slice(colon + 1);
+    // the default starts at the first "=" outside the type's brackets
+    let depth = 0;
+    let eq = -1;
+    for (let i = 0; i < rest.length && eq === -1; i++) {
+      if (rest[i] === '[') depth++;
+      else if (rest[i] === ']') depth--;
+      else if (rest[i] === '=' && depth === 0) eq = i;
+    }
+    const type = eq === -1 ? rest : rest.slice(0, eq);
+    if (!name || !type) throw new Error(`${flag} takes name:type[=default], e.g. ${flag} input_data:dict or ${flag} 'x:ndarray[float32,-1]' (got "${s}")`);
+    if (eq === -1) return { name, type };
+    const text = rest.slice(eq + 1);
+    let dflt: unknown;
+    try { dflt = JSON.parse(text); } catch { dflt = text; }
+    return { name, type, default: dflt };
   });
 
 export function nodeTable(n: NodeView): string {
@@ -148,7 +172,7 @@ export function registerNodes(cli: Command): void {
     .option('--health-path <path>', 'image node: HTTP health check path on the endpoint port')
     .option('--username <user>', 'registry user for a private image')
     .option('--password-secret <name>', 'secret holding the registry password')
-    .option('--input <name:type>', 'input variable (repeat); types: int float str bool list dict bytes any', collect)
+    .option('--input <name:type>', "input variable name:type[=default] (repeat); types: int float str bool list dict bytes any, list[T], 'ndarray[float32,-1]', dataframe", collect)
     .option('--output <name:type>', 'output variable (repeat)', collect)
     .option('--description <text>')
     .option('--folder <id>', 'folder the node lives in')
@@ -289,6 +313,34 @@ export function registerNodes(cli: Command): void {
       }
       const r = await client().request<NodeLogs>('GET', `/v1/nodes/${encodeURIComponent(ref)}/logs?${q}`);
       out(o.json, r, () => r.logs.map((l) => `==> instance ${l.instanceId} <==\n${l.text}`).join('\n'));
+    });
+
+  node.command('snippet <node>').description('Print a working call of a cell node, with example inputs (the token is read from $BERTH_TOKEN)')
+    .option('--lang <lang>', `one of ${SNIPPET_LANGS.join(', ')}`, 'curl')
+    .option('--folder <id>', 'the folder you call from (default: your token\'s)')
+    .action(async (ref: string, o: { lang: string; folder?: string }) => {
+      if (!(SNIPPET_LANGS as readonly string[]).includes(o.lang)) throw new Error(`--lang must be one of ${SNIPPET_LANGS.join(', ')}, got "${o.lang}"`);
+      const c = client();
+      // the contract, not the node: a caller (executor) may read the one and not the other
+      const doc = await c.request<OpenApiDoc>('GET', `/v1/nodes/${encodeURIComponent(ref)}/openapi.json`);
+      const path = Object.keys(doc.paths)[0]!;
+      const nodeId = decodeURIComponent(/\/nodes\/([^/:]+):execute$/.exec(path)![1]!);
+      const props = doc.components.schemas.Input.properties;
+      const inputs = Object.entries(props).map(([name, p]) => ({ name, type: p['x-berth-type'], ...(Object.hasOwn(p, 'default') ? { default: p.default } : {}) }));
+      const proto = await c.request<string>('GET', `/v1/nodes/${encodeURIComponent(ref)}/node.proto`);
+      const service = /^service (\S+) \{/m.exec(proto)?.[1];
+      const folder = o.folder ?? (await c.request<WhoAmI>('GET', '/v1/whoami')).defaultFolder;
+      process.stdout.write(snippet(o.lang as SnippetLang, { url: doc.servers[0]!.url, nodeId, folderId: folder, inputs, service: `berth.nodes.v1.${service}` }));
+    });
+
+  node.command('proto <node>').description('Print the typed gRPC contract of a cell node (service berth.nodes.v1.<Name>, served on Berth\'s port)')
+    .action(async (ref: string) => {
+      process.stdout.write(await client().request<string>('GET', `/v1/nodes/${encodeURIComponent(ref)}/node.proto`));
+    });
+
+  node.command('openapi <node>').description('Print the OpenAPI 3.1 contract of a cell node (the Swagger UI shows it at /docs/nodes/<id>)')
+    .action(async (ref: string) => {
+      process.stdout.write(JSON.stringify(await client().request('GET', `/v1/nodes/${encodeURIComponent(ref)}/openapi.json`), null, 2) + '\n');
     });
 
   node.command('execute <node>').description('Call a node, like POST /datasphere/v1/nodes/{id}:execute')

@@ -23,6 +23,7 @@ import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as HEALTH_PROTO } from 'grpc-health-check';
 import { BerthError, asBerthError } from '../../core/errors.js';
+import type { TokenRecord } from '../../core/types.js';
 import { folderRequired, type Gateway } from '../execute.js';
 import type { CallTarget } from '../pipeline.js';
 import { structToJson, jsonToStruct, StructConversionError, type StructObject } from './struct.js';
@@ -46,6 +47,11 @@ export interface GrpcDeps {
   port?: number;
   /** The largest request or response payload; 16 MiB by default (framing room is added). */
   maxMessageBytes?: number;
+  /**
+   * More files for server reflection, per caller (the typed node services it may call):
+   * `key` names the set, so equal sets share one reflection index. Null token: not authenticated.
+   */
+  reflect?: (token: TokenRecord | null) => { key: string; files: Buffer[] };
 }
 
 type Method = 'Execute' | 'ExecuteAlias';
@@ -298,8 +304,36 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
 
   const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
   health.addToServer(server);
-  // ReflectionService reads only each entry's fileDescriptorProtos: hand it protoc-style ones
-  new ReflectionService({ berth: { fileDescriptorProtos: descriptors } } as never).addToServer(server);
+  // ReflectionService reads only each entry's fileDescriptorProtos: hand it protoc-style ones.
+  // The index depends on the caller (the typed node services it may call), so the reflection
+  // services are registered here and each stream is answered by the index for its token.
+  const indexes = new Map<string, ReflectionService>();
+  const indexFor = (authorization: string | undefined): ReflectionService => {
+    let token: TokenRecord | null = null;
+    try { token = authorization ? gateway.pipeline.authenticate(authorization) : null; } catch { token = null; }
+    const extra = deps.reflect?.(token) ?? { key: '', files: [] };
+    let index = indexes.get(extra.key);
+    if (!index) {
+      if (indexes.size >= 64) indexes.clear();
+      index = new ReflectionService({ berth: { fileDescriptorProtos: [...descriptors, ...extra.files] } } as never);
+      indexes.set(extra.key, index);
+    }
+    return index;
+  };
+  const reflectionDefs: grpc.ServiceDefinition[] = [];
+  // v1, then v1alpha: the definitions ReflectionService registers, answered by our index per stream
+  new ReflectionService({ berth: { fileDescriptorProtos: descriptors } } as never)
+    .addToServer({ addService: (def: grpc.ServiceDefinition) => reflectionDefs.push(def) } as unknown as grpc.Server);
+  reflectionDefs.forEach((def, i) => {
+    const version = i === 0 ? 'v1' : 'v1Alpha';
+    server.addService(def, {
+      ServerReflectionInfo: (call: grpc.ServerDuplexStream<unknown, unknown>) => {
+        const index = (indexFor(authorizationOf(call.metadata)) as unknown as Record<string, { handleServerReflectionRequest(m: unknown): unknown }>)[version]!;
+        call.on('end', () => call.end());
+        call.on('data', (m: unknown) => call.write(index.handleServerReflectionRequest(m)));
+      },
+    });
+  });
 
   const host = deps.host ?? '127.0.0.1';
   const port = await new Promise<number>((resolvePort, reject) => {

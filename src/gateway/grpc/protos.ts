@@ -24,6 +24,7 @@ export const BERTH_PROTO_FILES = [
   'google/protobuf/struct.proto',
   'google/rpc/status.proto',
   'yandex/cloud/datasphere/v1/node_service.proto',
+  'inference/grpc_predict_v2.proto',
 ];
 
 export interface ProtoFile {
@@ -31,6 +32,8 @@ export interface ProtoFile {
   name: string;
   /** Where it is on disk. */
   path: string;
+  /** Its text, when it is not on disk (a node's generated contract). */
+  source?: string;
 }
 
 export interface LoadedProtos {
@@ -46,7 +49,7 @@ export function loadProtos(extra: ProtoFile[] = []): LoadedProtos {
   const root = new protobuf.Root();
   const parsed: Array<{ file: ProtoFile; pkg: string; imports: string[]; syntax: string }> = [];
   for (const file of files) {
-    const source = readFileSync(file.path, 'utf8');
+    const source = file.source ?? readFileSync(file.path, 'utf8');
     parser.filename = file.name; // stamps every top-level object with the file it is in
     const r = protobuf.parse(source, root, { keepCase: true, alternateCommentMode: true });
     const syntax = /^\s*syntax\s*=\s*["'](proto[23])["']/m.exec(source)?.[1] ?? 'proto2';
