@@ -136,7 +136,8 @@ test('many calls at zero start as many instances as their sessions need, and all
 });
 
 test('an instance that fails to start while calls are held: another attempt, no call lost', async () => {
-  const node = await createNode(b, ZERO('zero-flaky', { maxInstances: 1, queueSize: 3 }, { environment: { python: FLAKY_PYTHON } }));
+  // fork: false — every instance is a fresh interpreter, so the flaky start applies to each (a forked one would not start Python again)
+  const node = await createNode(b, ZERO('zero-flaky', { maxInstances: 1, queueSize: 3, fork: false }, { environment: { python: FLAKY_PYTHON } }));
   await atZero(b, node.id);
   rmSync(FLAKY_OK);
   try {
@@ -163,7 +164,7 @@ test('an instance that fails to start while calls are held: another attempt, no 
 });
 
 test('past holdTimeout a held call gets 503 NODE_UNAVAILABLE with Retry-After and the reason', async () => {
-  const node = await createNode(b, ZERO('zero-timeout', { maxInstances: 1, holdTimeout: 2 }, { environment: { python: FLAKY_PYTHON } }));
+  const node = await createNode(b, ZERO('zero-timeout', { maxInstances: 1, holdTimeout: 2, fork: false }, { environment: { python: FLAKY_PYTHON } }));
   await atZero(b, node.id);
   rmSync(FLAKY_OK);
   try {
