@@ -13,7 +13,7 @@ import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } fro
 import type { ApiDeps } from './deps.js';
 import { allowedPython, flag } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
-import { Node, NodeDeleted, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
+import { Node, NodeDeleted, NodeEvents, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
 import { Type } from '@sinclair/typebox';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
@@ -211,7 +211,15 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
 
   // Events: scale decisions with their reason, wakes, failed starts, rollouts; newest first, paged by id.
   app.get<{ Params: { ref: string }; Querystring: { limit?: string; before?: string } }>('/v1/nodes/:ref/events',
-    { schema: { tags: ['nodes'], summary: "A node's events, newest first: scale decisions with their reason, wakes, failed starts, rollouts (?limit=N&before=ID)" } }, async (req) => {
+    { schema: route({
+      tags: ['nodes'], summary: "A node's events, newest first: scale decisions with their reason, wakes, failed starts, rollouts",
+      params: params({ ref: 'node id or name' }),
+      querystring: query({
+        limit: Type.String({ description: `at most this many, 1–${MAX_EVENTS_PAGE} (default 100)` }),
+        before: Type.String({ description: 'only events with a smaller id (paging)' }),
+      }),
+      response: { 200: ref(NodeEvents), ...errors(400, 404) },
+    }) }, async (req) => {
       const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
       const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_EVENTS_PAGE) throw invalidArgument('limit', `must be an integer between 1 and ${MAX_EVENTS_PAGE}`, { max: MAX_EVENTS_PAGE });
