@@ -127,6 +127,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    // components named by their schema's $id (Node, Error…), not def-0, def-1…
+    refResolver: { buildLocalReference: (json, _b, _f, i) => String(json.$id ?? `def-${i}`) },
   });
   app.setErrorHandler((err: FastifyError, _req, reply) => {
     let e: unknown = err;

@@ -2,7 +2,8 @@
 // OpenAPI and declares a response schema for every route, then every route is called for real
 // on a `berth up` (successes and 400/401/403/404/409/415/422/429 refusals, callers from another
 // folder and with too small a role) and every answer body is validated with ajv against the schema
-// /openapi.json declares for that route and status. Objects are closed for the check (no field the
+// /openapi.json declares for that route, status and media type (JSON, or the .proto's text and the
+// Swagger UI pages' HTML). Objects are closed for the check (no field the
 // schema does not list), so a schema that drifts from the code fails here.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -36,6 +37,12 @@ function validatorFor(schema: unknown): ValidateFunction {
   if (!v) { v = ajv.compile(JSON.parse(text) as Json); compiled.set(text, v); }
   return v;
 }
+
+/** The Swagger UI's page: fastify registers a prefix's root as /docs and /docs/, the document shows one. */
+const uiPage = (): string => (doc.paths['/docs'] ? '/docs' : '/docs/');
+
+/** Public routes (health, the Swagger UI pages) declare no security: no token, no 401, nothing to refuse. */
+const isPublic = (op: Json): boolean => Array.isArray(op.security) && op.security.length === 0;
 
 /** The operation /openapi.json declares for a route (path as in the document: /v1/nodes/{ref}). */
 function operation(method: string, path: string): Json {
@@ -110,9 +117,11 @@ test('/openapi.json is valid OpenAPI, every route has request and response schem
     const codes = Object.keys(op.responses);
     const ok = codes.filter((c) => c.startsWith('2'));
     assert.equal(ok.length, 1, `${where}: one success answer, got ${codes}`);
-    assert.ok(op.responses[ok[0]!].content?.['application/json']?.schema, `${where}: a JSON schema for ${ok[0]}`);
+    // JSON, or a text answer (node.proto, the Swagger UI pages) declared with its media type
+    const media = Object.entries(op.responses[ok[0]!].content ?? {}) as Array<[string, Json]>;
+    assert.ok(media.length > 0 && media.every(([type, m]) => m.schema && /^(application\/json|text\/(plain|html))$/.test(type)), `${where}: a schema per media type for ${ok[0]}: ${JSON.stringify(media)}`);
     assert.ok(codes.includes('500'), `${where}: 500 declared`);
-    if (path !== '/v1/health') assert.ok(codes.includes('401'), `${where}: 401 declared`);
+    assert.equal(codes.includes('401'), !isPublic(op), `${where}: 401 declared unless public`);
     for (const c of codes.filter((x) => x.startsWith('4') || x.startsWith('5'))) {
       assert.deepEqual(op.responses[c].content['application/json'].schema, { $ref: doc.paths['/v1/health'].get.responses['500'].content['application/json'].schema.$ref }, `${where} ${c}: the one error schema`);
     }
@@ -121,12 +130,23 @@ test('/openapi.json is valid OpenAPI, every route has request and response schem
       assert.ok(op.parameters?.some((x: Json) => x.in === 'path' && `{${x.name}}` === p && x.description), `${where}: path parameter ${p} described`);
     }
   }
-  // shared schemas are referenced, not repeated: the document stays small
-  assert.ok(Object.keys(doc.components.schemas).length >= 40);
+  // shared schemas are referenced, not repeated, and named by their $id
+  const names = Object.keys(doc.components.schemas);
+  assert.ok(names.length >= 40);
+  for (const n of ['Error', 'Node', 'CellNodeSpecIn', 'Checkpoint', 'Usage', 'NodeContract']) assert.ok(names.includes(n), `component ${n} in ${names}`);
+  assert.ok(!names.some((n) => n.startsWith('def-')), `unnamed components: ${names}`);
+  assert.equal(doc.paths['/v1/health'].get.responses['500'].content['application/json'].schema.$ref, '#/components/schemas/Error');
+  // the routes that merged after the schemas: usage, contracts and the pages, public ones only the pages
+  for (const p of ['/v1/usage', '/v1/nodes/{ref}/openapi.json', '/v1/aliases/{name}/openapi.json', '/v1/nodes/{ref}/node.proto', uiPage(), '/docs/nodes/{ref}', '/docs/aliases/{name}']) {
+    assert.ok(doc.paths[p]?.get, `GET ${p} documented`);
+    assert.equal(isPublic(doc.paths[p].get), p.startsWith('/docs'), `GET ${p}: public only for pages`);
+  }
+  // the UI's assets are not API
+  assert.ok(!Object.keys(doc.paths).some((p) => p.startsWith('/docs/static') || p === '/docs/json' || p === '/docs/berth-contract.js'), Object.keys(doc.paths).join(' '));
   const size = JSON.stringify(doc).length;
   assert.ok(size < 200_000, `openapi.json is ${size} bytes`);
   // the node spec as sent documents its defaults and bounds
-  const cellIn = Object.values(doc.components.schemas as Json).find((s: Json) => s.title === 'CellNodeSpecIn') as Json;
+  const cellIn = doc.components.schemas.CellNodeSpecIn as Json;
   assert.deepEqual(cellIn.properties.scaling.properties.minInstances, { type: 'integer', minimum: 1, maximum: 64, default: 1 });
   assert.equal(cellIn.properties.timeout.default, 60);
 });
@@ -168,18 +188,24 @@ test('checkpoints and secrets: run, upload, get, pin, delete and their refusals'
   await call('POST', '/v1/checkpoints', '/v1/checkpoints', 429, { cells: CELLS, folderId: 'team-q' });
 
   // a live-kernel upload: one JSON line, then the blob
-  const upload = async (contentType: string, who: string): Promise<Response> => fetch(`${b.url}/v1/checkpoints:upload?folderId=team-b`, {
+  // (a kernel autosave: the cell it was taken after, the session and how many it keeps)
+  const meta = { code: 'y = x', python: '3.11', executable: '/usr/bin/python3', packages: [], requires: [], variables: [{ name: 'x', type: 'int' }], skipped: [], cell: { number: 3, code: 'y = x' }, autosave: { session: 'k-1', keep: 2 } };
+  const upload = async (contentType: string, who: string, extra: Json = {}): Promise<Response> => fetch(`${b.url}/v1/checkpoints:upload?folderId=team-b`, {
     method: 'POST', headers: { ...as(who), 'content-type': contentType },
-    body: JSON.stringify({ code: 'y = x', python: '3.11', executable: '/usr/bin/python3', packages: [], requires: [], variables: [{ name: 'x', type: 'int' }], skipped: [] }) + '\nblob',
+    body: JSON.stringify({ ...meta, ...extra }) + '\nblob',
   });
-  for (const [type, who, status] of [['application/vnd.berth.checkpoint', 'editorB', 201], ['text/plain', 'editorB', 415], ['application/vnd.berth.checkpoint', 'viewerB', 403]] as const) {
-    const r = await upload(type, who);
+  for (const [type, who, status, extra] of [
+    ['application/vnd.berth.checkpoint', 'editorB', 201, {}], ['text/plain', 'editorB', 415, {}], ['application/vnd.berth.checkpoint', 'viewerB', 403, {}],
+    ['application/vnd.berth.checkpoint', 'editorB', 400, { autosave: { session: 'k-1', keep: 0 } }], ['application/vnd.berth.checkpoint', 'editorB', 400, { cell: { number: -1, code: '' } }],
+  ] as const) {
+    const r = await upload(type, who, extra);
     const body = await r.json() as Json;
     assert.equal(r.status, status, JSON.stringify(body));
     checkAnswer('POST', '/v1/checkpoints:upload', r.status, body);
     if (status === 201) uploaded = body;
   }
   assert.equal(uploaded.source, 'kernel');
+  assert.deepEqual([uploaded.cell, uploaded.autosave], [meta.cell, meta.autosave]);
 
   const list = await call('GET', '/v1/checkpoints', '/v1/checkpoints', 200, undefined, 'viewerB');
   assert.equal(list.checkpoints.length, 2);
@@ -270,6 +296,66 @@ test('nodes: create, get, list, update, revisions, rollback, suspend/resume, log
   await streamed.body?.cancel().catch(() => undefined);
 });
 
+test('contracts, typed variables and usage: documents, .proto, Swagger UI pages, GET /v1/usage and their refusals', async () => {
+  tokens.viewerC = await token('viewer-c', { folders: ['team-c'], role: 'viewer' });
+  tokens.executorC = await token('executor-c', { folders: ['team-c'], role: 'executor' });
+  // the type strings, the ndarray object form and a default; team-c's callers may call it
+  const typed = await call('POST', '/v1/nodes', '/v1/nodes', 201, {
+    ...NODE, name: 'typed', permissions: { folders: ['team-b', 'team-c'] },
+    inputs: [{ name: 'x', type: 'ndarray', dtype: 'float32', shape: [-1, 3] }, { name: 'k', type: 'list[int]', default: [1, 2], description: 'keys' }],
+    outputs: [{ name: 'y', type: 'dataframe' }],
+  }, 'editorB');
+  assert.deepEqual(typed.inputs.map((v: Json) => [v.type, v.default]), [['ndarray[float32,-1,3]', undefined], ['list[int]', [1, 2]]]);
+  await call('POST', '/v1/nodes', '/v1/nodes', 400, { ...NODE, name: 'typed-bad', inputs: [{ name: 'x', type: 'ndarray[float128]' }] }, 'editorB');
+  await call('POST', '/v1/nodes', '/v1/nodes', 400, { ...NODE, name: 'typed-bad', inputs: [{ name: 'x', type: 'int', default: 'seven' }] }, 'editorB');
+
+  const contract = await call('GET', `/v1/nodes/${node.id}/openapi.json`, '/v1/nodes/{ref}/openapi.json', 200, undefined, 'viewerB');
+  assert.equal(contract.openapi, '3.1.0');
+  const typedContract = await call('GET', '/v1/nodes/typed/openapi.json', '/v1/nodes/{ref}/openapi.json', 200, undefined, 'executorC'); // a caller from a folder on its ACL
+  assert.ok(JSON.stringify(typedContract.components.schemas.Input).includes('"default":[1,2]'), 'the default is in the contract');
+  await call('GET', `/v1/nodes/${typed.id}/openapi.json`, '/v1/nodes/{ref}/openapi.json', 404, undefined, 'viewerC'); // a folder on its ACL, but a role that may not call
+  await call('GET', `/v1/nodes/${node.id}/openapi.json`, '/v1/nodes/{ref}/openapi.json', 404, undefined, 'editorA'); // another folder
+  await call('GET', `/v1/nodes/${node.id}/openapi.json`, '/v1/nodes/{ref}/openapi.json', 401, undefined, { authorization: 'Bearer brt_unknown' });
+  const proto = await call('GET', `/v1/nodes/${typed.id}/node.proto`, '/v1/nodes/{ref}/node.proto', 200, undefined, 'executorC');
+  assert.match(proto, /syntax = "proto3";[\s\S]*service /);
+  await call('GET', `/v1/nodes/${typed.id}/node.proto`, '/v1/nodes/{ref}/node.proto', 404, undefined, 'viewerC');
+  await call('GET', `/v1/nodes/${node.id}/node.proto`, '/v1/nodes/{ref}/node.proto', 404, undefined, 'editorA');
+
+  // an alias's contract; a backend of another contract is refused naming the variable
+  const alias = await call('POST', '/v1/aliases', '/v1/aliases', 201, { name: 'echo-contract', backends: [{ nodeId: node.id }] }, 'editorB');
+  const aliasContract = await call('GET', `/v1/aliases/${alias.name}/openapi.json`, '/v1/aliases/{name}/openapi.json', 200, undefined, 'viewerB');
+  assert.ok(Object.keys(aliasContract.paths).some((p) => p.includes('/aliases/echo-contract:execute')), Object.keys(aliasContract.paths).join(' '));
+  await call('GET', `/v1/aliases/${alias.name}/openapi.json`, '/v1/aliases/{name}/openapi.json', 404, undefined, 'editorA');
+  await call('GET', `/v1/aliases/${alias.name}/openapi.json`, '/v1/aliases/{name}/openapi.json', 404, undefined, 'executorC');
+  const mismatch = await call('PATCH', `/v1/aliases/${alias.name}`, '/v1/aliases/{name}', 409, { backends: [{ nodeId: node.id }, { nodeId: typed.id }] }, 'editorB');
+  assert.equal(mismatch.code, 'CONTRACT_MISMATCH');
+  assert.equal(mismatch.details.field, 'backends[1].nodeId');
+  await call('DELETE', `/v1/aliases/${alias.name}`, '/v1/aliases/{name}', 200, undefined, 'editorB');
+
+  // the Swagger UI pages: public HTML (what they load is authorized, above)
+  const none = { authorization: '' };
+  assert.match(await call('GET', uiPage(), uiPage(), 200, undefined, none), /swagger-ui/i);
+  assert.match(await call('GET', `/docs/nodes/${typed.id}`, '/docs/nodes/{ref}', 200, undefined, none), new RegExp(`/v1/nodes/${typed.id}/openapi.json`));
+  assert.match(await call('GET', '/docs/aliases/echo-live', '/docs/aliases/{name}', 200, undefined, none), /\/v1\/aliases\/echo-live\/openapi.json/);
+
+  // usage: the echo node ran (its calls' counts are test/usage.test.ts's; here the shapes)
+  const used = await call('GET', '/v1/usage', '/v1/usage', 200, undefined, 'viewerB');
+  const row = used.rows.find((r: Json) => r.nodeId === node.id);
+  assert.ok(row && row.instanceSeconds > 0 && row.nodeName === 'echo' && row.preset, JSON.stringify(used));
+  const days = await call('GET', '/v1/usage?groupBy=day&folder=team-b', '/v1/usage', 200, undefined, 'viewerB');
+  assert.ok(days.rows.length >= 1 && days.rows.every((r: Json) => r.folderId === 'team-b' && r.day), JSON.stringify(days));
+  const folders = await call('GET', '/v1/usage?groupBy=folder&from=2020-01-01', '/v1/usage', 200);
+  assert.ok(folders.rows.some((r: Json) => r.folderId === 'team-b'));
+  assert.equal((await call('GET', '/v1/usage', '/v1/usage', 200, undefined, 'viewerC')).rows.length, 0, 'another folder\'s usage is not shown');
+  await call('GET', '/v1/usage?groupBy=hour', '/v1/usage', 400, undefined, 'viewerB');
+  await call('GET', '/v1/usage?from=2025-01-31T12:00', '/v1/usage', 400, undefined, 'viewerB');
+  await call('GET', '/v1/usage?folder=team-b', '/v1/usage', 403, undefined, 'editorA');
+  await call('GET', '/v1/usage', '/v1/usage', 403, undefined, 'executorC'); // no role that may read
+  await call('GET', '/v1/usage', '/v1/usage', 401, undefined, { authorization: 'Bearer brt_unknown' });
+
+  await call('DELETE', `/v1/nodes/${typed.id}`, '/v1/nodes/{ref}', 200, undefined, 'editorB');
+});
+
 test('aliases, deletes that are refused while in use, folders and the audit log', async () => {
   const spec = { name: 'echo-live', backends: [{ nodeId: node.id, weight: 1 }] };
   await call('POST', '/v1/aliases', '/v1/aliases', 400, { ...spec, name: '-bad' }, 'editorB');
@@ -330,7 +416,7 @@ test('every route was answered for real, with a success and at least one refusal
     for (const method of Object.keys(item as Json)) {
       const statuses = [...seen].filter((s) => s.startsWith(`${method.toUpperCase()} ${path} `)).map((s) => Number(s.split(' ')[2]));
       assert.ok(statuses.some((s) => s < 300), `${method.toUpperCase()} ${path}: no success checked (${statuses})`);
-      if (path !== '/v1/health') assert.ok(statuses.some((s) => s >= 400), `${method.toUpperCase()} ${path}: no refusal checked`);
+      if (!isPublic((item as Json)[method])) assert.ok(statuses.some((s) => s >= 400), `${method.toUpperCase()} ${path}: no refusal checked`);
     }
   }
   const errorStatuses = new Set([...seen].map((s) => Number(s.split(' ')[2])).filter((s) => s >= 400));

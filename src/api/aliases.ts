@@ -91,7 +91,7 @@ export function aliasRoutes(app: FastifyInstance, { config, store, controller, a
   app.get<{ Params: { name: string } }>('/v1/aliases/:name', { schema: route({ tags: ['aliases'], summary: 'Get an alias with its backends\' status', params: params({ name: 'alias name or id' }), response: { 200: ref(Alias), ...errors(404) } }) }, async (req) =>
     aliasView(await findAlias(req.params.name, req.token, 'read')));
 
-  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: route({ tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically', params: params({ name: 'alias name or id' }), body: ref(AliasPatch), response: { 200: ref(Alias), ...errors(400, 403, 404, 413, 415) } }) }, async (req) => {
+  app.patch<{ Params: { name: string } }>('/v1/aliases/:name', { config: { audit: 'alias.update' }, schema: route({ tags: ['aliases'], summary: 'Change backends, weights, ACL, headers: applied atomically', params: params({ name: 'alias name or id' }), body: ref(AliasPatch), response: { 200: ref(Alias), ...errors(400, 403, 404, 409, 413, 415) } }) }, async (req) => {
     const current = await findAlias(req.params.name, req.token, 'write');
     auditTarget(req, current.spec.folderId, current.id);
     const b = body(req);

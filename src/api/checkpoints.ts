@@ -78,7 +78,7 @@ export function checkpointRoutes(app: FastifyInstance, { config, store, checkpoi
   app.addContentTypeParser('application/vnd.berth.checkpoint', (_req, payload, done) => done(null, payload));
   app.post('/v1/checkpoints::upload', { config: { audit: 'checkpoint.upload' }, schema: route({
       tags: ['checkpoints'], summary: 'Save a live kernel snapshot (metadata line + dill blob)', querystring: query(folderQuery),
-      body: { content: { 'application/vnd.berth.checkpoint': { schema: { type: 'string', format: 'binary', description: 'one JSON line {code, name?, python, executable, packages, requires, variables, skipped}, "\\n", then the dill blob' } } } },
+      body: { content: { 'application/vnd.berth.checkpoint': { schema: { type: 'string', format: 'binary', description: 'one JSON line {code, name?, python, executable, packages, requires, variables, skipped, cell?: CheckpointCell, autosave?: CheckpointAutosave (then no name)}, "\\n", then the dill blob' } } } },
       response: { 201: ref(CheckpointSchema), ...errors(400, 403, 409, 413, 415, 429) },
     }) }, async (req, reply) => {
     if (!String(req.headers['content-type']).startsWith('application/vnd.berth.checkpoint')) {

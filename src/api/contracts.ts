@@ -8,7 +8,7 @@
 // The Swagger UI pages are static and public; the documents they load are not: the page
 // takes the token from its URL fragment (#token=…, never sent to a server) or asks for it,
 // keeps it in the tab's sessionStorage and sends it as a bearer header on every request.
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest, FastifySchema } from 'fastify';
 import swaggerUi from '@fastify/swagger-ui';
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
@@ -16,6 +16,7 @@ import type { AliasRecord, CellNodeSpec, NodeRecord, TokenRecord } from '../core
 import { nodeOpenApi, type ContractSubject } from '../contracts/openapi.js';
 import { nodeProto, serviceNameOf } from '../contracts/proto.js';
 import type { ApiDeps } from './deps.js';
+import { NodeContract, errors, params, ref, route, textAnswer } from './schemas.js';
 
 const nodeNotFound = (ref: string): BerthError => new BerthError('NODE_NOT_FOUND', `node ${ref} not found`, { nodeId: ref });
 const aliasNotFound = (name: string): BerthError => new BerthError('ALIAS_NOT_FOUND', `alias ${name} not found`, { aliasName: name });
@@ -70,15 +71,24 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
   };
 
   app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/openapi.json', {
-    schema: { tags: ['contracts'], summary: 'The OpenAPI 3.1 contract of a cell node (for its callers and readers)' },
+    schema: route({
+      tags: ['contracts'], summary: 'The OpenAPI 3.1 contract of a cell node (for its callers and readers)', params: params({ ref: 'node id or name' }),
+      response: { 200: ref(NodeContract), ...errors(400, 404) },
+    }),
   }, async (req) => nodeOpenApi(nodeSubject(await findNode(req.params.ref, req.token)), { serverUrl: serverUrl(req) }));
 
   app.get<{ Params: { name: string } }>('/v1/aliases/:name/openapi.json', {
-    schema: { tags: ['contracts'], summary: 'The OpenAPI 3.1 contract of an alias over cell nodes' },
+    schema: route({
+      tags: ['contracts'], summary: 'The OpenAPI 3.1 contract of an alias over cell nodes', params: params({ name: 'alias name or id' }),
+      response: { 200: ref(NodeContract), ...errors(400, 404, 503) },
+    }),
   }, async (req) => nodeOpenApi(await aliasSubject(req.params.name, req.token), { serverUrl: serverUrl(req) }));
 
   app.get<{ Params: { ref: string } }>('/v1/nodes/:ref/node.proto', {
-    schema: { tags: ['contracts'], summary: 'The typed gRPC service of a cell node (berth.nodes.v1.<Name>), as a .proto file' },
+    schema: route({
+      tags: ['contracts'], summary: 'The typed gRPC service of a cell node (berth.nodes.v1.<Name>), as a .proto file', params: params({ ref: 'node id or name' }),
+      response: { 200: textAnswer('text/plain', 'the .proto file (proto3)'), ...errors(400, 404) },
+    }),
   }, async (req, reply) => {
     const n = await findNode(req.params.ref, req.token);
     // the name the gateway serves it under: two cell nodes of one service name are both told apart by id
@@ -90,8 +100,12 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
 
   // the Swagger UI: its assets and the control API's page at /docs (the control API's
   // document is public, as /openapi.json is); the pages hold no data of their own
-  app.addHook('onRoute', (route) => {
-    if (route.url === '/docs' || route.url.startsWith('/docs/')) route.config = { ...(route.config ?? {}), public: true };
+  // (the UI's own page is documented as the pages below are; its assets stay hidden: not API.
+  // fastify registers a prefix's '/' route as /docs and /docs/ from one options object, so the
+  // document lists it under the last of the two, /docs/)
+  app.addHook('onRoute', (r) => {
+    if (r.url === '/docs' || r.url.startsWith('/docs/')) r.config = { ...(r.config ?? {}), public: true };
+    if (r.url === '/docs' && r.method === 'GET') r.schema = docsPageSchema('The Swagger UI of the control API (public page; its document is /openapi.json)');
   });
   void app.register(swaggerUi, {
     routePrefix: '/docs',
@@ -103,18 +117,29 @@ export function contractRoutes(app: FastifyInstance, { store }: ApiDeps): void {
     reply.header('content-type', 'application/javascript; charset=utf-8');
     return DOCS_SCRIPT;
   });
-  app.get<{ Params: { ref: string } }>('/docs/nodes/:ref', { config: { public: true }, schema: { hide: true } }, async (req, reply) => {
+  app.get<{ Params: { ref: string } }>('/docs/nodes/:ref', {
+    config: { public: true },
+    schema: docsPageSchema("The Swagger UI of a cell node's contract (public page; the contract it loads needs a token that may read or call the node)", params({ ref: 'node id or name' })),
+  }, async (req, reply) => {
     reply.header('content-type', 'text/html; charset=utf-8');
     reply.header('content-security-policy', CSP);
     reply.header('referrer-policy', 'no-referrer');
     return docsPage(`/v1/nodes/${encodeURIComponent(req.params.ref)}/openapi.json`);
   });
-  app.get<{ Params: { name: string } }>('/docs/aliases/:name', { config: { public: true }, schema: { hide: true } }, async (req, reply) => {
+  app.get<{ Params: { name: string } }>('/docs/aliases/:name', {
+    config: { public: true },
+    schema: docsPageSchema("The Swagger UI of an alias's contract (public page; the contract it loads needs a token that may read or call the alias)", params({ name: 'alias name' })),
+  }, async (req, reply) => {
     reply.header('content-type', 'text/html; charset=utf-8');
     reply.header('content-security-policy', CSP);
     reply.header('referrer-policy', 'no-referrer');
     return docsPage(`/v1/aliases/${encodeURIComponent(req.params.name)}/openapi.json`);
   });
+}
+
+/** A Swagger UI page: public HTML (it holds no data; what it loads is authorized). */
+function docsPageSchema(summary: string, p?: ReturnType<typeof params>): FastifySchema {
+  return route({ tags: ['contracts'], summary, public: true, ...(p ? { params: p } : {}), response: { 200: textAnswer('text/html', 'the page'), ...errors() } });
 }
 
 /** The Swagger UI for one contract; the document URL is already percent-encoded. */

@@ -18,7 +18,9 @@ import { ERRORS } from '../core/errors.js';
 import { CAPABILITIES, RESOURCE_PRESETS } from '../core/node-spec.js';
 import { INSTANCE_STATUSES, NODE_STATUSES, ROLES, ROLLOUT_DEFAULTS } from '../core/types.js';
 import { DEFAULT_QUOTA } from '../folders/quotas.js';
+import type { UsageGroupBy } from '../usage/store.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
+import { MAX_AUTOSAVE_KEEP } from '../checkpoints/service.js';
 
 const StringEnum = (values: readonly string[], opts: Record<string, unknown> = {}): TSchema =>
   Type.Unsafe<string>({ type: 'string', enum: [...values], ...opts });
@@ -31,6 +33,7 @@ const Num = (min: number, max: number, dflt?: number, description?: string): TSc
   Type.Number({ minimum: min, maximum: max, ...(dflt !== undefined ? { default: dflt } : {}), ...(description ? { description } : {}) });
 const Opt = Type.Optional;
 const Deleted = Type.Literal(true);
+const USAGE_GROUP_BY: readonly UsageGroupBy[] = ['node', 'folder', 'day'];
 
 // the names the parsers accept (core/node-spec.ts, core/alias-spec.ts)
 const FOLDER_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$';
@@ -38,7 +41,8 @@ const NAME_PATTERN = '^[A-Za-zА-Яа-яЁё][A-Za-zА-Яа-яЁё0-9_\\- ]{0,61
 const ALIAS_NAME_PATTERN = '^[A-Za-z][A-Za-z0-9_.-]{0,77}[A-Za-z0-9]$';
 const Folder = (description = 'a folder id'): TSchema => Type.String({ pattern: FOLDER_PATTERN, description });
 const Name = (description: string): TSchema => Type.String({ pattern: NAME_PATTERN, minLength: 2, maxLength: 63, description });
-const VARIABLE_TYPE_NAMES = 'int, float, str, bool, list, dict, bytes or any';
+const VARIABLE_TYPE_NAMES = 'a type string (core/var-types.ts): int, float, str, bool, list, dict, bytes, any, list[T], dataframe, or ndarray[dtype,d0,d1,…] (dtype any or a numpy dtype; -1: any length on that axis; ndarray alone: any tensor)';
+const VARIABLE_DEFAULT = 'inputs only: the value a call that leaves the input out gets; it must fit `type`';
 
 // ---------------------------------------------------------------------------------------------
 // errors and small answers
@@ -79,6 +83,15 @@ export const TokenCreate = Type.Object({
 // checkpoints
 
 const Package = Type.Object({ name: Type.String(), version: Type.String() });
+// the upload's metadata line may carry these (checkpoints/service.ts parseCell, parseAutosave)
+export const CheckpointCell = Type.Object({
+  number: Nullable(Type.Integer({ minimum: 0 }), { description: 'the cell\'s execution count, if the kernel had one' }),
+  code: Type.String({ maxLength: 1024 * 1024, description: 'the cell\'s source' }),
+}, { $id: 'CheckpointCell', description: 'The kernel cell a snapshot was taken after' });
+export const CheckpointAutosave = Type.Object({
+  session: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$', description: 'the kernel session' }),
+  keep: Int(1, MAX_AUTOSAVE_KEEP, undefined, 'the session\'s unpinned autosaves kept (older ones are deleted)'),
+}, { $id: 'CheckpointAutosave', description: 'An autosave: unpinned (no name), the session\'s last `keep` kept' });
 const checkpointProps = {
   id: Id('checkpoint id'),
   name: Nullable(Type.String(), { description: 'pinned when named' }),
@@ -95,6 +108,8 @@ const checkpointProps = {
   requires: Type.Array(Package, { description: 'what the saved state needs' }),
   variables: Type.Array(Type.Object({ name: Type.String(), type: Type.String() })),
   skipped: Type.Array(Type.Object({ name: Type.String(), type: Type.String(), reason: Type.String() }), { description: 'names that could not be saved' }),
+  cell: Opt(Nullable(Type.Ref(CheckpointCell), { description: 'live-kernel checkpoints: the kernel cell that made it' })),
+  autosave: Opt(Nullable(Type.Ref(CheckpointAutosave), { description: 'recorded by %berth_autocheckpoint: unpinned, the session\'s most recent `keep` kept' })),
   size: Type.Integer({ minimum: 0, description: 'bytes' }),
   sha256: Type.String(),
   createdAt: Time(),
@@ -124,8 +139,11 @@ export const CheckpointUpdate = Type.Object({
 
 const VariableIn = Type.Object({
   name: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128, description: 'a Python identifier' }),
-  type: Type.String({ description: VARIABLE_TYPE_NAMES }),
+  type: Type.String({ maxLength: 256, description: `${VARIABLE_TYPE_NAMES}; stored in canonical form` }),
   description: Opt(Type.String({ maxLength: 1024 })),
+  default: Opt(Type.Unknown({ description: VARIABLE_DEFAULT })),
+  dtype: Opt(Type.String({ description: 'with type: ndarray (the YAML object form): the dtype; default any' })),
+  shape: Opt(Type.Array(Type.Integer({ minimum: -1 }), { description: 'with type: ndarray: the lengths, -1 for any; default any rank' })),
 }, { additionalProperties: false });
 const Variables = (what: string): TSchema => Type.Array(VariableIn, { minItems: 1, maxItems: 100, description: what });
 const presets = Object.keys(RESOURCE_PRESETS);
@@ -217,7 +235,10 @@ export const RollbackRequest = Type.Object({ revision: Opt(Type.Integer({ minimu
 
 // as stored and shown: every default filled in
 const Transition = (statuses: readonly string[]): TSchema => Type.Object({ status: StringEnum(statuses), at: Time(), reason: Opt(Type.String()) });
-const Variable = Type.Object({ name: Type.String(), type: Type.String({ description: VARIABLE_TYPE_NAMES }), description: Opt(Type.String()) });
+const Variable = Type.Object({
+  name: Type.String(), type: Type.String({ description: `${VARIABLE_TYPE_NAMES}, in canonical form` }), description: Opt(Type.String()),
+  default: Opt(Type.Unknown({ description: VARIABLE_DEFAULT })),
+});
 const checks = { timeout: Type.Number(), interval: Type.Number(), failsThreshold: Type.Integer(), passesThreshold: Type.Integer() };
 const specProps = {
   name: Type.String(),
@@ -451,14 +472,57 @@ export const AuditEntry = Type.Object({
 }, { $id: 'AuditEntry' });
 export const AuditLog = Type.Object({ entries: Type.Array(Type.Ref(AuditEntry)) }, { $id: 'AuditLog', description: 'newest first' });
 
+// ---------------------------------------------------------------------------------------------
+// usage (api/usage.ts, docs/usage.md) and contracts (api/contracts.ts, docs/contracts.md)
+
+export const UsageRow = Type.Object({
+  folderId: Type.String({ description: 'the node\'s folder (the one billed)' }),
+  nodeId: Opt(Type.String({ description: 'groupBy=node' })),
+  nodeName: Opt(Nullable(Type.String(), { description: 'groupBy=node: the node\'s name now, or the last one written for a deleted node' })),
+  preset: Opt(Type.String({ description: 'groupBy=node: the resources preset (c1.4) or custom:<cores>c-<memoryGb>g-<gpus>gpu' })),
+  day: Opt(Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}$', description: 'groupBy=day: the UTC day' })),
+  instanceSeconds: Type.Number({ minimum: 0, description: 'instance time, from start to exit (Preparing counts)' }),
+  calls: Type.Integer({ minimum: 0, description: 'calls that reached an instance' }),
+  bytesIn: Type.Integer({ minimum: 0, description: 'request bodies sent to instances' }),
+  bytesOut: Type.Integer({ minimum: 0, description: 'response bodies instances answered' }),
+}, { $id: 'UsageRow' });
+export const Usage = Type.Object({
+  from: Time('the range\'s start as asked (usage is counted in whole hours: from the hour it falls in)'),
+  to: Time('the range\'s end'),
+  groupBy: StringEnum(USAGE_GROUP_BY),
+  rows: Type.Array(Type.Ref(UsageRow)),
+}, { $id: 'Usage', description: 'What the folders used over [from, to), by node and preset, folder or day' });
+export const usageQuery = {
+  folder: Type.String({ pattern: FOLDER_PATTERN, description: 'one folder (default: every folder the token may read)' }),
+  folderId: Type.String({ pattern: FOLDER_PATTERN, description: 'the same as folder (name it once)' }),
+  from: Type.String({ description: 'ISO 8601 date (UTC midnight) or date-time with a zone; default 30 days before `to`' }),
+  to: Type.String({ description: 'ISO 8601 date or date-time with a zone; default now' }),
+  groupBy: Type.String({ enum: [...USAGE_GROUP_BY], default: 'node' }),
+};
+
+export const NodeContract = Type.Object({
+  openapi: Type.Literal('3.1.0'),
+  info: Type.Object({ title: Type.String(), version: Type.String({ description: '"revision N" for a node' }), description: Type.String() }),
+  servers: Type.Array(Type.Object({ url: Type.String({ description: 'where callers reach the gateway' }) })),
+  security: Type.Array(Type.Record(Type.String(), Type.Array(Type.String()))),
+  paths: Type.Record(Type.String(), Type.Unknown(), { description: 'the execute call, and for a node the Open Inference Protocol infer call' }),
+  components: Type.Object({
+    securitySchemes: Type.Record(Type.String(), Type.Unknown()),
+    schemas: Type.Record(Type.String(), Type.Unknown(), { description: 'Input and Output typed from the declared variables, the request, the answer, Error…' }),
+  }),
+}, { $id: 'NodeContract', description: 'An OpenAPI 3.1 document of one cell node\'s (or alias\'s) execute call (docs/contracts.md)' });
+/** A text answer (a .proto file, an HTML page): its media type and a string schema. */
+export const textAnswer = (mediaType: string, description: string): Record<string, unknown> => ({ description, content: { [mediaType]: { schema: { type: 'string' } } } });
+
 /** Every shared schema, in an order where each comes after those it references. */
 const SHARED: TSchema[] = [
   ErrorBody, Health, Token, Whoami, TokenCreated, TokenList, TokenDeleted, TokenCreate,
-  Checkpoint, CheckpointRun, CheckpointList, CheckpointDeleted, CheckpointCreate, CheckpointUpdate,
+  CheckpointCell, CheckpointAutosave, Checkpoint, CheckpointRun, CheckpointList, CheckpointDeleted, CheckpointCreate, CheckpointUpdate,
   CellNodeSpecIn, ImageNodeSpecIn, NodeSpecIn, NodePatch, RollbackRequest, CellNodeSpec, ImageNodeSpec,
   Instance, Rollout, CellNode, ImageNode, Node, NodeList, NodeDeleted, NodeUpdatePlan, NodeRevisions, NodeEvents, NodeLogs,
   MirrorStatus, Alias, AliasList, AliasDeleted, AliasSpecIn, AliasPatch,
   Secret, SecretList, SecretDeleted, SecretCreate, Quota, QuotaPatch, FolderInfo, AuditEntry, AuditLog,
+  UsageRow, Usage, NodeContract,
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -472,12 +536,13 @@ const ERROR_MEANING: Record<number, string> = {
   401: 'UNAUTHENTICATED: no token, or an unknown one',
   403: 'PERMISSION_DENIED: the token\'s role does not allow it',
   404: 'not found, or in a folder the token cannot read (looks the same)',
-  409: 'NAME_TAKEN, …_IN_USE, CONFLICT, NODE_SUSPENDED',
+  409: 'NAME_TAKEN, …_IN_USE, CONFLICT, NODE_SUSPENDED, CONTRACT_MISMATCH (details.variable)',
   413: 'PAYLOAD_TOO_LARGE',
   415: 'UNSUPPORTED_MEDIA_TYPE',
   422: 'CHECKPOINT_FAILED, RUN_TIMEOUT, ENVIRONMENT_ERROR: the cells did not run to the end',
   429: 'QUOTA_EXCEEDED (details.quota), TOO_MANY_RUNS, TOO_MANY_FOLLOWERS',
   500: 'INTERNAL (details.requestId, also in x-request-id)',
+  503: 'NODE_UNAVAILABLE',
 };
 
 /** The error answers a route gives: every route 401 (unless public) and 500, plus these. */

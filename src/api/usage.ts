@@ -7,6 +7,7 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import { validateFolder } from '../core/node-spec.js';
 import type { UsageGroupBy } from '../usage/store.js';
 import type { ApiDeps } from './deps.js';
+import { Usage, errors, query, ref, route, usageQuery } from './schemas.js';
 
 const QUERY_FIELDS = ['folder', 'folderId', 'from', 'to', 'groupBy'];
 const GROUP_BY: readonly UsageGroupBy[] = ['node', 'folder', 'day'];
@@ -21,7 +22,10 @@ type Query = Record<string, string | string[] | undefined>;
 
 export function usageRoutes(app: FastifyInstance, { store, usage }: ApiDeps): void {
   app.get<{ Querystring: Query }>('/v1/usage', {
-    schema: { tags: ['usage'], summary: "What the token's folders used: instance seconds, calls, bytes in and out (from/to ISO, groupBy node|folder|day)" },
+    schema: route({
+      tags: ['usage'], summary: "What the token's folders used: instance seconds, calls, bytes in and out (from/to ISO, groupBy node|folder|day)",
+      querystring: query(usageQuery), response: { 200: ref(Usage), ...errors(400, 403) },
+    }),
   }, async (req) => {
     const q = req.query ?? {};
     for (const k of Object.keys(q)) if (!QUERY_FIELDS.includes(k)) throw invalidArgument(k, `is not a query parameter of /v1/usage (${QUERY_FIELDS.join(', ')})`);
