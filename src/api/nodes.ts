@@ -13,7 +13,7 @@ import { auditAction, auditTarget, authorize, defaultFolderOf, requireRole } fro
 import type { ApiDeps } from './deps.js';
 import { allowedPython, flag } from './request.js';
 import { MAX_TAIL_LINES } from '../runtimes/log-file.js';
-import { Node, NodeDeleted, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
+import { Node, NodeDeleted, NodeEvents, NodeList, NodeLogs, NodePatch, NodeRevisions, NodeSpecIn, NodeUpdatePlan, RollbackRequest, errors, folderQuery, params, query, ref, route } from './schemas.js';
 import { Type } from '@sinclair/typebox';
 
 /** Log followers (`logs?follow=true`) connected at once, over all nodes. */
@@ -21,6 +21,8 @@ const MAX_LOG_FOLLOWERS = 64;
 /** Bytes queued to one follower before its lines are skipped. */
 const FOLLOW_BUFFER_BYTES = 1024 * 1024;
 const MAX_LOG_SEARCH = 256;
+/** Node events in one answer. */
+const MAX_EVENTS_PAGE = 1000;
 
 const notFound = (ref: string) => (): BerthError => new BerthError('NODE_NOT_FOUND', `node ${ref} not found`, { nodeId: ref });
 
@@ -29,7 +31,7 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
     const live = controller.nodeView(n.id);
     const rollout = controller.rolloutOf(n.id);
     return {
-      id: n.id, ...n.spec, status: live?.status ?? n.status,
+      id: n.id, ...n.spec, status: live?.status ?? n.status, scaledToZero: live?.scaledToZero ?? false,
       revision: rollout?.revision ?? n.revision, rollout: rollout ? rollout.rollout : n.rollout,
       createdAt: n.createdAt, updatedAt: n.updatedAt, createdBy: n.createdBy,
       transitions: n.transitions, instances: live?.instances ?? [], queued: live?.queued ?? 0,
@@ -206,6 +208,26 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
       })),
     };
   });
+
+  // Events: scale decisions with their reason, wakes, failed starts, rollouts; newest first, paged by id.
+  app.get<{ Params: { ref: string }; Querystring: { limit?: string; before?: string } }>('/v1/nodes/:ref/events',
+    { schema: route({
+      tags: ['nodes'], summary: "A node's events, newest first: scale decisions with their reason, wakes, failed starts, rollouts",
+      params: params({ ref: 'node id or name' }),
+      querystring: query({
+        limit: Type.String({ description: `at most this many, 1–${MAX_EVENTS_PAGE} (default 100)` }),
+        before: Type.String({ description: 'only events with a smaller id (paging)' }),
+      }),
+      response: { 200: ref(NodeEvents), ...errors(400, 404) },
+    }) }, async (req) => {
+      const n = await findNode(req.params.ref, req.token, 'read'); // another folder's node: 404, as if missing
+      const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_EVENTS_PAGE) throw invalidArgument('limit', `must be an integer between 1 and ${MAX_EVENTS_PAGE}`, { max: MAX_EVENTS_PAGE });
+      const before = req.query.before === undefined ? undefined : Number(req.query.before);
+      if (before !== undefined && (!Number.isInteger(before) || before < 1)) throw invalidArgument('before', 'must be a positive integer: an event id');
+      const events = await store.listNodeEvents({ nodeId: n.id, limit, ...(before !== undefined ? { before } : {}) });
+      return { nodeId: n.id, events };
+    });
 
   // Suspend / resume: POST /v1/nodes/{ref}:suspend and :resume (the Google-style custom verb).
   // One parametric route takes both: a colon inside a path segment is not a router separator.

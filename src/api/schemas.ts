@@ -152,11 +152,14 @@ const ResourcesIn = Type.Union([
   Type.Object({ cores: Opt(Num(0.1, 256, 1)), memoryGb: Opt(Num(0.1, 2048, 1)), gpus: Opt(Int(0, 16, 0)) }, { additionalProperties: false }),
 ], { default: 'c1.4' });
 const ScalingIn = Type.Object({
-  minInstances: Opt(Int(1, 64, 1)),
-  maxInstances: Opt(Int(1, 64, undefined, 'default: minInstances')),
+  minInstances: Opt(Int(0, 64, 1, '0: scale to zero when idle, calls held while an instance starts (docs/scaling.md)')),
+  maxInstances: Opt(Int(1, 64, undefined, 'default: minInstances, at least 1')),
   sessionsPerInstance: Opt(Int(1, 256, 1, 'calls one instance serves at once')),
   queueSize: Opt(Int(0, 100_000, undefined, 'calls that may wait for a session before 503; default 64 × maxInstances × sessionsPerInstance')),
-  scaleDownDelaySeconds: Opt(Num(0, 86_400, 60)),
+  scaleDownDelaySeconds: Opt(Num(0, 86_400, 60, "the autoscaler's stabilisation window; with minInstances 0 also the idle time before scaling to zero")),
+  // no documented default: absent is stored as absent (SCALING_DEFAULTS apply), as for fork
+  holdTimeout: Opt(Num(0.1, 3600, undefined, 'minInstances 0: seconds a call is held while an instance starts, then 503 NODE_UNAVAILABLE (absent: 60)')),
+  targetUtilization: Opt(Num(0.1, 1, undefined, 'calls in flight per session the autoscaler aims for (absent: 1)')),
   fork: Opt(Type.Boolean({ description: 'cell nodes, process runtime: fork instances from a template that restored the checkpoint once (absent: true); false: a fresh process each' })),
 }, { additionalProperties: false });
 const RolloutIn = Type.Object({
@@ -244,7 +247,7 @@ const specProps = {
   projectId: Type.String(),
   permissions: Type.Object({ folders: Type.Array(Type.String()) }),
   resources: Type.Object({ preset: Opt(Type.String()), cores: Type.Number(), memoryGb: Type.Number(), gpus: Type.Integer() }),
-  scaling: Type.Object({ minInstances: Type.Integer(), maxInstances: Type.Integer(), sessionsPerInstance: Type.Integer(), queueSize: Type.Integer(), scaleDownDelaySeconds: Type.Number(), fork: Opt(Type.Boolean({ description: 'absent: true' })) }),
+  scaling: Type.Object({ minInstances: Type.Integer(), maxInstances: Type.Integer(), sessionsPerInstance: Type.Integer(), queueSize: Type.Integer(), scaleDownDelaySeconds: Type.Number(), holdTimeout: Opt(Type.Number({ description: 'absent: 60' })), targetUtilization: Opt(Type.Number({ description: 'absent: 1' })), fork: Opt(Type.Boolean({ description: 'absent: true' })) }),
   network: Opt(StringEnum(['outbound', 'none'])),
   rollout: Opt(Type.Object({ maxSurge: Type.Integer(), maxUnavailable: Type.Integer(), deadlineSeconds: Type.Number() }, { description: 'absent: the defaults' })),
 };
@@ -309,6 +312,7 @@ const nodeViewProps = {
   transitions: Type.Array(Transition(NODE_STATUSES)),
   instances: Type.Array(Type.Ref(Instance)),
   queued: Type.Integer({ description: 'calls waiting for a free session' }),
+  scaledToZero: Type.Boolean({ description: 'minInstances 0 and no instance running: calls are held while one starts' }),
   relatedAliases: Type.Array(Type.String(), { description: 'aliases that route or mirror to it' }),
   warnings: Type.Array(Type.String(), { description: 'resources this runtime does not enforce; why instances are not forked' }),
   changed: Opt(Type.Array(Type.String(), { description: 'PATCH answers only: the top-level fields that changed' })),
@@ -339,6 +343,17 @@ export const NodeRevisions = Type.Object({
     changed: Type.Array(Type.String(), { description: 'fields that restart instances, against the revision before' }),
   }), { description: 'newest first, the last 20' }),
 }, { $id: 'NodeRevisions' });
+export const NodeEvents = Type.Object({
+  nodeId: Type.String(),
+  events: Type.Array(Type.Object({
+    id: Type.Integer({ description: 'page with ?before=ID' }),
+    nodeId: Type.String(),
+    at: Time(),
+    type: Type.String({ description: 'wake, scale-up, scale-down, scale-to-zero, start-failed, rollout-started, rollout-complete, rollout-failed, suspended, resumed' }),
+    reason: Type.String({ description: 'in words' }),
+    details: Type.Record(Type.String(), Type.Unknown(), { description: 'the numbers behind it (from, to, instanceId…)' }),
+  }), { description: 'newest first' }),
+}, { $id: 'NodeEvents' });
 export const NodeLogs = Type.Object({
   nodeId: Type.String(),
   logs: Type.Array(Type.Object({ instanceId: Type.String(), text: Type.String({ description: 'the last `lines` lines' }) })),
@@ -504,7 +519,7 @@ const SHARED: TSchema[] = [
   ErrorBody, Health, Token, Whoami, TokenCreated, TokenList, TokenDeleted, TokenCreate,
   CheckpointCell, CheckpointAutosave, Checkpoint, CheckpointRun, CheckpointList, CheckpointDeleted, CheckpointCreate, CheckpointUpdate,
   CellNodeSpecIn, ImageNodeSpecIn, NodeSpecIn, NodePatch, RollbackRequest, CellNodeSpec, ImageNodeSpec,
-  Instance, Rollout, CellNode, ImageNode, Node, NodeList, NodeDeleted, NodeUpdatePlan, NodeRevisions, NodeLogs,
+  Instance, Rollout, CellNode, ImageNode, Node, NodeList, NodeDeleted, NodeUpdatePlan, NodeRevisions, NodeEvents, NodeLogs,
   MirrorStatus, Alias, AliasList, AliasDeleted, AliasSpecIn, AliasPatch,
   Secret, SecretList, SecretDeleted, SecretCreate, Quota, QuotaPatch, FolderInfo, AuditEntry, AuditLog,
   UsageRow, Usage, NodeContract,

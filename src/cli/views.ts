@@ -2,7 +2,7 @@
 // core/types.ts plus what the API adds on top (live status, instances, related aliases…).
 // Kept here, not in core, because only the CLI consumes them as types; the server builds them in src/api.
 import type {
-  AliasBackend, AliasSpec, AuditEntry, Checkpoint, InstanceView, NodeSpec, NodeStatus, Quota, Role, Rollout, Secret, Transition,
+  AliasBackend, AliasSpec, AuditEntry, Checkpoint, InstanceView, NodeEvent, NodeSpec, NodeStatus, Quota, Role, Rollout, Secret, Transition,
 } from '../core/types.js';
 
 /** A checkpoint; `log` is what the run printed (only in the answer to a create). */
@@ -18,6 +18,8 @@ export interface NodeLive {
   transitions: Array<Transition<NodeStatus>>;
   instances: InstanceView[];
   queued: number;
+  /** minInstances 0 and no instance running: calls are held while one starts. */
+  scaledToZero: boolean;
   relatedAliases: string[];
   warnings: string[];
   revision: number;
@@ -95,6 +97,9 @@ export interface FolderView {
 
 /** The answer to a delete (secrets and aliases also name what was deleted). */
 export interface Deleted { id: string; deleted: true; name?: string; folderId?: string }
+
+/** GET /v1/nodes/{id}/events */
+export interface NodeEventList { nodeId: string; events: NodeEvent[] }
 
 export interface NodeLogs { nodeId: string; logs: Array<{ instanceId: string; text: string }> }
 

@@ -26,6 +26,7 @@ export type FromWorker =
   | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport>; usage?: CallUsage[] }
   | { t: 'refused'; nodeId: string; instanceId: string; reason: string }
   | { t: 'timedOut'; nodeId: string; instanceId: string; timeoutSeconds: number }
+  | { t: 'held'; nodeId: string }
   | { t: 'metrics'; id: number; json: unknown }
   /** Everything sent before the matching sync has been applied (the channel keeps order). */
   | { t: 'synced'; id: number }

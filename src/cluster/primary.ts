@@ -191,6 +191,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         return;
       case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;
       case 'timedOut': this.opts.events.timedOut(m.nodeId, m.instanceId, m.timeoutSeconds); return;
+      case 'held': this.opts.events.held(m.nodeId); return;
       case 'metrics': case 'synced': this.metricsWaiters.get(m.id)?.(m.t === 'metrics' ? m.json : null); return;
       case 'drained': state.drained = true; return;
     }

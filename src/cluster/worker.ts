@@ -42,6 +42,7 @@ async function main(): Promise<void> {
   const routes = new RoutingTable({
     refused: (nodeId, instanceId, reason) => send({ t: 'refused', nodeId, instanceId, reason }),
     timedOut: (nodeId, instanceId, timeoutSeconds) => send({ t: 'timedOut', nodeId, instanceId, timeoutSeconds }),
+    held: (nodeId) => send({ t: 'held', nodeId }),
   }, config.maxResponseBytes);
   const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
   const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayTo(boot.controlSocket) });

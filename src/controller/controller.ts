@@ -13,6 +13,7 @@ import type { Secrets } from '../secrets/secrets.js';
 import { FRAME, WorkerConnection } from '../worker/protocol.js';
 import type { InstanceEvents, LoadSource, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import { InstanceState } from './instance.js';
+import { Autoscaler, SAMPLE_MS, type Recommendation } from './autoscaler.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
 import { checkpointBlobPath } from '../checkpoints/service.js';
@@ -25,6 +26,8 @@ const CONNECT_TIMEOUT_MS = 60_000;
 /** How long restoring a checkpoint may take before the instance is replaced. */
 const PREPARE_TIMEOUT_MS = 10 * 60_000;
 const MAX_BACKOFF_MS = 30_000;
+/** How soon a cell worker that answered "still loading" is asked again. */
+const LOADING_RECHECK_MS = 20;
 /** New instances that fail this many times in a row before ever serving stop their rollout. */
 const ROLLOUT_CRASH_LIMIT = 3;
 
@@ -41,6 +44,10 @@ class NodeState {
   rolloutBase = 0;
   /** Specs of the earlier revisions its instances still run (adopted after a restart mid-rollout). */
   readonly revisionSpecs = new Map<number, NodeSpec>();
+  /** Decides the instance count from the calls in flight (autoscaler.ts). */
+  readonly scaler = new Autoscaler(Date.now());
+  /** Scale to zero: why the last start failed while calls were held (published: the 503 past the hold says it). */
+  startError: string | null = null;
 
   constructor(public record: NodeRecord) {
     this.status = record.status;
@@ -84,6 +91,7 @@ const DETACHED: SnapshotSink & LoadSource = {
 export class Controller implements InstanceEvents {
   private readonly nodes = new Map<string, NodeState>();
   private timer: NodeJS.Timeout | null = null;
+  private sampler: NodeJS.Timeout | null = null;
   private stopped = false;
   private gateways: SnapshotSink & LoadSource = DETACHED;
   private snapshotVersion = 0;
@@ -135,6 +143,8 @@ export class Controller implements InstanceEvents {
     for (const node of this.nodes.values()) this.reconcile(node);
     this.timer = setInterval(() => this.tick(), this.config.reconcileIntervalMs);
     this.timer.unref();
+    this.sampler = setInterval(() => this.sample(), SAMPLE_MS);
+    this.sampler.unref();
   }
 
   /** A live node's spec (telemetry scraping); undefined once it is being deleted. */
@@ -172,6 +182,7 @@ export class Controller implements InstanceEvents {
     if (!node || node.deleting || node.suspended) return;
     node.suspended = true;
     node.unavailable = null;
+    this.event(node, 'suspended', 'suspended by request', { instances: node.active().length });
     await this.setNodeStatus(node, 'Suspended', 'suspended by request');
     this.publishAll(); // gateways refuse new calls now; instances leave balancing, running calls go on
     await Promise.all(node.active().map((i) => this.stopInstance(node, i, 'node suspended')));
@@ -183,6 +194,7 @@ export class Controller implements InstanceEvents {
     if (!node || node.deleting || !node.suspended) return;
     node.suspended = false;
     node.everHealthy = false;
+    this.event(node, 'resumed', 'resumed by request');
     await this.setNodeStatus(node, 'Created', 'resumed by request');
     this.publishAll();
     this.reconcile(node);
@@ -199,6 +211,7 @@ export class Controller implements InstanceEvents {
       node.revisionSpecs.set(node.revision, node.spec); // its instances keep running it until replaced
       node.rolloutBase = 0;
       log.info({ event: 'rollout_started', nodeId: node.id, revision: record.revision, from: node.revision }, 'rollout started');
+      this.event(node, 'rollout-started', `rollout from revision ${node.revision} to ${record.revision}`, { from: node.revision, revision: record.revision });
     }
     node.record = { ...record, status: node.status };
     this.publishAll();
@@ -229,6 +242,22 @@ export class Controller implements InstanceEvents {
     setImmediate(() => this.onRefused(nodeId, instanceId, reason));
   }
 
+  /** A call is held at a node scaled to zero: wake it now rather than at the next sample. */
+  held(nodeId: string): void {
+    if (this.wakes.has(nodeId)) return; // calls arriving together: one look at them all
+    this.wakes.add(nodeId);
+    setImmediate(() => {
+      this.wakes.delete(nodeId);
+      const node = this.nodes.get(nodeId);
+      if (!node || node.deleting || node.suspended || this.stopped) return;
+      this.sampleNode(node, Date.now());
+      this.reconcile(node);
+    });
+  }
+
+  /** Nodes with a wake check scheduled (held() coalesces the calls of one burst). */
+  private readonly wakes = new Set<string>();
+
   private onTimedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void {
     const node = this.nodes.get(nodeId);
     const inst = node?.instances.get(instanceId);
@@ -248,11 +277,12 @@ export class Controller implements InstanceEvents {
     this.markUnhealthy(node, inst, 'connection refused');
   }
 
-  nodeView(nodeId: string): { status: NodeStatus; instances: InstanceView[]; warnings: string[]; queued: number } | undefined {
+  nodeView(nodeId: string): { status: NodeStatus; instances: InstanceView[]; warnings: string[]; queued: number; scaledToZero: boolean } | undefined {
     const node = this.nodes.get(nodeId);
     if (!node) return undefined;
     return {
       status: node.status,
+      scaledToZero: this.holds(node) && node.active().length === 0,
       instances: [...node.instances.values()].map((i) => i.view(this.gateways.instance(nodeId, i.id).busy)),
       warnings: [...this.runtime.unenforced(node.spec.resources), ...(this.runtime.nodeWarnings?.(nodeId) ?? [])],
       queued: this.gateways.node(nodeId).waiting,
@@ -284,6 +314,7 @@ export class Controller implements InstanceEvents {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.sampler) clearInterval(this.sampler);
     const all: Promise<void>[] = [];
     for (const node of this.nodes.values()) {
       for (const inst of node.active()) all.push(this.stopInstance(node, inst, 'Berth stopping'));
@@ -300,13 +331,47 @@ export class Controller implements InstanceEvents {
     }
   }
 
+  /** Calls in flight now, for every node's autoscaler; a node that needs more instances now (a wake, sustained excess) gets them at once. */
+  private sample(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    for (const node of this.nodes.values()) {
+      if (node.deleting || node.suspended) continue;
+      if (this.sampleNode(node, now) > 0 && this.recommend(node, now).kind !== 'steady') this.reconcile(node);
+    }
+  }
+
+  private sampleNode(node: NodeState, now: number): number {
+    const d = this.gateways.node(node.id);
+    const inFlight = d.busy + d.waiting;
+    node.scaler.record(now, inFlight, node.spec.scaling.scaleDownDelaySeconds * 1000);
+    return inFlight;
+  }
+
+  /** Scale to zero: the node has minInstances 0 and has served (a new or resumed node shows it can start first). */
+  private holds(node: NodeState): boolean {
+    return node.spec.scaling.minInstances === 0 && node.everHealthy && !node.suspended;
+  }
+
+  /** The autoscaler's advice for the node's instances (out ones not counted); during a rollout, for the count it keeps. */
+  private recommend(node: NodeState, now: number): Recommendation & { current: number } {
+    const active = node.active().filter((i) => !isOut(i));
+    const rolling = node.rolloutBase > 0 && active.some((i) => i.revision !== node.revision);
+    const current = rolling ? node.rolloutBase : active.length;
+    const ready = active.filter((i) => i.status === 'Healthy').length;
+    let lastCallAt = 0;
+    for (const i of active) lastCallAt = Math.max(lastCallAt, this.gateways.instance(node.id, i.id).lastUsedAt);
+    const rec = node.scaler.recommend(now, current, ready, node.spec.scaling, lastCallAt);
+    // nothing lowers the count while a rollout replaces instances
+    return rolling && rec.kind === 'down' ? { target: current, kind: 'steady', reason: 'rollout in progress', current } : { ...rec, current };
+  }
+
   private reconcile(node: NodeState): void {
     // the current revision's fork template stays, even with no instance (scaled to zero)
     this.runtime.keepTemplates?.(node.id, node.suspended || node.spec.kind !== 'cell' || node.spec.scaling.fork === false ? [] : [node.revision]);
     if (node.suspended) { this.updateNodeStatus(node); return; }
-    const { minInstances, maxInstances, sessionsPerInstance, scaleDownDelaySeconds } = node.spec.scaling;
+    const { minInstances, maxInstances } = node.spec.scaling;
     const active = node.active();
-    const d = this.gateways.node(node.id);
     // instances that hang after serving are out: they do not count, a replacement starts beside
     // each (at most one per out instance above maxInstances, so a crash loop cannot grow the node)
     const out = active.filter(isOut).length;
@@ -316,35 +381,37 @@ export class Controller implements InstanceEvents {
     if (olds.length > 0 && node.rolloutBase === 0) node.rolloutBase = Math.max(minInstances, Math.min(live, maxInstances));
     if (olds.length === 0) node.rolloutBase = 0;
 
-    // keep at least minInstances (during a rollout, the count it had); add more while calls wait for a session
-    let target = Math.max(minInstances, Math.min(olds.length > 0 ? node.rolloutBase : live, maxInstances));
-    if (d.waiting > 0) {
-      const wanted = Math.ceil((d.busy + d.waiting) / sessionsPerInstance);
-      target = Math.min(maxInstances, Math.max(target, wanted));
-    }
-    if (olds.length > 0) {
-      this.rollStep(node, active, olds, target);
-    } else {
-      for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) this.launchNew(node);
+    // the autoscaler decides within [minInstances, maxInstances]; a node that has never been
+    // Healthy (new, resumed) starts one instance even with minInstances 0, to show it can serve
+    const now = Date.now();
+    const rec = this.recommend(node, now);
+    const floor = node.everHealthy ? 0 : Math.min(1, maxInstances);
+    const floored = Math.max(rec.target, floor);
+    if (rec.kind !== 'steady' && floored !== rec.current) {
+      const type = rec.kind === 'wake' ? 'wake' : rec.kind === 'up' ? 'scale-up' : floored === 0 ? 'scale-to-zero' : 'scale-down';
+      this.event(node, type, rec.reason, { from: rec.current, to: floored });
+      node.scaler.changed(now);
     }
 
     if (olds.length > 0) {
-      // no scale-down while a rollout replaces instances
+      // a rollout keeps the count it started with; load may raise it, nothing lowers it meanwhile
+      if (rec.target > node.rolloutBase) node.rolloutBase = rec.target;
+      this.rollStep(node, active, olds, Math.max(node.rolloutBase, floor));
     } else if (live > maxInstances) {
       // maxInstances lowered by an update: the least useful extras go (not Healthy first, then idle), drained
       const rank = (i: InstanceState): number => (i.status === 'Healthy' ? 1 : 0) * 1e9 + this.gateways.instance(node.id, i.id).busy;
       const extras = active.filter((i) => !isOut(i)).sort((a, b) => rank(a) - rank(b)).slice(0, live - maxInstances);
       for (const i of extras) void this.stopInstance(node, i, `maxInstances lowered to ${maxInstances}`);
-    } else if (live > minInstances && d.waiting === 0) {
-      // remove one idle extra instance per tick after the quiet period
-      const now = Date.now();
-      const quietMs = scaleDownDelaySeconds * 1000;
-      const idle = active.find((i) => {
-        if (i.status !== 'Healthy' || now - i.healthySince < quietMs) return false;
-        const load = this.gateways.instance(node.id, i.id);
-        return load.busy === 0 && now - load.lastUsedAt >= quietMs;
-      });
-      if (idle) void this.stopInstance(node, idle, `idle for ${scaleDownDelaySeconds}s (scale-down)`);
+      node.scaler.changed(now);
+    } else {
+      const target = floored;
+      for (let n = live, total = active.length; n < target && total < maxInstances + out; n++, total++) this.launchNew(node);
+      if (target < live) {
+        // fewer: instances nobody waits for first (starting, failing), then the idlest; each drains its calls
+        const rank = (i: InstanceState): number => (i.status === 'Healthy' ? 1 : 0) * 1e9 + this.gateways.instance(node.id, i.id).busy;
+        const extras = active.filter((i) => !isOut(i)).sort((a, b) => rank(a) - rank(b)).slice(0, live - target);
+        for (const i of extras) void this.stopInstance(node, i, target === 0 ? `scaled to zero: ${rec.reason}` : `scale-down: ${rec.reason}`);
+      }
     }
 
     this.updateNodeStatus(node);
@@ -440,6 +507,8 @@ export class Controller implements InstanceEvents {
   private async endRollout(node: NodeState, rollout: Rollout): Promise<void> {
     node.record = { ...node.record, rollout };
     if (rollout.state === 'Complete') log.info({ event: 'rollout_complete', nodeId: node.id, revision: rollout.revision }, 'rollout complete');
+    this.event(node, rollout.state === 'Complete' ? 'rollout-complete' : 'rollout-failed',
+      rollout.reason ?? `revision ${rollout.revision} serves`, { revision: rollout.revision, from: rollout.from });
     await this.store.setNodeRevision(node.record);
   }
 
@@ -453,13 +522,20 @@ export class Controller implements InstanceEvents {
     let healthy = 0;
     for (const i of node.instances.values()) if (i.status === 'Healthy') healthy++;
     const min = node.spec.scaling.minInstances;
-    const enough = healthy >= min;
-    if (enough) node.everHealthy = true;
     const failure = healthy === 0 ? this.failureOf(node) : null;
+    // scaled to zero, a node is Healthy (ready to serve: calls are held while an instance starts),
+    // and Unhealthy only while the instance it woke fails to start
+    const holds = this.holds(node);
+    const enough = holds ? healthy > 0 || failure === null : healthy >= Math.max(min, 1);
+    if (enough) node.everHealthy = true;
     const status: NodeStatus = enough ? 'Healthy' : node.everHealthy || failure ? 'Unhealthy' : 'Created';
-    if (status !== node.status) void this.setNodeStatus(node, status, failure ?? `${healthy} of ${min} required instances healthy`);
-    if (failure !== node.unavailable) {
-      node.unavailable = failure;
+    if (status !== node.status) void this.setNodeStatus(node, status, failure ?? (healthy === 0 && holds ? 'scaled to zero' : `${healthy} of ${min} required instances healthy`));
+    // held calls are never refused for a failed start: another attempt is made, the hold bounds them
+    const unavailable = holds ? null : failure;
+    const startError = holds ? failure : null;
+    if (unavailable !== node.unavailable || startError !== node.startError) {
+      node.unavailable = unavailable;
+      node.startError = startError;
       this.publishAll(); // gateways refuse calls at once while it holds, and wait again once it clears
     }
   }
@@ -499,6 +575,7 @@ export class Controller implements InstanceEvents {
         id: n.id, spec: n.spec, specVersion: n.record.updatedAt,
         instances: n.suspended ? [] : [...n.instances.values()].filter((i) => i.status === 'Healthy' && i.handle).map((i) => ({ id: i.id, endpoint: i.handle!.endpoint, since: i.healthySince })),
         ...(n.suspended ? { suspended: true } : n.unavailable !== null ? { unavailable: n.unavailable } : {}),
+        ...(this.holds(n) ? { hold: n.startError !== null ? { startError: n.startError } : {} } : {}),
       })),
     };
     this.gateways.apply(snapshot);
@@ -516,6 +593,7 @@ export class Controller implements InstanceEvents {
     if (inst.handle) { this.runtime.kill(inst.handle); return; } // onExit restarts it
     inst.setStatus('Unhealthy', 'start failed');
     inst.failuresInARow++;
+    this.event(node, 'start-failed', `instance ${inst.id} failed to start: ${inst.lastError}`, { instanceId: inst.id, failuresInARow: inst.failuresInARow });
     this.scheduleRestart(node, inst);
   }
 
@@ -664,7 +742,10 @@ export class Controller implements InstanceEvents {
           return;
         }
       }
-      inst.healthTimer = setTimeout(() => void check(), hc.interval * 1000);
+      // a worker still restoring its checkpoint is asked again soon, not a whole interval later:
+      // that wait would be most of a wake from zero (calls are held meanwhile)
+      const next = 'loading' in result ? Math.min(hc.interval * 1000, LOADING_RECHECK_MS) : hc.interval * 1000;
+      inst.healthTimer = setTimeout(() => void check(), next);
     };
     void check();
   }
@@ -712,7 +793,10 @@ export class Controller implements InstanceEvents {
     inst.lastError = inst.lastError && !inst.lastError.startsWith('process ') && inst.status !== 'Healthy' ? inst.lastError : `process ${how}`;
     inst.setStatus('Unhealthy', `process ${how}`);
     this.publish(node);
-    if (!wasHealthy) inst.failuresInARow++;
+    if (!wasHealthy) {
+      inst.failuresInARow++;
+      this.event(node, 'start-failed', `instance ${inst.id} failed to start: ${inst.lastError}`, { instanceId: inst.id, failuresInARow: inst.failuresInARow });
+    }
     this.scheduleRestart(node, inst);
   }
 
@@ -747,6 +831,16 @@ export class Controller implements InstanceEvents {
     inst.closeConnections();
     node.instances.delete(inst.id);
     this.reconcileSoon(node);
+  }
+
+  /** Records a node event (persisted off the decision's path) and counts scale decisions. */
+  private event(node: NodeState, type: string, reason: string, details: Record<string, unknown> = {}): void {
+    if (node.deleting) return;
+    if (type === 'scale-up' || type === 'wake') this.metrics.scaled(node.id, 'up');
+    else if (type === 'scale-down' || type === 'scale-to-zero') this.metrics.scaled(node.id, 'down');
+    log.info({ event: 'node_event', nodeId: node.id, type, reason, ...details }, `node ${type}`);
+    void this.store.insertNodeEvent({ nodeId: node.id, at: nowIso(), type, reason, details })
+      .catch((err) => log.error({ event: 'node_event_write_failed', nodeId: node.id, type, error: (err as Error).message }, 'node event write failed'));
   }
 
   private reconcileSoon(node: NodeState): void {

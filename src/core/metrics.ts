@@ -77,6 +77,8 @@ export class Metrics {
   private readonly nodes: CallMetricFamily;
   private readonly aliases: CallMetricFamily;
   private readonly instances: Gauge<'node_id' | 'status'>;
+  /** Autoscaler decisions carried out, per node and direction (up: scale-up, wake; down: scale-down, scale-to-zero). */
+  private readonly scaleEvents: Counter<'node_id' | 'direction'>;
   readonly mirror: { compared: Counter<'alias_name'>; differing: Counter<'alias_name'>; durations: Histogram<'alias_name' | 'role'> };
   /** Usage accounting (src/usage/): counted as it is written, every few seconds, by the process that owns the store. */
   private readonly usageCounters: {
@@ -88,6 +90,7 @@ export class Metrics {
     this.nodes = new CallMetricFamily(this.registry, 'node', 'node_id');
     this.aliases = new CallMetricFamily(this.registry, 'alias', 'alias_name');
     this.instances = new Gauge({ name: 'node_instances', help: 'Instances per node and status', labelNames: ['node_id', 'status'], registers: [this.registry] });
+    this.scaleEvents = new Counter({ name: 'node_scale_events_total', help: 'Scale decisions per node and direction (up, down)', labelNames: ['node_id', 'direction'], registers: [this.registry] });
     this.mirror = {
       compared: new Counter({ name: 'alias_mirror_compared', help: 'Mirrored calls whose shadow answer was compared', labelNames: ['alias_name'], registers: [this.registry] }),
       differing: new Counter({ name: 'alias_mirror_differing', help: 'Mirrored calls whose shadow answer differed from the primary', labelNames: ['alias_name'], registers: [this.registry] }),
@@ -122,7 +125,10 @@ export class Metrics {
   forgetNode(nodeId: string): void {
     this.nodes.forget(nodeId);
     for (const status of INSTANCE_STATUSES) this.instances.remove({ node_id: nodeId, status });
+    for (const direction of ['up', 'down']) this.scaleEvents.remove({ node_id: nodeId, direction });
   }
+
+  scaled(nodeId: string, direction: 'up' | 'down'): void { this.scaleEvents.labels(nodeId, direction).inc(); }
 
   forgetAlias(name: string): void { this.aliases.forget(name); }
 

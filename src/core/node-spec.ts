@@ -188,15 +188,19 @@ function capabilities(o: Obj): string[] {
 }
 
 function scaling(o: Obj): Scaling {
-  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds', 'fork']);
-  const minInstances = int(s, 'minInstances', 'scaling.minInstances', 1, 64, 1);
-  const maxInstances = int(s, 'maxInstances', 'scaling.maxInstances', 1, 64, minInstances);
+  const s = obj(o, 'scaling', 'scaling', ['minInstances', 'maxInstances', 'sessionsPerInstance', 'queueSize', 'scaleDownDelaySeconds', 'holdTimeout', 'targetUtilization', 'fork']);
+  // 0: scale to zero when idle; calls are then held while an instance starts (docs/scaling.md)
+  const minInstances = int(s, 'minInstances', 'scaling.minInstances', 0, 64, 1);
+  const maxInstances = int(s, 'maxInstances', 'scaling.maxInstances', 1, 64, Math.max(1, minInstances));
   if (maxInstances < minInstances) throw invalidArgument('scaling.maxInstances', `must be ≥ minInstances (${minInstances}), got ${maxInstances}`);
   const sessionsPerInstance = int(s, 'sessionsPerInstance', 'scaling.sessionsPerInstance', 1, 256, 1);
   return {
     minInstances, maxInstances, sessionsPerInstance,
     queueSize: int(s, 'queueSize', 'scaling.queueSize', 0, 100_000, 64 * maxInstances * sessionsPerInstance),
     scaleDownDelaySeconds: num(s, 'scaleDownDelaySeconds', 'scaling.scaleDownDelaySeconds', 0, 86_400, 60),
+    // stored only when given: older specs keep their exact shape (SCALING_DEFAULTS otherwise)
+    ...(s.holdTimeout !== undefined && s.holdTimeout !== null ? { holdTimeout: num(s, 'holdTimeout', 'scaling.holdTimeout', 0.1, 3600, 60) } : {}),
+    ...(s.targetUtilization !== undefined && s.targetUtilization !== null ? { targetUtilization: num(s, 'targetUtilization', 'scaling.targetUtilization', 0.1, 1, 1) } : {}),
     // stored only when off: absent means on (specs from before it existed, and the default)
     ...(bool(s, 'fork', 'scaling.fork', true) ? {} : { fork: false }),
   };

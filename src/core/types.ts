@@ -53,11 +53,18 @@ export interface Scaling {
   sessionsPerInstance: number;
   /** Calls that may wait for a free session before callers get 503. */
   queueSize: number;
-  /** How long an extra instance must stay idle before it is removed. */
+  /** The autoscaler's stabilisation window: instances go only after this long with less load (to zero: with no call at all). */
   scaleDownDelaySeconds: number;
+  /** minInstances 0: seconds a call is held while an instance starts, then 503 (absent: SCALING_DEFAULTS). */
+  holdTimeout?: number;
+  /** Calls in flight per session the autoscaler aims for, 0.1–1 (absent: SCALING_DEFAULTS). */
+  targetUtilization?: number;
   /** Cell nodes, process runtime: fork instances from a template (default true; absent in older specs means true). */
   fork?: boolean;
 }
+
+/** What optional scaling fields mean when a spec leaves them out (stored only when given). */
+export const SCALING_DEFAULTS = { holdTimeout: 60, targetUtilization: 1 } as const;
 
 export interface Healthcheck {
   /** worker: the cell worker's ping; endpoint: the endpoint answers in its protocol (image nodes without a declared check). */
@@ -221,6 +228,20 @@ export interface AuditEntry {
   /** ok, or the error code the change was refused with */
   result: string;
   status: number;
+}
+
+/** Something that happened to a node (GET /v1/nodes/{id}/events): scale decisions with their reason, wakes, failed starts, rollouts. */
+export interface NodeEvent {
+  id: number;
+  nodeId: string;
+  /** ISO time. */
+  at: string;
+  /** kebab-case: scale-up, scale-down, scale-to-zero, wake, start-failed, rollout-started, rollout-complete, rollout-failed, suspended, resumed. */
+  type: string;
+  /** In words, for people. */
+  reason: string;
+  /** Numbers behind the decision (from, to, calls in flight…). */
+  details: Record<string, unknown>;
 }
 
 export interface AliasBackend { nodeId: string; weight: number }

@@ -66,6 +66,17 @@ export class NodeDispatcher {
   /** Why calls fail at once while no instance takes calls (the node is failing or suspended); null: they wait. */
   private refusal: BerthError | null = null;
 
+  /** Scale to zero: calls that find no instance are held this long while one starts (null: not a scale-to-zero node). */
+  private hold: { ms: number; startError?: string } | null = null;
+
+  /** Told when a call is held at a node with no instance (the controller starts one at once). */
+  onHeld: (() => void) | null = null;
+
+  setHold(hold: { ms: number; startError?: string } | null): void { this.hold = hold; }
+
+  /** How long a call arriving now would be held (no instance in balancing on a scale-to-zero node); null: not held. */
+  get holdMs(): number | null { return this.hold && this.slots.length === 0 ? this.hold.ms : null; }
+
   setRefusal(err: BerthError | null): void {
     this.refusal = err;
     if (err && this.slots.length === 0) this.rejectAll(err);
@@ -109,6 +120,9 @@ export class NodeDispatcher {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });
     }
+    // at zero, a call waits for the instance it wakes, up to the node's holdTimeout
+    const held = this.holdMs;
+    if (held !== null) waitMs = held;
     return new Promise<Lease>((resolve, reject) => {
       // leave the queue: counted out now, skipped by drain() later
       const leave = (): boolean => {
@@ -130,6 +144,13 @@ export class NodeDispatcher {
         reject: (e) => { signal?.removeEventListener('abort', onAbort); reject(e); },
         timer: setTimeout(() => {
           if (!leave()) return;
+          if (held !== null && this.slots.length === 0) {
+            const why = this.hold?.startError;
+            const reason = `scaled to zero and no instance became ready within the hold of ${Math.round(held / 100) / 10}s${why ? `: the last start failed: ${why}` : ''}`;
+            reject(new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} ${reason}`,
+              { nodeId: this.nodeId, reason, holdTimeoutSeconds: held / 1000 }, { 'retry-after': '5' }));
+            return;
+          }
           const reason = this.slots.length === 0 ? 'has no healthy instance' : 'had no free session';
           reject(new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} ${reason} within ${Math.round(waitMs / 100) / 10}s`,
             { nodeId: this.nodeId }, { 'retry-after': '1' }));
@@ -140,6 +161,7 @@ export class NodeDispatcher {
       this.queued++;
       this.onLoadChange?.();
       if (affinity !== undefined) this.stickyWaiting++;
+      if (held !== null) this.onHeld?.(); // after the load report: the controller sees the call it wakes for
     });
   }
 

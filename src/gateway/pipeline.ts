@@ -115,7 +115,7 @@ export class CallPipeline {
     if (!alias.mayCall(folder)) throw new BerthError('PERMISSION_DENIED', `folder ${folder} may not call alias ${name}`, { folderId: folder, aliasName: name });
     const key = alias.spec.sticky ? headers[alias.spec.sticky.header] : undefined;
     const stickyKey = typeof key === 'string' && key ? key : undefined;
-    const nodeId = alias.pick((id) => this.routes.healthyCount(id) > 0, stickyKey);
+    const nodeId = alias.pick((id) => this.routes.canServe(id), stickyKey); // a node scaled to zero holds its calls: it is picked, and wakes
     const route = this.routes.route(nodeId);
     if (!route) throw new BerthError('NODE_UNAVAILABLE', `alias ${name} points at node ${nodeId}, which is gone`, { aliasName: name, nodeId }, { 'retry-after': '1' });
     count.node(route.id); // a call through an alias counts on the node that served it too

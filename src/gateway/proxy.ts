@@ -148,10 +148,14 @@ export class Proxy {
       const declared = Number(d.headers['content-length'] ?? 0);
       if (declared > limit) throw new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit, received: declared });
 
-      // the call's deadline is also its abort signal: queue, upstream and body all listen to it
-      const call = deadline = this.pipeline.deadlines.start(endpoint.timeout * 1000, (dl) => dl.abort(lease === null
+      // the call's deadline is also its abort signal: queue, upstream and body all listen to it.
+      // A node scaled to zero holds the call while an instance starts (the dispatcher bounds the
+      // hold and says why past it); the endpoint timeout then starts once the call has its instance.
+      const expire = (dl: Deadline): void => dl.abort(lease === null
         ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
-        : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout })));
+        : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout }));
+      const holdMs = route.dispatcher.holdMs;
+      let call: Deadline = deadline = this.pipeline.deadlines.start(holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000, expire);
       d.onClose(() => call.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
@@ -165,6 +169,10 @@ export class Proxy {
         const waitMs = Math.max(1, call.expiresAt - Date.now());
         const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, call); // a caller that leaves frees its queue place
         lease = acquired instanceof Promise ? await raceAbort(acquired, call, (late) => route!.dispatcher.release(late)) : acquired;
+        if (holdMs !== null && tried.size === 0) {
+          this.pipeline.deadlines.clear(call);
+          call = deadline = this.pipeline.deadlines.start(endpoint.timeout * 1000, expire);
+        }
         tried.add(lease.slot.id);
         try {
           upstreamRes = await lease.slot.upstream!.request({

@@ -4,7 +4,7 @@
 // diffing: instances that stay keep their connections; new ones are connected before
 // they take calls; removed ones leave balancing at once and are closed when idle.
 import { BerthError } from '../core/errors.js';
-import type { NodeSpec } from '../core/types.js';
+import { SCALING_DEFAULTS, type NodeSpec } from '../core/types.js';
 import type { InstanceEntry, InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import { WorkerConnection } from '../worker/protocol.js';
 import { NodeDispatcher, type Slot } from './dispatcher.js';
@@ -85,6 +85,12 @@ export class RoutingTable implements SnapshotSink, LoadSource {
     return this.routes.get(nodeId)?.dispatcher.healthyCount ?? 0;
   }
 
+  /** Whether a call sent to the node now is served: an instance takes calls, or it is scaled to zero and holds calls while one starts. */
+  canServe(nodeId: string): boolean {
+    const d = this.routes.get(nodeId)?.dispatcher;
+    return d !== undefined && (d.healthyCount > 0 || d.holdMs !== null);
+  }
+
   apply(snapshot: RoutingSnapshot): void {
     if (snapshot.version <= this.version) return; // late or repeated: a newer one is applied
     this.version = snapshot.version;
@@ -95,9 +101,13 @@ export class RoutingTable implements SnapshotSink, LoadSource {
       if (!route) {
         this.routes.set(entry.id, route = new RouteState(entry.id, entry));
         route.dispatcher.onLoadChange = () => this.loadChanged();
+        route.dispatcher.onHeld = () => this.events.held(entry.id);
       }
       else if (route.specVersion !== entry.specVersion) route.compile(entry);
       route.dispatcher.setRefusal(refusalOf(entry));
+      route.dispatcher.setHold(entry.hold && !entry.suspended
+        ? { ms: (entry.spec.scaling.holdTimeout ?? SCALING_DEFAULTS.holdTimeout) * 1000, ...(entry.hold.startError ? { startError: entry.hold.startError } : {}) }
+        : null);
       this.syncInstances(route, entry.instances);
     }
     for (const [id, route] of this.routes) {

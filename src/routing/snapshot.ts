@@ -31,6 +31,12 @@ export interface NodeEntry {
   readonly unavailable?: string;
   /** Suspended by request: calls are refused with NODE_SUSPENDED. */
   readonly suspended?: boolean;
+  /**
+   * Scale to zero (minInstances 0): while no instance is in balancing, calls are held (up to
+   * scaling.holdTimeout, within queueSize) while one starts, never refused at once. `startError`:
+   * why the last start failed, if it did (said in the 503 of a call held past the hold).
+   */
+  readonly hold?: { readonly startError?: string };
 }
 
 export interface RoutingSnapshot {
@@ -44,6 +50,8 @@ export interface InstanceEvents {
   refused(nodeId: string, instanceId: string, reason: string): void;
   /** A call ran past the node's timeout on this instance. */
   timedOut(nodeId: string, instanceId: string, timeoutSeconds: number): void;
+  /** A call is held at a node with no instance in balancing (scaled to zero): start one now, not at the next tick. */
+  held(nodeId: string): void;
 }
 
 /** Calls running and waiting, as gateways count them: what scaling and draining decide on. */

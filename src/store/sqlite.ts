@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
 import type { OpenInstance, UsageDelta, UsageQuery, UsageRow } from '../usage/store.js';
-import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeRevision, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeEvent, NodeRecord, NodeRevision, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
 import { BerthError } from '../core/errors.js';
 
 /**
@@ -55,8 +55,11 @@ const MIGRATIONS: Array<string | null> = [
      node_id TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, cause TEXT NOT NULL,
      created_at TEXT NOT NULL, created_by TEXT NOT NULL, PRIMARY KEY (node_id, revision));
    INSERT INTO node_revisions SELECT id, 1, spec, 'created', created_at, created_by FROM nodes;`,
-  // 6: node events (another branch); a placeholder here, skipped, so 7 keeps its number
-  null,
+  // 6: node events: scale decisions with their reason, wakes, failed starts, rollouts (bounded per node)
+  `CREATE TABLE node_events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, at TEXT NOT NULL, type TEXT NOT NULL,
+     reason TEXT NOT NULL, details TEXT NOT NULL);
+   CREATE INDEX node_events_node ON node_events(node_id, id);`,
   // 7: usage accounting (src/usage/, docs/usage.md): one row per hour, folder, node and preset,
   // added to as usage accrues; and the instance runs open at the last write
   `CREATE TABLE usage (
@@ -77,6 +80,11 @@ interface AliasRow { id: string; spec: string; created_at: string; updated_at: s
 interface NodeRow { id: string; spec: string; revision: number; rollout: string | null; status: NodeStatus; transitions: string; created_at: string; updated_at: string; created_by: string }
 interface RevisionRow { node_id: string; revision: number; spec: string; cause: string; created_at: string; created_by: string }
 interface AuditRow { id: number; at: string; token_id: string | null; token_name: string | null; action: string; folder_id: string | null; resource_id: string | null; result: string; status: number }
+
+interface NodeEventRow { id: number; node_id: string; at: string; type: string; reason: string; details: string }
+
+/** Events kept per node (the oldest are dropped past this). */
+export const MAX_NODE_EVENTS = 1000;
 
 /** Audit rows kept (the oldest are dropped past this). */
 const MAX_AUDIT_ROWS = 200_000;
@@ -327,6 +335,7 @@ export class SqliteStore implements Store {
   async deleteNode(id: string): Promise<void> {
     this.db.transaction(() => {
       this.db.prepare('DELETE FROM node_revisions WHERE node_id = ?').run(id);
+      this.db.prepare('DELETE FROM node_events WHERE node_id = ?').run(id);
       this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
     })();
   }
@@ -346,6 +355,22 @@ export class SqliteStore implements Store {
       FROM nodes WHERE folder_id = ?`).get(folderId) as { nodes: number; instances: number };
     const c = this.db.prepare('SELECT COALESCE(SUM(json_extract(data, \'$.size\')), 0) AS bytes FROM checkpoints WHERE folder_id = ?').get(folderId) as { bytes: number };
     return { nodes: n.nodes, instances: n.instances, checkpointBytes: c.bytes };
+  }
+
+  async insertNodeEvent(e: Omit<NodeEvent, 'id'>): Promise<void> {
+    // events are rare (decisions, not calls): trimming on each write keeps every node bounded exactly
+    this.db.transaction(() => {
+      this.db.prepare('INSERT INTO node_events (node_id, at, type, reason, details) VALUES (?, ?, ?, ?, ?)')
+        .run(e.nodeId, e.at, e.type, e.reason, JSON.stringify(e.details));
+      this.db.prepare(`DELETE FROM node_events WHERE node_id = ? AND id <= (
+        SELECT id FROM node_events WHERE node_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`).run(e.nodeId, e.nodeId, MAX_NODE_EVENTS);
+    })();
+  }
+
+  async listNodeEvents(q: { nodeId: string; limit: number; before?: number }): Promise<NodeEvent[]> {
+    const rows = this.db.prepare(`SELECT * FROM node_events WHERE node_id = ? ${q.before !== undefined ? 'AND id < ?' : ''} ORDER BY id DESC LIMIT ?`)
+      .all(...(q.before !== undefined ? [q.nodeId, q.before, q.limit] : [q.nodeId, q.limit])) as NodeEventRow[];
+    return rows.map((r) => ({ id: r.id, nodeId: r.node_id, at: r.at, type: r.type, reason: r.reason, details: JSON.parse(r.details) as Record<string, unknown> }));
   }
 
   async insertAudit(e: Omit<AuditEntry, 'id'>): Promise<void> {

@@ -1,5 +1,5 @@
 import type { UsageStore } from '../usage/store.js';
-import type { AliasRecord, AuditEntry, Checkpoint, NodeRecord, NodeRevision, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
+import type { AliasRecord, AuditEntry, Checkpoint, NodeEvent, NodeRecord, NodeRevision, NodeStatus, Quota, Secret, TokenRecord, Transition } from '../core/types.js';
 
 /** A secret as stored: the value only ever encrypted. */
 export interface SecretRecord extends Secret { ciphertext: Buffer }
@@ -64,6 +64,11 @@ export interface Store extends UsageStore {
   getQuota(folderId: string): Promise<Partial<Quota> | undefined>;
   setQuota(folderId: string, quota: Partial<Quota>, updatedAt: string): Promise<void>;
   folderUsage(folderId: string): Promise<{ nodes: number; instances: number; checkpointBytes: number }>;
+
+  /** Appends a node event; only the newest MAX_NODE_EVENTS per node are kept. */
+  insertNodeEvent(e: Omit<NodeEvent, 'id'>): Promise<void>;
+  /** Newest first; `before`: ids below it (paging). */
+  listNodeEvents(q: { nodeId: string; limit: number; before?: number }): Promise<NodeEvent[]>;
 
   insertAudit(e: Omit<AuditEntry, 'id'>): Promise<void>;
   /** Newest first; `folders: null` means every folder. */

@@ -351,3 +351,44 @@ describe('instances coming and going', () => {
     assert.equal(((await long) as Lease).slot.id, 'b');
   });
 });
+
+describe('scale to zero: calls held while an instance starts', () => {
+  test('with no instance, a call waits the hold (not its own wait), the controller is told, and the instance serves it', async () => {
+    const d = new NodeDispatcher('n', 10);
+    let told = 0;
+    d.onHeld = () => { told++; };
+    d.setHold({ ms: 300 });
+    assert.equal(d.holdMs, 300);
+    const log: string[] = [];
+    const p = queued(d, 20, log, 'a'); // its own wait (20 ms) is not what bounds it
+    assert.equal(told, 1);
+    await sleep(60);
+    assert.deepEqual(log, [], 'still held past its own wait');
+    d.setSlots([slot('i1', 1)]);
+    assert.equal(d.holdMs, null, 'an instance takes calls: no hold');
+    const l = await p;
+    assert.ok(!(l instanceof BerthError));
+    assert.deepEqual(log, ['a']);
+  });
+
+  test('past the hold: 503 NODE_UNAVAILABLE with Retry-After and why the last start failed', async () => {
+    const d = new NodeDispatcher('n', 10);
+    d.setHold({ ms: 50, startError: 'process exited with code 3' });
+    const log: string[] = [];
+    const e = await queued(d, 10_000, log, 'a');
+    assert.ok(e instanceof BerthError);
+    assert.equal(e.code, 'NODE_UNAVAILABLE');
+    assert.match(e.message, /scaled to zero and no instance became ready within the hold of 0.1s: the last start failed: process exited with code 3/);
+    assert.equal(e.details.holdTimeoutSeconds, 0.05);
+    assert.ok(e.headers?.['retry-after']);
+  });
+
+  test('held calls count against queueSize', () => {
+    const d = new NodeDispatcher('n', 2);
+    d.setHold({ ms: 10_000 });
+    const ps = [d.acquire(1000), d.acquire(1000)];
+    assert.throws(() => d.acquire(1000), (e: BerthError) => e.code === 'NODE_UNAVAILABLE');
+    d.rejectAll(new BerthError('NODE_NOT_FOUND', 'gone'));
+    for (const p of ps) (p as Promise<Lease>).catch(() => undefined);
+  });
+});

@@ -29,7 +29,7 @@ async function socketServer(path: string): Promise<{ server: Server; open: () =>
 
 function recorder(): InstanceEvents & { refusedCalls: string[] } {
   const refusedCalls: string[] = [];
-  return { refusedCalls, refused: (_n, i) => { refusedCalls.push(i); }, timedOut: () => undefined };
+  return { refusedCalls, refused: (_n, i) => { refusedCalls.push(i); }, timedOut: () => undefined, held: () => undefined };
 }
 
 const until = async (what: string, ok: () => boolean): Promise<void> => {

@@ -72,7 +72,12 @@ describe('node specs: bad input names the field', () => {
     ['resources.memoryGb not a number', { ...CELL, resources: { memoryGb: '8' } }, 'resources.memoryGb'],
     ['resources.gpus fractional', { ...CELL, resources: { gpus: 0.5 } }, 'resources.gpus'],
     ['scaling unknown field', { ...CELL, scaling: { replicas: 2 } }, 'scaling.replicas'],
-    ['scaling.minInstances 0', { ...CELL, scaling: { minInstances: 0 } }, 'scaling.minInstances'],
+    ['scaling.minInstances negative', { ...CELL, scaling: { minInstances: -1 } }, 'scaling.minInstances'],
+    ['scaling.maxInstances 0', { ...CELL, scaling: { minInstances: 0, maxInstances: 0 } }, 'scaling.maxInstances'],
+    ['scaling.holdTimeout 0', { ...CELL, scaling: { minInstances: 0, holdTimeout: 0 } }, 'scaling.holdTimeout'],
+    ['scaling.holdTimeout string', { ...CELL, scaling: { holdTimeout: '60' } }, 'scaling.holdTimeout'],
+    ['scaling.targetUtilization above 1', { ...CELL, scaling: { targetUtilization: 1.5 } }, 'scaling.targetUtilization'],
+    ['scaling.targetUtilization too small', { ...CELL, scaling: { targetUtilization: 0.01 } }, 'scaling.targetUtilization'],
     ['scaling.minInstances too many', { ...CELL, scaling: { minInstances: 65 } }, 'scaling.minInstances'],
     ['scaling.maxInstances below min', { ...CELL, scaling: { minInstances: 3, maxInstances: 2 } }, 'scaling.maxInstances'],
     ['scaling.sessionsPerInstance 0', { ...CELL, scaling: { sessionsPerInstance: 0 } }, 'scaling.sessionsPerInstance'],
@@ -158,6 +163,13 @@ describe('node specs: defaults and presets', () => {
       checkpointId: 'cp-1', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'dict' }],
       environment: { python: '/usr/bin/python3' }, timeout: 60,
     });
+  });
+
+  test('minInstances 0 (scale to zero): maxInstances defaults to 1; holdTimeout and targetUtilization are stored only when given', () => {
+    const s = parseNodeSpec({ ...CELL, scaling: { minInstances: 0 } }, CTX).scaling;
+    assert.deepEqual([s.minInstances, s.maxInstances, s.holdTimeout, s.targetUtilization], [0, 1, undefined, undefined]);
+    const t = parseNodeSpec({ ...CELL, scaling: { minInstances: 0, maxInstances: 3, holdTimeout: 5, targetUtilization: 0.7 } }, CTX).scaling;
+    assert.deepEqual([t.maxInstances, t.holdTimeout, t.targetUtilization], [3, 5, 0.7]);
   });
 
   test('queueSize defaults to 64 per session of the largest scale; maxInstances to minInstances', () => {

@@ -14,7 +14,7 @@ interface OpenApiDoc {
   paths: Record<string, unknown>;
   components: { schemas: { Input: { properties: Record<string, { 'x-berth-type': string; default?: unknown }> } } };
 }
-import type { Deleted, ExecuteAnswer, NodeList, NodeLogs, NodeView, RevisionList, UpdatePlan, WhoAmI } from '../views.js';
+import type { Deleted, ExecuteAnswer, NodeEventList, NodeList, NodeLogs, NodeView, RevisionList, UpdatePlan, WhoAmI } from '../views.js';
 
 interface CreateOptions extends JsonOption {
   name: string; checkpoint?: string; image?: string; port?: string; protocol: string; env?: string[]; healthPath?: string;
@@ -54,13 +54,19 @@ export function nodeTable(n: NodeView): string {
       ['health check', `${n.healthcheck.protocol}${n.healthcheck.path ? ' ' + n.healthcheck.path : ''} :${n.healthcheck.port}`],
       ...(n.telemetry ? [['telemetry', `${n.telemetry.format} :${n.telemetry.port}${n.telemetry.path}`] as [string, string]] : [])];
   const head = table(['FIELD', 'VALUE'], [
-    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', n.status], ['folder', n.folderId], ['revision', rolloutLine(n)], ...kindRows,
-    ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each`],
+    ['id', n.id], ['name', n.name], ['kind', n.kind], ['status', statusLine(n)], ['folder', n.folderId], ['revision', rolloutLine(n)], ...kindRows,
+    ['scaling', `${n.scaling.minInstances}–${n.scaling.maxInstances} instances, ${n.scaling.sessionsPerInstance} session(s) each` +
+      (n.scaling.minInstances === 0 ? `; to zero after ${n.scaling.scaleDownDelaySeconds}s idle, calls held up to ${n.scaling.holdTimeout ?? 60}s` : '')],
     ['acl', n.permissions.folders.join(', ')],
   ]);
   const inst = table(['INSTANCE', 'REV', 'STATUS', 'SINCE', 'RESTARTS', 'IN FLIGHT', 'LAST ERROR'],
     n.instances.map((i) => [i.id, i.revision, i.status, ago(i.updatedAt), i.restarts, i.inFlight, i.lastError ?? '']));
   return `${head}\n${inst}${n.warnings?.length ? `\nnote: ${n.warnings.join('; ')}` : ''}`;
+}
+
+/** `Healthy`, or `Healthy (scaled to zero)`. */
+function statusLine(n: NodeView): string {
+  return n.scaledToZero ? `${n.status} (scaled to zero)` : n.status;
 }
 
 /** `3`, or `3 (rolling out from 2: 1 updated, 1 outdated)`, or `2 (rollout to 3 failed: …)`. */
@@ -171,7 +177,7 @@ export function registerNodes(cli: Command): void {
     .option('--description <text>')
     .option('--folder <id>', 'folder the node lives in')
     .option('--acl <folder>', 'folder allowed to call it (repeat; default: its own folder)', collect)
-    .option('--min <n>', 'minInstances', '1')
+    .option('--min <n>', 'minInstances (0: scale to zero when idle, calls held while an instance starts)', '1')
     .option('--max <n>', 'maxInstances (default: min)')
     .option('--sessions <n>', 'sessionsPerInstance', '1')
     .option('--resources <preset>', 'c1.4, c1.8, c1.32, g1.1 or g2.1')
@@ -182,7 +188,7 @@ export function registerNodes(cli: Command): void {
     .option('--json', 'print JSON')
     .action(async (o: CreateOptions) => {
       if (!o.checkpoint === !o.image) throw new Error('give --checkpoint (a cell node) or --image (an image node)');
-      const scaling = { minInstances: Number(o.min), maxInstances: Number(o.max ?? o.min), sessionsPerInstance: Number(o.sessions) };
+      const scaling = { minInstances: Number(o.min), maxInstances: Number(o.max ?? Math.max(1, Number(o.min))), sessionsPerInstance: Number(o.sessions) };
       const spec: Record<string, unknown> = o.checkpoint
         ? { kind: 'cell', name: o.name, checkpointId: o.checkpoint, inputs: parseVars(o.input, '--input') ?? [], outputs: parseVars(o.output, '--output') ?? [], scaling }
         : {
@@ -204,8 +210,8 @@ export function registerNodes(cli: Command): void {
   node.command('list').description('List nodes').option('--json', 'print JSON').action(async (o: JsonOption) => {
     const { nodes } = await client().request<NodeList>('GET', '/v1/nodes');
     out(o.json, nodes, () => table(['ID', 'NAME', 'KIND', 'STATUS', 'INSTANCES', 'FOLDER', 'CREATED'],
-      nodes.map((n) => [n.id, n.name, n.kind, n.status,
-        `${n.instances.filter((i) => i.status === 'Healthy').length}/${n.instances.length} healthy`, n.folderId, ago(n.createdAt)])));
+      nodes.map((n) => [n.id, n.name, n.kind, statusLine(n),
+        n.scaledToZero ? '0 (scaled to zero)' : `${n.instances.filter((i) => i.status === 'Healthy').length}/${n.instances.length} healthy`, n.folderId, ago(n.createdAt)])));
   });
 
   node.command('get <node>').description('Show a node and its instances (id or name)').option('--json', 'print JSON').action(async (ref: string, o: JsonOption) => {
@@ -258,6 +264,14 @@ export function registerNodes(cli: Command): void {
       const c = client();
       const n = o.wait && !o.json ? await followRollout(c, ref, true) : await c.request<NodeView>('GET', `/v1/nodes/${encodeURIComponent(ref)}`);
       out(o.json, { id: n.id, revision: n.revision, rollout: n.rollout }, () => `node ${n.name}: revision ${rolloutLine(n)}${n.rollout ? `, last rollout ${n.rollout.state.toLowerCase()}` : ''}`);
+    });
+
+  node.command('events <node>').description('What happened to a node, newest first: scale decisions with their reason, wakes, failed starts, rollouts')
+    .option('--limit <n>', 'at most this many (1–1000)', '50').option('--before <id>', 'only events older than this id (paging)').option('--json', 'print JSON')
+    .action(async (ref: string, o: JsonOption & { limit: string; before?: string }) => {
+      const q = new URLSearchParams({ limit: o.limit, ...(o.before ? { before: o.before } : {}) });
+      const r = await client().request<NodeEventList>('GET', `/v1/nodes/${encodeURIComponent(ref)}/events?${q}`);
+      out(o.json, r, () => table(['ID', 'WHEN', 'TYPE', 'REASON'], r.events.map((e) => [e.id, ago(e.at), e.type, e.reason])));
     });
 
   node.command('history <node>').description("A node's revisions, newest first").option('--json', 'print JSON')
