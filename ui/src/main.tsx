@@ -87,12 +87,13 @@ function App() {
   const signIn = async (t: string): Promise<void> => {
     setError(null);
     setToken(t);
+    live.start(); // the stream opens beside whoami: the first state is there when the page draws
     try {
       const who = await api<WhoAmI>('GET', '/v1/whoami');
       Me.current = who;
       setMe(who);
-      live.start();
     } catch (err) {
+      live.stop();
       setToken(null);
       setError(err instanceof ApiError && err.status === 401 ? new ApiError(401, { ...err.body, message: 'this token is not known to this Berth' }) : err);
     } finally {

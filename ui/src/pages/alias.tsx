@@ -5,7 +5,7 @@ import { api, can } from '../api';
 import { Chart } from '../chart';
 import { Badge, Confirm, ErrorBox, Me, go, href, ms, num, useAction } from '../common';
 import { useLive, type AliasView } from '../store';
-import { callCharts, useHistory } from './node';
+import { WindowPicker, callCharts, useHistory } from './node';
 
 const SHIFTS = [1, 10, 25, 50, 100];
 
@@ -81,10 +81,10 @@ function AliasBody({ a }: { a: AliasView }) {
                     <span class="muted"> {num(weights[b.nodeId] ?? 0)}{editedSum > 0 ? ` → ${pct(weights[b.nodeId] ?? 0, editedSum)}%` : ''}</span>
                   </td>
                   <td class="r" data-testid="configured">{pct(b.weight, total)}%</td>
-                  <td class="split">
+                  <td><div class="split">
                     <div class="bar"><div style={{ width: `${share ?? 0}%` }} /></div>
                     <span data-testid="live-split">{share === null ? 'no calls' : `${share.toFixed(0)}%`}</span>
-                  </td>
+                  </div></td>
                 </tr>
               );
             })}
@@ -141,6 +141,7 @@ function AliasBody({ a }: { a: AliasView }) {
 
 function AliasCharts({ a, nodeName }: { a: AliasView; nodeName: (id: string) => string }) {
   const h = useHistory(`/v1/aliases/${encodeURIComponent(a.name)}/metrics`);
+  const [windowS, setWindow] = useState(900);
   const c = useMemo(() => callCharts(h.points, false), [h.points]);
   const split = useMemo(() => {
     const ids = Object.keys(h.extra);
@@ -150,13 +151,13 @@ function AliasCharts({ a, nodeName }: { a: AliasView; nodeName: (id: string) => 
   }, [h.extra]);
   return (
     <section>
-      <h3>Last hour</h3>
+      <div class="row"><h3 class="grow">Metrics</h3><WindowPicker value={windowS} set={setWindow} /></div>
       <ErrorBox error={h.error} />
       <div class="charts">
-        <Chart title="calls/s" names={['calls/s']} data={c.rps} unit="/s" />
-        <Chart title="latency" names={['p50', 'p90', 'p99']} data={c.latency} unit=" ms" />
-        <Chart title="errors/s by code" names={c.errors.names} data={c.errors.data} unit="/s" />
-        {split.names.length > 0 && <Chart title="calls/s per backend node" names={split.names} data={split.data} unit="/s" testid="chart-split" />}
+        <Chart title="calls/s" names={['calls/s']} data={c.rps} unit="/s" windowS={windowS} />
+        <Chart title="latency" names={['p50', 'p90', 'p99']} data={c.latency} unit=" ms" windowS={windowS} />
+        <Chart title="errors/s by code" names={c.errors.names} data={c.errors.data} unit="/s" windowS={windowS} />
+        {split.names.length > 0 && <Chart title="calls/s per backend node (all its callers)" names={split.names} data={split.data} unit="/s" testid="chart-split" windowS={windowS} />}
       </div>
     </section>
   );

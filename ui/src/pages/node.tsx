@@ -69,7 +69,7 @@ function Progress({ n }: { n: NodeView }) {
     const best = Math.max(0, ...n.instances.map((i) => steps.indexOf(i.status)));
     return (
       <div class="progress" data-testid="progress">
-        Starting: {healthy}/{target} instances Healthy
+        {n.status === 'Created' ? 'Starting' : 'Recovering'}: {healthy}/{target} instances Healthy
         <ol class="steps">{steps.map((s, i) => <li key={s} class={i <= best && n.instances.length ? 'done' : ''}>{s}</li>)}</ol>
       </div>
     );
@@ -214,18 +214,28 @@ export function callCharts(points: Point[], withInstances: boolean) {
   };
 }
 
+export const WINDOWS: Array<[number, string]> = [[300, '5 min'], [900, '15 min'], [3600, '1 hour']];
+
+/** The chart window chooser (the server keeps an hour). */
+export function WindowPicker({ value, set }: { value: number; set: (s: number) => void }) {
+  return (
+    <span class="window">{WINDOWS.map(([s, label]) => <button key={s} class={value === s ? 'on' : ''} onClick={() => set(s)}>{label}</button>)}</span>
+  );
+}
+
 function NodeCharts({ n }: { n: NodeView }) {
   const h = useHistory(`/v1/nodes/${n.id}/metrics`);
+  const [windowS, setWindow] = useState(900);
   const c = useMemo(() => callCharts(h.points, true), [h.points]);
   return (
     <section>
-      <h3>Last hour</h3>
+      <div class="row"><h3 class="grow">Metrics</h3><WindowPicker value={windowS} set={setWindow} /></div>
       <ErrorBox error={h.error} />
       <div class="charts" data-testid="charts">
-        <Chart title="calls/s" names={['calls/s']} data={c.rps} unit="/s" testid="chart-rps" />
-        <Chart title="latency" names={['p50', 'p90', 'p99']} data={c.latency} unit=" ms" testid="chart-latency" />
-        <Chart title="errors/s by code" names={c.errors.names} data={c.errors.data} unit="/s" testid="chart-errors" />
-        <Chart title="instances" names={c.instances.names} data={c.instances.data} testid="chart-instances" />
+        <Chart title="calls/s" names={['calls/s']} data={c.rps} unit="/s" testid="chart-rps" windowS={windowS} />
+        <Chart title="latency" names={['p50', 'p90', 'p99']} data={c.latency} unit=" ms" testid="chart-latency" windowS={windowS} />
+        <Chart title="errors/s by code" names={c.errors.names} data={c.errors.data} unit="/s" testid="chart-errors" windowS={windowS} />
+        <Chart title="instances" names={c.instances.names} data={c.instances.data} testid="chart-instances" windowS={windowS} />
       </div>
     </section>
   );

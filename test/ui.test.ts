@@ -1,0 +1,450 @@
+// The web dashboard end to end (issue 12): a real `berth up`, real Python instances, and
+// Debian's Chromium driven by playwright-core. Signs in, creates a node from a checkpoint and
+// watches it become Healthy without reloading, calls it from the try-it form, kills an
+// instance and sees it go Unhealthy and recover, shifts an alias to 10% and sees the split
+// move, checks what a viewer and an executor (and another folder) see, times the overview
+// with 50 nodes, bounds the bundle, and checks deploy/'s Grafana and alert rules against
+// /metrics. Screenshots of each main page go to docs/screenshots/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import type { Browser, Page } from 'playwright-core';
+import { parse as parseYaml } from 'yaml';
+import { ROOT, createNode, makeCheckpoint, removeHome, startBerth, tempHome, waitFor, type Berth } from './helpers.js';
+import { LAB_CELLS, LAB_NODE } from './fixtures.js';
+import { buildUi, launch, newPage, shot, signIn } from './ui-support.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+import { parseNodeSpec } from '../src/core/node-spec.js';
+import { DEFAULT_QUOTA } from '../src/folders/quotas.js';
+import { UI_DIST } from '../src/ui/plugin.js';
+
+let b: Berth;
+let browser: Browser;
+let admin: Page;
+const pageErrors: string[] = [];
+let nodeId = '';
+
+before(async () => {
+  buildUi();
+  b = await startBerth();
+  await makeCheckpoint(b, 'lab', LAB_CELLS);
+  browser = await launch();
+  const p = await newPage(browser);
+  admin = p.page;
+  p.page.on('pageerror', (e) => pageErrors.push(e.message));
+});
+
+after(async () => {
+  await browser?.close();
+  await b?.stop();
+  if (b) removeHome(b.home);
+});
+
+/** The status badge in a node page's title row. */
+const nodeStatus = (page: Page) => page.locator('[data-testid=node-page] > .row .badge').first();
+
+test('sign in, create a node from a checkpoint, watch it become Healthy without reloading, call it from the try-it form', async () => {
+  // a wrong token is refused with the API's code
+  await admin.goto(`${b.url}/ui/`);
+  await admin.getByTestId('token-input').fill('not-a-token');
+  await admin.getByTestId('sign-in').click();
+  await admin.getByTestId('error').filter({ hasText: 'UNAUTHENTICATED' }).waitFor();
+
+  await signIn(admin, b.url, b.token);
+  await admin.getByTestId('live').filter({ hasText: 'live' }).waitFor();
+  await admin.getByTestId('new-node').click();
+  await admin.getByTestId('create-node').waitFor();
+  await admin.getByTestId('create-checkpoint').locator('option', { hasText: 'lab' }).waitFor({ state: 'attached' });
+
+  // a bad name: the API's validation message, naming the field
+  await admin.getByTestId('create-name').fill('1 bad');
+  await admin.getByTestId('create-submit').click();
+  const err = admin.getByTestId('error');
+  await err.filter({ hasText: 'INVALID_ARGUMENT' }).waitFor();
+  assert.match(await err.textContent() ?? '', /field: name/);
+
+  await admin.getByTestId('create-name').fill('scorer');
+  for (const [list, name, type] of [['create-inputs', 'mode', 'str'], ['create-inputs', 'arg', 'any'], ['create-outputs', 'result', 'any']] as const) {
+    await admin.getByTestId(`${list}-add`).click();
+    await admin.getByTestId(`${list}-name`).last().fill(name);
+    await admin.getByTestId(`${list}-type`).last().fill(type);
+  }
+  await shot(admin, 'create-node');
+  await admin.getByTestId('create-submit').click();
+  await admin.getByTestId('node-page').waitFor();
+  // the same document from here on: a marker set now must survive until Healthy
+  await admin.evaluate(() => { (window as unknown as { marker: number }).marker = 42; });
+  const url = admin.url();
+  nodeId = /#\/nodes\/([a-z0-9]+)/.exec(url)![1]!;
+  const created = await b.request('GET', `/v1/nodes/${nodeId}`);
+  assert.equal(created.body.name, 'scorer');
+  assert.equal(created.body.checkpointId, (await b.request('GET', '/v1/checkpoints/lab')).body.id);
+  // progress while it starts (it may be quick: either the progress box or Healthy already)
+  await admin.locator('[data-testid=progress], [data-testid=node-page] > .row .badge[data-status=Healthy]').first().waitFor();
+  await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor({ timeout: 60_000 });
+  await admin.locator('[data-testid=instance-row][data-status=Healthy]').waitFor();
+  assert.equal(await admin.evaluate(() => (window as unknown as { marker: number }).marker), 42, 'the page was not reloaded');
+
+  // try it: the form has one field per declared input
+  await admin.getByTestId('tab-try').click();
+  await admin.getByTestId('try-field-mode').waitFor();
+  await admin.getByTestId('try-field-mode').locator('input').fill('echo');
+  await admin.getByTestId('try-field-arg').locator('textarea').fill('{"x": [1, 2, 3]}');
+  await admin.getByTestId('try-call').click();
+  await admin.getByTestId('try-output').waitFor();
+  assert.deepEqual(JSON.parse(await admin.getByTestId('try-output').textContent() ?? ''), { result: { x: [1, 2, 3] } });
+  await shot(admin, 'try-it');
+  // an exception in the cell: the code, the message and the traceback
+  await admin.getByTestId('try-field-mode').locator('input').fill('raise');
+  await admin.getByTestId('try-field-arg').locator('textarea').fill('7');
+  await admin.getByTestId('try-call').click();
+  const failure = admin.getByTestId('error');
+  await failure.filter({ hasText: 'EXECUTION_ERROR' }).waitFor();
+  assert.match(await failure.textContent() ?? '', /ValueError/);
+  assert.match(await failure.locator('pre.traceback').textContent() ?? '', /Traceback|line \d+/);
+  // something to show in the logs and the charts
+  for (let i = 0; i < 20; i++) {
+    const r = await b.request('POST', `/datasphere/v1/nodes/${nodeId}:execute`, { folder_id: 'default', input: { mode: 'print', arg: `hello-from-ui-${i}` } });
+    assert.equal(r.status, 200);
+  }
+  await admin.getByTestId('tab-logs').click();
+  await admin.getByTestId('logs').filter({ hasText: 'cell says hello-from-ui-19' }).waitFor();
+  await admin.getByTestId('log-search').fill('hello-from-ui-7');
+  await waitFor('the search to narrow the logs', async () => {
+    const text = await admin.getByTestId('logs').textContent() ?? '';
+    return text.includes('hello-from-ui-7') && !text.includes('hello-from-ui-8');
+  }, 10_000);
+  // followed live: a new matching line appears without touching the page
+  await b.request('POST', `/datasphere/v1/nodes/${nodeId}:execute`, { folder_id: 'default', input: { mode: 'print', arg: 'hello-from-ui-7 again' } });
+  await admin.getByTestId('logs').filter({ hasText: 'hello-from-ui-7 again' }).waitFor();
+  await shot(admin, 'logs');
+  await admin.getByTestId('tab-overview').click();
+  // the charts fill from the server's history (a sample every 2 s)
+  await waitFor('calls in the node history', async () => {
+    const h = await b.request('GET', `/v1/nodes/${nodeId}/metrics`);
+    return h.body.points.some((p: { rps: number }) => p.rps > 0);
+  }, 15_000);
+  await admin.getByTestId('chart-rps').locator('canvas').waitFor();
+  await admin.waitForTimeout(2500); // one more sample reaches the page
+  await shot(admin, 'node');
+  assert.deepEqual(pageErrors, []);
+});
+
+test("kill an instance's process: the page shows it Unhealthy, then recovered", async () => {
+  assert.ok(nodeId, 'needs the node of the first test');
+  await admin.goto(`${b.url}/ui/#/nodes/${nodeId}`);
+  await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor();
+  const before = (await b.request('GET', `/v1/nodes/${nodeId}`)).body.instances[0];
+  // the page keeps every status it showed, so a short Unhealthy spell is not missed between checks
+  // (a string: tsx would wrap a named function inside a callback with a helper the page lacks)
+  await admin.evaluate(`(() => {
+    const seen = window.seen = [];
+    const record = () => {
+      const s = document.querySelector('[data-testid=node-page] > .row .badge')?.getAttribute('data-status');
+      if (s && seen[seen.length - 1] !== s) seen.push(s);
+    };
+    new MutationObserver(record).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+    record();
+  })()`);
+  process.kill(before.pid, 'SIGKILL');
+  await admin.waitForFunction(() => (window as unknown as { seen: string[] }).seen.includes('Unhealthy'), undefined, { timeout: 30_000 });
+  await shot(admin, 'node-unhealthy');
+  await admin.waitForFunction(() => {
+    const seen = (window as unknown as { seen: string[] }).seen;
+    return seen.indexOf('Unhealthy') >= 0 && seen.lastIndexOf('Healthy') > seen.indexOf('Unhealthy');
+  }, undefined, { timeout: 60_000 });
+  const row = admin.locator('[data-testid=instance-row][data-status=Healthy]').first();
+  await row.waitFor();
+  const after = (await b.request('GET', `/v1/nodes/${nodeId}`)).body.instances[0];
+  assert.notEqual(after.pid, before.pid, 'a new process serves');
+  assert.ok(after.restarts >= 1 || after.id !== before.id);
+  // the status history on the Events tab has the Unhealthy spell too
+  await admin.getByTestId('tab-events').click();
+  await admin.getByTestId('transitions').locator('.badge[data-status=Unhealthy]').first().waitFor();
+  const events = await b.request('GET', `/v1/nodes/${nodeId}/events?limit=20`);
+  if (events.status === 404 && events.body.code === 'ROUTE_NOT_FOUND') {
+    await admin.getByTestId('events-missing').waitFor();
+  } else {
+    assert.equal(events.status, 200);
+    await admin.getByTestId('events').waitFor();
+  }
+  await shot(admin, 'events');
+});
+
+test('node events view (GET /v1/nodes/{ref}/events)', async (t) => {
+  const r = await b.request('GET', `/v1/nodes/${nodeId}/events?limit=20`);
+  if (r.status === 404 && r.body.code === 'ROUTE_NOT_FOUND') {
+    t.skip('the node events API (h-scale) is not in this branch yet: the view is not tested here');
+    return;
+  }
+  assert.equal(r.status, 200);
+  await admin.goto(`${b.url}/ui/#/nodes/${nodeId}/events`);
+  const table = admin.getByTestId('events');
+  await table.waitFor();
+  if (r.body.events.length > 0) await table.locator('tbody tr').filter({ hasText: r.body.events[0].type }).first().waitFor();
+});
+
+test('an alias: shift to 10% in two clicks and see the live split move; swap asks first', async () => {
+  const v2 = await createNode(b, { ...LAB_NODE, name: 'scorer-v2', checkpointId: 'lab' });
+  const made = await b.request('POST', '/v1/aliases', { name: 'scorer', backends: [{ nodeId, weight: 100 }] });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  // calls through the alias all along (bounded in count and time)
+  let stop = false;
+  let calls = 0;
+  const load = (async () => {
+    const deadline = Date.now() + 90_000;
+    while (!stop && Date.now() < deadline && calls < 20_000) {
+      await b.request('POST', '/datasphere/v1/aliases/scorer:execute', { folder_id: 'default', input: { mode: 'echo', arg: 1 } });
+      calls++;
+      await new Promise((r) => setTimeout(r, 10)); // ~50-100 calls/s: a split to read, not a load test
+    }
+  })();
+  try {
+    await admin.goto(`${b.url}/ui/#/aliases/scorer`);
+    const row = (name: string) => admin.locator(`[data-testid=backend-row][data-node="${name}"]`);
+    await row('scorer').getByTestId('live-split').filter({ hasText: '100%' }).waitFor({ timeout: 20_000 });
+    await admin.getByTestId('shift-node').selectOption(v2.id);
+    await admin.getByTestId('shift-10').click();
+    await admin.getByTestId('shift-apply').click();
+    await row('scorer-v2').getByTestId('configured').filter({ hasText: '10%' }).waitFor();
+    const alias = (await b.request('GET', '/v1/aliases/scorer')).body;
+    const w = Object.fromEntries(alias.backends.map((x: { nodeId: string; weight: number }) => [x.nodeId, x.weight]));
+    assert.equal(Math.round((w[v2.id] / (w[v2.id] + w[nodeId])) * 100), 10);
+    // the live split follows the calls: v2 gets about a tenth of them
+    await waitFor('the live split near 10%', async () => {
+      const text = await row('scorer-v2').getByTestId('live-split').textContent() ?? '';
+      const pct = Number(text.replace('%', ''));
+      return pct >= 5 && pct <= 16;
+    }, 40_000, 250);
+    await admin.waitForTimeout(2000);
+    await shot(admin, 'alias');
+    // swap: a confirmation first, then one atomic change
+    await admin.getByTestId('swap').click();
+    await admin.getByTestId('confirm').waitFor();
+    await admin.getByTestId('confirm-yes').click();
+    await row('scorer-v2').getByTestId('configured').filter({ hasText: '90%' }).waitFor();
+  } finally {
+    stop = true;
+    await load;
+  }
+  assert.ok(calls > 20);
+});
+
+test('a viewer sees no edit controls; another folder and an executor see none of these nodes', async () => {
+  const token = async (roles: Record<string, string>): Promise<string> => {
+    const r = await b.request('POST', '/v1/tokens', { name: Object.values(roles).join('-'), roles });
+    assert.equal(r.status, 201);
+    return r.body.token;
+  };
+  const viewer = await token({ default: 'viewer' });
+  const otherViewer = await token({ 'team-b': 'viewer' });
+  const executor = await token({ 'team-b': 'executor' });
+
+  const v = await newPage(browser);
+  await signIn(v.page, b.url, viewer);
+  await v.page.locator('[data-testid=node-row][data-node=scorer]').waitFor();
+  assert.equal(await v.page.getByTestId('new-node').count(), 0);
+  await v.page.goto(`${b.url}/ui/#/nodes/${nodeId}`);
+  await v.page.getByTestId('node-page').waitFor();
+  await v.page.getByTestId('instances').waitFor();
+  assert.equal(await v.page.getByTestId('actions').count(), 0, 'no scale/update/suspend/delete');
+  assert.equal(await v.page.getByTestId('tab-try').count(), 0, 'a viewer may not call');
+  await v.page.goto(`${b.url}/ui/#/aliases/scorer`);
+  await v.page.getByTestId('backends').waitFor();
+  assert.equal(await v.page.getByTestId('shift-apply').count(), 0);
+  assert.equal(await v.page.getByTestId('alias-delete').count(), 0);
+  assert.ok(await v.page.getByTestId('weight-slider').first().isDisabled());
+  await v.page.goto(`${b.url}/ui/#/checkpoints`);
+  await v.page.locator('[data-testid=checkpoint-row][data-name=lab]').waitFor();
+  assert.equal(await v.page.getByTestId('checkpoint-delete').count(), 0);
+  // and the API refuses what the page hides
+  const refused = await b.request('PATCH', `/v1/nodes/${nodeId}`, { description: 'x' }, { authorization: `Bearer ${viewer}` });
+  assert.equal(refused.status, 403);
+  assert.deepEqual(v.errors, []);
+
+  // a viewer of another folder: no node, no alias, and the node's page and history are "not found"
+  const o = await newPage(browser);
+  await signIn(o.page, b.url, otherViewer);
+  await o.page.getByTestId('nodes-table').locator('td.muted', { hasText: 'No nodes' }).waitFor();
+  assert.equal(await o.page.getByTestId('node-row').count(), 0);
+  assert.equal(await o.page.getByTestId('alias-row').count(), 0);
+  await o.page.goto(`${b.url}/ui/#/nodes/${nodeId}`);
+  await o.page.getByTestId('not-found').waitFor();
+  const history = await b.request('GET', `/v1/nodes/${nodeId}/metrics`, undefined, { authorization: `Bearer ${otherViewer}` });
+  assert.equal(history.status, 404);
+  assert.equal(history.body.code, 'NODE_NOT_FOUND');
+  const aliasHistory = await b.request('GET', '/v1/aliases/scorer/metrics', undefined, { authorization: `Bearer ${otherViewer}` });
+  assert.equal(aliasHistory.status, 404);
+  // the stream itself carries nothing of folder default
+  const abort = new AbortController();
+  const res = await fetch(`${b.url}/v1/watch`, { headers: { authorization: `Bearer ${otherViewer}` }, signal: abort.signal });
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  let text = '';
+  while (!text.includes('event: aliases')) text += new TextDecoder().decode((await reader.read()).value);
+  abort.abort();
+  assert.ok(!text.includes(nodeId) && !text.includes('scorer'), text);
+
+  // an executor may call but not read: nothing listed, and it says why
+  const e = await newPage(browser);
+  await signIn(e.page, b.url, executor);
+  await e.page.getByTestId('execute-only').waitFor();
+  assert.equal(await e.page.getByTestId('node-row').count(), 0);
+  assert.equal(await e.page.getByTestId('new-node').count(), 0);
+  for (const p of [v, o, e]) await p.page.context().close();
+});
+
+test('checkpoints, tokens and secrets, usage: the pages an admin has', async (t) => {
+  await admin.goto(`${b.url}/ui/#/checkpoints`);
+  await admin.locator('[data-testid=checkpoint-row][data-name=lab]').waitFor();
+  await admin.locator('[data-testid=checkpoint-row][data-name=lab] a code').click();
+  await admin.locator('tr.more').waitFor();
+  await shot(admin, 'checkpoints');
+  // deleting asks first, and a checkpoint in use is refused with the API's code
+  await admin.locator('[data-testid=checkpoint-row][data-name=lab]').getByTestId('checkpoint-delete').click();
+  await admin.getByTestId('confirm-yes').click();
+  await admin.getByTestId('error').filter({ hasText: 'CHECKPOINT_IN_USE' }).waitFor();
+
+  await admin.goto(`${b.url}/ui/#/admin`);
+  await admin.getByTestId('token-name').fill('ci-reader');
+  await admin.getByTestId('token-folder').fill('default');
+  await admin.getByTestId('token-create').click();
+  await admin.getByTestId('token-made').waitFor();
+  await admin.getByTestId('secret-name').fill('registry-password');
+  await admin.getByTestId('secret-value').fill('s3cret-value');
+  await admin.getByTestId('secret-create').click();
+  await admin.locator('[data-testid=secret-row]', { hasText: 'registry-password' }).waitFor();
+  assert.equal(await admin.getByTestId('secret-value').inputValue(), '', 'the form forgets the value');
+  assert.ok(!(await admin.locator('table').allTextContents()).join(' ').includes('s3cret-value'), 'the value is never listed');
+  await shot(admin, 'tokens-secrets');
+
+  const usage = await b.request('GET', '/v1/usage?groupBy=folder');
+  await admin.goto(`${b.url}/ui/#/usage`);
+  if (usage.status === 404 && usage.body.code === 'ROUTE_NOT_FOUND') {
+    await admin.getByTestId('usage-missing').waitFor();
+    t.skip('the usage API (h-usage) is not in this branch yet: the usage view is not tested against data');
+    return;
+  }
+  await admin.getByTestId('usage-table').waitFor();
+  if (usage.body.rows?.length) await admin.getByTestId('usage-row').first().waitFor();
+  await shot(admin, 'usage');
+});
+
+test('the overview with 50 nodes renders in under 1 s', async () => {
+  // 50 suspended nodes written to a fresh store before `berth up` (cheap: no instance starts)
+  const home = tempHome();
+  const store = new SqliteStore(join(home, 'berth.db'));
+  await store.migrate();
+  const now = new Date().toISOString();
+  for (let i = 0; i < 50; i++) {
+    const spec = parseNodeSpec({ ...LAB_NODE, name: `bulk-${String(i).padStart(2, '0')}`, checkpointId: 'c0000000000000000000' },
+      { defaultFolder: 'default', defaultProject: 'default', defaultPython: '/usr/bin/python3' });
+    await store.insertNode({
+      id: `bulk${String(i).padStart(16, '0')}`, spec, revision: 1, rollout: null, status: 'Suspended',
+      transitions: [{ status: 'Suspended', at: now }], createdAt: now, updatedAt: now, createdBy: 'test',
+    }, { ...DEFAULT_QUOTA, maxNodes: 100, maxInstances: 1000 });
+  }
+  await store.close();
+  const big = await startBerth(home);
+  try {
+    const { page, errors } = await newPage(browser);
+    await page.addInitScript((token) => {
+      sessionStorage.setItem('berth.token', token);
+      new MutationObserver((_m, obs) => {
+        if (document.querySelectorAll('[data-testid=node-row]').length === 50) {
+          (window as unknown as { rendered: number }).rendered = performance.now();
+          obs.disconnect();
+        }
+      }).observe(document, { subtree: true, childList: true });
+    }, big.token);
+    const times: number[] = [];
+    for (let run = 0; run < 3; run++) {
+      await page.goto(`${big.url}/ui/`);
+      const ms = await page.waitForFunction(() => (window as unknown as { rendered?: number }).rendered, undefined, { timeout: 10_000 });
+      times.push(Number(await ms.jsonValue()));
+    }
+    assert.equal(await page.getByTestId('node-row').count(), 50);
+    await shot(page, 'overview-50');
+    const best = Math.min(...times);
+    console.log(`# overview with 50 nodes: rendered ${times.map((t) => t.toFixed(0)).join(', ')} ms after navigation start (first is a cold cache)`);
+    assert.ok(times[times.length - 1]! < 1000, `rendered in ${times.join(', ')} ms`);
+    assert.ok(best < 1000);
+    assert.deepEqual(errors, []);
+    await page.context().close();
+  } finally {
+    await big.stop();
+    removeHome(home);
+  }
+});
+
+test('the overview (screenshot with a live node and an alias)', async () => {
+  await admin.goto(`${b.url}/ui/#/`);
+  await admin.locator('[data-testid=node-row][data-node=scorer]').waitFor();
+  await admin.locator('[data-testid=alias-row]').waitFor();
+  await shot(admin, 'overview');
+});
+
+test('the bundle is under 300 KB gzipped; hashed assets are cached for a year, index.html is not; /ui needs no token, the stream does', async () => {
+  const assets = readdirSync(join(UI_DIST, 'assets'));
+  let gz = 0;
+  for (const f of assets) gz += gzipSync(readFileSync(join(UI_DIST, 'assets', f)), { level: 9 }).length;
+  console.log(`# dashboard bundle: ${assets.length} files, ${(gz / 1024).toFixed(1)} KB gzipped`);
+  assert.ok(gz < 300 * 1024, `${gz} bytes gzipped`);
+
+  const index = await fetch(`${b.url}/ui/`);
+  assert.equal(index.status, 200);
+  assert.equal(index.headers.get('cache-control'), 'no-cache');
+  const html = await index.text();
+  const js = /src="\/ui\/(assets\/[^"]+\.js)"/.exec(html)![1]!;
+  const asset = await fetch(`${b.url}/ui/${js}`, { headers: { 'accept-encoding': 'gzip' } });
+  assert.equal(asset.status, 200);
+  assert.match(asset.headers.get('cache-control') ?? '', /max-age=31536000, immutable/);
+  const etag = asset.headers.get('etag')!;
+  assert.equal((await fetch(`${b.url}/ui/${js}`, { headers: { 'if-none-match': etag } })).status, 304);
+  // a page route deep link gets the page; a missing file is a 404 in the catalogue's shape
+  assert.equal((await fetch(`${b.url}/ui/nodes/abc`)).status, 200);
+  const missing = await fetch(`${b.url}/ui/assets/nope.js`);
+  assert.equal(missing.status, 404);
+  assert.equal((await missing.json()).code, 'ROUTE_NOT_FOUND');
+  // traversal stays inside the bundle
+  const up = await fetch(`${b.url}/ui/..%2f..%2fpackage.json`);
+  assert.notEqual(up.status, 200);
+  assert.equal((await fetch(`${b.url}/`, { redirect: 'manual' })).headers.get('location'), '/ui/');
+
+  const noToken = await fetch(`${b.url}/v1/watch`);
+  assert.equal(noToken.status, 401);
+  assert.equal((await noToken.json()).code, 'UNAUTHENTICATED');
+  const badSince = await b.request('GET', `/v1/nodes/${nodeId}/metrics?since=yesterday`);
+  assert.equal(badSince.status, 400);
+  assert.equal(badSince.body.details.field, 'since');
+});
+
+test("deploy/: every metric the Grafana dashboard and the alert rules use exists on /metrics", async () => {
+  const exposition = (await b.request('GET', '/metrics')).body as string;
+  const families = new Set([...exposition.matchAll(/^# TYPE (\S+) (\w+)/gm)].map((m) => m[1]!));
+  const exprs: string[] = [];
+  const dashboard = JSON.parse(readFileSync(join(ROOT, 'deploy/grafana-dashboard.json'), 'utf8'));
+  const walk = (x: unknown): void => {
+    if (Array.isArray(x)) x.forEach(walk);
+    else if (x && typeof x === 'object') for (const [k, v] of Object.entries(x)) { if ((k === 'expr' || k === 'definition') && typeof v === 'string') exprs.push(v); else walk(v); }
+  };
+  walk(dashboard);
+  const rules = parseYaml(readFileSync(join(ROOT, 'deploy/prometheus-alerts.yml'), 'utf8'));
+  for (const g of rules.groups) for (const r of g.rules) exprs.push(r.expr);
+  assert.ok(exprs.length >= 10, `${exprs.length} expressions`);
+  const FUNCTIONS = new Set(['sum', 'rate', 'irate', 'increase', 'by', 'without', 'histogram_quantile', 'le', 'on', 'ignoring', 'group_left', 'clamp_min', 'max', 'min', 'avg', 'count', 'and', 'or', 'unless', 'bool', 'vector', 'abs', 'topk', 'label_replace', 'time', 'delta', 'deriv', 'max_over_time', 'min_over_time', 'avg_over_time', 'absent', 'offset', 'label_values']);
+  const used = new Set<string>();
+  for (const e of exprs) {
+    const stripped = e.replace(/\{[^}]*\}/g, '').replace(/"[^"]*"/g, '').replace(/\[[^\]]*\]/g, '').replace(/\b\d+(\.\d+)?(e[+-]?\d+)?\b/gi, '');
+    for (const m of stripped.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*/g)) {
+      if (!FUNCTIONS.has(m[0]) && !/^(node_id|alias_name|code|status|instance_id|job|instance|role)$/.test(m[0])) used.add(m[0]);
+    }
+  }
+  assert.ok(used.size >= 6, [...used].join(', '));
+  for (const name of used) {
+    const family = name.replace(/_(bucket|sum|count|total)$/, '');
+    assert.ok(families.has(family) || families.has(name), `${name} (used in deploy/) is not on /metrics`);
+  }
+});
