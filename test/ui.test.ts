@@ -20,7 +20,11 @@ import { parseNodeSpec } from '../src/core/node-spec.js';
 import { DEFAULT_QUOTA } from '../src/folders/quotas.js';
 import { UI_DIST } from '../src/ui/plugin.js';
 
+/** Per test: a hang fails with the test's name instead of holding the suite (they take 1–35 s). */
+const T = 150_000;
 let b: Berth;
+/** Servers a test starts besides `b`: stopped in after() too, should a test time out before its finally. */
+const others: Berth[] = [];
 let browser: Browser;
 let admin: Page;
 const pageErrors: string[] = [];
@@ -34,9 +38,10 @@ before(async () => {
   const p = await newPage(browser);
   admin = p.page;
   p.page.on('pageerror', (e) => pageErrors.push(e.message));
-});
+}, { timeout: 240_000 });
 
 after(async () => {
+  for (const o of others) { await o.stop(); removeHome(o.home); }
   await browser?.close();
   await b?.stop();
   if (b) removeHome(b.home);
@@ -45,7 +50,7 @@ after(async () => {
 /** The status badge in a node page's title row. */
 const nodeStatus = (page: Page) => page.locator('[data-testid=node-page] > .row .badge').first();
 
-test('sign in, create a node from a checkpoint, watch it become Healthy without reloading, call it from the try-it form', async () => {
+test('sign in, create a node from a checkpoint, watch it become Healthy without reloading, call it from the try-it form', { timeout: T }, async () => {
   // a wrong token is refused with the API's code
   await admin.goto(`${b.url}/ui/`);
   await admin.getByTestId('token-input').fill('not-a-token');
@@ -132,7 +137,7 @@ test('sign in, create a node from a checkpoint, watch it become Healthy without 
   assert.deepEqual(pageErrors, []);
 });
 
-test("kill an instance's process: the page shows it Unhealthy, then recovered", async () => {
+test("kill an instance's process: the page shows it Unhealthy, then recovered", { timeout: T }, async () => {
   assert.ok(nodeId, 'needs the node of the first test');
   await admin.goto(`${b.url}/ui/#/nodes/${nodeId}`);
   await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor();
@@ -173,7 +178,7 @@ test("kill an instance's process: the page shows it Unhealthy, then recovered", 
   await shot(admin, 'events');
 });
 
-test('node events view (GET /v1/nodes/{ref}/events)', async (t) => {
+test('node events view (GET /v1/nodes/{ref}/events)', { timeout: T }, async (t) => {
   const r = await b.request('GET', `/v1/nodes/${nodeId}/events?limit=20`);
   if (r.status === 404 && r.body.code === 'ROUTE_NOT_FOUND') {
     t.skip('the node events API (h-scale) is not in this branch yet: the view is not tested here');
@@ -186,7 +191,7 @@ test('node events view (GET /v1/nodes/{ref}/events)', async (t) => {
   if (r.body.events.length > 0) await table.locator('tbody tr').filter({ hasText: r.body.events[0].type }).first().waitFor();
 });
 
-test('an alias: shift to 10% in two clicks and see the live split move; swap asks first', async () => {
+test('an alias: shift to 10% in two clicks and see the live split move; swap asks first', { timeout: T }, async () => {
   const v2 = await createNode(b, { ...LAB_NODE, name: 'scorer-v2', checkpointId: 'lab' });
   const made = await b.request('POST', '/v1/aliases', { name: 'scorer', backends: [{ nodeId, weight: 100 }] });
   assert.equal(made.status, 201, JSON.stringify(made.body));
@@ -232,7 +237,7 @@ test('an alias: shift to 10% in two clicks and see the live split move; swap ask
   assert.ok(calls > 20);
 });
 
-test('a viewer sees no edit controls; another folder and an executor see none of these nodes', async () => {
+test('a viewer sees no edit controls; another folder and an executor see none of these nodes', { timeout: T }, async () => {
   const token = async (roles: Record<string, string>): Promise<string> => {
     const r = await b.request('POST', '/v1/tokens', { name: Object.values(roles).join('-'), roles });
     assert.equal(r.status, 201);
@@ -296,7 +301,7 @@ test('a viewer sees no edit controls; another folder and an executor see none of
   for (const p of [v, o, e]) await p.page.context().close();
 });
 
-test('checkpoints, tokens and secrets, usage: the pages an admin has', async (t) => {
+test('checkpoints, tokens and secrets, usage: the pages an admin has', { timeout: T }, async (t) => {
   await admin.goto(`${b.url}/ui/#/checkpoints`);
   await admin.locator('[data-testid=checkpoint-row][data-name=lab]').waitFor();
   await admin.locator('[data-testid=checkpoint-row][data-name=lab] a code').click();
@@ -332,7 +337,7 @@ test('checkpoints, tokens and secrets, usage: the pages an admin has', async (t)
   await shot(admin, 'usage');
 });
 
-test('the overview with 50 nodes renders in under 1 s', async () => {
+test('the overview with 50 nodes renders in under 1 s', { timeout: T }, async () => {
   // 50 suspended nodes written to a fresh store before `berth up` (cheap: no instance starts)
   const home = tempHome();
   const store = new SqliteStore(join(home, 'berth.db'));
@@ -348,6 +353,7 @@ test('the overview with 50 nodes renders in under 1 s', async () => {
   }
   await store.close();
   const big = await startBerth(home);
+  others.push(big);
   try {
     const { page, errors } = await newPage(browser);
     await page.addInitScript((token) => {
@@ -379,14 +385,53 @@ test('the overview with 50 nodes renders in under 1 s', async () => {
   }
 });
 
-test('the overview (screenshot with a live node and an alias)', async () => {
+test('with --gateway-workers 2: the stream crosses the relay and the numbers are summed over the workers', { timeout: T }, async () => {
+  const w = await startBerth(undefined, { BERTH_GATEWAY_WORKERS: '2' });
+  others.push(w);
+  try {
+    await makeCheckpoint(w, 'lab', LAB_CELLS);
+    const { page, errors } = await newPage(browser);
+    await signIn(page, w.url, w.token);
+    const node = await createNode(w, { ...LAB_NODE, name: 'spread', checkpointId: 'lab' }, false);
+    const row = page.locator('[data-testid=node-row][data-node=spread]');
+    await row.locator('.badge[data-status=Healthy]').waitFor({ timeout: 60_000 });
+    // calls land on both workers (new connections each); the overview shows their sum
+    let ok = 0;
+    for (let i = 0; i < 60; i++) {
+      const r = await fetch(`${w.url}/datasphere/v1/nodes/${node.id}:execute`, {
+        method: 'POST', headers: { authorization: `Bearer ${w.token}`, 'content-type': 'application/json', connection: 'close' },
+        body: JSON.stringify({ folder_id: 'default', input: { mode: 'echo', arg: i } }),
+      });
+      if (r.status === 200) ok++;
+      await r.arrayBuffer();
+    }
+    assert.equal(ok, 60);
+    const h = await waitFor('60 calls in the history', async () => {
+      const r = await w.request('GET', `/v1/nodes/${node.id}/metrics`);
+      const sum = r.body.points.reduce((s: number, p: { rps: number }) => s + p.rps * r.body.sampleSeconds, 0);
+      return Math.round(sum) >= 60 ? sum : undefined;
+    }, 20_000, 500);
+    assert.equal(Math.round(h), 60, 'every call counted once, whichever worker served it');
+    await page.waitForFunction(() => {
+      const cell = document.querySelector('[data-testid=node-row][data-node=spread] td:nth-child(6)');
+      return cell !== null && Number(cell.textContent) > 0;
+    }, undefined, { timeout: 15_000 });
+    assert.deepEqual(errors, []);
+    await page.context().close();
+  } finally {
+    await w.stop();
+    removeHome(w.home);
+  }
+});
+
+test('the overview (screenshot with a live node and an alias)', { timeout: T }, async () => {
   await admin.goto(`${b.url}/ui/#/`);
   await admin.locator('[data-testid=node-row][data-node=scorer]').waitFor();
   await admin.locator('[data-testid=alias-row]').waitFor();
   await shot(admin, 'overview');
 });
 
-test('the bundle is under 300 KB gzipped; hashed assets are cached for a year, index.html is not; /ui needs no token, the stream does', async () => {
+test('the bundle is under 300 KB gzipped; hashed assets are cached for a year, index.html is not; /ui needs no token, the stream does', { timeout: T }, async () => {
   const assets = readdirSync(join(UI_DIST, 'assets'));
   let gz = 0;
   for (const f of assets) gz += gzipSync(readFileSync(join(UI_DIST, 'assets', f)), { level: 9 }).length;
@@ -421,7 +466,7 @@ test('the bundle is under 300 KB gzipped; hashed assets are cached for a year, i
   assert.equal(badSince.body.details.field, 'since');
 });
 
-test("deploy/: every metric the Grafana dashboard and the alert rules use exists on /metrics", async () => {
+test("deploy/: every metric the Grafana dashboard and the alert rules use exists on /metrics", { timeout: T }, async () => {
   const exposition = (await b.request('GET', '/metrics')).body as string;
   const families = new Set([...exposition.matchAll(/^# TYPE (\S+) (\w+)/gm)].map((m) => m[1]!));
   const exprs: string[] = [];
