@@ -289,8 +289,19 @@ test('a viewer sees no edit controls; another folder and an executor see none of
   const reader = res.body!.getReader();
   let text = '';
   while (!text.includes('event: aliases')) text += new TextDecoder().decode((await reader.read()).value);
-  abort.abort();
   assert.ok(!text.includes(nodeId) && !text.includes('scorer'), text);
+  // revoking the token ends its open stream (it does not keep receiving until the page reloads)
+  const who = await b.request('GET', '/v1/whoami', undefined, { authorization: `Bearer ${otherViewer}` });
+  assert.equal((await b.request('DELETE', `/v1/tokens/${who.body.id}`)).status, 200);
+  const ended = await Promise.race([
+    (async () => { for (;;) { const r = await reader.read(); if (r.done) return true; text += new TextDecoder().decode(r.value); } })(),
+    new Promise<false>((r) => setTimeout(() => r(false), 10_000)),
+  ]);
+  abort.abort();
+  assert.ok(ended, 'the stream ended');
+  assert.match(text, /event: error\ndata: \{"code":"UNAUTHENTICATED"/);
+  // and its open page says so instead of retrying for ever
+  await o.page.getByTestId('live-error').filter({ hasText: 'UNAUTHENTICATED' }).waitFor({ timeout: 15_000 });
 
   // an executor may call but not read: nothing listed, and it says why
   const e = await newPage(browser);

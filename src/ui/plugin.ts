@@ -200,8 +200,15 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
       if (res.writableLength > WATCH_BUFFER_BYTES) { close(); return; } // a reader this slow starts over
       res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     };
+    const authorization = req.headers.authorization;
     const tick = async (): Promise<void> => {
       if (closed || busy) return;
+      // a token revoked while its page is open stops receiving at once
+      try { deps.auth.authenticate(authorization); } catch (err) {
+        send('error', { code: (err as BerthError).code ?? 'UNAUTHENTICATED', message: (err as Error).message });
+        close();
+        return;
+      }
       busy = true;
       try {
         const [nodes, aliases] = await Promise.all([deps.store.listNodes(), deps.store.listAliases()]);

@@ -70,10 +70,11 @@ function Shell({ me, signOut }: { me: WhoAmI; signOut: () => void }) {
           {link('/usage', 'Usage', 'usage')}
           {link('/admin', me.admin ? 'Tokens & secrets' : 'Secrets', 'admin')}
         </nav>
-        <span class={`live ${l.connected ? 'ok' : 'off'}`} title={l.error ?? 'live updates on'} data-testid="live">{l.connected ? '● live' : '○ reconnecting'}</span>
+        <span class={`live ${l.connected ? 'ok' : 'off'}`} title={l.error ?? 'live updates on'} data-testid="live">{l.connected ? '● live' : l.error?.includes('sign in again') ? '○ signed out' : '○ reconnecting'}</span>
         <span class="who" data-testid="whoami">{me.name} · {Object.entries(me.roles).map(([f, r]) => `${f}: ${r}`).join(', ')}</span>
         <button class="link" onClick={signOut} data-testid="sign-out">Sign out</button>
       </header>
+      {!l.connected && l.error && <div class="error banner" data-testid="live-error">{l.error}</div>}
       <main><Route path={path} /></main>
     </div>
   );

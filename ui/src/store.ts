@@ -2,7 +2,7 @@
 // may read, and their metrics "now". One stream per page; it reconnects by itself (with a
 // growing pause) and starts from a full state each time, so nothing is polled.
 import { useEffect, useState } from 'preact/hooks';
-import { streamEvents } from './api';
+import { ApiError, streamEvents } from './api';
 
 export interface Instance {
   id: string; nodeId: string; revision: number; status: string; endpoint: string | null; pid: number | null;
@@ -63,6 +63,13 @@ class Live {
           this.error = 'the server ended the live stream; reconnecting';
         } catch (err) {
           if (abort.signal.aborted) return;
+          if (err instanceof ApiError && err.status === 401) {
+            // revoked or unknown: retrying cannot help, signing in again can
+            this.error = `${err.code}: this token is no longer accepted; sign in again`;
+            this.connected = false;
+            this.changed();
+            return;
+          }
           this.error = `live updates lost (${(err as Error).message}); reconnecting`;
         }
         this.connected = false;
@@ -83,6 +90,7 @@ class Live {
   }
 
   private apply(event: string, data: unknown): void {
+    if (event === 'error') { this.error = `${(data as { code: string }).code}: ${(data as { message: string }).message}`; this.changed(); return; }
     if (event === 'hello') { this.connected = true; this.error = null; this.changed(); return; }
     if (event === 'nodes' || event === 'aliases') {
       const d = data as { nodes?: NodeView[]; aliases?: AliasView[]; gone: string[]; full: boolean };

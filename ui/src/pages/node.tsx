@@ -343,6 +343,14 @@ function Logs({ n }: { n: NodeView }) {
   );
 }
 
+/** A file's bytes as base64 (how `bytes` variables travel in JSON). */
+async function fileBase64(f: File): Promise<string> {
+  const buf = new Uint8Array(await f.arrayBuffer());
+  let bin = '';
+  for (let i = 0; i < buf.length; i += 0x8000) bin += String.fromCharCode(...buf.subarray(i, i + 0x8000));
+  return btoa(bin);
+}
+
 /** One input widget per declared variable; anything not a scalar is JSON. */
 function fieldKind(type: string): 'int' | 'float' | 'str' | 'bool' | 'bytes' | 'json' {
   const t = type.replace(/^optional\[(.*)\]$/, '$1');
@@ -366,7 +374,7 @@ function TryIt({ node, nodeId }: { node: NodeView | null; nodeId: string }) {
     for (const v of inputs) {
       const k = fieldKind(v.type);
       const val = values[v.name];
-      if (val === undefined || val === '') { if (k === 'bool') input[v.name] = false; else if (v.optional || /^optional\[/.test(v.type)) continue; else input[v.name] = k === 'str' || k === 'bytes' ? '' : undefined; continue; }
+      if (val === undefined || val === '') { if (k === 'bool' && v.default === undefined) input[v.name] = false; else if (v.optional || v.default !== undefined || /^optional\[/.test(v.type)) continue; else input[v.name] = k === 'str' || k === 'bytes' ? '' : undefined; continue; }
       if (k === 'bool') input[v.name] = val === true;
       else if (k === 'int' || k === 'float') input[v.name] = Number(val);
       else if (k === 'str' || k === 'bytes') input[v.name] = val;
@@ -400,11 +408,16 @@ function TryIt({ node, nodeId }: { node: NodeView | null; nodeId: string }) {
           const set = (x: string | boolean): void => setValues((s) => ({ ...s, [v.name]: x }));
           return (
             <label key={v.name} data-testid={`try-field-${v.name}`}>
-              <span><b>{v.name}</b> <span class="muted">{v.type}{v.description ? ` — ${v.description}` : ''}</span></span>
+              <span><b>{v.name}</b> <span class="muted">{v.type}{v.default !== undefined ? ` (default ${JSON.stringify(v.default)})` : ''}{v.description ? ` — ${v.description}` : ''}</span></span>
               {k === 'bool' && <input type="checkbox" name={v.name} checked={values[v.name] === true} onChange={(e) => set((e.target as HTMLInputElement).checked)} />}
               {(k === 'int' || k === 'float') && <input type="number" name={v.name} step={k === 'int' ? '1' : 'any'} value={String(values[v.name] ?? '')} onInput={(e) => set((e.target as HTMLInputElement).value)} />}
               {k === 'str' && <input type="text" name={v.name} value={String(values[v.name] ?? '')} onInput={(e) => set((e.target as HTMLInputElement).value)} />}
-              {k === 'bytes' && <input type="text" name={v.name} placeholder="base64" value={String(values[v.name] ?? '')} onInput={(e) => set((e.target as HTMLInputElement).value)} />}
+              {k === 'bytes' && (
+                <span class="row">
+                  <input type="text" class="grow" name={v.name} placeholder="base64, or pick a file" value={String(values[v.name] ?? '')} onInput={(e) => set((e.target as HTMLInputElement).value)} />
+                  <input type="file" onChange={(e) => { const f = (e.target as HTMLInputElement).files?.[0]; if (f) void fileBase64(f).then(set); }} />
+                </span>
+              )}
               {k === 'json' && <textarea rows={3} name={v.name} placeholder="JSON" value={String(values[v.name] ?? '')} onInput={(e) => set((e.target as HTMLTextAreaElement).value)} />}
             </label>
           );
