@@ -312,6 +312,45 @@ test('a viewer sees no edit controls; another folder and an executor see none of
   for (const p of [v, o, e]) await p.page.context().close();
 });
 
+test('node actions from the page: update with a preview, scale, suspend and resume, delete refused with the API\'s code', { timeout: T }, async () => {
+  const v2 = (await b.request('GET', '/v1/nodes/scorer-v2')).body;
+  await admin.goto(`${b.url}/ui/#/nodes/${v2.id}`);
+  await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor();
+  // update: a merge patch, previewed (dry run) before it is applied
+  await admin.getByTestId('edit').click();
+  await admin.getByTestId('edit-json').fill('{"description": "the canary"}');
+  await admin.getByTestId('edit-preview').click();
+  const plan = admin.getByTestId('edit-plan');
+  await plan.filter({ hasText: 'Applies in place' }).waitFor();
+  assert.match(await plan.textContent() ?? '', /description/);
+  assert.equal((await b.request('GET', `/v1/nodes/${v2.id}`)).body.description, '', 'a preview changes nothing');
+  await admin.getByTestId('edit-apply').click();
+  await admin.locator('[data-testid=node-page] > p', { hasText: 'the canary' }).waitFor();
+  // a bad patch: the API's message naming the field, nothing changed
+  await admin.getByTestId('edit').click();
+  await admin.getByTestId('edit-json').fill('{"scaling": {"minInstances": 3, "maxInstances": 2}}');
+  await admin.getByTestId('edit-apply').click();
+  await admin.getByTestId('error').filter({ hasText: 'scaling.maxInstances' }).waitFor();
+  await admin.getByRole('button', { name: 'Cancel' }).click();
+  // scale
+  await admin.getByTestId('scale-max').fill('2');
+  await admin.getByTestId('scale').click();
+  await waitFor('maxInstances 2', async () => (await b.request('GET', `/v1/nodes/${v2.id}`)).body.scaling.maxInstances === 2, 10_000);
+  // suspend asks first; resume brings it back
+  await admin.getByTestId('suspend').click();
+  await admin.getByTestId('confirm').waitFor();
+  await admin.getByTestId('confirm-yes').click();
+  await nodeStatus(admin).and(admin.locator('[data-status=Suspended]')).waitFor({ timeout: 30_000 });
+  await admin.getByTestId('resume').click();
+  await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor({ timeout: 60_000 });
+  // delete asks first; an alias still uses it, so the API refuses and the page says why
+  await admin.getByTestId('delete').click();
+  await admin.getByTestId('confirm-yes').click();
+  await admin.getByTestId('error').filter({ hasText: 'NODE_IN_USE' }).waitFor();
+  assert.equal((await b.request('GET', `/v1/nodes/${v2.id}`)).status, 200);
+  assert.deepEqual(pageErrors, []);
+});
+
 test('checkpoints, tokens and secrets, usage: the pages an admin has', { timeout: T }, async (t) => {
   await admin.goto(`${b.url}/ui/#/checkpoints`);
   await admin.locator('[data-testid=checkpoint-row][data-name=lab]').waitFor();
