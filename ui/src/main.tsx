@@ -15,6 +15,8 @@ import { Admin } from './pages/admin';
 import { Usage } from './pages/usage';
 import { CreateNode, CreateAlias } from './pages/create';
 
+const WHO_KEY = 'berth.whoami';
+
 function useHash(): string {
   const [h, set] = useState(location.hash.slice(1) || '/');
   useEffect(() => {
@@ -81,9 +83,12 @@ function Shell({ me, signOut }: { me: WhoAmI; signOut: () => void }) {
 }
 
 function App() {
-  const [me, setMe] = useState<WhoAmI | null>(null);
+  // a reload in a signed-in tab draws at once from what whoami said last, and checks it again beside
+  const cached = ((): WhoAmI | null => { try { return savedToken() ? JSON.parse(sessionStorage.getItem(WHO_KEY) ?? 'null') as WhoAmI | null : null; } catch { return null; } })();
+  const [me, setMe] = useState<WhoAmI | null>(cached);
   const [error, setError] = useState<unknown>(null);
-  const [checking, setChecking] = useState(savedToken() !== null);
+  const [checking, setChecking] = useState(savedToken() !== null && cached === null);
+  Me.current = me;
 
   const signIn = async (t: string): Promise<void> => {
     setError(null);
@@ -91,18 +96,22 @@ function App() {
     live.start(); // the stream opens beside whoami: the first state is there when the page draws
     try {
       const who = await api<WhoAmI>('GET', '/v1/whoami');
+      sessionStorage.setItem(WHO_KEY, JSON.stringify(who));
       Me.current = who;
       setMe(who);
     } catch (err) {
       live.stop();
       setToken(null);
+      sessionStorage.removeItem(WHO_KEY);
+      Me.current = null;
+      setMe(null);
       setError(err instanceof ApiError && err.status === 401 ? new ApiError(401, { ...err.body, message: 'this token is not known to this Berth' }) : err);
     } finally {
       setChecking(false);
     }
   };
   useEffect(() => { const t = savedToken(); if (t) void signIn(t); }, []);
-  const signOut = (): void => { live.stop(); setToken(null); Me.current = null; setMe(null); location.hash = '/'; };
+  const signOut = (): void => { live.stop(); setToken(null); sessionStorage.removeItem(WHO_KEY); Me.current = null; setMe(null); location.hash = '/'; };
 
   if (checking) return <div class="signin muted">Signing in…</div>;
   if (!me) return <SignIn onDone={(t) => void signIn(t)} error={error} />;
