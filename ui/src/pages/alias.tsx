@@ -2,7 +2,7 @@
 // canary shift and a swap in two clicks, mirroring results, and its charts.
 import { useEffect, useMemo, useState } from 'preact/hooks';
 import { api, can } from '../api';
-import { Chart } from '../chart';
+import { Chart } from '../lazy-chart';
 import { Badge, Confirm, ErrorBox, Me, go, href, ms, num, useAction } from '../common';
 import { useLive, type AliasView } from '../store';
 import { WindowPicker, callCharts, useHistory } from './node';

@@ -3,7 +3,7 @@
 // and a "try it" form generated from the node's declared inputs.
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { ApiError, api, can, streamLines } from '../api';
-import { Chart } from '../chart';
+import { Chart } from '../lazy-chart';
 import { Badge, Confirm, ErrorBox, Me, ago, go, href, ms, useAction, useTick } from '../common';
 import { live, useLive, type NodeView, type Point, type Variable } from '../store';
 
