@@ -8,7 +8,8 @@ let loaded: typeof ChartType | null = null;
 let loading: Promise<typeof ChartType> | null = null;
 
 export function Chart(props: Props) {
-  const [C, set] = useState<typeof ChartType | null>(loaded);
+  // (a function as useState's argument would be called as an initializer: wrap it)
+  const [C, set] = useState<typeof ChartType | null>(() => loaded);
   useEffect(() => {
     if (C) return;
     loading ??= import('./chart').then((m) => (loaded = m.Chart));
