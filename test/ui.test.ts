@@ -235,6 +235,21 @@ test('an alias: shift to 10% in two clicks and see the live split move; swap ask
     await load;
   }
   assert.ok(calls > 20);
+  // mirroring: every call also goes to the shadow; the page shows what was compared
+  const mirrored = await b.request('PATCH', '/v1/aliases/scorer', { mirror: { nodeId: v2.id, percent: 100 } });
+  assert.equal(mirrored.status, 200, JSON.stringify(mirrored.body));
+  for (let i = 0; i < 10; i++) {
+    assert.equal((await b.request('POST', '/datasphere/v1/aliases/scorer:execute', { folder_id: 'default', input: { mode: 'echo', arg: i } })).status, 200);
+  }
+  const mirror = admin.getByTestId('mirror');
+  await mirror.waitFor();
+  await waitFor('compared mirrored calls on the page', async () => {
+    const cells = await mirror.locator('td').allTextContents();
+    return Number(cells[cells.indexOf('compared') + 1]) > 0;
+  }, 15_000, 250);
+  await shot(admin, 'alias-mirror');
+  assert.equal((await b.request('PATCH', '/v1/aliases/scorer', { mirror: null })).status, 200);
+  await mirror.waitFor({ state: 'detached' });
 });
 
 test('a viewer sees no edit controls; another folder and an executor see none of these nodes', { timeout: T }, async () => {
