@@ -19,6 +19,8 @@ export const UI_DIST = resolve(import.meta.dirname, '../../dist/ui/app');
 const MAX_WATCHERS = 64;
 /** How often a stream compares what its token sees with what it sent. */
 const WATCH_TICK_MS = 1000;
+/** After an instance status changes, how long a stream waits to gather further changes before it sends. */
+const POKE_DELAY_MS = 30;
 /** A comment line keeps proxies and idle timers from closing a quiet stream. */
 const KEEPALIVE_MS = 15_000;
 /** Bytes queued to a slow reader before the stream is closed (it reconnects and gets a fresh state). */
@@ -171,6 +173,18 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
   });
 
   // ---- the live stream -------------------------------------------------------------------
+  // An instance status that changes (a kill, a restart, a rollout step) reaches the open pages
+  // at once: the controller's reconcile reports every node's statuses, and only a change pokes
+  // the streams (which then build their views once, shortly after, however many changed).
+  const lastStatuses = new Map<string, string>();
+  const pokes = new Set<() => void>();
+  const stopStatuses = deps.metrics.onInstanceStatuses((nodeId, statuses) => {
+    const key = statuses.join();
+    if (lastStatuses.get(nodeId) === key) return;
+    lastStatuses.set(nodeId, key);
+    for (const poke of pokes) poke();
+  });
+
   // One SSE stream per open page. Every tick it builds the views the token may read and sends
   // only those that changed (and which disappeared); after each metrics sample, the "now" of
   // every node and alias it sees. The page never polls.
@@ -201,8 +215,10 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
       res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
     };
     const authorization = req.headers.authorization;
+    let again = false;
     const tick = async (): Promise<void> => {
-      if (closed || busy) return;
+      if (closed) return;
+      if (busy) { again = true; return; } // a change arrived while building: build once more after
       // a token revoked while its page is open stops receiving at once
       try { deps.auth.authenticate(authorization); } catch (err) {
         send('error', { code: (err as BerthError).code ?? 'UNAUTHENTICATED', message: (err as Error).message });
@@ -212,6 +228,10 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
       busy = true;
       try {
         const [nodes, aliases] = await Promise.all([deps.store.listNodes(), deps.store.listAliases()]);
+        if (lastStatuses.size > nodes.length) {
+          const ids = new Set(nodes.map((n) => n.id));
+          for (const id of lastStatuses.keys()) if (!ids.has(id)) lastStatuses.delete(id); // deleted nodes
+        }
         for (const [kind, list, view] of [
           ['nodes', nodes.filter((n) => readable(token, n.spec.folderId)), (x: NodeRecord) => nodeView(deps, x)],
           ['aliases', aliases.filter((a) => readable(token, a.spec.folderId)), (x: AliasRecord) => aliasView(deps, x)],
@@ -235,6 +255,7 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
         // a store error this tick: the next one tries again
       } finally {
         busy = false;
+        if (again) { again = false; void tick(); }
       }
     };
     const metrics = (t: number): void => {
@@ -245,6 +266,9 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
       send('metrics', { t, nodes, aliases });
     };
     const timer = setInterval(() => { void tick(); }, WATCH_TICK_MS);
+    let soon: NodeJS.Timeout | null = null;
+    const poke = (): void => { soon ??= setTimeout(() => { soon = null; void tick(); }, POKE_DELAY_MS); };
+    pokes.add(poke);
     const keepalive = setInterval(() => { if (!closed) res.write(': keepalive\n\n'); }, KEEPALIVE_MS);
     const unsubscribe = history.onSample(metrics);
     const close = (): void => {
@@ -253,6 +277,8 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
       watchers--;
       clearInterval(timer);
       clearInterval(keepalive);
+      if (soon) clearTimeout(soon);
+      pokes.delete(poke);
       unsubscribe();
       closers.delete(close);
       if (!res.writableEnded) res.end();
@@ -269,6 +295,7 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     history,
     close: () => {
       history.stop();
+      stopStatuses();
       for (const c of [...closers]) c();
     },
   };

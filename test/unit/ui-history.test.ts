@@ -8,9 +8,14 @@ import { MetricsHistory, parseExposition } from '../../src/ui/history.js';
 
 test('rates, errors by code, percentiles and instances from two samples of the real exposition', async () => {
   const m = new Metrics();
+  const reported: string[] = [];
+  const off = m.onInstanceStatuses((id, statuses) => reported.push(`${id}:${statuses.join('+')}`));
   const node = m.bindNode('n1');
   const alias = m.bindAlias('a1');
   m.setInstanceStatuses('n1', ['Healthy', 'Healthy', 'Preparing']);
+  off();
+  m.setInstanceStatuses('n1', ['Healthy', 'Healthy', 'Preparing']);
+  assert.deepEqual(reported, ['n1:Healthy+Healthy+Preparing'], 'the dashboard hears each reconcile until it stops listening');
   const h = new MetricsHistory(async () => m.registry.metrics(), 1000, 3600_000);
   h.add(1_000_000, await m.registry.metrics());
   assert.deepEqual(h.get('node', 'n1'), [], 'a rate needs two samples');
