@@ -431,7 +431,7 @@ test('the overview with 50 nodes renders in under 1 s', { timeout: T }, async ()
       }).observe(document, { subtree: true, childList: true });
     }, big.token);
     const times: number[] = [];
-    for (let run = 0; run < 5; run++) {
+    for (let run = 0; run < 9; run++) {
       await page.goto(`${big.url}/ui/`);
       const ms = await page.waitForFunction(() => (window as unknown as { rendered?: number }).rendered, undefined, { timeout: 10_000 });
       times.push(Number(await ms.jsonValue()));
@@ -439,9 +439,10 @@ test('the overview with 50 nodes renders in under 1 s', { timeout: T }, async ()
     assert.equal(await page.getByTestId('node-row').count(), 50);
     await shot(page, 'overview-50');
     // the first load is cold (nothing cached, the server's code paths not yet compiled); the
-    // budget is for the page as users meet it again and again: the median of the other four
+    // budget is for the page as users meet it again and again: the median of the other eight
+    // (several, spread over seconds, so a burst of other work on a shared machine does not decide it)
     const warm = times.slice(1).sort((x, y) => x - y);
-    const median = (warm[1]! + warm[2]!) / 2;
+    const median = (warm[3]! + warm[4]!) / 2;
     console.log(`# overview with 50 nodes: rendered ${times.map((t) => t.toFixed(0)).join(', ')} ms after navigation start (first cold); median warm ${median.toFixed(0)} ms`);
     assert.ok(median < 1000, `rendered in ${times.join(', ')} ms`);
     assert.deepEqual(errors, []);
