@@ -142,24 +142,32 @@ test("kill an instance's process: the page shows it Unhealthy, then recovered", 
   await admin.goto(`${b.url}/ui/#/nodes/${nodeId}`);
   await nodeStatus(admin).and(admin.locator('[data-status=Healthy]')).waitFor();
   const before = (await b.request('GET', `/v1/nodes/${nodeId}`)).body.instances[0];
-  // the page keeps every status it showed, so a short Unhealthy spell is not missed between checks
+  // the page keeps every status it showed (node badge and instance row), so a short spell is
+  // not missed between checks; an instance restart can take under a second on a quiet machine
   // (a string: tsx would wrap a named function inside a callback with a helper the page lacks)
   await admin.evaluate(`(() => {
     const seen = window.seen = [];
     const record = () => {
-      const s = document.querySelector('[data-testid=node-page] > .row .badge')?.getAttribute('data-status');
-      if (s && seen[seen.length - 1] !== s) seen.push(s);
+      const n = document.querySelector('[data-testid=node-page] > .row .badge')?.getAttribute('data-status');
+      const i = [...document.querySelectorAll('[data-testid=instance-row]')].map((r) => r.getAttribute('data-status')).join('+');
+      const s = n + '/' + i;
+      if (n && seen[seen.length - 1] !== s) seen.push(s);
     };
     new MutationObserver(record).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
     record();
   })()`);
   process.kill(before.pid, 'SIGKILL');
-  await admin.waitForFunction(() => (window as unknown as { seen: string[] }).seen.includes('Unhealthy'), undefined, { timeout: 30_000 });
+  // out of service, live: the node Unhealthy or its instance no longer Healthy (restarting)
+  await admin.waitForFunction(() => (window as unknown as { seen: string[] }).seen.some((s) => s.startsWith('Unhealthy/') || !s.endsWith('/Healthy')),
+    undefined, { timeout: 30_000 });
   await shot(admin, 'node-unhealthy');
   await admin.waitForFunction(() => {
     const seen = (window as unknown as { seen: string[] }).seen;
-    return seen.indexOf('Unhealthy') >= 0 && seen.lastIndexOf('Healthy') > seen.indexOf('Unhealthy');
+    const out = seen.findIndex((s) => s.startsWith('Unhealthy/') || !s.endsWith('/Healthy'));
+    return out >= 0 && seen.lastIndexOf('Healthy/Healthy') > out;
   }, undefined, { timeout: 60_000 });
+  const seenLive = await admin.evaluate(() => (window as unknown as { seen: string[] }).seen);
+  console.log(`# statuses the page showed after the kill: ${seenLive.join(' → ')}`);
   const row = admin.locator('[data-testid=instance-row][data-status=Healthy]').first();
   await row.waitFor();
   const after = (await b.request('GET', `/v1/nodes/${nodeId}`)).body.instances[0];
