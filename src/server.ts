@@ -32,6 +32,7 @@ import { AliasTable } from './aliases/table.js';
 import { RoutingTable } from './gateway/routing-table.js';
 import { Sandbox } from './sandbox/sandbox.js';
 import { UsageRecorder } from './usage/recorder.js';
+import { registerDashboard } from './ui/plugin.js';
 
 export interface RunningBerth {
   url: string;
@@ -166,7 +167,9 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }] };
   });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
-  registerApi(app, { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage });
+  const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
+  registerApi(app, apiDeps);
+  const dashboard = registerDashboard(app, apiDeps); // /ui, GET /v1/watch, metrics history (src/ui/)
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
   await controller.start();
@@ -207,6 +210,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const close = (): Promise<void> => {
     closing ??= (async () => {
       const deadline = Date.now() + config.drainSeconds * 1000;
+      dashboard.close(); // watch streams end first: the pages reconnect to whichever server comes next
       // every gateway stops taking calls and lets running ones finish; instances stop only then
       if (gatewayCluster) await gatewayCluster.drain(deadline);
       else await plane!.drain(deadline);

@@ -68,6 +68,9 @@ export const ERRORS = {
   SHUTTING_DOWN: { http: 503, grpc: 'UNAVAILABLE' },
   // logs?follow=true: the cap on connected followers is reached
   TOO_MANY_FOLLOWERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
+  // the dashboard: the cap on open GET /v1/watch streams; /ui asked of a package built without it
+  TOO_MANY_WATCHERS: { http: 429, grpc: 'RESOURCE_EXHAUSTED' },
+  UI_NOT_BUILT: { http: 503, grpc: 'UNAVAILABLE' },
   // the front door's connection cap is reached and every connection is busy
   SERVER_BUSY: { http: 503, grpc: 'UNAVAILABLE' },
   // a gateway worker could not relay a control-API request to the primary process

@@ -136,5 +136,17 @@ export class Metrics {
     const counts = new Map<string, number>();
     for (const s of statuses) counts.set(s, (counts.get(s) ?? 0) + 1);
     for (const s of INSTANCE_STATUSES) this.instances.labels(nodeId, s).set(counts.get(s) ?? 0);
+    for (const fn of this.statusListeners) fn(nodeId, statuses);
+  }
+
+  private readonly statusListeners = new Set<(nodeId: string, statuses: readonly InstanceStatus[]) => void>();
+
+  /**
+   * Called after every reconcile of a node with its instances' statuses (changed or not): the
+   * dashboard's stream pushes a change at once instead of at its next tick.
+   */
+  onInstanceStatuses(fn: (nodeId: string, statuses: readonly InstanceStatus[]) => void): () => void {
+    this.statusListeners.add(fn);
+    return () => { this.statusListeners.delete(fn); };
   }
 }
