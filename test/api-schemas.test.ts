@@ -117,9 +117,9 @@ test('/openapi.json is valid OpenAPI, every route has request and response schem
     const codes = Object.keys(op.responses);
     const ok = codes.filter((c) => c.startsWith('2'));
     assert.equal(ok.length, 1, `${where}: one success answer, got ${codes}`);
-    // JSON, or a text answer (node.proto, the Swagger UI pages) declared with its media type
+    // JSON, or a text answer (node.proto, the Swagger UI pages, the watch stream) declared with its media type
     const media = Object.entries(op.responses[ok[0]!].content ?? {}) as Array<[string, Json]>;
-    assert.ok(media.length > 0 && media.every(([type, m]) => m.schema && /^(application\/json|text\/(plain|html))$/.test(type)), `${where}: a schema per media type for ${ok[0]}: ${JSON.stringify(media)}`);
+    assert.ok(media.length > 0 && media.every(([type, m]) => m.schema && /^(application\/json|text\/(plain|html|event-stream))$/.test(type)), `${where}: a schema per media type for ${ok[0]}: ${JSON.stringify(media)}`);
     assert.ok(codes.includes('500'), `${where}: 500 declared`);
     assert.equal(codes.includes('401'), !isPublic(op), `${where}: 401 declared unless public`);
     for (const c of codes.filter((x) => x.startsWith('4') || x.startsWith('5'))) {
@@ -147,7 +147,7 @@ test('/openapi.json is valid OpenAPI, every route has request and response schem
   assert.ok(size < 200_000, `openapi.json is ${size} bytes`);
   // the node spec as sent documents its defaults and bounds
   const cellIn = doc.components.schemas.CellNodeSpecIn as Json;
-  assert.deepEqual(cellIn.properties.scaling.properties.minInstances, { type: 'integer', minimum: 1, maximum: 64, default: 1 });
+  assert.deepEqual(cellIn.properties.scaling.properties.minInstances, { type: 'integer', minimum: 0, maximum: 64, default: 1, description: '0: scale to zero when idle, calls held while an instance starts (docs/scaling.md)' });
   assert.equal(cellIn.properties.timeout.default, 60);
 });
 
@@ -233,7 +233,7 @@ test('checkpoints and secrets: run, upload, get, pin, delete and their refusals'
 });
 
 test('nodes: create, get, list, update, revisions, rollback, suspend/resume, logs and their refusals', async () => {
-  await call('POST', '/v1/nodes', '/v1/nodes', 400, { ...NODE, scaling: { minInstances: 0 } }, 'editorB');
+  await call('POST', '/v1/nodes', '/v1/nodes', 400, { ...NODE, scaling: { minInstances: -1 } }, 'editorB');
   await call('POST', '/v1/nodes', '/v1/nodes', 403, NODE, 'viewerB');
   await call('POST', '/v1/nodes', '/v1/nodes', 404, { ...NODE, checkpointId: 'no-such-model' }, 'editorB');
   await call('POST', '/v1/nodes', '/v1/nodes', 404, { ...NODE, folderId: 'team-a' }, 'editorA'); // team-b's checkpoint from team-a
@@ -268,6 +268,10 @@ test('nodes: create, get, list, update, revisions, rollback, suspend/resume, log
   const revs = await call('GET', `/v1/nodes/${node.id}/revisions`, '/v1/nodes/{ref}/revisions', 200, undefined, 'viewerB');
   assert.deepEqual(revs.revisions.map((r: Json) => r.revision), [2, 1]);
   await call('GET', `/v1/nodes/${node.id}/revisions`, '/v1/nodes/{ref}/revisions', 404, undefined, 'editorA');
+  const events = await call('GET', `/v1/nodes/${node.id}/events?limit=5`, '/v1/nodes/{ref}/events', 200, undefined, 'viewerB');
+  assert.ok(Array.isArray(events.events));
+  await call('GET', `/v1/nodes/${node.id}/events?limit=0`, '/v1/nodes/{ref}/events', 400, undefined, 'viewerB');
+  await call('GET', `/v1/nodes/${node.id}/events`, '/v1/nodes/{ref}/events', 404, undefined, 'editorA');
   await call('POST', `/v1/nodes/${node.id}:rollback`, '/v1/nodes/{action}', 404, { revision: 99 }, 'editorB');
   await call('POST', `/v1/nodes/${node.id}:rollback`, '/v1/nodes/{action}', 400, { revision: 'one' }, 'editorB');
   await call('POST', `/v1/nodes/${node.id}:rollback`, '/v1/nodes/{action}', 403, {}, 'viewerB');
@@ -330,6 +334,21 @@ test('contracts, typed variables and usage: documents, .proto, Swagger UI pages,
   const mismatch = await call('PATCH', `/v1/aliases/${alias.name}`, '/v1/aliases/{name}', 409, { backends: [{ nodeId: node.id }, { nodeId: typed.id }] }, 'editorB');
   assert.equal(mismatch.code, 'CONTRACT_MISMATCH');
   assert.equal(mismatch.details.field, 'backends[1].nodeId');
+  // the dashboard's chart history (an hour per node and alias) and its live stream
+  const hist = await call('GET', `/v1/nodes/${node.id}/metrics`, '/v1/nodes/{ref}/metrics', 200, undefined, 'viewerB');
+  assert.equal(hist.nodeId, node.id);
+  await call('GET', `/v1/nodes/${node.id}/metrics?since=yesterday`, '/v1/nodes/{ref}/metrics', 400, undefined, 'viewerB');
+  await call('GET', `/v1/nodes/${node.id}/metrics`, '/v1/nodes/{ref}/metrics', 404, undefined, 'editorA');
+  assert.equal((await call('GET', `/v1/aliases/${alias.name}/metrics`, '/v1/aliases/{name}/metrics', 200, undefined, 'viewerB')).aliasName, alias.name);
+  await call('GET', `/v1/aliases/${alias.name}/metrics`, '/v1/aliases/{name}/metrics', 404, undefined, 'editorA');
+  const stop = new AbortController();
+  const stream = await fetch(`${b.url}/v1/watch`, { headers: as('viewerB'), signal: stop.signal });
+  const first = await stream.body!.getReader().read();
+  stop.abort();
+  checkAnswer('GET', '/v1/watch', stream.status, Buffer.from(first.value ?? []).toString(), stream.headers.get('content-type') ?? '');
+  assert.equal(stream.status, 200);
+  await call('GET', '/v1/watch', '/v1/watch', 401, undefined, { authorization: 'Bearer brt_unknown' });
+
   await call('DELETE', `/v1/aliases/${alias.name}`, '/v1/aliases/{name}', 200, undefined, 'editorB');
 
   // the Swagger UI pages: public HTML (what they load is authorized, above)

@@ -492,6 +492,30 @@ export const Usage = Type.Object({
   groupBy: StringEnum(USAGE_GROUP_BY),
   rows: Type.Array(Type.Ref(UsageRow)),
 }, { $id: 'Usage', description: 'What the folders used over [from, to), by node and preset, folder or day' });
+// ---------------------------------------------------------------------------------------------
+// the dashboard's chart history (src/ui/history.ts)
+
+const MetricsPoint = Type.Object({
+  t: Type.Number({ description: 'unix ms of the sample' }),
+  rps: Type.Number({ description: 'calls per second' }),
+  errors: Type.Record(Type.String(), Type.Number(), { description: 'error answers per second by code (`http 503`, `grpc 14`)' }),
+  p50: Type.Union([Type.Number(), Type.Null()], { description: 'latency percentile in ms over the interval (null: no calls)' }),
+  p90: Type.Union([Type.Number(), Type.Null()]),
+  p99: Type.Union([Type.Number(), Type.Null()]),
+  instances: Opt(Type.Record(Type.String(), Type.Number(), { description: 'instances per status (nodes only)' })),
+}, { $id: 'MetricsPoint' });
+const historyProps = {
+  sampleSeconds: Type.Number({ description: 'seconds between samples' }),
+  keepSeconds: Type.Number({ description: 'how far back the history goes' }),
+  points: Type.Array(Type.Ref(MetricsPoint)),
+};
+export const NodeMetricsHistory = Type.Object({ nodeId: Type.String(), ...historyProps }, { $id: 'NodeMetricsHistory' });
+export const AliasMetricsHistory = Type.Object({
+  aliasName: Type.String(), ...historyProps,
+  backends: Type.Record(Type.String(), Type.Array(Type.Ref(MetricsPoint)), { description: 'each backend node\'s points (the live split)' }),
+}, { $id: 'AliasMetricsHistory' });
+export const historyQuery = { since: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)?$', description: 'only points after this unix ms' }) };
+
 export const usageQuery = {
   folder: Type.String({ pattern: FOLDER_PATTERN, description: 'one folder (default: every folder the token may read)' }),
   folderId: Type.String({ pattern: FOLDER_PATTERN, description: 'the same as folder (name it once)' }),
@@ -522,7 +546,7 @@ const SHARED: TSchema[] = [
   Instance, Rollout, CellNode, ImageNode, Node, NodeList, NodeDeleted, NodeUpdatePlan, NodeRevisions, NodeEvents, NodeLogs,
   MirrorStatus, Alias, AliasList, AliasDeleted, AliasSpecIn, AliasPatch,
   Secret, SecretList, SecretDeleted, SecretCreate, Quota, QuotaPatch, FolderInfo, AuditEntry, AuditLog,
-  UsageRow, Usage, NodeContract,
+  UsageRow, Usage, NodeContract, MetricsPoint, NodeMetricsHistory, AliasMetricsHistory,
 ];
 
 // ---------------------------------------------------------------------------------------------

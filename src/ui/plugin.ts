@@ -12,6 +12,7 @@ import { BerthError, invalidArgument } from '../core/errors.js';
 import type { AliasRecord, NodeRecord, TokenRecord } from '../core/types.js';
 import type { ApiDeps } from '../api/deps.js';
 import { MetricsHistory, SAMPLE_MS, KEEP_MS, type Point } from './history.js';
+import { AliasMetricsHistory, NodeMetricsHistory, errors, historyQuery, params, query, ref, route, textAnswer } from '../api/schemas.js';
 
 /** Where `npm run build` puts the page (ui/vite.config.ts); dist/ui itself holds this plugin compiled. */
 export const UI_DIST = resolve(import.meta.dirname, '../../dist/ui/app');
@@ -155,14 +156,20 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     return n;
   };
   app.get<{ Params: { ref: string }; Querystring: { since?: string } }>('/v1/nodes/:ref/metrics', {
-    schema: { tags: ['nodes'], summary: "A node's calls/s, errors by code, latency percentiles and instances over the last hour (the dashboard's charts)" },
+    schema: route({
+      tags: ['nodes'], summary: "A node's calls/s, errors by code, latency percentiles and instances over the last hour (the dashboard's charts)",
+      params: params({ ref: 'node id or name' }), querystring: query(historyQuery), response: { 200: ref(NodeMetricsHistory), ...errors(400, 404) },
+    }),
   }, async (req) => {
     const since = sinceParam(req.query.since);
     const n = await findNode(req.params.ref, req.token);
     return { nodeId: n.id, sampleSeconds: SAMPLE_MS / 1000, keepSeconds: KEEP_MS / 1000, points: history.get('node', n.id, since) };
   });
   app.get<{ Params: { name: string }; Querystring: { since?: string } }>('/v1/aliases/:name/metrics', {
-    schema: { tags: ['aliases'], summary: "An alias's calls/s, errors, latency percentiles over the last hour, and its backends' (the live split)" },
+    schema: route({
+      tags: ['aliases'], summary: "An alias's calls/s, errors, latency percentiles over the last hour, and its backends' (the live split)",
+      params: params({ name: 'alias name or id' }), querystring: query(historyQuery), response: { 200: ref(AliasMetricsHistory), ...errors(400, 404) },
+    }),
   }, async (req) => {
     const since = sinceParam(req.query.since);
     const a = (await deps.store.listAliases()).find((x) => x.spec.name === req.params.name || x.id === req.params.name);
@@ -190,7 +197,10 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
   // every node and alias it sees. The page never polls.
   let watchers = 0;
   app.get('/v1/watch', {
-    schema: { tags: ['meta'], summary: 'Server-sent events: nodes, aliases and their metrics as they change, for the folders this token may read' },
+    schema: route({
+      tags: ['meta'], summary: 'Server-sent events: nodes, aliases and their metrics as they change, for the folders this token may read',
+      response: { 200: textAnswer('text/event-stream', 'events `nodes`, `aliases`, `metrics` (JSON data) until the caller leaves'), ...errors(503) },
+    }),
   }, async (req, reply) => {
     if (watchers >= MAX_WATCHERS) {
       throw new BerthError('TOO_MANY_WATCHERS', `${MAX_WATCHERS} watch streams are open already; try again later`, { limit: MAX_WATCHERS }, { 'retry-after': '5' });
