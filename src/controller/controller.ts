@@ -565,6 +565,8 @@ export class Controller implements InstanceEvents {
   private publish(node: NodeState): void {
     this.publishAll();
     this.updateNodeStatus(node);
+    // statuses too, at once: a crashed instance restarts (forked) within ~100 ms, before the next reconcile reports
+    this.metrics.setInstanceStatuses(node.id, [...node.instances.values()].map((i) => i.status));
   }
 
   /** Every live node with its Healthy instances, as one new immutable snapshot. */
