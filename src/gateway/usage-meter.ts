@@ -2,9 +2,8 @@
 // drained in batches: by the usage recorder every few seconds with one gateway, or by a
 // gateway worker into the load reports it sends the primary anyway. A call only bumps three
 // numbers in a cell it finds by node id: no allocation, no I/O, nothing crosses processes.
-import type { Resources } from '../core/types.js';
+import type { NodeSpec, Resources } from '../core/types.js';
 import { usagePreset, type CallUsage } from '../routing/usage.js';
-import type { NodeRoute } from './routing-table.js';
 
 interface Cell extends CallUsage {
   /** The resources object the preset was computed from (a spec change brings a new one). */
@@ -13,13 +12,16 @@ interface Cell extends CallUsage {
   idle: number;
 }
 
+/** What the meter needs of a node's route (the routing table's NodeRoute has it). */
+type Metered = { readonly id: string; readonly spec: NodeSpec };
+
 export class CallMeter {
   private readonly cells = new Map<string, Cell>();
   /** Cells replaced while holding counts (the node's folder or preset changed): drained once more. */
   private retired: Cell[] = [];
 
   /** One call that reached an instance of `route`: `bytesIn` sent to it, `bytesOut` answered. */
-  add(route: NodeRoute, bytesIn: number, bytesOut: number): void {
+  add(route: Metered, bytesIn: number, bytesOut: number): void {
     let c = this.cells.get(route.id);
     const resources = route.spec.resources;
     if (c === undefined || c.resources !== resources || c.folderId !== route.spec.folderId) c = this.replace(route, c);
@@ -29,7 +31,7 @@ export class CallMeter {
   }
 
   /** Made once per node (and again after a spec change or an idle spell), never per call. */
-  private replace(route: NodeRoute, old: Cell | undefined): Cell {
+  private replace(route: Metered, old: Cell | undefined): Cell {
     if (old !== undefined && old.calls > 0) this.retired.push(old);
     const resources = route.spec.resources;
     const c: Cell = { nodeId: route.id, folderId: route.spec.folderId, preset: usagePreset(resources), resources, calls: 0, bytesIn: 0, bytesOut: 0, idle: 0 };
