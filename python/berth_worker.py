@@ -117,25 +117,6 @@ def _safe_str(value) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _json_type(value) -> str:
-    """The JSON name of a decoded JSON value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
 # ---------------------------------------------------------------------------
 # Input/output typing (berth_types.py has the types and their conversions)
 
@@ -374,7 +355,7 @@ class Worker:
             raise _Invalid("the request must be a JSON object", {})
         given = request.get("input", {})
         if not isinstance(given, dict):
-            raise _Invalid(f'"input" must be an object, got {_json_type(given)}', {})
+            raise _Invalid(f'"input" must be an object, got {berth_types.json_type(given)}', {})
         fmt = request.get("ndarray_format", "list")
         if fmt not in NDARRAY_FORMATS:
             raise _Invalid(f'"ndarray_format" must be "list" or "base64", got {fmt!r}', {"field": "ndarray_format"})
@@ -392,7 +373,7 @@ class Worker:
                 values[name] = berth_types.convert_input(parsed, value)
             except berth_types.Invalid as exc:
                 raise _Invalid(f'input "{name}" {exc.args[0]}',
-                               {"variable": name, "expected": type_, "actual": _json_type(value)}) from None
+                               {"variable": name, "expected": type_, "actual": berth_types.json_type(value)}) from None
         if len(given) != used:
             unknown = sorted(k for k in given if k not in self.input_names)
             raise _Invalid(f'unknown input "{unknown[0]}"', {"variable": unknown[0], "declared": sorted(self.input_names)})
