@@ -33,6 +33,8 @@ import { RoutingTable } from './gateway/routing-table.js';
 import { Sandbox } from './sandbox/sandbox.js';
 import { UsageRecorder } from './usage/recorder.js';
 import { registerDashboard } from './ui/plugin.js';
+import { PeerBus } from './peers/bus.js';
+import { Peering, peerEvents } from './peers/peering.js';
 
 export interface RunningBerth {
   url: string;
@@ -76,7 +78,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   for (const w of sandbox.warnings) console.error(`[berth] WARNING: ${w}`);
   const left = await sandbox.cleanLeftovers();
   if (left.processes || left.cgroups) console.error(`[berth] ended ${left.processes} process(es) in ${left.cgroups} sandbox(es) left by an earlier run`);
-  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox);
+  // a PostgreSQL store can be shared by several Berth servers: one leads (runs the controller),
+  // every one serves (src/peers/); their containers belong to the cluster, not to one home
+  const bus = config.store && /^postgres(ql)?:\/\//.test(config.store) ? await PeerBus.connect(config.store) : null;
+  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, bus ? `berth-cluster:${bus.clusterId}` : undefined);
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   const store = new SqliteStore(join(config.home, 'berth.db'));
@@ -99,10 +104,29 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const faults = process.env.BERTH_FAULTS === '1';
   // one gateway in this process, or N gateway workers (cluster/primary.ts) that serve the port
   // while this process keeps the controller, the store and the control API
-  const clustered = config.gatewayWorkers > 1;
-  const routes = clustered ? null : new RoutingTable(controller, config.maxResponseBytes);
+  // (not yet with a shared store: there this process is the one gateway of its server)
+  if (bus && config.gatewayWorkers > 1) console.error('[berth] WARNING: with a shared store one gateway process serves each server (--gateway-workers is not used yet)');
+  const clustered = config.gatewayWorkers > 1 && !bus;
+  const routes = clustered ? null : new RoutingTable(bus ? peerEvents(bus, controller) : controller, config.maxResponseBytes);
+  const peering = bus && routes ? new Peering({
+    bus, controller, routes, auth, aliases, store,
+    // this server took the lease: its controller adopts what the last leader ran
+    lead: async (sink) => {
+      await usage.load();
+      await controller.start();
+      usage.forgetLeftovers();
+      controller.attach(sink);
+      log.info({ component: 'peers', serverId: bus.serverId }, 'this server leads: controller started');
+    },
+    // another server may lead now: stop acting at once, then shut down (never two controllers)
+    lost: (reason) => {
+      console.error(`[berth] ${reason}: this server stops (another one takes over)`);
+      void controller.stop(true).then(() => close()).finally(() => process.exit(3));
+    },
+  }) : null;
   let fastifyHandler!: (req: IncomingMessage, res: ServerResponse) => void;
-  const plane = routes ? await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: (req, res) => fastifyHandler(req, res) }) : null;
+  const localControl = (req: IncomingMessage, res: ServerResponse): void => fastifyHandler(req, res);
+  const plane = routes ? await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: peering ? peering.control(localControl) : localControl }) : null;
   // with workers, the control API listens on a unix socket only they (and this user) reach
   const controlSocket = join(config.home, 'control.sock');
   let controlServer: Server | null = null;
@@ -164,7 +188,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // which processes serve the port, and how fast routing snapshots reach them
   app.get('/v1/gateway', { schema: { hide: true } }, async (req) => {
     if (!Auth.isSuperAdmin(req.token)) throw new BerthError('PERMISSION_DENIED', '/v1/gateway needs an admin token on "*"', { needs: 'admin on *' });
-    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }] };
+    const servers = bus ? { servers: await bus.servers() } : {};
+    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }], ...servers };
   });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
@@ -172,8 +197,10 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const dashboard = registerDashboard(app, apiDeps); // /ui, GET /v1/watch, metrics history (src/ui/)
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
-  await controller.start();
-  usage.forgetLeftovers(); // what the last run left open and nobody adopted has stopped
+  if (!bus) {
+    await controller.start();
+    usage.forgetLeftovers(); // what the last run left open and nobody adopted has stopped
+  }
   usage.start();
   telemetry.start();
   await app.ready();
@@ -185,7 +212,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     chmodSync(controlSocket, 0o600);
     port = await gatewayCluster.start();
   } else {
-    controller.attach(routes!);
+    if (!peering) controller.attach(routes!);
     const front = plane!.door.server;
     await new Promise<void>((resolve, reject) => {
       front.once('error', reject);
@@ -203,6 +230,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       '!!! Use --tls-cert FILE --tls-key FILE, or bind 127.0.0.1 behind a TLS proxy.',
       '', ''].join('\n'));
   }
+  // with a shared store: join the other servers; the first one up leads before `berth up` says it is up
+  if (peering) await peering.start(config.advertiseUrl ?? url);
   // lets the CLI find this server without being told
   writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 
@@ -215,8 +244,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       if (gatewayCluster) await gatewayCluster.drain(deadline);
       else await plane!.drain(deadline);
       telemetry.stop();
+      peering?.stop();
       routes?.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
-      await controller.stop();
+      // with a shared store, containers stay up for whichever server leads next to adopt
+      await controller.stop(bus !== null && runtime.name !== 'process');
+      await bus?.close(); // frees the lease at once
       await runtime.close?.(); // fork templates, once their instances are gone
       await usage.stop(); // the instances have stopped (their time is final) and the gateways drained
       await plane?.close();

@@ -5,13 +5,13 @@
 // arrive here are relayed, as they are, to the primary's unix socket in BERTH_HOME (mode
 // 0600), which answers them with the same fastify app as with one process.
 import { readFileSync } from 'node:fs';
-import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import { Metrics } from '../core/metrics.js';
 import { AliasTable } from '../aliases/table.js';
 import { RoutingTable } from '../gateway/routing-table.js';
-import { createDataPlane, controlUnavailable } from '../gateway/data-plane.js';
+import { createDataPlane } from '../gateway/data-plane.js';
+import { relayControl } from './relay.js';
 import { installProcessGuards } from '../gateway/last-resort.js';
 import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
 
@@ -21,8 +21,6 @@ const REPORT_MS = 20;
 const MIRROR_REPORT_MS = 250;
 /** Calls and bytes served (usage accounting) ride on a load report this often, when there are any. */
 const USAGE_REPORT_MS = 1000;
-/** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
-const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
 
 async function main(): Promise<void> {
   installProcessGuards();
@@ -45,7 +43,7 @@ async function main(): Promise<void> {
     held: (nodeId) => send({ t: 'held', nodeId }),
   }, config.maxResponseBytes);
   const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
-  const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayTo(boot.controlSocket) });
+  const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayControl(() => ({ socketPath: boot.controlSocket })) });
 
   // ---- load reports: what the primary sums for the controller and moves session leases by ----
   let lastLoad = '';
@@ -138,32 +136,6 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => undefined);
   process.on('disconnect', () => process.exit(draining ? 0 : 1));
   send({ t: 'hello' });
-}
-
-/** Control-API requests, relayed unchanged to the primary over its unix socket. */
-function relayTo(socketPath: string): (req: IncomingMessage, res: ServerResponse) => void {
-  // no cap on relay sockets: the front door bounds connections, and a capped pool lets a few
-  // requests with bodies that never end hold up every other control request (health included)
-  const agent = new Agent({ keepAlive: true });
-  return (req, res) => {
-    const headers: OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers)) if (!k.startsWith(':') && !HOP.has(k) && v !== undefined) headers[k] = v;
-    const authority = req.headers[':authority'];
-    if (headers.host === undefined && typeof authority === 'string') headers.host = authority;
-    const up = httpRequest({ socketPath, method: req.method, path: req.url, headers, agent }, (answer) => {
-      const out: OutgoingHttpHeaders = {};
-      for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
-      res.writeHead(answer.statusCode ?? 502, out);
-      answer.pipe(res);
-      answer.on('error', () => res.destroy());
-    });
-    up.on('error', (err) => {
-      if (!res.headersSent) controlUnavailable(res, err.message);
-      else res.destroy();
-    });
-    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
-    req.pipe(up);
-  };
 }
 
 main().catch((err: unknown) => {

@@ -310,11 +310,15 @@ export class Controller implements InstanceEvents {
     return [...(this.nodes.get(nodeId)?.instances.keys() ?? [])];
   }
 
-  /** Stops every instance (shutdown). Records stay in the store; `start` brings them back. */
-  async stop(): Promise<void> {
+  /**
+   * Stops every instance (shutdown). Records stay in the store; `start` brings them back.
+   * `handOver`: leave them running for the next controller to adopt (servers sharing a store).
+   */
+  async stop(handOver = false): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     if (this.sampler) clearInterval(this.sampler);
+    if (handOver) return;
     const all: Promise<void>[] = [];
     for (const node of this.nodes.values()) {
       for (const inst of node.active()) all.push(this.stopInstance(node, inst, 'Berth stopping'));

@@ -57,6 +57,13 @@ export interface Config {
   checkpointRunQueue: number;
   /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
   gatewayWorkers: number;
+  /**
+   * Where resources are kept (`--store`, BERTH_STORE): null = SQLite in home (embedded default);
+   * a postgres:// URL = PostgreSQL, which several Berth servers can share (src/peers/).
+   */
+  store: string | null;
+  /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
+  advertiseUrl: string | null;
 }
 
 export const MB = 1024 * 1024;
@@ -141,6 +148,8 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
     // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
     gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
+    store: overrides.store !== undefined ? overrides.store : env.BERTH_STORE || null,
+    advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
   };
 }
 

@@ -56,6 +56,11 @@ export interface DockerRuntimeOptions {
   docker?: Docker;
   /** Caps of containers' logs (json-file driver) and of the archived copy. */
   logLimits?: LogLimits;
+  /**
+   * Whose containers these are (the berth.home label): the home by default; Berth servers
+   * sharing a PostgreSQL store share one owner, so whichever leads adopts the others' containers.
+   */
+  owner?: string;
 }
 
 class DockerInstance implements RuntimeInstance {
@@ -81,6 +86,7 @@ export class DockerRuntime implements Runtime {
   readonly name = 'docker';
   readonly supportsImages = true;
   private readonly home: string;
+  private readonly owner: string;
   private readonly logDir: string;
   private readonly runRoot: string;
   private readonly docker: Docker;
@@ -90,6 +96,7 @@ export class DockerRuntime implements Runtime {
 
   constructor(home: string, options: DockerRuntimeOptions = {}) {
     this.home = resolve(home);
+    this.owner = options.owner ?? this.home;
     this.logDir = join(this.home, 'logs');
     let runRoot = join(this.home, 'run');
     // <runRoot>/<20-char instance id>/worker.sock
@@ -154,7 +161,7 @@ export class DockerRuntime implements Runtime {
     const labels: Record<string, string> = {
       [LABEL.node]: spec.nodeId,
       [LABEL.instance]: spec.instanceId,
-      [LABEL.home]: this.home,
+      [LABEL.home]: this.owner,
       [LABEL.kind]: w.kind,
       [LABEL.revision]: String(spec.revision),
     };
@@ -246,13 +253,13 @@ export class DockerRuntime implements Runtime {
   }
 
   async list(): Promise<RuntimeInstance[]> {
-    const infos = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL.home}=${this.home}`] } });
+    const infos = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL.home}=${this.owner}`] } });
     const out: RuntimeInstance[] = [];
     for (const info of infos) {
       const labels = info.Labels ?? {};
       const nodeId = labels[LABEL.node];
       const instanceId = labels[LABEL.instance];
-      if (!nodeId || !instanceId || labels[LABEL.home] !== this.home) continue;
+      if (!nodeId || !instanceId || labels[LABEL.home] !== this.owner) continue;
       const known = this.tracked.get(instanceId);
       if (known) { if (info.State === 'running') out.push(known.instance); continue; }
       const container = this.docker.getContainer(info.Id);
@@ -308,7 +315,7 @@ export class DockerRuntime implements Runtime {
     for (const [id, t] of this.tracked) if (t.instance.nodeId === nodeId) ids.add(id);
     try {
       const infos = await this.docker.listContainers({
-        all: true, filters: { label: [`${LABEL.home}=${this.home}`, `${LABEL.node}=${nodeId}`] },
+        all: true, filters: { label: [`${LABEL.home}=${this.owner}`, `${LABEL.node}=${nodeId}`] },
       });
       for (const info of infos) {
         const id = info.Labels?.[LABEL.instance];
@@ -343,7 +350,7 @@ export class DockerRuntime implements Runtime {
       throw new Error(`inspect ${name}: ${errorText(err)}`);
     }
     const owner = info.Config?.Labels?.[LABEL.home];
-    if (owner !== this.home) {
+    if (owner !== this.owner) {
       throw new Error(`a container named ${name} already exists and does not belong to this Berth (home ${owner ?? 'unlabelled'})`);
     }
     await this.removeContainer(this.docker.getContainer(info.Id));
@@ -490,7 +497,7 @@ export class DockerRuntime implements Runtime {
       const c = this.docker.getContainer(name);
       const info = await c.inspect();
       const labels = info.Config?.Labels ?? {};
-      if (labels[LABEL.home] !== this.home || labels[LABEL.node] !== nodeId) return '';
+      if (labels[LABEL.home] !== this.owner || labels[LABEL.node] !== nodeId) return '';
       return demux(await c.logs({ stdout: true, stderr: true, follow: false, tail: Math.max(1, lines) }));
     } catch {
       return '';

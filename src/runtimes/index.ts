@@ -8,11 +8,14 @@ import type { Sandbox } from '../sandbox/sandbox.js';
 export type RuntimeName = 'process' | 'docker';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker'];
 
-/** `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent. */
-export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox): Runtime {
+/**
+ * `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent.
+ * `owner`: whose instances these are, when several Berth servers share a store (container runtimes).
+ */
+export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, owner?: string): Runtime {
   switch (name) {
     case 'process': return new ProcessRuntime(home, logLimits, sandbox);
-    case 'docker': return new DockerRuntime(home, { logLimits });
+    case 'docker': return new DockerRuntime(home, { logLimits, ...(owner ? { owner } : {}) });
     default: throw new Error(`unknown runtime ${JSON.stringify(name)}: use ${RUNTIME_NAMES.join(' or ')}`);
   }
 }

@@ -8,7 +8,7 @@ import type { CheckpointList, NodeList } from '../views.js';
 interface UpOptions {
   host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
   logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
-  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string;
+  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string; store?: string; advertiseUrl?: string;
 }
 
 export function registerServer(cli: Command): void {
@@ -33,6 +33,8 @@ export function registerServer(cli: Command): void {
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
     .option('--gateway-workers <n>', 'gateway processes serving the port, e.g. the number of cores (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
+    .option('--store <url>', 'keep resources in PostgreSQL (postgres://…), shared by every Berth server on it (default: SQLite in the home, or $BERTH_STORE)')
+    .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
@@ -55,6 +57,7 @@ export function registerServer(cli: Command): void {
         ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
         ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
         ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: positive('--gateway-workers', o.gatewayWorkers) } : {}),
+        ...(o.store !== undefined ? { store: o.store } : {}), ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}),
       });
       if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
         console.error(`berth: --gateway-workers takes a whole number from 1 to 256, got ${config.gatewayWorkers}`); process.exit(2);

@@ -1,0 +1,49 @@
+// Control-API requests relayed, as they are, to the process that answers them: a gateway
+// worker relays to its primary's unix socket; a follower Berth server (src/peers/) to the
+// leader's URL. The caller's token travels unchanged and is checked where the request is
+// answered; only connection-level headers are dropped.
+import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import { controlUnavailable } from '../gateway/data-plane.js';
+
+/** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
+const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
+
+/** Where to relay to, asked per request (a new leader's URL is used at once); null: nobody answers now (503). */
+export type RelayTarget = { socketPath: string } | { url: string } | { unavailable: string };
+
+export function relayControl(target: () => RelayTarget): (req: IncomingMessage, res: ServerResponse) => void {
+  // no cap on relay sockets: the front door bounds connections, and a capped pool lets a few
+  // requests with bodies that never end hold up every other control request (health included)
+  const agent = new Agent({ keepAlive: true });
+  const tlsAgent = new HttpsAgent({ keepAlive: true });
+  return (req, res) => {
+    const to = target();
+    if ('unavailable' in to) return void controlUnavailable(res, to.unavailable);
+    const headers: OutgoingHttpHeaders = {};
+    for (const [k, v] of Object.entries(req.headers)) if (!k.startsWith(':') && !HOP.has(k) && v !== undefined) headers[k] = v;
+    const authority = req.headers[':authority'];
+    if (headers.host === undefined && typeof authority === 'string') headers.host = authority;
+    const onAnswer = (answer: IncomingMessage): void => {
+      const out: OutgoingHttpHeaders = {};
+      for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
+      res.writeHead(answer.statusCode ?? 502, out);
+      answer.pipe(res);
+      answer.on('error', () => res.destroy());
+    };
+    let up;
+    if ('socketPath' in to) {
+      up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent }, onAnswer);
+    } else {
+      const u = new URL(to.url);
+      const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
+      up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: tlsAgent }, onAnswer) : httpRequest({ ...options, agent }, onAnswer);
+    }
+    up.on('error', (err) => {
+      if (!res.headersSent) controlUnavailable(res, err.message);
+      else res.destroy();
+    });
+    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
+    req.pipe(up);
+  };
+}

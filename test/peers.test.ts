@@ -1,0 +1,146 @@
+// Several Berth servers on one PostgreSQL (src/peers/): two real `berth up` processes with their
+// own homes and ports share a fresh database and one Docker daemon. Both answer for the same
+// nodes; a change made on one takes effect on the other; the leader killed with SIGKILL under
+// load: the other takes the lease within 5 s, adopts the running containers (no instance
+// restarted) and its calls keep being served.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from './helpers.js';
+import { dockerProblem, removeContainersOfHome } from './docker-support.js';
+import { buildTestImages, testImage } from './images/index.js';
+import { freshDatabase, pgProblem, type TestDatabase } from './pg-support.js';
+
+let a: Berth;
+let b: Berth;
+let db: TestDatabase;
+let skip: string | null = null;
+const homes = [tempHome(), tempHome()];
+
+const ECHO = {
+  kind: 'image', image: testImage('http-echo'),
+  endpoint: { port: 8080, protocol: 'http', timeout: 10 },
+  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
+};
+
+before(async () => {
+  skip = (await dockerProblem()) ?? (await pgProblem());
+  if (skip) {
+    if (process.env.CI) throw new Error(`CI must have Docker and PostgreSQL: ${skip}`);
+    return;
+  }
+  await buildTestImages(['http-echo']);
+  db = await freshDatabase();
+  const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' };
+  a = await startBerth(homes[0], env);
+  b = await startBerth(homes[1], env); // joins after A: A leads
+});
+
+after(async () => {
+  await b?.stop().catch(() => undefined);
+  await a?.stop().catch(() => undefined);
+  // the servers' containers belong to the cluster (its id is in the database), not to a home
+  if (db) {
+    const c = new pg.Client({ connectionString: db.url });
+    await c.connect();
+    const id = (await c.query<{ cluster_id: string }>('SELECT cluster_id FROM peer_cluster').catch(() => ({ rows: [] }))).rows[0]?.cluster_id;
+    await c.end();
+    if (id) await removeContainersOfHome(`berth-cluster:${id}`).catch(() => undefined);
+    await db.drop();
+  }
+  for (const home of homes) removeHome(home);
+});
+
+/** A header-routed call through one server's gateway. */
+async function call(server: Berth, nodeId: string, path = '/'): Promise<number> {
+  const r = await fetch(server.url + path, { headers: { 'x-node-id': nodeId, 'x-folder-id': 'default', authorization: `Bearer ${server.token}` }, signal: AbortSignal.timeout(10_000) });
+  await r.arrayBuffer();
+  return r.status;
+}
+
+async function servers(server: Berth): Promise<Array<{ id: string; url: string; leader: boolean }>> {
+  const r = await server.request('GET', '/v1/gateway');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body.servers;
+}
+
+test('both servers answer for the same nodes; the first one up leads', async (t) => {
+  if (skip) return t.skip(skip);
+  const list = await servers(b); // relayed to the leader
+  assert.equal(list.length, 2);
+  assert.equal(list.find((s) => s.leader)?.url, a.url, 'A (up first) leads');
+  // created through B: relayed to A's control API, which runs the controller
+  const node = await createNode(b, { ...ECHO, name: 'both', scaling: { minInstances: 2, maxInstances: 2 } });
+  // B's gateway learns the node from A's snapshot (LISTEN/NOTIFY)
+  await waitFor('B routes the node', async () => (await call(b, node.id)) === 200, 5000, 20);
+  assert.equal(await call(a, node.id), 200);
+  for (let i = 0; i < 20; i++) assert.equal(await call(i % 2 ? a : b, node.id), 200);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+  await waitFor('B forgets the node', async () => (await call(b, node.id)) === 404, 5000, 20);
+});
+
+test('a token made on one server works on the other; revoked, it is refused on both within a second', async (t) => {
+  if (skip) return t.skip(skip);
+  const made = await b.request('POST', '/v1/tokens', { name: 'shared', roles: { default: 'viewer' } });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const token = made.body.token as string;
+  const asIt = (s: Berth): Promise<number> => fetch(s.url + '/v1/nodes?folderId=default', { headers: { authorization: `Bearer ${token}` } }).then((r) => r.status);
+  await waitFor('the token works on both', async () => (await asIt(a)) === 200 && (await asIt(b)) === 200, 2000, 20);
+  // B's own admin token (made when B started) is valid on the leader too
+  assert.equal((await b.request('GET', '/v1/nodes?folderId=default')).status, 200);
+  const revokedAt = Date.now();
+  assert.equal((await a.request('DELETE', `/v1/tokens/${made.body.id}`)).status, 200);
+  await waitFor('refused on both', async () => (await asIt(a)) === 401 && (await asIt(b)) === 401, 1000, 10);
+  t.diagnostic(`revocation effective on both servers after ${Date.now() - revokedAt} ms`);
+});
+
+test('the leader killed under load: the other takes over within 5 s, adopts the instances, calls keep flowing', async (t) => {
+  if (skip) return t.skip(skip);
+  const node = await createNode(a, { ...ECHO, name: 'failover', scaling: { minInstances: 2, maxInstances: 2, sessionsPerInstance: 16 } });
+  await waitFor('B routes the node', async () => (await call(b, node.id)) === 200, 5000, 20);
+  const before = (await a.request('GET', `/v1/nodes/${node.id}`)).body;
+  const instances = before.instances.map((i: { id: string }) => i.id).sort();
+  assert.equal(instances.length, 2);
+
+  // bounded load through B: 4 callers for at most 12 s
+  let ok = 0;
+  const failures: string[] = [];
+  let stop = false;
+  const until = Date.now() + 12_000;
+  const load = Promise.all(Array.from({ length: 4 }, async () => {
+    while (!stop && Date.now() < until) {
+      try {
+        const status = await call(b, node.id, '/sleep?ms=10');
+        if (status === 200) ok++; else failures.push(`HTTP ${status}`);
+      } catch (err) { failures.push((err as Error).message); }
+    }
+  }));
+  await new Promise((r) => setTimeout(r, 1000));
+  const killedAt = Date.now();
+  a.proc.kill('SIGKILL');
+  const leads = await waitFor('B leads', async () => {
+    const r = await b.request('GET', '/v1/gateway').catch(() => null);
+    return r?.status === 200 && r.body.servers.find((s: { leader: boolean; url: string }) => s.leader && s.url === b.url) ? Date.now() : undefined;
+  }, 10_000, 50);
+  t.diagnostic(`B answered as leader ${leads - killedAt} ms after A was killed`);
+  assert.ok(leads - killedAt < 5000, `takeover within 5 s (${leads - killedAt} ms)`);
+  await new Promise((r) => setTimeout(r, 2000));
+  stop = true;
+  await load;
+  t.diagnostic(`${ok} calls through B, failed: ${JSON.stringify(failures)}`);
+  assert.deepEqual(failures, [], 'no call through the surviving server failed');
+  assert.ok(ok > 50, `calls flowed (${ok})`);
+
+  // the same instances, adopted: none restarted
+  const after = (await b.request('GET', `/v1/nodes/${node.id}`)).body;
+  assert.equal(after.status, 'Healthy');
+  assert.deepEqual(after.instances.map((i: { id: string }) => i.id).sort(), instances, 'the running instances were adopted, not replaced');
+  // and the new leader's controller acts: a change through B is carried out
+  const scaled = await b.request('PATCH', `/v1/nodes/${node.id}`, { scaling: { minInstances: 1, maxInstances: 1 } });
+  assert.ok(scaled.status === 200 || scaled.status === 202, JSON.stringify(scaled.body));
+  await waitFor('scaled to one', async () => {
+    const n = (await b.request('GET', `/v1/nodes/${node.id}`)).body;
+    return n.instances.filter((i: { status: string }) => i.status === 'Healthy').length === 1 && n.instances.length === 1;
+  }, 30_000);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
