@@ -2,6 +2,7 @@
 // as the current user (a superuser role of that name); a fresh database per test file, dropped after.
 import pg from 'pg';
 import { randomBytes } from 'node:crypto';
+import { userInfo } from 'node:os';
 
 const SOCKET_DIR = process.env.BERTH_TEST_PG_HOST ?? '/var/run/postgresql';
 
@@ -13,7 +14,7 @@ export interface TestDatabase {
 }
 
 function urlOf(db: string): string {
-  return `postgres:///${db}?host=${encodeURIComponent(SOCKET_DIR)}`;
+  return `postgres://${userInfo().username}@${encodeURIComponent(SOCKET_DIR)}/${db}`;
 }
 
 /** Why PostgreSQL cannot be used here, or null. */
