@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 /** Everything `berth up` can be told, from the environment or flags; embedded defaults otherwise. */
 export interface Config {
   home: string;              // BERTH_HOME: database, checkpoint blobs, instance logs, admin token
+  /** `--store` / BERTH_STORE: a postgres:// URL (servers sharing one database); null: SQLite in the home. */
+  store: string | null;
   host: string;
   port: number;
   python: string;            // default Python for checkpoints and cell instances
@@ -111,6 +113,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
   const env = process.env;
   return {
     home: resolve(overrides.home ?? defaultHome()),
+    store: overrides.store !== undefined ? overrides.store : env.BERTH_STORE || null,
     host: overrides.host ?? env.BERTH_HOST ?? '127.0.0.1',
     port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
     python: overrides.python ?? defaultPython(),

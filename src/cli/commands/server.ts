@@ -8,7 +8,7 @@ import type { CheckpointList, NodeList } from '../views.js';
 interface UpOptions {
   host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
   logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
-  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string;
+  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string; store?: string;
 }
 
 export function registerServer(cli: Command): void {
@@ -18,6 +18,7 @@ export function registerServer(cli: Command): void {
     .option('--host <host>', 'address to listen on', process.env.BERTH_HOST ?? '127.0.0.1')
     .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
     .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
+    .option('--store <url>', 'keep resources in PostgreSQL (postgres://user:pass@host/db), shared by every server using it (default: $BERTH_STORE, or SQLite in the home)')
     .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
     .option('--allow-python <path>', 'another interpreter nodes and checkpoint runs may name (repeat; default: only --python, or $BERTH_ALLOWED_PYTHONS)', collect)
     .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
@@ -37,6 +38,8 @@ export function registerServer(cli: Command): void {
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
       const { startBerth, checkPython } = await import('../../server.js');
+      const { storeProblem } = await import('../../store/index.js');
+      const { redactUrl } = await import('../../store/postgres.js');
       if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
       const positive = (flag: string, v: unknown): number => {
         const n = Number(v);
@@ -44,7 +47,7 @@ export function registerServer(cli: Command): void {
         return n;
       };
       const config = loadConfig({
-        host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
+        host: o.host, port: Number(o.port), ...(o.store !== undefined ? { store: o.store || null } : {}), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
         ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
         ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
         ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,
@@ -62,6 +65,8 @@ export function registerServer(cli: Command): void {
       for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
         if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
       }
+      const storeBad = storeProblem(config.store);
+      if (storeBad) { console.error(`berth: ${storeBad}`); process.exit(2); }
       const problem = checkPython(config.python);
       if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
       let berth;
@@ -71,7 +76,7 @@ export function registerServer(cli: Command): void {
         console.error(`berth: ${(err as Error).message}`);
         process.exit(2);
       }
-      console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
       console.log(`admin token: ${config.home}/admin-token`);
       let stopping = false;
       const stop = (signal: string): void => {
