@@ -81,6 +81,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   if (problem) throw new Error(problem);
   // SQLite in the home, or PostgreSQL (--store): migrated here; an unreachable database stops `berth up` now
   const { store, blobs } = await openStore(config);
+  // cached checkpoint files of checkpoints deleted meanwhile (by another server sharing the database)
+  if (blobs.pruneCache) await blobs.pruneCache(new Set((await store.listCheckpoints()).map((c) => c.id)));
   const auth = new Auth(store);
   await auth.load();
   await auth.ensureAdminToken(config.home);

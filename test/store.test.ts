@@ -524,6 +524,11 @@ function storeSuite(name: string, backend: Backend): void {
         const [p1, p2] = await Promise.all([b.blobs.materialize({ id, sha256 }), b.blobs.materialize({ id, sha256 })]);
         assert.equal(p1, p2);
         assert.deepEqual(readFileSync(p1), bytes);
+        // at start, cached files of checkpoints that no longer exist go; the others stay
+        writeFileSync(b.blobs.localPath('deleted-elsewhere'), 'x');
+        assert.equal(await b.blobs.pruneCache!(new Set([id])), 1);
+        assert.equal(existsSync(b.blobs.localPath('deleted-elsewhere')), false);
+        assert.equal(existsSync(p1), true);
         // a wrong expected hash: refused, nothing left where instances read
         const other = await target.open();
         try {
@@ -547,3 +552,15 @@ function storeSuite(name: string, backend: Backend): void {
 
 storeSuite('sqlite', sqlite);
 storeSuite('postgres', postgres);
+
+test('store URLs in messages: the password is never shown', async () => {
+  const { redactUrl } = await import('../src/store/postgres.js');
+  const { storeProblem } = await import('../src/store/index.js');
+  assert.equal(redactUrl('postgres://berth:hunter2@db.example:5432/berth'), 'postgres://berth:***@db.example:5432/berth');
+  assert.doesNotMatch(redactUrl('postgresql://u@h/db?password=hunter2'), /hunter2/);
+  assert.doesNotMatch(redactUrl('postgres://u:hunter2@[not-a-host/db'), /hunter2/);
+  assert.equal(storeProblem(null), null);
+  assert.equal(storeProblem('postgresql://u@h/db'), null);
+  assert.match(storeProblem('mysql://u:hunter2@h/db')!, /must be a postgres:\/\//);
+  assert.doesNotMatch(storeProblem('mysql://u:hunter2@h/db')!, /hunter2/);
+});

@@ -7,7 +7,7 @@
 // reference count across servers before either could be deleted.)
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync } from 'node:fs';
-import { chmod, rename, rm } from 'node:fs/promises';
+import { chmod, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
@@ -24,6 +24,11 @@ export interface BlobStore {
   materialize(ref: BlobRef): Promise<string>;
   /** Removes the bytes everywhere this store keeps them, and the local file. */
   delete(id: string): Promise<void>;
+  /**
+   * At start, with the checkpoints that exist: drops cached files of deleted ones (another server
+   * deleted them). Only where the local file is a cache; never with FileBlobStore.
+   */
+  pruneCache?(existing: Set<string>): Promise<number>;
 }
 
 /** Bytes per chunk row in the database. */
@@ -128,5 +133,14 @@ export class PostgresBlobStore implements BlobStore {
   async delete(id: string): Promise<void> {
     await this.pool.query('DELETE FROM blobs WHERE id = $1', [id]);
     await rm(this.localPath(id), { force: true });
+  }
+
+  async pruneCache(existing: Set<string>): Promise<number> {
+    let dropped = 0;
+    for (const f of await readdir(this.dir)) {
+      const m = /^(.+)\.dill$/.exec(f);
+      if (m && !existing.has(m[1]!)) { await rm(join(this.dir, f), { force: true }); dropped++; }
+    }
+    return dropped;
   }
 }

@@ -115,6 +115,8 @@ export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
+    // libpq-style parameters may carry one too
+    for (const k of [...u.searchParams.keys()]) if (/pass/i.test(k)) u.searchParams.set(k, '***');
     return u.toString();
   } catch {
     return url.replace(/\/\/([^:/@]*):[^@]*@/, '//$1:***@');
