@@ -489,6 +489,20 @@ function storeSuite(name: string, backend: Backend): void {
       }
     });
 
+    it('races: a node updated while deleted — one or the other, never a deadlock', async () => {
+      for (let round = 0; round < 10; round++) {
+        const f = folder();
+        const n = node(f, 'doomed', 1);
+        await a.store.insertNode(n, quota());
+        for (let r = 2; r < 4; r++) await a.store.updateNodeSpec({ ...n, revision: r }, quota(), { nodeId: n.id, revision: r, spec: n.spec, cause: 'u', createdAt: iso(), createdBy: 't' });
+        const rev = { nodeId: n.id, revision: 4, spec: n.spec, cause: 'u', createdAt: iso(), createdBy: 't' };
+        const [upd] = await Promise.all([code(a.store.updateNodeSpec({ ...n, revision: 4 }, quota(), rev)), b.store.deleteNode(n.id)]);
+        assert.ok(['ok', 'NODE_NOT_FOUND'].includes(upd), upd);
+        assert.equal(await a.store.getNode(n.id), undefined);
+        assert.deepEqual(await a.store.listRevisions(n.id), []);
+      }
+    });
+
     it('races: a checkpoint deleted while a node is created on it — never both', async () => {
       for (let round = 0; round < 5; round++) {
         const f = folder();

@@ -407,6 +407,8 @@ export class PostgresStore implements Store {
 
   async deleteNode(id: string): Promise<void> {
     await this.tx(async (db) => {
+      // the node row first, as updateNodeSpec takes it before its revisions: the two never deadlock
+      await db.query('SELECT 1 FROM nodes WHERE id = $1 FOR UPDATE', [id]);
       await db.query('DELETE FROM node_revisions WHERE node_id = $1', [id]);
       await db.query('DELETE FROM node_events WHERE node_id = $1', [id]);
       await db.query('DELETE FROM nodes WHERE id = $1', [id]);
