@@ -385,7 +385,7 @@ export class PostgresStore implements Store {
   }
 
   async setNodeRevision(n: NodeRecord): Promise<void> {
-    await this.writeNode(this.pool, n);
+    await this.tx((db) => this.writeNode(db, n));
   }
 
   async listRevisions(nodeId: string): Promise<NodeRevision[]> {
@@ -393,7 +393,10 @@ export class PostgresStore implements Store {
   }
 
   /** The node row's spec, revision and rollout (checkpoint_id follows the spec: it decides CHECKPOINT_IN_USE). */
-  private async writeNode(db: Db, n: NodeRecord): Promise<void> {
+  private async writeNode(db: pg.PoolClient, n: NodeRecord): Promise<void> {
+    // the checkpoint it now names cannot be deleted until this commits (as in insertNode)
+    const checkpointId = nodeCheckpointId(n);
+    if (checkpointId !== null) await db.query('SELECT 1 FROM checkpoints WHERE id = $1 FOR SHARE', [checkpointId]);
     const changes = await this.changes(db, 'UPDATE nodes SET spec = $1, checkpoint_id = $2, revision = $3, rollout = $4, updated_at = $5 WHERE id = $6',
       [JSON.stringify(n.spec), nodeCheckpointId(n), n.revision, n.rollout && JSON.stringify(n.rollout), n.updatedAt, n.id]);
     if (changes === 0) throw nodeNotFound(n.id);
