@@ -14,7 +14,7 @@ import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
 import { BerthError, asBerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
-import { SqliteStore } from './store/sqlite.js';
+import { openStore } from './store/index.js';
 import { createRuntime } from './runtimes/index.js';
 import { log } from './core/log.js';
 import { checkLogLimits } from './runtimes/log-file.js';
@@ -84,20 +84,22 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, bus ? `berth-cluster:${bus.clusterId}` : undefined);
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
-  const store = new SqliteStore(join(config.home, 'berth.db'));
-  await store.migrate();
+  // SQLite in the home, or PostgreSQL (--store): migrated here; an unreachable database stops `berth up` now
+  const { store, blobs } = await openStore(config);
+  // cached checkpoint files of checkpoints deleted meanwhile (by another server sharing the database)
+  if (blobs.pruneCache) await blobs.pruneCache(new Set((await store.listCheckpoints()).map((c) => c.id)));
   const auth = new Auth(store);
   await auth.load();
   await auth.ensureAdminToken(config.home);
 
   const metrics = new Metrics();
   const secrets = new Secrets(config.home, store);
-  const controller = new Controller(config, store, runtime, metrics, secrets);
+  const controller = new Controller(config, store, runtime, metrics, secrets, blobs);
   // usage accounting: instance time from the controller, calls and bytes from the gateway(s)
   const usage = new UsageRecorder(store, metrics, { nameOf: (id) => controller.nodeSpec(id)?.name });
   await usage.load();
   controller.meterInstances(usage);
-  const checkpoints = new CheckpointService(config, store, sandbox);
+  const checkpoints = new CheckpointService(config, store, sandbox, blobs);
   const aliases = new AliasTable();
   for (const a of await store.listAliases()) aliases.set(a);
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);

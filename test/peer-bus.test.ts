@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { PeerBus, type PeerHandlers, type PeerEvent } from '../src/peers/bus.js';
 import type { RoutingSnapshot } from '../src/routing/snapshot.js';
-import { freshDatabase, pgProblem, type TestDatabase } from './pg-support.js';
+import { createTestDatabase, pgProblem, type TestDatabase } from './pg-support.js';
 import { waitFor } from './helpers.js';
 
 let db: TestDatabase;
@@ -19,7 +19,7 @@ before(async () => {
     if (process.env.CI) throw new Error(`CI must have PostgreSQL: ${skip}`);
     return;
   }
-  db = await freshDatabase();
+  db = await createTestDatabase();
 });
 
 after(async () => {

@@ -9,7 +9,7 @@ import pg from 'pg';
 import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from './helpers.js';
 import { dockerProblem, removeContainersOfHome } from './docker-support.js';
 import { buildTestImages, testImage } from './images/index.js';
-import { freshDatabase, pgProblem, type TestDatabase } from './pg-support.js';
+import { createTestDatabase, pgProblem, type TestDatabase } from './pg-support.js';
 
 let a: Berth;
 let b: Berth;
@@ -30,7 +30,7 @@ before(async () => {
     return;
   }
   await buildTestImages(['http-echo']);
-  db = await freshDatabase();
+  db = await createTestDatabase();
   const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' };
   a = await startBerth(homes[0], env);
   b = await startBerth(homes[1], env); // joins after A: A leads

@@ -1,48 +1,69 @@
-// PostgreSQL for tests: the machine's server (started by .ci/run), reached over its unix socket
-// as the current user (a superuser role of that name); a fresh database per test file, dropped after.
-import pg from 'pg';
+// PostgreSQL for tests: whether a server answers (skip on a laptop without one, fail in CI, like
+// docker-support.ts's dockerProblem), and a fresh database per run (`berth_test_<random>`,
+// created through the `postgres` database and dropped afterwards).
+// BERTH_TEST_PG_URL points at the server's `postgres` database (default: the Unix socket in
+// /var/run/postgresql as the current user, who must be allowed to create databases).
 import { randomBytes } from 'node:crypto';
 import { userInfo } from 'node:os';
+import type { TestContext } from 'node:test';
+import pg from 'pg';
 
-const SOCKET_DIR = process.env.BERTH_TEST_PG_HOST ?? '/var/run/postgresql';
+export const PG_ADMIN_URL = process.env.BERTH_TEST_PG_URL
+  ?? `postgres://${encodeURIComponent(userInfo().username)}@localhost/postgres?host=/var/run/postgresql`;
+
+let available: Promise<string | null> | null = null;
+
+/** Why PostgreSQL cannot be used here, or null when it answers. Asked once per process. */
+export function pgProblem(): Promise<string | null> {
+  available ??= (async () => {
+    const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 });
+    try {
+      await c.connect();
+      await c.query('SELECT 1');
+      return null;
+    } catch (err) {
+      return `PostgreSQL not reachable at ${PG_ADMIN_URL} (${(err as Error).message}): install postgresql, start it and create a superuser role for this user (see .ci/run)`;
+    } finally {
+      await c.end().catch(() => {});
+    }
+  })();
+  return available;
+}
+
+/**
+ * For a test that needs PostgreSQL. Without it: in CI (`CI` set) the test fails, elsewhere it is
+ * skipped with the reason printed. Returns whether the test should go on.
+ */
+export async function requirePostgres(t: TestContext): Promise<boolean> {
+  const problem = await pgProblem();
+  if (!problem) return true;
+  if (process.env.CI) throw new Error(`CI must have PostgreSQL: ${problem}`);
+  console.log(`# skipping "${t.name}": ${problem}`);
+  t.skip(problem);
+  return false;
+}
 
 export interface TestDatabase {
-  /** postgres:// URL of the fresh database. */
-  url: string;
   name: string;
+  /** A URL for it (same server, user and socket as PG_ADMIN_URL). */
+  url: string;
   drop(): Promise<void>;
 }
 
-function urlOf(db: string): string {
-  return `postgres://${userInfo().username}@${encodeURIComponent(SOCKET_DIR)}/${db}`;
+async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
+  await c.connect();
+  try { return await fn(c); } finally { await c.end().catch(() => {}); }
 }
 
-/** Why PostgreSQL cannot be used here, or null. */
-export async function pgProblem(): Promise<string | null> {
-  const c = new pg.Client({ connectionString: urlOf('postgres') });
-  try {
-    await c.connect();
-    await c.query('SELECT 1');
-    return null;
-  } catch (err) {
-    return `PostgreSQL not reachable at ${SOCKET_DIR}: ${(err as Error).message}`;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
-
-export async function freshDatabase(): Promise<TestDatabase> {
+/** A new empty database; drop() removes it even with connections still open (their pools are ended first by the test). */
+export async function createTestDatabase(): Promise<TestDatabase> {
   const name = `berth_test_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: urlOf('postgres') });
-  await admin.connect();
-  try { await admin.query(`CREATE DATABASE ${name}`); } finally { await admin.end(); }
+  await admin((c) => c.query(`CREATE DATABASE ${name}`));
+  const u = new URL(PG_ADMIN_URL);
+  u.pathname = '/' + name;
   return {
-    url: urlOf(name),
-    name,
-    drop: async () => {
-      const c = new pg.Client({ connectionString: urlOf('postgres') });
-      await c.connect();
-      try { await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`); } finally { await c.end(); }
-    },
+    name, url: u.toString(),
+    drop: () => admin(async (c) => { await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`); }),
   };
 }

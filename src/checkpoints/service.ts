@@ -15,6 +15,7 @@ import { newId, nowIso } from '../core/ids.js';
 import { validateName } from '../core/node-spec.js';
 import type { Checkpoint, CheckpointAutosave, CheckpointCell, Package, Quota } from '../core/types.js';
 import type { Store } from '../store/store.js';
+import { FileBlobStore, type BlobStore } from '../store/blobs.js';
 
 const MAX_LOG_BYTES = 256 * 1024;
 const MAX_META_BYTES = 8 * 1024 * 1024;
@@ -40,7 +41,7 @@ interface MakerResult {
   error?: { cell: number; error_name: string; error_message: string; traceback: string[] };
 }
 
-/** Where a checkpoint's dill blob lives. */
+/** Where a checkpoint's dill blob lives on this machine (blobs.ts: the only copy, or a verified cache). */
 export function checkpointBlobPath(home: string, id: string): string {
   return join(home, 'checkpoints', `${id}.dill`);
 }
@@ -49,7 +50,8 @@ export class CheckpointService {
   readonly dir: string;
   readonly runs: RunLimiter;
 
-  constructor(private readonly config: Config, private readonly store: Store, private readonly sandbox: Sandbox) {
+  constructor(private readonly config: Config, private readonly store: Store, private readonly sandbox: Sandbox,
+    private readonly blobs: BlobStore = new FileBlobStore(join(config.home, 'checkpoints'))) {
     this.dir = join(config.home, 'checkpoints');
     mkdirSync(join(this.dir, 'tmp'), { recursive: true });
     // runs and uploads an earlier Berth left half done (nothing is running yet)
@@ -57,7 +59,7 @@ export class CheckpointService {
     this.runs = new RunLimiter(Math.max(1, config.maxCheckpointRuns), config.checkpointRunQueue);
   }
 
-  blobPath(id: string): string { return checkpointBlobPath(this.config.home, id); }
+  blobPath(id: string): string { return this.blobs.localPath(id); }
 
   /** By id, or by pinned name within the folder. Another folder's checkpoint is not found. */
   async resolve(ref: string, folderId: string): Promise<Checkpoint> {
@@ -162,7 +164,7 @@ export class CheckpointService {
       if (autosave) {
         // the session's older unpinned recordings past `keep` go (pinned ones never do)
         const pruned = await this.store.pruneAutosaves(who.folderId, autosave.session, autosave.keep);
-        await Promise.all(pruned.map((id) => rm(this.blobPath(id), { force: true })));
+        await Promise.all(pruned.map((id) => this.blobs.delete(id)));
       }
       return checkpoint;
     } finally {
@@ -179,9 +181,11 @@ export class CheckpointService {
     await chmod(blob, 0o644);
     await rename(blob, this.blobPath(id));
     try {
+      // the bytes first (every server sharing the store can fetch them), then the record naming them
+      await this.blobs.put({ id, sha256 }, size);
       await this.store.insertCheckpoint(checkpoint, quota); // decides NAME_TAKEN and the bytes quota
     } catch (err) {
-      await rm(this.blobPath(id), { force: true });
+      await this.blobs.delete(id);
       throw err;
     }
     return checkpoint;
@@ -199,7 +203,7 @@ export class CheckpointService {
       throw new BerthError('CHECKPOINT_IN_USE', `checkpoint ${c.name ?? c.id} backs node${usedBy.length > 1 ? 's' : ''} ${usedBy.join(', ')}; delete ${usedBy.length > 1 ? 'them' : 'it'} first`,
         { checkpointId: c.id, nodes: usedBy });
     }
-    await rm(this.blobPath(c.id), { force: true });
+    await this.blobs.delete(c.id);
     return c;
   }
 }

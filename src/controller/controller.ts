@@ -16,7 +16,8 @@ import { InstanceState } from './instance.js';
 import { Autoscaler, SAMPLE_MS, type Recommendation } from './autoscaler.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
-import { checkpointBlobPath } from '../checkpoints/service.js';
+import { FileBlobStore, type BlobStore } from '../store/blobs.js';
+import { join } from 'node:path';
 import { log } from '../core/log.js';
 import { NO_CLOCK, type InstanceClock } from '../usage/recorder.js';
 import { usagePreset } from '../routing/usage.js';
@@ -104,6 +105,8 @@ export class Controller implements InstanceEvents {
     private readonly runtime: Runtime,
     private readonly metrics: Metrics,
     private readonly secrets: Secrets,
+    /** Checkpoint bytes: fetched to this machine (and verified) before an instance starts. */
+    private readonly blobs: BlobStore = new FileBlobStore(join(config.home, 'checkpoints')),
   ) {}
 
   /** Where snapshots go and load comes from: the gateway (or its workers). */
@@ -615,7 +618,7 @@ export class Controller implements InstanceEvents {
     return {
       kind: 'cell', python: env.python, kernelImage: env.image ?? this.config.kernelImage,
       registryAuth: await this.registryAuth(spec.folderId, env.username, env.passwordSecret),
-      checkpointPath: checkpointBlobPath(this.config.home, checkpoint.id), code: checkpoint.code, requires: checkpoint.requires,
+      checkpointPath: await this.blobs.materialize(checkpoint), code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
       fork: spec.scaling.fork !== false,
     };

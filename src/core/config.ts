@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 /** Everything `berth up` can be told, from the environment or flags; embedded defaults otherwise. */
 export interface Config {
   home: string;              // BERTH_HOME: database, checkpoint blobs, instance logs, admin token
+  /** `--store` / BERTH_STORE: a postgres:// URL (servers sharing one database: src/peers/); null: SQLite in the home. */
+  store: string | null;
   host: string;
   port: number;
   python: string;            // default Python for checkpoints and cell instances
@@ -57,11 +59,6 @@ export interface Config {
   checkpointRunQueue: number;
   /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
   gatewayWorkers: number;
-  /**
-   * Where resources are kept (`--store`, BERTH_STORE): null = SQLite in home (embedded default);
-   * a postgres:// URL = PostgreSQL, which several Berth servers can share (src/peers/).
-   */
-  store: string | null;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
 }
@@ -118,6 +115,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
   const env = process.env;
   return {
     home: resolve(overrides.home ?? defaultHome()),
+    store: overrides.store !== undefined ? overrides.store : env.BERTH_STORE || null,
     host: overrides.host ?? env.BERTH_HOST ?? '127.0.0.1',
     port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
     python: overrides.python ?? defaultPython(),
@@ -148,7 +146,6 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
     // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
     gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
-    store: overrides.store !== undefined ? overrides.store : env.BERTH_STORE || null,
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
   };
 }

@@ -2,7 +2,11 @@ import Database from 'better-sqlite3';
 import type { SecretRecord, Store } from './store.js';
 import type { OpenInstance, UsageDelta, UsageQuery, UsageRow } from '../usage/store.js';
 import type { AliasRecord, AuditEntry, Checkpoint, NodeEvent, NodeRecord, NodeRevision, NodeStatus, Quota, TokenRecord, Transition } from '../core/types.js';
-import { BerthError } from '../core/errors.js';
+import {
+  MAX_AUDIT_ROWS, MAX_NODE_EVENTS, MAX_REVISIONS, MAX_TRANSITIONS, nameTaken, nodeCheckpointId, nodeNotFound, quotaExceeded, revisionConflict,
+  rowToAlias, rowToAudit, rowToCheckpoint, rowToNode, rowToNodeEvent, rowToOpenInstance, rowToRevision, rowToSecret, rowToToken, usageTotals,
+  type AliasRow, type AuditRow, type NodeEventRow, type NodeRow, type OpenInstanceRow, type RevisionRow, type SecretRow, type TokenRow, type UsageSumsRow,
+} from './rows.js';
 
 /**
  * Schema migrations, version = position (from 1), applied in order, each once, each in one
@@ -71,37 +75,18 @@ const MIGRATIONS: Array<string | null> = [
    CREATE TABLE usage_open (
      instance_id TEXT PRIMARY KEY, folder_id TEXT NOT NULL, node_id TEXT NOT NULL, preset TEXT NOT NULL,
      until INTEGER NOT NULL);`,
+  // 8: checkpoint blobs in the database — PostgreSQL only (postgres.ts): with SQLite they stay
+  // files under <home>/checkpoints (blobs.ts, FileBlobStore); the number is kept in step
+  `SELECT 1;`,
 ];
-
-/** Rows as SQLite returns them (snake_case columns; JSON kept as text). */
-interface TokenRow { id: string; name: string; hash: string; roles: string; created_at: string }
-interface SecretRow { id: string; folder_id: string; project_id: string; name: string; ciphertext: Buffer; created_at: string; created_by: string }
-interface AliasRow { id: string; spec: string; created_at: string; updated_at: string; created_by: string }
-interface NodeRow { id: string; spec: string; revision: number; rollout: string | null; status: NodeStatus; transitions: string; created_at: string; updated_at: string; created_by: string }
-interface RevisionRow { node_id: string; revision: number; spec: string; cause: string; created_at: string; created_by: string }
-interface AuditRow { id: number; at: string; token_id: string | null; token_name: string | null; action: string; folder_id: string | null; resource_id: string | null; result: string; status: number }
-
-interface NodeEventRow { id: number; node_id: string; at: string; type: string; reason: string; details: string }
-
-/** Events kept per node (the oldest are dropped past this). */
-export const MAX_NODE_EVENTS = 1000;
-
-/** Audit rows kept (the oldest are dropped past this). */
-const MAX_AUDIT_ROWS = 200_000;
 
 /** A unique index said no: the name is taken (the database decides, not a read before the write). */
 function isUniqueViolation(err: unknown): boolean {
   return (err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE';
 }
 
-function quotaExceeded(field: keyof Quota, limit: number, wanted: number): BerthError {
-  return new BerthError('QUOTA_EXCEEDED', `folder quota ${field} is ${limit}; this change needs ${wanted}`, { quota: field, limit, wanted });
-}
-
-/** Node status history kept per node (older transitions are dropped). */
-const MAX_TRANSITIONS = 50;
-/** Revisions kept per node (the oldest are dropped; the current one always stays). */
-const MAX_REVISIONS = 20;
+/** Re-exported: older imports read it from here. */
+export { MAX_NODE_EVENTS };
 
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
@@ -136,7 +121,7 @@ export class SqliteStore implements Store {
 
   async listTokens(): Promise<TokenRecord[]> {
     const rows = this.db.prepare('SELECT * FROM tokens ORDER BY created_at').all() as TokenRow[];
-    return rows.map((r) => ({ id: r.id, name: r.name, hash: r.hash, roles: JSON.parse(r.roles), createdAt: r.created_at }));
+    return rows.map(rowToToken);
   }
 
   async deleteToken(id: string): Promise<boolean> {
@@ -151,7 +136,7 @@ export class SqliteStore implements Store {
         this.db.prepare('INSERT INTO checkpoints (id, project_id, folder_id, name, data, created_at) VALUES (?, ?, ?, ?, ?, ?)')
           .run(c.id, c.projectId, c.folderId, c.name, JSON.stringify(c), c.createdAt);
       } catch (err) {
-        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a checkpoint named "${c.name}" already exists in folder ${c.folderId}`, { field: 'name', name: c.name });
+        if (isUniqueViolation(err)) throw nameTaken.checkpoint(c.folderId, c.name);
         throw err;
       }
     })();
@@ -159,29 +144,29 @@ export class SqliteStore implements Store {
 
   async getCheckpoint(id: string): Promise<Checkpoint | undefined> {
     const row = this.db.prepare('SELECT data FROM checkpoints WHERE id = ?').get(id) as { data: string } | undefined;
-    return row && JSON.parse(row.data);
+    return row && rowToCheckpoint(row);
   }
 
   async getCheckpointByName(folderId: string, name: string): Promise<Checkpoint | undefined> {
     const row = this.db.prepare('SELECT data FROM checkpoints WHERE folder_id = ? AND name = ?').get(folderId, name) as { data: string } | undefined;
-    return row && JSON.parse(row.data);
+    return row && rowToCheckpoint(row);
   }
 
   async listCheckpoints(): Promise<Checkpoint[]> {
     const rows = this.db.prepare('SELECT data FROM checkpoints ORDER BY created_at').all() as Array<{ data: string }>;
-    return rows.map((r) => JSON.parse(r.data));
+    return rows.map(rowToCheckpoint);
   }
 
   async renameCheckpoint(id: string, name: string | null, updatedAt: string): Promise<void> {
     this.db.transaction(() => {
       const row = this.db.prepare('SELECT data FROM checkpoints WHERE id = ?').get(id) as { data: string } | undefined;
       if (!row) return;
-      const c = JSON.parse(row.data) as Checkpoint;
+      const c = rowToCheckpoint(row);
       c.name = name; c.pinned = name !== null; c.updatedAt = updatedAt;
       try {
         this.db.prepare('UPDATE checkpoints SET name = ?, data = ? WHERE id = ?').run(name, JSON.stringify(c), id);
       } catch (err) {
-        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a checkpoint named "${name}" already exists in folder ${c.folderId}`, { field: 'name', name });
+        if (isUniqueViolation(err)) throw nameTaken.checkpoint(c.folderId, name);
         throw err;
       }
     })();
@@ -212,7 +197,7 @@ export class SqliteStore implements Store {
       this.db.prepare('INSERT INTO secrets (id, project_id, folder_id, name, ciphertext, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)')
         .run(s.id, s.projectId, s.folderId, s.name, s.ciphertext, s.createdAt, s.createdBy);
     } catch (err) {
-      if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a secret named "${s.name}" already exists in folder ${s.folderId}`, { field: 'name', name: s.name });
+      if (isUniqueViolation(err)) throw nameTaken.secret(s.folderId, s.name);
       throw err;
     }
   }
@@ -235,8 +220,7 @@ export class SqliteStore implements Store {
       this.db.prepare('INSERT INTO aliases (id, name, spec, created_at, updated_at, created_by) VALUES (?, ?, ?, ?, ?, ?)')
         .run(a.id, a.spec.name, JSON.stringify(a.spec), a.createdAt, a.updatedAt, a.createdBy);
     } catch (err) {
-      // alias names are global (callers address them by name alone): say no more than that it is taken
-      if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `the alias name "${a.spec.name}" is not available`, { field: 'name', name: a.spec.name });
+      if (isUniqueViolation(err)) throw nameTaken.alias(a.spec.name);
       throw err;
     }
   }
@@ -246,9 +230,7 @@ export class SqliteStore implements Store {
   }
 
   async listAliases(): Promise<AliasRecord[]> {
-    return (this.db.prepare('SELECT * FROM aliases ORDER BY created_at').all() as AliasRow[]).map((r) => ({
-      id: r.id, spec: JSON.parse(r.spec), createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
-    }));
+    return (this.db.prepare('SELECT * FROM aliases ORDER BY created_at').all() as AliasRow[]).map(rowToAlias);
   }
 
   async deleteAlias(id: string): Promise<boolean> {
@@ -265,11 +247,11 @@ export class SqliteStore implements Store {
       try {
         this.db.prepare(`INSERT INTO nodes (id, folder_id, name, checkpoint_id, spec, revision, rollout, status, transitions, created_at, updated_at, created_by)
           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-          .run(n.id, n.spec.folderId, n.spec.name, n.spec.kind === 'cell' ? n.spec.checkpointId : null,
+          .run(n.id, n.spec.folderId, n.spec.name, nodeCheckpointId(n),
             JSON.stringify(n.spec), n.revision, n.rollout && JSON.stringify(n.rollout), n.status, JSON.stringify(n.transitions), n.createdAt, n.updatedAt, n.createdBy);
         this.insertRevision({ nodeId: n.id, revision: n.revision, spec: n.spec, cause: 'created', createdAt: n.createdAt, createdBy: n.createdBy });
       } catch (err) {
-        if (isUniqueViolation(err)) throw new BerthError('NAME_TAKEN', `a node named "${n.spec.name}" already exists in folder ${n.spec.folderId}`, { field: 'name', name: n.spec.name });
+        if (isUniqueViolation(err)) throw nameTaken.node(n.spec.folderId, n.spec.name);
         throw err;
       }
     })();
@@ -304,7 +286,7 @@ export class SqliteStore implements Store {
       this.writeNode(n);
       if (revision) {
         const last = this.db.prepare('SELECT MAX(revision) AS r FROM node_revisions WHERE node_id = ?').get(n.id) as { r: number | null };
-        if (revision.revision <= (last.r ?? 0)) throw new BerthError('CONFLICT', `node ${n.id} changed meanwhile: try again`, { nodeId: n.id });
+        if (revision.revision <= (last.r ?? 0)) throw revisionConflict(n.id);
         this.insertRevision(revision);
       }
     })();
@@ -316,14 +298,14 @@ export class SqliteStore implements Store {
 
   async listRevisions(nodeId: string): Promise<NodeRevision[]> {
     const rows = this.db.prepare('SELECT * FROM node_revisions WHERE node_id = ? ORDER BY revision DESC').all(nodeId) as RevisionRow[];
-    return rows.map((r) => ({ nodeId: r.node_id, revision: r.revision, spec: JSON.parse(r.spec), cause: r.cause, createdAt: r.created_at, createdBy: r.created_by }));
+    return rows.map(rowToRevision);
   }
 
   /** The node row's spec, revision and rollout (checkpoint_id follows the spec: it decides CHECKPOINT_IN_USE). */
   private writeNode(n: NodeRecord): void {
     const changes = this.db.prepare('UPDATE nodes SET spec = ?, checkpoint_id = ?, revision = ?, rollout = ?, updated_at = ? WHERE id = ?')
-      .run(JSON.stringify(n.spec), n.spec.kind === 'cell' ? n.spec.checkpointId : null, n.revision, n.rollout && JSON.stringify(n.rollout), n.updatedAt, n.id).changes;
-    if (changes === 0) throw new BerthError('NODE_NOT_FOUND', `node ${n.id} not found`, { nodeId: n.id });
+      .run(JSON.stringify(n.spec), nodeCheckpointId(n), n.revision, n.rollout && JSON.stringify(n.rollout), n.updatedAt, n.id).changes;
+    if (changes === 0) throw nodeNotFound(n.id);
   }
 
   private insertRevision(r: NodeRevision): void {
@@ -370,7 +352,7 @@ export class SqliteStore implements Store {
   async listNodeEvents(q: { nodeId: string; limit: number; before?: number }): Promise<NodeEvent[]> {
     const rows = this.db.prepare(`SELECT * FROM node_events WHERE node_id = ? ${q.before !== undefined ? 'AND id < ?' : ''} ORDER BY id DESC LIMIT ?`)
       .all(...(q.before !== undefined ? [q.nodeId, q.before, q.limit] : [q.nodeId, q.limit])) as NodeEventRow[];
-    return rows.map((r) => ({ id: r.id, nodeId: r.node_id, at: r.at, type: r.type, reason: r.reason, details: JSON.parse(r.details) as Record<string, unknown> }));
+    return rows.map(rowToNodeEvent);
   }
 
   async insertAudit(e: Omit<AuditEntry, 'id'>): Promise<void> {
@@ -387,10 +369,7 @@ export class SqliteStore implements Store {
     if (q.before !== undefined) { where.push('id < ?'); args.push(q.before); }
     const rows = this.db.prepare(`SELECT * FROM audit ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`)
       .all(...args, q.limit) as AuditRow[];
-    return rows.map((r) => ({
-      id: r.id, at: r.at, tokenId: r.token_id, tokenName: r.token_name, action: r.action,
-      folderId: r.folder_id, resourceId: r.resource_id, result: r.result, status: r.status,
-    }));
+    return rows.map(rowToAudit);
   }
 
   // ---- usage (src/usage/) ----
@@ -412,8 +391,7 @@ export class SqliteStore implements Store {
   }
 
   async openInstances(): Promise<OpenInstance[]> {
-    const rows = this.db.prepare('SELECT * FROM usage_open').all() as Array<{ instance_id: string; folder_id: string; node_id: string; preset: string; until: number }>;
-    return rows.map((r) => ({ instanceId: r.instance_id, folderId: r.folder_id, nodeId: r.node_id, preset: r.preset, until: r.until }));
+    return (this.db.prepare('SELECT * FROM usage_open').all() as OpenInstanceRow[]).map(rowToOpenInstance);
   }
 
   async queryUsage(q: UsageQuery): Promise<UsageRow[]> {
@@ -422,10 +400,8 @@ export class SqliteStore implements Store {
     if (q.folders) { where.push(`folder_id IN (${q.folders.map(() => '?').join(', ')})`); args.push(...q.folders); }
     const sums = 'SUM(instance_seconds) AS instance_seconds, SUM(calls) AS calls, SUM(bytes_in) AS bytes_in, SUM(bytes_out) AS bytes_out';
     const cond = where.join(' AND ');
-    type Sums = { folder_id: string; instance_seconds: number; calls: number; bytes_in: number; bytes_out: number };
-    const totals = (r: Sums): Pick<UsageRow, 'instanceSeconds' | 'calls' | 'bytesIn' | 'bytesOut'> => ({
-      instanceSeconds: Math.round(r.instance_seconds * 1000) / 1000, calls: r.calls, bytesIn: r.bytes_in, bytesOut: r.bytes_out,
-    });
+    type Sums = UsageSumsRow;
+    const totals = usageTotals;
     if (q.groupBy === 'folder') {
       const rows = this.db.prepare(`SELECT folder_id, ${sums} FROM usage WHERE ${cond} GROUP BY folder_id ORDER BY folder_id`).all(...args) as Sums[];
       return rows.map((r) => ({ folderId: r.folder_id, ...totals(r) }));
@@ -442,16 +418,4 @@ export class SqliteStore implements Store {
       .all(...args) as Array<Sums & { node_id: string; preset: string; node_name: string | null }>;
     return rows.map((r) => ({ folderId: r.folder_id, nodeId: r.node_id, nodeName: r.node_name, preset: r.preset, ...totals(r) }));
   }
-}
-
-function rowToSecret(r: SecretRow): SecretRecord {
-  return { id: r.id, folderId: r.folder_id, projectId: r.project_id, name: r.name, ciphertext: r.ciphertext, createdAt: r.created_at, createdBy: r.created_by };
-}
-
-function rowToNode(r: NodeRow): NodeRecord {
-  return {
-    id: r.id, spec: JSON.parse(r.spec), revision: r.revision, rollout: r.rollout === null ? null : JSON.parse(r.rollout),
-    status: r.status, transitions: JSON.parse(r.transitions),
-    createdAt: r.created_at, updatedAt: r.updated_at, createdBy: r.created_by,
-  };
 }

@@ -18,6 +18,7 @@ export function registerServer(cli: Command): void {
     .option('--host <host>', 'address to listen on', process.env.BERTH_HOST ?? '127.0.0.1')
     .option('--port <port>', 'port to listen on (0 picks a free one)', process.env.BERTH_PORT ?? '7700')
     .option('--home <dir>', 'data directory (default: $BERTH_HOME or ~/.berth)')
+    .option('--store <url>', 'keep resources in PostgreSQL (postgres://user:pass@host/db), shared by every server using it (default: $BERTH_STORE, or SQLite in the home)')
     .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
     .option('--allow-python <path>', 'another interpreter nodes and checkpoint runs may name (repeat; default: only --python, or $BERTH_ALLOWED_PYTHONS)', collect)
     .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
@@ -33,12 +34,13 @@ export function registerServer(cli: Command): void {
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
     .option('--gateway-workers <n>', 'gateway processes serving the port, e.g. the number of cores (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
-    .option('--store <url>', 'keep resources in PostgreSQL (postgres://…), shared by every Berth server on it (default: SQLite in the home, or $BERTH_STORE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
       const { startBerth, checkPython } = await import('../../server.js');
+      const { storeProblem } = await import('../../store/index.js');
+      const { redactUrl } = await import('../../store/postgres.js');
       if (Boolean(o.tlsCert) !== Boolean(o.tlsKey)) { console.error('berth: --tls-cert and --tls-key go together'); process.exit(2); }
       const positive = (flag: string, v: unknown): number => {
         const n = Number(v);
@@ -46,7 +48,7 @@ export function registerServer(cli: Command): void {
         return n;
       };
       const config = loadConfig({
-        host: o.host, port: Number(o.port), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
+        host: o.host, port: Number(o.port), ...(o.store !== undefined ? { store: o.store || null } : {}), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
         ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
         ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
         ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,
@@ -57,7 +59,7 @@ export function registerServer(cli: Command): void {
         ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
         ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
         ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: positive('--gateway-workers', o.gatewayWorkers) } : {}),
-        ...(o.store !== undefined ? { store: o.store } : {}), ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}),
+        ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}),
       });
       if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
         console.error(`berth: --gateway-workers takes a whole number from 1 to 256, got ${config.gatewayWorkers}`); process.exit(2);
@@ -65,6 +67,8 @@ export function registerServer(cli: Command): void {
       for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
         if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
       }
+      const storeBad = storeProblem(config.store);
+      if (storeBad) { console.error(`berth: ${storeBad}`); process.exit(2); }
       const problem = checkPython(config.python);
       if (problem) { console.error(`berth: ${problem}`); process.exit(2); }
       let berth;
@@ -74,7 +78,7 @@ export function registerServer(cli: Command): void {
         console.error(`berth: ${(err as Error).message}`);
         process.exit(2);
       }
-      console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
       console.log(`admin token: ${config.home}/admin-token`);
       let stopping = false;
       const stop = (signal: string): void => {
