@@ -93,7 +93,9 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   await auth.ensureAdminToken(config.home);
 
   const metrics = new Metrics();
-  const secrets = new Secrets(config.home, store);
+  const secrets = new Secrets(config.home, store, config.secretKeyFile);
+  const keyProblem = bus ? await bus.checkSecretKey(secrets.keyCheck()) : null;
+  if (keyProblem) throw new Error(keyProblem);
   const controller = new Controller(config, store, runtime, metrics, secrets, blobs);
   // usage accounting: instance time from the controller, calls and bytes from the gateway(s)
   const usage = new UsageRecorder(store, metrics, { nameOf: (id) => controller.nodeSpec(id)?.name });

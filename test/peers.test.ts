@@ -6,6 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
+import { join } from 'node:path';
 import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from './helpers.js';
 import { dockerProblem, removeContainersOfHome } from './docker-support.js';
 import { buildTestImages, testImage } from './images/index.js';
@@ -33,7 +34,10 @@ before(async () => {
   db = await createTestDatabase();
   const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' };
   a = await startBerth(homes[0], env);
-  b = await startBerth(homes[1], env); // joins after A: A leads
+  // joins after A: A leads; the same secret key, so secrets made on one are read on the other
+  b = await startBerth(homes[1], { ...env, BERTH_SECRET_KEY_FILE: join(homes[0], 'secret.key') });
+  // B made its own admin token at start; the leader learns it through the bus (milliseconds)
+  await waitFor('B\'s token valid on the leader', async () => (await b.request('GET', '/v1/whoami')).status === 200, 2000, 10);
 });
 
 after(async () => {
@@ -77,6 +81,16 @@ test('both servers answer for the same nodes; the first one up leads', async (t)
   for (let i = 0; i < 20; i++) assert.equal(await call(i % 2 ? a : b, node.id), 200);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
   await waitFor('B forgets the node', async () => (await call(b, node.id)) === 404, 5000, 20);
+});
+
+test('a server whose secret key differs from the others\' is refused at start, saying what to do', async (t) => {
+  if (skip) return t.skip(skip);
+  const home = tempHome();
+  try {
+    await assert.rejects(startBerth(home, { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' }), /secret key differs .* --secret-key-file/s);
+  } finally {
+    removeHome(home);
+  }
 });
 
 test('a token made on one server works on the other; revoked, it is refused on both within a second', async (t) => {

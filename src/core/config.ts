@@ -61,6 +61,8 @@ export interface Config {
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
+  /** The key secrets are encrypted with (`--secret-key-file`, BERTH_SECRET_KEY_FILE); servers sharing a store share it. Default: <home>/secret.key. */
+  secretKeyFile: string | null;
 }
 
 export const MB = 1024 * 1024;
@@ -147,6 +149,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
     gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
+    secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
   };
 }
 

@@ -31,7 +31,7 @@ const RECONNECT_MS = 500;
 const LEADER_LOCK = 0x6265727468; // "berth"
 
 const SCHEMA = `
-  CREATE TABLE IF NOT EXISTS peer_cluster (id INT PRIMARY KEY CHECK (id = 1), cluster_id TEXT NOT NULL);
+  CREATE TABLE IF NOT EXISTS peer_cluster (id INT PRIMARY KEY CHECK (id = 1), cluster_id TEXT NOT NULL, key_check TEXT);
   CREATE TABLE IF NOT EXISTS peer_servers (
     id TEXT PRIMARY KEY, url TEXT NOT NULL, started_at TIMESTAMPTZ NOT NULL, seen_at TIMESTAMPTZ NOT NULL);
   CREATE TABLE IF NOT EXISTS peer_leader (
@@ -105,6 +105,17 @@ export class PeerBus {
       c.release();
     }
     return bus;
+  }
+
+  /**
+   * Every server must decrypt every secret: the first one records its key's fingerprint, the
+   * others must match it. Returns a message saying what to do when they do not.
+   */
+  async checkSecretKey(keyCheck: string): Promise<string | null> {
+    const r = await this.pool.query<{ key_check: string }>(
+      `UPDATE peer_cluster SET key_check = COALESCE(key_check, $1) WHERE id = 1 RETURNING key_check`, [keyCheck]);
+    if (r.rows[0]?.key_check === keyCheck) return null;
+    return 'this server\'s secret key differs from the one the other Berth servers on this database use: copy secret.key from one of them into this server\'s home, or pass the same --secret-key-file to every server';
   }
 
   get isLeader(): boolean { return this.leading; }

@@ -1,6 +1,6 @@
 // Secrets (registry passwords…): AES-256-GCM at rest, with a key kept outside the
 // database (BERTH_HOME/secret.key, owner-only). The API never returns a value.
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BerthError, invalidArgument } from '../core/errors.js';
@@ -14,11 +14,17 @@ const MAX_VALUE_BYTES = 64 * 1024;
 export class Secrets {
   private readonly key: Buffer;
 
-  constructor(home: string, private readonly store: Store) {
-    const file = join(home, 'secret.key');
+  /** `keyFile`: servers sharing a store share this file (`--secret-key-file`); default <home>/secret.key. */
+  constructor(home: string, private readonly store: Store, keyFile: string | null = null) {
+    const file = keyFile ?? join(home, 'secret.key');
     if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
     this.key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
     if (this.key.length !== 32) throw new Error(`${file} does not hold a 32-byte key`);
+  }
+
+  /** A fingerprint of the key (not the key): servers sharing a store check they hold the same one. */
+  keyCheck(): string {
+    return createHmac('sha256', this.key).update('berth secret key check').digest('hex');
   }
 
   /** Names are unique per folder (the database's index decides). */

@@ -8,7 +8,7 @@ import type { CheckpointList, NodeList } from '../views.js';
 interface UpOptions {
   host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
   logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
-  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string; store?: string; advertiseUrl?: string;
+  maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string; store?: string; advertiseUrl?: string; secretKeyFile?: string;
 }
 
 export function registerServer(cli: Command): void {
@@ -34,6 +34,7 @@ export function registerServer(cli: Command): void {
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
     .option('--gateway-workers <n>', 'gateway processes serving the port, e.g. the number of cores (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
+    .option('--secret-key-file <file>', 'the key secrets are encrypted with; every server sharing a store needs the same one (default: <home>/secret.key, or $BERTH_SECRET_KEY_FILE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
     .action(async (o: UpOptions) => {
@@ -59,7 +60,7 @@ export function registerServer(cli: Command): void {
         ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
         ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
         ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: positive('--gateway-workers', o.gatewayWorkers) } : {}),
-        ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}),
+        ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}), ...(o.secretKeyFile !== undefined ? { secretKeyFile: resolve(o.secretKeyFile) } : {}),
       });
       if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
         console.error(`berth: --gateway-workers takes a whole number from 1 to 256, got ${config.gatewayWorkers}`); process.exit(2);
