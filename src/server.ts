@@ -76,7 +76,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   for (const w of sandbox.warnings) console.error(`[berth] WARNING: ${w}`);
   const left = await sandbox.cleanLeftovers();
   if (left.processes || left.cgroups) console.error(`[berth] ended ${left.processes} process(es) in ${left.cgroups} sandbox(es) left by an earlier run`);
-  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox);
+  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, config.workerTransport);
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   const store = new SqliteStore(join(config.home, 'berth.db'));

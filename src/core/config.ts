@@ -55,6 +55,12 @@ export interface Config {
   checkpointRunMemoryGb: number;
   maxCheckpointRuns: number;
   checkpointRunQueue: number;
+  /**
+   * How Berth reaches cell workers (`--worker-transport`, BERTH_WORKER_TRANSPORT): a Unix socket in
+   * the instance's run directory, or TCP (process runtime: 127.0.0.1; docker: a published port), the
+   * way to instances on other machines. Either way every connection starts with the instance's secret.
+   */
+  workerTransport: 'unix' | 'tcp';
   /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
   gatewayWorkers: number;
 }
@@ -141,6 +147,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
     // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
     gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
+    workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
   };
 }
 

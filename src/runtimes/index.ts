@@ -4,15 +4,16 @@ import { ProcessRuntime } from './process.js';
 import { DockerRuntime } from './docker.js';
 import { DEFAULT_LOG_LIMITS, type LogLimits } from './log-file.js';
 import type { Sandbox } from '../sandbox/sandbox.js';
+import type { WorkerTransport } from './worker-endpoint.js';
 
 export type RuntimeName = 'process' | 'docker';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker'];
 
 /** `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent. */
-export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox): Runtime {
+export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, workerTransport?: WorkerTransport): Runtime {
   switch (name) {
-    case 'process': return new ProcessRuntime(home, logLimits, sandbox);
-    case 'docker': return new DockerRuntime(home, { logLimits });
+    case 'process': return new ProcessRuntime(home, logLimits, sandbox, workerTransport);
+    case 'docker': return new DockerRuntime(home, { logLimits, ...(workerTransport ? { workerTransport } : {}) });
     default: throw new Error(`unknown runtime ${JSON.stringify(name)}: use ${RUNTIME_NAMES.join(' or ')}`);
   }
 }
