@@ -27,6 +27,7 @@ import { sendError } from './gateway/http-util.js';
 import { installProcessGuards } from './gateway/last-resort.js';
 import { GatewayCluster } from './cluster/primary.js';
 import { registerApi } from './api/index.js';
+import { internalRoutes } from './api/internal.js';
 import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
 import { RoutingTable } from './gateway/routing-table.js';
@@ -169,6 +170,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
   registerApi(app, apiDeps);
+  if (runtime.checkpointGrants) internalRoutes(app, runtime.checkpointGrants); // workers fetch their checkpoint (TCP workers)
   const dashboard = registerDashboard(app, apiDeps); // /ui, GET /v1/watch, metrics history (src/ui/)
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
@@ -203,6 +205,9 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       '!!! Use --tls-cert FILE --tls-key FILE, or bind 127.0.0.1 behind a TLS proxy.',
       '', ''].join('\n'));
   }
+  // TCP workers fetch their checkpoint from here (loopback: the sandbox shares the host's network);
+  // not over TLS, whose certificate a worker could not check
+  if (!tls) runtime.checkpointGrants?.serveAt(`http://${fetchHost(config.host)}:${port}`);
   // lets the CLI find this server without being told
   writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 
@@ -231,6 +236,13 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return closing;
   };
   return { url, config, close };
+}
+
+/** The address a local worker reaches this Berth at: loopback when it listens on every address. */
+function fetchHost(host: string): string {
+  if (host === '0.0.0.0' || host === '' ) return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 /** `--metrics-listen host:port`: Prometheus scrapes here without a token (keep it on a private address). */

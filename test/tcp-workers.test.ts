@@ -7,7 +7,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_DIR } from '../src/gateway/grpc/protos.js';
@@ -199,6 +201,28 @@ for (const fork of [true, false]) {
     const pong = JSON.parse(welcome.subarray(10).toString('utf8'));
     assert.equal(pong.state, 'ready');
     assert.equal(typeof pong.refused, 'number');
+
+    if (!fork) {
+      // a fresh TCP instance fetched its checkpoint from Berth with that secret; the route takes it only
+      const ckpt = (await b.request('GET', '/v1/checkpoints/peek')).body;
+      const path = `/internal/v1/instances/${inst.id}/checkpoint`;
+      const ok = await fetch(b.url + path, { headers: { authorization: `Bearer ${secret}` } });
+      assert.equal(ok.status, 200);
+      const blob = Buffer.from(await ok.arrayBuffer());
+      assert.equal(createHash('sha256').update(blob).digest('hex'), ckpt.sha256);
+      assert.match(b.cli('node', 'logs', node.name).stdout, /checkpoint fetched from Berth \(\d+ bytes, sha256 verified\)/);
+      for (const [what, url, auth] of [
+        ['the admin token', path, `Bearer ${b.token}`],
+        ['no credential', path, ''],
+        ['a wrong secret', path, `Bearer ${'0'.repeat(64)}`],
+        ['its secret for another instance', `/internal/v1/instances/${lab.id}/checkpoint`, `Bearer ${secret}`],
+        ['its secret for an instance that does not exist', '/internal/v1/instances/nosuchinstance/checkpoint', `Bearer ${secret}`],
+      ] as const) {
+        const r = await fetch(b.url + url, { headers: auth ? { authorization: auth } : {} });
+        assert.equal(r.status, 401, what);
+        assert.equal((await r.json() as any).code, 'UNAUTHENTICATED', what);
+      }
+    }
     assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
   });
 }
@@ -210,5 +234,19 @@ test('network none keeps the Unix socket (its sandbox has a loopback of its own)
   const r = await execute(b, node.id, { mode: 'echo', arg: 'offline' });
   assert.equal(r.status, 200, JSON.stringify(r.body));
   assert.match(b.cli('node', 'logs', 'offline').stdout, /on a Unix socket, not TCP: network none/);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('a tampered checkpoint blob fails the fetching instance with a clear reason', async () => {
+  const id = await makeCheckpoint(b, 'tampered', PEEK_CELLS);
+  appendFileSync(join(b.home, 'checkpoints', `${id}.dill`), 'x'); // the bytes on disk no longer match the recorded sha256
+  const node = await createNode(b, { ...PEEK_NODE, name: 'tampered', checkpointId: 'tampered', scaling: { minInstances: 1, maxInstances: 1, fork: false } }, false);
+  const why = await waitFor('the instance to fail', async () => {
+    const n = await b.request('GET', `/v1/nodes/${node.id}`);
+    const text = JSON.stringify(n.body);
+    return /corrupt/.test(text) ? text : undefined;
+  }, 60_000);
+  assert.match(why, /the checkpoint fetched from Berth is corrupt: sha256 [0-9a-f]{64}, expected [0-9a-f]{64}; refusing to restore it/);
+  assert.match(b.cli('node', 'logs', 'tampered').stdout, /failed: the checkpoint fetched from Berth is corrupt/);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });

@@ -13,6 +13,7 @@ import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeIn
 import { ForkTemplate, NotForkable } from './fork-template.js';
 import { DEFAULT_LOG_LIMITS, InstanceLog, pruneInstanceLogs, rotatedPaths, tailLines, type LogLimits } from './log-file.js';
 import { newInstanceSecret, portFromFile, type WorkerTransport } from './worker-endpoint.js';
+import { CheckpointGrants } from './checkpoint-grants.js';
 import type { Endpoint } from '../worker/protocol.js';
 
 const SOCKET = 'worker.sock';
@@ -38,6 +39,8 @@ export class ProcessRuntime implements Runtime {
   /** Logs being written, by instance id (closed when the instance's pipes end). */
   private readonly openLogs = new Map<string, InstanceLog>();
   private readonly transport: WorkerTransport;
+  /** TCP workers of fresh instances fetch their checkpoint from Berth (issue 13); see useFetch. */
+  readonly checkpointGrants = new CheckpointGrants();
 
   /** `sandbox`: shared with checkpoint runs; made from the environment (BERTH_SANDBOX…) when absent. */
   /** `transport`: default from the environment (BERTH_WORKER_TRANSPORT). */
@@ -85,10 +88,13 @@ export class ProcessRuntime implements Runtime {
     const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId} with ${w.python}${this.sandbox.mode === 'none' ? ' (no sandbox)' : ''}${fallback}`);
     this.openLogs.set(spec.instanceId, log);
     void pruneInstanceLogs(join(this.logDir, spec.nodeId), new Set(this.openLogs.keys()));
+    const secret = newInstanceSecret();
+    // fetched: the blob is not bound into the sandbox; the worker downloads and verifies it
+    const fetchUrl = tcp && w.checkpointSha256 ? this.checkpointGrants.url(spec.instanceId) : null;
     let sb: Sandboxed;
     try {
       sb = await this.sandbox.spawn({
-        id: spec.instanceId, python: w.python, checkpoint: w.checkpointPath, dir,
+        id: spec.instanceId, python: w.python, checkpoint: fetchUrl ? null : w.checkpointPath, dir,
         limits: { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb },
         network: spec.network !== 'none',
         stdio: ['pipe', 'pipe', 'pipe'],
@@ -101,10 +107,14 @@ export class ProcessRuntime implements Runtime {
     }
     // the worker's configuration goes on stdin: nothing of it (the secret least of all) in the
     // environment or the command line, which other users can read in /proc
-    const secret = newInstanceSecret();
+    if (fetchUrl) {
+      this.checkpointGrants.grant(spec.instanceId, secret, { path: w.checkpointPath, sha256: w.checkpointSha256! });
+      void sb.exited.then(() => this.checkpointGrants.revoke(spec.instanceId, secret));
+    }
     const config = {
       ...(tcp ? { listen: { tcp: { host: '127.0.0.1', port: 0 } }, portFile: join(sb.paths.dir, PORT_FILE) } : { socket: join(sb.paths.dir, SOCKET) }),
-      secret, checkpoint: sb.paths.checkpoint, code: w.code, requires: w.requires,
+      secret, checkpoint: fetchUrl ? { url: fetchUrl, sha256: w.checkpointSha256!, token: secret } : sb.paths.checkpoint,
+      code: w.code, requires: w.requires,
       inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
       // in a pid namespace the parent is bwrap's init, not Berth
       ...(this.sandbox.mode === 'none' ? { parentPid: process.pid } : {}),
