@@ -1,5 +1,5 @@
 """Berth instance worker: restores a checkpoint and runs the serving cell on
-request, speaking a small framed protocol over a Unix socket.
+request, speaking a small framed protocol over a Unix socket or TCP.
 
 Invoked by the Node control plane as::
 
@@ -16,8 +16,11 @@ variable ``BERTH_WORKER_CONFIG``::
 
 Optional keys: "parentPid" (the controller's pid: the worker exits at once if
 its parent is already another process, closing the startup window before
-PR_SET_PDEATHSIG is set) and "maxRequestBytes" (frame size limit, default
-256 MiB).
+PR_SET_PDEATHSIG is set), "maxRequestBytes" (frame size limit, default
+256 MiB), "secret" (every connection must start with a HELLO frame carrying
+it; see PROTOCOL.md), "listen": {"tcp": {"host", "port"}} (TCP instead of
+"socket"; port 0 picks one, written to "portFile") and "checkpoint" as
+{"url", "sha256", "token"} (fetched from Berth and verified instead of read).
 
 Types: int, float, str, bool, list, dict, bytes, any, list[T], ndarray[dtype,
 shape...] and dataframe (berth_types.py). Inputs may carry a "default" (JSON),
