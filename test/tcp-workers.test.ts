@@ -14,7 +14,15 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_DIR } from '../src/gateway/grpc/protos.js';
 import { jsonToStruct, structToJson } from '../src/gateway/grpc/struct.js';
-import { FRAME, encodeFrame } from '../src/worker/protocol.js';
+import { FRAME, WorkerConnection, encodeFrame } from '../src/worker/protocol.js';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { DockerRuntime } from '../src/runtimes/docker.js';
+import { newId } from '../src/core/ids.js';
+import { ROOT, PYTHON } from './helpers.js';
+import { requireDocker, removeContainersOfHome } from './docker-support.js';
+import { buildTestImages, TEST_IMAGES } from './images/index.js';
 import { createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, type Berth } from './helpers.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
 
@@ -249,4 +257,55 @@ test('a tampered checkpoint blob fails the fetching instance with a clear reason
   assert.match(why, /the checkpoint fetched from Berth is corrupt: sha256 [0-9a-f]{64}, expected [0-9a-f]{64}; refusing to restore it/);
   assert.match(b.cli('node', 'logs', 'tampered').stdout, /failed: the checkpoint fetched from Berth is corrupt/);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('docker runtime, tcp: a cell container publishes its worker port on 127.0.0.1 and takes only its secret', { timeout: 300_000 }, async (t) => {
+  if (!(await requireDocker(t))) return;
+  await buildTestImages(['kernel']);
+  const home = mkdtempSync(join(tmpdir(), 'berth-tcp-docker-'));
+  const out = join(home, 'blob.dill');
+  const made = spawnSync(PYTHON, ['-c', "import sys; sys.path.insert(0,'python'); import berth_checkpoint; berth_checkpoint.main()"], {
+    cwd: ROOT, input: JSON.stringify({ cells: LAB_CELLS, servingCell: 1, out }), encoding: 'utf8', timeout: 60_000,
+  });
+  assert.equal(made.status, 0, made.stderr);
+  const rt = new DockerRuntime(home, { workerTransport: 'tcp' });
+  try {
+    const inst = await rt.start({
+      nodeId: newId(), instanceId: newId(), revision: 1, resources: { cores: 1, memoryGb: 0.5, gpus: 0 },
+      workload: {
+        kind: 'cell', python: PYTHON, kernelImage: TEST_IMAGES.kernel, registryAuth: null, checkpointPath: out, code: LAB_CELLS[1]!,
+        requires: JSON.parse(readFileSync(out + '.json', 'utf8')).requires, inputs: LAB_NODE.inputs, outputs: LAB_NODE.outputs, maxResponseBytes: 1 << 20,
+      },
+    });
+    assert.equal(inst.endpoint.host, '127.0.0.1');
+    assert.ok(inst.endpoint.port && inst.endpoint.port > 0, JSON.stringify({ ...inst.endpoint, secret: undefined }));
+    assert.match(inst.endpoint.secret ?? '', /^[0-9a-f]{64}$/);
+    // Docker's proxy accepts before the worker listens: the handshake tells them apart
+    const conn = await waitFor('the worker to be ready', async () => {
+      const c = await WorkerConnection.open(inst.endpoint, 1 << 20, 2000);
+      const pong = JSON.parse((await c.request(FRAME.PING, '')).payload.toString('utf8'));
+      if (pong.state === 'ready') return c;
+      c.close();
+      return undefined;
+    }, 60_000, 200);
+    const f = await conn.request(FRAME.EXECUTE, JSON.stringify({ input: { mode: 'echo', arg: 'from a container' } }));
+    assert.equal(f.type, FRAME.OK);
+    assert.deepEqual(JSON.parse(f.payload.toString('utf8')), { output: { result: 'from a container' } });
+    conn.close();
+    const refused = await rawExchange(inst.endpoint.port!, frame(FRAME.PING, ''));
+    assert.equal(refused.received.length, 0);
+    assert.ok(refused.closed);
+    const wrong = WorkerConnection.open({ ...inst.endpoint, secret: 'ab'.repeat(32) }, 1 << 20, 5000);
+    await assert.rejects(wrong, /handshake/);
+    // adopted by a restarted Berth: the secret is read back from the worker's config file
+    const again = new DockerRuntime(home, { workerTransport: 'tcp' });
+    const adopted = (await again.list()).find((i) => i.instanceId === inst.instanceId);
+    assert.ok(adopted);
+    assert.equal(adopted.endpoint.port, inst.endpoint.port);
+    assert.equal(adopted.endpoint.secret, inst.endpoint.secret);
+    await rt.stop(inst, 5000);
+  } finally {
+    await removeContainersOfHome(home);
+    rmSync(home, { recursive: true, force: true });
+  }
 });
