@@ -675,7 +675,7 @@ function report(results: TargetResult[], berths: Array<{ result: TargetResult; e
     lines.push('');
     lines.push(`| ${b.name}: concurrency 1, ${a.direct.calls} calls each | p50 µs | p90 µs | p99 µs | mean µs |`);
     lines.push('|---|---:|---:|---:|---:|');
-    lines.push(`| worker direct (framed protocol, Unix socket) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
+    lines.push(`| worker direct (framed protocol, ${WORKER_TRANSPORT === 'tcp' ? 'TCP 127.0.0.1' : 'Unix socket'}, with the handshake) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
     lines.push(`| Berth gateway (HTTP, auth, balancing) | ${a.gateway.p50_us.toFixed(0)} | ${a.gateway.p90_us.toFixed(0)} | ${a.gateway.p99_us.toFixed(0)} | ${a.gateway.mean_us.toFixed(0)} |`);
     lines.push(`| **added by Berth** | **${(a.gateway.p50_us - a.direct.p50_us).toFixed(0)}** | ${(a.gateway.p90_us - a.direct.p90_us).toFixed(0)} | ${(a.gateway.p99_us - a.direct.p99_us).toFixed(0)} | ${(a.gateway.mean_us - a.direct.mean_us).toFixed(0)} |`);
     lines.push('');
