@@ -589,8 +589,12 @@ def _fetch_checkpoint(spec: dict) -> bytes:
 
     url, want, token = spec.get("url"), spec.get("sha256"), spec.get("token")
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    # never through a proxy from the environment: the token goes to Berth only
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # the token would follow a redirect
+            return None
+
+    # never through a proxy from the environment, never redirected: the token goes to Berth only
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
     digest = hashlib.sha256()
     chunks = []
     try:

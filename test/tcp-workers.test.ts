@@ -219,8 +219,14 @@ for (const fork of [true, false]) {
       const blob = Buffer.from(await ok.arrayBuffer());
       assert.equal(createHash('sha256').update(blob).digest('hex'), ckpt.sha256);
       assert.match(b.cli('node', 'logs', node.name).stdout, /checkpoint fetched from Berth \(\d+ bytes, sha256 verified\)/);
+      const otherFolder = await b.request('POST', '/v1/tokens', { name: 'team-b', folders: ['team-b'] });
+      const viewer = await b.request('POST', '/v1/tokens', { name: 'viewer', folders: ['default'], role: 'viewer' });
+      assert.equal(otherFolder.status, 201);
+      assert.equal(viewer.status, 201, JSON.stringify(viewer.body));
       for (const [what, url, auth] of [
         ['the admin token', path, `Bearer ${b.token}`],
+        ['a token of another folder', path, `Bearer ${otherFolder.body.token}`],
+        ['a viewer token of its folder', path, `Bearer ${viewer.body.token}`],
         ['no credential', path, ''],
         ['a wrong secret', path, `Bearer ${'0'.repeat(64)}`],
         ['its secret for another instance', `/internal/v1/instances/${lab.id}/checkpoint`, `Bearer ${secret}`],
