@@ -18,9 +18,10 @@
 // of the model per process, limits the replicas), p50, and CPU µs per call of the front
 // (Berth's gateway processes; the supervisor elsewhere) and of the Python workers, with
 // ratios against Berth, all from one run.
-// Also: Berth's added latency over its worker (a framed-protocol client straight to one
-// instance's Unix socket vs. a raw HTTP/1.1 client to the gateway, both at concurrency 1,
-// interleaved in blocks), and the time from POST /v1/nodes to status Healthy.
+// Also: Berth's added latency over its worker (a framed-protocol client straight to a worker of
+// the same checkpoint, on the same transport as Berth's, vs. a raw HTTP/1.1 client to the gateway,
+// both at concurrency 1, interleaved in blocks), and the time from POST /v1/nodes to status Healthy.
+// The direct worker is one the bench starts itself: Berth's instances take only their own secret.
 //
 //   node --import tsx bench/cell-node.ts          (= npm run bench:cell; about 5-6 minutes)
 //     [--duration 10] [--warmup 2] [--connections 16] [--c1-duration 5] [--direct-calls 2000]
@@ -29,6 +30,7 @@
 //     [--attempts 3]   (a target disturbed by other processes on the machine is measured again)
 //     [--quiet-wait 120]   (seconds to wait, at most, for other processes to leave the machine quiet)
 //     [--keep]         (keep the temporary directory: Berth's home, every server's log)
+//     [--worker-transport unix|tcp]   (how Berth reaches its cell workers; default $BERTH_WORKER_TRANSPORT or unix)
 //     [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']   (extra Node flags for berth up)
 //
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
@@ -36,6 +38,7 @@
 // every process it started on every exit path.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -69,8 +72,11 @@ const { values: args } = parseArgs({
     'berth-node-args': { type: 'string', default: '' },
     attempts: { type: 'string', default: '3' },
     'quiet-wait': { type: 'string', default: '120' },
+    'worker-transport': { type: 'string', default: process.env.BERTH_WORKER_TRANSPORT ?? 'unix' },
   },
 });
+const WORKER_TRANSPORT = args['worker-transport']!;
+if (WORKER_TRANSPORT !== 'unix' && WORKER_TRANSPORT !== 'tcp') throw new Error(`--worker-transport: unix or tcp, got ${WORKER_TRANSPORT}`);
 const DURATION = posInt(args.duration!, 'duration', 1, 600);
 const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
 const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
@@ -267,7 +273,52 @@ function stats(samples: number[]): LatencyStats {
   };
 }
 
-async function addedLatency(socketPath: string, port: number, nodeId: string, token: string): Promise<{ direct: LatencyStats; gateway: LatencyStats }> {
+/**
+ * A worker of the randomizer checkpoint started by the bench (unsandboxed, as Berth's own
+ * worker code), on the transport Berth uses, with a secret the bench knows; connected and
+ * past the handshake.
+ */
+async function directWorker(work: string, home: string, base: string, token: string): Promise<{ client: RawClient; m: Managed }> {
+  const cp = await http('GET', `${base}/v1/checkpoints/randomizer-checkpoint`, undefined, token);
+  if (cp.status !== 200) throw new Error(`checkpoint get: ${cp.status} ${cp.text}`);
+  const secret = randomBytes(32).toString('hex');
+  const socketPath = join(work, 'direct.sock');
+  const portFile = join(work, 'direct.port');
+  rmSync(portFile, { force: true });
+  const config = {
+    ...(WORKER_TRANSPORT === 'tcp' ? { listen: { tcp: { host: '127.0.0.1', port: 0 } }, portFile } : { socket: socketPath }),
+    secret, checkpoint: join(home, 'checkpoints', `${cp.json.id}.dill`), code: cp.json.code, requires: cp.json.requires,
+    inputs: [{ name: 'input_data', type: 'dict' }], outputs: [{ name: 'output_data', type: 'dict' }],
+  };
+  const m = start('direct worker', PYTHON, ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(join(ROOT, 'python'))}); import berth_worker; berth_worker.main()`],
+    join(work, 'direct-worker.log'), { BERTH_WORKER_CONFIG: JSON.stringify(config) });
+  const hello = Buffer.alloc(5 + secret.length);
+  hello.writeUInt32BE(secret.length, 0);
+  hello[4] = 0x03; // HELLO
+  hello.write(secret, 5);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      const target = WORKER_TRANSPORT === 'tcp' ? { port: Number(readFileSync(portFile, 'utf8')) } : { path: socketPath };
+      const client = await RawClient.open(target, parseFrame);
+      const welcome = await client.call(hello);
+      if (welcome[0] !== 0x85) throw new Error(`handshake answered 0x${welcome[0]!.toString(16)}`);
+      // wait until it has restored the checkpoint (PONG state ready)
+      const ping = Buffer.from([0, 0, 0, 0, 0x02]);
+      for (;;) {
+        const pong = await client.call(ping);
+        if (JSON.parse(pong.subarray(1).toString()).state === 'ready') return { client, m };
+        if (Date.now() > deadline) throw new Error('the direct worker did not get ready');
+        await sleep(20);
+      }
+    } catch (err) {
+      if (Date.now() > deadline) { await stop(m); throw err; }
+      await sleep(20);
+    }
+  }
+}
+
+async function addedLatency(work: string, home: string, base: string, port: number, nodeId: string, token: string): Promise<{ direct: LatencyStats; gateway: LatencyStats }> {
   const payload = Buffer.from(BODY);
   const header = Buffer.alloc(5);
   header.writeUInt32BE(payload.length, 0);
@@ -277,7 +328,7 @@ async function addedLatency(socketPath: string, port: number, nodeId: string, to
     `POST /datasphere/v1/nodes/${nodeId}:execute HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n` +
     `Authorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\n\r\n` + BODY);
 
-  const direct = await RawClient.open({ path: socketPath }, parseFrame);
+  const { client: direct, m: directProc } = await directWorker(work, home, base, token);
   const gateway = await RawClient.open({ port }, parseHttp);
   const checkDirect = (f: Buffer): void => {
     if (f[0] !== 0x81) throw new Error(`worker answered frame type 0x${f[0]!.toString(16)}: ${f.subarray(1).toString()}`);
@@ -307,6 +358,7 @@ async function addedLatency(socketPath: string, port: number, nodeId: string, to
   } finally {
     direct.close();
     gateway.close();
+    await stop(directProc);
   }
   return { direct: stats(d), gateway: stats(g) };
 }
@@ -400,7 +452,7 @@ async function benchBerth(work: string, gatewayWorkers: number | null): Promise<
   const tag = `p${PROCESSES}${gatewayWorkers === null ? '' : `-g${gatewayWorkers}`}`;
   const home = join(work, `berth-home-${tag}`);
   const name = gatewayWorkers === null ? 'berth' : `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
-  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home,
+  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--worker-transport', WORKER_TRANSPORT,
     ...(gatewayWorkers === null ? [] : ['--gateway-workers', String(gatewayWorkers)])],
     join(work, `berth-${tag}.log`), { BERTH_PYTHON: PYTHON }, true);
   let out = '';
@@ -467,7 +519,7 @@ async function benchBerth(work: string, gatewayWorkers: number | null): Promise<
     const groups = { gateway, workers: pids };
     const a = cpuSnapshot(groups);
     const benchCpu = process.cpuUsage();
-    added = await addedLatency(instances[0]!.endpoint.replace(/^unix:/, ''), port, nodeId, token);
+    added = await addedLatency(work, home, base, port, nodeId, token);
     const used = process.cpuUsage(benchCpu);
     addedCpu = cpuUse(a, cpuSnapshot(groups), 0, (used.user + used.system) / 1e6);
     log(`berth: direct p50 ${added.direct.p50_us.toFixed(0)} µs, gateway p50 ${added.gateway.p50_us.toFixed(0)} µs; ` +
@@ -623,7 +675,7 @@ function report(results: TargetResult[], berths: Array<{ result: TargetResult; e
     lines.push('');
     lines.push(`| ${b.name}: concurrency 1, ${a.direct.calls} calls each | p50 µs | p90 µs | p99 µs | mean µs |`);
     lines.push('|---|---:|---:|---:|---:|');
-    lines.push(`| worker direct (framed protocol, Unix socket) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
+    lines.push(`| worker direct (framed protocol, ${WORKER_TRANSPORT === 'tcp' ? 'TCP 127.0.0.1' : 'Unix socket'}, with the handshake) | ${a.direct.p50_us.toFixed(0)} | ${a.direct.p90_us.toFixed(0)} | ${a.direct.p99_us.toFixed(0)} | ${a.direct.mean_us.toFixed(0)} |`);
     lines.push(`| Berth gateway (HTTP, auth, balancing) | ${a.gateway.p50_us.toFixed(0)} | ${a.gateway.p90_us.toFixed(0)} | ${a.gateway.p99_us.toFixed(0)} | ${a.gateway.mean_us.toFixed(0)} |`);
     lines.push(`| **added by Berth** | **${(a.gateway.p50_us - a.direct.p50_us).toFixed(0)}** | ${(a.gateway.p90_us - a.direct.p90_us).toFixed(0)} | ${(a.gateway.p99_us - a.direct.p99_us).toFixed(0)} | ${(a.gateway.mean_us - a.direct.mean_us).toFixed(0)} |`);
     lines.push('');
@@ -642,7 +694,8 @@ function header(env: Record<string, string>): string {
     `Python: ${env.python}`,
     `Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
       `run order ${TARGETS.join(', ')}; rounds with ${PROCESS_MODES.join(' and ')} Python process(es) per target. ` +
-      (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : `\`berth up\` has no --gateway-workers flag yet: Berth runs with its one gateway process.`),
+      (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : `\`berth up\` has no --gateway-workers flag yet: Berth runs with its one gateway process.`) +
+      ` Cell workers over ${WORKER_TRANSPORT === 'tcp' ? 'TCP (127.0.0.1)' : 'Unix sockets'}, each connection authenticated by the instance secret.`,
   ].join('\n');
 }
 

@@ -1,5 +1,5 @@
 """Berth instance worker: restores a checkpoint and runs the serving cell on
-request, speaking a small framed protocol over a Unix socket.
+request, speaking a small framed protocol over a Unix socket or TCP.
 
 Invoked by the Node control plane as::
 
@@ -16,8 +16,11 @@ variable ``BERTH_WORKER_CONFIG``::
 
 Optional keys: "parentPid" (the controller's pid: the worker exits at once if
 its parent is already another process, closing the startup window before
-PR_SET_PDEATHSIG is set) and "maxRequestBytes" (frame size limit, default
-256 MiB).
+PR_SET_PDEATHSIG is set), "maxRequestBytes" (frame size limit, default
+256 MiB), "secret" (every connection must start with a HELLO frame carrying
+it; see PROTOCOL.md), "listen": {"tcp": {"host", "port"}} (TCP instead of
+"socket"; port 0 picks one, written to "portFile") and "checkpoint" as
+{"url", "sha256", "token"} (fetched from Berth and verified instead of read).
 
 Types: int, float, str, bool, list, dict, bytes, any, list[T], ndarray[dtype,
 shape...] and dataframe (berth_types.py). Inputs may carry a "default" (JSON),
@@ -44,6 +47,8 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
+import hmac
 import json
 import os
 import select
@@ -67,11 +72,20 @@ HEADER = struct.Struct(">IB")
 
 REQ_EXECUTE = 0x01  # payload: UTF-8 JSON object; its "input" key is used
 REQ_PING = 0x02  # empty payload
+REQ_HELLO = 0x03  # the instance secret (64 hex characters): the first frame of every connection when "secret" is set
 
 RESP_OK = 0x81  # {"output": {...}}
 RESP_USER_ERROR = 0x82  # {"error_name", "error_message", "traceback": [lines]}
 RESP_CALL_ERROR = 0x83  # {"code", "message", "details"}
-RESP_PONG = 0x84  # {"state", "error", "pid"}
+RESP_PONG = 0x84  # {"state", "error", "pid", "refused"}
+RESP_WELCOME = 0x85  # empty: the handshake passed
+
+# The handshake: a HELLO frame is tiny; anything longer is refused unread, and a client that
+# sends nothing is dropped after this long (it must not hold a thread).
+MAX_HELLO_BYTES = 256
+HELLO_TIMEOUT_S = 10.0
+# Connections still in their handshake at once; past it, new ones are closed at once.
+MAX_UNAUTHENTICATED = 64
 
 NDARRAY_FORMATS = ("list", "base64")
 
@@ -153,10 +167,37 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: the kernel picks one; see Worker.port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 class Worker:
     def __init__(self, config: dict):
-        self.socket_path: str = config["socket"]
-        self.checkpoint_path: str = config["checkpoint"]
+        self.socket_path: str | None = config.get("socket")
+        tcp = (config.get("listen") or {}).get("tcp")
+        self.tcp: tuple | None = (tcp["host"], int(tcp["port"])) if tcp else None
+        self.port_file: str | None = config.get("portFile")
+        self.port: int | None = None  # the TCP port bound, once listening
+        # the instance secret: every connection must present it first (never logged)
+        self.secret: bytes | None = config["secret"].encode("ascii") if config.get("secret") else None
+        self.refused = 0  # connections closed for a missing or wrong secret
+        self._refused_lock = threading.Lock()
+        self._handshakes = threading.BoundedSemaphore(MAX_UNAUTHENTICATED)
+        self.checkpoint = config["checkpoint"]  # a path, or {"url", "sha256", "token"} (fetched while loading)
+        self.checkpoint_path: str = self.checkpoint if isinstance(self.checkpoint, str) else "(fetched)"
         self.source: str = config["code"]
         self.requires: list = config.get("requires") or []
         # (name, type string, parsed type, has default, default)
@@ -180,18 +221,34 @@ class Worker:
     # -- state -------------------------------------------------------------
 
     def _set_state(self, state: str, error: str | None) -> None:
-        self.state, self.error = state, error
-        body = json.dumps({"state": state, "error": error, "pid": os.getpid()}, separators=(",", ":"))
+        with self._refused_lock:  # a refusal re-renders the pong from another thread
+            self.state, self.error = state, error
+            self._render_pong()
+
+    def _render_pong(self) -> None:
+        pong = {"state": self.state, "error": self.error, "pid": os.getpid()}
+        if self.secret is not None:
+            pong["refused"] = self.refused  # connections closed for a missing or wrong secret
+        body = json.dumps(pong, separators=(",", ":"))
         self._pong = _frame(RESP_PONG, body.encode("ascii"))  # one atomic swap; PINGs just send it
 
     # -- startup -----------------------------------------------------------
 
     def listen(self, quiet: bool = False) -> None:
-        """Bind and listen on the Unix socket (replacing a stale socket file)."""
-        self.listener = _bind_unix(self.socket_path)
-        threading.Thread(target=self._accept_loop, name="berth-accept", daemon=True).start()
+        """Bind and listen on TCP (config "listen": {"tcp"}) or else the Unix socket (replacing
+        a stale socket file). With TCP, the port bound is written to "portFile" when given."""
+        if self.tcp is not None:
+            self.listener = _bind_tcp(*self.tcp)
+            self.port = self.listener.getsockname()[1]
+            where = f"tcp {self.tcp[0]}:{self.port}"
+        else:
+            self.listener = _bind_unix(self.socket_path)
+            where = self.socket_path
+        threading.Thread(target=self._accept_loop, args=(self.listener,), name="berth-accept", daemon=True).start()
+        if self.port_file and self.port is not None:
+            _write_atomically(self.port_file, f"{self.port}\n")  # how Berth learns a port 0 bind
         if not quiet:
-            log(f"listening on {self.socket_path}")
+            log(f"listening on {where}" + ("" if self.secret else " (no handshake)"))
 
     def load(self) -> None:
         """Restore the checkpoint into __main__.__dict__ and compile the
@@ -207,12 +264,19 @@ class Worker:
             if errors:
                 return self._fail("; ".join(errors))
 
-            try:
-                with open(self.checkpoint_path, "rb") as f:
-                    blob = f.read()
-            except OSError as exc:
-                return self._fail(f"cannot read the checkpoint {self.checkpoint_path}: {exc.strerror or exc}")
-            log(f"restoring checkpoint {self.checkpoint_path} ({len(blob)} bytes)")
+            if isinstance(self.checkpoint, dict):
+                try:
+                    blob = _fetch_checkpoint(self.checkpoint)
+                except _FetchError as exc:
+                    return self._fail(str(exc))
+                log(f"restoring checkpoint fetched from Berth ({len(blob)} bytes, sha256 verified)")
+            else:
+                try:
+                    with open(self.checkpoint_path, "rb") as f:
+                        blob = f.read()
+                except OSError as exc:
+                    return self._fail(f"cannot read the checkpoint {self.checkpoint_path}: {exc.strerror or exc}")
+                log(f"restoring checkpoint {self.checkpoint_path} ({len(blob)} bytes)")
 
             if any(berth_types.needs_numpy(v[2]) for v in self.inputs + self.outputs):
                 try:
@@ -260,8 +324,7 @@ class Worker:
 
     # -- connections -------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        listener = self.listener
+    def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             try:
                 conn, _ = listener.accept()
@@ -271,11 +334,69 @@ class Worker:
                 log(f"accept failed: {exc}")  # e.g. EMFILE; back off briefly
                 time.sleep(0.1)
                 continue
+            if self.secret is not None and not self._handshakes.acquire(blocking=False):
+                self._refuse(conn, "too many connections in their handshake")
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="berth-conn", daemon=True).start()
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        """Closes a connection that did not present the secret, answering nothing; counts it."""
+        with self._refused_lock:
+            self.refused += 1
+            n = self.refused
+            self._render_pong()  # the pong carries the count
+        if n <= 10 or n % 1000 == 0:  # a flood must not flood the log
+            log(f"refused a connection: {why} ({n} so far)")
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _handshake(self, conn: socket.socket) -> bool:
+        """The first frame must be HELLO carrying the secret (compared in constant time)."""
+        try:
+            conn.settimeout(HELLO_TIMEOUT_S)
+            header = b""
+            while len(header) < 5:
+                chunk = conn.recv(5 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+            if len(header) < 5:
+                self._refuse(conn, "closed or silent before the handshake")
+                return False
+            length, kind = HEADER.unpack(header)
+            if kind != REQ_HELLO or length > MAX_HELLO_BYTES:
+                self._refuse(conn, "the first frame was not a handshake")
+                return False
+            payload = b""
+            while len(payload) < length:
+                chunk = conn.recv(length - len(payload))
+                if not chunk:
+                    break
+                payload += chunk
+            if not hmac.compare_digest(payload, self.secret):
+                self._refuse(conn, "wrong secret")
+                return False
+            conn.settimeout(None)
+            conn.sendall(_frame(RESP_WELCOME, b""))
+            return True
+        except OSError:
+            self._refuse(conn, "the handshake failed")
+            return False
 
     def _serve(self, conn: socket.socket) -> None:
         """Answer frames on one connection until the client closes it. Any
         socket error just ends this connection, never the worker."""
+        if self.secret is not None:
+            try:
+                passed = self._handshake(conn)
+            finally:
+                self._handshakes.release()
+            if not passed:
+                return
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         rfile = conn.makefile("rb", buffering=65536)
         read = rfile.read
         send = conn.sendall
@@ -441,10 +562,57 @@ class Worker:
                 self.listener.close()
             except OSError:
                 pass
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        if self.socket_path and self.tcp is None:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint fetched from Berth (config "checkpoint": {"url", "sha256", "token"})
+
+
+class _FetchError(Exception):
+    """Why the checkpoint could not be fetched or verified (the instance fails with it)."""
+
+
+FETCH_TIMEOUT_S = 60.0
+FETCH_CHUNK = 1024 * 1024
+
+
+def _fetch_checkpoint(spec: dict) -> bytes:
+    """GET the blob (the instance secret as a bearer token), hashing while it streams in;
+    refuses it unless its sha256 is the one Berth recorded."""
+    import urllib.error
+    import urllib.request
+
+    url, want, token = spec.get("url"), spec.get("sha256"), spec.get("token")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # the token would follow a redirect
+            return None
+
+    # never through a proxy from the environment, never redirected: the token goes to Berth only
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    digest = hashlib.sha256()
+    chunks = []
+    try:
+        with opener.open(request, timeout=FETCH_TIMEOUT_S) as response:
+            while True:
+                chunk = response.read(FETCH_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                chunks.append(chunk)
+    except urllib.error.HTTPError as exc:
+        raise _FetchError(f"cannot fetch the checkpoint from Berth: HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _FetchError(f"cannot fetch the checkpoint from Berth: {getattr(exc, 'reason', exc)}") from None
+    got = digest.hexdigest()
+    if not hmac.compare_digest(got, str(want)):
+        raise _FetchError(f"the checkpoint fetched from Berth is corrupt: sha256 {got}, expected {want}; refusing to restore it")
+    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------
@@ -500,9 +668,32 @@ def _read_config() -> dict:
         raise ValueError("BERTH_WORKER_CONFIG is not a JSON object")
     if config.get("mode", "instance") not in ("instance", "template"):
         raise ValueError('"mode" must be "instance" or "template"')
-    for key in ("socket", "checkpoint", "code"):
+    tcp = (config.get("listen") or {}).get("tcp") if isinstance(config.get("listen") or {}, dict) else None
+    if config.get("listen") is not None and not isinstance(config.get("listen"), dict):
+        raise ValueError('"listen" must be an object: {"tcp": {"host", "port"}}')
+    if tcp is not None and (not isinstance(tcp, dict) or not isinstance(tcp.get("host"), str)
+                            or not isinstance(tcp.get("port"), int) or isinstance(tcp.get("port"), bool)
+                            or not 0 <= tcp["port"] <= 65535):
+        raise ValueError('"listen.tcp" must be {"host": str, "port": 0-65535}')
+    if tcp is not None and config.get("mode") == "template":
+        raise ValueError('a template listens on its Unix control socket: "listen.tcp" goes in each fork request')
+    keys = ("code",) if tcp is not None else ("socket", "code")
+    for key in keys:
         if not isinstance(config.get(key), str):
             raise ValueError(f'"{key}" must be a string')
+    for key in ("socket", "portFile"):
+        if config.get(key) is not None and not isinstance(config.get(key), str):
+            raise ValueError(f'"{key}" must be a string')
+    checkpoint = config.get("checkpoint")
+    if isinstance(checkpoint, dict):
+        if not all(isinstance(checkpoint.get(k), str) for k in ("url", "sha256", "token")):
+            raise ValueError('"checkpoint" must be a path or {"url", "sha256", "token"} strings')
+    elif not isinstance(checkpoint, str):
+        raise ValueError('"checkpoint" must be a string')
+    secret = config.get("secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 32 or len(secret) > MAX_HELLO_BYTES
+                               or not all(c in "0123456789abcdef" for c in secret)):
+        raise ValueError('"secret" must be lowercase hex, 32 to 256 characters')  # never echoed
     for key in ("inputs", "outputs"):
         for item in config.get(key) or []:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not isinstance(item.get("type"), str):
@@ -689,14 +880,14 @@ class Template:
                 self.held_seq += 1
                 self.held[self.held_seq] = conn
                 _send_line(conn, {"held": self.held_seq})
-            elif op == "fork" and isinstance(request.get("socket"), str):
+            elif op == "fork" and (isinstance(request.get("socket"), str) or isinstance(request.get("tcp"), dict)):
                 err = self.held.pop(request.get("stderr"), None) if isinstance(request.get("stderr"), int) else None
                 if self.state != "ready":
                     _send_line(conn, {"error": f"the template is {self.state}"})
                     if err is not None:
                         self._drop(err)
                     return self._drop(conn)
-                self._fork(conn, request["socket"], err)
+                self._fork(conn, request, err)
             else:
                 _send_line(conn, {"error": "unknown request"})
                 self._drop(conn)
@@ -704,7 +895,7 @@ class Template:
             self._drop(conn)
         return None
 
-    def _fork(self, conn: socket.socket, socket_path: str, err: socket.socket | None = None) -> None:
+    def _fork(self, conn: socket.socket, request: dict, err: socket.socket | None = None) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -713,7 +904,7 @@ class Template:
         template_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._become_instance(conn, socket_path, template_pid, err)  # never returns
+            self._become_instance(conn, request, template_pid, err)  # never returns
         self.children.add(pid)
         try:
             _send_line(conn, {"pid": pid})
@@ -744,7 +935,7 @@ class Template:
 
     # -- in the forked child -----------------------------------------------
 
-    def _become_instance(self, conn: socket.socket, socket_path: str, template_pid: int, err: socket.socket | None) -> None:
+    def _become_instance(self, conn: socket.socket, request: dict, template_pid: int, err: socket.socket | None) -> None:
         worker = self.worker
 
         def on_signal(signum, _frame):
@@ -779,11 +970,22 @@ class Template:
                 buf += data
             conn.settimeout(None)
             _reseed()
-            worker.socket_path = socket_path
-            os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+            # the instance's own secret and address (the template's config has neither)
+            secret = request.get("secret")
+            worker.secret = secret.encode("ascii") if isinstance(secret, str) and secret else None
+            tcp = request.get("tcp")
+            if isinstance(tcp, dict):
+                worker.tcp = (str(tcp["host"]), int(tcp["port"]))
+                where = f"tcp {worker.tcp[0]}:{{port}}"
+            else:
+                socket_path = request["socket"]
+                worker.socket_path = socket_path
+                os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+                where = socket_path
             worker.listen(quiet=True)
             worker._set_state("ready", None)  # the pong names this process
-            _send_line(conn, {"bound": True})
+            where = where.replace("{port}", str(worker.port))
+            _send_line(conn, {"bound": True, **({"port": worker.port} if worker.port is not None else {})})
         except BaseException as exc:  # noqa: BLE001 - whatever went wrong, the child must not return into the loop
             try:
                 _send_line(conn, {"error": f"{type(exc).__name__}: {_safe_str(exc)}"})
@@ -800,7 +1002,7 @@ class Template:
             conn.close()
             if err is not None:
                 err.close()
-            log(f"worker pid {os.getpid()} forked from template pid {template_pid}; listening on {socket_path}")
+            log(f"worker pid {os.getpid()} forked from template pid {template_pid}; listening on {where}")
             _run_instance(worker, template_pid)
         finally:
             os._exit(1)
@@ -871,7 +1073,7 @@ def main() -> None:
     try:
         worker.listen()  # first, so the controller can PING while we load
     except OSError as exc:
-        log(f"cannot listen on {config['socket']}: {exc}")
+        log(f"cannot listen on {worker.socket_path if worker.tcp is None else 'tcp %s:%d' % worker.tcp}: {exc}")
         sys.exit(EXIT_CONFIG)
 
     worker.load()

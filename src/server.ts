@@ -27,6 +27,7 @@ import { sendError } from './gateway/http-util.js';
 import { installProcessGuards } from './gateway/last-resort.js';
 import { GatewayCluster } from './cluster/primary.js';
 import { registerApi } from './api/index.js';
+import { internalRoutes } from './api/internal.js';
 import { Quotas } from './folders/quotas.js';
 import { AliasTable } from './aliases/table.js';
 import { RoutingTable } from './gateway/routing-table.js';
@@ -81,7 +82,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // a PostgreSQL store can be shared by several Berth servers: one leads (runs the controller),
   // every one serves (src/peers/); their containers belong to the cluster, not to one home
   const bus = config.store && /^postgres(ql)?:\/\//.test(config.store) ? await PeerBus.connect(config.store) : null;
-  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, bus ? `berth-cluster:${bus.clusterId}` : undefined);
+  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, { workerTransport: config.workerTransport, ...(bus ? { owner: `berth-cluster:${bus.clusterId}` } : {}) });
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   // SQLite in the home, or PostgreSQL (--store): migrated here; an unreachable database stops `berth up` now
@@ -198,6 +199,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
   registerApi(app, apiDeps);
+  if (runtime.checkpointGrants) internalRoutes(app, runtime.checkpointGrants); // workers fetch their checkpoint (TCP workers)
   const dashboard = registerDashboard(app, apiDeps); // /ui, GET /v1/watch, metrics history (src/ui/)
   const metricsServer = config.metricsListen ? await startMetricsListener(config.metricsListen, metricsText, metrics.registry.contentType) : null;
 
@@ -234,6 +236,9 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       '!!! Use --tls-cert FILE --tls-key FILE, or bind 127.0.0.1 behind a TLS proxy.',
       '', ''].join('\n'));
   }
+  // TCP workers fetch their checkpoint from here (loopback: the sandbox shares the host's network);
+  // not over TLS, whose certificate a worker could not check
+  if (!tls) runtime.checkpointGrants?.serveAt(`http://${fetchHost(config.host)}:${port}`);
   // with a shared store: join the other servers; the first one up leads before `berth up` says it is up
   if (peering) await peering.start(config.advertiseUrl ?? url);
   // lets the CLI find this server without being told
@@ -267,6 +272,13 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     return closing;
   };
   return { url, config, close };
+}
+
+/** The address a local worker reaches this Berth at: loopback when it listens on every address. */
+function fetchHost(host: string): string {
+  if (host === '0.0.0.0' || host === '' ) return '127.0.0.1';
+  if (host === '::') return '[::1]';
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 /** `--metrics-listen host:port`: Prometheus scrapes here without a token (keep it on a private address). */

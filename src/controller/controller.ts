@@ -618,7 +618,7 @@ export class Controller implements InstanceEvents {
     return {
       kind: 'cell', python: env.python, kernelImage: env.image ?? this.config.kernelImage,
       registryAuth: await this.registryAuth(spec.folderId, env.username, env.passwordSecret),
-      checkpointPath: await this.blobs.materialize(checkpoint), code: checkpoint.code, requires: checkpoint.requires,
+      checkpointPath: await this.blobs.materialize(checkpoint), checkpointSha256: checkpoint.sha256, code: checkpoint.code, requires: checkpoint.requires,
       inputs: spec.inputs, outputs: spec.outputs, maxResponseBytes: this.config.maxResponseBytes,
       fork: spec.scaling.fork !== false,
     };

@@ -57,6 +57,12 @@ export interface Config {
   checkpointRunMemoryGb: number;
   maxCheckpointRuns: number;
   checkpointRunQueue: number;
+  /**
+   * How Berth reaches cell workers (`--worker-transport`, BERTH_WORKER_TRANSPORT): a Unix socket in
+   * the instance's run directory, or TCP (process runtime: 127.0.0.1; docker: a published port), the
+   * way to instances on other machines. Either way every connection starts with the instance's secret.
+   */
+  workerTransport: 'unix' | 'tcp';
   /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
@@ -150,6 +156,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
     secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
+    workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
   };
 }
 

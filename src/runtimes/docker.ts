@@ -7,14 +7,16 @@
 // - Image workloads publish each container port on 127.0.0.1 with a port Docker picks.
 // - Cell workloads run Berth's Python worker inside the node's kernel image: the worker code
 //   (python/), the checkpoint and a per-instance run directory are bind-mounted, and Berth
-//   reaches the worker's Unix socket through the run directory on the host. The daemon must
-//   therefore run on this machine (a remote DOCKER_HOST cannot serve cell nodes).
+//   reaches the worker's Unix socket through the run directory on the host, or, with
+//   `--worker-transport tcp`, the worker's TCP port published on 127.0.0.1 as image nodes'
+//   ports are (the step towards a remote daemon serving cell nodes). Either way every connection
+//   starts with the instance's secret, which is in the worker's config file only (0600).
 // - A container's log is copied into <home>/logs/<nodeId>/<instanceId>.log when it exits,
 //   then the container is removed; `logs()` shows that file plus the live container's log.
 //   Containers' own logs are capped by the json-file driver (`max-size`/`max-file` from
 //   `--log-max-bytes`/`--log-files`), and reads ask Docker for the tail only.
 import Docker from 'dockerode';
-import { appendFile, chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -23,6 +25,7 @@ import { PYTHON_DIR, loadConfig } from '../core/config.js';
 import type { Endpoint } from '../worker/protocol.js';
 import type { ExitInfo, InstanceSpec, LogQuery, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
+import { newInstanceSecret, type WorkerTransport } from './worker-endpoint.js';
 
 /** sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep. */
 const MAX_SOCKET_PATH = 100;
@@ -33,7 +36,10 @@ const LABEL = {
   kind: 'berth.kind',
   ports: 'berth.ports',
   revision: 'berth.revision',
+  transport: 'berth.worker-transport',
 } as const;
+/** The port a cell worker listens on inside its container with TCP workers (published on 127.0.0.1). */
+const WORKER_PORT = 7070;
 /** Lines of a container's log kept in the instance log file when the container goes away. */
 const ARCHIVE_LINES = 5000;
 const GB = 1024 ** 3;
@@ -61,6 +67,8 @@ export interface DockerRuntimeOptions {
    * sharing a PostgreSQL store share one owner, so whichever leads adopts the others' containers.
    */
   owner?: string;
+  /** How Berth reaches cell workers; default from the environment (BERTH_WORKER_TRANSPORT). */
+  workerTransport?: WorkerTransport;
 }
 
 class DockerInstance implements RuntimeInstance {
@@ -93,6 +101,7 @@ export class DockerRuntime implements Runtime {
   private readonly tracked = new Map<string, Tracked>();
   private readonly pulls = new Map<string, Promise<void>>();
   private readonly logLimits: LogLimits;
+  private readonly transport: WorkerTransport;
 
   constructor(home: string, options: DockerRuntimeOptions = {}) {
     this.home = resolve(home);
@@ -106,6 +115,7 @@ export class DockerRuntime implements Runtime {
     this.runRoot = runRoot;
     this.docker = options.docker ?? new Docker();
     this.logLimits = options.logLimits ?? DEFAULT_LOG_LIMITS;
+    this.transport = options.workerTransport ?? loadConfig({ home }).workerTransport;
   }
 
   /** Where the daemon is expected, for messages. */
@@ -192,15 +202,24 @@ export class DockerRuntime implements Runtime {
       const root = (process.getuid?.() ?? 0) === 0;
       // only the container's user may create (and reach) things in it; root reaches any socket
       if (root) { await chown(runDir, KERNEL_USER, KERNEL_USER); await chmod(runDir, 0o700); } else await chmod(runDir, 0o777);
+      // TCP: the worker's port published like an image node's (not with network none: nothing to publish on)
+      const tcp = this.transport === 'tcp' && spec.network !== 'none';
       const config = {
-        socket: '/berth/run/worker.sock', checkpoint: '/berth/checkpoint.dill', code: w.code, requires: w.requires,
+        ...(tcp ? { listen: { tcp: { host: '0.0.0.0', port: WORKER_PORT } } } : { socket: '/berth/run/worker.sock' }),
+        secret: newInstanceSecret(), checkpoint: '/berth/checkpoint.dill', code: w.code, requires: w.requires,
         inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
       };
+      if (tcp) {
+        labels[LABEL.transport] = 'tcp';
+        create.ExposedPorts = { [`${WORKER_PORT}/tcp`]: {} };
+        hostConfig.PortBindings = { [`${WORKER_PORT}/tcp`]: [{ HostIp: '127.0.0.1', HostPort: '' }] };
+      }
       create.Entrypoint = ['python3'];
       create.Cmd = ['-u', '-c', WORKER_BOOTSTRAP];
-      // chmod, not writeFile's mode: Berth's umask (077) would mask it and the container's user could not read it
-      await writeFile(join(runDir, 'config.json'), JSON.stringify(config));
-      await chmod(join(runDir, 'config.json'), 0o644);
+      // it holds the instance's secret: readable by the container's user only (Berth's uid when
+      // Berth is not root, else nobody's, which the file is given to)
+      await writeFile(join(runDir, 'config.json'), JSON.stringify(config), { mode: 0o600 });
+      if (root) await chown(join(runDir, 'config.json'), KERNEL_USER, KERNEL_USER);
       create.Env = ['PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1'];
       // The worker's socket is created 0600: a Berth that is not root runs the worker as
       // itself so it can connect (root can connect to any socket, so the image's user stays).
@@ -229,7 +248,7 @@ export class DockerRuntime implements Runtime {
       await container.remove({ force: true }).catch(() => {});
       throw new Error(`start container ${name} from ${image}: ${errorText(err)}`);
     }
-    return this.track(container, spec.nodeId, spec.instanceId, w.kind, labels[LABEL.ports], spec.revision);
+    return this.track(container, spec.nodeId, spec.instanceId, w.kind, labels[LABEL.ports], spec.revision, labels[LABEL.transport]);
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
@@ -265,7 +284,7 @@ export class DockerRuntime implements Runtime {
       const container = this.docker.getContainer(info.Id);
       if (info.State === 'running') {
         const revision = Number(labels[LABEL.revision]); // absent on containers from before revisions: the node's current one
-        out.push(await this.track(container, nodeId, instanceId, labels[LABEL.kind] === 'cell' ? 'cell' : 'image', labels[LABEL.ports], Number.isInteger(revision) && revision > 0 ? revision : undefined));
+        out.push(await this.track(container, nodeId, instanceId, labels[LABEL.kind] === 'cell' ? 'cell' : 'image', labels[LABEL.ports], Number.isInteger(revision) && revision > 0 ? revision : undefined, labels[LABEL.transport]));
       } else {
         // a container of this home that stopped while no Berth was watching: keep its log, remove it
         await this.archiveLogs(container, nodeId, instanceId, `container found ${info.State} (${info.Status})`);
@@ -392,15 +411,16 @@ export class DockerRuntime implements Runtime {
   }
 
   /** Reads the container back and starts watching it; the returned instance is kept for `list`/`logs`. */
-  private async track(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', portsLabel: string | undefined, revision: number | undefined): Promise<DockerInstance> {
+  private async track(container: Docker.Container, nodeId: string, instanceId: string, kind: 'cell' | 'image', portsLabel: string | undefined, revision: number | undefined, transport?: string): Promise<DockerInstance> {
     const ports = new Map<number, Endpoint>();
     let endpoint: Endpoint;
     let pid: number | null = null;
-    if (kind === 'cell') {
-      endpoint = { path: join(this.runDir(instanceId), 'worker.sock') };
+    if (kind === 'cell' && transport !== 'tcp') {
+      endpoint = { path: join(this.runDir(instanceId), 'worker.sock'), ...await this.workerSecret(instanceId) };
       try { pid = (await container.inspect()).State.Pid || null; } catch { /* exited and gone already */ }
     } else {
-      const wanted = (portsLabel ?? '').split(',').filter(Boolean).map(Number);
+      // image ports, or a TCP cell worker's published port
+      const wanted = kind === 'cell' ? [WORKER_PORT] : (portsLabel ?? '').split(',').filter(Boolean).map(Number);
       // the mapping appears with the start; a container that already exited has none
       for (let attempt = 0; attempt < 20; attempt++) {
         let info: Docker.ContainerInspectInfo;
@@ -416,6 +436,7 @@ export class DockerRuntime implements Runtime {
       }
       const first = wanted[0];
       endpoint = (first !== undefined ? ports.get(first) : undefined) ?? { host: '127.0.0.1', port: 0 };
+      if (kind === 'cell') { endpoint = { ...endpoint, ...await this.workerSecret(instanceId) }; ports.clear(); }
     }
     const tracked: Tracked = { instance: undefined as unknown as DockerInstance, archived: false };
     const exited = this.watch(container, nodeId, instanceId, kind, tracked);
@@ -449,6 +470,14 @@ export class DockerRuntime implements Runtime {
     if (kind === 'cell') await rm(this.runDir(instanceId), { recursive: true, force: true }).catch(() => {});
     if (this.tracked.get(instanceId) === tracked) this.tracked.delete(instanceId);
     return { code, signal, ...(error ? { error } : {}) };
+  }
+
+  /** The cell worker's secret, from its config file (read back when adopting a container); none in older ones. */
+  private async workerSecret(instanceId: string): Promise<{ secret?: string }> {
+    try {
+      const c = JSON.parse(await readFile(join(this.runDir(instanceId), 'config.json'), 'utf8')) as { secret?: unknown };
+      return typeof c.secret === 'string' ? { secret: c.secret } : {};
+    } catch { return {}; }
   }
 
   /** Removes the container and resolves once it is gone (another removal may already be under way). */

@@ -6,7 +6,9 @@
 // before it runs anything), its own process group (recorded for cleanup after a crash), its own
 // socket (pinned by a hard link, as a fresh worker's) and its own log (the fork connection
 // becomes its stdout and stderr). The template is the instances' parent: it reports their exits,
-// and they die with it. Wire protocol: python/PROTOCOL.md ("Template mode").
+// and they die with it. Each fork request carries the instance's own secret and, with TCP
+// workers, asks the child to listen on 127.0.0.1 (it answers the port it bound).
+// Wire protocol: python/PROTOCOL.md ("Template mode").
 import { connect, type Socket } from 'node:net';
 import { linkSync, lstatSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +18,8 @@ import type { Cgroup } from '../sandbox/cgroups.js';
 import { hostPidOf } from '../sandbox/pids.js';
 import type { Sandbox, SandboxExit, Sandboxed } from '../sandbox/sandbox.js';
 import type { CellWorkload } from './runtime.js';
+import type { Endpoint } from '../worker/protocol.js';
+import { listenerUid } from './worker-endpoint.js';
 
 /** Why a template cannot fork: its revision's instances start as fresh processes (a node warning says why). */
 export class NotForkable extends Error {}
@@ -39,8 +43,8 @@ export interface TemplateSpec {
 
 export interface ForkedInstance {
   hostPid: number;
-  /** Where Berth connects to it (pinned, as a fresh worker's socket). */
-  endpoint: string;
+  /** Where Berth connects to it (a socket pinned as a fresh worker's, or 127.0.0.1:port), with its secret. */
+  endpoint: Endpoint;
   /** Its stdout and its stderr (two streams, as a fresh worker's pipes: lines of one never break into the other's). */
   output: Socket;
   errors: Socket;
@@ -296,7 +300,7 @@ export class ForkTemplate {
   }
 
   /** A new instance: forked, in its own cgroup with `limits`, listening on its own socket. */
-  async fork(instanceId: string, limits: { cores: number; memoryGb: number }): Promise<ForkedInstance> {
+  async fork(instanceId: string, limits: { cores: number; memoryGb: number }, how: { secret: string; tcp: boolean }): Promise<ForkedInstance> {
     await this.ready;
     if (this.state !== 'ready') throw new Error(`template ${this.id} is ${this.state}`);
     const none = this.sandbox.mode === 'none';
@@ -314,7 +318,8 @@ export class ForkTemplate {
       errConn.write('{"op":"hold"}\n');
       const held = await errLines.next(HANDSHAKE_MS);
       if (typeof held.held !== 'number') throw new Error(`the template did not hold a connection: ${String(held.error ?? JSON.stringify(held))}`);
-      conn.write(JSON.stringify({ op: 'fork', socket: inside, stderr: held.held }) + '\n');
+      const where = how.tcp ? { tcp: { host: '127.0.0.1', port: 0 } } : { socket: inside };
+      conn.write(JSON.stringify({ op: 'fork', ...where, secret: how.secret, stderr: held.held }) + '\n');
       // its cgroup is made while the template forks
       try { cgroup = this.sandbox.forkedCgroup(instanceId, limits); } catch (err) { cgroupError = err as Error; }
       const reply = await lines.next(HANDSHAKE_MS);
@@ -336,7 +341,17 @@ export class ForkTemplate {
       const [, bound] = await Promise.all([moved, lines.next(HANDSHAKE_MS)]);
       if (bound.bound !== true) throw new Error(`the forked instance did not start: ${String(bound.error ?? JSON.stringify(bound))}`);
       const c = child;
-      const endpoint = none ? inside : await pinSocket(join(hostDir, SOCKET), join(this.sandbox.runDir, `${instanceId}.sock`), this.sb!.uid, () => c.done, HANDSHAKE_MS);
+      let endpoint: Endpoint;
+      if (how.tcp) {
+        const port = Number(bound.port);
+        if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`the forked instance reported no port: ${JSON.stringify(bound)}`);
+        // the answer comes from the template's sandbox: trusted once the port is a listener of its uid
+        const owner = this.sb!.uid === null ? null : await listenerUid(port);
+        if (owner !== this.sb!.uid) throw new Error(`port ${port} the forked instance reported is not its own listener`);
+        endpoint = { host: '127.0.0.1', port, secret: how.secret };
+      } else {
+        endpoint = { path: none ? inside : await pinSocket(join(hostDir, SOCKET), join(this.sandbox.runDir, `${instanceId}.sock`), this.sb!.uid, () => c.done, HANDSHAKE_MS), secret: how.secret };
+      }
       const rest = lines.detach();
       if (rest.length) conn.unshift(rest);
       const restErr = errLines.detach();

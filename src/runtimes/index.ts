@@ -4,6 +4,7 @@ import { ProcessRuntime } from './process.js';
 import { DockerRuntime } from './docker.js';
 import { DEFAULT_LOG_LIMITS, type LogLimits } from './log-file.js';
 import type { Sandbox } from '../sandbox/sandbox.js';
+import type { WorkerTransport } from './worker-endpoint.js';
 
 export type RuntimeName = 'process' | 'docker';
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker'];
@@ -12,10 +13,10 @@ export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker'];
  * `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent.
  * `owner`: whose instances these are, when several Berth servers share a store (container runtimes).
  */
-export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, owner?: string): Runtime {
+export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, o: { owner?: string; workerTransport?: WorkerTransport } = {}): Runtime {
   switch (name) {
-    case 'process': return new ProcessRuntime(home, logLimits, sandbox);
-    case 'docker': return new DockerRuntime(home, { logLimits, ...(owner ? { owner } : {}) });
+    case 'process': return new ProcessRuntime(home, logLimits, sandbox, o.workerTransport);
+    case 'docker': return new DockerRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}), ...(o.workerTransport ? { workerTransport: o.workerTransport } : {}) });
     default: throw new Error(`unknown runtime ${JSON.stringify(name)}: use ${RUNTIME_NAMES.join(' or ')}`);
   }
 }

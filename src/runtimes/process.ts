@@ -2,7 +2,8 @@
 // (src/sandbox/: bubblewrap namespaces, its own uid, a cgroup with the node's limits).
 // Cell instances are forked from a template of their node revision when the workload asks
 // (fork-template.ts), else (and when the checkpoint is not safe to fork) fresh processes.
-// Needs no Docker.
+// Needs no Docker. Workers listen on a Unix socket in their run directory, or (--worker-transport
+// tcp) on 127.0.0.1 with a port they pick; every connection starts with the instance's secret.
 import { linkSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,8 +12,12 @@ import { Sandbox, type Sandboxed } from '../sandbox/sandbox.js';
 import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Runtime, RuntimeInstance } from './runtime.js';
 import { ForkTemplate, NotForkable } from './fork-template.js';
 import { DEFAULT_LOG_LIMITS, InstanceLog, pruneInstanceLogs, rotatedPaths, tailLines, type LogLimits } from './log-file.js';
+import { newInstanceSecret, portFromFile, type WorkerTransport } from './worker-endpoint.js';
+import { CheckpointGrants } from './checkpoint-grants.js';
+import type { Endpoint } from '../worker/protocol.js';
 
 const SOCKET = 'worker.sock';
+const PORT_FILE = 'worker.port';
 /** The worker binds its socket before it loads the checkpoint: a few hundred ms; this is a generous bound. */
 const PREPARE_SOCKET_MS = 60_000;
 
@@ -33,9 +38,13 @@ export class ProcessRuntime implements Runtime {
   private readonly keep = new Map<string, ReadonlySet<number>>();
   /** Logs being written, by instance id (closed when the instance's pipes end). */
   private readonly openLogs = new Map<string, InstanceLog>();
+  private readonly transport: WorkerTransport;
+  /** TCP workers of fresh instances fetch their checkpoint from Berth (issue 13); see useFetch. */
+  readonly checkpointGrants = new CheckpointGrants();
 
   /** `sandbox`: shared with checkpoint runs; made from the environment (BERTH_SANDBOX…) when absent. */
-  constructor(home: string, private readonly logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox) {
+  /** `transport`: default from the environment (BERTH_WORKER_TRANSPORT). */
+  constructor(home: string, private readonly logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, transport?: WorkerTransport) {
     this.logDir = join(home, 'logs');
     mkdirSync(this.logDir, { recursive: true });
     if (!sandbox) {
@@ -43,6 +52,15 @@ export class ProcessRuntime implements Runtime {
       sandbox = new Sandbox({ home: c.home, mode: c.sandbox, uidFirst: c.sandboxUidFirst, uidCount: c.sandboxUidCount, pidsLimit: c.pidsLimit });
     }
     this.sandbox = sandbox;
+    this.transport = transport ?? loadConfig({ home }).workerTransport;
+  }
+
+  /**
+   * TCP for this instance? Not for network:none: its sandbox has a network namespace of its own,
+   * whose 127.0.0.1 Berth cannot reach, so it keeps the Unix socket (said in its log).
+   */
+  private useTcp(spec: InstanceSpec): boolean {
+    return this.transport === 'tcp' && spec.network !== 'none';
   }
 
   check(): Promise<string | null> { return this.sandbox.check(); }
@@ -65,13 +83,18 @@ export class ProcessRuntime implements Runtime {
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
     mkdirSync(join(this.logDir, spec.nodeId), { recursive: true });
     // stdout/stderr go through pipes into a capped, rotated file (log-file.ts)
-    const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId} with ${w.python}${this.sandbox.mode === 'none' ? ' (no sandbox)' : ''}`);
+    const tcp = this.useTcp(spec);
+    const fallback = this.transport === 'tcp' && !tcp ? ' (on a Unix socket, not TCP: network none)' : '';
+    const log = new InstanceLog(logFile, this.logLimits, `starting instance ${spec.instanceId} with ${w.python}${this.sandbox.mode === 'none' ? ' (no sandbox)' : ''}${fallback}`);
     this.openLogs.set(spec.instanceId, log);
     void pruneInstanceLogs(join(this.logDir, spec.nodeId), new Set(this.openLogs.keys()));
+    const secret = newInstanceSecret();
+    // fetched: the blob is not bound into the sandbox; the worker downloads and verifies it
+    const fetchUrl = tcp && w.checkpointSha256 ? this.checkpointGrants.url(spec.instanceId) : null;
     let sb: Sandboxed;
     try {
       sb = await this.sandbox.spawn({
-        id: spec.instanceId, python: w.python, checkpoint: w.checkpointPath, dir,
+        id: spec.instanceId, python: w.python, checkpoint: fetchUrl ? null : w.checkpointPath, dir,
         limits: { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb },
         network: spec.network !== 'none',
         stdio: ['pipe', 'pipe', 'pipe'],
@@ -82,9 +105,16 @@ export class ProcessRuntime implements Runtime {
       await log.close().catch(() => undefined);
       throw err;
     }
-    // the worker's configuration goes on stdin: nothing of it in the environment
+    // the worker's configuration goes on stdin: nothing of it (the secret least of all) in the
+    // environment or the command line, which other users can read in /proc
+    if (fetchUrl) {
+      this.checkpointGrants.grant(spec.instanceId, secret, { path: w.checkpointPath, sha256: w.checkpointSha256! });
+      void sb.exited.then(() => this.checkpointGrants.revoke(spec.instanceId, secret));
+    }
     const config = {
-      socket: join(sb.paths.dir, SOCKET), checkpoint: sb.paths.checkpoint, code: w.code, requires: w.requires,
+      ...(tcp ? { listen: { tcp: { host: '127.0.0.1', port: 0 } }, portFile: join(sb.paths.dir, PORT_FILE) } : { socket: join(sb.paths.dir, SOCKET) }),
+      secret, checkpoint: fetchUrl ? { url: fetchUrl, sha256: w.checkpointSha256!, token: secret } : sb.paths.checkpoint,
+      code: w.code, requires: w.requires,
       inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
       // in a pid namespace the parent is bwrap's init, not Berth
       ...(this.sandbox.mode === 'none' ? { parentPid: process.pid } : {}),
@@ -101,8 +131,10 @@ export class ProcessRuntime implements Runtime {
     });
     log.attach([sb.child.stdout!, sb.child.stderr!], exited);
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
-    const endpoint = this.sandbox.mode === 'none' ? join(dir, SOCKET) : await this.pinSocket(dir, spec.instanceId, sb);
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: { path: endpoint }, ports: new Map(), pid: sb.child.pid ?? null, exited };
+    let endpoint: Endpoint;
+    if (tcp) endpoint = { host: '127.0.0.1', port: await this.reportedPort(dir, spec.instanceId, sb), secret };
+    else endpoint = { path: this.sandbox.mode === 'none' ? join(dir, SOCKET) : await this.pinSocket(dir, spec.instanceId, sb), secret };
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint, ports: new Map(), pid: sb.child.pid ?? null, exited };
   }
 
   /**
@@ -146,7 +178,7 @@ export class ProcessRuntime implements Runtime {
     void pruneInstanceLogs(join(this.logDir, spec.nodeId), new Set(this.openLogs.keys()));
     let f;
     try {
-      f = await template.fork(spec.instanceId, { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb });
+      f = await template.fork(spec.instanceId, { cores: spec.resources.cores, memoryGb: spec.resources.memoryGb }, { secret: newInstanceSecret(), tcp: this.useTcp(spec) });
     } catch (err) {
       this.openLogs.delete(spec.instanceId);
       await log.close().catch(() => undefined);
@@ -164,7 +196,7 @@ export class ProcessRuntime implements Runtime {
     void log.ended.then(() => { if (this.openLogs.get(spec.instanceId) === log) this.openLogs.delete(spec.instanceId); });
     // a child that keeps the log connection open after it is gone must not hold the log forever
     void exited.then(() => setTimeout(() => { f.output.destroy(); f.errors.destroy(); }, 2000).unref());
-    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: { path: f.endpoint }, ports: new Map(), pid: f.hostPid, exited };
+    return { nodeId: spec.nodeId, instanceId: spec.instanceId, revision: spec.revision, endpoint: f.endpoint, ports: new Map(), pid: f.hostPid, exited };
   }
 
   keepTemplates(nodeId: string, revisions: readonly number[]): void {
@@ -228,6 +260,19 @@ export class ProcessRuntime implements Runtime {
     }
     if (!gone) { sb.kill(); throw new Error(`instance ${instanceId}: the worker did not create its socket within ${PREPARE_SOCKET_MS / 1000}s`); }
     return pinned; // it exited first: the controller sees that through exited
+  }
+
+  /** The TCP port the worker bound, once it has (it writes it to its port file). */
+  private async reportedPort(dir: string, instanceId: string, sb: Sandboxed): Promise<number> {
+    let gone = false;
+    void sb.exited.then(() => { gone = true; });
+    try {
+      return await portFromFile(join(dir, PORT_FILE), sb.uid, () => gone, PREPARE_SOCKET_MS);
+    } catch (err) {
+      if (gone) return 0; // it exited first: the controller sees that through exited (port 0 refuses at once)
+      sb.kill();
+      throw new Error(`instance ${instanceId}: ${(err as Error).message}`);
+    }
   }
 
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {

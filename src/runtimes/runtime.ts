@@ -1,6 +1,7 @@
 // The one interface between Berth and whatever runs instances. Nothing outside
 // runtimes/ knows which implementation is in use.
 import type { Endpoint } from '../worker/protocol.js';
+import type { CheckpointGrants } from './checkpoint-grants.js';
 
 export interface RegistryAuth { username: string; password: string }
 
@@ -13,6 +14,8 @@ export interface CellWorkload {
   kernelImage: string | null;
   registryAuth: RegistryAuth | null;
   checkpointPath: string;
+  /** The blob's sha256 as recorded at upload: a worker that fetches the blob (issue 13) verifies it. */
+  checkpointSha256?: string;
   code: string;
   requires: Array<{ name: string; version: string }>;
   inputs: Array<{ name: string; type: string }>;
@@ -111,6 +114,8 @@ export interface Runtime {
   keepTemplates?(nodeId: string, revisions: readonly number[]): void;
   /** What the runtime wants said about a node (why its instances are not forked). */
   nodeWarnings?(nodeId: string): string[];
+  /** Checkpoints this runtime's workers fetch from Berth instead of reading a local path (process runtime, TCP workers). */
+  readonly checkpointGrants?: CheckpointGrants;
   /** Ends what the runtime keeps beside instances (templates), at shutdown. */
   close?(): Promise<void>;
 }

@@ -5,15 +5,24 @@ import { connect, type Socket } from 'node:net';
 export const FRAME = {
   EXECUTE: 0x01,
   PING: 0x02,
+  /** The instance secret; the first frame of every connection to a worker started with one. */
+  HELLO: 0x03,
   OK: 0x81,
   USER_ERROR: 0x82,
   CALL_ERROR: 0x83,
   PONG: 0x84,
+  /** The worker accepted the HELLO. */
+  WELCOME: 0x85,
 } as const;
 
 export interface Frame { type: number; payload: Buffer }
 
-export interface Endpoint { path?: string; host?: string; port?: number }
+/**
+ * Where a worker (or an image instance) listens. `secret`: the instance's handshake secret (hex),
+ * sent as the first frame of every connection (cell workers only). It never goes into a log or
+ * an API answer: describeEndpoint leaves it out.
+ */
+export interface Endpoint { path?: string; host?: string; port?: number; secret?: string }
 
 export function describeEndpoint(e: Endpoint): string {
   return e.path ? `unix:${e.path}` : `tcp:${e.host}:${e.port}`;
@@ -54,16 +63,43 @@ export class WorkerConnection {
     socket.on('close', () => this.fail(new ConnectionClosedError()));
   }
 
+  /** Connects and, when the endpoint has a secret, passes the handshake (one round trip, once per connection). */
   static open(endpoint: Endpoint, maxFrameBytes: number, timeoutMs = 2000): Promise<WorkerConnection> {
     return new Promise((resolve, reject) => {
       const socket = endpoint.path ? connect(endpoint.path) : connect(endpoint.port!, endpoint.host ?? '127.0.0.1');
-      const timer = setTimeout(() => { socket.destroy(); reject(new Error('connect timeout')); }, timeoutMs);
+      const timer = setTimeout(() => { socket.destroy(); reject(new Error(endpoint.secret ? 'connect or handshake timeout' : 'connect timeout')); }, timeoutMs);
+      socket.once('error', (err) => { clearTimeout(timer); socket.destroy(); reject(err); });
       socket.once('connect', () => {
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        resolve(new WorkerConnection(socket, maxFrameBytes));
+        if (!endpoint.secret) {
+          clearTimeout(timer);
+          socket.removeAllListeners('error');
+          resolve(new WorkerConnection(socket, maxFrameBytes));
+          return;
+        }
+        const [header, body] = encodeFrame(FRAME.HELLO, endpoint.secret);
+        socket.write(Buffer.concat([header!, body!]));
+        let got = Buffer.alloc(0);
+        const onData = (chunk: Buffer): void => {
+          got = Buffer.concat([got, chunk]);
+          if (got.length < 5) return;
+          socket.off('data', onData);
+          socket.off('close', onClose);
+          clearTimeout(timer);
+          if (got.readUInt32BE(0) !== 0 || got[4] !== FRAME.WELCOME) {
+            socket.destroy();
+            reject(new Error('the worker did not accept the handshake'));
+            return;
+          }
+          socket.removeAllListeners('error');
+          const conn = new WorkerConnection(socket, maxFrameBytes);
+          if (got.length > 5) conn.onData(got.subarray(5)); // nothing should follow before a request; kept anyway
+          resolve(conn);
+        };
+        // a worker closes without a word when it refuses the secret
+        const onClose = (): void => { clearTimeout(timer); reject(new ConnectionClosedError('the worker closed the connection during the handshake (wrong secret?)')); };
+        socket.on('data', onData);
+        socket.once('close', onClose);
       });
-      socket.once('error', (err) => { clearTimeout(timer); reject(err); });
     });
   }
 

@@ -80,6 +80,10 @@ elif action == 'tcp':
     result = _tcp(arg)
 elif action == 'env':
     result = dict(os.environ)
+elif action == 'secret':
+    # the worker's own instance secret (its code can always read its own process)
+    import threading
+    result = next((t._target.__self__.secret.decode() for t in threading.enumerate() if t.name == 'berth-accept'), None)
 elif action == 'ids':
     result = {'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(), 'groups': os.getgroups()}
 elif action == 'kill':
@@ -233,8 +237,10 @@ describe('sandbox: a cell cannot reach Berth or other tenants', { skip, timeout:
     const attackerUid = (await probe(b, attacker.id, 'ids')).uid;
     const victimUid = (await probe(b, victim.id, 'ids')).uid;
     assert.equal(await probe(b, attacker.id, 'swap', victimSocket), victimSocket, 'the swap happened inside');
-    // a new connection to the attacker's endpoint, as Berth makes after any reconnect
-    const conn = await WorkerConnection.open({ path: attackerEndpoint }, 1024 * 1024, 2000);
+    // a new connection to the attacker's endpoint, as Berth makes after any reconnect (with the
+    // attacker's secret, as Berth's: the victim's worker would refuse it anyway)
+    const attackerSecret = await probe(b, attacker.id, 'secret', null);
+    const conn = await WorkerConnection.open({ path: attackerEndpoint, secret: attackerSecret }, 1024 * 1024, 2000);
     try {
       const f = await conn.request(FRAME.EXECUTE, JSON.stringify({ input: { action: 'ids', arg: null } }));
       const uid = JSON.parse(f.payload.toString('utf8')).output.result.uid;

@@ -9,6 +9,7 @@ interface UpOptions {
   host: string; port: string; home?: string; python?: string; allowPython?: string[]; runtime: Config['runtime']; kernelImage?: string; metricsListen?: string;
   logMaxBytes?: string; logFiles?: string; tlsCert?: string; tlsKey?: string; maxConnections?: string; headersTimeout?: string;
   maxRequestBytes?: string; maxResponseBytes?: string; idleTimeout?: string; sandbox: Config['sandbox']; gatewayWorkers?: string; store?: string; advertiseUrl?: string; secretKeyFile?: string;
+  workerTransport: Config['workerTransport'];
 }
 
 export function registerServer(cli: Command): void {
@@ -37,6 +38,7 @@ export function registerServer(cli: Command): void {
     .option('--secret-key-file <file>', 'the key secrets are encrypted with; every server sharing a store needs the same one (default: <home>/secret.key, or $BERTH_SECRET_KEY_FILE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
+    .addOption(new Option('--worker-transport <t>', 'how Berth reaches cell workers: a Unix socket, or TCP (127.0.0.1 / a published container port), each connection authenticated by the instance\'s secret').choices(['unix', 'tcp']).default(process.env.BERTH_WORKER_TRANSPORT ?? 'unix'))
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
       const { startBerth, checkPython } = await import('../../server.js');
@@ -52,7 +54,7 @@ export function registerServer(cli: Command): void {
         host: o.host, port: Number(o.port), ...(o.store !== undefined ? { store: o.store || null } : {}), runtime: o.runtime, ...(o.allowPython ? { allowedPythons: o.allowPython } : {}), ...(o.home ? { home: o.home } : {}), ...(o.python ? { python: o.python } : {}),
         ...(o.kernelImage ? { kernelImage: o.kernelImage } : {}), ...(o.metricsListen ? { metricsListen: o.metricsListen } : {}),
         ...(o.logMaxBytes !== undefined ? { logMaxBytes: parseByteSize(o.logMaxBytes) ?? NaN } : {}),
-        ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox,
+        ...(o.logFiles !== undefined ? { logFiles: Number(o.logFiles) } : {}), sandbox: o.sandbox, workerTransport: o.workerTransport,
         ...(o.tlsCert ? { tls: { certFile: resolve(o.tlsCert), keyFile: resolve(o.tlsKey!) } } : {}),
         ...(o.maxConnections !== undefined ? { maxConnections: Math.floor(positive('--max-connections', o.maxConnections)) } : {}),
         ...(o.headersTimeout !== undefined ? { headersTimeoutMs: positive('--headers-timeout', o.headersTimeout) * 1000 } : {}),
@@ -79,7 +81,7 @@ export function registerServer(cli: Command): void {
         console.error(`berth: ${(err as Error).message}`);
         process.exit(2);
       }
-      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox}${config.workerTransport === 'tcp' ? ', cell workers over TCP' : ''})`);
       console.log(`admin token: ${config.home}/admin-token`);
       let stopping = false;
       const stop = (signal: string): void => {
