@@ -79,14 +79,14 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   for (const w of sandbox.warnings) console.error(`[berth] WARNING: ${w}`);
   const left = await sandbox.cleanLeftovers();
   if (left.processes || left.cgroups) console.error(`[berth] ended ${left.processes} process(es) in ${left.cgroups} sandbox(es) left by an earlier run`);
+  // SQLite in the home, or PostgreSQL (--store): migrated here; an unreachable database stops `berth up` now
+  const { store, blobs } = await openStore(config);
   // a PostgreSQL store can be shared by several Berth servers: one leads (runs the controller),
   // every one serves (src/peers/); their containers belong to the cluster, not to one home
   const bus = config.store && /^postgres(ql)?:\/\//.test(config.store) ? await PeerBus.connect(config.store) : null;
   const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, { workerTransport: config.workerTransport, ...(bus ? { owner: `berth-cluster:${bus.clusterId}` } : {}) });
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
-  // SQLite in the home, or PostgreSQL (--store): migrated here; an unreachable database stops `berth up` now
-  const { store, blobs } = await openStore(config);
   // cached checkpoint files of checkpoints deleted meanwhile (by another server sharing the database)
   if (blobs.pruneCache) await blobs.pruneCache(new Set((await store.listCheckpoints()).map((c) => c.id)));
   const auth = new Auth(store);

@@ -57,7 +57,7 @@ test('berth up --store postgres://: a node made on one server is there, and serv
     b = null;
 
     // another home: no berth.db, no checkpoint file — everything comes from the database
-    b = await startBerth(homes[1], { BERTH_STORE: db.url });
+    b = await startBerth(homes[1], { BERTH_STORE: db.url, BERTH_SECRET_KEY_FILE: join(homes[0], 'secret.key') });
     assert.equal(existsSync(join(homes[1], 'berth.db')), false);
     const listed = await b.request('GET', '/v1/nodes');
     assert.equal(listed.status, 200);
