@@ -206,7 +206,11 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       const proc = spawn('nsenter', [`--net=/run/netns/${ns}`, 'dockerd',
         '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '--pidfile', join(dir, 'dockerd.pid'),
         '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=172.31.${n}.1/24`,
-        '--cgroup-parent', ns, '--log-level', 'warn'], { stdio: ['ignore', fd, fd], detached: true });
+        '--cgroup-parent', ns, '--log-level', 'warn'], {
+        stdio: ['ignore', fd, fd], detached: true,
+        // images come from files: the hosts never try a registry for a tag they have
+        env: { ...process.env, DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: '1' },
+      });
       closeSync(fd);
       proc.unref();
       daemons.push(proc);
