@@ -40,6 +40,8 @@ const LABEL = {
   kind: 'berth.kind',
   ports: 'berth.ports',
   revision: 'berth.revision',
+  /** `<label>==<value>`: the spread label's value this instance was pinned to (see `spreadConstraint`). */
+  spreadValue: 'berth.spread',
 } as const;
 const GB = 1024 ** 3;
 const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
@@ -76,6 +78,7 @@ interface TaskInfo {
 interface NodeInfo {
   ID: string;
   Status: { State: string; Addr?: string };
+  Spec?: { Labels?: Record<string, string>; Availability?: string };
   Description?: { Resources?: { NanoCPUs?: number; MemoryBytes?: number } };
 }
 
@@ -101,6 +104,8 @@ interface Tracked {
   instance: SwarmInstance;
   resolve: (info: ExitInfo) => void;
   done: boolean;
+  /** stop()/kill() kept the task's log before removing the service: the end adds only how it ended. */
+  archived: boolean;
 }
 
 export interface SwarmRuntimeOptions {
@@ -122,6 +127,8 @@ export class SwarmRuntime implements Runtime {
   private readonly tracked = new Map<string, Tracked>();
   private poller: NodeJS.Timeout | null = null;
   private polling = false;
+  private pollErrorAt = 0;
+  private readonly placing = new Map<string, Promise<void>>();
   /** The largest machine's CPU (nano) and memory (bytes), from the last read of the nodes. */
   private capacity: { nanoCpus: number; memoryBytes: number } | null = null;
 
@@ -182,12 +189,22 @@ export class SwarmRuntime implements Runtime {
 
   /** The instance's service: the existing one when it is this home's and of this revision (Swarm re-creates its task), else a new one. */
   private async ensureService(spec: InstanceSpec, logFile: string): Promise<ServiceInfo> {
+    // one placement decision at a time per node: concurrent starts would all pick the same zone
+    const before = this.placing.get(spec.nodeId) ?? Promise.resolve();
+    const mine = before.then(() => this.placeService(spec, logFile));
+    const settled = mine.then(() => undefined, () => undefined);
+    this.placing.set(spec.nodeId, settled);
+    void settled.then(() => { if (this.placing.get(spec.nodeId) === settled) this.placing.delete(spec.nodeId); });
+    return mine;
+  }
+
+  private async placeService(spec: InstanceSpec, logFile: string): Promise<ServiceInfo> {
     const name = serviceName(spec.instanceId);
     const existing = await this.inspectService(name);
     if (existing) {
       const labels = existing.Spec.Labels ?? {};
       if (labels[LABEL.home] !== this.home) throw new Error(`a Swarm service named ${name} already exists and does not belong to this Berth (home ${labels[LABEL.home] ?? 'unlabelled'})`);
-      if (labels[LABEL.revision] === String(spec.revision)) {
+      if (labels[LABEL.revision] === String(spec.revision) && await this.canStillRun(existing)) {
         await appendFile(logFile, `[berth] ${new Date().toISOString()} instance ${spec.instanceId}: waiting for Swarm's task of service ${name}\n`);
         return existing;
       }
@@ -202,6 +219,12 @@ export class SwarmRuntime implements Runtime {
       [LABEL.kind]: w.kind, [LABEL.revision]: String(spec.revision), [LABEL.ports]: ports.join(','),
     };
     const { limits, reservations } = await this.resources(spec.resources);
+    const placement = placementOf(spec.placement);
+    const spread = await this.spreadConstraint(spec.nodeId, spec.placement);
+    if (spread) {
+      placement.Constraints = [...(placement.Constraints ?? []), spread.constraint];
+      labels[LABEL.spreadValue] = `${spread.key}==${spread.value}`;
+    }
     const createSpec = {
       Name: name,
       Labels: labels,
@@ -218,7 +241,7 @@ export class SwarmRuntime implements Runtime {
         },
         Resources: { Limits: { ...limits, Pids: loadConfig({ home: this.home }).pidsLimit }, Reservations: reservations },
         RestartPolicy: { Condition: 'any', Delay: 1e9, MaxAttempts: 0 },
-        Placement: placementOf(spec.placement),
+        Placement: placement,
         LogDriver: { Name: 'json-file', Options: { 'max-size': String(this.logLimits.maxBytes), 'max-file': String(this.logLimits.files) } },
       },
       Mode: { Replicated: { Replicas: 1 } },
@@ -264,9 +287,38 @@ export class SwarmRuntime implements Runtime {
     }
   }
 
+  /**
+   * Swarm spreads the tasks of one service; Berth's instances are one service each, so the
+   * spread is Berth's: a new instance is pinned to the value of the spread label (a zone)
+   * that has the fewest of its node's instances among the zones with a ready machine.
+   */
+  private async spreadConstraint(nodeId: string, p: Placement | undefined): Promise<{ constraint: string; key: string; value: string } | null> {
+    const key = spreadKey(p);
+    if (!key) return null;
+    const nodes = [...(await this.nodes()).values()];
+    const ready = new Set(nodes.filter((n) => n.Status.State === 'ready' && (n.Spec?.Availability ?? 'active') === 'active').map((n) => n.Spec?.Labels?.[key]).filter((v): v is string => !!v));
+    if (!ready.size) return null; // no machine carries the label: Swarm places freely
+    const counts = new Map([...ready].map((v) => [v, 0]));
+    const services = await this.docker.listServices({ filters: { label: [`${LABEL.home}=${this.home}`, `${LABEL.node}=${nodeId}`] } }) as unknown as ServiceInfo[];
+    for (const s of services) {
+      const [k, v] = (s.Spec.Labels?.[LABEL.spreadValue] ?? '').split('==');
+      if (k === key && v !== undefined && counts.has(v)) counts.set(v, counts.get(v)! + 1);
+    }
+    const [value] = [...counts.entries()].sort((a, b) => a[1] - b[1] || a[0].localeCompare(b[0]))[0]!;
+    return { constraint: `node.labels.${key}==${value}`, key, value };
+  }
+
+  /** A service pinned to a zone whose machines are all gone cannot run again there: it is re-placed. */
+  private async canStillRun(service: ServiceInfo): Promise<boolean> {
+    const [key, value] = (service.Spec.Labels?.[LABEL.spreadValue] ?? '').split('==');
+    if (!key || value === undefined) return true;
+    const nodes = [...(await this.nodes()).values()];
+    return nodes.some((n) => n.Status.State === 'ready' && (n.Spec?.Availability ?? 'active') === 'active' && n.Spec?.Labels?.[key] === value);
+  }
+
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
     const serviceId = this.serviceIdOf(instance);
-    await this.archiveLogs(instance.nodeId, instance.instanceId, serviceId, null);
+    await this.keepLogBeforeRemoval(instance);
     await this.removeService(serviceId, graceMs + STOP_SLACK_MS);
     await withTimeout(instance.exited, 5000, 'timeout').catch(() => undefined);
   }
@@ -274,7 +326,7 @@ export class SwarmRuntime implements Runtime {
   kill(instance: RuntimeInstance): void {
     // Swarm cannot signal a task; removing the service ends it (SIGTERM, then SIGKILL after 2 s)
     const id = this.serviceIdOf(instance);
-    void this.archiveLogs(instance.nodeId, instance.instanceId, id, null)
+    void this.keepLogBeforeRemoval(instance)
       .then(() => this.removeService(id, 0))
       .catch((err: unknown) => console.error(`[berth] kill ${serviceName(instance.instanceId)}: ${errorText(err)}`));
   }
@@ -353,7 +405,7 @@ export class SwarmRuntime implements Runtime {
     const wanted = [...ports.keys()];
     const endpoint = (wanted[0] !== undefined ? ports.get(wanted[0]) : undefined) ?? { host: '127.0.0.1', port: 0 };
     const instance = new SwarmInstance(nodeId, instanceId, endpoint, ports, task.Status.ContainerStatus?.PID ?? null, exited, serviceId, task.ID, revision, task.NodeID ?? '');
-    this.tracked.set(task.ID, { instance, resolve: resolveExit, done: false });
+    this.tracked.set(task.ID, { instance, resolve: resolveExit, done: false, archived: false });
     this.poller ??= setInterval(() => void this.poll(), POLL_MS);
     this.poller.unref();
     return instance;
@@ -367,10 +419,7 @@ export class SwarmRuntime implements Runtime {
       const live = [...this.tracked.values()].filter((t) => !t.done);
       if (!live.length) return;
       const serviceIds = [...new Set(live.map((t) => t.instance.serviceId))];
-      const [tasks, nodes] = await Promise.all([
-        this.docker.listTasks({ filters: { service: serviceIds } }) as unknown as Promise<TaskInfo[]>,
-        this.nodes(),
-      ]);
+      const [tasks, nodes] = await Promise.all([this.tasksOfMany(serviceIds), this.nodes()]);
       const byId = new Map(tasks.map((t) => [t.ID, t]));
       for (const t of live) {
         const task = byId.get(t.instance.taskId);
@@ -386,8 +435,11 @@ export class SwarmRuntime implements Runtime {
         if (info) this.finish(t, info);
       }
     } catch (err) {
-      // the manager unreachable for a moment: the next poll tries again
-      console.error(`[berth] Swarm task poll: ${errorText(err)}`);
+      // the manager unreachable for a moment: the next poll tries again (said once a minute at most)
+      if (Date.now() - this.pollErrorAt > 60_000) {
+        this.pollErrorAt = Date.now();
+        console.error(`[berth] reading Swarm tasks from ${this.daemonAddress}: ${errorText(err)}`);
+      }
     } finally {
       this.polling = false;
     }
@@ -399,7 +451,15 @@ export class SwarmRuntime implements Runtime {
     this.tracked.delete(t.instance.taskId);
     const i = t.instance;
     const how = info.error ?? (info.signal ? `was killed by ${info.signal} (exit code ${info.code})` : `exited with code ${info.code}`);
-    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, i.taskId).finally(() => t.resolve(info));
+    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, t.archived ? null : i.taskId).finally(() => t.resolve(info));
+  }
+
+  /** The log of the handle's task, kept while the service still exists (its removal takes the log along). */
+  private async keepLogBeforeRemoval(instance: RuntimeInstance): Promise<void> {
+    const t = instance instanceof SwarmInstance ? this.tracked.get(instance.taskId) : undefined;
+    if (!t || t.done || t.archived) return;
+    t.archived = true;
+    await this.archiveLogs(instance.nodeId, instance.instanceId, t.instance.serviceId, null, t.instance.taskId);
   }
 
   // ---- helpers ----
@@ -434,6 +494,21 @@ export class SwarmRuntime implements Runtime {
     return await this.docker.listTasks({ filters: { service: [serviceId] } }) as unknown as TaskInfo[];
   }
 
+  /**
+   * Tasks of several services in one call. The manager refuses a filter naming a removed
+   * service (404), yet that service's tasks live on until their containers have stopped:
+   * then all tasks are read and picked by service id.
+   */
+  private async tasksOfMany(serviceIds: string[]): Promise<TaskInfo[]> {
+    try {
+      return await this.docker.listTasks({ filters: { service: serviceIds } }) as unknown as TaskInfo[];
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err;
+    }
+    const ids = new Set(serviceIds);
+    return (await this.docker.listTasks() as unknown as TaskInfo[]).filter((t) => ids.has(t.ServiceID));
+  }
+
   private async inspectService(name: string): Promise<ServiceInfo | null> {
     try {
       return await this.docker.getService(name).inspect() as ServiceInfo;
@@ -452,7 +527,7 @@ export class SwarmRuntime implements Runtime {
     }
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
-      const tasks = await this.tasksOf(id).catch(() => []);
+      const tasks = await this.tasksOfMany([id]).catch(() => []);
       if (!tasks.some((t) => !FINAL_STATES.has(t.Status.State))) return;
       await sleep(200);
     }
@@ -463,12 +538,12 @@ export class SwarmRuntime implements Runtime {
   }
 
   /** Appends the task's (or service's) last log lines, and how it ended, to the instance log. */
-  private async archiveLogs(nodeId: string, instanceId: string, serviceId: string, ending: string | null, taskId?: string): Promise<void> {
+  private async archiveLogs(nodeId: string, instanceId: string, serviceId: string, ending: string | null, taskId?: string | null): Promise<void> {
     let text = '';
-    try {
+    if (taskId !== null) try {
       const opts = { stdout: true, stderr: true, follow: false, tail: ARCHIVE_LINES };
       const raw = await logsOf(taskId ? this.docker.getTask(taskId) : this.docker.getService(serviceId)).logs(opts);
-      text = demux(raw as Buffer);
+      text = withoutLogErrors(demux(raw as Buffer));
     } catch { /* its machine is gone, or the service: no log to keep */ }
     if (text && !text.endsWith('\n')) text += '\n';
     if (Buffer.byteLength(text) > this.logLimits.maxBytes) {
@@ -490,7 +565,7 @@ export class SwarmRuntime implements Runtime {
     if (!live) return '';
     try {
       const raw = await logsOf(this.docker.getTask(live.instance.taskId)).logs({ stdout: true, stderr: true, follow: false, tail: Math.max(1, lines) });
-      return demux(raw as Buffer);
+      return withoutLogErrors(demux(raw as Buffer));
     } catch {
       return '';
     }
@@ -508,9 +583,16 @@ export function serviceName(instanceId: string): string {
 }
 
 /** The node spec's placement as Swarm's: constraints as given, `spread: zone` → spread over node.labels.zone. */
+/** The machine label a placement spreads over (`zone` or `node.labels.zone` → `zone`). */
+function spreadKey(p: Placement | undefined): string | null {
+  if (!p?.spread) return null;
+  return p.spread.startsWith('node.labels.') ? p.spread.slice('node.labels.'.length) : p.spread;
+}
+
 export function placementOf(p: Placement | undefined): { Constraints?: string[]; Preferences?: Array<{ Spread: { SpreadDescriptor: string } }> } {
   if (!p) return {};
-  const spread = p.spread ? (p.spread.startsWith('node.') || p.spread.startsWith('engine.') ? p.spread : `node.labels.${p.spread}`) : null;
+  const key = spreadKey(p);
+  const spread = key ? `node.labels.${key}` : null;
   return {
     ...(p.constraints.length ? { Constraints: [...p.constraints] } : {}),
     ...(spread ? { Preferences: [{ Spread: { SpreadDescriptor: spread } }] } : {}),
@@ -534,6 +616,11 @@ function endpointsOf(task: TaskInfo, addr: string | undefined, wanted: number[])
 
 function authOf(image: string, auth: RegistryAuth | null): Record<string, string> | undefined {
   return auth ? { username: auth.username, password: auth.password, serveraddress: registryServerAddress(image) } : undefined;
+}
+
+/** Swarm writes "Error grabbing logs: … node … is not available" into the stream itself: not the instance's output. */
+function withoutLogErrors(text: string): string {
+  return text.split('\n').filter((l) => !/^\W*Error grabbing logs: /.test(l)).join('\n');
 }
 
 function lastLines(text: string, lines: number): string {
