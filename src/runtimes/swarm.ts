@@ -237,7 +237,7 @@ export class SwarmRuntime implements Runtime {
           StopGracePeriod: STOP_GRACE_NS,
           // the sandbox's guarantees that Swarm can carry (no-new-privileges it cannot, in Engine 20.10)
           CapabilityDrop: ['ALL'],
-          ...(w.capabilities?.length ? { CapabilityAdd: w.capabilities.map((c) => `CAP_${c}`) } : {}),
+          ...(w.capabilities?.length ? { CapabilityAdd: [...w.capabilities] } : {}),
         },
         Resources: { Limits: { ...limits, Pids: loadConfig({ home: this.home }).pidsLimit }, Reservations: reservations },
         RestartPolicy: { Condition: 'any', Delay: 1e9, MaxAttempts: 0 },
@@ -427,8 +427,10 @@ export class SwarmRuntime implements Runtime {
         let info: ExitInfo | null = null;
         if (!task) info = { code: null, signal: null, error: 'the Swarm task is gone' };
         else if (machine && machine.Status.State !== 'ready') info = { code: null, signal: null, error: `its machine ${machine.Status.Addr ?? machine.ID} is ${machine.Status.State}; Swarm re-creates the task elsewhere` };
-        else if (task.DesiredState !== 'running' || FINAL_STATES.has(task.Status.State)) {
-          const code = task.Status.ContainerStatus?.ExitCode ?? null;
+        else if (FINAL_STATES.has(task.Status.State)) {
+          // a task told to stop (desired state shutdown) counts once its container has: its exit code is known then
+          const raw = task.Status.ContainerStatus?.ExitCode;
+          const code = raw === undefined || raw < 0 ? null : raw; // -1: Swarm never learnt it
           const error = task.Status.Err || undefined;
           info = { code, signal: code !== null && code === 137 ? 'SIGKILL' : code === 143 ? 'SIGTERM' : null, ...(error ? { error } : {}) };
         }
