@@ -319,8 +319,18 @@ export class SwarmRuntime implements Runtime {
   async stop(instance: RuntimeInstance, graceMs: number): Promise<void> {
     const serviceId = this.serviceIdOf(instance);
     await this.keepLogBeforeRemoval(instance);
+    // Scaled to zero first: the task stops gracefully and stays listed with its exit code
+    // (a removed service's tasks vanish from the API at once), then the service goes.
+    const scaled = await this.scaleToZero(serviceId).then(() => true, () => false);
+    if (scaled) await withTimeout(instance.exited, STOP_GRACE_NS / 1e6 + STOP_SLACK_MS, 'timeout').catch(() => undefined);
     await this.removeService(serviceId, graceMs + STOP_SLACK_MS);
     await withTimeout(instance.exited, 5000, 'timeout').catch(() => undefined);
+  }
+
+  private async scaleToZero(serviceId: string): Promise<void> {
+    const service = this.docker.getService(serviceId);
+    const info = await service.inspect() as { Version: { Index: number }; Spec: { Mode?: { Replicated?: { Replicas?: number } } } & Record<string, unknown> };
+    await service.update({ version: info.Version.Index, ...info.Spec, Mode: { Replicated: { Replicas: 0 } } } as never);
   }
 
   kill(instance: RuntimeInstance): void {
