@@ -102,6 +102,20 @@ test('the API refuses what the Swarm runtime cannot do yet, naming the field', a
   assert.equal(bad.body.details.field, 'placement.constraints[0]');
 });
 
+test('runtimes on one machine refuse placement, naming the field', async () => {
+  const local = await startBerth(undefined, { BERTH_RUNTIME: 'process' });
+  try {
+    const r = await local.request('POST', '/v1/nodes', { kind: 'cell', name: 'placed', checkpointId: 'whatever', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }], placement: { constraints: ['node.labels.zone==z1'] } });
+    assert.equal(r.status, 400, JSON.stringify(r.body));
+    assert.equal(r.body.code, 'RUNTIME_UNSUPPORTED');
+    assert.equal(r.body.details.field, 'placement');
+    assert.match(r.body.message, /placement cannot be honoured by the process runtime/);
+  } finally {
+    await local.stop();
+    removeHome(local.home);
+  }
+});
+
 test('a host dies under load: its instance comes back on another host, the node is Healthy again, only calls in flight there fail', async (t) => {
   if (skip) return t.skip(skip);
   const c = cluster!;
