@@ -88,6 +88,37 @@ test('three instances spread over the three hosts, balanced through header routi
   });
   assert.equal(seen.size, 3, JSON.stringify([...seen]));
   for (const n of seen.values()) assert.ok(n >= 10, JSON.stringify([...seen]));
+
+  // the instances' logs come from Swarm, whichever machine they run on
+  const logs = (await b!.request('GET', `/v1/nodes/${echo.id}/logs?lines=20`)).body;
+  assert.equal(logs.logs.length, 3, JSON.stringify(logs));
+  for (const l of logs.logs) assert.match(l.text, /http-echo listening on 8080/, JSON.stringify(l));
+  // follow: a line written after the follow began arrives
+  const ctl = new AbortController();
+  const res = await fetch(`${b!.url}/v1/nodes/${echo.id}/logs?follow=true&lines=0&instance=${echo.instances[0].id}`, { headers: { authorization: `Bearer ${b!.token}` }, signal: ctl.signal });
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  let followed = '';
+  let pending: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  const marker = `marker-${Date.now()}`;
+  const deadline = Date.now() + 15_000;
+  try {
+    while (!followed.includes(marker) && Date.now() < deadline) {
+      // http-echo prints on /print: call until one reaches the followed instance
+      for (let i = 0; i < 3; i++) await (await call(echo.id, `/print?text=${marker}`)).arrayBuffer();
+      // one read pending at a time: a read left behind by the timeout would swallow its chunk
+      pending ??= reader.read();
+      const chunk = await Promise.race([pending, new Promise<null>((r) => setTimeout(() => r(null), 1000))]);
+      if (chunk) {
+        pending = null;
+        if (chunk.done) break;
+        followed += Buffer.from(chunk.value).toString('utf8');
+      }
+    }
+  } finally {
+    ctl.abort();
+  }
+  assert.ok(followed.includes(marker), `followed: ${followed.slice(0, 500)}`);
 });
 
 test('the API refuses what the Swarm runtime cannot do yet, naming the field', async (t) => {
