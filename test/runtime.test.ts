@@ -621,6 +621,36 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
     }
     assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
   });
+
+  // last: it leaves the cluster one host short
+  test('a machine dies: `exited` resolves; the next start of the same instance runs elsewhere, with its new endpoint', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    // pinned to a worker's zone (never the manager's: the runtime talks to the Swarm through it)
+    const s = { ...spec(imageWorkload('http-echo', [8080]), { cores: 0.1, memoryGb: 0.1, gpus: 0 }), placement: { constraints: ['node.labels.zone!=z1'], spread: 'zone' } };
+    const first = await within(rt.start(s), 60_000, 'start');
+    const victim = c.hosts.findIndex((h) => h.addr === first.endpoint.host);
+    assert.ok(victim > 0, `on a worker: ${JSON.stringify(first.endpoint)}`);
+    await serving(first.endpoint);
+    const killedAt = Date.now();
+    c.killHost(victim);
+    const info = await within(first.exited, 30_000, 'exited after the machine died');
+    const noticed = (Date.now() - killedAt) / 1000;
+    assert.match(info.error ?? '', /its machine .* is down/);
+    const second = await within(rt.start(s), 60_000, 'start again');
+    try {
+      assert.equal(second.instanceId, s.instanceId);
+      assert.notEqual(second.endpoint.host, first.endpoint.host, 'on another machine');
+      assert.notEqual(second.endpoint.host, c.hosts[0]!.addr, 'and still within the constraints');
+      await serving(second.endpoint);
+      console.log(`# machine death noticed in ${noticed.toFixed(1)}s; the instance answered again ${((Date.now() - killedAt) / 1000).toFixed(1)}s after the kill`);
+    } finally {
+      await within(rt.stop(second, 1000), 30_000, 'stop');
+    }
+    assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+  });
 });
 
 // ---- Docker only ----

@@ -50,6 +50,8 @@ const PING_TIMEOUT_MS = 5000;
 const POLL_MS = 500;
 /** How long start() waits for a running task with its ports published. */
 const START_TIMEOUT_MS = 90_000;
+/** How long start() waits while no machine can take the task (constraints, resources) before saying so. */
+const UNSCHEDULABLE_MS = 20_000;
 /** Rejected tasks in a row (image missing everywhere, a bad spec) before start() gives up. */
 const MAX_REJECTED = 3;
 /** Swarm's grace between SIGTERM and SIGKILL when a service is removed. */
@@ -78,8 +80,8 @@ interface TaskInfo {
 interface NodeInfo {
   ID: string;
   Status: { State: string; Addr?: string };
-  Spec?: { Labels?: Record<string, string>; Availability?: string };
-  Description?: { Resources?: { NanoCPUs?: number; MemoryBytes?: number } };
+  Spec?: { Labels?: Record<string, string>; Availability?: string; Role?: string };
+  Description?: { Hostname?: string; Resources?: { NanoCPUs?: number; MemoryBytes?: number }; Engine?: { Labels?: Record<string, string> } };
 }
 
 interface ServiceInfo { ID: string; Spec: { Name: string; Labels?: Record<string, string> } }
@@ -262,6 +264,7 @@ export class SwarmRuntime implements Runtime {
   private async waitRunning(service: ServiceInfo, nodeId: string, instanceId: string, revision: number, wanted: number[]): Promise<SwarmInstance> {
     const deadline = Date.now() + START_TIMEOUT_MS;
     let last = '';
+    let unschedulableSince = 0;
     for (;;) {
       const tasks = await this.tasksOf(service.ID);
       const rejected = tasks.filter((t) => t.Status.State === 'rejected' || (t.Status.State === 'failed' && !t.Status.ContainerStatus?.PID));
@@ -274,6 +277,13 @@ export class SwarmRuntime implements Runtime {
       }
       const pending = tasks.find((t) => t.DesiredState === 'running' && !FINAL_STATES.has(t.Status.State));
       if (pending) last = `task ${pending.Status.State}${pending.Status.Err ? `: ${pending.Status.Err}` : ''}`;
+      if (pending?.Status.State === 'pending' && /no suitable node/.test(pending.Status.Err ?? '')) {
+        unschedulableSince ||= Date.now();
+        if (Date.now() - unschedulableSince > UNSCHEDULABLE_MS) {
+          await this.removeService(service.ID, 0);
+          throw new Error(`Swarm has no machine for service ${service.Spec.Name}: ${pending.Status.Err} (check the node's placement and resources)`);
+        }
+      } else unschedulableSince = 0;
       if (rejected.length >= MAX_REJECTED) {
         const why = rejected[0]!.Status.Err ?? rejected[0]!.Status.Message ?? 'rejected';
         await this.removeService(service.ID, 0);
@@ -296,7 +306,9 @@ export class SwarmRuntime implements Runtime {
     const key = spreadKey(p);
     if (!key) return null;
     const nodes = [...(await this.nodes()).values()];
-    const ready = new Set(nodes.filter((n) => n.Status.State === 'ready' && (n.Spec?.Availability ?? 'active') === 'active').map((n) => n.Spec?.Labels?.[key]).filter((v): v is string => !!v));
+    // only machines the node's own constraints allow: a zone none of them is in would never schedule
+    const ready = new Set(nodes.filter((n) => n.Status.State === 'ready' && (n.Spec?.Availability ?? 'active') === 'active' && (p?.constraints ?? []).every((c) => satisfies(n, c)))
+      .map((n) => n.Spec?.Labels?.[key]).filter((v): v is string => !!v));
     if (!ready.size) return null; // no machine carries the label: Swarm places freely
     const counts = new Map([...ready].map((v) => [v, 0]));
     const services = await this.docker.listServices({ filters: { label: [`${LABEL.home}=${this.home}`, `${LABEL.node}=${nodeId}`] } }) as unknown as ServiceInfo[];
@@ -595,6 +607,24 @@ export function serviceName(instanceId: string): string {
 }
 
 /** The node spec's placement as Swarm's: constraints as given, `spread: zone` → spread over node.labels.zone. */
+/**
+ * Whether a machine meets a Swarm constraint, for the attributes Berth can read (node.id,
+ * node.hostname, node.role, node.labels.*, engine.labels.*); others count as met (Swarm decides).
+ */
+export function satisfies(n: { ID: string; Spec?: { Labels?: Record<string, string>; Role?: string }; Description?: { Hostname?: string; Engine?: { Labels?: Record<string, string> } } }, constraint: string): boolean {
+  const m = /^\s*([A-Za-z0-9_.-]+)\s*(==|!=)\s*(.+?)\s*$/.exec(constraint);
+  if (!m) return true;
+  const [, attr, op, want] = m as unknown as [string, string, string, string];
+  let have: string | undefined;
+  if (attr === 'node.id') have = n.ID;
+  else if (attr === 'node.hostname') have = n.Description?.Hostname;
+  else if (attr === 'node.role') have = n.Spec?.Role;
+  else if (attr.startsWith('node.labels.')) have = n.Spec?.Labels?.[attr.slice('node.labels.'.length)];
+  else if (attr.startsWith('engine.labels.')) have = n.Description?.Engine?.Labels?.[attr.slice('engine.labels.'.length)];
+  else return true;
+  return op === '==' ? have === want : have !== want;
+}
+
 /** The machine label a placement spreads over (`zone` or `node.labels.zone` → `zone`). */
 function spreadKey(p: Placement | undefined): string | null {
   if (!p?.spread) return null;
