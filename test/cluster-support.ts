@@ -14,12 +14,14 @@
 // Failure detection: the Swarm is made with `--dispatcher-heartbeat 1s` (default 5s), so
 // the manager declares a dead host Down after a few seconds and re-creates its tasks.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import Docker from 'dockerode';
 
 export const CLUSTER_ROOT = '/tmp/berth-swarm';
+/** The daemons' logs of the last cluster, kept after teardown. */
+export const LAST_LOGS = '/tmp/berth-swarm-last-logs';
 const BRIDGE = 'berthsw0';
 const SUBNET = '10.213.0';
 const NETNS_PREFIX = 'berthsw-h';
@@ -50,6 +52,9 @@ export interface TestCluster {
   /** Tears everything down (idempotent). */
   stop(): Promise<void>;
 }
+
+/** The root namespace's address on the cluster's bridge: where the hosts reach the test process. */
+export const BRIDGE_ADDR = `${SUBNET}.1`;
 
 /** Why the cluster cannot be built here, or null. */
 export function clusterProblem(): string | null {
@@ -143,6 +148,12 @@ function teardown(maxHosts = 9): void {
     removeCgroups(`${NETNS_PREFIX}${n}`);
   }
   quiet('ip', ['link', 'del', BRIDGE]);
+  // the daemons' logs of the last run stay for a post-mortem (small: --log-level warn)
+  rmSync(LAST_LOGS, { recursive: true, force: true });
+  for (let n = 1; n <= maxHosts; n++) {
+    const log = join(hostDir(n), 'dockerd.log');
+    if (existsSync(log)) { mkdirSync(LAST_LOGS, { recursive: true }); copyFileSync(log, join(LAST_LOGS, `h${n}-dockerd.log`)); }
+  }
   rmSync(CLUSTER_ROOT, { recursive: true, force: true });
 }
 
@@ -206,10 +217,12 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       const proc = spawn('nsenter', [`--net=/run/netns/${ns}`, 'dockerd',
         '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '--pidfile', join(dir, 'dockerd.pid'),
         '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=172.31.${n}.1/24`,
+        // a test registry on the bridge (10.213.0.1) speaks plain HTTP
+        `--insecure-registry=${SUBNET}.0/24`,
         '--cgroup-parent', ns, '--log-level', 'warn'], {
+        // Swarm workers try a pull before every task even of a tag they have (and use
+        // theirs when it fails): the hosts have no route beyond 10.213.0.0/24, so it fails at once
         stdio: ['ignore', fd, fd], detached: true,
-        // images come from files: the hosts never try a registry for a tag they have
-        env: { ...process.env, DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: '1' },
       });
       closeSync(fd);
       proc.unref();

@@ -21,7 +21,8 @@ import { FRAME, WorkerConnection, type Endpoint } from '../src/worker/protocol.j
 import { newId } from '../src/core/ids.js';
 import { SwarmRuntime, serviceName } from '../src/runtimes/swarm.js';
 import { buildTestImages, TEST_IMAGES, type TestImageName } from './images/index.js';
-import { requireCluster, startTestCluster, type TestCluster } from './cluster-support.js';
+import { BRIDGE_ADDR, requireCluster, startTestCluster, type TestCluster } from './cluster-support.js';
+import { createServer as createNetServer, connect as netConnect } from 'node:net';
 import {
   containersOfHome, docker, dockerAvailable, pushToRegistry, removeContainersOfHome, removeImage,
   requireDocker, requireRegistryTools, startRegistry,
@@ -620,6 +621,49 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
       await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop');
     }
     assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+  });
+
+  test('private registry: every machine pulls with the node\'s credentials; wrong ones fail the start with the registry\'s reason', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t)) || !(await requireRegistryTools(t))) return;
+    await swarmCluster();
+    const registry = await startRegistry({ user: 'berth', password: 's3cret-pass' });
+    // the registry listens on 127.0.0.1 (where the main daemon pushes); the hosts reach it
+    // through this forwarder on the bridge address (an insecure registry range of their daemons)
+    const forwarder = createNetServer((client) => {
+      const upstream = netConnect(Number(registry.host.split(':')[1]), '127.0.0.1');
+      client.pipe(upstream).pipe(client);
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+    });
+    await new Promise<void>((r) => forwarder.listen(0, BRIDGE_ADDR, () => r()));
+    const hostOnBridge = `${BRIDGE_ADDR}:${(forwarder.address() as { port: number }).port}`;
+    let pushed = '';
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    try {
+      pushed = await pushToRegistry(TEST_IMAGES['http-echo'], registry, 'swarm-echo');
+      const image = `${hostOnBridge}/swarm-echo:latest`;
+      const wrong = spec({ kind: 'image', image, registryAuth: { username: 'berth', password: 'wrong' }, env: {}, ports: [8080] });
+      await assert.rejects(within(rt.start(wrong), 90_000, 'start with a wrong password'), (err: Error) => {
+        assert.match(err.message, /Swarm could not start service berth-\w+: .*(unauthorized|authentication required|No such image|not found|denied)/i, err.message);
+        return true;
+      });
+      assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), [], 'a failed start leaves no service');
+      // three instances spread over the three machines: each one pulls
+      const nodeId = newId();
+      const right = [0, 1, 2].map(() => ({ ...spec({ kind: 'image', image, registryAuth: { username: 'berth', password: 's3cret-pass' }, env: {}, ports: [8080] }, { cores: 0.1, memoryGb: 0.1, gpus: 0 }, nodeId), placement: { constraints: [], spread: 'zone' } }));
+      const insts = await within(Promise.all(right.map((s) => rt.start(s))), 90_000, 'start with the right password');
+      try {
+        assert.equal(new Set(insts.map((i) => i.endpoint.host)).size, 3, 'on three machines');
+        for (const i of insts) await serving(i.endpoint);
+      } finally {
+        await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop');
+      }
+    } finally {
+      forwarder.close();
+      if (pushed) await removeImage(pushed).catch(() => {});
+      await registry.stop();
+    }
   });
 
   // last: it leaves the cluster one host short

@@ -50,6 +50,8 @@ const PING_TIMEOUT_MS = 5000;
 const POLL_MS = 500;
 /** How long start() waits for a running task with its ports published. */
 const START_TIMEOUT_MS = 90_000;
+/** How long a removal waits for the service's tasks to settle first (see quiesce()). */
+const QUIESCE_MS = 10_000;
 /** How long start() waits while no machine can take the task (constraints, resources) before saying so. */
 const UNSCHEDULABLE_MS = 20_000;
 /** Rejected tasks in a row (image missing everywhere, a bad spec) before start() gives up. */
@@ -334,15 +336,61 @@ export class SwarmRuntime implements Runtime {
     // Scaled to zero first: the task stops gracefully and stays listed with its exit code
     // (a removed service's tasks vanish from the API at once), then the service goes.
     const scaled = await this.scaleToZero(serviceId).then(() => true, () => false);
-    if (scaled) await withTimeout(instance.exited, STOP_GRACE_NS / 1e6 + STOP_SLACK_MS, 'timeout').catch(() => undefined);
+    if (scaled) await this.watchStop(instance, STOP_GRACE_NS / 1e6 + STOP_SLACK_MS);
     await this.removeService(serviceId, graceMs + STOP_SLACK_MS);
+    await withTimeout(instance.exited, 5000, 'timeout').catch(() => undefined);
+  }
+
+  /**
+   * Reads the stopping task closely (Swarm's reaper deletes a scaled-down task about 250 ms
+   * after it stopped, sooner than the shared poll may look) and ends the handle with its exit.
+   */
+  private async watchStop(instance: RuntimeInstance, ms: number): Promise<void> {
+    const t = instance instanceof SwarmInstance ? this.tracked.get(instance.taskId) : undefined;
+    if (!t) { await withTimeout(instance.exited, ms, 'timeout').catch(() => undefined); return; }
+    const deadline = Date.now() + ms;
+    while (!t.done && Date.now() < deadline) {
+      let task: TaskInfo;
+      try {
+        task = await this.docker.getTask(t.instance.taskId).inspect() as unknown as TaskInfo;
+      } catch (err) {
+        if (statusOf(err) === 404) { this.finish(t, { code: null, signal: null, error: 'stopped; Swarm removed the task before its exit code was read' }); break; }
+        await sleep(100);
+        continue;
+      }
+      if (FINAL_STATES.has(task.Status.State)) { this.finish(t, exitOf(task)); break; }
+      await sleep(50);
+    }
     await withTimeout(instance.exited, 5000, 'timeout').catch(() => undefined);
   }
 
   private async scaleToZero(serviceId: string): Promise<void> {
     const service = this.docker.getService(serviceId);
     const info = await service.inspect() as { Version: { Index: number }; Spec: { Mode?: { Replicated?: { Replicas?: number } } } & Record<string, unknown> };
+    if (info.Spec.Mode?.Replicated?.Replicas === 0) return;
     await service.update({ version: info.Version.Index, ...info.Spec, Mode: { Replicated: { Replicas: 0 } } } as never);
+  }
+
+  /**
+   * Before a service is removed: scaled to zero, and no task of it still on its way to
+   * deletion. Engine 20.10's manager dereferences a task that its reaper deleted while the
+   * service removal was marking the tasks (SetServiceTasksRemove) and the daemon panics;
+   * a removal that starts once the reaper is done with the service's tasks avoids the race.
+   * Tasks on machines that are down never settle and are not waited for.
+   */
+  private async quiesce(serviceId: string, ms: number): Promise<void> {
+    try {
+      await this.scaleToZero(serviceId);
+    } catch (err) {
+      if (statusOf(err) === 404) return;
+    }
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      const [tasks, nodes] = await Promise.all([this.tasksOfMany([serviceId]).catch(() => [] as TaskInfo[]), this.nodes().catch(() => new Map<string, NodeInfo>())]);
+      const unsettled = tasks.filter((t) => nodes.get(t.NodeID ?? '')?.Status.State === 'ready' && (!FINAL_STATES.has(t.Status.State) || t.DesiredState === 'remove'));
+      if (!unsettled.length) return;
+      await sleep(100);
+    }
   }
 
   kill(instance: RuntimeInstance): void {
@@ -449,13 +497,8 @@ export class SwarmRuntime implements Runtime {
         let info: ExitInfo | null = null;
         if (!task) info = { code: null, signal: null, error: 'the Swarm task is gone' };
         else if (machine && machine.Status.State !== 'ready') info = { code: null, signal: null, error: `its machine ${machine.Status.Addr ?? machine.ID} is ${machine.Status.State}; Swarm re-creates the task elsewhere` };
-        else if (FINAL_STATES.has(task.Status.State)) {
-          // a task told to stop (desired state shutdown) counts once its container has: its exit code is known then
-          const raw = task.Status.ContainerStatus?.ExitCode;
-          const code = raw === undefined || raw < 0 ? null : raw; // -1: Swarm never learnt it
-          const error = task.Status.Err || undefined;
-          info = { code, signal: code !== null && code === 137 ? 'SIGKILL' : code === 143 ? 'SIGTERM' : null, ...(error ? { error } : {}) };
-        }
+        // a task told to stop (desired state shutdown) counts once its container has: its exit code is known then
+        else if (FINAL_STATES.has(task.Status.State)) info = exitOf(task);
         if (info) this.finish(t, info);
       }
     } catch (err) {
@@ -544,6 +587,7 @@ export class SwarmRuntime implements Runtime {
 
   /** Removes the service; with waitMs, also waits (that long at most) until its tasks are gone. */
   private async removeService(id: string, waitMs: number): Promise<void> {
+    await this.quiesce(id, QUIESCE_MS);
     try {
       await this.docker.getService(id).remove();
     } catch (err) {
@@ -644,6 +688,13 @@ export function placementOf(p: Placement | undefined): { Constraints?: string[];
 /** Services' and tasks' logs (dockerode has both; its typings lack the task's and the promise form). */
 function logsOf(x: Docker.Service | Docker.Task): { logs(opts: { stdout: boolean; stderr: boolean; follow: boolean; tail: number }): Promise<Buffer | NodeJS.ReadableStream> } {
   return x as unknown as { logs(opts: { stdout: boolean; stderr: boolean; follow: boolean; tail: number }): Promise<Buffer | NodeJS.ReadableStream> };
+}
+
+function exitOf(task: TaskInfo): ExitInfo {
+  const raw = task.Status.ContainerStatus?.ExitCode;
+  const code = raw === undefined || raw < 0 ? null : raw; // -1: Swarm never learnt it
+  const error = task.Status.Err || undefined;
+  return { code, signal: code === 137 ? 'SIGKILL' : code === 143 ? 'SIGTERM' : null, ...(error ? { error } : {}) };
 }
 
 function endpointsOf(task: TaskInfo, addr: string | undefined, wanted: number[]): Map<number, Endpoint> {
