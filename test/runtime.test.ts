@@ -1,6 +1,9 @@
 // One suite for every runtime (as kysely runs its tests for every dialect): the cell-worker
-// contract runs against `process` and `docker`; image workloads, limits, adoption and private
-// registries against `docker` only. Real processes, real containers, real sockets.
+// contract runs against `process` and `docker`; image workloads (endpoints, env, labels,
+// limits, adoption, crashes, every protocol of the test images) against `docker` and
+// `swarm` — the latter on a three-host Swarm the suite builds (test/cluster-support.ts);
+// private registries and the Docker daemon's specifics against `docker` only.
+// Real processes, real containers, real sockets.
 //
 //   node --import tsx --test test/runtime.test.ts
 import { after, before, describe, test, type TestContext } from 'node:test';
@@ -16,7 +19,10 @@ import { DockerRuntime, containerName } from '../src/runtimes/docker.js';
 import type { CellWorkload, ImageWorkload, InstanceSpec, Runtime, RuntimeInstance } from '../src/runtimes/runtime.js';
 import { FRAME, WorkerConnection, type Endpoint } from '../src/worker/protocol.js';
 import { newId } from '../src/core/ids.js';
+import { SwarmRuntime, serviceName } from '../src/runtimes/swarm.js';
 import { buildTestImages, TEST_IMAGES, type TestImageName } from './images/index.js';
+import { BRIDGE_ADDR, requireCluster, startTestCluster, type TestCluster } from './cluster-support.js';
+import { createServer as createNetServer, connect as netConnect } from 'node:net';
 import {
   containersOfHome, docker, dockerAvailable, pushToRegistry, removeContainersOfHome, removeImage,
   requireDocker, requireRegistryTools, startRegistry,
@@ -121,8 +127,13 @@ async function execute(conn: WorkerConnection, input: Record<string, unknown>): 
   return { type: f.type, body: JSON.parse(f.payload.toString('utf8')) };
 }
 
-async function httpGet(port: number, path: string, timeoutMs = 5000): Promise<{ status: number; text: string }> {
-  const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
+/** host:port of an endpoint (a bare port: on 127.0.0.1). */
+function addr(e: Endpoint | number): string {
+  return typeof e === 'number' ? `127.0.0.1:${e}` : `${e.host ?? '127.0.0.1'}:${e.port}`;
+}
+
+async function httpGet(port: Endpoint | number, path: string, timeoutMs = 5000): Promise<{ status: number; text: string }> {
+  const res = await fetch(`http://${addr(port)}${path}`, { signal: AbortSignal.timeout(timeoutMs) });
   return { status: res.status, text: await res.text() };
 }
 
@@ -131,8 +142,8 @@ async function httpGet(port: number, path: string, timeoutMs = 5000): Promise<{ 
  * port proxy accepts a connection at once but may hold it for seconds while the container's
  * network comes up: short attempts, retried.
  */
-async function serving(port: number, path = '/healthz', status = 200): Promise<void> {
-  await until(`127.0.0.1:${port}${path} → ${status}`, async () => (await httpGet(port, path, 500)).status === status, 15_000, 50);
+async function serving(port: Endpoint | number, path = '/healthz', status = 200): Promise<void> {
+  await until(`${addr(port)}${path} → ${status}`, async () => (await httpGet(port, path, 500)).status === status, 15_000, 50);
 }
 
 function imageWorkload(name: TestImageName, ports: number[], env: Record<string, string> = {}, image = TEST_IMAGES[name]): ImageWorkload {
@@ -171,6 +182,86 @@ const TARGETS: Target[] = [
   },
 ];
 
+interface ImageTarget {
+  name: 'docker' | 'swarm';
+  /** Skips (or, in CI, fails) when the runtime cannot work here; builds the Swarm test cluster on first use. */
+  ready(t: TestContext): Promise<boolean>;
+  runtime(home: string): Runtime;
+  /** What the runtime asked of the engine for an instance. */
+  inspect(instanceId: string): Promise<{ labels: Record<string, string>; nanoCpus: number; memory: number; capDrop: string[]; capAdd: string[]; pidsLimit: number }>;
+  /** Containers (docker) or services (swarm) of this home still there. */
+  leftovers(home: string): Promise<string[]>;
+}
+
+const SWARM_IMAGES: TestImageName[] = ['http-echo', 'crash', 'grpc-echo', 'sse', 'unhealthy'];
+let cluster: Promise<TestCluster> | null = null;
+function swarmCluster(): Promise<TestCluster> {
+  cluster ??= (async () => {
+    const started = Date.now();
+    const c = await startTestCluster({ hosts: 3 });
+    try {
+      await c.loadImages(SWARM_IMAGES.map((n) => TEST_IMAGES[n]));
+    } catch (err) {
+      await c.stop();
+      throw err;
+    }
+    console.log(`# Swarm test cluster (${c.hosts.map((h) => h.addr).join(', ')}) up with the test images in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+    // A fetch waiting on a cluster address holds no ref'd handle here (the daemons are
+    // detached), so node:test would end the file mid-test: the cluster keeps the loop alive.
+    const alive = setInterval(() => undefined, 1000);
+    const stop = c.stop.bind(c);
+    c.stop = async () => { clearInterval(alive); await stop(); };
+    return c;
+  })();
+  return cluster;
+}
+function swarmDocker(c: TestCluster): Docker {
+  return new Docker({ socketPath: c.managerDockerHost.replace(/^unix:\/\//, '') });
+}
+
+const IMAGE_TARGETS: ImageTarget[] = [
+  {
+    name: 'docker',
+    ready: (t) => requireDocker(t),
+    runtime: (home) => createRuntime('docker', home),
+    inspect: async (instanceId) => {
+      const info = await docker().getContainer(containerName(instanceId)).inspect();
+      return {
+        labels: info.Config.Labels, nanoCpus: info.HostConfig.NanoCpus ?? 0, memory: info.HostConfig.Memory ?? 0,
+        capDrop: info.HostConfig.CapDrop ?? [], capAdd: info.HostConfig.CapAdd ?? [], pidsLimit: info.HostConfig.PidsLimit ?? 0,
+      };
+    },
+    leftovers: async (home) => (await containersOfHome(home)).map((c) => `container ${c.Names.join(',')} (${c.State})`),
+  },
+  {
+    name: 'swarm',
+    ready: async (t) => {
+      if (!(await requireDocker(t)) || !requireCluster(t)) return false;
+      swarmClient ??= swarmDocker(await swarmCluster());
+      return true;
+    },
+    runtime: (home) => {
+      if (!swarmClient) throw new Error('the Swarm test cluster is not up');
+      return new SwarmRuntime(home, { docker: swarmClient });
+    },
+    inspect: async (instanceId) => {
+      const info = await swarmClient!.getService(serviceName(instanceId)).inspect() as {
+        Spec: { Labels: Record<string, string>; TaskTemplate: { ContainerSpec: { CapabilityDrop?: string[]; CapabilityAdd?: string[] }; Resources: { Limits: { NanoCPUs?: number; MemoryBytes?: number; Pids?: number } } } };
+      };
+      const task = info.Spec.TaskTemplate;
+      return {
+        labels: info.Spec.Labels, nanoCpus: task.Resources.Limits.NanoCPUs ?? 0, memory: task.Resources.Limits.MemoryBytes ?? 0,
+        capDrop: task.ContainerSpec.CapabilityDrop ?? [], capAdd: task.ContainerSpec.CapabilityAdd ?? [], pidsLimit: task.Resources.Limits.Pids ?? 0,
+      };
+    },
+    leftovers: async (home) => {
+      const services = await swarmClient!.listServices({ filters: { label: [`berth.home=${home}`] } });
+      return services.map((s) => `service ${s.Spec?.Name}`);
+    },
+  },
+];
+let swarmClient: Docker | null = null;
+
 before(async () => {
   makeCheckpoint();
   if (await dockerAvailable()) {
@@ -182,6 +273,7 @@ before(async () => {
 });
 
 after(async () => {
+  if (cluster) await (await cluster.catch(() => null))?.stop();
   if (await dockerAvailable()) for (const home of homes) await removeContainersOfHome(home);
   for (const home of homes) rmSync(home, { recursive: true, force: true });
 });
@@ -328,98 +420,290 @@ for (const target of TARGETS) {
   });
 }
 
+// ---- image workloads: every container runtime (docker on this machine, swarm on the test cluster) ----
+
+for (const target of IMAGE_TARGETS) {
+  describe(`runtime ${target.name}: image workloads`, { timeout: 180_000 }, () => {
+      test('http-echo is reachable on its published ports, with its env, labels and limits', async (t) => {
+        if (!(await target.ready(t))) return;
+        const home = newHome();
+        const rt = target.runtime(home);
+        const s = spec({ ...imageWorkload('http-echo', [8080, 9100], { GREETING: 'hello there' }), capabilities: ['NET_BIND_SERVICE'] }, { cores: 0.5, memoryGb: 0.25, gpus: 0 });
+        const inst = await within(rt.start(s), 30_000, 'start');
+        try {
+          if (target.name === 'docker') assert.equal(inst.endpoint.host, '127.0.0.1');
+          assert.ok(inst.endpoint.port && inst.endpoint.port > 0);
+          assert.deepEqual(inst.ports.get(8080), inst.endpoint);
+          const metrics = inst.ports.get(9100)!;
+          assert.notEqual(metrics.port, inst.endpoint.port);
+          await serving(inst.endpoint);
+          const echo = JSON.parse((await httpGet(inst.endpoint, '/some/path?a=1&b=two')).text);
+          assert.equal(echo.method, 'GET');
+          assert.equal(echo.path, '/some/path');
+          assert.deepEqual(echo.query, { a: '1', b: 'two' });
+          const env = JSON.parse((await httpGet(inst.endpoint, '/env')).text);
+          assert.equal(env.GREETING, 'hello there');
+          assert.match((await httpGet(metrics, '/metrics')).text, /^echo_requests_total \d+$/m);
+
+          const info = await target.inspect(s.instanceId);
+          assert.equal(info.labels['berth.node-id'], s.nodeId);
+          assert.equal(info.labels['berth.instance-id'], s.instanceId);
+          assert.equal(info.labels['berth.home'], home);
+          assert.equal(info.nanoCpus, 0.5e9);
+          assert.equal(info.memory, 0.25 * 1024 ** 3);
+          // hardening: every capability dropped but the one asked for, a pids limit
+          assert.deepEqual(info.capDrop, ['ALL']);
+          assert.deepEqual(info.capAdd, ['NET_BIND_SERVICE']);
+          assert.ok(info.pidsLimit > 0, `PidsLimit ${info.pidsLimit}`);
+          if (target.name === 'docker') {
+            const c = await docker().getContainer(containerName(s.instanceId)).inspect();
+            assert.deepEqual(c.HostConfig.SecurityOpt, ['no-new-privileges:true']);
+            for (const binding of Object.values(c.HostConfig.PortBindings ?? {}) as Array<Array<{ HostIp: string }>>) {
+              assert.equal(binding[0]!.HostIp, '127.0.0.1', 'published on loopback only');
+            }
+          }
+        } finally {
+          await within(rt.stop(inst, 2000), 30_000, 'stop');
+        }
+        const exit = await inst.exited;
+        assert.equal(exit.code, 0, JSON.stringify(exit));
+        assert.deepEqual(await target.leftovers(home), []);
+        assert.match(await rt.logs(s.nodeId, s.instanceId, 50), /http-echo listening on 8080/);
+      });
+
+
+      test('several instances of one image run side by side on different endpoints; CPU is capped at the machine', async (t) => {
+        if (!(await target.ready(t))) return;
+        const home = newHome();
+        const rt = target.runtime(home);
+        const nodeId = newId();
+        const cpus = availableParallelism();
+        const specs = [0, 1, 2].map(() => spec(imageWorkload('http-echo', [8080]), { cores: cpus + 6, memoryGb: 1, gpus: 1 }, nodeId));
+        const insts = await within(Promise.all(specs.map((s) => rt.start(s))), 60_000, 'start 3');
+        try {
+          const ports = insts.map((i) => `${i.endpoint.host}:${i.endpoint.port}`);
+          assert.equal(new Set(ports).size, 3, `distinct endpoints: ${ports}`);
+          const hosts = new Set<string>();
+          for (const inst of insts) {
+            await serving(inst.endpoint);
+            hosts.add(JSON.parse((await httpGet(inst.endpoint, '/')).text).instance);
+          }
+          assert.equal(hosts.size, 3, 'three different containers answer');
+          assert.equal((await target.inspect(specs[0]!.instanceId)).nanoCpus, cpus * 1e9);
+          const listed = await target.runtime(home).list();
+          assert.deepEqual(listed.map((i) => i.instanceId).sort(), specs.map((s) => s.instanceId).sort());
+          assert.deepEqual(listed.map((i) => `${i.endpoint.host}:${i.endpoint.port}`).sort(), [...ports].sort(), 'adoption reads the endpoints back');
+        } finally {
+          await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop 3');
+        }
+        assert.deepEqual(await target.leftovers(home), []);
+      });
+
+
+      test('crash: `exited` resolves with code 3 and the log keeps "crashing on purpose"', async (t) => {
+        if (!(await target.ready(t))) return;
+        const home = newHome();
+        const rt = target.runtime(home);
+        const s = spec(imageWorkload('crash', [8080]));
+        const inst = await within(rt.start(s), 30_000, 'start');
+        const info = await within(inst.exited, 20_000, 'exited');
+        assert.equal(info.code, 3);
+        assert.equal(info.signal, null);
+        assert.match(await rt.logs(s.nodeId, s.instanceId, 20), /crashing on purpose/);
+        // Swarm keeps the service (and restarts its task) until Berth stops the instance
+        if (target.name === 'swarm') await within(rt.stop(inst, 1000), 30_000, 'stop');
+        assert.deepEqual(await target.leftovers(home), [], 'an exited instance leaves nothing once its log is kept');
+      });
+
+
+      test('the test images serve what they promise (h2c echo, gRPC echo and health, SSE, unhealthy)', async (t) => {
+        if (!(await target.ready(t))) return;
+        const rt = target.runtime(newHome());
+        const insts = await within(Promise.all([
+          rt.start(spec(imageWorkload('http-echo', [8080, 8081]))),
+          rt.start(spec(imageWorkload('grpc-echo', [50051]))),
+          rt.start(spec(imageWorkload('sse', [8080]))),
+          rt.start(spec(imageWorkload('unhealthy', [8080]))),
+        ]), 60_000, 'start 4');
+        const [echo, grpc, sse, unhealthy] = insts as [RuntimeInstance, RuntimeInstance, RuntimeInstance, RuntimeInstance];
+        try {
+          await serving(echo.endpoint);
+          await serving(sse.endpoint);
+          await serving(unhealthy.endpoint, '/healthz', 503);
+
+          // h2c with prior knowledge
+          const h2 = await until('h2c session', () => h2Request(echo.ports.get(8081)!, '/h2?x=1', 'POST', { 'x-test': 'yes' }, Buffer.from('over h2')), 10_000);
+          const body = JSON.parse(h2.data.toString('utf8'));
+          assert.equal(body.httpVersion, '2.0');
+          assert.equal(body.method, 'POST');
+          assert.equal(body.body, 'over h2');
+          assert.equal(body.headers['x-test'], 'yes');
+
+          // gRPC by hand
+          const grpcPort = grpc.endpoint;
+          const msg = Buffer.from([0x0a, 0x02, 0x68, 0x69]); // EchoMessage{text: "hi"}
+          // until the service answers whole: while the container starts, Docker's port proxy may accept and close
+          const unary = await until('gRPC Echo', async () => {
+            const r = await h2Request(grpcPort, '/berth.test.Echo/Echo', 'POST', { 'content-type': 'application/grpc', te: 'trailers' }, grpcFrame(msg));
+            if (r.trailers['grpc-status'] === undefined) throw new Error(`an answer without trailers (status ${String(r.headers[':status'])})`);
+            return r;
+          }, 10_000);
+          assert.deepEqual(unary.trailers['grpc-status'], '0');
+          assert.deepEqual(grpcMessages(unary.data), [msg]);
+          const repeat = await h2Request(grpcPort, '/berth.test.Echo/Repeat', 'POST', { 'content-type': 'application/grpc', 'x-repeat': '4' }, grpcFrame(msg));
+          assert.equal(grpcMessages(repeat.data).length, 4);
+          const collect = await h2Request(grpcPort, '/berth.test.Echo/Collect', 'POST', { 'content-type': 'application/grpc' },
+            Buffer.concat([grpcFrame(Buffer.from([0x0a, 0x01, 0x61])), grpcFrame(msg)]));
+          assert.deepEqual(grpcMessages(collect.data), [msg]);
+          assert.equal(collect.trailers['x-count'], '2');
+          const fail = await h2Request(grpcPort, '/berth.test.Echo/Fail', 'POST', { 'content-type': 'application/grpc' }, grpcFrame(msg));
+          assert.equal(fail.headers['grpc-status'], '5');
+          assert.equal(fail.headers['grpc-message'], 'no such thing');
+          const health = async (service: string): Promise<Buffer[]> => grpcMessages((await h2Request(grpcPort, '/grpc.health.v1.Health/Check', 'POST',
+            { 'content-type': 'application/grpc' }, grpcFrame(Buffer.concat([Buffer.from([0x0a, service.length]), Buffer.from(service)])))).data);
+          assert.deepEqual(await health(''), [Buffer.from([0x08, 0x01])]);
+          assert.deepEqual(await health('berth.test.Echo'), [Buffer.from([0x08, 0x01])]);
+          assert.deepEqual(await health('down'), [Buffer.from([0x08, 0x02])]);
+
+          // server-sent events arrive one by one, not at the end
+          const started = Date.now();
+          const res = await fetch(`http://${sse.endpoint.host}:${sse.endpoint.port}/events`, { signal: AbortSignal.timeout(10_000) });
+          assert.equal(res.headers.get('content-type'), 'text/event-stream');
+          const reader = res.body!.getReader();
+          const first = await reader.read();
+          const firstAt = Date.now() - started;
+          let text = Buffer.from(first.value!).toString('utf8');
+          for (let i = 0; i < 50; i++) {
+            const r = await reader.read();
+            if (r.done) break;
+            text += Buffer.from(r.value).toString('utf8');
+          }
+          assert.match(text, /^data: 1\n\n/);
+          assert.equal(text.match(/^data: \d+$/gm)?.length, 10);
+          assert.ok(firstAt < 800, `the first event came after ${firstAt}ms`);
+        } finally {
+          await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop 4');
+        }
+      });
+  });
+}
+
+// ---- Swarm only ----
+
+describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () => {
+  test('check() wants a Swarm manager; cell workloads are refused with the reason', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const worker = new SwarmRuntime(newHome(), { docker: new Docker({ socketPath: c.hosts[1]!.dockerHost.replace(/^unix:\/\//, '') }) });
+    assert.match((await worker.check()) ?? '', /is a Swarm worker, not a manager: point DOCKER_HOST at a manager/);
+    assert.match((await new SwarmRuntime(newHome(), { docker: docker() }).check()) ?? '', /is not part of a Swarm/);
+    const rt = IMAGE_TARGETS[1]!.runtime(newHome());
+    assert.equal(await rt.check(), null);
+    assert.equal(rt.supportsCells, false);
+    await assert.rejects(rt.start(spec({ ...cellWorkload() })), /cell nodes cannot run on the Swarm runtime yet: .*TCP/);
+  });
+
+  test('placement: constraints are honoured; spread puts one instance per zone', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    const nodeId = newId();
+    const spread = [0, 1, 2].map(() => ({ ...spec(imageWorkload('http-echo', [8080]), { cores: 0.1, memoryGb: 0.1, gpus: 0 }, nodeId), placement: { constraints: [], spread: 'zone' } }));
+    const pinned = { ...spec(imageWorkload('http-echo', [8080]), { cores: 0.1, memoryGb: 0.1, gpus: 0 }), placement: { constraints: ['node.labels.zone==z3'] } };
+    const insts = await within(Promise.all([...spread, pinned].map((s) => rt.start(s))), 90_000, 'start 4');
+    try {
+      const zoneOf = (i: RuntimeInstance): string => `z${c.hosts.findIndex((h) => h.addr === i.endpoint.host) + 1}`;
+      assert.deepEqual(insts.slice(0, 3).map(zoneOf).sort(), ['z1', 'z2', 'z3'], 'one per zone');
+      assert.equal(zoneOf(insts[3]!), 'z3');
+      for (const i of insts) await serving(i.endpoint);
+    } finally {
+      await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop');
+    }
+    assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+  });
+
+  test('private registry: every machine pulls with the node\'s credentials; wrong ones fail the start with the registry\'s reason', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t)) || !(await requireRegistryTools(t))) return;
+    await swarmCluster();
+    const registry = await startRegistry({ user: 'berth', password: 's3cret-pass' });
+    // the registry listens on 127.0.0.1 (where the main daemon pushes); the hosts reach it
+    // through this forwarder on the bridge address (an insecure registry range of their daemons)
+    const forwarder = createNetServer((client) => {
+      const upstream = netConnect(Number(registry.host.split(':')[1]), '127.0.0.1');
+      client.pipe(upstream).pipe(client);
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+    });
+    await new Promise<void>((r) => forwarder.listen(0, BRIDGE_ADDR, () => r()));
+    const hostOnBridge = `${BRIDGE_ADDR}:${(forwarder.address() as { port: number }).port}`;
+    let pushed = '';
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    try {
+      pushed = await pushToRegistry(TEST_IMAGES['http-echo'], registry, 'swarm-echo');
+      const image = `${hostOnBridge}/swarm-echo:latest`;
+      const wrong = spec({ kind: 'image', image, registryAuth: { username: 'berth', password: 'wrong' }, env: {}, ports: [8080] });
+      await assert.rejects(within(rt.start(wrong), 90_000, 'start with a wrong password'), (err: Error) => {
+        assert.match(err.message, /Swarm could not start service berth-\w+: .*(unauthorized|authentication required|No such image|not found|denied)/i, err.message);
+        return true;
+      });
+      assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), [], 'a failed start leaves no service');
+      // three instances spread over the three machines: each one pulls
+      const nodeId = newId();
+      const right = [0, 1, 2].map(() => ({ ...spec({ kind: 'image', image, registryAuth: { username: 'berth', password: 's3cret-pass' }, env: {}, ports: [8080] }, { cores: 0.1, memoryGb: 0.1, gpus: 0 }, nodeId), placement: { constraints: [], spread: 'zone' } }));
+      const insts = await within(Promise.all(right.map((s) => rt.start(s))), 90_000, 'start with the right password');
+      try {
+        assert.equal(new Set(insts.map((i) => i.endpoint.host)).size, 3, 'on three machines');
+        for (const i of insts) await serving(i.endpoint);
+      } finally {
+        await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop');
+      }
+    } finally {
+      forwarder.close();
+      if (pushed) await removeImage(pushed).catch(() => {});
+      await registry.stop();
+    }
+  });
+
+  // last: it leaves the cluster one host short
+  test('a machine dies: `exited` resolves; the next start of the same instance runs elsewhere, with its new endpoint', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    // pinned to a worker's zone (never the manager's: the runtime talks to the Swarm through it)
+    const s = { ...spec(imageWorkload('http-echo', [8080]), { cores: 0.1, memoryGb: 0.1, gpus: 0 }), placement: { constraints: ['node.labels.zone!=z1'], spread: 'zone' } };
+    const first = await within(rt.start(s), 60_000, 'start');
+    const victim = c.hosts.findIndex((h) => h.addr === first.endpoint.host);
+    assert.ok(victim > 0, `on a worker: ${JSON.stringify(first.endpoint)}`);
+    await serving(first.endpoint);
+    const killedAt = Date.now();
+    c.killHost(victim);
+    const info = await within(first.exited, 30_000, 'exited after the machine died');
+    const noticed = (Date.now() - killedAt) / 1000;
+    assert.match(info.error ?? '', /its machine .* is down/);
+    const second = await within(rt.start(s), 60_000, 'start again');
+    try {
+      assert.equal(second.instanceId, s.instanceId);
+      assert.notEqual(second.endpoint.host, first.endpoint.host, 'on another machine');
+      assert.notEqual(second.endpoint.host, c.hosts[0]!.addr, 'and still within the constraints');
+      await serving(second.endpoint);
+      console.log(`# machine death noticed in ${noticed.toFixed(1)}s; the instance answered again ${((Date.now() - killedAt) / 1000).toFixed(1)}s after the kill`);
+    } finally {
+      await within(rt.stop(second, 1000), 30_000, 'stop');
+    }
+    assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+  });
+});
+
 // ---- Docker only ----
 
-describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
+describe('runtime docker: daemon, cell limits, leftovers, kernel image', { timeout: 150_000 }, () => {
   test('check() names the daemon address when it cannot reach it', async () => {
     const rt = new DockerRuntime(newHome(), { docker: new Docker({ socketPath: '/nonexistent/docker.sock' }) });
     const problem = await rt.check();
     assert.match(problem ?? '', /^Docker daemon not reachable at unix:\/\/\/nonexistent\/docker\.sock .*install docker\.io and start dockerd/);
-  });
-
-  test('http-echo is reachable on its 127.0.0.1 ports, with its env, labels and limits', async (t) => {
-    if (!(await requireDocker(t))) return;
-    const home = newHome();
-    const rt = createRuntime('docker', home);
-    const s = spec({ ...imageWorkload('http-echo', [8080, 9100], { GREETING: 'hello there' }), capabilities: ['NET_BIND_SERVICE'] }, { cores: 0.5, memoryGb: 0.25, gpus: 0 });
-    const inst = await within(rt.start(s), 30_000, 'start');
-    try {
-      assert.equal(inst.endpoint.host, '127.0.0.1');
-      assert.ok(inst.endpoint.port && inst.endpoint.port > 0);
-      assert.deepEqual(inst.ports.get(8080), inst.endpoint);
-      const metricsPort = inst.ports.get(9100)!.port!;
-      assert.notEqual(metricsPort, inst.endpoint.port);
-      await serving(inst.endpoint.port!);
-      const echo = JSON.parse((await httpGet(inst.endpoint.port!, '/some/path?a=1&b=two')).text);
-      assert.equal(echo.method, 'GET');
-      assert.equal(echo.path, '/some/path');
-      assert.deepEqual(echo.query, { a: '1', b: 'two' });
-      const env = JSON.parse((await httpGet(inst.endpoint.port!, '/env')).text);
-      assert.equal(env.GREETING, 'hello there');
-      assert.match((await httpGet(metricsPort, '/metrics')).text, /^echo_requests_total \d+$/m);
-
-      const info = await docker().getContainer(containerName(s.instanceId)).inspect();
-      assert.equal(info.Config.Labels['berth.node-id'], s.nodeId);
-      assert.equal(info.Config.Labels['berth.instance-id'], s.instanceId);
-      assert.equal(info.Config.Labels['berth.home'], home);
-      assert.equal(info.HostConfig.NanoCpus, 0.5e9);
-      assert.equal(info.HostConfig.Memory, 0.25 * 1024 ** 3);
-      // hardening: no privilege gain, every capability dropped but the one asked for, a pids limit
-      assert.deepEqual(info.HostConfig.SecurityOpt, ['no-new-privileges:true']);
-      assert.deepEqual(info.HostConfig.CapDrop, ['ALL']);
-      assert.deepEqual(info.HostConfig.CapAdd, ['NET_BIND_SERVICE']);
-      assert.ok((info.HostConfig.PidsLimit ?? 0) > 0, `PidsLimit ${info.HostConfig.PidsLimit}`);
-      for (const binding of Object.values(info.HostConfig.PortBindings ?? {}) as Array<Array<{ HostIp: string }>>) {
-        assert.equal(binding[0]!.HostIp, '127.0.0.1', 'published on loopback only');
-      }
-    } finally {
-      await within(rt.stop(inst, 2000), 30_000, 'stop');
-    }
-    const exit = await inst.exited;
-    assert.equal(exit.code, 0, JSON.stringify(exit));
-    assert.deepEqual(await containersOfHome(home), []);
-    assert.match(await rt.logs(s.nodeId, s.instanceId, 50), /http-echo listening on 8080/);
-  });
-
-  test('several instances of one image run side by side on different ports; CPU is capped at the machine', async (t) => {
-    if (!(await requireDocker(t))) return;
-    const home = newHome();
-    const rt = createRuntime('docker', home);
-    const nodeId = newId();
-    const cpus = availableParallelism();
-    const specs = [0, 1, 2].map(() => spec(imageWorkload('http-echo', [8080]), { cores: cpus + 6, memoryGb: 1, gpus: 1 }, nodeId));
-    const insts = await within(Promise.all(specs.map((s) => rt.start(s))), 60_000, 'start 3');
-    try {
-      const ports = insts.map((i) => i.endpoint.port!);
-      assert.equal(new Set(ports).size, 3, `distinct ports: ${ports}`);
-      const hosts = new Set<string>();
-      for (const port of ports) {
-        await serving(port);
-        hosts.add(JSON.parse((await httpGet(port, '/')).text).instance);
-      }
-      assert.equal(hosts.size, 3, 'three different containers answer');
-      const info = await docker().getContainer(containerName(specs[0]!.instanceId)).inspect();
-      assert.equal(info.HostConfig.NanoCpus, cpus * 1e9);
-      const listed = await createRuntime('docker', home).list();
-      assert.deepEqual(listed.map((i) => i.instanceId).sort(), specs.map((s) => s.instanceId).sort());
-      assert.deepEqual(listed.map((i) => i.endpoint.port).sort(), [...ports].sort(), 'adoption reads the ports back');
-    } finally {
-      await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop 3');
-    }
-    assert.deepEqual(await containersOfHome(home), []);
-  });
-
-  test('crash: `exited` resolves with code 3 and the log keeps "crashing on purpose"', async (t) => {
-    if (!(await requireDocker(t))) return;
-    const home = newHome();
-    const rt = createRuntime('docker', home);
-    const s = spec(imageWorkload('crash', [8080]));
-    const inst = await within(rt.start(s), 30_000, 'start');
-    const info = await within(inst.exited, 20_000, 'exited');
-    assert.equal(info.code, 3);
-    assert.equal(info.signal, null);
-    assert.match(await rt.logs(s.nodeId, s.instanceId, 20), /crashing on purpose/);
-    assert.deepEqual(await containersOfHome(home), [], 'an exited container is removed once its log is kept');
   });
 
   test('cell over its memory limit: `exited` says OOM killed', async (t) => {
@@ -462,76 +746,6 @@ describe('runtime docker: image workloads', { timeout: 150_000 }, () => {
     await assert.rejects(rt.start({ nodeId, instanceId: theirs, revision: 1, workload: imageWorkload('http-echo', [8080]), resources: { cores: 1, memoryGb: 0, gpus: 0 } }),
       /does not belong to this Berth/);
     await removeContainersOfHome(otherHome);
-  });
-
-  test('the test images serve what they promise (h2c echo, gRPC echo and health, SSE, unhealthy)', async (t) => {
-    if (!(await requireDocker(t))) return;
-    const rt = createRuntime('docker', newHome());
-    const insts = await within(Promise.all([
-      rt.start(spec(imageWorkload('http-echo', [8080, 8081]))),
-      rt.start(spec(imageWorkload('grpc-echo', [50051]))),
-      rt.start(spec(imageWorkload('sse', [8080]))),
-      rt.start(spec(imageWorkload('unhealthy', [8080]))),
-    ]), 60_000, 'start 4');
-    const [echo, grpc, sse, unhealthy] = insts as [RuntimeInstance, RuntimeInstance, RuntimeInstance, RuntimeInstance];
-    try {
-      await serving(echo.endpoint.port!);
-      await serving(sse.endpoint.port!);
-      await serving(unhealthy.endpoint.port!, '/healthz', 503);
-
-      // h2c with prior knowledge
-      const h2 = await until('h2c session', () => h2Request(echo.ports.get(8081)!.port!, '/h2?x=1', 'POST', { 'x-test': 'yes' }, Buffer.from('over h2')), 10_000);
-      const body = JSON.parse(h2.data.toString('utf8'));
-      assert.equal(body.httpVersion, '2.0');
-      assert.equal(body.method, 'POST');
-      assert.equal(body.body, 'over h2');
-      assert.equal(body.headers['x-test'], 'yes');
-
-      // gRPC by hand
-      const grpcPort = grpc.endpoint.port!;
-      const msg = Buffer.from([0x0a, 0x02, 0x68, 0x69]); // EchoMessage{text: "hi"}
-      // until the service answers whole: while the container starts, Docker's port proxy may accept and close
-      const unary = await until('gRPC Echo', async () => {
-        const r = await h2Request(grpcPort, '/berth.test.Echo/Echo', 'POST', { 'content-type': 'application/grpc', te: 'trailers' }, grpcFrame(msg));
-        if (r.trailers['grpc-status'] === undefined) throw new Error(`an answer without trailers (status ${String(r.headers[':status'])})`);
-        return r;
-      }, 10_000);
-      assert.deepEqual(unary.trailers['grpc-status'], '0');
-      assert.deepEqual(grpcMessages(unary.data), [msg]);
-      const repeat = await h2Request(grpcPort, '/berth.test.Echo/Repeat', 'POST', { 'content-type': 'application/grpc', 'x-repeat': '4' }, grpcFrame(msg));
-      assert.equal(grpcMessages(repeat.data).length, 4);
-      const collect = await h2Request(grpcPort, '/berth.test.Echo/Collect', 'POST', { 'content-type': 'application/grpc' },
-        Buffer.concat([grpcFrame(Buffer.from([0x0a, 0x01, 0x61])), grpcFrame(msg)]));
-      assert.deepEqual(grpcMessages(collect.data), [msg]);
-      assert.equal(collect.trailers['x-count'], '2');
-      const fail = await h2Request(grpcPort, '/berth.test.Echo/Fail', 'POST', { 'content-type': 'application/grpc' }, grpcFrame(msg));
-      assert.equal(fail.headers['grpc-status'], '5');
-      assert.equal(fail.headers['grpc-message'], 'no such thing');
-      const health = async (service: string): Promise<Buffer[]> => grpcMessages((await h2Request(grpcPort, '/grpc.health.v1.Health/Check', 'POST',
-        { 'content-type': 'application/grpc' }, grpcFrame(Buffer.concat([Buffer.from([0x0a, service.length]), Buffer.from(service)])))).data);
-      assert.deepEqual(await health(''), [Buffer.from([0x08, 0x01])]);
-      assert.deepEqual(await health('berth.test.Echo'), [Buffer.from([0x08, 0x01])]);
-      assert.deepEqual(await health('down'), [Buffer.from([0x08, 0x02])]);
-
-      // server-sent events arrive one by one, not at the end
-      const started = Date.now();
-      const res = await fetch(`http://127.0.0.1:${sse.endpoint.port}/events`, { signal: AbortSignal.timeout(10_000) });
-      assert.equal(res.headers.get('content-type'), 'text/event-stream');
-      const reader = res.body!.getReader();
-      const first = await reader.read();
-      const firstAt = Date.now() - started;
-      let text = Buffer.from(first.value!).toString('utf8');
-      for (let i = 0; i < 50; i++) {
-        const r = await reader.read();
-        if (r.done) break;
-        text += Buffer.from(r.value).toString('utf8');
-      }
-      assert.match(text, /^data: 1\n\n/);
-      assert.equal(text.match(/^data: \d+$/gm)?.length, 10);
-      assert.ok(firstAt < 800, `the first event came after ${firstAt}ms`);
-    } finally {
-      await within(Promise.all(insts.map((i) => rt.stop(i, 1000))), 30_000, 'stop 4');
-    }
   });
 
   test('kernel image: python3 has json, ssl, hashlib, ctypes, socket, threading, importlib.metadata and dill', async (t) => {
@@ -594,9 +808,9 @@ describe('runtime docker: private registries', { timeout: 120_000 }, () => {
 
 // ---- small HTTP/2 + gRPC client helpers ----
 
-function h2Request(port: number, path: string, method: string, headers: Record<string, string>, body: Buffer): Promise<{ headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders; data: Buffer }> {
+function h2Request(port: Endpoint | number, path: string, method: string, headers: Record<string, string>, body: Buffer): Promise<{ headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders; data: Buffer }> {
   return new Promise((resolveP, reject) => {
-    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const session = http2.connect(`http://${addr(port)}`);
     const timer = setTimeout(() => { session.destroy(); reject(new Error(`h2 ${path}: no answer in 5s`)); }, 5000);
     session.on('error', (err) => { clearTimeout(timer); reject(err); });
     const req = session.request({ ':method': method, ':path': path, ...headers });

@@ -45,7 +45,15 @@ export function nodeRoutes(app: FastifyInstance, { config, store, controller, ch
    * for images, the registry password's secret.
    */
   const checkReferences = async (spec: NodeSpec): Promise<void> => {
+    if (spec.placement && !controller.supportsPlacement) {
+      throw new BerthError('RUNTIME_UNSUPPORTED', `placement cannot be honoured by the ${controller.runtimeName} runtime: every instance runs on this machine (placement needs --runtime swarm)`,
+        { field: 'placement', runtime: controller.runtimeName });
+    }
     if (spec.kind === 'cell') {
+      if (!controller.supportsCells) {
+        throw new BerthError('RUNTIME_UNSUPPORTED', `cell nodes cannot run on the ${controller.runtimeName} runtime yet: their workers are not reachable from other machines (run them on a Berth with --runtime process or docker)`,
+          { field: 'kind', runtime: controller.runtimeName });
+      }
       allowedPython(config.allowedPythons, spec.environment.python, 'environment.python');
       let checkpoint;
       try {

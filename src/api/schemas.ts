@@ -177,6 +177,10 @@ const commonIn = {
   scaling: Opt(ScalingIn),
   network: Opt(StringEnum(['outbound', 'none'], { default: 'outbound', description: 'none: no network at all (cell nodes only)' })),
   rollout: Opt(RolloutIn),
+  placement: Opt(Type.Object({
+    constraints: Opt(Type.Array(Type.String({ maxLength: 256 }), { maxItems: 32, description: 'Swarm constraints, e.g. node.labels.zone==z1' })),
+    spread: Opt(Type.String({ maxLength: 128, description: 'a machine label to spread instances over, e.g. zone' })),
+  }, { additionalProperties: false, description: 'cluster runtimes (swarm) only: where instances may run' })),
 };
 const checksIn = {
   timeout: Opt(Num(0.05, 60, undefined, 'seconds')),
@@ -250,6 +254,7 @@ const specProps = {
   scaling: Type.Object({ minInstances: Type.Integer(), maxInstances: Type.Integer(), sessionsPerInstance: Type.Integer(), queueSize: Type.Integer(), scaleDownDelaySeconds: Type.Number(), holdTimeout: Opt(Type.Number({ description: 'absent: 60' })), targetUtilization: Opt(Type.Number({ description: 'absent: 1' })), fork: Opt(Type.Boolean({ description: 'absent: true' })) }),
   network: Opt(StringEnum(['outbound', 'none'])),
   rollout: Opt(Type.Object({ maxSurge: Type.Integer(), maxUnavailable: Type.Integer(), deadlineSeconds: Type.Number() }, { description: 'absent: the defaults' })),
+  placement: Opt(Type.Object({ constraints: Type.Array(Type.String()), spread: Opt(Type.String()) })),
 };
 const cellSpecProps = {
   kind: Type.Literal('cell'),

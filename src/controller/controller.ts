@@ -120,6 +120,8 @@ export class Controller implements InstanceEvents {
 
   get runtimeName(): string { return this.runtime.name; }
   get supportsImages(): boolean { return this.runtime.supportsImages; }
+  get supportsCells(): boolean { return this.runtime.supportsCells !== false; }
+  get supportsPlacement(): boolean { return this.runtime.supportsPlacement === true; }
 
   /** Brings back every stored node, adopting instances an earlier run left running. */
   async start(): Promise<void> {
@@ -636,6 +638,7 @@ export class Controller implements InstanceEvents {
     const handle = await this.runtime.start({
       nodeId: node.id, instanceId: inst.id, revision: inst.revision, resources: inst.spec.resources, workload: await this.workload(inst.spec),
       network: inst.spec.network ?? 'outbound',
+      ...(inst.spec.placement ? { placement: inst.spec.placement } : {}),
     });
     inst.handle = handle;
     this.clockRun(node, inst, handle, false);

@@ -18,7 +18,7 @@ export interface Config {
    */
   allowedPythons: string[];
   /** process: local Python processes (embedded default); docker: containers through the Docker Engine API. */
-  runtime: 'process' | 'docker';
+  runtime: 'process' | 'docker' | 'swarm';
   defaultFolder: string;
   defaultProject: string;
   maxRequestBytes: number;
@@ -128,7 +128,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     port: overrides.port ?? (env.BERTH_PORT ? Number(env.BERTH_PORT) : 7700),
     python: overrides.python ?? defaultPython(),
     allowedPythons: [...new Set([overrides.python ?? defaultPython(), ...(overrides.allowedPythons ?? []), ...(env.BERTH_ALLOWED_PYTHONS ?? '').split(':').filter(Boolean)])],
-    runtime: overrides.runtime ?? (env.BERTH_RUNTIME === 'docker' ? 'docker' : 'process'),
+    runtime: overrides.runtime ?? (env.BERTH_RUNTIME === 'docker' || env.BERTH_RUNTIME === 'swarm' ? env.BERTH_RUNTIME : 'process'),
     kernelImage: overrides.kernelImage ?? env.BERTH_KERNEL_IMAGE ?? null,
     telemetryIntervalMs: overrides.telemetryIntervalMs ?? (env.BERTH_TELEMETRY_INTERVAL_MS ? Number(env.BERTH_TELEMETRY_INTERVAL_MS) : 5000),
     defaultFolder: overrides.defaultFolder ?? env.BERTH_FOLDER ?? 'default',

@@ -3,7 +3,7 @@
 import { invalidArgument } from './errors.js';
 import { compileCheck } from './var-check.js';
 import { formatType, parseType, TypeSyntaxError } from './var-types.js';
-import { ROLLOUT_DEFAULTS, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type Resources, type RolloutSettings, type Scaling, type Variable } from './types.js';
+import { ROLLOUT_DEFAULTS, type CellNodeSpec, type Healthcheck, type ImageNodeSpec, type NodeSpec, type NodeSpecCommon, type NodePlacement, type Resources, type RolloutSettings, type Scaling, type Variable } from './types.js';
 
 export const RESOURCE_PRESETS: Record<string, Omit<Resources, 'preset'>> = {
   'c1.4': { cores: 4, memoryGb: 32, gpus: 0 },
@@ -19,7 +19,7 @@ const FOLDER_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const IDENTIFIER_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const PY_KEYWORDS = new Set(['False', 'None', 'True', 'and', 'as', 'assert', 'async', 'await', 'break', 'class', 'continue', 'def', 'del', 'elif', 'else', 'except', 'finally', 'for', 'from', 'global', 'if', 'import', 'in', 'is', 'lambda', 'nonlocal', 'not', 'or', 'pass', 'raise', 'return', 'try', 'while', 'with', 'yield']);
 
-const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'network', 'rollout'];
+const COMMON_FIELDS = ['kind', 'name', 'description', 'folderId', 'projectId', 'permissions', 'resources', 'scaling', 'healthcheck', 'network', 'rollout', 'placement'];
 const KIND_FIELDS = {
   cell: new Set([...COMMON_FIELDS, 'checkpointId', 'inputs', 'outputs', 'environment', 'timeout']),
   image: new Set([...COMMON_FIELDS, 'image', 'username', 'passwordSecret', 'env', 'endpoint', 'telemetry', 'capabilities']),
@@ -168,6 +168,28 @@ function resources(o: Obj): Resources {
   };
 }
 
+// a Swarm constraint: `<attribute> == <value>` or `!=` (node.id, node.hostname, node.role, node.labels.x, engine.labels.x…)
+const CONSTRAINT_RE = /^[A-Za-z][A-Za-z0-9_.-]*\s*(==|!=)\s*[^\s=!][^=!]*$/;
+const LABEL_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,127}$/;
+
+function placement(o: Obj): NodePlacement {
+  const p = obj(o, 'placement', 'placement', ['constraints', 'spread']);
+  let constraints: string[] = [];
+  if (p.constraints !== undefined && p.constraints !== null) {
+    if (!Array.isArray(p.constraints)) throw invalidArgument('placement.constraints', `must be an array of strings, got ${typeName(p.constraints)}`);
+    if (p.constraints.length > 32) throw invalidArgument('placement.constraints', 'must list at most 32 constraints');
+    constraints = p.constraints.map((c, i) => {
+      if (typeof c !== 'string') throw invalidArgument(`placement.constraints[${i}]`, `must be a string, got ${typeName(c)}`);
+      const t = c.trim();
+      if (t.length > 256 || !CONSTRAINT_RE.test(t)) throw invalidArgument(`placement.constraints[${i}]`, `"${c}" is not a constraint: write ATTRIBUTE==VALUE or ATTRIBUTE!=VALUE, e.g. node.labels.zone==z1`);
+      return t;
+    });
+  }
+  const spread = str(p, 'spread', 'placement.spread', { max: 128 });
+  if (spread !== undefined && !LABEL_RE.test(spread)) throw invalidArgument('placement.spread', `"${spread}" is not a machine label name (e.g. zone, or node.labels.zone)`);
+  return { constraints, ...(spread ? { spread } : {}) };
+}
+
 function network(o: Obj): 'outbound' | 'none' {
   const v = str(o, 'network', 'network') ?? 'outbound';
   if (v !== 'outbound' && v !== 'none') throw invalidArgument('network', `must be "outbound" (the default) or "none", got "${v}"`);
@@ -287,6 +309,7 @@ export function parseNodeSpec(body: unknown, ctx: SpecContext): NodeSpec {
     // stored only when given: specs without it keep their exact shape (outbound is the default)
     ...(body.network !== undefined && body.network !== null ? { network: network(body) } : {}),
     ...(body.rollout !== undefined && body.rollout !== null ? { rollout: rollout(body) } : {}),
+    ...(body.placement !== undefined && body.placement !== null ? { placement: placement(body) } : {}),
   };
   return kind === 'cell' ? parseCell(body, common, ctx) : parseImage(body, common);
 }

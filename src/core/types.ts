@@ -78,6 +78,9 @@ export interface Healthcheck {
   passesThreshold: number;
 }
 
+/** Node spec `placement`: the cluster engine's constraint expressions, and a machine label to spread over. */
+export interface NodePlacement { constraints: string[]; spread?: string }
+
 export interface NodeSpecCommon {
   name: string;
   description: string;
@@ -89,6 +92,8 @@ export interface NodeSpecCommon {
   healthcheck: Healthcheck;
   /** outbound (default): the host's network; none: no network at all. Absent in specs stored before it existed. */
   network?: 'outbound' | 'none';
+  /** Cluster runtimes (swarm): where instances may run and what to spread them over; absent: anywhere. */
+  placement?: NodePlacement;
   /** How a new revision replaces the instances; absent means ROLLOUT_DEFAULTS. */
   rollout?: RolloutSettings;
 }

@@ -2,12 +2,13 @@
 import type { Runtime } from './runtime.js';
 import { ProcessRuntime } from './process.js';
 import { DockerRuntime } from './docker.js';
+import { SwarmRuntime } from './swarm.js';
 import { DEFAULT_LOG_LIMITS, type LogLimits } from './log-file.js';
 import type { Sandbox } from '../sandbox/sandbox.js';
 import type { WorkerTransport } from './worker-endpoint.js';
 
-export type RuntimeName = 'process' | 'docker';
-export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker'];
+export type RuntimeName = 'process' | 'docker' | 'swarm';
+export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker', 'swarm'];
 
 /**
  * `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent.
@@ -17,9 +18,10 @@ export function createRuntime(name: RuntimeName, home: string, logLimits: LogLim
   switch (name) {
     case 'process': return new ProcessRuntime(home, logLimits, sandbox, o.workerTransport);
     case 'docker': return new DockerRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}), ...(o.workerTransport ? { workerTransport: o.workerTransport } : {}) });
+    case 'swarm': return new SwarmRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}) });
     default: throw new Error(`unknown runtime ${JSON.stringify(name)}: use ${RUNTIME_NAMES.join(' or ')}`);
   }
 }
 
-export { ProcessRuntime, DockerRuntime };
+export { ProcessRuntime, DockerRuntime, SwarmRuntime };
 export type { Runtime };

@@ -42,6 +42,14 @@ export interface ImageWorkload {
 
 export type Workload = CellWorkload | ImageWorkload;
 
+/** Where instances may run on a cluster runtime (the node spec's `placement`). */
+export interface Placement {
+  /** The engine's own constraint expressions (Swarm: `node.labels.zone==z1`, `node.role!=manager`). */
+  constraints: string[];
+  /** A machine label to spread a node's instances over evenly (Swarm: `node.labels.<spread>`). */
+  spread?: string;
+}
+
 export interface InstanceSpec {
   nodeId: string;
   instanceId: string;
@@ -51,6 +59,8 @@ export interface InstanceSpec {
   resources: { cores: number; memoryGb: number; gpus: number };
   /** none: no network at all (loopback only); outbound (the default): the host's network. */
   network?: 'outbound' | 'none';
+  /** Cluster runtimes only (`supportsPlacement`); the API refuses it elsewhere. */
+  placement?: Placement;
 }
 
 /** Filters on a log read. */
@@ -67,11 +77,13 @@ export interface RuntimeInstance {
   /** From InstanceSpec; undefined for instances started before revisions existed. */
   readonly revision?: number;
   /**
-   * Where Berth reaches the instance; only ever this machine (a Unix socket or 127.0.0.1).
-   * Cell: the worker's socket. Image: the first of `workload.ports`.
+   * Where Berth reaches the instance. Cell: the worker's socket. Image: the first of
+   * `workload.ports` (127.0.0.1 on one machine; a cluster runtime gives the machine's
+   * address). Fixed for the handle's life: when a cluster moves the instance, `exited`
+   * resolves and the next start() of the same instance gives a handle with the new endpoint.
    */
   readonly endpoint: Endpoint;
-  /** Image instances: each container port of `workload.ports` → its address on 127.0.0.1. */
+  /** Image instances: each container port of `workload.ports` → where it is reached. */
   readonly ports: ReadonlyMap<number, Endpoint>;
   readonly pid: number | null;
   /** Resolves once when the instance stops running, for whatever reason. */
@@ -82,6 +94,10 @@ export interface Runtime {
   readonly name: string;
   /** Whether image nodes can run here (container runtimes only). */
   readonly supportsImages: boolean;
+  /** Whether cell nodes can run here; absent means they can. */
+  readonly supportsCells?: boolean;
+  /** Whether the node spec's `placement` is honoured (cluster runtimes); absent means not. */
+  readonly supportsPlacement?: boolean;
   /** Checks the runtime can work (daemon reachable…); a clear message when not. */
   check(): Promise<string | null>;
   /** Limits this runtime cannot enforce, said plainly to the user. */

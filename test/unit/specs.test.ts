@@ -151,6 +151,27 @@ describe('node specs: bad input names the field', () => {
   }
 });
 
+describe('node specs: placement (cluster runtimes)', () => {
+  const cases: Array<[string, unknown, string]> = [
+    ['placement not an object', { ...IMAGE, kind: 'image', placement: 'zone' }, 'placement'],
+    ['placement unknown field', { ...IMAGE, kind: 'image', placement: { zones: [] } }, 'placement.zones'],
+    ['constraints not an array', { ...IMAGE, kind: 'image', placement: { constraints: 'node.role==worker' } }, 'placement.constraints'],
+    ['constraint not a string', { ...IMAGE, kind: 'image', placement: { constraints: [1] } }, 'placement.constraints[0]'],
+    ['constraint without an operator', { ...IMAGE, kind: 'image', placement: { constraints: ['node.role==worker', 'zone'] } }, 'placement.constraints[1]'],
+    ['constraint without a value', { ...IMAGE, kind: 'image', placement: { constraints: ['node.labels.zone=='] } }, 'placement.constraints[0]'],
+    ['too many constraints', { ...IMAGE, kind: 'image', placement: { constraints: Array(33).fill('node.role==worker') } }, 'placement.constraints'],
+    ['spread not a label', { ...IMAGE, kind: 'image', placement: { spread: 'zone ==' } }, 'placement.spread'],
+  ];
+  for (const [label, body, field] of cases) test(label, () => refuses(() => parseNodeSpec(body, CTX), field, label));
+
+  test('kept as given (trimmed); absent stays absent', () => {
+    const spec = parseNodeSpec({ ...IMAGE, kind: 'image', placement: { constraints: [' node.labels.zone != z1 ', 'node.role==worker'], spread: 'zone' } }, CTX);
+    assert.deepEqual(spec.placement, { constraints: ['node.labels.zone != z1', 'node.role==worker'], spread: 'zone' });
+    assert.deepEqual(parseNodeSpec({ ...IMAGE, kind: 'image', placement: {} }, CTX).placement, { constraints: [] });
+    assert.equal('placement' in parseNodeSpec({ ...IMAGE, kind: 'image' }, CTX), false);
+  });
+});
+
 describe('node specs: defaults and presets', () => {
   test('a minimal cell node gets every default', () => {
     const s = parseNodeSpec(CELL, CTX) as CellNodeSpec;

@@ -22,7 +22,7 @@ export function registerServer(cli: Command): void {
     .option('--store <url>', 'keep resources in PostgreSQL (postgres://user:pass@host/db), shared by every server using it (default: $BERTH_STORE, or SQLite in the home)')
     .option('--python <path>', 'Python for checkpoints and cell instances (default: $BERTH_PYTHON or /usr/bin/python3)')
     .option('--allow-python <path>', 'another interpreter nodes and checkpoint runs may name (repeat; default: only --python, or $BERTH_ALLOWED_PYTHONS)', collect)
-    .addOption(new Option('--runtime <name>', 'where instances run: local processes, or Docker containers (needed for image nodes)').choices(['process', 'docker']).default(process.env.BERTH_RUNTIME ?? 'process'))
+    .addOption(new Option('--runtime <name>', 'where instances run: local processes, Docker containers (needed for image nodes), or Swarm tasks over a Swarm\'s machines (DOCKER_HOST at a manager; image nodes)').choices(['process', 'docker', 'swarm']).default(process.env.BERTH_RUNTIME ?? 'process'))
     .option('--kernel-image <image>', 'docker runtime: image cell nodes run in when they name none (Python 3 + dill)')
     .option('--metrics-listen <host:port>', 'also serve /metrics without a token on this address (keep it private)')
     .option('--log-max-bytes <size>', 'instance logs rotate past this size, e.g. 10m (default: $BERTH_LOG_MAX_BYTES or 10m)')

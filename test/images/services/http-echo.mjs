@@ -2,7 +2,8 @@
 // Node built-ins only; runs inside a test image as /app/service.mjs.
 //   :8080 HTTP/1.1   echo as JSON; POST ?raw=1 echoes the body bytes; /healthz; /sleep?ms=N;
 //                    /big?bytes=N (streamed, chunked); /env (the container's environment);
-//                    /sleep answers `concurrent`: the /sleep calls running here when it started, itself included
+//                    /sleep answers `concurrent`: the /sleep calls running here when it started, itself included;
+//                    /print?text=T writes T to stdout (the instance's log)
 //   :8081 h2c        the same handler over HTTP/2 cleartext (prior knowledge)
 //   :9100 /metrics   Prometheus text: echo_requests_total
 import http from 'node:http';
@@ -61,6 +62,7 @@ function handle(req, res) {
       return;
     }
     if (url.pathname === '/env') { json(res, 200, process.env); return; }
+    if (url.pathname === '/print') { console.log(String(url.searchParams.get('text') ?? '').slice(0, 1000)); json(res, 200, { printed: true, instance: hostname() }); return; }
     if (req.method === 'POST' && url.searchParams.get('raw') === '1') {
       res.writeHead(200, { 'content-type': req.headers['content-type'] ?? 'application/octet-stream', 'content-length': body.length });
       res.end(body);

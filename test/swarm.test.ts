@@ -1,0 +1,211 @@
+// `berth up --runtime swarm` on a three-host Docker Swarm built by the test itself
+// (test/cluster-support.ts: network namespaces, one dockerd each, 10.213.0.0/24): an image
+// node's instances spread over the hosts by `placement.spread`, balanced through the
+// header-routed gateway; then one host dies under a bounded load — its instance is
+// re-created on another host, the node is Healthy again, and the only failed calls are
+// those that were in flight on the dead host.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import Docker from 'dockerode';
+import { startBerth, removeHome, waitFor, runLoad, createNode, type Berth } from './helpers.js';
+import { dockerProblem } from './docker-support.js';
+import { buildTestImages, testImage } from './images/index.js';
+import { clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
+
+let b: Berth | null = null;
+let cluster: TestCluster | null = null;
+let skip: string | null = null;
+let echo: any;
+/** Keeps the event loop alive while calls wait on cluster addresses (the daemons are detached). */
+let alive: NodeJS.Timeout | null = null;
+
+const ECHO_NODE = {
+  kind: 'image', image: testImage('http-echo'),
+  endpoint: { port: 8080, protocol: 'http', timeout: 5 },
+  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
+  // small reservations: three 2-core "machines" that are really one
+  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
+  placement: { constraints: [], spread: 'zone' },
+};
+
+before(async () => {
+  skip = (await dockerProblem()) ?? clusterProblem();
+  if (skip) {
+    if (process.env.CI) throw new Error(`CI must be able to run the Swarm tests: ${skip}`);
+    console.log(`# skipping the Swarm tests: ${skip}`);
+    return;
+  }
+  alive = setInterval(() => undefined, 1000);
+  await buildTestImages(['http-echo']);
+  const started = Date.now();
+  cluster = await startTestCluster({ hosts: 3 });
+  await cluster.loadImages([testImage('http-echo')]);
+  console.log(`# Swarm test cluster up with its image in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+  b = await startBerth(undefined, { BERTH_RUNTIME: 'swarm', DOCKER_HOST: cluster.managerDockerHost });
+  echo = await createNode(b, { ...ECHO_NODE, name: 'spread-echo', scaling: { minInstances: 3, maxInstances: 3 } });
+});
+
+after(async () => {
+  try {
+    if (b) {
+      await b.stop();
+      // Berth leaves instances running for the next `berth up` to adopt: remove them
+      if (cluster) {
+        const manager = new Docker({ socketPath: cluster.managerDockerHost.replace(/^unix:\/\//, '') });
+        for (const s of await manager.listServices({ filters: { label: [`berth.home=${b.home}`] } }).catch(() => [])) {
+          await manager.getService(s.ID).remove().catch(() => undefined);
+        }
+      }
+      removeHome(b.home);
+    }
+  } finally {
+    await cluster?.stop();
+    if (alive) clearInterval(alive);
+  }
+});
+
+const call = (nodeId: string, path: string, timeoutMs = 10_000): Promise<Response> =>
+  fetch(b!.url + path, { headers: { 'x-node-id': nodeId, 'x-folder-id': 'default', authorization: `Bearer ${b!.token}` }, signal: AbortSignal.timeout(timeoutMs) });
+const nodeOf = async (id: string): Promise<any> => (await b!.request('GET', `/v1/nodes/${id}`)).body;
+const hostOf = (endpoint: string): string => /^tcp:([\d.]+):\d+$/.exec(endpoint)?.[1] ?? endpoint;
+
+test('three instances spread over the three hosts, balanced through header routing', async (t) => {
+  if (skip) return t.skip(skip);
+  const c = cluster!;
+  assert.equal(echo.instances.length, 3);
+  const hosts = echo.instances.map((i: any) => hostOf(i.endpoint)).sort();
+  assert.deepEqual(hosts, c.hosts.map((h) => h.addr).sort(), `one instance per host: ${JSON.stringify(echo.instances.map((i: any) => i.endpoint))}`);
+
+  const r = await call(echo.id, '/some/path?x=1');
+  assert.equal(r.status, 200);
+  const e = await r.json() as any;
+  assert.equal(e.path, '/some/path');
+  assert.deepEqual(e.query, { x: '1' });
+  const seen = new Map<string, number>();
+  await runLoad(60, 3, 20_000, async () => {
+    const x = await (await call(echo.id, '/')).json() as any;
+    seen.set(x.instance, (seen.get(x.instance) ?? 0) + 1);
+  });
+  assert.equal(seen.size, 3, JSON.stringify([...seen]));
+  for (const n of seen.values()) assert.ok(n >= 10, JSON.stringify([...seen]));
+
+  // the instances' logs come from Swarm, whichever machine they run on
+  const logs = (await b!.request('GET', `/v1/nodes/${echo.id}/logs?lines=20`)).body;
+  assert.equal(logs.logs.length, 3, JSON.stringify(logs));
+  for (const l of logs.logs) assert.match(l.text, /http-echo listening on 8080/, JSON.stringify(l));
+  // follow: a line written after the follow began arrives
+  const ctl = new AbortController();
+  const res = await fetch(`${b!.url}/v1/nodes/${echo.id}/logs?follow=true&lines=0&instance=${echo.instances[0].id}`, { headers: { authorization: `Bearer ${b!.token}` }, signal: ctl.signal });
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  let followed = '';
+  let pending: Promise<ReadableStreamReadResult<Uint8Array>> | null = null;
+  const marker = `marker-${Date.now()}`;
+  const deadline = Date.now() + 15_000;
+  try {
+    while (!followed.includes(marker) && Date.now() < deadline) {
+      // http-echo prints on /print: call until one reaches the followed instance
+      for (let i = 0; i < 3; i++) await (await call(echo.id, `/print?text=${marker}`)).arrayBuffer();
+      // one read pending at a time: a read left behind by the timeout would swallow its chunk
+      pending ??= reader.read();
+      const chunk = await Promise.race([pending, new Promise<null>((r) => setTimeout(() => r(null), 1000))]);
+      if (chunk) {
+        pending = null;
+        if (chunk.done) break;
+        followed += Buffer.from(chunk.value).toString('utf8');
+      }
+    }
+  } finally {
+    ctl.abort();
+  }
+  assert.ok(followed.includes(marker), `followed: ${followed.slice(0, 500)}`);
+});
+
+test('the API refuses what the Swarm runtime cannot do yet, naming the field', async (t) => {
+  if (skip) return t.skip(skip);
+  const cell = await b!.request('POST', '/v1/nodes', { kind: 'cell', name: 'cell-on-swarm', checkpointId: 'whatever', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }] });
+  assert.equal(cell.status, 400, JSON.stringify(cell.body));
+  assert.equal(cell.body.code, 'RUNTIME_UNSUPPORTED');
+  assert.equal(cell.body.details.field, 'kind');
+  assert.match(cell.body.message, /cell nodes cannot run on the swarm runtime yet/);
+  const bad = await b!.request('POST', '/v1/nodes', { ...ECHO_NODE, name: 'bad-placement', placement: { constraints: ['zone'] } });
+  assert.equal(bad.status, 400, JSON.stringify(bad.body));
+  assert.equal(bad.body.details.field, 'placement.constraints[0]');
+});
+
+test('runtimes on one machine refuse placement, naming the field', async () => {
+  const local = await startBerth(undefined, { BERTH_RUNTIME: 'process' });
+  try {
+    const r = await local.request('POST', '/v1/nodes', { kind: 'cell', name: 'placed', checkpointId: 'whatever', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }], placement: { constraints: ['node.labels.zone==z1'] } });
+    assert.equal(r.status, 400, JSON.stringify(r.body));
+    assert.equal(r.body.code, 'RUNTIME_UNSUPPORTED');
+    assert.equal(r.body.details.field, 'placement');
+    assert.match(r.body.message, /placement cannot be honoured by the process runtime/);
+  } finally {
+    await local.stop();
+    removeHome(local.home);
+  }
+});
+
+test('a host dies under load: its instance comes back on another host, the node is Healthy again, only calls in flight there fail', async (t) => {
+  if (skip) return t.skip(skip);
+  const c = cluster!;
+  const before = await nodeOf(echo.id);
+  // never the manager's host: Berth talks to the Swarm through it (a one-manager Swarm)
+  const victimIndex = c.hosts.findIndex((h, i) => i > 0 && before.instances.some((x: any) => hostOf(x.endpoint) === h.addr));
+  assert.ok(victimIndex > 0, 'an instance on a worker host');
+  const victim = c.hosts[victimIndex]!;
+  const doomed = before.instances.find((x: any) => hostOf(x.endpoint) === victim.addr);
+
+  const failures: Array<{ at: number; what: string }> = [];
+  let ok = 0;
+  let killedAt = 0;
+  let recoveredAt = 0;
+  const started = Date.now();
+  const load = runLoad(100_000, 4, 60_000, async () => {
+    if (recoveredAt && Date.now() - recoveredAt > 2000) return; // enough after recovery: let the load end
+    try {
+      const r = await call(echo.id, '/sleep?ms=20', 10_000);
+      await r.arrayBuffer();
+      if (r.status === 200) ok++;
+      else failures.push({ at: Date.now() - started, what: `status ${r.status}` });
+    } catch (err) {
+      failures.push({ at: Date.now() - started, what: (err as Error).message });
+    }
+  });
+  await new Promise((r) => setTimeout(r, 2000));
+  killedAt = Date.now();
+  c.killHost(victimIndex);
+
+  const healed = await waitFor('the node Healthy again with 3 Healthy instances, none on the dead host', async () => {
+    const n = await nodeOf(echo.id);
+    const healthy = n.instances.filter((x: any) => x.status === 'Healthy');
+    return n.status === 'Healthy' && healthy.length === 3 && healthy.every((x: any) => hostOf(x.endpoint) !== victim.addr) ? n : undefined;
+  }, 60_000, 200);
+  recoveredAt = Date.now();
+  await load;
+  const recoverySeconds = (recoveredAt - killedAt) / 1000;
+  console.log(`# host ${victim.name} killed: ${recoverySeconds.toFixed(1)}s until 3 Healthy instances again; ${ok} calls ok, ${failures.length} failed${failures.length ? `: ${JSON.stringify(failures.slice(0, 5))}` : ''}`);
+
+  // the instance keeps its id: Berth restarted it in place, on another host
+  const moved = healed.instances.find((x: any) => x.id === doomed.id);
+  if (moved?.status === 'Healthy') assert.notEqual(hostOf(moved.endpoint), victim.addr);
+  assert.ok(ok > 50, `calls went on during the failure (${ok} ok)`);
+  // at most the calls in flight on the dead host: 4 callers, one call each at most
+  assert.ok(failures.length <= 4, `only calls in flight on the dead host fail: ${JSON.stringify(failures)}`);
+  for (const f of failures) assert.ok(f.at >= killedAt - started - 100, `a failure before the kill: ${JSON.stringify(f)}`);
+  assert.ok(recoverySeconds < 45, `recovered in ${recoverySeconds}s`);
+
+  // nothing leaks: the dead host's instance is gone from the node and from the Swarm
+  const manager = new Docker({ socketPath: c.managerDockerHost.replace(/^unix:\/\//, '') });
+  const settled = await waitFor('3 instances and 3 Swarm services of this Berth', async () => {
+    const n = await nodeOf(echo.id);
+    const services = await manager.listServices({ filters: { label: [`berth.home=${b!.home}`] } });
+    return n.instances.length === 3 && services.length === 3 ? { n, services } : undefined;
+  }, 30_000, 250);
+  const ids = new Set(settled.n.instances.map((x: any) => x.id));
+  assert.deepEqual(new Set(settled.services.map((s) => s.Spec?.Labels?.['berth.instance-id'])), ids);
+  const events = (await b!.request('GET', `/v1/nodes/${echo.id}/events`)).body;
+  console.log(`# instances now ${JSON.stringify(settled.n.instances.map((x: any) => [x.id, x.status, x.endpoint, x.restarts]))}`);
+  if (Array.isArray(events?.events)) console.log(`# events ${JSON.stringify(events.events.slice(-6).map((e: any) => [e.type, e.reason]))}`);
+});
