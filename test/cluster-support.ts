@@ -34,6 +34,8 @@ export interface ClusterHost {
   name: string;
   /** The host's address on the test bridge. */
   addr: string;
+  /** Its network namespace (`nsenter --net=<netns> …` runs a process on this host). */
+  netns: string;
   /** unix:///… socket of this host's dockerd. */
   dockerHost: string;
   /** Swarm node id. */
@@ -227,7 +229,7 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       closeSync(fd);
       proc.unref();
       daemons.push(proc);
-      hosts.push({ name: `h${n}`, addr, dockerHost: `unix://${socketOf(n)}`, nodeId: '', docker: new Docker({ socketPath: socketOf(n) }) });
+      hosts.push({ name: `h${n}`, addr, netns: `/run/netns/${ns}`, dockerHost: `unix://${socketOf(n)}`, nodeId: '', docker: new Docker({ socketPath: socketOf(n) }) });
     }
     for (const [i, h] of hosts.entries()) await waitDaemon(h.docker, `dockerd of ${h.name}`, join(hostDir(i + 1), 'dockerd.log'));
 

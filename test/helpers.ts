@@ -24,9 +24,13 @@ export function tempHome(): string {
   return mkdtempSync(join(tmpdir(), 'berth-test-'));
 }
 
-/** Starts `berth up` in a child process and waits until it listens. */
-export async function startBerth(home = tempHome(), extraEnv: Record<string, string> = {}): Promise<Berth> {
-  const proc = spawn(CLI[0]!, [...CLI.slice(1), 'up', '--port', '0', '--home', home], {
+/**
+ * Starts `berth up` in a child process and waits until it listens. `o.prefix`: a command it runs
+ * under (e.g. nsenter into a test host's network namespace); `o.args`: more `berth up` flags.
+ */
+export async function startBerth(home = tempHome(), extraEnv: Record<string, string> = {}, o: { prefix?: string[]; args?: string[] } = {}): Promise<Berth> {
+  const argv = [...(o.prefix ?? []), ...CLI, 'up', '--port', '0', '--home', home, ...(o.args ?? [])];
+  const proc = spawn(argv[0]!, argv.slice(1), {
     env: { ...process.env, BERTH_HOME: home, BERTH_PYTHON: PYTHON, ...extraEnv },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

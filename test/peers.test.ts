@@ -1,58 +1,66 @@
-// Several Berth servers on one PostgreSQL (src/peers/): two real `berth up` processes with their
-// own homes and ports share a fresh database and one Docker daemon. Both answer for the same
-// nodes; a change made on one takes effect on the other; the leader killed with SIGKILL under
-// load: the other takes the lease within 5 s, adopts the running containers (no instance
-// restarted) and its calls keep being served.
+// Several Berth servers on one PostgreSQL (src/peers/), on a cluster built by the test: a
+// three-host Docker Swarm (test/cluster-support.ts; host 1 is the Swarm manager) with a real
+// `berth up --runtime swarm` on host 2 and another on host 3, each in that host's network
+// namespace, with its own home, sharing a fresh database. Both answer for the same nodes, whose
+// instances spread over the three hosts; a change made on one takes effect on the other; the
+// leader killed with SIGKILL under load: the other takes the lease within 5 s, adopts the
+// running instances (none restarted) and its calls keep being served.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import pg from 'pg';
 import { join } from 'node:path';
 import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from './helpers.js';
-import { dockerProblem, removeContainersOfHome } from './docker-support.js';
+import { dockerProblem } from './docker-support.js';
+import { clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
 import { buildTestImages, testImage } from './images/index.js';
 import { createTestDatabase, pgProblem, type TestDatabase } from './pg-support.js';
 
 let a: Berth;
 let b: Berth;
 let db: TestDatabase;
+let cluster: TestCluster | null = null;
 let skip: string | null = null;
 const homes = [tempHome(), tempHome()];
+/** Calls to the cluster's addresses wait on detached daemons: keep the event loop alive meanwhile. */
+let alive: NodeJS.Timeout | null = null;
 
 const ECHO = {
   kind: 'image', image: testImage('http-echo'),
   endpoint: { port: 8080, protocol: 'http', timeout: 10 },
   healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
+  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
+  placement: { constraints: [], spread: 'zone' },
 };
 
 before(async () => {
-  skip = (await dockerProblem()) ?? (await pgProblem());
+  skip = (await dockerProblem()) ?? clusterProblem() ?? (await pgProblem());
   if (skip) {
-    if (process.env.CI) throw new Error(`CI must have Docker and PostgreSQL: ${skip}`);
+    if (process.env.CI) throw new Error(`CI must have Docker, network namespaces and PostgreSQL: ${skip}`);
     return;
   }
+  alive = setInterval(() => undefined, 1000);
   await buildTestImages(['http-echo']);
+  cluster = await startTestCluster({ hosts: 3 });
+  await cluster.loadImages([testImage('http-echo')]);
   db = await createTestDatabase();
-  const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' };
-  a = await startBerth(homes[0], env);
+  const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'swarm', DOCKER_HOST: cluster.managerDockerHost };
+  const on = (i: number): { prefix: string[]; args: string[] } => ({ prefix: ['nsenter', `--net=${cluster!.hosts[i]!.netns}`], args: ['--host', cluster!.hosts[i]!.addr] });
+  a = await startBerth(homes[0], env, on(1));
   // joins after A: A leads; the same secret key, so secrets made on one are read on the other
-  b = await startBerth(homes[1], { ...env, BERTH_SECRET_KEY_FILE: join(homes[0], 'secret.key') });
+  b = await startBerth(homes[1], { ...env, BERTH_SECRET_KEY_FILE: join(homes[0]!, 'secret.key') }, on(2));
   // B made its own admin token at start; the leader learns it through the bus (milliseconds)
   await waitFor('B\'s token valid on the leader', async () => (await b.request('GET', '/v1/whoami')).status === 200, 2000, 10);
 });
 
 after(async () => {
-  await b?.stop().catch(() => undefined);
-  await a?.stop().catch(() => undefined);
-  // the servers' containers belong to the cluster (its id is in the database), not to a home
-  if (db) {
-    const c = new pg.Client({ connectionString: db.url });
-    await c.connect();
-    const id = (await c.query<{ cluster_id: string }>('SELECT cluster_id FROM peer_cluster').catch(() => ({ rows: [] }))).rows[0]?.cluster_id;
-    await c.end();
-    if (id) await removeContainersOfHome(`berth-cluster:${id}`).catch(() => undefined);
-    await db.drop();
+  try {
+    await b?.stop().catch(() => undefined);
+    await a?.stop().catch(() => undefined);
+    await db?.drop().catch(() => undefined);
+    for (const home of homes) removeHome(home);
+  } finally {
+    await cluster?.stop(); // its services go with the Swarm
+    if (alive) clearInterval(alive);
   }
-  for (const home of homes) removeHome(home);
 });
 
 /** A header-routed call through one server's gateway. */
@@ -74,7 +82,9 @@ test('both servers answer for the same nodes; the first one up leads', async (t)
   assert.equal(list.length, 2);
   assert.equal(list.find((s) => s.leader)?.url, a.url, 'A (up first) leads');
   // created through B: relayed to A's control API, which runs the controller
-  const node = await createNode(b, { ...ECHO, name: 'both', scaling: { minInstances: 2, maxInstances: 2 } });
+  const node = await createNode(b, { ...ECHO, name: 'both', scaling: { minInstances: 3, maxInstances: 3 } });
+  const hosts = new Set(node.instances.map((i: { endpoint: string }) => /^tcp:([\d.]+):/.exec(i.endpoint)?.[1]));
+  assert.equal(hosts.size, 3, `one instance per host: ${JSON.stringify(node.instances.map((i: { endpoint: string }) => i.endpoint))}`);
   // B's gateway learns the node from A's snapshot (LISTEN/NOTIFY)
   await waitFor('B routes the node', async () => (await call(b, node.id)) === 200, 5000, 20);
   assert.equal(await call(a, node.id), 200);
@@ -87,7 +97,7 @@ test('a server whose secret key differs from the others\' is refused at start, s
   if (skip) return t.skip(skip);
   const home = tempHome();
   try {
-    await assert.rejects(startBerth(home, { BERTH_STORE: db.url, BERTH_RUNTIME: 'docker' }), /secret key differs .* --secret-key-file/s);
+    await assert.rejects(startBerth(home, { BERTH_STORE: db.url, BERTH_RUNTIME: 'swarm', DOCKER_HOST: cluster!.managerDockerHost }), /secret key differs .* --secret-key-file/s);
   } finally {
     removeHome(home);
   }
@@ -110,11 +120,11 @@ test('a token made on one server works on the other; revoked, it is refused on b
 
 test('the leader killed under load: the other takes over within 5 s, adopts the instances, calls keep flowing', async (t) => {
   if (skip) return t.skip(skip);
-  const node = await createNode(a, { ...ECHO, name: 'failover', scaling: { minInstances: 2, maxInstances: 2, sessionsPerInstance: 16 } });
+  const node = await createNode(a, { ...ECHO, name: 'failover', scaling: { minInstances: 3, maxInstances: 3, sessionsPerInstance: 16 } });
   await waitFor('B routes the node', async () => (await call(b, node.id)) === 200, 5000, 20);
   const before = (await a.request('GET', `/v1/nodes/${node.id}`)).body;
   const instances = before.instances.map((i: { id: string }) => i.id).sort();
-  assert.equal(instances.length, 2);
+  assert.equal(instances.length, 3);
 
   // bounded load through B: 4 callers for at most 12 s
   let ok = 0;
@@ -150,11 +160,11 @@ test('the leader killed under load: the other takes over within 5 s, adopts the 
   assert.equal(after.status, 'Healthy');
   assert.deepEqual(after.instances.map((i: { id: string }) => i.id).sort(), instances, 'the running instances were adopted, not replaced');
   // and the new leader's controller acts: a change through B is carried out
-  const scaled = await b.request('PATCH', `/v1/nodes/${node.id}`, { scaling: { minInstances: 1, maxInstances: 1 } });
+  const scaled = await b.request('PATCH', `/v1/nodes/${node.id}`, { scaling: { minInstances: 2, maxInstances: 2 } });
   assert.ok(scaled.status === 200 || scaled.status === 202, JSON.stringify(scaled.body));
-  await waitFor('scaled to one', async () => {
+  await waitFor('scaled to two', async () => {
     const n = (await b.request('GET', `/v1/nodes/${node.id}`)).body;
-    return n.instances.filter((i: { status: string }) => i.status === 'Healthy').length === 1 && n.instances.length === 1;
+    return n.instances.filter((i: { status: string }) => i.status === 'Healthy').length === 2 && n.instances.length === 2;
   }, 30_000);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
