@@ -199,7 +199,7 @@ test('a gateway worker killed under load is replaced; only its running calls fai
   t.diagnostic(`${ok} calls answered, ${okAfterKill} after the kill; slowest ${slowest} ms; failed: ${JSON.stringify(failures)}`);
   // no call hangs: a connection handed to the worker as it died goes to the live one (before,
   // Node's cluster round robin could lose it, and the call waited for the client's 20 s timeout)
-  assert.ok(slowest < 3000, `every call ended (200 or a connection error) well within its timeout: the slowest took ${slowest} ms`);
+  assert.ok(slowest < 5000, `every call ended (200 or a connection error) well within its timeout: the slowest took ${slowest} ms`);
   // at most the call running on each of the killed worker's connections fails: one per load
   // connection it held (round robin gives it about half of the 8, the test's other connections
   // shift the split); a retry opens a new connection, which only live workers accept

@@ -1,4 +1,4 @@
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -55,7 +55,7 @@ export interface Config {
   checkpointRunMemoryGb: number;
   maxCheckpointRuns: number;
   checkpointRunQueue: number;
-  /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
+  /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores, at most MAX_DEFAULT_GATEWAY_WORKERS. */
   gatewayWorkers: number;
 }
 
@@ -139,9 +139,21 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
-    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
+    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', defaultGatewayWorkers()),
   };
+}
+
+/** The default gateway workers stop here: past it a worker mostly adds leases to share and snapshots to send (set more with --gateway-workers). */
+export const MAX_DEFAULT_GATEWAY_WORKERS = 16;
+
+/**
+ * One gateway process per core (the cores this process may run on), at most
+ * MAX_DEFAULT_GATEWAY_WORKERS; on a single core, one process for everything (a worker there
+ * only adds a process and the IPC hop).
+ */
+export function defaultGatewayWorkers(): number {
+  const cores = availableParallelism();
+  return cores <= 1 ? 1 : Math.min(cores, MAX_DEFAULT_GATEWAY_WORKERS);
 }
 
 function numberEnv(name: string, dflt: number): number {

@@ -32,7 +32,7 @@ export function registerServer(cli: Command): void {
     .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
-    .option('--gateway-workers <n>', 'gateway processes serving the port, e.g. the number of cores (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
+    .option('--gateway-workers <n>', 'gateway processes serving the port (default: the number of cores, at most 16, or $BERTH_GATEWAY_WORKERS; 1: everything in one process)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
     .action(async (o: UpOptions) => {
       // loaded only here: the other commands never need the server's dependencies
