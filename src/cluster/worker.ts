@@ -1,6 +1,6 @@
 // A gateway worker of `berth up --gateway-workers N`: one of N processes that serve the one
-// port (the primary accepts and hands each connection to a worker: cluster/distributor.ts) and serve the data plane from
-// the routing snapshots, tokens and aliases the primary sends. It has no database and no
+// port (the primary accepts each connection and hands it to a worker: cluster/distributor.ts)
+// with the data plane, from the routing snapshots, tokens and aliases the primary sends. It has no database and no
 // controller: instance events and load go up to the primary; control-API requests that
 // arrive here are relayed, as they are, to the primary's unix socket in BERTH_HOME (mode
 // 0600), which answers them with the same fastify app as with one process.
@@ -84,7 +84,8 @@ async function main(): Promise<void> {
   let haveAliases = false;
   let draining = false;
   let ready = false;
-  const listen = (): void => {
+  /** Ready for connections once it can authenticate and resolve aliases. */
+  const readyWhenSet = (): void => {
     if (ready || !haveTokens || !haveAliases) return;
     ready = true;
     send({ t: 'ready' });
@@ -108,13 +109,13 @@ async function main(): Promise<void> {
         report(true); // the acknowledgement: the primary times propagation and confirms shrunk leases by it
         return;
       }
-      case 'tokens': auth.replace(m.records); haveTokens = true; listen(); return;
+      case 'tokens': auth.replace(m.records); haveTokens = true; readyWhenSet(); return;
       case 'aliases': {
         const names = new Set(m.records.map((r) => r.spec.name));
         for (const r of aliases.records()) if (!names.has(r.spec.name)) metrics.forgetAlias(r.spec.name);
         aliases.replaceAll(m.records);
         haveAliases = true;
-        listen();
+        readyWhenSet();
         return;
       }
       case 'sync': reportUsage(); send({ t: 'synced', id: m.id }); return; // the counts arrive before 'synced' (the channel keeps order)
