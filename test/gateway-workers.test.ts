@@ -103,6 +103,12 @@ test('two gateway workers serve the port; routing snapshots reach both within 50
   } finally {
     agent.destroy();
   }
+  // the primary hands connections out round robin: both workers got some of those 8
+  const handed = (await gatewayStatus()).connections;
+  t.diagnostic(`connections handed to each worker: ${JSON.stringify(handed)}`);
+  assert.equal(Object.keys(handed.handedOff).length, 2, JSON.stringify(handed));
+  for (const n of Object.values(handed.handedOff) as number[]) assert.ok(n >= 4, `each worker got its share of the connections: ${JSON.stringify(handed)}`);
+  assert.equal(handed.dropped, 0);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 
@@ -211,6 +217,7 @@ test('a gateway worker killed under load is replaced; only its running calls fai
     return s.workers.length === 2 && s.workers.every((w: any) => w.ready && w.pid !== victim) && s.restarts >= 1 ? s : undefined;
   }, 15_000);
   assert.ok(replaced.workers.every((w: any) => w.pid !== victim));
+  t.diagnostic(`connections: ${JSON.stringify(replaced.connections)}`);
   // the new worker serves: calls on fresh connections (spread over both) all succeed
   const fresh = new Agent({ keepAlive: true, maxSockets: 4 });
   try {
