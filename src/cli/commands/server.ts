@@ -71,7 +71,7 @@ export function registerServer(cli: Command): void {
         console.error(`berth: ${(err as Error).message}`);
         process.exit(2);
       }
-      console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox})`);
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox}, gateway workers ${config.gatewayWorkers})`);
       console.log(`admin token: ${config.home}/admin-token`);
       let stopping = false;
       const stop = (signal: string): void => {
