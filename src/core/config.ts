@@ -55,7 +55,7 @@ export interface Config {
   checkpointRunMemoryGb: number;
   maxCheckpointRuns: number;
   checkpointRunQueue: number;
-  /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores, at most MAX_DEFAULT_GATEWAY_WORKERS. */
+  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); 1 (the default): everything in one process. */
   gatewayWorkers: number;
 }
 
@@ -139,21 +139,25 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', defaultGatewayWorkers()),
+    // one process by default: with N workers a node's sessions are shared out among them, and
+    // with fewer sessions than workers (sessionsPerInstance 1, the default, on one instance)
+    // one rotates between them every 100 ms, which cost throughput and tail latency in every
+    // measurement (docs/architecture.md); `auto` is one per core
+    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
   };
 }
 
-/** The default gateway workers stop here: past it a worker mostly adds leases to share and snapshots to send (set more with --gateway-workers). */
-export const MAX_DEFAULT_GATEWAY_WORKERS = 16;
+/** `--gateway-workers auto` stops here: past it a worker mostly adds leases to share and snapshots to send (name more with a number). */
+export const MAX_AUTO_GATEWAY_WORKERS = 16;
 
 /**
- * One gateway process per core (the cores this process may run on), at most
- * MAX_DEFAULT_GATEWAY_WORKERS; on a single core, one process for everything (a worker there
- * only adds a process and the IPC hop).
+ * `--gateway-workers auto`: one gateway process per core (the cores this process may run on),
+ * at most MAX_AUTO_GATEWAY_WORKERS; on a single core, one process for everything (a worker
+ * there only adds a process and the IPC hop).
  */
-export function defaultGatewayWorkers(): number {
+export function autoGatewayWorkers(): number {
   const cores = availableParallelism();
-  return cores <= 1 ? 1 : Math.min(cores, MAX_DEFAULT_GATEWAY_WORKERS);
+  return cores <= 1 ? 1 : Math.min(cores, MAX_AUTO_GATEWAY_WORKERS);
 }
 
 function numberEnv(name: string, dflt: number): number {
