@@ -21,7 +21,7 @@ const ECHO = {
 
 interface Answer { status: number; body: any }
 
-/** One header-routed call on a keep-alive agent (its sockets are spread over the workers by the primary's round robin). */
+/** One header-routed call on a keep-alive agent (its sockets are spread over the workers by the primary's round robin: cluster/distributor.ts). */
 function call(agent: Agent, nodeId: string, path: string): Promise<Answer> {
   return get(agent, path, { 'x-node-id': nodeId });
 }
@@ -103,6 +103,12 @@ test('two gateway workers serve the port; routing snapshots reach both within 50
   } finally {
     agent.destroy();
   }
+  // the primary hands connections out round robin: both workers got some of those 8
+  const handed = (await gatewayStatus()).connections;
+  t.diagnostic(`connections handed to each worker: ${JSON.stringify(handed)}`);
+  assert.equal(Object.keys(handed.handedOff).length, 2, JSON.stringify(handed));
+  for (const n of Object.values(handed.handedOff) as number[]) assert.ok(n >= 4, `each worker got its share of the connections: ${JSON.stringify(handed)}`);
+  assert.equal(handed.dropped, 0);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 
@@ -179,13 +185,16 @@ test('a gateway worker killed under load is replaced; only its running calls fai
   let ok = 0; let okAfterKill = 0;
   const failures: string[] = [];
   let killedAt = 0;
+  let slowest = 0;
   const deadline = Date.now() + 4000;
   const load = Promise.all(Array.from({ length: 8 }, async () => {
     while (Date.now() < deadline) {
+      const started = Date.now();
       try {
         const a = await call(agent, node.id, '/sleep?ms=20');
         if (a.status === 200) { ok++; if (killedAt && Date.now() > killedAt + 200) okAfterKill++; } else failures.push(`HTTP ${a.status}`);
       } catch (err) { failures.push((err as Error).message); }
+      slowest = Math.max(slowest, Date.now() - started);
     }
   }));
   await new Promise((r) => setTimeout(r, 1500));
@@ -193,7 +202,10 @@ test('a gateway worker killed under load is replaced; only its running calls fai
   killedAt = Date.now();
   await load;
   agent.destroy();
-  t.diagnostic(`${ok} calls answered, ${okAfterKill} after the kill; failed: ${JSON.stringify(failures)}`);
+  t.diagnostic(`${ok} calls answered, ${okAfterKill} after the kill; slowest ${slowest} ms; failed: ${JSON.stringify(failures)}`);
+  // no call hangs: a connection handed to the worker as it died goes to the live one (before,
+  // Node's cluster round robin could lose it, and the call waited for the client's 20 s timeout)
+  assert.ok(slowest < 5000, `every call ended (200 or a connection error) well within its timeout: the slowest took ${slowest} ms`);
   // at most the call running on each of the killed worker's connections fails: one per load
   // connection it held (round robin gives it about half of the 8, the test's other connections
   // shift the split); a retry opens a new connection, which only live workers accept
@@ -205,6 +217,7 @@ test('a gateway worker killed under load is replaced; only its running calls fai
     return s.workers.length === 2 && s.workers.every((w: any) => w.ready && w.pid !== victim) && s.restarts >= 1 ? s : undefined;
   }, 15_000);
   assert.ok(replaced.workers.every((w: any) => w.pid !== victim));
+  t.diagnostic(`connections: ${JSON.stringify(replaced.connections)}`);
   // the new worker serves: calls on fresh connections (spread over both) all succeed
   const fresh = new Agent({ keepAlive: true, maxSockets: 4 });
   try {

@@ -17,11 +17,16 @@ export type ToWorker =
   | { t: 'sync'; id: number }
   /** Calls waiting per node in the other workers (each worker's queue counts them against queueSize). */
   | { t: 'elsewhere'; waiting: Record<string, number> }
-  | { t: 'drain'; deadline: number };
+  | { t: 'drain'; deadline: number }
+  /** A client connection (sent with the message as its handle): serve it and acknowledge at once. */
+  | { t: 'conn'; id: number };
 
 export type FromWorker =
   | { t: 'hello' }
-  | { t: 'listening'; port: number }
+  /** Tokens and aliases applied: it may be handed connections. */
+  | { t: 'ready' }
+  /** It has the connection `id` (the primary closes its copy of the socket then). */
+  | { t: 'connAck'; id: number }
   /** `usage`: calls and bytes per node since the worker's last one (about every second, and when it drains). */
   | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport>; usage?: CallUsage[] }
   | { t: 'refused'; nodeId: string; instanceId: string; reason: string }

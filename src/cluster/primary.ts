@@ -1,6 +1,7 @@
 // The primary's side of `berth up --gateway-workers N` (N > 1): N gateway processes (Node's
 // cluster module) serve the one port; this process keeps the controller, the store and the
-// control API. To the controller the N workers look like one gateway (SnapshotSink &
+// control API, and accepts the port's connections to hand them to the workers
+// (cluster/distributor.ts). To the controller the N workers look like one gateway (SnapshotSink &
 // LoadSource): snapshots are forwarded to every worker, load reports are summed.
 //
 // Sessions: an instance never runs more than sessionsPerInstance calls at once, across all
@@ -22,6 +23,7 @@ import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSi
 import type { LoadReport } from '../gateway/routing-table.js';
 import type { CallUsage } from '../routing/usage.js';
 import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
+import { ConnectionDistributor, type DistributorStats } from './distributor.js';
 
 /** How long a worker keeps a node's extra session while another worker with calls waits for one. */
 const ROTATE_MS = 100;
@@ -92,6 +94,8 @@ export interface ClusterOptions {
 export interface ClusterStatus {
   workers: Array<{ id: number; pid: number; ready: boolean; appliedVersion: number; startedAt: string }>;
   restarts: number;
+  /** Connections handed to the workers by the primary. */
+  connections: DistributorStats;
   snapshotVersion: number;
   /** Milliseconds from a controller snapshot to the last worker confirming it, recent changes. */
   propagationMs: { samples: number; p50: number | null; max: number | null; last: number | null };
@@ -109,31 +113,34 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   private restarts = 0;
   private metricsSeq = 0;
   private readonly metricsWaiters = new Map<number, (json: unknown) => void>();
-  private listeningPort: Promise<number>;
-  private resolvePort!: (port: number) => void;
-  private rejectPort!: (err: Error) => void;
+  private readonly allReady: Promise<void>;
+  private resolveReady!: () => void;
+  private rejectReady!: (err: Error) => void;
+  /** Accepts on the port and hands connections to ready workers (not to one that is draining). */
+  private readonly door = new ConnectionDistributor(() => [...this.workers.values()].filter((w) => w.ready && !this.closing && w.worker.isConnected()).map((w) => w.worker));
   private rebalanceQueued = false;
   private rotateTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: ClusterOptions) {
-    this.listeningPort = new Promise((resolve, reject) => { this.resolvePort = resolve; this.rejectPort = reject; });
+    this.allReady = new Promise((resolve, reject) => { this.resolveReady = resolve; this.rejectReady = reject; });
     opts.auth.onChange(() => this.broadcast({ t: 'tokens', records: opts.auth.records() }));
     opts.aliases.onChange(() => this.broadcast({ t: 'aliases', records: opts.aliases.records() }));
   }
 
-  /** Forks the workers; resolves with the port once every one of them listens. */
+  /** Listens on the port, forks the workers; resolves with the port once every one of them is ready. */
   async start(): Promise<number> {
-    // rr: this process accepts and hands connections round-robin (an even spread); none: the kernel picks a worker
-    cluster.schedulingPolicy = process.env.BERTH_CLUSTER_SCHED === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
+    const port = await this.door.listen(this.opts.config.port, this.opts.config.host);
     const here = fileURLToPath(import.meta.url);
     cluster.setupPrimary({ exec: here.replace(/primary\.(ts|js)$/, 'worker.$1'), args: [], execArgv: process.execArgv, silent: false });
     for (let i = 0; i < this.opts.config.gatewayWorkers; i++) this.fork();
-    const all = new Promise<void>((resolve) => {
-      const check = (): void => { if ([...this.workers.values()].every((w) => w.ready)) resolve(); else setTimeout(check, 10); };
-      check();
-    });
-    const port = await this.listeningPort;
-    await all;
+    const check = (): void => { if ([...this.workers.values()].every((w) => w.ready)) this.resolveReady(); else setTimeout(check, 10); };
+    check();
+    try {
+      await this.allReady;
+    } catch (err) {
+      this.door.close();
+      throw err;
+    }
     return port;
   }
 
@@ -144,11 +151,15 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     this.workers.set(worker.id, state);
     worker.on('message', (m: FromWorker) => this.onMessage(state, m));
     worker.on('error', () => undefined);
+    // its channel is closed once every message it sent has been read: the connections it has
+    // not acknowledged by then never reached it, and go to another worker
+    worker.on('disconnect', () => this.door.workerGone(worker.id));
     worker.on('exit', (code, signal) => {
       this.workers.delete(worker.id);
+      this.door.workerGone(worker.id);
       this.opts.aliases.setRemoteMirror(String(worker.id), null);
       if (!state.ready && !this.closing && this.restarts === 0 && [...this.workers.values()].every((w) => !w.ready)) {
-        this.rejectPort(new Error(`gateway worker ${worker.id} exited before listening (${signal ?? code})`));
+        this.rejectReady(new Error(`gateway worker ${worker.id} exited before it was ready (${signal ?? code})`));
       }
       if (this.closing) return;
       log.warn({ event: 'gateway_worker_exit', worker: worker.id, pid: state.pid, code, signal }, 'gateway worker exited; starting a new one');
@@ -174,11 +185,12 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         this.send(state, { t: 'aliases', records: this.opts.aliases.records() });
         if (this.base) this.sendSnapshot(state);
         return;
-      case 'listening':
+      case 'ready':
         state.ready = true;
-        this.resolvePort(m.port);
+        this.door.workerReady();
         this.rebalance();
         return;
+      case 'connAck': this.door.acknowledged(state.worker.id, m.id); return;
       case 'load':
         state.report = m.report;
         if (m.report.version > state.acked) {
@@ -472,6 +484,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     return {
       workers: [...this.workers.values()].map((w) => ({ id: w.worker.id, pid: w.pid, ready: w.ready, appliedVersion: w.acked, startedAt: new Date(w.startedAt).toISOString() })),
       restarts: this.restarts,
+      connections: this.door.stats(),
       snapshotVersion: this.base?.version ?? 0,
       propagationMs: { samples: sorted.length, p50: round(sorted[Math.floor(sorted.length / 2)]), max: round(sorted[sorted.length - 1]), last: round(this.propagation[this.propagation.length - 1]) },
     };
@@ -480,6 +493,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   /** SIGTERM: every worker stops taking connections and lets its calls finish (until the deadline), then exits. */
   async drain(deadline: number): Promise<void> {
     this.closing = true;
+    this.door.close(); // no new connections; those the workers have finish their calls
     const exits = [...this.workers.values()].map((w) => new Promise<void>((resolve) => {
       if (w.worker.isDead()) return resolve();
       w.worker.once('exit', () => resolve());

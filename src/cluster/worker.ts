@@ -1,10 +1,11 @@
-// A gateway worker of `berth up --gateway-workers N`: one of N processes that accept on the
-// one port (Node's cluster module shares the listening socket) and serve the data plane from
-// the routing snapshots, tokens and aliases the primary sends. It has no database and no
+// A gateway worker of `berth up --gateway-workers N`: one of N processes that serve the one
+// port (the primary accepts each connection and hands it to a worker: cluster/distributor.ts)
+// with the data plane, from the routing snapshots, tokens and aliases the primary sends. It has no database and no
 // controller: instance events and load go up to the primary; control-API requests that
 // arrive here are relayed, as they are, to the primary's unix socket in BERTH_HOME (mode
 // 0600), which answers them with the same fastify app as with one process.
 import { readFileSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import { Metrics } from '../core/metrics.js';
@@ -26,7 +27,7 @@ async function main(): Promise<void> {
   installProcessGuards();
   const boot = JSON.parse(process.env[WORKER_ENV] ?? '') as WorkerBoot;
   // --max-connections bounds the port as a whole: each worker takes its share (the primary
-  // hands connections out round-robin, so the shares fill evenly)
+  // hands connections out round robin, so the shares fill evenly)
   const config = { ...boot.config, maxConnections: Math.max(1, Math.ceil(boot.config.maxConnections / boot.config.gatewayWorkers)) };
   process.umask(0o077);
   const send = (m: FromWorker): void => {
@@ -80,19 +81,24 @@ async function main(): Promise<void> {
   let haveTokens = false;
   let haveAliases = false;
   let draining = false;
-  let listening = false;
-  const listen = (): void => {
-    if (listening || !haveTokens || !haveAliases) return;
-    listening = true;
-    plane.door.server.once('error', (err) => { console.error(`[berth] gateway worker ${process.pid}: ${err.message}`); process.exit(2); });
-    plane.door.server.listen(config.port, config.host, () => {
-      const a = plane.door.server.address();
-      send({ t: 'listening', port: typeof a === 'object' && a ? a.port : config.port });
-    });
+  let ready = false;
+  /** Ready for connections once it can authenticate and resolve aliases. */
+  const readyWhenSet = (): void => {
+    if (ready || !haveTokens || !haveAliases) return;
+    ready = true;
+    send({ t: 'ready' });
   };
 
-  process.on('message', (m: ToWorker) => {
+  process.on('message', (m: ToWorker, handle?: unknown) => {
     switch (m.t) {
+      case 'conn': {
+        // acknowledged before a byte is read: until then the primary may still give it to another worker
+        send({ t: 'connAck', id: m.id });
+        if (!(handle instanceof Socket)) return;
+        if (draining) { handle.destroy(); return; }
+        plane.door.server.emit('connection', handle);
+        return;
+      }
       case 'snapshot': {
         const before = new Set(routes.nodeIds());
         routes.apply(m.snapshot);
@@ -101,13 +107,13 @@ async function main(): Promise<void> {
         report(true); // the acknowledgement: the primary times propagation and confirms shrunk leases by it
         return;
       }
-      case 'tokens': auth.replace(m.records); haveTokens = true; listen(); return;
+      case 'tokens': auth.replace(m.records); haveTokens = true; readyWhenSet(); return;
       case 'aliases': {
         const names = new Set(m.records.map((r) => r.spec.name));
         for (const r of aliases.records()) if (!names.has(r.spec.name)) metrics.forgetAlias(r.spec.name);
         aliases.replaceAll(m.records);
         haveAliases = true;
-        listen();
+        readyWhenSet();
         return;
       }
       case 'sync': reportUsage(); send({ t: 'synced', id: m.id }); return; // the counts arrive before 'synced' (the channel keeps order)

@@ -1,4 +1,4 @@
-import { homedir } from 'node:os';
+import { availableParallelism, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -63,7 +63,7 @@ export interface Config {
    * way to instances on other machines. Either way every connection starts with the instance's secret.
    */
   workerTransport: 'unix' | 'tcp';
-  /** Gateway processes serving the port (`--gateway-workers`, BERTH_GATEWAY_WORKERS); 1: everything in one process. Default: the cores. */
+  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); 1 (the default): everything in one process. */
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
@@ -152,12 +152,28 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    // one process by default until sticky keys hold across workers during a rollout (docs/architecture.md)
-    gatewayWorkers: overrides.gatewayWorkers ?? numberEnv('BERTH_GATEWAY_WORKERS', 1),
+    // one process by default: with N workers a node's sessions are shared out among them, and
+    // with fewer sessions than workers (sessionsPerInstance 1, the default, on one instance)
+    // one rotates between them every 100 ms, which cost throughput and tail latency in every
+    // measurement (docs/architecture.md); `auto` is one per core
+    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
     secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
     workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
   };
+}
+
+/** `--gateway-workers auto` stops here: past it a worker mostly adds leases to share and snapshots to send (name more with a number). */
+export const MAX_AUTO_GATEWAY_WORKERS = 16;
+
+/**
+ * `--gateway-workers auto`: one gateway process per core (the cores this process may run on),
+ * at most MAX_AUTO_GATEWAY_WORKERS; on a single core, one process for everything (a worker
+ * there only adds a process and the IPC hop).
+ */
+export function autoGatewayWorkers(): number {
+  const cores = availableParallelism();
+  return cores <= 1 ? 1 : Math.min(cores, MAX_AUTO_GATEWAY_WORKERS);
 }
 
 function numberEnv(name: string, dflt: number): number {

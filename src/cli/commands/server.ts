@@ -1,7 +1,7 @@
 // `berth up` (the server in this process) and `berth status` (is it up, what does it run).
 import { Option, type Command } from 'commander';
 import { resolve } from 'node:path';
-import { loadConfig, parseByteSize, type Config } from '../../core/config.js';
+import { autoGatewayWorkers, loadConfig, parseByteSize, type Config } from '../../core/config.js';
 import { clientFor, collect, out } from '../shared.js';
 import type { CheckpointList, NodeList } from '../views.js';
 
@@ -34,7 +34,7 @@ export function registerServer(cli: Command): void {
     .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
-    .option('--gateway-workers <n>', 'gateway processes serving the port, e.g. the number of cores (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
+    .option('--gateway-workers <n>', 'gateway processes serving the port, or auto: one per core, at most 16 (default 1, or $BERTH_GATEWAY_WORKERS: everything in one process)')
     .option('--secret-key-file <file>', 'the key secrets are encrypted with; every server sharing a store needs the same one (default: <home>/secret.key, or $BERTH_SECRET_KEY_FILE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
@@ -61,7 +61,7 @@ export function registerServer(cli: Command): void {
         ...(o.idleTimeout !== undefined ? { idleTimeoutMs: positive('--idle-timeout', o.idleTimeout) * 1000 } : {}),
         ...(o.maxRequestBytes !== undefined ? { maxRequestBytes: positive('--max-request-bytes', parseByteSize(o.maxRequestBytes) ?? NaN) } : {}),
         ...(o.maxResponseBytes !== undefined ? { maxResponseBytes: positive('--max-response-bytes', parseByteSize(o.maxResponseBytes) ?? NaN) } : {}),
-        ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: positive('--gateway-workers', o.gatewayWorkers) } : {}),
+        ...(o.gatewayWorkers !== undefined ? { gatewayWorkers: o.gatewayWorkers === 'auto' ? autoGatewayWorkers() : positive('--gateway-workers', o.gatewayWorkers) } : {}),
         ...(o.advertiseUrl !== undefined ? { advertiseUrl: o.advertiseUrl } : {}), ...(o.secretKeyFile !== undefined ? { secretKeyFile: resolve(o.secretKeyFile) } : {}),
       });
       if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
@@ -81,7 +81,7 @@ export function registerServer(cli: Command): void {
         console.error(`berth: ${(err as Error).message}`);
         process.exit(2);
       }
-      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox}${config.workerTransport === 'tcp' ? ', cell workers over TCP' : ''})`);
+      console.log(`Berth listening on ${berth.url} (home ${config.home}, store ${config.store ? redactUrl(config.store) : 'sqlite'}, runtime ${config.runtime}, python ${config.python}, sandbox ${config.sandbox}${config.workerTransport === 'tcp' ? ', cell workers over TCP' : ''}, gateway workers ${config.gatewayWorkers})`);
       console.log(`admin token: ${config.home}/admin-token`);
       let stopping = false;
       const stop = (signal: string): void => {
