@@ -108,13 +108,18 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const telemetry = new Telemetry(controller, config.telemetryIntervalMs);
   const faults = process.env.BERTH_FAULTS === '1';
   // one gateway in this process, or N gateway workers (cluster/primary.ts) that serve the port
-  // while this process keeps the controller, the store and the control API
-  // (not yet with a shared store: there this process is the one gateway of its server)
-  if (bus && config.gatewayWorkers > 1) console.error('[berth] WARNING: with a shared store one gateway process serves each server (--gateway-workers is not used yet)');
-  const clustered = config.gatewayWorkers > 1 && !bus;
-  const routes = clustered ? null : new RoutingTable(bus ? peerEvents(bus, controller) : controller, config.maxResponseBytes);
-  const peering = bus && routes ? new Peering({
-    bus, controller, routes, auth, aliases, store,
+  // while this process keeps the controller, the store and the control API; either way, with a
+  // shared store, what the gateway sees goes to whichever server leads (src/peers/)
+  const clustered = config.gatewayWorkers > 1;
+  const events = bus ? peerEvents(bus, controller) : controller;
+  const routes = clustered ? null : new RoutingTable(events, config.maxResponseBytes);
+  // with workers, the control API listens on a unix socket only they (and this user) reach
+  const controlSocket = join(config.home, 'control.sock');
+  let controlServer: Server | null = null;
+  const gatewayCluster = clustered ? new GatewayCluster({ config, events, auth, aliases, controlSocket, usage }) : null;
+  const gateway = (gatewayCluster ?? routes)!;
+  const peering = bus ? new Peering({
+    bus, controller, gateway, auth, aliases, store,
     // this server took the lease: its controller adopts what the last leader ran
     lead: async (sink) => {
       await usage.load();
@@ -131,11 +136,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   }) : null;
   let fastifyHandler!: (req: IncomingMessage, res: ServerResponse) => void;
   const localControl = (req: IncomingMessage, res: ServerResponse): void => fastifyHandler(req, res);
-  const plane = routes ? await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: peering ? peering.control(localControl) : localControl }) : null;
-  // with workers, the control API listens on a unix socket only they (and this user) reach
-  const controlSocket = join(config.home, 'control.sock');
-  let controlServer: Server | null = null;
-  const gatewayCluster = clustered ? new GatewayCluster({ config, events: controller, auth, aliases, controlSocket, usage }) : null;
+  const control = peering ? peering.control(localControl) : localControl;
+  const plane = routes ? await createDataPlane({ config, routes, auth, metrics, aliases, tls, control }) : null;
   if (routes) usage.drainFrom(() => routes.usage.drain());
   if (gatewayCluster) usage.collectFrom(() => gatewayCluster.sync());
 
@@ -147,7 +149,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     serverFactory: (handler) => {
       fastifyHandler = handler;
       if (plane) return plane.httpServer;
-      controlServer = createServer({ keepAliveTimeout: 60_000, requestTimeout: 0 }, handler);
+      controlServer = createServer({ keepAliveTimeout: 60_000, requestTimeout: 0 }, control);
       return controlServer;
     },
   });
@@ -194,7 +196,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   app.get('/v1/gateway', { schema: { hide: true } }, async (req) => {
     if (!Auth.isSuperAdmin(req.token)) throw new BerthError('PERMISSION_DENIED', '/v1/gateway needs an admin token on "*"', { needs: 'admin on *' });
     const servers = bus ? { servers: await bus.servers() } : {};
-    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }], ...servers };
+    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status(), ...servers } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }], ...servers };
   });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
   const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
@@ -212,7 +214,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   await app.ready();
   let port: number;
   if (gatewayCluster) {
-    controller.attach(gatewayCluster);
+    if (!peering) controller.attach(gatewayCluster);
     rmSync(controlSocket, { force: true });
     await new Promise<void>((resolve, reject) => { controlServer!.once('error', reject); controlServer!.listen(controlSocket, () => resolve()); });
     chmodSync(controlSocket, 0o600);

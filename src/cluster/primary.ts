@@ -237,6 +237,25 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     return { busy, waiting };
   }
 
+  /** The workers' reports summed: what this server's gateway runs (sent to the leader when servers share a store). */
+  loadReport(): LoadReport {
+    const nodes: LoadReport['nodes'] = {};
+    for (const w of this.workers.values()) {
+      for (const [id, n] of Object.entries(w.report?.nodes ?? {})) {
+        const into = nodes[id] ??= { busy: 0, waiting: 0, instances: {} };
+        into.busy += n.busy;
+        into.waiting += n.waiting;
+        for (const [iid, i] of Object.entries(n.instances)) {
+          const t = into.instances[iid] ??= { busy: 0, held: 0, lastUsedAt: 0 };
+          t.busy += i.busy;
+          t.held += i.held;
+          t.lastUsedAt = Math.max(t.lastUsedAt, i.lastUsedAt);
+        }
+      }
+    }
+    return { version: this.base?.version ?? 0, nodes };
+  }
+
   instance(nodeId: string, instanceId: string): { busy: number; lastUsedAt: number } {
     let busy = 0; let lastUsedAt = 0;
     for (const w of this.workers.values()) {

@@ -8,7 +8,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { InstanceEvents, LoadSource, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import type { LoadReport } from '../gateway/routing-table.js';
-import type { RoutingTable } from '../gateway/routing-table.js';
 import type { Auth } from '../core/auth.js';
 import type { AliasTable } from '../aliases/table.js';
 import type { Store } from '../store/store.js';
@@ -23,7 +22,8 @@ export interface PeeringDeps {
   bus: PeerBus;
   /** The controller: followers' instance events go to it while this server leads. */
   controller: InstanceEvents;
-  routes: RoutingTable;
+  /** This server's gateway: one routing table, or its gateway workers together. */
+  gateway: SnapshotSink & LoadSource & { loadReport(): LoadReport };
   auth: Auth;
   aliases: AliasTable;
   store: Store;
@@ -109,7 +109,7 @@ export class Peering {
       this.d.bus.publishSnapshot(s);
     },
     node: (nodeId: string) => {
-      const own = this.d.routes.node(nodeId);
+      const own = this.d.gateway.node(nodeId);
       let { busy, waiting } = own;
       for (const r of this.live()) {
         const n = r.nodes[nodeId];
@@ -118,7 +118,7 @@ export class Peering {
       return { busy, waiting };
     },
     instance: (nodeId: string, instanceId: string) => {
-      const own = this.d.routes.instance(nodeId, instanceId);
+      const own = this.d.gateway.instance(nodeId, instanceId);
       let { busy, lastUsedAt } = own;
       for (const r of this.live()) {
         const i = r.nodes[nodeId]?.instances[instanceId];
@@ -138,7 +138,7 @@ export class Peering {
   }
 
   private applyLocal(s: RoutingSnapshot): void {
-    this.d.routes.apply({ ...s, version: ++this.localVersion });
+    this.d.gateway.apply({ ...s, version: ++this.localVersion });
   }
 
   // ---- follower ----
@@ -163,7 +163,7 @@ export class Peering {
     let last = '';
     let sentAt = 0;
     this.loadTimer = setInterval(() => {
-      const report = this.d.routes.loadReport();
+      const report = this.d.gateway.loadReport();
       const text = JSON.stringify(report.nodes);
       if (text === last && Date.now() - sentAt < LOAD_KEEPALIVE_MS) return;
       last = text;
