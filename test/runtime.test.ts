@@ -9,7 +9,9 @@
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createServer as createHttpServer } from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import http2 from 'node:http2';
@@ -70,6 +72,31 @@ function makeCheckpoint(): { path: string; requires: Array<{ name: string; versi
   const result = JSON.parse(readFileSync(out + '.json', 'utf8'));
   checkpoint = { path: out, requires: result.requires };
   return checkpoint;
+}
+
+function checkpointSha256(): string {
+  return createHash('sha256').update(readFileSync(makeCheckpoint().path)).digest('hex');
+}
+
+/**
+ * Berth's checkpoint route for a runtime's grants, on the cluster's bridge (where the Swarm's
+ * machines reach this process): GET /internal/v1/instances/{id}/checkpoint with the instance secret.
+ */
+async function serveCheckpoints(rt: Runtime): Promise<{ port: number; close(): void; onFetch: (id: string) => void }> {
+  const out = { port: 0, close: () => undefined as void, onFetch: (_id: string): void => undefined };
+  const server = createHttpServer((req, res) => {
+    const m = /^\/internal\/v1\/instances\/([^/]+)\/checkpoint$/.exec(req.url ?? '');
+    const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+    const grant = m && token ? rt.checkpointGrants!.check(decodeURIComponent(m[1]!), token) : null;
+    if (!grant) { res.writeHead(401).end(); return; }
+    out.onFetch(decodeURIComponent(m![1]!));
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    createReadStream(grant.path).pipe(res);
+  });
+  await new Promise<void>((r) => server.listen(0, BRIDGE_ADDR, () => r()));
+  out.port = (server.address() as { port: number }).port;
+  out.close = () => { server.close(); };
+  return out;
 }
 
 function cellWorkload(): CellWorkload {
@@ -193,7 +220,7 @@ interface ImageTarget {
   leftovers(home: string): Promise<string[]>;
 }
 
-const SWARM_IMAGES: TestImageName[] = ['http-echo', 'crash', 'grpc-echo', 'sse', 'unhealthy'];
+const SWARM_IMAGES: TestImageName[] = ['http-echo', 'crash', 'grpc-echo', 'sse', 'unhealthy', 'kernel'];
 let cluster: Promise<TestCluster> | null = null;
 function swarmCluster(): Promise<TestCluster> {
   cluster ??= (async () => {
@@ -255,8 +282,11 @@ const IMAGE_TARGETS: ImageTarget[] = [
       };
     },
     leftovers: async (home) => {
-      const services = await swarmClient!.listServices({ filters: { label: [`berth.home=${home}`] } });
-      return services.map((s) => `service ${s.Spec?.Name}`);
+      const filters = { label: [`berth.home=${home}`] };
+      const services = await swarmClient!.listServices({ filters });
+      const secrets = await swarmClient!.listSecrets({ filters }) as any[];
+      const configs = await swarmClient!.listConfigs({ filters }) as any[];
+      return [...services.map((s) => `service ${s.Spec?.Name}`), ...secrets.map((s) => `secret ${s.Spec?.Name}`), ...configs.map((s) => `config ${s.Spec?.Name}`)];
     },
   },
 ];
@@ -591,7 +621,7 @@ for (const target of IMAGE_TARGETS) {
 // ---- Swarm only ----
 
 describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () => {
-  test('check() wants a Swarm manager; cell workloads are refused with the reason', async (t) => {
+  test('check() wants a Swarm manager; a cell needs a URL the machines reach for its checkpoint', async (t) => {
     if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
     const c = await swarmCluster();
     const worker = new SwarmRuntime(newHome(), { docker: new Docker({ socketPath: c.hosts[1]!.dockerHost.replace(/^unix:\/\//, '') }) });
@@ -599,8 +629,78 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
     assert.match((await new SwarmRuntime(newHome(), { docker: docker() }).check()) ?? '', /is not part of a Swarm/);
     const rt = IMAGE_TARGETS[1]!.runtime(newHome());
     assert.equal(await rt.check(), null);
-    assert.equal(rt.supportsCells, false);
-    await assert.rejects(rt.start(spec({ ...cellWorkload() })), /cell nodes cannot run on the Swarm runtime yet: .*TCP/);
+    assert.equal(rt.supportsCells, true);
+    const cell = spec({ ...cellWorkload(), checkpointSha256: checkpointSha256() });
+    // Berth not listening (or over TLS): no checkpoint URL at all
+    await assert.rejects(rt.start(cell), /fetch their checkpoint from Berth over plain HTTP/);
+    // loopback only: no other machine reaches it
+    rt.checkpointGrants!.serveAt('http://127.0.0.1:7777', { host: '127.0.0.1', port: 7777, advertiseUrl: null });
+    await assert.rejects(rt.start(cell), /listens on 127\.0\.0\.1 only \(loopback\): start it with --host 0\.0\.0\.0 .*--advertise-url/);
+    rt.checkpointGrants!.serveAt('http://127.0.0.1:7777', { host: '0.0.0.0', port: 7777, advertiseUrl: 'http://localhost:7777' });
+    await assert.rejects(rt.start(cell), /--advertise-url http:\/\/localhost:7777 is a loopback address/);
+    assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(newHome()), []);
+  });
+
+  test('cell: a service of the kernel image on some machine; worker on TCP behind the secret, checkpoint fetched from Berth; adopted by list(); stop leaves nothing', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    const served = await serveCheckpoints(rt);
+    const fetched: string[] = [];
+    served.onFetch = (id) => fetched.push(id);
+    try {
+      // Berth on the wildcard address: the runtime gives the workers its address towards the Swarm
+      rt.checkpointGrants!.serveAt(`http://127.0.0.1:${served.port}`, { host: '0.0.0.0', port: served.port, advertiseUrl: null });
+      const s = spec({ ...cellWorkload(), checkpointSha256: checkpointSha256() }, { cores: 0.2, memoryGb: 0.25, gpus: 0 });
+      const inst = await within(rt.start(s), 90_000, 'start');
+      assert.ok(c.hosts.some((h) => h.addr === inst.endpoint.host), `on a machine of the Swarm: ${JSON.stringify(inst.endpoint)}`);
+      assert.ok(inst.endpoint.port && /^[0-9a-f]{64}$/.test(inst.endpoint.secret ?? ''), 'a TCP endpoint with the instance secret');
+      assert.equal(inst.ports.size, 0);
+      const conn = await workerReady(inst.endpoint, 60_000);
+      assert.deepEqual(fetched, [s.instanceId], 'the worker fetched its checkpoint from Berth');
+      try {
+        assert.deepEqual((await execute(conn, { mode: 'echo', arg: { a: [1, 'три'] } })).body, { output: { result: { a: [1, 'три'] } } });
+        assert.deepEqual((await execute(conn, { mode: 'print', arg: 'hello from the swarm' })).body, { output: { result: 'hello from the swarm' } });
+      } finally {
+        conn.close();
+      }
+      // nothing without the secret, nor with another one
+      for (const e of [{ host: inst.endpoint.host, port: inst.endpoint.port }, { ...inst.endpoint, secret: 'ab'.repeat(32) }]) {
+        const raw = await WorkerConnection.open(e, MB, 2000).catch((err: Error) => err);
+        if (raw instanceof Error) continue; // refused during the handshake
+        await assert.rejects(within(raw.request(FRAME.PING, ''), 3000, 'PING without the secret'));
+        raw.close();
+      }
+      // what Swarm was told: a kernel that is not root, nothing writable but /tmp, and the secret in no env or label
+      const info = await swarmClient!.getService(serviceName(s.instanceId)).inspect() as any;
+      const cs = info.Spec.TaskTemplate.ContainerSpec;
+      assert.equal(cs.User, '65534:65534');
+      assert.equal(cs.ReadOnly, true);
+      assert.deepEqual(cs.CapabilityDrop, ['ALL']);
+      assert.equal(cs.Secrets.length, 1);
+      assert.equal(cs.Configs.length, 3);
+      assert.ok(!JSON.stringify(info).includes(inst.endpoint.secret!), 'the secret is not in the service spec');
+      await until('the print in the log', async () => (await rt.logs(s.nodeId, s.instanceId, 100)).includes('cell says hello from the swarm'), 15_000);
+
+      // a restarted Berth of the same home adopts it, secret recomputed
+      const again = IMAGE_TARGETS[1]!.runtime(home);
+      const listed = await again.list();
+      assert.equal(listed.length, 1);
+      assert.deepEqual(listed[0]!.endpoint, inst.endpoint);
+      const conn2 = await workerReady(listed[0]!.endpoint, 5000);
+      assert.deepEqual((await execute(conn2, { mode: 'echo', arg: 'adopted' })).body, { output: { result: 'adopted' } });
+      conn2.close();
+      assert.deepEqual(await IMAGE_TARGETS[1]!.runtime(newHome()).list(), [], "another home's runtime sees none of it");
+
+      await within(again.stop(listed[0]!, 2000), 30_000, 'stop');
+      await within(inst.exited, 10_000, 'the first handle sees it end too').catch(() => undefined);
+      assert.equal(rt.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), null, 'the grant ends with the service');
+      assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+      assert.match(await rt.logs(s.nodeId, s.instanceId, 200), /cell says hello from the swarm/, 'the log outlives the instance');
+    } finally {
+      served.close();
+    }
   });
 
   test('placement: constraints are honoured; spread puts one instance per zone', async (t) => {
