@@ -12,10 +12,10 @@
 // cluster there still belongs to a live process (then we refuse rather than break it).
 //
 // Containers reaching back (cell workers fetch their checkpoint from Berth on .1): the hosts'
-// dockerd run without iptables, so nothing masquerades a task's traffic. Each host's
-// docker_gwbridge (where Swarm tasks' containers sit) is made before the Swarm with its own
-// subnet 172.30.<n>.0/24, and the root namespace routes that subnet via the host's address:
-// a task's packets reach .1 with the container's address, and the answers find their way back.
+// dockerd run without iptables, so nothing masquerades a task's traffic. Tasks with host-mode
+// ports only sit on each host's default bridge, whose subnet is the host's own (--bip
+// 172.31.<n>.1/24), and the root namespace routes that subnet via the host's address: a
+// task's packets reach .1 with the container's address, and the answers find their way back.
 //
 // Failure detection: the Swarm is made with `--dispatcher-heartbeat 1s` (default 5s), so
 // the manager declares a dead host Down after a few seconds and re-creates its tasks.
@@ -31,8 +31,8 @@ export const LAST_LOGS = '/tmp/berth-swarm-last-logs';
 const BRIDGE = 'berthsw0';
 const SUBNET = '10.213.0';
 const NETNS_PREFIX = 'berthsw-h';
-/** Host n's docker_gwbridge is <prefix>.n.0/24, routed from the root namespace (see above). */
-const GWBRIDGE_PREFIX = '172.30';
+/** Host n's default bridge is <prefix>.n.0/24 (--bip), routed from the root namespace (see above). */
+const BIP_PREFIX = '172.31';
 const VETH_PREFIX = 'bsw-h';
 /** Swarm's heartbeat: a dead host is noticed after a few of these (default 5s). */
 export const DISPATCHER_HEARTBEAT = '1s';
@@ -224,7 +224,7 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       const fd = openSync(log, 'a');
       const proc = spawn('nsenter', [`--net=/run/netns/${ns}`, 'dockerd',
         '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '--pidfile', join(dir, 'dockerd.pid'),
-        '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=172.31.${n}.1/24`,
+        '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=${BIP_PREFIX}.${n}.1/24`,
         // a test registry on the bridge (10.213.0.1) speaks plain HTTP
         `--insecure-registry=${SUBNET}.0/24`,
         '--cgroup-parent', ns, '--log-level', 'warn'], {
@@ -241,11 +241,8 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
     for (const [i, h] of hosts.entries()) {
       const n = i + 1;
       run('nsenter', [`--net=/run/netns/${NETNS_PREFIX}${n}`, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
-      run('docker', ['-H', h.dockerHost, 'network', 'create', '--driver', 'bridge', '--subnet', `${GWBRIDGE_PREFIX}.${n}.0/24`,
-        '--opt', 'com.docker.network.bridge.name=docker_gwbridge', '--opt', 'com.docker.network.bridge.enable_icc=false',
-        '--opt', 'com.docker.network.bridge.enable_ip_masquerade=true', 'docker_gwbridge']);
       // goes with the bridge when teardown deletes it
-      run('ip', ['route', 'add', `${GWBRIDGE_PREFIX}.${n}.0/24`, 'via', h.addr, 'dev', BRIDGE]);
+      run('ip', ['route', 'add', `${BIP_PREFIX}.${n}.0/24`, 'via', h.addr, 'dev', BRIDGE]);
     }
 
     const manager = hosts[0]!;

@@ -620,7 +620,7 @@ for (const target of IMAGE_TARGETS) {
 
 // ---- Swarm only ----
 
-describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () => {
+describe('runtime swarm: manager, cells, placement', { timeout: 240_000 }, () => {
   test('check() wants a Swarm manager; a cell needs a URL the machines reach for its checkpoint', async (t) => {
     if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
     const c = await swarmCluster();
@@ -657,7 +657,9 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
       assert.ok(c.hosts.some((h) => h.addr === inst.endpoint.host), `on a machine of the Swarm: ${JSON.stringify(inst.endpoint)}`);
       assert.ok(inst.endpoint.port && /^[0-9a-f]{64}$/.test(inst.endpoint.secret ?? ''), 'a TCP endpoint with the instance secret');
       assert.equal(inst.ports.size, 0);
-      const conn = await workerReady(inst.endpoint, 60_000);
+      const conn = await workerReady(inst.endpoint, 60_000).catch(async (err: Error) => {
+        throw new Error(`${err.message}\ninstance log:\n${await rt.logs(s.nodeId, s.instanceId, 50)}`);
+      });
       assert.deepEqual(fetched, [s.instanceId], 'the worker fetched its checkpoint from Berth');
       try {
         assert.deepEqual((await execute(conn, { mode: 'echo', arg: { a: [1, 'три'] } })).body, { output: { result: { a: [1, 'три'] } } });
@@ -688,6 +690,7 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
       const listed = await again.list();
       assert.equal(listed.length, 1);
       assert.deepEqual(listed[0]!.endpoint, inst.endpoint);
+      assert.ok(again.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), 'the adopting runtime grants the checkpoint again (Swarm may restart the task)');
       const conn2 = await workerReady(listed[0]!.endpoint, 5000);
       assert.deepEqual((await execute(conn2, { mode: 'echo', arg: 'adopted' })).body, { output: { result: 'adopted' } });
       conn2.close();
@@ -695,7 +698,7 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
 
       await within(again.stop(listed[0]!, 2000), 30_000, 'stop');
       await within(inst.exited, 10_000, 'the first handle sees it end too').catch(() => undefined);
-      assert.equal(rt.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), null, 'the grant ends with the service');
+      assert.equal(again.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), null, 'the grant ends with the service');
       assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
       assert.match(await rt.logs(s.nodeId, s.instanceId, 200), /cell says hello from the swarm/, 'the log outlives the instance');
     } finally {
