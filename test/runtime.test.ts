@@ -1,5 +1,6 @@
 // One suite for every runtime (as kysely runs its tests for every dialect): the cell-worker
-// contract runs against `process` and `docker`; image workloads (endpoints, env, labels,
+// contract runs against `process`, `docker` and `swarm` (TCP workers on the cluster, their
+// checkpoint fetched from a grants server on the bridge); image workloads (endpoints, env, labels,
 // limits, adoption, crashes, every protocol of the test images) against `docker` and
 // `swarm` — the latter on a three-host Swarm the suite builds (test/cluster-support.ts);
 // private registries and the Docker daemon's specifics against `docker` only.
@@ -82,12 +83,13 @@ function checkpointSha256(): string {
  * Berth's checkpoint route for a runtime's grants, on the cluster's bridge (where the Swarm's
  * machines reach this process): GET /internal/v1/instances/{id}/checkpoint with the instance secret.
  */
-async function serveCheckpoints(rt: Runtime): Promise<{ port: number; close(): void; onFetch: (id: string) => void }> {
+async function serveCheckpoints(runtimes: Runtime | Runtime[]): Promise<{ port: number; close(): void; onFetch: (id: string) => void }> {
+  const all = (): Runtime[] => (Array.isArray(runtimes) ? runtimes : [runtimes]);
   const out = { port: 0, close: () => undefined as void, onFetch: (_id: string): void => undefined };
   const server = createHttpServer((req, res) => {
     const m = /^\/internal\/v1\/instances\/([^/]+)\/checkpoint$/.exec(req.url ?? '');
     const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
-    const grant = m && token ? rt.checkpointGrants!.check(decodeURIComponent(m[1]!), token) : null;
+    const grant = m && token ? all().map((rt) => rt.checkpointGrants!.check(decodeURIComponent(m[1]!), token)).find(Boolean) ?? null : null;
     if (!grant) { res.writeHead(401).end(); return; }
     out.onFetch(decodeURIComponent(m![1]!));
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
@@ -102,7 +104,7 @@ async function serveCheckpoints(rt: Runtime): Promise<{ port: number; close(): v
 function cellWorkload(): CellWorkload {
   const c = makeCheckpoint();
   return {
-    kind: 'cell', python: PYTHON, kernelImage: TEST_IMAGES.kernel, registryAuth: null, checkpointPath: c.path,
+    kind: 'cell', python: PYTHON, kernelImage: TEST_IMAGES.kernel, registryAuth: null, checkpointPath: c.path, checkpointSha256: checkpointSha256(),
     code: CELLS[1]!, requires: c.requires,
     inputs: [{ name: 'mode', type: 'str' }, { name: 'arg', type: 'any' }], outputs: [{ name: 'result', type: 'any' }],
     maxResponseBytes: 16 * MB,
@@ -183,6 +185,8 @@ interface Target {
   name: RuntimeName;
   /** Skips (or, in CI, fails) when the runtime cannot work here. */
   ready(t: TestContext): Promise<boolean>;
+  /** A runtime of this home (default: createRuntime). */
+  runtime?(home: string): Runtime;
   /** Whatever the runtime left on the machine for this home, besides log files. */
   leftovers(home: string, instance: RuntimeInstance): Promise<string[]>;
 }
@@ -207,7 +211,26 @@ const TARGETS: Target[] = [
       return out;
     },
   },
+  {
+    name: 'swarm',
+    ready: async (t) => {
+      if (!(await IMAGE_TARGETS[1]!.ready(t))) return false;
+      sharedGrants ??= await serveCheckpoints(swarmRuntimes);
+      return true;
+    },
+    // a Swarm runtime whose workers fetch from the shared grants server (as from `berth up` on the bridge)
+    runtime: (home) => {
+      const rt = IMAGE_TARGETS[1]!.runtime(home);
+      rt.checkpointGrants!.serveAt(`http://${BRIDGE_ADDR}:${sharedGrants!.port}`);
+      swarmRuntimes.push(rt);
+      return rt;
+    },
+    leftovers: async (home) => IMAGE_TARGETS[1]!.leftovers(home),
+  },
 ];
+/** Swarm runtimes of the shared suite, whose grants the shared checkpoint server answers for. */
+const swarmRuntimes: Runtime[] = [];
+let sharedGrants: Awaited<ReturnType<typeof serveCheckpoints>> | null = null;
 
 interface ImageTarget {
   name: 'docker' | 'swarm';
@@ -303,24 +326,29 @@ before(async () => {
 });
 
 after(async () => {
+  sharedGrants?.close();
   if (cluster) await (await cluster.catch(() => null))?.stop();
   if (await dockerAvailable()) for (const home of homes) await removeContainersOfHome(home);
   for (const home of homes) rmSync(home, { recursive: true, force: true });
 });
 
 for (const target of TARGETS) {
-  describe(`runtime ${target.name}`, { timeout: 120_000 }, () => {
+  describe(`runtime ${target.name}`, { timeout: target.name === 'swarm' ? 240_000 : 120_000 }, () => {
     test('cell: the worker answers PING and EXECUTE on its endpoint; logs show what the cell printed; stop leaves nothing', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       assert.equal(await rt.check(), null);
       const s = spec(cellWorkload());
       const inst = await within(rt.start(s), 60_000, 'start');
       assert.equal(inst.nodeId, s.nodeId);
       assert.equal(inst.instanceId, s.instanceId);
-      assert.ok(inst.endpoint.path, 'a cell instance is reached through a Unix socket');
-      assert.ok(Buffer.byteLength(inst.endpoint.path) <= 107);
+      if (target.name === 'swarm') {
+        assert.ok(inst.endpoint.host && inst.endpoint.port && inst.endpoint.secret, `a cell instance on a Swarm machine is reached over TCP with its secret: ${JSON.stringify(inst.endpoint)}`);
+      } else {
+        assert.ok(inst.endpoint.path, 'a cell instance is reached through a Unix socket');
+        assert.ok(Buffer.byteLength(inst.endpoint.path) <= 107);
+      }
       const conn = await workerReady(inst.endpoint);
       if (target.name === 'docker') {
         // a cell kernel: not root, nothing writable but /tmp, no capabilities, no privilege gain
@@ -363,13 +391,14 @@ for (const target of TARGETS) {
     test('cell: kill resolves `exited` with SIGKILL; the next start of the same instance works', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const s = spec(cellWorkload());
       const first = await within(rt.start(s), 60_000, 'start');
       (await workerReady(first.endpoint)).close();
       rt.kill(first);
       const info = await within(first.exited, 20_000, 'exited after kill');
-      assert.equal(info.signal, 'SIGKILL', JSON.stringify(info));
+      // Swarm cannot signal a task: its kill removes the service (SIGTERM, SIGKILL 2 s later)
+      if (target.name !== 'swarm') assert.equal(info.signal, 'SIGKILL', JSON.stringify(info));
       if (target.name === 'docker') assert.equal(info.code, 137);
       // a killed worker cannot remove its socket file; the process runtime replaces it on the next start
       assert.deepEqual((await target.leftovers(home, first)).filter((l) => target.name !== 'process' || !l.startsWith('socket')), []);
@@ -390,14 +419,14 @@ for (const target of TARGETS) {
     test('list() returns what a restarted Berth could adopt, and nothing of another home', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const s = spec(cellWorkload());
       const inst = await within(rt.start(s), 60_000, 'start');
       (await workerReady(inst.endpoint)).close();
       try {
-        const other = createRuntime(target.name, newHome());
+        const other = target.runtime?.(newHome()) ?? createRuntime(target.name, newHome());
         assert.deepEqual(await other.list(), [], "another home's runtime sees none of it");
-        const again = createRuntime(target.name, home); // as after `berth up` restarts
+        const again = target.runtime?.(home) ?? createRuntime(target.name, home); // as after `berth up` restarts
         const listed = await again.list();
         if (target.name === 'process') {
           assert.deepEqual(listed, [], 'workers die with Berth: nothing to adopt');
@@ -421,10 +450,11 @@ for (const target of TARGETS) {
     });
 
     test('a deep Berth home still gives a socket path within sun_path', async (t) => {
+      if (target.name === 'swarm') return t.skip('no socket on the Swarm runtime: TCP workers');
       if (!(await target.ready(t))) return;
       const home = join(newHome(), 'a-rather-long-directory-name-for-a-berth-home', 'and-another-level-below-it');
       mkdirSync(home, { recursive: true });
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const inst = await within(rt.start(spec(cellWorkload())), 60_000, 'start');
       try {
         assert.ok(Buffer.byteLength(inst.endpoint.path!) <= 107, inst.endpoint.path);
@@ -437,7 +467,7 @@ for (const target of TARGETS) {
 
     test('unenforced() says what this runtime cannot give', async (t) => {
       if (!(await target.ready(t))) return;
-      const rt = createRuntime(target.name, newHome());
+      const rt = target.runtime?.(newHome()) ?? createRuntime(target.name, newHome());
       const cpus = availableParallelism();
       const notes = rt.unenforced({ cores: cpus + 30, memoryGb: 1, gpus: 1 });
       assert.ok(notes.length > 0);

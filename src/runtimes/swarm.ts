@@ -144,6 +144,8 @@ interface Tracked {
   done: boolean;
   /** stop()/kill() kept the task's log before removing the service: the end adds only how it ended. */
   archived: boolean;
+  /** kill()'s removal of the service: `exited` waits for it, so a restart never finds the service half removed. */
+  removal?: Promise<void>;
 }
 
 export interface SwarmRuntimeOptions {
@@ -598,9 +600,11 @@ export class SwarmRuntime implements Runtime {
   kill(instance: RuntimeInstance): void {
     // Swarm cannot signal a task; removing the service ends it (SIGTERM, then SIGKILL after 2 s)
     const id = this.serviceIdOf(instance);
-    void this.keepLogBeforeRemoval(instance)
+    const removal = this.keepLogBeforeRemoval(instance)
       .then(() => this.removeService(id, 0))
       .catch((err: unknown) => console.error(`[berth] kill ${serviceName(instance.instanceId)}: ${errorText(err)}`));
+    const t = instance instanceof SwarmInstance ? this.tracked.get(instance.taskId) : undefined;
+    if (t) t.removal = removal;
   }
 
   async list(): Promise<RuntimeInstance[]> {
@@ -730,7 +734,9 @@ export class SwarmRuntime implements Runtime {
     this.tracked.delete(t.instance.taskId);
     const i = t.instance;
     const how = info.error ?? (info.signal ? `was killed by ${info.signal} (exit code ${info.code})` : `exited with code ${info.code}`);
-    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, t.archived ? null : i.taskId).finally(() => t.resolve(info));
+    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, t.archived ? null : i.taskId)
+      .then(() => t.removal)
+      .finally(() => t.resolve(info));
   }
 
   /** The log of the handle's task, kept while the service still exists (its removal takes the log along). */
