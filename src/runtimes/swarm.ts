@@ -64,6 +64,8 @@ const LABEL = {
   /** Cells: the checkpoint blob (sha256, and its file on the Berth that made the service), to grant it again after adoption. */
   checkpointSha256: 'berth.checkpoint-sha256',
   checkpointPath: 'berth.checkpoint-path',
+  /** Cells: a fingerprint of the key the secret was derived from (another key: the secret cannot be recomputed). */
+  keyCheck: 'berth.key-check',
 } as const;
 /** The port a cell worker listens on inside its task's container (published in host mode). */
 const WORKER_PORT = 7070;
@@ -246,8 +248,21 @@ export class SwarmRuntime implements Runtime {
 
   /** The instance secret of a cell service: recomputable from the server key and the service's nonce label. */
   private secretOf(instanceId: string, nonce: string): string {
+    return createHmac('sha256', this.instanceKey()).update(`${this.owner}\n${instanceId}\n${nonce}`).digest('hex');
+  }
+
+  private instanceKey(): Buffer {
     this.instanceKeyCache ??= createHmac('sha256', loadSecretKey(this.home, this.secretKeyFile)).update('berth swarm instance secrets').digest();
-    return createHmac('sha256', this.instanceKeyCache).update(`${this.owner}\n${instanceId}\n${nonce}`).digest('hex');
+    return this.instanceKeyCache;
+  }
+
+  /** Whether a cell service's secret can be recomputed here: made with the same server key. */
+  private sameKey(labels: Record<string, string>): boolean {
+    return !!labels[LABEL.nonce] && labels[LABEL.keyCheck] === this.keyCheck();
+  }
+
+  private keyCheck(): string {
+    return createHmac('sha256', this.instanceKey()).update('key check').digest('hex').slice(0, 16);
   }
 
   /**
@@ -316,7 +331,7 @@ export class SwarmRuntime implements Runtime {
       const labels = existing.Spec.Labels ?? {};
       if (labels[LABEL.home] !== this.owner) throw new Error(`a Swarm service named ${name} already exists and does not belong to this Berth (home ${labels[LABEL.home] ?? 'unlabelled'})`);
       // a cell's worker fetches from the URL it was given: another Berth's (a leader since gone) means a new service
-      const sameSource = w.kind === 'image' || (labels[LABEL.checkpointFrom] === base && !!labels[LABEL.nonce]);
+      const sameSource = w.kind === 'image' || (labels[LABEL.checkpointFrom] === base && this.sameKey(labels));
       if (labels[LABEL.revision] === String(spec.revision) && labels[LABEL.kind] === w.kind && sameSource && await this.canStillRun(existing)) {
         await appendFile(logFile, `[berth] ${new Date().toISOString()} instance ${spec.instanceId}: waiting for Swarm's task of service ${name}\n`);
         return existing;
@@ -423,7 +438,7 @@ export class SwarmRuntime implements Runtime {
         configs.push({ ConfigID: c.id, ConfigName: name, File: { Name: `${WORKER_CODE_DIR}/${f}`, UID: '0', GID: '0', Mode: 0o444 } });
       }
       return {
-        labels: { [LABEL.nonce]: nonce, [LABEL.checkpointFrom]: base, [LABEL.checkpointSha256]: w.checkpointSha256!, [LABEL.checkpointPath]: resolve(w.checkpointPath) },
+        labels: { [LABEL.nonce]: nonce, [LABEL.keyCheck]: this.keyCheck(), [LABEL.checkpointFrom]: base, [LABEL.checkpointSha256]: w.checkpointSha256!, [LABEL.checkpointPath]: resolve(w.checkpointPath) },
         secrets, configs,
       };
     } catch (err) {
@@ -626,7 +641,11 @@ export class SwarmRuntime implements Runtime {
       const nodes = await this.nodes();
       const addr = nodes.get(running?.NodeID ?? '')?.Status;
       const endpoints = running && addr?.State === 'ready' ? endpointsOf(running, addr.Addr, ports) : new Map<number, Endpoint>();
-      if (running && endpoints.size === new Set(ports).size) {
+      if (cell && !this.sameKey(labels)) {
+        // made with another server key: its secret cannot be recomputed, so no gateway could call it
+        await this.archiveLogs(nodeId, instanceId, s.ID, 'cell service made with another server key (its secret cannot be recomputed); removed');
+        await this.removeService(s.ID, 0);
+      } else if (running && endpoints.size === new Set(ports).size) {
         // a Swarm restart of the task fetches the checkpoint again: granted while the service lives (when its blob is here)
         const path = labels[LABEL.checkpointPath];
         const sha256 = labels[LABEL.checkpointSha256];
