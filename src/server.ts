@@ -84,7 +84,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // a PostgreSQL store can be shared by several Berth servers: one leads (runs the controller),
   // every one serves (src/peers/); their containers belong to the cluster, not to one home
   const bus = config.store && /^postgres(ql)?:\/\//.test(config.store) ? await PeerBus.connect(config.store) : null;
-  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, { workerTransport: config.workerTransport, ...(bus ? { owner: `berth-cluster:${bus.clusterId}` } : {}) });
+  const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, { workerTransport: config.workerTransport, secretKeyFile: config.secretKeyFile, ...(bus ? { owner: `berth-cluster:${bus.clusterId}` } : {}) });
   const problem = await runtime.check();
   if (problem) throw new Error(problem);
   // cached checkpoint files of checkpoints deleted meanwhile (by another server sharing the database)
@@ -240,7 +240,8 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   }
   // TCP workers fetch their checkpoint from here (loopback: the sandbox shares the host's network);
   // not over TLS, whose certificate a worker could not check
-  if (!tls) runtime.checkpointGrants?.serveAt(`http://${fetchHost(config.host)}:${port}`);
+  // (workers on other machines — swarm — need a reachable address: see CheckpointGrants.served)
+  if (!tls) runtime.checkpointGrants?.serveAt(`http://${fetchHost(config.host)}:${port}`, { host: config.host, port, advertiseUrl: config.advertiseUrl });
   // with a shared store: join the other servers; the first one up leads before `berth up` says it is up
   if (peering) await peering.start(config.advertiseUrl ?? url);
   // lets the CLI find this server without being told

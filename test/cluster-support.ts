@@ -11,6 +11,12 @@
 // run that crashed is cleaned up by the next one; an owner pid file says whether the
 // cluster there still belongs to a live process (then we refuse rather than break it).
 //
+// Containers reaching back (cell workers fetch their checkpoint from Berth on .1): the hosts'
+// dockerd run without iptables, so nothing masquerades a task's traffic. Tasks with host-mode
+// ports only sit on each host's default bridge, whose subnet is the host's own (--bip
+// 172.31.<n>.1/24), and the root namespace routes that subnet via the host's address: a
+// task's packets reach .1 with the container's address, and the answers find their way back.
+//
 // Failure detection: the Swarm is made with `--dispatcher-heartbeat 1s` (default 5s), so
 // the manager declares a dead host Down after a few seconds and re-creates its tasks.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -25,6 +31,8 @@ export const LAST_LOGS = '/tmp/berth-swarm-last-logs';
 const BRIDGE = 'berthsw0';
 const SUBNET = '10.213.0';
 const NETNS_PREFIX = 'berthsw-h';
+/** Host n's default bridge is <prefix>.n.0/24 (--bip), routed from the root namespace (see above). */
+const BIP_PREFIX = '172.31';
 const VETH_PREFIX = 'bsw-h';
 /** Swarm's heartbeat: a dead host is noticed after a few of these (default 5s). */
 export const DISPATCHER_HEARTBEAT = '1s';
@@ -218,7 +226,7 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       const fd = openSync(log, 'a');
       const proc = spawn('nsenter', [`--net=/run/netns/${ns}`, 'dockerd',
         '--data-root', join(dir, 'data'), '--exec-root', join(dir, 'exec'), '--pidfile', join(dir, 'dockerd.pid'),
-        '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=172.31.${n}.1/24`,
+        '-H', `unix://${socketOf(n)}`, '--iptables=false', '--ip-masq=false', `--bip=${BIP_PREFIX}.${n}.1/24`,
         // a test registry on the bridge (10.213.0.1) speaks plain HTTP
         `--insecure-registry=${SUBNET}.0/24`,
         '--cgroup-parent', ns, '--log-level', 'warn'], {
@@ -232,6 +240,12 @@ export async function startTestCluster(options: { hosts?: number } = {}): Promis
       hosts.push({ name: `h${n}`, addr, netns: `/run/netns/${ns}`, dockerHost: `unix://${socketOf(n)}`, nodeId: '', docker: new Docker({ socketPath: socketOf(n) }) });
     }
     for (const [i, h] of hosts.entries()) await waitDaemon(h.docker, `dockerd of ${h.name}`, join(hostDir(i + 1), 'dockerd.log'));
+    for (const [i, h] of hosts.entries()) {
+      const n = i + 1;
+      run('nsenter', [`--net=/run/netns/${NETNS_PREFIX}${n}`, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+      // goes with the bridge when teardown deletes it
+      run('ip', ['route', 'add', `${BIP_PREFIX}.${n}.0/24`, 'via', h.addr, 'dev', BRIDGE]);
+    }
 
     const manager = hosts[0]!;
     await manager.docker.swarmInit({

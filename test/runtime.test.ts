@@ -1,5 +1,6 @@
 // One suite for every runtime (as kysely runs its tests for every dialect): the cell-worker
-// contract runs against `process` and `docker`; image workloads (endpoints, env, labels,
+// contract runs against `process`, `docker` and `swarm` (TCP workers on the cluster, their
+// checkpoint fetched from a grants server on the bridge); image workloads (endpoints, env, labels,
 // limits, adoption, crashes, every protocol of the test images) against `docker` and
 // `swarm` — the latter on a three-host Swarm the suite builds (test/cluster-support.ts);
 // private registries and the Docker daemon's specifics against `docker` only.
@@ -9,7 +10,9 @@
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createServer as createHttpServer } from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import http2 from 'node:http2';
@@ -72,10 +75,36 @@ function makeCheckpoint(): { path: string; requires: Array<{ name: string; versi
   return checkpoint;
 }
 
+function checkpointSha256(): string {
+  return createHash('sha256').update(readFileSync(makeCheckpoint().path)).digest('hex');
+}
+
+/**
+ * Berth's checkpoint route for a runtime's grants, on the cluster's bridge (where the Swarm's
+ * machines reach this process): GET /internal/v1/instances/{id}/checkpoint with the instance secret.
+ */
+async function serveCheckpoints(runtimes: Runtime | Runtime[]): Promise<{ port: number; close(): void; onFetch: (id: string) => void }> {
+  const all = (): Runtime[] => (Array.isArray(runtimes) ? runtimes : [runtimes]);
+  const out = { port: 0, close: () => undefined as void, onFetch: (_id: string): void => undefined };
+  const server = createHttpServer((req, res) => {
+    const m = /^\/internal\/v1\/instances\/([^/]+)\/checkpoint$/.exec(req.url ?? '');
+    const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+    const grant = m && token ? all().map((rt) => rt.checkpointGrants!.check(decodeURIComponent(m[1]!), token)).find(Boolean) ?? null : null;
+    if (!grant) { res.writeHead(401).end(); return; }
+    out.onFetch(decodeURIComponent(m![1]!));
+    res.writeHead(200, { 'content-type': 'application/octet-stream' });
+    createReadStream(grant.path).pipe(res);
+  });
+  await new Promise<void>((r) => server.listen(0, BRIDGE_ADDR, () => r()));
+  out.port = (server.address() as { port: number }).port;
+  out.close = () => { server.close(); };
+  return out;
+}
+
 function cellWorkload(): CellWorkload {
   const c = makeCheckpoint();
   return {
-    kind: 'cell', python: PYTHON, kernelImage: TEST_IMAGES.kernel, registryAuth: null, checkpointPath: c.path,
+    kind: 'cell', python: PYTHON, kernelImage: TEST_IMAGES.kernel, registryAuth: null, checkpointPath: c.path, checkpointSha256: checkpointSha256(),
     code: CELLS[1]!, requires: c.requires,
     inputs: [{ name: 'mode', type: 'str' }, { name: 'arg', type: 'any' }], outputs: [{ name: 'result', type: 'any' }],
     maxResponseBytes: 16 * MB,
@@ -156,6 +185,8 @@ interface Target {
   name: RuntimeName;
   /** Skips (or, in CI, fails) when the runtime cannot work here. */
   ready(t: TestContext): Promise<boolean>;
+  /** A runtime of this home (default: createRuntime). */
+  runtime?(home: string): Runtime;
   /** Whatever the runtime left on the machine for this home, besides log files. */
   leftovers(home: string, instance: RuntimeInstance): Promise<string[]>;
 }
@@ -180,7 +211,26 @@ const TARGETS: Target[] = [
       return out;
     },
   },
+  {
+    name: 'swarm',
+    ready: async (t) => {
+      if (!(await IMAGE_TARGETS[1]!.ready(t))) return false;
+      sharedGrants ??= await serveCheckpoints(swarmRuntimes);
+      return true;
+    },
+    // a Swarm runtime whose workers fetch from the shared grants server (as from `berth up` on the bridge)
+    runtime: (home) => {
+      const rt = IMAGE_TARGETS[1]!.runtime(home);
+      rt.checkpointGrants!.serveAt(`http://${BRIDGE_ADDR}:${sharedGrants!.port}`);
+      swarmRuntimes.push(rt);
+      return rt;
+    },
+    leftovers: async (home) => IMAGE_TARGETS[1]!.leftovers(home),
+  },
 ];
+/** Swarm runtimes of the shared suite, whose grants the shared checkpoint server answers for. */
+const swarmRuntimes: Runtime[] = [];
+let sharedGrants: Awaited<ReturnType<typeof serveCheckpoints>> | null = null;
 
 interface ImageTarget {
   name: 'docker' | 'swarm';
@@ -193,7 +243,7 @@ interface ImageTarget {
   leftovers(home: string): Promise<string[]>;
 }
 
-const SWARM_IMAGES: TestImageName[] = ['http-echo', 'crash', 'grpc-echo', 'sse', 'unhealthy'];
+const SWARM_IMAGES: TestImageName[] = ['http-echo', 'crash', 'grpc-echo', 'sse', 'unhealthy', 'kernel'];
 let cluster: Promise<TestCluster> | null = null;
 function swarmCluster(): Promise<TestCluster> {
   cluster ??= (async () => {
@@ -255,8 +305,11 @@ const IMAGE_TARGETS: ImageTarget[] = [
       };
     },
     leftovers: async (home) => {
-      const services = await swarmClient!.listServices({ filters: { label: [`berth.home=${home}`] } });
-      return services.map((s) => `service ${s.Spec?.Name}`);
+      const filters = { label: [`berth.home=${home}`] };
+      const services = await swarmClient!.listServices({ filters });
+      const secrets = await swarmClient!.listSecrets({ filters }) as any[];
+      const configs = await swarmClient!.listConfigs({ filters }) as any[];
+      return [...services.map((s) => `service ${s.Spec?.Name}`), ...secrets.map((s) => `secret ${s.Spec?.Name}`), ...configs.map((s) => `config ${s.Spec?.Name}`)];
     },
   },
 ];
@@ -273,24 +326,29 @@ before(async () => {
 });
 
 after(async () => {
+  sharedGrants?.close();
   if (cluster) await (await cluster.catch(() => null))?.stop();
   if (await dockerAvailable()) for (const home of homes) await removeContainersOfHome(home);
   for (const home of homes) rmSync(home, { recursive: true, force: true });
 });
 
 for (const target of TARGETS) {
-  describe(`runtime ${target.name}`, { timeout: 120_000 }, () => {
+  describe(`runtime ${target.name}`, { timeout: target.name === 'swarm' ? 240_000 : 120_000 }, () => {
     test('cell: the worker answers PING and EXECUTE on its endpoint; logs show what the cell printed; stop leaves nothing', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       assert.equal(await rt.check(), null);
       const s = spec(cellWorkload());
       const inst = await within(rt.start(s), 60_000, 'start');
       assert.equal(inst.nodeId, s.nodeId);
       assert.equal(inst.instanceId, s.instanceId);
-      assert.ok(inst.endpoint.path, 'a cell instance is reached through a Unix socket');
-      assert.ok(Buffer.byteLength(inst.endpoint.path) <= 107);
+      if (target.name === 'swarm') {
+        assert.ok(inst.endpoint.host && inst.endpoint.port && inst.endpoint.secret, `a cell instance on a Swarm machine is reached over TCP with its secret: ${JSON.stringify(inst.endpoint)}`);
+      } else {
+        assert.ok(inst.endpoint.path, 'a cell instance is reached through a Unix socket');
+        assert.ok(Buffer.byteLength(inst.endpoint.path) <= 107);
+      }
       const conn = await workerReady(inst.endpoint);
       if (target.name === 'docker') {
         // a cell kernel: not root, nothing writable but /tmp, no capabilities, no privilege gain
@@ -333,13 +391,14 @@ for (const target of TARGETS) {
     test('cell: kill resolves `exited` with SIGKILL; the next start of the same instance works', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const s = spec(cellWorkload());
       const first = await within(rt.start(s), 60_000, 'start');
       (await workerReady(first.endpoint)).close();
       rt.kill(first);
       const info = await within(first.exited, 20_000, 'exited after kill');
-      assert.equal(info.signal, 'SIGKILL', JSON.stringify(info));
+      // Swarm cannot signal a task: its kill removes the service (SIGTERM, SIGKILL 2 s later)
+      if (target.name !== 'swarm') assert.equal(info.signal, 'SIGKILL', JSON.stringify(info));
       if (target.name === 'docker') assert.equal(info.code, 137);
       // a killed worker cannot remove its socket file; the process runtime replaces it on the next start
       assert.deepEqual((await target.leftovers(home, first)).filter((l) => target.name !== 'process' || !l.startsWith('socket')), []);
@@ -360,14 +419,14 @@ for (const target of TARGETS) {
     test('list() returns what a restarted Berth could adopt, and nothing of another home', async (t) => {
       if (!(await target.ready(t))) return;
       const home = newHome();
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const s = spec(cellWorkload());
       const inst = await within(rt.start(s), 60_000, 'start');
       (await workerReady(inst.endpoint)).close();
       try {
-        const other = createRuntime(target.name, newHome());
+        const other = target.runtime?.(newHome()) ?? createRuntime(target.name, newHome());
         assert.deepEqual(await other.list(), [], "another home's runtime sees none of it");
-        const again = createRuntime(target.name, home); // as after `berth up` restarts
+        const again = target.runtime?.(home) ?? createRuntime(target.name, home); // as after `berth up` restarts
         const listed = await again.list();
         if (target.name === 'process') {
           assert.deepEqual(listed, [], 'workers die with Berth: nothing to adopt');
@@ -391,10 +450,11 @@ for (const target of TARGETS) {
     });
 
     test('a deep Berth home still gives a socket path within sun_path', async (t) => {
+      if (target.name === 'swarm') return t.skip('no socket on the Swarm runtime: TCP workers');
       if (!(await target.ready(t))) return;
       const home = join(newHome(), 'a-rather-long-directory-name-for-a-berth-home', 'and-another-level-below-it');
       mkdirSync(home, { recursive: true });
-      const rt = createRuntime(target.name, home);
+      const rt = target.runtime?.(home) ?? createRuntime(target.name, home);
       const inst = await within(rt.start(spec(cellWorkload())), 60_000, 'start');
       try {
         assert.ok(Buffer.byteLength(inst.endpoint.path!) <= 107, inst.endpoint.path);
@@ -407,7 +467,7 @@ for (const target of TARGETS) {
 
     test('unenforced() says what this runtime cannot give', async (t) => {
       if (!(await target.ready(t))) return;
-      const rt = createRuntime(target.name, newHome());
+      const rt = target.runtime?.(newHome()) ?? createRuntime(target.name, newHome());
       const cpus = availableParallelism();
       const notes = rt.unenforced({ cores: cpus + 30, memoryGb: 1, gpus: 1 });
       assert.ok(notes.length > 0);
@@ -590,8 +650,8 @@ for (const target of IMAGE_TARGETS) {
 
 // ---- Swarm only ----
 
-describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () => {
-  test('check() wants a Swarm manager; cell workloads are refused with the reason', async (t) => {
+describe('runtime swarm: manager, cells, placement', { timeout: 240_000 }, () => {
+  test('check() wants a Swarm manager; a cell needs a URL the machines reach for its checkpoint', async (t) => {
     if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
     const c = await swarmCluster();
     const worker = new SwarmRuntime(newHome(), { docker: new Docker({ socketPath: c.hosts[1]!.dockerHost.replace(/^unix:\/\//, '') }) });
@@ -599,8 +659,81 @@ describe('runtime swarm: manager, cells, placement', { timeout: 120_000 }, () =>
     assert.match((await new SwarmRuntime(newHome(), { docker: docker() }).check()) ?? '', /is not part of a Swarm/);
     const rt = IMAGE_TARGETS[1]!.runtime(newHome());
     assert.equal(await rt.check(), null);
-    assert.equal(rt.supportsCells, false);
-    await assert.rejects(rt.start(spec({ ...cellWorkload() })), /cell nodes cannot run on the Swarm runtime yet: .*TCP/);
+    assert.equal(rt.supportsCells, true);
+    const cell = spec({ ...cellWorkload(), checkpointSha256: checkpointSha256() });
+    // Berth not listening (or over TLS): no checkpoint URL at all
+    await assert.rejects(rt.start(cell), /fetch their checkpoint from Berth over plain HTTP/);
+    // loopback only: no other machine reaches it
+    rt.checkpointGrants!.serveAt('http://127.0.0.1:7777', { host: '127.0.0.1', port: 7777, advertiseUrl: null });
+    await assert.rejects(rt.start(cell), /listens on 127\.0\.0\.1 only \(loopback\): start it with --host 0\.0\.0\.0 .*--advertise-url/);
+    rt.checkpointGrants!.serveAt('http://127.0.0.1:7777', { host: '0.0.0.0', port: 7777, advertiseUrl: 'http://localhost:7777' });
+    await assert.rejects(rt.start(cell), /--advertise-url http:\/\/localhost:7777 is a loopback address/);
+    assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(newHome()), []);
+  });
+
+  test('cell: a service of the kernel image on some machine; worker on TCP behind the secret, checkpoint fetched from Berth; adopted by list(); stop leaves nothing', async (t) => {
+    if (!(await IMAGE_TARGETS[1]!.ready(t))) return;
+    const c = await swarmCluster();
+    const home = newHome();
+    const rt = IMAGE_TARGETS[1]!.runtime(home);
+    const served = await serveCheckpoints(rt);
+    const fetched: string[] = [];
+    served.onFetch = (id) => fetched.push(id);
+    try {
+      // Berth on the wildcard address: the runtime gives the workers its address towards the Swarm
+      rt.checkpointGrants!.serveAt(`http://127.0.0.1:${served.port}`, { host: '0.0.0.0', port: served.port, advertiseUrl: null });
+      const s = spec({ ...cellWorkload(), checkpointSha256: checkpointSha256() }, { cores: 0.2, memoryGb: 0.25, gpus: 0 });
+      const inst = await within(rt.start(s), 90_000, 'start');
+      assert.ok(c.hosts.some((h) => h.addr === inst.endpoint.host), `on a machine of the Swarm: ${JSON.stringify(inst.endpoint)}`);
+      assert.ok(inst.endpoint.port && /^[0-9a-f]{64}$/.test(inst.endpoint.secret ?? ''), 'a TCP endpoint with the instance secret');
+      assert.equal(inst.ports.size, 0);
+      const conn = await workerReady(inst.endpoint, 60_000).catch(async (err: Error) => {
+        throw new Error(`${err.message}\ninstance log:\n${await rt.logs(s.nodeId, s.instanceId, 50)}`);
+      });
+      assert.deepEqual(fetched, [s.instanceId], 'the worker fetched its checkpoint from Berth');
+      try {
+        assert.deepEqual((await execute(conn, { mode: 'echo', arg: { a: [1, 'три'] } })).body, { output: { result: { a: [1, 'три'] } } });
+        assert.deepEqual((await execute(conn, { mode: 'print', arg: 'hello from the swarm' })).body, { output: { result: 'hello from the swarm' } });
+      } finally {
+        conn.close();
+      }
+      // nothing without the secret, nor with another one
+      for (const e of [{ host: inst.endpoint.host, port: inst.endpoint.port }, { ...inst.endpoint, secret: 'ab'.repeat(32) }]) {
+        const raw = await WorkerConnection.open(e, MB, 2000).catch((err: Error) => err);
+        if (raw instanceof Error) continue; // refused during the handshake
+        await assert.rejects(within(raw.request(FRAME.PING, ''), 3000, 'PING without the secret'));
+        raw.close();
+      }
+      // what Swarm was told: a kernel that is not root, nothing writable but /tmp, and the secret in no env or label
+      const info = await swarmClient!.getService(serviceName(s.instanceId)).inspect() as any;
+      const cs = info.Spec.TaskTemplate.ContainerSpec;
+      assert.equal(cs.User, '65534:65534');
+      assert.equal(cs.ReadOnly, true);
+      assert.deepEqual(cs.CapabilityDrop, ['ALL']);
+      assert.equal(cs.Secrets.length, 1);
+      assert.equal(cs.Configs.length, 3);
+      assert.ok(!JSON.stringify(info).includes(inst.endpoint.secret!), 'the secret is not in the service spec');
+      await until('the print in the log', async () => (await rt.logs(s.nodeId, s.instanceId, 100)).includes('cell says hello from the swarm'), 15_000);
+
+      // a restarted Berth of the same home adopts it, secret recomputed
+      const again = IMAGE_TARGETS[1]!.runtime(home);
+      const listed = await again.list();
+      assert.equal(listed.length, 1);
+      assert.deepEqual(listed[0]!.endpoint, inst.endpoint);
+      assert.ok(again.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), 'the adopting runtime grants the checkpoint again (Swarm may restart the task)');
+      const conn2 = await workerReady(listed[0]!.endpoint, 5000);
+      assert.deepEqual((await execute(conn2, { mode: 'echo', arg: 'adopted' })).body, { output: { result: 'adopted' } });
+      conn2.close();
+      assert.deepEqual(await IMAGE_TARGETS[1]!.runtime(newHome()).list(), [], "another home's runtime sees none of it");
+
+      await within(again.stop(listed[0]!, 2000), 30_000, 'stop');
+      await within(inst.exited, 10_000, 'the first handle sees it end too').catch(() => undefined);
+      assert.equal(again.checkpointGrants!.check(s.instanceId, inst.endpoint.secret!), null, 'the grant ends with the service');
+      assert.deepEqual(await IMAGE_TARGETS[1]!.leftovers(home), []);
+      assert.match(await rt.logs(s.nodeId, s.instanceId, 200), /cell says hello from the swarm/, 'the log outlives the instance');
+    } finally {
+      served.close();
+    }
   });
 
   test('placement: constraints are honoured; spread puts one instance per zone', async (t) => {

@@ -7,13 +7,32 @@ import { timingSafeEqual } from 'node:crypto';
 
 export interface CheckpointGrant { path: string; sha256: string }
 
+/** How Berth listens, for runtimes whose workers run on other machines (swarm: see remoteBase there). */
+export interface ListenInfo {
+  /** The --host Berth bound (0.0.0.0 / :: / an address / a loopback address). */
+  host: string;
+  port: number;
+  /** --advertise-url, when given. */
+  advertiseUrl: string | null;
+}
+
 export class CheckpointGrants {
   private readonly grants = new Map<string, CheckpointGrant & { secret: Buffer }>();
   /** http://host:port of this Berth as instances reach it; null until it listens (or with TLS: not served). */
   private base: string | null = null;
 
-  /** Called once Berth listens. */
-  serveAt(baseUrl: string): void { this.base = baseUrl.replace(/\/+$/, ''); }
+  private listenInfo: ListenInfo | null = null;
+
+  /** Called once Berth listens (`listen`: how, for workers on other machines; absent: the base is all there is). */
+  serveAt(baseUrl: string, listen?: ListenInfo): void {
+    this.base = baseUrl.replace(/\/+$/, '');
+    this.listenInfo = listen ?? null;
+  }
+
+  /** The base URL as served (null: not served), and how Berth listens when it said so. */
+  get served(): { base: string; listen: ListenInfo | null } | null {
+    return this.base ? { base: this.base, listen: this.listenInfo } : null;
+  }
 
   /** Where `instanceId` fetches its checkpoint, or null when Berth does not serve checkpoints (yet). */
   url(instanceId: string): string | null {

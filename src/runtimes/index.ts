@@ -13,12 +13,13 @@ export const RUNTIME_NAMES: readonly RuntimeName[] = ['process', 'docker', 'swar
 /**
  * `sandbox`: shared with checkpoint runs; the process runtime makes its own from the environment when absent.
  * `owner`: whose instances these are, when several Berth servers share a store (container runtimes).
+ * `secretKeyFile`: the server's key (--secret-key-file), from which the Swarm runtime derives instance secrets.
  */
-export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, o: { owner?: string; workerTransport?: WorkerTransport } = {}): Runtime {
+export function createRuntime(name: RuntimeName, home: string, logLimits: LogLimits = DEFAULT_LOG_LIMITS, sandbox?: Sandbox, o: { owner?: string; workerTransport?: WorkerTransport; secretKeyFile?: string | null } = {}): Runtime {
   switch (name) {
     case 'process': return new ProcessRuntime(home, logLimits, sandbox, o.workerTransport);
     case 'docker': return new DockerRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}), ...(o.workerTransport ? { workerTransport: o.workerTransport } : {}) });
-    case 'swarm': return new SwarmRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}) });
+    case 'swarm': return new SwarmRuntime(home, { logLimits, ...(o.owner ? { owner: o.owner } : {}), ...(o.secretKeyFile ? { secretKeyFile: o.secretKeyFile } : {}) });
     default: throw new Error(`unknown runtime ${JSON.stringify(name)}: use ${RUNTIME_NAMES.join(' or ')}`);
   }
 }

@@ -19,17 +19,32 @@
 //   preference over `node.labels.zone`.
 // - Registry credentials go with service creation (X-Registry-Auth): the manager hands them
 //   to whichever machine pulls the image.
-// - Cell nodes are refused for now: their worker listens on a Unix socket on the machine
-//   it runs on; they need TCP workers with a per-instance secret first (issue 13, another branch).
+// - Cell instances: a service of the node's kernel image (python3 + dill) running Berth's
+//   worker on TCP (port 7070 in the container, published in host mode like image ports; the
+//   endpoint carries the instance secret, which every connection must present first). Nothing
+//   of Berth's machine can be bind-mounted on another machine, so Swarm carries it: the worker
+//   code (python/berth_worker.py and its two imports) as Swarm configs, the worker's config JSON
+//   (with the secret) as a Swarm secret — never in env or labels. The worker FETCHES its
+//   checkpoint from this Berth (GET /internal/v1/instances/{id}/checkpoint, the instance secret
+//   as its token; sha256-verified by the worker), at a URL the machines reach (remoteBase()).
+//   The secret is HMAC(server key, owner, instance, nonce): Swarm never gives a secret back,
+//   and any server holding the key (servers sharing a store share it) recomputes it when it
+//   adopts the service (docs/security.md). The configs and secret go with the service.
 // - Logs come from Swarm's service logs (json-file, bounded like the Docker runtime's); when a
 //   task ends, its tail is kept in <home>/logs/<nodeId>/<instanceId>.log as the Docker runtime does.
 import Docker from 'dockerode';
-import { appendFile, mkdir, rm } from 'node:fs/promises';
+import { createHmac, randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
+import { isIPv6 } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
-import { loadConfig } from '../core/config.js';
+import { PYTHON_DIR, loadConfig } from '../core/config.js';
+import { loadSecretKey } from '../secrets/secrets.js';
 import type { Endpoint } from '../worker/protocol.js';
-import type { ExitInfo, InstanceSpec, LogQuery, Placement, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
+import { CheckpointGrants } from './checkpoint-grants.js';
+import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Placement, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
 import { demux, registryServerAddress } from './docker.js';
 
@@ -42,7 +57,28 @@ const LABEL = {
   revision: 'berth.revision',
   /** `<label>==<value>`: the spread label's value this instance was pinned to (see `spreadConstraint`). */
   spreadValue: 'berth.spread',
+  /** Cells: the random part of the instance secret's derivation (not a secret without the server key). */
+  nonce: 'berth.nonce',
+  /** Cells: the Berth base URL the worker fetches its checkpoint from. */
+  checkpointFrom: 'berth.checkpoint-from',
+  /** Cells: the checkpoint blob (sha256, and its file on the Berth that made the service), to grant it again after adoption. */
+  checkpointSha256: 'berth.checkpoint-sha256',
+  checkpointPath: 'berth.checkpoint-path',
+  /** Cells: a fingerprint of the key the secret was derived from (another key: the secret cannot be recomputed). */
+  keyCheck: 'berth.key-check',
 } as const;
+/** The port a cell worker listens on inside its task's container (published in host mode). */
+const WORKER_PORT = 7070;
+/** Cell kernels run as nobody: never root in the container. */
+const KERNEL_USER = '65534';
+/** Berth's worker code, carried to every machine as Swarm configs (the worker imports the other two). */
+const WORKER_FILES = ['berth_worker.py', 'berth_state.py', 'berth_types.py'] as const;
+const WORKER_CODE_DIR = '/berth/python';
+/** The worker's configuration, with the instance secret: a Swarm secret, under /run/secrets/. */
+const WORKER_CONFIG_FILE = 'berth-worker.json';
+const WORKER_BOOTSTRAP = `import sys; sys.stdin = open('/run/secrets/${WORKER_CONFIG_FILE}'); sys.path.insert(0, '${WORKER_CODE_DIR}'); import berth_worker; berth_worker.main()`;
+/** Worker configs/secrets older than this with no service are a crashed Berth's leftovers (younger ones may be a start under way). */
+const ORPHAN_FILES_MS = 60_000;
 const GB = 1024 ** 3;
 const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
 const PING_TIMEOUT_MS = 5000;
@@ -110,6 +146,8 @@ interface Tracked {
   done: boolean;
   /** stop()/kill() kept the task's log before removing the service: the end adds only how it ended. */
   archived: boolean;
+  /** kill()'s removal of the service: `exited` waits for it, so a restart never finds the service half removed. */
+  removal?: Promise<void>;
 }
 
 export interface SwarmRuntimeOptions {
@@ -117,14 +155,20 @@ export interface SwarmRuntimeOptions {
   logLimits?: LogLimits;
   /** Whose services these are (the berth.home label): the home by default; servers sharing a store share one owner (as in docker.ts). */
   owner?: string;
+  /** The server key cell instances' secrets are derived from (--secret-key-file); default <home>/secret.key. */
+  secretKeyFile?: string | null;
 }
 
 export class SwarmRuntime implements Runtime {
   readonly name = 'swarm';
   readonly supportsImages = true;
-  /** Cell workers listen on a Unix socket on their own machine: not reachable from other machines yet. */
-  readonly supportsCells = false;
+  /** Cell workers listen on TCP with a per-instance secret, and fetch their checkpoint from Berth. */
+  readonly supportsCells = true;
   readonly supportsPlacement = true;
+  /** Cell workers fetch their checkpoint from Berth (server.ts serves these grants and says where it listens). */
+  readonly checkpointGrants = new CheckpointGrants();
+  private readonly secretKeyFile: string | null;
+  private instanceKeyCache: Buffer | null = null;
   private readonly home: string;
   private readonly owner: string;
   private readonly logDir: string;
@@ -145,6 +189,7 @@ export class SwarmRuntime implements Runtime {
     this.logDir = join(this.home, 'logs');
     this.docker = options.docker ?? new Docker();
     this.logLimits = options.logLimits ?? DEFAULT_LOG_LIMITS;
+    this.secretKeyFile = options.secretKeyFile ?? null;
   }
 
   get daemonAddress(): string {
@@ -183,16 +228,86 @@ export class SwarmRuntime implements Runtime {
 
   async start(spec: InstanceSpec): Promise<RuntimeInstance> {
     const w = spec.workload;
-    if (w.kind === 'cell') throw new Error(CELLS_UNSUPPORTED);
     const logFile = this.logPath(spec.nodeId, spec.instanceId);
     await mkdir(join(this.logDir, spec.nodeId), { recursive: true });
+    let granted: string | null = null;
     try {
       const service = await this.ensureService(spec, logFile);
-      return await this.waitRunning(service, spec.nodeId, spec.instanceId, spec.revision, w.ports);
+      if (w.kind === 'image') return await this.waitRunning(service, spec.nodeId, spec.instanceId, spec.revision, w.ports);
+      // the grant lasts as long as the service: Swarm may restart the task (which fetches again) on its own
+      const secret = this.secretOf(spec.instanceId, service.Spec.Labels?.[LABEL.nonce] ?? '');
+      this.checkpointGrants.grant(spec.instanceId, secret, { path: w.checkpointPath, sha256: w.checkpointSha256! });
+      granted = secret;
+      return await this.waitRunning(service, spec.nodeId, spec.instanceId, spec.revision, [WORKER_PORT], secret);
     } catch (err) {
+      if (granted) this.checkpointGrants.revoke(spec.instanceId, granted);
       await appendFile(logFile, `[berth] ${new Date().toISOString()} start failed: ${errorText(err)}\n`).catch(() => {});
       throw err;
     }
+  }
+
+  /** The instance secret of a cell service: recomputable from the server key and the service's nonce label. */
+  private secretOf(instanceId: string, nonce: string): string {
+    return createHmac('sha256', this.instanceKey()).update(`${this.owner}\n${instanceId}\n${nonce}`).digest('hex');
+  }
+
+  private instanceKey(): Buffer {
+    this.instanceKeyCache ??= createHmac('sha256', loadSecretKey(this.home, this.secretKeyFile)).update('berth swarm instance secrets').digest();
+    return this.instanceKeyCache;
+  }
+
+  /** Whether a cell service's secret can be recomputed here: made with the same server key. */
+  private sameKey(labels: Record<string, string>): boolean {
+    return !!labels[LABEL.nonce] && labels[LABEL.keyCheck] === this.keyCheck();
+  }
+
+  private keyCheck(): string {
+    return createHmac('sha256', this.instanceKey()).update('key check').digest('hex').slice(0, 16);
+  }
+
+  /**
+   * The base URL the machines of the Swarm fetch checkpoints from: --advertise-url when given;
+   * with --host 0.0.0.0 (or ::), this machine's address on the route to the Swarm's manager;
+   * else the address Berth listens on. Loopback reaches no other machine: refused, saying why.
+   */
+  private async remoteBase(): Promise<string> {
+    const served = this.checkpointGrants.served;
+    const how = '--host 0.0.0.0 (or an address the Swarm\'s machines reach) or --advertise-url http://ADDRESS:PORT';
+    if (!served) throw new Error(`cell nodes on the Swarm runtime fetch their checkpoint from Berth over plain HTTP, which this Berth does not serve (with --tls-cert it cannot: the worker could not check the certificate); run cell nodes on a Berth without TLS, listening with ${how}`);
+    const listen = served.listen;
+    if (listen?.advertiseUrl) {
+      let u: URL;
+      try { u = new URL(listen.advertiseUrl); } catch { throw new Error(`--advertise-url ${listen.advertiseUrl} is not a URL`); }
+      if (u.protocol !== 'http:') throw new Error(`cell workers on the Swarm runtime fetch their checkpoint over plain HTTP: --advertise-url ${listen.advertiseUrl} is not http://`);
+      if (isLoopback(u.hostname)) throw new Error(`cell nodes on the Swarm runtime fetch their checkpoint from Berth, but --advertise-url ${listen.advertiseUrl} is a loopback address no other machine reaches: give ${how}`);
+      return u.origin;
+    }
+    if (listen && (listen.host === '0.0.0.0' || listen.host === '::' || listen.host === '')) {
+      const addr = await this.addressTowardsSwarm();
+      if (!addr || isLoopback(addr)) throw new Error(`cell nodes on the Swarm runtime fetch their checkpoint from Berth: Berth listens on ${listen.host}, but no address of this machine faces the Swarm's machines${addr ? ` (only ${addr})` : ''}; give --advertise-url http://ADDRESS:PORT`);
+      return `http://${isIPv6(addr) ? `[${addr}]` : addr}:${listen.port}`;
+    }
+    const host = new URL(served.base).hostname.replace(/^\[|\]$/g, '');
+    if (isLoopback(host)) throw new Error(`cell nodes on the Swarm runtime fetch their checkpoint from Berth over the network, but Berth listens on ${listen?.host ?? host} only (loopback): start it with ${how}`);
+    return served.base;
+  }
+
+  /** This machine's source address on the route to a ready manager (a UDP connect sends nothing). */
+  private async addressTowardsSwarm(): Promise<string | null> {
+    const nodes = [...(await this.nodes()).values()].filter((n) => n.Status.State === 'ready' && n.Status.Addr && n.Status.Addr !== '0.0.0.0');
+    nodes.sort((a, b) => Number(b.Spec?.Role === 'manager') - Number(a.Spec?.Role === 'manager'));
+    const target = nodes[0]?.Status.Addr;
+    if (!target) return null;
+    return await new Promise<string | null>((res) => {
+      const sock = createSocket(isIPv6(target) ? 'udp6' : 'udp4');
+      sock.once('error', () => { sock.close(); res(null); });
+      sock.connect(9, target, () => {
+        let a: string | null = null;
+        try { a = sock.address().address; } catch { /* not connected */ }
+        sock.close();
+        res(a);
+      });
+    });
   }
 
   /** The instance's service: the existing one when it is this home's and of this revision (Swarm re-creates its task), else a new one. */
@@ -208,24 +323,30 @@ export class SwarmRuntime implements Runtime {
 
   private async placeService(spec: InstanceSpec, logFile: string): Promise<ServiceInfo> {
     const name = serviceName(spec.instanceId);
+    const w = spec.workload;
+    // cells: where the worker fetches its checkpoint, decided (or refused) before anything is made
+    const base = w.kind === 'cell' ? await this.cellPreflight(spec, w) : null;
     const existing = await this.inspectService(name);
     if (existing) {
       const labels = existing.Spec.Labels ?? {};
       if (labels[LABEL.home] !== this.owner) throw new Error(`a Swarm service named ${name} already exists and does not belong to this Berth (home ${labels[LABEL.home] ?? 'unlabelled'})`);
-      if (labels[LABEL.revision] === String(spec.revision) && await this.canStillRun(existing)) {
+      // a cell's worker fetches from the URL it was given: another Berth's (a leader since gone) means a new service
+      const sameSource = w.kind === 'image' || (labels[LABEL.checkpointFrom] === base && this.sameKey(labels));
+      if (labels[LABEL.revision] === String(spec.revision) && labels[LABEL.kind] === w.kind && sameSource && await this.canStillRun(existing)) {
         await appendFile(logFile, `[berth] ${new Date().toISOString()} instance ${spec.instanceId}: waiting for Swarm's task of service ${name}\n`);
         return existing;
       }
       await this.removeService(existing.ID, 0);
     }
-    const w = spec.workload;
-    if (w.kind !== 'image') throw new Error(CELLS_UNSUPPORTED);
-    await appendFile(logFile, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} as Swarm service ${name} from ${w.image}\n`);
-    const ports = [...new Set(w.ports)];
+    const image = w.kind === 'image' ? w.image : w.kernelImage!;
+    await appendFile(logFile, `[berth] ${new Date().toISOString()} starting instance ${spec.instanceId} as Swarm service ${name} from ${image}\n`);
+    const ports = w.kind === 'image' ? [...new Set(w.ports)] : [WORKER_PORT];
     const labels: Record<string, string> = {
       [LABEL.node]: spec.nodeId, [LABEL.instance]: spec.instanceId, [LABEL.home]: this.owner,
       [LABEL.kind]: w.kind, [LABEL.revision]: String(spec.revision), [LABEL.ports]: ports.join(','),
     };
+    const cell = w.kind === 'cell' ? await this.createWorkerFiles(spec, w, base!) : null;
+    if (cell) Object.assign(labels, cell.labels);
     const { limits, reservations } = await this.resources(spec.resources);
     const placement = placementOf(spec.placement);
     const spread = await this.spreadConstraint(spec.nodeId, spec.placement);
@@ -238,14 +359,24 @@ export class SwarmRuntime implements Runtime {
       Labels: labels,
       TaskTemplate: {
         ContainerSpec: {
-          Image: w.image,
+          Image: image,
           Labels: labels,
-          Env: Object.entries(w.env).map(([k, v]) => `${k}=${v}`),
           Init: true,
           StopGracePeriod: STOP_GRACE_NS,
           // the sandbox's guarantees that Swarm can carry (no-new-privileges it cannot, in Engine 20.10)
           CapabilityDrop: ['ALL'],
-          ...(w.capabilities?.length ? { CapabilityAdd: [...w.capabilities] } : {}),
+          ...(w.kind === 'image' ? {
+            Env: Object.entries(w.env).map(([k, v]) => `${k}=${v}`),
+            ...(w.capabilities?.length ? { CapabilityAdd: [...w.capabilities] } : {}),
+          } : {
+            // as on the Docker runtime: not root, nothing of the image writable, a private /tmp
+            Command: ['python3'], Args: ['-u', '-c', WORKER_BOOTSTRAP],
+            Env: ['PYTHONUNBUFFERED=1', 'PYTHONDONTWRITEBYTECODE=1', 'HOME=/tmp'],
+            User: `${KERNEL_USER}:${KERNEL_USER}`,
+            ReadOnly: true,
+            Mounts: [{ Type: 'tmpfs', Target: '/tmp', TmpfsOptions: { Mode: 0o1777 } }],
+            Secrets: cell!.secrets, Configs: cell!.configs,
+          }),
         },
         Resources: { Limits: { ...limits, Pids: loadConfig({ home: this.home }).pidsLimit }, Reservations: reservations },
         RestartPolicy: { Condition: 'any', Delay: 1e9, MaxAttempts: 0 },
@@ -256,18 +387,102 @@ export class SwarmRuntime implements Runtime {
       EndpointSpec: { Ports: ports.map((p) => ({ Protocol: 'tcp', TargetPort: p, PublishMode: 'host' })) },
     };
     try {
-      const auth = authOf(w.image, w.registryAuth);
+      const auth = authOf(image, w.registryAuth);
       const service = auth
         ? await this.docker.createService(auth, createSpec as unknown as Docker.ServiceSpec)
         : await this.docker.createService(createSpec as unknown as Docker.CreateServiceOptions);
       return { ID: service.id, Spec: { Name: name, Labels: labels } };
     } catch (err) {
-      throw new Error(`create Swarm service ${name} from ${w.image}: ${errorText(err)}`);
+      if (cell) {
+        this.checkpointGrants.revoke(spec.instanceId, this.secretOf(spec.instanceId, cell.labels[LABEL.nonce]!));
+        await this.removeWorkerFiles(spec.instanceId, cell.labels[LABEL.nonce]!);
+      }
+      throw new Error(`create Swarm service ${name} from ${image}: ${errorText(err)}`);
     }
   }
 
+  /** What a cell instance needs before its service is made; returns the checkpoint base URL. */
+  private async cellPreflight(spec: InstanceSpec, w: CellWorkload): Promise<string> {
+    if (!w.kernelImage) throw new Error('cell nodes on the Swarm runtime need a kernel image (an image with python3 and dill: --kernel-image or the node\'s environment.image)');
+    if (spec.network === 'none') throw new Error('network: none cannot be honoured on the Swarm runtime for cell nodes: their worker is reached over the network from other machines');
+    if (!w.checkpointSha256) throw new Error('cell nodes on the Swarm runtime fetch their checkpoint, and this one has no recorded sha256 to verify it with');
+    return await this.remoteBase();
+  }
+
+  /**
+   * The worker's files on whichever machine runs the task: its code as Swarm configs (mounted
+   * read-only under /berth/python) and its configuration, secret included, as a Swarm secret
+   * (/run/secrets/berth-worker.json, readable by the kernel's user only). Named and labelled per
+   * service (instance + nonce), so they go with it and a crashed Berth's leftovers are found.
+   */
+  private async createWorkerFiles(spec: InstanceSpec, w: CellWorkload, base: string): Promise<{ labels: Record<string, string>; secrets: unknown[]; configs: unknown[] }> {
+    const nonce = randomBytes(6).toString('hex');
+    const secret = this.secretOf(spec.instanceId, nonce);
+    const fileLabels = { [LABEL.home]: this.owner, [LABEL.node]: spec.nodeId, [LABEL.instance]: spec.instanceId, [LABEL.nonce]: nonce };
+    const config = {
+      listen: { tcp: { host: '0.0.0.0', port: WORKER_PORT } }, secret,
+      checkpoint: { url: `${base}/internal/v1/instances/${encodeURIComponent(spec.instanceId)}/checkpoint`, sha256: w.checkpointSha256!, token: secret },
+      code: w.code, requires: w.requires, inputs: w.inputs, outputs: w.outputs, maxResponseBytes: w.maxResponseBytes,
+    };
+    const prefix = `berth-${spec.instanceId}-${nonce}`;
+    // granted before the task can exist (start() grants again; removeService revokes)
+    this.checkpointGrants.grant(spec.instanceId, secret, { path: w.checkpointPath, sha256: w.checkpointSha256! });
+    try {
+      const s = await this.docker.createSecret({ Name: `${prefix}-worker`, Labels: fileLabels, Data: Buffer.from(JSON.stringify(config)).toString('base64') }) as { id: string };
+      const secrets = [{ SecretID: s.id, SecretName: `${prefix}-worker`, File: { Name: WORKER_CONFIG_FILE, UID: KERNEL_USER, GID: KERNEL_USER, Mode: 0o400 } }];
+      const configs: unknown[] = [];
+      for (const f of WORKER_FILES) {
+        const name = `${prefix}-${f.replace(/[^A-Za-z0-9]/g, '-')}`;
+        const data = await readFile(join(PYTHON_DIR, f));
+        const c = await this.docker.createConfig({ Name: name, Labels: fileLabels, Data: data.toString('base64') }) as { id: string };
+        configs.push({ ConfigID: c.id, ConfigName: name, File: { Name: `${WORKER_CODE_DIR}/${f}`, UID: '0', GID: '0', Mode: 0o444 } });
+      }
+      return {
+        labels: { [LABEL.nonce]: nonce, [LABEL.keyCheck]: this.keyCheck(), [LABEL.checkpointFrom]: base, [LABEL.checkpointSha256]: w.checkpointSha256!, [LABEL.checkpointPath]: resolve(w.checkpointPath) },
+        secrets, configs,
+      };
+    } catch (err) {
+      this.checkpointGrants.revoke(spec.instanceId, secret);
+      await this.removeWorkerFiles(spec.instanceId, nonce);
+      throw new Error(`create the worker's Swarm config and secret for instance ${spec.instanceId}: ${errorText(err)}`);
+    }
+  }
+
+  /** Removes a cell service's configs and secret (of this owner, instance and nonce). */
+  private async removeWorkerFiles(instanceId: string, nonce: string): Promise<void> {
+    const filters = { label: [`${LABEL.home}=${this.owner}`, `${LABEL.instance}=${instanceId}`, `${LABEL.nonce}=${nonce}`] };
+    const [secrets, configs] = await Promise.all([
+      this.docker.listSecrets({ filters }).catch(() => []) as Promise<Array<{ ID: string }>>,
+      this.docker.listConfigs({ filters }).catch(() => []) as Promise<Array<{ ID: string }>>,
+    ]);
+    for (const s of secrets) await this.docker.getSecret(s.ID).remove().catch(() => undefined);
+    for (const c of configs) await this.docker.getConfig(c.ID).remove().catch(() => undefined);
+  }
+
+  /**
+   * Worker configs and secrets of this owner whose service is gone (a Berth that died between
+   * making them and removing them), older than a minute: younger ones may be a start under way.
+   */
+  private async pruneWorkerFiles(nodeId?: string): Promise<void> {
+    const filters = { label: [`${LABEL.home}=${this.owner}`, ...(nodeId ? [`${LABEL.node}=${nodeId}`] : [])] };
+    try {
+      const [secrets, configs, services] = await Promise.all([
+        this.docker.listSecrets({ filters }) as Promise<Array<{ ID: string; CreatedAt?: string; Spec?: { Labels?: Record<string, string> } }>>,
+        this.docker.listConfigs({ filters }) as unknown as Promise<Array<{ ID: string; CreatedAt?: string; Spec?: { Labels?: Record<string, string> } }>>,
+        this.docker.listServices({ filters: { label: [`${LABEL.home}=${this.owner}`] } }) as unknown as Promise<ServiceInfo[]>,
+      ]);
+      const live = new Set(services.map((s) => s.Spec.Labels?.[LABEL.nonce]).filter(Boolean));
+      const orphan = (x: { CreatedAt?: string; Spec?: { Labels?: Record<string, string> } }): boolean => {
+        const nonce = x.Spec?.Labels?.[LABEL.nonce];
+        return !!nonce && !live.has(nonce) && Date.now() - Date.parse(x.CreatedAt ?? '') > ORPHAN_FILES_MS;
+      };
+      for (const s of secrets.filter(orphan)) await this.docker.getSecret(s.ID).remove().catch(() => undefined);
+      for (const c of configs.filter(orphan)) await this.docker.getConfig(c.ID).remove().catch(() => undefined);
+    } catch { /* the manager unreachable: the next cleanup tries again */ }
+  }
+
   /** Waits for the service's running task with every port published; gives up on repeated rejections or after START_TIMEOUT_MS. */
-  private async waitRunning(service: ServiceInfo, nodeId: string, instanceId: string, revision: number, wanted: number[]): Promise<SwarmInstance> {
+  private async waitRunning(service: ServiceInfo, nodeId: string, instanceId: string, revision: number, wanted: number[], secret?: string): Promise<SwarmInstance> {
     const deadline = Date.now() + START_TIMEOUT_MS;
     let last = '';
     let unschedulableSince = 0;
@@ -279,7 +494,7 @@ export class SwarmRuntime implements Runtime {
         const nodes = await this.nodes();
         const machine = nodes.get(running.NodeID ?? '');
         const ports = endpointsOf(running, machine?.Status.Addr, wanted);
-        if (ports.size === new Set(wanted).size && machine?.Status.State === 'ready') return this.track(service.ID, running, nodeId, instanceId, revision, ports);
+        if (ports.size === new Set(wanted).size && machine?.Status.State === 'ready') return this.track(service.ID, running, nodeId, instanceId, revision, ports, secret);
       }
       const pending = tasks.find((t) => t.DesiredState === 'running' && !FINAL_STATES.has(t.Status.State));
       if (pending) last = `task ${pending.Status.State}${pending.Status.Err ? `: ${pending.Status.Err}` : ''}`;
@@ -400,9 +615,11 @@ export class SwarmRuntime implements Runtime {
   kill(instance: RuntimeInstance): void {
     // Swarm cannot signal a task; removing the service ends it (SIGTERM, then SIGKILL after 2 s)
     const id = this.serviceIdOf(instance);
-    void this.keepLogBeforeRemoval(instance)
+    const removal = this.keepLogBeforeRemoval(instance)
       .then(() => this.removeService(id, 0))
       .catch((err: unknown) => console.error(`[berth] kill ${serviceName(instance.instanceId)}: ${errorText(err)}`));
+    const t = instance instanceof SwarmInstance ? this.tracked.get(instance.taskId) : undefined;
+    if (t) t.removal = removal;
   }
 
   async list(): Promise<RuntimeInstance[]> {
@@ -416,20 +633,31 @@ export class SwarmRuntime implements Runtime {
       const known = [...this.tracked.values()].find((t) => t.instance.serviceId === s.ID && !t.done);
       if (known) { out.push(known.instance); continue; }
       const revision = Number(labels[LABEL.revision]);
-      const ports = (labels[LABEL.ports] ?? '').split(',').filter(Boolean).map(Number);
+      const cell = labels[LABEL.kind] === 'cell';
+      const ports = cell ? [WORKER_PORT] : (labels[LABEL.ports] ?? '').split(',').filter(Boolean).map(Number);
+      const secret = cell ? this.secretOf(instanceId, labels[LABEL.nonce] ?? '') : undefined;
       const tasks = await this.tasksOf(s.ID);
       const running = tasks.find((t) => t.DesiredState === 'running' && t.Status.State === 'running');
       const nodes = await this.nodes();
       const addr = nodes.get(running?.NodeID ?? '')?.Status;
       const endpoints = running && addr?.State === 'ready' ? endpointsOf(running, addr.Addr, ports) : new Map<number, Endpoint>();
-      if (running && endpoints.size === new Set(ports).size) {
-        out.push(this.track(s.ID, running, nodeId, instanceId, Number.isInteger(revision) && revision > 0 ? revision : undefined, endpoints));
+      if (cell && !this.sameKey(labels)) {
+        // made with another server key: its secret cannot be recomputed, so no gateway could call it
+        await this.archiveLogs(nodeId, instanceId, s.ID, 'cell service made with another server key (its secret cannot be recomputed); removed');
+        await this.removeService(s.ID, 0);
+      } else if (running && endpoints.size === new Set(ports).size) {
+        // a Swarm restart of the task fetches the checkpoint again: granted while the service lives (when its blob is here)
+        const path = labels[LABEL.checkpointPath];
+        const sha256 = labels[LABEL.checkpointSha256];
+        if (secret && path && sha256 && existsSync(path)) this.checkpointGrants.grant(instanceId, secret, { path, sha256 });
+        out.push(this.track(s.ID, running, nodeId, instanceId, Number.isInteger(revision) && revision > 0 ? revision : undefined, endpoints, secret));
       } else {
         // no running task to adopt: the controller starts the instance afresh (start() re-uses or replaces the service)
         await this.archiveLogs(nodeId, instanceId, s.ID, 'service found without a running task; removed');
         await this.removeService(s.ID, 0);
       }
     }
+    await this.pruneWorkerFiles();
     return out;
   }
 
@@ -464,6 +692,7 @@ export class SwarmRuntime implements Runtime {
 
   async cleanup(nodeId: string): Promise<void> {
     await rm(join(this.logDir, nodeId), { recursive: true, force: true });
+    await this.pruneWorkerFiles(nodeId);
   }
 
   async close(): Promise<void> {
@@ -473,11 +702,13 @@ export class SwarmRuntime implements Runtime {
 
   // ---- tracking ----
 
-  private track(serviceId: string, task: TaskInfo, nodeId: string, instanceId: string, revision: number | undefined, ports: Map<number, Endpoint>): SwarmInstance {
+  /** `secret`: a cell's worker, reached at its published port with the handshake (no image ports then). */
+  private track(serviceId: string, task: TaskInfo, nodeId: string, instanceId: string, revision: number | undefined, ports: Map<number, Endpoint>, secret?: string): SwarmInstance {
     let resolveExit!: (info: ExitInfo) => void;
     const exited = new Promise<ExitInfo>((r) => { resolveExit = r; });
     const wanted = [...ports.keys()];
-    const endpoint = (wanted[0] !== undefined ? ports.get(wanted[0]) : undefined) ?? { host: '127.0.0.1', port: 0 };
+    let endpoint: Endpoint = (wanted[0] !== undefined ? ports.get(wanted[0]) : undefined) ?? { host: '127.0.0.1', port: 0 };
+    if (secret !== undefined) { endpoint = { ...endpoint, secret }; ports = new Map(); }
     const instance = new SwarmInstance(nodeId, instanceId, endpoint, ports, task.Status.ContainerStatus?.PID ?? null, exited, serviceId, task.ID, revision, task.NodeID ?? '');
     this.tracked.set(task.ID, { instance, resolve: resolveExit, done: false, archived: false });
     this.poller ??= setInterval(() => void this.poll(), POLL_MS);
@@ -522,7 +753,9 @@ export class SwarmRuntime implements Runtime {
     this.tracked.delete(t.instance.taskId);
     const i = t.instance;
     const how = info.error ?? (info.signal ? `was killed by ${info.signal} (exit code ${info.code})` : `exited with code ${info.code}`);
-    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, t.archived ? null : i.taskId).finally(() => t.resolve(info));
+    void this.archiveLogs(i.nodeId, i.instanceId, i.serviceId, `task ${i.taskId} ${how}`, t.archived ? null : i.taskId)
+      .then(() => t.removal)
+      .finally(() => t.resolve(info));
   }
 
   /** The log of the handle's task, kept while the service still exists (its removal takes the log along). */
@@ -591,11 +824,19 @@ export class SwarmRuntime implements Runtime {
 
   /** Removes the service; with waitMs, also waits (that long at most) until its tasks are gone. */
   private async removeService(id: string, waitMs: number): Promise<void> {
+    const labels = (await this.docker.getService(id).inspect().catch(() => null) as ServiceInfo | null)?.Spec.Labels ?? {};
     await this.quiesce(id, QUIESCE_MS);
     try {
       await this.docker.getService(id).remove();
     } catch (err) {
       if (statusOf(err) !== 404) throw new Error(`remove Swarm service ${id}: ${errorText(err)}`);
+    }
+    // a cell's worker files and checkpoint grant go with its service (a secret in use cannot be removed: after it)
+    const instanceId = labels[LABEL.instance];
+    const nonce = labels[LABEL.nonce];
+    if (labels[LABEL.kind] === 'cell' && instanceId && nonce) {
+      this.checkpointGrants.revoke(instanceId, this.secretOf(instanceId, nonce));
+      await this.removeWorkerFiles(instanceId, nonce);
     }
     const deadline = Date.now() + waitMs;
     while (Date.now() < deadline) {
@@ -648,7 +889,10 @@ export class SwarmRuntime implements Runtime {
   }
 }
 
-const CELLS_UNSUPPORTED = 'cell nodes cannot run on the Swarm runtime yet: their worker must be reachable over TCP from other machines (TCP workers with a per-instance secret); run image nodes on Swarm, or cell nodes with --runtime process or docker';
+function isLoopback(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\./.test(h) || h === '::ffff:127.0.0.1';
+}
 
 export function serviceName(instanceId: string): string {
   return `berth-${instanceId}`;

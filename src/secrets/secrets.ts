@@ -16,10 +16,7 @@ export class Secrets {
 
   /** `keyFile`: servers sharing a store share this file (`--secret-key-file`); default <home>/secret.key. */
   constructor(home: string, private readonly store: Store, keyFile: string | null = null) {
-    const file = keyFile ?? join(home, 'secret.key');
-    if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
-    this.key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
-    if (this.key.length !== 32) throw new Error(`${file} does not hold a 32-byte key`);
+    this.key = loadSecretKey(home, keyFile);
   }
 
   /** A fingerprint of the key (not the key): servers sharing a store check they hold the same one. */
@@ -66,6 +63,23 @@ export class Secrets {
   async exists(folderId: string, name: string): Promise<boolean> {
     return (await this.store.getSecretByName(folderId, name)) !== undefined;
   }
+}
+
+/**
+ * The server's 32-byte secret key (created on first use): `keyFile`, else <home>/secret.key.
+ * Also read by the Swarm runtime, which derives instance secrets from it (docs/security.md).
+ */
+export function loadSecretKey(home: string, keyFile: string | null = null): Buffer {
+  const file = keyFile ?? join(home, 'secret.key');
+  if (!existsSync(file)) {
+    // 'wx': whoever reads the key first (server or runtime) makes it, never both
+    try { writeFileSync(file, randomBytes(32).toString('base64') + '\n', { mode: 0o600, flag: 'wx' }); } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  const key = Buffer.from(readFileSync(file, 'utf8').trim(), 'base64');
+  if (key.length !== 32) throw new Error(`${file} does not hold a 32-byte key`);
+  return key;
 }
 
 function view(s: SecretRecord): Secret {
