@@ -76,12 +76,13 @@ test('three instances, balanced; method, path, query, headers and body intact', 
 
 test('telemetry is scraped and re-exposed with node and instance labels, beside node metrics', async (t) => {
   if (skip) return t.skip(skip);
-  const text = await waitFor('scraped samples', async () => {
+  // instances are scraped each on its own schedule: wait until every one has been
+  const scraped = (m: string): Set<string | undefined> => new Set([...m.matchAll(new RegExp(`echo_requests_total\\{node_id="${echo.id}",instance_id="([a-z0-9]+)"`, 'g'))].map((x) => x[1]));
+  const text = await waitFor('samples scraped from every instance', async () => {
     const m = await fetch(`${b.url}/metrics`, { headers: { authorization: `Bearer ${b.token}` } }).then((r) => r.text());
-    return m.includes(`echo_requests_total{node_id="${echo.id}",instance_id=`) ? m : undefined;
+    return scraped(m).size === 3 ? m : undefined;
   }, 15_000);
-  const instances = new Set([...text.matchAll(new RegExp(`echo_requests_total\\{node_id="${echo.id}",instance_id="([a-z0-9]+)"`, 'g'))].map((m) => m[1]));
-  assert.equal(instances.size, 3);
+  assert.equal(scraped(text).size, 3);
   assert.match(text, new RegExp(`node_http_codes\\{node_id="${echo.id}",code="200"\\}`));
   assert.match(text, /node_request_durations_bucket\{le="0.005",node_id=/);
 });
