@@ -137,7 +137,7 @@ async function main(): Promise<void> {
     const killedAt = performance.now();
     a.proc.kill('SIGKILL');
     await waitFor('B leads', async () => {
-      const r = await b.request('GET', '/v1/gateway').catch(() => null);
+      const r = await b.request('GET', '/v1/servers').catch(() => null);
       return r?.status === 200 && r.body.servers?.some((s: { leader: boolean; url: string }) => s.leader && s.url === b.url);
     }, 20_000, 20);
     const leadsMs = performance.now() - killedAt;

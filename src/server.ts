@@ -34,7 +34,7 @@ import { RoutingTable } from './gateway/routing-table.js';
 import { Sandbox } from './sandbox/sandbox.js';
 import { UsageRecorder } from './usage/recorder.js';
 import { registerDashboard } from './ui/plugin.js';
-import { PeerBus } from './peers/bus.js';
+import { PeerBus, type PeerServer } from './peers/bus.js';
 import { Peering, peerEvents } from './peers/peering.js';
 
 export interface RunningBerth {
@@ -195,11 +195,12 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // which processes serve the port, and how fast routing snapshots reach them
   app.get('/v1/gateway', { schema: { hide: true } }, async (req) => {
     if (!Auth.isSuperAdmin(req.token)) throw new BerthError('PERMISSION_DENIED', '/v1/gateway needs an admin token on "*"', { needs: 'admin on *' });
-    const servers = bus ? { servers: await bus.servers() } : {};
-    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status(), ...servers } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }], ...servers };
+    return gatewayCluster ? { mode: 'workers', ...gatewayCluster.status() } : { mode: 'single', workers: [{ id: 0, pid: process.pid, ready: true }] };
   });
   app.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, async () => app.swagger());
-  const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage };
+  let selfUrl = ''; // known once the port is
+  const servers = async (): Promise<PeerServer[]> => (bus ? bus.servers() : [{ id: 'local', url: selfUrl, leader: true, seenAt: new Date().toISOString() }]);
+  const apiDeps = { config, store, auth, controller, checkpoints, secrets, aliases, metrics, quotas: new Quotas(store), metricsText, usage, servers };
   registerApi(app, apiDeps);
   if (runtime.checkpointGrants) internalRoutes(app, runtime.checkpointGrants); // workers fetch their checkpoint (TCP workers)
   const dashboard = registerDashboard(app, apiDeps); // /ui, GET /v1/watch, metrics history (src/ui/)
@@ -230,6 +231,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     port = typeof address === 'object' && address ? address.port : config.port;
   }
   const url = `${tls ? 'https' : 'http'}://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
+  selfUrl = config.advertiseUrl ?? url;
   if (!tls && !isLoopback(config.host)) {
     process.stderr.write([
       '',
@@ -243,7 +245,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   // (workers on other machines — swarm — need a reachable address: see CheckpointGrants.served)
   if (!tls) runtime.checkpointGrants?.serveAt(`http://${fetchHost(config.host)}:${port}`, { host: config.host, port, advertiseUrl: config.advertiseUrl });
   // with a shared store: join the other servers; the first one up leads before `berth up` says it is up
-  if (peering) await peering.start(config.advertiseUrl ?? url);
+  if (peering) await peering.start(selfUrl);
   // lets the CLI find this server without being told
   writeFileSync(join(config.home, 'server.json'), JSON.stringify({ url, pid: process.pid, runtime: runtime.name }) + '\n', { mode: 0o600 });
 

@@ -151,7 +151,7 @@ test('/openapi.json is valid OpenAPI, every route has request and response schem
   assert.equal(cellIn.properties.timeout.default, 60);
 });
 
-test('tokens, whoami and health: answers and refusals match their schemas', async () => {
+test('tokens, whoami, health and servers: answers and refusals match their schemas', async () => {
   await call('GET', '/v1/health', '/v1/health', 200, undefined, { authorization: '' });
   await call('GET', '/v1/whoami', '/v1/whoami', 200);
   await call('GET', '/v1/whoami', '/v1/whoami', 401, undefined, { authorization: 'Bearer brt_nope' });
@@ -170,6 +170,11 @@ test('tokens, whoami and health: answers and refusals match their schemas', asyn
   await call('DELETE', `/v1/tokens/${id}`, '/v1/tokens/{id}', 403, undefined, 'editorB');
   await call('DELETE', `/v1/tokens/${id}`, '/v1/tokens/{id}', 200);
   await call('DELETE', `/v1/tokens/${id}`, '/v1/tokens/{id}', 404);
+  // the servers sharing the store: this one alone on SQLite; infrastructure, so admin on "*" only
+  const servers = await call('GET', '/v1/servers', '/v1/servers', 200);
+  assert.deepEqual(servers.servers.map((x: Json) => [x.url, x.leader]), [[b.url, true]]);
+  await call('GET', '/v1/servers', '/v1/servers', 403, undefined, 'adminB');
+  await call('GET', '/v1/servers', '/v1/servers', 403, undefined, 'viewerB');
 });
 
 const CELLS = ['x = 0\n', 'print("called with", x)\ny = x\n'];

@@ -71,7 +71,7 @@ async function call(server: Berth, nodeId: string, path = '/'): Promise<number> 
 }
 
 async function servers(server: Berth): Promise<Array<{ id: string; url: string; leader: boolean }>> {
-  const r = await server.request('GET', '/v1/gateway');
+  const r = await server.request('GET', '/v1/servers');
   assert.equal(r.status, 200, JSON.stringify(r.body));
   return r.body.servers;
 }
@@ -81,6 +81,13 @@ test('both servers answer for the same nodes; the first one up leads', async (t)
   const list = await servers(b); // relayed to the leader
   assert.equal(list.length, 2);
   assert.equal(list.find((s) => s.leader)?.url, a.url, 'A (up first) leads');
+  // the same from the CLI, as a table and as JSON
+  const table = b.cli('servers');
+  assert.equal(table.status, 0, table.stderr);
+  assert.match(table.stdout, new RegExp(`${a.url.replace(/[.]/g, '\\.')}\\s.*leader`));
+  assert.match(table.stdout, /follower/);
+  const json = b.cli('servers', '--json');
+  assert.deepEqual(JSON.parse(json.stdout).map((x: { url: string; leader: boolean }) => [x.url, x.leader]).sort(), [[a.url, true], [b.url, false]].sort());
   // created through B: relayed to A's control API, which runs the controller
   const node = await createNode(b, { ...ECHO, name: 'both', scaling: { minInstances: 3, maxInstances: 3 } });
   const hosts = new Set(node.instances.map((i: { endpoint: string }) => /^tcp:([\d.]+):/.exec(i.endpoint)?.[1]));
@@ -112,6 +119,8 @@ test('a token made on one server works on the other; revoked, it is refused on b
   await waitFor('the token works on both', async () => (await asIt(a)) === 200 && (await asIt(b)) === 200, 2000, 20);
   // B's own admin token (made when B started) is valid on the leader too
   assert.equal((await b.request('GET', '/v1/nodes?folderId=default')).status, 200);
+  // too small a role for the servers list, on either server (infrastructure: admin on "*" only)
+  for (const server of [a, b]) assert.equal((await fetch(server.url + '/v1/servers', { headers: { authorization: `Bearer ${token}` } })).status, 403);
   const revokedAt = Date.now();
   assert.equal((await a.request('DELETE', `/v1/tokens/${made.body.id}`)).status, 200);
   await waitFor('refused on both', async () => (await asIt(a)) === 401 && (await asIt(b)) === 401, 1000, 10);
@@ -143,7 +152,7 @@ test('the leader killed under load: the other takes over within 5 s, adopts the 
   const killedAt = Date.now();
   a.proc.kill('SIGKILL');
   const leads = await waitFor('B leads', async () => {
-    const r = await b.request('GET', '/v1/gateway').catch(() => null);
+    const r = await b.request('GET', '/v1/servers').catch(() => null);
     return r?.status === 200 && r.body.servers.find((s: { leader: boolean; url: string }) => s.leader && s.url === b.url) ? Date.now() : undefined;
   }, 10_000, 50);
   t.diagnostic(`B answered as leader ${leads - killedAt} ms after A was killed`);

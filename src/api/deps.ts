@@ -9,6 +9,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { Quotas } from '../folders/quotas.js';
 import type { Auth } from '../core/auth.js';
 import type { UsageRecorder } from '../usage/recorder.js';
+import type { PeerServer } from '../peers/bus.js';
 
 export interface ApiDeps {
   config: Config;
@@ -24,4 +25,6 @@ export interface ApiDeps {
   metricsText: () => Promise<string>;
   /** Usage accounting: flushed before a read, so GET /v1/usage is current to the second. */
   usage: UsageRecorder;
+  /** The Berth servers sharing the store (this one alone on SQLite). */
+  servers: () => Promise<PeerServer[]>;
 }

@@ -15,6 +15,7 @@ import { secretRoutes } from './secrets.js';
 import { folderRoutes } from './folders.js';
 import { usageRoutes } from './usage.js';
 import { contractRoutes } from './contracts.js';
+import { serverRoutes } from './servers.js';
 
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   registerSchemas(app);
@@ -29,5 +30,5 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     reply.header('content-type', deps.metrics.registry.contentType);
     return deps.metricsText();
   });
-  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, usageRoutes, contractRoutes]) routes(app, deps);
+  for (const routes of [tokenRoutes, checkpointRoutes, nodeRoutes, aliasRoutes, secretRoutes, folderRoutes, usageRoutes, contractRoutes, serverRoutes]) routes(app, deps);
 }

@@ -543,6 +543,14 @@ export const NodeContract = Type.Object({
 /** A text answer (a .proto file, an HTML page): its media type and a string schema. */
 export const textAnswer = (mediaType: string, description: string): Record<string, unknown> => ({ description, content: { [mediaType]: { schema: { type: 'string' } } } });
 
+export const BerthServer = Type.Object({
+  id: Type.String({ description: 'this run of the server (new at each start)' }),
+  url: Type.String({ description: 'where its control API answers (its --advertise-url, or the URL it listens on)' }),
+  leader: Type.Boolean({ description: 'it runs the controller (exactly one server does)' }),
+  seenAt: Time('its last heartbeat'),
+}, { $id: 'BerthServer' });
+export const ServerList = Type.Object({ servers: Type.Array(Type.Ref(BerthServer)) }, { $id: 'ServerList', description: 'The Berth servers sharing this store (one, on SQLite)' });
+
 /** Every shared schema, in an order where each comes after those it references. */
 const SHARED: TSchema[] = [
   ErrorBody, Health, Token, Whoami, TokenCreated, TokenList, TokenDeleted, TokenCreate,
@@ -551,7 +559,7 @@ const SHARED: TSchema[] = [
   Instance, Rollout, CellNode, ImageNode, Node, NodeList, NodeDeleted, NodeUpdatePlan, NodeRevisions, NodeEvents, NodeLogs,
   MirrorStatus, Alias, AliasList, AliasDeleted, AliasSpecIn, AliasPatch,
   Secret, SecretList, SecretDeleted, SecretCreate, Quota, QuotaPatch, FolderInfo, AuditEntry, AuditLog,
-  UsageRow, Usage, NodeContract, MetricsPoint, NodeMetricsHistory, AliasMetricsHistory,
+  UsageRow, Usage, NodeContract, MetricsPoint, NodeMetricsHistory, AliasMetricsHistory, BerthServer, ServerList,
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 import { Option, type Command } from 'commander';
 import { resolve } from 'node:path';
 import { autoGatewayWorkers, loadConfig, parseByteSize, type Config } from '../../core/config.js';
-import { clientFor, collect, out } from '../shared.js';
+import { clientFor, collect, out, type JsonOption } from '../shared.js';
+import { ago, table } from '../format.js';
 import type { CheckpointList, NodeList } from '../views.js';
 
 interface UpOptions {
@@ -92,6 +93,13 @@ export function registerServer(cli: Command): void {
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+    });
+
+  cli.command('servers').description('The Berth servers sharing this store, and which one leads (admin)')
+    .option('--json', 'print JSON')
+    .action(async (o: JsonOption) => {
+      const { servers } = await client().request<{ servers: Array<{ id: string; url: string; leader: boolean; seenAt: string }> }>('GET', '/v1/servers');
+      out(o.json, servers, () => table(['SERVER', 'URL', 'ROLE', 'SEEN'], servers.map((x) => [x.id.slice(0, 8), x.url, x.leader ? 'leader' : 'follower', ago(x.seenAt)])));
     });
 
   cli.command('status').description('Is the server up? Shows where it is and what it runs')
