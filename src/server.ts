@@ -14,7 +14,7 @@ import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
 import { BerthError, asBerthError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
-import { openStore } from './store/index.js';
+import { openStore, isPostgresUrl } from './store/index.js';
 import { createRuntime } from './runtimes/index.js';
 import { log } from './core/log.js';
 import { checkLogLimits } from './runtimes/log-file.js';
@@ -83,7 +83,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   const { store, blobs } = await openStore(config);
   // a PostgreSQL store can be shared by several Berth servers: one leads (runs the controller),
   // every one serves (src/peers/); their containers belong to the cluster, not to one home
-  const bus = config.store && /^postgres(ql)?:\/\//.test(config.store) ? await PeerBus.connect(config.store) : null;
+  const bus = config.store && isPostgresUrl(config.store) ? await PeerBus.connect(config.store) : null;
   const runtime = createRuntime(config.runtime, config.home, logLimits, sandbox, { workerTransport: config.workerTransport, secretKeyFile: config.secretKeyFile, ...(bus ? { owner: `berth-cluster:${bus.clusterId}` } : {}) });
   const problem = await runtime.check();
   if (problem) throw new Error(problem);

@@ -65,7 +65,7 @@ test('berth up --store postgres://: a node made on one server is there, and serv
     const ck = await b.request('GET', '/v1/checkpoints/lab');
     assert.equal(ck.body.id, checkpointId);
     await waitFor('the node Healthy on the second server', async () => (await b!.request('GET', `/v1/nodes/${node.id}`)).body.status === 'Healthy', 90_000);
-    assert.ok(existsSync(join(homes[1], 'checkpoints', `${checkpointId}.dill`)), 'the checkpoint was fetched into the new home');
+    assert.ok(existsSync(join(homes[1], 'checkpoints', 'cache', `${checkpointId}.dill`)), 'the checkpoint was fetched into the new home');
     const r2 = await execute(b, node.id, { mode: 'echo', arg: 'second' });
     assert.equal(r2.status, 200, JSON.stringify(r2.body));
     assert.deepEqual(r2.body, { output: { result: 'second' } });
@@ -85,7 +85,7 @@ test('berth up --store postgres://: a node made on one server is there, and serv
     const del = await b.request('DELETE', '/v1/checkpoints/lab');
     assert.equal(del.status, 200, JSON.stringify(del.body));
     assert.equal(await blobRows(), 0);
-    assert.equal(existsSync(join(homes[1], 'checkpoints', `${checkpointId}.dill`)), false);
+    assert.equal(existsSync(join(homes[1], 'checkpoints', 'cache', `${checkpointId}.dill`)), false);
   } finally {
     await b?.stop();
     for (const h of homes) removeHome(h);

@@ -3,7 +3,6 @@
 // routing snapshot (src/routing/) that gateways serve from. It never imports the gateway:
 // gateways send instance events and load back through the interfaces in routing/.
 import type { Config } from '../core/config.js';
-import { BerthError } from '../core/errors.js';
 import { newId, nowIso } from '../core/ids.js';
 import type { InstanceView, NodeRecord, NodeSpec, NodeStatus, Rollout } from '../core/types.js';
 import { rolloutSettings } from '../core/node-update.js';
@@ -16,8 +15,7 @@ import { InstanceState } from './instance.js';
 import { Autoscaler, SAMPLE_MS, type Recommendation } from './autoscaler.js';
 import { probeGrpc, probeHttp, probeServing, probeTcp, type ProbeResult } from './probes.js';
 import type { Metrics } from '../core/metrics.js';
-import { FileBlobStore, type BlobStore } from '../store/blobs.js';
-import { join } from 'node:path';
+import type { BlobStore } from '../store/blobs.js';
 import { log } from '../core/log.js';
 import { NO_CLOCK, type InstanceClock } from '../usage/recorder.js';
 import { usagePreset } from '../routing/usage.js';
@@ -106,7 +104,7 @@ export class Controller implements InstanceEvents {
     private readonly metrics: Metrics,
     private readonly secrets: Secrets,
     /** Checkpoint bytes: fetched to this machine (and verified) before an instance starts. */
-    private readonly blobs: BlobStore = new FileBlobStore(join(config.home, 'checkpoints')),
+    private readonly blobs: BlobStore,
   ) {}
 
   /** Where snapshots go and load comes from: the gateway (or its workers). */

@@ -4,9 +4,10 @@
 //
 // - Lease: the server holding a session-level advisory lock runs the controller. The lock lives
 //   as long as that server's database session: when the server dies (kill -9 included) the
-//   database ends the session and frees the lock, and a follower, trying every LEASE_POLL_MS,
-//   takes it. A leader whose session breaks cannot know whether another took over: it stops
-//   (onLost), it never carries on as a second leader.
+//   database ends the session and frees the lock at once; when its machine or network dies, TCP
+//   keepalives end it within about 11 s. A follower, trying every LEASE_POLL_MS, takes it. A
+//   leader whose session breaks, or stops answering for LEASE_CHECK_TIMEOUT_MS, cannot know
+//   whether another took over: it stops (onLost), it never carries on as a second leader.
 // - Routing snapshots: the leader upserts the latest into `peer_snapshot` and notifies
 //   `berth_snapshot` in the same transaction (delivered on commit). Followers read the row on each
 //   notification and once after every (re)connect (catch-up). Writes are coalesced: while one is
@@ -27,6 +28,13 @@ const LEASE_POLL_MS = 500;
 const HEARTBEAT_MS = 1000;
 export const PEER_STALE_MS = 5000;
 const RECONNECT_MS = 500;
+/**
+ * The leader checks its lease's session this often (with the lease poll) and stops when it does
+ * not answer within LEASE_CHECK_TIMEOUT_MS. The database notices a dead peer through TCP
+ * keepalives (SESSION_KEEPALIVES: about 11 s), so a cut-off leader stops before another can lead.
+ */
+const LEASE_CHECK_TIMEOUT_MS = 5000;
+const SESSION_KEEPALIVES = 'SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3';
 /** An arbitrary constant: the advisory lock key of "the controller of this database". */
 const LEADER_LOCK = 0x6265727468; // "berth"
 
@@ -70,6 +78,9 @@ export class PeerBus {
   private term = 0;
   private leaderUrl: string | null = null;
   private closed = false;
+  /** Set while taking the lease and starting the controller (a second poll must not start it again). */
+  private electing = false;
+  private checking = false;
   private timers: NodeJS.Timeout[] = [];
   /** Snapshot coalescing (leader). */
   private writing = false;
@@ -131,7 +142,7 @@ export class PeerBus {
     this.on = handlers;
     await this.heartbeat();
     await this.openSession();
-    this.timers.push(setInterval(() => { void this.tryLead(); }, LEASE_POLL_MS));
+    this.timers.push(setInterval(() => { void (this.leading ? this.checkLease() : this.tryLead()); }, LEASE_POLL_MS));
     this.timers.push(setInterval(() => { void this.heartbeat().catch(() => undefined); }, HEARTBEAT_MS));
     await this.tryLead(); // the first server leads before it says it is up
   }
@@ -196,21 +207,22 @@ export class PeerBus {
 
   /** The session: LISTENs, and holds the lease once taken. A follower's broken session is reopened; a leader's ends its leadership. */
   private async openSession(): Promise<void> {
-    const c = new pg.Client({ connectionString: this.dsn });
+    const c = new pg.Client({ connectionString: this.dsn, keepAlive: true });
     c.on('error', () => undefined);
     c.on('end', () => {
       if (this.closed || this.session !== c) return;
       this.session = null;
-      if (this.leading) {
-        this.leading = false;
-        this.on.lost('the database session holding the controller lease ended');
-        return;
-      }
-      setTimeout(() => { if (!this.closed) void this.openSession().catch(() => undefined); }, RECONNECT_MS).unref();
+      if (this.leading) this.stepDown('the database session holding the controller lease ended');
+      else this.reopen();
     });
     c.on('notification', (n) => this.notified(n.channel, n.payload ?? ''));
-    await c.connect();
-    await c.query('LISTEN berth_snapshot; LISTEN berth_change; LISTEN berth_event; LISTEN berth_load; LISTEN berth_leader');
+    try {
+      await c.connect();
+      await c.query(`${SESSION_KEEPALIVES}; LISTEN berth_snapshot; LISTEN berth_change; LISTEN berth_event; LISTEN berth_load; LISTEN berth_leader`);
+    } catch (err) {
+      await c.end().catch(() => undefined);
+      throw err;
+    }
     this.session = c;
     // catch-up: what changed while this server was not listening
     this.readSnapshot();
@@ -218,22 +230,62 @@ export class PeerBus {
     this.on.changed('aliases');
   }
 
+  /** A follower's session broke: reopen it, again and again until the database answers. */
+  private reopen(): void {
+    setTimeout(() => { if (!this.closed) this.openSession().catch(() => this.reopen()); }, RECONNECT_MS).unref();
+  }
+
+  /** This server can no longer be sure it holds the lease: it stops leading, and says so. */
+  private stepDown(reason: string): void {
+    if (!this.leading) return;
+    this.leading = false;
+    const c = this.session;
+    this.session = null;
+    void c?.end().catch(() => undefined);
+    this.on.lost(reason);
+  }
+
+  private async checkLease(): Promise<void> {
+    const c = this.session;
+    if (!c || this.checking || this.electing) return;
+    this.checking = true;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([c.query('SELECT 1'), new Promise((_, reject) => { timer = setTimeout(() => reject(new Error('no answer')), LEASE_CHECK_TIMEOUT_MS); })]);
+    } catch (err) {
+      this.stepDown(`the database session holding the controller lease did not answer (${(err as Error).message})`);
+    } finally {
+      clearTimeout(timer);
+      this.checking = false;
+    }
+  }
+
   private async tryLead(): Promise<void> {
     const c = this.session;
-    if (this.leading || this.closed || !c) return;
-    let got = false;
+    if (this.leading || this.electing || this.closed || !c) return;
+    this.electing = true;
     try {
-      got = (await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK])).rows[0].ok;
-    } catch { return; }
-    if (!got || this.closed) return;
-    const r = await this.pool.query<{ term: string }>(
-      `INSERT INTO peer_leader VALUES (1, $1, $2, 1, now())
-       ON CONFLICT (id) DO UPDATE SET server_id = $1, url = $2, term = peer_leader.term + 1, since = now()
-       RETURNING term`, [this.serverId, this.url]);
-    this.term = Number(r.rows[0].term);
-    this.leading = true;
-    await this.pool.query('SELECT pg_notify($1, $2)', ['berth_leader', this.url]).catch(() => undefined);
-    await this.on.elected(this.term);
+      let got = false;
+      try {
+        got = (await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LEADER_LOCK])).rows[0].ok;
+      } catch { return; }
+      if (!got || this.closed) return;
+      this.leading = true;
+      try {
+        const r = await this.pool.query<{ term: string }>(
+          `INSERT INTO peer_leader VALUES (1, $1, $2, 1, now())
+           ON CONFLICT (id) DO UPDATE SET server_id = $1, url = $2, term = peer_leader.term + 1, since = now()
+           RETURNING term`, [this.serverId, this.url]);
+        this.term = Number(r.rows[0].term);
+        await this.pool.query('SELECT pg_notify($1, $2)', ['berth_leader', this.url]).catch(() => undefined);
+        await this.on.elected(this.term);
+      } catch (err) {
+        // holding the lease without a working controller would leave the cluster with none
+        this.stepDown(`this server took the controller lease but could not start the controller: ${(err as Error).message}`);
+      }
+    } finally {
+      this.electing = false;
+    }
   }
 
   private notified(channel: string, payload: string): void {
@@ -276,23 +328,32 @@ export class PeerBus {
     if (this.reading) { this.readAgain = true; return; }
     this.reading = true;
     void (async () => {
-      do {
-        this.readAgain = false;
-        const r = await this.pool.query<{ term: string; version: string; body: string }>('SELECT term, version, body FROM peer_snapshot WHERE id = 1').catch(() => null);
-        const row = r?.rows[0];
-        if (!row) continue;
-        const term = Number(row.term); const version = Number(row.version);
-        if (term < this.seen.term || (term === this.seen.term && version <= this.seen.version)) continue;
-        this.seen = { term, version };
-        this.on.snapshot(parseSnapshot(row.body));
-      } while (this.readAgain && !this.closed);
-      this.reading = false;
+      try {
+        do {
+          this.readAgain = false;
+          const r = await this.pool.query<{ term: string; version: string; body: string }>('SELECT term, version, body FROM peer_snapshot WHERE id = 1').catch(() => null);
+          const row = r?.rows[0];
+          if (!row) continue;
+          const term = Number(row.term); const version = Number(row.version);
+          if (term < this.seen.term || (term === this.seen.term && version <= this.seen.version)) continue;
+          try {
+            this.on.snapshot(parseSnapshot(row.body));
+            this.seen = { term, version };
+          } catch (err) {
+            console.error(`[berth] routing snapshot ${term}/${version} from the leader not applied: ${(err as Error).message}`);
+          }
+        } while (this.readAgain && !this.closed);
+      } finally {
+        this.reading = false;
+      }
     })();
   }
 
   private async readLoad(serverId: string): Promise<void> {
     const r = await this.pool.query<{ report: string }>('SELECT report FROM peer_load WHERE server_id = $1', [serverId]).catch(() => null);
     const text = r?.rows[0]?.report;
-    this.on.load(serverId, text ? JSON.parse(text) as LoadReport : null);
+    let report: LoadReport | null = null;
+    try { report = text ? JSON.parse(text) as LoadReport : null; } catch { /* a row that is not a report: as if gone */ }
+    this.on.load(serverId, report);
   }
 }

@@ -625,6 +625,7 @@ export class SwarmRuntime implements Runtime {
   async list(): Promise<RuntimeInstance[]> {
     const services = await this.docker.listServices({ filters: { label: [`${LABEL.home}=${this.owner}`] } }) as unknown as ServiceInfo[];
     const out: RuntimeInstance[] = [];
+    const nodes = await this.nodes(); // once: adoption at takeover lists many services
     for (const s of services) {
       const labels = s.Spec.Labels ?? {};
       const nodeId = labels[LABEL.node];
@@ -638,7 +639,6 @@ export class SwarmRuntime implements Runtime {
       const secret = cell ? this.secretOf(instanceId, labels[LABEL.nonce] ?? '') : undefined;
       const tasks = await this.tasksOf(s.ID);
       const running = tasks.find((t) => t.DesiredState === 'running' && t.Status.State === 'running');
-      const nodes = await this.nodes();
       const addr = nodes.get(running?.NodeID ?? '')?.Status;
       const endpoints = running && addr?.State === 'ready' ? endpointsOf(running, addr.Addr, ports) : new Map<number, Endpoint>();
       if (cell && !this.sameKey(labels)) {
@@ -898,7 +898,6 @@ export function serviceName(instanceId: string): string {
   return `berth-${instanceId}`;
 }
 
-/** The node spec's placement as Swarm's: constraints as given, `spread: zone` → spread over node.labels.zone. */
 /**
  * Whether a machine meets a Swarm constraint, for the attributes Berth can read (node.id,
  * node.hostname, node.role, node.labels.*, engine.labels.*); others count as met (Swarm decides).
@@ -923,6 +922,7 @@ function spreadKey(p: Placement | undefined): string | null {
   return p.spread.startsWith('node.labels.') ? p.spread.slice('node.labels.'.length) : p.spread;
 }
 
+/** The node spec's placement as Swarm's: constraints as given, `spread: zone` → spread over node.labels.zone. */
 export function placementOf(p: Placement | undefined): { Constraints?: string[]; Preferences?: Array<{ Spread: { SpreadDescriptor: string } }> } {
   if (!p) return {};
   const key = spreadKey(p);

@@ -5,11 +5,11 @@
 // checkpoint's sha256 when they arrive on a machine: a mismatch is an error and the file is not
 // kept. (Keyed by id, not by content: two checkpoints with equal bytes would otherwise need a
 // reference count across servers before either could be deleted.)
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { createReadStream, createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { chmod, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type pg from 'pg';
 
 /** What identifies a checkpoint's bytes: its id, and the sha256 they must have. */
@@ -106,7 +106,7 @@ export class PostgresBlobStore implements BlobStore {
           const row = (await c.query('SELECT data FROM blob_chunks WHERE blob_id = $1 AND seq = $2', [ref.id, seq])).rows[0] as { data: Buffer } | undefined;
           if (!row) throw new Error(`checkpoint ${ref.id}: chunk ${seq} of ${head.chunks} is missing from the store`);
           hash.update(row.data);
-          if (!out.write(row.data)) await new Promise<void>((r) => out.once('drain', () => r()));
+          if (!out.write(row.data)) await once(out, 'drain'); // rejects on a write error
         }
       } finally {
         out.end();

@@ -53,5 +53,7 @@ export async function openStore(config: Pick<Config, 'home' | 'store'>): Promise
     // pg's own messages name the host, user or database, never the password
     throw new Error(`cannot use the PostgreSQL store at ${where}: ${e.message || e.code || String(err)}`);
   }
-  return { store, blobs: new PostgresBlobStore(store.pool, blobDir), describe: `postgres ${where}` };
+  // a cache of the database's copy, in a directory of its own: pruning it never touches the
+  // files a SQLite run of this home keeps there (for SQLite they are the only copy)
+  return { store, blobs: new PostgresBlobStore(store.pool, join(blobDir, 'cache')), describe: `postgres ${where}` };
 }
