@@ -22,7 +22,7 @@ import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from '../test/helpers.js';
 import { buildTestImages, testImage } from '../test/images/index.js';
-import { clusterProblem, startTestCluster, type TestCluster } from '../test/cluster-support.js';
+import { SPREAD_ECHO, clusterProblem, startTestCluster, type TestCluster } from '../test/cluster-support.js';
 import { createTestDatabase, pgProblem, type TestDatabase } from '../test/pg-support.js';
 import { WRK, ROOT, log, posInt, percentile, runTool, cpuSnapshot, cpuUse, treeOf, machine, gitHead, sleep } from './lib.js';
 
@@ -35,13 +35,6 @@ const KEEP = args.includes('--keep');
 const LUA = join(ROOT, 'bench/gateway.lua');
 const OUT = join(ROOT, 'bench/results');
 
-const ECHO = {
-  kind: 'image', image: testImage('http-echo'),
-  endpoint: { port: 8080, protocol: 'http', timeout: 10 },
-  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
-  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
-  placement: { constraints: [], spread: 'zone' },
-};
 
 interface Load { rps: number; requests: number; errors: number; p50_us: number; p99_us: number; cpu_s: number }
 
@@ -78,8 +71,8 @@ async function main(): Promise<void> {
     servers.push(b);
     await waitFor('B known to the leader', async () => (await b.request('GET', '/v1/whoami')).status === 200, 5000, 20);
     log('servers up; creating the node (3 instances, one per host)');
-    const node = await createNode(a, { ...ECHO, name: 'bench-echo', env: { BENCH_NODE: 'bench-echo' }, scaling: { minInstances: 3, maxInstances: 3, sessionsPerInstance: 64 } });
-    const other = await createNode(a, { ...ECHO, name: 'bench-other', env: { BENCH_NODE: 'bench-other' }, scaling: { minInstances: 1, maxInstances: 1 } });
+    const node = await createNode(a, { ...SPREAD_ECHO, name: 'bench-echo', env: { BENCH_NODE: 'bench-echo' }, scaling: { minInstances: 3, maxInstances: 3, sessionsPerInstance: 64 } });
+    const other = await createNode(a, { ...SPREAD_ECHO, name: 'bench-other', env: { BENCH_NODE: 'bench-other' }, scaling: { minInstances: 1, maxInstances: 1 } });
     await waitFor('B routes it', async () => (await fetch(b.url + '/healthz', { headers: headersFor(b, node.id) })).status === 200, 10_000, 20);
 
     // ---- throughput: one gateway, then two ----

@@ -24,6 +24,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync,
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import Docker from 'dockerode';
+import { testImage } from './images/index.js';
 
 export const CLUSTER_ROOT = '/tmp/berth-swarm';
 /** The daemons' logs of the last cluster, kept after teardown. */
@@ -62,6 +63,18 @@ export interface TestCluster {
   /** Tears everything down (idempotent). */
   stop(): Promise<void>;
 }
+
+/**
+ * An `http-echo` image node spread over the cluster's zones, with small reservations (three
+ * 2-core "machines" that are really one). Endpoint timeout 10 s.
+ */
+export const SPREAD_ECHO = {
+  kind: 'image', image: testImage('http-echo'),
+  endpoint: { port: 8080, protocol: 'http', timeout: 10 },
+  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
+  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
+  placement: { constraints: [] as string[], spread: 'zone' },
+};
 
 /** The root namespace's address on the cluster's bridge: where the hosts reach the test process. */
 export const BRIDGE_ADDR = `${SUBNET}.1`;

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } from './helpers.js';
 import { dockerProblem } from './docker-support.js';
-import { clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
+import { SPREAD_ECHO, clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
 import { buildTestImages, testImage } from './images/index.js';
 import { createTestDatabase, pgProblem, type TestDatabase } from './pg-support.js';
 
@@ -23,13 +23,6 @@ const homes = [tempHome(), tempHome()];
 /** Calls to the cluster's addresses wait on detached daemons: keep the event loop alive meanwhile. */
 let alive: NodeJS.Timeout | null = null;
 
-const ECHO = {
-  kind: 'image', image: testImage('http-echo'),
-  endpoint: { port: 8080, protocol: 'http', timeout: 10 },
-  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
-  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
-  placement: { constraints: [], spread: 'zone' },
-};
 
 before(async () => {
   skip = (await dockerProblem()) ?? clusterProblem() ?? (await pgProblem());
@@ -89,7 +82,7 @@ test('both servers answer for the same nodes; the first one up leads', async (t)
   const json = b.cli('servers', '--json');
   assert.deepEqual(JSON.parse(json.stdout).map((x: { url: string; leader: boolean }) => [x.url, x.leader]).sort(), [[a.url, true], [b.url, false]].sort());
   // created through B: relayed to A's control API, which runs the controller
-  const node = await createNode(b, { ...ECHO, name: 'both', scaling: { minInstances: 3, maxInstances: 3 } });
+  const node = await createNode(b, { ...SPREAD_ECHO, name: 'both', scaling: { minInstances: 3, maxInstances: 3 } });
   const hosts = new Set(node.instances.map((i: { endpoint: string }) => /^tcp:([\d.]+):/.exec(i.endpoint)?.[1]));
   assert.equal(hosts.size, 3, `one instance per host: ${JSON.stringify(node.instances.map((i: { endpoint: string }) => i.endpoint))}`);
   // B's gateway learns the node from A's snapshot (LISTEN/NOTIFY)
@@ -129,7 +122,7 @@ test('a token made on one server works on the other; revoked, it is refused on b
 
 test('the leader killed under load: the other takes over within 5 s, adopts the instances, calls keep flowing', async (t) => {
   if (skip) return t.skip(skip);
-  const node = await createNode(a, { ...ECHO, name: 'failover', scaling: { minInstances: 3, maxInstances: 3, sessionsPerInstance: 16 } });
+  const node = await createNode(a, { ...SPREAD_ECHO, name: 'failover', scaling: { minInstances: 3, maxInstances: 3, sessionsPerInstance: 16 } });
   await waitFor('B routes the node', async () => (await call(b, node.id)) === 200, 5000, 20);
   const before = (await a.request('GET', `/v1/nodes/${node.id}`)).body;
   const instances = before.instances.map((i: { id: string }) => i.id).sort();

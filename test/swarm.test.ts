@@ -18,7 +18,7 @@ import { FRAME, encodeFrame } from '../src/worker/protocol.js';
 import { startBerth, removeHome, waitFor, runLoad, createNode, execute, makeCheckpoint, type Berth } from './helpers.js';
 import { dockerProblem } from './docker-support.js';
 import { buildTestImages, testImage } from './images/index.js';
-import { BRIDGE_ADDR, clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
+import { BRIDGE_ADDR, SPREAD_ECHO, clusterProblem, startTestCluster, type TestCluster } from './cluster-support.js';
 import { LAB_CELLS, LAB_NODE } from './fixtures.js';
 
 let b: Berth | null = null;
@@ -29,14 +29,7 @@ let cell: any;
 /** Keeps the event loop alive while calls wait on cluster addresses (the daemons are detached). */
 let alive: NodeJS.Timeout | null = null;
 
-const ECHO_NODE = {
-  kind: 'image', image: testImage('http-echo'),
-  endpoint: { port: 8080, protocol: 'http', timeout: 5 },
-  healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 0.5, timeout: 1, failsThreshold: 2, passesThreshold: 1 },
-  // small reservations: three 2-core "machines" that are really one
-  resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },
-  placement: { constraints: [], spread: 'zone' },
-};
+const ECHO_NODE = { ...SPREAD_ECHO, endpoint: { ...SPREAD_ECHO.endpoint, timeout: 5 } };
 
 const CELL_PLACEMENT = {
   resources: { cores: 0.2, memoryGb: 0.25, gpus: 0 },

@@ -17,7 +17,6 @@
 //   `--log-max-bytes`/`--log-files`), and reads ask Docker for the tail only.
 import Docker from 'dockerode';
 import { appendFile, chmod, chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import { availableParallelism, constants as osConstants, tmpdir, totalmem } from 'node:os';
@@ -25,6 +24,7 @@ import { PYTHON_DIR, loadConfig } from '../core/config.js';
 import type { Endpoint } from '../worker/protocol.js';
 import type { ExitInfo, InstanceSpec, LogQuery, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
+import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout } from './engine-api.js';
 import { newInstanceSecret, type WorkerTransport } from './worker-endpoint.js';
 
 /** sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep. */
@@ -297,35 +297,17 @@ export class DockerRuntime implements Runtime {
 
   /** The archived file's tail (read backwards) and the live container's tail (Docker's `tail`), never either whole. */
   async logs(nodeId: string, instanceId: string, lines: number, query: LogQuery = {}): Promise<string> {
-    let text = (await tailLines([this.logPath(nodeId, instanceId)], lines, query)).text;
-    const tracked = this.tracked.get(instanceId);
-    if (!tracked?.archived) {
-      let live = await this.containerLog(containerName(instanceId), nodeId, query.search ? MAX_TAIL_LINES : lines);
-      if (query.search) live = live.split('\n').filter((l) => l.includes(query.search!)).join('\n');
-      if (live) text += (text && !text.endsWith('\n') ? '\n' : '') + live;
-    }
-    return lastLines(text, lines);
+    const kept = (await tailLines([this.logPath(nodeId, instanceId)], lines, query)).text;
+    const archived = this.tracked.get(instanceId)?.archived;
+    const live = archived ? '' : await this.containerLog(containerName(instanceId), nodeId, query.search ? MAX_TAIL_LINES : lines);
+    return withLive(kept, live, lines, query.search);
   }
 
   /** Docker's own follow of the live container, from now on; ends when the container goes. */
   follow(_nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void {
     const tracked = this.tracked.get(instanceId);
     if (!tracked || tracked.archived) { queueMicrotask(onEnd); return () => undefined; }
-    let stream: NodeJS.ReadableStream | null = null;
-    let stopped = false;
-    let ended = false;
-    const end = (): void => { if (!ended) { ended = true; onEnd(); } };
-    this.containerOf(tracked.instance).logs({ follow: true, stdout: true, stderr: true, tail: 0 }).then((s) => {
-      stream = s;
-      if (stopped) { (s as unknown as { destroy(): void }).destroy(); return; }
-      const out = new PassThrough();
-      out.on('data', onData);
-      this.docker.modem.demuxStream(s, out, out);
-      s.on('end', end);
-      s.on('close', end);
-      s.on('error', end);
-    }, end);
-    return () => { stopped = true; (stream as unknown as { destroy(): void } | null)?.destroy(); };
+    return followLog(this.docker, () => this.containerOf(tracked.instance).logs({ follow: true, stdout: true, stderr: true, tail: 0 }), onData, onEnd);
   }
 
   async cleanup(nodeId: string): Promise<void> {
@@ -507,18 +489,7 @@ export class DockerRuntime implements Runtime {
     try {
       text = demux(await container.logs({ stdout: true, stderr: true, follow: false, tail: ARCHIVE_LINES }));
     } catch { /* no log to keep */ }
-    if (text && !text.endsWith('\n')) text += '\n';
-    // the kept copy is bounded like the live log: its last maxBytes, from a line start
-    if (Buffer.byteLength(text) > this.logLimits.maxBytes) {
-      const tail = Buffer.from(text).subarray(-this.logLimits.maxBytes).toString('utf8');
-      text = tail.slice(tail.indexOf('\n') + 1);
-    }
-    try {
-      await mkdir(join(this.logDir, nodeId), { recursive: true });
-      await appendFile(this.logPath(nodeId, instanceId), `${text}[berth] ${new Date().toISOString()} ${ending}\n`);
-    } catch (err) {
-      console.error(`[berth] cannot keep the log of instance ${instanceId}: ${errorText(err)}`);
-    }
+    await keepLog(this.logPath(nodeId, instanceId), this.logLimits, text, ending);
   }
 
   private async containerLog(name: string, nodeId: string, lines: number): Promise<string> {
@@ -562,49 +533,8 @@ export function registryServerAddress(image: string): string {
   return 'https://index.docker.io/v1/';
 }
 
-/** Docker's multiplexed log stream (8-byte frame headers) to text; raw text (TTY) passes through. */
-export function demux(buf: Buffer | string): string {
-  if (typeof buf === 'string') return buf;
-  if (buf.length < 8 || buf[0]! > 2 || buf[1] !== 0 || buf[2] !== 0 || buf[3] !== 0) return buf.toString('utf8');
-  const parts: Buffer[] = [];
-  let i = 0;
-  while (i + 8 <= buf.length) {
-    const size = buf.readUInt32BE(i + 4);
-    parts.push(buf.subarray(i + 8, Math.min(buf.length, i + 8 + size)));
-    i += 8 + size;
-  }
-  return Buffer.concat(parts).toString('utf8');
-}
-
-function lastLines(text: string, lines: number): string {
-  const all = text.split('\n');
-  if (all[all.length - 1] === '') all.pop();
-  return all.slice(-lines).join('\n') + (all.length ? '\n' : '');
-}
-
 function signalName(n: number): string | null {
   for (const [name, value] of Object.entries(osConstants.signals)) if (value === n) return name;
   return null;
 }
 
-function statusOf(err: unknown): number | undefined {
-  return (err as { statusCode?: number } | null)?.statusCode;
-}
-
-/** The daemon's own words when it gave any (dockerode puts them in `json.message`). */
-function errorText(err: unknown): string {
-  const e = err as { json?: { message?: string } | null; reason?: string; message?: string } | null;
-  const text = e?.json?.message ?? e?.message ?? String(err);
-  return text.replace(/^\(HTTP code \d+\) [a-z ]+ - /, '').trim();
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise((res, rej) => {
-    const t = setTimeout(() => rej(new Error(what)), ms);
-    p.then((v) => { clearTimeout(t); res(v); }, (e) => { clearTimeout(t); rej(e); });
-  });
-}

@@ -38,7 +38,6 @@ import { createSocket } from 'node:dgram';
 import { existsSync } from 'node:fs';
 import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { isIPv6 } from 'node:net';
-import { PassThrough } from 'node:stream';
 import { join, resolve } from 'node:path';
 import { PYTHON_DIR, loadConfig } from '../core/config.js';
 import { loadSecretKey } from '../secrets/secrets.js';
@@ -46,7 +45,8 @@ import type { Endpoint } from '../worker/protocol.js';
 import { CheckpointGrants } from './checkpoint-grants.js';
 import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Placement, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
-import { demux, registryServerAddress } from './docker.js';
+import { registryServerAddress } from './docker.js';
+import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout } from './engine-api.js';
 
 const LABEL = {
   node: 'berth.node-id',
@@ -662,32 +662,16 @@ export class SwarmRuntime implements Runtime {
   }
 
   async logs(nodeId: string, instanceId: string, lines: number, query: LogQuery = {}): Promise<string> {
-    let text = (await tailLines([this.logPath(nodeId, instanceId)], lines, query)).text;
-    let live = await this.serviceLog(serviceName(instanceId), nodeId, query.search ? MAX_TAIL_LINES : lines);
-    if (query.search) live = live.split('\n').filter((l) => l.includes(query.search!)).join('\n');
-    if (live) text += (text && !text.endsWith('\n') ? '\n' : '') + live;
-    return lastLines(text, lines);
+    const kept = (await tailLines([this.logPath(nodeId, instanceId)], lines, query)).text;
+    const live = await this.serviceLog(serviceName(instanceId), nodeId, query.search ? MAX_TAIL_LINES : lines);
+    return withLive(kept, live, lines, query.search);
   }
 
   follow(nodeId: string, instanceId: string, onData: (chunk: Buffer) => void, onEnd: () => void): () => void {
     const tracked = [...this.tracked.values()].find((t) => t.instance.instanceId === instanceId && t.instance.nodeId === nodeId && !t.done);
     if (!tracked) { queueMicrotask(onEnd); return () => undefined; }
-    let stream: NodeJS.ReadableStream | null = null;
-    let stopped = false;
-    let ended = false;
-    const end = (): void => { if (!ended) { ended = true; onEnd(); } };
-    void tracked.instance.exited.then(() => { (stream as unknown as { destroy(): void } | null)?.destroy(); end(); });
-    logsOf(this.docker.getService(tracked.instance.serviceId)).logs({ follow: true, stdout: true, stderr: true, tail: 0 }).then((s) => {
-      stream = s as NodeJS.ReadableStream;
-      if (stopped) { (stream as unknown as { destroy(): void }).destroy(); return; }
-      const out = new PassThrough();
-      out.on('data', onData);
-      this.docker.modem.demuxStream(stream, out, out);
-      stream.on('end', end);
-      stream.on('close', end);
-      stream.on('error', end);
-    }, end);
-    return () => { stopped = true; (stream as unknown as { destroy(): void } | null)?.destroy(); };
+    const open = async (): Promise<NodeJS.ReadableStream> => await logsOf(this.docker.getService(tracked.instance.serviceId)).logs({ follow: true, stdout: true, stderr: true, tail: 0 }) as NodeJS.ReadableStream;
+    return followLog(this.docker, open, onData, onEnd, tracked.instance.exited);
   }
 
   async cleanup(nodeId: string): Promise<void> {
@@ -858,18 +842,7 @@ export class SwarmRuntime implements Runtime {
       const raw = await logsOf(taskId ? this.docker.getTask(taskId) : this.docker.getService(serviceId)).logs(opts);
       text = withoutLogErrors(demux(raw as Buffer));
     } catch { /* its machine is gone, or the service: no log to keep */ }
-    if (text && !text.endsWith('\n')) text += '\n';
-    if (Buffer.byteLength(text) > this.logLimits.maxBytes) {
-      const tail = Buffer.from(text).subarray(-this.logLimits.maxBytes).toString('utf8');
-      text = tail.slice(tail.indexOf('\n') + 1);
-    }
-    if (!text && !ending) return;
-    try {
-      await mkdir(join(this.logDir, nodeId), { recursive: true });
-      await appendFile(this.logPath(nodeId, instanceId), text + (ending ? `[berth] ${new Date().toISOString()} ${ending}\n` : ''));
-    } catch (err) {
-      console.error(`[berth] cannot keep the log of instance ${instanceId}: ${errorText(err)}`);
-    }
+    await keepLog(this.logPath(nodeId, instanceId), this.logLimits, text, ending);
   }
 
   /** The live service's log tail: only while a task of ours runs (archived lines are in the file). */
@@ -964,29 +937,3 @@ function withoutLogErrors(text: string): string {
   return text.split('\n').filter((l) => !/^\W*Error grabbing logs: /.test(l)).join('\n');
 }
 
-function lastLines(text: string, lines: number): string {
-  const all = text.split('\n');
-  if (all[all.length - 1] === '') all.pop();
-  return all.slice(-lines).join('\n') + (all.length ? '\n' : '');
-}
-
-function statusOf(err: unknown): number | undefined {
-  return (err as { statusCode?: number } | null)?.statusCode;
-}
-
-function errorText(err: unknown): string {
-  const e = err as { json?: { message?: string } | null; message?: string } | null;
-  const text = e?.json?.message ?? e?.message ?? String(err);
-  return text.replace(/^\(HTTP code \d+\) [a-z ]+ - /, '').trim();
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise((res, rej) => {
-    const t = setTimeout(() => rej(new Error(what)), ms);
-    p.then((v) => { clearTimeout(t); res(v); }, (e) => { clearTimeout(t); rej(e); });
-  });
-}
