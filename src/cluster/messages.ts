@@ -23,12 +23,12 @@ export type ToWorker =
 
 export type FromWorker =
   | { t: 'hello' }
-  /** Tokens and aliases applied: it may be handed connections. */
-  | { t: 'ready' }
+  /** Tokens and aliases applied: it may be handed connections. `relay`: its socket for calls to the nodes whose sessions it holds. */
+  | { t: 'ready'; relay: string }
   /** It has the connection `id` (the primary closes its copy of the socket then). */
   | { t: 'connAck'; id: number }
   /** `usage`: calls and bytes per node since the worker's last one (about every second, and when it drains). */
-  | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport>; usage?: CallUsage[] }
+  | { t: 'load'; report: LoadReport; mirror?: Record<string, MirrorReport>; usage?: CallUsage[]; relayed?: RelayedCalls }
   | { t: 'refused'; nodeId: string; instanceId: string; reason: string }
   | { t: 'timedOut'; nodeId: string; instanceId: string; timeoutSeconds: number }
   | { t: 'held'; nodeId: string }
@@ -36,6 +36,9 @@ export type FromWorker =
   /** Everything sent before the matching sync has been applied (the channel keeps order). */
   | { t: 'synced'; id: number }
   | { t: 'drained' };
+
+/** Calls a worker sent to other workers' nodes (cluster/call-relay.ts), and served for others, since it started. */
+export interface RelayedCalls { sent: number; served: number }
 
 /** What a gateway worker is started with (environment variable BERTH_GATEWAY_WORKER, JSON). */
 export interface WorkerBoot {

@@ -11,8 +11,12 @@
 // that it holds no more than it (a busy session is given back when its call ends). Moves
 // are driven by the workers' load reports (calls running and waiting per node), so nothing
 // per call crosses processes. Workers with calls share a node's sessions evenly; when there
-// are fewer sessions than such workers, the extra ones rotate every ROTATE_MS.
+// are fewer sessions than such workers, the extra ones rotate every ROTATE_MS — except for a cell
+// node with fewer sessions in all than there are workers: all of them go to one worker (its
+// home, chosen by hashing the node id over the workers), and the others relay its calls there
+// as worker frames (cluster/call-relay.ts), so no call waits for a session to come round.
 import cluster, { type Worker } from 'node:cluster';
+import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { Config } from '../core/config.js';
@@ -22,8 +26,9 @@ import { log } from '../core/log.js';
 import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
 import type { LoadReport } from '../gateway/routing-table.js';
 import type { CallUsage } from '../routing/usage.js';
-import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
+import { WORKER_ENV, type FromWorker, type RelayedCalls, type ToWorker, type WorkerBoot } from './messages.js';
 import { ConnectionDistributor, type DistributorStats } from './distributor.js';
+import { hash32 } from '../core/hash.js';
 
 /** How long a worker keeps a node's extra session while another worker with calls waits for one. */
 const ROTATE_MS = 100;
@@ -40,6 +45,11 @@ interface Pending { held: number; until: number }
 
 class WorkerState {
   ready = false;
+  /** Its socket for the calls of the nodes it is the home of (cluster/call-relay.ts). */
+  relay = '';
+  /** node id → the home's socket, as last sent to it (nodes homed elsewhere). */
+  relays = new Map<string, string>();
+  relayed: RelayedCalls = { sent: 0, served: 0 };
   /** The last snapshot version sent to it, and the last it reported as applied. */
   sent = 0;
   acked = 0;
@@ -92,7 +102,11 @@ export interface ClusterOptions {
 }
 
 export interface ClusterStatus {
-  workers: Array<{ id: number; pid: number; ready: boolean; appliedVersion: number; startedAt: string }>;
+  /**
+   * `homeOf`: the cell nodes whose sessions it holds (fewer than there are workers); the others
+   * relay their calls to it. `relayed`: such calls it sent to other workers and served for them.
+   */
+  workers: Array<{ id: number; pid: number; ready: boolean; appliedVersion: number; startedAt: string; homeOf: string[]; relayed: RelayedCalls }>;
   restarts: number;
   /** Connections handed to the workers by the primary. */
   connections: DistributorStats;
@@ -156,6 +170,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     worker.on('disconnect', () => this.door.workerGone(worker.id));
     worker.on('exit', (code, signal) => {
       this.workers.delete(worker.id);
+      if (state.relay) rmSync(state.relay, { force: true }); // gone with a kill -9
       this.door.workerGone(worker.id);
       this.opts.aliases.setRemoteMirror(String(worker.id), null);
       if (!state.ready && !this.closing && this.restarts === 0 && [...this.workers.values()].every((w) => !w.ready)) {
@@ -187,6 +202,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         return;
       case 'ready':
         state.ready = true;
+        state.relay = m.relay;
         this.door.workerReady();
         this.rebalance();
         return;
@@ -199,6 +215,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         }
         if (m.mirror) this.opts.aliases.setRemoteMirror(String(state.worker.id), m.mirror);
         if (m.usage) this.opts.usage?.addCalls(m.usage);
+        if (m.relayed) state.relayed = m.relayed;
         this.scheduleRebalance();
         return;
       case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;
@@ -320,9 +337,33 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     }
   }
 
+  /**
+   * The worker that holds all of a cell node's sessions when there are fewer of them than
+   * workers (null: they are shared out). Rendezvous hashing: nodes spread over the workers,
+   * and a node moves only when its home goes.
+   */
+  private homeOf(node: NodeEntry, live: readonly WorkerState[]): WorkerState | null {
+    if (node.spec.kind !== 'cell' || live.length < 2) return null;
+    if (node.spec.scaling.sessionsPerInstance * Math.max(1, node.instances.length) >= live.length) return null;
+    let best: WorkerState | null = null;
+    let top = -1;
+    for (const w of live) {
+      const score = hash32(`${node.id}\u0000${w.pid}`);
+      if (score > top) { top = score; best = w; }
+    }
+    return best;
+  }
+
   private balanceNode(node: NodeEntry, live: WorkerState[]): Set<WorkerState> {
     const changed = new Set<WorkerState>();
-    if (live.length === 0 || node.instances.length === 0) return changed;
+    if (live.length === 0) return changed;
+    const home = this.homeOf(node, live);
+    for (const w of live) {
+      const relay = home && w !== home ? home.relay : undefined;
+      if (relay !== w.relays.get(node.id)) changed.add(w);
+    }
+    if (node.instances.length === 0) return changed;
+    if (home) return this.homeNode(node, home, live, changed);
     const S = node.spec.scaling.sessionsPerInstance;
     const now = Date.now();
     const keys = node.instances.map((i) => key(node.id, i.id));
@@ -440,15 +481,44 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     return changed;
   }
 
+  /** Every session of the node to its home: the others give theirs back first (confirmed, as any shrink). */
+  private homeNode(node: NodeEntry, home: WorkerState, live: WorkerState[], changed: Set<WorkerState>): Set<WorkerState> {
+    const S = node.spec.scaling.sessionsPerInstance;
+    for (const inst of node.instances) {
+      const k = key(node.id, inst.id);
+      for (const w of live) {
+        if (w === home) continue;
+        const lease = w.leases.get(k) ?? 0;
+        if (lease === 0) continue;
+        w.pending.set(k, { held: Math.max(w.usage(k, node.id, inst.id), lease), until: UNSENT });
+        w.leases.set(k, 0);
+        changed.add(w);
+      }
+      const used = live.reduce((n, w) => n + w.usage(k, node.id, inst.id), 0);
+      if (used < S) {
+        home.leases.set(k, (home.leases.get(k) ?? 0) + S - used);
+        changed.add(home);
+      }
+    }
+    return changed;
+  }
+
   private sendSnapshot(w: WorkerState): void {
     if (!this.base) return;
     const version = ++this.version;
+    const live = [...this.workers.values()].filter((o) => o.ready && o.worker.isConnected());
+    w.relays.clear();
     const snapshot: RoutingSnapshot = {
       version,
-      nodes: this.base.nodes.map((n) => ({
-        ...n,
-        instances: n.instances.map((i) => ({ ...i, sessions: w.leases.get(key(n.id, i.id)) ?? 0 })),
-      })),
+      nodes: this.base.nodes.map((n) => {
+        const home = this.homeOf(n, live);
+        if (home && home !== w) w.relays.set(n.id, home.relay);
+        return {
+          ...n,
+          instances: n.instances.map((i) => ({ ...i, sessions: w.leases.get(key(n.id, i.id)) ?? 0 })),
+          ...(home && home !== w ? { relay: home.relay } : {}),
+        };
+      }),
     };
     // pending shrinks sent in this snapshot are confirmed by a report of this version or later
     for (const p of w.pending.values()) if (p.until === UNSENT) p.until = version;
@@ -498,10 +568,14 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   }
 
   status(): ClusterStatus {
+    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
     const sorted = [...this.propagation].sort((a, b) => a - b);
     const round = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
     return {
-      workers: [...this.workers.values()].map((w) => ({ id: w.worker.id, pid: w.pid, ready: w.ready, appliedVersion: w.acked, startedAt: new Date(w.startedAt).toISOString() })),
+      workers: [...this.workers.values()].map((w) => ({
+        id: w.worker.id, pid: w.pid, ready: w.ready, appliedVersion: w.acked, startedAt: new Date(w.startedAt).toISOString(),
+        homeOf: (this.base?.nodes ?? []).filter((n) => this.homeOf(n, live) === w).map((n) => n.id), relayed: w.relayed,
+      })),
       restarts: this.restarts,
       connections: this.door.stats(),
       snapshotVersion: this.base?.version ?? 0,

@@ -5,6 +5,7 @@
 // arrive here are relayed, as they are, to the primary's unix socket in BERTH_HOME (mode
 // 0600), which answers them with the same fastify app as with one process.
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Socket } from 'node:net';
 import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
@@ -13,6 +14,7 @@ import { AliasTable } from '../aliases/table.js';
 import { RoutingTable } from '../gateway/routing-table.js';
 import { createDataPlane } from '../gateway/data-plane.js';
 import { relayControl } from './relay.js';
+import { RelayClient, RelayServer } from './call-relay.js';
 import { installProcessGuards } from '../gateway/last-resort.js';
 import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
 
@@ -38,13 +40,25 @@ async function main(): Promise<void> {
   const auth = new Auth(null);
   const aliases = new AliasTable();
   const metrics = new Metrics();
+  // calls to cell nodes whose sessions another worker holds go there (one connection per such worker)
+  const frameLimit = Math.max(config.maxRequestBytes, config.maxResponseBytes) + 64 * 1024;
+  const homes = new Map<string, RelayClient>();
+  const relayTo = (path: string): RelayClient => {
+    let client = homes.get(path);
+    if (!client) homes.set(path, client = new RelayClient(path, frameLimit));
+    return client;
+  };
   const routes = new RoutingTable({
     refused: (nodeId, instanceId, reason) => send({ t: 'refused', nodeId, instanceId, reason }),
     timedOut: (nodeId, instanceId, timeoutSeconds) => send({ t: 'timedOut', nodeId, instanceId, timeoutSeconds }),
     held: (nodeId) => send({ t: 'held', nodeId }),
-  }, config.maxResponseBytes);
+  }, config.maxResponseBytes, relayTo);
   const tls = config.tls ? { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) } : null;
   const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayControl(() => ({ socketPath: boot.controlSocket })) });
+  // and the calls of the nodes whose sessions this worker holds come here, beside the control socket
+  const relay = new RelayServer(join(dirname(boot.controlSocket), `gateway-${process.pid}.sock`), frameLimit,
+    (nodeId, payload, stickyKey, onlyIfFree) => plane.gateway.serveRelayed(nodeId, payload, stickyKey, onlyIfFree));
+  await relay.listen();
 
   // ---- load reports: what the primary sums for the controller and moves session leases by ----
   let lastLoad = '';
@@ -71,10 +85,17 @@ async function main(): Promise<void> {
     send({ t: 'load', report: routes.loadReport(), mirror });
   }, MIRROR_REPORT_MS).unref();
 
-  // usage: counted in memory on the call path, carried up in batches (never per call)
+  // usage: counted in memory on the call path, carried up in batches (never per call); relayed calls alike
+  let lastRelayed = '';
   const reportUsage = (): void => {
     const usage = routes.usage.drain();
-    if (usage.length > 0) send({ t: 'load', report: routes.loadReport(), usage });
+    let sent = 0;
+    for (const client of homes.values()) sent += client.sent;
+    const relayed = { sent, served: relay.served };
+    const text = JSON.stringify(relayed);
+    if (usage.length === 0 && text === lastRelayed) return;
+    lastRelayed = text;
+    send({ t: 'load', report: routes.loadReport(), usage, relayed });
   };
   setInterval(reportUsage, USAGE_REPORT_MS).unref();
 
@@ -86,7 +107,7 @@ async function main(): Promise<void> {
   const readyWhenSet = (): void => {
     if (ready || !haveTokens || !haveAliases) return;
     ready = true;
-    send({ t: 'ready' });
+    send({ t: 'ready', relay: relay.path });
   };
 
   process.on('message', (m: ToWorker, handle?: unknown) => {
@@ -126,10 +147,14 @@ async function main(): Promise<void> {
         draining = true;
         void (async () => {
           await plane.drain(m.deadline);
+          // calls the other workers sent here before they stopped taking calls
+          while (relay.inFlight > 0 && Date.now() < m.deadline) await new Promise((r) => setTimeout(r, 20));
           routes.close(new BerthError('SHUTTING_DOWN', 'Berth is shutting down', {}, { 'retry-after': '5' }));
           report(true);
           reportUsage(); // before 'drained': the channel keeps order, the primary has it all before it stops
           await plane.close();
+          relay.close();
+          for (const client of homes.values()) client.close();
           send({ t: 'drained' });
           process.exit(0);
         })();

@@ -36,7 +36,7 @@ interface Waiter {
   /** Sticky calls wait for one instance (chosen by the key), not for any. */
   affinity: string | undefined;
   resolve: (lease: Lease) => void;
-  reject: (err: BerthError) => void;
+  reject: (err: unknown) => void;
   timer: NodeJS.Timeout;
   done: boolean;
 }
@@ -200,8 +200,8 @@ export class NodeDispatcher {
     this.drain();
   }
 
-  /** Rejects every waiting call (the node is going away). */
-  rejectAll(err: BerthError): void {
+  /** Rejects every waiting call (the node is going away, or its calls go elsewhere now). */
+  rejectAll(err: unknown): void {
     for (let i = this.head; i < this.waiters.length; i++) {
       const w = this.waiters[i]!;
       if (w.done) continue;

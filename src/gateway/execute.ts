@@ -8,7 +8,7 @@ import { BerthError, type ErrorCode, WORKER_ERRORS } from '../core/errors.js';
 import type { Config } from '../core/config.js';
 import type { Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
-import type { NodeRoute, RoutingTable } from './routing-table.js';
+import { NO_FREE_SESSION, RELAYED, RELAY_UNREACHABLE, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { AliasRoute } from '../aliases/table.js';
 import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
@@ -110,7 +110,50 @@ export class Gateway {
   }
 
   /** Sends a validated call to an instance and maps the worker's answer. */
-  private async run(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey?: string): Promise<CallResult> {
+  private async run(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey?: string, onlyIfFree = false): Promise<CallResult> {
+    try {
+      return mapFrame(await this.send(route, timeoutS, payload, stickyKey, onlyIfFree));
+    } catch (err) {
+      if (err instanceof BerthError) return { ok: false, error: err };
+      throw err; // NO_FREE_SESSION
+    }
+  }
+
+  /** The instance's answer frame: from this process's sessions, or through the worker that holds them. */
+  private async send(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+    let relay = route.relay;
+    for (;;) {
+      if (relay) {
+        try {
+          return await relay.call(route.id, payload, stickyKey, onlyIfFree);
+        } catch (err) {
+          if (err !== RELAY_UNREACHABLE) throw err;
+          // its home died before the call got there: wait in this worker's queue until the
+          // primary names the next home (RELAYED), or makes it this worker (a session here)
+        }
+      }
+      try {
+        return await this.sendHere(route, timeoutS, payload, stickyKey, onlyIfFree);
+      } catch (err) {
+        if (err !== RELAYED) throw err; // it waited here when the node's calls moved to a relay: send it there
+        relay = route.relay;
+      }
+    }
+  }
+
+  /**
+   * A call relayed by another gateway worker (cluster/call-relay.ts): it queues with this
+   * worker's own calls for the node's sessions. Its HTTP, auth and input work were done there.
+   */
+  serveRelayed(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+    const route = this.routes.route(nodeId);
+    if (!route || route.spec.kind !== 'cell') return Promise.reject(new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId }));
+    return this.sendHere(route, route.spec.timeout, payload, stickyKey, onlyIfFree);
+  }
+
+  /** Takes one of this process's sessions of the node (waiting in its queue), sends the frame, answers the instance's frame. */
+  private async sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+    if (onlyIfFree && !route.dispatcher.hasFree()) throw NO_FREE_SESSION;
     const timeoutMs = timeoutS * 1000;
     const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
     const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
@@ -118,7 +161,7 @@ export class Gateway {
     let deadline: Deadline | undefined;
     let timedOut = false;
     try {
-      const frame = await new Promise<Frame>((resolve, reject) => {
+      return await new Promise<Frame>((resolve, reject) => {
         deadline = this.pipeline.deadlines.start(timeoutMs, () => {
           timedOut = true;
           reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
@@ -126,13 +169,9 @@ export class Gateway {
         });
         conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
       });
-      return mapFrame(frame);
     } catch (err) {
-      if (err instanceof BerthError) return { ok: false, error: err };
-      return {
-        ok: false,
-        error: new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id }),
-      };
+      if (err instanceof BerthError) throw err;
+      throw new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
     } finally {
       if (deadline) this.pipeline.deadlines.clear(deadline);
       if (timedOut) {
@@ -148,11 +187,12 @@ export class Gateway {
     const shadow = this.routes.route(alias.spec.mirror!.nodeId);
     const stats = alias.mirrorStats;
     // never queue behind real traffic: no free shadow session means this call is not mirrored
-    if (!shadow || shadow.spec.kind !== 'cell' || !shadow.dispatcher.hasFree()) { stats.skipped++; return; }
+    // (asked where the sessions are when another gateway worker holds them)
+    if (!shadow || shadow.spec.kind !== 'cell' || (!shadow.relay && !shadow.dispatcher.hasFree())) { stats.skipped++; return; }
     stats.sent++;
     const started = performance.now();
     const name = alias.spec.name;
-    void this.run(shadow, shadow.spec.timeout, body).then((answer) => {
+    void this.run(shadow, shadow.spec.timeout, body, undefined, true).then((answer) => {
       const shadowMs = performance.now() - started;
       const same = primary.ok && answer.ok ? primary.body.equals(answer.body)
         : !primary.ok && !answer.ok ? primary.error.code === answer.error.code : false;
@@ -161,7 +201,10 @@ export class Gateway {
       if (!same) this.metrics.mirror.differing.labels(name).inc();
       this.metrics.mirror.durations.labels(name, 'primary').observe(primaryMs / 1000);
       this.metrics.mirror.durations.labels(name, 'shadow').observe(shadowMs / 1000);
-    }, () => alias.recordMirror(primaryMs, null, null));
+    }, (err: unknown) => {
+      if (err === NO_FREE_SESSION) { stats.sent--; stats.skipped++; return; }
+      alias.recordMirror(primaryMs, null, null);
+    });
   }
 }
 

@@ -6,7 +6,7 @@
 import { BerthError } from '../core/errors.js';
 import { SCALING_DEFAULTS, type NodeSpec } from '../core/types.js';
 import type { InstanceEntry, InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
-import { WorkerConnection } from '../worker/protocol.js';
+import { WorkerConnection, type Frame } from '../worker/protocol.js';
 import { NodeDispatcher, type Slot } from './dispatcher.js';
 import { compileInputValidator, type InputValidator } from './input-validator.js';
 import { H1Upstream, H2Upstream } from './upstream.js';
@@ -18,11 +18,31 @@ export interface LoadReport {
   nodes: Record<string, { busy: number; waiting: number; instances: Record<string, { busy: number; held: number; lastUsedAt: number; stickyWaiting?: number }> }>;
 }
 
+/**
+ * With gateway workers: how a cell call reaches a node whose sessions another worker holds
+ * (cluster/call-relay.ts). Resolves with the instance's answer frame; rejects with a
+ * BerthError when the call could not run, NO_FREE_SESSION (onlyIfFree), or RELAY_UNREACHABLE.
+ */
+export interface CallRelay {
+  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame>;
+}
+
+/** A call sent onlyIfFree found every session busy (mirrored calls never queue). */
+export const NO_FREE_SESSION = Symbol('no free session');
+
+/** The relay could not be reached (its worker is gone): the call was not delivered, and waits here for the node's next home. */
+export const RELAY_UNREACHABLE = Symbol('relay unreachable');
+
+/** Waiting calls are told this when their node's calls go through a relay from now on: they go there too. */
+export const RELAYED = Symbol('relayed');
+
 /** A node as a call sees it: everything it needs, no database. */
 export interface NodeRoute {
   readonly id: string;
   readonly spec: NodeSpec;
   readonly dispatcher: NodeDispatcher;
+  /** Set while another gateway worker holds the node's sessions: calls go there (cell nodes). */
+  readonly relay: CallRelay | null;
   /** Cell nodes only. */
   readonly validateInput: InputValidator | null;
   readonly aclFolders: ReadonlySet<string>;
@@ -34,6 +54,7 @@ class RouteState implements NodeRoute {
   specVersion: string;
   validateInput: InputValidator | null;
   aclFolders: ReadonlySet<string>;
+  relay: CallRelay | null = null;
   readonly slots = new Map<string, Slot>();
   /** Gone from the snapshot with calls still running: counted until they end (the controller drains on it). */
   readonly draining = new Map<string, Slot>();
@@ -69,7 +90,9 @@ export class RoutingTable implements SnapshotSink, LoadSource {
   /** Told when sessions held change outside the call path (gateway workers report load then, not on a timer only). */
   onLoadChange: (() => void) | null = null;
 
-  constructor(private readonly events: InstanceEvents, private readonly maxResponseBytes: number) {}
+  /** `relayTo`: the relay to a home worker's socket (gateway workers only). */
+  constructor(private readonly events: InstanceEvents, private readonly maxResponseBytes: number,
+    private readonly relayTo: ((path: string) => CallRelay) | null = null) {}
 
   route(nodeId: string): NodeRoute | undefined {
     return this.routes.get(nodeId);
@@ -109,6 +132,11 @@ export class RoutingTable implements SnapshotSink, LoadSource {
         ? { ms: (entry.spec.scaling.holdTimeout ?? SCALING_DEFAULTS.holdTimeout) * 1000, ...(entry.hold.startError ? { startError: entry.hold.startError } : {}) }
         : null);
       this.syncInstances(route, entry.instances);
+      const relay = entry.relay !== undefined && this.relayTo ? this.relayTo(entry.relay) : null;
+      if (relay !== route.relay) {
+        route.relay = relay;
+        if (relay) route.dispatcher.rejectAll(RELAYED); // what waits here goes there now
+      }
     }
     for (const [id, route] of this.routes) {
       if (present.has(id)) continue;

@@ -37,6 +37,12 @@ export interface NodeEntry {
    * why the last start failed, if it did (said in the 503 of a call held past the hold).
    */
   readonly hold?: { readonly startError?: string };
+  /**
+   * With several gateway workers: the unix socket of the worker that holds all of this cell
+   * node's sessions (it has fewer than there are workers), for a worker that does not. Calls
+   * go there after their HTTP/gRPC, auth and input work (cluster/call-relay.ts).
+   */
+  readonly relay?: string;
 }
 
 export interface RoutingSnapshot {

@@ -1,0 +1,210 @@
+// Calls to a cell node whose sessions one gateway worker holds ("its home"), from the other
+// workers. With fewer sessions than workers (a cell node's default is one session per
+// instance), sharing them out meant handing them from worker to worker every 100 ms: calls
+// waited up to a rotation for them, and only one worker's CPU served the node at a time. Now
+// the primary gives all of such a node's sessions to one worker, and the others, after doing
+// a call's HTTP/gRPC, auth, folder and input work themselves, send its worker frame to the
+// home over a unix socket; the home queues it with its own calls in the node's one dispatcher
+// and sends the instance's answer frame back. One hop of frames, no parsing in the home.
+//
+// Wire format, both directions: [u32 BE body length][u8 type][u32 BE call id][body].
+//   CALL (to the home):  [u16 node id length][node id][u16 sticky key length][sticky key][u8 flags][worker frame payload]
+//   answer:              the instance's frame type (OK, USER_ERROR, CALL_ERROR) and payload; or
+//                        ERROR (a BerthError as JSON: the call could not run) or SKIPPED (a mirror
+//                        call that found no free session).
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { rmSync, chmodSync } from 'node:fs';
+import { BerthError, type ErrorCode } from '../core/errors.js';
+import type { Frame } from '../worker/protocol.js';
+import { NO_FREE_SESSION, RELAY_UNREACHABLE, type CallRelay } from '../gateway/routing-table.js';
+
+const CALL = 0x01;
+const ERROR = 0xe0;
+const SKIPPED = 0xe1;
+/** Flags of a CALL: only if a session is free now (mirrored calls never queue behind real ones). */
+const ONLY_IF_FREE = 0x01;
+const HEADER = 9;
+
+/** What the home runs for a relayed call: the same path as its own calls. */
+export type RunHere = (nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean) => Promise<Frame>;
+
+/** Reads [u32 length][u8 type][u32 id][body] frames from a stream. */
+class FrameReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+
+  constructor(private readonly maxBytes: number, private readonly onFrame: (type: number, id: number, body: Buffer) => void) {}
+
+  /** False when a frame is over the limit (the connection is to be closed). */
+  push(chunk: Buffer): boolean {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    while (this.buffered >= HEADER) {
+      const head = this.flatten();
+      const length = head.readUInt32BE(0);
+      if (length > this.maxBytes) return false;
+      if (this.buffered < HEADER + length) return true;
+      const type = head[4]!;
+      const id = head.readUInt32BE(5);
+      const body = head.subarray(HEADER, HEADER + length);
+      const rest = head.subarray(HEADER + length);
+      this.chunks = rest.length ? [rest] : [];
+      this.buffered = rest.length;
+      this.onFrame(type, id, body);
+    }
+    return true;
+  }
+
+  private flatten(): Buffer {
+    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks, this.buffered)];
+    return this.chunks[0]!;
+  }
+}
+
+function writeFrame(socket: Socket, type: number, id: number, parts: Buffer[]): void {
+  let length = 0;
+  for (const p of parts) length += p.length;
+  const head = Buffer.allocUnsafe(HEADER);
+  head.writeUInt32BE(length, 0);
+  head[4] = type;
+  head.writeUInt32BE(id, 5);
+  socket.cork();
+  socket.write(head);
+  for (const p of parts) socket.write(p);
+  socket.uncork();
+}
+
+/** The home's side: a unix socket (mode 0600, in BERTH_HOME) the other gateway workers send calls to. */
+export class RelayServer {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+  /** Relayed calls running here (shutdown waits for them as for its own). */
+  inFlight = 0;
+  /** Calls served for other workers, since start. */
+  served = 0;
+
+  constructor(readonly path: string, private readonly maxBytes: number, private readonly runHere: RunHere) {
+    this.server = createServer((socket) => this.accept(socket));
+  }
+
+  async listen(): Promise<void> {
+    rmSync(this.path, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.path, () => { this.server.off('error', reject); resolve(); });
+    });
+    chmodSync(this.path, 0o600);
+  }
+
+  private accept(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => undefined);
+    const reader = new FrameReader(this.maxBytes, (type, id, body) => {
+      if (type !== CALL) { socket.destroy(); return; }
+      this.call(socket, id, body);
+    });
+    socket.on('data', (chunk: Buffer) => { if (!reader.push(chunk)) socket.destroy(); });
+  }
+
+  private call(socket: Socket, id: number, body: Buffer): void {
+    let at = 0;
+    const nodeLength = body.readUInt16BE(at); at += 2;
+    const nodeId = body.toString('utf8', at, at + nodeLength); at += nodeLength;
+    const stickyLength = body.readUInt16BE(at); at += 2;
+    const stickyKey = stickyLength > 0 ? body.toString('utf8', at, at + stickyLength) : undefined; at += stickyLength;
+    const flags = body[at]!; at += 1;
+    const payload = body.subarray(at);
+    this.inFlight++;
+    this.served++;
+    this.runHere(nodeId, payload, stickyKey, (flags & ONLY_IF_FREE) !== 0).then(
+      (frame) => writeFrame(socket, frame.type, id, [frame.payload]),
+      (err: unknown) => {
+        if (err === NO_FREE_SESSION) return writeFrame(socket, SKIPPED, id, []);
+        const e = err instanceof BerthError ? err : new BerthError('INTERNAL', `relayed call failed: ${(err as Error).message}`);
+        writeFrame(socket, ERROR, id, [Buffer.from(JSON.stringify({ code: e.code, message: e.message, details: e.details, headers: e.headers }))]);
+      },
+    ).finally(() => { this.inFlight--; });
+  }
+
+  close(): void {
+    this.server.close();
+    for (const s of this.sockets) s.destroy();
+    rmSync(this.path, { force: true });
+  }
+}
+
+interface Pending { resolve: (f: Frame) => void; reject: (e: unknown) => void }
+
+/** A worker's connection to one home (one per home, shared by every node homed there; calls are multiplexed). */
+export class RelayClient implements CallRelay {
+  private socket: Socket | null = null;
+  private reader: FrameReader | null = null;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  /** Calls sent to the home, since start. */
+  sent = 0;
+
+  constructor(readonly path: string, private readonly maxBytes: number) {}
+
+  /** The home's answer frame; rejects with a BerthError when the call could not run there, or NO_FREE_SESSION. */
+  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+    const socket = this.socket ?? this.open();
+    const id = this.nextId;
+    this.nextId = this.nextId === 0xffffffff ? 1 : this.nextId + 1;
+    const node = Buffer.from(nodeId);
+    const sticky = Buffer.from(stickyKey ?? '');
+    const head = Buffer.allocUnsafe(2 + node.length + 2 + sticky.length + 1);
+    let at = head.writeUInt16BE(node.length, 0);
+    at += node.copy(head, at);
+    at = head.writeUInt16BE(sticky.length, at);
+    at += sticky.copy(head, at);
+    head[at] = onlyIfFree ? ONLY_IF_FREE : 0;
+    this.sent++;
+    return new Promise<Frame>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      writeFrame(socket, CALL, id, [head, payload]);
+    });
+  }
+
+  /** Calls waiting for an answer. */
+  get waiting(): number { return this.pending.size; }
+
+  private open(): Socket {
+    const socket = connect(this.path);
+    this.socket = socket;
+    let connected = false;
+    socket.once('connect', () => { connected = true; });
+    this.reader = new FrameReader(this.maxBytes, (type, id, body) => this.answer(type, id, body));
+    socket.on('data', (chunk: Buffer) => { if (!this.reader!.push(chunk)) socket.destroy(); });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (this.socket === socket) { this.socket = null; this.reader = null; }
+      // nothing written before the connection was made was delivered: those calls can go elsewhere
+      this.failAll(connected ? new BerthError('INSTANCE_FAILED', 'the gateway worker holding the node\'s sessions went away during the call') : RELAY_UNREACHABLE);
+    });
+    return socket;
+  }
+
+  private answer(type: number, id: number, body: Buffer): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    if (type === SKIPPED) return p.reject(NO_FREE_SESSION);
+    if (type === ERROR) {
+      const e = JSON.parse(body.toString('utf8')) as { code: ErrorCode; message: string; details: Record<string, unknown>; headers: Record<string, string> };
+      return p.reject(new BerthError(e.code, e.message, e.details, e.headers));
+    }
+    p.resolve({ type, payload: body });
+  }
+
+  private failAll(err: unknown): void {
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  close(): void {
+    this.socket?.destroy();
+    this.socket = null;
+  }
+}

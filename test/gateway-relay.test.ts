@@ -1,0 +1,176 @@
+// `berth up --gateway-workers 2` with a cell node of fewer sessions than workers (one instance,
+// the default sessionsPerInstance 1): the primary gives its session to one worker (its home)
+// and the other relays the node's calls there as worker frames (cluster/call-relay.ts). Real
+// Berth, real sandboxed Python workers, real connections spread over both workers by the
+// primary: every call is served, the instance never holds more connections than its session,
+// both workers do the calls' HTTP work, auth is decided before a call is relayed, a killed
+// home only fails the calls it was running, and a scaled-up node shares its sessions again.
+//   node --import tsx --test --test-concurrency=1 test/gateway-relay.test.ts
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, runLoad, type Berth } from './helpers.js';
+
+// `sessions`: the worker's connection threads at the moment of the call (one per gateway session
+// and per open health-probe connection); `calls`: how many calls this instance has run
+const CELLS = [
+  'import threading\ncalls = 0\nx = 0  # the serving cell runs once when the checkpoint is made\n',
+  'calls += 1\nsessions = sum(1 for t in threading.enumerate() if t.name == "berth-conn")\ny = x + 1\n',
+];
+const NODE = {
+  kind: 'cell', checkpointId: 'relay', timeout: 30,
+  inputs: [{ name: 'x', type: 'int' }],
+  outputs: [{ name: 'y', type: 'int' }, { name: 'sessions', type: 'int' }, { name: 'calls', type: 'int' }],
+};
+
+let b: Berth;
+
+before(async () => {
+  b = await startBerth(undefined, { BERTH_GATEWAY_WORKERS: '2' });
+  await makeCheckpoint(b, 'relay', CELLS);
+});
+
+after(async () => {
+  if (!b) return;
+  await b.stop();
+  removeHome(b.home);
+});
+
+async function gateway(): Promise<any> {
+  const r = await b.request('GET', '/v1/gateway');
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body;
+}
+
+/** The worker holding the node's sessions, once the primary has homed it (and the other worker's pid). */
+async function homeOf(nodeId: string): Promise<{ home: any; other: any }> {
+  return waitFor(`node ${nodeId} homed at one worker`, async () => {
+    const s = await gateway();
+    const home = s.workers.find((w: any) => w.homeOf.includes(nodeId));
+    return home && s.workers.length === 2 ? { home, other: s.workers.find((w: any) => w !== home) } : undefined;
+  }, 15_000);
+}
+
+/** Calls from `concurrency` connections for `ms`: fetch's pool opens that many, and the primary spreads them over both workers. */
+async function load(nodeId: string, concurrency: number, ms: number): Promise<Array<{ status: number; body: any }>> {
+  const deadline = Date.now() + ms;
+  const out: Array<{ status: number; body: any }> = [];
+  await Promise.all(Array.from({ length: concurrency }, async (_, k) => {
+    for (let i = 0; Date.now() < deadline; i++) {
+      try {
+        const r = await execute(b, nodeId, { x: k * 1000 + i });
+        out.push({ status: r.status, body: r.body });
+      } catch (err) {
+        out.push({ status: 0, body: (err as Error).message });
+      }
+    }
+  }));
+  return out;
+}
+
+test('one session, two workers: the home holds it, the other relays, every call is served', async (t) => {
+  const node = await createNode(b, { ...NODE, name: 'relayed', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const { home, other } = await homeOf(node.id);
+  t.diagnostic(`home pid ${home.pid}, relaying pid ${other.pid}`);
+  // the relay socket is the home's alone: mode 0600 in BERTH_HOME (0700)
+  const socketMode = statSync(`${b.home}/gateway-${home.pid}.sock`).mode & 0o777;
+  assert.equal(socketMode, 0o600);
+
+  const answers = await load(node.id, 12, 3000);
+  const failed = answers.filter((a) => a.status !== 200);
+  assert.deepEqual(failed.slice(0, 3), [], `every call answered (${failed.length} failed of ${answers.length})`);
+  assert.ok(answers.length > 100, `calls flowed (${answers.length} in 3 s)`);
+  // the answers are each call's own (the relay matches answers to calls)
+  for (const a of answers) assert.equal(typeof a.body.output.y, 'number');
+  // one session in all: the instance never had more gateway connections open than that
+  // (plus the health probe's, which opens one per probe)
+  const most = Math.max(...answers.map((a) => a.body.output.sessions));
+  t.diagnostic(`${answers.length} calls; most connections open on the instance during a call: ${most}`);
+  assert.ok(most <= 2, `at most the one session (and a probe) were open: ${most}`);
+  const alone = answers.filter((a) => a.body.output.sessions === 1).length;
+  assert.ok(alone > answers.length / 2, `most calls saw the one session alone (${alone} of ${answers.length}): a second session held by the other worker would show in every call`);
+
+  // each worker reports its counts about every second: wait until both reports cover the load
+  const s = await waitFor('relay counts reported', async () => {
+    const g = await gateway();
+    const h = g.workers.find((w: any) => w.pid === home.pid);
+    const o = g.workers.find((w: any) => w.pid === other.pid);
+    return h && o && o.relayed.sent > 0 && h.relayed.served === o.relayed.sent ? g : undefined;
+  }, 5000);
+  const h = s.workers.find((w: any) => w.pid === home.pid);
+  const o = s.workers.find((w: any) => w.pid === other.pid);
+  t.diagnostic(`relayed: home ${JSON.stringify(h.relayed)}, other ${JSON.stringify(o.relayed)}`);
+  // both workers took connections (the primary's round robin): the other's calls went to the home
+  assert.ok(o.relayed.sent > 20, `the other worker relayed its calls (${o.relayed.sent})`);
+  assert.equal(h.relayed.sent, 0, 'the home runs its own calls itself');
+  // every call is counted once, by the worker that took it (the node's metrics and usage)
+  const metrics = await b.request('GET', '/metrics');
+  const counted = [...String(metrics.body).matchAll(new RegExp(`node_http_codes\\{[^}]*node_id="${node.id}"[^}]*code="200"[^}]*\\} (\\d+)`, 'g'))].reduce((n, m) => n + Number(m[1]), 0);
+  assert.equal(counted, answers.length, `each call counted once in the node's metrics (${counted} vs ${answers.length})`);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('a relayed node checks the caller before anything is relayed: another folder and a viewer are refused on both workers', async () => {
+  const node = await createNode(b, { ...NODE, name: 'relayed-auth', scaling: { minInstances: 1, maxInstances: 1 } });
+  await homeOf(node.id);
+  const viewer = await b.request('POST', '/v1/tokens', { name: 'relay-viewer', roles: { default: 'viewer' } });
+  const stranger = await b.request('POST', '/v1/tokens', { name: 'relay-stranger', roles: { elsewhere: 'admin' } });
+  assert.equal(viewer.status, 201);
+  assert.equal(stranger.status, 201);
+  const before = await execute(b, node.id, { x: 1 });
+  assert.equal(before.status, 200, JSON.stringify(before.body));
+  // 8 of each at once: fetch opens several connections, so both workers see them
+  const refused = await runLoad(16, 8, 30_000, (i) => i % 2 === 0
+    ? execute(b, node.id, { x: 1 }, 'default', `Bearer ${viewer.body.token}`)
+    : execute(b, node.id, { x: 1 }, 'elsewhere', `Bearer ${stranger.body.token}`));
+  for (const [i, r] of refused.entries()) {
+    if (i % 2 === 0) assert.equal(r.status, 403, `a viewer may not execute: ${JSON.stringify(r.body)}`);
+    else assert.ok(r.status === 403 || r.status === 404, `another folder's token is refused: ${r.status} ${JSON.stringify(r.body)}`);
+  }
+  // nothing reached the cell: its call counter moved by this call only
+  const after = await execute(b, node.id, { x: 1 });
+  assert.equal(after.body.output.calls, before.body.output.calls + 1, 'no refused call ran');
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('the home killed under load: only the calls it was running fail, the node is served again', async (t) => {
+  const node = await createNode(b, { ...NODE, name: 'relayed-kill', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const { home } = await homeOf(node.id);
+  let killedAt = 0;
+  const running = load(node.id, 8, 5000);
+  await new Promise((r) => setTimeout(r, 1500));
+  process.kill(home.pid, 'SIGKILL');
+  killedAt = Date.now();
+  const answers = await running;
+  const failed = answers.filter((a) => a.status !== 200);
+  t.diagnostic(`${answers.length} calls, ${failed.length} failed: ${JSON.stringify(failed.slice(0, 4))}`);
+  // each of the 8 callers had one call running (on the home, or relayed to it) when it died
+  assert.ok(failed.length <= 8, `only the calls running on the killed worker failed (${failed.length})`);
+  for (const f of failed) {
+    // a broken connection (the caller's was on the home), or a relayed call's 502 INSTANCE_FAILED
+    assert.ok(f.status === 0 || (f.status === 502 && f.body.code === 'INSTANCE_FAILED'),
+      `a failed call is a broken connection or the instance-failed answer: ${f.status} ${JSON.stringify(f.body)}`);
+  }
+  // the survivor becomes the home (or the new worker does); calls are served again
+  const rehomed = await waitFor('the node homed again', async () => {
+    const s = await gateway();
+    const h = s.workers.find((w: any) => w.homeOf.includes(node.id));
+    return h && h.pid !== home.pid && s.workers.length === 2 && s.workers.every((w: any) => w.ready) ? h : undefined;
+  }, 20_000);
+  t.diagnostic(`re-homed at pid ${rehomed.pid} ${Date.now() - killedAt} ms after the kill`);
+  const late = answers.filter((a) => a.status === 200).length;
+  assert.ok(late > 50, `calls were served around the kill (${late})`);
+  const again = await runLoad(16, 8, 30_000, (i) => execute(b, node.id, { x: i }));
+  assert.deepEqual(again.map((a) => a.status), Array(16).fill(200));
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('with as many sessions as workers the node is shared out, not homed', async () => {
+  const node = await createNode(b, { ...NODE, name: 'shared', scaling: { minInstances: 2, maxInstances: 2 } });
+  await waitFor('two healthy instances', async () => (await b.request('GET', `/v1/nodes/${node.id}`)).body.instances.filter((i: any) => i.status === 'Healthy').length === 2);
+  const s = await gateway();
+  assert.ok(s.workers.every((w: any) => !w.homeOf.includes(node.id)), `two sessions for two workers: no home (${JSON.stringify(s.workers.map((w: any) => w.homeOf))})`);
+  const answers = await runLoad(40, 8, 30_000, (i) => execute(b, node.id, { x: i }));
+  assert.deepEqual([...new Set(answers.map((a) => a.status))], [200]);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
