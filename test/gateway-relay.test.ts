@@ -11,8 +11,8 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, runLoad, type Berth } from './helpers.js';
 
-// `sessions`: the worker's connection threads at the moment of the call (one per gateway session
-// and per open health-probe connection); `calls`: how many calls this instance has run
+// `sessions`: the worker's connection threads at the moment of the call (one per gateway session,
+// and the controller's health-check connection); `calls`: how many calls this instance has run
 const CELLS = [
   'import threading\ncalls = 0\nx = 0  # the serving cell runs once when the checkpoint is made\n',
   'calls += 1\nsessions = sum(1 for t in threading.enumerate() if t.name == "berth-conn")\ny = x + 1\n',
@@ -82,13 +82,11 @@ test('one session, two workers: the home holds it, the other relays, every call 
   assert.ok(answers.length > 100, `calls flowed (${answers.length} in 3 s)`);
   // the answers are each call's own (the relay matches answers to calls)
   for (const a of answers) assert.equal(typeof a.body.output.y, 'number');
-  // one session in all: the instance never had more gateway connections open than that
-  // (plus the health probe's, which opens one per probe)
+  // one session in all: the instance never had more gateway connections open than that, plus
+  // the controller's health-check connection (a session held by each worker would make 3)
   const most = Math.max(...answers.map((a) => a.body.output.sessions));
   t.diagnostic(`${answers.length} calls; most connections open on the instance during a call: ${most}`);
   assert.ok(most <= 2, `at most the one session (and a probe) were open: ${most}`);
-  const alone = answers.filter((a) => a.body.output.sessions === 1).length;
-  assert.ok(alone > answers.length / 2, `most calls saw the one session alone (${alone} of ${answers.length}): a second session held by the other worker would show in every call`);
 
   // each worker reports its counts about every second: wait until both reports cover the load
   const s = await waitFor('relay counts reported', async () => {

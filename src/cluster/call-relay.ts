@@ -68,10 +68,14 @@ function writeFrame(socket: Socket, type: number, id: number, parts: Buffer[]): 
   head.writeUInt32BE(length, 0);
   head[4] = type;
   head.writeUInt32BE(id, 5);
-  socket.cork();
+  // frames written in one turn of the event loop leave in one write: a write to another process
+  // wakes it, and on a virtual machine a wake-up costs more than the copy
+  if (socket.writableCorked === 0) {
+    socket.cork();
+    setImmediate(() => socket.uncork());
+  }
   socket.write(head);
   for (const p of parts) socket.write(p);
-  socket.uncork();
 }
 
 /** The home's side: a unix socket (mode 0600, in BERTH_HOME) the other gateway workers send calls to. */

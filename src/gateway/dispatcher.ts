@@ -58,7 +58,7 @@ export class NodeDispatcher {
   /** With gateway workers: calls the other workers have waiting for this node (queueSize bounds them all together). */
   elsewhere = 0;
 
-  /** Told when a session was given back because the lease shrank, or a call has to wait (a gateway worker reports both at once). */
+  /** Told when a session was given back because the lease shrank, or calls start to wait (a gateway worker reports both at once). */
   onLoadChange: (() => void) | null = null;
 
   setQueueSize(n: number): void { this.queueSize = n; }
@@ -159,8 +159,10 @@ export class NodeDispatcher {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
       this.queued++;
-      this.onLoadChange?.();
       if (affinity !== undefined) this.stickyWaiting++;
+      // the first call to wait is news (a gateway worker reports at once: it may lack sessions);
+      // how many wait after that goes with the periodic report, or every queued call would be a message
+      if (this.queued === 1 || (affinity !== undefined && this.stickyWaiting === 1)) this.onLoadChange?.();
       if (held !== null) this.onHeld?.(); // after the load report: the controller sees the call it wakes for
     });
   }
