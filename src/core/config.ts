@@ -63,7 +63,7 @@ export interface Config {
    * way to instances on other machines. Either way every connection starts with the instance's secret.
    */
   workerTransport: 'unix' | 'tcp';
-  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); 1 (the default): everything in one process. */
+  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS; default auto: a core each but one); 1: everything in one process. */
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
@@ -152,11 +152,8 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    // one process by default: with N workers a node's sessions are shared out among them, and
-    // with fewer sessions than workers (sessionsPerInstance 1, the default, on one instance)
-    // one rotates between them every 100 ms, which cost throughput and tail latency in every
-    // measurement (docs/architecture.md); `auto` is one per core
-    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
+    // `auto` unless told: a gateway process per core but one (docs/architecture.md, "How many gateway workers")
+    gatewayWorkers: overrides.gatewayWorkers ?? (!process.env.BERTH_GATEWAY_WORKERS || process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
     secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
     workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
@@ -167,13 +164,14 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
 export const MAX_AUTO_GATEWAY_WORKERS = 16;
 
 /**
- * `--gateway-workers auto`: one gateway process per core (the cores this process may run on),
- * at most MAX_AUTO_GATEWAY_WORKERS; on a single core, one process for everything (a worker
- * there only adds a process and the IPC hop).
+ * `--gateway-workers auto` (the default): one gateway process per core but one, at most
+ * MAX_AUTO_GATEWAY_WORKERS. The core left over is for what the gateway feeds and is fed by on
+ * the same machine (the controller, the instances' Python workers, the kernel's networking): on
+ * 2 cores one gateway process served every path faster than two (docs/benchmarks.md).
  */
 export function autoGatewayWorkers(): number {
   const cores = availableParallelism();
-  return cores <= 1 ? 1 : Math.min(cores, MAX_AUTO_GATEWAY_WORKERS);
+  return Math.max(1, Math.min(cores - 1, MAX_AUTO_GATEWAY_WORKERS));
 }
 
 function numberEnv(name: string, dflt: number): number {
