@@ -9,9 +9,10 @@
 //
 // Wire format, both directions: [u32 BE body length][u8 type][u32 BE call id][body].
 //   CALL (to the home):  [u16 node id length][node id][u16 sticky key length][sticky key][u8 flags][worker frame payload]
-//   answer:              the instance's frame type (OK, USER_ERROR, CALL_ERROR) and payload; or
-//                        ERROR (a BerthError as JSON: the call could not run) or SKIPPED (a mirror
-//                        call that found no free session).
+//   answer:              the instance's frame type (OK, USER_ERROR, CALL_ERROR) and payload; or a
+//                        BerthError as JSON: FAILED (an instance had the call: a timeout, a failed
+//                        instance) or REFUSED (the call could not start); or SKIPPED (a mirror call
+//                        that found no free session).
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { rmSync, chmodSync } from 'node:fs';
 import { BerthError, type ErrorCode } from '../core/errors.js';
@@ -19,14 +20,15 @@ import type { Frame } from '../worker/protocol.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE, type CallRelay } from '../gateway/routing-table.js';
 
 const CALL = 0x01;
-const ERROR = 0xe0;
+const REFUSED = 0xe0;
 const SKIPPED = 0xe1;
+const FAILED = 0xe2;
 /** Flags of a CALL: only if a session is free now (mirrored calls never queue behind real ones). */
 const ONLY_IF_FREE = 0x01;
 const HEADER = 9;
 
 /** What the home runs for a relayed call: the same path as its own calls. */
-export type RunHere = (nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean) => Promise<Frame>;
+export type RunHere = (nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean) => Promise<Frame | BerthError>;
 
 /** Reads [u32 length][u8 type][u32 id][body] frames from a stream. */
 class FrameReader {
@@ -122,11 +124,13 @@ export class RelayServer {
     this.inFlight++;
     this.served++;
     this.runHere(nodeId, payload, stickyKey, (flags & ONLY_IF_FREE) !== 0).then(
-      (frame) => writeFrame(socket, frame.type, id, [frame.payload]),
+      (answer) => {
+        if (answer instanceof BerthError) writeFrame(socket, FAILED, id, [errorJson(answer)]);
+        else writeFrame(socket, answer.type, id, [answer.payload]);
+      },
       (err: unknown) => {
         if (err === NO_FREE_SESSION) return writeFrame(socket, SKIPPED, id, []);
-        const e = err instanceof BerthError ? err : new BerthError('INTERNAL', `relayed call failed: ${(err as Error).message}`);
-        writeFrame(socket, ERROR, id, [Buffer.from(JSON.stringify({ code: e.code, message: e.message, details: e.details, headers: e.headers }))]);
+        writeFrame(socket, REFUSED, id, [errorJson(err instanceof BerthError ? err : new BerthError('INTERNAL', `relayed call failed: ${(err as Error).message}`))]);
       },
     ).finally(() => { this.inFlight--; });
   }
@@ -138,7 +142,16 @@ export class RelayServer {
   }
 }
 
-interface Pending { resolve: (f: Frame) => void; reject: (e: unknown) => void }
+function errorJson(e: BerthError): Buffer {
+  return Buffer.from(JSON.stringify({ code: e.code, message: e.message, details: e.details, headers: e.headers }));
+}
+
+function errorOf(body: Buffer): BerthError {
+  const e = JSON.parse(body.toString('utf8')) as { code: ErrorCode; message: string; details: Record<string, unknown>; headers: Record<string, string> };
+  return new BerthError(e.code, e.message, e.details, e.headers);
+}
+
+interface Pending { resolve: (answer: Frame | BerthError) => void; reject: (e: unknown) => void }
 
 /** A worker's connection to one home (one per home, shared by every node homed there; calls are multiplexed). */
 export class RelayClient implements CallRelay {
@@ -151,8 +164,8 @@ export class RelayClient implements CallRelay {
 
   constructor(readonly path: string, private readonly maxBytes: number) {}
 
-  /** The home's answer frame; rejects with a BerthError when the call could not run there, or NO_FREE_SESSION. */
-  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+  /** The home's answer (see CallRelay). */
+  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     const socket = this.socket ?? this.open();
     const id = this.nextId;
     this.nextId = this.nextId === 0xffffffff ? 1 : this.nextId + 1;
@@ -165,7 +178,7 @@ export class RelayClient implements CallRelay {
     at += sticky.copy(head, at);
     head[at] = onlyIfFree ? ONLY_IF_FREE : 0;
     this.sent++;
-    return new Promise<Frame>((resolve, reject) => {
+    return new Promise<Frame | BerthError>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       writeFrame(socket, CALL, id, [head, payload]);
     });
@@ -184,8 +197,12 @@ export class RelayClient implements CallRelay {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       if (this.socket === socket) { this.socket = null; this.reader = null; }
-      // nothing written before the connection was made was delivered: those calls can go elsewhere
-      this.failAll(connected ? new BerthError('INSTANCE_FAILED', 'the gateway worker holding the node\'s sessions went away during the call') : RELAY_UNREACHABLE);
+      // nothing written before the connection was made was delivered: those calls can go elsewhere;
+      // the others may have reached the instance
+      if (!connected) return this.failAll(RELAY_UNREACHABLE);
+      const gone = new BerthError('INSTANCE_FAILED', 'the gateway worker holding the node\'s sessions went away during the call');
+      for (const p of this.pending.values()) p.resolve(gone);
+      this.pending.clear();
     });
     return socket;
   }
@@ -195,11 +212,8 @@ export class RelayClient implements CallRelay {
     if (!p) return;
     this.pending.delete(id);
     if (type === SKIPPED) return p.reject(NO_FREE_SESSION);
-    if (type === ERROR) {
-      const e = JSON.parse(body.toString('utf8')) as { code: ErrorCode; message: string; details: Record<string, unknown>; headers: Record<string, string> };
-      return p.reject(new BerthError(e.code, e.message, e.details, e.headers));
-    }
-    p.resolve({ type, payload: body });
+    if (type === REFUSED) return p.reject(errorOf(body));
+    p.resolve(type === FAILED ? errorOf(body) : { type, payload: body });
   }
 
   private failAll(err: unknown): void {

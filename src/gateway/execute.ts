@@ -109,18 +109,18 @@ export class Gateway {
     return this.run(route, route.spec.timeout, body, stickyKey);
   }
 
-  /** Sends a validated call to an instance and maps the worker's answer. */
+  /**
+   * Sends a validated call to an instance and maps its answer. Throws (a BerthError) when the
+   * call could not start: no session, a full queue, a suspended node — then no instance had it,
+   * and it is not counted as served.
+   */
   private async run(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey?: string, onlyIfFree = false): Promise<CallResult> {
-    try {
-      return mapFrame(await this.send(route, timeoutS, payload, stickyKey, onlyIfFree));
-    } catch (err) {
-      if (err instanceof BerthError) return { ok: false, error: err };
-      throw err; // NO_FREE_SESSION
-    }
+    const answer = await this.send(route, timeoutS, payload, stickyKey, onlyIfFree);
+    return answer instanceof BerthError ? { ok: false, error: answer } : mapFrame(answer);
   }
 
-  /** The instance's answer frame: from this process's sessions, or through the worker that holds them. */
-  private async send(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+  /** The instance's answer frame (or why it failed once it had the call): from this process's sessions, or through the worker that holds them. */
+  private async send(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     let relay = route.relay;
     for (;;) {
       if (relay) {
@@ -145,14 +145,18 @@ export class Gateway {
    * A call relayed by another gateway worker (cluster/call-relay.ts): it queues with this
    * worker's own calls for the node's sessions. Its HTTP, auth and input work were done there.
    */
-  serveRelayed(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+  serveRelayed(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     const route = this.routes.route(nodeId);
     if (!route || route.spec.kind !== 'cell') return Promise.reject(new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId }));
     return this.sendHere(route, route.spec.timeout, payload, stickyKey, onlyIfFree);
   }
 
-  /** Takes one of this process's sessions of the node (waiting in its queue), sends the frame, answers the instance's frame. */
-  private async sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame> {
+  /**
+   * Takes one of this process's sessions of the node (waiting in its queue), sends the frame,
+   * answers the instance's frame; a timeout or a failed instance is answered as a BerthError.
+   * Rejects when the call cannot start (it then never reached an instance).
+   */
+  private async sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     if (onlyIfFree && !route.dispatcher.hasFree()) throw NO_FREE_SESSION;
     const timeoutMs = timeoutS * 1000;
     const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
@@ -170,8 +174,8 @@ export class Gateway {
         conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
       });
     } catch (err) {
-      if (err instanceof BerthError) throw err;
-      throw new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
+      if (err instanceof BerthError) return err;
+      return new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
     } finally {
       if (deadline) this.pipeline.deadlines.clear(deadline);
       if (timedOut) {

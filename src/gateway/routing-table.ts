@@ -20,11 +20,12 @@ export interface LoadReport {
 
 /**
  * With gateway workers: how a cell call reaches a node whose sessions another worker holds
- * (cluster/call-relay.ts). Resolves with the instance's answer frame; rejects with a
- * BerthError when the call could not run, NO_FREE_SESSION (onlyIfFree), or RELAY_UNREACHABLE.
+ * (cluster/call-relay.ts). Resolves with the instance's answer frame, or a BerthError for a
+ * call that failed once an instance had it (a timeout, a failed instance); rejects with a
+ * BerthError when the call could not start, NO_FREE_SESSION (onlyIfFree), or RELAY_UNREACHABLE.
  */
 export interface CallRelay {
-  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame>;
+  call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError>;
 }
 
 /** A call sent onlyIfFree found every session busy (mirrored calls never queue). */
