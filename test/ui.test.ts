@@ -482,11 +482,17 @@ test('with --gateway-workers 2: the stream crosses the relay and the numbers are
       await r.arrayBuffer();
     }
     assert.equal(ok, 60);
+    // each point's rate is over the time since the point before it (samples are taken every
+    // sampleSeconds, but a sample is timed when the workers have answered, so the spacing varies)
+    let spacing: number[] = [];
     const h = await waitFor('60 calls in the history', async () => {
       const r = await w.request('GET', `/v1/nodes/${node.id}/metrics`);
-      const sum = r.body.points.reduce((s: number, p: { rps: number }) => s + p.rps * r.body.sampleSeconds, 0);
+      const points = r.body.points as Array<{ t: number; rps: number }>;
+      spacing = points.map((p, i) => (i === 0 ? r.body.sampleSeconds : (p.t - points[i - 1]!.t) / 1000));
+      const sum = points.reduce((s, p, i) => s + p.rps * spacing[i]!, 0);
       return Math.round(sum) >= 60 ? sum : undefined;
     }, 20_000, 500);
+    console.log(`# calls in the history: ${h.toFixed(2)}; seconds between samples ${spacing.map((x) => x.toFixed(2)).join(', ')}`);
     assert.equal(Math.round(h), 60, 'every call counted once, whichever worker served it');
     await page.waitForFunction(() => {
       const cell = document.querySelector('[data-testid=node-row][data-node=spread] td:nth-child(6)');

@@ -149,9 +149,12 @@ export class MetricsHistory {
   /** One sample; overlapping ticks (a slow exposition with many workers) are skipped, not queued. */
   sample(): Promise<void> {
     this.running ??= (async () => {
+      // timed when asked, not when every worker has answered: the answers' delay varies, and
+      // a rate over an interval shortened by it would overstate (the points are sampleMs apart)
+      const t = Date.now();
       try {
         const text = await this.exposition();
-        this.add(Date.now(), text);
+        this.add(t, text);
       } catch {
         // a worker that does not answer in time: this sample is skipped, the next one counts
       } finally {
