@@ -236,7 +236,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     const at = performance.now();
     this.rebalance(true);
     const need = new Map<WorkerState, number>();
-    for (const w of this.workers.values()) if (w.ready && w.worker.isConnected()) need.set(w, w.sent);
+    for (const w of this.live()) need.set(w, w.sent);
     if (need.size > 0) this.propagating.push({ at, need });
     // instances that left balancing now: busy for the controller until each worker has applied this
     for (const [k, v] of this.leaving) if (![...v].some(([w, version]) => w.acked < version && this.workers.get(w.worker.id) === w)) this.leaving.delete(k);
@@ -296,6 +296,11 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
     return this.base?.nodes.find((n) => n.id === nodeId)?.instances.some((i) => i.id === instanceId) ?? false;
   }
 
+  /** The workers that take calls: ready, and their channel open. */
+  private live(): WorkerState[] {
+    return [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+  }
+
   // ---- session leases ----
 
   private scheduleRebalance(): void {
@@ -307,7 +312,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   /** Recomputes every lease; sends a snapshot to each worker whose leases changed (to all with `all`). */
   private rebalance(all = false): void {
     if (!this.base) return;
-    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    const live = this.live();
     const changed = new Set<WorkerState>(all ? live : []);
     const keys = new Set<string>();
     for (const node of this.base.nodes) {
@@ -506,7 +511,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   private sendSnapshot(w: WorkerState): void {
     if (!this.base) return;
     const version = ++this.version;
-    const live = [...this.workers.values()].filter((o) => o.ready && o.worker.isConnected());
+    const live = this.live();
     w.relays.clear();
     const snapshot: RoutingSnapshot = {
       version,
@@ -558,7 +563,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
    * any connection, sees it. Bounded: a stalled worker delays an answer by SYNC_TIMEOUT_MS at most.
    */
   async sync(): Promise<void> {
-    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    const live = this.live();
     await Promise.all(live.map((w) => new Promise<void>((resolve) => {
       const id = ++this.metricsSeq;
       const timer = setTimeout(() => { this.metricsWaiters.delete(id); resolve(); }, SYNC_TIMEOUT_MS);
@@ -568,7 +573,7 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   }
 
   status(): ClusterStatus {
-    const live = [...this.workers.values()].filter((w) => w.ready && w.worker.isConnected());
+    const live = this.live();
     const sorted = [...this.propagation].sort((a, b) => a - b);
     const round = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
     return {
