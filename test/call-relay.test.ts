@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { RelayClient, RelayServer, type RunHere } from '../src/cluster/call-relay.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE } from '../src/gateway/routing-table.js';
@@ -115,4 +116,20 @@ test('a frame over the limit closes the connection instead of being buffered', a
     assert.ok(big instanceof BerthError && big.code === 'INSTANCE_FAILED', `the connection was closed: ${String(big)}`);
     assert.equal(ran, 1, 'the oversized call never ran');
   }, 1024);
+});
+
+test('a malformed CALL (too short for its own fields) closes that connection; the home keeps serving', async () => {
+  await withRelay(async () => ok('fine'), async (client, server) => {
+    const closed = await new Promise<boolean>((resolve) => {
+      const s = connect(server.path);
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(true));
+      // [u32 length 1][type CALL][u32 id 7][one byte: not even the node id's length]
+      s.write(Buffer.from([0, 0, 0, 1, 0x01, 0, 0, 0, 7, 0xff]));
+      setTimeout(() => { s.destroy(); resolve(false); }, 2000);
+    });
+    assert.ok(closed, 'the home closed the connection');
+    const answer = await client.call('n', Buffer.from('x'), undefined, false) as Frame;
+    assert.equal(answer.payload.toString(), 'fine');
+  });
 });

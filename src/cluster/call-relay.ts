@@ -114,13 +114,19 @@ export class RelayServer {
   }
 
   private call(socket: Socket, id: number, body: Buffer): void {
-    let at = 0;
-    const nodeLength = body.readUInt16BE(at); at += 2;
-    const nodeId = body.toString('utf8', at, at + nodeLength); at += nodeLength;
-    const stickyLength = body.readUInt16BE(at); at += 2;
-    const stickyKey = stickyLength > 0 ? body.toString('utf8', at, at + stickyLength) : undefined; at += stickyLength;
-    const flags = body[at]!; at += 1;
-    const payload = body.subarray(at);
+    let nodeId: string, stickyKey: string | undefined, flags: number, payload: Buffer;
+    try {
+      let at = 0;
+      const nodeLength = body.readUInt16BE(at); at += 2;
+      nodeId = body.toString('utf8', at, at + nodeLength); at += nodeLength;
+      const stickyLength = body.readUInt16BE(at); at += 2;
+      stickyKey = stickyLength > 0 ? body.toString('utf8', at, at + stickyLength) : undefined; at += stickyLength;
+      flags = body.readUInt8(at); at += 1;
+      payload = body.subarray(at);
+    } catch {
+      socket.destroy(); // a frame too short for its own fields: not one of ours
+      return;
+    }
     this.inFlight++;
     this.served++;
     this.runHere(nodeId, payload, stickyKey, (flags & ONLY_IF_FREE) !== 0).then(

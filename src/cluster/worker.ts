@@ -43,6 +43,7 @@ async function main(): Promise<void> {
   // calls to cell nodes whose sessions another worker holds go there (one connection per such worker)
   const frameLimit = Math.max(config.maxRequestBytes, config.maxResponseBytes) + 64 * 1024;
   const homes = new Map<string, RelayClient>();
+  let sentToFormerHomes = 0;
   const relayTo = (path: string): RelayClient => {
     let client = homes.get(path);
     if (!client) homes.set(path, client = new RelayClient(path, frameLimit));
@@ -89,7 +90,7 @@ async function main(): Promise<void> {
   let lastRelayed = '';
   const reportUsage = (): void => {
     const usage = routes.usage.drain();
-    let sent = 0;
+    let sent = sentToFormerHomes;
     for (const client of homes.values()) sent += client.sent;
     const relayed = { sent, served: relay.served };
     const text = JSON.stringify(relayed);
@@ -123,6 +124,14 @@ async function main(): Promise<void> {
       case 'snapshot': {
         const before = new Set(routes.nodeIds());
         routes.apply(m.snapshot);
+        // a home no node names any more (it exited, or its nodes moved) is let go once idle
+        const named = new Set(m.snapshot.nodes.map((n) => n.relay));
+        for (const [path, client] of homes) {
+          if (named.has(path) || client.waiting > 0) continue;
+          sentToFormerHomes += client.sent;
+          client.close();
+          homes.delete(path);
+        }
         const now = new Set(routes.nodeIds());
         for (const id of before) if (!now.has(id)) metrics.forgetNode(id);
         report(true); // the acknowledgement: the primary times propagation and confirms shrunk leases by it
