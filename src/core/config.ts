@@ -63,7 +63,7 @@ export interface Config {
    * way to instances on other machines. Either way every connection starts with the instance's secret.
    */
   workerTransport: 'unix' | 'tcp';
-  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS; default auto: a core each but one); 1: everything in one process. */
+  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); 1 (the default): everything in one process. */
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
@@ -152,8 +152,9 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunMemoryGb: overrides.checkpointRunMemoryGb ?? numberEnv('BERTH_CHECKPOINT_RUN_MEMORY_GB', 4),
     maxCheckpointRuns: overrides.maxCheckpointRuns ?? numberEnv('BERTH_MAX_CHECKPOINT_RUNS', 2),
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
-    // `auto` unless told: a gateway process per core but one (docs/architecture.md, "How many gateway workers")
-    gatewayWorkers: overrides.gatewayWorkers ?? (!process.env.BERTH_GATEWAY_WORKERS || process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
+    // one process unless told (docs/architecture.md, "How many gateway workers": an image node
+    // with fewer sessions than workers still has its session rotate among them)
+    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
     secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
     workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
@@ -164,7 +165,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
 export const MAX_AUTO_GATEWAY_WORKERS = 16;
 
 /**
- * `--gateway-workers auto` (the default): one gateway process per core but one, at most
+ * `--gateway-workers auto`: one gateway process per core but one, at most
  * MAX_AUTO_GATEWAY_WORKERS. The core left over is for what the gateway feeds and is fed by on
  * the same machine (the controller, the instances' Python workers, the kernel's networking): on
  * 2 cores one gateway process served every path faster than two (docs/benchmarks.md).

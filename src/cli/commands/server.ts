@@ -35,7 +35,7 @@ export function registerServer(cli: Command): void {
     .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
-    .option('--gateway-workers <n>', 'gateway processes serving the port (1: everything in one process), or auto: one per core but one, at most 16 (default auto, or $BERTH_GATEWAY_WORKERS)')
+    .option('--gateway-workers <n>', 'gateway processes serving the port, or auto: one per core but one, at most 16 (default 1: everything in one process, or $BERTH_GATEWAY_WORKERS)')
     .option('--secret-key-file <file>', 'the key secrets are encrypted with; every server sharing a store needs the same one (default: <home>/secret.key, or $BERTH_SECRET_KEY_FILE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
