@@ -8,8 +8,11 @@
 //   node --import tsx --test --test-concurrency=1 test/gateway-relay.test.ts
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
-import { createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, runLoad, type Berth } from './helpers.js';
+import { mkdirSync, rmSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, PYTHON, createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, runLoad, type Berth } from './helpers.js';
 
 // `sessions`: the worker's connection threads at the moment of the call (one per gateway session,
 // and the controller's health-check connection); `calls`: how many calls this instance has run
@@ -171,4 +174,18 @@ test('with as many sessions as workers the node is shared out, not homed', async
   const answers = await runLoad(40, 8, 30_000, (i) => execute(b, node.id, { x: i }));
   assert.deepEqual([...new Set(answers.map((a) => a.status))], [200]);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+test('a home too deep for the workers\' unix sockets is refused at start with what to do', () => {
+  const home = join(tmpdir(), `berth-deep-${'d'.repeat(100)}`);
+  mkdirSync(home, { recursive: true });
+  try {
+    const r = spawnSync(CLI[0]!, [...CLI.slice(1), 'up', '--port', '0', '--home', home, '--gateway-workers', '2'], {
+      env: { ...process.env, BERTH_PYTHON: PYTHON }, encoding: 'utf8', timeout: 30_000,
+    });
+    assert.equal(r.status, 2, r.stdout + r.stderr);
+    assert.match(r.stderr, /too long for one .* use a shorter --home \(or BERTH_HOME\), or --gateway-workers 1/);
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
 });

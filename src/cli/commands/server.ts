@@ -1,6 +1,6 @@
 // `berth up` (the server in this process) and `berth status` (is it up, what does it run).
 import { Option, type Command } from 'commander';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { autoGatewayWorkers, loadConfig, parseByteSize, type Config } from '../../core/config.js';
 import { clientFor, collect, out, type JsonOption } from '../shared.js';
 import { ago, table } from '../format.js';
@@ -67,6 +67,13 @@ export function registerServer(cli: Command): void {
       });
       if (!Number.isInteger(config.gatewayWorkers) || config.gatewayWorkers < 1 || config.gatewayWorkers > 256) {
         console.error(`berth: --gateway-workers takes a whole number from 1 to 256, got ${config.gatewayWorkers}`); process.exit(2);
+      }
+      // gateway workers talk to the primary and to each other over unix sockets in the home
+      // (control.sock, gateway-<pid>.sock): past 107 bytes Linux cannot bind the path
+      const longest = join(config.home, 'gateway-4194304.sock');
+      if (config.gatewayWorkers > 1 && Buffer.byteLength(longest) > 107) {
+        console.error(`berth: with --gateway-workers ${config.gatewayWorkers} the gateway processes talk over unix sockets in the home, and its path is too long for one (${Buffer.byteLength(longest)} bytes with the socket's name, the limit is 107): use a shorter --home (or BERTH_HOME), or --gateway-workers 1`);
+        process.exit(2);
       }
       for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
         if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
