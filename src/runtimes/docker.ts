@@ -24,7 +24,7 @@ import { PYTHON_DIR, loadConfig } from '../core/config.js';
 import type { Endpoint } from '../worker/protocol.js';
 import type { ExitInfo, InstanceSpec, LogQuery, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
-import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout } from './engine-api.js';
+import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout, GB, PING_TIMEOUT_MS, memoryLimitBytes } from './engine-api.js';
 import { newInstanceSecret, type WorkerTransport } from './worker-endpoint.js';
 
 /** sockaddr_un.sun_path is 108 bytes; fall back to a short directory when home is deep. */
@@ -42,10 +42,6 @@ const LABEL = {
 const WORKER_PORT = 7070;
 /** Lines of a container's log kept in the instance log file when the container goes away. */
 const ARCHIVE_LINES = 5000;
-const GB = 1024 ** 3;
-/** Docker refuses memory limits below 6 MB. */
-const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
-const PING_TIMEOUT_MS = 5000;
 /** After `stop`'s grace period and Docker's own kill, how long to wait for the container to go. */
 const STOP_SLACK_MS = 15_000;
 /** How long a removal another caller started may take before we stop waiting for it. */
@@ -333,7 +329,7 @@ export class DockerRuntime implements Runtime {
     const cores = Math.min(r.cores, availableParallelism());
     if (cores > 0) out.NanoCpus = Math.round(cores * 1e9);
     if (r.memoryGb > 0) {
-      const bytes = Math.max(MIN_MEMORY_BYTES, Math.round(r.memoryGb * GB));
+      const bytes = memoryLimitBytes(r.memoryGb);
       out.Memory = bytes;
       out.MemorySwap = bytes; // no swap beyond the limit
     }

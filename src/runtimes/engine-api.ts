@@ -8,6 +8,15 @@ import { dirname } from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { LogLimits } from './log-file.js';
 
+export const GB = 1024 ** 3;
+/** How long the Engine may take to answer a ping when the runtime starts. */
+export const PING_TIMEOUT_MS = 5000;
+
+/** A memory limit in bytes for the Engine (it refuses limits below 6 MB). */
+export function memoryLimitBytes(gb: number): number {
+  return Math.max(6 * 1024 * 1024, Math.round(gb * GB));
+}
+
 /** Docker's error text without its "(HTTP code 404) no such container - " prefix. */
 export function errorText(err: unknown): string {
   const e = err as { json?: { message?: string } | null; message?: string } | null;

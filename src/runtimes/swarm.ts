@@ -46,7 +46,7 @@ import { CheckpointGrants } from './checkpoint-grants.js';
 import type { CellWorkload, ExitInfo, InstanceSpec, LogQuery, Placement, RegistryAuth, Runtime, RuntimeInstance } from './runtime.js';
 import { DEFAULT_LOG_LIMITS, MAX_TAIL_LINES, tailLines, type LogLimits } from './log-file.js';
 import { registryServerAddress } from './docker.js';
-import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout } from './engine-api.js';
+import { demux, errorText, followLog, keepLog, sleep, statusOf, withLive, withTimeout, GB, PING_TIMEOUT_MS, memoryLimitBytes } from './engine-api.js';
 
 const LABEL = {
   node: 'berth.node-id',
@@ -79,9 +79,6 @@ const WORKER_CONFIG_FILE = 'berth-worker.json';
 const WORKER_BOOTSTRAP = `import sys; sys.stdin = open('/run/secrets/${WORKER_CONFIG_FILE}'); sys.path.insert(0, '${WORKER_CODE_DIR}'); import berth_worker; berth_worker.main()`;
 /** Worker configs/secrets older than this with no service are a crashed Berth's leftovers (younger ones may be a start under way). */
 const ORPHAN_FILES_MS = 60_000;
-const GB = 1024 ** 3;
-const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
-const PING_TIMEOUT_MS = 5000;
 /** How often task states are read from the manager (one call for every tracked instance). */
 const POLL_MS = 500;
 /** How long start() waits for a running task with its ports published. */
@@ -755,7 +752,7 @@ export class SwarmRuntime implements Runtime {
   private async resources(r: InstanceSpec['resources']): Promise<{ limits: { NanoCPUs?: number; MemoryBytes?: number }; reservations: { NanoCPUs?: number; MemoryBytes?: number } }> {
     const cap = this.capacity ?? await this.readCapacity().catch(() => null);
     let nano = Math.round(r.cores * 1e9);
-    let mem = r.memoryGb > 0 ? Math.max(MIN_MEMORY_BYTES, Math.round(r.memoryGb * GB)) : 0;
+    let mem = r.memoryGb > 0 ? memoryLimitBytes(r.memoryGb) : 0;
     if (cap) { nano = Math.min(nano, cap.nanoCpus); mem = Math.min(mem, cap.memoryBytes); }
     const both = { ...(nano > 0 ? { NanoCPUs: nano } : {}), ...(mem > 0 ? { MemoryBytes: mem } : {}) };
     return { limits: both, reservations: { ...both } };
