@@ -3,22 +3,44 @@
 // kinds of answer that are not the instance's frame (a call that could not start, one that failed
 // once it had an instance, a mirror call that found no free session); a home that is not there
 // (the call was not delivered: it may go elsewhere) and one that dies during a call (it may have
-// run); a frame over the limit closes the connection. The end-to-end behaviour with real gateway
-// workers is in test/gateway-relay.test.ts.
+// run); a frame over the limit closes the connection. Image-node calls go to the home as HTTP/2
+// streams on the same socket: both kinds on one home at once, a home not there, one that dies
+// mid-stream. The end-to-end behaviour with real gateway workers is in
+// test/gateway-relay.test.ts (cell nodes) and test/gateway-workers.test.ts (image nodes).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { RelayClient, RelayServer, type RunHere } from '../src/cluster/call-relay.js';
+import { Readable } from 'node:stream';
+import { RelayClient, RelayServer, type RunHere, type ServeStream } from '../src/cluster/call-relay.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE } from '../src/gateway/routing-table.js';
+import { DeadlineWheel } from '../src/gateway/deadlines.js';
+import { isUnreachable, type UpstreamRequest } from '../src/gateway/upstream.js';
 import { BerthError } from '../src/core/errors.js';
 import { FRAME, type Frame } from '../src/worker/protocol.js';
 
-async function withRelay(runHere: RunHere, fn: (client: RelayClient, server: RelayServer) => Promise<void>, limit = 1 << 20): Promise<void> {
+/** A home that answers every stream by echoing its path, a header and its body. */
+const echoStreams: ServeStream = async (stream, headers) => {
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  stream.respond({ ':status': 200, 'x-path': String(headers[':path']), 'x-node': String(headers['x-node']) }, { waitForTrailers: true });
+  stream.once('wantTrailers', () => stream.sendTrailers({ 'x-bytes': String(Buffer.concat(chunks).length) }));
+  stream.end(Buffer.concat(chunks));
+};
+
+const wheel = new DeadlineWheel();
+function streamCall(path: string, body: string | null, node = 'n'): UpstreamRequest {
+  return {
+    method: 'POST', path, headers: { 'x-node': node }, body: body === null ? null : Readable.from([Buffer.from(body)]),
+    signal: wheel.start(10_000, () => undefined), headersTimeoutMs: 10_000, idleTimeoutMs: Infinity,
+  };
+}
+
+async function withRelay(runHere: RunHere, fn: (client: RelayClient, server: RelayServer) => Promise<void>, limit = 1 << 20, serveStream: ServeStream = echoStreams): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'berth-relay-'));
-  const server = new RelayServer(join(dir, 'gateway-1.sock'), limit, runHere);
+  const server = new RelayServer(join(dir, 'gateway-1.sock'), limit, runHere, serveStream);
   await server.listen();
   const client = new RelayClient(server.path, limit);
   try {
@@ -132,4 +154,47 @@ test('a malformed CALL (too short for its own fields) closes that connection; th
     const answer = await client.call('n', Buffer.from('x'), undefined, false) as Frame;
     assert.equal(answer.payload.toString(), 'fine');
   });
+});
+
+test('image-node calls go to the same home as HTTP/2 streams, beside the frames: each with its own answer and trailers', async () => {
+  await withRelay(async (_nodeId, payload) => ok(`frame ${payload.toString()}`), async (client, server) => {
+    const [frames, streams] = await Promise.all([
+      Promise.all(Array.from({ length: 10 }, (_, n) => client.call('n', Buffer.from(String(n)), undefined, false))),
+      Promise.all(Array.from({ length: 10 }, async (_, n) => {
+        const res = await client.request(streamCall(`/call/${n}`, `body ${n}`, `node-${n}`));
+        const chunks: Buffer[] = [];
+        for await (const c of res.body) chunks.push(c as Buffer);
+        return { status: res.status, path: res.headers['x-path'], node: res.headers['x-node'], body: Buffer.concat(chunks).toString(), trailers: await res.trailers };
+      })),
+    ]);
+    frames.forEach((f, n) => assert.equal((f as Frame).payload.toString(), `frame ${n}`));
+    streams.forEach((r, n) => {
+      assert.equal(r.status, 200);
+      assert.equal(r.path, `/call/${n}`);
+      assert.equal(r.node, `node-${n}`);
+      assert.equal(r.body, `body ${n}`);
+      assert.equal(r.trailers['x-bytes'], String(`body ${n}`.length));
+    });
+    assert.equal(client.sent, 20);
+    assert.equal(server.served, 20);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.inFlight, 0);
+    assert.equal(client.waiting, 0);
+  });
+});
+
+test('a stream to a home that is not there is unreachable (not delivered); one whose home dies mid-call is not', async () => {
+  const missing = new RelayClient(join(tmpdir(), `berth-relay-missing-${process.pid}.sock`), 1 << 20);
+  const err = await missing.request(streamCall('/x', null)).then(() => null, (e: unknown) => e);
+  assert.ok(isUnreachable(err), `unreachable: ${String(err)}`);
+  missing.close();
+
+  await withRelay(async () => ok('x'), async (client, server) => {
+    const running = client.request(streamCall('/x', null)).then(() => null, (e: unknown) => e);
+    while (server.inFlight === 0) await new Promise((r) => setTimeout(r, 5));
+    server.close();
+    const died = await running;
+    assert.ok(died instanceof Error, 'the call failed');
+    assert.ok(!isUnreachable(died), `a call the home had may have run: not unreachable (${String(died)})`);
+  }, 1 << 20, () => new Promise(() => undefined));
 });

@@ -2,13 +2,18 @@
 // the controller. A real Berth on Docker with image nodes (the http-echo test image's /sleep
 // answers how many /sleep calls it was running, itself included), real connections spread
 // over both workers: snapshot propagation time, sessionsPerInstance held across the workers
-// together, a worker killed under load, and SIGTERM draining every worker.
+// together, a node with fewer sessions than workers served from its home (HTTP/1.1, h2 and gRPC
+// relayed there by the other worker: cluster/call-relay.ts), a worker killed under load (a home
+// too), and SIGTERM draining every worker.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';
+import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { startBerth, removeHome, waitFor, createNode, type Berth } from './helpers.js';
 import { dockerProblem, removeContainersOfHome } from './docker-support.js';
-import { buildTestImages, testImage } from './images/index.js';
+import { buildTestImages, testImage, ECHO_PROTO } from './images/index.js';
 
 let b: Berth;
 let skip: string | null = null;
@@ -27,12 +32,12 @@ function call(agent: Agent, nodeId: string, path: string): Promise<Answer> {
 }
 
 /** A header-routed GET with the caller's folder and token, plus `route` (x-node-id, or x-node-alias and a sticky key). */
-function get(agent: Agent, path: string, route: Record<string, string>): Promise<Answer> {
+function get(agent: Agent, path: string, route: Record<string, string>, token = b.token, folder = 'default'): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const u = new URL(b.url);
     const req = request({
       host: u.hostname, port: u.port, path, method: 'GET', agent,
-      headers: { ...route, 'x-folder-id': 'default', authorization: `Bearer ${b.token}` },
+      headers: { ...route, 'x-folder-id': folder, authorization: `Bearer ${token}` },
     }, (res) => {
       let text = '';
       res.setEncoding('utf8');
@@ -58,7 +63,7 @@ before(async () => {
     if (process.env.CI) throw new Error(`CI must have Docker: ${skip}`);
     return;
   }
-  await buildTestImages(['http-echo']);
+  await buildTestImages(['http-echo', 'grpc-echo']);
   b = await startBerth(undefined, { BERTH_RUNTIME: 'docker', BERTH_GATEWAY_WORKERS: '2' });
 });
 
@@ -173,6 +178,171 @@ test('sticky calls through an alias over both workers keep flowing (one session 
   assert.ok(ok > 100, `sticky calls flowed (${ok} in 4 s)`);
   for (const [key, seen] of byKey) assert.equal(seen.size, 1, `${key} stayed on one instance: ${[...seen]}`);
   assert.equal((await b.request('DELETE', '/v1/aliases/sticky-leases')).status, 200);
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+/** The worker holding a node's sessions once the primary has homed it there, and the other. */
+async function homeOf(nodeId: string): Promise<{ home: any; other: any }> {
+  return waitFor(`node ${nodeId} homed at one worker`, async () => {
+    const s = await gatewayStatus();
+    const home = s.workers.find((w: any) => w.homeOf.includes(nodeId));
+    return home && s.workers.length === 2 ? { home, other: s.workers.find((w: any) => w !== home) } : undefined;
+  }, 15_000);
+}
+
+/** An HTTP/2 exchange on `session`: status, body and trailers. */
+function h2call(session: ClientHttp2Session, headers: Record<string, string>, body: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const s = session.request({ ':method': 'POST', ...headers });
+    let status = 0;
+    let text = '';
+    s.on('response', (h) => { status = Number(h[':status']); });
+    s.setEncoding('utf8');
+    s.on('data', (c) => { text += c; });
+    s.on('end', () => resolve({ status, body: text }));
+    s.on('error', reject);
+    s.end(body);
+  });
+}
+
+test('an image node with one session is served from its home: the other worker relays HTTP/1.1, h2 and gRPC there', async (t) => {
+  if (skip) return t.skip(skip);
+  const http = await createNode(b, { ...ECHO, name: 'homed-http', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const h2 = await createNode(b, { ...ECHO, name: 'homed-h2', endpoint: { port: 8081, protocol: 'http2', timeout: 10 }, scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const grpcNode = await createNode(b, {
+    kind: 'image', image: testImage('grpc-echo'), name: 'homed-grpc', endpoint: { port: 50051, protocol: 'grpc' },
+    healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 0.5 }, scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 },
+  });
+  const { home, other } = await homeOf(http.id);
+  await homeOf(h2.id);
+  await homeOf(grpcNode.id);
+  const sentBefore = other.relayed.sent + home.relayed.sent;
+
+  // HTTP/1.1 under load from 8 connections (4 on each worker): one call at a time on the instance
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+  const answers: Answer[] = [];
+  const deadline = Date.now() + 3000;
+  try {
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (Date.now() < deadline) answers.push(await call(agent, http.id, '/sleep?ms=5'));
+    }));
+    // a viewer and another folder's token are refused on both workers, before anything is relayed
+    const viewer = await b.request('POST', '/v1/tokens', { name: 'homed-viewer', roles: { default: 'viewer' } });
+    const stranger = await b.request('POST', '/v1/tokens', { name: 'homed-stranger', roles: { elsewhere: 'admin' } });
+    const refused = await Promise.all(Array.from({ length: 8 }, (_, i) => i % 2
+      ? get(agent, '/sleep?ms=5', { 'x-node-id': http.id }, viewer.body.token)
+      : get(agent, '/sleep?ms=5', { 'x-node-id': http.id }, stranger.body.token, 'elsewhere')));
+    for (const [i, r] of refused.entries()) {
+      if (i % 2) assert.equal(r.status, 403, `a viewer may not call: ${JSON.stringify(r.body)}`);
+      else assert.ok(r.status === 403 || r.status === 404, `another folder is refused: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+  } finally {
+    agent.destroy();
+  }
+  const failed = answers.filter((a) => a.status !== 200);
+  assert.deepEqual(failed.slice(0, 3), [], `every call answered (${failed.length} failed of ${answers.length})`);
+  const most = Math.max(...answers.map((a) => a.body.concurrent));
+  t.diagnostic(`HTTP/1.1: ${answers.length} calls in 3 s, most at once on the instance ${most}`);
+  assert.equal(most, 1, 'one session in all: the instance never ran two calls at once');
+  assert.ok(answers.length > 150, `calls flowed without waiting for a session to come round (${answers.length} in 3 s)`);
+
+  // HTTP/2: four connections (two on each worker), each with its streams
+  const sessions = Array.from({ length: 4 }, () => h2connect(b.url));
+  try {
+    const h2answers = await Promise.all(sessions.flatMap((session, k) => Array.from({ length: 10 }, (_, i) => h2call(session,
+      { ':path': `/h2?n=${k * 10 + i}`, 'x-node-id': h2.id, 'x-folder-id': 'default', authorization: `Bearer ${b.token}` }, `body ${k * 10 + i}`))));
+    h2answers.forEach((a, n) => {
+      assert.equal(a.status, 200, a.body);
+      const e = JSON.parse(a.body);
+      assert.equal(e.httpVersion, '2.0');
+      assert.equal(e.body, `body ${n}`, 'each answer is its own call\'s');
+      assert.deepEqual(e.query, { n: String(n) });
+    });
+  } finally {
+    for (const s of sessions) s.close();
+  }
+
+  // gRPC: two channels (one on each worker); unary, server streaming, trailers, a status
+  const def = protoLoader.loadSync(ECHO_PROTO, { keepCase: true });
+  const Echo = (grpc.loadPackageDefinition(def) as any).berth.test.Echo;
+  const md = (): grpc.Metadata => {
+    const m = new grpc.Metadata();
+    m.set('x-node-id', grpcNode.id); m.set('x-folder-id', 'default'); m.set('authorization', `Bearer ${b.token}`);
+    return m;
+  };
+  const clients = [0, 1].map((k) => new Echo(b.url.replace('http://', ''), grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1, 'berth.test.channel': k }));
+  try {
+    for (const client of clients) {
+      const unary = await new Promise<any>((resolve, reject) => client.Echo({ text: 'hi' }, md(), (e: any, r: any) => (e ? reject(e) : resolve(r))));
+      assert.equal(unary.text, 'hi');
+      const m = md(); m.set('x-repeat', '3');
+      const stream = client.Repeat({ text: 'again' }, m);
+      const got: string[] = [];
+      await new Promise<void>((resolve, reject) => { stream.on('data', (x: any) => got.push(x.text)); stream.on('end', resolve); stream.on('error', reject); });
+      assert.deepEqual(got, ['again', 'again', 'again']);
+      let trailers: grpc.Metadata | undefined;
+      const collected = await new Promise<any>((resolve, reject) => {
+        const c = client.Collect(md(), (e: any, r: any) => (e ? reject(e) : resolve(r)));
+        c.on('status', (st: grpc.StatusObject) => { trailers = st.metadata; });
+        for (const text of ['a', 'b']) c.write({ text });
+        c.end();
+      });
+      assert.equal(collected.text, 'b');
+      await waitFor('status', async () => trailers, 2000, 10);
+      assert.equal(trailers!.get('x-count')[0], '2');
+      const failedCall = await new Promise<any>((resolve) => client.Fail({ text: 'x' }, md(), (e: any) => resolve(e)));
+      assert.equal(failedCall.code, grpc.status.NOT_FOUND);
+      assert.equal(failedCall.details, 'no such thing');
+    }
+  } finally {
+    for (const c of clients) c.close();
+  }
+
+  // the other worker's calls went to the home, and every call counted once in the node's metrics
+  const s = await waitFor('relay counts reported', async () => {
+    const g = await gatewayStatus();
+    const h = g.workers.find((w: any) => w.pid === home.pid);
+    const o = g.workers.find((w: any) => w.pid === other.pid);
+    return h && o && o.relayed.sent + h.relayed.sent - sentBefore > 20 ? g : undefined;
+  }, 5000);
+  t.diagnostic(`relayed: ${JSON.stringify(s.workers.map((w: any) => ({ pid: w.pid, homeOf: w.homeOf, relayed: w.relayed })))}`);
+  const metrics = String((await b.request('GET', '/metrics')).body);
+  const counted = [...metrics.matchAll(new RegExp(`node_http_codes\\{[^}]*node_id="${http.id}"[^}]*code="200"[^}]*\\} (\\d+)`, 'g'))].reduce((n, m) => n + Number(m[1]), 0);
+  assert.equal(counted, answers.length, `each call counted once in the node's metrics (${counted} vs ${answers.length})`);
+  for (const n of [http, h2, grpcNode]) assert.equal((await b.request('DELETE', `/v1/nodes/${n.id}`)).status, 200);
+});
+
+test('an image node\'s home killed under load: only the calls running there fail, the node is served again', async (t) => {
+  if (skip) return t.skip(skip);
+  const node = await createNode(b, { ...ECHO, name: 'homed-kill', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const { home } = await homeOf(node.id);
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+  let ok = 0; let okAfterKill = 0;
+  const failures: string[] = [];
+  let killedAt = 0;
+  const deadline = Date.now() + 5000;
+  const load = Promise.all(Array.from({ length: 8 }, async () => {
+    while (Date.now() < deadline) {
+      try {
+        const a = await call(agent, node.id, '/sleep?ms=5');
+        if (a.status === 200) { ok++; if (killedAt && Date.now() > killedAt + 200) okAfterKill++; } else failures.push(`HTTP ${a.status} ${JSON.stringify(a.body)}`);
+      } catch (err) { failures.push((err as Error).message); }
+    }
+  }));
+  await new Promise((r) => setTimeout(r, 1500));
+  process.kill(home.pid, 'SIGKILL');
+  killedAt = Date.now();
+  await load;
+  agent.destroy();
+  t.diagnostic(`${ok} calls answered, ${okAfterKill} after the kill; failed: ${JSON.stringify(failures)}`);
+  // each of the 8 callers had at most one call running on the home (its own connection there, or relayed to it)
+  assert.ok(failures.length <= 8, `only the calls running on the killed home failed: ${failures.length}`);
+  for (const f of failures) assert.match(f, /ECONNRESET|socket hang up|HTTP 502/, 'a killed connection, or a relayed call\'s bad gateway');
+  assert.ok(okAfterKill > 20, `the node was served again after the kill (${okAfterKill} calls)`);
+  await waitFor('a new worker', async () => {
+    const s = await gatewayStatus();
+    return s.workers.length === 2 && s.workers.every((w: any) => w.ready && w.pid !== home.pid) ? s : undefined;
+  }, 15_000);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 

@@ -6,6 +6,9 @@
 // a call's HTTP/gRPC, auth, folder and input work themselves, send its worker frame to the
 // home over a unix socket; the home queues it with its own calls in the node's one dispatcher
 // and sends the instance's answer frame back. One hop of frames, no parsing in the home.
+// Image nodes alike, but what goes to the home is the call's HTTP exchange itself: an HTTP/2
+// stream on the same socket (told apart by its preface), naming the node in its headers
+// (gateway/proxy.ts serves it there as its own calls, minus what the sender already did).
 //
 // Wire format, both directions: [u32 BE body length][u8 type][u32 BE call id][body].
 //   CALL (to the home):  [u16 node id length][node id][u16 sticky key length][sticky key][u8 flags][worker frame payload]
@@ -14,10 +17,12 @@
 //                        instance) or REFUSED (the call could not start); or SKIPPED (a mirror call
 //                        that found no free session).
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer as createH2Server, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { rmSync, chmodSync } from 'node:fs';
-import { BerthError, type ErrorCode } from '../core/errors.js';
+import { BerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { Frame } from '../worker/protocol.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE, type CallRelay } from '../gateway/routing-table.js';
+import { H2Upstream, type UpstreamRequest, type UpstreamResponse } from '../gateway/upstream.js';
 
 const CALL = 0x01;
 const REFUSED = 0xe0;
@@ -29,6 +34,11 @@ const HEADER = 9;
 
 /** What the home runs for a relayed call: the same path as its own calls. */
 export type RunHere = (nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean) => Promise<Frame | BerthError>;
+/** What the home runs for a relayed image-node call (an HTTP/2 stream naming the node). */
+export type ServeStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => Promise<void>;
+
+/** How a stream connection starts ('PRI *' of the HTTP/2 preface); a frame's fifth byte is its type, never '*'. */
+const H2_START = Buffer.from('PRI *');
 
 /** Reads [u32 length][u8 type][u32 id][body] frames from a stream. */
 class FrameReader {
@@ -83,14 +93,24 @@ function writeFrame(socket: Socket, type: number, id: number, parts: Buffer[]): 
 /** The home's side: a unix socket (mode 0600, in BERTH_HOME) the other gateway workers send calls to. */
 export class RelayServer {
   private readonly server: Server;
+  private readonly h2: Http2Server;
   private readonly sockets = new Set<Socket>();
   /** Relayed calls running here (shutdown waits for them as for its own). */
   inFlight = 0;
   /** Calls served for other workers, since start. */
   served = 0;
 
-  constructor(readonly path: string, private readonly maxBytes: number, private readonly runHere: RunHere) {
+  constructor(readonly path: string, private readonly maxBytes: number, private readonly runHere: RunHere, serveStream: ServeStream) {
     this.server = createServer((socket) => this.accept(socket));
+    this.h2 = createH2Server({ maxSessionMemory: 64, peerMaxConcurrentStreams: 1000 });
+    this.h2.on('stream', (stream, headers) => {
+      this.inFlight++;
+      this.served++;
+      stream.on('error', () => undefined);
+      stream.once('close', () => { this.inFlight--; });
+      void serveStream(stream, headers);
+    });
+    this.h2.on('sessionError', () => undefined);
   }
 
   async listen(): Promise<void> {
@@ -110,7 +130,22 @@ export class RelayServer {
       if (type !== CALL) { socket.destroy(); return; }
       this.call(socket, id, body);
     });
-    socket.on('data', (chunk: Buffer) => { if (!reader.push(chunk)) socket.destroy(); });
+    // the first bytes say which: frames (cell nodes) or HTTP/2 (image nodes)
+    let head: Buffer | null = null;
+    const onData = (chunk: Buffer): void => {
+      if (head === null && chunk.length >= H2_START.length) head = chunk;
+      else { head = head ? Buffer.concat([head, chunk]) : chunk; if (head.length < H2_START.length) return; }
+      socket.off('data', onData);
+      if (head.subarray(0, H2_START.length).equals(H2_START)) {
+        socket.pause();
+        socket.unshift(head);
+        this.h2.emit('connection', socket);
+        return;
+      }
+      socket.on('data', (c: Buffer) => { if (!reader.push(c)) socket.destroy(); });
+      if (!reader.push(head)) socket.destroy();
+    };
+    socket.on('data', onData);
   }
 
   private call(socket: Socket, id: number, body: Buffer): void {
@@ -131,30 +166,22 @@ export class RelayServer {
     this.served++;
     this.runHere(nodeId, payload, stickyKey, (flags & ONLY_IF_FREE) !== 0).then(
       (answer) => {
-        if (answer instanceof BerthError) writeFrame(socket, FAILED, id, [errorJson(answer)]);
+        if (answer instanceof BerthError) writeFrame(socket, FAILED, id, [errorToWire(answer)]);
         else writeFrame(socket, answer.type, id, [answer.payload]);
       },
       (err: unknown) => {
         if (err === NO_FREE_SESSION) return writeFrame(socket, SKIPPED, id, []);
-        writeFrame(socket, REFUSED, id, [errorJson(err instanceof BerthError ? err : new BerthError('INTERNAL', `relayed call failed: ${(err as Error).message}`))]);
+        writeFrame(socket, REFUSED, id, [errorToWire(err instanceof BerthError ? err : new BerthError('INTERNAL', `relayed call failed: ${(err as Error).message}`))]);
       },
     ).finally(() => { this.inFlight--; });
   }
 
   close(): void {
     this.server.close();
+    this.h2.close();
     for (const s of this.sockets) s.destroy();
     rmSync(this.path, { force: true });
   }
-}
-
-function errorJson(e: BerthError): Buffer {
-  return Buffer.from(JSON.stringify({ code: e.code, message: e.message, details: e.details, headers: e.headers }));
-}
-
-function errorOf(body: Buffer): BerthError {
-  const e = JSON.parse(body.toString('utf8')) as { code: ErrorCode; message: string; details: Record<string, unknown>; headers: Record<string, string> };
-  return new BerthError(e.code, e.message, e.details, e.headers);
 }
 
 interface Pending { resolve: (answer: Frame | BerthError) => void; reject: (e: unknown) => void }
@@ -165,6 +192,9 @@ export class RelayClient implements CallRelay {
   private reader: FrameReader | null = null;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  /** Image-node calls go to the home as HTTP/2 streams, over a connection of their own. */
+  private streams: H2Upstream | null = null;
+  private streaming = 0;
   /** Calls sent to the home, since start. */
   sent = 0;
 
@@ -190,8 +220,24 @@ export class RelayClient implements CallRelay {
     });
   }
 
+  /** The home's answer to an image-node call (see CallRelay). */
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
+    this.streams ??= new H2Upstream({ path: this.path });
+    this.sent++;
+    this.streaming++;
+    let res: UpstreamResponse;
+    try {
+      res = await this.streams.request(req);
+    } catch (err) {
+      this.streaming--;
+      throw err;
+    }
+    void res.trailers.then(() => { this.streaming--; });
+    return res;
+  }
+
   /** Calls waiting for an answer. */
-  get waiting(): number { return this.pending.size; }
+  get waiting(): number { return this.pending.size + this.streaming; }
 
   private open(): Socket {
     const socket = connect(this.path);
@@ -218,8 +264,8 @@ export class RelayClient implements CallRelay {
     if (!p) return;
     this.pending.delete(id);
     if (type === SKIPPED) return p.reject(NO_FREE_SESSION);
-    if (type === REFUSED) return p.reject(errorOf(body));
-    p.resolve(type === FAILED ? errorOf(body) : { type, payload: body });
+    if (type === REFUSED) return p.reject(errorFromWire(body));
+    p.resolve(type === FAILED ? errorFromWire(body) : { type, payload: body });
   }
 
   private failAll(err: unknown): void {
@@ -230,5 +276,7 @@ export class RelayClient implements CallRelay {
   close(): void {
     this.socket?.destroy();
     this.socket = null;
+    this.streams?.close();
+    this.streams = null;
   }
 }

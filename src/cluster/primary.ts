@@ -11,10 +11,11 @@
 // that it holds no more than it (a busy session is given back when its call ends). Moves
 // are driven by the workers' load reports (calls running and waiting per node), so nothing
 // per call crosses processes. Workers with calls share a node's sessions evenly; when there
-// are fewer sessions than such workers, the extra ones rotate every ROTATE_MS — except for a cell
+// are fewer sessions than such workers, the extra ones rotate every ROTATE_MS — except for a
 // node with fewer sessions in all than there are workers: all of them go to one worker (its
 // home, chosen by hashing the node id over the workers), and the others relay its calls there
-// as worker frames (cluster/call-relay.ts), so no call waits for a session to come round.
+// (cluster/call-relay.ts: cell calls as worker frames, image calls as HTTP/2 streams), so no
+// call waits for a session to come round.
 import cluster, { type Worker } from 'node:cluster';
 import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -103,7 +104,7 @@ export interface ClusterOptions {
 
 export interface ClusterStatus {
   /**
-   * `homeOf`: the cell nodes whose sessions it holds (fewer than there are workers); the others
+   * `homeOf`: the nodes whose sessions it holds (fewer than there are workers); the others
    * relay their calls to it. `relayed`: such calls it sent to other workers and served for them.
    */
   workers: Array<{ id: number; pid: number; ready: boolean; appliedVersion: number; startedAt: string; homeOf: string[]; relayed: RelayedCalls }>;
@@ -343,12 +344,12 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
   }
 
   /**
-   * The worker that holds all of a cell node's sessions when there are fewer of them than
+   * The worker that holds all of a node's sessions when there are fewer of them than
    * workers (null: they are shared out). Rendezvous hashing: nodes spread over the workers,
    * and a node moves only when its home goes.
    */
   private homeOf(node: NodeEntry, live: readonly WorkerState[]): WorkerState | null {
-    if (node.spec.kind !== 'cell' || live.length < 2) return null;
+    if (live.length < 2) return null;
     if (node.spec.scaling.sessionsPerInstance * Math.max(1, node.instances.length) >= live.length) return null;
     let best: WorkerState | null = null;
     let top = -1;

@@ -40,7 +40,7 @@ async function main(): Promise<void> {
   const auth = new Auth(null);
   const aliases = new AliasTable();
   const metrics = new Metrics();
-  // calls to cell nodes whose sessions another worker holds go there (one connection per such worker)
+  // calls to nodes whose sessions another worker holds go there (one connection per such worker)
   const frameLimit = Math.max(config.maxRequestBytes, config.maxResponseBytes) + 64 * 1024;
   const homes = new Map<string, RelayClient>();
   let sentToFormerHomes = 0;
@@ -58,7 +58,8 @@ async function main(): Promise<void> {
   const plane = await createDataPlane({ config, routes, auth, metrics, aliases, tls, control: relayControl(() => ({ socketPath: boot.controlSocket })) });
   // and the calls of the nodes whose sessions this worker holds come here, beside the control socket
   const relay = new RelayServer(join(dirname(boot.controlSocket), `gateway-${process.pid}.sock`), frameLimit,
-    (nodeId, payload, stickyKey, onlyIfFree) => plane.gateway.serveRelayed(nodeId, payload, stickyKey, onlyIfFree));
+    (nodeId, payload, stickyKey, onlyIfFree) => plane.gateway.serveRelayed(nodeId, payload, stickyKey, onlyIfFree),
+    (stream, headers) => plane.proxy.serveRelayed(stream, headers));
   await relay.listen();
 
   // ---- load reports: what the primary sums for the controller and moves session leases by ----

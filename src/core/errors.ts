@@ -120,6 +120,16 @@ export class BerthError extends Error {
   }
 }
 
+/** A BerthError as it crosses from one gateway worker to another (cluster/call-relay.ts): its response headers too. */
+export function errorToWire(e: BerthError): Buffer {
+  return Buffer.from(JSON.stringify({ code: e.code, message: e.message, details: e.details, headers: e.headers }));
+}
+
+export function errorFromWire(body: Buffer): BerthError {
+  const e = JSON.parse(body.toString('utf8')) as { code: ErrorCode; message: string; details: Record<string, unknown>; headers: Record<string, string> };
+  return new BerthError(ERRORS[e.code] ? e.code : 'INTERNAL', e.message, e.details, e.headers);
+}
+
 export function invalidArgument(field: string, message: string, extra: Record<string, unknown> = {}): BerthError {
   return new BerthError('INVALID_ARGUMENT', `${field}: ${message}`, { field, ...extra });
 }

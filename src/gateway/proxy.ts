@@ -3,25 +3,34 @@
 // query, headers and body intact. HTTP/1.1, HTTP/2 and gRPC (with trailers) are carried
 // and streamed both ways: nothing is buffered whole. Who may call what is decided by the one
 // call pipeline (pipeline.ts), as for execute calls.
+// With gateway workers, a node whose sessions another worker holds (its home) is called through
+// that worker: this one does the caller's side (auth, folder, alias, limits, metrics, usage)
+// and sends the exchange there as an HTTP/2 stream naming the node (RELAY_NODE); the home
+// serves it as its own calls from the instance on (serveRelayed).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
 import { Transform, type Readable, type Writable } from 'node:stream';
 import type { Config } from '../core/config.js';
-import { BerthError, asBerthError } from '../core/errors.js';
+import { BerthError, asBerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { ImageNodeSpec } from '../core/types.js';
-import type { NodeRoute, RoutingTable } from './routing-table.js';
+import { RELAYED, type CallRelay, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute } from '../aliases/table.js';
-import { isRefused, type UpstreamResponse } from './upstream.js';
+import { isRefused, isUnreachable, type UpstreamResponse } from './upstream.js';
 import { discardUpload, sendError } from './http-util.js';
 import { respondH2Error } from './last-resort.js';
 import type { CallPipeline, CallCount, CallTarget } from './pipeline.js';
 import type { CallSignal, Deadline } from './deadlines.js';
 
+/** A relayed call's headers between gateway workers: the node it is for, its alias's sticky key; the home's own error (its body). */
+const RELAY_NODE = 'x-berth-relay-node';
+const RELAY_STICKY = 'x-berth-relay-sticky';
+const RELAY_ERROR = 'x-berth-relay-error';
+
 /** Headers that belong to one connection, or that carry Berth's routing and auth. */
 const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
-  'x-node-id', 'x-node-alias', 'x-folder-id', 'authorization', 'content-length']);
-const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade']);
+  'x-node-id', 'x-node-alias', 'x-folder-id', 'authorization', 'content-length', RELAY_NODE, RELAY_STICKY]);
+const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', RELAY_ERROR]);
 
 /** Where one call goes: the node, the alias it came through (if any), extra headers. */
 interface Target {
@@ -84,34 +93,35 @@ export class Proxy {
       },
       destroy: () => res.destroy(),
       onClose: (cb) => { closeCb = cb; },
-    });
+    }, false);
   }
 
   handleHttp2(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
     const isGrpc = String(headers['content-type'] ?? '').startsWith('application/grpc');
-    let trailers: Promise<Record<string, string | string[]>> | null = null;
-    stream.on('wantTrailers', () => {
-      void (trailers ?? Promise.resolve({})).then((t) => { if (!stream.destroyed) stream.sendTrailers(t); });
-    });
-    return this.forward({
-      method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
-      isGrpc,
-      headersSent: () => stream.headersSent,
-      respond: (status, h, endStream) => {
-        if (stream.destroyed || stream.closed) throw new BerthError('CLIENT_CLOSED', 'the caller went away');
-        h[':status'] = String(status); // h is this call's own copy (responseHeaders)
-        stream.respond(h, endStream ? { endStream: true } : { waitForTrailers: true });
-      },
-      writable: stream,
-      setTrailers: (t) => { trailers = t; },
-      fail: (err) => {
-        const answered = !stream.destroyed && !stream.closed && !stream.headersSent;
-        respondH2Error(stream, headers, err, 'proxy'); // the same answer as every other h2 error
-        return answered && isGrpc ? 200 : err.httpStatus;
-      },
-      destroy: () => stream.close(h2c.NGHTTP2_CANCEL),
-      onClose: (cb) => stream.once('close', () => { if (!stream.writableFinished) cb(); }),
-    });
+    return this.forward(h2Downstream(stream, headers, isGrpc, (err) => {
+      const answered = !stream.destroyed && !stream.closed && !stream.headersSent;
+      respondH2Error(stream, headers, err, 'proxy'); // the same answer as every other h2 error
+      return answered && isGrpc ? 200 : err.httpStatus;
+    }), false);
+  }
+
+  /**
+   * A call another gateway worker relayed here, the node's home (cluster/call-relay.ts): it
+   * queues with this worker's own calls for the node's sessions. The caller's side (auth, the
+   * alias and its headers, limits, metrics, usage) was done there; a failure before the
+   * instance's answer goes back as the error itself (RELAY_ERROR), for that worker to answer.
+   */
+  serveRelayed(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
+    const isGrpc = String(headers['content-type'] ?? '').startsWith('application/grpc');
+    return this.forward(h2Downstream(stream, headers, isGrpc, (err) => {
+      if (stream.destroyed || stream.closed) return err.httpStatus;
+      if (stream.headersSent) stream.close(h2c.NGHTTP2_INTERNAL_ERROR); // mid-answer: the other side's body fails, as from an instance
+      else {
+        stream.respond({ ':status': err.httpStatus, [RELAY_ERROR]: '1' });
+        stream.end(errorToWire(err));
+      }
+      return err.httpStatus;
+    }), true);
   }
 
   /** The pipeline's steps for a header-routed call: token, folder from x-folder-id, node or alias. */
@@ -126,11 +136,21 @@ export class Proxy {
     return { route: route as Target['route'], alias, extraHeaders: alias?.spec.proxyMetadata.headers ?? [], stickyKey };
   }
 
-  private async forward(d: Downstream): Promise<void> {
+  /** At the home: the node the relaying worker named (it did the rest of the pipeline). */
+  private relayedTarget(d: Downstream): Target {
+    const nodeId = String(d.headers[RELAY_NODE] ?? '');
+    const route = this.routes.route(nodeId);
+    if (!route || route.spec.kind !== 'image') throw new BerthError('NODE_NOT_FOUND', `node ${nodeId} not found`, { nodeId });
+    const sticky = d.headers[RELAY_STICKY];
+    return { route: route as Target['route'], alias: null, extraHeaders: [], stickyKey: typeof sticky === 'string' ? sticky : undefined };
+  }
+
+  /** `atHome`: a call relayed here by another gateway worker (serveRelayed); it counts there, not here. */
+  private async forward(d: Downstream, atHome: boolean): Promise<void> {
     this.inFlight++;
     const nodeId = d.headers['x-node-id'];
     const to: CallTarget = typeof nodeId === 'string' && nodeId ? { nodeId } : { alias: String(d.headers['x-node-alias']) };
-    const count = this.pipeline.count(to);
+    const count = atHome ? null : this.pipeline.count(to);
     let status = 0;
     let grpcStatus: string | undefined;
     let lease: Lease | null = null;
@@ -141,7 +161,7 @@ export class Proxy {
     let counted: ReturnType<typeof countBytes> | null = null;
     let answerBytes = 0;
     try {
-      const t = this.target(d, to, count);
+      const t = count ? this.target(d, to, count) : this.relayedTarget(d);
       route = t.route;
       const { endpoint } = route.spec;
       const limit = this.config.maxRequestBytes;
@@ -155,7 +175,10 @@ export class Proxy {
         ? new BerthError('NODE_UNAVAILABLE', `node ${route!.id} had no healthy instance free within ${endpoint.timeout}s`, { nodeId: route!.id }, { 'retry-after': '1' })
         : new BerthError('CALL_TIMEOUT', `the call did not finish within the endpoint timeout of ${endpoint.timeout}s`, { nodeId: route!.id, timeoutSeconds: endpoint.timeout }));
       const holdMs = route.dispatcher.holdMs;
-      let call: Deadline = deadline = this.pipeline.deadlines.start(holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000, expire);
+      // the home keeps the node's deadlines for a call relayed there: this one only bounds them all
+      let home = atHome ? null : route.relay;
+      const firstMs = home ? (holdMs ?? 0) + endpoint.timeout * 1000 + 1000 : holdMs === null ? endpoint.timeout * 1000 : holdMs + 1000;
+      let call: Deadline = deadline = this.pipeline.deadlines.start(firstMs, expire);
       d.onClose(() => call.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
@@ -166,9 +189,26 @@ export class Proxy {
       let upstreamRes: UpstreamResponse | null = null;
       const tried = new Set<string>();
       for (;;) {
+        if (home) {
+          try {
+            upstreamRes = await viaHome(home, route.id, t.stickyKey, d, headers, counted?.stream ?? null, call);
+            break;
+          } catch (err) {
+            const untouched = !counted || counted.bytes() === 0;
+            if (!isUnreachable(err) || !untouched || call.aborted) throw err;
+            // its home died before the call got there: wait in this worker's queue until the
+            // primary names the next home (RELAYED), or makes it this worker (a session here)
+          }
+        }
         const waitMs = Math.max(1, call.expiresAt - Date.now());
         const acquired = route.dispatcher.acquire(waitMs, t.stickyKey, call); // a caller that leaves frees its queue place
-        lease = acquired instanceof Promise ? await raceAbort(acquired, call, (late) => route!.dispatcher.release(late)) : acquired;
+        try {
+          lease = acquired instanceof Promise ? await raceAbort(acquired, call, (late) => route!.dispatcher.release(late)) : acquired;
+        } catch (err) {
+          if (err !== RELAYED) throw err; // it waited here when the node's calls moved to a home: send it there
+          home = route.relay;
+          continue;
+        }
         if (holdMs !== null && tried.size === 0) {
           this.pipeline.deadlines.clear(call);
           call = deadline = this.pipeline.deadlines.start(endpoint.timeout * 1000, expire);
@@ -233,10 +273,52 @@ export class Proxy {
       this.inFlight--;
       if (deadline) this.pipeline.deadlines.clear(deadline);
       if (lease && route) route.dispatcher.release(lease);
-      if (reached && route) count.served(route, counted?.bytes() ?? 0, answerBytes);
-      count.end(status, grpcStatus);
+      if (reached && route) count?.served(route, counted?.bytes() ?? 0, answerBytes);
+      count?.end(status, grpcStatus);
     }
   }
+}
+
+/** Sends the exchange to the node's home (serveRelayed there); the home's own failure comes back as the BerthError it was. */
+async function viaHome(relay: CallRelay, nodeId: string, stickyKey: string | undefined, d: Downstream,
+  headers: Record<string, string | string[]>, body: Readable | null, call: Deadline): Promise<UpstreamResponse> {
+  const h: Record<string, string | string[]> = { ...headers, [RELAY_NODE]: nodeId }; // a copy: the HTTP/2 client adds pseudo-headers to it
+  if (stickyKey !== undefined) h[RELAY_STICKY] = stickyKey;
+  // no idle cut here: the call may wait in the home's queue; the home holds the instance to its idle timeout
+  let res: UpstreamResponse;
+  try {
+    res = await relay.request({ method: d.method, path: d.path, headers: h, body, signal: call, headersTimeoutMs: Math.max(1, call.expiresAt - Date.now()), idleTimeoutMs: Infinity });
+  } catch (err) {
+    if (err instanceof BerthError || isUnreachable(err)) throw err; // the call's own deadline; a home not there (the caller waits for the next)
+    throw new BerthError('BAD_GATEWAY', 'the gateway worker holding the node\'s sessions went away during the call', { nodeId });
+  }
+  if (res.headers[RELAY_ERROR] === undefined) return res;
+  const chunks: Buffer[] = [];
+  for await (const c of res.body) chunks.push(c as Buffer);
+  throw errorFromWire(Buffer.concat(chunks));
+}
+
+/** The side facing the caller for an HTTP/2 stream (a caller's, or another gateway worker's); `fail` answers an error. */
+function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boolean, fail: (err: BerthError) => number): Downstream {
+  let trailers: Promise<Record<string, string | string[]>> | null = null;
+  stream.on('wantTrailers', () => {
+    void (trailers ?? Promise.resolve({})).then((t) => { if (!stream.destroyed) stream.sendTrailers(t); });
+  });
+  return {
+    method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
+    isGrpc,
+    headersSent: () => stream.headersSent,
+    respond: (status, h, endStream) => {
+      if (stream.destroyed || stream.closed) throw new BerthError('CLIENT_CLOSED', 'the caller went away');
+      h[':status'] = String(status); // h is this call's own copy (responseHeaders)
+      stream.respond(h, endStream ? { endStream: true } : { waitForTrailers: true });
+    },
+    writable: stream,
+    setTrailers: (t) => { trailers = t; },
+    fail,
+    destroy: () => stream.close(h2c.NGHTTP2_CANCEL),
+    onClose: (cb) => stream.once('close', () => { if (!stream.writableFinished) cb(); }),
+  };
 }
 
 function headerValue(v: string | string[] | undefined): string | undefined {

@@ -9,7 +9,7 @@ import type { InstanceEntry, InstanceEvents, LoadSource, NodeEntry, RoutingSnaps
 import { WorkerConnection, type Frame } from '../worker/protocol.js';
 import { NodeDispatcher, type Slot } from './dispatcher.js';
 import { compileInputValidator, type InputValidator } from './input-validator.js';
-import { H1Upstream, H2Upstream } from './upstream.js';
+import { H1Upstream, H2Upstream, type UpstreamRequest, type UpstreamResponse } from './upstream.js';
 import { CallMeter } from './usage-meter.js';
 
 /** One gateway's load, per node and instance (see RoutingTable.loadReport). */
@@ -19,13 +19,17 @@ export interface LoadReport {
 }
 
 /**
- * With gateway workers: how a cell call reaches a node whose sessions another worker holds
- * (cluster/call-relay.ts). Resolves with the instance's answer frame, or a BerthError for a
- * call that failed once an instance had it (a timeout, a failed instance); rejects with a
+ * With gateway workers: how a call reaches a node whose sessions another worker holds, its
+ * home (cluster/call-relay.ts).
+ * `call` (cell nodes): resolves with the instance's answer frame, or a BerthError for a call
+ * that failed once an instance had it (a timeout, a failed instance); rejects with a
  * BerthError when the call could not start, NO_FREE_SESSION (onlyIfFree), or RELAY_UNREACHABLE.
+ * `request` (image nodes): the call's HTTP exchange, as the home answers it (proxy.ts); its
+ * headers name the node (RELAY_HEADERS).
  */
 export interface CallRelay {
   call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError>;
+  request(req: UpstreamRequest): Promise<UpstreamResponse>;
 }
 
 /** A call sent onlyIfFree found every session busy (mirrored calls never queue). */
@@ -42,7 +46,7 @@ export interface NodeRoute {
   readonly id: string;
   readonly spec: NodeSpec;
   readonly dispatcher: NodeDispatcher;
-  /** Set while another gateway worker holds the node's sessions: calls go there (cell nodes). */
+  /** Set while another gateway worker holds the node's sessions: calls go there. */
   readonly relay: CallRelay | null;
   /** Cell nodes only. */
   readonly validateInput: InputValidator | null;

@@ -1,5 +1,6 @@
 // Persistent connections from the gateway to one image instance: an undici pool for
 // HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
+import { connect as netConnect } from 'node:net';
 import { connect as h2connect, constants as h2c, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
 import type { Readable } from 'node:stream';
 import { Pool } from 'undici';
@@ -46,6 +47,13 @@ export function isRefused(err: unknown): boolean {
     || code === 'UND_ERR_SOCKET' || code === 'UPSTREAM_CLOSED' || code === 'ERR_HTTP2_STREAM_CANCEL' || code === 'ERR_HTTP2_GOAWAY_SESSION';
 }
 
+/** The connection could not be made at all (nothing listens there): no byte of the call was delivered. */
+export function isUnreachable(err: unknown): boolean {
+  const e = err as { code?: string; cause?: { code?: string } } | undefined;
+  for (const code of [e?.code, e?.cause?.code]) if (code === 'ECONNREFUSED' || code === 'ENOENT') return true;
+  return false;
+}
+
 export class H1Upstream implements Upstream {
   readonly protocol = 'http1';
   private readonly pool: Pool;
@@ -83,7 +91,10 @@ export class H2Upstream implements Upstream {
 
   private connect(): ClientHttp2Session {
     if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
-    const s = h2connect(`http://${this.endpoint.host ?? '127.0.0.1'}:${this.endpoint.port}`, { peerMaxConcurrentStreams: 1000 });
+    const { path, host, port } = this.endpoint;
+    // a unix socket: another gateway worker's (cluster/call-relay.ts)
+    const s = path ? h2connect('http://localhost', { peerMaxConcurrentStreams: 1000, createConnection: () => netConnect(path) })
+      : h2connect(`http://${host ?? '127.0.0.1'}:${port}`, { peerMaxConcurrentStreams: 1000 });
     s.on('error', () => { /* surfaced on the streams */ });
     s.on('close', () => { if (this.session === s) this.session = null; });
     s.unref();
