@@ -3,7 +3,7 @@
 // on this machine, one target at a time, with the same load generator for every target.
 //
 //   HTTP/1.1  one `http-echo` container (a Berth image node, min = max = 1 instance,
-//             sessionsPerInstance 64, health check http /healthz), GET /healthz with wrk:
+//             sessionsPerInstance 64 or --sessions, health check http /healthz), GET /healthz with wrk:
 //               direct        its published port 127.0.0.1:P (the node's instances[0].endpoint)
 //               berth         `berth up` with x-node-id / x-folder-id / Authorization
 //               nginx         Debian's nginx with as many worker processes as Berth has gateway
@@ -32,7 +32,7 @@
 //        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
 //        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
 //        [--http-targets direct,berth,nginx,node-floor,container-ip] [--grpc-targets (the same)]
-//        [--gateway-workers 1,2] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//        [--gateway-workers 1,2] [--sessions 64] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
 // master + workers, the Node floor) and the whole server side (front + echo container +
@@ -63,7 +63,8 @@ const NODE_PROXY = join(ROOT, 'bench', 'gateway-node-proxy.mjs');
 const H2LOAD = '/usr/bin/h2load';
 const NGINX = '/usr/sbin/nginx';
 const PYTHON = '/usr/bin/python3'; // `berth up` checks for it even when every node is an image node
-const SESSIONS = 64;
+/** nginx keeps this many idle connections to the upstream (as many as Berth's default --sessions). */
+const NGINX_KEEPALIVE = 64;
 const GRPC_PATH = '/berth.test.Echo/Echo';
 const GRPC_TEXT = 'hello from bench/gateway.ts';
 
@@ -85,8 +86,11 @@ const { values: args } = parseArgs({
     keep: { type: 'boolean', default: false },
     'berth-node-args': { type: 'string', default: '' },
     'gateway-workers': { type: 'string', default: '1,2' },
+    // Berth's sessionsPerInstance for both nodes; fewer than --gateway-workers makes the nodes homed at one worker (cluster/call-relay.ts)
+    sessions: { type: 'string', default: '64' },
   },
 });
+const SESSIONS = posInt(args.sessions!, 'sessions', 1, 1024);
 const DURATION = posInt(args.duration!, 'duration', 1, 600);
 const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
 const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
@@ -439,12 +443,12 @@ http {
   scgi_temp_path ${tmp}/scgi;
   upstream echo_http {
     server 127.0.0.1:${httpUpstream};
-    keepalive ${SESSIONS};
+    keepalive ${NGINX_KEEPALIVE};
     keepalive_requests 1000000;
   }
   upstream echo_grpc {
     server 127.0.0.1:${grpcUpstream};
-    keepalive ${SESSIONS};
+    keepalive ${NGINX_KEEPALIVE};
     keepalive_requests 1000000;
   }
   server {

@@ -9,8 +9,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
+import { spawn, spawnSync } from 'node:child_process';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, PYTHON, createNode, execute, makeCheckpoint, removeHome, startBerth, waitFor, runLoad, type Berth } from './helpers.js';
 
@@ -176,6 +176,33 @@ test('with as many sessions as workers the node is shared out, not homed', async
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 
+test('a control-API stream through a worker shows its headers at once: a log follow with no lines yet, then the line a call prints', async () => {
+  await makeCheckpoint(b, 'printer', ['x = 0\n', 'print(f"printed {x}", flush=True)\ny = x\n']);
+  const node = await createNode(b, { kind: 'cell', checkpointId: 'printer', name: 'printer', inputs: [{ name: 'x', type: 'int' }], outputs: [{ name: 'y', type: 'int' }] });
+  const ctl = new AbortController();
+  // before: the worker relaying the control API held the headers back until the first line, so a
+  // follow with lines=0 waited for a line nobody would print while the caller waited for headers
+  const res = await fetch(`${b.url}/v1/nodes/${node.id}/logs?follow=true&lines=0`, {
+    headers: { authorization: `Bearer ${b.token}` }, signal: AbortSignal.any([ctl.signal, AbortSignal.timeout(5000)]),
+  });
+  try {
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
+    const reader = res.body!.getReader();
+    assert.equal((await execute(b, node.id, { x: 4242 })).status, 200);
+    let text = '';
+    while (!text.includes('printed 4242')) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      text += Buffer.from(chunk.value).toString();
+    }
+    assert.match(text, /printed 4242/);
+  } finally {
+    ctl.abort();
+  }
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
 test('a home too deep for the workers\' unix sockets is refused at start with what to do', () => {
   const home = join(tmpdir(), `berth-deep-${'d'.repeat(100)}`);
   mkdirSync(home, { recursive: true });
@@ -186,6 +213,27 @@ test('a home too deep for the workers\' unix sockets is refused at start with wh
     assert.equal(r.status, 2, r.stdout + r.stderr);
     assert.match(r.stderr, /too long for one .* use a shorter --home \(or BERTH_HOME\), or --gateway-workers 1/);
   } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+test('with the default worker count (one per core), a home too deep for the sockets serves from one process and says why', async (t) => {
+  if (availableParallelism() < 2) return t.skip('one core: the default is one gateway process anyway');
+  const home = join(tmpdir(), `berth-deep-${'e'.repeat(100)}`);
+  mkdirSync(home, { recursive: true });
+  const env: NodeJS.ProcessEnv = { ...process.env, BERTH_PYTHON: PYTHON };
+  delete env.BERTH_GATEWAY_WORKERS;
+  const child = spawn(CLI[0]!, [...CLI.slice(1), 'up', '--port', '0', '--home', home], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { out += d; });
+  try {
+    await waitFor('berth up listening', async () => /Berth listening on/.test(out) || child.exitCode !== null, 30_000);
+    assert.match(out, /serving from one gateway process, not \d+: .*too long for one/);
+    assert.match(out, /Berth listening on http:\/\/127\.0\.0\.1:\d+ .*gateway workers 1\)/, out);
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
     rmSync(home, { recursive: true, force: true });
   }
 });

@@ -82,7 +82,9 @@ test('while no instance is healthy the node is Unhealthy, then Healthy again by 
 
 test('a full queue answers 503 with Retry-After', async () => {
   const node = await createNode(b, { ...LAB_NODE, name: 'tiny-queue', checkpointId: 'lab', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1 } });
-  const slow = [execute(b, node.id, { mode: 'sleep', arg: 1 }), execute(b, node.id, { mode: 'sleep', arg: 0.1 })];
+  // one runs, one waits: each long enough that, whichever reaches the instance first (with gateway
+  // workers the two may arrive in either order), the queue is still full 200 ms later
+  const slow = [execute(b, node.id, { mode: 'sleep', arg: 1 }), execute(b, node.id, { mode: 'sleep', arg: 0.6 })];
   await new Promise((r) => setTimeout(r, 200));
   const rejected = await execute(b, node.id, { mode: 'echo', arg: 1 });
   assert.equal(rejected.status, 503);

@@ -28,6 +28,9 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
       const out: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
       res.writeHead(answer.statusCode ?? 502, out);
+      // a streamed answer (a log follow: no length, maybe nothing for a while) shows its headers
+      // at once, as it did where it was made; Node holds them back until the first body chunk
+      if (answer.headers['content-length'] === undefined) res.flushHeaders();
       answer.pipe(res);
       answer.on('error', () => res.destroy());
     };

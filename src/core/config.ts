@@ -63,7 +63,7 @@ export interface Config {
    * way to instances on other machines. Either way every connection starts with the instance's secret.
    */
   workerTransport: 'unix' | 'tcp';
-  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); 1 (the default): everything in one process. */
+  /** Gateway processes serving the port (`--gateway-workers N|auto`, BERTH_GATEWAY_WORKERS); default auto (one per core); 1: everything in one process. */
   gatewayWorkers: number;
   /** With a shared store: the URL other Berth servers reach this one's control API at (`--advertise-url`, BERTH_ADVERTISE_URL); default: the URL it listens on. */
   advertiseUrl: string | null;
@@ -154,7 +154,7 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
     checkpointRunQueue: overrides.checkpointRunQueue ?? numberEnv('BERTH_CHECKPOINT_RUN_QUEUE', 4),
     // one process unless told (docs/architecture.md, "How many gateway workers": an image node
     // with fewer sessions than workers still has its session rotate among them)
-    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', 1)),
+    gatewayWorkers: overrides.gatewayWorkers ?? (process.env.BERTH_GATEWAY_WORKERS === 'auto' ? autoGatewayWorkers() : numberEnv('BERTH_GATEWAY_WORKERS', autoGatewayWorkers())),
     advertiseUrl: overrides.advertiseUrl !== undefined ? overrides.advertiseUrl : env.BERTH_ADVERTISE_URL || null,
     secretKeyFile: overrides.secretKeyFile !== undefined ? overrides.secretKeyFile : env.BERTH_SECRET_KEY_FILE || null,
     workerTransport: overrides.workerTransport ?? (env.BERTH_WORKER_TRANSPORT === 'tcp' ? 'tcp' : 'unix'),
@@ -164,15 +164,9 @@ export function loadConfig(overrides: Partial<Config> = {}): Config {
 /** `--gateway-workers auto` stops here: past it a worker mostly adds leases to share and snapshots to send (name more with a number). */
 export const MAX_AUTO_GATEWAY_WORKERS = 16;
 
-/**
- * `--gateway-workers auto`: one gateway process per core but one, at most
- * MAX_AUTO_GATEWAY_WORKERS. The core left over is for what the gateway feeds and is fed by on
- * the same machine (the controller, the instances' Python workers, the kernel's networking): on
- * 2 cores one gateway process served every path faster than two (docs/benchmarks.md).
- */
+/** `--gateway-workers auto`, the default: one gateway process per core, at most MAX_AUTO_GATEWAY_WORKERS. */
 export function autoGatewayWorkers(): number {
-  const cores = availableParallelism();
-  return Math.max(1, Math.min(cores - 1, MAX_AUTO_GATEWAY_WORKERS));
+  return Math.max(1, Math.min(availableParallelism(), MAX_AUTO_GATEWAY_WORKERS));
 }
 
 function numberEnv(name: string, dflt: number): number {

@@ -35,7 +35,7 @@ export function registerServer(cli: Command): void {
     .option('--max-request-bytes <size>', 'largest request body a call or upload may send, e.g. 16m (default 16m, or $BERTH_MAX_REQUEST_BYTES)')
     .option('--max-response-bytes <size>', 'largest answer an instance may return, e.g. 16m (default 16m, or $BERTH_MAX_RESPONSE_BYTES)')
     .option('--idle-timeout <seconds>', 'close a connection with no call running, or a request body, silent this long (default 300, or $BERTH_IDLE_TIMEOUT)')
-    .option('--gateway-workers <n>', 'gateway processes serving the port, or auto: one per core but one, at most 16 (default 1: everything in one process, or $BERTH_GATEWAY_WORKERS)')
+    .option('--gateway-workers <n>', 'gateway processes serving the port; 1: everything in one process (default auto: one per core, at most 16; or $BERTH_GATEWAY_WORKERS)')
     .option('--secret-key-file <file>', 'the key secrets are encrypted with; every server sharing a store needs the same one (default: <home>/secret.key, or $BERTH_SECRET_KEY_FILE)')
     .option('--advertise-url <url>', 'with a shared store: where the other Berth servers reach this one (default: the URL it listens on, or $BERTH_ADVERTISE_URL)')
     .addOption(new Option('--sandbox <mode>', 'run cells and checkpoint runs in bubblewrap, or unsandboxed (none: a machine only you use)').choices(['bubblewrap', 'none']).default(process.env.BERTH_SANDBOX ?? 'bubblewrap'))
@@ -72,8 +72,14 @@ export function registerServer(cli: Command): void {
       // (control.sock, gateway-<pid>.sock): past 107 bytes Linux cannot bind the path
       const longest = join(config.home, 'gateway-4194304.sock');
       if (config.gatewayWorkers > 1 && Buffer.byteLength(longest) > 107) {
-        console.error(`berth: with --gateway-workers ${config.gatewayWorkers} the gateway processes talk over unix sockets in the home, and its path is too long for one (${Buffer.byteLength(longest)} bytes with the socket's name, the limit is 107): use a shorter --home (or BERTH_HOME), or --gateway-workers 1`);
-        process.exit(2);
+        const why = `the gateway processes talk over unix sockets in the home, and its path is too long for one (${Buffer.byteLength(longest)} bytes with the socket's name, the limit is 107)`;
+        if (o.gatewayWorkers !== undefined || process.env.BERTH_GATEWAY_WORKERS) {
+          console.error(`berth: with --gateway-workers ${config.gatewayWorkers} ${why}: use a shorter --home (or BERTH_HOME), or --gateway-workers 1`);
+          process.exit(2);
+        }
+        // the default, not a choice: serve from one process, and say so
+        console.error(`berth: serving from one gateway process, not ${config.gatewayWorkers}: ${why}; a shorter --home (or BERTH_HOME) lets every core serve`);
+        config.gatewayWorkers = 1;
       }
       for (const [flag, v] of [['--max-request-bytes', config.maxRequestBytes], ['--max-response-bytes', config.maxResponseBytes]] as const) {
         if (!Number.isInteger(v) || v < 1024) { console.error(`berth: ${flag} must be a size of at least 1k, e.g. 16m (got ${v})`); process.exit(2); }
