@@ -1,5 +1,6 @@
 // Test helpers: a real `berth up` process on port 0 with its own BERTH_HOME, and a
 // client that talks to it over real HTTP, the way users do.
+import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -105,6 +106,32 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${last}` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * What a killed home may fail, per caller (its calls one after another): the call it had running
+ * there, its own connection's (if that was on the home) or a relayed one; and, right after a
+ * broken connection, the retry: it opens a connection to the surviving worker, which can relay it
+ * before it has seen the home die (the socket's end not yet read): that call was sent to the dead
+ * home too. Nothing else: every failure is one of those two kinds.
+ */
+export function checkKilledHomeFailures<T extends { caller: number }>(failed: T[], broken: (f: T) => boolean, relayed: (f: T) => boolean): void {
+  const byCaller = new Map<number, T[]>();
+  for (const f of failed) byCaller.set(f.caller, [...(byCaller.get(f.caller) ?? []), f]);
+  for (const [caller, fs] of byCaller) {
+    for (const f of fs) assert.ok(broken(f) || relayed(f), `a failure is a broken connection or the relayed call's answer: ${JSON.stringify(f)}`);
+    assert.ok(fs.length === 1 || (fs.length === 2 && broken(fs[0]!) && relayed(fs[1]!)),
+      `caller ${caller} lost only the call it had running on the killed home (and the retry of a broken connection sent there in the same instant): ${JSON.stringify(fs)}`);
+  }
+}
+
+/** With gateway workers: the worker holding a node's sessions once the primary has homed it there (cluster/call-relay.ts), and the other. */
+export async function homeOf(b: Berth, nodeId: string): Promise<{ home: any; other: any }> {
+  return waitFor(`node ${nodeId} homed at one worker`, async () => {
+    const s = (await b.request('GET', '/v1/gateway')).body;
+    const home = s.workers?.find((w: any) => w.homeOf.includes(nodeId));
+    return home && s.workers.length === 2 ? { home, other: s.workers.find((w: any) => w !== home) } : undefined;
+  }, 15_000);
 }
 
 export async function createNode(b: Berth, spec: Record<string, unknown>, waitHealthy = true): Promise<any> {

@@ -2,7 +2,7 @@
 // worker relays to its primary's unix socket; a follower Berth server (src/peers/) to the
 // leader's URL. The caller's token travels unchanged and is checked where the request is
 // answered; only connection-level headers are dropped.
-import { request as httpRequest, Agent, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpRequest, Agent, type ClientRequest, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { controlUnavailable } from '../gateway/data-plane.js';
 
@@ -34,19 +34,27 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
       answer.pipe(res);
       answer.on('error', () => res.destroy());
     };
-    let up;
-    if ('socketPath' in to) {
-      up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent }, onAnswer);
-    } else {
-      const u = new URL(to.url);
-      const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
-      up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: tlsAgent }, onAnswer) : httpRequest({ ...options, agent }, onAnswer);
-    }
-    up.on('error', (err) => {
-      if (!res.headersSent) controlUnavailable(res, err.message);
-      else res.destroy();
-    });
-    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
-    req.pipe(up);
+    // a request without a body whose kept-alive socket the other side closed as it was reused
+    // (the race every keep-alive client has) was not seen there: it is sent once more
+    const bodiless = (req.method === 'GET' || req.method === 'HEAD') && req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
+    const send = (retry: boolean): void => {
+      let up: ClientRequest;
+      if ('socketPath' in to) {
+        up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent }, onAnswer);
+      } else {
+        const u = new URL(to.url);
+        const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
+        up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: tlsAgent }, onAnswer) : httpRequest({ ...options, agent }, onAnswer);
+      }
+      up.on('error', (err: NodeJS.ErrnoException) => {
+        if (retry && bodiless && up.reusedSocket && err.code === 'ECONNRESET' && !res.headersSent && !res.destroyed) return send(false);
+        if (!res.headersSent) controlUnavailable(res, err.message);
+        else res.destroy();
+      });
+      res.once('close', () => { if (!res.writableFinished) up.destroy(); });
+      if (bodiless) { req.resume(); up.end(); }
+      else req.pipe(up);
+    };
+    send(true);
   };
 }

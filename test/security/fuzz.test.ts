@@ -287,8 +287,8 @@ test(`front-door fuzz: ${TARGET_REQUESTS} generated requests, no crash, no hang,
       const t0 = Date.now();
       try {
         const res = await fetch(`${s.url}/v1/health`, { signal: AbortSignal.timeout(5000), headers: { connection: 'close' } });
-        if (res.status !== 200) healthFailures.push(`status ${res.status} at ${t0 - started} ms`);
-        await res.arrayBuffer();
+        const body = await res.text();
+        if (res.status !== 200) healthFailures.push(`status ${res.status} at ${t0 - started} ms: ${body.slice(0, 300)}`);
       } catch (err) { healthFailures.push(`${(err as Error).message} at ${t0 - started} ms`); }
       if (!s.alive()) { healthFailures.push(`process exited with ${s.exitCode()}`); break; }
     }
