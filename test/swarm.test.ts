@@ -117,8 +117,9 @@ test('three instances spread over the three hosts, balanced through header routi
   const deadline = Date.now() + 15_000;
   try {
     while (!followed.includes(marker) && Date.now() < deadline) {
-      // http-echo prints on /print: call until one reaches the followed instance
-      for (let i = 0; i < 3; i++) await (await call(echo.id, `/print?text=${marker}`)).arrayBuffer();
+      // http-echo prints on /print: call until one reaches the followed instance (several at once:
+      // over several connections, so every gateway worker, each with its share of the sessions, has some)
+      await Promise.all(Array.from({ length: 6 }, async () => (await call(echo.id, `/print?text=${marker}`)).arrayBuffer()));
       // one read pending at a time: a read left behind by the timeout would swallow its chunk
       pending ??= reader.read();
       const chunk = await Promise.race([pending, new Promise<null>((r) => setTimeout(() => r(null), 1000))]);

@@ -205,12 +205,20 @@ class LineSink extends Writable {
 
   override _final(cb: (err?: Error | null) => void): void {
     const out: Buffer[] = [];
-    if (this.dropped >= 0) out.push(cutMarker(this.dropped));
+    if (this.dropped >= 0) this.endCut(out);
     else if (this.pendingLen > 0) out.push(...this.pending, Buffer.from('\n'));
     this.pending = [];
     this.pendingLen = 0;
     if (out.length === 0) { cb(); return; }
     this.log.append(Buffer.concat(out)).then(() => cb(), cb);
+  }
+
+  /** The cut line, whole: its head, then the marker that ends it. */
+  private endCut(out: Buffer[]): void {
+    out.push(...this.pending, cutMarker(this.dropped));
+    this.pending = [];
+    this.pendingLen = 0;
+    this.dropped = -1;
   }
 
   /** Whole lines of this chunk (plus what earlier chunks left unfinished); runs of short lines stay one slice. */
@@ -228,16 +236,17 @@ class LineSink extends Writable {
       const len = end - pos;
       if (this.dropped >= 0) {
         this.dropped += len;
-        if (nl !== -1) { out.push(cutMarker(this.dropped)); this.dropped = -1; }
+        if (nl !== -1) this.endCut(out);
       } else if (this.pendingLen + len > this.maxLine) {
+        // the line's head is held (at most maxLine) and written with its marker when the line
+        // ends: written now, the other stream's lines could land between the two
         flushRun(pos);
         let take = this.maxLine - this.pendingLen;
         while (take > 0 && (chunk[pos + take]! & 0xc0) === 0x80) take--; // do not split a UTF-8 character
-        out.push(...this.pending, chunk.subarray(pos, pos + take));
-        this.pending = [];
-        this.pendingLen = 0;
+        this.pending.push(Buffer.from(chunk.subarray(pos, pos + take)));
+        this.pendingLen += take;
         this.dropped = len - take;
-        if (nl !== -1) { out.push(cutMarker(this.dropped)); this.dropped = -1; }
+        if (nl !== -1) this.endCut(out);
       } else if (nl === -1) {
         flushRun(pos);
         this.pending.push(Buffer.from(chunk.subarray(pos, end)));
