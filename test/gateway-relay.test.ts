@@ -46,16 +46,16 @@ async function gateway(): Promise<any> {
 }
 
 /** Calls from `concurrency` connections for `ms`: fetch's pool opens that many, and the primary spreads them over both workers. */
-async function load(nodeId: string, concurrency: number, ms: number): Promise<Array<{ status: number; body: any; caller: number }>> {
+async function load(nodeId: string, concurrency: number, ms: number): Promise<Array<{ status: number; body: any; caller: number; at: number }>> {
   const deadline = Date.now() + ms;
-  const out: Array<{ status: number; body: any; caller: number }> = [];
+  const out: Array<{ status: number; body: any; caller: number; at: number }> = [];
   await Promise.all(Array.from({ length: concurrency }, async (_, k) => {
     for (let i = 0; Date.now() < deadline; i++) {
       try {
         const r = await execute(b, nodeId, { x: k * 1000 + i });
-        out.push({ status: r.status, body: r.body, caller: k });
+        out.push({ status: r.status, body: r.body, caller: k, at: Date.now() });
       } catch (err) {
-        out.push({ status: 0, body: (err as Error).message, caller: k });
+        out.push({ status: 0, body: (err as Error).message, caller: k, at: Date.now() });
       }
     }
   }));
@@ -139,7 +139,7 @@ test('the home killed under load: only the calls it was running fail, the node i
   t.diagnostic(`${answers.length} calls, ${failed.length} failed: ${JSON.stringify(failed.slice(0, 4))}`);
   // each of the 8 callers had one call running (on the home, or relayed to it) when it died:
   // a broken connection (the caller's was on the home), or a relayed call's 502 INSTANCE_FAILED
-  checkKilledHomeFailures(failed, (f) => f.status === 0, (f) => f.status === 502 && f.body.code === 'INSTANCE_FAILED');
+  checkKilledHomeFailures(failed, killedAt, 8, (f) => f.status === 0, (f) => f.status === 502 && f.body.code === 'INSTANCE_FAILED');
   // the survivor becomes the home (or the new worker does); calls are served again
   const rehomed = await waitFor('the node homed again', async () => {
     const s = await gateway();

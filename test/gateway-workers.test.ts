@@ -309,15 +309,15 @@ test('an image node\'s home killed under load: only the calls running there fail
   const { home } = await homeOf(b, node.id);
   const agent = new Agent({ keepAlive: true, maxSockets: 8 });
   let ok = 0; let okAfterKill = 0;
-  const failures: Array<{ caller: number; what: string }> = [];
+  const failures: Array<{ caller: number; what: string; at: number }> = [];
   let killedAt = 0;
   const deadline = Date.now() + 5000;
   const load = Promise.all(Array.from({ length: 8 }, async (_, caller) => {
     while (Date.now() < deadline) {
       try {
         const a = await call(agent, node.id, '/sleep?ms=5');
-        if (a.status === 200) { ok++; if (killedAt && Date.now() > killedAt + 200) okAfterKill++; } else failures.push({ caller, what: `HTTP ${a.status} ${JSON.stringify(a.body)}` });
-      } catch (err) { failures.push({ caller, what: (err as Error).message }); }
+        if (a.status === 200) { ok++; if (killedAt && Date.now() > killedAt + 200) okAfterKill++; } else failures.push({ caller, what: `HTTP ${a.status} ${JSON.stringify(a.body)}`, at: Date.now() });
+      } catch (err) { failures.push({ caller, what: (err as Error).message, at: Date.now() }); }
     }
   }));
   await new Promise((r) => setTimeout(r, 1500));
@@ -327,7 +327,7 @@ test('an image node\'s home killed under load: only the calls running there fail
   agent.destroy();
   t.diagnostic(`${ok} calls answered, ${okAfterKill} after the kill; failed: ${JSON.stringify(failures)}`);
   // each of the 8 callers had one call running on the home (its own connection there, or relayed to it)
-  checkKilledHomeFailures(failures, (f) => /ECONNRESET|socket hang up/.test(f.what), (f) => /^HTTP 502 .*BAD_GATEWAY/.test(f.what));
+  checkKilledHomeFailures(failures, killedAt, 8, (f) => /ECONNRESET|socket hang up/.test(f.what), (f) => /^HTTP 502 .*BAD_GATEWAY/.test(f.what));
   assert.ok(okAfterKill > 20, `the node was served again after the kill (${okAfterKill} calls)`);
   await waitFor('a new worker', async () => {
     const s = await gatewayStatus();

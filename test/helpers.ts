@@ -109,20 +109,21 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
 }
 
 /**
- * What a killed home may fail, per caller (its calls one after another): the call it had running
- * there, its own connection's (if that was on the home) or a relayed one; and, right after a
- * broken connection, the retry: it opens a connection to the surviving worker, which can relay it
- * before it has seen the home die (the socket's end not yet read): that call was sent to the dead
- * home too. Nothing else: every failure is one of those two kinds.
+ * What a killed home may fail: the calls that were on it when it died, and nothing after. The
+ * callers (each calling one after another, over one connection pool) lose the call each had
+ * running there (on a connection to the killed worker, or relayed to the home by the other), and
+ * a call sent at that instant on a pooled connection to the killed worker that no one had used
+ * since (the client has not read its end yet: one per such connection, at most one per caller's
+ * connection), or relayed by the surviving worker before it had read the home's end. Each failure
+ * is one of those two kinds, and all of them come right after the kill.
  */
-export function checkKilledHomeFailures<T extends { caller: number }>(failed: T[], broken: (f: T) => boolean, relayed: (f: T) => boolean): void {
-  const byCaller = new Map<number, T[]>();
-  for (const f of failed) byCaller.set(f.caller, [...(byCaller.get(f.caller) ?? []), f]);
-  for (const [caller, fs] of byCaller) {
-    for (const f of fs) assert.ok(broken(f) || relayed(f), `a failure is a broken connection or the relayed call's answer: ${JSON.stringify(f)}`);
-    assert.ok(fs.length === 1 || (fs.length === 2 && broken(fs[0]!) && relayed(fs[1]!)),
-      `caller ${caller} lost only the call it had running on the killed home (and the retry of a broken connection sent there in the same instant): ${JSON.stringify(fs)}`);
+export function checkKilledHomeFailures<T extends { at: number }>(failed: T[], killedAt: number, callers: number,
+  broken: (f: T) => boolean, relayed: (f: T) => boolean): void {
+  for (const f of failed) {
+    assert.ok(broken(f) || relayed(f), `a failure is a broken connection or the relayed call's answer: ${JSON.stringify(f)}`);
+    assert.ok(f.at >= killedAt && f.at < killedAt + 2000, `a call failed ${f.at - killedAt} ms from the kill: only the calls around it may (${JSON.stringify(f)})`);
   }
+  assert.ok(failed.length <= 2 * callers, `at most the running calls and one per pooled connection failed: ${failed.length} of ${callers} callers`);
 }
 
 /** With gateway workers: the worker holding a node's sessions once the primary has homed it there (cluster/call-relay.ts), and the other. */
