@@ -37,8 +37,9 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
     // a request without a body whose kept-alive socket the other side closed as it was reused
     // (the race every keep-alive client has) was not seen there: it is sent once more
     const bodiless = (req.method === 'GET' || req.method === 'HEAD') && req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
+    let up: ClientRequest | null = null;
+    res.once('close', () => { if (!res.writableFinished) up?.destroy(); });
     const send = (retry: boolean): void => {
-      let up: ClientRequest;
       if ('socketPath' in to) {
         up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent }, onAnswer);
       } else {
@@ -46,14 +47,14 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
         const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
         up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: tlsAgent }, onAnswer) : httpRequest({ ...options, agent }, onAnswer);
       }
-      up.on('error', (err: NodeJS.ErrnoException) => {
-        if (retry && bodiless && up.reusedSocket && err.code === 'ECONNRESET' && !res.headersSent && !res.destroyed) return send(false);
+      const sent = up;
+      sent.on('error', (err: NodeJS.ErrnoException) => {
+        if (retry && bodiless && sent.reusedSocket && err.code === 'ECONNRESET' && !res.headersSent && !res.destroyed) return send(false);
         if (!res.headersSent) controlUnavailable(res, err.message);
         else res.destroy();
       });
-      res.once('close', () => { if (!res.writableFinished) up.destroy(); });
-      if (bodiless) { req.resume(); up.end(); }
-      else req.pipe(up);
+      if (bodiless) { req.resume(); sent.end(); }
+      else req.pipe(sent);
     };
     send(true);
   };

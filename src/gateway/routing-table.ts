@@ -25,7 +25,7 @@ export interface LoadReport {
  * that failed once an instance had it (a timeout, a failed instance); rejects with a
  * BerthError when the call could not start, NO_FREE_SESSION (onlyIfFree), or RELAY_UNREACHABLE.
  * `request` (image nodes): the call's HTTP exchange, as the home answers it (proxy.ts); its
- * headers name the node (RELAY_HEADERS).
+ * headers name the node (RELAY_NODE there).
  */
 export interface CallRelay {
   call(nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError>;
