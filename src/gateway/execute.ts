@@ -128,8 +128,9 @@ export class Gateway {
           return await relay.call(route.id, payload, stickyKey, onlyIfFree);
         } catch (err) {
           if (err !== RELAY_UNREACHABLE) throw err;
-          // its home died before the call got there: wait in this worker's queue until the
-          // primary names the next home (RELAYED), or makes it this worker (a session here)
+          // its home died before the call got there: to the next home if one is named already
+          relay = route.homeAfter(relay);
+          if (relay) continue;
         }
       }
       try {

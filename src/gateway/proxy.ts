@@ -196,8 +196,9 @@ export class Proxy {
           } catch (err) {
             const untouched = !counted || counted.bytes() === 0;
             if (!isUnreachable(err) || !untouched || call.aborted) throw err;
-            // its home died before the call got there: wait in this worker's queue until the
-            // primary names the next home (RELAYED), or makes it this worker (a session here)
+            // its home died before the call got there: to the next home if one is named already
+            home = route.homeAfter(home);
+            if (home) continue;
           }
         }
         const waitMs = Math.max(1, call.expiresAt - Date.now());

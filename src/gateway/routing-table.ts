@@ -48,6 +48,12 @@ export interface NodeRoute {
   readonly dispatcher: NodeDispatcher;
   /** Set while another gateway worker holds the node's sessions: calls go there. */
   readonly relay: CallRelay | null;
+  /**
+   * Where a call goes after `failed` (its home) could not be reached: the next home, if a
+   * snapshot named it while the call was on its way (RELAYED went out before the call waited:
+   * it must not wait for it); null: it waits here, for RELAYED or for a session here.
+   */
+  homeAfter(failed: CallRelay): CallRelay | null;
   /** Cell nodes only. */
   readonly validateInput: InputValidator | null;
   readonly aclFolders: ReadonlySet<string>;
@@ -79,6 +85,10 @@ class RouteState implements NodeRoute {
     this.validateInput = entry.spec.kind === 'cell' ? compileInputValidator(entry.spec.inputs) : null;
     this.aclFolders = new Set(entry.spec.permissions.folders);
     this.dispatcher.setQueueSize(entry.spec.scaling.queueSize);
+  }
+
+  homeAfter(failed: CallRelay): CallRelay | null {
+    return this.relay !== failed ? this.relay : null;
   }
 
   /** Hands the dispatcher the connected, current instances (an immutable swap). */

@@ -1,7 +1,8 @@
 // The gateway's routing table applied from controller snapshots: instances join balancing
 // only once their sessions are open, leave it at once when a snapshot drops them and are
 // closed when their last call ends; stale snapshots are ignored; a dropped node's waiting
-// calls are refused; a worker that cannot be reached is reported back.
+// calls are refused; a worker that cannot be reached is reported back; with gateway workers,
+// where a call goes when its node's home changes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -9,7 +10,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseNodeSpec } from '../../src/core/node-spec.js';
-import { RoutingTable } from '../../src/gateway/routing-table.js';
+import { RELAYED, RoutingTable } from '../../src/gateway/routing-table.js';
+import { RelayClient } from '../../src/cluster/call-relay.js';
 import type { InstanceEvents, NodeEntry, RoutingSnapshot } from '../../src/routing/snapshot.js';
 import { BerthError } from '../../src/core/errors.js';
 
@@ -85,4 +87,37 @@ test('a node dropped from the snapshot refuses its waiting calls; an unreachable
   table.apply({ version: 2, nodes: [] });
   await assert.rejects(waiting, (err: unknown) => err instanceof BerthError && err.code === 'NODE_NOT_FOUND');
   assert.equal(table.route('n1'), undefined);
+});
+
+test('a home that went away: calls waiting here go to the next one (RELAYED); a call that finds it gone after the next was named goes there at once', async () => {
+  const clients = new Map<string, RelayClient>();
+  const relayTo = (path: string): RelayClient => {
+    let c = clients.get(path);
+    if (!c) clients.set(path, c = new RelayClient(path, 1 << 20));
+    return c;
+  };
+  const table = new RoutingTable(recorder(), 1024 * 1024, relayTo);
+  const spec = cellSpec(1);
+  const snapshot = (version: number, relay?: string): RoutingSnapshot =>
+    ({ version, nodes: [{ id: 'n1', spec, specVersion: 'v1', instances: [], ...(relay ? { relay } : {}) }] });
+  table.apply(snapshot(1, '/run/gateway-1.sock'));
+  const route = table.route('n1')!;
+  const first = route.relay!;
+  assert.equal(route.homeAfter(first), null, 'the home named now could not be reached: the call waits here for the next');
+
+  // the primary makes this worker the home (sessions come here): a call that failed to reach the old one waits here too
+  table.apply(snapshot(2));
+  assert.equal(route.relay, null);
+  assert.equal(route.homeAfter(first), null);
+
+  // a call waiting here when a home is named goes there (RELAYED) ...
+  const waiting = route.dispatcher.acquire(5000) as Promise<unknown>;
+  table.apply(snapshot(3, '/run/gateway-2.sock'));
+  await assert.rejects(waiting, (err: unknown) => err === RELAYED);
+  // ... and one still on its way to the dead home when that happened must not wait for a RELAYED already sent
+  const next = route.relay!;
+  assert.ok(next !== first);
+  assert.equal(route.homeAfter(first), next);
+  assert.equal(route.homeAfter(next), null);
+  for (const c of clients.values()) c.close();
 });
