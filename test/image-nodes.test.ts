@@ -159,11 +159,12 @@ test('endpoint timeout gives a clear 504; size limits hold both ways', async (t)
   assert.equal((await (await call(echo.id, `/big?bytes=${1024 * 1024}`)).arrayBuffer()).byteLength, 1024 * 1024);
 });
 
-test('server-sent events reach the caller as they are produced', async (t) => {
+test('server-sent events reach the caller as they are produced, headers first', async (t) => {
   if (skip) return t.skip(skip);
   const node = await createNode(b, { kind: 'image', image: testImage('sse'), name: 'sse', endpoint: { port: 8080, protocol: 'http' } });
   const started = Date.now();
   const res = await call(node.id, '/events');
+  const headersAt = Date.now() - started;
   assert.match(res.headers.get('content-type') ?? '', /text\/event-stream/);
   const times: number[] = [];
   let text = '';
@@ -174,6 +175,8 @@ test('server-sent events reach the caller as they are produced', async (t) => {
   assert.equal((text.match(/^data: /gm) ?? []).length, 10);
   assert.ok(times.length >= 5, `chunks arrived one by one (${times.length})`);
   assert.ok(times[0]! < times[times.length - 1]! - 500, `first event at ${times[0]}ms, last at ${times[times.length - 1]}ms`);
+  // the headers are not held back until the first event (100 ms after them at the instance)
+  assert.ok(headersAt < times[0]! - 50, `headers at ${headersAt}ms, first event at ${times[0]}ms`);
 });
 
 test('HTTP/2 (h2c) endpoints through the gateway, from HTTP/2 and HTTP/1.1 callers', async (t) => {

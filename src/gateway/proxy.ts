@@ -48,7 +48,8 @@ interface Downstream {
   body: Readable;
   isGrpc: boolean;
   headersSent(): boolean;
-  respond(status: number, headers: Record<string, string | string[]>, endStream: boolean): void;
+  /** `flush`: the body has no byte here yet and no length: show the headers now (a streamed answer, SSE), not with its first byte. */
+  respond(status: number, headers: Record<string, string | string[]>, endStream: boolean, flush?: boolean): void;
   writable: Writable;
   /** Ends the response, with trailers where the protocol carries them. */
   setTrailers(trailers: Promise<Record<string, string | string[]>>): void;
@@ -78,11 +79,10 @@ export class Proxy {
       method: req.method ?? 'GET', path: req.url ?? '/', headers: req.headers, body: req,
       isGrpc: false,
       headersSent: () => res.headersSent,
-      respond: (status, headers, endStream) => {
+      respond: (status, headers, endStream, flush) => {
         res.writeHead(status, headers);
         if (endStream) res.end();
-        // a streamed answer (no length: SSE, chunked) shows its headers at once; others go out with the body in one write
-        else if (headers['content-length'] === undefined) res.flushHeaders();
+        else if (flush) res.flushHeaders(); // otherwise they go out with the body's first bytes, in one write
       },
       writable: res,
       setTrailers: () => { /* HTTP/1.1 callers get no trailers */ },
@@ -251,7 +251,8 @@ export class Proxy {
         grpcStatus = headerValue(tr['grpc-status']) ?? grpcStatus;
         return responseHeaders(tr);
       }));
-      d.respond(status, respHeaders, false);
+      // an answer without a length whose first bytes are not here yet is a stream (SSE): its headers go now
+      d.respond(status, respHeaders, false, upstreamRes.headers['content-length'] === undefined && upstreamRes.body.readableLength === 0);
       // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
       answerBytes = await relay(upstreamRes.body, d, respLength > 0 ? Infinity : this.config.maxResponseBytes);
       await upstreamRes.trailers;
