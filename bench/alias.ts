@@ -45,7 +45,7 @@ import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from '../test/helpers.js';
 import {
-  CLK_TCK, ROOT, WRK, firstLine, loadGenerators, log, machine, onSignals, percentile, posInt as int, procTicks as ticks,
+  CLK_TCK, ROOT, berthCommand, WRK, firstLine, loadGenerators, log, machine, onSignals, percentile, posInt as int, procTicks as ticks,
   signalGroup, sleep, waitQuiet as waitQuietFor, wrk as wrkRun, wrkErrors, assertClean, type WrkResult,
 } from './lib.js';
 
@@ -236,7 +236,7 @@ interface CostResult {
 
 async function aliasCost(): Promise<CostResult> {
   log('part 1: starting berth up (process runtime)');
-  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON });
+  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON }, { cli: berthCommand() });
   berths.add(b);
   log(`part 1: berth listening on ${b.url}`);
   await makeCheckpoint(b, 'randomizer-checkpoint', readFileSync(join(ROOT, 'examples/randomizer.py'), 'utf8'));
@@ -460,7 +460,7 @@ const WHO = (who: string): string[] => [`who = ${JSON.stringify(who)}\nx = None\
 
 async function swapUnderLoad(): Promise<SwapResult> {
   log('part 2: starting berth up (process runtime)');
-  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON });
+  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON }, { cli: berthCommand() });
   berths.add(b);
   log(`part 2: berth listening on ${b.url}`);
   await makeCheckpoint(b, 'who-a', WHO('A'));

@@ -45,7 +45,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  ROOT, WRK, alive, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
+  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
   loadRun as timedRun, log, managed, memGiB, onSignals, percentile, posInt, readLog, signalGroup, sleep, start as startProcess,
   stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type WrkResult,
 } from './lib.js';
@@ -89,9 +89,6 @@ if (!TARGETS.includes('berth')) throw new Error('--targets must include berth (t
 const intList = (v: string, name: string, max: number): number[] => [...new Set(v.split(',').map((t) => posInt(t.trim(), name, 1, max)))];
 const PROCESS_MODES = intList(args.processes!, 'processes', 16);
 const GATEWAY_WORKERS = intList(args['gateway-workers']!, 'gateway-workers', 64);
-/** Whether this Berth has `berth up --gateway-workers N` (being added for issue 8); without it Berth runs as it is. */
-const GATEWAY_WORKERS_FLAG = /--gateway-workers\b/.test(spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'up', '--help'],
-  { cwd: ROOT, encoding: 'utf8', timeout: 60_000 }).stdout ?? '');
 /** Python modules the baselines need (Debian packages in the message). */
 const PY_PREREQS: Record<string, string> = { fastapi: 'python3-fastapi', uvicorn: 'python3-uvicorn', uvloop: 'python3-uvloop', httptools: 'python3-httptools' };
 /** Background load (cores) under which the machine counts as quiet, and how long to wait for it. */
@@ -447,13 +444,12 @@ interface BerthExtras {
   httpCodes: Record<string, number>;
 }
 
-/** `gatewayWorkers`: passed as --gateway-workers when berth up has it (null: run as it is). */
-async function benchBerth(work: string, gatewayWorkers: number | null): Promise<{ result: TargetResult; extras: BerthExtras }> {
-  const tag = `p${PROCESSES}${gatewayWorkers === null ? '' : `-g${gatewayWorkers}`}`;
+async function benchBerth(work: string, gatewayWorkers: number): Promise<{ result: TargetResult; extras: BerthExtras }> {
+  const tag = `p${PROCESSES}-g${gatewayWorkers}`;
   const home = join(work, `berth-home-${tag}`);
-  const name = gatewayWorkers === null ? 'berth' : `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
-  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--worker-transport', WORKER_TRANSPORT,
-    ...(gatewayWorkers === null ? [] : ['--gateway-workers', String(gatewayWorkers)])],
+  const name = `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
+  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS);
+  const m = start('berth', nodeBin!, [...cli, 'up', '--port', '0', '--home', home, '--worker-transport', WORKER_TRANSPORT, '--gateway-workers', String(gatewayWorkers)],
     join(work, `berth-${tag}.log`), { BERTH_PYTHON: PYTHON }, true);
   let out = '';
   m.proc.stdout!.on('data', (d) => { out += d; });
@@ -507,7 +503,7 @@ async function benchBerth(work: string, gatewayWorkers: number | null): Promise<
   // the gateway: berth up's whole process tree (gateway workers too, once there are any) but the Python workers'
   const workerTrees = new Set(pids.flatMap((p) => treeOf(p)));
   const gateway = treeOf(m.proc.pid!).filter((p) => !workerTrees.has(p));
-  const result = await measure(name, `berth up (Node ${process.version}${gatewayWorkers === null ? '' : `, --gateway-workers ${gatewayWorkers}`}) + ${PROCESSES} Python worker${PROCESSES > 1 ? 's' : ''}`, url,
+  const result = await measure(name, `berth up (the built CLI, Node ${process.version}, --gateway-workers ${gatewayWorkers}) + ${PROCESSES} Python worker${PROCESSES > 1 ? 's' : ''}`, url,
     { gateway, workers: pids }, `Bearer ${token}`);
 
   log(`berth: added latency, ${DIRECT_CALLS} calls each, direct to ${instances[0]!.endpoint} vs gateway, concurrency 1`);
@@ -694,7 +690,7 @@ function header(env: Record<string, string>): string {
     `Python: ${env.python}`,
     `Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
       `run order ${TARGETS.join(', ')}; rounds with ${PROCESS_MODES.join(' and ')} Python process(es) per target. ` +
-      (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : `\`berth up\` has no --gateway-workers flag yet: Berth runs with its one gateway process.`) +
+      `Berth (the built CLI, bin/berth) with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` +
       ` Cell workers over ${WORKER_TRANSPORT === 'tcp' ? 'TCP (127.0.0.1)' : 'Unix sockets'}, each connection authenticated by the instance secret.`,
   ].join('\n');
 }
@@ -708,7 +704,6 @@ async function main(): Promise<void> {
   if (missing.length && TARGETS.some((t) => t.startsWith('uvicorn'))) {
     throw new Error(`the uvicorn baselines need ${missing.join(', ')} for ${PYTHON}: apt-get install -y ${missing.map((m) => PY_PREREQS[m]).join(' ')}`);
   }
-  if (!GATEWAY_WORKERS_FLAG) log('berth up --help does not list --gateway-workers yet: Berth runs as today, with one gateway process');
   const env = machine();
   const work = mkdtempSync(join(tmpdir(), 'berth-bench-'));
   workDir = work;
@@ -724,7 +719,7 @@ async function main(): Promise<void> {
       const berths: Array<{ result: TargetResult; extras: BerthExtras }> = [];
       for (const t of TARGETS) {
         if (t === 'berth') {
-          for (const g of GATEWAY_WORKERS_FLAG ? GATEWAY_WORKERS : [null]) berths.push(await benchBerth(work, g));
+          for (const g of GATEWAY_WORKERS) berths.push(await benchBerth(work, g));
         } else if (t === 'gunicorn') results.push(await benchGunicorn(work));
         else if (t === 'uvicorn-reuseport' && P === 1) log('uvicorn-reuseport: skipped with one process (the same as uvicorn)');
         else results.push(await benchUvicorn(work, t as UvicornVariant));
@@ -737,7 +732,7 @@ async function main(): Promise<void> {
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `cell-node-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS, PROCESS_MODES, GATEWAY_WORKERS, GATEWAY_WORKERS_FLAG },
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS, PROCESS_MODES, GATEWAY_WORKERS },
       rounds: rounds.map((rd) => ({
         processes: rd.processes,
         results: rd.results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null, cpuPerCallUs: perCall(r) })),

@@ -24,7 +24,7 @@ import { startBerth, removeHome, tempHome, waitFor, createNode, type Berth } fro
 import { buildTestImages, testImage } from '../test/images/index.js';
 import { SPREAD_ECHO, clusterProblem, startTestCluster, type TestCluster } from '../test/cluster-support.js';
 import { createTestDatabase, pgProblem, type TestDatabase } from '../test/pg-support.js';
-import { WRK, ROOT, log, posInt, percentile, runTool, cpuSnapshot, cpuUse, treeOf, machine, gitHead, sleep } from './lib.js';
+import { WRK, ROOT, berthCommand, log, posInt, percentile, runTool, cpuSnapshot, cpuUse, treeOf, machine, gitHead, sleep } from './lib.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string): string => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : dflt; };
@@ -65,9 +65,9 @@ async function main(): Promise<void> {
     await cluster.loadImages([testImage('http-echo')]);
     db = await createTestDatabase();
     const env = { BERTH_STORE: db.url, BERTH_RUNTIME: 'swarm', DOCKER_HOST: cluster.managerDockerHost };
-    const a = await startBerth(homes[0], env);
+    const a = await startBerth(homes[0], env, { cli: berthCommand() });
     servers.push(a);
-    const b = await startBerth(homes[1], { ...env, BERTH_SECRET_KEY_FILE: join(homes[0]!, 'secret.key') });
+    const b = await startBerth(homes[1], { ...env, BERTH_SECRET_KEY_FILE: join(homes[0]!, 'secret.key') }, { cli: berthCommand() });
     servers.push(b);
     await waitFor('B known to the leader', async () => (await b.request('GET', '/v1/whoami')).status === 200, 5000, 20);
     log('servers up; creating the node (3 instances, one per host)');

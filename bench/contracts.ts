@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import protobuf from 'protobufjs';
-import { CLK_TCK, ROOT, gitHead, log, machine, percentile, posInt, procTicks, treeOf } from './lib.js';
+import { CLK_TCK, ROOT, berthCommand, gitHead, log, machine, percentile, posInt, procTicks, treeOf } from './lib.js';
 
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i]!.replace(/^--/, ''), process.argv[i + 1] ?? '');
@@ -26,7 +26,8 @@ const ROUNDS = posInt(args.get('rounds') ?? '3', 'rounds', 1, 20);
 const PYTHON = process.env.BERTH_PYTHON ?? '/usr/bin/python3';
 
 const home = mkdtempSync(join(tmpdir(), 'berth-bench-contracts-'));
-const berth = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'up', '--port', '0', '--home', home], {
+const [berthNode, ...berthCli] = berthCommand();
+const berth = spawn(berthNode!, [...berthCli, 'up', '--port', '0', '--home', home], {
   cwd: ROOT, env: { ...process.env, BERTH_HOME: home, BERTH_PYTHON: PYTHON }, stdio: ['ignore', 'pipe', 'pipe'], detached: true,
 });
 let output = '';

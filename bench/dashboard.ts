@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startBerth, tempHome, removeHome } from '../test/helpers.js';
+import { berthCommand } from './lib.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { parseNodeSpec } from '../src/core/node-spec.js';
 import { DEFAULT_QUOTA } from '../src/folders/quotas.js';
@@ -29,7 +30,7 @@ async function main(): Promise<void> {
       transitions: [{ status: 'Suspended', at: now }], createdAt: now, updatedAt: now, createdBy: 'bench' }, { ...DEFAULT_QUOTA, maxNodes: 100, maxInstances: 1000 });
   }
   await store.close();
-  const b = await startBerth(home);
+  const b = await startBerth(home, {}, { cli: berthCommand() });
   const pid = b.proc.pid!;
   try {
     await new Promise((r) => setTimeout(r, 3000)); // past start-up

@@ -18,7 +18,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ROOT, freePort, gitHead, http, log, machine, managed, onSignals, posInt, readLog, sleep, start, stop, treeOf } from './lib.js';
+import { ROOT, berthCommand, freePort, gitHead, http, log, machine, managed, onSignals, posInt, readLog, sleep, start, stop, treeOf } from './lib.js';
 
 const PYTHON = '/usr/bin/python3';
 const { values: args } = parseArgs({
@@ -154,7 +154,8 @@ async function main(): Promise<void> {
   const home = join(work, 'home');
   mkdirSync(home);
   const port = await freePort();
-  start('berth', process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'up', '--port', String(port), '--home', home, '--sandbox', SANDBOX],
+  const [nodeBin, ...cli] = berthCommand();
+  start('berth', nodeBin!, [...cli, 'up', '--port', String(port), '--home', home, '--sandbox', SANDBOX],
     join(work, 'berth.log'), { BERTH_HOME: home, BERTH_PYTHON: PYTHON, BERTH_CHECKPOINT_RUN_MEMORY_GB: '8' });
   url = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {

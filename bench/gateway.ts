@@ -53,7 +53,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed,
+  ROOT, WRK, alive, berthCommand, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed,
   onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed,
 } from './lib.js';
@@ -111,9 +111,6 @@ const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
 const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
-/** Whether this Berth has `berth up --gateway-workers N` (being added for issue 8). */
-const GATEWAY_WORKERS_FLAG = /--gateway-workers\b/.test(spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'up', '--help'],
-  { cwd: ROOT, encoding: 'utf8', timeout: 60_000 }).stdout ?? '');
 /** Background load (cores) under which the machine counts as quiet. */
 const QUIET_CORES = 0.2;
 /** A measurement during which other processes used more cores than this is repeated... */
@@ -399,14 +396,13 @@ async function createImageNode(base: string, token: string, spec: Record<string,
   return { nodeId, instanceId: inst.id, hostPort, containerIp, containerPids, proxyPids };
 }
 
-/** `gatewayWorkers`: passed as --gateway-workers (only when berth up has it); null: Berth as it is. */
-async function startBerth(work: string, gatewayWorkers: number | null): Promise<{ m: Managed; base: string; token: string }> {
-  const tag = gatewayWorkers === null ? '' : `-g${gatewayWorkers}`;
+async function startBerth(work: string, gatewayWorkers: number): Promise<{ m: Managed; base: string; token: string }> {
+  const tag = `-g${gatewayWorkers}`;
   const home = join(work, `berth-home${tag}`);
   const logFile = join(work, `berth${tag}.log`);
   berthHomes.push(home);
-  const m = start('berth', process.execPath, [...BERTH_NODE_ARGS, '--import', 'tsx', 'src/cli/main.ts', 'up', '--port', '0', '--home', home, '--runtime', 'docker',
-    ...(gatewayWorkers === null ? [] : ['--gateway-workers', String(gatewayWorkers)])],
+  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS);
+  const m = start('berth', nodeBin!, [...cli, 'up', '--port', '0', '--home', home, '--runtime', 'docker', '--gateway-workers', String(gatewayWorkers)],
     logFile, { BERTH_PYTHON: PYTHON, BERTH_HOME: home }, true);
   let out = '';
   m.proc.stdout!.on('data', (d) => { out += d; });
@@ -657,7 +653,7 @@ function report(env: Record<string, string>, httpResults: Measured[], grpcResult
   const lines: string[] = [];
   lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Linux ${env.kernel}; Node ${env.node}; ${env.docker}; ` +
     `${env.nginx}; ${env.wrk.replace(/ Copyright.*/, '')}; ${env.h2load}. Berth ${env.berth_head}. nginx with ${GATEWAY_WORKERS.join(' and ')} worker processes; ` +
-    (GATEWAY_WORKERS_FLAG ? `Berth with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` : '`berth up` has no --gateway-workers flag yet: Berth runs with its one gateway process.'));
+    `Berth (the built CLI, bin/berth) with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.`);
   lines.push('');
   if (httpResults.length) {
     lines.push(...table('HTTP/1.1', httpResults,
@@ -693,12 +689,11 @@ async function main(): Promise<void> {
     log('building the test images (skipped when up to date)');
     await buildTestImages(['http-echo', 'grpc-echo'], { log });
 
-    if (!GATEWAY_WORKERS_FLAG) log('berth up --help does not list --gateway-workers yet: Berth runs as today, with one gateway process');
-    // one Berth per gateway-worker count (when it has the flag), each with its own two nodes;
+    // one Berth per gateway-worker count, each with its own two nodes;
     // direct, nginx and the Node floor use the first Berth's containers
     const scaling = { minInstances: 1, maxInstances: 1, sessionsPerInstance: SESSIONS };
-    const berths: Array<{ gw: number | null; berth: { m: Managed; base: string; token: string }; httpNode: Instance; grpcNode: Instance }> = [];
-    for (const gw of GATEWAY_WORKERS_FLAG ? GATEWAY_WORKERS : [null]) {
+    const berths: Array<{ gw: number; berth: { m: Managed; base: string; token: string }; httpNode: Instance; grpcNode: Instance }> = [];
+    for (const gw of GATEWAY_WORKERS) {
       const berth = await startBerth(work, gw);
       const httpNode = await createImageNode(berth.base, berth.token, {
         kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
@@ -713,10 +708,9 @@ async function main(): Promise<void> {
       berths.push({ gw, berth, httpNode, grpcNode });
     }
     const { berth, httpNode, grpcNode } = berths[0]!;
-    const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } => b.gw === null
-      ? { short: 'Berth', workers: 1, label: 'Berth gateway (header-routed; one gateway process)' }
-      : { short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` };
-    // the proxy's processes: berth up's whole tree (its gateway workers too, once there are any)
+    const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } =>
+      ({ short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` });
+    // the proxy's processes: berth up's whole tree (its gateway workers too)
     const berthFront = (b: typeof berths[number]): number[] => treeOf(b.berth.m.proc.pid!);
     const nginxes = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx'))
       ? await Promise.all(GATEWAY_WORKERS.map((w) => startNginx(work, httpNode.hostPort, grpcNode.hostPort, w))) : [];
@@ -812,7 +806,7 @@ async function main(): Promise<void> {
     const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     const strip = (r: Measured): unknown => ({ ...r, main: { ...r.main, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null });
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS, GATEWAY_WORKERS, GATEWAY_WORKERS_FLAG },
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS, GATEWAY_WORKERS },
       http: httpResults.map(strip), grpc: grpcResults.map(strip), codes, table: text,
     }, null, 2) + '\n');
     console.log('\n' + text + '\n');

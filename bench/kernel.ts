@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { CLK_TCK, ROOT, cpuModel, gitHead, percentile, posInt, procTicks, treeOf } from './lib.js';
+import { CLK_TCK, ROOT, berthCommand, cpuModel, gitHead, percentile, posInt, procTicks, treeOf } from './lib.js';
 import { startBerth } from '../test/helpers.js';
 import { Kernel } from '../test/kernel-support.js';
 
@@ -43,7 +43,7 @@ const ticksOf = (pids: number[]): number => pids.reduce((s, p) => s + (procTicks
 
 async function main(): Promise<void> {
   const home = mkdtempSync(join(tmpdir(), 'berth-bench-kernel-'));
-  const b = await startBerth(home);
+  const b = await startBerth(home, {}, { cli: berthCommand() });
   const k = await Kernel.start({ PYTHONPATH: join(ROOT, 'python'), BERTH_URL: b.url, BERTH_TOKEN: b.token });
   const rows: string[] = [];
   try {

@@ -30,7 +30,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { Pool } from 'undici';
 import { startBerth, removeHome, makeCheckpoint, createNode, type Berth } from '../test/helpers.js';
-import { ROOT, firstLine, log, machine, machineBusyTicks, onSignals, percentile, posInt as int, procTicks, CLK_TCK, sleep, treeOf, waitQuiet } from './lib.js';
+import { ROOT, berthCommand, firstLine, log, machine, machineBusyTicks, onSignals, percentile, posInt as int, procTicks, CLK_TCK, sleep, treeOf, waitQuiet } from './lib.js';
 
 const PYTHON = '/usr/bin/python3';
 const INSTANCES = 2;
@@ -252,7 +252,7 @@ function report(env: Record<string, string>, rows: Row[], idle: number): string 
 async function main(): Promise<void> {
   const env = machine({ python: firstLine(PYTHON, ['--version']) });
   log('starting berth up (process runtime)');
-  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON });
+  const b = await startBerth(undefined, { BERTH_PYTHON: PYTHON }, { cli: berthCommand() });
   berth = b;
   for (const v of ['1', '2', 'A', 'B']) await makeCheckpoint(b, `bench-v${v}`, VERSION(v));
   const node = await createNode(b, { ...NODE, name: 'bench-rolling', checkpointId: 'bench-v1' });

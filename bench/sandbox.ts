@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  CLK_TCK, ROOT, assertClean, childrenOf, cpuModel, freePort, gitHead, http, log, managed, memGiB, onSignals, posInt,
+  CLK_TCK, ROOT, berthCommand, assertClean, childrenOf, cpuModel, freePort, gitHead, http, log, managed, memGiB, onSignals, posInt,
   procTicks, readLog, sleep, start, stop, waitQuiet, wrk, type Managed, type WrkResult,
 } from './lib.js';
 
@@ -53,7 +53,8 @@ async function startSide(mode: Mode): Promise<Side> {
   mkdirSync(home);
   const port = await freePort();
   const logFile = join(work, `berth-${mode}.log`);
-  const proc = start(`berth-${mode}`, process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'up', '--port', String(port), '--home', home, '--sandbox', mode],
+  const [nodeBin, ...cli] = berthCommand();
+  const proc = start(`berth-${mode}`, nodeBin!, [...cli, 'up', '--port', String(port), '--home', home, '--sandbox', mode],
     logFile, { BERTH_HOME: home, BERTH_PYTHON: PYTHON });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {

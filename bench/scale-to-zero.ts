@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  CLK_TCK, ROOT, cpuModel, freePort, gitHead, http, log, managed, memGiB, onSignals, percentile, posInt, procTicks, readLog, sleep,
+  CLK_TCK, ROOT, berthCommand, cpuModel, freePort, gitHead, http, log, managed, memGiB, onSignals, percentile, posInt, procTicks, readLog, sleep,
   start, stop, treeOf, type Managed,
 } from './lib.js';
 
@@ -55,7 +55,8 @@ interface Sample { ms: number; cpuMs: number; phases?: { spawn: number; restore:
 async function main(): Promise<void> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  const berth = start('berth', process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'up', '--port', String(port), '--home', home],
+  const [nodeBin, ...cli] = berthCommand();
+  const berth = start('berth', nodeBin!, [...cli, 'up', '--port', String(port), '--home', home],
     join(work, 'berth.log'), { BERTH_HOME: home, BERTH_PYTHON: PYTHON });
   for (let i = 0; ; i++) {
     try { if ((await http('GET', `${url}/v1/health`)).status === 200) break; } catch { /* not yet */ }

@@ -29,8 +29,9 @@ export function tempHome(): string {
  * Starts `berth up` in a child process and waits until it listens. `o.prefix`: a command it runs
  * under (e.g. nsenter into a test host's network namespace); `o.args`: more `berth up` flags.
  */
-export async function startBerth(home = tempHome(), extraEnv: Record<string, string> = {}, o: { prefix?: string[]; args?: string[] } = {}): Promise<Berth> {
-  const argv = [...(o.prefix ?? []), ...CLI, 'up', '--port', '0', '--home', home, ...(o.args ?? [])];
+/** `o.cli`: the command instead of CLI (the benchmarks run the built one: bench/lib.ts berthCommand). */
+export async function startBerth(home = tempHome(), extraEnv: Record<string, string> = {}, o: { prefix?: string[]; args?: string[]; cli?: string[] } = {}): Promise<Berth> {
+  const argv = [...(o.prefix ?? []), ...(o.cli ?? CLI), 'up', '--port', '0', '--home', home, ...(o.args ?? [])];
   const proc = spawn(argv[0]!, argv.slice(1), {
     env: { ...process.env, BERTH_HOME: home, BERTH_PYTHON: PYTHON, ...extraEnv },
     stdio: ['ignore', 'pipe', 'pipe'],
