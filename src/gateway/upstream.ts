@@ -139,7 +139,11 @@ export class H2Upstream implements Upstream {
       stream.once('close', () => {
         if (!settled) { settled = true; reject(Object.assign(new Error(`upstream stream closed (code ${stream.rstCode})`), { code: 'UPSTREAM_CLOSED' })); }
       });
-      if (r.body) r.body.pipe(stream);
+      if (r.body) {
+        // pipe() does not pass on a failed body (past the size limit, the caller gone): the exchange fails with it
+        r.body.once('error', (err) => stream.destroy(err));
+        r.body.pipe(stream);
+      }
     });
   }
 
