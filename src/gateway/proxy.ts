@@ -329,8 +329,9 @@ function headerValue(v: string | string[] | undefined): string | undefined {
 
 function forwardHeaders(incoming: IncomingHttpHeaders, extra: Target['extraHeaders']): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(incoming)) {
-    if (v === undefined || k.startsWith(':') || DROP_REQUEST.has(k)) continue;
+  for (const k in incoming) { // for-in, not Object.entries: no array of pairs per call
+    const v = incoming[k];
+    if (v === undefined || k.charCodeAt(0) === 58 /* ':' */ || DROP_REQUEST.has(k)) continue;
     if (k === 'te' && v !== 'trailers') continue;
     out[k] = v;
   }
@@ -340,7 +341,7 @@ function forwardHeaders(incoming: IncomingHttpHeaders, extra: Target['extraHeade
 
 function responseHeaders(h: Record<string, string | string[]>): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(h)) if (!DROP_RESPONSE.has(k) && !k.startsWith(':')) out[k] = v;
+  for (const k in h) if (k.charCodeAt(0) !== 58 /* ':' */ && !DROP_RESPONSE.has(k)) out[k] = h[k]!;
   return out;
 }
 
