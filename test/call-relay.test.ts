@@ -17,7 +17,7 @@ import { Readable } from 'node:stream';
 import { RelayClient, RelayServer, type RunHere, type ServeStream } from '../src/cluster/call-relay.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE } from '../src/gateway/routing-table.js';
 import { DeadlineWheel } from '../src/gateway/deadlines.js';
-import { isUnreachable, type UpstreamRequest } from '../src/gateway/upstream.js';
+import { RequestBody, isUnreachable, type UpstreamRequest } from '../src/gateway/upstream.js';
 import { BerthError } from '../src/core/errors.js';
 import { FRAME, type Frame } from '../src/worker/protocol.js';
 
@@ -33,7 +33,7 @@ const echoStreams: ServeStream = async (stream, headers) => {
 const wheel = new DeadlineWheel();
 function streamCall(path: string, body: string | null, node = 'n'): UpstreamRequest {
   return {
-    method: 'POST', path, headers: { 'x-node': node }, body: body === null ? null : Readable.from([Buffer.from(body)]),
+    method: 'POST', path, headers: { 'x-node': node }, body: body === null ? null : new RequestBody(Readable.from([Buffer.from(body)])),
     signal: wheel.start(10_000, () => undefined), headersTimeoutMs: 10_000, idleTimeoutMs: Infinity,
   };
 }

@@ -16,7 +16,7 @@ import { TypedServices } from './grpc/typed.js';
 import { InferenceProtocol } from './oip/service.js';
 import { Gateway } from './execute.js';
 import { Proxy } from './proxy.js';
-import { H2Upstream } from './upstream.js';
+import { H2Upstream, RequestBody } from './upstream.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
@@ -148,7 +148,7 @@ async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHea
   let trailers: Record<string, string | string[]> = {};
   try {
     const res = await upstream.request({
-      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: stream,
+      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: new RequestBody(stream), // grpc-js holds its own limit
       signal: new Deadline(Infinity, null), headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
     });
     if (stream.destroyed || stream.closed) { res.body.destroy(); return; }

@@ -9,14 +9,14 @@
 // serves it as its own calls from the instance on (serveRelayed).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
-import { Transform, type Readable, type Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { ImageNodeSpec } from '../core/types.js';
 import { RELAYED, type CallRelay, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute } from '../aliases/table.js';
-import { isRefused, isUnreachable, type UpstreamResponse } from './upstream.js';
+import { RequestBody, isRefused, isUnreachable, type UpstreamResponse } from './upstream.js';
 import { discardUpload, sendError } from './http-util.js';
 import { respondH2Error } from './last-resort.js';
 import type { CallPipeline, CallCount, CallTarget } from './pipeline.js';
@@ -158,7 +158,7 @@ export class Proxy {
     let deadline: Deadline | null = null;
     // usage: whether an instance answered, and the body bytes each way (counted as they pass)
     let reached = false;
-    let counted: ReturnType<typeof countBytes> | null = null;
+    let body: RequestBody | null = null;
     let answerBytes = 0;
     try {
       const t = count ? this.target(d, to, count) : this.relayedTarget(d);
@@ -182,7 +182,7 @@ export class Proxy {
       d.onClose(() => call.abort(new BerthError('CLIENT_CLOSED', 'the caller went away before the answer')));
 
       const hasBody = !(d.method === 'GET' || d.method === 'HEAD') || declared > 0 || d.headers['transfer-encoding'] !== undefined || d.isGrpc;
-      counted = hasBody ? countBytes(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
+      body = hasBody ? new RequestBody(d.body, limit, () => new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${limit} bytes`, { limit })) : null;
       const headers = forwardHeaders(d.headers, t.extraHeaders);
 
       // an instance that refuses the connection is skipped and the call tried on another
@@ -191,10 +191,10 @@ export class Proxy {
       for (;;) {
         if (home) {
           try {
-            upstreamRes = await viaHome(home, route.id, t.stickyKey, d, headers, counted?.stream ?? null, call);
+            upstreamRes = await viaHome(home, route.id, t.stickyKey, d, headers, body, call);
             break;
           } catch (err) {
-            const untouched = !counted || counted.bytes() === 0;
+            const untouched = !body || body.bytes === 0;
             if (!isUnreachable(err) || !untouched || call.aborted) throw err;
             // its home died before the call got there: to the next home if one is named already
             home = route.homeAfter(home);
@@ -217,12 +217,12 @@ export class Proxy {
         tried.add(lease.slot.id);
         try {
           upstreamRes = await lease.slot.upstream!.request({
-            method: d.method, path: d.path, headers, body: counted?.stream ?? null, signal: call,
+            method: d.method, path: d.path, headers, body, signal: call,
             headersTimeoutMs: Math.max(1, call.expiresAt - Date.now()), idleTimeoutMs: endpoint.idleTimeout * 1000,
           });
           break;
         } catch (err) {
-          const untouched = !counted || counted.bytes() === 0;
+          const untouched = !body || body.bytes === 0;
           if (isRefused(err) && untouched && !call.aborted) {
             this.routes.reportRefused(route.id, lease.slot.id, (err as Error).message);
             route.dispatcher.release(lease);
@@ -275,7 +275,7 @@ export class Proxy {
       this.inFlight--;
       if (deadline) this.pipeline.deadlines.clear(deadline);
       if (lease && route) route.dispatcher.release(lease);
-      if (reached && route) count?.served(route, counted?.bytes() ?? 0, answerBytes);
+      if (reached && route) count?.served(route, body?.bytes ?? 0, answerBytes);
       count?.end(status, grpcStatus);
     }
   }
@@ -283,7 +283,7 @@ export class Proxy {
 
 /** Sends the exchange to the node's home (serveRelayed there); the home's own failure comes back as the BerthError it was. */
 async function viaHome(relay: CallRelay, nodeId: string, stickyKey: string | undefined, d: Downstream,
-  headers: Record<string, string | string[]>, body: Readable | null, call: Deadline): Promise<UpstreamResponse> {
+  headers: Record<string, string | string[]>, body: RequestBody | null, call: Deadline): Promise<UpstreamResponse> {
   const h: Record<string, string | string[]> = { ...headers, [RELAY_NODE]: nodeId }; // a copy: the HTTP/2 client adds pseudo-headers to it
   if (stickyKey !== undefined) h[RELAY_STICKY] = stickyKey;
   // no idle cut here: the call may wait in the home's queue; the home holds the instance to its idle timeout
@@ -369,21 +369,6 @@ function relay(body: Readable, d: Downstream, limit: number): Promise<number> {
     out.once('close', () => { if (!body.readableEnded) body.destroy(); done(); });
     out.once('finish', done);
   });
-}
-
-/** Passes a stream through, counting bytes, and fails it past `limit`. */
-function countBytes(src: Readable, limit: number, tooLarge: () => Error): { stream: Readable; bytes: () => number } {
-  let n = 0;
-  const t = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      n += chunk.length;
-      if (n > limit) cb(tooLarge());
-      else cb(null, chunk);
-    },
-  });
-  src.on('error', (err) => t.destroy(err));
-  src.pipe(t);
-  return { stream: t, bytes: () => n };
 }
 
 /** Waits for `p` unless the call is aborted first; what `p` yields after that goes to `late` (a session is handed back). */

@@ -1,8 +1,8 @@
 // Persistent connections from the gateway to one image instance: an undici pool for
 // HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
 import { connect as netConnect } from 'node:net';
-import { connect as h2connect, constants as h2c, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
-import type { Readable } from 'node:stream';
+import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { Transform, type Readable } from 'node:stream';
 import { Pool } from 'undici';
 import type { Endpoint } from '../worker/protocol.js';
 import type { CallSignal } from './deadlines.js';
@@ -12,7 +12,7 @@ export interface UpstreamRequest {
   path: string;
   /** The call's own copy (the HTTP/2 client adds its pseudo-headers to it). */
   headers: Record<string, string | string[]>;
-  body: Readable | null;
+  body: RequestBody | null;
   /** The call's deadline: aborting it ends the exchange (a timeout, or the caller left). */
   signal: CallSignal;
   headersTimeoutMs: number;
@@ -54,6 +54,63 @@ export function isUnreachable(err: unknown): boolean {
   return false;
 }
 
+/**
+ * A call's request body on its way to an instance, counted as it passes (usage) and held to a
+ * limit: past it the exchange fails with `tooLarge()` while the caller's side stays whole, to
+ * be answered 413. Each upstream takes it its own way: undici as a stream of its own (it
+ * destroys a body it could not send, which must not be the caller's request), an HTTP/2 stream
+ * straight from the source (no stream in between: one per call cost a tenth of a gRPC call's
+ * CPU). Until an attempt takes bytes from it, a failed attempt leaves it whole for the next.
+ */
+export class RequestBody {
+  /** Bytes passed on so far. */
+  bytes = 0;
+  private stream: Readable | null = null;
+
+  constructor(private readonly source: Readable, private readonly limit = Infinity,
+    private readonly tooLarge: () => Error = () => new Error('the request body is over its limit')) {}
+
+  /** The body as a stream of its own (made once: every attempt reads the same one). */
+  asStream(): Readable {
+    if (this.stream) return this.stream;
+    const t = new Transform({
+      transform: (chunk: Buffer, _enc, cb) => {
+        this.bytes += chunk.length;
+        if (this.bytes > this.limit) cb(this.tooLarge());
+        else cb(null, chunk);
+      },
+    });
+    this.source.on('error', (err) => t.destroy(err));
+    this.source.pipe(t);
+    return this.stream = t;
+  }
+
+  /** Writes the body into `dst` as pipe() would; past the limit, or when the source fails, `dst` is destroyed with the error. */
+  pipeTo(dst: ClientHttp2Stream): void {
+    if (this.stream) { this.stream.once('error', (err) => dst.destroy(err)); this.stream.pipe(dst); return; }
+    const src = this.source;
+    const onData = (chunk: Buffer): void => {
+      this.bytes += chunk.length;
+      if (this.bytes > this.limit) { stop(); dst.destroy(this.tooLarge()); return; }
+      if (!dst.write(chunk)) src.pause();
+    };
+    const onDrain = (): void => { src.resume(); };
+    const onEnd = (): void => { stop(); dst.end(); };
+    const onError = (err: Error): void => { stop(); dst.destroy(err); };
+    // the exchange is over (answered, failed or cut): what the caller still sends stays with its side, paused
+    const stop = (): void => {
+      src.off('data', onData); src.off('end', onEnd); src.off('error', onError);
+      dst.off('drain', onDrain); dst.off('close', stop);
+      if (!src.readableEnded) src.pause();
+    };
+    src.on('data', onData);
+    src.once('end', onEnd);
+    src.once('error', onError);
+    dst.on('drain', onDrain);
+    dst.once('close', stop);
+  }
+}
+
 export class H1Upstream implements Upstream {
   readonly protocol = 'http1';
   private readonly pool: Pool;
@@ -66,7 +123,7 @@ export class H1Upstream implements Upstream {
 
   async request(r: UpstreamRequest): Promise<UpstreamResponse> {
     const res = await this.pool.request({
-      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body ?? undefined,
+      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body?.asStream(),
       signal: r.signal as unknown as AbortSignal, // undici takes any object with addEventListener
       headersTimeout: r.headersTimeoutMs, bodyTimeout: r.idleTimeoutMs,
     });
@@ -139,11 +196,7 @@ export class H2Upstream implements Upstream {
       stream.once('close', () => {
         if (!settled) { settled = true; reject(Object.assign(new Error(`upstream stream closed (code ${stream.rstCode})`), { code: 'UPSTREAM_CLOSED' })); }
       });
-      if (r.body) {
-        // pipe() does not pass on a failed body (past the size limit, the caller gone): the exchange fails with it
-        r.body.once('error', (err) => stream.destroy(err));
-        r.body.pipe(stream);
-      }
+      r.body?.pipeTo(stream);
     });
   }
 
