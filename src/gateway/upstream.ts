@@ -59,8 +59,8 @@ export function isUnreachable(err: unknown): boolean {
  * limit: past it the exchange fails with `tooLarge()` while the caller's side stays whole, to
  * be answered 413. Each upstream takes it its own way: undici as a stream of its own (it
  * destroys a body it could not send, which must not be the caller's request), an HTTP/2 stream
- * straight from the source (no stream in between: one per call cost a tenth of a gRPC call's
- * CPU). Until an attempt takes bytes from it, a failed attempt leaves it whole for the next.
+ * straight from the source (no stream in between: one per call cost a few percent of a gRPC
+ * call's CPU). Until an attempt takes bytes from it, a failed attempt leaves it whole for the next.
  */
 export class RequestBody {
   /** Bytes passed on so far. */
@@ -87,6 +87,7 @@ export class RequestBody {
 
   /** Writes the body into `dst` as pipe() would; past the limit, or when the source fails, `dst` is destroyed with the error. */
   pipeTo(dst: ClientHttp2Stream): void {
+    // an earlier attempt (HTTP/1.1, refused untouched) made the stream: that one is the body now
     if (this.stream) { this.stream.once('error', (err) => dst.destroy(err)); this.stream.pipe(dst); return; }
     const src = this.source;
     const onData = (chunk: Buffer): void => {
