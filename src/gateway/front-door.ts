@@ -84,18 +84,27 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
   // ---- h2: a session must open a stream within headersTimeoutMs, then idles at most idleTimeoutMs between streams ----
   h2.on('session', (session: ServerHttp2Session) => {
     sessions.set(session, 0);
+    // one timer at a time, not one per stream: it closes a session that has had no open stream
+    // for `limit` (the headers timeout before its first stream, the idle timeout after)
+    let limit = opts.headersTimeoutMs;
+    let idleSince = Date.now();
     let timer: NodeJS.Timeout | null = null;
+    const check = (): void => {
+      timer = null;
+      if ((sessions.get(session) ?? 0) > 0 || session.destroyed) return; // armed again when its last stream ends
+      const left = idleSince + limit - Date.now();
+      if (left <= 0) closeSession(session);
+      else arm(left);
+    };
     const arm = (ms: number): void => {
-      if (timer) clearTimeout(timer);
-      timer = setTimeout(() => closeSession(session), ms);
+      timer = setTimeout(check, ms);
       timer.unref();
     };
-    arm(opts.headersTimeoutMs);
+    arm(limit);
     session.on('stream', (stream: ServerHttp2Stream, _headers, flags: number) => {
       // the socket is gone once the session is destroyed (a stream can still be emitted then)
       const socket = session.socket as unknown as Tagged | undefined;
       settled(socket?.[CONN]);
-      if (timer) { clearTimeout(timer); timer = null; }
       sessions.set(session, (sessions.get(session) ?? 0) + 1);
       // END_STREAM on the HEADERS frame (flag 0x1): no body to wait for
       if ((flags & 0x1) === 0) {
@@ -105,7 +114,10 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
       stream.once('close', () => {
         const n = (sessions.get(session) ?? 1) - 1;
         sessions.set(session, n);
-        if (n === 0 && !session.destroyed) arm(opts.idleTimeoutMs);
+        if (n > 0 || session.destroyed) return;
+        limit = opts.idleTimeoutMs;
+        idleSince = Date.now();
+        if (!timer) arm(limit);
       });
     });
     session.once('close', () => { if (timer) clearTimeout(timer); sessions.delete(session); });

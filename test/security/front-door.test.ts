@@ -238,14 +238,18 @@ describe('front door (limits lowered by flags)', () => {
     const ka = await rawExchange(s.port, 'GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n', { boundMs: bound });
     assert.equal(ka.status, 200);
     assert.ok(ka.closed && ka.ms >= IDLE_TIMEOUT_S * 1000 - 500, `keep-alive idle: closed=${ka.closed} after ${ka.ms} ms`);
-    // h2 session after one stream
+    // h2 session: used past the header timeout (not idle that long: kept), then idle (closed)
     const session = h2session(s.url);
-    const closed = new Promise<number>((r) => { const t0 = Date.now(); session.once('close', () => r(Date.now() - t0)); });
+    const closed = new Promise<number>((r) => session.once('close', () => r(Date.now())));
     const health = await h2request(session, HEALTH_CHECK, Buffer.alloc(5));
     assert.equal(health.status, 200, health.text);
     assert.equal(health.headers['grpc-status'], '0');
-    const ms = await Promise.race([closed, sleep(bound).then(() => -1)]);
-    assert.ok(ms >= 0, 'the idle h2 session was not closed');
+    await sleep(HEADERS_TIMEOUT_S * 1000 + 500);
+    assert.equal((await h2request(session, HEALTH_CHECK, Buffer.alloc(5))).status, 200, 'the session was closed before it was idle that long');
+    const lastAt = Date.now();
+    const closedAt = await Promise.race([closed, sleep(bound).then(() => -1)]);
+    assert.ok(closedAt >= 0, 'the idle h2 session was not closed');
+    assert.ok(closedAt - lastAt >= IDLE_TIMEOUT_S * 1000 - 500, `closed ${closedAt - lastAt} ms after its last stream`);
     session.destroy();
     // a request body that stops arriving
     const stalled = await rawExchange(s.port, `POST /datasphere/v1/nodes/${lab}:execute HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.token}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"folder_id":`, { boundMs: bound });
