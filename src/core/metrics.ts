@@ -23,7 +23,8 @@ class CallMetricFamily {
   private readonly httpCodes: Counter<string>;
   private readonly grpcCodes: Counter<string>;
   private readonly durations: Histogram<string>;
-  private readonly bound = new Map<string, CallMetrics & { http: Set<string>; grpcSeen: Set<string> }>();
+  /** Bound children per node or alias; the code children are bound on first use (a call only increments). */
+  private readonly bound = new Map<string, CallMetrics & { httpCodes: Map<number, { inc(): void }>; grpcCodes: Map<string, { inc(): void }> }>();
 
   constructor(registry: Registry, private readonly prefix: 'node' | 'alias', private readonly label: string) {
     const what = prefix === 'node' ? 'node' : 'alias';
@@ -38,20 +39,20 @@ class CallMetricFamily {
     if (m) return m;
     const requests = this.requests.labels(id);
     const duration = this.durations.labels(id);
-    const codes = new Map<number, { inc(): void }>();
-    const http = new Set<string>();
-    const grpcSeen = new Set<string>();
+    const httpCodes = new Map<number, { inc(): void }>();
+    const grpcCodes = new Map<string, { inc(): void }>();
     m = {
-      requests, http, grpcSeen,
+      requests, httpCodes, grpcCodes,
       observe: (code, seconds) => {
-        let c = codes.get(code);
-        if (!c) { c = this.httpCodes.labels(id, String(code)); codes.set(code, c); http.add(String(code)); }
+        let c = httpCodes.get(code);
+        if (!c) { c = this.httpCodes.labels(id, String(code)); httpCodes.set(code, c); }
         c.inc();
         duration.observe(seconds);
       },
       grpc: (status) => {
-        grpcSeen.add(status);
-        this.grpcCodes.labels(id, status).inc();
+        let c = grpcCodes.get(status);
+        if (!c) { c = this.grpcCodes.labels(id, status); grpcCodes.set(status, c); }
+        c.inc();
       },
       observeGrpc: (status, seconds) => {
         m!.grpc(status);
@@ -67,8 +68,8 @@ class CallMetricFamily {
     this.bound.delete(id);
     this.requests.remove(id);
     this.durations.remove(id);
-    for (const code of m?.http ?? []) this.httpCodes.remove(id, code);
-    for (const code of m?.grpcSeen ?? []) this.grpcCodes.remove(id, code);
+    for (const code of m?.httpCodes.keys() ?? []) this.httpCodes.remove(id, String(code));
+    for (const code of m?.grpcCodes.keys() ?? []) this.grpcCodes.remove(id, code);
   }
 }
 

@@ -1,0 +1,34 @@
+// The per-node and per-alias call metrics (src/core/metrics.ts): bound once, each call only
+// increments; HTTP and gRPC codes counted per node; a forgotten node leaves no series behind.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Metrics } from '../../src/core/metrics.js';
+
+const series = (text: string, id: string): string[] => text.split('\n').filter((l) => l.includes(`node_id="${id}"`) && /^node_/.test(l));
+
+test('calls count per node under their HTTP and gRPC codes; a forgotten node leaves no series', async () => {
+  const metrics = new Metrics();
+  const m = metrics.bindNode('n1');
+  assert.equal(metrics.bindNode('n1'), m, 'bound once');
+  for (let i = 0; i < 3; i++) { m.requests.inc(); m.observe(200, 0.002); m.grpc('0'); }
+  m.requests.inc(); m.observe(200, 0.002); m.grpc('14');
+  m.observeGrpc('5', 0.001);
+  metrics.bindNode('n2').observe(503, 0.1);
+
+  const text = await metrics.registry.metrics();
+  assert.match(text, /node_requests\{node_id="n1"\} 4/);
+  assert.match(text, /node_http_codes\{node_id="n1",code="200"\} 4/);
+  assert.match(text, /node_grpc_codes\{node_id="n1",code="0"\} 3/);
+  assert.match(text, /node_grpc_codes\{node_id="n1",code="14"\} 1/);
+  assert.match(text, /node_grpc_codes\{node_id="n1",code="5"\} 1/);
+  assert.match(text, /node_request_durations_count\{node_id="n1"\} 5/);
+  assert.match(text, /node_http_codes\{node_id="n2",code="503"\} 1/);
+
+  metrics.forgetNode('n1');
+  const after = await metrics.registry.metrics();
+  assert.deepEqual(series(after, 'n1'), [], 'no series of the forgotten node');
+  assert.ok(series(after, 'n2').length > 0, 'the other node keeps its series');
+  // bound again from scratch
+  metrics.bindNode('n1').observe(200, 0.001);
+  assert.match(await metrics.registry.metrics(), /node_http_codes\{node_id="n1",code="200"\} 1/);
+});
