@@ -189,7 +189,7 @@ test('a streamed upload past the request limit is refused 413 at once, whatever 
   };
   for (const node of [echo, h2]) {
     const started = Date.now();
-    const r = await call(node.id, '/?raw=1', { method: 'POST', body: chunked(), duplex: 'half' } as RequestInit)
+    const r = await call(node.id, '/?raw=1', { method: 'POST', body: chunked(), duplex: 'half' } as RequestInit & { headers?: Record<string, string> })
       .catch((e) => { throw new Error(`node ${node.name}: ${e.message}: ${e.cause?.message}`); }); // (the h2 node's once reset the connection)
     assert.equal(r.status, 413, `node ${node.name}`);
     assert.equal(((await r.json()) as any).code, 'PAYLOAD_TOO_LARGE');

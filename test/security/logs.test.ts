@@ -322,7 +322,7 @@ describe('Docker runtime: container logs capped, tail only, follow', { timeout: 
     await buildTestImages(['http-echo']);
     const home = mkdtempSync(join(tmpdir(), 'berth-dlog-'));
     const rt = new DockerRuntime(home, { logLimits: { maxBytes: 65536, files: 3 } });
-    const s = { nodeId: newId(), instanceId: newId(), workload: { kind: 'image' as const, image: TEST_IMAGES['http-echo'], registryAuth: null, env: {}, ports: [8080] }, resources: { cores: 0.5, memoryGb: 0.25, gpus: 0 } };
+    const s = { nodeId: newId(), instanceId: newId(), revision: 1, workload: { kind: 'image' as const, image: TEST_IMAGES['http-echo'], registryAuth: null, env: {}, ports: [8080] }, resources: { cores: 0.5, memoryGb: 0.25, gpus: 0 } };
     const inst = await rt.start(s);
     try {
       const info = await docker().getContainer(containerName(s.instanceId)).inspect();

@@ -13,7 +13,7 @@ import { BerthError } from '../../src/core/errors.js';
 interface TestSession { closed: boolean; n: number }
 
 function slot(id: string, sessions: number): Slot {
-  return { id, free: Array.from({ length: sessions }, (_, n): TestSession => ({ closed: false, n })), busy: 0, lastUsedAt: 0, upstream: null };
+  return { id, free: Array.from({ length: sessions }, (_, n): TestSession => ({ closed: false, n })), busy: 0, lastUsedAt: 0, upstream: null, ready: true, retired: false };
 }
 
 /** A lease now (asserting it did not queue). */
