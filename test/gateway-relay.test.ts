@@ -9,6 +9,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
+import { Agent, request } from 'node:http';
 import { spawn, spawnSync } from 'node:child_process';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -151,6 +152,71 @@ test('the home killed under load: only the calls it was running fail, the node i
   assert.ok(late > 50, `calls were served around the kill (${late})`);
   const again = await runLoad(16, 8, 30_000, (i) => execute(b, node.id, { x: i }));
   assert.deepEqual(again.map((a) => a.status), Array(16).fill(200));
+  assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
+});
+
+/** An execute call on `agent`'s pooled connections (fetch gives no say over which connection a call takes). */
+function executeOn(agent: Agent, nodeId: string, x: number): Promise<{ status: number; body: any; tookMs: number }> {
+  const started = Date.now();
+  const u = new URL(b.url);
+  const payload = JSON.stringify({ folder_id: 'default', input: { x } });
+  return new Promise((resolve) => {
+    const req = request({
+      host: u.hostname, port: u.port, method: 'POST', path: `/datasphere/v1/nodes/${nodeId}:execute`, agent,
+      headers: { authorization: `Bearer ${b.token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text), tookMs: Date.now() - started }));
+    });
+    req.on('error', (err) => resolve({ status: 0, body: err.message, tookMs: Date.now() - started }));
+    req.setTimeout(20_000, () => req.destroy(new Error('call timed out')));
+    req.end(payload);
+  });
+}
+
+test('a call relayed to a home that has just died waits for the next home: the home\'s socket dies with it', async (t) => {
+  const node = await createNode(b, { ...NODE, name: 'relayed-dead-home', scaling: { minInstances: 1, maxInstances: 1, queueSize: 1000 } });
+  const { home } = await homeOf(b, node.id);
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+  const primary = b.proc.pid!;
+  let answers: Array<{ status: number; body: any; tookMs: number }>;
+  try {
+    // eight pooled connections, spread over both workers by the primary
+    for (let round = 0; round < 3; round++) {
+      const warm = await Promise.all(Array.from({ length: 8 }, (_, i) => executeOn(agent, node.id, i)));
+      assert.deepEqual(warm.map((a) => a.status), Array(8).fill(200), JSON.stringify(warm.find((a) => a.status !== 200)));
+    }
+    // the primary stopped, the home killed: until the primary goes on, nobody re-homes the node, and
+    // the survivor's calls find the dead home's socket. It must refuse them (they wait for the next
+    // home): it used to be the primary's (Node's cluster listens for its workers), which took the
+    // connection and handed it to the dead worker, and the calls on it waited out their deadline
+    process.kill(primary, 'SIGSTOP');
+    try {
+      process.kill(home.pid, 'SIGKILL');
+      await new Promise((r) => setTimeout(r, 300)); // the killed worker's connections are seen closed
+      const calls = Array.from({ length: 8 }, (_, i) => executeOn(agent, node.id, 100 + i));
+      await new Promise((r) => setTimeout(r, 500));
+      process.kill(primary, 'SIGCONT');
+      answers = await Promise.all(calls);
+    } finally {
+      process.kill(primary, 'SIGCONT');
+    }
+  } finally {
+    agent.destroy();
+  }
+  t.diagnostic(`answers: ${JSON.stringify(answers.map((a) => [a.status, a.tookMs]))}`);
+  // the survivor's own connections relayed theirs (to the dead home, then waited); the others
+  // reconnected (the port's connections wait for the primary, then go to the survivor): all served
+  for (const a of answers) {
+    assert.equal(a.status, 200, `every call was served once the node had a home again: ${JSON.stringify(a)}`);
+    assert.ok(a.tookMs < 5000, `no call waited out a deadline: ${a.tookMs} ms`);
+  }
+  await waitFor('two ready workers again', async () => {
+    const s = await gateway();
+    return s.workers.length === 2 && s.workers.every((w: any) => w.ready && w.pid !== home.pid) ? s : undefined;
+  }, 20_000);
   assert.equal((await b.request('DELETE', `/v1/nodes/${node.id}`)).status, 200);
 });
 

@@ -117,7 +117,11 @@ export class RelayServer {
     rmSync(this.path, { force: true });
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(this.path, () => { this.server.off('error', reject); resolve(); });
+      // exclusive: this process's own socket. Without it a cluster worker's listen goes through the
+      // primary, which accepts and hands each connection over: one handed to a worker as it died
+      // was held open by the primary with nobody reading it, and the calls on it waited out
+      // their deadlines; a socket of its own dies with the worker, and callers see it at once
+      this.server.listen({ path: this.path, exclusive: true }, () => { this.server.off('error', reject); resolve(); });
     });
     chmodSync(this.path, 0o600);
   }
