@@ -1,4 +1,4 @@
-// Prometheus metrics. Children are bound once per node and alias, so a call only increments.
+// Prometheus metrics. A node's and an alias's call series are bound once, so a call only adds to numbers.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { INSTANCE_STATUSES, type InstanceStatus } from './types.js';
 
@@ -17,59 +17,90 @@ type UsageLabel = 'folder_id' | 'node_id' | 'preset';
 
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
-/** node_requests, node_http_codes, node_grpc_codes, node_request_durations (and alias_… alike). */
-class CallMetricFamily {
-  private readonly requests: Counter<string>;
-  private readonly httpCodes: Counter<string>;
-  private readonly grpcCodes: Counter<string>;
-  private readonly durations: Histogram<string>;
-  /** Bound children per node or alias; the code children are bound on first use (a call only increments). */
-  private readonly bound = new Map<string, CallMetrics & { httpCodes: Map<number, { inc(): void }>; grpcCodes: Map<string, { inc(): void }> }>();
+/** One node's or alias's calls: plain numbers the call path adds to. */
+class CallSeries implements CallMetrics {
+  requestCount = 0;
+  readonly httpCodes = new Map<number, number>();
+  readonly grpcCodes = new Map<string, number>();
+  /** Calls per duration bucket, not cumulative (the last one is past the largest bound), and their sum. */
+  readonly buckets = new Float64Array(BUCKETS.length + 1);
+  count = 0;
+  seconds = 0;
 
-  constructor(registry: Registry, private readonly prefix: 'node' | 'alias', private readonly label: string) {
+  readonly requests = { inc: (): void => { this.requestCount++; } };
+
+  readonly observe = (code: number, seconds: number): void => {
+    this.httpCodes.set(code, (this.httpCodes.get(code) ?? 0) + 1);
+    this.time(seconds);
+  };
+
+  readonly grpc = (status: string): void => {
+    this.grpcCodes.set(status, (this.grpcCodes.get(status) ?? 0) + 1);
+  };
+
+  readonly observeGrpc = (status: string, seconds: number): void => {
+    this.grpc(status);
+    this.time(seconds);
+  };
+
+  private time(seconds: number): void {
+    let i = 0;
+    while (i < BUCKETS.length && seconds > BUCKETS[i]!) i++;
+    this.buckets[i]!++;
+    this.count++;
+    this.seconds += seconds;
+  }
+}
+
+/** A value as prom-client's registries read them (its text exposition, and the gateway workers' JSON it sums). */
+interface ExportedValue { labels: Record<string, string | number>; value: number; metricName?: string }
+
+/**
+ * node_requests, node_http_codes, node_grpc_codes, node_request_durations (and alias_… alike).
+ * Not prom-client's Counter and Histogram: their "bound" children hash the label values on every
+ * inc and observe (1–2 µs a call, measured), on every call. These are series of plain numbers,
+ * given to the registry as metrics of prom-client's shape, read only when scraped.
+ */
+class CallMetricFamily {
+  private readonly series = new Map<string, CallSeries>();
+
+  constructor(registry: Registry, prefix: 'node' | 'alias', private readonly label: string) {
     const what = prefix === 'node' ? 'node' : 'alias';
-    this.requests = new Counter({ name: `${prefix}_requests`, help: `Calls received per ${what}`, labelNames: [label], registers: [registry] });
-    this.httpCodes = new Counter({ name: `${prefix}_http_codes`, help: `Responses per ${what} and HTTP status code`, labelNames: [label, 'code'], registers: [registry] });
-    this.grpcCodes = new Counter({ name: `${prefix}_grpc_codes`, help: `gRPC calls per ${what} and grpc-status code`, labelNames: [label, 'code'], registers: [registry] });
-    this.durations = new Histogram({ name: `${prefix}_request_durations`, help: `Call duration per ${what} in seconds`, labelNames: [label], buckets: BUCKETS, registers: [registry] });
+    const family = (name: string, help: string, type: 'counter' | 'histogram', values: () => ExportedValue[]): void => {
+      const metric = { name, help, type, aggregator: 'sum', get: async () => ({ name, help, type, aggregator: 'sum', values: values() }) };
+      registry.registerMetric(metric as unknown as Parameters<Registry['registerMetric']>[0]);
+    };
+    family(`${prefix}_requests`, `Calls received per ${what}`, 'counter',
+      () => this.each((labels, s) => (s.requestCount > 0 ? [{ labels, value: s.requestCount }] : [])));
+    family(`${prefix}_http_codes`, `Responses per ${what} and HTTP status code`, 'counter',
+      () => this.each((labels, s) => [...s.httpCodes].map(([code, value]) => ({ labels: { ...labels, code: String(code) }, value }))));
+    family(`${prefix}_grpc_codes`, `gRPC calls per ${what} and grpc-status code`, 'counter',
+      () => this.each((labels, s) => [...s.grpcCodes].map(([code, value]) => ({ labels: { ...labels, code }, value }))));
+    const durations = `${prefix}_request_durations`;
+    family(durations, `Call duration per ${what} in seconds`, 'histogram', () => this.each((labels, s) => {
+      if (s.count === 0) return [];
+      let below = 0;
+      const out: ExportedValue[] = BUCKETS.map((le, i) => ({ labels: { le, ...labels }, value: below += s.buckets[i]!, metricName: `${durations}_bucket` }));
+      out.push({ labels: { le: '+Inf', ...labels }, value: s.count, metricName: `${durations}_bucket` },
+        { labels, value: s.seconds, metricName: `${durations}_sum` }, { labels, value: s.count, metricName: `${durations}_count` });
+      return out;
+    }));
+  }
+
+  private each(values: (labels: Record<string, string>, s: CallSeries) => ExportedValue[]): ExportedValue[] {
+    const out: ExportedValue[] = [];
+    for (const [id, s] of this.series) out.push(...values({ [this.label]: id }, s));
+    return out;
   }
 
   bind(id: string): CallMetrics {
-    let m = this.bound.get(id);
-    if (m) return m;
-    const requests = this.requests.labels(id);
-    const duration = this.durations.labels(id);
-    const httpCodes = new Map<number, { inc(): void }>();
-    const grpcCodes = new Map<string, { inc(): void }>();
-    m = {
-      requests, httpCodes, grpcCodes,
-      observe: (code, seconds) => {
-        let c = httpCodes.get(code);
-        if (!c) { c = this.httpCodes.labels(id, String(code)); httpCodes.set(code, c); }
-        c.inc();
-        duration.observe(seconds);
-      },
-      grpc: (status) => {
-        let c = grpcCodes.get(status);
-        if (!c) { c = this.grpcCodes.labels(id, status); grpcCodes.set(status, c); }
-        c.inc();
-      },
-      observeGrpc: (status, seconds) => {
-        m!.grpc(status);
-        duration.observe(seconds);
-      },
-    };
-    this.bound.set(id, m);
-    return m;
+    let s = this.series.get(id);
+    if (!s) this.series.set(id, s = new CallSeries());
+    return s;
   }
 
   forget(id: string): void {
-    const m = this.bound.get(id);
-    this.bound.delete(id);
-    this.requests.remove(id);
-    this.durations.remove(id);
-    for (const code of m?.httpCodes.keys() ?? []) this.httpCodes.remove(id, String(code));
-    for (const code of m?.grpcCodes.keys() ?? []) this.grpcCodes.remove(id, code);
+    this.series.delete(id);
   }
 }
 

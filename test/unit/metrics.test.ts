@@ -2,6 +2,7 @@
 // increments; HTTP and gRPC codes counted per node; a forgotten node leaves no series behind.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { AggregatorRegistry } from 'prom-client';
 import { Metrics } from '../../src/core/metrics.js';
 
 const series = (text: string, id: string): string[] => text.split('\n').filter((l) => l.includes(`node_id="${id}"`) && /^node_/.test(l));
@@ -31,4 +32,24 @@ test('calls count per node under their HTTP and gRPC codes; a forgotten node lea
   // bound again from scratch
   metrics.bindNode('n1').observe(200, 0.001);
   assert.match(await metrics.registry.metrics(), /node_http_codes\{node_id="n1",code="200"\} 1/);
+});
+
+test('durations are cumulative buckets, a value on a bound counted in it; gateway workers\' series sum', async () => {
+  const metrics = new Metrics();
+  const m = metrics.bindNode('h');
+  for (const s of [0.0005, 0.0007, 0.004, 0.3, 100]) m.observe(200, s);
+  const text = await metrics.registry.metrics();
+  assert.match(text, /node_request_durations_bucket\{le="0.0005",node_id="h"\} 1\n/);
+  assert.match(text, /node_request_durations_bucket\{le="0.001",node_id="h"\} 2\n/);
+  assert.match(text, /node_request_durations_bucket\{le="0.005",node_id="h"\} 3\n/);
+  assert.match(text, /node_request_durations_bucket\{le="0.5",node_id="h"\} 4\n/);
+  assert.match(text, /node_request_durations_bucket\{le="60",node_id="h"\} 4\n/);
+  assert.match(text, /node_request_durations_bucket\{le="\+Inf",node_id="h"\} 5\n/);
+  assert.match(text, /node_request_durations_sum\{node_id="h"\} 100.3052\n/);
+  // the primary sums the workers' JSON with prom-client's aggregator (src/cluster/primary.ts)
+  const json = await metrics.registry.getMetricsAsJSON();
+  const summed = await AggregatorRegistry.aggregate([json, json]).metrics();
+  assert.match(summed, /node_request_durations_bucket\{le="0.005",node_id="h"\} 6\n/);
+  assert.match(summed, /node_request_durations_count\{node_id="h"\} 10\n/);
+  assert.match(summed, /node_http_codes\{node_id="h",code="200"\} 10\n/);
 });
