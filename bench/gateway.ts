@@ -32,11 +32,16 @@
 //        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
 //        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
 //        [--http-targets direct,berth,nginx,node-floor,container-ip] [--grpc-targets (the same)]
-//        [--gateway-workers 1,2] [--sessions 64] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//        [--gateway-workers 1,2] [--sessions 64] [--rounds 1] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
 // master + workers, the Node floor) and the whole server side (front + echo container +
 // docker-proxy), with the ratios of Berth's to nginx's and to the Node floor's, in one run.
+// --rounds R measures every target R times, round after round (all targets once, then again),
+// because this machine's speed drifts by more than the differences measured, minute to minute:
+// each ratio is taken within a round, and the report gives the median of the R ratios with
+// their range; the goals are judged on the medians. A target's own figures are from its median
+// round (by throughput).
 //
 // Prints a markdown table at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) on any non-2xx answer, socket error, or gRPC status other than 0.
@@ -88,6 +93,7 @@ const { values: args } = parseArgs({
     'gateway-workers': { type: 'string', default: '1,2' },
     // Berth's sessionsPerInstance for both nodes; fewer than --gateway-workers makes the nodes homed at one worker (cluster/call-relay.ts)
     sessions: { type: 'string', default: '64' },
+    rounds: { type: 'string', default: '1' },
   },
 });
 const SESSIONS = posInt(args.sessions!, 'sessions', 1, 1024);
@@ -100,6 +106,7 @@ const GRPC_STREAMS = posInt(args['grpc-streams']!, 'grpc-streams', 1, 256);
 const GRPC_REQUESTS = posInt(args['grpc-requests']!, 'grpc-requests', 100, 10_000_000);
 const GRPC_C1_REQUESTS = posInt(args['grpc-c1-requests']!, 'grpc-c1-requests', 0, 10_000_000);
 const GRPC_WARMUP_REQUESTS = posInt(args['grpc-warmup-requests']!, 'grpc-warmup-requests', 0, 10_000_000);
+const ROUNDS = posInt(args.rounds!, 'rounds', 1, 20);
 /** Upper bound on one h2load run (it is killed past this, and the run fails). */
 const H2LOAD_MAX_S = 300;
 const QUIET_WAIT_S = posInt(args['quiet-wait']!, 'quiet-wait', 0, 3600);
@@ -596,9 +603,24 @@ function perCall(r: Measured): { front: number; server: number } {
   return { front: (front / r.main.rps) * 1e6, server: ((front + (c.echo ?? 0) + (c['docker-proxy'] ?? 0)) / r.main.rps) * 1e6 };
 }
 
-function table(title: string, results: Measured[], loadDesc: string, c1Desc: string): string[] {
+/** The median of the rounds' values, with their range when there is more than one. */
+function spread(values: number[]): { mid: number; lo: number; hi: number } {
+  const v = [...values].sort((a, b) => a - b);
+  return { mid: v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2, lo: v[0]!, hi: v[v.length - 1]! };
+}
+
+/** Each target's figures from its median round by throughput (every round measured the targets in the same order). */
+function medianRounds(rounds: Measured[][]): Measured[] {
+  return rounds[0]!.map((_, i) => {
+    const mine = rounds.map((r) => r[i]!).sort((a, b) => a.main.rps - b.main.rps);
+    return mine[Math.floor((mine.length - 1) / 2)]!;
+  });
+}
+
+function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: string): string[] {
+  const results = medianRounds(rounds);
   const lines: string[] = [];
-  lines.push(`**${title}** — ${loadDesc}; then ${c1Desc}.`);
+  lines.push(`**${title}** — ${loadDesc}; then ${c1Desc}.${ROUNDS > 1 ? ` ${ROUNDS} rounds: each target's figures from its median round by throughput; each comparison the median of the ${ROUNDS} rounds' own (their range in brackets).` : ''}`);
   lines.push('');
   lines.push('| target | req/s | p50 ms | p99 ms | requests | errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |');
   lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -619,49 +641,58 @@ function table(title: string, results: Measured[], loadDesc: string, c1Desc: str
       `${c.echo!.toFixed(2)} | ${(c['docker-proxy'] ?? 0).toFixed(2)} | ${c.load!.toFixed(2)} | ` +
       `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
   }
-  const d = results.find((r) => r.name === 'direct');
-  const floor = results.find((r) => r.name === 'node-floor');
-  for (const b of results.filter((r) => r.name === 'berth')) {
+  // a comparison of Berth (results[bi]) with another target (results[oi]), round by round
+  const each = (bi: number, oi: number, f: (b: Measured, o: Measured) => number | null): { mid: number; lo: number; hi: number } | null => {
+    const v = rounds.map((r) => f(r[bi]!, r[oi]!));
+    return v.every((n): n is number => n !== null && Number.isFinite(n)) ? spread(v) : null;
+  };
+  const fmt = (s: { mid: number; lo: number; hi: number } | null, as: (n: number) => string): string =>
+    s === null ? '–' : ROUNDS > 1 ? `${as(s.mid)} (${as(s.lo)}–${as(s.hi)})` : as(s.mid);
+  const rps = (b: Measured, o: Measured): number => b.main.rps / o.main.rps;
+  const cpu = (b: Measured, o: Measured): number | null => (perCall(o).front > 0 ? perCall(b).front / perCall(o).front : null);
+  const addedC1 = (b: Measured, o: Measured): number | null => (b.c1 && o.c1 ? b.c1.latency_us.p50 - o.c1.latency_us.p50 : null);
+  const d = results.findIndex((r) => r.name === 'direct');
+  const floor = results.findIndex((r) => r.name === 'node-floor');
+  results.forEach((b, bi) => {
+    if (b.name !== 'berth') return;
     lines.push('');
     lines.push(`| ${b.short} vs | throughput (Berth / other) | front CPU per call (Berth / other) | p50 added, loaded (ms) | p50 added, 1 conn (ms) | p99 added, 1 conn (ms) |`);
     lines.push('|---|---:|---:|---:|---:|---:|');
-    for (const r of results) {
-      if (r.name === 'berth') continue;
-      const other = perCall(r).front;
-      lines.push(`| ${r.short} | ${x(b.main.rps / r.main.rps)} | ${other > 0 ? x(perCall(b).front / other) : '–'} | ${ms(b.main.latency_us.p50 - r.main.latency_us.p50)} | ` +
-        `${b.c1 && r.c1 ? ms(b.c1.latency_us.p50 - r.c1.latency_us.p50) : '–'} | ${b.c1 && r.c1 ? ms(b.c1.latency_us.p99 - r.c1.latency_us.p99) : '–'} |`);
-    }
+    results.forEach((r, oi) => {
+      if (r.name === 'berth') return;
+      lines.push(`| ${r.short} | ${fmt(each(bi, oi, rps), x)} | ${fmt(each(bi, oi, cpu), x)} | ${fmt(each(bi, oi, (bb, o) => bb.main.latency_us.p50 - o.main.latency_us.p50), ms)} | ` +
+        `${fmt(each(bi, oi, addedC1), ms)} | ${fmt(each(bi, oi, (bb, o) => (bb.c1 && o.c1 ? bb.c1.latency_us.p99 - o.c1.latency_us.p99 : null)), ms)} |`);
+    });
     const goals: string[] = [];
     // nginx with as many workers as this Berth has gateway workers
-    const n = results.find((r) => r.name === 'nginx' && r.workers === b.workers);
-    if (n) goals.push(`throughput ≥ 0.8 × ${n.short}: ${x(b.main.rps / n.main.rps)} — ${b.main.rps >= 0.8 * n.main.rps ? 'met' : 'NOT met'}`);
-    if (floor && title.startsWith('HTTP')) {
-      const ratio = perCall(b).front / perCall(floor).front;
-      goals.push(`front CPU per call ≤ 1.3 × the Node floor's: ${x(ratio)} — ${ratio <= 1.3 ? 'met' : 'NOT met'}`);
-    }
-    if (d && b.c1 && d.c1) {
+    const n = results.findIndex((r) => r.name === 'nginx' && r.workers === b.workers);
+    const throughput = n >= 0 ? each(bi, n, rps) : null;
+    if (throughput) goals.push(`throughput ≥ 0.8 × ${results[n]!.short}: ${fmt(throughput, x)} — ${throughput.mid >= 0.8 ? 'met' : 'NOT met'}`);
+    const frontCpu = floor >= 0 && title.startsWith('HTTP') ? each(bi, floor, cpu) : null;
+    if (frontCpu) goals.push(`front CPU per call ≤ 1.3 × the Node floor's: ${fmt(frontCpu, x)} — ${frontCpu.mid <= 1.3 ? 'met' : 'NOT met'}`);
+    const added = d >= 0 ? each(bi, d, addedC1) : null;
+    if (added) {
       const limit = title.startsWith('HTTP') ? 0.3 : 0.5;
-      const added = (b.c1.latency_us.p50 - d.c1.latency_us.p50) / 1000;
-      goals.push(`added p50 over direct < ${limit} ms (1 connection): ${added.toFixed(2)} ms — ${added < limit ? 'met' : 'NOT met'}`);
+      goals.push(`added p50 over direct < ${limit} ms (1 connection): ${fmt(added, ms)} ms — ${added.mid / 1000 < limit ? 'met' : 'NOT met'}`);
     }
     if (goals.length) { lines.push(''); lines.push(`Goals (issue 8) for ${b.short}: ${goals.join('; ')}.`); }
-  }
+  });
   return lines;
 }
 
-function report(env: Record<string, string>, httpResults: Measured[], grpcResults: Measured[], codes: { http: Record<string, number>; grpc: Record<string, number> }, grpcBytes: number): string {
+function report(env: Record<string, string>, httpResults: Measured[][], grpcResults: Measured[][], codes: { http: Record<string, number>; grpc: Record<string, number> }, grpcBytes: number): string {
   const lines: string[] = [];
   lines.push(`Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Linux ${env.kernel}; Node ${env.node}; ${env.docker}; ` +
     `${env.nginx}; ${env.wrk.replace(/ Copyright.*/, '')}; ${env.h2load}. Berth ${env.berth_head}. nginx with ${GATEWAY_WORKERS.join(' and ')} worker processes; ` +
     `Berth (the built CLI, bin/berth) with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.`);
   lines.push('');
-  if (httpResults.length) {
+  if (httpResults[0]?.length) {
     lines.push(...table('HTTP/1.1', httpResults,
       `wrk -t1 -c${CONNECTIONS} -d${DURATION}s (after a ${WARMUP}s warm-up run), GET ${PATH}, the same three headers (x-node-id, x-folder-id, Authorization) to every target`,
       `wrk -t1 -c1 -d${C1_DURATION}s`));
     lines.push('');
   }
-  if (grpcResults.length) {
+  if (grpcResults[0]?.length) {
     lines.push(...table('gRPC unary', grpcResults,
       `h2load -t1 -c${GRPC_CLIENTS} -m${GRPC_STREAMS} -n${GRPC_REQUESTS} (after a -n${GRPC_WARMUP_REQUESTS} warm-up run), POST ${GRPC_PATH} (one ${grpcBytes}-byte length-prefixed EchoMessage), ` +
       `content-type application/grpc, te trailers and the routing headers to every target; percentiles from h2load's per-request log`,
@@ -742,12 +773,17 @@ async function main(): Promise<void> {
       if (berths.some((b) => url.startsWith(b.berth.base))) berthWrkRuns++;
       return wrk(url, kind === 'c1' ? 1 : CONNECTIONS, kind === 'warmup' ? WARMUP : kind === 'c1' ? C1_DURATION : DURATION, headersByUrl.get(url) ?? httpHeaders);
     };
-    const httpResults: Measured[] = [];
+    const httpResults: Measured[][] = []; // per round
     const wrkPhases: Phases = {
       warmup: WARMUP > 0, c1: C1_DURATION > 0,
       describe: (k) => k === 'warmup' ? `${WARMUP}s` : k === 'main' ? `${DURATION}s, ${CONNECTIONS} connections` : `${C1_DURATION}s`,
     };
-    for (const t of httpTargets) httpResults.push(await measure('HTTP', t, wrkRunner, wrkPhases));
+    for (let round = 1; round <= ROUNDS; round++) {
+      if (ROUNDS > 1) log(`HTTP: round ${round} of ${ROUNDS}`);
+      const results: Measured[] = [];
+      for (const t of httpTargets) results.push(await measure('HTTP', t, wrkRunner, wrkPhases));
+      httpResults.push(results);
+    }
 
     // ---- gRPC
     const frame = grpcFrame(GRPC_TEXT);
@@ -776,12 +812,17 @@ async function main(): Promise<void> {
     const h2Runner: Runner = (url, kind) => kind === 'c1'
       ? h2load(url, 1, 1, GRPC_C1_REQUESTS, headersByUrl.get(url) ?? grpcHeaders, bodyFile, h2log)
       : h2load(url, GRPC_CLIENTS, GRPC_STREAMS, kind === 'warmup' ? GRPC_WARMUP_REQUESTS : GRPC_REQUESTS, headersByUrl.get(url) ?? grpcHeaders, bodyFile, h2log);
-    const grpcResults: Measured[] = [];
+    const grpcResults: Measured[][] = []; // per round
     const h2Phases: Phases = {
       warmup: GRPC_WARMUP_REQUESTS > 0, c1: GRPC_C1_REQUESTS > 0,
       describe: (k) => k === 'warmup' ? `${GRPC_WARMUP_REQUESTS} requests` : k === 'main' ? `${GRPC_REQUESTS} requests, ${GRPC_CLIENTS} clients × ${GRPC_STREAMS} streams` : `${GRPC_C1_REQUESTS} requests`,
     };
-    for (const t of grpcTargets) grpcResults.push(await measure('gRPC', t, h2Runner, h2Phases));
+    for (let round = 1; round <= ROUNDS; round++) {
+      if (ROUNDS > 1) log(`gRPC: round ${round} of ${ROUNDS}`);
+      const results: Measured[] = [];
+      for (const t of grpcTargets) results.push(await measure('gRPC', t, h2Runner, h2Phases));
+      grpcResults.push(results);
+    }
 
     // Berth's own count of answers: every HTTP call 200, every gRPC call status 0
     const hc = { http: {} as Record<string, number> };
@@ -806,8 +847,8 @@ async function main(): Promise<void> {
     const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     const strip = (r: Measured): unknown => ({ ...r, main: { ...r.main, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null });
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS, GATEWAY_WORKERS },
-      http: httpResults.map(strip), grpc: grpcResults.map(strip), codes, table: text,
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, GRPC_CLIENTS, GRPC_STREAMS, GRPC_REQUESTS, GRPC_C1_REQUESTS, GRPC_WARMUP_REQUESTS, PATH, HTTP_TARGETS, GRPC_TARGETS, SESSIONS, GATEWAY_WORKERS, ROUNDS },
+      http: httpResults.map((r) => r.map(strip)), grpc: grpcResults.map((r) => r.map(strip)), codes, table: text,
     }, null, 2) + '\n');
     console.log('\n' + text + '\n');
     log(`raw numbers: ${file}`);
