@@ -1,6 +1,6 @@
 // Benchmark for "Cell nodes end to end": the randomizer served several ways on this machine,
 // with the same number P of Python processes each (--processes: P = 1 and P = 2 by default,
-// each a round of its own), driven by the same load generator (wrk, one thread, fixed
+// each a part of its own), driven by the same load generator (wrk, one thread, fixed
 // connections, same duration), one target at a time:
 //   berth              a Berth cell node (`berth up` as a child process, min = max = P instances;
 //                      with --gateway-workers N when `berth up --help` lists that flag)
@@ -17,7 +17,9 @@
 // Reported per target: req/s, calls/s per Python process (what counts when memory, one copy
 // of the model per process, limits the replicas), p50, and CPU µs per call of the front
 // (Berth's gateway processes; the supervisor elsewhere) and of the Python workers, with
-// ratios against Berth, all from one run.
+// ratios against Berth, all from one run. --rounds R measures every target R times, round after
+// round; each ratio is then the median of the rounds' own, with their range, and the goals are
+// judged on the medians (bench/lib.ts spread; a target's own figures: its median round).
 // Also: Berth's added latency over its worker (a framed-protocol client straight to a worker of
 // the same checkpoint, on the same transport as Berth's, vs. a raw HTTP/1.1 client to the gateway,
 // both at concurrency 1, interleaved in blocks), and the time from POST /v1/nodes to status Healthy.
@@ -26,6 +28,7 @@
 //   node --import tsx bench/cell-node.ts          (= npm run bench:cell; about 5-6 minutes)
 //     [--duration 10] [--warmup 2] [--connections 16] [--c1-duration 5] [--direct-calls 2000]
 //     [--processes 1,2] [--gateway-workers 1,2]   (Python processes per target; Berth gateway workers)
+//     [--rounds 1]     (every target this many times, round after round)
 //     [--targets berth,uvicorn,uvicorn-reuseport]   (run order; must include berth; also gunicorn, uvicorn-nodelay)
 //     [--attempts 3]   (a target disturbed by other processes on the machine is measured again)
 //     [--quiet-wait 120]   (seconds to wait, at most, for other processes to leave the machine quiet)
@@ -46,14 +49,14 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
   ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
-  loadRun as timedRun, log, managed, memGiB, onSignals, percentile, posInt, readLog, signalGroup, sleep, start as startProcess,
-  stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type WrkResult,
+  loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
+  stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type Spread, type WrkResult,
 } from './lib.js';
 
 const APPS = join(ROOT, 'bench', 'apps');
 const LUA = join(ROOT, 'bench', 'post.lua');
 const PYTHON = '/usr/bin/python3';
-/** Python processes per target in the current round (--processes lists the rounds). */
+/** Python processes per target in the current part (--processes lists them). */
 let PROCESSES = 2;
 const BODY = JSON.stringify({ folder_id: 'default', input: { input_data: { left_bound: 1, right_bound: 10 } } });
 const EXEC_PATH = '/datasphere/v1/nodes/NODE:execute'; // baselines: same shape, NODE is ignored
@@ -72,6 +75,7 @@ const { values: args } = parseArgs({
     'berth-node-args': { type: 'string', default: '' },
     attempts: { type: 'string', default: '3' },
     'quiet-wait': { type: 'string', default: '120' },
+    rounds: { type: 'string', default: '1' },
     'worker-transport': { type: 'string', default: process.env.BERTH_WORKER_TRANSPORT ?? 'unix' },
   },
 });
@@ -89,6 +93,7 @@ if (!TARGETS.includes('berth')) throw new Error('--targets must include berth (t
 const intList = (v: string, name: string, max: number): number[] => [...new Set(v.split(',').map((t) => posInt(t.trim(), name, 1, max)))];
 const PROCESS_MODES = intList(args.processes!, 'processes', 16);
 const GATEWAY_WORKERS = intList(args['gateway-workers']!, 'gateway-workers', 64);
+const ROUNDS = posInt(args.rounds!, 'rounds', 1, 20);
 /** Python modules the baselines need (Debian packages in the message). */
 const PY_PREREQS: Record<string, string> = { fastapi: 'python3-fastapi', uvicorn: 'python3-uvicorn', uvloop: 'python3-uvloop', httptools: 'python3-httptools' };
 /** Background load (cores) under which the machine counts as quiet, and how long to wait for it. */
@@ -444,8 +449,8 @@ interface BerthExtras {
   httpCodes: Record<string, number>;
 }
 
-async function benchBerth(work: string, gatewayWorkers: number): Promise<{ result: TargetResult; extras: BerthExtras }> {
-  const tag = `p${PROCESSES}-g${gatewayWorkers}`;
+async function benchBerth(work: string, gatewayWorkers: number, round: number): Promise<{ result: TargetResult; extras: BerthExtras }> {
+  const tag = `p${PROCESSES}-g${gatewayWorkers}-r${round}`; // a fresh Berth (home, log) each round
   const home = join(work, `berth-home-${tag}`);
   const name = `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
   const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS);
@@ -618,11 +623,17 @@ function perCall(r: TargetResult): { front: number; workers: number; total: numb
   return { front: f, workers: w, total: f + w };
 }
 
-/** One round's tables: every target with the same number of Python processes. */
-function report(results: TargetResult[], berths: Array<{ result: TargetResult; extras: BerthExtras }>): string {
+/** One round: every target once, Berth's first. */
+interface Round { results: TargetResult[]; berths: Array<{ result: TargetResult; extras: BerthExtras }> }
+
+/** One part's tables: every target with the same number of Python processes, over the rounds. */
+function report(rounds: Round[]): string {
+  const results = medianRounds(rounds.map((r) => r.results), (r) => r.load.rps);
+  const berths = results.filter((r) => r.name.startsWith('berth')).map((b) => rounds.flatMap((r) => r.berths).find((x) => x.result === b)!);
   const P = results[0]!.processes;
   const lines: string[] = [];
-  lines.push(`#### ${P} Python process${P > 1 ? 'es' : ''} per target`);
+  lines.push(`#### ${P} Python process${P > 1 ? 'es' : ''} per target` +
+    (ROUNDS > 1 ? ` (${ROUNDS} rounds: each target's figures from its median round by throughput; each comparison the median of the rounds' own, their range in brackets)` : ''));
   lines.push('');
   lines.push(`| target | req/s | req/s per Python process | p50 ms | p99 ms | requests | non-2xx + socket errors | 1 conn: req/s | 1 conn: p50 ms | 1 conn: p99 ms |`);
   lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
@@ -645,27 +656,39 @@ function report(results: TargetResult[], berths: Array<{ result: TargetResult; e
       `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ` +
       `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} | ${r.unbalanced ? `UNBALANCED: ${r.unbalanced}` : r.processes > 1 ? 'yes' : '–'} |`);
   }
-  const others = results.filter((r) => !r.name.startsWith('berth'));
-  for (const { result: b } of berths) {
+  // a comparison of Berth (index bi) with another target (oi), round by round
+  const each = (bi: number, oi: number, f: (b: TargetResult, o: TargetResult) => number | null): Spread | null => {
+    const v = rounds.map((r) => f(r.results[bi]!, r.results[oi]!));
+    return v.every((n): n is number => n !== null && Number.isFinite(n)) ? spread(v) : null;
+  };
+  const fmt = (v: Spread | null, as: (n: number) => string = x): string => showSpread(v, as, ROUNDS);
+  const perProcess = (b: TargetResult, o: TargetResult): number => (b.load.rps / b.processes) / (o.load.rps / o.processes);
+  const p50 = (b: TargetResult, o: TargetResult): number => b.load.latency_us.p50 / o.load.latency_us.p50;
+  results.forEach((b, bi) => {
+    if (!b.name.startsWith('berth')) return;
     lines.push('');
     lines.push(`| ${b.name} vs | throughput per Python process (Berth / other) | p50 (Berth / other, < 1 = Berth faster) | 1-conn p50 | server CPU per call (Berth / other) |`);
     lines.push('|---|---:|---:|---:|---:|');
-    for (const r of others) {
-      lines.push(`| ${r.name} | ${x((b.load.rps / b.processes) / (r.load.rps / r.processes))} | ${x(b.load.latency_us.p50 / r.load.latency_us.p50)} | ` +
-        `${b.c1 && r.c1 ? x(b.c1.latency_us.p50 / r.c1.latency_us.p50) : '–'} | ${x(perCall(b).total / perCall(r).total)} |`);
-    }
-    const uv = others.filter((r) => r.name.startsWith('uvicorn') && !r.unbalanced);
-    const best = uv.sort((a, c) => c.load.rps - a.load.rps)[0];
+    results.forEach((r, oi) => {
+      if (r.name.startsWith('berth')) return;
+      lines.push(`| ${r.name} | ${fmt(each(bi, oi, perProcess))} | ${fmt(each(bi, oi, p50))} | ` +
+        `${fmt(each(bi, oi, (bb, o) => (bb.c1 && o.c1 ? bb.c1.latency_us.p50 / o.c1.latency_us.p50 : null)))} | ${fmt(each(bi, oi, (bb, o) => perCall(bb).total / perCall(o).total))} |`);
+    });
+    // the goal's anchor: the uvicorn target that served most (its median round), its workers all busy
+    const uv = results.map((r, i) => ({ r, i })).filter(({ r }) => r.name.startsWith('uvicorn') && !r.unbalanced);
+    const best = uv.sort((a, c) => c.r.load.rps - a.r.load.rps)[0];
     const goals: string[] = [];
     if (best && P === 1) {
-      const ratio = b.load.rps / best.load.rps;
-      goals.push(`≥ 1.5× ${best.name} with one Python process each at a lower p50: ${x(ratio)}, p50 ${ms(b.load.latency_us.p50)} vs ${ms(best.load.latency_us.p50)} ms — ` +
-        `${ratio >= 1.5 && b.load.latency_us.p50 < best.load.latency_us.p50 ? 'met' : 'NOT met'}`);
+      const ratio = each(bi, best.i, perProcess)!;
+      const faster = each(bi, best.i, p50)!;
+      goals.push(`≥ 1.5× ${best.r.name} with one Python process each at a lower p50: ${fmt(ratio)}, p50 ${fmt(faster)} of its — ` +
+        `${ratio.mid >= 1.5 && faster.mid < 1 ? 'met' : 'NOT met'}`);
     }
-    goals.push(`gateway CPU per cell call ≤ 100 µs: ${us(perCall(b).front)} µs — ${perCall(b).front <= 100 ? 'met' : 'NOT met'}`);
+    const front = spread(rounds.map((r) => perCall(r.results[bi]!).front));
+    goals.push(`gateway CPU per cell call ≤ 100 µs: ${fmt(front, us)} µs — ${front.mid <= 100 ? 'met' : 'NOT met'}`);
     lines.push('');
     lines.push(`Goals (issue 8) for ${b.name}: ${goals.join('; ')}.`);
-  }
+  });
   for (const { result: b, extras } of berths) {
     const a = extras.added;
     lines.push('');
@@ -689,7 +712,7 @@ function header(env: Record<string, string>): string {
     `Machine: ${env.nproc} cores (nproc), ${env.cpu}, ${env.memory}; Node ${env.node}; ${env.wrk}; Berth ${env.berth_head}`,
     `Python: ${env.python}`,
     `Load: wrk -t1 -c${CONNECTIONS} -d${DURATION}s after a ${WARMUP}s warm-up, then -c1 -d${C1_DURATION}s; same POST for every target; ` +
-      `run order ${TARGETS.join(', ')}; rounds with ${PROCESS_MODES.join(' and ')} Python process(es) per target. ` +
+      `run order ${TARGETS.join(', ')}; ${PROCESS_MODES.join(' and ')} Python process(es) per target${ROUNDS > 1 ? `, ${ROUNDS} rounds each` : ''}. ` +
       `Berth (the built CLI, bin/berth) with --gateway-workers ${GATEWAY_WORKERS.join(' and ')}.` +
       ` Cell workers over ${WORKER_TRANSPORT === 'tcp' ? 'TCP (127.0.0.1)' : 'Unix sockets'}, each connection authenticated by the instance secret.`,
   ].join('\n');
@@ -710,33 +733,39 @@ async function main(): Promise<void> {
   log(`work directory ${work}`);
   let ok = false;
   try {
-    const rounds: Array<{ processes: number; results: TargetResult[]; berths: Array<{ result: TargetResult; extras: BerthExtras }> }> = [];
+    const parts: Array<{ processes: number; rounds: Round[] }> = [];
     for (const P of PROCESS_MODES) {
       PROCESSES = P;
-      log(`---- round: ${P} Python process${P > 1 ? 'es' : ''} per target`);
-      // in the order given by --targets; the table always lists Berth first
-      const results: TargetResult[] = [];
-      const berths: Array<{ result: TargetResult; extras: BerthExtras }> = [];
-      for (const t of TARGETS) {
-        if (t === 'berth') {
-          for (const g of GATEWAY_WORKERS) berths.push(await benchBerth(work, g));
-        } else if (t === 'gunicorn') results.push(await benchGunicorn(work));
-        else if (t === 'uvicorn-reuseport' && P === 1) log('uvicorn-reuseport: skipped with one process (the same as uvicorn)');
-        else results.push(await benchUvicorn(work, t as UvicornVariant));
+      const rounds: Round[] = [];
+      for (let round = 1; round <= ROUNDS; round++) {
+        log(`---- ${P} Python process${P > 1 ? 'es' : ''} per target${ROUNDS > 1 ? `, round ${round} of ${ROUNDS}` : ''}`);
+        // in the order given by --targets; the table always lists Berth first
+        const results: TargetResult[] = [];
+        const berths: Round['berths'] = [];
+        for (const t of TARGETS) {
+          if (t === 'berth') {
+            for (const g of GATEWAY_WORKERS) berths.push(await benchBerth(work, g, round));
+          } else if (t === 'gunicorn') results.push(await benchGunicorn(work));
+          else if (t === 'uvicorn-reuseport' && P === 1) { if (round === 1) log('uvicorn-reuseport: skipped with one process (the same as uvicorn)'); }
+          else results.push(await benchUvicorn(work, t as UvicornVariant));
+        }
+        results.unshift(...berths.map((b) => b.result));
+        rounds.push({ results, berths });
       }
-      results.unshift(...berths.map((b) => b.result));
-      rounds.push({ processes: P, results, berths });
+      parts.push({ processes: P, rounds });
     }
-    const table = [header(env), ...rounds.map((r) => report(r.results, r.berths))].join('\n\n');
+    const table = [header(env), ...parts.map((p) => report(p.rounds))].join('\n\n');
     const outDir = join(ROOT, 'bench', 'results');
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `cell-node-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, JSON.stringify({
-      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS, PROCESS_MODES, GATEWAY_WORKERS },
-      rounds: rounds.map((rd) => ({
-        processes: rd.processes,
-        results: rd.results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null, cpuPerCallUs: perCall(r) })),
-        berth: rd.berths.map((b) => b.extras),
+      env, options: { DURATION, WARMUP, CONNECTIONS, C1_DURATION, DIRECT_CALLS, TARGETS, PROCESS_MODES, GATEWAY_WORKERS, ROUNDS },
+      parts: parts.map((p) => ({
+        processes: p.processes,
+        rounds: p.rounds.map((rd) => ({
+          results: rd.results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null, cpuPerCallUs: perCall(r) })),
+          berth: rd.berths.map((b) => b.extras),
+        })),
       })),
       table,
     }, null, 2) + '\n');

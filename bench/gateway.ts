@@ -58,9 +58,9 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, berthCommand, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed,
-  onSignals, percentile, posInt, readLog, runTool, signalGroup, sleep, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
-  type CpuGroups, type CpuUse, type Managed,
+  ROOT, WRK, alive, berthCommand, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
+  onSignals, percentile, posInt, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
+  type CpuGroups, type CpuUse, type Managed, type Spread,
 } from './lib.js';
 
 const LUA = join(ROOT, 'bench', 'gateway.lua');
@@ -603,22 +603,8 @@ function perCall(r: Measured): { front: number; server: number } {
   return { front: (front / r.main.rps) * 1e6, server: ((front + (c.echo ?? 0) + (c['docker-proxy'] ?? 0)) / r.main.rps) * 1e6 };
 }
 
-/** The median of the rounds' values, with their range when there is more than one. */
-function spread(values: number[]): { mid: number; lo: number; hi: number } {
-  const v = [...values].sort((a, b) => a - b);
-  return { mid: v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2, lo: v[0]!, hi: v[v.length - 1]! };
-}
-
-/** Each target's figures from its median round by throughput (every round measured the targets in the same order). */
-function medianRounds(rounds: Measured[][]): Measured[] {
-  return rounds[0]!.map((_, i) => {
-    const mine = rounds.map((r) => r[i]!).sort((a, b) => a.main.rps - b.main.rps);
-    return mine[Math.floor((mine.length - 1) / 2)]!;
-  });
-}
-
 function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: string): string[] {
-  const results = medianRounds(rounds);
+  const results = medianRounds(rounds, (r) => r.main.rps);
   const lines: string[] = [];
   lines.push(`**${title}** — ${loadDesc}; then ${c1Desc}.${ROUNDS > 1 ? ` ${ROUNDS} rounds: each target's figures from its median round by throughput; each comparison the median of the ${ROUNDS} rounds' own (their range in brackets).` : ''}`);
   lines.push('');
@@ -642,12 +628,11 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
       `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
   }
   // a comparison of Berth (results[bi]) with another target (results[oi]), round by round
-  const each = (bi: number, oi: number, f: (b: Measured, o: Measured) => number | null): { mid: number; lo: number; hi: number } | null => {
+  const each = (bi: number, oi: number, f: (b: Measured, o: Measured) => number | null): Spread | null => {
     const v = rounds.map((r) => f(r[bi]!, r[oi]!));
     return v.every((n): n is number => n !== null && Number.isFinite(n)) ? spread(v) : null;
   };
-  const fmt = (s: { mid: number; lo: number; hi: number } | null, as: (n: number) => string): string =>
-    s === null ? '–' : ROUNDS > 1 ? `${as(s.mid)} (${as(s.lo)}–${as(s.hi)})` : as(s.mid);
+  const fmt = (s: Spread | null, as: (n: number) => string): string => showSpread(s, as, ROUNDS);
   const rps = (b: Measured, o: Measured): number => b.main.rps / o.main.rps;
   const cpu = (b: Measured, o: Measured): number | null => (perCall(o).front > 0 ? perCall(b).front / perCall(o).front : null);
   const addedC1 = (b: Measured, o: Measured): number | null => (b.c1 && o.c1 ? b.c1.latency_us.p50 - o.c1.latency_us.p50 : null);

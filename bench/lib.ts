@@ -46,6 +46,31 @@ export function percentile(sorted: number[] | Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
 
+/**
+ * --rounds: the machine's speed drifts by more than the differences measured, minute to minute,
+ * so a comparison is made within each round and reported as the median of the rounds' values,
+ * with their range.
+ */
+export interface Spread { mid: number; lo: number; hi: number }
+
+export function spread(values: number[]): Spread {
+  const v = [...values].sort((a, b) => a - b);
+  return { mid: v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2, lo: v[0]!, hi: v[v.length - 1]! };
+}
+
+/** `mid`, and the range when there was more than one round. */
+export function showSpread(s: Spread | null, as: (n: number) => string, rounds: number): string {
+  return s === null ? '–' : rounds > 1 ? `${as(s.mid)} (${as(s.lo)}–${as(s.hi)})` : as(s.mid);
+}
+
+/** Each target's own figures from its median round by throughput (every round measured the targets in the same order). */
+export function medianRounds<T>(rounds: T[][], rps: (t: T) => number): T[] {
+  return rounds[0]!.map((_, i) => {
+    const mine = rounds.map((r) => r[i]!).sort((a, b) => rps(a) - rps(b));
+    return mine[Math.floor((mine.length - 1) / 2)]!;
+  });
+}
+
 export function readLog(file: string): string {
   try { return readFileSync(file, 'utf8').slice(-4000); } catch { return ''; }
 }
