@@ -113,6 +113,18 @@ describe('log writer (a real Python process writing through pipes)', () => {
     assert.match(tail[3]!, /^\[berth\] \S+ instance exited with code 0$/);
   });
 
+  test('a print per call, thousands of them: every line lands once, in order, stdout and stderr alike', async () => {
+    // lines read while a write is in flight (or held for a moment after one) go out in one write
+    const path = await run([
+      'import sys',
+      "for i in range(6000): print('p%d' % i); print('e%d' % i, file=sys.stderr) if i % 100 == 0 else None",
+    ].join('\n'), { maxBytes: 1024 * 1024, files: 2 });
+    const lines = readFileSync(path, 'utf8').split('\n');
+    assert.deepEqual(lines.filter((l) => l.startsWith('p')), Array.from({ length: 6000 }, (_, i) => `p${i}`));
+    assert.deepEqual(lines.filter((l) => l.startsWith('e')), Array.from({ length: 60 }, (_, i) => `e${i * 100}`));
+    assert.match(lines.at(-2)!, /^\[berth\] \S+ instance exited with code 0$/);
+  });
+
   test('stdout and stderr lines stay whole; an over-long line is cut with a marker', async () => {
     const path = await run([
       'import sys',
