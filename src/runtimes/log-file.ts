@@ -3,9 +3,10 @@
 // Writing: an instance's stdout and stderr are pipes that Berth reads and appends to
 // `<instance>.log`. The file is capped: past `maxBytes` it is renamed to `.1` (`.1` to `.2`…)
 // and a new one begun, keeping `files` files in all, so one instance never holds more than
-// files × maxBytes on disk. Writes are asynchronous and one at a time; a pipe is read only
-// as fast as the disk takes it (stream backpressure), so a cell printing faster than the
-// disk blocks in its own print() instead of growing Berth's memory. A line longer than
+// files × maxBytes on disk. Writes are asynchronous and one at a time, what was read meanwhile
+// going out in the next one (GATHER_MS); a pipe is read only as fast as the disk takes it
+// (stream backpressure), so a cell printing faster than the disk blocks in its own print()
+// instead of growing Berth's memory. A line longer than
 // `maxLineBytes` is cut, with a marker saying how much was dropped.
 //
 // Reading: `tailLines` reads backwards from the end in blocks, across the rotated files,
