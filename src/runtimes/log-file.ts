@@ -87,6 +87,7 @@ export class InstanceLog {
   private chain: Promise<void> = Promise.resolve();
   private readonly followers = new Set<Follower>();
   private readonly sources = new Set<Readable>();
+  private readonly sinks = new Set<LineSink>();
   private readonly lineMax: number;
   private closing: Promise<void> | null = null;
   private failed = false;
@@ -119,7 +120,9 @@ export class InstanceLog {
   attach(streams: Array<Readable | null | undefined>, exited: Promise<{ code: number | null; signal: string | null; error?: string }>): void {
     const piped = streams.filter((s): s is Readable => !!s).map((s) => {
       this.sources.add(s);
-      return pipeline(s, new LineSink(this, this.lineMax)).catch(() => undefined);
+      const sink = new LineSink(this, this.lineMax);
+      this.sinks.add(sink);
+      return pipeline(s, sink).catch(() => undefined).finally(() => this.sinks.delete(sink));
     });
     void Promise.all([Promise.all(piped), exited]).then(async ([, e]) => {
       if (this.closing) return;
@@ -127,6 +130,13 @@ export class InstanceLog {
       await this.status(`instance ${how}`);
       await this.close();
     });
+  }
+
+  /** Writes what has been read from the pipes so far (a reader of the file sees what was printed before it asked). */
+  async flush(): Promise<void> {
+    for (const sink of this.sinks) sink.release();
+    await new Promise((r) => setImmediate(r)); // the released sinks have handed what they hold to append()
+    await this.chain;
   }
 
   /** New bytes as they are written; `onEnd` once the log is closed. Returns the unsubscribe. */
@@ -213,11 +223,23 @@ class LineSink extends Writable {
     this._write(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'utf8', cb); // the encoding is unused: chunks are Buffers
   }
 
+  /** The write held for GATHER_MS, if one is: its timer and its callback. */
+  private held: { timer: NodeJS.Timeout; cb: () => void } | null = null;
+
+  /** Ends the hold now: what was read meanwhile is written next (InstanceLog.flush). */
+  release(): void {
+    const h = this.held;
+    if (!h) return;
+    this.held = null;
+    clearTimeout(h.timer);
+    h.cb();
+  }
+
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const started = Date.now();
     const next = (): void => {
       const wait = chunk.length < GATHER_BELOW ? started + GATHER_MS - Date.now() : 0;
-      if (wait > 0) setTimeout(cb, wait);
+      if (wait > 0) this.held = { timer: setTimeout(() => this.release(), wait), cb: () => cb() };
       else cb();
     };
     const out = this.split(chunk);

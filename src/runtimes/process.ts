@@ -295,6 +295,7 @@ export class ProcessRuntime implements Runtime {
 
   /** The last lines, read backwards from the end across rotated files: O(lines), never the whole file. */
   async logs(nodeId: string, instanceId: string, lines: number, query: LogQuery = {}): Promise<string> {
+    await this.openLogs.get(instanceId)?.flush(); // what the instance printed before this was asked is in the file
     return (await tailLines(rotatedPaths(this.logPath(nodeId, instanceId), this.logLimits.files), lines, query)).text;
   }
 
