@@ -220,7 +220,7 @@ class LineSink extends Writable {
 
   /** Chunks read while the last write was in flight (or held: GATHER_MS), in one write. */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    this._write(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'utf8', cb); // the encoding is unused: chunks are Buffers
+    this.take(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk)), cb);
   }
 
   /** The write held for GATHER_MS, if one is: its timer and its callback. */
@@ -236,6 +236,11 @@ class LineSink extends Writable {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.take(chunk, cb);
+  }
+
+  /** Writes the chunk's whole lines; `cb` once they are on disk (and the hold, if any, is over). */
+  private take(chunk: Buffer, cb: (err?: Error | null) => void): void {
     const started = Date.now();
     const next = (): void => {
       const wait = chunk.length < GATHER_BELOW ? started + GATHER_MS - Date.now() : 0;
