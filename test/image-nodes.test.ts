@@ -57,8 +57,11 @@ test('three instances, balanced; method, path, query, headers and body intact', 
   assert.equal(e.headers['x-custom'], 'kept');
   for (const h of ['authorization', 'x-node-id', 'x-folder-id']) assert.equal(e.headers[h], undefined, `${h} is not passed on`);
 
+  // one call at a time: equally idle instances take turns (the dispatcher rotates where it starts).
+  // Three at once made the share depend on each container's speed at the moment (least busy
+  // first): an instance slow for a second got 13 of 90 once in a full run
   const seen = new Map<string, number>();
-  await runLoad(90, 3, 20_000, async () => {
+  await runLoad(90, 1, 20_000, async () => {
     const x = await (await call(echo.id, '/')).json() as any;
     seen.set(x.instance, (seen.get(x.instance) ?? 0) + 1);
   });
