@@ -115,6 +115,61 @@ def log(message: str) -> None:
         pass
 
 
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - user code may have closed or replaced it
+            pass
+
+
+class _Output:
+    """When what the cell prints is written. Every write to stdout is a read in Berth's log relay
+    (a print per call cost its process more than the call itself), and the interpreter runs with
+    -u, which writes each piece of a print on its own. So stdout is buffered, and written: right
+    after a call that follows a quiet spell (a call's print is in the log once it has answered),
+    else at most GATHER_S after the call (under load: one write for many calls), and every IDLE_S
+    whatever happens (a thread of the cell's, a call printing progress; a process killed loses at
+    most that much of its stdout). stderr, where errors go, is written line by line."""
+
+    GATHER_S = 0.01
+    IDLE_S = 0.2
+
+    def __init__(self) -> None:
+        self.last = 0.0  # when a call's output was last written
+        self.due = threading.Event()
+
+    def start(self) -> None:
+        """In the serving process only: a fork template must stay single-threaded."""
+        for stream, by_line in ((sys.stdout, False), (sys.stderr, True)):
+            try:
+                stream.reconfigure(line_buffering=by_line, write_through=False)
+            except Exception:  # noqa: BLE001 - a replaced stream keeps its own buffering
+                pass
+        threading.Thread(target=self._run, name="berth-output", daemon=True).start()
+
+    def call_ended(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.GATHER_S:
+            self.last = now
+            _flush_output()
+        elif not self.due.is_set():
+            self.due.set()
+
+    def _run(self) -> None:
+        while True:
+            if self.due.wait(self.IDLE_S):
+                wait = self.last + self.GATHER_S - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                self.due.clear()  # before the write: a call ending during it sets it again
+                self.last = time.monotonic()
+            _flush_output()
+
+
+_output = _Output()
+
+
 def _frame(kind: int, payload: bytes) -> bytes:
     return _pack_header(len(payload), kind) + payload
 
@@ -458,12 +513,7 @@ class Worker:
                 log(f"internal error during a call: {type(exc).__name__}: {exc}")
                 return _call_error("WORKER_ERROR", f"{type(exc).__name__}: {_safe_str(exc)}")
             finally:
-                # Let the cell's prints reach the instance log promptly.
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:  # noqa: BLE001 - user code may have closed/replaced it
-                        pass
+                _output.call_ended()
 
     def _decode_inputs(self, payload: bytes):
         """The declared inputs of an EXECUTE payload, converted for binding,
@@ -896,11 +946,7 @@ class Template:
         return None
 
     def _fork(self, conn: socket.socket, request: dict, err: socket.socket | None = None) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        _flush_output()
         template_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -941,11 +987,7 @@ class Template:
         def on_signal(signum, _frame):
             log(f"{signal.Signals(signum).name} received; exiting")
             worker.close()
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:  # noqa: BLE001
-                    pass
+            _flush_output()
             os._exit(0)
 
         try:
@@ -1010,6 +1052,7 @@ class Template:
 
 def _run_instance(worker: Worker, parent: int) -> None:
     """A forked instance serves until a signal, as main() does after loading."""
+    _output.start()
     _die_with_parent(parent)
     forever = threading.Event()
     while True:
@@ -1023,11 +1066,7 @@ def template_main(config: dict) -> None:
 
     def on_signal(signum, _frame):
         log(f"{signal.Signals(signum).name} received; template exiting")
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        _flush_output()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -1053,6 +1092,7 @@ def main() -> None:
         return
 
     _die_with_parent(config.get("parentPid"))
+    _output.start()
     log(f"worker pid {os.getpid()} starting: python {sys.version.split()[0]} ({sys.executable})")
 
     worker = Worker(config)
@@ -1060,11 +1100,7 @@ def main() -> None:
     def on_signal(signum, _frame):
         log(f"{signal.Signals(signum).name} received; exiting")
         worker.close()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        _flush_output()
         os._exit(0)  # calls may be running in other threads: do not wait for them
 
     signal.signal(signal.SIGTERM, on_signal)

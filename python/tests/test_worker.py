@@ -229,6 +229,53 @@ else:
 """
 
 
+class OutputTest(WorkerTestCase):
+    """What a cell prints reaches the instance log: a quiet call's line before it answers,
+    lines of calls in a row gathered into few writes, a background thread's line on its own."""
+    CELLS = ["import threading, time\nn = 0\n", "n += 1\nprint('call', n)\nresult = n\n"]
+    OUTPUTS = [{"name": "result", "type": "int"}]
+
+    @staticmethod
+    def _writes(pid: int) -> int:
+        """write() calls the process made (socket sends are not counted: only its stdout/stderr)."""
+        with open(f"/proc/{pid}/io") as f:
+            return int(next(line for line in f if line.startswith("syscw:")).split()[1])
+
+    def test_a_quiet_call_is_in_the_log_when_it_answers(self):
+        worker = self.start()
+        conn = worker.ready_connection()
+        time.sleep(0.05)  # a quiet spell
+        n = conn.execute({})[1]["output"]["result"]
+        self.assertIn(f"call {n}\n", worker.read_log())
+
+    def test_calls_in_a_row_share_writes_and_every_line_lands_in_order(self):
+        worker = self.start()
+        conn = worker.ready_connection()
+        before = self._writes(worker.proc.pid)
+        first = conn.execute({})[1]["output"]["result"]
+        for _ in range(299):
+            conn.execute({})
+        writes = self._writes(worker.proc.pid) - before
+        self.assertLess(writes, 100, f"{writes} writes for 300 calls' lines")
+        deadline = time.monotonic() + 5
+        want = [f"call {first + i}" for i in range(300)]
+        while True:
+            got = [line for line in worker.read_log().splitlines() if line.startswith("call ")]
+            if got[-300:] == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertEqual(got[-300:], want)
+
+    def test_a_thread_printing_between_calls_is_written_too(self):
+        worker = self.start(code="threading.Thread(target=lambda: (time.sleep(0.3), print('from a thread'))).start()\nresult = 0\n")
+        conn = worker.ready_connection()
+        conn.execute({})
+        deadline = time.monotonic() + 5
+        while "from a thread" not in worker.read_log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIn("from a thread\n", worker.read_log())
+
+
 class ErrorsTest(WorkerTestCase):
     CELLS = ["import time\ndef fail(message):\n    raise ValueError(message)\nmode = 'ok'\n", ERRORS_SERVING]
     INPUTS = [{"name": "mode", "type": "str"}]
