@@ -405,7 +405,7 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
     log(`${name}: measuring ${DURATION}s, ${CONNECTIONS} connections`);
     const main = await loadRun(name, url, CONNECTIONS, DURATION, auth, groups);
     log(`${name}: ${main.r.rps.toFixed(0)} req/s, p50 ${(main.r.latency_us.p50 / 1000).toFixed(2)} ms, p99 ${(main.r.latency_us.p99 / 1000).toFixed(2)} ms; ` +
-      `CPU cores ${Object.entries(main.cpu).filter(([k]) => !k.startsWith('w:')).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+      `CPU cores ${Object.entries(main.cpu).filter(([k]) => !k.includes(':')).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
     let c1: { r: WrkResult; cpu: CpuUse } | null = null;
     if (C1_DURATION > 0) {
       log(`${name}: measuring ${C1_DURATION}s, 1 connection`);
@@ -646,13 +646,14 @@ function report(rounds: Round[]): string {
   lines.push('');
   lines.push(`CPU during the ${CONNECTIONS}-connection run: cores (2 = the whole machine) and µs per call; "front" = Berth's gateway (berth up's processes but the Python workers), gunicorn's arbiter, uvicorn's supervisor (none for one uvicorn process):`);
   lines.push('');
-  lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | wrk | other processes: before / during / 1-conn run | attempts | workers all busy? |');
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---|---:|---|');
+  lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | front reads + writes per call | wrk | other processes: before / during / 1-conn run | attempts | workers all busy? |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|');
   for (const r of results) {
     const c = r.cpu;
     const each = Object.keys(c).filter((k) => k.startsWith('w:')).map((k) => c[k]!.toFixed(2)).join(' + ');
     const pc = perCall(r);
-    lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${us(pc.front)} | ${us(pc.workers)} | ${us(pc.total)} | ` +
+    const rw = c['rw:gateway'] ? (c['rw:gateway'] / r.load.rps).toFixed(2) : '–';
+    lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${us(pc.front)} | ${us(pc.workers)} | ${us(pc.total)} | ${rw} | ` +
       `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ` +
       `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} | ${r.unbalanced ? `UNBALANCED: ${r.unbalanced}` : r.processes > 1 ? 'yes' : '–'} |`);
   }

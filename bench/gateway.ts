@@ -355,7 +355,7 @@ async function measure(proto: string, t: Target, runner: Runner, phases: Phases)
     log(`${name}: measuring, ${phases.describe('main')}`);
     const main = await loadRun(name, t, () => runner(t.url, 'main'));
     log(`${name}: ${main.r.rps.toFixed(0)} req/s, p50 ${ms(main.r.latency_us.p50)} ms, p99 ${ms(main.r.latency_us.p99)} ms; ` +
-      `CPU cores ${Object.entries(main.cpu).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+      `CPU cores ${Object.entries(main.cpu).filter(([k]) => !k.includes(':')).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
     berthAlive(name);
     let c1: { r: LoadResult; cpu: CpuUse } | null = null;
     if (phases.c1) {
@@ -617,13 +617,16 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
   lines.push('');
   lines.push('CPU during the loaded run, in cores (2 = the whole machine) and µs per call; "front" = the proxy in front of the container (Berth\'s processes, nginx master + workers, the Node floor\'s process); "server" = front + echo container + docker-proxy:');
   lines.push('');
-  lines.push('| target | front | front µs/call | server µs/call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---|---:|');
+  lines.push('"front reads + writes per call": its read/readv/write/writev system calls (a count, steady however fast the machine runs that moment; every socket operation of a Node process, not nginx\'s recv):');
+  lines.push('');
+  lines.push('| target | front | front µs/call | server µs/call | front reads + writes per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---:|');
   for (const r of results) {
     const c = r.cpu;
     const front = c.front ?? 0;
     const pc = perCall(r);
-    lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? us(pc.front) : '–'} | ${us(pc.server)} | ` +
+    const rw = c['rw:front'] ? (c['rw:front'] / r.main.rps).toFixed(2) : '–';
+    lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? us(pc.front) : '–'} | ${us(pc.server)} | ${rw} | ` +
       `${c.echo!.toFixed(2)} | ${(c['docker-proxy'] ?? 0).toFixed(2)} | ${c.load!.toFixed(2)} | ` +
       `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
   }

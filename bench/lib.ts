@@ -222,6 +222,18 @@ export function procTicks(pid: number): number | null {
   return f ? Number(f[11]) + Number(f[12]) : null;
 }
 
+/**
+ * read() + write() system calls (readv/writev included; all threads) so far; 0 if the process is
+ * gone. Not send/recv: for Node (libuv reads and writes its sockets with read/writev) it is every
+ * socket and file operation, for Python's sockets only its file writes (stdout).
+ */
+function procReadWrites(pid: number): number {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    return Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0) + Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0);
+  } catch { return 0; }
+}
+
 export function childrenOf(pid: number): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {
@@ -246,15 +258,24 @@ export function machineBusyTicks(): { busy: number; total: number } {
 }
 
 export interface CpuGroups { [group: string]: number[] }
-export interface CpuUse { [group: string]: number } // cores used on average during the run
-export type CpuSnapshot = { per: Record<string, number>; machine: { busy: number; total: number }; t: number };
+/**
+ * Cores used on average during the run, per group; `rw:<group>`: the group's read + write system
+ * calls per second (a count, not a time: it does not move with the machine's speed, so a change in
+ * what a call costs shows in it even when the CPU figures are noisy).
+ */
+export interface CpuUse { [group: string]: number }
+export type CpuSnapshot = { per: Record<string, number>; rw: Record<string, number>; machine: { busy: number; total: number }; t: number };
 
 export function cpuSnapshot(groups: CpuGroups): CpuSnapshot {
   const per: Record<string, number> = {};
-  for (const [g, pids] of Object.entries(groups)) per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
+  const rw: Record<string, number> = {};
+  for (const [g, pids] of Object.entries(groups)) {
+    per[g] = pids.reduce((a, p) => a + (procTicks(p) ?? 0), 0);
+    rw[g] = pids.reduce((a, p) => a + procReadWrites(p), 0);
+  }
   // each worker on its own too ("w:" keys: not summed again), to see how evenly the load is spread
   for (const [i, p] of (groups.workers ?? []).entries()) per[`w:${i}`] = procTicks(p) ?? 0;
-  return { per, machine: machineBusyTicks(), t: performance.now() };
+  return { per, rw, machine: machineBusyTicks(), t: performance.now() };
 }
 
 /**
@@ -269,6 +290,7 @@ export function cpuUse(a: CpuSnapshot, b: CpuSnapshot, loadCpuS: number, benchCp
     out[g] = (b.per[g]! - a.per[g]!) / CLK_TCK / secs;
     if (!g.startsWith('w:')) ours += out[g]!;
   }
+  for (const g of Object.keys(a.rw)) out[`rw:${g}`] = (b.rw[g]! - a.rw[g]!) / secs;
   out[loadKey] = loadCpuS / secs;
   out.bench = benchCpuS / secs;
   ours += out[loadKey]! + out.bench;

@@ -1,4 +1,5 @@
-// Call deadlines on one shared timer. Every call used to arm its own setTimeout and create an
+// Call deadlines on one shared timer per process (callDeadlines): calls' deadlines and how long
+// a queued call may wait for a session. Every call used to arm its own setTimeout and create an
 // AbortController (whose EventTarget signal is among the costliest objects on the call path).
 // Calls with the same timeout expire in the order they started, so each timeout value keeps a
 // FIFO list; one coarse tick expires list heads, and finishing a call unlinks it in O(1).
@@ -83,8 +84,8 @@ export class DeadlineWheel {
     if (!list) { list = new DeadlineList(); this.lists.set(key, list); }
     list.push(d);
     if (++this.armed === 1 && !this.timer) {
+      // kept alive while a deadline is armed, as a call's own setTimeout would be; stopped once none is
       this.timer = setInterval(() => this.tick(), TICK_MS);
-      this.timer.unref(); // pending calls hold their own sockets; the wheel alone keeps nothing alive
     }
     return d;
   }
@@ -117,3 +118,6 @@ export class DeadlineWheel {
     if (this.armed === 0 && this.timer) { clearInterval(this.timer); this.timer = null; }
   }
 }
+
+/** The process's one deadline timer: every call's deadline and queue wait. */
+export const callDeadlines = new DeadlineWheel();

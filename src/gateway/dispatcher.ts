@@ -4,7 +4,7 @@
 import { BerthError } from '../core/errors.js';
 import type { Upstream } from './upstream.js';
 import { hash32 } from '../core/hash.js';
-import type { CallSignal } from './deadlines.js';
+import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
 
 /** One of an instance's sessions: a worker connection (cell) or a permit (image). */
 export interface Session { readonly closed: boolean }
@@ -37,7 +37,8 @@ interface Waiter {
   affinity: string | undefined;
   resolve: (lease: Lease) => void;
   reject: (err: unknown) => void;
-  timer: NodeJS.Timeout;
+  /** How long it may wait (on the process's one deadline timer, as the calls' own deadlines). */
+  timer: Deadline;
   done: boolean;
 }
 
@@ -135,14 +136,14 @@ export class NodeDispatcher {
       };
       const onAbort = (): void => {
         if (!leave()) return;
-        clearTimeout(w.timer);
+        callDeadlines.clear(w.timer);
         reject(signal!.reason);
       };
       const w: Waiter = {
         affinity, done: false,
         resolve: (l) => { signal?.removeEventListener('abort', onAbort); resolve(l); },
         reject: (e) => { signal?.removeEventListener('abort', onAbort); reject(e); },
-        timer: setTimeout(() => {
+        timer: callDeadlines.start(waitMs, () => {
           if (!leave()) return;
           if (held !== null && this.slots.length === 0) {
             const why = this.hold?.startError;
@@ -154,7 +155,7 @@ export class NodeDispatcher {
           const reason = this.slots.length === 0 ? 'has no healthy instance' : 'had no free session';
           reject(new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} ${reason} within ${Math.round(waitMs / 100) / 10}s`,
             { nodeId: this.nodeId }, { 'retry-after': '1' }));
-        }, waitMs),
+        }),
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.waiters.push(w);
@@ -208,7 +209,7 @@ export class NodeDispatcher {
       const w = this.waiters[i]!;
       if (w.done) continue;
       w.done = true;
-      clearTimeout(w.timer);
+      callDeadlines.clear(w.timer);
       w.reject(err);
     }
     this.waiters = []; this.head = 0; this.queued = 0; this.stickyWaiting = 0;
@@ -285,7 +286,7 @@ export class NodeDispatcher {
       this.head++;
       w.done = true;
       this.queued--;
-      clearTimeout(w.timer);
+      callDeadlines.clear(w.timer);
       w.resolve(lease);
     }
     this.compact();
@@ -304,7 +305,7 @@ export class NodeDispatcher {
       w.done = true;
       this.queued--;
       if (w.affinity !== undefined) this.stickyWaiting--;
-      clearTimeout(w.timer);
+      callDeadlines.clear(w.timer);
       w.resolve(lease);
     }
     while (this.head < this.waiters.length && this.waiters[this.head]!.done) this.head++;

@@ -11,7 +11,7 @@ import type { CallMetrics, Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
 import type { AliasRoute, AliasTable } from '../aliases/table.js';
 import type { NodeRoute, RoutingTable } from './routing-table.js';
-import { DeadlineWheel } from './deadlines.js';
+import { callDeadlines } from './deadlines.js';
 import type { CallMeter } from './usage-meter.js';
 
 /** What a call names: a node by id, or an alias by name. */
@@ -73,7 +73,7 @@ export class CallCount {
 
 export class CallPipeline {
   /** Every call's deadline, on one timer. */
-  readonly deadlines = new DeadlineWheel();
+  readonly deadlines = callDeadlines;
 
   constructor(
     private readonly routes: RoutingTable,
