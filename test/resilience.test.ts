@@ -72,6 +72,32 @@ test('a hung cell hits the timeout; its instance is replaced and the node keeps 
   assert.throws(() => process.kill(pid, 0), 'the hung process is gone');
 });
 
+test('calls sent behind a call on its session (pipelined) time out from their own start, and are never lost with it', async () => {
+  // a freed session takes several waiting calls at once (docs/cell-nodes.md): the worker runs them in turn
+  const node = await createNode(b, { ...LAB_NODE, name: 'piped', checkpointId: 'lab', timeout: 2, scaling: { minInstances: 2, maxInstances: 2 } });
+  const call = (mode: string, arg: unknown): Promise<{ status: number; body: any }> => execute(b, node.id, { mode, arg });
+  const gap = (): Promise<void> => new Promise((r) => setTimeout(r, 100));
+
+  // both sessions busy; two 1.5 s calls wait, then go to the first session that frees, together:
+  // the second is sent 1.5 s before the worker starts it and runs 1.5 s, inside its 2 s all the same
+  let holds = [call('sleep', 0.3), call('sleep', 0.6)];
+  await gap();
+  const slow = [call('sleep', 1.5), call('sleep', 1.5)];
+  for (const r of [...await Promise.all(holds), ...await Promise.all(slow)]) assert.equal(r.status, 200, JSON.stringify(r.body));
+
+  // the same with a call that hangs at the head: it times out and takes its instance down; the
+  // calls sent behind it never started, so they are served by the other instance, not failed
+  holds = [call('sleep', 0.3), call('sleep', 0.6)];
+  await gap();
+  const hung = call('spin', null);
+  await gap();
+  const behind = [call('echo', 'b1'), call('echo', 'b2'), call('echo', 'b3')];
+  assert.equal((await hung).body.code, 'CALL_TIMEOUT');
+  assert.deepEqual((await Promise.all(behind)).map((r) => [r.status, r.body.output?.result ?? r.body.code]), [[200, 'b1'], [200, 'b2'], [200, 'b3']]);
+  await Promise.all(holds);
+  await b.request('DELETE', `/v1/nodes/${node.id}`);
+});
+
 test('while no instance is healthy the node is Unhealthy, then Healthy again by itself', async () => {
   const node = await createNode(b, { ...LAB_NODE, name: 'flap', checkpointId: 'lab' });
   process.kill(node.instances[0].pid, 'SIGKILL');

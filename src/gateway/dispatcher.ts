@@ -30,7 +30,8 @@ export interface Slot {
   since?: number;
 }
 
-export interface Lease { slot: Slot; conn: Session }
+/** `calls`: more than one call shares the session (pipelined, see NodeDispatcher.pipelineDepth); it is free again when the last ends. */
+export interface Lease { slot: Slot; conn: Session; calls?: number }
 
 interface Waiter {
   /** Sticky calls wait for one instance (chosen by the key), not for any. */
@@ -53,8 +54,18 @@ export class NodeDispatcher {
   private waiters: Waiter[] = [];
   private head = 0;
   private queued = 0;
+  /** Calls sent behind another on a session (pipelined), not yet answered: they count as waiting. */
+  private pipelined = 0;
 
   constructor(private readonly nodeId: string, private queueSize: number) {}
+
+  /**
+   * How many waiting calls one session takes at once when it frees (1: one call per session).
+   * Cell nodes: their worker runs a connection's frames in turn, so the next call's frame is
+   * already there when one ends, without the round trip through Berth in between (measured:
+   * docs/benchmarks.md). The instance still runs one call per session at a time.
+   */
+  pipelineDepth = 1;
 
   /** With gateway workers: calls the other workers have waiting for this node (queueSize bounds them all together). */
   elsewhere = 0;
@@ -97,8 +108,8 @@ export class NodeDispatcher {
     return this.queued === 0 && this.slots.some((s) => s.free.length > 0);
   }
 
-  /** Calls waiting for a session right now. */
-  get waiting(): number { return this.queued; }
+  /** Calls waiting for a session right now, or sent behind another one on it. */
+  get waiting(): number { return this.queued + this.pipelined; }
 
   get busy(): number {
     let n = 0;
@@ -117,7 +128,7 @@ export class NodeDispatcher {
     if (lease) return lease;
     if (signal?.aborted) return Promise.reject(signal.reason);
     if (this.refusal && this.slots.length === 0) throw this.refusal;
-    if (this.queued + this.elsewhere >= this.queueSize) {
+    if (this.queued + this.pipelined + this.elsewhere >= this.queueSize) {
       throw new BerthError('NODE_UNAVAILABLE', `node ${this.nodeId} is at capacity: all sessions busy and ${this.queueSize} calls already waiting`,
         { nodeId: this.nodeId, queueSize: this.queueSize }, { 'retry-after': '1' });
     }
@@ -185,6 +196,7 @@ export class NodeDispatcher {
 
   /** Returns a session; a broken connection is not reused. */
   release(lease: Lease): void {
+    if (lease.calls !== undefined && lease.calls > 1) { lease.calls--; this.pipelined--; return; } // others still run on it
     const slot = lease.slot;
     slot.busy--;
     slot.lastUsedAt = Date.now();
@@ -278,18 +290,41 @@ export class NodeDispatcher {
   private drain(): void {
     if (this.stickyWaiting > 0) { this.drainScanning(); return; }
     while (this.queued > 0) {
-      const w = this.waiters[this.head];
+      const w = this.nextWaiter();
       if (!w) break;
-      if (w.done) { this.head++; continue; }
       const lease = this.take();
       if (!lease) break;
-      this.head++;
-      w.done = true;
-      this.queued--;
-      callDeadlines.clear(w.timer);
-      w.resolve(lease);
+      this.hand(w, lease);
+      // the calls behind it share the session while no other is free (pipelineDepth)
+      let calls = 1;
+      while (calls < this.pipelineDepth && this.queued > 0 && !this.anyFree()) {
+        const behind = this.nextWaiter();
+        if (!behind) break;
+        this.hand(behind, lease);
+        calls++;
+      }
+      if (calls > 1) { lease.calls = calls; this.pipelined += calls - 1; }
     }
     this.compact();
+  }
+
+  /** The first call still waiting (the FIFO path: no sticky waiters). */
+  private nextWaiter(): Waiter | undefined {
+    while (this.head < this.waiters.length && this.waiters[this.head]!.done) this.head++;
+    return this.waiters[this.head];
+  }
+
+  private hand(w: Waiter, lease: Lease): void {
+    this.head++;
+    w.done = true;
+    this.queued--;
+    callDeadlines.clear(w.timer);
+    w.resolve(lease);
+  }
+
+  private anyFree(): boolean {
+    for (const s of this.slots) if (s.free.length > 0) return true;
+    return false;
   }
 
   /** With sticky waiters a blocked one must not hold up the others: scan the whole queue. */

@@ -10,7 +10,7 @@ import type { Metrics } from '../core/metrics.js';
 import type { TokenRecord } from '../core/types.js';
 import { NO_FREE_SESSION, RELAYED, RELAY_UNREACHABLE, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { AliasRoute } from '../aliases/table.js';
-import { FRAME, type Frame, type WorkerConnection } from '../worker/protocol.js';
+import { FRAME, NotStartedError, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
 import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
 import type { CallPipeline, CallCount, CallTarget, HeaderSource } from './pipeline.js';
@@ -155,35 +155,43 @@ export class Gateway {
   /**
    * Takes one of this process's sessions of the node (waiting in its queue), sends the frame,
    * answers the instance's frame; a timeout or a failed instance is answered as a BerthError.
-   * Rejects when the call cannot start (it then never reached an instance).
+   * Rejects when the call cannot start (it then never reached an instance). A call sent behind
+   * another on its session (pipelined) whose session failed first was never started: it waits
+   * for a session again.
    */
   private async sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     if (onlyIfFree && !route.dispatcher.hasFree()) throw NO_FREE_SESSION;
     const timeoutMs = timeoutS * 1000;
-    const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
-    const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
-    const conn = lease.conn as WorkerConnection;
-    let deadline: Deadline | undefined;
-    let timedOut = false;
-    try {
-      return await new Promise<Frame>((resolve, reject) => {
-        deadline = this.pipeline.deadlines.start(timeoutMs, () => {
-          timedOut = true;
-          reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
-            { nodeId: route.id, timeoutSeconds: timeoutS }));
+    for (;;) {
+      const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
+      const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
+      const conn = lease.conn as WorkerConnection;
+      let deadline: Deadline | undefined;
+      let timedOut = false;
+      try {
+        return await new Promise<Frame>((resolve, reject) => {
+          // the node's timeout counts from when the worker starts on the call, not while it waits behind another
+          const started = (): void => {
+            deadline = this.pipeline.deadlines.start(timeoutMs, () => {
+              timedOut = true;
+              reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
+                { nodeId: route.id, timeoutSeconds: timeoutS }));
+            });
+          };
+          conn.request(FRAME.EXECUTE, payload, started).then(resolve, reject);
         });
-        conn.request(FRAME.EXECUTE, payload).then(resolve, reject);
-      });
-    } catch (err) {
-      if (err instanceof BerthError) return err;
-      return new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
-    } finally {
-      if (deadline) this.pipeline.deadlines.clear(deadline);
-      if (timedOut) {
-        conn.close();
-        this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);
+      } catch (err) {
+        if (err instanceof NotStartedError) continue;
+        if (err instanceof BerthError) return err;
+        return new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
+      } finally {
+        if (deadline) this.pipeline.deadlines.clear(deadline);
+        if (timedOut) {
+          conn.close();
+          this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);
+        }
+        route.dispatcher.release(lease);
       }
-      route.dispatcher.release(lease);
     }
   }
 

@@ -12,6 +12,12 @@ import { compileInputValidator, type InputValidator } from './input-validator.js
 import { H1Upstream, H2Upstream, type UpstreamRequest, type UpstreamResponse } from './upstream.js';
 import { CallMeter } from './usage-meter.js';
 
+/**
+ * Waiting calls a cell session takes at once when it frees (NodeDispatcher.pipelineDepth): 4
+ * gave 1.7–2.7× the calls per second of 1 with one Python process, 2 a third of that (docs/benchmarks.md).
+ */
+const CELL_PIPELINE_DEPTH = 4;
+
 /** One gateway's load, per node and instance (see RoutingTable.loadReport). */
 export interface LoadReport {
   version: number;
@@ -85,6 +91,7 @@ class RouteState implements NodeRoute {
     this.validateInput = entry.spec.kind === 'cell' ? compileInputValidator(entry.spec.inputs) : null;
     this.aclFolders = new Set(entry.spec.permissions.folders);
     this.dispatcher.setQueueSize(entry.spec.scaling.queueSize);
+    this.dispatcher.pipelineDepth = entry.spec.kind === 'cell' ? CELL_PIPELINE_DEPTH : 1;
   }
 
   homeAfter(failed: CallRelay): CallRelay | null {

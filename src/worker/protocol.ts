@@ -1,5 +1,6 @@
 // The framed protocol between Berth and a Python cell worker (see python/PROTOCOL.md):
-// [u32 big-endian payload length][u8 type][payload]. One request in flight per connection.
+// [u32 big-endian payload length][u8 type][payload]. Requests may be pipelined: the worker
+// answers a connection's frames in order, one call at a time.
 import { connect, type Socket } from 'node:net';
 
 export const FRAME = {
@@ -40,19 +41,29 @@ export class ConnectionClosedError extends Error {
   constructor(message = 'worker connection closed') { super(message); this.name = 'ConnectionClosedError'; }
 }
 
+/** A pipelined request the worker never started: the call before it on the connection failed (it may go elsewhere). */
+export class NotStartedError extends Error {
+  constructor(reason: Error) { super(`not started: ${reason.message}`, { cause: reason }); this.name = 'NotStartedError'; }
+}
+
 export class FrameTooLargeError extends Error {
   constructor(readonly size: number, readonly limit: number) { super(`frame of ${size} bytes exceeds ${limit}`); }
 }
 
 /**
  * One persistent connection to a worker. `request` sends a frame and resolves with the
- * reply; the connection is reused for the next call (no connect per call).
+ * reply; the connection is reused for the next call (no connect per call). Requests sent while
+ * others are in flight wait in the worker's socket, not here: the worker starts each as soon as
+ * it has answered the one before (no round trip in between), and their frames go out together.
  */
 export class WorkerConnection {
   private readonly socket: Socket;
   private chunks: Buffer[] = [];
   private buffered = 0;
-  private pending: { resolve: (f: Frame) => void; reject: (e: Error) => void } | null = null;
+  /** Requests sent and not answered, in order; the first is the one the worker runs. */
+  private pending: Array<{ resolve: (f: Frame) => void; reject: (e: Error) => void; onHead: (() => void) | undefined }> = [];
+  /** Frames of requests behind others, written together at the end of this event-loop turn. */
+  private unsent: Buffer[] = [];
   private closedError: Error | null = null;
 
   private constructor(socket: Socket, private readonly maxFrameBytes: number) {
@@ -105,17 +116,40 @@ export class WorkerConnection {
 
   get closed(): boolean { return this.closedError !== null; }
 
-  request(type: number, payload: Buffer | string): Promise<Frame> {
+  /** Requests sent and not answered yet. */
+  get inFlight(): number { return this.pending.length; }
+
+  /**
+   * Sends a frame; resolves with its answer. `onHead` runs when the worker starts on it: at once
+   * on an idle connection, else when the request before it is answered (a call's deadline
+   * starts there). Rejects with NotStartedError when an earlier request fails the connection.
+   */
+  request(type: number, payload: Buffer | string, onHead?: () => void): Promise<Frame> {
     if (this.closedError) return Promise.reject(this.closedError);
-    if (this.pending) return Promise.reject(new Error('connection busy'));
     return new Promise((resolve, reject) => {
-      this.pending = { resolve, reject };
       const [header, body] = encodeFrame(type, payload);
-      this.socket.cork();
-      this.socket.write(header!);
-      this.socket.write(body!);
-      this.socket.uncork();
+      this.pending.push({ resolve, reject, onHead });
+      if (this.pending.length === 1) {
+        onHead?.();
+        this.socket.cork();
+        this.socket.write(header!);
+        this.socket.write(body!);
+        this.socket.uncork();
+        return;
+      }
+      // the worker cannot start it before the one ahead is done: send it with the others of this turn
+      if (this.unsent.length === 0) setImmediate(() => this.flush());
+      this.unsent.push(header!, body!);
     });
+  }
+
+  private flush(): void {
+    const frames = this.unsent;
+    this.unsent = [];
+    if (this.closedError) return;
+    this.socket.cork();
+    for (const f of frames) this.socket.write(f);
+    this.socket.uncork();
   }
 
   close(): void {
@@ -131,10 +165,8 @@ export class WorkerConnection {
       const length = head.readUInt32BE(0);
       if (length > this.maxFrameBytes) {
         // the worker checks the limit itself; this guards against a broken worker
-        const err = new FrameTooLargeError(length, this.maxFrameBytes);
-        this.pending?.reject(err);
-        this.pending = null;
         this.socket.destroy();
+        this.fail(new FrameTooLargeError(length, this.maxFrameBytes));
         return;
       }
       if (this.buffered < 5 + length) return;
@@ -143,8 +175,8 @@ export class WorkerConnection {
       const rest = all.subarray(5 + length);
       this.chunks = rest.length ? [rest] : [];
       this.buffered = rest.length;
-      const p = this.pending;
-      this.pending = null;
+      const p = this.pending.shift();
+      this.pending[0]?.onHead?.();
       p?.resolve(frame);
     }
   }
@@ -156,8 +188,10 @@ export class WorkerConnection {
 
   private fail(err: Error): void {
     if (!this.closedError) this.closedError = err;
-    const p = this.pending;
-    this.pending = null;
-    p?.reject(err);
+    const [head, ...behind] = this.pending;
+    this.pending = [];
+    this.unsent = [];
+    head?.reject(err);
+    for (const p of behind) p.reject(new NotStartedError(err));
   }
 }

@@ -392,3 +392,58 @@ describe('scale to zero: calls held while an instance starts', () => {
     for (const p of ps) (p as Promise<Lease>).catch(() => undefined);
   });
 });
+
+describe('pipelining (cell nodes: pipelineDepth)', () => {
+  test('a freed session takes up to pipelineDepth waiting calls at once; it is free again when the last ends; they count as waiting', async () => {
+    const d = new NodeDispatcher('n', 100);
+    d.pipelineDepth = 4;
+    const a = slot('a', 1);
+    d.setSlots([a]);
+    const first = now(d);
+    const log: string[] = [];
+    const waiting = Array.from({ length: 6 }, (_, i) => queued(d, 10_000, log, `w${i}`));
+    assert.equal(d.waiting, 6);
+    d.release(first);
+    await tick();
+    assert.deepEqual(log, ['w0', 'w1', 'w2', 'w3'], 'four calls share the freed session, in order');
+    const group = (await Promise.all(waiting.slice(0, 4))) as Lease[];
+    assert.ok(group.every((l) => l === group[0] && l.conn === first.conn), 'one lease, one session');
+    assert.equal(a.busy, 1, 'one session in use, not four');
+    assert.equal(d.waiting, 2 + 3, 'two still queued, three sent behind the first');
+    for (let i = 0; i < 3; i++) { d.release(group[i]!); await tick(); }
+    assert.deepEqual(log, ['w0', 'w1', 'w2', 'w3'], 'the session is not free while a call of the group runs');
+    assert.equal(d.waiting, 2);
+    d.release(group[3]!);
+    await tick();
+    assert.deepEqual(log, ['w0', 'w1', 'w2', 'w3', 'w4', 'w5'], 'then the rest go, together');
+    assert.equal(d.waiting, 1);
+  });
+
+  test('waiting calls are not piled on one session while another instance has a free one', async () => {
+    const d = new NodeDispatcher('n', 100);
+    d.pipelineDepth = 4;
+    const a = slot('a', 1);
+    d.setSlots([a]);
+    now(d);
+    const log: string[] = [];
+    const waiting = [queued(d, 10_000, log, 'w0'), queued(d, 10_000, log, 'w1')];
+    d.setSlots([a, slot('b', 1), slot('c', 1)]); // two instances join, each with a free session
+    const [l0, l1] = (await Promise.all(waiting)) as Lease[];
+    assert.notEqual(l0!.slot, l1!.slot, 'one call on each new instance');
+    assert.equal(l0!.calls, undefined);
+  });
+
+  test('a queue full of pipelined calls still bounds new ones at queueSize', () => {
+    const d = new NodeDispatcher('n', 3);
+    d.pipelineDepth = 4;
+    d.setSlots([slot('a', 1)]);
+    const first = now(d);
+    const log: string[] = [];
+    for (let i = 0; i < 3; i++) void queued(d, 50, log, `w${i}`);
+    d.release(first); // w0 runs, w1 and w2 are sent behind it: they still count against the queue
+    const last = d.acquire(50);
+    assert.ok(last instanceof Promise, 'one place left');
+    last.catch(() => undefined);
+    assert.throws(() => d.acquire(50), { code: 'NODE_UNAVAILABLE' });
+  });
+});
