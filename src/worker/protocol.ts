@@ -116,9 +116,6 @@ export class WorkerConnection {
 
   get closed(): boolean { return this.closedError !== null; }
 
-  /** Requests sent and not answered yet. */
-  get inFlight(): number { return this.pending.length; }
-
   /**
    * Sends a frame; resolves with its answer. `onHead` runs when the worker starts on it: at once
    * on an idle connection, else when the request before it is answered (a call's deadline
