@@ -4,6 +4,7 @@
 // answered; only connection-level headers are dropped.
 import { request as httpRequest, Agent, type ClientRequest, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
+import type { ServerHttp2Stream } from 'node:http2';
 import { controlUnavailable } from '../gateway/data-plane.js';
 
 /** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
@@ -24,6 +25,17 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
     for (const [k, v] of Object.entries(req.headers)) if (!k.startsWith(':') && !HOP.has(k) && v !== undefined) headers[k] = v;
     const authority = req.headers[':authority'];
     if (headers.host === undefined && typeof authority === 'string') headers.host = authority;
+    // a body of unknown length (HTTP/1.1 chunked; over HTTP/2, no content-length and the
+    // headers did not end the stream) goes on chunked whatever the method: Node's client sends
+    // a GET's or DELETE's body raw, and the other side would read those bytes as requests of
+    // their own on the shared socket
+    const h2 = (req as { stream?: ServerHttp2Stream }).stream;
+    const unknownLength = req.headers['content-length'] === undefined && (h2 ? !h2.endAfterHeaders : req.headers['transfer-encoding'] !== undefined);
+    if (unknownLength) headers['transfer-encoding'] = 'chunked';
+    const bodiless = req.headers['content-length'] === undefined && !unknownLength;
+    // a GET or HEAD whose kept-alive socket the other side closed as it was reused (the race
+    // every keep-alive client has) was not seen there: it is sent once more
+    const resend = bodiless && (req.method === 'GET' || req.method === 'HEAD');
     const onAnswer = (answer: IncomingMessage): void => {
       const out: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
@@ -34,22 +46,23 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
       answer.pipe(res);
       answer.on('error', () => res.destroy());
     };
-    // a request without a body whose kept-alive socket the other side closed as it was reused
-    // (the race every keep-alive client has) was not seen there: it is sent once more
-    const bodiless = (req.method === 'GET' || req.method === 'HEAD') && req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined;
     let up: ClientRequest | null = null;
-    res.once('close', () => { if (!res.writableFinished) up?.destroy(); });
+    // a caller gone before its answer, or before its whole body was sent on (answered early, a
+    // 401 say), leaves nothing half-done on a connection to the other side
+    res.once('close', () => { if (!res.writableFinished || !up?.writableFinished) up?.destroy(); });
+    // the one retry goes on a new connection: another kept-alive one may be as stale
     const send = (retry: boolean): void => {
+      const pooled = retry ? agent : false;
       if ('socketPath' in to) {
-        up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent }, onAnswer);
+        up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent: pooled }, onAnswer);
       } else {
         const u = new URL(to.url);
         const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
-        up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: tlsAgent }, onAnswer) : httpRequest({ ...options, agent }, onAnswer);
+        up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: retry ? tlsAgent : false }, onAnswer) : httpRequest({ ...options, agent: pooled }, onAnswer);
       }
       const sent = up;
       sent.on('error', (err: NodeJS.ErrnoException) => {
-        if (retry && bodiless && sent.reusedSocket && err.code === 'ECONNRESET' && !res.headersSent && !res.destroyed) return send(false);
+        if (retry && resend && sent.reusedSocket && err.code === 'ECONNRESET' && !res.headersSent && !res.destroyed) return send(false);
         if (!res.headersSent) controlUnavailable(res, err.message);
         else res.destroy();
       });

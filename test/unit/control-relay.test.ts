@@ -2,14 +2,19 @@
 // primary's unix socket), between real HTTP servers: a request without a body whose kept-alive
 // socket the other side dropped as it was reused is sent again on a new one (before, a health
 // check through a worker could answer 503 under load); one with a body is not (its bytes may
-// have been used): 503 CONTROL_UNAVAILABLE. A streamed answer shows its headers at once.
+// have been used): 503 CONTROL_UNAVAILABLE. A streamed answer shows its headers at once. A
+// body of unknown length reaches the other side chunked whatever the method (sent raw, its
+// bytes were parsed there as requests of their own: request smuggling on the shared sockets,
+// and the primary's answers to them closed sockets under the fuzz suite's health checks); a
+// caller who leaves mid-upload leaves no half-sent request behind.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Socket } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
+import http2 from 'node:http2';
 import { relayControl } from '../../src/cluster/relay.js';
 
 async function listen(server: Server, at: string | 0): Promise<string> {
@@ -51,7 +56,9 @@ test('a bodiless request on a dropped kept-alive socket is sent again; one with 
     assert.equal(again.status, 200);
     assert.deepEqual(await again.json(), { ok: true, url: '/v1/health' });
     assert.deepEqual(primary.seen, ['GET /v1/health #1', 'GET /v1/health #2', 'GET /v1/health #1']);
-    // a request with a body is not sent twice
+    // a request with a body is not sent twice (the retry's connection was not kept: this GET
+    // makes the kept-alive one the POST then reuses)
+    assert.equal((await fetch(`${url}/v1/health`)).status, 200);
     const post = await fetch(`${url}/v1/tokens`, { method: 'POST', body: '{"name":"x"}', headers: { 'content-type': 'application/json' } });
     assert.equal(post.status, 503);
     assert.equal((await post.json() as { code: string }).code, 'CONTROL_UNAVAILABLE');
@@ -81,6 +88,101 @@ test('a streamed answer shows its headers before its first byte', async () => {
     worker.closeAllConnections();
     primary.server.close();
     primary.server.closeAllConnections();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** A primary that records every request it parses, with its body, and answers each with its url. */
+async function recordingPrimary(dir: string): Promise<{ path: string; server: Server; seen: string[]; closed: () => number }> {
+  const seen: string[] = [];
+  let closed = 0;
+  const server = createServer((req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d) => { body += d; });
+    const framing = req.headers['transfer-encoding'] ?? (req.headers['content-length'] === undefined ? 'none' : 'length');
+    req.on('end', () => { seen.push(`${req.method} ${req.url} ${JSON.stringify(body)} ${framing}`); res.end(JSON.stringify({ url: req.url })); });
+  });
+  server.on('connection', (socket) => socket.on('close', () => { closed++; }));
+  return { path: await listen(server, join(dir, 'control.sock')), server, seen, closed: () => closed };
+}
+
+/** One raw HTTP/1.1 exchange: writes `raw`, returns what came back once the answer's `end` marker arrived (or 3 s passed). */
+function raw(url: string, text: string, until: string): Promise<string> {
+  const u = new URL(url);
+  return new Promise((resolve) => {
+    const socket = netConnect(Number(u.port), u.hostname, () => socket.write(text));
+    let got = '';
+    const done = (): void => { clearTimeout(timer); socket.destroy(); resolve(got); };
+    const timer = setTimeout(done, 3000);
+    socket.on('data', (d) => { got += d; if (got.includes(until)) done(); });
+    socket.on('error', done);
+  });
+}
+
+test('a body of unknown length is relayed chunked, whatever the method: its bytes are never read as a request of their own', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-control-relay-'));
+  const primary = await recordingPrimary(dir);
+  const worker = createServer(relayControl(() => ({ socketPath: primary.path })));
+  const url = await listen(worker, 0);
+  // as the data plane does: Node's HTTP/2 compatibility objects handed to the relay as HTTP/1 ones
+  const h2 = http2.createServer(relayControl(() => ({ socketPath: primary.path })) as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
+  const h2url = await listen(h2 as unknown as Server, 0);
+  try {
+    const smuggled = 'GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n';
+    for (const method of ['DELETE', 'GET', 'OPTIONS']) {
+      const chunk = `${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`;
+      const answer = await raw(url, `${method} /v1/nodes/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}`, '}');
+      assert.match(answer, /^HTTP\/1\.1 200/);
+    }
+    // over HTTP/2 a DELETE's body has no length either
+    const session = http2.connect(h2url);
+    const stream = session.request({ ':method': 'DELETE', ':path': '/v1/nodes/y' }, { endStream: false });
+    stream.end(smuggled);
+    stream.resume();
+    await new Promise((r) => stream.on('close', r));
+    session.close();
+    // what the primary parsed, and what a request after them gets
+    const health = await fetch(`${url}/v1/health`);
+    assert.deepEqual(await health.json(), { url: '/v1/health' });
+    assert.deepEqual(primary.seen.filter((s) => s.startsWith('GET /smuggled')), [], 'a body was parsed as a request');
+    assert.deepEqual(primary.seen.map((s) => s.split(' ').slice(0, 2).join(' ')).sort(),
+      ['DELETE /v1/nodes/x', 'DELETE /v1/nodes/y', 'GET /v1/health', 'GET /v1/nodes/x', 'OPTIONS /v1/nodes/x']);
+    for (const s of primary.seen.filter((x) => x.includes('/v1/nodes/'))) assert.ok(s.endsWith(` ${JSON.stringify(smuggled)} chunked`), `the body arrived whole: ${s}`);
+    // and a request without a body has none there either (a DELETE with a chunked empty body
+    // and a JSON content-type is an error in fastify), over HTTP/1.1 and HTTP/2
+    primary.seen.length = 0;
+    assert.equal((await fetch(`${url}/v1/nodes/z`, { method: 'DELETE', headers: { 'content-type': 'application/json' } })).status, 200);
+    const session2 = http2.connect(h2url);
+    const del = session2.request({ ':method': 'DELETE', ':path': '/v1/nodes/z' });
+    del.resume();
+    await new Promise((r) => del.on('close', r));
+    session2.close();
+    assert.deepEqual(primary.seen, ['DELETE /v1/nodes/z "" none', 'DELETE /v1/nodes/z "" none']);
+  } finally {
+    worker.close(); worker.closeAllConnections();
+    h2.close();
+    primary.server.close(); primary.server.closeAllConnections();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a caller who leaves mid-upload after an early answer does not hold a connection to the primary', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-control-relay-'));
+  const primary = await recordingPrimary(dir);
+  primary.server.removeAllListeners('request');
+  primary.server.on('request', (_req, res) => res.end('{"early":true}')); // answers before the body, as a 401 does
+  const worker = createServer(relayControl(() => ({ socketPath: primary.path })));
+  const url = await listen(worker, 0);
+  try {
+    const answer = await raw(url, 'POST /v1/tokens HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n{"name":', '}');
+    assert.match(answer, /early/);
+    const deadline = Date.now() + 3000;
+    while (primary.closed() < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(primary.closed(), 1, 'the relay closed its half-sent request to the primary');
+  } finally {
+    worker.close(); worker.closeAllConnections();
+    primary.server.close(); primary.server.closeAllConnections();
     rmSync(dir, { recursive: true, force: true });
   }
 });
