@@ -12,7 +12,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
-import { BerthError, asBerthError } from './core/errors.js';
+import { BerthError, asBerthError, logInternalError } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { openStore, isPostgresUrl } from './store/index.js';
 import { createRuntime } from './runtimes/index.js';
@@ -149,7 +149,16 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     serverFactory: (handler) => {
       fastifyHandler = handler;
       if (plane) return plane.httpServer;
-      controlServer = createServer({ keepAliveTimeout: 60_000, requestTimeout: 0 }, control);
+      // headers as big as a front accepts (HTTP/2's header list, 64 KiB by default, is bigger
+      // than HTTP/1.1's 16 KiB): the front door refuses what is too big, not this socket
+      controlServer = createServer({ keepAliveTimeout: 60_000, requestTimeout: 0, maxHeaderSize: 80 * 1024 }, control);
+      // only gateway workers' relays talk here: a request they send that does not parse is a
+      // bug in the relay (a body's bytes read as a request, say), never a caller's mistake
+      controlServer.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+        // (not one it ended on purpose midway: its caller left)
+        if (err.code?.startsWith('HPE_') && err.code !== 'HPE_INVALID_EOF_STATE') logInternalError(randomUUID(), 'control socket: a relayed request did not parse', err);
+        socket.destroy();
+      });
       return controlServer;
     },
   });

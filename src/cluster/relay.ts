@@ -2,13 +2,18 @@
 // worker relays to its primary's unix socket; a follower Berth server (src/peers/) to the
 // leader's URL. The caller's token travels unchanged and is checked where the request is
 // answered; only connection-level headers are dropped.
-import { request as httpRequest, Agent, type ClientRequest, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpRequest, Agent, METHODS, type ClientRequest, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { ServerHttp2Stream } from 'node:http2';
 import { controlUnavailable } from '../gateway/data-plane.js';
+import { BerthError } from '../core/errors.js';
+import { sendError } from '../gateway/http-util.js';
 
 /** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
+
+/** Methods HTTP/1.1's parser knows, as they are sent (an HTTP/2 `:method` may be anything); CONNECT would make a tunnel of the socket. */
+const RELAYABLE = new Set(METHODS.filter((m) => m !== 'CONNECT'));
 
 /** Where to relay to, asked per request (a new leader's URL is used at once); null: nobody answers now (503). */
 export type RelayTarget = { socketPath: string } | { url: string } | { unavailable: string };
@@ -19,6 +24,9 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
   const agent = new Agent({ keepAlive: true });
   const tlsAgent = new HttpsAgent({ keepAlive: true });
   return (req, res) => {
+    // no route has another method, and the other side could not even parse it (its answer
+    // would be a closed socket): answered here as it would be there
+    if (!RELAYABLE.has(req.method ?? '')) return void sendError(res, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${(req.url ?? '').split('?')[0]}`, { path: req.url }));
     const to = target();
     if ('unavailable' in to) return void controlUnavailable(res, to.unavailable);
     const headers: OutgoingHttpHeaders = {};
@@ -45,11 +53,19 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
       if (answer.headers['content-length'] === undefined) res.flushHeaders();
       answer.pipe(res);
       answer.on('error', () => res.destroy());
+      // answered before its whole body went on (a 401 early, say): the rest is not needed there,
+      // and this connection is not reused (ending the request on a socket the other side has
+      // just closed throws an EPIPE nothing can catch: Node frees the socket at that end)
+      answer.once('end', () => {
+        if (!up || up.writableFinished) return;
+        req.unpipe(up);
+        req.resume();
+        up.destroy();
+      });
     };
     let up: ClientRequest | null = null;
-    // a caller gone before its answer, or before its whole body was sent on (answered early, a
-    // 401 say), leaves nothing half-done on a connection to the other side
-    res.once('close', () => { if (!res.writableFinished || !up?.writableFinished) up?.destroy(); });
+    // a caller gone before its answer leaves nothing half-done on a connection to the other side
+    res.once('close', () => { if (!res.writableFinished) up?.destroy(); });
     // the one retry goes on a new connection: another kept-alive one may be as stale
     const send = (retry: boolean): void => {
       const pooled = retry ? agent : false;
@@ -67,7 +83,10 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
         else res.destroy();
       });
       if (bodiless) { req.resume(); sent.end(); }
-      else req.pipe(sent);
+      else {
+        sent.flushHeaders(); // answered as soon as it is there (a 401 or 404 before a slow body), as without a relay
+        req.pipe(sent);
+      }
     };
     send(true);
   };

@@ -6,7 +6,9 @@
 // body of unknown length reaches the other side chunked whatever the method (sent raw, its
 // bytes were parsed there as requests of their own: request smuggling on the shared sockets,
 // and the primary's answers to them closed sockets under the fuzz suite's health checks); a
-// caller who leaves mid-upload leaves no half-sent request behind.
+// request answered before its body was all sent on leaves no half-sent request behind; a
+// method no route has is answered 404 here (HTTP/1.1 cannot carry it); the headers go first,
+// so an early answer does not wait for a slow body.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
@@ -182,6 +184,45 @@ test('a caller who leaves mid-upload after an early answer does not hold a conne
     assert.equal(primary.closed(), 1, 'the relay closed its half-sent request to the primary');
   } finally {
     worker.close(); worker.closeAllConnections();
+    primary.server.close(); primary.server.closeAllConnections();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a method no route has is answered 404 by the relay, as the primary would, without reaching it; an unfinished body does not hold up an early answer', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-control-relay-'));
+  const primary = await recordingPrimary(dir);
+  const early: string[] = [];
+  primary.server.removeAllListeners('request');
+  primary.server.on('request', (req, res) => { early.push(`${req.method} ${req.url}`); res.end('{"early":true}'); });
+  const h2 = http2.createServer(relayControl(() => ({ socketPath: primary.path })) as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
+  const h2url = await listen(h2 as unknown as Server, 0);
+  const session = http2.connect(h2url);
+  const ask = (method: string, end: boolean): Promise<{ status: number; body: string }> => new Promise((resolve, reject) => {
+    const st = session.request({ ':method': method, ':path': '/v1/health' }, { endStream: false });
+    if (end) st.end();
+    let status = 0;
+    let body = '';
+    st.on('response', (h) => { status = Number(h[':status']); });
+    st.on('data', (d) => { body += d; });
+    st.on('end', () => { resolve({ status, body }); st.close(); });
+    st.on('error', reject);
+    st.setTimeout(3000, () => reject(new Error(`${method}: no answer in 3 s`)));
+  });
+  try {
+    for (const method of ['FOO', 'get', 'PRI']) {
+      const a = await ask(method, true);
+      assert.equal(a.status, 404, `${method}: ${a.body}`);
+      assert.equal(JSON.parse(a.body).code, 'ROUTE_NOT_FOUND');
+    }
+    assert.deepEqual(early, [], 'none of them reached the primary');
+    // a body still on its way: the primary's early answer comes back at once (headers go first)
+    const a = await ask('POST', false);
+    assert.equal(a.status, 200);
+    assert.deepEqual(early, ['POST /v1/health']);
+  } finally {
+    session.destroy();
+    h2.close();
     primary.server.close(); primary.server.closeAllConnections();
     rmSync(dir, { recursive: true, force: true });
   }
