@@ -5,7 +5,8 @@
 // framing lies, resets) plus raw h2 frames. Asserted: zero crashes (the process is alive
 // throughout and exits 0 on SIGTERM), zero hangs (every connection and stream is answered
 // or closed within a bound), health answering throughout (probed every 500 ms), and no
-// 500 INTERNAL nor unhandled rejection in the server log. Deterministic: the seed is
+// 500 INTERNAL nor unhandled rejection in the server log (nor a request relayed by a gateway
+// worker that the primary could not parse: logged as internal too). Deterministic: the seed is
 // printed; FUZZ_SEED=<n> replays a run. Bounded in count and time; 127.0.0.1 only.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
