@@ -5,6 +5,8 @@
 import { request as httpRequest, Agent, METHODS, type ClientRequest, type IncomingMessage, type ServerResponse, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import type { ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { controlUnavailable } from '../gateway/data-plane.js';
 import { BerthError } from '../core/errors.js';
 import { sendError } from '../gateway/http-util.js';
@@ -15,14 +17,32 @@ const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade',
 /** Methods HTTP/1.1's parser knows, as they are sent (an HTTP/2 `:method` may be anything); CONNECT would make a tunnel of the socket. */
 const RELAYABLE = new Set(METHODS.filter((m) => m !== 'CONNECT'));
 
+/** How long the other side keeps an idle socket of ours, as its answers said (`Keep-Alive: timeout=N`). */
+const idleHint = new WeakMap<Duplex, number>();
+
+/** A socket the agent keeps (its `keepSocketAlive`, typed void, says so) times out a second before the other side drops it. */
+function keepHinted(kept: unknown, socket: Duplex): boolean {
+  const ms = idleHint.get(socket);
+  if (kept && ms !== undefined) (socket as Socket).setTimeout(ms); // the agent destroys a free socket that times out
+  return Boolean(kept);
+}
+
+// Node 20's agents ignore that hint, and a request written as the other side closes its socket is lost
+class HintedAgent extends Agent {
+  override keepSocketAlive(socket: Duplex): boolean { return keepHinted(super.keepSocketAlive(socket), socket); }
+}
+class HintedHttpsAgent extends HttpsAgent {
+  override keepSocketAlive(socket: Duplex): boolean { return keepHinted(super.keepSocketAlive(socket), socket); }
+}
+
 /** Where to relay to, asked per request (a new leader's URL is used at once); null: nobody answers now (503). */
 export type RelayTarget = { socketPath: string } | { url: string } | { unavailable: string };
 
 export function relayControl(target: () => RelayTarget): (req: IncomingMessage, res: ServerResponse) => void {
   // no cap on relay sockets: the front door bounds connections, and a capped pool lets a few
   // requests with bodies that never end hold up every other control request (health included)
-  const agent = new Agent({ keepAlive: true });
-  const tlsAgent = new HttpsAgent({ keepAlive: true });
+  const agent = new HintedAgent({ keepAlive: true });
+  const tlsAgent = new HintedHttpsAgent({ keepAlive: true });
   return (req, res) => {
     // no route has another method, and the other side could not even parse it (its answer
     // would be a closed socket): answered here as it would be there
@@ -45,6 +65,8 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
     // every keep-alive client has) was not seen there: it is sent once more
     const resend = bodiless && (req.method === 'GET' || req.method === 'HEAD');
     const onAnswer = (answer: IncomingMessage): void => {
+      const hint = /timeout=(\d+)/.exec(String(answer.headers['keep-alive'] ?? ''));
+      if (hint) idleHint.set(answer.socket, Math.max(Number(hint[1]) * 1000 - 1000, 250));
       const out: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
       res.writeHead(answer.statusCode ?? 502, out);

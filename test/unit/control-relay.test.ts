@@ -227,3 +227,31 @@ test('a method no route has is answered 404 by the relay, as the primary would, 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('an idle kept-alive socket is dropped by the relay a second before the other side would drop it (its Keep-Alive: timeout)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-control-relay-'));
+  const primary = await recordingPrimary(dir);
+  primary.server.keepAliveTimeout = 2500; // answers say "Keep-Alive: timeout=2"
+  const closes: string[] = [];
+  let answeredAt = 0;
+  primary.server.on('connection', (socket) => {
+    socket.on('end', () => closes.push(`relay after ${Date.now() - answeredAt} ms`)); // a FIN from the relay's side
+    socket.on('timeout', () => closes.push('primary timed out first'));
+  });
+  const worker = createServer(relayControl(() => ({ socketPath: primary.path })));
+  const url = await listen(worker, 0);
+  try {
+    assert.equal((await fetch(`${url}/v1/health`)).status, 200);
+    answeredAt = Date.now();
+    const deadline = Date.now() + 4000;
+    while (closes.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(closes.length, 1, 'the idle socket was closed');
+    assert.match(closes[0]!, /^relay after \d+ ms$/);
+    const ms = Number(/(\d+) ms/.exec(closes[0]!)![1]);
+    assert.ok(ms >= 900 && ms < 2000, `dropped about a second after the answer (timeout=2, less a second): ${ms} ms`);
+  } finally {
+    worker.close(); worker.closeAllConnections();
+    primary.server.close(); primary.server.closeAllConnections();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
