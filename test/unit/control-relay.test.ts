@@ -8,7 +8,8 @@
 // and the primary's answers to them closed sockets under the fuzz suite's health checks); a
 // request answered before its body was all sent on leaves no half-sent request behind; a
 // method no route has is answered 404 here (HTTP/1.1 cannot carry it); the headers go first,
-// so an early answer does not wait for a slow body.
+// so an early answer does not wait for a slow body; an idle socket is dropped before the
+// other side's Keep-Alive: timeout.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
