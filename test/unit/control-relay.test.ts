@@ -26,6 +26,12 @@ async function listen(server: Server, at: string | 0): Promise<string> {
   return typeof a === 'string' ? a : `http://127.0.0.1:${a!.port}`;
 }
 
+/** Stops the servers (their kept-alive connections too) and removes the socket's directory. */
+function cleanUp(dir: string, ...servers: Array<{ close(): unknown; closeAllConnections?(): void }>): void {
+  for (const server of servers) { server.close(); server.closeAllConnections?.(); }
+  rmSync(dir, { recursive: true, force: true });
+}
+
 /** A "primary" that answers the first request on each connection and drops the connection, unanswered, when a second arrives on it. */
 async function droppingPrimary(dir: string): Promise<{ path: string; server: Server; seen: string[] }> {
   const seen: string[] = [];
@@ -67,11 +73,7 @@ test('a bodiless request on a dropped kept-alive socket is sent again; one with 
     assert.equal((await post.json() as { code: string }).code, 'CONTROL_UNAVAILABLE');
     assert.equal(primary.seen.filter((s) => s.startsWith('POST')).length, 1, 'the POST reached the primary once');
   } finally {
-    worker.close();
-    worker.closeAllConnections();
-    primary.server.close();
-    primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, worker, primary.server);
   }
 });
 
@@ -87,11 +89,7 @@ test('a streamed answer shows its headers before its first byte', async () => {
     assert.equal(res.headers.get('content-type'), 'text/plain');
   } finally {
     ctl.abort();
-    worker.close();
-    worker.closeAllConnections();
-    primary.server.close();
-    primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, worker, primary.server);
   }
 });
 
@@ -163,10 +161,7 @@ test('a body of unknown length is relayed chunked, whatever the method: its byte
     session2.close();
     assert.deepEqual(primary.seen, ['DELETE /v1/nodes/z "" none', 'DELETE /v1/nodes/z "" none']);
   } finally {
-    worker.close(); worker.closeAllConnections();
-    h2.close();
-    primary.server.close(); primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, worker, h2, primary.server);
   }
 });
 
@@ -184,9 +179,7 @@ test('a caller who leaves mid-upload after an early answer does not hold a conne
     while (primary.closed() < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(primary.closed(), 1, 'the relay closed its half-sent request to the primary');
   } finally {
-    worker.close(); worker.closeAllConnections();
-    primary.server.close(); primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, worker, primary.server);
   }
 });
 
@@ -223,9 +216,7 @@ test('a method no route has is answered 404 by the relay, as the primary would, 
     assert.deepEqual(early, ['POST /v1/health']);
   } finally {
     session.destroy();
-    h2.close();
-    primary.server.close(); primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, h2, primary.server);
   }
 });
 
@@ -251,8 +242,6 @@ test('an idle kept-alive socket is dropped by the relay a second before the othe
     const ms = Number(/(\d+) ms/.exec(closes[0]!)![1]);
     assert.ok(ms >= 900 && ms < 2000, `dropped about a second after the answer (timeout=2, less a second): ${ms} ms`);
   } finally {
-    worker.close(); worker.closeAllConnections();
-    primary.server.close(); primary.server.closeAllConnections();
-    rmSync(dir, { recursive: true, force: true });
+    cleanUp(dir, worker, primary.server);
   }
 });
