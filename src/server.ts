@@ -12,7 +12,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { Config } from './core/config.js';
 import { Auth } from './core/auth.js';
-import { BerthError, asBerthError, logInternalError } from './core/errors.js';
+import { BerthError, asBerthError, logInternalError, routeNotFound } from './core/errors.js';
 import { Metrics } from './core/metrics.js';
 import { openStore, isPostgresUrl } from './store/index.js';
 import { createRuntime } from './runtimes/index.js';
@@ -180,7 +180,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
       else if (err.code === 'FST_ERR_BAD_URL') e = new BerthError('INVALID_PATH', 'the request target is not a valid path', { field: 'path' });
       else if (err.statusCode === 400) e = new BerthError('INVALID_JSON', `request body is not valid JSON: ${err.message}`);
       // fastify's own refusals (a method its router does not know, say) keep their 4xx meaning
-      else if (err.statusCode === 404) e = new BerthError('ROUTE_NOT_FOUND', `no route ${_req.method} ${_req.url.split('?')[0]}`, { path: _req.url });
+      else if (err.statusCode === 404) e = routeNotFound(_req.method, _req.url);
       else if (err.statusCode === 405) e = new BerthError('METHOD_NOT_ALLOWED', err.message, { method: _req.method });
       else if (err.statusCode === 413) e = new BerthError('PAYLOAD_TOO_LARGE', `request body exceeds the limit of ${config.maxRequestBytes} bytes`, { limit: config.maxRequestBytes });
       else if (err.statusCode === 415) e = new BerthError('UNSUPPORTED_MEDIA_TYPE', err.message);
@@ -197,7 +197,7 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
   });
   app.setNotFoundHandler((req, reply) => {
     void reply.hijack();
-    sendError(reply.raw, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`, { path: req.url }));
+    sendError(reply.raw, routeNotFound(req.method, req.url));
   });
   if (faults) app.addHook('onRequest', async (req) => { if (req.headers['x-berth-fault'] === 'control-api') throw new TypeError('injected fault: /internal/detail/that/must/not/leak'); });
   const metricsText = async (): Promise<string> => (gatewayCluster ? await gatewayCluster.metrics(metrics.registry) : await metrics.registry.metrics()) + telemetry.exposition();

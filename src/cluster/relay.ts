@@ -8,7 +8,7 @@ import type { ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { controlUnavailable } from '../gateway/data-plane.js';
-import { BerthError } from '../core/errors.js';
+import { routeNotFound } from '../core/errors.js';
 import { sendError } from '../gateway/http-util.js';
 
 /** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
@@ -46,7 +46,7 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
   return (req, res) => {
     // no route has another method, and the other side could not even parse it (its answer
     // would be a closed socket): answered here as it would be there
-    if (!RELAYABLE.has(req.method ?? '')) return void sendError(res, new BerthError('ROUTE_NOT_FOUND', `no route ${req.method} ${(req.url ?? '').split('?')[0]}`, { path: req.url }));
+    if (!RELAYABLE.has(req.method ?? '')) return void sendError(res, routeNotFound(req.method, req.url));
     const to = target();
     if ('unavailable' in to) return void controlUnavailable(res, to.unavailable);
     const headers: OutgoingHttpHeaders = {};
@@ -90,13 +90,12 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
     res.once('close', () => { if (!res.writableFinished) up?.destroy(); });
     // the one retry goes on a new connection: another kept-alive one may be as stale
     const send = (retry: boolean): void => {
-      const pooled = retry ? agent : false;
       if ('socketPath' in to) {
-        up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent: pooled }, onAnswer);
+        up = httpRequest({ socketPath: to.socketPath, method: req.method, path: req.url, headers, agent: retry ? agent : false }, onAnswer);
       } else {
         const u = new URL(to.url);
         const options = { host: u.hostname, port: u.port, method: req.method, path: req.url, headers };
-        up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: retry ? tlsAgent : false }, onAnswer) : httpRequest({ ...options, agent: pooled }, onAnswer);
+        up = u.protocol === 'https:' ? httpsRequest({ ...options, agent: retry ? tlsAgent : false }, onAnswer) : httpRequest({ ...options, agent: retry ? agent : false }, onAnswer);
       }
       const sent = up;
       sent.on('error', (err: NodeJS.ErrnoException) => {

@@ -147,6 +147,11 @@ export function asBerthError(err: unknown, where = 'request'): BerthError {
   return new BerthError('INTERNAL', `internal error; the server log has the details under request id ${requestId}`, { requestId }, { 'x-request-id': requestId });
 }
 
+/** No control-API route has this method and path (fastify's not-found, and the relay's for a method HTTP/1.1 cannot carry). */
+export function routeNotFound(method: string | undefined, url: string | undefined): BerthError {
+  return new BerthError('ROUTE_NOT_FOUND', `no route ${method} ${(url ?? '').split('?')[0]}`, { path: url });
+}
+
 /** One JSON line on stderr for an unexpected error (never sent to a caller). */
 export function logInternalError(requestId: string, where: string, err: unknown): void {
   const e = err instanceof Error ? err : null;
