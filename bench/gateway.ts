@@ -15,6 +15,9 @@
 //               node-floor    bench/gateway-node-proxy.mjs: a minimal reverse proxy in one Node
 //                             process (undici pool; node:http2 for gRPC), no auth, limits or metrics:
 //                             what Node itself costs here (for reference)
+//               raw-floor     bench/gateway-raw-proxy.mjs (HTTP/1.1 only): the leanest Node proxy,
+//                             Node's own HTTP parser on raw sockets both ways, no node:http, no
+//                             undici, no streams: a lower bound for any Node gateway here
 //               container-ip  the container's own address, port 8080 (no docker-proxy; for reference)
 //   gRPC      one `grpc-echo` container, unary /berth.test.Echo/Echo with h2load (h2c, prior
 //             knowledge), the same five ways (nginx: grpc_pass with upstream keepalive).
@@ -31,7 +34,7 @@
 //   node --import tsx bench/gateway.ts [--duration 10] [--warmup 2] [--connections 16]
 //        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
 //        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
-//        [--http-targets direct,berth,nginx,node-floor,container-ip] [--grpc-targets (the same)]
+//        [--http-targets direct,berth,nginx,node-floor,raw-floor,container-ip] [--grpc-targets direct,berth,nginx,node-floor,container-ip]
 //        [--gateway-workers 1,2] [--sessions 64] [--rounds 1] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
@@ -65,6 +68,7 @@ import {
 
 const LUA = join(ROOT, 'bench', 'gateway.lua');
 const NODE_PROXY = join(ROOT, 'bench', 'gateway-node-proxy.mjs');
+const RAW_PROXY = join(ROOT, 'bench', 'gateway-raw-proxy.mjs');
 const H2LOAD = '/usr/bin/h2load';
 const NGINX = '/usr/sbin/nginx';
 const PYTHON = '/usr/bin/python3'; // `berth up` checks for it even when every node is an image node
@@ -85,7 +89,7 @@ const { values: args } = parseArgs({
     'grpc-c1-requests': { type: 'string', default: '4000' },
     'grpc-warmup-requests': { type: 'string', default: '4000' },
     path: { type: 'string', default: '/healthz' },
-    'http-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,container-ip' },
+    'http-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,raw-floor,container-ip' },
     'grpc-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,container-ip' },
     'quiet-wait': { type: 'string', default: '120' },
     keep: { type: 'boolean', default: false },
@@ -112,10 +116,11 @@ const H2LOAD_MAX_S = 300;
 const QUIET_WAIT_S = posInt(args['quiet-wait']!, 'quiet-wait', 0, 3600);
 const PATH = args.path!;
 if (!PATH.startsWith('/')) throw new Error('--path must start with "/"');
-const TARGET_NAMES = ['direct', 'berth', 'nginx', 'node-floor', 'container-ip'] as const;
+const TARGET_NAMES = ['direct', 'berth', 'nginx', 'node-floor', 'raw-floor', 'container-ip'] as const;
 type TargetName = typeof TARGET_NAMES[number];
 const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
 const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
+if (GRPC_TARGETS.includes('raw-floor')) throw new Error('--grpc-targets: raw-floor is HTTP/1.1 only');
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
 /** Background load (cores) under which the machine counts as quiet. */
@@ -499,6 +504,14 @@ async function startNodeFloor(work: string, httpUpstream: number, grpcUpstream: 
   return { m, httpPort, grpcPort };
 }
 
+async function startRawFloor(work: string, httpUpstream: number): Promise<{ m: Managed; httpPort: number }> {
+  const httpPort = await freePort();
+  const m = start('raw-floor', process.execPath, [RAW_PROXY, String(httpPort), String(httpUpstream)], join(work, 'raw-floor.log'));
+  await waitListening(httpPort, '127.0.0.1', m);
+  log(`raw Node floor: 127.0.0.1:${httpPort} (HTTP/1.1); pid ${m.proc.pid}`);
+  return { m, httpPort };
+}
+
 // ---------------------------------------------------------------------------
 // Correctness before the load: each HTTP target answers 200 "ok"; each gRPC target answers
 // :status 200, the request message echoed, and the trailer grpc-status 0.
@@ -664,6 +677,9 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
       goals.push(`added p50 over direct < ${limit} ms (1 connection): ${fmt(added, ms)} ms — ${added.mid / 1000 < limit ? 'met' : 'NOT met'}`);
     }
     if (goals.length) { lines.push(''); lines.push(`Goals (issue 8) for ${b.short}: ${goals.join('; ')}.`); }
+    // how far the leanest Node proxy itself gets against the same nginx: the ceiling for any Node gateway here
+    const raw = results.findIndex((r) => r.name === 'raw-floor');
+    if (raw >= 0 && n >= 0) { lines.push(''); lines.push(`The raw Node floor / ${results[n]!.short}, throughput: ${fmt(each(raw, n, rps), x)}.`); }
   });
   return lines;
 }
@@ -734,6 +750,7 @@ async function main(): Promise<void> {
     const nginxes = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx'))
       ? await Promise.all(GATEWAY_WORKERS.map((w) => startNginx(work, httpNode.hostPort, grpcNode.hostPort, w))) : [];
     const floor = (HTTP_TARGETS.includes('node-floor') || GRPC_TARGETS.includes('node-floor')) ? await startNodeFloor(work, httpNode.hostPort, grpcNode.hostPort) : null;
+    const rawFloor = HTTP_TARGETS.includes('raw-floor') ? await startRawFloor(work, httpNode.hostPort) : null;
 
     // ---- HTTP/1.1
     // every target gets the same headers (each Berth its own node id and token; the others ignore them)
@@ -754,6 +771,7 @@ async function main(): Promise<void> {
       }
       if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });
       if (t === 'node-floor') httpTargets.push({ name: t, short: 'Node floor', workers: 1, label: 'Node floor (minimal Node proxy, undici pool)', url: `http://127.0.0.1:${floor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [floor!.m.proc.pid!]) });
+      if (t === 'raw-floor') httpTargets.push({ name: t, short: 'raw Node floor', workers: 1, label: 'raw Node floor (llhttp on raw sockets both ways)', url: `http://127.0.0.1:${rawFloor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [rawFloor!.m.proc.pid!]) });
       if (t === 'container-ip' && httpNode.containerIp) httpTargets.push({ name: t, short: 'container IP', workers: 0, label: `container IP (${httpNode.containerIp}:8080, no docker-proxy)`, url: `http://${httpNode.containerIp}:8080${PATH}`, groups: groupsFor(httpNode, []) });
     }
     for (const t of httpTargets) await checkHttp(t.short, t.url, headersByUrl.get(t.url) ?? httpHeaders);
