@@ -48,7 +48,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
+  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
   loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
   stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type Spread, type WrkResult,
 } from './lib.js';
@@ -378,6 +378,8 @@ interface TargetResult {
   c1Cpu: CpuUse | null;
   /** cores other processes used just before this target started */
   idleLoad: number;
+  /** ns per probe iteration on each CPU just before the run (lib.ts cpuSpeeds) */
+  speeds: number[];
   attempts: number;
   /** other processes took more than OTHER_MAX cores even on the last attempt */
   disturbed: boolean;
@@ -401,6 +403,8 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
   let result: TargetResult | null = null;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const idleLoad = await waitQuiet(name);
+    const speeds = cpuSpeeds();
+    log(`${name}: CPU speed probe ${showSpeeds(speeds)} ns per iteration`);
     log(`${name}: warm-up ${WARMUP}s, ${CONNECTIONS} connections`);
     if (WARMUP > 0) assertClean(`${name} (warm-up)`, await wrk(url, CONNECTIONS, WARMUP, auth));
     log(`${name}: measuring ${DURATION}s, ${CONNECTIONS} connections`);
@@ -414,7 +418,7 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
     }
     const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
     const unbalanced = checkWorkers(name, main.cpu, groups.workers ?? []);
-    result = { name, server, load: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX, processes: PROCESSES, unbalanced };
+    result = { name, server, load: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, speeds, attempts: attempt, disturbed: other > OTHER_MAX, processes: PROCESSES, unbalanced };
     if (!result.disturbed) break;
     log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
       (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
@@ -647,15 +651,17 @@ function report(rounds: Round[]): string {
   lines.push('');
   lines.push(`CPU during the ${CONNECTIONS}-connection run: cores (2 = the whole machine) and µs per call; "front" = Berth's gateway (berth up's processes but the Python workers), gunicorn's arbiter, uvicorn's supervisor (none for one uvicorn process):`);
   lines.push('');
-  lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | front reads + writes per call | wrk | other processes: before / during / 1-conn run | attempts | workers all busy? |');
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|');
+  lines.push('"CPU speeds": ns per iteration of bench/machine-speed.mjs\'s probe on each CPU just before the run (this machine has two speeds, 1.6–1.7× apart: docs/benchmarks.md, "Two speeds"):');
+  lines.push('');
+  lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | front reads + writes per call | wrk | other processes: before / during / 1-conn run | CPU speeds | attempts | workers all busy? |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|');
   for (const r of results) {
     const c = r.cpu;
     const each = Object.keys(c).filter((k) => k.startsWith('w:')).map((k) => c[k]!.toFixed(2)).join(' + ');
     const pc = perCall(r);
     const rw = c['rw:gateway'] ? (c['rw:gateway'] / r.load.rps).toFixed(2) : '–';
     lines.push(`| ${r.name} | ${c.gateway!.toFixed(2)} | ${c.workers!.toFixed(2)} (${each}) | ${us(pc.front)} | ${us(pc.workers)} | ${us(pc.total)} | ${rw} | ` +
-      `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ` +
+      `${c.wrk!.toFixed(2)} | ${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${showSpeeds(r.speeds)} | ` +
       `${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} | ${r.unbalanced ? `UNBALANCED: ${r.unbalanced}` : r.processes > 1 ? 'yes' : '–'} |`);
   }
   // a comparison of Berth (index bi) with another target (oi), round by round

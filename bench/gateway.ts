@@ -61,7 +61,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, berthCommand, childrenOf, firstLine, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
+  ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
   onSignals, percentile, posInt, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed, type Spread,
 } from './lib.js';
@@ -336,6 +336,8 @@ interface Measured {
   cpu: CpuUse;
   c1Cpu: CpuUse | null;
   idleLoad: number;
+  /** ns per probe iteration on each CPU just before the run (lib.ts cpuSpeeds) */
+  speeds: number[];
   attempts: number;
   disturbed: boolean;
 }
@@ -352,6 +354,8 @@ async function measure(proto: string, t: Target, runner: Runner, phases: Phases)
   let result: Measured | null = null;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const idleLoad = await waitQuiet(name);
+    const speeds = cpuSpeeds();
+    log(`${name}: CPU speed probe ${showSpeeds(speeds)} ns per iteration`);
     if (phases.warmup) {
       log(`${name}: warm-up, ${phases.describe('warmup')}`);
       assertClean(`${name} (warm-up)`, await runner(t.url, 'warmup'));
@@ -370,7 +374,7 @@ async function measure(proto: string, t: Target, runner: Runner, phases: Phases)
       berthAlive(`${name} (1 connection)`);
     }
     const other = Math.max(main.cpu.other!, c1?.cpu.other ?? 0);
-    result = { name: t.name, short: t.short, workers: t.workers, label: t.label, main: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, attempts: attempt, disturbed: other > OTHER_MAX };
+    result = { name: t.name, short: t.short, workers: t.workers, label: t.label, main: main.r, c1: c1?.r ?? null, cpu: main.cpu, c1Cpu: c1?.cpu ?? null, idleLoad, speeds, attempts: attempt, disturbed: other > OTHER_MAX };
     if (!result.disturbed) break;
     log(`${name}: other processes used ${other.toFixed(2)} cores during the measurement` +
       (attempt < MAX_ATTEMPTS ? `; measuring again (attempt ${attempt + 1} of ${MAX_ATTEMPTS})` : '; keeping it, flagged'));
@@ -632,8 +636,10 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
   lines.push('');
   lines.push('"front reads + writes per call": its read/readv/write/writev system calls (a count, steady however fast the machine runs that moment; every socket operation of a Node process, not nginx\'s recv):');
   lines.push('');
-  lines.push('| target | front | front µs/call | server µs/call | front reads + writes per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | attempts |');
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---:|');
+  lines.push('"CPU speeds": ns per iteration of bench/machine-speed.mjs\'s probe on each CPU just before the run (this machine has two speeds, 1.6–1.7× apart: docs/benchmarks.md, "Two speeds"):');
+  lines.push('');
+  lines.push('| target | front | front µs/call | server µs/call | front reads + writes per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | CPU speeds | attempts |');
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|');
   for (const r of results) {
     const c = r.cpu;
     const front = c.front ?? 0;
@@ -641,7 +647,7 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
     const rw = c['rw:front'] ? (c['rw:front'] / r.main.rps).toFixed(2) : '–';
     lines.push(`| ${r.label} | ${front.toFixed(2)} | ${front > 0 ? us(pc.front) : '–'} | ${us(pc.server)} | ${rw} | ` +
       `${c.echo!.toFixed(2)} | ${(c['docker-proxy'] ?? 0).toFixed(2)} | ${c.load!.toFixed(2)} | ` +
-      `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
+      `${r.idleLoad.toFixed(2)} / ${c.other!.toFixed(2)} / ${r.c1Cpu ? r.c1Cpu.other!.toFixed(2) : '–'} | ${showSpeeds(r.speeds)} | ${r.attempts}${r.disturbed ? ' (DISTURBED)' : ''} |`);
   }
   // a comparison of Berth (results[bi]) with another target (results[oi]), round by round
   const each = (bi: number, oi: number, f: (b: Measured, o: Measured) => number | null): Spread | null => {

@@ -338,6 +338,27 @@ export async function waitQuiet(label: string, o: QuietOptions): Promise<number>
   return load;
 }
 
+/**
+ * How fast each CPU runs a gateway's kind of JavaScript right now: bench/machine-speed.mjs's
+ * probe pinned to each CPU in turn (about half a second each), ns per iteration. The 2-vCPU
+ * machines of issue 8 run it at one of two speeds 1.6–1.7× apart, per CPU, changing over
+ * minutes (docs/benchmarks.md, "Two speeds"); a run's figures are read beside the speeds it
+ * started at. Empty when taskset is missing.
+ */
+export function cpuSpeeds(iterations = 300_000): number[] {
+  const probe = join(ROOT, 'bench', 'machine-speed.mjs');
+  const out: number[] = [];
+  for (let c = 0; c < cpus().length; c++) {
+    const p = spawnSync('taskset', ['-c', String(c), process.execPath, probe, '--probe', '--iterations', String(iterations)], { encoding: 'utf8', timeout: 60_000 });
+    if (p.status !== 0) return [];
+    out.push(Number(p.stdout.trim().split(' ')[0]));
+  }
+  return out;
+}
+
+/** The speeds as a table cell: "1290 / 2140". */
+export const showSpeeds = (s: number[]): string => (s.length ? s.join(' / ') : '–');
+
 // ---------------------------------------------------------------------------
 // Load generators. They run through bash only to read their own CPU time afterwards
 // (`times`: the children's user and system time).
