@@ -48,7 +48,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
+  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, SPEEDS_NOTE, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
   loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
   stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type Spread, type WrkResult,
 } from './lib.js';
@@ -403,8 +403,7 @@ async function measure(name: string, server: string, url: string, groups: CpuGro
   let result: TargetResult | null = null;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const idleLoad = await waitQuiet(name);
-    const speeds = cpuSpeeds();
-    log(`${name}: CPU speed probe ${showSpeeds(speeds)} ns per iteration`);
+    const speeds = cpuSpeeds(name);
     log(`${name}: warm-up ${WARMUP}s, ${CONNECTIONS} connections`);
     if (WARMUP > 0) assertClean(`${name} (warm-up)`, await wrk(url, CONNECTIONS, WARMUP, auth));
     log(`${name}: measuring ${DURATION}s, ${CONNECTIONS} connections`);
@@ -651,7 +650,7 @@ function report(rounds: Round[]): string {
   lines.push('');
   lines.push(`CPU during the ${CONNECTIONS}-connection run: cores (2 = the whole machine) and µs per call; "front" = Berth's gateway (berth up's processes but the Python workers), gunicorn's arbiter, uvicorn's supervisor (none for one uvicorn process):`);
   lines.push('');
-  lines.push('"CPU speeds": ns per iteration of bench/machine-speed.mjs\'s probe on each CPU just before the run (this machine has two speeds, 1.6–1.7× apart: docs/benchmarks.md, "Two speeds"):');
+  lines.push(SPEEDS_NOTE);
   lines.push('');
   lines.push('| target | front cores | Python workers cores (each) | front µs/call | workers µs/call | server µs/call | front reads + writes per call | wrk | other processes: before / during / 1-conn run | CPU speeds | attempts | workers all busy? |');
   lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|');

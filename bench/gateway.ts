@@ -61,7 +61,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
+  ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, SPEEDS_NOTE, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
   onSignals, percentile, posInt, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed, type Spread,
 } from './lib.js';
@@ -354,8 +354,7 @@ async function measure(proto: string, t: Target, runner: Runner, phases: Phases)
   let result: Measured | null = null;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const idleLoad = await waitQuiet(name);
-    const speeds = cpuSpeeds();
-    log(`${name}: CPU speed probe ${showSpeeds(speeds)} ns per iteration`);
+    const speeds = cpuSpeeds(name);
     if (phases.warmup) {
       log(`${name}: warm-up, ${phases.describe('warmup')}`);
       assertClean(`${name} (warm-up)`, await runner(t.url, 'warmup'));
@@ -632,11 +631,11 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
       `${r.c1 ? r.c1.rps.toFixed(0) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p50) : '–'} | ${r.c1 ? ms(r.c1.latency_us.p99) : '–'} |`);
   }
   lines.push('');
-  lines.push('CPU during the loaded run, in cores (2 = the whole machine) and µs per call; "front" = the proxy in front of the container (Berth\'s processes, nginx master + workers, the Node floor\'s process); "server" = front + echo container + docker-proxy:');
+  lines.push('CPU during the loaded run, in cores (2 = the whole machine) and µs per call; "front" = the proxy in front of the container (Berth\'s processes, nginx master + workers, a Node floor\'s process); "server" = front + echo container + docker-proxy:');
   lines.push('');
   lines.push('"front reads + writes per call": its read/readv/write/writev system calls (a count, steady however fast the machine runs that moment; every socket operation of a Node process, not nginx\'s recv):');
   lines.push('');
-  lines.push('"CPU speeds": ns per iteration of bench/machine-speed.mjs\'s probe on each CPU just before the run (this machine has two speeds, 1.6–1.7× apart: docs/benchmarks.md, "Two speeds"):');
+  lines.push(SPEEDS_NOTE);
   lines.push('');
   lines.push('| target | front | front µs/call | server µs/call | front reads + writes per call | echo container | docker-proxy | load generator | other: before / during / 1-conn run | CPU speeds | attempts |');
   lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|');

@@ -345,7 +345,7 @@ export async function waitQuiet(label: string, o: QuietOptions): Promise<number>
  * minutes (docs/benchmarks.md, "Two speeds"); a run's figures are read beside the speeds it
  * started at. Empty when taskset is missing.
  */
-export function cpuSpeeds(iterations = 300_000): number[] {
+export function cpuSpeeds(label: string, iterations = 300_000): number[] {
   const probe = join(ROOT, 'bench', 'machine-speed.mjs');
   const out: number[] = [];
   for (let c = 0; c < cpus().length; c++) {
@@ -353,11 +353,15 @@ export function cpuSpeeds(iterations = 300_000): number[] {
     if (p.status !== 0) return [];
     out.push(Number(p.stdout.trim().split(' ')[0]));
   }
+  log(`${label}: CPU speed probe ${showSpeeds(out)} ns per iteration`);
   return out;
 }
 
 /** The speeds as a table cell: "1290 / 2140". */
 export const showSpeeds = (s: number[]): string => (s.length ? s.join(' / ') : '–');
+
+/** What the reports' "CPU speeds" column means. */
+export const SPEEDS_NOTE = '"CPU speeds": ns per iteration of bench/machine-speed.mjs\'s probe on each CPU just before the run (this machine has two speeds, 1.6–1.7× apart: docs/benchmarks.md, "Two speeds"):';
 
 // ---------------------------------------------------------------------------
 // Load generators. They run through bash only to read their own CPU time afterwards
