@@ -16,7 +16,7 @@ import type { ImageNodeSpec } from '../core/types.js';
 import { RELAYED, type CallRelay, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute } from '../aliases/table.js';
-import { RequestBody, isRefused, isUnreachable, type UpstreamResponse } from './upstream.js';
+import { RequestBody, isRefused, isUnreachable, type ResponseBody, type UpstreamResponse } from './upstream.js';
 import { discardUpload, sendError } from './http-util.js';
 import { respondH2Error } from './last-resort.js';
 import type { CallPipeline, CallCount, CallTarget } from './pipeline.js';
@@ -261,11 +261,10 @@ export class Proxy {
       if (err instanceof BerthError) e = err;
       else if (deadline?.aborted && deadline.reason instanceof BerthError) e = deadline.reason;
       else {
-        // errors of the upstream exchange carry a code (undici's UND_ERR_*, Node's ERR_* and
+        // errors of the upstream exchange carry a code (upstream.ts's UPSTREAM_*, Node's ERR_* and
         // E* system errors); one without is a bug here: INTERNAL, logged, no detail sent
         const code = (err as { code?: unknown })?.code;
-        if (code === 'UND_ERR_HEADERS_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the instance did not answer within the endpoint timeout`, { nodeId: route?.id });
-        else if (code === 'UND_ERR_BODY_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the connection was idle longer than the idle timeout`, { nodeId: route?.id });
+        if (code === 'UPSTREAM_IDLE_TIMEOUT') e = new BerthError('CALL_TIMEOUT', `the connection was idle longer than the idle timeout`, { nodeId: route?.id });
         else if (typeof code === 'string' && code) e = new BerthError('BAD_GATEWAY', `the instance failed: ${(err as Error).message}`, { nodeId: route?.id });
         else e = asBerthError(err, 'proxy');
       }
@@ -295,9 +294,12 @@ async function viaHome(relay: CallRelay, nodeId: string, stickyKey: string | und
     throw new BerthError('BAD_GATEWAY', 'the gateway worker holding the node\'s sessions went away during the call', { nodeId });
   }
   if (res.headers[RELAY_ERROR] === undefined) return res;
-  const chunks: Buffer[] = [];
-  for await (const c of res.body) chunks.push(c as Buffer);
-  throw errorFromWire(Buffer.concat(chunks));
+  throw errorFromWire(await new Promise<Buffer>((resolve) => {
+    const chunks: Buffer[] = [];
+    res.body.on('data', (c) => chunks.push(c));
+    res.body.once('end', () => resolve(Buffer.concat(chunks)));
+    res.body.once('error', () => resolve(Buffer.concat(chunks))); // a cut one does not parse: INTERNAL
+  }));
 }
 
 /** The side facing the caller for an HTTP/2 stream (a caller's, or another gateway worker's); `fail` answers an error. */
@@ -351,7 +353,7 @@ function responseHeaders(h: Record<string, string | string[]>): Record<string, s
  * is written. A plain listener, not stream.pipeline or a Transform: no extra objects per call.
  * Resolves with the bytes relayed (usage accounting).
  */
-function relay(body: Readable, d: Downstream, limit: number): Promise<number> {
+function relay(body: ResponseBody, d: Downstream, limit: number): Promise<number> {
   const out = d.writable;
   return new Promise<number>((resolve) => {
     let n = 0;

@@ -266,7 +266,7 @@ export class RoutingTable implements SnapshotSink, LoadSource {
         }
       } else {
         slot.upstream ??= spec.endpoint.protocol === 'http'
-          ? new H1Upstream(inst.endpoint, spec.scaling.sessionsPerInstance, spec.endpoint.idleTimeout * 1000)
+          ? new H1Upstream(inst.endpoint, Math.min(spec.endpoint.idleTimeout * 1000, 60_000))
           : new H2Upstream(inst.endpoint);
         while (slot.free.length + slot.busy < want()) slot.free.push({ closed: false });
       }

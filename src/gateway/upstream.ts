@@ -1,11 +1,13 @@
-// Persistent connections from the gateway to one image instance: an undici pool for
-// HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
+// Persistent connections from the gateway to one image instance: kept-alive connections on
+// Node's HTTP parser for HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
 import { connect as netConnect } from 'node:net';
 import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
-import { Transform, type Readable } from 'node:stream';
-import { Pool } from 'undici';
+import { EventEmitter } from 'node:events';
+import type { Readable } from 'node:stream';
+import type { Socket } from 'node:net';
+import { HTTPParser } from '_http_common';
 import type { Endpoint } from '../worker/protocol.js';
-import type { CallSignal } from './deadlines.js';
+import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
 
 export interface UpstreamRequest {
   method: string;
@@ -19,11 +21,28 @@ export interface UpstreamRequest {
   idleTimeoutMs: number;
 }
 
-export interface UpstreamResponse {
+/**
+ * An answer's body as the proxy reads it: what it uses of a Readable (an HTTP/2 stream is
+ * one; an HTTP/1.1 answer is a lighter object, H1Body).
+ */
+export interface ResponseBody {
+  readonly readableEnded: boolean;
+  /** Bytes received and not yet read. */
+  readonly readableLength: number;
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  off(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  once(event: 'end', listener: () => void): unknown;
+  once(event: 'error', listener: (err: Error) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  destroy(err?: Error): unknown;
+}
+
+export interface UpstreamResponse<Body extends ResponseBody = ResponseBody> {
   status: number;
   /** As received: over HTTP/2 with its pseudo-headers (':status'), which callers drop. */
   headers: Record<string, string | string[]>;
-  body: Readable;
+  body: Body;
   /** Resolves with the trailers once the body has ended (empty when there were none). */
   trailers: Promise<Record<string, string | string[]>>;
   /** The response ended in its headers (a gRPC trailers-only answer). */
@@ -44,7 +63,7 @@ export interface Upstream {
 export function isRefused(err: unknown): boolean {
   const code = (err as { code?: string })?.code ?? (err as { cause?: { code?: string } })?.cause?.code;
   return code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ENOENT'
-    || code === 'UND_ERR_SOCKET' || code === 'UPSTREAM_CLOSED' || code === 'ERR_HTTP2_STREAM_CANCEL' || code === 'ERR_HTTP2_GOAWAY_SESSION';
+    || code === 'UPSTREAM_CLOSED' || code === 'ERR_HTTP2_STREAM_CANCEL' || code === 'ERR_HTTP2_GOAWAY_SESSION';
 }
 
 /** The connection could not be made at all (nothing listens there): no byte of the call was delivered. */
@@ -54,41 +73,32 @@ export function isUnreachable(err: unknown): boolean {
   return false;
 }
 
+/** Where a request body goes: an HTTP/2 stream, or an HTTP/1.1 connection (chunked). */
+export interface BodySink {
+  write(chunk: Buffer): boolean;
+  end(): void;
+  destroy(err: Error): void;
+  on(event: 'drain', listener: () => void): unknown;
+  once(event: 'close', listener: () => void): unknown;
+  off(event: 'drain' | 'close', listener: () => void): unknown;
+}
+
 /**
  * A call's request body on its way to an instance, counted as it passes (usage) and held to a
  * limit: past it the exchange fails with `tooLarge()` while the caller's side stays whole, to
- * be answered 413. Each upstream takes it its own way: undici as a stream of its own (it
- * destroys a body it could not send, which must not be the caller's request), an HTTP/2 stream
- * straight from the source (no stream in between: one per call cost a few percent of a gRPC
- * call's CPU). Until an attempt takes bytes from it, a failed attempt leaves it whole for the next.
+ * be answered 413. Written straight from the source into the exchange (no stream in between:
+ * one per call cost a few percent of a call's CPU). Until an attempt takes bytes from it, a
+ * failed attempt leaves it whole for the next.
  */
 export class RequestBody {
   /** Bytes passed on so far. */
   bytes = 0;
-  private stream: Readable | null = null;
 
   constructor(private readonly source: Readable, private readonly limit = Infinity,
     private readonly tooLarge: () => Error = () => new Error('the request body is over its limit')) {}
 
-  /** The body as a stream of its own (made once: every attempt reads the same one). */
-  asStream(): Readable {
-    if (this.stream) return this.stream;
-    const t = new Transform({
-      transform: (chunk: Buffer, _enc, cb) => {
-        this.bytes += chunk.length;
-        if (this.bytes > this.limit) cb(this.tooLarge());
-        else cb(null, chunk);
-      },
-    });
-    this.source.on('error', (err) => t.destroy(err));
-    this.source.pipe(t);
-    return this.stream = t;
-  }
-
   /** Writes the body into `dst` as pipe() would; past the limit, or when the source fails, `dst` is destroyed with the error. */
-  pipeTo(dst: ClientHttp2Stream): void {
-    // an earlier attempt (HTTP/1.1, refused untouched) made the stream: that one is the body now
-    if (this.stream) { this.stream.once('error', (err) => dst.destroy(err)); this.stream.pipe(dst); return; }
+  pipeTo(dst: BodySink): void {
     const src = this.source;
     const onData = (chunk: Buffer): void => {
       this.bytes += chunk.length;
@@ -104,6 +114,7 @@ export class RequestBody {
       dst.off('drain', onDrain); dst.off('close', stop);
       if (!src.readableEnded) src.pause();
     };
+    if (src.readableEnded) { dst.end(); return; } // an empty body, already read to its end
     src.on('data', onData);
     src.once('end', onEnd);
     src.once('error', onError);
@@ -112,33 +123,351 @@ export class RequestBody {
   }
 }
 
+/**
+ * HTTP/1.1 to one instance: kept-alive connections, one exchange at a time on each, on
+ * Node's own parser (llhttp) with callbacks, no per-exchange streams or dispatcher objects
+ * (undici's cost a fifth of a proxied call's CPU: docs/benchmarks.md). The node's sessions
+ * bound how many exchanges run at once, so the pool needs no queue of its own: a call that
+ * finds no idle connection opens one.
+ */
 export class H1Upstream implements Upstream {
   readonly protocol = 'http1';
-  private readonly pool: Pool;
+  private readonly idle: H1Connection[] = [];
+  private readonly open = new Set<H1Connection>();
+  private readonly hostHeader: string;
+  private sweep: NodeJS.Timeout | null = null;
+  private closed = false;
 
-  constructor(endpoint: Endpoint, connections: number, idleTimeoutMs: number) {
-    this.pool = new Pool(`http://${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`, {
-      connections, pipelining: 1, keepAliveTimeout: Math.min(idleTimeoutMs, 60_000), keepAliveMaxTimeout: idleTimeoutMs,
+  /** `keepAliveMs`: how long an unused connection is kept (shorter when the instance says so in Keep-Alive). */
+  constructor(private readonly endpoint: Endpoint, private readonly keepAliveMs: number) {
+    this.hostHeader = `${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`;
+  }
+
+  request(r: UpstreamRequest): Promise<UpstreamResponse> {
+    if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
+    return new Promise((resolve, reject) => {
+      const now = performance.now();
+      let conn: H1Connection | undefined;
+      // the most recently used first; one the instance may have closed by now is not used
+      while ((conn = this.idle.pop()) && (conn.socket.destroyed || now - conn.idleSince >= conn.keepAliveMs)) conn.socket.destroy();
+      conn ??= this.connect();
+      conn.start(r, this.hostHeader, resolve, reject);
     });
   }
 
-  async request(r: UpstreamRequest): Promise<UpstreamResponse> {
-    const res = await this.pool.request({
-      method: r.method as 'GET', path: r.path, headers: r.headers, body: r.body?.asStream(),
-      signal: r.signal as unknown as AbortSignal, // undici takes any object with addEventListener
-      headersTimeout: r.headersTimeoutMs, bodyTimeout: r.idleTimeoutMs,
+  private connect(): H1Connection {
+    const socket = netConnect({ host: this.endpoint.host ?? '127.0.0.1', port: this.endpoint.port!, noDelay: true });
+    const conn = new H1Connection(socket, this.keepAliveMs, (c) => this.release(c));
+    this.open.add(conn);
+    socket.once('close', () => {
+      this.open.delete(conn);
+      const i = this.idle.indexOf(conn);
+      if (i !== -1) this.idle.splice(i, 1);
     });
-    const body = res.body as unknown as Readable;
-    const trailers = new Promise<Record<string, string | string[]>>((resolve) => {
-      body.once('end', () => resolve((res.trailers ?? {}) as Record<string, string | string[]>));
-      body.once('error', () => resolve({}));
-      body.once('close', () => resolve({}));
-    });
-    return { status: res.statusCode, headers: res.headers as Record<string, string | string[]>, body, trailers, headersOnly: false };
+    return conn;
   }
 
-  close(): void { void this.pool.destroy(); }
+  private release(conn: H1Connection): void {
+    if (this.closed) { conn.socket.destroy(); return; }
+    conn.idleSince = performance.now();
+    this.idle.push(conn);
+    // unused connections are closed after their keep-alive, by one timer for the pool
+    this.sweep ??= setInterval(() => {
+      const now = performance.now();
+      for (let i = this.idle.length - 1; i >= 0; i--) {
+        const c = this.idle[i]!;
+        if (now - c.idleSince >= c.keepAliveMs) { this.idle.splice(i, 1); c.socket.destroy(); }
+      }
+      if (this.idle.length === 0 && this.sweep) { clearInterval(this.sweep); this.sweep = null; }
+    }, Math.max(250, Math.min(this.keepAliveMs / 2, 5000))).unref();
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.sweep) { clearInterval(this.sweep); this.sweep = null; }
+    for (const c of this.open) c.socket.destroy();
+  }
 }
+
+const { kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete } = HTTPParser;
+/** What one response head may take (Node's own default). */
+const MAX_RESPONSE_HEAD = 16 * 1024;
+/** A header value that would end the line it is on: never written. */
+const UNSAFE_VALUE = /[\r\n\0]/;
+
+/** One kept-alive connection to an instance and the exchange running on it, if any. */
+class H1Connection implements BodySink {
+  idleSince = 0;
+  keepAliveMs: number;
+  private readonly parser = new HTTPParser();
+  private request: UpstreamRequest | null = null;
+  private resolve: ((res: UpstreamResponse) => void) | null = null;
+  private reject: ((err: unknown) => void) | null = null;
+  private body: H1Body | null = null;
+  private endTrailers: ((t: Record<string, string | string[]>) => void) | null = null;
+  /** Header lines of a head (or trailers) that took more than one read. */
+  private partial: string[] = [];
+  private headOnly = false;
+  private informational = false;
+  private keepAlive = false;
+  /** The request, body included, is all written: only then may the connection serve another. */
+  private sent = false;
+  private socketError: Error | null = null;
+  /** The body's idle deadline (the call's own deadline bounds the wait for the head). */
+  private idleTimer: Deadline | null = null;
+  private lastRead = 0;
+  private readonly onAbort = (): void => {
+    const reason = this.request?.signal.reason;
+    this.fail(reason instanceof Error ? reason : new Error('aborted'));
+  };
+
+  constructor(readonly socket: Socket, keepAliveMs: number, private readonly onReusable: (c: H1Connection) => void) {
+    this.keepAliveMs = keepAliveMs;
+    const p = this.parser;
+    p.initialize(HTTPParser.RESPONSE, {}, MAX_RESPONSE_HEAD, HTTPParser.kLenientNone);
+    p[kOnHeaders] = (lines: string[]): void => { for (const l of lines) this.partial.push(l); };
+    p[kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown,
+      status: number, _msg: unknown, upgrade: boolean, keepAlive: boolean): number => this.onHead(lines ?? this.takePartial(), status, upgrade, keepAlive);
+    p[kOnBody] = (chunk: Buffer): void => { this.body?.push(chunk); };
+    p[kOnMessageComplete] = (): void => this.onComplete();
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('end', () => {
+      // a body delimited by the end of the connection ends here; anything else running fails
+      if (this.request && this.body) this.parser.finish();
+      if (this.request) this.fail(closedError('the instance closed the connection during the exchange'));
+      socket.destroy();
+    });
+    socket.on('error', (err) => { this.socketError = err; });
+    socket.once('close', () => {
+      if (this.request) this.fail(this.socketError ?? closedError('the connection to the instance closed'));
+      this.parser.free();
+    });
+  }
+
+  start(r: UpstreamRequest, host: string, resolve: (res: UpstreamResponse) => void, reject: (err: unknown) => void): void {
+    this.request = r;
+    this.resolve = resolve;
+    this.reject = reject;
+    this.headOnly = r.method === 'HEAD';
+    this.sent = r.body === null;
+    if (r.signal.aborted) { this.onAbort(); return; }
+    r.signal.addEventListener('abort', this.onAbort, { once: true });
+    let head = `${r.method} ${r.path} HTTP/1.1\r\nhost: ${host}\r\n`;
+    const h = r.headers;
+    for (const k in h) {
+      const v = h[k]!;
+      if (typeof v === 'string') { if (UNSAFE_VALUE.test(v)) return this.fail(unsafeHeader(k)); head += `${k}: ${v}\r\n`; continue; }
+      for (const one of v) { if (UNSAFE_VALUE.test(one)) return this.fail(unsafeHeader(k)); head += `${k}: ${one}\r\n`; }
+    }
+    // a body of unknown length goes chunked; a method that carries none says so
+    head += r.body ? 'transfer-encoding: chunked\r\n\r\n' : r.method === 'GET' || r.method === 'HEAD' ? '\r\n' : 'content-length: 0\r\n\r\n';
+    this.socket.write(head);
+    r.body?.pipeTo(this);
+  }
+
+  // ---- the request body (BodySink), chunked
+  write(chunk: Buffer): boolean {
+    if (chunk.length === 0) return true;
+    const s = this.socket;
+    s.cork();
+    s.write(chunk.length.toString(16) + '\r\n');
+    s.write(chunk);
+    const ok = s.write('\r\n');
+    s.uncork();
+    return ok;
+  }
+  end(): void { this.socket.write('0\r\n\r\n'); this.sent = true; }
+  destroy(err: Error): void { this.fail(err); }
+  on(event: 'drain', listener: () => void): this { this.socket.on(event, listener); return this; }
+  once(event: 'close', listener: () => void): this { this.socket.once(event, listener); return this; }
+  off(event: 'drain' | 'close', listener: () => void): this { this.socket.off(event, listener); return this; }
+
+  // ---- the answer
+  private onData(d: Buffer): void {
+    if (!this.request) { this.socket.destroy(); return; } // bytes nobody asked for: the connection is not to be trusted
+    this.lastRead = performance.now();
+    const ret = this.parser.execute(d);
+    if (ret instanceof Error) {
+      this.fail(Object.assign(new Error(`the instance's answer is not valid HTTP/1.1 (${(ret as { code?: string }).code ?? ret.message})`), { code: 'UPSTREAM_PROTOCOL' }));
+      return;
+    }
+    // a body still coming: cut it when the instance goes quiet for the idle timeout
+    if (this.body && this.request && !this.idleTimer && this.request.idleTimeoutMs < Infinity) this.armIdle(this.request.idleTimeoutMs);
+  }
+
+  private armIdle(ms: number): void {
+    this.idleTimer = callDeadlines.start(ms, () => {
+      this.idleTimer = null;
+      if (!this.request) return;
+      const quiet = performance.now() - this.lastRead;
+      const limit = this.request.idleTimeoutMs;
+      if (quiet < limit) this.armIdle(limit - quiet);
+      else this.fail(Object.assign(new Error(`the instance sent nothing for ${limit} ms`), { code: 'UPSTREAM_IDLE_TIMEOUT' }));
+    });
+  }
+
+  private onHead(lines: string[], status: number, upgrade: boolean, keepAlive: boolean): number {
+    this.partial = [];
+    if (!this.request) { this.socket.destroy(); return 1; } // an answer nobody asked for
+    if (status < 200 && status !== 101) { this.informational = true; return 1; } // 100 Continue, 103 Early Hints: the answer follows
+    if (upgrade || status === 101) {
+      this.fail(Object.assign(new Error('the instance switched protocols; Berth does not carry upgraded connections'), { code: 'UPSTREAM_PROTOCOL' }));
+      return 1;
+    }
+    this.keepAlive = keepAlive;
+    const headers = headerObject(lines);
+    const hint = headers['keep-alive'];
+    if (typeof hint === 'string') {
+      const m = /timeout=(\d+)/i.exec(hint);
+      // a second early, as undici does: the instance may close it right at the end of its timeout
+      if (m) this.keepAliveMs = Math.min(this.keepAliveMs, Math.max(0, Number(m[1]) * 1000 - 1000));
+    }
+    // the body may be read (or abandoned) after the connection serves another exchange: it ends only its own
+    const body: H1Body = this.body = new H1Body(this.socket, (err) => { if (this.body === body) this.fail(err); });
+    const trailers = new Promise<Record<string, string | string[]>>((res) => { this.endTrailers = res; });
+    const resolve = this.resolve!;
+    this.resolve = null;
+    this.reject = null;
+    resolve({ status, headers, body, trailers, headersOnly: false });
+    return this.headOnly ? 1 : 0;
+  }
+
+  private onComplete(): void {
+    if (this.informational) { this.informational = false; return; }
+    if (!this.request || !this.body) return;
+    const trailers = this.partial.length ? headerObject(this.takePartial()) : {};
+    const body = this.body;
+    const reusable = this.keepAlive && this.sent;
+    this.finish();
+    this.endTrailers?.(trailers);
+    this.endTrailers = null;
+    body.end();
+    if (reusable && !this.socket.destroyed) this.onReusable(this);
+    else this.socket.destroy();
+  }
+
+  /** The exchange failed: before the head its promise rejects, after it the body errors; the connection is not reused. */
+  private fail(err: Error): void {
+    if (!this.request) return;
+    const reject = this.reject;
+    const body = this.body;
+    this.finish();
+    this.socket.destroy();
+    if (reject) reject(err);
+    else {
+      this.endTrailers?.({});
+      this.endTrailers = null;
+      body?.fail(err);
+    }
+  }
+
+  private finish(): void {
+    this.request?.signal.removeEventListener('abort', this.onAbort);
+    if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
+    this.request = null;
+    this.resolve = null;
+    this.reject = null;
+    this.body = null;
+  }
+
+  private takePartial(): string[] {
+    const lines = this.partial;
+    this.partial = [];
+    return lines;
+  }
+}
+
+/**
+ * An HTTP/1.1 answer's body as the proxy reads it (ResponseBody): chunks as they are parsed,
+ * held until a 'data' listener comes (then delivered on the next microtask, as a Readable
+ * starts flowing), paused by pausing the connection.
+ */
+class H1Body extends EventEmitter implements ResponseBody {
+  readableEnded = false;
+  readableLength = 0;
+  private held: Buffer[] = [];
+  private flowing = false;
+  private paused = false;
+  private ended = false;
+  private error: Error | null = null;
+  private done = false;
+
+  constructor(private readonly socket: Socket, private readonly abort: (err: Error) => void) { super(); }
+
+  override on(event: string | symbol, listener: Parameters<EventEmitter['on']>[1]): this {
+    super.on(event, listener);
+    if (event === 'data' && !this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
+    return this;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.flowing && !this.paused && this.held.length === 0) { this.emit('data', chunk); return; }
+    this.held.push(chunk);
+    this.readableLength += chunk.length;
+  }
+
+  /** The answer is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
+  end(): void {
+    this.ended = true;
+    if (this.paused) this.socket.resume();
+    this.flush();
+  }
+
+  fail(err: Error): void { this.error = err; this.flush(); }
+
+  pause(): this {
+    if (!this.paused) { this.paused = true; if (!this.ended) this.socket.pause(); }
+    return this;
+  }
+
+  resume(): this {
+    if (this.paused) { this.paused = false; if (!this.ended) this.socket.resume(); this.flush(); }
+    return this;
+  }
+
+  /** Ends the exchange from the reading side (a limit crossed, the caller gone). */
+  destroy(err?: Error): this {
+    if (this.done) return this;
+    this.abort(err ?? closedError('the answer was abandoned'));
+    return this;
+  }
+
+  private flush(): void {
+    if (!this.flowing || this.done) return;
+    while (this.held.length && !this.paused) {
+      const c = this.held.shift()!;
+      this.readableLength -= c.length;
+      this.emit('data', c);
+    }
+    if (this.held.length && !this.error) return;
+    if (this.error) {
+      this.done = true;
+      if (this.listenerCount('error')) this.emit('error', this.error);
+      this.emit('close');
+    } else if (this.ended) {
+      this.done = true;
+      this.readableEnded = true;
+      this.emit('end');
+      this.emit('close');
+    }
+  }
+}
+
+function headerObject(lines: string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < lines.length; i += 2) {
+    const k = lines[i]!.toLowerCase();
+    const v = lines[i + 1]!;
+    const had = out[k];
+    if (had === undefined) out[k] = v;
+    else if (typeof had === 'string') out[k] = [had, v];
+    else had.push(v);
+  }
+  return out;
+}
+
+const closedError = (message: string): Error => Object.assign(new Error(message), { code: 'UPSTREAM_CLOSED' });
+const unsafeHeader = (name: string): Error => Object.assign(new Error(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
 
 export class H2Upstream implements Upstream {
   readonly protocol = 'http2';
@@ -160,7 +489,7 @@ export class H2Upstream implements Upstream {
     return s;
   }
 
-  request(r: UpstreamRequest): Promise<UpstreamResponse> {
+  request(r: UpstreamRequest): Promise<UpstreamResponse<ClientHttp2Stream>> {
     if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
     const session = this.connect();
     return new Promise((resolve, reject) => {

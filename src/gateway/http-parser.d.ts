@@ -1,0 +1,20 @@
+// Node's own HTTP/1.1 parser (llhttp), the one node:http runs on, from its `_http_common`
+// module: what the HTTP/1.1 upstream client (upstream.ts) uses of it. Node ships no types for it.
+declare module '_http_common' {
+  export class HTTPParser {
+    static readonly REQUEST: number;
+    static readonly RESPONSE: number;
+    static readonly kOnHeaders: number;
+    static readonly kOnHeadersComplete: number;
+    static readonly kOnBody: number;
+    static readonly kOnMessageComplete: number;
+    static readonly kLenientNone: number;
+    initialize(type: number, resource: object, maxHeaderSize: number, lenient: number): void;
+    /** Bytes parsed, or the parse error (with `code`, e.g. HPE_INVALID_CONSTANT). */
+    execute(data: Buffer): number | Error;
+    /** The connection ended: completes a body delimited by the close. */
+    finish(): number | Error | undefined;
+    free(): void;
+    [callback: number]: unknown;
+  }
+}
