@@ -100,7 +100,10 @@ test('three instances spread over the three hosts, balanced through header routi
     seen.set(x.instance, (seen.get(x.instance) ?? 0) + 1);
   });
   assert.equal(seen.size, 3, JSON.stringify([...seen]));
-  for (const n of seen.values()) assert.ok(n >= 10, JSON.stringify([...seen]));
+  // least-busy with one session per instance gives each instance calls in proportion to its
+  // speed, and this cluster's hosts differ (median 7 vs 15 ms per call measured on two of them
+  // in one run): every instance must serve a real share, not an equal one
+  for (const n of seen.values()) assert.ok(n >= 6, JSON.stringify([...seen]));
 
   // the instances' logs come from Swarm, whichever machine they run on
   const logs = (await b!.request('GET', `/v1/nodes/${echo.id}/logs?lines=20`)).body;

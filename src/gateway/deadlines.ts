@@ -4,7 +4,7 @@
 // Calls with the same timeout expire in the order they started, so each timeout value keeps a
 // FIFO list; one coarse tick expires list heads, and finishing a call unlinks it in O(1).
 // A Deadline is also the call's abort signal: the dispatcher's queue, the upstream clients
-// (undici accepts any object with addEventListener) and the proxy listen to it.
+// and the proxy listen to it.
 
 /** How late a deadline may fire: the tick. Timeouts are whole seconds or tenths; 25 ms is noise. */
 const TICK_MS = 25;
