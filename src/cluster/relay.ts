@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { controlUnavailable } from '../gateway/data-plane.js';
 import { routeNotFound } from '../core/errors.js';
-import { sendError } from '../gateway/http-util.js';
+import { keepAliveHintMs, sendError } from '../gateway/http-util.js';
 
 /** Connection-level headers that do not cross the relay (HTTP/2 forbids them). */
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'http2-settings']);
@@ -65,8 +65,8 @@ export function relayControl(target: () => RelayTarget): (req: IncomingMessage, 
     // every keep-alive client has) was not seen there: it is sent once more
     const resend = bodiless && (req.method === 'GET' || req.method === 'HEAD');
     const onAnswer = (answer: IncomingMessage): void => {
-      const hint = /timeout=(\d+)/.exec(String(answer.headers['keep-alive'] ?? ''));
-      if (hint) idleHint.set(answer.socket, Math.max(Number(hint[1]) * 1000 - 1000, 250));
+      const hint = keepAliveHintMs(answer.headers['keep-alive']);
+      if (hint !== null) idleHint.set(answer.socket, Math.max(hint, 250));
       const out: OutgoingHttpHeaders = {};
       for (const [k, v] of Object.entries(answer.headers)) if (!HOP.has(k) && v !== undefined) out[k] = v;
       res.writeHead(answer.statusCode ?? 502, out);

@@ -13,6 +13,16 @@ export function sendError(res: ServerResponse, err: unknown, extraBody: Record<s
   return e.httpStatus;
 }
 
+/**
+ * How long a kept-alive connection may stay unused, from the other side's `Keep-Alive:
+ * timeout=N`: a second less than it says, since it may close the connection right at N while a
+ * request is on its way. Null when it says nothing.
+ */
+export function keepAliveHintMs(header: unknown): number | null {
+  const m = /timeout=(\d+)/i.exec(typeof header === 'string' ? header : '');
+  return m ? Number(m[1]) * 1000 - 1000 : null;
+}
+
 /** A response of Node's HTTP/2 compatibility layer (REST and the control API over h2). */
 export function isHttp2(res: ServerResponse): boolean {
   return (res as unknown as { stream?: unknown }).stream !== undefined;

@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { HTTPParser } from '_http_common';
 import type { Endpoint } from '../worker/protocol.js';
 import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
+import { keepAliveHintMs } from './http-util.js';
 
 export interface UpstreamRequest {
   method: string;
@@ -316,12 +317,8 @@ class H1Connection implements BodySink {
     }
     this.keepAlive = keepAlive;
     const headers = headerObject(lines);
-    const hint = headers['keep-alive'];
-    if (typeof hint === 'string') {
-      const m = /timeout=(\d+)/i.exec(hint);
-      // a second early, as undici does: the instance may close it right at the end of its timeout
-      if (m) this.keepAliveMs = Math.min(this.keepAliveMs, Math.max(0, Number(m[1]) * 1000 - 1000));
-    }
+    const hint = keepAliveHintMs(headers['keep-alive']);
+    if (hint !== null) this.keepAliveMs = Math.min(this.keepAliveMs, Math.max(0, hint));
     // the body may be read (or abandoned) after the connection serves another exchange: it ends only its own
     const body: H1Body = this.body = new H1Body(this.socket, (err) => { if (this.body === body) this.fail(err); });
     const trailers = new Promise<Record<string, string | string[]>>((res) => { this.endTrailers = res; });
