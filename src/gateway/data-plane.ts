@@ -20,7 +20,7 @@ import { H2Upstream, RequestBody } from './upstream.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
-import { sendError } from './http-util.js';
+import { sendError, type HttpRequest, type HttpResponse } from './http-util.js';
 import { canonicalTarget, proxiedTarget } from './target.js';
 import { guardHttp1, guardH2, respondH2Error } from './last-resort.js';
 import type { RoutingTable } from './routing-table.js';
@@ -73,24 +73,36 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     return undefined;
   };
 
-  // data-plane calls skip the framework entirely: the hot path stays short
+  /**
+   * An HTTP/1.1 request's target, made canonical once for every router (header-routed calls
+   * keep their path as sent), and the data-plane handler that serves it, if one does. Served
+   * so by the raw front (h1-front.ts) and by node:http alike.
+   */
+  const dataPlaneCall = (req: HttpRequest): ((req: HttpRequest, res: HttpResponse) => void | Promise<void>) | BerthError | null => {
+    const routed = Proxy.routed(req.headers);
+    const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
+    if (!t.ok) return t.error; // the framing is intact: answered, the connection stays usable
+    req.url = t.target;
+    return routed ? proxyCall : Gateway.handles(t.target) ? executeCall : null;
+  };
+  const proxyCall = (req: HttpRequest, res: HttpResponse): void | Promise<void> => fault(req.headers) ?? proxy.handleHttp1(req, res);
+  const executeCall = (req: HttpRequest, res: HttpResponse): void | Promise<void> => fault(req.headers) ?? gateway.handle(req, res);
+  const serveCall = guardHttp1('http1', (req: HttpRequest, res: HttpResponse) => {
+    const call = dataPlaneCall(req);
+    if (call instanceof BerthError) { sendError(res, call); return; }
+    if (call) return call(req, res);
+    const injected = fault(req.headers);
+    if (injected) return injected;
+    if (InferenceProtocol.handles(req.url)) return oip.handle(req as IncomingMessage, res as ServerResponse);
+    deps.control(req as IncomingMessage, res as ServerResponse);
+  });
+  // HTTP/1.1 connections start at the raw front, which serves data-plane calls itself and hands
+  // everything else (the control API, /metrics, OIP, the dashboard) to this server.
   // timeouts: see gateway/front-door.ts (requestTimeout 0: a long upload is bounded by idleness, not as a whole)
   const httpServer = createServer({
     keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
     connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
-  }, guardHttp1('http1', (req: IncomingMessage, res: ServerResponse) => {
-    // one canonical target for every router; header-routed calls keep their path as sent
-    const routed = Proxy.routed(req.headers);
-    const t = routed ? proxiedTarget(req.url ?? '') : canonicalTarget(req.url ?? '');
-    if (!t.ok) { sendError(res, t.error); return; } // the framing is intact: the connection stays usable
-    req.url = t.target;
-    const injected = fault(req.headers);
-    if (injected) return injected;
-    if (routed) return proxy.handleHttp1(req, res);
-    if (Gateway.handles(req.url)) return gateway.handle(req, res);
-    if (InferenceProtocol.handles(req.url)) return oip.handle(req, res);
-    deps.control(req, res);
-  }));
+  }, serveCall);
   // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
   // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
   // through Node's compatibility request/response
@@ -122,6 +134,8 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
 
   const door = createFrontDoor(httpServer, h2Server, {
     maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls: deps.tls,
+    // the raw front serves a data-plane call itself; a bad target too (answered there, as here)
+    claim: (req) => { const call = dataPlaneCall(req); return call === null ? null : serveCall; },
   });
 
   return {
@@ -129,10 +143,12 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     drain: async (deadline) => {
       gateway.draining = true;
       door.server.close();
+      door.h1.drain();
       httpServer.closeIdleConnections();
       while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     },
     close: async () => {
+      door.h1.closeAll();
       httpServer.closeAllConnections();
       h2Server.close();
       grpcUpstream.close();

@@ -12,7 +12,7 @@ import { NO_FREE_SESSION, RELAYED, RELAY_UNREACHABLE, type NodeRoute, type Routi
 import type { AliasRoute } from '../aliases/table.js';
 import { FRAME, NotStartedError, type Frame, type WorkerConnection } from '../worker/protocol.js';
 import type { Lease } from './dispatcher.js';
-import { readBody, sendError, discardUpload, isHttp2 } from './http-util.js';
+import { readBody, sendError, discardUpload, isHttp2, type HttpRequest, type HttpResponse } from './http-util.js';
 import type { CallPipeline, CallCount, CallTarget, HeaderSource } from './pipeline.js';
 import type { Deadline } from './deadlines.js';
 
@@ -39,7 +39,7 @@ export class Gateway {
     return url !== undefined && url.startsWith('/datasphere/');
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async handle(req: HttpRequest, res: HttpResponse): Promise<void> {
     const url = req.url ?? '';
     const q = url.indexOf('?');
     const path = q === -1 ? url : url.slice(0, q);

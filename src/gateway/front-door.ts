@@ -1,6 +1,7 @@
 // One port for everything: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, which gRPC
 // clients use; over TLS, h2 by ALPN), told apart by the connection preface, optionally
-// behind TLS. This is also where connections are bounded, so a caller that connects and
+// behind TLS. HTTP/1.1 connections start at the raw front (h1-front.ts), which serves
+// data-plane calls off the socket and hands the rest to node:http. This is also where connections are bounded, so a caller that connects and
 // sends nothing (or a byte a second) cannot hold a file descriptor for long:
 //   - from accept until the first request head (HTTP/1.1) or the first stream (h2), a
 //     deadline of `headersTimeoutMs` (the TLS handshake and the preface sniffing count);
@@ -19,6 +20,7 @@ import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Http2Server, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { BerthError } from '../core/errors.js';
+import { H1Front, type H1Handler, type H1Request } from './h1-front.js';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Sockets being refused at most, beyond the cap; past that they are closed without a word. */
@@ -32,12 +34,16 @@ export interface FrontDoorOptions {
   idleTimeoutMs: number;
   /** PEM certificate chain and key: TLS on the same port (HTTPS, h2 by ALPN, gRPC). */
   tls: { cert: Buffer | string; key: Buffer | string } | null;
+  /** Which HTTP/1.1 requests the raw front serves itself (data-plane calls); the rest go to `http1`. */
+  claim(req: H1Request): H1Handler | null;
 }
 
 export interface FrontDoorStats { open: number; refused: number; evicted: number }
 
 export interface FrontDoor {
   server: NetServer;
+  /** HTTP/1.1 connections while they carry data-plane calls (h1-front.ts). */
+  h1: H1Front;
   stats(): FrontDoorStats;
 }
 
@@ -123,14 +129,25 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     session.once('close', () => { if (timer) clearTimeout(timer); sessions.delete(session); });
   });
 
+  /** node:http takes an HTTP/1.1 connection over, the bytes it has not parsed back in the socket's buffer. */
+  const toHttp1 = (plain: Socket): void => {
+    http1Sockets.add(plain);
+    plain.once('close', () => http1Sockets.delete(plain));
+    http1.emit('connection', plain);
+    plain.resume();
+  };
+  const h1 = new H1Front({
+    headersTimeoutMs: opts.headersTimeoutMs, idleTimeoutMs: opts.idleTimeoutMs, claim: opts.claim,
+    onRequest: (socket) => settled((socket as Tagged)[CONN]), handOff: toHttp1,
+  });
+
   /** Refuses or hands over a connection whose protocol is now known. */
   const dispatch = (conn: Conn, plain: Socket, isH2: boolean, refused: boolean): void => {
     if (refused) return refuse(plain, isH2);
     (plain as Tagged)[CONN] = conn;
-    if (!isH2) { http1Sockets.add(plain); plain.once('close', () => http1Sockets.delete(plain)); }
-    // both servers take the bytes already read back from the socket's buffer first
-    (isH2 ? h2 : http1).emit('connection', plain);
-    if (!isH2) plain.resume();
+    // the h2 server takes the bytes already read back from the socket's buffer first
+    if (isH2) h2.emit('connection', plain);
+    else { h1.accept(plain); plain.resume(); }
   };
 
   /** Reads until the bytes say HTTP/2 preface or not, then dispatches. */
@@ -182,6 +199,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     }
     if (!reclaimed) {
       // HTTP/1.1 keep-alive connections between requests (closeIdleConnections destroys them at once)
+      if (h1.closeIdle() > 0) reclaimed = true;
       http1.closeIdleConnections();
       for (const s of http1Sockets) if (s.destroyed) { http1Sockets.delete(s); reclaimed = true; }
     }
@@ -218,7 +236,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     }
   });
 
-  return { server, stats: () => ({ open, refused: counters.refused, evicted: counters.evicted }) };
+  return { server, h1, stats: () => ({ open, refused: counters.refused, evicted: counters.evicted }) };
 }
 
 /** Asks an h2 session to go (GOAWAY), and makes sure it does. */

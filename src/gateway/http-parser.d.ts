@@ -1,9 +1,10 @@
 // Node's own HTTP/1.1 parser (llhttp), the one node:http runs on, from its `_http_common`
-// module: what the HTTP/1.1 upstream client (upstream.ts) uses of it. Node ships no types for it.
+// module: what the HTTP/1.1 upstream client (upstream.ts) and the raw front (h1-front.ts) use of it. Node ships no types for it.
 declare module '_http_common' {
   export class HTTPParser {
     static readonly REQUEST: number;
     static readonly RESPONSE: number;
+    static readonly kOnMessageBegin: number;
     static readonly kOnHeaders: number;
     static readonly kOnHeadersComplete: number;
     static readonly kOnBody: number;
@@ -17,4 +18,6 @@ declare module '_http_common' {
     free(): void;
     [callback: number]: unknown;
   }
+  /** Method names by llhttp's method number (a request head's `method` argument). */
+  export const methods: string[];
 }

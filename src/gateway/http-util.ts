@@ -1,8 +1,50 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { Socket } from 'node:net';
 import { BerthError, asBerthError } from '../core/errors.js';
 
+/**
+ * What the data plane uses of an HTTP request: Node's IncomingMessage (HTTP/1.1, or HTTP/2
+ * through its compatibility layer), or the raw HTTP/1.1 front's (h1-front.ts).
+ */
+export interface HttpRequest {
+  method?: string;
+  url?: string;
+  headers: IncomingHttpHeaders;
+  /** The whole body has arrived. */
+  readonly complete: boolean;
+  readonly readableEnded: boolean;
+  /** Null once the request is done with its connection. */
+  readonly socket: Socket | null;
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  on(event: 'end' | 'close', listener: () => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  once(event: 'end' | 'close', listener: () => void): unknown;
+  once(event: 'error', listener: (err: Error) => void): unknown;
+  off(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  off(event: 'end' | 'close', listener: () => void): unknown;
+  off(event: 'error', listener: (err: Error) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+}
+
+/** What the data plane uses of an HTTP response: Node's ServerResponse, or the raw HTTP/1.1 front's. */
+export interface HttpResponse {
+  readonly headersSent: boolean;
+  readonly destroyed: boolean;
+  readonly writableFinished: boolean;
+  writeHead(status: number, headers?: OutgoingHttpHeaders): unknown;
+  setHeader(name: string, value: string | number | readonly string[]): unknown;
+  flushHeaders(): void;
+  write(chunk: Buffer | string): boolean;
+  end(chunk?: Buffer | string): unknown;
+  destroy(): unknown;
+  on(event: 'close' | 'drain' | 'finish', listener: () => void): unknown;
+  once(event: 'close' | 'drain' | 'finish', listener: () => void): unknown;
+  off(event: 'close' | 'drain' | 'finish', listener: () => void): unknown;
+}
+
 /** Writes a JSON error body {code, message, details} with the error's status and headers. */
-export function sendError(res: ServerResponse, err: unknown, extraBody: Record<string, unknown> = {}): number {
+export function sendError(res: HttpResponse, err: unknown, extraBody: Record<string, unknown> = {}): number {
   const e = asBerthError(err);
   if (res.headersSent || res.destroyed) { res.destroy(); return e.httpStatus; }
   const body = JSON.stringify({ ...e.toJSON(), ...extraBody });
@@ -24,7 +66,7 @@ export function keepAliveHintMs(header: unknown): number | null {
 }
 
 /** A response of Node's HTTP/2 compatibility layer (REST and the control API over h2). */
-export function isHttp2(res: ServerResponse): boolean {
+export function isHttp2(res: HttpResponse): boolean {
   return (res as unknown as { stream?: unknown }).stream !== undefined;
 }
 
@@ -33,7 +75,7 @@ export function isHttp2(res: ServerResponse): boolean {
  * Content-Length before any byte is read, or as soon as the count passes the limit:
  * the body is never buffered whole.
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: HttpRequest, limit: number): Promise<Buffer> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) {
     return Promise.reject(tooLarge(limit, Number(declared)));
@@ -70,8 +112,8 @@ function tooLarge(limit: number, size: number): BerthError {
  * dropped as it comes (never buffered) and the connection stays usable; a caller still
  * sending after a few seconds is cut off.
  */
-export function discardUpload(req: IncomingMessage, lingerMs = 5000): void {
-  const socket = req.socket as IncomingMessage['socket'] | null; // null once the request is destroyed
+export function discardUpload(req: HttpRequest, lingerMs = 5000): void {
+  const socket = req.socket; // null once the request is destroyed
   if (!socket) return;
   req.resume();
   const timer = setTimeout(() => socket.destroy(), lingerMs);

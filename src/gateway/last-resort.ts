@@ -4,17 +4,16 @@
 // (asBerthError in core/errors.ts does both). No request can end the process: a throw
 // that escapes every handler would otherwise be an uncaught exception or an unhandled
 // rejection, and Node ends the process on either.
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { BerthError, asBerthError } from '../core/errors.js';
-import { sendError } from './http-util.js';
+import { sendError, type HttpRequest, type HttpResponse } from './http-util.js';
 import { log } from '../core/log.js';
 import { percentEncode } from './grpc/h2-unary.js';
 
-type Http1Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+type Http1Handler<Req extends HttpRequest, Res extends HttpResponse> = (req: Req, res: Res) => void | Promise<void>;
 type H2Handler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void | Promise<void>;
 
-function failHttp1(res: ServerResponse, err: unknown, where: string): void {
+function failHttp1(res: HttpResponse, err: unknown, where: string): void {
   try {
     const e = asBerthError(err, where);
     if (res.headersSent || res.destroyed) { res.destroy(); return; }
@@ -23,7 +22,7 @@ function failHttp1(res: ServerResponse, err: unknown, where: string): void {
 }
 
 /** Wraps an HTTP/1.1 request listener so nothing it throws escapes. */
-export function guardHttp1(where: string, handler: Http1Handler): Http1Handler {
+export function guardHttp1<Req extends HttpRequest, Res extends HttpResponse>(where: string, handler: Http1Handler<Req, Res>): (req: Req, res: Res) => void {
   return (req, res) => {
     try {
       const p = handler(req, res);

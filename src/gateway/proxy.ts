@@ -9,15 +9,15 @@
 // serves it as its own calls from the instance on (serveRelayed).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
-import type { Readable, Writable } from 'node:stream';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { ImageNodeSpec } from '../core/types.js';
 import { RELAYED, type CallRelay, type NodeRoute, type RoutingTable } from './routing-table.js';
 import type { Lease } from './dispatcher.js';
 import type { AliasRoute } from '../aliases/table.js';
-import { RequestBody, isRefused, isUnreachable, type ResponseBody, type UpstreamResponse } from './upstream.js';
-import { discardUpload, sendError } from './http-util.js';
+import { RequestBody, isRefused, isUnreachable, type BodySource, type UpstreamResponse } from './upstream.js';
+import type { ResponseBody } from './h1-message.js';
+import { discardUpload, sendError, type HttpRequest, type HttpResponse } from './http-util.js';
 import { respondH2Error } from './last-resort.js';
 import type { CallPipeline, CallCount, CallTarget } from './pipeline.js';
 import type { CallSignal, Deadline } from './deadlines.js';
@@ -45,12 +45,12 @@ interface Downstream {
   method: string;
   path: string;
   headers: IncomingHttpHeaders;
-  body: Readable;
+  body: BodySource;
   isGrpc: boolean;
   headersSent(): boolean;
   /** `flush`: the body has no byte here yet and no length: show the headers now (a streamed answer, SSE), not with its first byte. */
   respond(status: number, headers: Record<string, string | string[]>, endStream: boolean, flush?: boolean): void;
-  writable: Writable;
+  writable: Pick<HttpResponse, 'write' | 'end' | 'on' | 'once' | 'off'>;
   /** Ends the response, with trailers where the protocol carries them. */
   setTrailers(trailers: Promise<Record<string, string | string[]>>): void;
   fail(err: BerthError): number;
@@ -72,7 +72,7 @@ export class Proxy {
     return headers['x-node-id'] !== undefined || headers['x-node-alias'] !== undefined;
   }
 
-  handleHttp1(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  handleHttp1(req: HttpRequest, res: HttpResponse): Promise<void> {
     let closeCb: (() => void) | null = null;
     res.on('close', () => { if (!res.writableFinished) closeCb?.(); });
     return this.forward({

@@ -2,13 +2,15 @@
 // Node's HTTP parser for HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
 import { connect as netConnect } from 'node:net';
 import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
-import { EventEmitter } from 'node:events';
-import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
 import { HTTPParser } from '_http_common';
 import type { Endpoint } from '../worker/protocol.js';
 import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
-import { keepAliveHintMs } from './http-util.js';
+import { keepAliveHintMs, type HttpRequest } from './http-util.js';
+import { H1Body, UNSAFE_VALUE, closedError, headerObject, type ResponseBody } from './h1-message.js';
+
+/** Where a request body comes from: the caller's request (HTTP/1.1), or its HTTP/2 stream. */
+export type BodySource = Pick<HttpRequest, 'on' | 'once' | 'off' | 'pause' | 'resume' | 'readableEnded'>;
 
 export interface UpstreamRequest {
   method: string;
@@ -20,23 +22,6 @@ export interface UpstreamRequest {
   signal: CallSignal;
   headersTimeoutMs: number;
   idleTimeoutMs: number;
-}
-
-/**
- * An answer's body as the proxy reads it: what it uses of a Readable (an HTTP/2 stream is
- * one; an HTTP/1.1 answer is a lighter object, H1Body).
- */
-export interface ResponseBody {
-  readonly readableEnded: boolean;
-  /** Bytes received and not yet read. */
-  readonly readableLength: number;
-  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
-  off(event: 'data', listener: (chunk: Buffer) => void): unknown;
-  once(event: 'end', listener: () => void): unknown;
-  once(event: 'error', listener: (err: Error) => void): unknown;
-  pause(): unknown;
-  resume(): unknown;
-  destroy(err?: Error): unknown;
 }
 
 export interface UpstreamResponse<Body extends ResponseBody = ResponseBody> {
@@ -95,7 +80,7 @@ export class RequestBody {
   /** Bytes passed on so far. */
   bytes = 0;
 
-  constructor(private readonly source: Readable, private readonly limit = Infinity,
+  constructor(private readonly source: BodySource, private readonly limit = Infinity,
     private readonly tooLarge: () => Error = () => new Error('the request body is over its limit')) {}
 
   /** Writes the body into `dst` as pipe() would; past the limit, or when the source fails, `dst` is destroyed with the error. */
@@ -193,8 +178,6 @@ export class H1Upstream implements Upstream {
 const { kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete } = HTTPParser;
 /** What one response head may take (Node's own default). */
 const MAX_RESPONSE_HEAD = 16 * 1024;
-/** A header value that would end the line it is on: never written. */
-const UNSAFE_VALUE = /[\r\n\0]/;
 
 /** One kept-alive connection to an instance and the exchange running on it, if any. */
 class H1Connection implements BodySink {
@@ -374,96 +357,6 @@ class H1Connection implements BodySink {
   }
 }
 
-/**
- * An HTTP/1.1 answer's body as the proxy reads it (ResponseBody): chunks as they are parsed,
- * held until a 'data' listener comes (then delivered on the next microtask, as a Readable
- * starts flowing), paused by pausing the connection.
- */
-class H1Body extends EventEmitter implements ResponseBody {
-  readableEnded = false;
-  readableLength = 0;
-  private held: Buffer[] = [];
-  private flowing = false;
-  private paused = false;
-  private ended = false;
-  private error: Error | null = null;
-  private done = false;
-
-  constructor(private readonly socket: Socket, private readonly abort: (err: Error) => void) { super(); }
-
-  override on(event: string | symbol, listener: Parameters<EventEmitter['on']>[1]): this {
-    super.on(event, listener);
-    if (event === 'data' && !this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
-    return this;
-  }
-
-  push(chunk: Buffer): void {
-    if (this.flowing && !this.paused && this.held.length === 0) { this.emit('data', chunk); return; }
-    this.held.push(chunk);
-    this.readableLength += chunk.length;
-  }
-
-  /** The answer is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
-  end(): void {
-    this.ended = true;
-    if (this.paused) this.socket.resume();
-    this.flush();
-  }
-
-  fail(err: Error): void { this.error = err; this.flush(); }
-
-  pause(): this {
-    if (!this.paused) { this.paused = true; if (!this.ended) this.socket.pause(); }
-    return this;
-  }
-
-  resume(): this {
-    if (this.paused) { this.paused = false; if (!this.ended) this.socket.resume(); this.flush(); }
-    return this;
-  }
-
-  /** Ends the exchange from the reading side (a limit crossed, the caller gone). */
-  destroy(err?: Error): this {
-    if (this.done) return this;
-    this.abort(err ?? closedError('the answer was abandoned'));
-    return this;
-  }
-
-  private flush(): void {
-    if (!this.flowing || this.done) return;
-    while (this.held.length && !this.paused) {
-      const c = this.held.shift()!;
-      this.readableLength -= c.length;
-      this.emit('data', c);
-    }
-    if (this.held.length && !this.error) return;
-    if (this.error) {
-      this.done = true;
-      if (this.listenerCount('error')) this.emit('error', this.error);
-      this.emit('close');
-    } else if (this.ended) {
-      this.done = true;
-      this.readableEnded = true;
-      this.emit('end');
-      this.emit('close');
-    }
-  }
-}
-
-function headerObject(lines: string[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (let i = 0; i < lines.length; i += 2) {
-    const k = lines[i]!.toLowerCase();
-    const v = lines[i + 1]!;
-    const had = out[k];
-    if (had === undefined) out[k] = v;
-    else if (typeof had === 'string') out[k] = [had, v];
-    else had.push(v);
-  }
-  return out;
-}
-
-const closedError = (message: string): Error => Object.assign(new Error(message), { code: 'UPSTREAM_CLOSED' });
 const unsafeHeader = (name: string): Error => Object.assign(new Error(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
 
 export class H2Upstream implements Upstream {

@@ -1,0 +1,404 @@
+// HTTP/1.1 data-plane calls served straight off the caller's socket: Node's own parser
+// (llhttp, from `_http_common`) with callbacks and a small request and response per call,
+// none of node:http's objects or streams (what those cost a proxied call: docs/benchmarks.md).
+// Every HTTP/1.1 connection starts here. The first request that is not an ordinary data-plane
+// call (the control API, the dashboard, /metrics, the Open Inference Protocol; or HTTP/1.0,
+// `Expect`, an upgrade, CONNECT) hands the connection to node:http at that request's start —
+// its head written back as parsed, then the bytes that followed it — and it stays there.
+// The same bounds as node:http's (front-door.ts): a head split over reads must complete within
+// headersTimeoutMs; a connection between requests, or a request body that stops arriving, is
+// closed after idleTimeoutMs; a running call is never cut by these. Calls on one connection are
+// answered in order: a request sent before the answer to the one ahead of it (pipelined) waits,
+// parsed no further, until that answer has gone.
+import type { Socket } from 'node:net';
+import { STATUS_CODES, maxHeaderSize, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
+import { EventEmitter } from 'node:events';
+import { HTTPParser, methods } from '_http_common';
+import { H1Body, UNSAFE_VALUE } from './h1-message.js';
+import type { HttpRequest, HttpResponse } from './http-util.js';
+
+export type H1Handler = (req: H1Request, res: H1Response) => void;
+
+export interface H1FrontOptions {
+  headersTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Who serves a request (its target made canonical on the way); null: the connection goes to node:http. */
+  claim(req: H1Request): H1Handler | null;
+  /** A request's head has arrived (the front door ends its first-request deadline). */
+  onRequest(socket: Socket): void;
+  /** Takes a connection over, the bytes of its next request back in the socket's buffer. */
+  handOff(socket: Socket): void;
+}
+
+export class H1Front {
+  private readonly conns = new Set<H1Conn>();
+  /** Shutting down: answers say `connection: close`. */
+  closing = false;
+
+  constructor(readonly opts: H1FrontOptions) {}
+
+  accept(socket: Socket): void {
+    const conn = new H1Conn(socket, this);
+    this.conns.add(conn);
+    socket.once('close', () => this.conns.delete(conn));
+  }
+
+  /** Closes the connections that are between requests; returns how many. */
+  closeIdle(): number {
+    let n = 0;
+    for (const c of this.conns) if (c.idle()) { c.socket.destroy(); n++; }
+    return n;
+  }
+
+  closeAll(): void {
+    for (const c of this.conns) c.socket.destroy();
+  }
+
+  /** No more calls kept alive: idle connections close now, the others after their answer. */
+  drain(): void {
+    this.closing = true;
+    for (const c of this.conns) { if (c.idle()) c.socket.destroy(); else c.closeAfterCall(); }
+  }
+
+  forget(conn: H1Conn): void { this.conns.delete(conn); }
+}
+
+const { kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete } = HTTPParser;
+/** on_headers_complete's answer that stops the parse right after the head (llhttp: no body, an upgrade). */
+const STOP_AFTER_HEAD = 2;
+
+/** One caller's connection while it is served here. */
+class H1Conn {
+  private readonly parser = new HTTPParser();
+  private req: H1Request | null = null;
+  private res: H1Response | null = null;
+  /** Header lines (and target) of a head that took more than one read. */
+  private partial: string[] = [];
+  private partialUrl = '';
+  /** A head this connection will not parse further now (a call is running, or it is node:http's), as parsed. */
+  private stoppedHead: string | null = null;
+  /** That head and the bytes after it, for later. */
+  private parked: Buffer | null = null;
+  private handingOff = false;
+  private executing = false;
+  private inHead = false;
+  private headTimer: NodeJS.Timeout | null = null;
+
+  constructor(readonly socket: Socket, private readonly front: H1Front) {
+    const p = this.parser;
+    p.initialize(HTTPParser.REQUEST, {}, maxHeaderSize, HTTPParser.kLenientNone);
+    p[kOnMessageBegin] = (): void => { this.inHead = true; };
+    p[kOnHeaders] = (lines: string[], url: string): void => { for (const l of lines) this.partial.push(l); this.partialUrl += url; };
+    p[kOnHeadersComplete] = (major: number, minor: number, lines: string[] | undefined, method: number, url: string | undefined,
+      _status: unknown, _msg: unknown, upgrade: boolean, keepAlive: boolean): number =>
+      this.onHead(major, minor, lines ?? this.takePartial(), methods[method] ?? '', url ?? this.takeUrl(), upgrade, keepAlive);
+    p[kOnBody] = (chunk: Buffer): void => { this.req?.push(chunk); };
+    p[kOnMessageComplete] = (): void => this.onRequestComplete();
+    socket.on('data', this.onData);
+    socket.on('drain', this.onDrain);
+    socket.on('end', this.onEnd);
+    socket.on('timeout', this.onTimeout);
+    socket.once('close', this.onClose);
+    socket.setTimeout(front.opts.idleTimeoutMs);
+  }
+
+  /** The running call is this connection's last (its answer says so if its head is not out yet). */
+  closeAfterCall(): void { if (this.res) this.res.keepAlive = false; }
+
+  /** Between requests: nothing running, no byte of the next one yet. */
+  idle(): boolean { return this.req === null && this.parked === null && !this.inHead; }
+
+  private readonly onData = (d: Buffer): void => {
+    this.executing = true;
+    const ret = this.parser.execute(d);
+    this.executing = false;
+    if (ret instanceof Error) { this.parseError(ret); return; }
+    if (this.stoppedHead !== null) {
+      this.parked = Buffer.concat([Buffer.from(this.stoppedHead, 'latin1'), d.subarray(ret)]);
+      this.stoppedHead = null;
+      this.socket.pause();
+    }
+    if (this.parked && this.req === null) { this.next(); return; }
+    // a head split over reads: it has headersTimeoutMs from here (most heads come in one read: no timer)
+    if (this.inHead && !this.headTimer) {
+      this.headTimer = setTimeout(() => this.socket.destroy(), this.front.opts.headersTimeoutMs);
+      this.headTimer.unref();
+    }
+  };
+
+  private onHead(major: number, minor: number, lines: string[], method: string, url: string, upgrade: boolean, keepAlive: boolean): number {
+    this.inHead = false;
+    if (this.headTimer) { clearTimeout(this.headTimer); this.headTimer = null; }
+    this.front.opts.onRequest(this.socket);
+    // a call is still running (this one was pipelined behind it), or this one is not served here: parse no further
+    if (this.req !== null || this.handingOff) return this.stop(method, url, major, minor, lines);
+    const headers = requestHeaders(lines);
+    const req = new H1Request(this.socket, method, url, headers);
+    const ordinary = major === 1 && minor === 1 && !upgrade && method !== 'CONNECT' && headers.expect === undefined;
+    const handler = ordinary ? this.front.opts.claim(req) : null;
+    if (!handler) {
+      this.handingOff = true;
+      return this.stop(method, url, major, minor, lines);
+    }
+    const res = new H1Response(this.socket, method === 'HEAD', keepAlive && !this.front.closing, this.front.opts.idleTimeoutMs, () => this.replied(res));
+    this.req = req;
+    this.res = res;
+    // a running call is bounded by its own timeouts; only a body that stops arriving is cut here
+    const hasBody = headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
+    if (!hasBody) this.socket.setTimeout(0);
+    handler(req, res);
+    return 0;
+  }
+
+  /** Keeps the head as parsed (re-sent later, here or to node:http) and ends this parse after it. */
+  private stop(method: string, url: string, major: number, minor: number, lines: string[]): number {
+    let head = `${method} ${url} HTTP/${major}.${minor}\r\n`;
+    for (let i = 0; i < lines.length; i += 2) head += `${lines[i]}: ${lines[i + 1]}\r\n`;
+    this.stoppedHead = `${head}\r\n`;
+    return STOP_AFTER_HEAD;
+  }
+
+  private onRequestComplete(): void {
+    const req = this.req;
+    // llhttp also says a stopped head's message is complete: that one is not this call's
+    if (!req || req.complete) return;
+    req.complete = true;
+    req.end();
+    if (this.res!.writableFinished) this.finished();
+    else this.socket.setTimeout(0);
+  }
+
+  /** The answer has gone; the rest of an unread body is read and dropped (as node:http does) before the next request. */
+  private replied(res: H1Response): void {
+    if (res !== this.res) return;
+    if (this.req!.complete) this.finished();
+    else this.req!.dump();
+  }
+
+  /** The call is over both ways: the next request, or the connection's end. */
+  private finished(): void {
+    const keepAlive = this.res!.keepAlive;
+    this.req!.socket = null;
+    this.req = null;
+    this.res = null;
+    if (!keepAlive) { this.socket.end(); return; }
+    this.socket.setTimeout(this.front.opts.idleTimeoutMs);
+    // not from inside the parser's own callback: it is not re-entrant
+    if (this.parked) { if (this.executing) queueMicrotask(() => this.next()); else this.next(); }
+  }
+
+  /** Runs the parked request: here (a fresh parse), or at node:http. */
+  private next(): void {
+    const held = this.parked;
+    if (!held || this.req !== null || this.socket.destroyed) return;
+    this.parked = null;
+    if (this.handingOff) { this.handOff(held); return; }
+    this.parser.initialize(HTTPParser.REQUEST, {}, maxHeaderSize, HTTPParser.kLenientNone); // it stopped after that head
+    this.socket.resume();
+    this.onData(held);
+  }
+
+  private handOff(held: Buffer): void {
+    const s = this.socket;
+    s.off('data', this.onData);
+    s.off('drain', this.onDrain);
+    s.off('end', this.onEnd);
+    s.off('timeout', this.onTimeout);
+    s.off('close', this.onClose);
+    s.setTimeout(0);
+    this.parser.free();
+    this.front.forget(this);
+    s.pause();
+    s.unshift(held);
+    this.front.opts.handOff(s);
+  }
+
+  /** Bytes that are not HTTP/1.1: answered as node:http answers them, and the connection closed. */
+  private parseError(err: Error): void {
+    const code = (err as { code?: string }).code;
+    if (this.req) { this.socket.destroy(); return; } // garbage in a body or behind a running call
+    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
+    this.socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
+    this.socket.destroySoon();
+  }
+
+  private readonly onDrain = (): void => { this.res?.emit('drain'); };
+  // the caller closed its side: nothing more will come; a running call still answers if it can
+  private readonly onEnd = (): void => { if (this.req === null) this.socket.destroy(); };
+  private readonly onTimeout = (): void => { this.socket.destroy(); };
+
+  private readonly onClose = (): void => {
+    if (this.headTimer) clearTimeout(this.headTimer);
+    this.parser.free();
+    const req = this.req;
+    const res = this.res;
+    this.req = null;
+    this.res = null;
+    if (req && !req.complete) req.fail(Object.assign(new Error('the caller went away before sending the whole body'), { code: 'ECONNRESET' }));
+    if (res && !res.writableFinished) { res.destroyed = true; res.emit('close'); }
+  };
+
+  private takePartial(): string[] {
+    const lines = this.partial;
+    this.partial = [];
+    return lines;
+  }
+
+  private takeUrl(): string {
+    const url = this.partialUrl;
+    this.partialUrl = '';
+    return url;
+  }
+}
+
+/** A caller's request (HttpRequest): its head, and its body as it arrives. */
+export class H1Request extends H1Body implements HttpRequest {
+  complete = false;
+  private dumping = false;
+
+  constructor(public socket: Socket | null, readonly method: string, public url: string, readonly headers: IncomingHttpHeaders) {
+    super(socket!, () => socket!.destroy());
+  }
+
+  override push(chunk: Buffer): void {
+    if (!this.dumping) super.push(chunk);
+  }
+
+  /** Nobody will read the rest: it is dropped as it comes. */
+  dump(): void {
+    this.dumping = true;
+    this.resume();
+    this.on('data', () => undefined); // what is held goes; the end is still told
+  }
+}
+
+/**
+ * The answer to a caller (HttpResponse): its head is written with the first bytes of its
+ * body (or at the end), with a length when the handler gave one and chunked otherwise.
+ */
+export class H1Response extends EventEmitter implements HttpResponse {
+  headersSent = false;
+  destroyed = false;
+  writableFinished = false;
+  private head: string | null = null;
+  private chunked = false;
+  private noBody = false;
+  private extra: OutgoingHttpHeaders | null = null;
+
+  constructor(private readonly socket: Socket, private readonly headOnly: boolean, public keepAlive: boolean,
+    private readonly idleTimeoutMs: number, private readonly onEnd: () => void) { super(); }
+
+  setHeader(name: string, value: string | number | readonly string[]): this {
+    (this.extra ??= {})[name.toLowerCase()] = value as OutgoingHttpHeaders[string];
+    return this;
+  }
+
+  writeHead(status: number, headers?: OutgoingHttpHeaders): this {
+    if (this.headersSent) throw Object.assign(new Error('the answer\'s head was already sent'), { code: 'ERR_HTTP_HEADERS_SENT' });
+    const all = this.extra ? { ...this.extra, ...headers } : headers ?? {};
+    let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
+    let length: string | null = null;
+    let date = false;
+    for (const name in all) {
+      const v = all[name];
+      if (v === undefined) continue;
+      const k = name.toLowerCase();
+      if (k === 'connection') { if (String(v).toLowerCase() === 'close') this.keepAlive = false; continue; }
+      if (k === 'transfer-encoding' || k === 'keep-alive') continue; // framing and connection are this side's
+      if (k === 'content-length') { length = String(v); continue; }
+      if (k === 'date') date = true;
+      if (Array.isArray(v)) { for (const one of v) head += headerLine(name, String(one)); } else head += headerLine(name, String(v));
+    }
+    if (!date) head += `date: ${httpDate()}\r\n`;
+    this.noBody = this.headOnly || status === 204 || status === 304 || status < 200;
+    if (length !== null) head += `content-length: ${length}\r\n`;
+    else if (!this.noBody) { head += 'transfer-encoding: chunked\r\n'; this.chunked = true; }
+    head += this.keepAlive ? `connection: keep-alive\r\nkeep-alive: timeout=${Math.floor(this.idleTimeoutMs / 1000)}\r\n\r\n` : 'connection: close\r\n\r\n';
+    this.head = head;
+    this.headersSent = true;
+    return this;
+  }
+
+  flushHeaders(): void {
+    if (!this.headersSent) this.writeHead(200);
+    if (this.head !== null) { this.socket.write(this.head); this.head = null; }
+  }
+
+  write(chunk: Buffer | string): boolean {
+    if (this.writableFinished || this.destroyed) return false;
+    if (!this.headersSent) this.writeHead(200);
+    const s = this.socket;
+    const head = this.head;
+    this.head = null;
+    if (this.noBody || chunk.length === 0) return head === null ? true : s.write(head);
+    s.cork();
+    if (head !== null) s.write(head);
+    let ok: boolean;
+    if (this.chunked) {
+      s.write(`${(typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length).toString(16)}\r\n`);
+      s.write(chunk);
+      ok = s.write('\r\n');
+    } else ok = s.write(chunk);
+    s.uncork();
+    return ok;
+  }
+
+  end(chunk?: Buffer | string): this {
+    if (this.writableFinished || this.destroyed) return this;
+    if (!this.headersSent) this.writeHead(200);
+    const s = this.socket;
+    s.cork();
+    if (chunk !== undefined && chunk.length > 0) this.write(chunk);
+    else if (this.head !== null) { s.write(this.head); this.head = null; }
+    if (this.chunked) s.write('0\r\n\r\n');
+    s.uncork();
+    this.writableFinished = true;
+    this.emit('finish');
+    this.emit('close');
+    this.onEnd();
+    return this;
+  }
+
+  destroy(): this {
+    this.destroyed = true;
+    this.socket.destroy();
+    return this;
+  }
+}
+
+function headerLine(name: string, value: string): string {
+  if (UNSAFE_VALUE.test(value)) throw Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
+  return `${name}: ${value}\r\n`;
+}
+
+/**
+ * A request's headers as node:http gives them (IncomingMessage.headers): lower-case names; a
+ * repeated set-cookie an array, cookie joined with "; ", the ones that may appear once keep
+ * the first, the others joined with ", ".
+ */
+function requestHeaders(lines: string[]): IncomingHttpHeaders {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < lines.length; i += 2) {
+    const k = lines[i]!.toLowerCase();
+    const v = lines[i + 1]!;
+    const had = out[k];
+    if (had === undefined) out[k] = k === 'set-cookie' ? [v] : v;
+    else if (k === 'set-cookie') (had as string[]).push(v);
+    else if (!SINGLE.has(k)) out[k] = `${had as string}${k === 'cookie' ? '; ' : ', '}${v}`;
+  }
+  return out;
+}
+
+/** The headers node:http keeps the first of (_http_incoming.js, matchKnownFields). */
+const SINGLE = new Set(['content-type', 'content-length', 'user-agent', 'referer', 'host', 'authorization', 'proxy-authorization',
+  'if-modified-since', 'if-unmodified-since', 'from', 'location', 'max-forwards', 'retry-after', 'etag', 'last-modified',
+  'server', 'age', 'expires']);
+
+let dateValue = '';
+let dateUntil = 0;
+/** The Date header's value, made once a second. */
+function httpDate(): string {
+  const now = Date.now();
+  if (now >= dateUntil) { dateValue = new Date(now).toUTCString(); dateUntil = now - (now % 1000) + 1000; }
+  return dateValue;
+}

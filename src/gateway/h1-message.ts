@@ -1,0 +1,117 @@
+// Pieces of an HTTP/1.1 message parsed with Node's own parser (llhttp), shared by the gateway's
+// client towards instances (upstream.ts) and its front towards callers (h1-front.ts).
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+
+/**
+ * A message body as the proxy reads it: what it uses of a Readable (an HTTP/2 stream is one;
+ * an HTTP/1.1 message's is a lighter object, H1Body).
+ */
+export interface ResponseBody {
+  readonly readableEnded: boolean;
+  /** Bytes received and not yet read. */
+  readonly readableLength: number;
+  on(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  off(event: 'data', listener: (chunk: Buffer) => void): unknown;
+  once(event: 'end', listener: () => void): unknown;
+  once(event: 'error', listener: (err: Error) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  destroy(err?: Error): unknown;
+}
+
+/**
+ * The body of an HTTP/1.1 message parsed off a socket (an instance's answer, a caller's
+ * request), read as the proxy reads a Readable: chunks as they are parsed, held until a
+ * 'data' listener comes (then delivered on the next microtask, as a Readable starts
+ * flowing), paused by pausing the connection. No stream machinery per message.
+ */
+export class H1Body extends EventEmitter implements ResponseBody {
+  readableEnded = false;
+  readableLength = 0;
+  private held: Buffer[] = [];
+  private flowing = false;
+  private paused = false;
+  private ended = false;
+  private error: Error | null = null;
+  private done = false;
+
+  constructor(private readonly from: Socket, private readonly abort: (err: Error) => void) { super(); }
+
+  override on(event: string | symbol, listener: Parameters<EventEmitter['on']>[1]): this {
+    super.on(event, listener);
+    if (event === 'data' && !this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
+    return this;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.flowing && !this.paused && this.held.length === 0) { this.emit('data', chunk); return; }
+    this.held.push(chunk);
+    this.readableLength += chunk.length;
+  }
+
+  /** The message is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
+  end(): void {
+    this.ended = true;
+    if (this.paused) this.from.resume();
+    this.flush();
+  }
+
+  fail(err: Error): void { this.error = err; this.flush(); }
+
+  pause(): this {
+    if (!this.paused) { this.paused = true; if (!this.ended) this.from.pause(); }
+    return this;
+  }
+
+  resume(): this {
+    if (this.paused) { this.paused = false; if (!this.ended) this.from.resume(); this.flush(); }
+    return this;
+  }
+
+  /** Ends the exchange from the reading side (a limit crossed, the caller gone). */
+  destroy(err?: Error): this {
+    if (this.done) return this;
+    this.abort(err ?? closedError('the answer was abandoned'));
+    return this;
+  }
+
+  private flush(): void {
+    if (!this.flowing || this.done) return;
+    while (this.held.length && !this.paused) {
+      const c = this.held.shift()!;
+      this.readableLength -= c.length;
+      this.emit('data', c);
+    }
+    if (this.held.length && !this.error) return;
+    if (this.error) {
+      this.done = true;
+      if (this.listenerCount('error')) this.emit('error', this.error);
+      this.emit('close');
+    } else if (this.ended) {
+      this.done = true;
+      this.readableEnded = true;
+      this.emit('end');
+      this.emit('close');
+    }
+  }
+}
+
+/** Header lines as llhttp gives them (name, value, …) as an object: lower-case names, repeated ones as arrays. */
+export function headerObject(lines: string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < lines.length; i += 2) {
+    const k = lines[i]!.toLowerCase();
+    const v = lines[i + 1]!;
+    const had = out[k];
+    if (had === undefined) out[k] = v;
+    else if (typeof had === 'string') out[k] = [had, v];
+    else had.push(v);
+  }
+  return out;
+}
+
+/** A header value that would end the line it is on: never written. */
+export const UNSAFE_VALUE = /[\r\n\0]/;
+
+export const closedError = (message: string): Error => Object.assign(new Error(message), { code: 'UPSTREAM_CLOSED' });
