@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
-import { H1Upstream, RequestBody, isRefused, type ResponseBody, type UpstreamRequest } from '../../src/gateway/upstream.js';
+import { H1Upstream, RequestBody, isRefused, type UpstreamRequest } from '../../src/gateway/upstream.js';
+import type { ResponseBody } from '../../src/gateway/h1-message.js';
 import { Deadline } from '../../src/gateway/deadlines.js';
 
 const listen = async <S extends Server | NetServer>(s: S): Promise<{ server: S; port: number }> => {
