@@ -54,7 +54,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { connect as h2connect } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { tmpdir, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -98,6 +98,9 @@ const { values: args } = parseArgs({
     // Berth's sessionsPerInstance for both nodes; fewer than --gateway-workers makes the nodes homed at one worker (cluster/call-relay.ts)
     sessions: { type: 'string', default: '64' },
     rounds: { type: 'string', default: '1' },
+    // another checkout of Berth (a git worktree of an earlier commit): also measured, as the target
+    // "Berth baseline", in the same rounds (HTTP/1.1 only; as many gateway workers as the first Berth)
+    baseline: { type: 'string', default: '' },
   },
 });
 const SESSIONS = posInt(args.sessions!, 'sessions', 1, 1024);
@@ -122,6 +125,8 @@ const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
 const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
 if (GRPC_TARGETS.includes('raw-floor')) throw new Error('--grpc-targets: raw-floor is HTTP/1.1 only');
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
+const BASELINE = args.baseline ? resolve(args.baseline) : null;
+if (BASELINE && !existsSync(join(BASELINE, 'bin', 'berth'))) throw new Error(`--baseline ${BASELINE}: not a Berth checkout (no bin/berth)`);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
 /** Background load (cores) under which the machine counts as quiet. */
 const QUIET_CORES = 0.2;
@@ -315,7 +320,7 @@ function assertClean(name: string, r: LoadResult): void {
 // Measuring one target
 
 interface Target {
-  name: TargetName;
+  name: TargetName | 'baseline';
   /** short name in the tables: "nginx 2w", "Berth 2gw" */
   short: string;
   /** proxy processes serving (nginx workers, Berth gateway workers); 0 for no proxy */
@@ -327,7 +332,7 @@ interface Target {
 }
 
 interface Measured {
-  name: TargetName;
+  name: TargetName | 'baseline';
   short: string;
   workers: number;
   label: string;
@@ -411,12 +416,12 @@ async function createImageNode(base: string, token: string, spec: Record<string,
   return { nodeId, instanceId: inst.id, hostPort, containerIp, containerPids, proxyPids };
 }
 
-async function startBerth(work: string, gatewayWorkers: number): Promise<{ m: Managed; base: string; token: string }> {
-  const tag = `-g${gatewayWorkers}`;
+async function startBerth(work: string, gatewayWorkers: number, root?: string): Promise<{ m: Managed; base: string; token: string }> {
+  const tag = `-g${gatewayWorkers}${root ? '-baseline' : ''}`;
   const home = join(work, `berth-home${tag}`);
   const logFile = join(work, `berth${tag}.log`);
   berthHomes.push(home);
-  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS);
+  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS, root);
   const m = start('berth', nodeBin!, [...cli, 'up', '--port', '0', '--home', home, '--runtime', 'docker', '--gateway-workers', String(gatewayWorkers)],
     logFile, { BERTH_PYTHON: PYTHON, BERTH_HOME: home }, true);
   let out = '';
@@ -747,6 +752,16 @@ async function main(): Promise<void> {
       });
       berths.push({ gw, berth, httpNode, grpcNode });
     }
+    const baseline = BASELINE && HTTP_TARGETS.includes('berth') ? await (async () => {
+      const b = await startBerth(work, GATEWAY_WORKERS[0]!, BASELINE);
+      const node = await createImageNode(b.base, b.token, {
+        kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
+        endpoint: { port: 8080, protocol: 'http', timeout: 30 },
+        healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
+      });
+      const commit = spawnSync('git', ['-C', BASELINE, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
+      return { b, node, commit };
+    })() : null;
     const { berth, httpNode, grpcNode } = berths[0]!;
     const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } =>
       ({ short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` });
@@ -772,6 +787,12 @@ async function main(): Promise<void> {
           const url = `${b.berth.base}${PATH}`;
           headersByUrl.set(url, httpHeadersFor(b));
           httpTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.httpNode, berthFront(b)) });
+        }
+        if (baseline) {
+          const url = `${baseline.b.base}${PATH}`;
+          headersByUrl.set(url, { 'x-node-id': baseline.node.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${baseline.b.token}` });
+          httpTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: `Berth baseline (${BASELINE} at ${baseline.commit}; --gateway-workers ${GATEWAY_WORKERS[0]})`,
+            url, groups: groupsFor(baseline.node, treeOf(baseline.b.m.proc.pid!)) });
         }
       }
       if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });

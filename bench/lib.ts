@@ -18,21 +18,22 @@ export function log(msg: string): void {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}`);
 }
 
-let built = false;
+/** Checkouts compiled in this run. */
+const built = new Set<string>();
 /**
  * The command that runs `berth` as users run it: bin/berth, the CLI compiled into dist/ (compiled
- * from this checkout first, once per run). Not through tsx: its loader and the name helper it
+ * from this checkout first, once per run; `root`: another checkout, for a baseline build). Not through tsx: its loader and the name helper it
  * wraps every closure in cost CPU on the call path that an installed Berth does not pay.
  * `nodeArgs`: flags for Node itself (--cpu-prof).
  */
-export function berthCommand(nodeArgs: string[] = []): string[] {
-  if (!built) {
-    log('compiling Berth (tsc -p tsconfig.json): the benchmark runs the built CLI, as users do');
-    const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'inherit' });
-    if (r.status !== 0) throw new Error('tsc -p tsconfig.json failed: the benchmark runs the built CLI');
-    built = true;
+export function berthCommand(nodeArgs: string[] = [], root = ROOT): string[] {
+  if (!built.has(root)) {
+    log(`compiling Berth in ${root} (tsc -p tsconfig.json): the benchmark runs the built CLI, as users do`);
+    const r = spawnSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: root, stdio: 'inherit' });
+    if (r.status !== 0) throw new Error(`tsc -p tsconfig.json failed in ${root}: the benchmark runs the built CLI`);
+    built.add(root);
   }
-  return [process.execPath, ...nodeArgs, join(ROOT, 'bin', 'berth')];
+  return [process.execPath, ...nodeArgs, join(root, 'bin', 'berth')];
 }
 
 export function posInt(v: string, name: string, min: number, max: number): number {

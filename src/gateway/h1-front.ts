@@ -14,7 +14,7 @@ import type { Socket } from 'node:net';
 import { STATUS_CODES, maxHeaderSize, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { EventEmitter } from 'node:events';
 import { HTTPParser, methods } from '_http_common';
-import { H1Body, UNSAFE_VALUE } from './h1-message.js';
+import { H1Body, UNSAFE_VALUE, isHeader } from './h1-message.js';
 import type { HttpRequest, HttpResponse } from './http-util.js';
 
 export type H1Handler = (req: H1Request, res: H1Response) => void;
@@ -87,8 +87,17 @@ class H1Conn {
   constructor(readonly socket: Socket, private readonly front: H1Front) {
     const p = this.parser;
     p.initialize(HTTPParser.REQUEST, {}, maxHeaderSize, HTTPParser.kLenientNone);
-    p[kOnMessageBegin] = (): void => { this.inHead = true; };
-    p[kOnHeaders] = (lines: string[], url: string): void => { for (const l of lines) this.partial.push(l); this.partialUrl += url; };
+    p[kOnMessageBegin] = (): void => {
+      this.inHead = true;
+      if (this.partial.length) this.partial = [];
+      this.partialUrl = '';
+    };
+    // after the head these are a chunked body's trailers: not carried (as before, with node:http)
+    p[kOnHeaders] = (lines: string[], url: string): void => {
+      if (!this.inHead) return;
+      for (const l of lines) this.partial.push(l);
+      this.partialUrl += url;
+    };
     p[kOnHeadersComplete] = (major: number, minor: number, lines: string[] | undefined, method: number, url: string | undefined,
       _status: unknown, _msg: unknown, upgrade: boolean, keepAlive: boolean): number =>
       this.onHead(major, minor, lines ?? this.takePartial(), methods[method] ?? '', url ?? this.takeUrl(), upgrade, keepAlive);
@@ -103,10 +112,13 @@ class H1Conn {
   }
 
   /** The running call is this connection's last (its answer says so if its head is not out yet). */
-  closeAfterCall(): void { if (this.res) this.res.keepAlive = false; }
+  closeAfterCall(): void {
+    if (this.res) this.res.keepAlive = false;
+    else this.socket.end(); // an answer still being written goes out first
+  }
 
-  /** Between requests: nothing running, no byte of the next one yet. */
-  idle(): boolean { return this.req === null && this.parked === null && !this.inHead; }
+  /** Between requests: nothing running or still being written, no byte of the next one yet. */
+  idle(): boolean { return this.req === null && this.parked === null && !this.inHead && this.socket.writableLength === 0; }
 
   private readonly onData = (d: Buffer): void => {
     this.executing = true;
@@ -134,7 +146,8 @@ class H1Conn {
     if (this.req !== null || this.handingOff) return this.stop(method, url, major, minor, lines);
     const headers = requestHeaders(lines);
     const req = new H1Request(this.socket, method, url, headers);
-    const ordinary = major === 1 && minor === 1 && !upgrade && method !== 'CONNECT' && headers.expect === undefined;
+    // what node:http alone answers right: a missing Host (400), Expect, an upgrade, CONNECT, HTTP/1.0
+    const ordinary = major === 1 && minor === 1 && !upgrade && method !== 'CONNECT' && headers.expect === undefined && headers.host !== undefined;
     const handler = ordinary ? this.front.opts.claim(req) : null;
     if (!handler) {
       this.handingOff = true;
@@ -162,9 +175,11 @@ class H1Conn {
     const req = this.req;
     // llhttp also says a stopped head's message is complete: that one is not this call's
     if (!req || req.complete) return;
+    const res = this.res!;
     req.complete = true;
-    req.end();
-    if (this.res!.writableFinished) this.finished();
+    req.end(); // its 'end' may answer the call (and so finish it) right here
+    if (this.req !== req) return;
+    if (res.writableFinished) this.finished();
     else this.socket.setTimeout(0);
   }
 
@@ -264,11 +279,11 @@ export class H1Request extends H1Body implements HttpRequest {
     if (!this.dumping) super.push(chunk);
   }
 
-  /** Nobody will read the rest: it is dropped as it comes. */
+  /** Nobody will read the rest: it is dropped as it comes (its end is still told). */
   dump(): void {
     this.dumping = true;
+    this.drop();
     this.resume();
-    this.on('data', () => undefined); // what is held goes; the end is still told
   }
 }
 
@@ -284,17 +299,19 @@ export class H1Response extends EventEmitter implements HttpResponse {
   private chunked = false;
   private noBody = false;
   private extra: OutgoingHttpHeaders | null = null;
+  private corked = false;
 
   constructor(private readonly socket: Socket, private readonly headOnly: boolean, public keepAlive: boolean,
     private readonly idleTimeoutMs: number, private readonly onEnd: () => void) { super(); }
 
   setHeader(name: string, value: string | number | readonly string[]): this {
+    if (this.headersSent) throw headersSent();
     (this.extra ??= {})[name.toLowerCase()] = value as OutgoingHttpHeaders[string];
     return this;
   }
 
   writeHead(status: number, headers?: OutgoingHttpHeaders): this {
-    if (this.headersSent) throw Object.assign(new Error('the answer\'s head was already sent'), { code: 'ERR_HTTP_HEADERS_SENT' });
+    if (this.headersSent) throw headersSent();
     const all = this.extra ? { ...this.extra, ...headers } : headers ?? {};
     let head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
     let length: string | null = null;
@@ -319,39 +336,31 @@ export class H1Response extends EventEmitter implements HttpResponse {
     return this;
   }
 
+  /** The head goes now (a streamed answer, SSE), not with the first bytes of the body. */
   flushHeaders(): void {
-    if (!this.headersSent) this.writeHead(200);
-    if (this.head !== null) { this.socket.write(this.head); this.head = null; }
+    this.write('');
+    this.uncork();
   }
 
   write(chunk: Buffer | string): boolean {
     if (this.writableFinished || this.destroyed) return false;
     if (!this.headersSent) this.writeHead(200);
     const s = this.socket;
-    const head = this.head;
-    this.head = null;
-    if (this.noBody || chunk.length === 0) return head === null ? true : s.write(head);
-    s.cork();
-    if (head !== null) s.write(head);
-    let ok: boolean;
-    if (this.chunked) {
-      s.write(`${(typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length).toString(16)}\r\n`);
-      s.write(chunk);
-      ok = s.write('\r\n');
-    } else ok = s.write(chunk);
-    s.uncork();
-    return ok;
+    // what is written in this tick (the head, chunks, the end) goes out in one system call, as node:http does
+    if (!this.corked) { this.corked = true; s.cork(); process.nextTick(uncork, this); }
+    if (this.head !== null) { s.write(this.head); this.head = null; }
+    if (this.noBody || chunk.length === 0) return !s.writableNeedDrain;
+    if (!this.chunked) return s.write(chunk);
+    s.write(`${(typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length).toString(16)}\r\n`);
+    s.write(chunk);
+    return s.write('\r\n');
   }
 
   end(chunk?: Buffer | string): this {
     if (this.writableFinished || this.destroyed) return this;
-    if (!this.headersSent) this.writeHead(200);
-    const s = this.socket;
-    s.cork();
-    if (chunk !== undefined && chunk.length > 0) this.write(chunk);
-    else if (this.head !== null) { s.write(this.head); this.head = null; }
-    if (this.chunked) s.write('0\r\n\r\n');
-    s.uncork();
+    this.write(chunk ?? '');
+    if (this.chunked) this.socket.write('0\r\n\r\n');
+    uncork(this);
     this.writableFinished = true;
     this.emit('finish');
     this.emit('close');
@@ -359,12 +368,23 @@ export class H1Response extends EventEmitter implements HttpResponse {
     return this;
   }
 
+  /** Sends what this tick wrote. */
+  uncork(): void {
+    if (this.corked) { this.corked = false; this.socket.uncork(); }
+  }
+
+  /** Cuts the connection, unless this answer is complete (the connection may be serving the next call). */
   destroy(): this {
+    if (this.writableFinished) return this;
     this.destroyed = true;
     this.socket.destroy();
     return this;
   }
 }
+
+const uncork = (res: H1Response): void => res.uncork();
+
+const headersSent = (): Error => Object.assign(new Error('the answer\'s head was already sent'), { code: 'ERR_HTTP_HEADERS_SENT' });
 
 function headerLine(name: string, value: string): string {
   if (UNSAFE_VALUE.test(value)) throw Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
@@ -382,7 +402,7 @@ function requestHeaders(lines: string[]): IncomingHttpHeaders {
     const k = lines[i]!.toLowerCase();
     const v = lines[i + 1]!;
     const had = out[k];
-    if (had === undefined) out[k] = k === 'set-cookie' ? [v] : v;
+    if (!isHeader(had)) out[k] = k === 'set-cookie' ? [v] : v;
     else if (k === 'set-cookie') (had as string[]).push(v);
     else if (!SINGLE.has(k)) out[k] = `${had as string}${k === 'cookie' ? '; ' : ', '}${v}`;
   }

@@ -26,12 +26,17 @@ export interface ResponseBody {
  * 'data' listener comes (then delivered on the next microtask, as a Readable starts
  * flowing), paused by pausing the connection. No stream machinery per message.
  */
+/** Bytes a body holds unread before its socket is paused (a Readable's default high-water mark). */
+const HIGH_WATER = 16 * 1024;
+
 export class H1Body extends EventEmitter implements ResponseBody {
   readableEnded = false;
   readableLength = 0;
   private held: Buffer[] = [];
   private flowing = false;
   private paused = false;
+  /** The socket is paused by this body (its reader paused it, or too much is held). */
+  private holding = false;
   private ended = false;
   private error: Error | null = null;
   private done = false;
@@ -40,7 +45,7 @@ export class H1Body extends EventEmitter implements ResponseBody {
 
   override on(event: string | symbol, listener: Parameters<EventEmitter['on']>[1]): this {
     super.on(event, listener);
-    if (event === 'data' && !this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
+    if (event === 'data') this.flow();
     return this;
   }
 
@@ -48,25 +53,48 @@ export class H1Body extends EventEmitter implements ResponseBody {
     if (this.flowing && !this.paused && this.held.length === 0) { this.emit('data', chunk); return; }
     this.held.push(chunk);
     this.readableLength += chunk.length;
+    if (this.readableLength > HIGH_WATER) this.sync();
   }
 
   /** The message is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
   end(): void {
     this.ended = true;
-    if (this.paused) this.from.resume();
+    this.sync();
     this.flush();
   }
 
   fail(err: Error): void { this.error = err; this.flush(); }
 
   pause(): this {
-    if (!this.paused) { this.paused = true; if (!this.ended) this.from.pause(); }
+    if (!this.paused) { this.paused = true; this.sync(); }
     return this;
   }
 
+  /** As a Readable's: also starts the flow without a 'data' listener (what is read then is dropped). */
   resume(): this {
-    if (this.paused) { this.paused = false; if (!this.ended) this.from.resume(); this.flush(); }
+    if (this.paused) { this.paused = false; this.sync(); this.flush(); }
+    this.flow();
     return this;
+  }
+
+  /** Drops what is held, and all that comes after. */
+  protected drop(): void {
+    this.held = [];
+    this.readableLength = 0;
+    this.sync();
+  }
+
+  private flow(): void {
+    if (!this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
+  }
+
+  /** The socket reads while this body is not paused and holds little; never once the message has ended. */
+  private sync(): void {
+    const hold = !this.ended && (this.paused || this.readableLength > HIGH_WATER);
+    if (hold === this.holding) return;
+    this.holding = hold;
+    if (hold) this.from.pause();
+    else this.from.resume();
   }
 
   /** Ends the exchange from the reading side (a limit crossed, the caller gone). */
@@ -83,6 +111,7 @@ export class H1Body extends EventEmitter implements ResponseBody {
       this.readableLength -= c.length;
       this.emit('data', c);
     }
+    if (this.holding) this.sync();
     if (this.held.length && !this.error) return;
     if (this.error) {
       this.done = true;
@@ -104,11 +133,16 @@ export function headerObject(lines: string[]): Record<string, string | string[]>
     const k = lines[i]!.toLowerCase();
     const v = lines[i + 1]!;
     const had = out[k];
-    if (had === undefined) out[k] = v;
+    if (!isHeader(had)) out[k] = v;
     else if (typeof had === 'string') out[k] = [had, v];
     else had.push(v);
   }
   return out;
+}
+
+/** A header's value in such an object; not a name Object.prototype has (`constructor` is a header like any other). */
+export function isHeader(v: unknown): v is string | string[] {
+  return typeof v === 'string' || Array.isArray(v);
 }
 
 /** A header value that would end the line it is on: never written. */

@@ -248,3 +248,60 @@ test('request headers follow node:http: repeated ones joined, single ones keep t
   assert.doesNotMatch(text, /transfer-encoding|content-length/, 'a 204 carries no framing');
   assert.deepEqual({ ...(seen as unknown as object) }, { host: 'x', authorization: 'Bearer one', 'x-node-id': 'a, b', cookie: 'a=1; b=2' });
 });
+
+test('a chunked body\'s trailers stay with it: they never join the next request\'s head', async (t) => {
+  const seen: Array<{ url: string; headers: object }> = [];
+  const f = await front((req, res) => {
+    seen.push({ url: req.url, headers: { ...req.headers } });
+    // answered on the body's end, from inside the parse (node:http's usual pattern)
+    req.on('data', () => undefined);
+    req.on('end', () => { res.writeHead(200, { 'content-length': 2 }); res.end('ok'); });
+  });
+  t.after(f.close);
+  const c = await client(f.port);
+  c.socket.write('POST /dp/a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-node-id: evil\r\nauthorization: Bearer stolen\r\n\r\n');
+  await c.until((s) => count(s, 'ok') === 1);
+  c.socket.write(get('/dp/b') + get('/control'));
+  await c.until((s) => s.includes('node:GET /control'));
+  assert.deepEqual(seen, [
+    { url: '/dp/a', headers: { host: 'x', 'transfer-encoding': 'chunked' } },
+    { url: '/dp/b', headers: { host: 'x' } },
+  ]);
+});
+
+test('a body nobody reads yet is held to a bound (the socket is paused), and a late destroy() spares the next call', async (t) => {
+  let waiting: H1Request | null = null;
+  const f = await front((req, res) => {
+    if (req.url === '/dp/wait') { waiting = req; return; } // a call waiting in a queue: its body is not read yet
+    res.writeHead(200, { 'content-length': req.url.length });
+    res.end(req.url);
+    if (req.url === '/dp/late') setTimeout(() => res.destroy(), 50);
+  });
+  t.after(f.close);
+  const c = await client(f.port);
+  c.socket.write('POST /dp/wait HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n');
+  const chunk = `10000\r\n${'z'.repeat(0x10000)}\r\n`;
+  for (let i = 0; i < 128; i++) c.socket.write(chunk); // 8 MiB offered
+  await new Promise((r) => setTimeout(r, 300));
+  const held = (waiting as H1Request | null)?.readableLength ?? -1;
+  assert.ok(held > 0 && held < 1024 * 1024, `held ${held} bytes`);
+  const c2 = await client(f.port);
+  c2.socket.write(get('/dp/late'));
+  await c2.until((s) => s.endsWith('/dp/late'));
+  await new Promise((r) => setTimeout(r, 100));
+  c2.socket.write(get('/dp/next'));
+  await c2.until((s) => s.endsWith('/dp/next'));
+});
+
+test('a header named like an Object property is a plain header; a request without Host goes to node:http (400)', async (t) => {
+  let seen: IncomingMessage['headers'] | null = null;
+  const f = await front((req, res) => { seen = req.headers; res.writeHead(204, {}); res.end(); });
+  t.after(f.close);
+  const c = await client(f.port);
+  c.socket.write('GET /dp/a HTTP/1.1\r\nhost: x\r\nconstructor: a\r\n\r\n');
+  await c.until((s) => s.includes('204'));
+  assert.equal((seen as unknown as Record<string, unknown>).constructor, 'a');
+  const noHost = await client(f.port);
+  noHost.socket.write('GET /dp/a HTTP/1.1\r\n\r\n');
+  await noHost.until((s) => s.startsWith('HTTP/1.1 400'));
+});
