@@ -61,8 +61,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, SPEEDS_NOTE, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
-  onSignals, percentile, posInt, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
+  CLK_TCK, ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, SPEEDS_NOTE, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
+  onSignals, percentile, posInt, procTicks, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed, type Spread,
 } from './lib.js';
 
@@ -101,6 +101,8 @@ const { values: args } = parseArgs({
     // another checkout of Berth (a git worktree of an earlier commit): also measured, as the target
     // "Berth baseline", in the same rounds (HTTP/1.1 only; as many gateway workers as the first Berth)
     baseline: { type: 'string', default: '' },
+    // then this many 1 s runs of each, this build and the baseline in turn: both see the machine's same minutes
+    bursts: { type: 'string', default: '20' },
   },
 });
 const SESSIONS = posInt(args.sessions!, 'sessions', 1, 1024);
@@ -127,6 +129,7 @@ if (GRPC_TARGETS.includes('raw-floor')) throw new Error('--grpc-targets: raw-flo
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
 const BASELINE = args.baseline ? resolve(args.baseline) : null;
 if (BASELINE && !existsSync(join(BASELINE, 'bin', 'berth'))) throw new Error(`--baseline ${BASELINE}: not a Berth checkout (no bin/berth)`);
+const BURSTS = posInt(args.bursts!, 'bursts', 0, 1000);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
 /** Background load (cores) under which the machine counts as quiet. */
 const QUIET_CORES = 0.2;
@@ -414,6 +417,32 @@ async function createImageNode(base: string, token: string, spec: Record<string,
   const containerPids = treeOf(info.State.Pid);
   log(`node ${spec.name} (${nodeId}) Healthy: instance ${inst.id} at 127.0.0.1:${hostPort} (container ${containerIp}, pids ${containerPids.join(',')}; docker-proxy pid ${proxyPids.join(',') || 'none'})`);
   return { nodeId, instanceId: inst.id, hostPort, containerIp, containerPids, proxyPids };
+}
+
+/**
+ * This build against the baseline in 1 s wrk runs taken in turn (--bursts of each): the machine's
+ * speed drifts over minutes (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare
+ * what runs far apart cannot. Front CPU per call from each one's process tree, summed over its runs.
+ */
+async function interleave(a: Target, b: Target, headersByUrl: Map<string, Record<string, string>>): Promise<string> {
+  log(`HTTP: ${BURSTS} 1 s runs each of ${a.short} and ${b.short}, in turn`);
+  const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
+  const sums = [a, b].map(() => ({ calls: 0, seconds: 0, ticks: 0 }));
+  for (let i = 0; i < BURSTS; i++) {
+    for (const [k, t] of [a, b].entries()) {
+      const t0 = ticks(t.groups.front);
+      if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
+      const r = await wrk(t.url, CONNECTIONS, 1, headersByUrl.get(t.url)!);
+      const t1 = ticks(t.groups.front);
+      assertClean(t.short, r);
+      sums[k]!.calls += r.requests;
+      sums[k]!.seconds += r.seconds;
+      sums[k]!.ticks += t1 - t0;
+    }
+  }
+  const [sa, sb] = sums.map((x) => ({ rps: x.calls / x.seconds, us: (x.ticks / CLK_TCK) * 1e6 / x.calls }));
+  return `Interleaved (${BURSTS} runs of 1 s each, in turn; wrk -c${CONNECTIONS}): ${a.short} ${Math.round(sa!.rps)} req/s, ${sa!.us.toFixed(0)} µs of front CPU per call; ` +
+    `${b.short} ${Math.round(sb!.rps)} req/s, ${sb!.us.toFixed(0)} µs; ${a.short} / ${b.short}: throughput ${(sa!.rps / sb!.rps).toFixed(2)}×, CPU per call ${(sa!.us / sb!.us).toFixed(2)}×.`;
 }
 
 async function startBerth(work: string, gatewayWorkers: number, root?: string): Promise<{ m: Managed; base: string; token: string }> {
@@ -817,6 +846,8 @@ async function main(): Promise<void> {
       httpResults.push(results);
     }
 
+    const interleaved = baseline && BURSTS > 0 ? await interleave(httpTargets.find((t) => t.name === 'berth')!, httpTargets.find((t) => t.name === 'baseline')!, headersByUrl) : null;
+
     // ---- gRPC
     const frame = grpcFrame(GRPC_TEXT);
     const bodyFile = join(work, 'echo-request.bin');
@@ -873,7 +904,7 @@ async function main(): Promise<void> {
     const badGrpc = Object.keys(gc.grpc).filter((c) => c !== '0');
     if (badHttp.length || badGrpc.length) throw new Error(`Berth counted failures: HTTP ${JSON.stringify(hc.http)} (at most ${abandonedMax} 499s for abandoned calls expected), gRPC ${JSON.stringify(gc.grpc)}`);
 
-    const text = report(env, httpResults, grpcResults, codes, frame.length);
+    const text = report(env, httpResults, grpcResults, codes, frame.length) + (interleaved ? `\n\n${interleaved}` : '');
     const outDir = join(ROOT, 'bench', 'results');
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

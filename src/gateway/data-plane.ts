@@ -85,8 +85,8 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     req.url = t.target;
     return routed ? proxyCall : Gateway.handles(t.target) ? executeCall : null;
   };
-  const proxyCall = (req: HttpRequest, res: HttpResponse): void | Promise<void> => fault(req.headers) ?? proxy.handleHttp1(req, res);
-  const executeCall = (req: HttpRequest, res: HttpResponse): void | Promise<void> => fault(req.headers) ?? gateway.handle(req, res);
+  const proxyCall = guardHttp1('http1', (req: HttpRequest, res: HttpResponse) => fault(req.headers) ?? proxy.handleHttp1(req, res));
+  const executeCall = guardHttp1('http1', (req: HttpRequest, res: HttpResponse) => fault(req.headers) ?? gateway.handle(req, res));
   const serveCall = guardHttp1('http1', (req: HttpRequest, res: HttpResponse) => {
     const call = dataPlaneCall(req);
     if (call instanceof BerthError) { sendError(res, call); return; }
@@ -135,7 +135,10 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   const door = createFrontDoor(httpServer, h2Server, {
     maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls: deps.tls,
     // the raw front serves a data-plane call itself; a bad target too (answered there, as here)
-    claim: (req) => { const call = dataPlaneCall(req); return call === null ? null : serveCall; },
+    claim: (req) => {
+      const call = dataPlaneCall(req);
+      return call instanceof BerthError ? (_req, res) => sendError(res, call) : call;
+    },
   });
 
   return {

@@ -34,6 +34,8 @@ export class H1Front {
   private readonly conns = new Set<H1Conn>();
   /** Shutting down: answers say `connection: close`. */
   closing = false;
+  /** One timer for every connection's idleness (not a socket timeout each, re-armed per call). */
+  private sweep: NodeJS.Timeout | null = null;
 
   constructor(readonly opts: H1FrontOptions) {}
 
@@ -41,6 +43,14 @@ export class H1Front {
     const conn = new H1Conn(socket, this);
     this.conns.add(conn);
     socket.once('close', () => this.conns.delete(conn));
+    this.sweep ??= setInterval(() => this.closeQuiet(), Math.max(50, Math.min(1000, this.opts.idleTimeoutMs / 4))).unref();
+  }
+
+  /** Connections whose caller has sent nothing for the idle timeout, between calls or in a body, are closed. */
+  private closeQuiet(): void {
+    const since = performance.now() - this.opts.idleTimeoutMs;
+    for (const c of this.conns) if (c.quietSince() < since) c.socket.destroy();
+    if (this.conns.size === 0 && this.sweep) { clearInterval(this.sweep); this.sweep = null; }
   }
 
   /** Closes the connections that are between requests; returns how many. */
@@ -83,6 +93,8 @@ class H1Conn {
   private executing = false;
   private inHead = false;
   private headTimer: NodeJS.Timeout | null = null;
+  /** The caller's last bytes, or the end of the last call. */
+  private lastActive = performance.now();
 
   constructor(readonly socket: Socket, private readonly front: H1Front) {
     const p = this.parser;
@@ -106,9 +118,12 @@ class H1Conn {
     socket.on('data', this.onData);
     socket.on('drain', this.onDrain);
     socket.on('end', this.onEnd);
-    socket.on('timeout', this.onTimeout);
     socket.once('close', this.onClose);
-    socket.setTimeout(front.opts.idleTimeoutMs);
+  }
+
+  /** Since when this connection waits on its caller (between calls, or for the rest of a body); Infinity while a call runs. */
+  quietSince(): number {
+    return this.req === null || !this.req.complete ? this.lastActive : Infinity;
   }
 
   /** The running call is this connection's last (its answer says so if its head is not out yet). */
@@ -121,6 +136,7 @@ class H1Conn {
   idle(): boolean { return this.req === null && this.parked === null && !this.inHead && this.socket.writableLength === 0; }
 
   private readonly onData = (d: Buffer): void => {
+    this.lastActive = performance.now();
     this.executing = true;
     const ret = this.parser.execute(d);
     this.executing = false;
@@ -156,9 +172,7 @@ class H1Conn {
     const res = new H1Response(this.socket, method === 'HEAD', keepAlive && !this.front.closing, this.front.opts.idleTimeoutMs, () => this.replied(res));
     this.req = req;
     this.res = res;
-    // a running call is bounded by its own timeouts; only a body that stops arriving is cut here
-    const hasBody = headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0');
-    if (!hasBody) this.socket.setTimeout(0);
+    // a running call is bounded by its own timeouts; only a body that stops arriving is cut here (quietSince)
     handler(req, res);
     return 0;
   }
@@ -180,7 +194,6 @@ class H1Conn {
     req.end(); // its 'end' may answer the call (and so finish it) right here
     if (this.req !== req) return;
     if (res.writableFinished) this.finished();
-    else this.socket.setTimeout(0);
   }
 
   /** The answer has gone; the rest of an unread body is read and dropped (as node:http does) before the next request. */
@@ -197,7 +210,7 @@ class H1Conn {
     this.req = null;
     this.res = null;
     if (!keepAlive) { this.socket.end(); return; }
-    this.socket.setTimeout(this.front.opts.idleTimeoutMs);
+    this.lastActive = performance.now();
     // not from inside the parser's own callback: it is not re-entrant
     if (this.parked) { if (this.executing) queueMicrotask(() => this.next()); else this.next(); }
   }
@@ -218,9 +231,7 @@ class H1Conn {
     s.off('data', this.onData);
     s.off('drain', this.onDrain);
     s.off('end', this.onEnd);
-    s.off('timeout', this.onTimeout);
     s.off('close', this.onClose);
-    s.setTimeout(0);
     this.parser.free();
     this.front.forget(this);
     s.pause();
@@ -240,7 +251,6 @@ class H1Conn {
   private readonly onDrain = (): void => { this.res?.emit('drain'); };
   // the caller closed its side: nothing more will come; a running call still answers if it can
   private readonly onEnd = (): void => { if (this.req === null) this.socket.destroy(); };
-  private readonly onTimeout = (): void => { this.socket.destroy(); };
 
   private readonly onClose = (): void => {
     if (this.headTimer) clearTimeout(this.headTimer);
