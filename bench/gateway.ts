@@ -101,7 +101,8 @@ const { values: args } = parseArgs({
     // another checkout of Berth (a git worktree of an earlier commit): also measured, as the target
     // "Berth baseline", in the same rounds (HTTP/1.1 only; as many gateway workers as the first Berth)
     baseline: { type: 'string', default: '' },
-    // then this many 1 s runs of each, this build and the baseline in turn: both see the machine's same minutes
+    // then this many 1 s runs of each, the first Berth and the baseline (and nginx with as many workers) in
+    // turn: both sides of each comparison see the machine's same minutes
     bursts: { type: 'string', default: '20' },
   },
 });
@@ -420,7 +421,7 @@ async function createImageNode(base: string, token: string, spec: Record<string,
 }
 
 /**
- * This build against the baseline in 1 s wrk runs taken in turn (--bursts of each): the machine's
+ * Two targets (Berth and the baseline, or nginx) in 1 s wrk runs taken in turn (--bursts of each): the machine's
  * speed drifts over minutes (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare
  * what runs far apart cannot. Front CPU per call from each one's process tree, summed over its runs.
  */
@@ -441,7 +442,7 @@ async function interleave(a: Target, b: Target, headersByUrl: Map<string, Record
     }
   }
   const [sa, sb] = sums.map((x) => ({ rps: x.calls / x.seconds, us: (x.ticks / CLK_TCK) * 1e6 / x.calls }));
-  return `Interleaved (${BURSTS} runs of 1 s each, in turn; wrk -c${CONNECTIONS}): ${a.short} ${Math.round(sa!.rps)} req/s, ${sa!.us.toFixed(0)} µs of front CPU per call; ` +
+  return `HTTP/1.1 interleaved (${BURSTS} runs of 1 s each, in turn; wrk -c${CONNECTIONS}): ${a.short} ${Math.round(sa!.rps)} req/s, ${sa!.us.toFixed(0)} µs of front CPU per call; ` +
     `${b.short} ${Math.round(sb!.rps)} req/s, ${sb!.us.toFixed(0)} µs; ${a.short} / ${b.short}: throughput ${(sa!.rps / sb!.rps).toFixed(2)}×, CPU per call ${(sa!.us / sb!.us).toFixed(2)}×.`;
 }
 
@@ -846,7 +847,12 @@ async function main(): Promise<void> {
       httpResults.push(results);
     }
 
-    const interleaved = baseline && BURSTS > 0 ? await interleave(httpTargets.find((t) => t.name === 'berth')!, httpTargets.find((t) => t.name === 'baseline')!, headersByUrl) : null;
+    // the first Berth against the baseline and against nginx with as many workers, in 1 s runs taken in turn
+    const interleaved: string[] = [];
+    const first = httpTargets.find((t) => t.name === 'berth');
+    for (const other of BURSTS > 0 && first ? httpTargets.filter((t) => t.name === 'baseline' || (t.name === 'nginx' && t.workers === first.workers)) : []) {
+      interleaved.push(await interleave(first!, other, headersByUrl));
+    }
 
     // ---- gRPC
     const frame = grpcFrame(GRPC_TEXT);
@@ -904,7 +910,7 @@ async function main(): Promise<void> {
     const badGrpc = Object.keys(gc.grpc).filter((c) => c !== '0');
     if (badHttp.length || badGrpc.length) throw new Error(`Berth counted failures: HTTP ${JSON.stringify(hc.http)} (at most ${abandonedMax} 499s for abandoned calls expected), gRPC ${JSON.stringify(gc.grpc)}`);
 
-    const text = report(env, httpResults, grpcResults, codes, frame.length) + (interleaved ? `\n\n${interleaved}` : '');
+    const text = [report(env, httpResults, grpcResults, codes, frame.length), ...interleaved].join('\n\n');
     const outDir = join(ROOT, 'bench', 'results');
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `gateway-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
