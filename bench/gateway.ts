@@ -130,6 +130,7 @@ if (GRPC_TARGETS.includes('raw-floor')) throw new Error('--grpc-targets: raw-flo
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
 const BASELINE = args.baseline ? resolve(args.baseline) : null;
 if (BASELINE && !existsSync(join(BASELINE, 'bin', 'berth'))) throw new Error(`--baseline ${BASELINE}: not a Berth checkout (no bin/berth)`);
+if (BASELINE && !existsSync(join(BASELINE, 'node_modules'))) throw new Error(`--baseline ${BASELINE}: no node_modules there (ln -s ${join(ROOT, 'node_modules')} ${join(BASELINE, 'node_modules')})`);
 const BURSTS = posInt(args.bursts!, 'bursts', 0, 1000);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
 /** Background load (cores) under which the machine counts as quiet. */
