@@ -426,7 +426,7 @@ async function createImageNode(base: string, token: string, spec: Record<string,
  * speed drifts over minutes (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare
  * what runs far apart cannot. Front CPU per call from each one's process tree, summed over its runs.
  */
-async function interleave(a: Target, b: Target, headersByUrl: Map<string, Record<string, string>>): Promise<string> {
+async function interleave(a: Target, b: Target, headersFor: (url: string) => Record<string, string>): Promise<string> {
   log(`HTTP: ${BURSTS} 1 s runs each of ${a.short} and ${b.short}, in turn`);
   const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
   const sums = [a, b].map(() => ({ calls: 0, seconds: 0, ticks: 0 }));
@@ -434,7 +434,7 @@ async function interleave(a: Target, b: Target, headersByUrl: Map<string, Record
     for (const [k, t] of [a, b].entries()) {
       const t0 = ticks(t.groups.front);
       if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
-      const r = await wrk(t.url, CONNECTIONS, 1, headersByUrl.get(t.url)!);
+      const r = await wrk(t.url, CONNECTIONS, 1, headersFor(t.url));
       const t1 = ticks(t.groups.front);
       assertClean(t.short, r);
       sums[k]!.calls += r.requests;
@@ -852,7 +852,8 @@ async function main(): Promise<void> {
     const interleaved: string[] = [];
     const first = httpTargets.find((t) => t.name === 'berth');
     for (const other of BURSTS > 0 && first ? httpTargets.filter((t) => t.name === 'baseline' || (t.name === 'nginx' && t.workers === first.workers)) : []) {
-      interleaved.push(await interleave(first!, other, headersByUrl));
+      interleaved.push(await interleave(first!, other, (url) => headersByUrl.get(url) ?? httpHeaders));
+      log(interleaved[interleaved.length - 1]!);
     }
 
     // ---- gRPC
