@@ -149,7 +149,7 @@ class H1Conn {
     if (this.parked && this.req === null) { this.next(); return; }
     // a head split over reads: it has headersTimeoutMs from here (most heads come in one read: no timer)
     if (this.inHead && !this.headTimer) {
-      this.headTimer = setTimeout(() => this.socket.destroy(), this.front.opts.headersTimeoutMs);
+      this.headTimer = setTimeout(() => this.refuse(408), this.front.opts.headersTimeoutMs);
       this.headTimer.unref();
     }
   };
@@ -242,8 +242,12 @@ class H1Conn {
   /** Bytes that are not HTTP/1.1: answered as node:http answers them, and the connection closed. */
   private parseError(err: Error): void {
     const code = (err as { code?: string }).code;
+    this.refuse(code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400);
+  }
+
+  /** Answers what node:http answers a head it cannot take (unless a call is running: then no answer fits), and closes. */
+  private refuse(status: number): void {
     if (this.req) { this.socket.destroy(); return; } // garbage in a body or behind a running call
-    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'HPE_CHUNK_EXTENSIONS_OVERFLOW' ? 413 : 400;
     this.socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
     this.socket.destroySoon();
   }

@@ -173,6 +173,7 @@ test('a head must complete in time; an idle connection closes; a running call is
   await slow.closing;
   clearInterval(ticker);
   assert.ok(Date.now() - started < 2000, 'closed by the headers timeout');
+  assert.match(slow.text(), /^HTTP\/1\.1 408 Request Timeout\r\n/);
   const c = await client(f.port);
   c.socket.write(get('/dp/long'));
   await c.until((s) => s.endsWith('done'), 3000); // 600 ms of silence on a 300 ms idle timeout
