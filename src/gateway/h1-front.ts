@@ -147,12 +147,18 @@ class H1Conn {
       this.socket.pause();
     }
     if (this.parked && this.req === null) { this.next(); return; }
-    // a head split over reads: it has headersTimeoutMs from here (most heads come in one read: no timer)
-    if (this.inHead && !this.headTimer) {
-      this.headTimer = setTimeout(() => this.refuse(408), this.front.opts.headersTimeoutMs);
-      this.headTimer.unref();
-    }
+    this.timeHead();
   };
+
+  /**
+   * A head split over reads has headersTimeoutMs from here (most heads come in one read: no
+   * timer); one pipelined behind a running call, from the end of that call.
+   */
+  private timeHead(): void {
+    if (!this.inHead || this.headTimer || this.req !== null) return;
+    this.headTimer = setTimeout(() => this.refuse(408), this.front.opts.headersTimeoutMs);
+    this.headTimer.unref();
+  }
 
   private onHead(major: number, minor: number, lines: string[], method: string, url: string, upgrade: boolean, keepAlive: boolean): number {
     this.inHead = false;
@@ -211,6 +217,7 @@ class H1Conn {
     this.res = null;
     if (!keepAlive) { this.socket.end(); return; }
     this.lastActive = performance.now();
+    this.timeHead();
     // not from inside the parser's own callback: it is not re-entrant
     if (this.parked) { if (this.executing) queueMicrotask(() => this.next()); else this.next(); }
   }
