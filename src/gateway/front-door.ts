@@ -1,8 +1,9 @@
 // One port for everything: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, which gRPC
 // clients use; over TLS, h2 by ALPN), told apart by the connection preface, optionally
 // behind TLS. HTTP/1.1 connections start at the raw front (h1-front.ts), which serves
-// data-plane calls off the socket and hands the rest to node:http. This is also where connections are bounded, so a caller that connects and
-// sends nothing (or a byte a second) cannot hold a file descriptor for long:
+// data-plane calls off the socket and hands the rest to node:http. This is also where
+// connections are bounded, so a caller that connects and sends nothing (or a byte a
+// second) cannot hold a file descriptor for long:
 //   - from accept until the first request head (HTTP/1.1) or the first stream (h2), a
 //     deadline of `headersTimeoutMs` (the TLS handshake and the preface sniffing count);
 //     each later HTTP/1.1 request head has the same (Node's headersTimeout);
