@@ -6,8 +6,10 @@
 //   need(x)   = ceil(x / (sessionsPerInstance × targetUtilization))
 //   wake      — no instance ready and calls held: need(in flight) at once (at least 1), so calls
 //               arriving together start as many instances as their sessions need
-//   scale up  — the *least* in flight over the last UP_WINDOW_MS still needs more: sustained
-//               excess, not a spike, moves it (within about a second)
+//   scale up  — the level held for 80% of the last UP_WINDOW_MS still needs more: sustained
+//               excess, not a spike, moves it (within about a second), to what the last samples
+//               need; a dip of a sample or two (a caller between two calls, a worker's late
+//               report) is not read as the level, and a ramp is one step (1 → 4, not 1 → 2 → 3 → 4)
 //   scale down— the *most* in flight over the stabilisation window (scaleDownDelaySeconds) needs
 //               fewer, and the node has had its size that long: a sawtooth whose peaks come back
 //               within the window keeps its peak size (no flapping); acted on once it has held
@@ -18,6 +20,8 @@ import { SCALING_DEFAULTS } from '../core/types.js';
 
 export const SAMPLE_MS = 100;
 export const UP_WINDOW_MS = 1000;
+/** The share of the scale-up window's samples, lowest first, that a scale-up looks past (dips). */
+export const UP_DIPS = 0.2;
 /**
  * A lower count must stay recommended this long before it is acted on: the tail of a burst
  * (4, 3, 2 calls as they finish) leaves the window over a second or so, and acting on its first
@@ -79,14 +83,21 @@ export class Autoscaler {
       if (target > current) return { target, kind: current === 0 ? 'wake' : 'up', reason: `${latest} call${latest === 1 ? '' : 's'} held with no instance ready` };
     }
 
-    // sustained excess: the least in flight over the last second, once a second of samples exists
+    // sustained excess (the level held for 80% of the last second, once a second of samples
+    // exists) moves it; to what the calls need now (the middle of the last three samples), so a
+    // ramp the window is still catching up with is served in one step
     const span = this.recent.length > 0 ? now - this.recent[0]!.at : 0;
     if (span >= UP_WINDOW_MS - SAMPLE_MS) {
-      let least = Infinity;
-      for (const r of this.recent) if (r.at >= now - UP_WINDOW_MS) least = Math.min(least, r.inFlight);
-      const up = least === Infinity ? current : clamp(need(least)); // no recent sample: no evidence
-      if (up > current) {
-        return { target: up, kind: 'up', reason: `at least ${least} calls in flight for ${UP_WINDOW_MS / 1000}s: ${current} instance${current === 1 ? '' : 's'} × ${s.sessionsPerInstance} session${s.sessionsPerInstance === 1 ? '' : 's'} at a target of ${util} is too few` };
+      const window = this.recent.filter((r) => r.at >= now - UP_WINDOW_MS).map((r) => r.inFlight).sort((x, y) => x - y);
+      const held = window[Math.floor(window.length * UP_DIPS)];
+      if (held !== undefined && need(held) > current) { // no recent sample: no evidence
+        const lastThree = this.recent.slice(-3).map((r) => r.inFlight).sort((x, y) => x - y);
+        const level = Math.max(held, lastThree[Math.floor(lastThree.length / 2)]!);
+        const up = clamp(need(level));
+        if (up > current) {
+          const rising = level > held ? `, ${level} now` : '';
+          return { target: up, kind: 'up', reason: `at least ${held} calls in flight for 80% of the last ${UP_WINDOW_MS / 1000}s${rising}: ${current} instance${current === 1 ? '' : 's'} × ${s.sessionsPerInstance} session${s.sessionsPerInstance === 1 ? '' : 's'} at a target of ${util} is too few` };
+        }
       }
     }
 

@@ -42,6 +42,23 @@ test('a spike does not scale up; a second of excess does', () => {
   assert.match(r.reason, /at least 6 calls in flight/);
 });
 
+test('a dip of a sample does not set the level, and a ramp scales up once, not in stairs', () => {
+  // 4 callers, one session each: a sample taken as a caller sends its next call sees 3
+  const S1: Scaling = { ...S, minInstances: 1, sessionsPerInstance: 1 };
+  const a = new Autoscaler(0);
+  let t = feed(a, 0, 2000, 0);
+  let current = 1;
+  const decisions: string[] = [];
+  // the load arrives over two samples (one gateway worker reports before the other), then holds with dips
+  for (const load of [2, 3, 4, 4, 3, 4, 4, 4, 4, 3, 4, 4, 4, 4, 4, 3, 4, 4, 4, 4, 4, 4, 3, 4, 4]) {
+    t += SAMPLE_MS;
+    a.record(t, load, 10_000);
+    const r = a.recommend(t, current, current, S1, t);
+    if (r.kind !== 'steady') { decisions.push(`${r.kind} ${current}→${r.target}`); current = r.target; a.changed(t); }
+  }
+  assert.deepEqual(decisions, ['up 1→4']);
+});
+
 test('target utilisation leaves headroom', () => {
   const a = new Autoscaler(0);
   const t = feed(a, 0, 1500, 4);
