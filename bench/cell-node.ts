@@ -29,12 +29,15 @@
 //     [--duration 10] [--warmup 2] [--connections 16] [--c1-duration 5] [--direct-calls 2000]
 //     [--processes 1,2] [--gateway-workers 1,2]   (Python processes per target; Berth gateway workers)
 //     [--rounds 1]     (every target this many times, round after round)
-//     [--targets berth,uvicorn,uvicorn-reuseport]   (run order; must include berth; also gunicorn, uvicorn-nodelay)
+//     [--targets berth,uvicorn,uvicorn-reuseport]   (run order; must include berth; also gunicorn, uvicorn-nodelay,
+//                      raw-floor: bench/cell-raw-proxy.mjs, the leanest Node front for a cell worker, in the interleaved runs only)
 //     [--attempts 3]   (a target disturbed by other processes on the machine is measured again)
 //     [--quiet-wait 120]   (seconds to wait, at most, for other processes to leave the machine quiet)
 //     [--keep]         (keep the temporary directory: Berth's home, every server's log)
 //     [--worker-transport unix|tcp]   (how Berth reaches its cell workers; default $BERTH_WORKER_TRANSPORT or unix)
 //     [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']   (extra Node flags for berth up)
+//     [--bursts 20]    (then Berth, the baseline and uvicorn up at once, in 1 s runs taken in turn, this many each; 0: none)
+//     [--baseline /path/to/another/checkout]   (that build too, in the interleaved runs)
 //
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
 // Fails (exit 1) if any target answers anything but 200 or wrk sees socket errors, and stops
@@ -48,13 +51,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
-  ROOT, WRK, alive, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, SPEEDS_NOTE, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
-  loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
+  CLK_TCK, ROOT, WRK, alive, baselineCheckout, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, SPEEDS_NOTE, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
+  loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, procTicks, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
   stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type Spread, type WrkResult,
 } from './lib.js';
 
 const APPS = join(ROOT, 'bench', 'apps');
 const LUA = join(ROOT, 'bench', 'post.lua');
+const RAW_PROXY = join(ROOT, 'bench', 'cell-raw-proxy.mjs');
 const PYTHON = '/usr/bin/python3';
 /** Python processes per target in the current part (--processes lists them). */
 let PROCESSES = 2;
@@ -77,6 +81,11 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '120' },
     rounds: { type: 'string', default: '1' },
     'worker-transport': { type: 'string', default: process.env.BERTH_WORKER_TRANSPORT ?? 'unix' },
+    // then, per part, this many 1 s runs of each of Berth (the first --gateway-workers), the baseline and
+    // the first uvicorn target, all up at once, in turn: every side sees the machine's same minutes
+    bursts: { type: 'string', default: '20' },
+    // another checkout of Berth (a git worktree of an earlier commit), measured in the interleaved runs
+    baseline: { type: 'string', default: '' },
   },
 });
 const WORKER_TRANSPORT = args['worker-transport']!;
@@ -86,7 +95,7 @@ const WARMUP = posInt(args.warmup!, 'warmup', 0, 600);
 const CONNECTIONS = posInt(args.connections!, 'connections', 1, 1024);
 const C1_DURATION = posInt(args['c1-duration']!, 'c1-duration', 0, 600);
 const DIRECT_CALLS = posInt(args['direct-calls']!, 'direct-calls', 100, 1_000_000);
-const ALL_TARGETS = ['berth', 'gunicorn', 'uvicorn', 'uvicorn-reuseport', 'uvicorn-nodelay'];
+const ALL_TARGETS = ['berth', 'gunicorn', 'uvicorn', 'uvicorn-reuseport', 'uvicorn-nodelay', 'raw-floor'];
 const TARGETS = args.targets!.split(',').map((t) => t.trim()).filter(Boolean);
 for (const t of TARGETS) if (!ALL_TARGETS.includes(t)) throw new Error(`--targets: unknown target ${t}; known: ${ALL_TARGETS.join(',')}`);
 if (!TARGETS.includes('berth')) throw new Error('--targets must include berth (the others are compared with it)');
@@ -94,6 +103,8 @@ const intList = (v: string, name: string, max: number): number[] => [...new Set(
 const PROCESS_MODES = intList(args.processes!, 'processes', 16);
 const GATEWAY_WORKERS = intList(args['gateway-workers']!, 'gateway-workers', 64);
 const ROUNDS = posInt(args.rounds!, 'rounds', 1, 20);
+const BURSTS = posInt(args.bursts!, 'bursts', 0, 1000);
+const BASELINE = baselineCheckout(args.baseline);
 /** Python modules the baselines need (Debian packages in the message). */
 const PY_PREREQS: Record<string, string> = { fastapi: 'python3-fastapi', uvicorn: 'python3-uvicorn', uvloop: 'python3-uvloop', httptools: 'python3-httptools' };
 /** Background load (cores) under which the machine counts as quiet, and how long to wait for it. */
@@ -281,20 +292,20 @@ function stats(samples: number[]): LatencyStats {
  * worker code), on the transport Berth uses, with a secret the bench knows; connected and
  * past the handshake.
  */
-async function directWorker(work: string, home: string, base: string, token: string): Promise<{ client: RawClient; m: Managed }> {
+async function directWorker(work: string, home: string, base: string, token: string, name = 'direct'): Promise<{ client: RawClient; m: Managed; socketPath: string; secret: string }> {
   const cp = await http('GET', `${base}/v1/checkpoints/randomizer-checkpoint`, undefined, token);
   if (cp.status !== 200) throw new Error(`checkpoint get: ${cp.status} ${cp.text}`);
   const secret = randomBytes(32).toString('hex');
-  const socketPath = join(work, 'direct.sock');
-  const portFile = join(work, 'direct.port');
+  const socketPath = join(work, `${name}.sock`);
+  const portFile = join(work, `${name}.port`);
   rmSync(portFile, { force: true });
   const config = {
     ...(WORKER_TRANSPORT === 'tcp' ? { listen: { tcp: { host: '127.0.0.1', port: 0 } }, portFile } : { socket: socketPath }),
     secret, checkpoint: join(home, 'checkpoints', `${cp.json.id}.dill`), code: cp.json.code, requires: cp.json.requires,
     inputs: [{ name: 'input_data', type: 'dict' }], outputs: [{ name: 'output_data', type: 'dict' }],
   };
-  const m = start('direct worker', PYTHON, ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(join(ROOT, 'python'))}); import berth_worker; berth_worker.main()`],
-    join(work, 'direct-worker.log'), { BERTH_WORKER_CONFIG: JSON.stringify(config) });
+  const m = start(`${name} worker`, PYTHON, ['-u', '-c', `import sys; sys.path.insert(0, ${JSON.stringify(join(ROOT, 'python'))}); import berth_worker; berth_worker.main()`],
+    join(work, `${name}-worker.log`), { BERTH_WORKER_CONFIG: JSON.stringify(config) });
   const hello = Buffer.alloc(5 + secret.length);
   hello.writeUInt32BE(secret.length, 0);
   hello[4] = 0x03; // HELLO
@@ -310,7 +321,7 @@ async function directWorker(work: string, home: string, base: string, token: str
       const ping = Buffer.from([0, 0, 0, 0, 0x02]);
       for (;;) {
         const pong = await client.call(ping);
-        if (JSON.parse(pong.subarray(1).toString()).state === 'ready') return { client, m };
+        if (JSON.parse(pong.subarray(1).toString()).state === 'ready') return { client, m, socketPath, secret };
         if (Date.now() > deadline) throw new Error('the direct worker did not get ready');
         await sleep(20);
       }
@@ -453,11 +464,21 @@ interface BerthExtras {
   httpCodes: Record<string, number>;
 }
 
-async function benchBerth(work: string, gatewayWorkers: number, round: number): Promise<{ result: TargetResult; extras: BerthExtras }> {
-  const tag = `p${PROCESSES}-g${gatewayWorkers}-r${round}`; // a fresh Berth (home, log) each round
+/** A running Berth with the randomizer node at PROCESSES instances, answering. */
+interface BerthUp {
+  m: Managed; base: string; port: number; token: string; home: string; nodeId: string; url: string;
+  instances: Array<{ endpoint: string; pid: number }>;
+  /** berth up's process tree but its Python workers' (gateway workers too, once there are any) */
+  gateway: number[];
+  /** the Python workers */
+  pids: number[];
+  checkpointSeconds: number; healthySeconds: number; healthySecondsServer: number | null; createIdleLoad: number;
+}
+
+/** Starts `berth up` (this checkout's build, or `root`'s) and the randomizer node on it; returns once a call is answered. */
+async function launchBerth(work: string, gatewayWorkers: number, tag: string, root?: string): Promise<BerthUp> {
   const home = join(work, `berth-home-${tag}`);
-  const name = `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
-  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS);
+  const [nodeBin, ...cli] = berthCommand(BERTH_NODE_ARGS, root);
   const m = start('berth', nodeBin!, [...cli, 'up', '--port', '0', '--home', home, '--worker-transport', WORKER_TRANSPORT, '--gateway-workers', String(gatewayWorkers)],
     join(work, `berth-${tag}.log`), { BERTH_PYTHON: PYTHON }, true);
   let out = '';
@@ -509,9 +530,16 @@ async function benchBerth(work: string, gatewayWorkers: number, round: number): 
 
   const url = `${base}/datasphere/v1/nodes/${nodeId}:execute`;
   await waitReady('berth', url, m, token);
-  // the gateway: berth up's whole process tree (gateway workers too, once there are any) but the Python workers'
   const workerTrees = new Set(pids.flatMap((p) => treeOf(p)));
   const gateway = treeOf(m.proc.pid!).filter((p) => !workerTrees.has(p));
+  return { m, base, port, token, home, nodeId, url, instances, gateway, pids, checkpointSeconds, healthySeconds, healthySecondsServer, createIdleLoad };
+}
+
+async function benchBerth(work: string, gatewayWorkers: number, round: number): Promise<{ result: TargetResult; extras: BerthExtras }> {
+  const name = `berth (${gatewayWorkers} gateway worker${gatewayWorkers > 1 ? 's' : ''})`;
+  // a fresh Berth (home, log) each round
+  const { m, base, port, token, home, nodeId, url, instances, gateway, pids, checkpointSeconds, healthySeconds, healthySecondsServer, createIdleLoad } =
+    await launchBerth(work, gatewayWorkers, `p${PROCESSES}-g${gatewayWorkers}-r${round}`);
   const result = await measure(name, `berth up (the built CLI, Node ${process.version}, --gateway-workers ${gatewayWorkers}) + ${PROCESSES} Python worker${PROCESSES > 1 ? 's' : ''}`, url,
     { gateway, workers: pids }, `Bearer ${token}`);
 
@@ -563,7 +591,10 @@ async function benchGunicorn(work: string): Promise<TargetResult> {
 
 type UvicornVariant = 'uvicorn' | 'uvicorn-nodelay' | 'uvicorn-reuseport';
 
-async function benchUvicorn(work: string, variant: UvicornVariant): Promise<TargetResult> {
+/** A running uvicorn target, answering: its supervisor (none with one process) and its workers. */
+interface UvicornUp { m: Managed; name: string; how: string; url: string; groups: CpuGroups }
+
+async function launchUvicorn(work: string, variant: UvicornVariant): Promise<UvicornUp> {
   const port = await freePort();
   // uvicorn: `python3 -m uvicorn --workers P --loop uvloop --http httptools` (all workers accept from one
   // shared socket); nodelay: the same CLI through bench/apps/uvicorn_nodelay.py (fixes the listener's lost
@@ -585,10 +616,111 @@ async function benchUvicorn(work: string, variant: UvicornVariant): Promise<Targ
   const workers = single ? [parent] : children;
   if (workers.length !== PROCESSES) throw new Error(`${name} has ${workers.length} workers, expected ${PROCESSES}`);
   const how = variant === 'uvicorn-reuseport' ? `${PROCESSES} uvicorn workers, one SO_REUSEPORT listener each` : `uvicorn --workers ${PROCESSES}`;
-  const r = await measure(name, `${how} --loop uvloop --http httptools + FastAPI${variant === 'uvicorn-nodelay' ? ', TCP_NODELAY fixed' : ''}`, url,
-    { gateway: single ? [] : [parent], workers }, null);
-  await stop(m);
+  return { m, name, how: `${how} --loop uvloop --http httptools + FastAPI${variant === 'uvicorn-nodelay' ? ', TCP_NODELAY fixed' : ''}`, url, groups: { gateway: single ? [] : [parent], workers } };
+}
+
+async function benchUvicorn(work: string, variant: UvicornVariant): Promise<TargetResult> {
+  const u = await launchUvicorn(work, variant);
+  const r = await measure(u.name, u.how, u.url, u.groups, null);
+  await stop(u.m);
   return r;
+}
+
+// ---------------------------------------------------------------------------
+// Interleaved: targets up side by side, 1 s runs taken in turn
+
+/** One target's sums over its interleaved runs. */
+interface Interleaved { name: string; calls: number; seconds: number; frontUs: number; workersUs: number; p50s: number[]; processes: number }
+
+/**
+ * Berth (the first gateway-worker count), the baseline build if any, and uvicorn, all up at once,
+ * in 1 s wrk runs taken in turn, --bursts of each: the machine's speed drifts over minutes
+ * (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare what runs far apart cannot.
+ * CPU per call from each one's processes, summed over its runs; p50: the median of its runs'.
+ */
+async function interleaved(work: string): Promise<string> {
+  const targets: Array<{ name: string; url: string; auth: string | null; groups: CpuGroups; m: Managed }> = [];
+  let floorWorker: Managed | null = null;
+  try {
+    const g = GATEWAY_WORKERS[0]!;
+    const b = await launchBerth(work, g, `p${PROCESSES}-g${g}-interleaved`);
+    targets.push({ name: `berth (${g} gateway worker${g > 1 ? 's' : ''})`, url: b.url, auth: `Bearer ${b.token}`, groups: { gateway: b.gateway, workers: b.pids }, m: b.m });
+    if (BASELINE) {
+      const base = await launchBerth(work, g, `p${PROCESSES}-g${g}-baseline`, BASELINE);
+      targets.push({ name: `Berth baseline (${BASELINE} at ${gitHead(BASELINE)})`, url: base.url, auth: `Bearer ${base.token}`, groups: { gateway: base.gateway, workers: base.pids }, m: base.m });
+    }
+    if (TARGETS.includes('raw-floor')) {
+      if (PROCESSES !== 1 || WORKER_TRANSPORT !== 'unix') log('raw-floor: one Python process over a Unix socket only; skipped in this part');
+      else {
+        // a worker of the same checkpoint, started by the bench (direct to it: the floor holds its secret)
+        const w = await directWorker(work, b.home, b.base, b.token, 'floor');
+        w.client.close();
+        const port = await freePort();
+        const m = start('raw-floor', process.execPath, [RAW_PROXY, String(port), w.socketPath, w.secret], join(work, 'raw-floor.log'));
+        const url = `http://127.0.0.1:${port}${EXEC_PATH}`;
+        await waitReady('raw-floor', url, m);
+        targets.push({ name: 'raw Node floor (llhttp, frames to the worker, groups of 4)', url, auth: null, groups: { gateway: [m.proc.pid!], workers: [w.m.proc.pid!] }, m });
+        floorWorker = w.m;
+      }
+    }
+    const uv = TARGETS.find((t): t is UvicornVariant => t.startsWith('uvicorn') && !(t === 'uvicorn-reuseport' && PROCESSES === 1));
+    if (uv) {
+      const u = await launchUvicorn(work, uv);
+      targets.push({ name: u.name, url: u.url, auth: null, groups: u.groups, m: u.m });
+    }
+    await waitQuiet('interleaved runs');
+    log(`interleaved: ${BURSTS} runs of 1 s each of ${targets.map((t) => t.name).join(', ')}, in turn`);
+    const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
+    const sums = targets.map((t): Interleaved => ({ name: t.name, calls: 0, seconds: 0, frontUs: 0, workersUs: 0, p50s: [], processes: PROCESSES }));
+    for (const t of targets) assertClean(`${t.name} (warm-up)`, await wrk(t.url, CONNECTIONS, 1, t.auth));
+    for (let i = 0; i < BURSTS; i++) {
+      for (const [k, t] of targets.entries()) {
+        const f0 = ticks(t.groups.gateway ?? []);
+        const w0 = ticks(t.groups.workers ?? []);
+        const r = await wrk(t.url, CONNECTIONS, 1, t.auth);
+        const f1 = ticks(t.groups.gateway ?? []);
+        const w1 = ticks(t.groups.workers ?? []);
+        assertClean(t.name, r);
+        const s = sums[k]!;
+        s.calls += r.requests;
+        s.seconds += r.duration_us / 1e6;
+        s.frontUs += ((f1 - f0) / CLK_TCK) * 1e6;
+        s.workersUs += ((w1 - w0) / CLK_TCK) * 1e6;
+        s.p50s.push(r.latency_us.p50);
+      }
+    }
+    return reportInterleaved(sums);
+  } finally {
+    for (const t of targets) await stop(t.m);
+    if (floorWorker) await stop(floorWorker);
+  }
+}
+
+function reportInterleaved(sums: Interleaved[]): string {
+  const rps = (s: Interleaved): number => s.calls / s.seconds;
+  const p50 = (s: Interleaved): number => percentile([...s.p50s].sort((a, b) => a - b), 50);
+  const [berth] = sums;
+  const lines = [
+    `##### Interleaved, ${PROCESSES} Python process${PROCESSES > 1 ? 'es' : ''} per target: ${BURSTS} runs of 1 s each (wrk -t1 -c${CONNECTIONS}), the targets in turn`,
+    '',
+    '| target | req/s | req/s per Python process | p50 ms (median of the runs) | front µs/call | workers µs/call | vs Berth: throughput per process | vs Berth: p50 |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const s of sums) {
+    lines.push(`| ${s.name} | ${rps(s).toFixed(0)} | ${(rps(s) / s.processes).toFixed(0)} | ${ms(p50(s))} | ${us(s.frontUs / s.calls)} | ${us(s.workersUs / s.calls)} | ` +
+      `${s === berth ? '–' : x(rps(berth!) / rps(s))} | ${s === berth ? '–' : x(p50(berth!) / p50(s))} |`);
+  }
+  const uv = sums.find((s) => s.name.startsWith('uvicorn'));
+  const goals = [`gateway CPU per cell call ≤ 100 µs: ${us(berth!.frontUs / berth!.calls)} µs — ${berth!.frontUs / berth!.calls <= 100 ? 'met' : 'NOT met'}`];
+  if (uv && PROCESSES === 1) {
+    const ratio = rps(berth!) / rps(uv);
+    const faster = p50(berth!) / p50(uv);
+    goals.unshift(`≥ 1.5× ${uv.name} with one Python process each at a lower p50: ${x(ratio)}, p50 ${x(faster)} of its — ${ratio >= 1.5 && faster < 1 ? 'met' : 'NOT met'}`);
+  }
+  lines.push('', `Goals (issue 8), interleaved: ${goals.join('; ')}.`);
+  const floor = sums.find((t) => t.name.startsWith('raw Node floor'));
+  if (floor && uv) lines.push('', `The raw Node floor: ${x(rps(floor) / rps(uv))} ${uv.name}'s throughput per process, p50 ${x(p50(floor) / p50(uv))} of its; Berth at ${x(rps(berth!) / rps(floor))} the floor's throughput, ${x((berth!.frontUs / berth!.calls) / (floor.frontUs / floor.calls))} its front CPU per call.`);
+  return lines.join('\n');
 }
 
 // ---------------------------------------------------------------------------
@@ -740,7 +872,7 @@ async function main(): Promise<void> {
   log(`work directory ${work}`);
   let ok = false;
   try {
-    const parts: Array<{ processes: number; rounds: Round[] }> = [];
+    const parts: Array<{ processes: number; rounds: Round[]; inTurn: string | null }> = [];
     for (const P of PROCESS_MODES) {
       PROCESSES = P;
       const rounds: Round[] = [];
@@ -753,15 +885,18 @@ async function main(): Promise<void> {
           if (t === 'berth') {
             for (const g of GATEWAY_WORKERS) berths.push(await benchBerth(work, g, round));
           } else if (t === 'gunicorn') results.push(await benchGunicorn(work));
+          else if (t === 'raw-floor') { if (round === 1) log('raw-floor: measured in the interleaved runs only (--bursts)'); }
           else if (t === 'uvicorn-reuseport' && P === 1) { if (round === 1) log('uvicorn-reuseport: skipped with one process (the same as uvicorn)'); }
           else results.push(await benchUvicorn(work, t as UvicornVariant));
         }
         results.unshift(...berths.map((b) => b.result));
         rounds.push({ results, berths });
       }
-      parts.push({ processes: P, rounds });
+      const inTurn = BURSTS > 0 ? await interleaved(work) : null;
+      if (inTurn) log(`\n${inTurn}`);
+      parts.push({ processes: P, rounds, inTurn });
     }
-    const table = [header(env), ...parts.map((p) => report(p.rounds))].join('\n\n');
+    const table = [header(env), ...parts.flatMap((p) => [report(p.rounds), ...(p.inTurn ? [p.inTurn] : [])])].join('\n\n');
     const outDir = join(ROOT, 'bench', 'results');
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `cell-node-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
@@ -773,6 +908,7 @@ async function main(): Promise<void> {
           results: rd.results.map((r) => ({ ...r, load: { ...r.load, raw: undefined }, c1: r.c1 ? { ...r.c1, raw: undefined } : null, cpuPerCallUs: perCall(r) })),
           berth: rd.berths.map((b) => b.extras),
         })),
+        interleaved: p.inTurn,
       })),
       table,
     }, null, 2) + '\n');

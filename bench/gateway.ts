@@ -61,7 +61,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import Docker from 'dockerode';
 import { buildTestImages, testImage, ECHO_PROTO } from '../test/images/index.js';
 import {
-  CLK_TCK, ROOT, WRK, alive, berthCommand, childrenOf, cpuSpeeds, firstLine, showSpeeds, SPEEDS_NOTE, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
+  CLK_TCK, ROOT, WRK, alive, baselineCheckout, berthCommand, childrenOf, cpuSpeeds, firstLine, gitHead, showSpeeds, SPEEDS_NOTE, freePort, http, loadGenerators, loadRun as timedRun, log, machine, managed, medianRounds,
   onSignals, percentile, posInt, procTicks, readLog, runTool, showSpread, signalGroup, sleep, spread, start, stop as stopProcess, treeOf, waitQuiet as waitQuietFor,
   type CpuGroups, type CpuUse, type Managed, type Spread,
 } from './lib.js';
@@ -128,9 +128,7 @@ const HTTP_TARGETS = targetList(args['http-targets']!, 'http-targets');
 const GRPC_TARGETS = targetList(args['grpc-targets']!, 'grpc-targets');
 if (GRPC_TARGETS.includes('raw-floor')) throw new Error('--grpc-targets: raw-floor is HTTP/1.1 only');
 const BERTH_NODE_ARGS = args['berth-node-args']!.split(' ').filter(Boolean);
-const BASELINE = args.baseline ? resolve(args.baseline) : null;
-if (BASELINE && !existsSync(join(BASELINE, 'bin', 'berth'))) throw new Error(`--baseline ${BASELINE}: not a Berth checkout (no bin/berth)`);
-if (BASELINE && !existsSync(join(BASELINE, 'node_modules'))) throw new Error(`--baseline ${BASELINE}: no node_modules there (ln -s ${join(ROOT, 'node_modules')} ${join(BASELINE, 'node_modules')})`);
+const BASELINE = baselineCheckout(args.baseline);
 const BURSTS = posInt(args.bursts!, 'bursts', 0, 1000);
 const GATEWAY_WORKERS = [...new Set(args['gateway-workers']!.split(',').map((t) => posInt(t.trim(), 'gateway-workers', 1, 64)))];
 /** Background load (cores) under which the machine counts as quiet. */
@@ -790,8 +788,7 @@ async function main(): Promise<void> {
         endpoint: { port: 8080, protocol: 'http', timeout: 30 },
         healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
       });
-      const commit = spawnSync('git', ['-C', BASELINE, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
-      return { b, node, commit };
+      return { b, node, commit: gitHead(BASELINE) };
     })() : null;
     const { berth, httpNode, grpcNode } = berths[0]!;
     const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } =>

@@ -3,7 +3,7 @@
 // wait and wrk. Each script is its own process, so the module state here (the processes started,
 // the load generators running) belongs to one benchmark run.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, createWriteStream, openSync, readFileSync, readdirSync, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, existsSync, openSync, readFileSync, readdirSync, type WriteStream } from 'node:fs';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -34,6 +34,15 @@ export function berthCommand(nodeArgs: string[] = [], root = ROOT): string[] {
     built.add(root);
   }
   return [process.execPath, ...nodeArgs, join(root, 'bin', 'berth')];
+}
+
+/** --baseline: another checkout of Berth (a git worktree of an earlier commit) to measure beside this one; null when not given. */
+export function baselineCheckout(arg: string | undefined): string | null {
+  if (!arg) return null;
+  const root = resolve(arg);
+  if (!existsSync(join(root, 'bin', 'berth'))) throw new Error(`--baseline ${root}: not a Berth checkout (no bin/berth)`);
+  if (!existsSync(join(root, 'node_modules'))) throw new Error(`--baseline ${root}: no node_modules there (ln -s ${join(ROOT, 'node_modules')} ${join(root, 'node_modules')})`);
+  return root;
 }
 
 export function posInt(v: string, name: string, min: number, max: number): number {
@@ -171,13 +180,13 @@ export async function http(method: string, url: string, body?: unknown, headers:
 // ---------------------------------------------------------------------------
 // The machine and the software, for the record
 
-export function gitHead(): string {
+export function gitHead(root = ROOT): string {
   // git itself first: in a worktree .git is a file, not a directory
-  const r = spawnSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: ROOT, encoding: 'utf8', timeout: 10_000 });
+  const r = spawnSync('git', ['rev-parse', '--short=12', 'HEAD'], { cwd: root, encoding: 'utf8', timeout: 10_000 });
   if (r.status === 0 && r.stdout.trim()) return r.stdout.trim();
   try {
-    const h = readFileSync(join(ROOT, '.git/HEAD'), 'utf8').trim();
-    return h.startsWith('ref: ') ? readFileSync(join(ROOT, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
+    const h = readFileSync(join(root, '.git/HEAD'), 'utf8').trim();
+    return h.startsWith('ref: ') ? readFileSync(join(root, '.git', h.slice(5)), 'utf8').trim().slice(0, 12) : h.slice(0, 12);
   } catch { return 'unknown'; } // packed refs or no git
 }
 
