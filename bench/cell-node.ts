@@ -52,7 +52,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import {
   CLK_TCK, ROOT, WRK, alive, baselineCheckout, berthCommand, assertClean, childrenOf, cpuModel, cpuSpeeds, showSpeeds, SPEEDS_NOTE, cpuSnapshot, cpuUse, freePort, gitHead, http as httpRequest, loadGenerators,
-  loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, procTicks, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
+  loadRun as timedRun, log, managed, medianRounds, memGiB, onSignals, percentile, posInt, readLog, showSpread, signalGroup, sleep, spread, start as startProcess,
   stop as stopProcess, treeOf, waitQuiet as waitQuietFor, wrk as wrkRun, type CpuGroups, type CpuUse, type Managed, type Spread, type WrkResult,
 } from './lib.js';
 
@@ -630,7 +630,7 @@ async function benchUvicorn(work: string, variant: UvicornVariant): Promise<Targ
 // Interleaved: targets up side by side, 1 s runs taken in turn
 
 /** One target's sums over its interleaved runs. */
-interface Interleaved { name: string; calls: number; seconds: number; frontUs: number; workersUs: number; p50s: number[]; processes: number }
+interface Interleaved { name: string; calls: number; seconds: number; frontUs: number; workersUs: number; frontRw: number; p50s: number[]; processes: number }
 
 /**
  * Berth (the first gateway-worker count), the baseline build if any, and uvicorn, all up at once,
@@ -670,22 +670,20 @@ async function interleaved(work: string): Promise<string> {
     }
     await waitQuiet('interleaved runs');
     log(`interleaved: ${BURSTS} runs of 1 s each of ${targets.map((t) => t.name).join(', ')}, in turn`);
-    const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
-    const sums = targets.map((t): Interleaved => ({ name: t.name, calls: 0, seconds: 0, frontUs: 0, workersUs: 0, p50s: [], processes: PROCESSES }));
+    const sums = targets.map((t): Interleaved => ({ name: t.name, calls: 0, seconds: 0, frontUs: 0, workersUs: 0, frontRw: 0, p50s: [], processes: PROCESSES }));
     for (const t of targets) assertClean(`${t.name} (warm-up)`, await wrk(t.url, CONNECTIONS, 1, t.auth));
     for (let i = 0; i < BURSTS; i++) {
       for (const [k, t] of targets.entries()) {
-        const f0 = ticks(t.groups.gateway ?? []);
-        const w0 = ticks(t.groups.workers ?? []);
+        const a = cpuSnapshot(t.groups);
         const r = await wrk(t.url, CONNECTIONS, 1, t.auth);
-        const f1 = ticks(t.groups.gateway ?? []);
-        const w1 = ticks(t.groups.workers ?? []);
+        const b = cpuSnapshot(t.groups);
         assertClean(t.name, r);
         const s = sums[k]!;
         s.calls += r.requests;
         s.seconds += r.duration_us / 1e6;
-        s.frontUs += ((f1 - f0) / CLK_TCK) * 1e6;
-        s.workersUs += ((w1 - w0) / CLK_TCK) * 1e6;
+        s.frontUs += ((b.per.gateway! - a.per.gateway!) / CLK_TCK) * 1e6;
+        s.workersUs += ((b.per.workers! - a.per.workers!) / CLK_TCK) * 1e6;
+        s.frontRw += b.rw.gateway! - a.rw.gateway!;
         s.p50s.push(r.latency_us.p50);
       }
     }
@@ -703,11 +701,11 @@ function reportInterleaved(sums: Interleaved[]): string {
   const lines = [
     `##### Interleaved, ${PROCESSES} Python process${PROCESSES > 1 ? 'es' : ''} per target: ${BURSTS} runs of 1 s each (wrk -t1 -c${CONNECTIONS}), the targets in turn`,
     '',
-    '| target | req/s | req/s per Python process | p50 ms (median of the runs) | front µs/call | workers µs/call | vs Berth: throughput per process | vs Berth: p50 |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| target | req/s | req/s per Python process | p50 ms (median of the runs) | front µs/call | workers µs/call | front reads + writes per call | vs Berth: throughput per process | vs Berth: p50 |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const s of sums) {
-    lines.push(`| ${s.name} | ${rps(s).toFixed(0)} | ${(rps(s) / s.processes).toFixed(0)} | ${ms(p50(s))} | ${us(s.frontUs / s.calls)} | ${us(s.workersUs / s.calls)} | ` +
+    lines.push(`| ${s.name} | ${rps(s).toFixed(0)} | ${(rps(s) / s.processes).toFixed(0)} | ${ms(p50(s))} | ${us(s.frontUs / s.calls)} | ${us(s.workersUs / s.calls)} | ${s.frontRw ? (s.frontRw / s.calls).toFixed(2) : '–'} | ` +
       `${s === berth ? '–' : x(rps(berth!) / rps(s))} | ${s === berth ? '–' : x(p50(berth!) / p50(s))} |`);
   }
   const uv = sums.find((s) => s.name.startsWith('uvicorn'));

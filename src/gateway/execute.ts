@@ -110,16 +110,23 @@ export class Gateway {
   }
 
   /**
-   * Sends a validated call to an instance and maps its answer. Throws (a BerthError) when the
+   * Sends a validated call to an instance and maps its answer. Rejects (a BerthError) when the
    * call could not start: no session, a full queue, a suspended node — then no instance had it,
-   * and it is not counted as served.
+   * and it is not counted as served. One promise per call: the steps under it take callbacks.
    */
-  private async run(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey?: string, onlyIfFree = false): Promise<CallResult> {
-    const answer = await this.send(route, timeoutS, payload, stickyKey, onlyIfFree);
-    return answer instanceof BerthError ? { ok: false, error: answer } : mapFrame(answer);
+  private run(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey?: string, onlyIfFree = false): Promise<CallResult> {
+    return new Promise((resolve, reject) => {
+      const answered = (answer: Frame | BerthError): void => {
+        try { resolve(answer instanceof BerthError ? { ok: false, error: answer } : mapFrame(answer)); } catch (err) { reject(err); }
+      };
+      const viaRelay = (): void => void this.send(route, timeoutS, payload, stickyKey, onlyIfFree).then(answered, reject);
+      if (route.relay) { viaRelay(); return; }
+      // it waited here when the node's calls moved to a relay: it goes there
+      this.dispatch(route, timeoutS, payload, stickyKey, onlyIfFree, answered, (err) => { if (err === RELAYED) viaRelay(); else reject(err); });
+    });
   }
 
-  /** The instance's answer frame (or why it failed once it had the call): from this process's sessions, or through the worker that holds them. */
+  /** The instance's answer frame (or why it failed once it had the call): through the worker that holds the node's sessions, or from this process's. */
   private async send(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
     let relay = route.relay;
     for (;;) {
@@ -152,47 +159,61 @@ export class Gateway {
     return this.sendHere(route, route.spec.timeout, payload, stickyKey, onlyIfFree);
   }
 
+  private sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
+    return new Promise((resolve, reject) => this.dispatch(route, timeoutS, payload, stickyKey, onlyIfFree, resolve, reject));
+  }
+
   /**
-   * Takes one of this process's sessions of the node (waiting in its queue), sends the frame,
-   * answers the instance's frame; a timeout or a failed instance is answered as a BerthError.
-   * Rejects when the call cannot start (it then never reached an instance). A call sent behind
-   * another on its session (pipelined) whose session failed first was never started: it waits
-   * for a session again.
+   * Takes one of this process's sessions of the node (waiting in its queue) and sends the frame
+   * on it: `answered` gets the instance's frame, or a BerthError once an instance had the call
+   * (a timeout, a failed instance); `refused` why the call cannot start (it never reached an
+   * instance). A call sent behind another on its session (pipelined) whose session failed first
+   * was never started: it waits for a session again.
    */
-  private async sendHere(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean): Promise<Frame | BerthError> {
-    if (onlyIfFree && !route.dispatcher.hasFree()) throw NO_FREE_SESSION;
-    const timeoutMs = timeoutS * 1000;
-    for (;;) {
-      const acquired = route.dispatcher.acquire(timeoutMs, stickyKey);
-      const lease: Lease = acquired instanceof Promise ? await acquired : acquired;
-      const conn = lease.conn as WorkerConnection;
-      let deadline: Deadline | undefined;
-      let timedOut = false;
-      try {
-        return await new Promise<Frame>((resolve, reject) => {
-          // the node's timeout counts from when the worker starts on the call, not while it waits behind another
-          const started = (): void => {
-            deadline = this.pipeline.deadlines.start(timeoutMs, () => {
-              timedOut = true;
-              reject(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
-                { nodeId: route.id, timeoutSeconds: timeoutS }));
-            });
-          };
-          conn.request(FRAME.EXECUTE, payload, started).then(resolve, reject);
-        });
-      } catch (err) {
-        if (err instanceof NotStartedError) continue;
-        if (err instanceof BerthError) return err;
-        return new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${(err as Error).message}`, { nodeId: route.id, instanceId: lease.slot.id });
-      } finally {
-        if (deadline) this.pipeline.deadlines.clear(deadline);
-        if (timedOut) {
-          conn.close();
-          this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);
-        }
+  private dispatch(route: NodeRoute, timeoutS: number, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean,
+    answered: (answer: Frame | BerthError) => void, refused: (err: unknown) => void): void {
+    // never a throw out of here: this also runs from a worker connection's callbacks
+    try {
+      if (onlyIfFree && !route.dispatcher.hasFree()) { refused(NO_FREE_SESSION); return; }
+      const acquired = route.dispatcher.acquire(timeoutS * 1000, stickyKey);
+      if (!(acquired instanceof Promise)) { this.sendOn(route, acquired, timeoutS, payload, stickyKey, answered, refused); return; }
+      acquired.then((lease) => {
+        try { this.sendOn(route, lease, timeoutS, payload, stickyKey, answered, refused); } catch (err) { refused(err); }
+      }, refused);
+    } catch (err) { refused(err); }
+  }
+
+  private sendOn(route: NodeRoute, lease: Lease, timeoutS: number, payload: Buffer, stickyKey: string | undefined,
+    answered: (answer: Frame | BerthError) => void, refused: (err: unknown) => void): void {
+    const conn = lease.conn as WorkerConnection;
+    let deadline: Deadline | undefined;
+    let settled = false;
+    // the session goes back once; a connection whose call timed out is closed first (never reused)
+    const done = (): void => {
+      settled = true;
+      if (deadline) this.pipeline.deadlines.clear(deadline);
+      route.dispatcher.release(lease);
+    };
+    // the node's timeout counts from when the worker starts on the call, not while it waits behind another
+    const started = (): void => {
+      deadline = this.pipeline.deadlines.start(timeoutS * 1000, () => {
+        if (settled) return;
+        deadline = undefined;
+        settled = true;
+        conn.close(); // the calls sent behind it on this connection were never started: they wait again
+        this.routes.reportTimeout(route.id, lease.slot.id, timeoutS);
         route.dispatcher.release(lease);
-      }
-    }
+        answered(new BerthError('CALL_TIMEOUT', `the call did not finish within the node's timeout of ${timeoutS}s; its instance is being replaced`,
+          { nodeId: route.id, timeoutSeconds: timeoutS }));
+      });
+    };
+    conn.send(FRAME.EXECUTE, payload, started, (err, frame) => {
+      if (settled) return;
+      done();
+      if (frame) answered(frame);
+      else if (err instanceof NotStartedError) this.dispatch(route, timeoutS, payload, stickyKey, false, answered, refused);
+      else answered(new BerthError('INSTANCE_FAILED', `the instance serving this call failed: ${err!.message}`, { nodeId: route.id, instanceId: lease.slot.id }));
+    });
   }
 
   /** Sends the call to the shadow node too, off the caller's path; compares, then drops the answer. */

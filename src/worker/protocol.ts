@@ -18,6 +18,9 @@ export const FRAME = {
 
 export interface Frame { type: number; payload: Buffer }
 
+/** A request's outcome: its answer frame, or why there is none. */
+export type Answered = (err: Error | null, frame?: Frame) => void;
+
 /**
  * Where a worker (or an image instance) listens. `secret`: the instance's handshake secret (hex),
  * sent as the first frame of every connection (cell workers only). It never goes into a log or
@@ -61,7 +64,7 @@ export class WorkerConnection {
   private chunks: Buffer[] = [];
   private buffered = 0;
   /** Requests sent and not answered, in order; the first is the one the worker runs. */
-  private pending: Array<{ resolve: (f: Frame) => void; reject: (e: Error) => void; onHead: (() => void) | undefined }> = [];
+  private pending: Array<{ answered: Answered; onHead: (() => void) | undefined }> = [];
   /** Frames of requests behind others, written together at the end of this event-loop turn. */
   private unsent: Buffer[] = [];
   private closedError: Error | null = null;
@@ -122,22 +125,23 @@ export class WorkerConnection {
    * starts there). Rejects with NotStartedError when an earlier request fails the connection.
    */
   request(type: number, payload: Buffer | string, onHead?: () => void): Promise<Frame> {
-    if (this.closedError) return Promise.reject(this.closedError);
-    return new Promise((resolve, reject) => {
-      const [header, body] = encodeFrame(type, payload);
-      this.pending.push({ resolve, reject, onHead });
-      if (this.pending.length === 1) {
-        onHead?.();
-        this.socket.cork();
-        this.socket.write(header!);
-        this.socket.write(body!);
-        this.socket.uncork();
-        return;
-      }
-      // the worker cannot start it before the one ahead is done: send it with the others of this turn
-      if (this.unsent.length === 0) setImmediate(() => this.flush());
-      this.unsent.push(header!, body!);
-    });
+    return new Promise((resolve, reject) => this.send(type, payload, onHead, (err, frame) => (err ? reject(err) : resolve(frame!))));
+  }
+
+  /**
+   * `request` with a callback (the call path: no promise per call): `answered` gets the answer
+   * frame, or the error, once. The frames of the calls handed this connection together (a
+   * pipelined group) leave in one write, once the promise jobs that send them have run: one
+   * system call and one wakeup of the worker per group.
+   */
+  send(type: number, payload: Buffer | string, onHead: (() => void) | undefined, answered: Answered): void {
+    if (this.closedError) { answered(this.closedError); return; }
+    const [header, body] = encodeFrame(type, payload);
+    this.pending.push({ answered, onHead });
+    if (this.pending.length === 1) onHead?.();
+    // a tick queued from a promise job runs once the jobs queued with it have: the group's other frames are in by then
+    if (this.unsent.length === 0) process.nextTick(() => this.flush());
+    this.unsent.push(header!, body!);
   }
 
   private flush(): void {
@@ -174,7 +178,7 @@ export class WorkerConnection {
       this.buffered = rest.length;
       const p = this.pending.shift();
       this.pending[0]?.onHead?.();
-      p?.resolve(frame);
+      p?.answered(null, frame);
     }
   }
 
@@ -188,7 +192,7 @@ export class WorkerConnection {
     const [head, ...behind] = this.pending;
     this.pending = [];
     this.unsent = [];
-    head?.reject(err);
-    for (const p of behind) p.reject(new NotStartedError(err));
+    head?.answered(err);
+    for (const p of behind) p.answered(new NotStartedError(err));
   }
 }
