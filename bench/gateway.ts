@@ -36,6 +36,8 @@
 //        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
 //        [--http-targets direct,berth,nginx,node-floor,raw-floor,container-ip] [--grpc-targets direct,berth,nginx,node-floor,container-ip]
 //        [--gateway-workers 1,2] [--sessions 64] [--rounds 1] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
+//        [--baseline /path/to/another/checkout] [--bursts 20]   (then 1 s runs of the first Berth, the baseline, nginx with as
+//        many workers and the raw floor, taken in turn: an A/B the machine's drifting speed cannot tilt; 0: none)
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
 // master + workers, the Node floor) and the whole server side (front + echo container +
@@ -101,8 +103,8 @@ const { values: args } = parseArgs({
     // another checkout of Berth (a git worktree of an earlier commit): also measured, as the target
     // "Berth baseline", in the same rounds (HTTP/1.1 only; as many gateway workers as the first Berth)
     baseline: { type: 'string', default: '' },
-    // then this many 1 s runs of each, the first Berth and the baseline (and nginx with as many workers) in
-    // turn: both sides of each comparison see the machine's same minutes
+    // then this many 1 s runs of each, the first Berth, the baseline, nginx with as many workers and the raw
+    // Node floor, in turn: every side of each comparison sees the machine's same minutes
     bursts: { type: 'string', default: '20' },
   },
 });
@@ -420,29 +422,41 @@ async function createImageNode(base: string, token: string, spec: Record<string,
 }
 
 /**
- * Two targets (Berth and the baseline, or nginx) in 1 s wrk runs taken in turn (--bursts of each): the machine's
+ * Targets in 1 s wrk runs taken in turn (--bursts of each), the first one Berth: the machine's
  * speed drifts over minutes (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare
  * what runs far apart cannot. Front CPU per call from each one's process tree, summed over its runs.
  */
-async function interleave(a: Target, b: Target, headersFor: (url: string) => Record<string, string>): Promise<string> {
-  log(`HTTP: ${BURSTS} 1 s runs each of ${a.short} and ${b.short}, in turn`);
+async function interleave(targets: Target[], headersFor: (url: string) => Record<string, string>): Promise<string> {
+  log(`HTTP: ${BURSTS} 1 s runs each of ${targets.map((t) => t.short).join(', ')}, in turn`);
   const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
-  const sums = [a, b].map(() => ({ calls: 0, seconds: 0, ticks: 0 }));
+  const sums = targets.map(() => ({ calls: 0, seconds: 0, ticks: 0 }));
   for (let i = 0; i < BURSTS; i++) {
-    for (const [k, t] of [a, b].entries()) {
-      const t0 = ticks(t.groups.front);
+    for (const [k, t] of targets.entries()) {
+      const t0 = ticks(t.groups.front!);
       if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
       const r = await wrk(t.url, CONNECTIONS, 1, headersFor(t.url));
-      const t1 = ticks(t.groups.front);
+      const t1 = ticks(t.groups.front!);
       assertClean(t.short, r);
       sums[k]!.calls += r.requests;
       sums[k]!.seconds += r.seconds;
       sums[k]!.ticks += t1 - t0;
     }
   }
-  const [sa, sb] = sums.map((x) => ({ rps: x.calls / x.seconds, us: (x.ticks / CLK_TCK) * 1e6 / x.calls }));
-  return `HTTP/1.1 interleaved (${BURSTS} runs of 1 s each, in turn; wrk -c${CONNECTIONS}): ${a.short} ${Math.round(sa!.rps)} req/s, ${sa!.us.toFixed(0)} µs of front CPU per call; ` +
-    `${b.short} ${Math.round(sb!.rps)} req/s, ${sb!.us.toFixed(0)} µs; ${a.short} / ${b.short}: throughput ${(sa!.rps / sb!.rps).toFixed(2)}×, CPU per call ${(sa!.us / sb!.us).toFixed(2)}×.`;
+  const each = sums.map((x) => ({ rps: x.calls / x.seconds, us: (x.ticks / CLK_TCK) * 1e6 / x.calls }));
+  const lines = [
+    `HTTP/1.1 interleaved (${BURSTS} runs of 1 s each, the targets in turn; wrk -c${CONNECTIONS}):`,
+    '',
+    `| target | req/s | front CPU µs per call | ${targets[0]!.short} / it: throughput | ${targets[0]!.short} / it: CPU per call |`,
+    '|---|---:|---:|---:|---:|',
+  ];
+  for (const [k, t] of targets.entries()) {
+    const e = each[k]!;
+    lines.push(`| ${t.short} | ${Math.round(e.rps)} | ${e.us.toFixed(0)} | ${k === 0 ? '–' : (each[0]!.rps / e.rps).toFixed(2) + '×'} | ${k === 0 ? '–' : (each[0]!.us / e.us).toFixed(2) + '×'} |`);
+  }
+  const nginx = targets.findIndex((t) => t.name === 'nginx');
+  const floor = targets.findIndex((t) => t.name === 'raw-floor');
+  if (nginx > 0 && floor > 0) lines.push('', `The raw Node floor / ${targets[nginx]!.short}: throughput ${(each[floor]!.rps / each[nginx]!.rps).toFixed(2)}×.`);
+  return lines.join('\n');
 }
 
 async function startBerth(work: string, gatewayWorkers: number, root?: string): Promise<{ m: Managed; base: string; token: string }> {
@@ -845,12 +859,13 @@ async function main(): Promise<void> {
       httpResults.push(results);
     }
 
-    // the first Berth against the baseline and against nginx with as many workers, in 1 s runs taken in turn
+    // the first Berth, the baseline, nginx with as many workers and the raw Node floor, in 1 s runs taken in turn
     const interleaved: string[] = [];
     const first = httpTargets.find((t) => t.name === 'berth');
-    for (const other of BURSTS > 0 && first ? httpTargets.filter((t) => t.name === 'baseline' || (t.name === 'nginx' && t.workers === first.workers)) : []) {
-      interleaved.push(await interleave(first!, other, (url) => headersByUrl.get(url) ?? httpHeaders));
-      log(interleaved[interleaved.length - 1]!);
+    const others = first ? httpTargets.filter((t) => t.name === 'baseline' || t.name === 'raw-floor' || (t.name === 'nginx' && t.workers === first.workers)) : [];
+    if (BURSTS > 0 && first && others.length > 0) {
+      interleaved.push(await interleave([first, ...others], (url) => headersByUrl.get(url) ?? httpHeaders));
+      log(interleaved[0]!);
     }
 
     // ---- gRPC
