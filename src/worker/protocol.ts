@@ -65,7 +65,7 @@ export class WorkerConnection {
   private buffered = 0;
   /** Requests sent and not answered, in order; the first is the one the worker runs. */
   private pending: Array<{ answered: Answered; onHead: (() => void) | undefined }> = [];
-  /** Frames of requests behind others, written together at the end of this event-loop turn. */
+  /** Frames not written yet: those sent in this turn's promise jobs, written together once they have run. */
   private unsent: Buffer[] = [];
   private closedError: Error | null = null;
 
