@@ -33,7 +33,13 @@ export function berthCommand(nodeArgs: string[] = [], root = ROOT): string[] {
     if (r.status !== 0) throw new Error(`tsc -p tsconfig.json failed in ${root}: the benchmark runs the built CLI`);
     built.add(root);
   }
-  return [process.execPath, ...nodeArgs, join(root, 'bin', 'berth')];
+  return [process.execPath, ...shebangFlags(root), ...nodeArgs, join(root, 'bin', 'berth')];
+}
+
+/** The Node flags bin/berth's first line gives Node (`#!/usr/bin/env -S node <flags>`): `berth` as a command runs with them. */
+function shebangFlags(root: string): string[] {
+  const first = readFileSync(join(root, 'bin', 'berth'), 'utf8').split('\n', 1)[0]!;
+  return /^#!\/usr\/bin\/env -S node\b(.*)$/.exec(first)?.[1]!.trim().split(/\s+/).filter(Boolean) ?? [];
 }
 
 /** --baseline: another checkout of Berth (a git worktree of an earlier commit) to measure beside this one; null when not given. */
