@@ -36,7 +36,7 @@
 //     [--keep]         (keep the temporary directory: Berth's home, every server's log)
 //     [--worker-transport unix|tcp]   (how Berth reaches its cell workers; default $BERTH_WORKER_TRANSPORT or unix)
 //     [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']   (extra Node flags for berth up)
-//     [--bursts 20]    (then Berth, the baseline and uvicorn up at once, in 1 s runs taken in turn, this many each; 0: none)
+//     [--bursts 20]    (then Berth, the baseline, uvicorn and the raw floor up at once, in 1 s runs taken in turn, this many each; 0: none)
 //     [--baseline /path/to/another/checkout]   (that build too, in the interleaved runs)
 //
 // Prints markdown tables at the end; writes the raw numbers to bench/results/ (ignored by git).
@@ -81,8 +81,8 @@ const { values: args } = parseArgs({
     'quiet-wait': { type: 'string', default: '120' },
     rounds: { type: 'string', default: '1' },
     'worker-transport': { type: 'string', default: process.env.BERTH_WORKER_TRANSPORT ?? 'unix' },
-    // then, per part, this many 1 s runs of each of Berth (the first --gateway-workers), the baseline and
-    // the first uvicorn target, all up at once, in turn: every side sees the machine's same minutes
+    // then, per part, this many 1 s runs of each of Berth (the first --gateway-workers), the baseline, the
+    // first uvicorn target and the raw floor, all up at once, in turn: every side sees the machine's same minutes
     bursts: { type: 'string', default: '20' },
     // another checkout of Berth (a git worktree of an earlier commit), measured in the interleaved runs
     baseline: { type: 'string', default: '' },
@@ -633,7 +633,8 @@ async function benchUvicorn(work: string, variant: UvicornVariant): Promise<Targ
 interface Interleaved { name: string; calls: number; seconds: number; frontUs: number; workersUs: number; frontRw: number; p50s: number[]; processes: number }
 
 /**
- * Berth (the first gateway-worker count), the baseline build if any, and uvicorn, all up at once,
+ * Berth (the first gateway-worker count), the baseline build, uvicorn and the raw floor (those of them
+ * asked for), all up at once,
  * in 1 s wrk runs taken in turn, --bursts of each: the machine's speed drifts over minutes
  * (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare what runs far apart cannot.
  * CPU per call from each one's processes, summed over its runs; p50: the median of its runs'.
