@@ -33,11 +33,12 @@
 //
 //   node --import tsx bench/gateway.ts [--duration 10] [--warmup 2] [--connections 16]
 //        [--c1-duration 5] [--grpc-clients 4] [--grpc-streams 4] [--grpc-requests 40000]
-//        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--path /healthz]
+//        [--grpc-c1-requests 4000] [--grpc-warmup-requests 4000] [--grpc-burst-requests 3000] [--path /healthz]
 //        [--http-targets direct,berth,nginx,node-floor,raw-floor,container-ip] [--grpc-targets direct,berth,nginx,node-floor,container-ip]
 //        [--gateway-workers 1,2] [--sessions 64] [--rounds 1] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
 //        [--baseline /path/to/another/checkout] [--bursts 20]   (then 1 s runs of the first Berth, the baseline, nginx with as
-//        many workers and the raw floor, taken in turn: an A/B the machine's drifting speed cannot tilt; 0: none)
+//        many workers and the raw floor, taken in turn: an A/B the machine's drifting speed cannot tilt; for gRPC, runs of
+//        --grpc-burst-requests of the first Berth, nginx with as many workers and the Node floor; 0: none)
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
 // master + workers, the Node floor) and the whole server side (front + echo container +
@@ -89,6 +90,7 @@ const { values: args } = parseArgs({
     'grpc-streams': { type: 'string', default: '4' },
     'grpc-requests': { type: 'string', default: '40000' },
     'grpc-c1-requests': { type: 'string', default: '4000' },
+    'grpc-burst-requests': { type: 'string', default: '3000' },
     'grpc-warmup-requests': { type: 'string', default: '4000' },
     path: { type: 'string', default: '/healthz' },
     'http-targets': { type: 'string', default: 'direct,berth,nginx,node-floor,raw-floor,container-ip' },
@@ -117,6 +119,8 @@ const GRPC_CLIENTS = posInt(args['grpc-clients']!, 'grpc-clients', 1, 256);
 const GRPC_STREAMS = posInt(args['grpc-streams']!, 'grpc-streams', 1, 256);
 const GRPC_REQUESTS = posInt(args['grpc-requests']!, 'grpc-requests', 100, 10_000_000);
 const GRPC_C1_REQUESTS = posInt(args['grpc-c1-requests']!, 'grpc-c1-requests', 0, 10_000_000);
+/** Requests per gRPC run in the interleaved runs (about a second for Berth here). */
+const GRPC_BURST_REQUESTS = posInt(args['grpc-burst-requests']!, 'grpc-burst-requests', 1, 10_000_000);
 const GRPC_WARMUP_REQUESTS = posInt(args['grpc-warmup-requests']!, 'grpc-warmup-requests', 0, 10_000_000);
 const ROUNDS = posInt(args.rounds!, 'rounds', 1, 20);
 /** Upper bound on one h2load run (it is killed past this, and the run fails). */
@@ -422,19 +426,19 @@ async function createImageNode(base: string, token: string, spec: Record<string,
 }
 
 /**
- * Targets in 1 s wrk runs taken in turn (--bursts of each), the first one Berth: the machine's
+ * Targets in short runs taken in turn (--bursts of each), the first one Berth: the machine's
  * speed drifts over minutes (docs/benchmarks.md, "Two speeds"), so runs seconds apart compare
  * what runs far apart cannot. Front CPU per call from each one's process tree, summed over its runs.
+ * `burst` is one short run (HTTP: wrk for 1 s; gRPC: h2load, a fixed number of requests).
  */
-async function interleave(targets: Target[], headersFor: (url: string) => Record<string, string>): Promise<string> {
-  log(`HTTP: ${BURSTS} 1 s runs each of ${targets.map((t) => t.short).join(', ')}, in turn`);
+async function interleave(protocol: 'HTTP/1.1' | 'gRPC', how: string, targets: Target[], burst: (t: Target) => Promise<LoadResult>): Promise<string> {
+  log(`${protocol}: ${BURSTS} short runs each of ${targets.map((t) => t.short).join(', ')}, in turn`);
   const ticks = (pids: number[]): number => pids.reduce((n, p) => n + (procTicks(p) ?? 0), 0);
   const sums = targets.map(() => ({ calls: 0, seconds: 0, ticks: 0 }));
   for (let i = 0; i < BURSTS; i++) {
     for (const [k, t] of targets.entries()) {
       const t0 = ticks(t.groups.front!);
-      if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
-      const r = await wrk(t.url, CONNECTIONS, 1, headersFor(t.url));
+      const r = await burst(t);
       const t1 = ticks(t.groups.front!);
       assertClean(t.short, r);
       sums[k]!.calls += r.requests;
@@ -444,7 +448,7 @@ async function interleave(targets: Target[], headersFor: (url: string) => Record
   }
   const each = sums.map((x) => ({ rps: x.calls / x.seconds, us: (x.ticks / CLK_TCK) * 1e6 / x.calls }));
   const lines = [
-    `HTTP/1.1 interleaved (${BURSTS} runs of 1 s each, the targets in turn; wrk -c${CONNECTIONS}):`,
+    `${protocol} interleaved (${BURSTS} runs each, the targets in turn; ${how}):`,
     '',
     `| target | req/s | front CPU µs per call | ${targets[0]!.short} / it: throughput | ${targets[0]!.short} / it: CPU per call |`,
     '|---|---:|---:|---:|---:|',
@@ -454,8 +458,8 @@ async function interleave(targets: Target[], headersFor: (url: string) => Record
     lines.push(`| ${t.short} | ${Math.round(e.rps)} | ${e.us.toFixed(0)} | ${k === 0 ? '–' : (each[0]!.rps / e.rps).toFixed(2) + '×'} | ${k === 0 ? '–' : (each[0]!.us / e.us).toFixed(2) + '×'} |`);
   }
   const nginx = targets.findIndex((t) => t.name === 'nginx');
-  const floor = targets.findIndex((t) => t.name === 'raw-floor');
-  if (nginx > 0 && floor > 0) lines.push('', `The raw Node floor / ${targets[nginx]!.short}: throughput ${(each[floor]!.rps / each[nginx]!.rps).toFixed(2)}×.`);
+  const floor = targets.findIndex((t) => t.name === 'raw-floor' || t.name === 'node-floor');
+  if (nginx > 0 && floor > 0) lines.push('', `The ${targets[floor]!.short} / ${targets[nginx]!.short}: throughput ${(each[floor]!.rps / each[nginx]!.rps).toFixed(2)}×.`);
   return lines.join('\n');
 }
 
@@ -864,8 +868,11 @@ async function main(): Promise<void> {
     const first = httpTargets.find((t) => t.name === 'berth');
     const others = first ? httpTargets.filter((t) => t.name === 'baseline' || t.name === 'raw-floor' || (t.name === 'nginx' && t.workers === first.workers)) : [];
     if (BURSTS > 0 && first && others.length > 0) {
-      interleaved.push(await interleave([first, ...others], (url) => headersByUrl.get(url) ?? httpHeaders));
-      log(interleaved[0]!);
+      interleaved.push(await interleave('HTTP/1.1', `wrk -c${CONNECTIONS}, 1 s`, [first, ...others], (t) => {
+        if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
+        return wrk(t.url, CONNECTIONS, 1, headersByUrl.get(t.url) ?? httpHeaders);
+      }));
+      log(interleaved[interleaved.length - 1]!);
     }
 
     // ---- gRPC
@@ -905,6 +912,15 @@ async function main(): Promise<void> {
       const results: Measured[] = [];
       for (const t of grpcTargets) results.push(await measure('gRPC', t, h2Runner, h2Phases));
       grpcResults.push(results);
+    }
+    // the same in turn for gRPC: the first Berth, nginx with as many workers, the Node floor
+    const firstGrpc = grpcTargets.find((t) => t.name === 'berth');
+    const othersGrpc = firstGrpc ? grpcTargets.filter((t) => t.name === 'node-floor' || (t.name === 'nginx' && t.workers === firstGrpc.workers)) : [];
+    if (BURSTS > 0 && firstGrpc && othersGrpc.length > 0) {
+      const n = GRPC_BURST_REQUESTS;
+      interleaved.push(await interleave('gRPC', `h2load ${GRPC_CLIENTS} clients × ${GRPC_STREAMS} streams, ${n} requests`, [firstGrpc, ...othersGrpc],
+        (t) => h2load(t.url, GRPC_CLIENTS, GRPC_STREAMS, n, headersByUrl.get(t.url) ?? grpcHeaders, bodyFile, h2log)));
+      log(interleaved[interleaved.length - 1]!);
     }
 
     // Berth's own count of answers: every HTTP call 200, every gRPC call status 0
