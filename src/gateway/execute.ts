@@ -55,7 +55,7 @@ export class Gateway {
     const isAlias = m[1] === 'aliases';
     // the front door refuses undecodable targets before this; never throw here regardless
     let id: string;
-    try { id = decodeURIComponent(m[2]!); } catch {
+    try { id = m[2]!.includes('%') ? decodeURIComponent(m[2]!) : m[2]!; } catch {
       return void sendError(res, new BerthError('INVALID_PATH', `the ${isAlias ? 'alias name' : 'node id'} in the path is not valid percent-encoded UTF-8`, { field: 'path', path }));
     }
     const target: CallTarget = isAlias ? { alias: id } : { nodeId: id };

@@ -71,8 +71,8 @@ export function canonicalTarget(raw: string): TargetResult {
   if (typeof form === 'string') return invalid(raw, form);
   const problem = checkSyntax(form.path, 'the path') ?? (form.query !== null ? checkSyntax(form.query, 'the query') : null);
   if (problem) return invalid(raw, problem);
-  // the decoded path (and query) must be UTF-8: handlers decode ids from it
-  try { decodeURIComponent(form.path); if (form.query !== null) decodeURIComponent(form.query); } catch {
+  // the decoded path (and query) must be UTF-8: handlers decode ids from it (only an escape can fail that)
+  try { if (form.path.includes('%')) decodeURIComponent(form.path); if (form.query?.includes('%')) decodeURIComponent(form.query); } catch {
     return invalid(raw, 'a percent-encoded sequence is not UTF-8');
   }
   // fast path: nothing to normalise (the common case on the hot path)
