@@ -90,6 +90,11 @@ class H1Conn {
   /** That head and the bytes after it, for later. */
   private parked: Buffer | null = null;
   private handingOff = false;
+  /**
+   * The handler of a call whose head has come: it runs when the body is whole, if that is in
+   * the same read (most calls: the body is then read at once), else once that read is parsed.
+   */
+  private starting: H1Handler | null = null;
   private executing = false;
   private inHead = false;
   private headTimer: NodeJS.Timeout | null = null;
@@ -140,12 +145,13 @@ class H1Conn {
     this.executing = true;
     const ret = this.parser.execute(d);
     this.executing = false;
-    if (ret instanceof Error) { this.parseError(ret); return; }
+    if (ret instanceof Error) { this.starting = null; this.parseError(ret); return; }
     if (this.stoppedHead !== null) {
       this.parked = Buffer.concat([Buffer.from(this.stoppedHead, 'latin1'), d.subarray(ret)]);
       this.stoppedHead = null;
       this.socket.pause();
     }
+    this.start(); // the rest of its body is still to come
     if (this.parked && this.req === null) { this.next(); return; }
     this.timeHead();
   };
@@ -178,9 +184,16 @@ class H1Conn {
     const res = new H1Response(this.socket, method === 'HEAD', keepAlive && !this.front.closing, this.front.opts.idleTimeoutMs, () => this.replied(res));
     this.req = req;
     this.res = res;
-    // a running call is bounded by its own timeouts; only a body that stops arriving is cut here (quietSince)
-    handler(req, res);
+    this.starting = handler;
     return 0;
+  }
+
+  /** Runs the call (a running call is bounded by its own timeouts; only a body that stops arriving is cut here: quietSince). */
+  private start(): void {
+    const handler = this.starting;
+    if (!handler) return;
+    this.starting = null;
+    handler(this.req!, this.res!);
   }
 
   /** Keeps the head as parsed (re-sent later, here or to node:http) and ends this parse after it. */
@@ -198,6 +211,7 @@ class H1Conn {
     const res = this.res!;
     req.complete = true;
     req.end(); // its 'end' may answer the call (and so finish it) right here
+    this.start(); // its body came with its head
     if (this.req !== req) return;
     if (res.writableFinished) this.finished();
   }

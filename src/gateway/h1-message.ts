@@ -56,6 +56,20 @@ export class H1Body extends EventEmitter implements ResponseBody {
     if (this.readableLength > HIGH_WATER) this.sync();
   }
 
+  /**
+   * The whole body at once, when it has all arrived, nobody has read any of it yet and it is
+   * at most `limit` bytes (then it is read: no 'data' or 'end' follows); null otherwise.
+   */
+  takeWhole(limit: number): Buffer | null {
+    if (!this.ended || this.flowing || this.done || this.error || this.readableLength > limit) return null;
+    const held = this.held;
+    this.held = [];
+    this.readableLength = 0;
+    this.done = true;
+    this.readableEnded = true;
+    return held.length === 1 ? held[0]! : Buffer.concat(held);
+  }
+
   /** The message is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
   end(): void {
     this.ended = true;

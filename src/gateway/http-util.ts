@@ -80,6 +80,9 @@ export function readBody(req: HttpRequest, limit: number): Promise<Buffer> {
   if (declared !== undefined && Number(declared) > limit) {
     return Promise.reject(tooLarge(limit, Number(declared)));
   }
+  // the raw front's request whose body came with its head (most calls): no listeners, no chunks
+  const whole = (req as { takeWhole?: (limit: number) => Buffer | null }).takeWhole?.(limit);
+  if (whole) return Promise.resolve(whole);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
