@@ -20,7 +20,7 @@ export const UI_DIST = resolve(import.meta.dirname, '../../dist/ui/app');
 const MAX_WATCHERS = 64;
 /** How often a stream compares what its token sees with what it sent. */
 const WATCH_TICK_MS = 1000;
-/** After an instance status changes, how long a stream waits to gather further changes before it sends. */
+/** After an instance status changes (that node's view is sent at once), how long a stream waits for further changes before it rebuilds every view. */
 const POKE_DELAY_MS = 30;
 /** A comment line keeps proxies and idle timers from closing a quiet stream. */
 const KEEPALIVE_MS = 15_000;
@@ -181,15 +181,16 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
 
   // ---- the live stream -------------------------------------------------------------------
   // An instance status that changes (a kill, a restart, a rollout step) reaches the open pages
-  // at once: the controller's reconcile reports every node's statuses, and only a change pokes
-  // the streams (which then build their views once, shortly after, however many changed).
+  // at once: the controller reports every node's statuses, and only a change pokes the streams.
+  // Each sends that node's view right then (a forked instance can be back within a few ms: a
+  // later look would miss the spell out of service), then builds all its views once, shortly after.
   const lastStatuses = new Map<string, string>();
-  const pokes = new Set<() => void>();
+  const pokes = new Set<(nodeId: string) => void>();
   const stopStatuses = deps.metrics.onInstanceStatuses((nodeId, statuses) => {
     const key = statuses.join();
     if (lastStatuses.get(nodeId) === key) return;
     lastStatuses.set(nodeId, key);
-    for (const poke of pokes) poke();
+    for (const poke of pokes) poke(nodeId);
   });
 
   // One SSE stream per open page. Every tick it builds the views the token may read and sends
@@ -215,6 +216,8 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     });
     res.write(`retry: 2000\n\n`);
     const sent = { nodes: new Map<string, string>(), aliases: new Map<string, string>() };
+    /** The records of the nodes this page sees, as of the last build (a poked node's view is made from its record). */
+    const records = new Map<string, NodeRecord>();
     const aliasNames = new Map<string, string>();
     const initial = { nodes: false, aliases: false };
     let closed = false;
@@ -255,9 +258,10 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
             const json = JSON.stringify(v);
             if (before.get(r.id) !== json) { before.set(r.id, json); changed.push(v); }
             if (kind === 'aliases') aliasNames.set(r.id, (r as AliasRecord).spec.name);
+            else records.set(r.id, r);
           }
           const gone = [...before.keys()].filter((id) => !seen.has(id));
-          for (const id of gone) { before.delete(id); aliasNames.delete(id); }
+          for (const id of gone) { before.delete(id); aliasNames.delete(id); records.delete(id); }
           if (changed.length || gone.length || !initial[kind]) send(kind, { [kind]: changed, gone, full: !initial[kind] });
           initial[kind] = true;
         }
@@ -277,7 +281,15 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     };
     const timer = setInterval(() => { void tick(); }, WATCH_TICK_MS);
     let soon: NodeJS.Timeout | null = null;
-    const poke = (): void => { soon ??= setTimeout(() => { soon = null; void tick(); }, POKE_DELAY_MS); };
+    const poke = (nodeId: string): void => {
+      const r = records.get(nodeId);
+      if (r) {
+        const v = nodeView(deps, r);
+        const json = JSON.stringify(v);
+        if (sent.nodes.get(nodeId) !== json) { sent.nodes.set(nodeId, json); send('nodes', { nodes: [v], gone: [], full: false }); }
+      }
+      soon ??= setTimeout(() => { soon = null; void tick(); }, POKE_DELAY_MS);
+    };
     pokes.add(poke);
     const keepalive = setInterval(() => { if (!closed) res.write(': keepalive\n\n'); }, KEEPALIVE_MS);
     const unsubscribe = history.onSample(metrics);
