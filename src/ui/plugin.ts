@@ -229,15 +229,18 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     };
     const authorization = req.headers.authorization;
     let again = false;
+    // a token revoked while its page is open stops receiving at once
+    const allowed = (): boolean => {
+      try { deps.auth.authenticate(authorization); return true; } catch (err) {
+        send('error', { code: (err as BerthError).code ?? 'UNAUTHENTICATED', message: (err as Error).message });
+        close();
+        return false;
+      }
+    };
     const tick = async (): Promise<void> => {
       if (closed) return;
       if (busy) { again = true; return; } // a change arrived while building: build once more after
-      // a token revoked while its page is open stops receiving at once
-      try { deps.auth.authenticate(authorization); } catch (err) {
-        send('error', { code: (err as BerthError).code ?? 'UNAUTHENTICATED', message: (err as Error).message });
-        close();
-        return;
-      }
+      if (!allowed()) return;
       busy = true;
       try {
         const [nodes, aliases] = await Promise.all([deps.store.listNodes(), deps.store.listAliases()]);
@@ -283,7 +286,7 @@ export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboar
     let soon: NodeJS.Timeout | null = null;
     const poke = (nodeId: string): void => {
       const r = records.get(nodeId);
-      if (r) {
+      if (r && !closed && allowed()) {
         const v = nodeView(deps, r);
         const json = JSON.stringify(v);
         if (sent.nodes.get(nodeId) !== json) { sent.nodes.set(nodeId, json); send('nodes', { nodes: [v], gone: [], full: false }); }
