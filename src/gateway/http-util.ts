@@ -12,6 +12,8 @@ export interface HttpRequest {
   headers: IncomingHttpHeaders;
   /** The whole body has arrived. */
   readonly complete: boolean;
+  /** The raw front's: the whole body at once when it has all arrived unread and is within `limit` (h1-message.ts). */
+  takeWhole?(limit: number): Buffer | null;
   readonly readableEnded: boolean;
   /** Null once the request is done with its connection. */
   readonly socket: Socket | null;
@@ -81,7 +83,7 @@ export function readBody(req: HttpRequest, limit: number): Promise<Buffer> {
     return Promise.reject(tooLarge(limit, Number(declared)));
   }
   // the raw front's request whose body came with its head (most calls): no listeners, no chunks
-  const whole = (req as { takeWhole?: (limit: number) => Buffer | null }).takeWhole?.(limit);
+  const whole = req.takeWhole?.(limit);
   if (whole) return Promise.resolve(whole);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
