@@ -162,9 +162,13 @@ test('image-node calls go to the same home as HTTP/2 streams, beside the frames:
       Promise.all(Array.from({ length: 10 }, (_, n) => client.call('n', Buffer.from(String(n)), undefined, false))),
       Promise.all(Array.from({ length: 10 }, async (_, n) => {
         const res = await client.request(streamCall(`/call/${n}`, `body ${n}`, `node-${n}`));
-        const chunks: Buffer[] = [];
-        for await (const c of res.body) chunks.push(c as Buffer);
-        return { status: res.status, path: res.headers['x-path'], node: res.headers['x-node'], body: Buffer.concat(chunks).toString(), trailers: await res.trailers };
+        const body = await new Promise<string>((resolve, reject) => {
+          const chunks: Buffer[] = [];
+          res.body.on('data', (c) => chunks.push(c));
+          res.body.once('end', () => resolve(Buffer.concat(chunks).toString()));
+          res.body.once('error', reject);
+        });
+        return { status: res.status, path: res.headers['x-path'], node: res.headers['x-node'], body, trailers: await res.trailers };
       })),
     ]);
     frames.forEach((f, n) => assert.equal((f as Frame).payload.toString(), `frame ${n}`));

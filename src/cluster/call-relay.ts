@@ -17,7 +17,7 @@
 //                        instance) or REFUSED (the call could not start); or SKIPPED (a mirror call
 //                        that found no free session).
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { createServer as createH2Server, type ClientHttp2Stream, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { createServer as createH2Server, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import { rmSync, chmodSync } from 'node:fs';
 import { BerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { Frame } from '../worker/protocol.js';
@@ -225,11 +225,11 @@ export class RelayClient implements CallRelay {
   }
 
   /** The home's answer to an image-node call (see CallRelay). */
-  async request(req: UpstreamRequest): Promise<UpstreamResponse<ClientHttp2Stream>> {
+  async request(req: UpstreamRequest): Promise<UpstreamResponse> {
     this.streams ??= new H2Upstream({ path: this.path });
     this.sent++;
     this.streaming++;
-    let res: UpstreamResponse<ClientHttp2Stream>;
+    let res: UpstreamResponse;
     try {
       res = await this.streams.request(req);
     } catch (err) {

@@ -15,7 +15,7 @@ import { startGrpcServer, type GrpcServer } from './grpc/node-service.js';
 import { TypedServices } from './grpc/typed.js';
 import { InferenceProtocol } from './oip/service.js';
 import { Gateway } from './execute.js';
-import { Proxy } from './proxy.js';
+import { Proxy, relay } from './proxy.js';
 import { H2Upstream, RequestBody } from './upstream.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
@@ -175,7 +175,7 @@ async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHea
     stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
     stream.on('wantTrailers', () => stream.sendTrailers(trailers));
     void res.trailers.then((t) => { trailers = t; });
-    res.body.pipe(stream);
+    void relay(res.body, stream, () => stream.close(h2c.NGHTTP2_INTERNAL_ERROR), Infinity);
   } catch (err) {
     if (stream.destroyed || stream.closed) return; // the caller is gone
     if (!stream.headersSent) {

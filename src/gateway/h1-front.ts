@@ -14,7 +14,7 @@ import type { Socket } from 'node:net';
 import { STATUS_CODES, maxHeaderSize, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { EventEmitter } from 'node:events';
 import { HTTPParser, methods } from '_http_common';
-import { H1Body, UNSAFE_VALUE, isHeader } from './h1-message.js';
+import { MessageBody, UNSAFE_VALUE, isHeader } from './h1-message.js';
 import type { HttpRequest, HttpResponse } from './http-util.js';
 
 export type H1Handler = (req: H1Request, res: H1Response) => void;
@@ -302,7 +302,7 @@ class H1Conn {
 }
 
 /** A caller's request (HttpRequest): its head, and its body as it arrives. */
-export class H1Request extends H1Body implements HttpRequest {
+export class H1Request extends MessageBody implements HttpRequest {
   complete = false;
   private dumping = false;
 

@@ -1,11 +1,11 @@
 // Pieces of an HTTP/1.1 message parsed with Node's own parser (llhttp), shared by the gateway's
-// client towards instances (upstream.ts) and its front towards callers (h1-front.ts).
+// client towards instances (upstream.ts) and its front towards callers (h1-front.ts); the
+// message body is also what the gateway's HTTP/2 client (h2/client.ts) gives for an answer.
 import { EventEmitter } from 'node:events';
-import type { Socket } from 'node:net';
 
 /**
- * A message body as the proxy reads it: what it uses of a Readable (an HTTP/2 stream is one;
- * an HTTP/1.1 message's is a lighter object, H1Body).
+ * A message body as the proxy reads it: what it uses of a Readable (an HTTP/2 stream of
+ * node:http2 is one; the gateway's own messages have a lighter object, MessageBody).
  */
 export interface ResponseBody {
   readonly readableEnded: boolean;
@@ -20,16 +20,19 @@ export interface ResponseBody {
   destroy(err?: Error): unknown;
 }
 
-/**
- * The body of an HTTP/1.1 message parsed off a socket (an instance's answer, a caller's
- * request), read as the proxy reads a Readable: chunks as they are parsed, held until a
- * 'data' listener comes (then delivered on the next microtask, as a Readable starts
- * flowing), paused by pausing the connection. No stream machinery per message.
- */
-/** Bytes a body holds unread before its socket is paused (a Readable's default high-water mark). */
+/** Bytes a body holds unread before its source is paused (a Readable's default high-water mark). */
 const HIGH_WATER = 16 * 1024;
 
-export class H1Body extends EventEmitter implements ResponseBody {
+/** What a body pauses when its reader does: an HTTP/1.1 connection, or an HTTP/2 stream's flow-control credit. */
+export interface BodySourceFlow { pause(): unknown; resume(): unknown }
+
+/**
+ * The body of a message parsed off a connection (an instance's answer over HTTP/1.1 or
+ * HTTP/2, a caller's HTTP/1.1 request), read as the proxy reads a Readable: chunks as they
+ * are parsed, held until a 'data' listener comes (then delivered on the next microtask, as a
+ * Readable starts flowing), paused by pausing its source. No stream machinery per message.
+ */
+export class MessageBody extends EventEmitter implements ResponseBody {
   readableEnded = false;
   readableLength = 0;
   private held: Buffer[] = [];
@@ -41,7 +44,7 @@ export class H1Body extends EventEmitter implements ResponseBody {
   private error: Error | null = null;
   private done = false;
 
-  constructor(private readonly from: Socket, private readonly abort: (err: Error) => void) { super(); }
+  constructor(private readonly from: BodySourceFlow, private readonly abort: (err: Error) => void) { super(); }
 
   override on(event: string | symbol, listener: Parameters<EventEmitter['on']>[1]): this {
     super.on(event, listener);
@@ -70,7 +73,7 @@ export class H1Body extends EventEmitter implements ResponseBody {
     return held.length === 1 ? held[0]! : Buffer.concat(held);
   }
 
-  /** The message is all here: the connection is no longer this body's to pause (it may serve the next exchange). */
+  /** The message is all here: its source is no longer this body's to pause (a connection may serve the next exchange). */
   end(): void {
     this.ended = true;
     this.sync();
@@ -102,7 +105,7 @@ export class H1Body extends EventEmitter implements ResponseBody {
     if (!this.flowing) { this.flowing = true; queueMicrotask(() => this.flush()); }
   }
 
-  /** The socket reads while this body is not paused and holds little; never once the message has ended. */
+  /** The source flows while this body is not paused and holds little; it is never paused once the message has ended. */
   private sync(): void {
     const hold = !this.ended && (this.paused || this.readableLength > HIGH_WATER);
     if (hold === this.holding) return;

@@ -254,7 +254,7 @@ export class Proxy {
       // an answer without a length whose first bytes are not here yet is a stream (SSE): its headers go now
       d.respond(status, respHeaders, false, upstreamRes.headers['content-length'] === undefined && upstreamRes.body.readableLength === 0);
       // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
-      answerBytes = await relay(upstreamRes.body, d, respLength > 0 ? Infinity : this.config.maxResponseBytes);
+      answerBytes = await relay(upstreamRes.body, d.writable, () => d.destroy(), respLength > 0 ? Infinity : this.config.maxResponseBytes);
       await upstreamRes.trailers;
     } catch (err) {
       let e: BerthError;
@@ -350,11 +350,10 @@ function responseHeaders(h: Record<string, string | string[]>): Record<string, s
 /**
  * Copies the answer's body to the caller, as pipe() does (pausing while the caller's side is
  * full), counting as it goes: past `limit` the exchange is cut before the chunk that crosses it
- * is written. A plain listener, not stream.pipeline or a Transform: no extra objects per call.
+ * is written; a body that fails cuts the caller's side (`cut`). A plain listener, not stream.pipeline or a Transform: no extra objects per call.
  * Resolves with the bytes relayed (usage accounting).
  */
-function relay(body: ResponseBody, d: Downstream, limit: number): Promise<number> {
-  const out = d.writable;
+export function relay(body: ResponseBody, out: Downstream['writable'], cut: () => void, limit: number): Promise<number> {
   return new Promise<number>((resolve) => {
     let n = 0;
     const onData = (chunk: Buffer): void => {
@@ -367,7 +366,7 @@ function relay(body: ResponseBody, d: Downstream, limit: number): Promise<number
     body.on('data', onData);
     out.on('drain', onDrain);
     body.once('end', () => { out.end(); });
-    body.once('error', () => { d.destroy(); done(); });
+    body.once('error', () => { cut(); done(); });
     out.once('close', () => { if (!body.readableEnded) body.destroy(); done(); });
     out.once('finish', done);
   });

@@ -1,13 +1,14 @@
 // Persistent connections from the gateway to one image instance: kept-alive connections on
-// Node's HTTP parser for HTTP/1.1 endpoints, one HTTP/2 session (reopened when it drops) for http2 and gRPC.
+// Node's HTTP parser for HTTP/1.1 endpoints, one HTTP/2 connection of the gateway's own client
+// (h2/client.ts; reopened when it drops) for http2 and gRPC.
 import { connect as netConnect } from 'node:net';
-import { connect as h2connect, constants as h2c, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { Socket } from 'node:net';
 import { HTTPParser } from '_http_common';
 import type { Endpoint } from '../worker/protocol.js';
 import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
 import { keepAliveHintMs, type HttpRequest } from './http-util.js';
-import { H1Body, UNSAFE_VALUE, closedError, headerObject, type ResponseBody } from './h1-message.js';
+import { MessageBody, UNSAFE_VALUE, closedError, headerObject, type ResponseBody } from './h1-message.js';
+import { H2ClientSession } from './h2/client.js';
 
 /** Where a request body comes from: the caller's request (HTTP/1.1), or its HTTP/2 stream. */
 export type BodySource = Pick<HttpRequest, 'on' | 'once' | 'off' | 'pause' | 'resume' | 'readableEnded'>;
@@ -49,7 +50,7 @@ export interface Upstream {
 export function isRefused(err: unknown): boolean {
   const code = (err as { code?: string })?.code ?? (err as { cause?: { code?: string } })?.cause?.code;
   return code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ENOENT'
-    || code === 'UPSTREAM_CLOSED' || code === 'ERR_HTTP2_STREAM_CANCEL' || code === 'ERR_HTTP2_GOAWAY_SESSION';
+    || code === 'UPSTREAM_CLOSED';
 }
 
 /** The connection could not be made at all (nothing listens there): no byte of the call was delivered. */
@@ -187,7 +188,7 @@ class H1Connection implements BodySink {
   private request: UpstreamRequest | null = null;
   private resolve: ((res: UpstreamResponse) => void) | null = null;
   private reject: ((err: unknown) => void) | null = null;
-  private body: H1Body | null = null;
+  private body: MessageBody | null = null;
   private endTrailers: ((t: Record<string, string | string[]>) => void) | null = null;
   /** Header lines of a head (or trailers) that took more than one read. */
   private partial: string[] = [];
@@ -303,7 +304,7 @@ class H1Connection implements BodySink {
     const hint = keepAliveHintMs(headers['keep-alive']);
     if (hint !== null) this.keepAliveMs = Math.min(this.keepAliveMs, Math.max(0, hint));
     // the body may be read (or abandoned) after the connection serves another exchange: it ends only its own
-    const body: H1Body = this.body = new H1Body(this.socket, (err) => { if (this.body === body) this.fail(err); });
+    const body: MessageBody = this.body = new MessageBody(this.socket, (err) => { if (this.body === body) this.fail(err); });
     const trailers = new Promise<Record<string, string | string[]>>((res) => { this.endTrailers = res; });
     const resolve = this.resolve!;
     this.resolve = null;
@@ -359,69 +360,27 @@ class H1Connection implements BodySink {
 
 const unsafeHeader = (name: string): Error => Object.assign(new Error(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
 
+/**
+ * HTTP/2 (h2c, gRPC) to one instance: one connection at a time, the gateway's own client
+ * (h2/client.ts); a connection that can take no new stream (GOAWAY, an error) is replaced
+ * for the next call while its running streams finish.
+ */
 export class H2Upstream implements Upstream {
   readonly protocol = 'http2';
-  private session: ClientHttp2Session | null = null;
+  private session: H2ClientSession | null = null;
   private closed = false;
 
   constructor(private readonly endpoint: Endpoint) {}
 
-  private connect(): ClientHttp2Session {
-    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
-    const { path, host, port } = this.endpoint;
-    // a unix socket: another gateway worker's (cluster/call-relay.ts)
-    const s = path ? h2connect('http://localhost', { peerMaxConcurrentStreams: 1000, createConnection: () => netConnect(path) })
-      : h2connect(`http://${host ?? '127.0.0.1'}:${port}`, { peerMaxConcurrentStreams: 1000 });
-    s.on('error', () => { /* surfaced on the streams */ });
-    s.on('close', () => { if (this.session === s) this.session = null; });
-    s.unref();
-    this.session = s;
-    return s;
-  }
-
-  request(r: UpstreamRequest): Promise<UpstreamResponse<ClientHttp2Stream>> {
+  request(r: UpstreamRequest): Promise<UpstreamResponse> {
     if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
-    const session = this.connect();
-    return new Promise((resolve, reject) => {
-      // the caller's abort closes the stream; not `signal` in the options, which costs Node an
-      // AsyncResource.bind behind a deprecation wrapper on every request (seen in a CPU profile of the gRPC proxy)
-      // r.headers is the call's own copy: the pseudo-headers go into it (session.request copies it once more)
-      r.headers[h2c.HTTP2_HEADER_METHOD] = r.method;
-      r.headers[h2c.HTTP2_HEADER_PATH] = r.path;
-      const stream = session.request(r.headers, { endStream: r.body === null });
-      const onAbort = (): void => { stream.destroy(r.signal.reason instanceof Error ? r.signal.reason : new Error('aborted')); };
-      if (r.signal.aborted) onAbort();
-      else {
-        r.signal.addEventListener('abort', onAbort, { once: true });
-        stream.once('close', () => r.signal.removeEventListener('abort', onAbort));
-      }
-      // the call's deadline bounds the wait for headers (it aborts the signal); a silent stream is
-      // cut sooner only when the idle timeout is the shorter one (a timer per stream otherwise)
-      if (r.idleTimeoutMs < r.headersTimeoutMs) stream.setTimeout(r.idleTimeoutMs, () => stream.close(h2c.NGHTTP2_CANCEL));
-      let settled = false;
-      stream.once('error', (err) => {
-        if (!settled) { settled = true; reject(err); }
-      });
-      const trailers = new Promise<Record<string, string | string[]>>((res) => {
-        stream.once('trailers', (t) => res(t as Record<string, string | string[]>));
-        stream.once('close', () => res({}));
-      });
-      stream.once('response', (h: IncomingHttpHeaders, flags: number) => {
-        settled = true;
-        resolve({
-          status: Number(h[':status']), headers: h as Record<string, string | string[]>, body: stream, trailers,
-          headersOnly: (flags & h2c.NGHTTP2_FLAG_END_STREAM) !== 0,
-        });
-      });
-      stream.once('close', () => {
-        if (!settled) { settled = true; reject(Object.assign(new Error(`upstream stream closed (code ${stream.rstCode})`), { code: 'UPSTREAM_CLOSED' })); }
-      });
-      r.body?.pipeTo(stream);
-    });
+    this.session ??= new H2ClientSession(this.endpoint, (s) => { if (this.session === s) this.session = null; });
+    return this.session.request(r);
   }
 
   close(): void {
     this.closed = true;
     this.session?.destroy();
+    this.session = null;
   }
 }
