@@ -357,7 +357,7 @@ export class H1Response extends EventEmitter implements HttpResponse {
       const k = name.toLowerCase();
       if (k === 'connection') { if (String(v).toLowerCase() === 'close') this.keepAlive = false; continue; }
       if (k === 'transfer-encoding' || k === 'keep-alive') continue; // framing and connection are this side's
-      if (k === 'content-length') { length = String(v); continue; }
+      if (k === 'content-length') { length = String(v); if (!/^\d+$/.test(length)) throw headerLineError(name); continue; }
       if (k === 'date') date = true;
       if (Array.isArray(v)) { for (const one of v) head += headerLine(name, String(one)); } else head += headerLine(name, String(v));
     }
@@ -419,12 +419,18 @@ export class H1Response extends EventEmitter implements HttpResponse {
 
 const uncork = (res: H1Response): void => res.uncork();
 
+const headerLineError = (name: string): Error => Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
+
 const headersSent = (): Error => Object.assign(new Error('the answer\'s head was already sent'), { code: 'ERR_HTTP_HEADERS_SENT' });
 
 function headerLine(name: string, value: string): string {
-  if (UNSAFE_VALUE.test(value)) throw Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
+  if (!TOKEN.test(name)) throw Object.assign(new TypeError(`the header name ${JSON.stringify(name)} cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_HTTP_TOKEN' });
+  if (UNSAFE_VALUE.test(value)) throw headerLineError(name);
   return `${name}: ${value}\r\n`;
 }
+
+/** A header name: token characters (RFC 9110 §5.6.2), so no name can end its line. */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
  * A request's headers as node:http gives them (IncomingMessage.headers): lower-case names; a

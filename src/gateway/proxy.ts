@@ -30,7 +30,16 @@ const RELAY_ERROR = 'x-berth-relay-error';
 /** Headers that belong to one connection, or that carry Berth's routing and auth. */
 const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings',
   'x-node-id', 'x-node-alias', 'x-folder-id', 'authorization', 'content-length', RELAY_NODE, RELAY_STICKY]);
-const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', RELAY_ERROR]);
+const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'http2-settings', RELAY_ERROR]);
+/**
+ * Headers an answer may carry once (node:http2 refuses to send them twice): an instance that
+ * repeats one is passed on with its first, as node:http and node:http2 read such answers.
+ */
+const SINGLE_VALUE = new Set(['access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age',
+  'authorization', 'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range',
+  'content-type', 'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match', 'if-range',
+  'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range', 'referer', 'retry-after',
+  'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options']);
 
 /** Where one call goes: the node, the alias it came through (if any), extra headers. */
 interface Target {
@@ -158,6 +167,7 @@ export class Proxy {
     let deadline: Deadline | null = null;
     // usage: whether an instance answered, and the body bytes each way (counted as they pass)
     let reached = false;
+    let answer: ResponseBody | null = null;
     let body: RequestBody | null = null;
     let answerBytes = 0;
     try {
@@ -234,6 +244,7 @@ export class Proxy {
       }
 
       reached = true;
+      answer = upstreamRes.body;
       const respLimit = this.config.maxResponseBytes;
       const respLength = Number(upstreamRes.headers['content-length'] ?? 0);
       if (respLength > respLimit) {
@@ -268,6 +279,7 @@ export class Proxy {
         else if (typeof code === 'string' && code) e = new BerthError('BAD_GATEWAY', `the instance failed: ${(err as Error).message}`, { nodeId: route?.id });
         else e = asBerthError(err, 'proxy');
       }
+      answer?.destroy(); // an answer not relayed (the caller's side refused its headers) ends at the instance too
       status = d.fail(e);
       if (d.isGrpc) grpcStatus = String(e.grpcStatus);
     } finally {
@@ -306,7 +318,14 @@ async function viaHome(relay: CallRelay, nodeId: string, stickyKey: string | und
 function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boolean, fail: (err: BerthError) => number): Downstream {
   let trailers: Promise<Record<string, string | string[]>> | null = null;
   stream.on('wantTrailers', () => {
-    void (trailers ?? Promise.resolve({})).then((t) => { if (!stream.destroyed) stream.sendTrailers(t); });
+    void (trailers ?? Promise.resolve({})).then((t) => {
+      if (stream.destroyed) return;
+      try {
+        stream.sendTrailers(t);
+      } catch {
+        stream.close(h2c.NGHTTP2_INTERNAL_ERROR); // trailers node:http2 will not send (an instance's): the caller's stream still ends
+      }
+    });
   });
   return {
     method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
@@ -343,7 +362,11 @@ function forwardHeaders(incoming: IncomingHttpHeaders, extra: Target['extraHeade
 
 function responseHeaders(h: Record<string, string | string[]>): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
-  for (const k in h) if (k.charCodeAt(0) !== 58 /* ':' */ && !DROP_RESPONSE.has(k)) out[k] = h[k]!;
+  for (const k in h) {
+    if (k.charCodeAt(0) === 58 /* ':' */ || DROP_RESPONSE.has(k)) continue;
+    const v = h[k]!;
+    out[k] = typeof v !== 'string' && SINGLE_VALUE.has(k) ? v[0]! : v;
+  }
   return out;
 }
 

@@ -8,7 +8,7 @@ import type { Endpoint } from '../worker/protocol.js';
 import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
 import { keepAliveHintMs, type HttpRequest } from './http-util.js';
 import { MessageBody, UNSAFE_VALUE, closedError, headerObject, type ResponseBody } from './h1-message.js';
-import { H2ClientSession } from './h2/client.js';
+import { H2ClientSession, type H2Call } from './h2/client.js';
 
 /** Where a request body comes from: the caller's request (HTTP/1.1), or its HTTP/2 stream. */
 export type BodySource = Pick<HttpRequest, 'on' | 'once' | 'off' | 'pause' | 'resume' | 'readableEnded'>;
@@ -107,6 +107,7 @@ export class RequestBody {
     src.once('error', onError);
     dst.on('drain', onDrain);
     dst.once('close', stop);
+    src.resume(); // an attempt before this one paused it when it stopped
   }
 }
 
@@ -362,25 +363,35 @@ const unsafeHeader = (name: string): Error => Object.assign(new Error(`header ${
 
 /**
  * HTTP/2 (h2c, gRPC) to one instance: one connection at a time, the gateway's own client
- * (h2/client.ts); a connection that can take no new stream (GOAWAY, an error) is replaced
- * for the next call while its running streams finish.
+ * (h2/client.ts). A connection that takes no new stream (GOAWAY, an error) is replaced for the
+ * next call, and the calls it did not process go there, while its running streams finish.
  */
 export class H2Upstream implements Upstream {
   readonly protocol = 'http2';
   private session: H2ClientSession | null = null;
+  /** Connections that retired with streams still running: close() ends them too. */
+  private readonly retired = new Set<H2ClientSession>();
   private closed = false;
 
   constructor(private readonly endpoint: Endpoint) {}
 
   request(r: UpstreamRequest): Promise<UpstreamResponse> {
-    if (this.closed) return Promise.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' }));
-    this.session ??= new H2ClientSession(this.endpoint, (s) => { if (this.session === s) this.session = null; });
-    return this.session.request(r);
+    return new Promise((resolve, reject) => this.start({ r, resolve, reject, requeues: 0 }));
   }
+
+  private readonly start = (call: H2Call): void => {
+    if (this.closed) { call.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' })); return; }
+    this.session ??= new H2ClientSession(this.endpoint, this.start, (s) => {
+      if (this.session === s) this.session = null;
+      this.retired.add(s);
+      s.whenClosed(() => this.retired.delete(s));
+    });
+    this.session.start(call);
+  };
 
   close(): void {
     this.closed = true;
     this.session?.destroy();
-    this.session = null;
+    for (const s of this.retired) s.destroy();
   }
 }

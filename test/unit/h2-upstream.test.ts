@@ -591,22 +591,37 @@ test('refused: nothing listens there: ECONNREFUSED, refused and unreachable', OP
   }
 });
 
-test('RST_STREAM before the answer (any code): UPSTREAM_CLOSED, refused; the next call works', OPTS, async (t) => {
-  const codes = [0x0 /* NO_ERROR */, 0x2 /* INTERNAL_ERROR */, 0x7 /* REFUSED_STREAM */, 0x8 /* CANCEL */];
-  let next = 0;
+test('RST_STREAM before the answer: REFUSED_STREAM goes again on a new stream (up to 3 times, and only with its body whole); other codes fail as UPSTREAM_RESET, not retried', OPTS, async (t) => {
+  // what the server does with each stream it gets, in turn: a code to reset it with, or an answer
+  const plan: Array<number | 'ok' | 'late-7'> = [7, 'ok', 0x0, 0x2, 0x8, 7, 7, 7, 7, 'late-7'];
   const srv = await h2raw(t, (c, id) => {
-    const code = codes[next++];
-    if (code === undefined) c.respond(id);
-    else c.send(RST_STREAM, 0, id, u32(code));
+    const step = plan.shift() ?? 'ok';
+    if (step === 'ok') c.respond(id);
+    else if (step === 'late-7') setTimeout(() => c.send(RST_STREAM, 0, id, u32(7)), 100); // after the body's first bytes came
+    else c.send(RST_STREAM, 0, id, u32(step));
   }, { wholeConnection: true });
   const up = upstream(t, { host: HOST, port: srv.port });
-  const outcomes: Array<{ rst: number; code: unknown; refused: boolean }> = [];
-  for (const rst of codes) {
-    const err = await failureOf(up.request(req()));
-    outcomes.push({ rst, code: codeOf(err), refused: isRefused(err) });
-  }
-  assert.deepEqual(outcomes, codes.map((rst) => ({ rst, code: 'UPSTREAM_CLOSED', refused: true })));
+  // refused once: the instance did nothing with it (RFC 9113 §8.7), the caller never hears of it
   assert.equal(await fetchText(up), 'ok');
+  const outcomes: Array<{ code: unknown; refused: boolean }> = [];
+  for (let i = 0; i < 3; i++) {
+    const err = await failureOf(up.request(req()));
+    outcomes.push({ code: codeOf(err), refused: isRefused(err) });
+  }
+  assert.deepEqual(outcomes, [0, 2, 8].map(() => ({ code: 'UPSTREAM_RESET', refused: false })));
+  // refused on every try: after 3 more, it fails as refused (the proxy takes another instance)
+  const refused = await failureOf(up.request(req()));
+  assert.equal(codeOf(refused), 'UPSTREAM_CLOSED', describe(refused));
+  assert.ok(isRefused(refused));
+  // a body already on its way is not sent twice: refused after it started, the call fails
+  const src = new PassThrough();
+  const body = new RequestBody(src);
+  src.write('first bytes');
+  const late = await failureOf(up.request(req({ method: 'POST', body })));
+  assert.equal(codeOf(late), 'UPSTREAM_CLOSED', describe(late));
+  assert.ok(body.bytes > 0);
+  assert.equal(await fetchText(up), 'ok');
+  assert.equal(srv.sockets.length, 1, 'all of it on one connection');
 });
 
 test('the server closes the connection before the answer: UPSTREAM_CLOSED, refused; the next call works on a new connection', OPTS, async (t) => {
@@ -619,15 +634,13 @@ test('the server closes the connection before the answer: UPSTREAM_CLOSED, refus
   assert.equal(srv.sockets.length, 2);
 });
 
-test('GOAWAY with last-stream-id 0 before the answer: UPSTREAM_CLOSED, refused; the next call goes on a new connection', OPTS, async (t) => {
+test('GOAWAY with last-stream-id 0 before the answer: the call was not processed, so it goes to a new connection and is answered there', OPTS, async (t) => {
   // the first connection takes no stream at all (it answers none, ever)
   const srv = await h2raw(t, (c, id) => { if (id === 1) c.send(GOAWAY, 0, 0, u32(0, 0)); }, { wholeConnection: true });
   const up = upstream(t, { host: HOST, port: srv.port });
-  const err = await failureOf(up.request(req()));
-  assert.equal(codeOf(err), 'UPSTREAM_CLOSED', describe(err));
-  assert.ok(isRefused(err));
   assert.equal(await fetchText(up), 'ok');
   assert.equal(srv.sockets.length, 2);
+  await within(srv.closed[0]!, 'the client ending the connection that went away');
 });
 
 test('not HTTP/2 at all (an HTTP/1.1 answer): UPSTREAM_PROTOCOL; the next call works on a new connection', OPTS, async (t) => {

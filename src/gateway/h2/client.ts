@@ -1,14 +1,18 @@
 // The gateway's HTTP/2 client towards instances (image nodes speaking h2c or gRPC, another
 // gateway worker's relay socket): frames and HPACK on a raw socket, one object per stream,
 // no Duplex, no per-stream C++ handle. node:http2's client cost more than half of a proxied
-// gRPC call's CPU (docs/benchmarks.md); this one does what the proxy needs and checks what
-// an instance sends as hostile: a peer breaking the protocol ends its connection
-// (UPSTREAM_PROTOCOL), never the gateway.
+// gRPC call's CPU (docs/benchmarks.md); this one does what the proxy needs and treats what an
+// instance sends as hostile: a peer that breaks the protocol loses its connection
+// (UPSTREAM_PROTOCOL) or the stream, never the gateway, and cannot make it hold unbounded memory.
 //   - flow control both ways: a paused answer stops crediting its stream (the instance
-//     stops at the window), a request body waits for the instance's credit;
-//   - the instance's SETTINGS (concurrent streams: calls beyond them queue here; initial
-//     window; frame size; header table size), PING, GOAWAY (streams it did not take fail
-//     as refused, so the proxy tries them elsewhere), RST_STREAM;
+//     stops at the window); a request body waits for the instance's credit;
+//   - the instance's SETTINGS (concurrent streams: calls beyond them wait here; initial
+//     window; frame size; header table size), PING, GOAWAY, RST_STREAM;
+//   - a call the instance did not process (a stream above a GOAWAY's last id, REFUSED_STREAM,
+//     one still waiting when the connection retires) goes to the next connection, if no byte
+//     of its body was taken yet;
+//   - an answer is checked as RFC 9113 §8 asks (names, values, a content-length held to) before
+//     any of it reaches a caller, some of whom are on HTTP/1.1;
 //   - frames written in one event-loop turn go out in one write.
 import { connect as netConnect, type Socket } from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
@@ -21,12 +25,13 @@ const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 const DATA = 0x0, HEADERS = 0x1, PRIORITY = 0x2, RST_STREAM = 0x3, SETTINGS = 0x4, PUSH_PROMISE = 0x5,
   PING = 0x6, GOAWAY = 0x7, WINDOW_UPDATE = 0x8, CONTINUATION = 0x9;
 const END_STREAM = 0x1, ACK = 0x1, END_HEADERS = 0x4, PADDED = 0x8, PRIORITY_FLAG = 0x20;
-const NO_ERROR = 0x0, PROTOCOL_ERROR = 0x1, FLOW_CONTROL_ERROR = 0x3, FRAME_SIZE_ERROR = 0x6, CANCEL = 0x8,
-  COMPRESSION_ERROR = 0x9;
+const NO_ERROR = 0x0, PROTOCOL_ERROR = 0x1, FLOW_CONTROL_ERROR = 0x3, FRAME_SIZE_ERROR = 0x6, REFUSED_STREAM = 0x7,
+  CANCEL = 0x8, COMPRESSION_ERROR = 0x9, ENHANCE_YOUR_CALM = 0xb;
 const SETTINGS_HEADER_TABLE_SIZE = 0x1, SETTINGS_ENABLE_PUSH = 0x2, SETTINGS_MAX_CONCURRENT_STREAMS = 0x3,
   SETTINGS_INITIAL_WINDOW_SIZE = 0x4, SETTINGS_MAX_FRAME_SIZE = 0x5, SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
 
 const MAX_WINDOW = 0x7fffffff;
+const MAX_STREAM_ID = 0x7fffffff;
 /** What one stream may have in flight towards us: a paused reader holds at most this. */
 const STREAM_WINDOW = 256 * 1024;
 /** The connection's window: streams' credit is what bounds memory; this only has to not be the bottleneck. */
@@ -35,9 +40,19 @@ const CONNECTION_WINDOW = 16 * 1024 * 1024;
 const MAX_FRAME = 16 * 1024;
 /** An answer's header list (or trailers) at most: name + value + 32 per field, as SETTINGS counts it. */
 const MAX_HEADER_LIST = 64 * 1024;
-/** A header block across HEADERS and CONTINUATION frames, compressed, at most (a CONTINUATION flood ends here). */
+/** A header block across HEADERS and CONTINUATION frames at most, in bytes and in frames (an endless CONTINUATION ends here). */
 const MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST;
-const MAX_STREAM_ID = 0x7fffffff;
+const MAX_BLOCK_FRAMES = 64;
+/** Settings in one SETTINGS frame at most (there are six kinds; nghttp2 allows 32). */
+const MAX_SETTINGS_ENTRIES = 32;
+/** Answers (PING and SETTINGS acks) an instance may be owed while it does not read, as nghttp2's max_outbound_ack. */
+const MAX_OWED_ACKS = 1000;
+/** What may wait in the socket for an instance that does not read, before its connection is cut. */
+const MAX_UNREAD = 16 * 1024 * 1024;
+/** Empty DATA frames (no byte, no END_STREAM) one stream may send: beyond them it only burns CPU (CVE-2019-9518). */
+const MAX_EMPTY_DATA = 100;
+/** How often a call the instance did not process is tried again on a new stream. */
+const MAX_REQUEUES = 3;
 
 const protocolError = (message: string): Error => Object.assign(new Error(`the instance broke HTTP/2: ${message}`), { code: 'UPSTREAM_PROTOCOL' });
 
@@ -49,13 +64,20 @@ function frameHead(length: number, type: number, flags: number, streamId: number
   return h;
 }
 
-/** A call waiting for a stream (the instance's SETTINGS_MAX_CONCURRENT_STREAMS are all taken). */
-interface Waiting { r: UpstreamRequest; resolve: (res: UpstreamResponse) => void; reject: (err: unknown) => void; onAbort: () => void }
+/** A call on its way to a stream: `requeues`, how often an instance turned it away unprocessed. */
+export interface H2Call { r: UpstreamRequest; resolve: (res: UpstreamResponse) => void; reject: (err: unknown) => void; requeues: number }
 
-/** One connection to an instance; `closed` once it can take no new stream (GOAWAY, an error, ids used up). */
+/** A call waiting for a stream (the instance's SETTINGS_MAX_CONCURRENT_STREAMS are all taken). */
+interface Waiting extends H2Call { onAbort: () => void }
+
+/**
+ * One connection to an instance; `closed` once it takes no new stream (GOAWAY, an error, ids
+ * used up). `requeue` takes the calls it could not carry that may go to the next connection.
+ */
 export class H2ClientSession {
   closed = false;
   private readonly socket: Socket;
+  private readonly authority: string;
   private readonly encoder = new HpackEncoder();
   private readonly decoder = new HpackDecoder(4096, MAX_HEADER_LIST);
   private readonly streams = new Map<number, H2ClientStream>();
@@ -63,26 +85,34 @@ export class H2ClientSession {
   private nextId = 1;
   /** Streams the instance took before its GOAWAY (ids above it never reached it). */
   private lastAccepted = MAX_STREAM_ID;
-  private peerMaxStreams = 100; // until its SETTINGS say (RFC 9113 suggests at least 100)
+  /** Until its first SETTINGS, one stream: a limit below what we guessed would refuse a cold burst. */
+  private peerMaxStreams = 1;
   private peerInitialWindow = 65_535;
   private peerMaxFrame = 16_384;
-  sendWindow = 65_535;
+  private sendWindow = 65_535;
   private recvWindow = CONNECTION_WINDOW;
-  /** Streams with request body waiting for the connection's credit. */
+  /** Streams whose request body waits for the connection's credit, or for the socket to drain. */
   private readonly blocked = new Set<H2ClientStream>();
+  private readonly draining = new Set<H2ClientStream>();
   private gotSettings = false;
+  /** The start of a frame that the last read cut. */
   private pending: Buffer | null = null;
   /** A header block still in CONTINUATION frames. */
   private block: { id: number; flags: number; parts: Buffer[]; size: number } | null = null;
+  /** Streams whose answer began or went on in this read: their idle deadline is armed after it. */
+  private readonly touched: H2ClientStream[] = [];
   private out: Buffer[] = [];
   private outBytes = 0;
+  /** Writes so far: a frame queued since the last is still unsent (end() may still set its END_STREAM). */
+  flushes = 0;
   private flushing: NodeJS.Immediate | null = null;
+  private owedAcks = 0;
   private socketError: Error | null = null;
-  /** The protocol broke: nothing more is read or written but the GOAWAY saying why. */
+  /** The protocol broke: nothing more is read, and nothing written but the GOAWAY saying why. */
   private broken = false;
-  private readonly authority: string;
 
-  constructor(endpoint: { path?: string; host?: string; port?: number }, private readonly onGone: (s: H2ClientSession) => void) {
+  constructor(endpoint: { path?: string; host?: string; port?: number }, private readonly requeue: (call: H2Call) => void,
+    private readonly onRetire: (s: H2ClientSession) => void) {
     this.authority = endpoint.path ? 'localhost' : `${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`;
     this.socket = endpoint.path ? netConnect(endpoint.path) : netConnect({ host: endpoint.host ?? '127.0.0.1', port: endpoint.port!, noDelay: true });
     this.socket.unref(); // an idle connection does not keep the process alive
@@ -94,42 +124,48 @@ export class H2ClientSession {
     this.frame(SETTINGS, 0, 0, settings);
     this.windowUpdate(0, CONNECTION_WINDOW - 65_535);
     this.socket.on('data', (d: Buffer) => this.onData(d));
+    this.socket.on('drain', () => {
+      const waiting = [...this.draining];
+      this.draining.clear();
+      for (const s of waiting) s.drained();
+    });
     this.socket.on('error', (err) => { this.socketError = err; });
     this.socket.once('close', () => this.gone(this.socketError ?? closedError('the connection to the instance closed')));
   }
 
-  /** Starts the call's stream now, or when the instance has a stream free for it. */
-  request(r: UpstreamRequest): Promise<UpstreamResponse> {
-    return new Promise((resolve, reject) => {
-      if (r.signal.aborted) { reject(abortReason(r)); return; }
-      if (this.streams.size < this.peerMaxStreams) { this.open(r, resolve, reject); return; }
-      const w: Waiting = { r, resolve, reject, onAbort: () => {
-        const i = this.waiting.indexOf(w);
-        if (i !== -1) { this.waiting.splice(i, 1); reject(abortReason(r)); }
-      } };
-      r.signal.addEventListener('abort', w.onAbort, { once: true });
-      this.waiting.push(w);
-    });
+  /** Starts the call's stream now, or once the instance has a stream free for it. */
+  start(call: H2Call): void {
+    const { r } = call;
+    if (r.signal.aborted) { call.reject(abortReason(r)); return; }
+    if (this.streams.size < this.peerMaxStreams) { this.open(call); return; }
+    const w: Waiting = { ...call, onAbort: () => {
+      const i = this.waiting.indexOf(w);
+      if (i !== -1) { this.waiting.splice(i, 1); call.reject(abortReason(r)); }
+    } };
+    r.signal.addEventListener('abort', w.onAbort, { once: true });
+    this.waiting.push(w);
   }
 
-  private open(r: UpstreamRequest, resolve: (res: UpstreamResponse) => void, reject: (err: unknown) => void): void {
-    const h = r.headers;
+  private open(call: H2Call): void {
+    const { r } = call;
+    let h = r.headers;
     for (const k in h) {
       const v = h[k]!;
       if (typeof v === 'string' ? UNSAFE_VALUE.test(v) : v.some((one) => UNSAFE_VALUE.test(one))) {
-        reject(Object.assign(new Error(`header ${k} has a value that cannot be sent`), { code: 'ERR_INVALID_CHAR' }));
+        call.reject(Object.assign(new Error(`header ${k} has a value that cannot be sent`), { code: 'ERR_INVALID_CHAR' }));
         return;
       }
+      if (CONNECTION_HEADERS.has(k) && (k !== 'te' || v !== 'trailers')) h = withoutConnectionHeaders(h); // HTTP/2 has none (RFC 9113 §8.2.2)
     }
     const id = this.nextId;
     this.nextId += 2;
-    if (this.nextId > MAX_STREAM_ID) this.retire(); // ids used up: the next call opens a new connection
-    const stream = new H2ClientStream(this, id, r, resolve, reject, this.peerInitialWindow);
+    const stream = new H2ClientStream(this, id, call, this.peerInitialWindow);
     this.streams.set(id, stream);
     const block = this.encoder.encode([':method', r.method, ':scheme', 'http', ':authority', this.authority, ':path', r.path], h);
     this.headerFrames(id, block, r.body === null ? END_STREAM : 0);
     if (r.body === null) stream.localEnded = true;
     stream.begin();
+    if (this.nextId > MAX_STREAM_ID) this.retire(null); // ids used up: the next call opens a new connection
   }
 
   private headerFrames(id: number, block: Buffer, flags: number): void {
@@ -157,28 +193,32 @@ export class H2ClientSession {
     this.flushing ??= setImmediate(this.flush);
   }
 
-  /** Whether `head` (a frame queued by frame()) has not been written yet (its flags can still change). */
-  unsent(head: Buffer): boolean {
-    return this.out.length > 0 && this.out.includes(head);
-  }
-
   private readonly flush = (): void => {
     this.flushing = null;
     const out = this.out;
-    if (out.length === 0 || this.socket.destroyed) { this.out = []; this.outBytes = 0; return; }
-    this.out = [];
     const bytes = this.outBytes;
+    this.out = [];
     this.outBytes = 0;
-    if (out.length === 1) { this.socket.write(out[0]!); return; }
-    if (bytes <= 64 * 1024) { this.socket.write(Buffer.concat(out, bytes)); return; }
-    this.socket.cork(); // large bodies: no copy, one writev
-    for (const b of out) this.socket.write(b);
-    this.socket.uncork();
+    this.flushes++;
+    if (out.length === 0 || this.socket.destroyed) return;
+    if (out.length === 1) this.socket.write(out[0]!);
+    else if (bytes <= 64 * 1024) this.socket.write(Buffer.concat(out, bytes));
+    else {
+      this.socket.cork(); // large bodies: no copy, one writev
+      for (const b of out) this.socket.write(b);
+      this.socket.uncork();
+    }
+    if (this.socket.writableLength > MAX_UNREAD && !this.broken) {
+      this.connectionError(ENHANCE_YOUR_CALM, protocolError(`it left ${this.socket.writableLength} bytes unread`));
+    }
   };
 
-  /** Whether the socket has room (the request bodies' backpressure beyond flow control). */
-  get writable(): boolean { return this.socket.writableLength < 1024 * 1024; }
-  onSocketDrain(cb: () => void): void { this.socket.once('drain', cb); }
+  /** The socket has room (a request body's backpressure beyond flow control); else `stream` hears when it has. */
+  writable(stream: H2ClientStream): boolean {
+    if (this.socket.writableLength < 1024 * 1024) return true;
+    this.draining.add(stream);
+    return false;
+  }
 
   windowUpdate(id: number, increment: number): void {
     const p = Buffer.allocUnsafe(4);
@@ -192,7 +232,14 @@ export class H2ClientSession {
     this.frame(RST_STREAM, 0, id, p);
   }
 
-  /** Takes up to `want` bytes of the connection's credit. */
+  /** An answer the instance asked for (an ack): one that asks for many and reads none is cut off. */
+  private ack(type: number, payload: Buffer | null): void {
+    if (this.socket.writableLength === 0) this.owedAcks = 0;
+    else if (++this.owedAcks > MAX_OWED_ACKS) throw new ConnectionError(ENHANCE_YOUR_CALM, `over ${MAX_OWED_ACKS} acks asked for and not read`);
+    this.frame(type, ACK, 0, payload);
+  }
+
+  /** Takes up to `want` bytes of the connection's credit (none: `stream` waits for the next). */
   takeCredit(stream: H2ClientStream, want: number): number {
     const n = Math.min(want, this.sendWindow, this.peerMaxFrame);
     if (n <= 0) { this.blocked.add(stream); return 0; }
@@ -205,6 +252,7 @@ export class H2ClientSession {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
     this.blocked.delete(stream);
+    this.draining.delete(stream);
     this.startWaiting();
     if (this.closed && this.streams.size === 0) this.end();
   }
@@ -213,37 +261,76 @@ export class H2ClientSession {
     while (this.waiting.length && this.streams.size < this.peerMaxStreams && !this.closed) {
       const w = this.waiting.shift()!;
       w.r.signal.removeEventListener('abort', w.onAbort);
-      this.open(w.r, w.resolve, w.reject);
+      this.open(w);
     }
+  }
+
+  /** A call the instance did not process goes to the next connection, while its body is whole and it was not turned away too often. */
+  unprocessed(call: H2Call, why: Error): void {
+    if (call.requeues >= MAX_REQUEUES || (call.r.body !== null && call.r.body.bytes > 0)) { call.reject(why); return; }
+    call.requeues++;
+    this.requeue(call);
   }
 
   // ---- reading
 
   private onData(d: Buffer): void {
     if (this.broken) return;
-    let buf = this.pending ? Buffer.concat([this.pending, d]) : d;
-    this.pending = null;
-    let at = 0;
     try {
-      while (buf.length - at >= 9) {
-        const length = (buf[at]! << 16) | (buf[at + 1]! << 8) | buf[at + 2]!;
-        if (length > MAX_FRAME) throw new ConnectionError(FRAME_SIZE_ERROR, `a frame of ${length} bytes (at most ${MAX_FRAME})`);
-        if (buf.length - at < 9 + length) break;
-        const type = buf[at + 3]!;
-        if (!this.gotSettings && type !== SETTINGS) {
-          // the first bytes say what it is: not HTTP/2 at all (an HTTP/1.1 server answers text)
-          throw new ConnectionError(PROTOCOL_ERROR, at === 0 && buf.subarray(0, 5).toString('latin1') === 'HTTP/' ? 'it answered HTTP/1.x' : 'its first frame is not SETTINGS');
-        }
-        this.onFrame(type, buf[at + 4]!, buf.readUInt32BE(at + 5) & MAX_STREAM_ID, buf.subarray(at + 9, at + 9 + length));
-        at += 9 + length;
-        if (this.socket.destroyed) return;
+      let at = 0;
+      if (this.pending) {
+        // complete the frame the last read cut, copying only it
+        const p = this.pending;
+        const head = p.length >= 9 ? p : Buffer.concat([p, d.subarray(0, 9 - p.length)]);
+        if (head.length < 9) { this.pending = head; return; }
+        const total = 9 + this.frameLength(head, 0);
+        at = Math.min(total - p.length, d.length);
+        this.pending = null;
+        const frame = Buffer.concat([p, d.subarray(0, at)]);
+        if (frame.length < total) { this.pending = frame; return; }
+        this.onFrameAt(frame, 0);
       }
+      while (d.length - at >= 9 && !this.broken) {
+        const length = this.frameLength(d, at);
+        if (d.length - at < 9 + length) break;
+        this.onFrameAt(d, at);
+        at += 9 + length;
+      }
+      if (at < d.length && !this.broken) this.pending = Buffer.from(d.subarray(at));
     } catch (err) {
       if (!(err instanceof ConnectionError)) throw err;
       this.connectionError(err.h2code, protocolError(err.message));
-      return;
+    } finally {
+      this.armTouched();
     }
-    if (at < buf.length) this.pending = at === 0 ? buf : Buffer.from(buf.subarray(at));
+  }
+
+  private frameLength(b: Buffer, at: number): number {
+    const length = (b[at]! << 16) | (b[at + 1]! << 8) | b[at + 2]!;
+    if (length > MAX_FRAME) throw new ConnectionError(FRAME_SIZE_ERROR, `a frame of ${length} bytes (at most ${MAX_FRAME})`);
+    return length;
+  }
+
+  private onFrameAt(b: Buffer, at: number): void {
+    const type = b[at + 3]!;
+    if (!this.gotSettings && type !== SETTINGS) {
+      // the first bytes say what it is: not HTTP/2 at all (an HTTP/1.1 server answers text)
+      throw new ConnectionError(PROTOCOL_ERROR, b.toString('latin1', at, at + 5) === 'HTTP/' ? 'it answered HTTP/1.x' : 'its first frame is not SETTINGS');
+    }
+    this.onFrame(type, b[at + 4]!, b.readUInt32BE(at + 5) & MAX_STREAM_ID, b.subarray(at + 9, at + 9 + this.frameLength(b, at)));
+  }
+
+  private armTouched(): void {
+    const t = this.touched;
+    for (let i = 0; i < t.length; i++) t[i]!.armIdle();
+    t.length = 0;
+  }
+
+  touch(stream: H2ClientStream): void { this.touched.push(stream); }
+
+  /** A stream id the instance may name: one we opened (else the connection is broken). */
+  private ours(id: number, what: string): void {
+    if (id === 0 || (id & 1) === 0 || id >= this.nextId) throw new ConnectionError(PROTOCOL_ERROR, `${what} on stream ${id}, which the gateway did not open`);
   }
 
   private onFrame(type: number, flags: number, id: number, p: Buffer): void {
@@ -251,7 +338,7 @@ export class H2ClientSession {
     switch (type) {
       case DATA: return this.onDataFrame(flags, id, p);
       case HEADERS: {
-        if (id === 0 || (id & 1) === 0 || id >= this.nextId) throw new ConnectionError(PROTOCOL_ERROR, `HEADERS on stream ${id}, which the gateway did not open`);
+        this.ours(id, 'HEADERS');
         let start = 0, end = p.length;
         if (flags & PADDED) { if (p.length < 1) throw new ConnectionError(FRAME_SIZE_ERROR, 'padded HEADERS without its pad length'); end -= p[0]!; start = 1; }
         if (flags & PRIORITY_FLAG) start += 5;
@@ -265,17 +352,18 @@ export class H2ClientSession {
         const b = this.block;
         if (!b || b.id !== id) throw new ConnectionError(PROTOCOL_ERROR, 'CONTINUATION without its HEADERS');
         b.size += p.length;
-        if (b.size > MAX_HEADER_BLOCK) throw new ConnectionError(PROTOCOL_ERROR, `a header block over ${MAX_HEADER_BLOCK} bytes`);
+        if (b.size > MAX_HEADER_BLOCK || b.parts.length >= MAX_BLOCK_FRAMES) throw new ConnectionError(ENHANCE_YOUR_CALM, `a header block over ${MAX_HEADER_BLOCK} bytes or ${MAX_BLOCK_FRAMES} frames`);
         b.parts.push(Buffer.from(p));
         if (flags & END_HEADERS) { this.block = null; this.onHeaderBlock(id, b.flags, Buffer.concat(b.parts, b.size)); }
         return;
       }
       case PRIORITY:
+        if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'PRIORITY on stream 0');
         if (p.length !== 5) throw new ConnectionError(FRAME_SIZE_ERROR, 'PRIORITY not 5 bytes');
         return;
       case RST_STREAM: {
         if (p.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'RST_STREAM not 4 bytes');
-        if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'RST_STREAM on stream 0');
+        this.ours(id, 'RST_STREAM');
         this.streams.get(id)?.onReset(p.readUInt32BE(0));
         return;
       }
@@ -283,15 +371,14 @@ export class H2ClientSession {
       case PUSH_PROMISE: throw new ConnectionError(PROTOCOL_ERROR, 'PUSH_PROMISE, which the gateway disabled');
       case PING:
         if (id !== 0 || p.length !== 8) throw new ConnectionError(id !== 0 ? PROTOCOL_ERROR : FRAME_SIZE_ERROR, 'a malformed PING');
-        if (!(flags & ACK)) this.frame(PING, ACK, 0, Buffer.from(p));
+        if (!(flags & ACK)) this.ack(PING, Buffer.from(p));
         return;
       case GOAWAY: {
         if (id !== 0 || p.length < 8) throw new ConnectionError(PROTOCOL_ERROR, 'a malformed GOAWAY');
         this.lastAccepted = Math.min(this.lastAccepted, p.readUInt32BE(0) & MAX_STREAM_ID);
-        this.retire();
-        const refused = closedError('the instance is closing the connection (GOAWAY) and did not take the stream');
-        for (const s of [...this.streams.values()]) if (s.id > this.lastAccepted) s.fail(refused);
-        for (const w of this.waiting.splice(0)) { w.r.signal.removeEventListener('abort', w.onAbort); w.reject(refused); }
+        const why = closedError('the instance closed the connection (GOAWAY) before taking the stream');
+        this.retire(null);
+        for (const s of [...this.streams.values()]) if (s.id > this.lastAccepted) s.unprocessed(why);
         if (this.streams.size === 0) this.end();
         return;
       }
@@ -302,9 +389,13 @@ export class H2ClientSession {
           if (inc === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a connection WINDOW_UPDATE of 0');
           this.sendWindow += inc;
           if (this.sendWindow > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'the connection window over 2^31-1');
-          for (const s of [...this.blocked]) { this.blocked.delete(s); s.sendQueued(); }
+          if (this.blocked.size === 0) return;
+          const blocked = [...this.blocked];
+          this.blocked.clear();
+          for (const s of blocked) s.sendQueued();
           return;
         }
+        this.ours(id, 'WINDOW_UPDATE');
         this.streams.get(id)?.onWindowUpdate(inc);
         return;
       }
@@ -313,7 +404,7 @@ export class H2ClientSession {
   }
 
   private onDataFrame(flags: number, id: number, p: Buffer): void {
-    if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'DATA on stream 0');
+    this.ours(id, 'DATA');
     // flow control counts the whole payload, padding included
     this.recvWindow -= p.length;
     if (this.recvWindow < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'DATA beyond the connection window');
@@ -323,10 +414,8 @@ export class H2ClientSession {
       if (p.length < 1 || p[0]! >= p.length) throw new ConnectionError(PROTOCOL_ERROR, 'padding longer than its frame');
       data = p.subarray(1, p.length - p[0]!);
     }
-    const stream = this.streams.get(id);
-    if (stream) stream.onData(data, p.length, (flags & END_STREAM) !== 0);
-    else if (id >= this.nextId || (id & 1) === 0) throw new ConnectionError(PROTOCOL_ERROR, `DATA on stream ${id}, which the gateway did not open`);
-    // else: a stream already reset here; its late frames are dropped
+    // a stream reset here already: its late frames are dropped
+    this.streams.get(id)?.onData(data, p.length, (flags & END_STREAM) !== 0);
   }
 
   private onHeaderBlock(id: number, flags: number, block: Buffer): void {
@@ -352,36 +441,52 @@ export class H2ClientSession {
       return;
     }
     if (p.length % 6 !== 0) throw new ConnectionError(FRAME_SIZE_ERROR, 'SETTINGS not a multiple of 6 bytes');
+    if (p.length / 6 > MAX_SETTINGS_ENTRIES) throw new ConnectionError(ENHANCE_YOUR_CALM, `over ${MAX_SETTINGS_ENTRIES} settings in one frame`);
+    const first = !this.gotSettings;
     this.gotSettings = true;
+    const streamsBefore = first ? 1 : this.peerMaxStreams;
+    if (first) this.peerMaxStreams = 100; // the instance's own limit, or RFC 9113's suggested floor
+    let windowGrew = false;
     for (let at = 0; at < p.length; at += 6) {
       const key = p.readUInt16BE(at);
       const value = p.readUInt32BE(at + 2);
       if (key === SETTINGS_HEADER_TABLE_SIZE) this.encoder.setPeerMaxTableSize(value);
+      else if (key === SETTINGS_ENABLE_PUSH) { if (value !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'a server may not enable push'); }
       else if (key === SETTINGS_MAX_CONCURRENT_STREAMS) this.peerMaxStreams = value;
       else if (key === SETTINGS_INITIAL_WINDOW_SIZE) {
         if (value > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'an initial window over 2^31-1');
         const delta = value - this.peerInitialWindow;
+        if (delta === 0) continue;
         this.peerInitialWindow = value;
-        for (const s of this.streams.values()) s.sendWindow += delta; // may go below zero (RFC 9113 §6.9.2)
+        windowGrew ||= delta > 0;
+        // may go below zero (RFC 9113 §6.9.2), not above the largest window
+        for (const s of this.streams.values()) if (!s.adjustWindow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
       } else if (key === SETTINGS_MAX_FRAME_SIZE) {
         if (value < 16_384 || value > 0xffffff) throw new ConnectionError(PROTOCOL_ERROR, `a max frame size of ${value}`);
         this.peerMaxFrame = value;
       }
     }
-    this.frame(SETTINGS, ACK, 0, null);
-    // a larger window (or more streams) lets waiting bodies and calls go on
-    for (const s of [...this.streams.values()]) s.sendQueued();
-    this.startWaiting();
+    this.ack(SETTINGS, null);
+    if (windowGrew) for (const s of [...this.streams.values()]) s.sendQueued();
+    if (this.peerMaxStreams > streamsBefore) this.startWaiting();
   }
 
   // ---- ending
 
-  /** No new streams here; those running finish. */
-  private retire(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.onGone(this);
+  /**
+   * No new streams here (those running finish). What waits for a stream goes to the next
+   * connection, or fails with `err` when this one failed (refused, reset: the instance is likely gone).
+   */
+  private retire(err: Error | null): void {
+    if (!this.closed) { this.closed = true; this.onRetire(this); }
+    for (const w of this.waiting.splice(0)) {
+      w.r.signal.removeEventListener('abort', w.onAbort);
+      if (err) w.reject(err);
+      else this.unprocessed(w, closedError('the connection to the instance retired'));
+    }
   }
+
+  whenClosed(cb: () => void): void { this.socket.once('close', cb); }
 
   /** The protocol is broken: every stream fails with `err`, the instance is told why, the connection ends. */
   private connectionError(code: number, err: Error): void {
@@ -392,25 +497,28 @@ export class H2ClientSession {
     this.outBytes = 0;
     this.frame(GOAWAY, 0, 0, goaway);
     this.flush();
-    this.socket.end();
-    setTimeout(() => this.socket.destroy(), 1000).unref(); // a peer that does not close its side
+    this.closeSocket();
     this.gone(err);
   }
 
-  /** The connection is over: whatever still runs or waits fails with `err`. */
+  /** Ends the socket, and destroys it if the instance does not close its side soon. */
+  private closeSocket(): void {
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  /** The connection is over: whatever still runs fails with `err`. */
   private gone(err: Error): void {
-    this.retire();
-    if (this.flushing) { clearImmediate(this.flushing); this.flushing = null; }
+    this.retire(err);
     for (const s of [...this.streams.values()]) s.fail(err);
-    for (const w of this.waiting.splice(0)) { w.r.signal.removeEventListener('abort', w.onAbort); w.reject(err); }
   }
 
   /** Ends the connection once nothing runs on it (GOAWAY first, as a polite client does). */
   private end(): void {
-    if (this.socket.destroyed || this.broken) return;
+    if (this.socket.destroyed || this.broken || this.socket.writableEnded) return;
     this.frame(GOAWAY, 0, 0, Buffer.alloc(8));
     this.flush();
-    this.socket.end();
+    this.closeSocket();
   }
 
   /** Closes the connection now: every stream fails. */
@@ -426,27 +534,42 @@ class ConnectionError extends Error {
 
 const abortReason = (r: UpstreamRequest): Error => (r.signal.reason instanceof Error ? r.signal.reason : new Error('aborted'));
 
+/** Headers that belong to one connection: never sent over HTTP/2 (te only as "trailers"). */
+const CONNECTION_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'http2-settings', 'host']);
+
+function withoutConnectionHeaders(h: Record<string, string | string[]>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const k in h) if (!CONNECTION_HEADERS.has(k) || (k === 'te' && h[k] === 'trailers')) out[k] = h[k]!;
+  return out;
+}
+
 /** One exchange: the request's body goes out through it (BodySink), the answer comes back as a MessageBody. */
 class H2ClientStream implements BodySink {
   localEnded = false;
   private remoteEnded = false;
   private finished = false;
   private response = false;
-  sendWindow: number;
+  private readonly r: UpstreamRequest;
+  private sendWindow: number;
   /** How much the instance may still send on this stream, and what it sent that was not credited back yet. */
   private recvWindow = STREAM_WINDOW;
   private uncredited = 0;
   private holding = false;
   /** Body bytes waiting for credit; `endAfter`: end() came while some waited. */
-  private queued: Buffer[] = [];
+  private queued: Buffer[] | null = null;
   private queuedBytes = 0;
   private endAfter = false;
-  /** The last DATA frame's head while unsent: end() sets END_STREAM on it instead of sending another frame. */
+  /** The last DATA frame's head and the write it goes out with: end() sets END_STREAM on it while unsent. */
   private lastData: Buffer | null = null;
+  private lastDataFlush = -1;
   private body: MessageBody | null = null;
+  /** The answer's declared length (-1: none), and the body bytes it has sent. */
+  private declared = -1;
+  private received = 0;
+  private emptyData = 0;
   private endTrailers: ((t: Record<string, string | string[]>) => void) | null = null;
-  private drainListeners: Array<() => void> = [];
-  private closeListeners: Array<() => void> = [];
+  private drainListener: (() => void) | null = null;
+  private closeListener: (() => void) | null = null;
   private idleTimer: Deadline | null = null;
   private lastRead = 0;
   private readonly onAbort = (): void => {
@@ -455,8 +578,11 @@ class H2ClientStream implements BodySink {
     this.fail(abortReason(this.r));
   };
 
-  constructor(private readonly session: H2ClientSession, readonly id: number, private readonly r: UpstreamRequest,
-    private resolve: ((res: UpstreamResponse) => void) | null, private reject: ((err: unknown) => void) | null, window: number) {
+  private call: H2Call | null;
+
+  constructor(private readonly session: H2ClientSession, readonly id: number, call: H2Call, window: number) {
+    this.call = call;
+    this.r = call.r;
     this.sendWindow = window;
   }
 
@@ -470,10 +596,8 @@ class H2ClientStream implements BodySink {
   write(chunk: Buffer): boolean {
     if (this.finished || this.localEnded || chunk.length === 0) return true;
     if (this.queuedBytes === 0) chunk = this.send(chunk);
-    if (chunk.length) { this.queued.push(chunk); this.queuedBytes += chunk.length; return false; } // drain when credit comes
-    if (this.session.writable) return true;
-    this.session.onSocketDrain(() => this.emitDrain());
-    return false;
+    if (chunk.length) { (this.queued ??= []).push(chunk); this.queuedBytes += chunk.length; return false; } // drain when credit comes
+    return this.session.writable(this);
   }
 
   /** Sends what the windows allow of `chunk` now; returns the rest. */
@@ -483,6 +607,7 @@ class H2ClientStream implements BodySink {
       if (n === 0) break;
       this.sendWindow -= n;
       this.lastData = this.session.frame(DATA, 0, this.id, chunk.subarray(0, n));
+      this.lastDataFlush = this.session.flushes;
       chunk = chunk.subarray(n);
     }
     return chunk;
@@ -490,20 +615,26 @@ class H2ClientStream implements BodySink {
 
   /** Credit came (the stream's or the connection's): sends what waited, then says drain. */
   sendQueued(): void {
-    if (this.finished || this.queuedBytes === 0) return;
-    while (this.queued.length) {
-      const first = this.queued[0]!;
+    const q = this.queued;
+    if (this.finished || !q || this.queuedBytes === 0) return;
+    while (q.length) {
+      const first = q[0]!;
       const rest = this.send(first);
       this.queuedBytes -= first.length - rest.length;
-      if (rest.length) { this.queued[0] = rest; return; }
-      this.queued.shift();
+      if (rest.length) { q[0] = rest; return; }
+      q.shift();
     }
     if (this.endAfter) { this.endAfter = false; this.end(); }
-    if (this.session.writable) this.emitDrain();
-    else this.session.onSocketDrain(() => this.emitDrain());
+    if (this.session.writable(this)) this.drained();
   }
 
-  private emitDrain(): void { for (const l of [...this.drainListeners]) l(); }
+  drained(): void { if (!this.finished) this.drainListener?.(); }
+
+  /** The instance's SETTINGS moved every stream's window by `delta`; false when this one would pass 2^31-1. */
+  adjustWindow(delta: number): boolean {
+    this.sendWindow += delta;
+    return this.sendWindow <= MAX_WINDOW;
+  }
 
   end(): void {
     if (this.finished || this.localEnded) return;
@@ -511,7 +642,7 @@ class H2ClientStream implements BodySink {
     this.localEnded = true;
     const last = this.lastData;
     this.lastData = null;
-    if (last && this.session.unsent(last)) last[4] = last[4]! | END_STREAM;
+    if (last && this.lastDataFlush === this.session.flushes) last[4] = last[4]! | END_STREAM;
     else this.session.frame(DATA, END_STREAM, this.id, null);
     if (this.remoteEnded) this.finish();
   }
@@ -522,16 +653,17 @@ class H2ClientStream implements BodySink {
     this.fail(err);
   }
 
-  on(_event: 'drain', listener: () => void): this { this.drainListeners.push(listener); return this; }
-  once(_event: 'close', listener: () => void): this { this.closeListeners.push(listener); return this; }
+  // one body writes into a stream at a time (RequestBody.pipeTo): one listener of each
+  on(_event: 'drain', listener: () => void): this { this.drainListener = listener; return this; }
+  once(_event: 'close', listener: () => void): this { this.closeListener = listener; return this; }
   off(event: 'drain' | 'close', listener: () => void): this {
-    const list = event === 'drain' ? this.drainListeners : this.closeListeners;
-    const i = list.indexOf(listener);
-    if (i !== -1) list.splice(i, 1);
+    if (event === 'drain' && this.drainListener === listener) this.drainListener = null;
+    if (event === 'close' && this.closeListener === listener) this.closeListener = null;
     return this;
   }
 
   onWindowUpdate(inc: number): void {
+    if (this.finished) return;
     if (inc === 0) { this.streamError(PROTOCOL_ERROR, 'a stream WINDOW_UPDATE of 0'); return; }
     this.sendWindow += inc;
     if (this.sendWindow > MAX_WINDOW) { this.streamError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1'); return; }
@@ -541,7 +673,7 @@ class H2ClientStream implements BodySink {
   // ---- the answer
 
   onHeaders(fields: string[], endStream: boolean): void {
-    if (this.remoteEnded) { this.streamError(PROTOCOL_ERROR, 'HEADERS after the end of its stream'); return; }
+    if (this.remoteEnded || this.finished) return;
     if (!this.response) {
       const headers: Record<string, string | string[]> = {};
       const bad = collect(fields, headers, true);
@@ -552,20 +684,22 @@ class H2ClientStream implements BodySink {
         if (status === 101 || endStream) this.streamError(PROTOCOL_ERROR, `an informational ${status} answer`);
         return;
       }
+      const length = headers['content-length'];
+      if (length !== undefined && this.r.method !== 'HEAD' && status !== 204 && status !== 304) this.declared = Number(length);
+      if (endStream && this.declared > 0) { this.streamError(PROTOCOL_ERROR, `no body where content-length says ${this.declared} bytes`); return; }
       this.response = true;
       const body = this.body = new MessageBody(this, (err) => this.destroy(err));
       const trailers = new Promise<Record<string, string | string[]>>((res) => { this.endTrailers = res; });
-      const resolve = this.resolve!;
-      this.resolve = null;
-      this.reject = null;
-      resolve({ status, headers, body, trailers, headersOnly: endStream });
+      const call = this.call!;
+      this.call = null;
+      call.resolve({ status, headers, body, trailers, headersOnly: endStream });
       if (endStream) this.remoteEnd({});
-      else if (this.r.idleTimeoutMs < Infinity) { this.lastRead = performance.now(); this.armIdle(this.r.idleTimeoutMs); } // the body is still to come
+      else { this.lastRead = performance.now(); this.session.touch(this); } // the body is still to come
       return;
     }
     if (!endStream) { this.streamError(PROTOCOL_ERROR, 'trailers without END_STREAM'); return; }
     const trailers: Record<string, string | string[]> = {};
-    const bad = collect(fields, trailers, false);
+    const bad = collect(fields, trailers, false) ?? this.shortOfLength();
     if (bad) { this.streamError(PROTOCOL_ERROR, bad); return; }
     this.remoteEnd(trailers);
   }
@@ -576,10 +710,21 @@ class H2ClientStream implements BodySink {
     this.recvWindow -= counted;
     if (this.recvWindow < 0) { this.streamError(FLOW_CONTROL_ERROR, 'DATA beyond the stream window'); return; }
     this.uncredited += counted;
-    this.lastRead = performance.now();
-    if (data.length) this.body!.push(data);
-    if (endStream) { this.remoteEnd({}); return; }
+    this.received += data.length;
+    if (this.declared >= 0 && this.received > this.declared) { this.streamError(PROTOCOL_ERROR, `more body than its content-length of ${this.declared}`); return; }
+    if (data.length) { this.lastRead = performance.now(); this.body!.push(data); }
+    else if (!endStream && ++this.emptyData > MAX_EMPTY_DATA) { this.streamError(ENHANCE_YOUR_CALM, `over ${MAX_EMPTY_DATA} empty DATA frames`); return; }
+    if (endStream) {
+      const bad = this.shortOfLength();
+      if (bad) { this.streamError(PROTOCOL_ERROR, bad); return; }
+      this.remoteEnd({});
+      return;
+    }
     this.credit();
+  }
+
+  private shortOfLength(): string | null {
+    return this.declared >= 0 && this.received !== this.declared ? `a body of ${this.received} bytes where content-length says ${this.declared}` : null;
   }
 
   /** Gives the instance back the credit its delivered bytes took, in batches; none while the reader holds. */
@@ -594,15 +739,20 @@ class H2ClientStream implements BodySink {
   pause(): void { this.holding = true; }
   resume(): void { this.holding = false; this.credit(); }
 
-  private armIdle(ms: number): void {
-    this.idleTimer = callDeadlines.start(ms, () => {
-      this.idleTimer = null;
-      if (this.finished) return;
-      const quiet = performance.now() - this.lastRead;
-      const limit = this.r.idleTimeoutMs;
-      if (quiet < limit) this.armIdle(limit - quiet);
-      else this.destroy(Object.assign(new Error(`the instance sent nothing for ${limit} ms`), { code: 'UPSTREAM_IDLE_TIMEOUT' }));
-    });
+  /** After a read that began or went on with the answer: a body still coming is cut when the instance goes quiet for the idle timeout. */
+  armIdle(): void {
+    if (this.finished || this.idleTimer || this.r.idleTimeoutMs === Infinity) return;
+    const wait = (ms: number): void => {
+      this.idleTimer = callDeadlines.start(ms, () => {
+        this.idleTimer = null;
+        if (this.finished) return;
+        const quiet = performance.now() - this.lastRead;
+        const limit = this.r.idleTimeoutMs;
+        if (quiet < limit) wait(limit - quiet);
+        else this.destroy(Object.assign(new Error(`the instance sent nothing for ${limit} ms`), { code: 'UPSTREAM_IDLE_TIMEOUT' }));
+      });
+    };
+    wait(this.r.idleTimeoutMs);
   }
 
   private remoteEnd(trailers: Record<string, string | string[]>): void {
@@ -618,9 +768,18 @@ class H2ClientStream implements BodySink {
 
   onReset(code: number): void {
     if (this.finished) return;
-    this.fail(this.response
-      ? Object.assign(new Error(`the instance reset the stream (code ${code})`), { code: 'UPSTREAM_RESET' })
-      : closedError(`the instance reset the stream before answering (code ${code})`));
+    // REFUSED_STREAM: the instance did nothing with it (RFC 9113 §8.7), it may go again
+    if (code === REFUSED_STREAM && !this.response) { this.unprocessed(closedError('the instance refused the stream (REFUSED_STREAM)')); return; }
+    this.fail(Object.assign(new Error(`the instance reset the stream${this.response ? '' : ' before answering'} (code ${code})`), { code: 'UPSTREAM_RESET' }));
+  }
+
+  /** The instance did not process this call: it goes to the next connection (or fails with `why`). */
+  unprocessed(why: Error): void {
+    if (this.finished) return;
+    const call = this.call;
+    this.call = null;
+    this.finish();
+    if (call) this.session.unprocessed(call, why);
   }
 
   /** The instance broke the protocol on this stream only: it is reset, the connection lives on. */
@@ -633,10 +792,11 @@ class H2ClientStream implements BodySink {
   /** The exchange failed: before the answer its promise rejects, after it the body errors. */
   fail(err: Error): void {
     if (this.finished) return;
-    const reject = this.reject;
+    const call = this.call;
+    this.call = null;
     const body = this.body;
     this.finish();
-    if (reject) reject(err);
+    if (call) call.reject(err);
     else {
       this.endTrailers?.({});
       this.endTrailers = null;
@@ -649,21 +809,24 @@ class H2ClientStream implements BodySink {
     this.finished = true;
     this.r.signal.removeEventListener('abort', this.onAbort);
     if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
-    this.resolve = null;
-    this.reject = null;
-    this.queued = [];
+    this.queued = null;
     this.queuedBytes = 0;
+    this.drainListener = null;
     this.session.done(this);
-    const l = this.closeListeners;
-    this.closeListeners = [];
-    for (const fn of l) fn();
+    const close = this.closeListener;
+    this.closeListener = null;
+    close?.();
   }
 }
 
+/** A header name as HTTP/2 has them: lower-case token characters (RFC 9113 §8.2.1). */
+const NAME = /^[a-z0-9!#$%&'*+\-.^_`|~]+$/;
+
 /**
  * An answer's fields into `out` (repeated names as arrays); what is wrong with them, if
- * anything: upper-case names, pseudo-headers other than one leading :status (none in trailers),
- * connection-specific headers (RFC 9113 §8.2).
+ * anything (RFC 9113 §8.2, §8.3.2): a name that is not a lower-case token, a value with NUL,
+ * CR or LF, pseudo-headers other than one leading :status (none in trailers), headers of a
+ * connection, a content-length that is not one number.
  */
 function collect(fields: string[], out: Record<string, string | string[]>, head: boolean): string | null {
   let regular = false;
@@ -677,10 +840,14 @@ function collect(fields: string[], out: Record<string, string | string[]>, head:
       continue;
     }
     regular = true;
-    if (/[A-Z]/.test(k) || k === 'connection' || k === 'transfer-encoding' || k === 'keep-alive' || k === 'upgrade' || k === 'proxy-connection') {
-      return `the header ${JSON.stringify(k)}, which HTTP/2 does not allow`;
-    }
+    if (!NAME.test(k) || (CONNECTION_HEADERS.has(k) && k !== 'host')) return `the header name ${JSON.stringify(k)}`;
+    if (UNSAFE_VALUE.test(v)) return `a value of ${k} with NUL, CR or LF`;
     const had = out[k];
+    if (k === 'content-length') {
+      if (!/^\d{1,15}$/.test(v) || (had !== undefined && had !== v)) return `the content-length ${JSON.stringify(v)}`;
+      out[k] = v;
+      continue;
+    }
     if (!isHeader(had)) out[k] = v;
     else if (typeof had === 'string') out[k] = [had, v];
     else had.push(v);

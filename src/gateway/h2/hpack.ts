@@ -385,6 +385,9 @@ const NEVER_INDEX = new Set([
   ':path', 'content-length', 'authorization', 'proxy-authorization', 'cookie', 'set-cookie',
   'grpc-timeout', 'x-request-id', 'date', 'etag', 'if-modified-since', 'if-none-match', 'location',
   'age', 'last-modified', 'link', 'x-berth-request-id',
+  // tracing: a new value on every call would only churn the table
+  'traceparent', 'tracestate', 'grpc-trace-bin', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-parentspanid',
+  'x-b3-sampled', 'x-amzn-trace-id', 'x-cloud-trace-context', 'uber-trace-id',
 ]);
 /** Short values of these go as never-indexed, so no intermediary indexes them either. */
 const SENSITIVE = new Set(['authorization', 'proxy-authorization', 'cookie']);
