@@ -3,12 +3,15 @@
 // writing hand-made frames (HPACK by hand: static-table indexes, literals without indexing)
 // for hostile ones. Covered: a gRPC-like exchange both ways (headers, body, trailers, a
 // trailers-only answer, 1xx skipped), many streams on one connection, bodies beyond the
-// flow-control windows both ways and a paused reader, the server's concurrent-stream limit,
-// GOAWAY and a dropped connection between calls, PING, close(), and every way an exchange
-// fails with its own code: refused; reset, closed or GOAWAY before the answer (UPSTREAM_CLOSED,
-// retried elsewhere); bytes that are not HTTP/2, bad HPACK, DATA beyond the window, a
-// CONTINUATION flood, PUSH_PROMISE (UPSTREAM_PROTOCOL, and the next call still works); an idle
-// body; an abort before and after the answer; an unsafe header value.
+// flow-control windows both ways and a paused reader, the server's concurrent-stream limit (a
+// cold burst too), GOAWAY and a dropped connection between calls, a retired connection closed by
+// the client, PING, close(), and every way an exchange fails with its own code: refused; reset,
+// closed or GOAWAY before the answer (UPSTREAM_CLOSED, retried elsewhere; a refused call goes
+// again with its body whole); bytes that are not HTTP/2, bad HPACK, DATA beyond the window, a
+// CONTINUATION flood (big or empty frames), PUSH_PROMISE, answer headers HTTP/2 forbids, a
+// content-length not held to, empty DATA frames, a PING flood from a server that does not read
+// (UPSTREAM_PROTOCOL, and the next call still works); an idle body; an abort before and after
+// the answer; an unsafe header value.
 // Every wait is bounded (within()), so a client that hangs fails its test instead of stalling.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +19,7 @@ import {
   createServer as createH2Server, constants as h2c,
   type Http2Server, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream, type ServerOptions,
 } from 'node:http2';
-import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -113,6 +116,24 @@ async function failureOf(pending: Promise<UpstreamResponse>, before?: Promise<un
   const got = await within(Promise.race([failed, ended]), 'the body failing');
   if (got === null) assert.fail('the answer ended normally instead of failing');
   return got;
+}
+
+/** The rejection of a call that must fail before any of its answer reaches the caller. */
+async function rejectionOf(pending: Promise<UpstreamResponse>): Promise<unknown> {
+  let res: UpstreamResponse;
+  try {
+    res = await within(pending, 'the call failing');
+  } catch (err) {
+    if (codeOf(err) === 'TEST_TIMEOUT') throw err;
+    return err;
+  }
+  return assert.fail(`the call was answered (${res.status}) where it should have failed before its answer`);
+}
+
+/** The body's error of a call that must be answered, then fail in its body. */
+async function bodyFailureOf(pending: Promise<UpstreamResponse>): Promise<unknown> {
+  const res = await within(pending, 'the answer whose body must fail');
+  return failureOf(Promise.resolve(res));
 }
 
 // ---- well-behaved servers: node:http2
@@ -529,6 +550,32 @@ test('the server\'s SETTINGS_MAX_CONCURRENT_STREAMS = 1: 5 calls at once all suc
   assert.ok(Date.now() - started >= 200, 'the calls ran one after another');
 });
 
+test('a cold burst: 10 calls at once on a fresh upstream whose server allows 2 streams: all answered, never more than 2 open, none refused', OPTS, async (t) => {
+  let open = 0;
+  let maxOpen = 0;
+  const srv = await h2server(t, (stream, headers) => {
+    open++;
+    maxOpen = Math.max(maxOpen, open);
+    const path = String(headers[':path']);
+    setTimeout(() => {
+      open--; // the stream is done once the answer's END_STREAM goes out
+      stream.respond({ ':status': 200 });
+      stream.end(path);
+    }, 30);
+  }, { settings: { maxConcurrentStreams: 2 } });
+  // no warm-up call: all 10 go out before the server's SETTINGS can have arrived
+  const up = upstream(t, { host: HOST, port: srv.port });
+  const paths = Array.from({ length: 10 }, (_, i) => `/burst/${i}`);
+  const bodies = await within(Promise.all(paths.map((path) => fetchText(up, { path }))), 'the 10 calls', 10_000);
+  assert.deepEqual(bodies, paths);
+  assert.ok(maxOpen <= 2, `the server had ${maxOpen} streams open at once`);
+  assert.equal(srv.streams.length, 10, 'each call reached the server once');
+  // a stream the server refuses (beyond its limit) takes a stream id but never reaches its handler:
+  // ids 1, 3, ... 19 with no gap say that none was refused (and none went again)
+  assert.deepEqual(srv.streams.map((s) => s.stream.id).sort((a, b) => (a ?? 0) - (b ?? 0)), paths.map((_, i) => 2 * i + 1));
+  assert.equal(srv.sessions.length, 1);
+});
+
 test('a GOAWAY after the first answer: the next call succeeds on a new connection', OPTS, async (t) => {
   const srv = await h2server(t, (stream, headers) => {
     const session = stream.session;
@@ -560,6 +607,33 @@ test('a graceful GOAWAY (session.close()) during a call: that call finishes, the
   assert.equal(await rest, 'part one, part two');
   assert.equal(await next, '/next');
   assert.equal(srv.sessions.length, 2);
+});
+
+test('a connection the server retired (a graceful GOAWAY that lets the running stream finish, the socket left open): the client closes it once that stream is done; close() afterwards does not throw', OPTS, async (t) => {
+  const srv = await h2server(t, (stream) => {
+    stream.session?.goaway(h2c.NGHTTP2_NO_ERROR, stream.id); // and never closes the socket itself
+    stream.respond({ ':status': 200 });
+    stream.end('the last answer');
+  });
+  // node's server stops reading once its GOAWAY went out and its streams are done, so it would
+  // not see the client close the connection: a TCP relay in front of it does
+  const sockets: Socket[] = [];
+  const gone: Array<Promise<void>> = [];
+  const relay = createNetServer((s) => {
+    const to = netConnect({ host: HOST, port: srv.port });
+    for (const one of [s, to]) { one.on('error', () => undefined); sockets.push(one); }
+    gone.push(new Promise((r) => { s.once('end', () => r()); s.once('close', () => r()); }));
+    s.pipe(to);
+    to.pipe(s);
+  });
+  await new Promise<void>((r) => relay.listen(0, HOST, r));
+  t.after(() => new Promise<void>((r) => { for (const s of sockets) s.destroy(); relay.close(() => r()); }));
+  const up = new H2Upstream({ host: HOST, port: (relay.address() as AddressInfo).port });
+  t.after(() => up.close());
+  assert.equal(await fetchText(up), 'the last answer');
+  assert.equal(gone.length, 1);
+  await within(gone[0]!, 'the client closing the retired connection', 2000);
+  assert.doesNotThrow(() => up.close());
 });
 
 test('the server drops the connection after the first answer: the next call succeeds on a new connection', OPTS, async (t) => {
@@ -622,6 +696,38 @@ test('RST_STREAM before the answer: REFUSED_STREAM goes again on a new stream (u
   assert.ok(body.bytes > 0);
   assert.equal(await fetchText(up), 'ok');
   assert.equal(srv.sockets.length, 1, 'all of it on one connection');
+});
+
+test('a call refused before any of its body went (REFUSED_STREAM on HEADERS) goes again with its body whole: the source the first attempt paused flows into the next', OPTS, async (t) => {
+  let retried: () => void = () => undefined;
+  const retry = new Promise<void>((r) => { retried = r; });
+  // the first stream is refused at once; every later one gets its request body echoed back
+  const srv = await rawServer(t, (s, n) => new RawConn(s, (c, id, nth) => {
+    if (n === 0 && nth === 0) { c.send(RST_STREAM, 0, id, u32(7)); return; }
+    retried();
+    const chunks: Buffer[] = [];
+    void c.next((f) => {
+      if (f.type !== DATA || f.id !== id) return false;
+      chunks.push(f.payload);
+      return (f.flags & END_STREAM) !== 0;
+    }, WAIT_MS).then((last) => { if (last) c.respond(id, `echo:${Buffer.concat(chunks).toString()}`); });
+  }));
+  const up = upstream(t, { host: HOST, port: srv.port });
+  const src = new PassThrough();
+  const body = new RequestBody(src);
+  const pending = up.request(req({ method: 'POST', path: '/echo', body }));
+  // the body's first byte comes only once the call went again: the first attempt took none of it
+  await within(retry, 'the call going again on a new stream');
+  await sleep(20);
+  src.write('hello');
+  src.end();
+  const res = await within(pending, 'the answer to the retried call');
+  assert.equal(res.status, 200);
+  assert.equal(await readAll(res.body), 'echo:hello');
+  assert.equal(body.bytes, 5);
+  const streams = srv.conns[0]!.frames.filter((f) => f.type === HEADERS).map((f) => f.id);
+  assert.deepEqual(streams, [1, 3], 'refused on stream 1, answered on stream 3');
+  assert.equal(srv.sockets.length, 1, 'on the same connection');
 });
 
 test('the server closes the connection before the answer: UPSTREAM_CLOSED, refused; the next call works on a new connection', OPTS, async (t) => {
@@ -703,6 +809,35 @@ test('an endless CONTINUATION sequence (over 1 MiB of header block): UPSTREAM_PR
   await nextCallWorksOnAFreshConnection(up, srv);
 });
 
+test('a flood of empty CONTINUATION frames (no bytes to count): UPSTREAM_PROTOCOL well before 10,000 of them, the connection ended with a GOAWAY; the next call works on a new connection', OPTS, async (t) => {
+  const TOTAL = 10_000;
+  const BATCH = 100;
+  const flood: { sent: number; goaway: Promise<Frame | null> | null } = { sent: 0, goaway: null };
+  const srv = await h2raw(t, (c, id) => {
+    const goaway = flood.goaway = c.next((f) => f.type === GOAWAY, WAIT_MS);
+    let cut = false;
+    void goaway.then(() => { cut = true; });
+    c.send(HEADERS, 0, id, Buffer.from([STATUS_200])); // never END_HEADERS
+    const batch = Buffer.concat(Array.from({ length: BATCH }, () => frame(CONTINUATION, 0, id)));
+    void (async (): Promise<void> => {
+      // a batch at a time, and a moment for the client to answer in between
+      while (flood.sent < TOTAL && !cut && c.socket.writable) {
+        c.socket.write(batch);
+        flood.sent += BATCH;
+        await sleep(10);
+      }
+    })();
+  });
+  const up = upstream(t, { host: HOST, port: srv.port });
+  const err = await failureOf(up.request(req()));
+  assert.equal(codeOf(err), 'UPSTREAM_PROTOCOL', describe(err));
+  const goaway = await within(flood.goaway ?? Promise.resolve(null), 'the GOAWAY');
+  assert.ok(goaway, 'the client sent a GOAWAY');
+  assert.notEqual(goaway.payload.readUInt32BE(4), 0, 'the GOAWAY gives an error code');
+  assert.ok(flood.sent < TOTAL, `the client let ${flood.sent} empty CONTINUATION frames through before ending the connection`);
+  await nextCallWorksOnAFreshConnection(up, srv);
+});
+
 test('PUSH_PROMISE (push is disabled): UPSTREAM_PROTOCOL; the next call works on a new connection', OPTS, async (t) => {
   const srv = await h2raw(t, (c, id) => {
     const promised = Buffer.concat([u32(id + 1), Buffer.from([0x82, 0x86, 0x84]), literal(':authority', 'localhost')]);
@@ -713,6 +848,88 @@ test('PUSH_PROMISE (push is disabled): UPSTREAM_PROTOCOL; the next call works on
   const err = await failureOf(up.request(req()));
   assert.equal(codeOf(err), 'UPSTREAM_PROTOCOL', describe(err));
   await nextCallWorksOnAFreshConnection(up, srv);
+});
+
+test('an answer header HTTP/2 does not allow (RFC 9113 §8.2.1: a name with CR/LF, an upper-case name, a value with LF or NUL, a connection header): the call fails with UPSTREAM_PROTOCOL, only its stream is reset', OPTS, async (t) => {
+  const bad: Array<[string, string]> = [
+    ['x-a\r\nset-cookie: injected=1\r\nx-b', 'v'],
+    ['X-Upper', 'v'],
+    ['x-value', 'a\nset-cookie: injected=1'],
+    ['x-value', 'a\0b'],
+    ['connection', 'close'],
+    ['transfer-encoding', 'chunked'],
+  ];
+  const plan = [...bad];
+  const srv = await h2raw(t, (c, id) => {
+    const field = plan.shift();
+    if (!field) { c.respond(id); return; }
+    // a literal without indexing with a new name: the name goes as it is, in raw octets
+    c.send(HEADERS, END_HEADERS, id, Buffer.concat([Buffer.from([STATUS_200]), literal(field[0], field[1])]));
+    c.send(DATA, END_STREAM, id, Buffer.from('not for the caller'));
+  }, { wholeConnection: true });
+  const up = upstream(t, { host: HOST, port: srv.port });
+  for (const [name, value] of bad) {
+    const err = await rejectionOf(up.request(req()));
+    assert.equal(codeOf(err), 'UPSTREAM_PROTOCOL', `${JSON.stringify(name)}: ${JSON.stringify(value)}: ${describe(err)}`);
+  }
+  assert.equal(await fetchText(up), 'ok', 'the connection serves the next call');
+  assert.equal(srv.sockets.length, 1, 'on the same connection');
+  const resets = srv.conns[0]!.frames.filter((f) => f.type === RST_STREAM).map((f) => ({ id: f.id, code: f.payload.readUInt32BE(0) }));
+  assert.deepEqual(resets, bad.map((_, i) => ({ id: 2 * i + 1, code: 0x1 /* PROTOCOL_ERROR */ })), 'each bad answer\'s stream was reset');
+});
+
+test('content-length is held to (RFC 9113 §8.1.1): more or less body than it says, a body-less answer that says some, a non-numeric or twice different one: UPSTREAM_PROTOCOL; a HEAD answer\'s content-length promises no body', OPTS, async (t) => {
+  const status = Buffer.from([STATUS_200]);
+  const head = (...fields: Array<[string, string]>): Buffer => Buffer.concat([status, ...fields.map(([n, v]) => literal(n, v))]);
+  // what the server does with each stream it gets, in turn
+  const plan: Array<(c: RawConn, id: number) => void> = [
+    (c, id) => { c.send(HEADERS, END_HEADERS, id, head(['content-length', '2'])); c.send(DATA, 0, id, Buffer.from('okEXTRA')); }, // and the stream stays open
+    (c, id) => { c.send(HEADERS, END_HEADERS, id, head(['content-length', '10'])); c.send(DATA, END_STREAM, id, Buffer.from('ok')); },
+    (c, id) => { // short, and ended by trailers
+      c.send(HEADERS, END_HEADERS, id, head(['content-length', '10']));
+      c.send(DATA, 0, id, Buffer.from('ok'));
+      c.send(HEADERS, END_HEADERS | END_STREAM, id, literal('grpc-status', '0'));
+    },
+    (c, id) => c.send(HEADERS, END_HEADERS | END_STREAM, id, head(['content-length', '5'])),
+    (c, id) => { c.send(HEADERS, END_HEADERS, id, head(['content-length', 'abc'])); c.send(DATA, END_STREAM, id, Buffer.from('abc')); },
+    (c, id) => { c.send(HEADERS, END_HEADERS, id, head(['content-length', '2'], ['content-length', '3'])); c.send(DATA, END_STREAM, id, Buffer.from('ok')); },
+    // fine: the same length twice, the body in two frames
+    (c, id) => {
+      c.send(HEADERS, END_HEADERS, id, head(['content-length', '2'], ['content-length', '2']));
+      c.send(DATA, 0, id, Buffer.from('o'));
+      c.send(DATA, END_STREAM, id, Buffer.from('k'));
+    },
+    // fine: the answer to a HEAD
+    (c, id) => c.send(HEADERS, END_HEADERS | END_STREAM, id, head(['content-length', '100'])),
+  ];
+  const srv = await h2raw(t, (c, id) => (plan.shift() ?? ((cc: RawConn, i: number): void => cc.respond(i)))(c, id), { wholeConnection: true });
+  const up = upstream(t, { host: HOST, port: srv.port });
+  // answered, then the body fails; what reached the caller of it is never more than content-length said
+  const bodyFailures: Array<{ what: string; code: unknown; got: string }> = [];
+  for (const what of ['more', 'less', 'less, then trailers']) {
+    const res = await within(up.request(req()), `the answer (${what})`);
+    const got: Buffer[] = [];
+    res.body.on('data', (chunk) => got.push(chunk));
+    const outcome = await within(settled(res.body), `the body failing (${what})`);
+    bodyFailures.push({ what, code: outcome === 'end' ? 'ended normally' : codeOf(outcome), got: Buffer.concat(got).toString() });
+  }
+  assert.deepEqual(bodyFailures, [
+    { what: 'more', code: 'UPSTREAM_PROTOCOL', got: '' },
+    { what: 'less', code: 'UPSTREAM_PROTOCOL', got: 'ok' },
+    { what: 'less, then trailers', code: 'UPSTREAM_PROTOCOL', got: 'ok' },
+  ]);
+  const failures: Array<[string, unknown]> = [];
+  for (const what of ['no body', 'not a number', 'two values']) failures.push([what, codeOf(await rejectionOf(up.request(req())))]);
+  assert.deepEqual(failures, [['no body', 'UPSTREAM_PROTOCOL'], ['not a number', 'UPSTREAM_PROTOCOL'], ['two values', 'UPSTREAM_PROTOCOL']]);
+
+  assert.equal(await fetchText(up), 'ok', 'the same length twice, and the body it says');
+  const res = await within(up.request(req({ method: 'HEAD' })));
+  assert.equal(res.status, 200);
+  assert.equal(res.headersOnly, true);
+  assert.equal(res.headers['content-length'], '100');
+  assert.equal(await readAll(res.body), '');
+  assert.equal(await fetchText(up), 'ok');
+  assert.equal(srv.sockets.length, 1, 'all of it on one connection');
 });
 
 test('a body that stops arriving for idleTimeoutMs errors with UPSTREAM_IDLE_TIMEOUT; one that trickles in within it completes', OPTS, async (t) => {
@@ -739,6 +956,38 @@ test('a body that stops arriving for idleTimeoutMs errors with UPSTREAM_IDLE_TIM
   assert.equal(codeOf(err), 'UPSTREAM_IDLE_TIMEOUT', describe(err));
   assert.ok(took >= 280 && took < 3000, `cut after ${took} ms`);
   assert.deepEqual(fields(await within(res.trailers, 'the trailers of a failed body')), {});
+});
+
+test('empty DATA frames do not keep a body alive: every 50 ms, it errors (idle, or too many empty frames) within the bound; 200 at once, it errors with UPSTREAM_PROTOCOL; the connection serves on', OPTS, async (t) => {
+  const ticks: NodeJS.Timeout[] = [];
+  t.after(() => { for (const tick of ticks) clearInterval(tick); });
+  const resets: Array<Promise<Frame | null>> = [];
+  const srv = await h2raw(t, (c, id) => {
+    if (resets.length === 2) { c.respond(id); return; } // the third stream on
+    c.send(HEADERS, END_HEADERS, id, Buffer.from([STATUS_200]));
+    const reset = c.next((f) => f.type === RST_STREAM && f.id === id, 10_000);
+    resets.push(reset);
+    if (resets.length === 2) { // the second stream: a burst, then nothing
+      c.socket.write(Buffer.concat(Array.from({ length: 200 }, () => frame(DATA, 0, id))));
+      return;
+    }
+    const tick = setInterval(() => c.send(DATA, 0, id), 50); // no byte, no END_STREAM
+    ticks.push(tick);
+    void reset.then(() => clearInterval(tick));
+  }, { wholeConnection: true });
+  const up = upstream(t, { host: HOST, port: srv.port });
+  const started = Date.now();
+  const err = await bodyFailureOf(up.request(req({ idleTimeoutMs: 300, headersTimeoutMs: 10_000 })));
+  const took = Date.now() - started;
+  assert.ok(codeOf(err) === 'UPSTREAM_IDLE_TIMEOUT' || codeOf(err) === 'UPSTREAM_PROTOCOL', describe(err));
+  assert.ok(took < 3000, `the body errored after ${took} ms`);
+  assert.ok(await within(resets[0]!, 'the server seeing the stream reset'), 'the client reset the stream');
+  // with an idle timeout far off, only the cap on empty frames can end it
+  const burst = await bodyFailureOf(up.request(req({ idleTimeoutMs: 30_000, headersTimeoutMs: 10_000 })));
+  assert.equal(codeOf(burst), 'UPSTREAM_PROTOCOL', describe(burst));
+  assert.ok(await within(resets[1]!, 'the server seeing the second stream reset'), 'the client reset the stream');
+  assert.equal(await fetchText(up), 'ok', 'the connection serves on');
+  assert.equal(srv.sockets.length, 1);
 });
 
 test('an abort before the answer rejects with its reason and resets the stream (CANCEL); an already aborted signal too; the connection serves on', OPTS, async (t) => {
@@ -815,6 +1064,49 @@ test('a PING from the server gets a PING ACK with the same 8 bytes', OPTS, async
   assert.ok(got.ack, 'a PING ACK came');
   assert.equal(got.ack.id, 0);
   assert.ok(got.ack.payload.equals(payload), `the same 8 bytes (got ${got.ack.payload.toString('hex')})`);
+});
+
+test('a PING flood from an instance that reads nothing: the client cuts the connection instead of queueing acks without bound; the call on it fails with UPSTREAM_PROTOCOL', OPTS, async (t) => {
+  // each PING asks for a 17-byte ack that the server never reads: once the kernel's buffers on the
+  // way (some MB on loopback) are full, a client that goes on acking queues them in its own memory.
+  // At most 800,000 (13.6 MB of acks, under the 16 MB of unread bytes that would cut the connection
+  // anyway): it is the cap on acks owed that has to do it
+  const MAX_PINGS = 800_000;
+  const PER_WRITE = 1000; // 17 KB of PINGs a write
+  const chunk = Buffer.concat(Array.from({ length: PER_WRITE }, (_, i) => frame(PING, 0, 0, u32(0, i))));
+  const flood = { sent: 0, ms: 0, stop: false };
+  const srv = await rawServer(t, (s, n) => new RawConn(s, (c, id) => {
+    if (n > 0) { c.respond(id); return; }
+    s.pause(); // from here on nothing the client sends is read: its acks stay in the socket
+    void (async (): Promise<void> => {
+      const started = Date.now();
+      // as fast as the client reads them, until the call fails, 5 s at most
+      while (!flood.stop && flood.sent < MAX_PINGS && Date.now() - started < 5000 && !s.destroyed && s.writable) {
+        flood.sent += PER_WRITE;
+        if (s.write(chunk)) { await new Promise<void>((r) => setImmediate(r)); continue; }
+        await new Promise<void>((r) => {
+          const go = (): void => { clearTimeout(timer); s.off('drain', go); s.off('close', go); r(); };
+          const timer = setTimeout(go, 100);
+          s.once('drain', go);
+          s.once('close', go);
+        });
+      }
+      flood.ms = Date.now() - started;
+      // reading again (and dropping it all, the acks too), a socket the client cut is seen closed: a paused one may not notice
+      s.removeAllListeners('data');
+      s.resume();
+    })();
+  }));
+  const up = upstream(t, { host: HOST, port: srv.port });
+  const pending = up.request(req()); // the server never answers it: the flood starts when it arrives
+  const err = await within(pending.then(() => assert.fail('the call was answered'), (e: unknown) => e), 'the call failing', 10_000);
+  flood.stop = true;
+  const sent = flood.sent;
+  assert.equal(codeOf(err), 'UPSTREAM_PROTOCOL', describe(err));
+  await within(srv.closed[0]!, 'the client cutting the flooding connection', 10_000);
+  t.diagnostic(`the call failed after ${sent} PINGs written (the server wrote for ${flood.ms} ms)`);
+  assert.equal(await fetchText(up), 'ok', 'the next call works on a new connection');
+  assert.equal(srv.sockets.length, 2);
 });
 
 test('a unix socket endpoint ({ path })', OPTS, async (t) => {
