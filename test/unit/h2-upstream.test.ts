@@ -30,6 +30,7 @@ import { H2Upstream, RequestBody, isRefused, isUnreachable, type Upstream, type 
 import type { ResponseBody } from '../../src/gateway/h1-message.js';
 import type { Endpoint } from '../../src/worker/protocol.js';
 import { Deadline } from '../../src/gateway/deadlines.js';
+import { frame } from './h2-frames.js';
 
 const HOST = '127.0.0.1';
 /** What any one wait in these tests may take before it counts as a hang. */
@@ -201,14 +202,6 @@ const STATUS_200 = 0x88;
 
 interface Frame { type: number; flags: number; id: number; payload: Buffer }
 
-function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(streamId, 5);
-  return Buffer.concat([head, payload]);
-}
 
 const u32 = (...values: number[]): Buffer => {
   const b = Buffer.alloc(4 * values.length);
@@ -386,6 +379,22 @@ async function nextCallWorksOnAFreshConnection(up: Upstream, srv: RawServer): Pr
   await within(srv.closed[0]!, 'the client ending the broken connection');
 }
 
+/** A server allowing `streams` at once that answers each with its path after `holdMs(path)`; the most it had open at once. */
+async function holdingServer(t: TestContext, streams: number, holdMs: (path: string) => number) {
+  let open = 0;
+  let most = 0;
+  const srv = await h2server(t, (stream, headers) => {
+    most = Math.max(most, ++open);
+    const path = String(headers[':path']);
+    setTimeout(() => {
+      open--; // the stream is done once the answer's END_STREAM goes out
+      stream.respond({ ':status': 200 });
+      stream.end(path);
+    }, holdMs(path));
+  }, { settings: { maxConcurrentStreams: streams } });
+  return { srv, maxOpen: () => most };
+}
+
 // ============================================================================================
 
 test('a gRPC-like unary exchange: method, path, headers and body go out; headers, body and trailers come back; a trailers-only answer is headersOnly', OPTS, async (t) => {
@@ -528,47 +537,25 @@ test('a paused reader: 2 MiB arrive intact and in order after a 500 ms pause, an
 });
 
 test('the server\'s SETTINGS_MAX_CONCURRENT_STREAMS = 1: 5 calls at once all succeed, never more than 1 stream open', OPTS, async (t) => {
-  let open = 0;
-  let maxOpen = 0;
-  const srv = await h2server(t, (stream, headers) => {
-    open++;
-    maxOpen = Math.max(maxOpen, open);
-    const path = String(headers[':path']);
-    setTimeout(() => {
-      open--; // the stream is done once the answer's END_STREAM goes out
-      stream.respond({ ':status': 200 });
-      stream.end(path);
-    }, path === '/warm' ? 0 : 50);
-  }, { settings: { maxConcurrentStreams: 1 } });
+  const { srv, maxOpen } = await holdingServer(t, 1, (path) => (path === '/warm' ? 0 : 50));
   const up = upstream(t, { host: HOST, port: srv.port });
   // the first call opens the connection: the server's SETTINGS are known from then on
   assert.equal(await fetchText(up, { path: '/warm' }), '/warm');
   const started = Date.now();
   const bodies = await within(Promise.all([0, 1, 2, 3, 4].map((i) => fetchText(up, { path: `/held/${i}` }))), 'the 5 calls', 10_000);
   assert.deepEqual(bodies, ['/held/0', '/held/1', '/held/2', '/held/3', '/held/4']);
-  assert.equal(maxOpen, 1, 'the server never had more than one stream open');
+  assert.equal(maxOpen(), 1, 'the server never had more than one stream open');
   assert.ok(Date.now() - started >= 200, 'the calls ran one after another');
 });
 
 test('a cold burst: 10 calls at once on a fresh upstream whose server allows 2 streams: all answered, never more than 2 open, none refused', OPTS, async (t) => {
-  let open = 0;
-  let maxOpen = 0;
-  const srv = await h2server(t, (stream, headers) => {
-    open++;
-    maxOpen = Math.max(maxOpen, open);
-    const path = String(headers[':path']);
-    setTimeout(() => {
-      open--; // the stream is done once the answer's END_STREAM goes out
-      stream.respond({ ':status': 200 });
-      stream.end(path);
-    }, 30);
-  }, { settings: { maxConcurrentStreams: 2 } });
+  const { srv, maxOpen } = await holdingServer(t, 2, () => 30);
   // no warm-up call: all 10 go out before the server's SETTINGS can have arrived
   const up = upstream(t, { host: HOST, port: srv.port });
   const paths = Array.from({ length: 10 }, (_, i) => `/burst/${i}`);
   const bodies = await within(Promise.all(paths.map((path) => fetchText(up, { path }))), 'the 10 calls', 10_000);
   assert.deepEqual(bodies, paths);
-  assert.ok(maxOpen <= 2, `the server had ${maxOpen} streams open at once`);
+  assert.ok(maxOpen() <= 2, `the server had ${maxOpen()} streams open at once`);
   assert.equal(srv.streams.length, 10, 'each call reached the server once');
   // a stream the server refuses (beyond its limit) takes a stream id but never reaches its handler:
   // ids 1, 3, ... 19 with no gap say that none was refused (and none went again)

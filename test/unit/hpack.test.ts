@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { createServer, type ServerHttp2Session, type ServerHttp2Stream, type OutgoingHttpHeaders } from 'node:http2';
 import { connect, type AddressInfo } from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from '../../src/gateway/h2/hpack.js';
+import { frame } from './h2-frames.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const flat = (pairs: Array<[string, string]>): string[] => pairs.flat();
@@ -198,14 +199,6 @@ test('round trip: every byte value, sensitive and per-call names never indexed, 
 
 // ---- against Node's nghttp2 ---------------------------------------------------------------------
 
-const frame = (type: number, flags: number, stream: number, payload: Buffer): Buffer => {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-};
 
 test('interop with node:http2: its nghttp2 decodes our blocks, we decode its Huffman and dynamic-table answers', async (t) => {
   const seen: string[][] = [];

@@ -189,12 +189,8 @@ export class HpackDecoder {
   /** The table's current limit: maxTableSize until the peer's encoder sends a size update. */
   private tableMax: number;
   private size = 0;
-  // The dynamic table, a ring: oldest at `start`, newest at start + count - 1.
-  private names: string[] = new Array<string>(16).fill('');
-  private values: string[] = new Array<string>(16).fill('');
-  private start = 0;
-  private count = 0;
-  private mask = 15;
+  /** The dynamic table: names (a) and values (b). */
+  private readonly table = new PairRing();
   /** Where the last integer or string read ended (the readers' second result). */
   private p = 0;
   /** Huffman output before it becomes a string; grows with the longest string seen, up to SCRATCH_MAX. */
@@ -234,10 +230,10 @@ export class HpackDecoder {
           value = S_VALUES[idx];
         } else {
           const d = idx - STATIC_LEN - 1;
-          if (d >= this.count) throw new HpackError(`index ${idx} past the table`);
-          const at = (this.start + this.count - 1 - d) & this.mask;
-          name = this.names[at];
-          value = this.values[at];
+          if (d >= this.table.count) throw new HpackError(`index ${idx} past the table`);
+          const at = this.table.newest(d);
+          name = this.table.a[at];
+          value = this.table.b[at];
         }
       } else if (b >= 0x40) {
         // Literal with incremental indexing.
@@ -333,48 +329,26 @@ export class HpackDecoder {
   private nameAt(idx: number): string {
     if (idx <= STATIC_LEN) return S_NAMES[idx];
     const d = idx - STATIC_LEN - 1;
-    if (d >= this.count) throw new HpackError(`name index ${idx} past the table`);
-    return this.names[(this.start + this.count - 1 - d) & this.mask];
+    if (d >= this.table.count) throw new HpackError(`name index ${idx} past the table`);
+    return this.table.a[this.table.newest(d)];
   }
 
   private add(name: string, value: string): void {
     const size = name.length + value.length + 32;
     // Too large for the table: it empties and the entry is not added (RFC 7541 4.4).
     if (size > this.tableMax) {
-      while (this.count > 0) this.evict();
+      while (this.table.count > 0) this.evict();
       return;
     }
     while (this.size + size > this.tableMax) this.evict();
-    if (this.count === this.names.length) this.grow();
-    const at = (this.start + this.count) & this.mask;
-    this.names[at] = name;
-    this.values[at] = value;
-    this.count++;
+    this.table.push(name, value);
     this.size += size;
   }
 
   private evict(): void {
-    const at = this.start;
-    this.size -= this.names[at].length + this.values[at].length + 32;
-    this.names[at] = '';
-    this.values[at] = '';
-    this.start = (at + 1) & this.mask;
-    this.count--;
-  }
-
-  private grow(): void {
-    const cap = this.names.length * 2;
-    const names = new Array<string>(cap).fill('');
-    const values = new Array<string>(cap).fill('');
-    for (let i = 0; i < this.count; i++) {
-      const at = (this.start + i) & this.mask;
-      names[i] = this.names[at];
-      values[i] = this.values[at];
-    }
-    this.names = names;
-    this.values = values;
-    this.start = 0;
-    this.mask = cap - 1;
+    const t = this.table;
+    this.size -= t.a[t.start].length + t.b[t.start].length + 32;
+    t.shift();
   }
 }
 
@@ -401,12 +375,8 @@ export class HpackEncoder {
   /** Since the last block: whether the peer's setting changed, and the lowest size it went to. */
   private pendingUpdate = false;
   private pendingMin = OUR_MAX_TABLE;
-  // The dynamic table as the peer's decoder has it: a ring of name + '\0' + value keys and names.
-  private keys: string[] = new Array<string>(16).fill('');
-  private names: string[] = new Array<string>(16).fill('');
-  private start = 0;
-  private count = 0;
-  private mask = 15;
+  /** The dynamic table as the peer's decoder has it: name + '\0' + value keys (a) and names (b). */
+  private readonly table = new PairRing();
   /** Entries ever inserted; entry number s (from 1) is at dynamic index `inserted - s + 1`. */
   private inserted = 0;
   /** key → number of the (only) entry holding it. */
@@ -517,11 +487,7 @@ export class HpackEncoder {
 
   private insert(name: string, key: string, size: number): void {
     while (this.size + size > this.maxSize) this.evict();
-    if (this.count === this.keys.length) this.grow();
-    const at = (this.start + this.count) & this.mask;
-    this.keys[at] = key;
-    this.names[at] = name;
-    this.count++;
+    this.table.push(key, name);
     this.size += size;
     const s = ++this.inserted;
     this.full.set(key, s);
@@ -529,30 +495,55 @@ export class HpackEncoder {
   }
 
   private evict(): void {
-    const at = this.start;
-    const key = this.keys[at];
-    const s = this.inserted - this.count + 1;
+    const t = this.table;
+    const key = t.a[t.start];
+    const name = t.b[t.start];
+    const s = this.inserted - t.count + 1;
     if (this.full.get(key) === s) this.full.delete(key);
-    const name = this.names[at];
     if (this.byName.get(name) === s) this.byName.delete(name);
     this.size -= key.length + 31;
-    this.keys[at] = '';
-    this.names[at] = '';
-    this.start = (at + 1) & this.mask;
+    t.shift();
+  }
+}
+
+/** A dynamic table's entries as two parallel strings each (what one side keeps of an entry): a ring, oldest at `start`. */
+class PairRing {
+  a: string[] = new Array<string>(16).fill('');
+  b: string[] = new Array<string>(16).fill('');
+  start = 0;
+  count = 0;
+  private mask = 15;
+
+  /** The slot of the `d`-th newest entry (0: the newest). */
+  newest(d: number): number { return (this.start + this.count - 1 - d) & this.mask; }
+
+  push(a: string, b: string): void {
+    if (this.count === this.a.length) this.grow();
+    const at = (this.start + this.count) & this.mask;
+    this.a[at] = a;
+    this.b[at] = b;
+    this.count++;
+  }
+
+  /** Drops the oldest entry. */
+  shift(): void {
+    this.a[this.start] = '';
+    this.b[this.start] = '';
+    this.start = (this.start + 1) & this.mask;
     this.count--;
   }
 
   private grow(): void {
-    const cap = this.keys.length * 2;
-    const keys = new Array<string>(cap).fill('');
-    const names = new Array<string>(cap).fill('');
+    const cap = this.a.length * 2;
+    const a = new Array<string>(cap).fill('');
+    const b = new Array<string>(cap).fill('');
     for (let i = 0; i < this.count; i++) {
       const at = (this.start + i) & this.mask;
-      keys[i] = this.keys[at];
-      names[i] = this.names[at];
+      a[i] = this.a[at];
+      b[i] = this.b[at];
     }
-    this.keys = keys;
-    this.names = names;
+    this.a = a;
+    this.b = b;
     this.start = 0;
     this.mask = cap - 1;
   }
