@@ -22,7 +22,8 @@ import { rmSync, chmodSync } from 'node:fs';
 import { BerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { Frame } from '../worker/protocol.js';
 import { NO_FREE_SESSION, RELAY_UNREACHABLE, type CallRelay } from '../gateway/routing-table.js';
-import { H2Upstream, type UpstreamRequest, type UpstreamResponse } from '../gateway/upstream.js';
+import type { UpstreamRequest, UpstreamResponse } from '../gateway/upstream.js';
+import { H2Upstream } from '../gateway/h2/client.js';
 
 const CALL = 0x01;
 const REFUSED = 0xe0;

@@ -9,7 +9,8 @@ import type { InstanceEntry, InstanceEvents, LoadSource, NodeEntry, RoutingSnaps
 import { WorkerConnection, type Frame } from '../worker/protocol.js';
 import { NodeDispatcher, type Slot } from './dispatcher.js';
 import { compileInputValidator, type InputValidator } from './input-validator.js';
-import { H1Upstream, H2Upstream, type UpstreamRequest, type UpstreamResponse } from './upstream.js';
+import { H1Upstream, type UpstreamRequest, type UpstreamResponse } from './upstream.js';
+import { H2Upstream } from './h2/client.js';
 import { CallMeter } from './usage-meter.js';
 
 /**

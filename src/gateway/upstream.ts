@@ -1,6 +1,7 @@
-// Persistent connections from the gateway to one image instance: kept-alive connections on
-// Node's HTTP parser for HTTP/1.1 endpoints, one HTTP/2 connection of the gateway's own client
-// (h2/client.ts; reopened when it drops) for http2 and gRPC.
+// Persistent connections from the gateway to one image instance: what every upstream client
+// shares (the exchange, the request body on its way, which failures may go elsewhere), and
+// kept-alive connections on Node's HTTP parser for HTTP/1.1 endpoints. HTTP/2 and gRPC
+// endpoints have the gateway's own client (h2/client.ts, H2Upstream).
 import { connect as netConnect } from 'node:net';
 import type { Socket } from 'node:net';
 import { HTTPParser } from '_http_common';
@@ -8,7 +9,6 @@ import type { Endpoint } from '../worker/protocol.js';
 import { callDeadlines, type CallSignal, type Deadline } from './deadlines.js';
 import { keepAliveHintMs, type HttpRequest } from './http-util.js';
 import { MessageBody, UNSAFE_VALUE, closedError, headerObject, type ResponseBody } from './h1-message.js';
-import { H2ClientSession, type H2Call } from './h2/client.js';
 
 /** Where a request body comes from: the caller's request (HTTP/1.1), or its HTTP/2 stream. */
 export type BodySource = Pick<HttpRequest, 'on' | 'once' | 'off' | 'pause' | 'resume' | 'readableEnded'>;
@@ -360,38 +360,3 @@ class H1Connection implements BodySink {
 }
 
 const unsafeHeader = (name: string): Error => Object.assign(new Error(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
-
-/**
- * HTTP/2 (h2c, gRPC) to one instance: one connection at a time, the gateway's own client
- * (h2/client.ts). A connection that takes no new stream (GOAWAY, an error) is replaced for the
- * next call, and the calls it did not process go there, while its running streams finish.
- */
-export class H2Upstream implements Upstream {
-  readonly protocol = 'http2';
-  private session: H2ClientSession | null = null;
-  /** Connections that retired with streams still running: close() ends them too. */
-  private readonly retired = new Set<H2ClientSession>();
-  private closed = false;
-
-  constructor(private readonly endpoint: Endpoint) {}
-
-  request(r: UpstreamRequest): Promise<UpstreamResponse> {
-    return new Promise((resolve, reject) => this.start({ r, resolve, reject, requeues: 0 }));
-  }
-
-  private readonly start = (call: H2Call): void => {
-    if (this.closed) { call.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' })); return; }
-    this.session ??= new H2ClientSession(this.endpoint, this.start, (s) => {
-      if (this.session === s) this.session = null;
-      this.retired.add(s);
-      s.whenClosed(() => this.retired.delete(s));
-    });
-    this.session.start(call);
-  };
-
-  close(): void {
-    this.closed = true;
-    this.session?.destroy();
-    for (const s of this.retired) s.destroy();
-  }
-}

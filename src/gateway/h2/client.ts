@@ -18,7 +18,8 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
 import { MessageBody, UNSAFE_VALUE, closedError, isHeader } from '../h1-message.js';
 import { callDeadlines, type Deadline } from '../deadlines.js';
-import type { BodySink, UpstreamRequest, UpstreamResponse } from '../upstream.js';
+import type { BodySink, Upstream, UpstreamRequest, UpstreamResponse } from '../upstream.js';
+import type { Endpoint } from '../../worker/protocol.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -64,8 +65,43 @@ function frameHead(length: number, type: number, flags: number, streamId: number
   return h;
 }
 
+/**
+ * HTTP/2 (h2c, gRPC) to one instance: one connection at a time, the gateway's own client
+ * (below). A connection that takes no new stream (GOAWAY, an error) is replaced for the
+ * next call, and the calls it did not process go there, while its running streams finish.
+ */
+export class H2Upstream implements Upstream {
+  readonly protocol = 'http2';
+  private session: H2ClientSession | null = null;
+  /** Connections that retired with streams still running: close() ends them too. */
+  private readonly retired = new Set<H2ClientSession>();
+  private closed = false;
+
+  constructor(private readonly endpoint: Endpoint) {}
+
+  request(r: UpstreamRequest): Promise<UpstreamResponse> {
+    return new Promise((resolve, reject) => this.start({ r, resolve, reject, requeues: 0 }));
+  }
+
+  private readonly start = (call: H2Call): void => {
+    if (this.closed) { call.reject(Object.assign(new Error('upstream closed'), { code: 'ECONNREFUSED' })); return; }
+    this.session ??= new H2ClientSession(this.endpoint, this.start, (s) => {
+      if (this.session === s) this.session = null;
+      this.retired.add(s);
+      s.whenClosed(() => this.retired.delete(s));
+    });
+    this.session.start(call);
+  };
+
+  close(): void {
+    this.closed = true;
+    this.session?.destroy();
+    for (const s of this.retired) s.destroy();
+  }
+}
+
 /** A call on its way to a stream: `requeues`, how often an instance turned it away unprocessed. */
-export interface H2Call { r: UpstreamRequest; resolve: (res: UpstreamResponse) => void; reject: (err: unknown) => void; requeues: number }
+interface H2Call { r: UpstreamRequest; resolve: (res: UpstreamResponse) => void; reject: (err: unknown) => void; requeues: number }
 
 /** A call waiting for a stream (the instance's SETTINGS_MAX_CONCURRENT_STREAMS are all taken). */
 interface Waiting extends H2Call { onAbort: () => void }
@@ -74,7 +110,7 @@ interface Waiting extends H2Call { onAbort: () => void }
  * One connection to an instance; `closed` once it takes no new stream (GOAWAY, an error, ids
  * used up). `requeue` takes the calls it could not carry that may go to the next connection.
  */
-export class H2ClientSession {
+class H2ClientSession {
   closed = false;
   private readonly socket: Socket;
   private readonly authority: string;
