@@ -383,7 +383,7 @@ export class H1Response extends EventEmitter implements HttpResponse {
     const s = this.socket;
     // what is written in this tick (the head, chunks, the end) goes out in one system call, as node:http does
     if (!this.corked) { this.corked = true; s.cork(); process.nextTick(uncork, this); }
-    if (this.head !== null) { s.write(this.head); this.head = null; }
+    if (this.head !== null) { s.write(this.head, 'latin1'); this.head = null; } // header bytes as they came (node:http writes them so)
     if (this.noBody || chunk.length === 0) return !s.writableNeedDrain;
     if (!this.chunked) return s.write(chunk);
     s.write(`${(typeof chunk === 'string' ? Buffer.byteLength(chunk) : chunk.length).toString(16)}\r\n`);
@@ -393,9 +393,24 @@ export class H1Response extends EventEmitter implements HttpResponse {
 
   end(chunk?: Buffer | string): this {
     if (this.writableFinished || this.destroyed) return this;
-    this.write(chunk ?? '');
-    if (this.chunked) this.socket.write('0\r\n\r\n');
-    uncork(this);
+    if (!this.headersSent) this.writeHead(200);
+    const head = this.head;
+    if (head !== null && !this.corked && !this.chunked && (chunk === undefined || this.noBody || (Buffer.isBuffer(chunk) && chunk.length <= ONE_WRITE))) {
+      // a whole small answer (most): head and body in one buffer, one write, no cork
+      this.head = null;
+      const body = this.noBody || chunk === undefined ? null : chunk as Buffer;
+      if (!body?.length) this.socket.write(head, 'latin1');
+      else {
+        const out = Buffer.allocUnsafe(head.length + body.length);
+        out.write(head, 0, 'latin1');
+        body.copy(out, head.length);
+        this.socket.write(out);
+      }
+    } else {
+      this.write(chunk ?? '');
+      if (this.chunked) this.socket.write('0\r\n\r\n');
+      uncork(this);
+    }
     this.writableFinished = true;
     this.emit('finish');
     this.emit('close');
@@ -418,6 +433,9 @@ export class H1Response extends EventEmitter implements HttpResponse {
 }
 
 const uncork = (res: H1Response): void => res.uncork();
+
+/** An answer's body up to this size goes out copied into one buffer with its head: one write, where cork and writev cost more. */
+const ONE_WRITE = 16 * 1024;
 
 const headerLineError = (name: string): Error => Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });
 

@@ -18,6 +18,8 @@ export interface ResponseBody {
   pause(): unknown;
   resume(): unknown;
   destroy(err?: Error): unknown;
+  /** The whole body at once if it has all arrived unread and is within `limit` (MessageBody.takeWhole). */
+  takeWhole?(limit: number): Buffer | null;
 }
 
 /** Bytes a body holds unread before its source is paused (a Readable's default high-water mark). */

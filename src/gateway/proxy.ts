@@ -57,11 +57,16 @@ interface Downstream {
   body: BodySource;
   isGrpc: boolean;
   headersSent(): boolean;
-  /** `flush`: the body has no byte here yet and no length: show the headers now (a streamed answer, SSE), not with its first byte. */
-  respond(status: number, headers: Record<string, string | string[]>, endStream: boolean, flush?: boolean): void;
+  /**
+   * `body`: null, the answer is its headers alone (nothing follows, not even trailers); a
+   * Buffer, the whole body, then the trailers; 'stream', the body follows through `writable`
+   * (the headers go with its first bytes); 'flush', it follows and the headers go now (a
+   * streamed answer without a length and no byte here yet: SSE).
+   */
+  respond(status: number, headers: Record<string, string | string[]>, body: Buffer | null | 'stream' | 'flush'): void;
   writable: Pick<HttpResponse, 'write' | 'end' | 'on' | 'once' | 'off'>;
-  /** Ends the response, with trailers where the protocol carries them. */
-  setTrailers(trailers: Promise<Record<string, string | string[]>>): void;
+  /** Where the protocol carries trailers (HTTP/2): they end the response. */
+  setTrailers?(trailers: Promise<Record<string, string | string[]>>): void;
   fail(err: BerthError): number;
   destroy(): void;
   onClose(cb: () => void): void;
@@ -88,13 +93,14 @@ export class Proxy {
       method: req.method ?? 'GET', path: req.url ?? '/', headers: req.headers, body: req,
       isGrpc: false,
       headersSent: () => res.headersSent,
-      respond: (status, headers, endStream, flush) => {
+      respond: (status, headers, body) => {
         res.writeHead(status, headers);
-        if (endStream) res.end();
-        else if (flush) res.flushHeaders(); // otherwise they go out with the body's first bytes, in one write
+        if (body === null) res.end();
+        else if (body === 'flush') res.flushHeaders();
+        else if (body !== 'stream') res.end(body); // head and body in one write
+        // 'stream': the head goes out with the body's first bytes, in one write
       },
       writable: res,
-      setTrailers: () => { /* HTTP/1.1 callers get no trailers */ },
       fail: (err) => {
         if (res.destroyed) return err.httpStatus; // the caller is gone: nobody to answer
         if (err.code === 'PAYLOAD_TOO_LARGE') discardUpload(req);
@@ -255,18 +261,26 @@ export class Proxy {
       status = upstreamRes.status;
       const respHeaders = responseHeaders(upstreamRes.headers);
       if (upstreamRes.headersOnly) {
-        d.respond(status, respHeaders, true);
+        d.respond(status, respHeaders, null);
         return;
       }
-      d.setTrailers(upstreamRes.trailers.then((tr) => {
+      d.setTrailers?.(upstreamRes.trailers.then((tr) => {
         grpcStatus = headerValue(tr['grpc-status']) ?? grpcStatus;
         return responseHeaders(tr);
       }));
-      // an answer without a length whose first bytes are not here yet is a stream (SSE): its headers go now
-      d.respond(status, respHeaders, false, upstreamRes.headers['content-length'] === undefined && upstreamRes.body.readableLength === 0);
-      // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
-      answerBytes = await relay(upstreamRes.body, d.writable, () => d.destroy(), respLength > 0 ? Infinity : this.config.maxResponseBytes);
-      await upstreamRes.trailers;
+      // most answers are whole by now (they came in one read): passed on at once, no relay
+      const whole = upstreamRes.body.takeWhole?.(respLimit) ?? null;
+      if (whole) {
+        answerBytes = whole.length;
+        if (upstreamRes.headers['content-length'] === undefined && !noBody(d.method, status)) respHeaders['content-length'] = String(whole.length);
+        d.respond(status, respHeaders, whole);
+      } else {
+        // an answer without a length whose first bytes are not here yet is a stream (SSE): its headers go now
+        d.respond(status, respHeaders, upstreamRes.headers['content-length'] === undefined && upstreamRes.body.readableLength === 0 ? 'flush' : 'stream');
+        // a declared length within the limit is held to by the HTTP client; only unannounced bodies are counted
+        answerBytes = await relay(upstreamRes.body, d.writable, () => d.destroy(), respLength > 0 ? Infinity : respLimit);
+      }
+      if (d.isGrpc) await upstreamRes.trailers; // its grpc-status is the call's, for the metrics
     } catch (err) {
       let e: BerthError;
       if (err instanceof BerthError) e = err;
@@ -331,10 +345,11 @@ function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boo
     method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
     isGrpc,
     headersSent: () => stream.headersSent,
-    respond: (status, h, endStream) => {
+    respond: (status, h, body) => {
       if (stream.destroyed || stream.closed) throw new BerthError('CLIENT_CLOSED', 'the caller went away');
       h[':status'] = String(status); // h is this call's own copy (responseHeaders)
-      stream.respond(h, endStream ? { endStream: true } : { waitForTrailers: true });
+      stream.respond(h, body === null ? { endStream: true } : { waitForTrailers: true });
+      if (Buffer.isBuffer(body)) stream.end(body);
     },
     writable: stream,
     setTrailers: (t) => { trailers = t; },
@@ -343,6 +358,9 @@ function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boo
     onClose: (cb) => stream.once('close', () => { if (!stream.writableFinished) cb(); }),
   };
 }
+
+/** An answer that has no body whatever its headers say (RFC 9110 §6.4.1). */
+const noBody = (method: string, status: number): boolean => method === 'HEAD' || status === 204 || status === 304 || status < 200;
 
 function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;

@@ -247,7 +247,7 @@ class H1Connection implements BodySink {
     }
     // a body of unknown length goes chunked; a method that carries none says so
     head += r.body ? 'transfer-encoding: chunked\r\n\r\n' : r.method === 'GET' || r.method === 'HEAD' ? '\r\n' : 'content-length: 0\r\n\r\n';
-    this.socket.write(head);
+    this.socket.write(head, 'latin1'); // header bytes as the caller sent them (llhttp reads them as latin1)
     r.body?.pipeTo(this);
   }
 

@@ -94,6 +94,23 @@ test('calls are framed by length, chunked or bodiless, on one kept-alive connect
   assert.match(c.text(), /connection: close\r\n\r\nhello$/);
 });
 
+test('a whole answer: head and body as given, header bytes as they came (latin1, as node:http writes them)', async (t) => {
+  const f = await front((req, res) => {
+    if (req.url === '/dp/big') { res.writeHead(200, { 'content-length': 40_000 }); res.end(Buffer.alloc(40_000, 'b')); return; }
+    res.writeHead(200, { 'x-name': req.headers['x-name'] as string, 'content-length': 4 });
+    res.end(Buffer.from('\u00e9t\u00e9!', 'latin1'));
+  });
+  t.after(f.close);
+  const c = await client(f.port);
+  c.socket.write(Buffer.from(get('/dp/one', 'x-name: caf\u00e9\r\n'), 'latin1'));
+  let text = await c.until((s) => s.endsWith('\u00e9t\u00e9!'));
+  assert.match(text, /\r\nx-name: caf\u00e9\r\n/, 'one byte 0xE9 each way');
+  assert.match(text, /content-length: 4\r\n/);
+  c.socket.write(get('/dp/big')); // past one buffer's size: head and body written as they are
+  text = await c.until((s) => s.endsWith('b'.repeat(40_000)));
+  assert.match(text, /HTTP\/1\.1 200 OK\r\ndate: [^\r]+\r\ncontent-length: 40000\r\n/);
+});
+
 test('pipelined requests are answered in order, a slow one first; node:http gets its turn after them', async (t) => {
   const f = await front((req, res) => {
     const answer = (): void => { res.writeHead(200, { 'content-length': req.url.length }); res.end(req.url); };

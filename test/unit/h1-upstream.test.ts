@@ -81,6 +81,11 @@ test('method, path, headers and a streamed body go out; headers, body and traile
   assert.equal(seen[0]!.headers['x-two'], 'b, c');
   assert.equal(seen[0]!.headers.host, `127.0.0.1:${port}`);
   assert.equal(seen[0]!.headers['transfer-encoding'], 'chunked');
+  // header bytes go as the caller sent them: llhttp reads them as latin1, and so they are written
+  const accented = await up.request(req({ path: '/latin1', headers: { 'x-name': 'caf\u00e9' } }));
+  await readAll(accented.body);
+  assert.equal(seen.at(-1)!.headers['x-name'], 'caf\u00e9', 'byte 0xE9 arrives as one byte, not as UTF-8\'s two');
+  seen.pop();
 
   const second = await up.request(req({ path: '/trailers' }));
   assert.equal(await readAll(second.body), 'part one, part two');
