@@ -396,16 +396,11 @@ export class H1Response extends EventEmitter implements HttpResponse {
     if (!this.headersSent) this.writeHead(200);
     const head = this.head;
     if (head !== null && !this.corked && !this.chunked && (chunk === undefined || this.noBody || (Buffer.isBuffer(chunk) && chunk.length <= ONE_WRITE))) {
-      // a whole small answer (most): head and body in one buffer, one write, no cork
+      // a whole small answer (most): head and body as one latin1 string (bytes as they are), one
+      // write, no cork; Node writes a small string from the stack, with no buffer to allocate
       this.head = null;
       const body = this.noBody || chunk === undefined ? null : chunk as Buffer;
-      if (!body?.length) this.socket.write(head, 'latin1');
-      else {
-        const out = Buffer.allocUnsafe(head.length + body.length);
-        out.write(head, 0, 'latin1');
-        body.copy(out, head.length);
-        this.socket.write(out);
-      }
+      this.socket.write(body?.length ? head + body.toString('latin1') : head, 'latin1');
     } else {
       this.write(chunk ?? '');
       if (this.chunked) this.socket.write('0\r\n\r\n');
@@ -434,7 +429,7 @@ export class H1Response extends EventEmitter implements HttpResponse {
 
 const uncork = (res: H1Response): void => res.uncork();
 
-/** An answer's body up to this size goes out copied into one buffer with its head: one write, where cork and writev cost more. */
+/** An answer's body up to this size goes out in one string with its head: one write, where cork and writev cost more. */
 const ONE_WRITE = 16 * 1024;
 
 const headerLineError = (name: string): Error => Object.assign(new TypeError(`header ${name} has a value that cannot be sent over HTTP/1.1`), { code: 'ERR_INVALID_CHAR' });

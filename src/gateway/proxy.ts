@@ -203,7 +203,7 @@ export class Proxy {
 
       // an instance that refuses the connection is skipped and the call tried on another
       let upstreamRes: UpstreamResponse | null = null;
-      const tried = new Set<string>();
+      let attempts = 0; // instances tried
       for (;;) {
         if (home) {
           try {
@@ -226,11 +226,11 @@ export class Proxy {
           home = route.relay;
           continue;
         }
-        if (holdMs !== null && tried.size === 0) {
+        if (holdMs !== null && attempts === 0) {
           this.pipeline.deadlines.clear(call);
           call = deadline = this.pipeline.deadlines.start(endpoint.timeout * 1000, expire);
         }
-        tried.add(lease.slot.id);
+        attempts++;
         try {
           upstreamRes = await lease.slot.upstream!.request({
             method: d.method, path: d.path, headers, body, signal: call,
@@ -243,7 +243,7 @@ export class Proxy {
             this.routes.reportRefused(route.id, lease.slot.id, (err as Error).message);
             route.dispatcher.release(lease);
             lease = null;
-            if (tried.size < 8) continue;
+            if (attempts < 8) continue;
           }
           throw err;
         }
