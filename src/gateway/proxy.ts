@@ -94,6 +94,8 @@ export class Proxy {
       isGrpc: false,
       headersSent: () => res.headersSent,
       respond: (status, headers, body) => {
+        // a whole body gets its length (an instance's chunked answer that came whole: no chunks to frame)
+        if (Buffer.isBuffer(body) && headers['content-length'] === undefined && !noBody(req.method, status)) headers['content-length'] = String(body.length);
         res.writeHead(status, headers);
         if (body === null) res.end();
         else if (body === 'flush') res.flushHeaders();
@@ -272,7 +274,6 @@ export class Proxy {
       const whole = upstreamRes.body.takeWhole?.(respLimit) ?? null;
       if (whole) {
         answerBytes = whole.length;
-        if (upstreamRes.headers['content-length'] === undefined && !noBody(d.method, status)) respHeaders['content-length'] = String(whole.length);
         d.respond(status, respHeaders, whole);
       } else {
         // an answer without a length whose first bytes are not here yet is a stream (SSE): its headers go now
@@ -360,7 +361,7 @@ function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boo
 }
 
 /** An answer that has no body whatever its headers say (RFC 9110 §6.4.1). */
-const noBody = (method: string, status: number): boolean => method === 'HEAD' || status === 204 || status === 304 || status < 200;
+const noBody = (method: string | undefined, status: number): boolean => method === 'HEAD' || status === 204 || status === 304 || status < 200;
 
 function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v[0] : v;
