@@ -87,30 +87,7 @@ export class Proxy {
   }
 
   handleHttp1(req: HttpRequest, res: HttpResponse): Promise<void> {
-    let closeCb: (() => void) | null = null;
-    res.on('close', () => { if (!res.writableFinished) closeCb?.(); });
-    return this.forward({
-      method: req.method ?? 'GET', path: req.url ?? '/', headers: req.headers, body: req,
-      isGrpc: false,
-      headersSent: () => res.headersSent,
-      respond: (status, headers, body) => {
-        // a whole body gets its length (an instance's chunked answer that came whole: no chunks to frame)
-        if (Buffer.isBuffer(body) && headers['content-length'] === undefined && !noBody(req.method, status)) headers['content-length'] = String(body.length);
-        res.writeHead(status, headers);
-        if (body === null) res.end();
-        else if (body === 'flush') res.flushHeaders();
-        else if (body !== 'stream') res.end(body); // head and body in one write
-        // 'stream': the head goes out with the body's first bytes, in one write
-      },
-      writable: res,
-      fail: (err) => {
-        if (res.destroyed) return err.httpStatus; // the caller is gone: nobody to answer
-        if (err.code === 'PAYLOAD_TOO_LARGE') discardUpload(req);
-        return sendError(res, err);
-      },
-      destroy: () => res.destroy(),
-      onClose: (cb) => { closeCb = cb; },
-    }, false);
+    return this.forward(new H1Downstream(req, res), false);
   }
 
   handleHttp2(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
@@ -327,6 +304,49 @@ async function viaHome(relay: CallRelay, nodeId: string, stickyKey: string | und
     res.body.once('end', () => resolve(Buffer.concat(chunks)));
     res.body.once('error', () => resolve(Buffer.concat(chunks))); // a cut one does not parse: INTERNAL
   }));
+}
+
+/** The side facing an HTTP/1.1 caller (the raw front's response, or node:http's): one object per call, its methods shared. */
+class H1Downstream implements Downstream {
+  readonly method: string;
+  readonly path: string;
+  readonly headers: IncomingHttpHeaders;
+  readonly body: BodySource;
+  readonly isGrpc = false;
+  private closeCb: (() => void) | null = null;
+
+  constructor(private readonly req: HttpRequest, readonly writable: HttpResponse) {
+    this.method = req.method ?? 'GET';
+    this.path = req.url ?? '/';
+    this.headers = req.headers;
+    this.body = req;
+  }
+
+  headersSent(): boolean { return this.writable.headersSent; }
+
+  respond(status: number, headers: Record<string, string | string[]>, body: Buffer | null | 'stream' | 'flush'): void {
+    const res = this.writable;
+    // a whole body gets its length (an instance's chunked answer that came whole: no chunks to frame)
+    if (Buffer.isBuffer(body) && headers['content-length'] === undefined && !noBody(this.method, status)) headers['content-length'] = String(body.length);
+    res.writeHead(status, headers);
+    if (body === null) res.end();
+    else if (body === 'flush') res.flushHeaders();
+    else if (body !== 'stream') res.end(body); // head and body in one write
+    // 'stream': the head goes out with the body's first bytes, in one write
+  }
+
+  fail(err: BerthError): number {
+    if (this.writable.destroyed) return err.httpStatus; // the caller is gone: nobody to answer
+    if (err.code === 'PAYLOAD_TOO_LARGE') discardUpload(this.req);
+    return sendError(this.writable, err);
+  }
+
+  destroy(): void { this.writable.destroy(); }
+
+  onClose(cb: () => void): void {
+    if (this.closeCb === null) this.writable.on('close', () => { if (!this.writable.writableFinished) this.closeCb?.(); });
+    this.closeCb = cb;
+  }
 }
 
 /** The side facing the caller for an HTTP/2 stream (a caller's, or another gateway worker's); `fail` answers an error. */
