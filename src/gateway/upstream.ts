@@ -190,8 +190,7 @@ class H1Connection implements BodySink {
   private resolve: ((res: UpstreamResponse) => void) | null = null;
   private reject: ((err: unknown) => void) | null = null;
   private body: MessageBody | null = null;
-  /** The running exchange's answer, once its head has come (its trailers are told at the end). */
-  private answer: H1Answer | null = null;
+  private endTrailers: ((t: Record<string, string | string[]>) => void) | null = null;
   /** Header lines of a head (or trailers) that took more than one read. */
   private partial: string[] = [];
   private headOnly = false;
@@ -307,11 +306,11 @@ class H1Connection implements BodySink {
     if (hint !== null) this.keepAliveMs = Math.min(this.keepAliveMs, Math.max(0, hint));
     // the body may be read (or abandoned) after the connection serves another exchange: it ends only its own
     const body: MessageBody = this.body = new MessageBody(this.socket, (err) => { if (this.body === body) this.fail(err); });
-    const answer = this.answer = new H1Answer(status, headers, body);
+    const trailers = new Promise<Record<string, string | string[]>>((res) => { this.endTrailers = res; });
     const resolve = this.resolve!;
     this.resolve = null;
     this.reject = null;
-    resolve(answer);
+    resolve({ status, headers, body, trailers, headersOnly: false });
     return this.headOnly ? 1 : 0;
   }
 
@@ -322,8 +321,8 @@ class H1Connection implements BodySink {
     const body = this.body;
     const reusable = this.keepAlive && this.sent;
     this.finish();
-    this.answer?.end(trailers);
-    this.answer = null;
+    this.endTrailers?.(trailers);
+    this.endTrailers = null;
     body.end();
     if (reusable && !this.socket.destroyed) this.onReusable(this);
     else this.socket.destroy();
@@ -338,8 +337,8 @@ class H1Connection implements BodySink {
     this.socket.destroy();
     if (reject) reject(err);
     else {
-      this.answer?.end({});
-      this.answer = null;
+      this.endTrailers?.({});
+      this.endTrailers = null;
       body?.fail(err);
     }
   }
@@ -357,25 +356,6 @@ class H1Connection implements BodySink {
     const lines = this.partial;
     this.partial = [];
     return lines;
-  }
-}
-
-/** An HTTP/1.1 answer; the promise of its trailers is made only if someone asks for them (an HTTP/1.1 caller does not). */
-class H1Answer implements UpstreamResponse {
-  readonly headersOnly = false;
-  private ended: Record<string, string | string[]> | null = null;
-  private promise: Promise<Record<string, string | string[]>> | null = null;
-  private tell: ((t: Record<string, string | string[]>) => void) | null = null;
-
-  constructor(readonly status: number, readonly headers: Record<string, string | string[]>, readonly body: MessageBody) {}
-
-  get trailers(): Promise<Record<string, string | string[]>> {
-    return this.promise ??= this.ended ? Promise.resolve(this.ended) : new Promise((r) => { this.tell = r; });
-  }
-
-  end(trailers: Record<string, string | string[]>): void {
-    this.ended = trailers;
-    this.tell?.(trailers);
   }
 }
 
