@@ -144,8 +144,10 @@ export class H1Upstream implements Upstream {
   }
 
   private connect(): H1Connection {
-    const socket = netConnect({ host: this.endpoint.host ?? '127.0.0.1', port: this.endpoint.port!, noDelay: true });
-    const conn = new H1Connection(socket, this.keepAliveMs, (c) => this.release(c));
+    // answers are read into the one shared buffer (READ_BUFFER), not a new one per read through a stream
+    const socket = netConnect({ host: this.endpoint.host ?? '127.0.0.1', port: this.endpoint.port!, noDelay: true,
+      onread: { buffer: READ_BUFFER, callback: (n: number) => { conn.onData(READ_BUFFER.subarray(0, n)); return true; } } });
+    const conn: H1Connection = new H1Connection(socket, this.keepAliveMs, (c) => this.release(c));
     this.open.add(conn);
     socket.once('close', () => {
       this.open.delete(conn);
@@ -178,6 +180,11 @@ export class H1Upstream implements Upstream {
 }
 
 const { kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete } = HTTPParser;
+/**
+ * Where every upstream HTTP/1.1 connection's reads land: each read is parsed before the next
+ * one happens (one thread), and the body bytes kept are copied out of it (kOnBody).
+ */
+const READ_BUFFER = Buffer.allocUnsafe(64 * 1024);
 /** What one response head may take (Node's own default). */
 const MAX_RESPONSE_HEAD = 16 * 1024;
 
@@ -214,9 +221,8 @@ class H1Connection implements BodySink {
     p[kOnHeaders] = (lines: string[]): void => { for (const l of lines) this.partial.push(l); };
     p[kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown,
       status: number, _msg: unknown, upgrade: boolean, keepAlive: boolean): number => this.onHead(lines ?? this.takePartial(), status, upgrade, keepAlive);
-    p[kOnBody] = (chunk: Buffer): void => { this.body?.push(chunk); };
+    p[kOnBody] = (chunk: Buffer): void => { this.body?.push(Buffer.from(chunk)); }; // out of READ_BUFFER
     p[kOnMessageComplete] = (): void => this.onComplete();
-    socket.on('data', (d: Buffer) => this.onData(d));
     socket.on('end', () => {
       // a body delimited by the end of the connection ends here; anything else running fails
       if (this.request && this.body) this.parser.finish();
@@ -269,7 +275,8 @@ class H1Connection implements BodySink {
   off(event: 'drain' | 'close', listener: () => void): this { this.socket.off(event, listener); return this; }
 
   // ---- the answer
-  private onData(d: Buffer): void {
+  /** A read (in READ_BUFFER: nothing of it is kept past this call but copies). */
+  onData(d: Buffer): void {
     if (!this.request) { this.socket.destroy(); return; } // bytes nobody asked for: the connection is not to be trusted
     this.lastRead = performance.now();
     const ret = this.parser.execute(d);
