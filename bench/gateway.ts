@@ -38,7 +38,7 @@
 //        [--gateway-workers 1,2] [--sessions 64] [--rounds 1] [--quiet-wait 120] [--keep] [--berth-node-args='--cpu-prof --cpu-prof-dir=/tmp/prof']
 //        [--baseline /path/to/another/checkout] [--bursts 20]   (then 1 s runs of the first Berth, the baseline, nginx with as
 //        many workers and the raw floor, taken in turn: an A/B the machine's drifting speed cannot tilt; for gRPC, runs of
-//        --grpc-burst-requests of the first Berth, nginx with as many workers and the Node floor; 0: none)
+//        --grpc-burst-requests of the first Berth, the baseline, nginx with as many workers and the Node floor; 0: none)
 //
 // CPU per call is reported for every target: the front (the proxy: Berth's processes, nginx's
 // master + workers, the Node floor) and the whole server side (front + echo container +
@@ -103,7 +103,7 @@ const { values: args } = parseArgs({
     sessions: { type: 'string', default: '64' },
     rounds: { type: 'string', default: '1' },
     // another checkout of Berth (a git worktree of an earlier commit): also measured, as the target
-    // "Berth baseline", in the same rounds (HTTP/1.1 only; as many gateway workers as the first Berth)
+    // "Berth baseline", in the same rounds (HTTP/1.1 and gRPC; as many gateway workers as the first Berth)
     baseline: { type: 'string', default: '' },
     // then this many 1 s runs of each, the first Berth, the baseline, nginx with as many workers and the raw
     // Node floor, in turn: every side of each comparison sees the machine's same minutes
@@ -799,15 +799,21 @@ async function main(): Promise<void> {
       });
       berths.push({ gw, berth, httpNode, grpcNode });
     }
-    const baseline = BASELINE && HTTP_TARGETS.includes('berth') ? await (async () => {
+    const baseline = BASELINE && (HTTP_TARGETS.includes('berth') || GRPC_TARGETS.includes('berth')) ? await (async () => {
       const b = await startBerth(work, GATEWAY_WORKERS[0]!, BASELINE);
-      const node = await createImageNode(b.base, b.token, {
+      const httpNode = await createImageNode(b.base, b.token, {
         kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
         endpoint: { port: 8080, protocol: 'http', timeout: 30 },
         healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
       });
-      return { b, node, commit: gitHead(BASELINE) };
+      const grpcNode = await createImageNode(b.base, b.token, {
+        kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
+        endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
+        healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
+      });
+      return { b, httpNode, grpcNode, commit: gitHead(BASELINE) };
     })() : null;
+    const baselineLabel = `Berth baseline (${BASELINE} at ${baseline?.commit}; --gateway-workers ${GATEWAY_WORKERS[0]})`;
     const { berth, httpNode, grpcNode } = berths[0]!;
     const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } =>
       ({ short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` });
@@ -836,9 +842,9 @@ async function main(): Promise<void> {
         }
         if (baseline) {
           const url = `${baseline.b.base}${PATH}`;
-          headersByUrl.set(url, { 'x-node-id': baseline.node.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${baseline.b.token}` });
-          httpTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: `Berth baseline (${BASELINE} at ${baseline.commit}; --gateway-workers ${GATEWAY_WORKERS[0]})`,
-            url, groups: groupsFor(baseline.node, treeOf(baseline.b.m.proc.pid!)) });
+          headersByUrl.set(url, { 'x-node-id': baseline.httpNode.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${baseline.b.token}` });
+          httpTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: baselineLabel,
+            url, groups: groupsFor(baseline.httpNode, treeOf(baseline.b.m.proc.pid!)) });
         }
       }
       if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });
@@ -890,6 +896,12 @@ async function main(): Promise<void> {
           headersByUrl.set(url, grpcHeadersFor(b));
           grpcTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.grpcNode, berthFront(b)) });
         }
+        if (baseline) {
+          const url = `${baseline.b.base}${GRPC_PATH}`;
+          headersByUrl.set(url, { 'content-type': 'application/grpc', te: 'trailers', 'x-node-id': baseline.grpcNode.nodeId, 'x-folder-id': 'default', authorization: `Bearer ${baseline.b.token}` });
+          grpcTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: baselineLabel,
+            url, groups: groupsFor(baseline.grpcNode, treeOf(baseline.b.m.proc.pid!)) });
+        }
       }
       if (t === 'nginx') for (const n of nginxes) grpcTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, grpc_pass, upstream keepalive)`, url: `http://127.0.0.1:${n.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, n.pids) });
       if (t === 'node-floor') grpcTargets.push({ name: t, short: 'Node floor', workers: 1, label: 'Node floor (minimal Node proxy, node:http2)', url: `http://127.0.0.1:${floor!.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, [floor!.m.proc.pid!]) });
@@ -913,9 +925,9 @@ async function main(): Promise<void> {
       for (const t of grpcTargets) results.push(await measure('gRPC', t, h2Runner, h2Phases));
       grpcResults.push(results);
     }
-    // the same in turn for gRPC: the first Berth, nginx with as many workers, the Node floor
+    // the same in turn for gRPC: the first Berth, the baseline, nginx with as many workers, the Node floor
     const firstGrpc = grpcTargets.find((t) => t.name === 'berth');
-    const othersGrpc = firstGrpc ? grpcTargets.filter((t) => t.name === 'node-floor' || (t.name === 'nginx' && t.workers === firstGrpc.workers)) : [];
+    const othersGrpc = firstGrpc ? grpcTargets.filter((t) => t.name === 'baseline' || t.name === 'node-floor' || (t.name === 'nginx' && t.workers === firstGrpc.workers)) : [];
     if (BURSTS > 0 && firstGrpc && othersGrpc.length > 0) {
       const n = GRPC_BURST_REQUESTS;
       interleaved.push(await interleave('gRPC', `h2load ${GRPC_CLIENTS} clients × ${GRPC_STREAMS} streams, ${n} requests`, [firstGrpc, ...othersGrpc],

@@ -14,11 +14,11 @@
 //   - an answer is checked as RFC 9113 §8 asks (names, values, a content-length held to) before
 //     any of it reaches a caller, some of whom are on HTTP/1.1;
 //   - frames written in one event-loop turn go out in one write.
-import { connect as netConnect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
 import { MessageBody, UNSAFE_VALUE, closedError, isHeader } from '../h1-message.js';
 import { callDeadlines, type Deadline } from '../deadlines.js';
-import type { BodySink, Upstream, UpstreamRequest, UpstreamResponse } from '../upstream.js';
+import { connectReading, type BodySink, type Upstream, type UpstreamRequest, type UpstreamResponse } from '../upstream.js';
 import type { Endpoint } from '../../worker/protocol.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
@@ -150,7 +150,7 @@ class H2ClientSession {
   constructor(endpoint: { path?: string; host?: string; port?: number }, private readonly requeue: (call: H2Call) => void,
     private readonly onRetire: (s: H2ClientSession) => void) {
     this.authority = endpoint.path ? 'localhost' : `${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`;
-    this.socket = endpoint.path ? netConnect(endpoint.path) : netConnect({ host: endpoint.host ?? '127.0.0.1', port: endpoint.port!, noDelay: true });
+    this.socket = connectReading(endpoint.path ? { path: endpoint.path } : { host: endpoint.host ?? '127.0.0.1', port: endpoint.port! }, (d) => this.onData(d));
     this.socket.unref(); // an idle connection does not keep the process alive
     const settings = Buffer.allocUnsafe(18);
     settings.writeUInt16BE(SETTINGS_ENABLE_PUSH, 0); settings.writeUInt32BE(0, 2);
@@ -159,7 +159,6 @@ class H2ClientSession {
     this.queue(PREFACE);
     this.frame(SETTINGS, 0, 0, settings);
     this.windowUpdate(0, CONNECTION_WINDOW - 65_535);
-    this.socket.on('data', (d: Buffer) => this.onData(d));
     this.socket.on('drain', () => {
       const waiting = [...this.draining];
       this.draining.clear();
@@ -310,6 +309,7 @@ class H2ClientSession {
 
   // ---- reading
 
+  /** A read, in the shared buffer (connectReading): what is kept of it is copied (a cut frame, DATA, a PING). */
   private onData(d: Buffer): void {
     if (this.broken) return;
     try {
@@ -748,7 +748,7 @@ class H2ClientStream implements BodySink {
     this.uncredited += counted;
     this.received += data.length;
     if (this.declared >= 0 && this.received > this.declared) { this.streamError(PROTOCOL_ERROR, `more body than its content-length of ${this.declared}`); return; }
-    if (data.length) { this.lastRead = performance.now(); this.body!.push(data); }
+    if (data.length) { this.lastRead = performance.now(); this.body!.push(Buffer.from(data)); } // out of the shared read buffer
     else if (!endStream && ++this.emptyData > MAX_EMPTY_DATA) { this.streamError(ENHANCE_YOUR_CALM, `over ${MAX_EMPTY_DATA} empty DATA frames`); return; }
     if (endStream) {
       const bad = this.shortOfLength();
