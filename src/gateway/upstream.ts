@@ -229,7 +229,7 @@ class H1Connection implements BodySink {
     p[kOnHeaders] = (lines: string[]): void => { for (const l of lines) this.partial.push(l); };
     p[kOnHeadersComplete] = (_maj: number, _min: number, lines: string[] | undefined, _m: unknown, _u: unknown,
       status: number, _msg: unknown, upgrade: boolean, keepAlive: boolean): number => this.onHead(lines ?? this.takePartial(), status, upgrade, keepAlive);
-    p[kOnBody] = (chunk: Buffer): void => { this.body?.push(Buffer.from(chunk)); }; // out of the shared read buffer
+    p[kOnBody] = (chunk: Buffer): void => { this.body?.push(chunk); }; // a copy already (Node's parser binding copies body bytes out of the read)
     p[kOnMessageComplete] = (): void => this.onComplete();
     socket.on('end', () => {
       // a body delimited by the end of the connection ends here; anything else running fails

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
+import { randomBytes } from 'node:crypto';
 import { H1Upstream, RequestBody, isRefused, type UpstreamRequest } from '../../src/gateway/upstream.js';
 import type { ResponseBody } from '../../src/gateway/h1-message.js';
 import { Deadline } from '../../src/gateway/deadlines.js';
@@ -162,6 +163,27 @@ test('an answer read slowly after the exchange ended does not hold up the connec
   const third = await up.request(req());
   assert.equal((await readAll(third.body)).length, 1000);
   assert.equal(seen[2]!.port, seen[0]!.port);
+});
+
+test('an answer left unread while later answers are read stays byte-exact (every upstream read lands in one shared buffer)', async (t) => {
+  const bodies = [randomBytes(12 * 1024), randomBytes(12 * 1024), randomBytes(12 * 1024)];
+  const { server, port } = await recording((rq, rs) => rs.end(bodies[Number(rq.url!.slice(1))]));
+  t.after(() => close(server));
+  const up = new H1Upstream({ host: '127.0.0.1', port }, 10_000);
+  t.after(() => up.close());
+  const first = await up.request(req({ path: '/0' }));
+  await new Promise((r) => setTimeout(r, 50)); // all of it has come, held in the body, unread
+  const second = await up.request(req({ path: '/1' }));
+  const third = await up.request(req({ path: '/2' }));
+  const bytes = (body: ResponseBody): Promise<Buffer> => new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    body.on('data', (c) => chunks.push(c));
+    body.once('end', () => resolve(Buffer.concat(chunks)));
+    body.once('error', reject);
+  });
+  assert.ok((await bytes(third.body)).equals(bodies[2]!));
+  assert.ok((await bytes(second.body)).equals(bodies[1]!));
+  assert.ok((await bytes(first.body)).equals(bodies[0]!), 'the first answer, read last, is its own bytes');
 });
 
 test('refused, garbage, an unsafe header value, an abort and an idle body fail the exchange with their own code', async (t) => {
