@@ -785,33 +785,26 @@ async function main(): Promise<void> {
     // direct, nginx and the Node floor use the first Berth's containers
     const scaling = { minInstances: 1, maxInstances: 1, sessionsPerInstance: SESSIONS };
     const berths: Array<{ gw: number; berth: { m: Managed; base: string; token: string }; httpNode: Instance; grpcNode: Instance }> = [];
+    // the two echo nodes a Berth serves (each Berth its own)
+    const echoNodes = async (b: { base: string; token: string }): Promise<{ httpNode: Instance; grpcNode: Instance }> => ({
+      httpNode: await createImageNode(b.base, b.token, {
+        kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
+        endpoint: { port: 8080, protocol: 'http', timeout: 30 },
+        healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
+      }),
+      grpcNode: await createImageNode(b.base, b.token, {
+        kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
+        endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
+        healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
+      }),
+    });
     for (const gw of GATEWAY_WORKERS) {
       const berth = await startBerth(work, gw);
-      const httpNode = await createImageNode(berth.base, berth.token, {
-        kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
-        endpoint: { port: 8080, protocol: 'http', timeout: 30 },
-        healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
-      });
-      const grpcNode = await createImageNode(berth.base, berth.token, {
-        kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
-        endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
-        healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
-      });
-      berths.push({ gw, berth, httpNode, grpcNode });
+      berths.push({ gw, berth, ...await echoNodes(berth) });
     }
     const baseline = BASELINE && (HTTP_TARGETS.includes('berth') || GRPC_TARGETS.includes('berth')) ? await (async () => {
-      const b = await startBerth(work, GATEWAY_WORKERS[0]!, BASELINE);
-      const httpNode = await createImageNode(b.base, b.token, {
-        kind: 'image', image: testImage('http-echo'), name: 'bench-http-echo', scaling,
-        endpoint: { port: 8080, protocol: 'http', timeout: 30 },
-        healthcheck: { protocol: 'http', path: '/healthz', port: 8080, interval: 1 },
-      });
-      const grpcNode = await createImageNode(b.base, b.token, {
-        kind: 'image', image: testImage('grpc-echo'), name: 'bench-grpc-echo', scaling,
-        endpoint: { port: 50051, protocol: 'grpc', timeout: 30 },
-        healthcheck: { protocol: 'grpc', port: 50051, service: 'berth.test.Echo', interval: 1 },
-      });
-      return { b, httpNode, grpcNode, commit: gitHead(BASELINE) };
+      const berth = await startBerth(work, GATEWAY_WORKERS[0]!, BASELINE);
+      return { gw: GATEWAY_WORKERS[0]!, berth, ...await echoNodes(berth), commit: gitHead(BASELINE) };
     })() : null;
     const baselineLabel = `Berth baseline (${BASELINE} at ${baseline?.commit}; --gateway-workers ${GATEWAY_WORKERS[0]})`;
     const { berth, httpNode, grpcNode } = berths[0]!;
@@ -841,10 +834,10 @@ async function main(): Promise<void> {
           httpTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.httpNode, berthFront(b)) });
         }
         if (baseline) {
-          const url = `${baseline.b.base}${PATH}`;
-          headersByUrl.set(url, { 'x-node-id': baseline.httpNode.nodeId, 'x-folder-id': 'default', Authorization: `Bearer ${baseline.b.token}` });
-          httpTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: baselineLabel,
-            url, groups: groupsFor(baseline.httpNode, treeOf(baseline.b.m.proc.pid!)) });
+          const url = `${baseline.berth.base}${PATH}`;
+          headersByUrl.set(url, httpHeadersFor(baseline));
+          httpTargets.push({ name: 'baseline', short: 'Berth baseline', workers: baseline.gw, label: baselineLabel,
+            url, groups: groupsFor(baseline.httpNode, berthFront(baseline)) });
         }
       }
       if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });
@@ -897,10 +890,10 @@ async function main(): Promise<void> {
           grpcTargets.push({ name: t, ...berthTarget(b), url, groups: groupsFor(b.grpcNode, berthFront(b)) });
         }
         if (baseline) {
-          const url = `${baseline.b.base}${GRPC_PATH}`;
-          headersByUrl.set(url, { 'content-type': 'application/grpc', te: 'trailers', 'x-node-id': baseline.grpcNode.nodeId, 'x-folder-id': 'default', authorization: `Bearer ${baseline.b.token}` });
-          grpcTargets.push({ name: 'baseline', short: 'Berth baseline', workers: GATEWAY_WORKERS[0]!, label: baselineLabel,
-            url, groups: groupsFor(baseline.grpcNode, treeOf(baseline.b.m.proc.pid!)) });
+          const url = `${baseline.berth.base}${GRPC_PATH}`;
+          headersByUrl.set(url, grpcHeadersFor(baseline));
+          grpcTargets.push({ name: 'baseline', short: 'Berth baseline', workers: baseline.gw, label: baselineLabel,
+            url, groups: groupsFor(baseline.grpcNode, berthFront(baseline)) });
         }
       }
       if (t === 'nginx') for (const n of nginxes) grpcTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, grpc_pass, upstream keepalive)`, url: `http://127.0.0.1:${n.grpcPort}${GRPC_PATH}`, groups: groupsFor(grpcNode, n.pids) });
