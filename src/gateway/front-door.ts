@@ -148,7 +148,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     (plain as Tagged)[CONN] = conn;
     // the h2 server takes the bytes already read back from the socket's buffer first
     if (isH2) h2.emit('connection', plain);
-    else { h1.accept(plain); plain.resume(); }
+    else h1.accept(plain);
   };
 
   /** Reads until the bytes say HTTP/2 preface or not, then dispatches. */

@@ -1,6 +1,8 @@
 // HTTP/1.1 data-plane calls served straight off the caller's socket: Node's own parser
 // (llhttp, from `_http_common`) with callbacks and a small request and response per call,
 // none of node:http's objects or streams (what those cost a proxied call: docs/benchmarks.md).
+// As in node:http's server, the parser reads the socket's stream handle itself: a read costs
+// no buffer, stream or event in JavaScript, only the parser's callbacks.
 // Every HTTP/1.1 connection starts here. The first request that is not an ordinary data-plane
 // call (the control API, the dashboard, /metrics, the Open Inference Protocol; or HTTP/1.0,
 // `Expect`, an upgrade, CONNECT) hands the connection to node:http at that request's start —
@@ -14,7 +16,7 @@ import type { Socket } from 'node:net';
 import { STATUS_CODES, maxHeaderSize, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { EventEmitter } from 'node:events';
 import { HTTPParser, methods } from '_http_common';
-import { MessageBody, UNSAFE_VALUE, isHeader } from './h1-message.js';
+import { MessageBody, UNSAFE_VALUE, isHeader, type BodySourceFlow } from './h1-message.js';
 import type { HttpRequest, HttpResponse } from './http-util.js';
 
 export type H1Handler = (req: H1Request, res: H1Response) => void;
@@ -39,10 +41,12 @@ export class H1Front {
 
   constructor(readonly opts: H1FrontOptions) {}
 
+  /** Serves a connection from its next byte (what was read of it and put back in its buffer included); it may come paused. */
   accept(socket: Socket): void {
     const conn = new H1Conn(socket, this);
     this.conns.add(conn);
     socket.once('close', () => this.conns.delete(conn));
+    conn.begin();
     this.sweep ??= setInterval(() => this.closeQuiet(), Math.max(50, Math.min(1000, this.opts.idleTimeoutMs / 4))).unref();
   }
 
@@ -73,13 +77,20 @@ export class H1Front {
   forget(conn: H1Conn): void { this.conns.delete(conn); }
 }
 
-const { kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete } = HTTPParser;
+const { kOnMessageBegin, kOnHeaders, kOnHeadersComplete, kOnBody, kOnMessageComplete, kOnExecute } = HTTPParser;
 /** on_headers_complete's answer that stops the parse right after the head (llhttp: no body, an upgrade). */
 const STOP_AFTER_HEAD = 2;
+
+/** A socket's libuv stream as net.Socket keeps it (`reading`: whether it reads now, net.Socket's own flag). */
+interface StreamHandle { isStreamBase?: boolean; _consumed?: boolean; reading?: boolean; readStart(): number; readStop(): number }
 
 /** One caller's connection while it is served here. */
 class H1Conn {
   private readonly parser = new HTTPParser();
+  /** The stream the parser reads itself; null: one it cannot (then the socket's 'data' events feed it). */
+  private readonly handle: StreamHandle | null;
+  /** What a request body pauses and resumes when its reader does. */
+  private readonly flow = { pause: (): void => this.pauseReading(), resume: (): void => this.resumeReading() };
   private req: H1Request | null = null;
   private res: H1Response | null = null;
   /** Header lines (and target) of a head that took more than one read. */
@@ -102,6 +113,8 @@ class H1Conn {
   private lastActive = performance.now();
 
   constructor(readonly socket: Socket, private readonly front: H1Front) {
+    const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
+    this.handle = handle?.isStreamBase && !handle._consumed ? handle : null;
     const p = this.parser;
     p.initialize(HTTPParser.REQUEST, {}, maxHeaderSize, HTTPParser.kLenientNone);
     p[kOnMessageBegin] = (): void => {
@@ -120,10 +133,20 @@ class H1Conn {
       this.onHead(major, minor, lines ?? this.takePartial(), methods[method] ?? '', url ?? this.takeUrl(), upgrade, keepAlive);
     p[kOnBody] = (chunk: Buffer): void => { this.req?.push(chunk); };
     p[kOnMessageComplete] = (): void => this.onRequestComplete();
-    socket.on('data', this.onData);
     socket.on('drain', this.onDrain);
     socket.on('end', this.onEnd);
     socket.once('close', this.onClose);
+  }
+
+  begin(): void {
+    const { socket, handle } = this;
+    if (!handle) { socket.on('data', this.onData); socket.resume(); return; }
+    const before = socket.read() as Buffer | null; // read before (the front door's look at the first bytes)
+    handle._consumed = true; // node:http, if it takes the connection over, then reads it by 'data' events
+    this.parser.consume(handle);
+    this.parser[kOnExecute] = this.onExecute;
+    this.resumeReading();
+    if (before) this.onData(before);
   }
 
   /** Since when this connection waits on its caller (between calls, or for the rest of a body); Infinity while a call runs. */
@@ -145,16 +168,43 @@ class H1Conn {
     this.executing = true;
     const ret = this.parser.execute(d);
     this.executing = false;
+    this.parsed(ret, d);
+  };
+
+  /**
+   * A read the parser took off the stream itself has been parsed. (No flag `executing` is
+   * needed for these: a call can only finish inside one with no request parked, since a
+   * parked request stops the reading; a parked one is run by a parse from onData.)
+   */
+  private readonly onExecute = (ret: number | Error): void => {
+    this.lastActive = performance.now();
+    this.parsed(ret, null);
+  };
+
+  /** After a read is parsed: `d` is that read, or null when the parser read it itself (a copy is asked for if it is needed). */
+  private parsed(ret: number | Error, d: Buffer | null): void {
     if (ret instanceof Error) { this.starting = null; this.parseError(ret); return; }
     if (this.stoppedHead !== null) {
-      this.parked = Buffer.concat([Buffer.from(this.stoppedHead, 'latin1'), d.subarray(ret)]);
+      this.parked = Buffer.concat([Buffer.from(this.stoppedHead, 'latin1'), (d ?? this.parser.getCurrentBuffer()).subarray(ret)]);
       this.stoppedHead = null;
-      this.socket.pause();
+      this.pauseReading();
     }
     this.start(); // the rest of its body is still to come
     if (this.parked && this.req === null) { this.next(); return; }
     this.timeHead();
-  };
+  }
+
+  private pauseReading(): void {
+    const h = this.handle;
+    if (!h) { this.socket.pause(); return; }
+    if (h.reading && !this.socket.destroyed) { h.reading = false; h.readStop(); }
+  }
+
+  private resumeReading(): void {
+    const h = this.handle;
+    if (!h) { this.socket.resume(); return; }
+    if (!h.reading && !this.socket.destroyed) { h.reading = true; h.readStart(); }
+  }
 
   /**
    * A head split over reads has headersTimeoutMs from here (most heads come in one read: no
@@ -173,7 +223,7 @@ class H1Conn {
     // a call is still running (this one was pipelined behind it), or this one is not served here: parse no further
     if (this.req !== null || this.handingOff) return this.stop(method, url, major, minor, lines);
     const headers = requestHeaders(lines);
-    const req = new H1Request(this.socket, method, url, headers);
+    const req = new H1Request(this.socket, this.flow, method, url, headers);
     // what node:http alone answers right: a missing Host (400), Expect, an upgrade, CONNECT, HTTP/1.0
     const ordinary = major === 1 && minor === 1 && !upgrade && method !== 'CONNECT' && headers.expect === undefined && headers.host !== undefined;
     const handler = ordinary ? this.front.opts.claim(req) : null;
@@ -243,13 +293,13 @@ class H1Conn {
     this.parked = null;
     if (this.handingOff) { this.handOff(held); return; }
     this.parser.initialize(HTTPParser.REQUEST, {}, maxHeaderSize, HTTPParser.kLenientNone); // it stopped after that head
-    this.socket.resume();
+    this.resumeReading();
     this.onData(held);
   }
 
   private handOff(held: Buffer): void {
     const s = this.socket;
-    s.off('data', this.onData);
+    if (this.handle) this.parser.unconsume(); else s.off('data', this.onData);
     s.off('drain', this.onDrain);
     s.off('end', this.onEnd);
     s.off('close', this.onClose);
@@ -279,6 +329,7 @@ class H1Conn {
 
   private readonly onClose = (): void => {
     if (this.headTimer) clearTimeout(this.headTimer);
+    if (this.handle) this.parser.unconsume();
     this.parser.free();
     const req = this.req;
     const res = this.res;
@@ -306,8 +357,8 @@ export class H1Request extends MessageBody implements HttpRequest {
   complete = false;
   private dumping = false;
 
-  constructor(public socket: Socket | null, readonly method: string, public url: string, readonly headers: IncomingHttpHeaders) {
-    super(socket!, () => socket!.destroy());
+  constructor(public socket: Socket | null, flow: BodySourceFlow, readonly method: string, public url: string, readonly headers: IncomingHttpHeaders) {
+    super(flow, () => socket!.destroy());
   }
 
   override push(chunk: Buffer): void {
