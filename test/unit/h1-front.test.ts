@@ -9,7 +9,7 @@ import { connect, createServer as createNetServer, type AddressInfo, type Socket
 import { H1Front, type H1Handler, type H1Request, type H1Response } from '../../src/gateway/h1-front.js';
 
 /** A front whose calls under /dp are served by `serve`; the rest by node:http, which echoes what it got. */
-async function front(serve: H1Handler, times = { headersTimeoutMs: 5000, idleTimeoutMs: 5000 }) {
+async function front(serve: H1Handler, times = { headersTimeoutMs: 5000, idleTimeoutMs: 5000 }, sniff = false) {
   const http1 = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -25,7 +25,9 @@ async function front(serve: H1Handler, times = { headersTimeoutMs: 5000, idleTim
   const server = createNetServer({ noDelay: true }, (s) => {
     sockets.add(s);
     s.on('error', () => s.destroy());
-    h1.accept(s);
+    if (!sniff) { h1.accept(s); return; }
+    // as the front door hands a connection over: its first read taken, put back, the socket paused
+    s.once('data', (first: Buffer) => { s.pause(); s.unshift(first); h1.accept(s); });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
@@ -124,6 +126,24 @@ test('pipelined requests are answered in order, a slow one first; node:http gets
   const order = [...text.matchAll(/\r\n\r\n(\/dp\/slow|\/dp\/fast|node:POST \/other body|node:GET \/dp\/after)/g)].map((m) => m[1]);
   // once a connection is node:http's it stays there: the last /dp call is node:http's too
   assert.deepEqual(order, ['/dp/slow', '/dp/fast', 'node:POST /other body', 'node:GET /dp/after']);
+});
+
+test('a connection handed over paused with its first read put back is served from those bytes on', async (t) => {
+  const f = await front((req, res) => {
+    void body(req).then((b) => { res.writeHead(200, { 'content-length': req.url.length + b.length }); res.end(req.url + b); });
+  }, undefined, true);
+  t.after(f.close);
+  const c = await client(f.port);
+  // the first read: a whole call, and the head of a second one whose body comes later
+  c.socket.write(`${get('/dp/one')}POST /dp/two HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\n\r\n`);
+  await c.until((s) => s.endsWith('/dp/one'));
+  await new Promise((r) => setTimeout(r, 30));
+  c.socket.write('body-2');
+  await c.until((s) => s.endsWith('/dp/twobody-2'));
+  c.socket.write(get('/dp/three') + 'POST /other HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nrest');
+  const text = await c.until((s) => s.includes('node:POST /other rest'));
+  assert.equal(count(text, 'HTTP/1.1 200 OK'), 4);
+  assert.ok(text.indexOf('/dp/three') < text.indexOf('node:POST'));
 });
 
 test('request bodies arrive whole, by length or chunked, in pieces', async (t) => {
