@@ -25,7 +25,7 @@ import type { Auth } from '../core/auth.js';
 import type { AliasTable } from '../aliases/table.js';
 import { log } from '../core/log.js';
 import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
-import type { LoadReport } from '../gateway/routing-table.js';
+import { loadShape, type LoadReport } from '../gateway/routing-table.js';
 import type { CallUsage } from '../routing/usage.js';
 import { WORKER_ENV, type FromWorker, type RelayedCalls, type ToWorker, type WorkerBoot } from './messages.js';
 import { ConnectionDistributor, type DistributorStats } from './distributor.js';
@@ -55,6 +55,8 @@ class WorkerState {
   sent = 0;
   acked = 0;
   report: LoadReport | null = null;
+  /** loadShape(report). */
+  shape = '';
   /** instance key → sessions leased to this worker. */
   readonly leases = new Map<string, number>();
   /** instance key → a lease that shrank and is not confirmed given back yet. */
@@ -208,8 +210,12 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         this.rebalance();
         return;
       case 'connAck': this.door.acknowledged(state.worker.id, m.id); return;
-      case 'load':
+      case 'load': {
         state.report = m.report;
+        // leases are computed again when what they depend on moved, not for every count of running calls
+        const shape = loadShape(m.report);
+        if (m.report.version > state.acked || shape !== state.shape) this.scheduleRebalance();
+        state.shape = shape;
         if (m.report.version > state.acked) {
           state.acked = m.report.version;
           this.confirmPropagation();
@@ -217,8 +223,8 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         if (m.mirror) this.opts.aliases.setRemoteMirror(String(state.worker.id), m.mirror);
         if (m.usage) this.opts.usage?.addCalls(m.usage);
         if (m.relayed) state.relayed = m.relayed;
-        this.scheduleRebalance();
         return;
+      }
       case 'refused': this.opts.events.refused(m.nodeId, m.instanceId, m.reason); return;
       case 'timedOut': this.opts.events.timedOut(m.nodeId, m.instanceId, m.timeoutSeconds); return;
       case 'held': this.opts.events.held(m.nodeId); return;

@@ -11,15 +11,20 @@ import { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
 import { Metrics } from '../core/metrics.js';
 import { AliasTable } from '../aliases/table.js';
-import { RoutingTable } from '../gateway/routing-table.js';
+import { RoutingTable, loadShape } from '../gateway/routing-table.js';
 import { createDataPlane } from '../gateway/data-plane.js';
 import { relayControl } from './relay.js';
 import { RelayClient, RelayServer } from './call-relay.js';
 import { installProcessGuards } from '../gateway/last-resort.js';
 import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './messages.js';
 
-/** Load is reported this often when it changed (and at once when sessions are given back or calls queue). */
+/**
+ * Load is reported this often when its shape changed (loadShape: calls start or stop waiting,
+ * sessions held, an instance busy or idle), and at once when sessions are given back or calls
+ * queue; when only the counts of running calls and last-use times moved, every COUNTS_REPORT_MS.
+ */
 const REPORT_MS = 20;
+const COUNTS_REPORT_MS = 100;
 /** Mirror statistics (aliases with a shadow node) are reported this often when they changed. */
 const MIRROR_REPORT_MS = 250;
 /** Calls and bytes served (usage accounting) ride on a load report this often, when there are any. */
@@ -64,13 +69,20 @@ async function main(): Promise<void> {
 
   // ---- load reports: what the primary sums for the controller and moves session leases by ----
   let lastLoad = '';
+  let lastShape = '';
+  let lastSent = 0;
   let lastMirror = '';
   let queued = false;
   const report = (force: boolean): void => {
     const load = routes.loadReport();
+    const shape = loadShape(load);
+    const now = performance.now();
+    if (!force && shape === lastShape && now - lastSent < COUNTS_REPORT_MS) return;
     const text = JSON.stringify(load);
     if (!force && text === lastLoad) return;
     lastLoad = text;
+    lastShape = shape;
+    lastSent = now;
     send({ t: 'load', report: load });
   };
   routes.onLoadChange = () => {

@@ -26,6 +26,25 @@ export interface LoadReport {
 }
 
 /**
+ * What of a load report session leases depend on (cluster/primary.ts): which nodes and
+ * instances have calls, how many calls wait, sessions held, sticky calls waiting. Under a
+ * steady load it stays the same while the counts of running calls and the last-use times move.
+ */
+export function loadShape(r: LoadReport | null): string {
+  let s = '';
+  for (const id in r?.nodes) {
+    const n = r.nodes[id]!;
+    s += `${id}:${n.busy + n.waiting > 0 ? 1 : 0}:${n.waiting}`;
+    for (const iid in n.instances) {
+      const i = n.instances[iid]!;
+      s += `,${iid}:${i.busy > 0 ? 1 : 0}:${i.held}:${i.stickyWaiting ?? 0}`;
+    }
+    s += ';';
+  }
+  return s;
+}
+
+/**
  * With gateway workers: how a call reaches a node whose sessions another worker holds, its
  * home (cluster/call-relay.ts).
  * `call` (cell nodes): resolves with the instance's answer frame, or a BerthError for a call

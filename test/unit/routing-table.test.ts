@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseNodeSpec } from '../../src/core/node-spec.js';
-import { RELAYED, RoutingTable } from '../../src/gateway/routing-table.js';
+import { RELAYED, RoutingTable, loadShape, type LoadReport } from '../../src/gateway/routing-table.js';
 import { RelayClient } from '../../src/cluster/call-relay.js';
 import type { InstanceEvents, NodeEntry, RoutingSnapshot } from '../../src/routing/snapshot.js';
 import { BerthError } from '../../src/core/errors.js';
@@ -120,4 +120,19 @@ test('a home that went away: calls waiting here go to the next one (RELAYED); a 
   assert.equal(route.homeAfter(first), next);
   assert.equal(route.homeAfter(next), null);
   for (const c of clients.values()) c.close();
+});
+
+test('a load report\'s shape moves with what session leases depend on, not with the counts of running calls', () => {
+  const report = (busy: number, waiting: number, held: number, lastUsedAt: number, stickyWaiting?: number): LoadReport => ({
+    version: 3,
+    nodes: { n1: { busy, waiting, instances: { i1: { busy, held, lastUsedAt, ...(stickyWaiting ? { stickyWaiting } : {}) } } } },
+  });
+  const steady = loadShape(report(5, 0, 8, 1000));
+  assert.equal(loadShape(report(7, 0, 8, 2000)), steady, 'only the running count and last use moved');
+  for (const [what, moved] of [
+    ['calls wait', report(8, 1, 8, 1000)], ['more calls wait', report(8, 2, 8, 1000)], ['the node went idle', report(0, 0, 8, 1000)],
+    ['sessions held', report(5, 0, 7, 1000)], ['a sticky call waits', report(5, 0, 8, 1000, 1)],
+  ] as const) assert.notEqual(loadShape(moved), steady, what);
+  assert.notEqual(loadShape(report(8, 1, 8, 1000)), loadShape(report(8, 2, 8, 1000)), 'how many wait (queueSize is shared between workers by it)');
+  assert.equal(loadShape(null), '');
 });
