@@ -211,12 +211,13 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
         return;
       case 'connAck': this.door.acknowledged(state.worker.id, m.id); return;
       case 'load': {
+        const confirmed = m.report.version > state.acked;
+        const shape = loadShape(m.report);
         state.report = m.report;
         // leases are computed again when what they depend on moved, not for every count of running calls
-        const shape = loadShape(m.report);
-        if (m.report.version > state.acked || shape !== state.shape) this.scheduleRebalance();
+        if (confirmed || shape !== state.shape) this.scheduleRebalance();
         state.shape = shape;
-        if (m.report.version > state.acked) {
+        if (confirmed) {
           state.acked = m.report.version;
           this.confirmPropagation();
         }
