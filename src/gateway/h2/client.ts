@@ -16,54 +16,22 @@
 //   - frames written in one event-loop turn go out in one write.
 import type { Socket } from 'node:net';
 import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
-import { MessageBody, UNSAFE_VALUE, closedError, isHeader } from '../h1-message.js';
+import { MessageBody, closedError, isHeader } from '../h1-message.js';
+import {
+  ACK, CANCEL, COMPRESSION_ERROR, CONNECTION_HEADERS, CONNECTION_WINDOW, CONTINUATION, ConnectionError, DATA, END_HEADERS, END_STREAM,
+  ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FrameReader, FrameWriter, GOAWAY, HEADERS, HeaderBlocks, MAX_EMPTY_DATA, MAX_HEADER_LIST,
+  MAX_STREAM_ID, MAX_WINDOW, NAME, NO_ERROR, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM, SETTINGS,
+  SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
+  SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, UNSAFE_VALUE, checkPriority, onPing, resetCode, settingsEntries, settingsPayload, unpadded, windowIncrement, WINDOW_UPDATE,
+} from './frames.js';
 import { callDeadlines, type Deadline } from '../deadlines.js';
 import { connectReading, type BodySink, type Upstream, type UpstreamRequest, type UpstreamResponse } from '../upstream.js';
 import type { Endpoint } from '../../worker/protocol.js';
 
-const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-
-const DATA = 0x0, HEADERS = 0x1, PRIORITY = 0x2, RST_STREAM = 0x3, SETTINGS = 0x4, PUSH_PROMISE = 0x5,
-  PING = 0x6, GOAWAY = 0x7, WINDOW_UPDATE = 0x8, CONTINUATION = 0x9;
-const END_STREAM = 0x1, ACK = 0x1, END_HEADERS = 0x4, PADDED = 0x8, PRIORITY_FLAG = 0x20;
-const NO_ERROR = 0x0, PROTOCOL_ERROR = 0x1, FLOW_CONTROL_ERROR = 0x3, FRAME_SIZE_ERROR = 0x6, REFUSED_STREAM = 0x7,
-  CANCEL = 0x8, COMPRESSION_ERROR = 0x9, ENHANCE_YOUR_CALM = 0xb;
-const SETTINGS_HEADER_TABLE_SIZE = 0x1, SETTINGS_ENABLE_PUSH = 0x2, SETTINGS_MAX_CONCURRENT_STREAMS = 0x3,
-  SETTINGS_INITIAL_WINDOW_SIZE = 0x4, SETTINGS_MAX_FRAME_SIZE = 0x5, SETTINGS_MAX_HEADER_LIST_SIZE = 0x6;
-
-const MAX_WINDOW = 0x7fffffff;
-const MAX_STREAM_ID = 0x7fffffff;
-/** What one stream may have in flight towards us: a paused reader holds at most this. */
-const STREAM_WINDOW = 256 * 1024;
-/** The connection's window: streams' credit is what bounds memory; this only has to not be the bottleneck. */
-const CONNECTION_WINDOW = 16 * 1024 * 1024;
-/** Frames we accept (the protocol's default; we do not raise it). */
-const MAX_FRAME = 16 * 1024;
-/** An answer's header list (or trailers) at most: name + value + 32 per field, as SETTINGS counts it. */
-const MAX_HEADER_LIST = 64 * 1024;
-/** A header block across HEADERS and CONTINUATION frames at most, in bytes and in frames (an endless CONTINUATION ends here). */
-const MAX_HEADER_BLOCK = 2 * MAX_HEADER_LIST;
-const MAX_BLOCK_FRAMES = 64;
-/** Settings in one SETTINGS frame at most (there are six kinds; nghttp2 allows 32). */
-const MAX_SETTINGS_ENTRIES = 32;
-/** Answers (PING and SETTINGS acks) an instance may be owed while it does not read, as nghttp2's max_outbound_ack. */
-const MAX_OWED_ACKS = 1000;
-/** What may wait in the socket for an instance that does not read, before its connection is cut. */
-const MAX_UNREAD = 16 * 1024 * 1024;
-/** Empty DATA frames (no byte, no END_STREAM) one stream may send: beyond them it only burns CPU (CVE-2019-9518). */
-const MAX_EMPTY_DATA = 100;
 /** How often a call the instance did not process is tried again on a new stream. */
 const MAX_REQUEUES = 3;
 
 const protocolError = (message: string): Error => Object.assign(new Error(`the instance broke HTTP/2: ${message}`), { code: 'UPSTREAM_PROTOCOL' });
-
-function frameHead(length: number, type: number, flags: number, streamId: number): Buffer {
-  const h = Buffer.allocUnsafe(9);
-  h[0] = length >>> 16; h[1] = (length >>> 8) & 0xff; h[2] = length & 0xff;
-  h[3] = type; h[4] = flags;
-  h.writeUInt32BE(streamId, 5);
-  return h;
-}
 
 /**
  * HTTP/2 (h2c, gRPC) to one instance: one connection at a time, the gateway's own client
@@ -131,18 +99,12 @@ class H2ClientSession {
   private readonly blocked = new Set<H2ClientStream>();
   private readonly draining = new Set<H2ClientStream>();
   private gotSettings = false;
-  /** The start of a frame that the last read cut. */
-  private pending: Buffer | null = null;
-  /** A header block still in CONTINUATION frames. */
-  private block: { id: number; flags: number; parts: Buffer[]; size: number } | null = null;
+  /** Reads land in a buffer all upstream connections share (connectReading): what is kept is copied. */
+  private readonly reader = new FrameReader((type, flags, id, p) => this.onFrame(type, flags, id, p), true);
+  private readonly blocks = new HeaderBlocks(true);
   /** Streams whose answer began or went on in this read: their idle deadline is armed after it. */
   private readonly touched: H2ClientStream[] = [];
-  private out: Buffer[] = [];
-  private outBytes = 0;
-  /** Writes so far: a frame queued since the last is still unsent (end() may still set its END_STREAM). */
-  flushes = 0;
-  private flushing: NodeJS.Immediate | null = null;
-  private owedAcks = 0;
+  readonly out: FrameWriter;
   private socketError: Error | null = null;
   /** The protocol broke: nothing more is read, and nothing written but the GOAWAY saying why. */
   private broken = false;
@@ -152,13 +114,12 @@ class H2ClientSession {
     this.authority = endpoint.path ? 'localhost' : `${endpoint.host ?? '127.0.0.1'}:${endpoint.port}`;
     this.socket = connectReading(endpoint.path ? { path: endpoint.path } : { host: endpoint.host ?? '127.0.0.1', port: endpoint.port! }, (d) => this.onData(d));
     this.socket.unref(); // an idle connection does not keep the process alive
-    const settings = Buffer.allocUnsafe(18);
-    settings.writeUInt16BE(SETTINGS_ENABLE_PUSH, 0); settings.writeUInt32BE(0, 2);
-    settings.writeUInt16BE(SETTINGS_INITIAL_WINDOW_SIZE, 6); settings.writeUInt32BE(STREAM_WINDOW, 8);
-    settings.writeUInt16BE(SETTINGS_MAX_HEADER_LIST_SIZE, 12); settings.writeUInt32BE(MAX_HEADER_LIST, 14);
-    this.queue(PREFACE);
-    this.frame(SETTINGS, 0, 0, settings);
-    this.windowUpdate(0, CONNECTION_WINDOW - 65_535);
+    this.out = new FrameWriter(this.socket, (bytes) => {
+      if (!this.broken) this.connectionError(ENHANCE_YOUR_CALM, protocolError(`it left ${bytes} bytes unread`));
+    });
+    this.out.queue(PREFACE);
+    this.out.frame(SETTINGS, 0, 0, settingsPayload([[SETTINGS_ENABLE_PUSH, 0], [SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW], [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST]]));
+    this.out.windowUpdate(0, CONNECTION_WINDOW - 65_535);
     this.socket.on('drain', () => {
       const waiting = [...this.draining];
       this.draining.clear();
@@ -205,73 +166,19 @@ class H2ClientSession {
 
   private headerFrames(id: number, block: Buffer, flags: number): void {
     const max = this.peerMaxFrame;
-    if (block.length <= max) { this.frame(HEADERS, flags | END_HEADERS, id, block); return; }
-    this.frame(HEADERS, flags, id, block.subarray(0, max));
+    if (block.length <= max) { this.out.frame(HEADERS, flags | END_HEADERS, id, block); return; }
+    this.out.frame(HEADERS, flags, id, block.subarray(0, max));
     for (let at = max; at < block.length; at += max) {
       const end = Math.min(at + max, block.length);
-      this.frame(CONTINUATION, end === block.length ? END_HEADERS : 0, id, block.subarray(at, end));
+      this.out.frame(CONTINUATION, end === block.length ? END_HEADERS : 0, id, block.subarray(at, end));
     }
   }
-
-  // ---- writing: every frame of one event-loop turn in one write
-
-  frame(type: number, flags: number, id: number, payload: Buffer | null): Buffer {
-    const head = frameHead(payload ? payload.length : 0, type, flags, id);
-    this.queue(head);
-    if (payload && payload.length) this.queue(payload);
-    return head;
-  }
-
-  private queue(b: Buffer): void {
-    this.out.push(b);
-    this.outBytes += b.length;
-    this.flushing ??= setImmediate(this.flush);
-  }
-
-  private readonly flush = (): void => {
-    this.flushing = null;
-    const out = this.out;
-    const bytes = this.outBytes;
-    this.out = [];
-    this.outBytes = 0;
-    this.flushes++;
-    if (out.length === 0 || this.socket.destroyed) return;
-    if (out.length === 1) this.socket.write(out[0]!);
-    else if (bytes <= 64 * 1024) this.socket.write(Buffer.concat(out, bytes));
-    else {
-      this.socket.cork(); // large bodies: no copy, one writev
-      for (const b of out) this.socket.write(b);
-      this.socket.uncork();
-    }
-    if (this.socket.writableLength > MAX_UNREAD && !this.broken) {
-      this.connectionError(ENHANCE_YOUR_CALM, protocolError(`it left ${this.socket.writableLength} bytes unread`));
-    }
-  };
 
   /** The socket has room (a request body's backpressure beyond flow control); else `stream` hears when it has. */
   writable(stream: H2ClientStream): boolean {
     if (this.socket.writableLength < 1024 * 1024) return true;
     this.draining.add(stream);
     return false;
-  }
-
-  windowUpdate(id: number, increment: number): void {
-    const p = Buffer.allocUnsafe(4);
-    p.writeUInt32BE(increment, 0);
-    this.frame(WINDOW_UPDATE, 0, id, p);
-  }
-
-  reset(id: number, code: number): void {
-    const p = Buffer.allocUnsafe(4);
-    p.writeUInt32BE(code, 0);
-    this.frame(RST_STREAM, 0, id, p);
-  }
-
-  /** An answer the instance asked for (an ack): one that asks for many and reads none is cut off. */
-  private ack(type: number, payload: Buffer | null): void {
-    if (this.socket.writableLength === 0) this.owedAcks = 0;
-    else if (++this.owedAcks > MAX_OWED_ACKS) throw new ConnectionError(ENHANCE_YOUR_CALM, `over ${MAX_OWED_ACKS} acks asked for and not read`);
-    this.frame(type, ACK, 0, payload);
   }
 
   /** Takes up to `want` bytes of the connection's credit (none: `stream` waits for the next). */
@@ -309,51 +216,19 @@ class H2ClientSession {
 
   // ---- reading
 
-  /** A read, in the shared buffer (connectReading): what is kept of it is copied (a cut frame, DATA, a PING). */
+  /** A read, in the shared buffer (connectReading). */
   private onData(d: Buffer): void {
     if (this.broken) return;
     try {
-      let at = 0;
-      if (this.pending) {
-        // complete the frame the last read cut, copying only it
-        const p = this.pending;
-        const head = p.length >= 9 ? p : Buffer.concat([p, d.subarray(0, 9 - p.length)]);
-        if (head.length < 9) { this.pending = head; return; }
-        const total = 9 + this.frameLength(head, 0);
-        at = Math.min(total - p.length, d.length);
-        this.pending = null;
-        const frame = Buffer.concat([p, d.subarray(0, at)]);
-        if (frame.length < total) { this.pending = frame; return; }
-        this.onFrameAt(frame, 0);
-      }
-      while (d.length - at >= 9 && !this.broken) {
-        const length = this.frameLength(d, at);
-        if (d.length - at < 9 + length) break;
-        this.onFrameAt(d, at);
-        at += 9 + length;
-      }
-      if (at < d.length && !this.broken) this.pending = Buffer.from(d.subarray(at));
+      // the first bytes say what it is: not HTTP/2 at all (an HTTP/1.1 server answers text)
+      if (!this.gotSettings && d.toString('latin1', 0, 5) === 'HTTP/') throw new ConnectionError(PROTOCOL_ERROR, 'it answered HTTP/1.x');
+      this.reader.read(d, () => this.broken);
     } catch (err) {
       if (!(err instanceof ConnectionError)) throw err;
       this.connectionError(err.h2code, protocolError(err.message));
     } finally {
       this.armTouched();
     }
-  }
-
-  private frameLength(b: Buffer, at: number): number {
-    const length = (b[at]! << 16) | (b[at + 1]! << 8) | b[at + 2]!;
-    if (length > MAX_FRAME) throw new ConnectionError(FRAME_SIZE_ERROR, `a frame of ${length} bytes (at most ${MAX_FRAME})`);
-    return length;
-  }
-
-  private onFrameAt(b: Buffer, at: number): void {
-    const type = b[at + 3]!;
-    if (!this.gotSettings && type !== SETTINGS) {
-      // the first bytes say what it is: not HTTP/2 at all (an HTTP/1.1 server answers text)
-      throw new ConnectionError(PROTOCOL_ERROR, b.toString('latin1', at, at + 5) === 'HTTP/' ? 'it answered HTTP/1.x' : 'its first frame is not SETTINGS');
-    }
-    this.onFrame(type, b[at + 4]!, b.readUInt32BE(at + 5) & MAX_STREAM_ID, b.subarray(at + 9, at + 9 + this.frameLength(b, at)));
   }
 
   private armTouched(): void {
@@ -370,45 +245,31 @@ class H2ClientSession {
   }
 
   private onFrame(type: number, flags: number, id: number, p: Buffer): void {
-    if (this.block && type !== CONTINUATION) throw new ConnectionError(PROTOCOL_ERROR, 'a header block was cut by another frame');
+    if (!this.gotSettings && type !== SETTINGS) throw new ConnectionError(PROTOCOL_ERROR, 'its first frame is not SETTINGS');
+    this.blocks.check(type);
     switch (type) {
       case DATA: return this.onDataFrame(flags, id, p);
       case HEADERS: {
         this.ours(id, 'HEADERS');
-        let start = 0, end = p.length;
-        if (flags & PADDED) { if (p.length < 1) throw new ConnectionError(FRAME_SIZE_ERROR, 'padded HEADERS without its pad length'); end -= p[0]!; start = 1; }
-        if (flags & PRIORITY_FLAG) start += 5;
-        if (end < start) throw new ConnectionError(PROTOCOL_ERROR, 'padding longer than its frame');
-        const fragment = p.subarray(start, end);
-        if (flags & END_HEADERS) return this.onHeaderBlock(id, flags, fragment);
-        this.block = { id, flags, parts: [Buffer.from(fragment)], size: fragment.length };
+        const block = this.blocks.headers(flags, id, p);
+        if (block) this.onHeaderBlock(id, flags, block);
         return;
       }
       case CONTINUATION: {
-        const b = this.block;
-        if (!b || b.id !== id) throw new ConnectionError(PROTOCOL_ERROR, 'CONTINUATION without its HEADERS');
-        b.size += p.length;
-        if (b.size > MAX_HEADER_BLOCK || b.parts.length >= MAX_BLOCK_FRAMES) throw new ConnectionError(ENHANCE_YOUR_CALM, `a header block over ${MAX_HEADER_BLOCK} bytes or ${MAX_BLOCK_FRAMES} frames`);
-        b.parts.push(Buffer.from(p));
-        if (flags & END_HEADERS) { this.block = null; this.onHeaderBlock(id, b.flags, Buffer.concat(b.parts, b.size)); }
+        const done = this.blocks.continuation(flags, id, p);
+        if (done) this.onHeaderBlock(id, done.flags, done.block);
         return;
       }
-      case PRIORITY:
-        if (id === 0) throw new ConnectionError(PROTOCOL_ERROR, 'PRIORITY on stream 0');
-        if (p.length !== 5) throw new ConnectionError(FRAME_SIZE_ERROR, 'PRIORITY not 5 bytes');
-        return;
+      case PRIORITY: return checkPriority(id, p);
       case RST_STREAM: {
-        if (p.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'RST_STREAM not 4 bytes');
+        const code = resetCode(p);
         this.ours(id, 'RST_STREAM');
-        this.streams.get(id)?.onReset(p.readUInt32BE(0));
+        this.streams.get(id)?.onReset(code);
         return;
       }
       case SETTINGS: return this.onSettings(flags, id, p);
       case PUSH_PROMISE: throw new ConnectionError(PROTOCOL_ERROR, 'PUSH_PROMISE, which the gateway disabled');
-      case PING:
-        if (id !== 0 || p.length !== 8) throw new ConnectionError(id !== 0 ? PROTOCOL_ERROR : FRAME_SIZE_ERROR, 'a malformed PING');
-        if (!(flags & ACK)) this.ack(PING, Buffer.from(p));
-        return;
+      case PING: return onPing(flags, id, p, this.out);
       case GOAWAY: {
         if (id !== 0 || p.length < 8) throw new ConnectionError(PROTOCOL_ERROR, 'a malformed GOAWAY');
         this.lastAccepted = Math.min(this.lastAccepted, p.readUInt32BE(0) & MAX_STREAM_ID);
@@ -419,8 +280,7 @@ class H2ClientSession {
         return;
       }
       case WINDOW_UPDATE: {
-        if (p.length !== 4) throw new ConnectionError(FRAME_SIZE_ERROR, 'WINDOW_UPDATE not 4 bytes');
-        const inc = p.readUInt32BE(0) & MAX_WINDOW;
+        const inc = windowIncrement(p);
         if (id === 0) {
           if (inc === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a connection WINDOW_UPDATE of 0');
           this.sendWindow += inc;
@@ -444,12 +304,8 @@ class H2ClientSession {
     // flow control counts the whole payload, padding included
     this.recvWindow -= p.length;
     if (this.recvWindow < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'DATA beyond the connection window');
-    if (this.recvWindow <= CONNECTION_WINDOW / 2) { this.windowUpdate(0, CONNECTION_WINDOW - this.recvWindow); this.recvWindow = CONNECTION_WINDOW; }
-    let data = p;
-    if (flags & PADDED) {
-      if (p.length < 1 || p[0]! >= p.length) throw new ConnectionError(PROTOCOL_ERROR, 'padding longer than its frame');
-      data = p.subarray(1, p.length - p[0]!);
-    }
+    if (this.recvWindow <= CONNECTION_WINDOW / 2) { this.out.windowUpdate(0, CONNECTION_WINDOW - this.recvWindow); this.recvWindow = CONNECTION_WINDOW; }
+    const data = unpadded(flags, p);
     // a stream reset here already: its late frames are dropped
     this.streams.get(id)?.onData(data, p.length, (flags & END_STREAM) !== 0);
   }
@@ -471,38 +327,23 @@ class H2ClientSession {
   }
 
   private onSettings(flags: number, id: number, p: Buffer): void {
-    if (id !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'SETTINGS on a stream');
-    if (flags & ACK) {
-      if (p.length !== 0) throw new ConnectionError(FRAME_SIZE_ERROR, 'a SETTINGS ACK with a payload');
-      return;
-    }
-    if (p.length % 6 !== 0) throw new ConnectionError(FRAME_SIZE_ERROR, 'SETTINGS not a multiple of 6 bytes');
-    if (p.length / 6 > MAX_SETTINGS_ENTRIES) throw new ConnectionError(ENHANCE_YOUR_CALM, `over ${MAX_SETTINGS_ENTRIES} settings in one frame`);
-    const first = !this.gotSettings;
-    this.gotSettings = true;
-    const streamsBefore = first ? 1 : this.peerMaxStreams;
-    if (first) this.peerMaxStreams = 100; // the instance's own limit, or RFC 9113's suggested floor
+    const streamsBefore = this.gotSettings ? this.peerMaxStreams : 1;
+    if (!this.gotSettings && !(flags & ACK)) { this.gotSettings = true; this.peerMaxStreams = 100; } // the instance's own limit, or RFC 9113's suggested floor
     let windowGrew = false;
-    for (let at = 0; at < p.length; at += 6) {
-      const key = p.readUInt16BE(at);
-      const value = p.readUInt32BE(at + 2);
+    const isSettings = settingsEntries(flags, id, p, (key, value) => {
       if (key === SETTINGS_HEADER_TABLE_SIZE) this.encoder.setPeerMaxTableSize(value);
       else if (key === SETTINGS_ENABLE_PUSH) { if (value !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'a server may not enable push'); }
       else if (key === SETTINGS_MAX_CONCURRENT_STREAMS) this.peerMaxStreams = value;
       else if (key === SETTINGS_INITIAL_WINDOW_SIZE) {
-        if (value > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'an initial window over 2^31-1');
         const delta = value - this.peerInitialWindow;
-        if (delta === 0) continue;
         this.peerInitialWindow = value;
         windowGrew ||= delta > 0;
         // may go below zero (RFC 9113 §6.9.2), not above the largest window
-        for (const s of this.streams.values()) if (!s.adjustWindow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
-      } else if (key === SETTINGS_MAX_FRAME_SIZE) {
-        if (value < 16_384 || value > 0xffffff) throw new ConnectionError(PROTOCOL_ERROR, `a max frame size of ${value}`);
-        this.peerMaxFrame = value;
-      }
-    }
-    this.ack(SETTINGS, null);
+        if (delta !== 0) for (const s of this.streams.values()) if (!s.adjustWindow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
+      } else if (key === SETTINGS_MAX_FRAME_SIZE) this.peerMaxFrame = value;
+    });
+    if (!isSettings) return;
+    this.out.ack(SETTINGS, null);
     if (windowGrew) for (const s of [...this.streams.values()]) s.sendQueued();
     if (this.peerMaxStreams > streamsBefore) this.startWaiting();
   }
@@ -527,12 +368,9 @@ class H2ClientSession {
   /** The protocol is broken: every stream fails with `err`, the instance is told why, the connection ends. */
   private connectionError(code: number, err: Error): void {
     this.broken = true;
-    const goaway = Buffer.alloc(8);
-    goaway.writeUInt32BE(code, 4);
-    this.out = [];
-    this.outBytes = 0;
-    this.frame(GOAWAY, 0, 0, goaway);
-    this.flush();
+    this.out.discard();
+    this.out.goaway(0, code);
+    this.out.flush();
     this.closeSocket();
     this.gone(err);
   }
@@ -552,8 +390,8 @@ class H2ClientSession {
   /** Ends the connection once nothing runs on it (GOAWAY first, as a polite client does). */
   private end(): void {
     if (this.socket.destroyed || this.broken || this.socket.writableEnded) return;
-    this.frame(GOAWAY, 0, 0, Buffer.alloc(8));
-    this.flush();
+    this.out.goaway(0, NO_ERROR);
+    this.out.flush();
     this.closeSocket();
   }
 
@@ -564,14 +402,7 @@ class H2ClientSession {
   }
 }
 
-class ConnectionError extends Error {
-  constructor(readonly h2code: number, message: string) { super(message); }
-}
-
 const abortReason = (r: UpstreamRequest): Error => (r.signal.reason instanceof Error ? r.signal.reason : new Error('aborted'));
-
-/** Headers that belong to one connection: never sent over HTTP/2 (te only as "trailers"). */
-const CONNECTION_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'http2-settings', 'host']);
 
 function withoutConnectionHeaders(h: Record<string, string | string[]>): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
@@ -610,7 +441,7 @@ class H2ClientStream implements BodySink {
   private lastRead = 0;
   private readonly onAbort = (): void => {
     if (this.finished) return;
-    this.session.reset(this.id, CANCEL);
+    this.session.out.reset(this.id, CANCEL);
     this.fail(abortReason(this.r));
   };
 
@@ -642,8 +473,8 @@ class H2ClientStream implements BodySink {
       const n = this.session.takeCredit(this, Math.min(chunk.length, this.sendWindow));
       if (n === 0) break;
       this.sendWindow -= n;
-      this.lastData = this.session.frame(DATA, 0, this.id, chunk.subarray(0, n));
-      this.lastDataFlush = this.session.flushes;
+      this.lastData = this.session.out.frame(DATA, 0, this.id, chunk.subarray(0, n));
+      this.lastDataFlush = this.session.out.flushes;
       chunk = chunk.subarray(n);
     }
     return chunk;
@@ -678,14 +509,14 @@ class H2ClientStream implements BodySink {
     this.localEnded = true;
     const last = this.lastData;
     this.lastData = null;
-    if (last && this.lastDataFlush === this.session.flushes) last[4] = last[4]! | END_STREAM;
-    else this.session.frame(DATA, END_STREAM, this.id, null);
+    if (last && this.lastDataFlush === this.session.out.flushes) last[4] = last[4]! | END_STREAM;
+    else this.session.out.frame(DATA, END_STREAM, this.id, null);
     if (this.remoteEnded) this.finish();
   }
 
   destroy(err: Error): void {
     if (this.finished) return;
-    this.session.reset(this.id, CANCEL);
+    this.session.out.reset(this.id, CANCEL);
     this.fail(err);
   }
 
@@ -766,7 +597,7 @@ class H2ClientStream implements BodySink {
   /** Gives the instance back the credit its delivered bytes took, in batches; none while the reader holds. */
   private credit(): void {
     if (this.holding || this.uncredited < STREAM_WINDOW / 2 || this.finished) return;
-    this.session.windowUpdate(this.id, this.uncredited);
+    this.session.out.windowUpdate(this.id, this.uncredited);
     this.recvWindow += this.uncredited;
     this.uncredited = 0;
   }
@@ -795,7 +626,7 @@ class H2ClientStream implements BodySink {
     this.remoteEnded = true;
     const body = this.body!;
     // the answer is complete: a request body still going is not wanted any more
-    if (!this.localEnded) { this.session.reset(this.id, NO_ERROR); this.localEnded = true; }
+    if (!this.localEnded) { this.session.out.reset(this.id, NO_ERROR); this.localEnded = true; }
     this.finish();
     this.endTrailers?.(trailers);
     this.endTrailers = null;
@@ -821,7 +652,7 @@ class H2ClientStream implements BodySink {
   /** The instance broke the protocol on this stream only: it is reset, the connection lives on. */
   streamError(code: number, message: string): void {
     if (this.finished) return;
-    this.session.reset(this.id, code);
+    this.session.out.reset(this.id, code);
     this.fail(protocolError(message));
   }
 
@@ -854,9 +685,6 @@ class H2ClientStream implements BodySink {
     close?.();
   }
 }
-
-/** A header name as HTTP/2 has them: lower-case token characters (RFC 9113 §8.2.1). */
-const NAME = /^[a-z0-9!#$%&'*+\-.^_`|~]+$/;
 
 /**
  * An answer's fields into `out` (repeated names as arrays); what is wrong with them, if
