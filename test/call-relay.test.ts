@@ -24,7 +24,7 @@ import { FRAME, type Frame } from '../src/worker/protocol.js';
 /** A home that answers every stream by echoing its path, a header and its body. */
 const echoStreams: ServeStream = async (stream, headers) => {
   const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
+  await new Promise<void>((resolve) => { stream.on('data', (c) => chunks.push(c)); stream.once('end', resolve); });
   stream.respond({ ':status': 200, 'x-path': String(headers[':path']), 'x-node': String(headers['x-node']) }, { waitForTrailers: true });
   stream.once('wantTrailers', () => stream.sendTrailers({ 'x-bytes': String(Buffer.concat(chunks).length) }));
   stream.end(Buffer.concat(chunks));

@@ -17,7 +17,8 @@
 //                        instance) or REFUSED (the call could not start); or SKIPPED (a mirror call
 //                        that found no free session).
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import { createServer as createH2Server, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http2';
+import { H2Front, type CallerStream } from '../gateway/h2/server.js';
 import { rmSync, chmodSync } from 'node:fs';
 import { BerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { Frame } from '../worker/protocol.js';
@@ -32,11 +33,12 @@ const FAILED = 0xe2;
 /** Flags of a CALL: only if a session is free now (mirrored calls never queue behind real ones). */
 const ONLY_IF_FREE = 0x01;
 const HEADER = 9;
+const DAY_MS = 24 * 3600_000;
 
 /** What the home runs for a relayed call: the same path as its own calls. */
 export type RunHere = (nodeId: string, payload: Buffer, stickyKey: string | undefined, onlyIfFree: boolean) => Promise<Frame | BerthError>;
 /** What the home runs for a relayed image-node call (an HTTP/2 stream naming the node). */
-export type ServeStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => Promise<void>;
+export type ServeStream = (stream: CallerStream, headers: IncomingHttpHeaders) => Promise<void>;
 
 /** How a stream connection starts ('PRI *' of the HTTP/2 preface); a frame's fifth byte is its type, never '*'. */
 const H2_START = Buffer.from('PRI *');
@@ -94,7 +96,7 @@ function writeFrame(socket: Socket, type: number, id: number, parts: Buffer[]): 
 /** The home's side: a unix socket (mode 0600, in BERTH_HOME) the other gateway workers send calls to. */
 export class RelayServer {
   private readonly server: Server;
-  private readonly h2: Http2Server;
+  private readonly h2: H2Front;
   private readonly sockets = new Set<Socket>();
   /** Relayed calls running here (shutdown waits for them as for its own). */
   inFlight = 0;
@@ -103,15 +105,17 @@ export class RelayServer {
 
   constructor(readonly path: string, private readonly maxBytes: number, private readonly runHere: RunHere, serveStream: ServeStream) {
     this.server = createServer((socket) => this.accept(socket));
-    this.h2 = createH2Server({ maxSessionMemory: 64, peerMaxConcurrentStreams: 1000 });
-    this.h2.on('stream', (stream, headers) => {
-      this.inFlight++;
-      this.served++;
-      stream.on('error', () => undefined);
-      stream.once('close', () => { this.inFlight--; });
-      void serveStream(stream, headers);
+    // the gateway's own HTTP/2 server side; the sender is another worker of this Berth: its calls
+    // are bounded by the node's sessions, and a connection lives as long as both workers do
+    this.h2 = new H2Front({
+      headersTimeoutMs: DAY_MS, idleTimeoutMs: DAY_MS, maxStreams: 1000, onRequest: () => undefined,
+      onStream: (stream, headers) => {
+        this.inFlight++;
+        this.served++;
+        stream.once('close', () => { this.inFlight--; });
+        void serveStream(stream, headers);
+      },
     });
-    this.h2.on('sessionError', () => undefined);
   }
 
   async listen(): Promise<void> {
@@ -144,7 +148,7 @@ export class RelayServer {
       if (head.subarray(0, H2_START.length).equals(H2_START)) {
         socket.pause();
         socket.unshift(head);
-        this.h2.emit('connection', socket);
+        this.h2.accept(socket);
         return;
       }
       socket.on('data', (c: Buffer) => { if (!reader.push(c)) socket.destroy(); });
@@ -183,7 +187,7 @@ export class RelayServer {
 
   close(): void {
     this.server.close();
-    this.h2.close();
+    this.h2.closeAll();
     for (const s of this.sockets) s.destroy();
     rmSync(this.path, { force: true });
   }

@@ -5,7 +5,8 @@
 // or a relay to the primary in a gateway worker (cluster/worker.ts). Built the same way in
 // both, so the two modes serve calls with the same code.
 import { createServer, type IncomingMessage, type ServerResponse, type Server } from 'node:http';
-import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse, type Http2Server, type ServerHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
+import { createServer as createH2Server, constants as h2c, Http2ServerRequest, Http2ServerResponse, type Http2Server, type IncomingHttpHeaders } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import type { Config } from '../core/config.js';
 import type { Auth } from '../core/auth.js';
 import { BerthError } from '../core/errors.js';
@@ -18,6 +19,7 @@ import { Gateway } from './execute.js';
 import { Proxy, relay } from './proxy.js';
 import { RequestBody } from './upstream.js';
 import { H2Upstream } from './h2/client.js';
+import type { CallerStream } from './h2/server.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
@@ -39,7 +41,8 @@ export interface DataPlaneDeps {
 
 export interface DataPlane {
   httpServer: Server;
-  h2Server: Http2Server;
+  /** node:http2 on a loopback port, for the HTTP/2 requests that need Node's compatibility API (the control API). */
+  compatServer: Http2Server;
   gateway: Gateway;
   proxy: Proxy;
   door: FrontDoor;
@@ -104,11 +107,27 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     keepAliveTimeout: config.idleTimeoutMs, headersTimeout: config.headersTimeoutMs, requestTimeout: 0,
     connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(config.headersTimeoutMs / 4))),
   }, serveCall);
-  // HTTP/2: header-routed calls go to image instances, gRPC to Berth's own services, and
-  // everything else (the control API, REST execute) to the same handlers as HTTP/1.1,
-  // through Node's compatibility request/response
-  const h2Server = createH2Server({ maxSessionMemory: 64 });
-  h2Server.on('stream', guardH2('h2', (stream, headers) => {
+  // HTTP/2 callers are served by the gateway's own server side (h2/server.ts): header-routed
+  // calls go to image instances, gRPC to Berth's own services; the rest (the control API, REST
+  // execute, OIP over REST) needs Node's compatibility request/response, which only node:http2's
+  // streams have: those streams go on, over the gateway's own client, to node:http2 on a
+  // loopback port, served there by the same handlers as HTTP/1.1
+  const compatServer = createH2Server({ maxSessionMemory: 64 });
+  compatServer.on('stream', guardH2('h2', (stream, headers) => {
+    stream.on('error', () => undefined);
+    const path = String(headers[':path'] ?? '');
+    const rawHeaders = Object.entries(headers).flatMap(([k, v]) => (Array.isArray(v) ? v.flatMap((x) => [k, x]) : v === undefined ? [] : [k, String(v)]));
+    const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
+    const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
+    if (Gateway.handles(path)) return gateway.handle(req, res);
+    if (InferenceProtocol.handles(path)) return oip.handle(req, res);
+    deps.control(req, res);
+  }));
+  compatServer.on('sessionError', () => undefined);
+  await new Promise<void>((resolve) => compatServer.listen(0, '127.0.0.1', resolve));
+  const compatUpstream = new H2Upstream({ host: '127.0.0.1', port: (compatServer.address() as AddressInfo).port });
+
+  const serveH2 = guardH2('h2', (stream: CallerStream, headers: IncomingHttpHeaders) => {
     stream.on('error', () => undefined);
     const routed = Proxy.routed(headers);
     const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
@@ -117,23 +136,12 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     const injected = fault(headers);
     if (injected) return injected;
     if (routed) return proxy.handleHttp2(stream, headers);
-    if (String(headers['content-type'] ?? '').startsWith('application/grpc')) {
-      // NodeService calls are served right here; reflection and health by grpc-js behind it
-      if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardToGrpc(stream, headers, grpcUpstream);
-      return;
-    }
-    // the compatibility objects Node's own HTTP/2 'request' event would make; made here, only
-    // for these streams, so they never touch the raw streams above (their trailers, say)
-    const rawHeaders = Object.entries(headers).flatMap(([k, v]) => (Array.isArray(v) ? v.flatMap((x) => [k, x]) : v === undefined ? [] : [k, String(v)]));
-    const req = new (Http2ServerRequest as unknown as new (...a: unknown[]) => IncomingMessage)(stream, headers, undefined, rawHeaders);
-    const res = new (Http2ServerResponse as unknown as new (...a: unknown[]) => ServerResponse)(stream);
-    if (Gateway.handles(t.target)) return gateway.handle(req, res);
-    if (InferenceProtocol.handles(t.target)) return oip.handle(req, res);
-    deps.control(req, res);
-  }));
-  h2Server.on('sessionError', () => undefined);
+    if (!String(headers['content-type'] ?? '').startsWith('application/grpc')) return forwardStream(stream, headers, compatUpstream);
+    // NodeService calls are served right here; reflection and health by grpc-js behind it
+    if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardStream(stream, headers, grpcUpstream);
+  });
 
-  const door = createFrontDoor(httpServer, h2Server, {
+  const door = createFrontDoor(httpServer, serveH2, {
     maxConnections: config.maxConnections, headersTimeoutMs: config.headersTimeoutMs, idleTimeoutMs: config.idleTimeoutMs, tls: deps.tls,
     // the raw front serves a data-plane call itself; a bad target too (answered there, as here)
     claim: (req) => {
@@ -143,29 +151,34 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   });
 
   return {
-    httpServer, h2Server, gateway, proxy, door,
+    httpServer, compatServer, gateway, proxy, door,
     drain: async (deadline) => {
       gateway.draining = true;
       door.server.close();
       door.h1.drain();
+      door.h2.drain();
       httpServer.closeIdleConnections();
       while ((gateway.inFlight > 0 || proxy.inFlight > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     },
     close: async () => {
       door.h1.closeAll();
+      door.h2.closeAll();
       httpServer.closeAllConnections();
-      h2Server.close();
+      compatUpstream.close();
+      compatServer.close();
       grpcUpstream.close();
       await grpc.close(1000);
     },
   };
 }
 
-/** Berth's own gRPC services (NodeService, reflection, health) run in grpc-js on a loopback port. */
-async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
+/**
+ * A caller's HTTP/2 stream, on to where it is served on a loopback port: grpc-js (Berth's
+ * reflection and health services) or node:http2 (`compatServer`). Errors answer as gRPC or JSON.
+ */
+async function forwardStream(stream: CallerStream, headers: IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
-  let trailers: Record<string, string | string[]> = {};
   try {
     const res = await upstream.request({
       method: String(headers[':method']), path: String(headers[':path']), headers: out, body: new RequestBody(stream), // grpc-js holds its own limit
@@ -174,14 +187,13 @@ async function forwardToGrpc(stream: ServerHttp2Stream, headers: IncomingHttpHea
     if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
     if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
     stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
-    stream.on('wantTrailers', () => stream.sendTrailers(trailers));
-    void res.trailers.then((t) => { trailers = t; });
+    // the trailers come once the body has ended, which is when the stream asks for them
+    stream.on('wantTrailers', () => void res.trailers.then((t) => { if (!stream.destroyed) stream.sendTrailers(t); }));
     void relay(res.body, stream, () => stream.close(h2c.NGHTTP2_INTERNAL_ERROR), Infinity);
   } catch (err) {
     if (stream.destroyed || stream.closed) return; // the caller is gone
-    if (!stream.headersSent) {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '14', 'grpc-message': encodeURIComponent(`Berth gRPC unavailable: ${(err as Error).message}`) }, { endStream: true });
-    } else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+    if (!stream.headersSent) respondH2Error(stream, headers, new BerthError('BAD_GATEWAY', `Berth could not serve the request: ${(err as Error).message}`));
+    else stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
   }
 }
 

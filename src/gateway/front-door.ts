@@ -3,7 +3,8 @@
 // behind TLS. HTTP/1.1 connections start at the raw front (h1-front.ts), which serves
 // data-plane calls off the socket and hands the rest to node:http. This is also where
 // connections are bounded, so a caller that connects and sends nothing (or a byte a
-// second) cannot hold a file descriptor for long:
+// second) cannot hold a file descriptor for long. HTTP/2 connections go to the gateway's
+// own server side (h2/server.ts), which applies the h2 timeouts below itself.
 //   - from accept until the first request head (HTTP/1.1) or the first stream (h2), a
 //     deadline of `headersTimeoutMs` (the TLS handshake and the preface sniffing count);
 //     each later HTTP/1.1 request head has the same (Node's headersTimeout);
@@ -19,9 +20,10 @@
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import type { Http2Server, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http2';
 import { BerthError } from '../core/errors.js';
 import { H1Front, type H1Handler, type H1Request } from './h1-front.js';
+import { H2Front, type CallerStream } from './h2/server.js';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Sockets being refused at most, beyond the cap; past that they are closed without a word. */
@@ -45,6 +47,8 @@ export interface FrontDoor {
   server: NetServer;
   /** HTTP/1.1 connections while they carry data-plane calls (h1-front.ts). */
   h1: H1Front;
+  /** HTTP/2 connections (h2/server.ts). */
+  h2: H2Front;
   stats(): FrontDoorStats;
 }
 
@@ -54,14 +58,12 @@ interface Conn { raw: Socket; deadline: NodeJS.Timeout | null }
 const CONN = Symbol('berth.frontDoorConn');
 type Tagged = { [CONN]?: Conn };
 
-export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontDoorOptions): FrontDoor {
+export function createFrontDoor(http1: HttpServer, serveH2: (stream: CallerStream, headers: IncomingHttpHeaders) => void, opts: FrontDoorOptions): FrontDoor {
   let open = 0;
   let refusing = 0;
   const counters = { refused: 0, evicted: 0 };
   /** Connections that have not completed a request yet, oldest first (a Set keeps insertion order). */
   const waiting = new Set<Conn>();
-  /** h2 sessions and how many streams each has open: the idle ones can be reclaimed. */
-  const sessions = new Map<ServerHttp2Session, number>();
   /** HTTP/1.1 connections handed to the http server (to see which ones closeIdleConnections ended). */
   const http1Sockets = new Set<Socket>();
 
@@ -88,46 +90,10 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     req.once('end', () => { if (!res.writableFinished && !socket.destroyed) socket.setTimeout(0); });
   });
 
-  // ---- h2: a session must open a stream within headersTimeoutMs, then idles at most idleTimeoutMs between streams ----
-  h2.on('session', (session: ServerHttp2Session) => {
-    sessions.set(session, 0);
-    // one timer at a time, not one per stream: it closes a session that has had no open stream
-    // for `limit` (the headers timeout before its first stream, the idle timeout after)
-    let limit = opts.headersTimeoutMs;
-    let idleSince = Date.now();
-    let timer: NodeJS.Timeout | null = null;
-    const check = (): void => {
-      timer = null;
-      if ((sessions.get(session) ?? 0) > 0 || session.destroyed) return; // armed again when its last stream ends
-      const left = idleSince + limit - Date.now();
-      if (left <= 0) closeSession(session);
-      else arm(left);
-    };
-    const arm = (ms: number): void => {
-      timer = setTimeout(check, ms);
-      timer.unref();
-    };
-    arm(limit);
-    session.on('stream', (stream: ServerHttp2Stream, _headers, flags: number) => {
-      // the socket is gone once the session is destroyed (a stream can still be emitted then)
-      const socket = session.socket as unknown as Tagged | undefined;
-      settled(socket?.[CONN]);
-      sessions.set(session, (sessions.get(session) ?? 0) + 1);
-      // END_STREAM on the HEADERS frame (flag 0x1): no body to wait for
-      if ((flags & 0x1) === 0) {
-        stream.setTimeout(opts.idleTimeoutMs, () => stream.close(0x8 /* CANCEL */));
-        stream.once('end', () => stream.setTimeout(0));
-      }
-      stream.once('close', () => {
-        const n = (sessions.get(session) ?? 1) - 1;
-        sessions.set(session, n);
-        if (n > 0 || session.destroyed) return;
-        limit = opts.idleTimeoutMs;
-        idleSince = Date.now();
-        if (!timer) arm(limit);
-      });
-    });
-    session.once('close', () => { if (timer) clearTimeout(timer); sessions.delete(session); });
+  // ---- h2: the session closes itself when it has had no stream for the idle timeout; a request body that stops, likewise
+  const h2 = new H2Front({
+    headersTimeoutMs: opts.headersTimeoutMs, idleTimeoutMs: opts.idleTimeoutMs,
+    onRequest: (socket) => settled((socket as Tagged)[CONN]), onStream: serveH2,
   });
 
   /** node:http takes an HTTP/1.1 connection over, the bytes it has not parsed back in the socket's buffer. */
@@ -147,7 +113,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     if (refused) return refuse(plain, isH2);
     (plain as Tagged)[CONN] = conn;
     // the h2 server takes the bytes already read back from the socket's buffer first
-    if (isH2) h2.emit('connection', plain);
+    if (isH2) h2.accept(plain);
     else h1.accept(plain);
   };
 
@@ -194,10 +160,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
       oldest.value.raw.destroy();
       return true;
     }
-    let reclaimed = false;
-    for (const [session, streams] of sessions) {
-      if (streams === 0 && !session.closed) { closeSession(session); reclaimed = true; break; }
-    }
+    let reclaimed = h2.closeIdle(1) > 0;
     if (!reclaimed) {
       // HTTP/1.1 keep-alive connections between requests (closeIdleConnections destroys them at once)
       if (h1.closeIdle() > 0) reclaimed = true;
@@ -237,14 +200,7 @@ export function createFrontDoor(http1: HttpServer, h2: Http2Server, opts: FrontD
     }
   });
 
-  return { server, h1, stats: () => ({ open, refused: counters.refused, evicted: counters.evicted }) };
-}
-
-/** Asks an h2 session to go (GOAWAY), and makes sure it does. */
-function closeSession(session: ServerHttp2Session): void {
-  if (session.destroyed) return;
-  try { session.close(); } catch { /* already closing */ }
-  setTimeout(() => { if (!session.destroyed) session.destroy(); }, 1000).unref();
+  return { server, h1, h2, stats: () => ({ open, refused: counters.refused, evicted: counters.evicted }) };
 }
 
 /**

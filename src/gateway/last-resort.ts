@@ -4,14 +4,15 @@
 // (asBerthError in core/errors.ts does both). No request can end the process: a throw
 // that escapes every handler would otherwise be an uncaught exception or an unhandled
 // rejection, and Node ends the process on either.
-import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { constants as h2c, type IncomingHttpHeaders } from 'node:http2';
+import type { CallerStream } from './h2/server.js';
 import { BerthError, asBerthError } from '../core/errors.js';
 import { sendError, type HttpRequest, type HttpResponse } from './http-util.js';
 import { log } from '../core/log.js';
 import { percentEncode } from './grpc/h2-unary.js';
 
 type Http1Handler<Req extends HttpRequest, Res extends HttpResponse> = (req: Req, res: Res) => void | Promise<void>;
-type H2Handler = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void | Promise<void>;
+type H2Handler = (stream: CallerStream, headers: IncomingHttpHeaders) => void | Promise<void>;
 
 function failHttp1(res: HttpResponse, err: unknown, where: string): void {
   try {
@@ -37,7 +38,7 @@ export function guardHttp1<Req extends HttpRequest, Res extends HttpResponse>(wh
  * Answers an error on an HTTP/2 stream in the caller's protocol: gRPC callers get a
  * trailers-only answer (grpc-status, grpc-message, berth-error-code), others the JSON body.
  */
-export function respondH2Error(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, err: unknown, where = 'h2'): void {
+export function respondH2Error(stream: CallerStream, headers: IncomingHttpHeaders, err: unknown, where = 'h2'): void {
   try {
     const e = err instanceof BerthError ? err : asBerthError(err, where);
     if (stream.destroyed || stream.closed) return;

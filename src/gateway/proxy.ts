@@ -8,7 +8,8 @@
 // and sends the exchange there as an HTTP/2 stream naming the node (RELAY_NODE); the home
 // serves it as its own calls from the instance on (serveRelayed).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { constants as h2c, type ServerHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2';
+import { constants as h2c, type IncomingHttpHeaders as H2Headers } from 'node:http2';
+import type { CallerStream } from './h2/server.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { ImageNodeSpec } from '../core/types.js';
@@ -90,7 +91,7 @@ export class Proxy {
     return this.forward(new H1Downstream(req, res), false);
   }
 
-  handleHttp2(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
+  handleHttp2(stream: CallerStream, headers: H2Headers): Promise<void> {
     const isGrpc = String(headers['content-type'] ?? '').startsWith('application/grpc');
     return this.forward(h2Downstream(stream, headers, isGrpc, (err) => {
       const answered = !stream.destroyed && !stream.closed && !stream.headersSent;
@@ -105,7 +106,7 @@ export class Proxy {
    * alias and its headers, limits, metrics, usage) was done there; a failure before the
    * instance's answer goes back as the error itself (RELAY_ERROR), for that worker to answer.
    */
-  serveRelayed(stream: ServerHttp2Stream, headers: H2Headers): Promise<void> {
+  serveRelayed(stream: CallerStream, headers: H2Headers): Promise<void> {
     const isGrpc = String(headers['content-type'] ?? '').startsWith('application/grpc');
     return this.forward(h2Downstream(stream, headers, isGrpc, (err) => {
       if (stream.destroyed || stream.closed) return err.httpStatus;
@@ -350,7 +351,7 @@ class H1Downstream implements Downstream {
 }
 
 /** The side facing the caller for an HTTP/2 stream (a caller's, or another gateway worker's); `fail` answers an error. */
-function h2Downstream(stream: ServerHttp2Stream, headers: H2Headers, isGrpc: boolean, fail: (err: BerthError) => number): Downstream {
+function h2Downstream(stream: CallerStream, headers: H2Headers, isGrpc: boolean, fail: (err: BerthError) => number): Downstream {
   let trailers: Promise<Record<string, string | string[]>> | null = null;
   stream.on('wantTrailers', () => {
     void (trailers ?? Promise.resolve({})).then((t) => {

@@ -7,7 +7,8 @@
 //   response: HEADERS (:status 200, content-type), DATA (one message), TRAILERS
 //             (grpc-status, grpc-message percent-encoded, trailing metadata), or, for an
 //             error, one "trailers-only" HEADERS frame carrying all of them.
-import { constants as h2c, type IncomingHttpHeaders, type OutgoingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
+import { constants as h2c, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
+import type { CallerStream } from '../h2/server.js';
 import { gunzip, inflate } from 'node:zlib';
 import { promisify } from 'node:util';
 import type { Metadata } from '@grpc/grpc-js';
@@ -66,7 +67,7 @@ export function frame(message: Buffer): Buffer {
  * Serves one unary call on `stream`. `maxMessageBytes` bounds the request and the
  * response message (as grpc-js's max_receive/max_send_message_length do).
  */
-export function serveUnary(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, handler: UnaryHandler, maxMessageBytes: number, deadlines: DeadlineWheel): void {
+export function serveUnary(stream: CallerStream, headers: IncomingHttpHeaders, handler: UnaryHandler, maxMessageBytes: number, deadlines: DeadlineWheel): void {
   let done = false;
   let deadline: Deadline | undefined;
   const finish = (): boolean => {

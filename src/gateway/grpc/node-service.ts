@@ -17,7 +17,8 @@
 // grpcio) accepts by default: the status message is cut at 512 bytes, error_message at
 // 1 KiB, the traceback keeps its last lines within 1.5 KiB. REST and the instance's log
 // have them whole.
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http2';
+import type { CallerStream } from '../h2/server.js';
 import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import { ReflectionService } from '@grpc/reflection';
@@ -66,7 +67,7 @@ export interface GrpcServer {
    * server (no proxy hop to `port`); returns false for anything else (reflection,
    * health, other paths, non-gRPC requests), which you then forward to `port`.
    */
-  handleStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean;
+  handleStream(stream: CallerStream, headers: IncomingHttpHeaders): boolean;
   /** Health: NOT_SERVING, then let running calls finish (up to graceMs, default 10 s), then stop. */
   close(graceMs?: number): Promise<void>;
 }
@@ -289,7 +290,7 @@ export async function startGrpcServer(deps: GrpcDeps): Promise<GrpcServer> {
       toStatus: (err) => toServiceError(err),
     });
   }
-  const handleStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean => {
+  const handleStream = (stream: CallerStream, headers: IncomingHttpHeaders): boolean => {
     const handler = fastPaths.get(String(headers[':path']));
     if (!handler || !isGrpcRequest(headers)) return false;
     serveUnary(stream, headers, handler, maxMessageBytes + FRAMING_BYTES, gateway.pipeline.deadlines);

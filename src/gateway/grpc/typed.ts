@@ -9,7 +9,8 @@
 // path table is rebuilt when the snapshot version changes. Server reflection lists, per
 // caller, only the node services that caller may call (gateway/grpc/node-service.ts asks
 // `descriptorsFor`), so one tenant never learns another's node names.
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http2';
+import type { CallerStream } from '../h2/server.js';
 import protobuf from 'protobufjs';
 import { Auth } from '../../core/auth.js';
 import { BerthError, asBerthError } from '../../core/errors.js';
@@ -49,7 +50,7 @@ export class TypedServices {
   ) {}
 
   /** Serves /berth.nodes.v1.*; false for any other path. */
-  handleStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
+  handleStream(stream: CallerStream, headers: IncomingHttpHeaders): boolean {
     const path = String(headers[':path']);
     if (!path.startsWith(PREFIX) || !isGrpcRequest(headers)) return false;
     this.refresh();

@@ -7,7 +7,8 @@
 // metadata, readiness and calls take the caller's folder from x-folder-id or from a token of
 // one folder, and pass the same checks as execute (pipeline.node). Infer runs through the one
 // call pipeline (Gateway.execute) with tensors as raw bytes to and from the worker.
-import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { IncomingHttpHeaders } from 'node:http2';
+import type { CallerStream } from '../h2/server.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type protobuf from 'protobufjs';
 import { BerthError, asBerthError } from '../../core/errors.js';
@@ -170,7 +171,7 @@ export class InferenceProtocol {
 
   // ---- gRPC ----
 
-  handleStream(stream: ServerHttp2Stream, headers: Headers): boolean {
+  handleStream(stream: CallerStream, headers: Headers): boolean {
     const method = this.grpcMethods.get(String(headers[':path']));
     if (!method || !isGrpcRequest(headers)) return false;
     serveUnary(stream, headers, {
