@@ -108,7 +108,7 @@ export class RelayServer {
     // the gateway's own HTTP/2 server side; the sender is another worker of this Berth: its calls
     // are bounded by the node's sessions, and a connection lives as long as both workers do
     this.h2 = new H2Front({
-      headersTimeoutMs: DAY_MS, idleTimeoutMs: DAY_MS, maxStreams: 1000, onRequest: () => undefined,
+      headersTimeoutMs: DAY_MS, idleTimeoutMs: DAY_MS, maxStreams: 1000, trusted: true, onRequest: () => undefined,
       onStream: (stream, headers) => {
         this.inFlight++;
         this.served++;

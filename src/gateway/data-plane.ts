@@ -19,7 +19,7 @@ import { Gateway } from './execute.js';
 import { Proxy, relay } from './proxy.js';
 import { RequestBody } from './upstream.js';
 import { H2Upstream } from './h2/client.js';
-import type { CallerStream } from './h2/server.js';
+import { sendTrailersWhenAsked, type CallerStream } from './h2/server.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
@@ -179,16 +179,18 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
 async function forwardStream(stream: CallerStream, headers: IncomingHttpHeaders, upstream: H2Upstream): Promise<void> {
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(headers)) if (!k.startsWith(':') && v !== undefined) out[k] = v as string | string[];
+  // the caller going away ends the exchange behind (limits and timeouts are the server's there)
+  const gone = new Deadline(Infinity, null);
+  stream.once('close', () => { if (!stream.writableFinished) gone.abort(new Error('the caller went away')); });
   try {
     const res = await upstream.request({
-      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: new RequestBody(stream), // grpc-js holds its own limit
-      signal: new Deadline(Infinity, null), headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
+      method: String(headers[':method']), path: String(headers[':path']), headers: out, body: new RequestBody(stream),
+      signal: gone, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
     });
     if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
     if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }
     stream.respond({ ...res.headers, ':status': res.status }, { waitForTrailers: true });
-    // the trailers come once the body has ended, which is when the stream asks for them
-    stream.on('wantTrailers', () => void res.trailers.then((t) => { if (!stream.destroyed) stream.sendTrailers(t); }));
+    sendTrailersWhenAsked(stream, () => res.trailers);
     void relay(res.body, stream, () => stream.close(h2c.NGHTTP2_INTERNAL_ERROR), Infinity);
   } catch (err) {
     if (stream.destroyed || stream.closed) return; // the caller is gone

@@ -9,7 +9,7 @@
 // serves it as its own calls from the instance on (serveRelayed).
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { constants as h2c, type IncomingHttpHeaders as H2Headers } from 'node:http2';
-import type { CallerStream } from './h2/server.js';
+import { sendTrailersWhenAsked, type CallerStream } from './h2/server.js';
 import type { Config } from '../core/config.js';
 import { BerthError, asBerthError, errorFromWire, errorToWire } from '../core/errors.js';
 import type { ImageNodeSpec } from '../core/types.js';
@@ -353,16 +353,7 @@ class H1Downstream implements Downstream {
 /** The side facing the caller for an HTTP/2 stream (a caller's, or another gateway worker's); `fail` answers an error. */
 function h2Downstream(stream: CallerStream, headers: H2Headers, isGrpc: boolean, fail: (err: BerthError) => number): Downstream {
   let trailers: Promise<Record<string, string | string[]>> | null = null;
-  stream.on('wantTrailers', () => {
-    void (trailers ?? Promise.resolve({})).then((t) => {
-      if (stream.destroyed) return;
-      try {
-        stream.sendTrailers(t);
-      } catch {
-        stream.close(h2c.NGHTTP2_INTERNAL_ERROR); // trailers node:http2 will not send (an instance's): the caller's stream still ends
-      }
-    });
-  });
+  sendTrailersWhenAsked(stream, () => trailers ?? Promise.resolve({}));
   return {
     method: String(headers[':method']), path: String(headers[':path']), headers: headers as IncomingHttpHeaders, body: stream,
     isGrpc,

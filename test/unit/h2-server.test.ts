@@ -312,6 +312,47 @@ test('not HTTP/2: a bad preface, or a first frame other than SETTINGS, ends the 
   assert.ok(all.includes(Buffer.from([0, 0, 8, 0x7])), 'a GOAWAY was sent');
 });
 
+test('streams reset here for what the caller sent spend the reset budget too ("made you reset": WINDOW_UPDATE 0 on each): the connection ends', OPTS, async (t) => {
+  let served = 0;
+  const { port } = await front(t, () => { served++; });
+  const r = await raw(t, port);
+  const batch: Buffer[] = [];
+  for (let i = 0; i < 5000; i++) {
+    const id = 1 + 2 * i;
+    batch.push(frame(0x1, 0x4, id, hpack([[':method', 'POST'], [':scheme', 'http'], [':path', '/']])), frame(0x8, 0, id, Buffer.alloc(4)));
+  }
+  r.socket.write(Buffer.concat(batch));
+  await r.next(isGoaway(0xb), 'GOAWAY ENHANCE_YOUR_CALM');
+  assert.ok(served < 2000, `${served} streams served before the connection ended`);
+});
+
+test('trailers the caller had on their way when its stream was answered and reset are dropped; the connection serves on', OPTS, async (t) => {
+  const { port } = await front(t, (stream) => { stream.respond({ ':status': 413 }, { endStream: true }); });
+  const r = await raw(t, port);
+  r.socket.write(frame(0x1, 0x4, 1, hpack([[':method', 'POST'], [':scheme', 'http'], [':path', '/']])));
+  await r.next(isReset(1, 0x0), 'RST_STREAM NO_ERROR after the early answer');
+  r.socket.write(Buffer.concat([frame(0x0, 0, 1, Buffer.from('late')), frame(0x1, 0x5, 1, hpack([['x-trailer', 'late']]))]));
+  r.socket.write(frame(0x1, 0x5, 3, hpack(GET)));
+  await r.next((f) => f.type === 0x1 && f.id === 3, 'the answer on the next stream');
+  assert.ok(!r.frames.some((f) => f.type === 0x7), 'no GOAWAY');
+});
+
+test('no trailers end the answer with an empty DATA frame, not an empty HEADERS; sendTrailers before wantTrailers throws', OPTS, async (t) => {
+  let early: unknown = null;
+  const { port } = await front(t, (stream) => {
+    stream.respond({ ':status': 200 }, { waitForTrailers: true });
+    try { stream.sendTrailers({ 'x-t': '1' }); } catch (err) { early = err; }
+    stream.once('wantTrailers', () => stream.sendTrailers({}));
+    stream.end('body');
+  });
+  const r = await raw(t, port);
+  r.socket.write(frame(0x1, 0x5, 1, hpack(GET)));
+  const last = await r.next((f) => f.id === 1 && (f.flags & 0x1) === 1, 'END_STREAM');
+  assert.equal(last.type, 0x0, 'END_STREAM on DATA');
+  assert.equal(r.frames.filter((f) => f.id === 1 && f.type === 0x1).length, 1, 'one HEADERS frame: the answer\'s');
+  assert.equal((early as { code?: string } | null)?.code, 'ERR_HTTP2_TRAILERS_NOT_READY');
+});
+
 // ---- timeouts and draining
 
 test('a session without streams is closed after the idle timeout; a request body that stops is cut (CANCEL)', OPTS, async (t) => {
@@ -322,6 +363,30 @@ test('a session without streams is closed after the idle timeout; a request body
   await r.next(isReset(1, 0x8), 'RST_STREAM CANCEL for the stalled body');
   await r.next(isGoaway(0x0), 'GOAWAY once idle');
   await within(r.closed, 'the connection closing');
+});
+
+test('the idle cut: a call whose body has all come is never cut however long its answer takes; one answering as it reads is not cut while the answer moves', OPTS, async (t) => {
+  const { port } = await front(t, (stream, headers) => {
+    if (headers[':path'] === '/slow') {
+      stream.on('data', () => undefined);
+      stream.once('end', () => setTimeout(() => stream.respond({ ':status': 200 }, { endStream: true }), 900));
+      return;
+    }
+    // answers every 100 ms while the caller sends nothing more
+    stream.on('data', () => undefined);
+    stream.respond({ ':status': 200 });
+    let n = 0;
+    const tick = setInterval(() => { if (stream.destroyed || ++n > 9) { clearInterval(tick); if (!stream.destroyed) stream.end('done'); return; } stream.write('tick'); }, 100);
+  }, { headersTimeoutMs: 5000, idleTimeoutMs: 300 });
+  const c = client(t, port);
+  const slow = await call(c, { ':path': '/slow' }, Buffer.from('x'));
+  assert.equal(slow.status, 200);
+  const req = c.request({ ':method': 'POST', ':path': '/ticks' });
+  req.write('start'); // the body stays open
+  const chunks: Buffer[] = [];
+  req.on('data', (d: Buffer) => chunks.push(d));
+  await within(once(req, 'end'), 'the ticking answer');
+  assert.ok(Buffer.concat(chunks).toString().endsWith('done'));
 });
 
 test('drain(): GOAWAY to every session; a running stream finishes, a new one is refused', OPTS, async (t) => {

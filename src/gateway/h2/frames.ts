@@ -17,7 +17,7 @@ export const SETTINGS_HEADER_TABLE_SIZE = 0x1, SETTINGS_ENABLE_PUSH = 0x2, SETTI
 
 export const MAX_WINDOW = 0x7fffffff;
 export const MAX_STREAM_ID = 0x7fffffff;
-/** What one stream may have in flight towards us: a paused reader holds at most this. */
+/** What one stream may have in flight towards us: a paused reader holds at most this (in copies of what came). */
 export const STREAM_WINDOW = 256 * 1024;
 /** The connection's window: streams' credit is what bounds memory; this only has to not be the bottleneck. */
 export const CONNECTION_WINDOW = 16 * 1024 * 1024;
@@ -174,6 +174,9 @@ export class FrameWriter {
   flushes = 0;
   private out: Buffer[] = [];
   private outBytes = 0;
+
+  /** Bytes queued and not written yet (they go at the end of this turn). */
+  get queuedBytes(): number { return this.outBytes; }
   private flushing: NodeJS.Immediate | null = null;
   private owedAcks = 0;
 

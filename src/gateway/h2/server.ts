@@ -5,17 +5,19 @@
 // caller sends is hostile until checked; a caller that breaks the protocol loses its stream
 // or its connection, never the gateway, and cannot make it hold unbounded memory or spin:
 //   - at most MAX_STREAMS streams at once (more are refused: REFUSED_STREAM); streams a
-//     caller resets, or that are refused or malformed, spend a budget that refills slowly
-//     (rapid reset, CVE-2023-44487): past it the connection ends (ENHANCE_YOUR_CALM);
+//     caller resets, or that are refused, malformed or reset here for what the caller sent,
+//     spend a budget that refills slowly (rapid reset, CVE-2023-44487, and "made you reset",
+//     CVE-2025-8671): past it the connection ends (ENHANCE_YOUR_CALM);
 //   - flow control both ways: a request body is credited only as it is read (a paused reader
-//     holds at most STREAM_WINDOW per stream); an answer waits for the caller's credit;
+//     holds at most STREAM_WINDOW per stream, in copies: a held byte never pins a whole read);
+//     an answer waits for the caller's credit;
 //   - header blocks bounded in bytes and frames (CONTINUATION floods), header lists in size
 //     (431), acks owed to a caller that does not read bounded (PING and SETTINGS floods),
 //     empty DATA frames bounded, requests checked as RFC 9113 §8 asks;
-//   - a session with no stream is closed after the idle timeout; a request body that stops
-//     arriving is cut after it too (a call that is running is never cut by these).
+//   - a session with no stream is closed after the idle timeout; a stream whose body is being
+//     read and on which nothing moves either way for as long is cut (CANCEL).
 // Streams have the part of node:http2's ServerHttp2Stream the data plane uses (CallerStream),
-// so the same handlers serve these and node:http2's (the call relay between gateway workers).
+// so the same handlers serve these and node:http2's (the loopback compatibility server's).
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http2';
@@ -36,14 +38,16 @@ const MAX_STREAMS = 100;
 /** Streams a caller may reset, or have refused or reset as malformed, in a burst, and how many more per second (nghttp2's defaults). */
 const RESET_BURST = 1000;
 const RESETS_PER_SECOND = 33;
+/** Stream ids reset here that are remembered (late frames on older ones break the connection). */
+const RESET_MEMORY = 1024;
 /** What an answer may have waiting for the caller's credit before write() says to wait ('drain'). */
 const HIGH_WATER = 64 * 1024;
 /** Unwritten bytes in the socket past which writers wait for it to drain. */
 const SOCKET_HIGH_WATER = 1024 * 1024;
 
 /**
- * The part of node:http2's ServerHttp2Stream the data plane uses: node:http2's streams (the call
- * relay's) and this server's both are one. Events: 'data', 'end' (the request body), 'drain',
+ * The part of node:http2's ServerHttp2Stream the data plane uses: node:http2's streams and this
+ * server's both are one. Events: 'data', 'end' (the request body), 'drain',
  * 'finish' (the answer is all queued), 'wantTrailers', 'close', 'error'.
  */
 export interface CallerStream {
@@ -71,11 +75,31 @@ export interface CallerStream {
 }
 type StreamEvent = 'end' | 'close' | 'drain' | 'finish' | 'wantTrailers';
 
+/**
+ * Sends the trailers `trailers()` resolves with when the stream asks for them ('wantTrailers',
+ * once its body has gone); trailers that cannot be sent (a value with CR or LF) end the stream
+ * with INTERNAL_ERROR instead, so the caller still sees it end.
+ */
+export function sendTrailersWhenAsked(stream: CallerStream, trailers: () => Promise<Record<string, string | string[]>>): void {
+  stream.on('wantTrailers', () => {
+    void trailers().then((t) => {
+      if (stream.destroyed) return;
+      try {
+        stream.sendTrailers(t);
+      } catch {
+        stream.close(INTERNAL_ERROR);
+      }
+    });
+  });
+}
+
 export interface H2FrontOptions {
   headersTimeoutMs: number;
   idleTimeoutMs: number;
   /** Streams one connection may have open at once (default MAX_STREAMS). */
   maxStreams?: number;
+  /** The peer is another process of this Berth (the call relay): its resets are its callers' cancels, not an attack. */
+  trusted?: boolean;
   /** A connection's first stream began (the front door's accept deadline is met). */
   onRequest(socket: Socket): void;
   onStream(stream: CallerStream, headers: IncomingHttpHeaders): void;
@@ -135,6 +159,8 @@ class H2ServerSession {
   /** Streams whose answer waits for the connection's credit, or for the socket to drain. */
   private readonly blocked = new Set<H2ServerStream>();
   private readonly waitingDrain = new Set<H2ServerStream>();
+  /** Streams reset here lately: what the caller had already sent on them is dropped, not an error (RFC 9113 §5.1). */
+  private readonly resetHere = new Set<number>();
   private resetTokens = RESET_BURST;
   private resetsCountedAt = performance.now();
   /** GOAWAY sent (draining, idle): no new streams; the connection ends when the last one does. */
@@ -154,11 +180,11 @@ class H2ServerSession {
     ]));
     this.out.windowUpdate(0, CONNECTION_WINDOW - 65_535);
     socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('drain', () => {
+    socket.on('drain', () => this.guard(() => {
       const waiting = [...this.waitingDrain];
       this.waitingDrain.clear();
       for (const s of waiting) s.drained();
-    });
+    }));
     socket.on('error', () => socket.destroy());
     socket.once('end', () => { if (this.streams.size === 0) socket.end(); else this.closing = true; });
     socket.once('close', () => this.gone());
@@ -172,7 +198,7 @@ class H2ServerSession {
 
   private onData(d: Buffer): void {
     if (this.broken) return;
-    try {
+    this.guard(() => {
       if (this.preface) {
         const p = this.preface.length ? Buffer.concat([this.preface, d]) : d;
         const n = Math.min(p.length, PREFACE.length);
@@ -182,9 +208,20 @@ class H2ServerSession {
         d = p.subarray(PREFACE.length);
       }
       this.reader.read(d, () => this.broken);
+    });
+  }
+
+  /**
+   * Runs `fn` (a read, or a stream's listeners): a protocol error ends the connection with its
+   * code; a fault in the gateway (here or in a listener) ends it with INTERNAL_ERROR and is
+   * logged, and the gateway serves on.
+   */
+  guard(fn: () => void): void {
+    try {
+      fn();
     } catch (err) {
+      if (this.broken) return;
       if (err instanceof ConnectionError) { this.connectionError(err.h2code); return; }
-      // a fault here or in a stream's listener: this connection ends, the gateway serves on
       const e = err instanceof Error ? err : new Error(String(err));
       log.error({ event: 'h2_connection_fault', error: `${e.name}: ${e.message}`, stack: e.stack }, 'an HTTP/2 connection failed inside the gateway');
       this.connectionError(INTERNAL_ERROR);
@@ -209,10 +246,10 @@ class H2ServerSession {
       }
       case PRIORITY: return checkPriority(id, p);
       case RST_STREAM: {
-        const code = resetCode(p);
+        resetCode(p); // checked; what the caller's code says does not matter here
         this.known(id, 'RST_STREAM');
         const s = this.streams.get(id);
-        if (s) { this.spendReset(); s.onReset(code); }
+        if (s) { this.spendReset(); s.onReset(); }
         return;
       }
       case SETTINGS: return this.onSettings(flags, id, p);
@@ -271,28 +308,39 @@ class H2ServerSession {
     const endStream = (flags & END_STREAM) !== 0;
     const open = this.streams.get(id);
     if (open) return open.onTrailers(fields, endStream); // decoded first: the table stays in step
-    if (id <= this.lastId) throw new ConnectionError(PROTOCOL_ERROR, `HEADERS on stream ${id}, which is closed`);
+    if (id <= this.lastId) {
+      if (this.resetHere.has(id)) return; // already on its way when the stream was reset
+      throw new ConnectionError(PROTOCOL_ERROR, `HEADERS on stream ${id}, which is closed`);
+    }
     this.lastId = id;
-    if (this.closing) { this.out.reset(id, REFUSED_STREAM); return; } // after our GOAWAY: not processed, safe to retry elsewhere
-    if (this.streams.size >= this.maxStreams) { this.spendReset(); this.out.reset(id, REFUSED_STREAM); return; }
+    if (this.closing) { this.resetStream(id, REFUSED_STREAM); return; } // after our GOAWAY: not processed, safe to retry elsewhere
+    if (this.streams.size >= this.maxStreams) { this.spendReset(); this.resetStream(id, REFUSED_STREAM); return; }
     if (fields === null) {
       this.spendReset();
       this.out.frame(HEADERS, END_STREAM | END_HEADERS, id, this.encoder.encode([':status', '431'], null));
-      if (!endStream) this.out.reset(id, NO_ERROR);
+      if (!endStream) this.resetStream(id, NO_ERROR);
       return;
     }
-    const headers = requestHeaders(fields);
-    if (typeof headers === 'string') { this.spendReset(); this.out.reset(id, PROTOCOL_ERROR); return; }
+    const headers = requestHeaders(fields, endStream);
+    if (typeof headers === 'string') { this.spendReset(); this.resetStream(id, PROTOCOL_ERROR); return; }
     const stream = new H2ServerStream(this, id, endStream, headers['content-length']);
     this.streams.set(id, stream);
     if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
     if (!this.requested) { this.requested = true; this.opts.onRequest(this.socket); }
-    this.opts.onStream(stream, headers);
     if (!endStream) stream.armIdle(this.opts.idleTimeoutMs);
+    this.opts.onStream(stream, headers);
   }
 
-  /** A stream the caller reset, or that was refused or malformed: past the budget, the connection ends. */
-  private spendReset(): void {
+  /** RST_STREAM from here; the id is remembered (a bounded set) so the caller's late frames on it are dropped. */
+  resetStream(id: number, code: number): void {
+    this.out.reset(id, code);
+    this.resetHere.add(id);
+    if (this.resetHere.size > RESET_MEMORY) this.resetHere.delete(this.resetHere.values().next().value!);
+  }
+
+  /** A stream the caller reset, or that was refused, malformed or reset for what the caller sent: past the budget, the connection ends. */
+  spendReset(): void {
+    if (this.opts.trusted) return;
     const now = performance.now();
     this.resetTokens = Math.min(RESET_BURST, this.resetTokens + (now - this.resetsCountedAt) * RESETS_PER_SECOND / 1000);
     this.resetsCountedAt = now;
@@ -343,7 +391,7 @@ class H2ServerSession {
 
   /** The socket has room; else `stream` hears when it has (drained). */
   writable(stream: H2ServerStream): boolean {
-    if (this.socket.writableLength < SOCKET_HIGH_WATER) return true;
+    if (this.socket.writableLength + this.out.queuedBytes < SOCKET_HIGH_WATER) return true;
     this.waitingDrain.add(stream);
     return false;
   }
@@ -392,7 +440,7 @@ class H2ServerSession {
     this.out.discard();
     this.out.goaway(this.lastId, code);
     this.out.flush();
-    for (const s of [...this.streams.values()]) s.onReset(CANCEL);
+    for (const s of [...this.streams.values()]) s.onReset();
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }
@@ -402,7 +450,7 @@ class H2ServerSession {
   private gone(): void {
     if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
     this.broken = true;
-    for (const s of [...this.streams.values()]) s.onReset(CANCEL);
+    for (const s of [...this.streams.values()]) s.onReset();
   }
 }
 
@@ -417,10 +465,12 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   writableFinished = false;
   readableEnded = false;
   private remoteEnded: boolean;
+  /** END_STREAM is queued: the answer is over. */
   private localEnded = false;
   private waitForTrailers = false;
-  // ---- the request body
+  // ---- the request body: what came and was not read yet (copies), from `heldAt` on
   private held: Buffer[] = [];
+  private heldAt = 0;
   private heldCounted = 0;
   private flowing = false;
   private paused = false;
@@ -429,7 +479,8 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   private readonly declared: number;
   private received = 0;
   private emptyData = 0;
-  private lastRead = 0;
+  /** When bytes last moved either way (the idle cut). */
+  private lastMoved = 0;
   private idleTimer: Deadline | null = null;
   // ---- the answer
   private sendWindow: number;
@@ -463,15 +514,17 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     this.received += data.length;
     if (this.declared >= 0 && (this.received > this.declared || (endStream && this.received !== this.declared))) { this.reset(PROTOCOL_ERROR); return; }
     if (data.length === 0 && !endStream && ++this.emptyData > MAX_EMPTY_DATA) { this.reset(ENHANCE_YOUR_CALM); return; }
-    this.lastRead = performance.now();
+    this.lastMoved = performance.now();
     if (endStream) this.remoteEnded = true;
-    if (this.flowing && !this.paused && this.held.length === 0) {
+    // a copy: a reader may keep it, and a slice would keep the whole read it came in alive
+    const chunk = data.length ? Buffer.from(data) : null;
+    if (this.flowing && !this.paused && this.heldAt === this.held.length) {
       this.credit(counted);
-      if (data.length) this.emit('data', data);
+      if (chunk) this.emit('data', chunk);
       if (endStream) this.endReading();
       return;
     }
-    if (data.length) this.held.push(data);
+    if (chunk) this.held.push(chunk);
     this.heldCounted += counted;
     if (endStream && this.flowing && !this.paused) this.flushHeld();
   }
@@ -495,12 +548,15 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   private flow(): void {
     if (this.flowing) return;
     this.flowing = true;
-    queueMicrotask(() => { if (!this.paused) this.flushHeld(); });
+    queueMicrotask(() => this.session.guard(() => { if (!this.paused) this.flushHeld(); }));
   }
 
   private flushHeld(): void {
-    while (this.held.length && !this.paused && !this.destroyed) this.emit('data', this.held.shift()!);
-    if (this.held.length || this.paused) return;
+    const held = this.held;
+    while (this.heldAt < held.length && !this.paused && !this.destroyed) this.emit('data', held[this.heldAt++]!);
+    if (this.heldAt < held.length || this.paused || this.destroyed) return;
+    this.held = [];
+    this.heldAt = 0;
     if (this.heldCounted) { this.credit(this.heldCounted); this.heldCounted = 0; }
     if (this.remoteEnded && !this.readableEnded) this.endReading();
   }
@@ -517,19 +573,18 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   private endReading(): void {
     if (this.readableEnded || this.destroyed) return;
     this.readableEnded = true;
-    this.clearIdle();
     this.emit('end');
   }
 
-  /** A request body that stops arriving for `ms` (while it is being read) is cut. */
+  /** A stream whose body is being read and on which nothing moves either way for `ms` is cut (until the body has all come). */
   armIdle(ms: number): void {
-    this.lastRead = performance.now();
+    this.lastMoved = performance.now();
     const wait = (left: number): void => {
       this.idleTimer = callDeadlines.start(left, () => {
         this.idleTimer = null;
-        if (this.remoteEnded || this.destroyed) return;
-        const quiet = performance.now() - this.lastRead;
-        // a reader that holds back the body is not the caller's idleness
+        if (this.destroyed || this.remoteEnded) return; // the body is whole: the call's own timeouts apply
+        const quiet = performance.now() - this.lastMoved;
+        // a body not read yet, or held back by its reader, is not the caller's idleness
         if (quiet < ms || this.paused || !this.flowing) wait(Math.max(ms - quiet, 100));
         else this.close(CANCEL);
       });
@@ -537,29 +592,27 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     wait(ms);
   }
 
-  private clearIdle(): void {
-    if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
-  }
-
   // ---- the answer
 
   respond(headers: OutgoingHttpHeaders, options?: { endStream?: boolean; waitForTrailers?: boolean }): void {
-    if (this.destroyed || this.closed) throw Object.assign(new Error('the stream is closed'), { code: 'ERR_HTTP2_INVALID_STREAM' });
+    if (this.destroyed) throw Object.assign(new Error('the stream is closed'), { code: 'ERR_HTTP2_INVALID_STREAM' });
     if (this.headersSent) throw Object.assign(new Error('the answer\'s headers were sent already'), { code: 'ERR_HTTP2_HEADERS_SENT' });
-    const status = headers[':status'] ?? 200;
+    const status = Number(headers[':status'] ?? 200);
+    if (!Number.isInteger(status) || status < 200 || status > 599) throw Object.assign(new RangeError(`the status ${String(headers[':status'])}`), { code: 'ERR_HTTP2_STATUS_INVALID' });
     const fields = outgoing(headers);
     this.headersSent = true;
     const endStream = options?.endStream === true;
     this.waitForTrailers = options?.waitForTrailers === true;
     this.session.headerFrames(this.id, [':status', String(status)], fields, endStream);
-    if (endStream) this.finishWriting();
+    if (endStream) { this.bodyDone(); this.endedHere(); }
   }
 
   write(chunk: Buffer | string): boolean {
-    if (this.destroyed || this.localEnded) return false;
+    if (this.destroyed || this.writableFinished || this.endAfter) return false;
     if (!this.headersSent) this.respond({ ':status': 200 });
     let b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
     if (b.length === 0) return true;
+    this.lastMoved = performance.now();
     if (this.queuedBytes === 0) b = this.send(b);
     if (b.length) { (this.queued ??= []).push(b); this.queuedBytes += b.length; }
     if (this.queuedBytes < HIGH_WATER && this.session.writable(this)) return true;
@@ -592,7 +645,7 @@ class H2ServerStream extends EventEmitter implements CallerStream {
       q.shift();
     }
     if (this.endAfter) { this.endAfter = false; this.endWriting(); }
-    if (this.session.writable(this)) this.drained();
+    if (!this.destroyed && this.session.writable(this)) this.drained();
   }
 
   drained(): void {
@@ -615,7 +668,7 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   }
 
   end(chunk?: Buffer | string): this {
-    if (this.destroyed || this.localEnded || this.endAfter || this.trailersAsked) return this;
+    if (this.destroyed || this.writableFinished || this.endAfter) return this;
     if (chunk !== undefined) this.write(chunk);
     else if (!this.headersSent) this.respond({ ':status': 200 });
     if (this.queuedBytes > 0) this.endAfter = true;
@@ -625,59 +678,74 @@ class H2ServerStream extends EventEmitter implements CallerStream {
 
   /** The body is all queued: the trailers are asked for ('wantTrailers'), or END_STREAM goes now. */
   private endWriting(): void {
-    if (this.localEnded || this.trailersAsked) return;
+    if (this.writableFinished || this.destroyed) return;
+    this.bodyDone();
     if (this.waitForTrailers) { this.trailersAsked = true; this.emit('wantTrailers'); return; }
-    // END_STREAM on the last DATA frame while it is unsent, else on an empty one
+    this.endWithData();
+  }
+
+  /** END_STREAM on the last DATA frame while it is unsent, else on an empty one. */
+  private endWithData(): void {
     const last = this.lastData;
     if (last && this.lastDataFlush === this.session.out.flushes) last[4] = last[4]! | END_STREAM;
     else this.session.out.frame(DATA, END_STREAM, this.id, null);
-    this.finishWriting();
+    this.endedHere();
   }
 
   sendTrailers(headers: OutgoingHttpHeaders): void {
-    if (this.destroyed || this.localEnded) throw Object.assign(new Error('the stream is closed'), { code: 'ERR_HTTP2_INVALID_STREAM' });
-    this.session.headerFrames(this.id, [], outgoing(headers), true);
-    this.finishWriting();
+    if (this.destroyed) throw Object.assign(new Error('the stream is closed'), { code: 'ERR_HTTP2_INVALID_STREAM' });
+    if (!this.trailersAsked || this.localEnded) throw Object.assign(new Error('trailers before \'wantTrailers\''), { code: 'ERR_HTTP2_TRAILERS_NOT_READY' });
+    const fields = outgoing(headers);
+    // no trailers: an empty DATA frame ends the stream (as node:http2 does; some clients refuse an empty HEADERS)
+    if (Object.keys(fields).length === 0) this.endWithData();
+    else { this.session.headerFrames(this.id, [], fields, true); this.endedHere(); }
   }
 
-  /** The answer is all queued: the stream is over (the rest of a request body still coming is not wanted: RFC 9113 §8.1). */
-  private finishWriting(): void {
-    this.localEnded = true;
+  /** The body is all queued ('finish'); trailers may still follow. */
+  private bodyDone(): void {
+    if (this.writableFinished) return;
     this.writableFinished = true;
     this.emit('finish');
-    if (!this.remoteEnded) this.session.out.reset(this.id, NO_ERROR);
+  }
+
+  /** END_STREAM is queued: the stream is over (the rest of a request body still coming is not wanted: RFC 9113 §8.1). */
+  private endedHere(): void {
+    this.localEnded = true;
+    if (!this.remoteEnded) this.session.resetStream(this.id, NO_ERROR);
     this.finishStream();
   }
 
   // ---- ending
 
-  /** Ends the stream now: RST_STREAM with `code` (NO_ERROR by default) unless both sides had ended. */
+  /** Ends the stream now with RST_STREAM `code` (NO_ERROR by default). */
   close(code = NO_ERROR): void {
     if (this.destroyed) return;
-    if (!(this.localEnded && this.remoteEnded)) this.session.out.reset(this.id, code);
+    this.session.resetStream(this.id, code);
     this.finishStream();
   }
 
-  /** This stream broke the protocol: it is reset (the connection lives on). */
+  /** What the caller sent broke the protocol on this stream: it is reset (the connection lives on, within the budget). */
   private reset(code: number): void {
     if (this.destroyed) return;
-    this.session.out.reset(this.id, code);
+    this.session.resetStream(this.id, code);
     this.finishStream();
+    this.session.spendReset();
   }
 
   /** The caller reset it, or the connection ended. */
-  onReset(_code: number): void { this.finishStream(); }
+  onReset(): void { this.finishStream(); }
 
   private finishStream(): void {
     if (this.destroyed) return;
     this.destroyed = true;
     this.closed = true;
-    this.clearIdle();
+    if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
     this.held = [];
+    this.heldAt = 0;
     this.queued = null;
     this.queuedBytes = 0;
     this.session.done(this);
-    process.nextTick(() => this.emit('close'));
+    process.nextTick(() => this.session.guard(() => this.emit('close')));
   }
 }
 
@@ -685,11 +753,12 @@ class H2ServerStream extends EventEmitter implements CallerStream {
  * A request's fields as node:http2 hands them (pseudo-headers included; repeated names joined
  * with ", ", cookies with "; ", set-cookie as an array), or what makes it malformed (RFC 9113
  * §8.2, §8.3.1): an unknown or repeated pseudo-header, one after a regular field, no :method,
- * :scheme or :path (CONNECT is not served), a name that is not a lower-case token, a value
- * with NUL, CR or LF or with whitespace at either end, a connection header, te other than
- * "trailers", a content-length that is not one number.
+ * :scheme or :path (CONNECT is not served), a :method that is not a token, a name that is
+ * not a lower-case token, a value with NUL, CR or LF or with whitespace at either end, a
+ * connection header, te other than "trailers", a content-length that is not one number or
+ * that promises a body the request ends without.
  */
-function requestHeaders(fields: string[]): IncomingHttpHeaders | string {
+function requestHeaders(fields: string[], endStream: boolean): IncomingHttpHeaders | string {
   const h: IncomingHttpHeaders = {};
   let regular = false;
   for (let i = 0; i < fields.length; i += 2) {
@@ -697,7 +766,7 @@ function requestHeaders(fields: string[]): IncomingHttpHeaders | string {
     const v = fields[i + 1]!;
     if (k.charCodeAt(0) === 58 /* ':' */) {
       if (regular || h[k] !== undefined || (k !== ':method' && k !== ':scheme' && k !== ':path' && k !== ':authority')) return `the pseudo-header ${k}`;
-      if (UNSAFE_VALUE.test(v)) return `a value of ${k} with NUL, CR or LF`;
+      if (UNSAFE_VALUE.test(v) || (k === ':method' && !NAME.test(v.toLowerCase()))) return `a value of ${k}`;
       h[k] = v;
       continue;
     }
@@ -711,6 +780,7 @@ function requestHeaders(fields: string[]): IncomingHttpHeaders | string {
     else if (k !== 'content-length') h[k] = `${had}${k === 'cookie' ? '; ' : ', '}${v}`;
   }
   if (!h[':method'] || !h[':scheme'] || !h[':path'] || h[':method'] === 'CONNECT') return 'the request\'s :method, :scheme and :path';
+  if (endStream && h['content-length'] !== undefined && h['content-length'] !== '0') return 'a content-length with no body';
   return h;
 }
 
