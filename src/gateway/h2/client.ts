@@ -15,14 +15,15 @@
 //     any of it reaches a caller, some of whom are on HTTP/1.1;
 //   - frames written in one event-loop turn go out in one write.
 import type { Socket } from 'node:net';
-import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
+import { HpackDecoder, HpackEncoder } from './hpack.js';
 import { MessageBody, closedError, isHeader } from '../h1-message.js';
 import {
-  ACK, CANCEL, COMPRESSION_ERROR, CONNECTION_HEADERS, CONNECTION_WINDOW, CONTINUATION, ConnectionError, DATA, END_HEADERS, END_STREAM,
-  ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FrameReader, FrameWriter, GOAWAY, HEADERS, HeaderBlocks, MAX_EMPTY_DATA, MAX_HEADER_LIST,
-  MAX_STREAM_ID, MAX_WINDOW, NAME, NO_ERROR, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM, SETTINGS,
-  SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
-  SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, UNSAFE_VALUE, checkPriority, onPing, resetCode, settingsEntries, settingsPayload, unpadded, windowIncrement, WINDOW_UPDATE,
+  ACK, CANCEL, CONNECTION_HEADERS, CONTINUATION, ConnectionError, DATA, END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR,
+  FrameReader, FrameWriter, GOAWAY, HEADERS, HeaderBlocks, MAX_EMPTY_DATA, MAX_HEADER_LIST, MAX_STREAM_ID, NAME, NO_ERROR,
+  Outflow, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM, ReceiveWindow, SETTINGS,
+  SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
+  SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, SendCredit, UNSAFE_VALUE, WINDOW_UPDATE, checkPriority,
+  decodeBlock, onPing, resetCode, settingsEntries, settingsPayload, windowIncrement,
 } from './frames.js';
 import { callDeadlines, type Deadline } from '../deadlines.js';
 import { connectReading, type BodySink, type Upstream, type UpstreamRequest, type UpstreamResponse } from '../upstream.js';
@@ -91,17 +92,12 @@ class H2ClientSession {
   private lastAccepted = MAX_STREAM_ID;
   /** Until its first SETTINGS, one stream: a limit below what we guessed would refuse a cold burst. */
   private peerMaxStreams = 1;
-  private peerInitialWindow = 65_535;
-  private peerMaxFrame = 16_384;
-  private sendWindow = 65_535;
-  private recvWindow = CONNECTION_WINDOW;
-  /** Streams whose request body waits for the connection's credit, or for the socket to drain. */
-  private readonly blocked = new Set<H2ClientStream>();
-  private readonly draining = new Set<H2ClientStream>();
+  readonly credit: SendCredit<H2ClientStream>;
+  private readonly recvWindow: ReceiveWindow;
   private gotSettings = false;
   /** Reads land in a buffer all upstream connections share (connectReading): what is kept is copied. */
   private readonly reader = new FrameReader((type, flags, id, p) => this.onFrame(type, flags, id, p), true);
-  private readonly blocks = new HeaderBlocks(true);
+  private readonly blocks = new HeaderBlocks(true, (id, flags, block) => this.onHeaderBlock(id, flags, block));
   /** Streams whose answer began or went on in this read: their idle deadline is armed after it. */
   private readonly touched: H2ClientStream[] = [];
   readonly out: FrameWriter;
@@ -117,14 +113,11 @@ class H2ClientSession {
     this.out = new FrameWriter(this.socket, (bytes) => {
       if (!this.broken) this.connectionError(ENHANCE_YOUR_CALM, protocolError(`it left ${bytes} bytes unread`));
     });
+    this.credit = new SendCredit(this.out, this.socket);
     this.out.queue(PREFACE);
     this.out.frame(SETTINGS, 0, 0, settingsPayload([[SETTINGS_ENABLE_PUSH, 0], [SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW], [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST]]));
-    this.out.windowUpdate(0, CONNECTION_WINDOW - 65_535);
-    this.socket.on('drain', () => {
-      const waiting = [...this.draining];
-      this.draining.clear();
-      for (const s of waiting) s.drained();
-    });
+    this.recvWindow = new ReceiveWindow(this.out);
+    this.socket.on('drain', () => this.credit.drained());
     this.socket.on('error', (err) => { this.socketError = err; });
     this.socket.once('close', () => this.gone(this.socketError ?? closedError('the connection to the instance closed')));
   }
@@ -155,46 +148,20 @@ class H2ClientSession {
     }
     const id = this.nextId;
     this.nextId += 2;
-    const stream = new H2ClientStream(this, id, call, this.peerInitialWindow);
+    const stream = new H2ClientStream(this, id, call);
     this.streams.set(id, stream);
     const block = this.encoder.encode([':method', r.method, ':scheme', 'http', ':authority', this.authority, ':path', r.path], h);
-    this.headerFrames(id, block, r.body === null ? END_STREAM : 0);
+    this.credit.headers(id, block, r.body === null ? END_STREAM : 0);
     if (r.body === null) stream.localEnded = true;
     stream.begin();
     if (this.nextId > MAX_STREAM_ID) this.retire(null); // ids used up: the next call opens a new connection
-  }
-
-  private headerFrames(id: number, block: Buffer, flags: number): void {
-    const max = this.peerMaxFrame;
-    if (block.length <= max) { this.out.frame(HEADERS, flags | END_HEADERS, id, block); return; }
-    this.out.frame(HEADERS, flags, id, block.subarray(0, max));
-    for (let at = max; at < block.length; at += max) {
-      const end = Math.min(at + max, block.length);
-      this.out.frame(CONTINUATION, end === block.length ? END_HEADERS : 0, id, block.subarray(at, end));
-    }
-  }
-
-  /** The socket has room (a request body's backpressure beyond flow control); else `stream` hears when it has. */
-  writable(stream: H2ClientStream): boolean {
-    if (this.socket.writableLength < 1024 * 1024) return true;
-    this.draining.add(stream);
-    return false;
-  }
-
-  /** Takes up to `want` bytes of the connection's credit (none: `stream` waits for the next). */
-  takeCredit(stream: H2ClientStream, want: number): number {
-    const n = Math.min(want, this.sendWindow, this.peerMaxFrame);
-    if (n <= 0) { this.blocked.add(stream); return 0; }
-    this.sendWindow -= n;
-    return n;
   }
 
   /** A stream is done (both ends closed, reset or failed): its slot goes to the next waiting call. */
   done(stream: H2ClientStream): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
-    this.blocked.delete(stream);
-    this.draining.delete(stream);
+    this.credit.forget(stream);
     this.startWaiting();
     if (this.closed && this.streams.size === 0) this.end();
   }
@@ -251,15 +218,9 @@ class H2ClientSession {
       case DATA: return this.onDataFrame(flags, id, p);
       case HEADERS: {
         this.ours(id, 'HEADERS');
-        const block = this.blocks.headers(flags, id, p);
-        if (block) this.onHeaderBlock(id, flags, block);
-        return;
+        return this.blocks.frame(type, flags, id, p);
       }
-      case CONTINUATION: {
-        const done = this.blocks.continuation(flags, id, p);
-        if (done) this.onHeaderBlock(id, done.flags, done.block);
-        return;
-      }
+      case CONTINUATION: return this.blocks.frame(type, flags, id, p);
       case PRIORITY: return checkPriority(id, p);
       case RST_STREAM: {
         const code = resetCode(p);
@@ -281,16 +242,7 @@ class H2ClientSession {
       }
       case WINDOW_UPDATE: {
         const inc = windowIncrement(p);
-        if (id === 0) {
-          if (inc === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a connection WINDOW_UPDATE of 0');
-          this.sendWindow += inc;
-          if (this.sendWindow > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'the connection window over 2^31-1');
-          if (this.blocked.size === 0) return;
-          const blocked = [...this.blocked];
-          this.blocked.clear();
-          for (const s of blocked) s.sendQueued();
-          return;
-        }
+        if (id === 0) return this.credit.grow(inc);
         this.ours(id, 'WINDOW_UPDATE');
         this.streams.get(id)?.onWindowUpdate(inc);
         return;
@@ -301,30 +253,19 @@ class H2ClientSession {
 
   private onDataFrame(flags: number, id: number, p: Buffer): void {
     this.ours(id, 'DATA');
-    // flow control counts the whole payload, padding included
-    this.recvWindow -= p.length;
-    if (this.recvWindow < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'DATA beyond the connection window');
-    if (this.recvWindow <= CONNECTION_WINDOW / 2) { this.out.windowUpdate(0, CONNECTION_WINDOW - this.recvWindow); this.recvWindow = CONNECTION_WINDOW; }
-    const data = unpadded(flags, p);
+    const data = this.recvWindow.data(flags, p);
     // a stream reset here already: its late frames are dropped
     this.streams.get(id)?.onData(data, p.length, (flags & END_STREAM) !== 0);
   }
 
   private onHeaderBlock(id: number, flags: number, block: Buffer): void {
-    let fields: string[];
-    let tooLarge = false;
-    try {
-      fields = this.decoder.decode(block);
-    } catch (err) {
-      if (err instanceof HpackListTooLarge) { fields = []; tooLarge = true; }
-      else if (err instanceof HpackError) throw new ConnectionError(COMPRESSION_ERROR, `an undecodable header block (${err.message})`);
-      else throw err;
-    }
+    const fields = decodeBlock(this.decoder, block);
     const stream = this.streams.get(id);
     if (!stream) return; // reset here already: decoded only to keep the table in step
-    if (tooLarge) { stream.streamError(PROTOCOL_ERROR, `headers over ${MAX_HEADER_LIST} bytes`); return; }
+    if (fields === null) { stream.streamError(PROTOCOL_ERROR, `headers over ${MAX_HEADER_LIST} bytes`); return; }
     stream.onHeaders(fields, (flags & END_STREAM) !== 0);
   }
+
 
   private onSettings(flags: number, id: number, p: Buffer): void {
     const streamsBefore = this.gotSettings ? this.peerMaxStreams : 1;
@@ -334,13 +275,8 @@ class H2ClientSession {
       if (key === SETTINGS_HEADER_TABLE_SIZE) this.encoder.setPeerMaxTableSize(value);
       else if (key === SETTINGS_ENABLE_PUSH) { if (value !== 0) throw new ConnectionError(PROTOCOL_ERROR, 'a server may not enable push'); }
       else if (key === SETTINGS_MAX_CONCURRENT_STREAMS) this.peerMaxStreams = value;
-      else if (key === SETTINGS_INITIAL_WINDOW_SIZE) {
-        const delta = value - this.peerInitialWindow;
-        this.peerInitialWindow = value;
-        windowGrew ||= delta > 0;
-        // may go below zero (RFC 9113 §6.9.2), not above the largest window
-        if (delta !== 0) for (const s of this.streams.values()) if (!s.adjustWindow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
-      } else if (key === SETTINGS_MAX_FRAME_SIZE) this.peerMaxFrame = value;
+      else if (key === SETTINGS_INITIAL_WINDOW_SIZE) windowGrew = this.credit.initialWindow(value, this.streams.values()) || windowGrew;
+      else if (key === SETTINGS_MAX_FRAME_SIZE) this.credit.peerMaxFrame = value;
     });
     if (!isSettings) return;
     this.out.ack(SETTINGS, null);
@@ -417,18 +353,13 @@ class H2ClientStream implements BodySink {
   private finished = false;
   private response = false;
   private readonly r: UpstreamRequest;
-  private sendWindow: number;
+  readonly outflow: Outflow<H2ClientStream>;
   /** How much the instance may still send on this stream, and what it sent that was not credited back yet. */
   private recvWindow = STREAM_WINDOW;
   private uncredited = 0;
   private holding = false;
-  /** Body bytes waiting for credit; `endAfter`: end() came while some waited. */
-  private queued: Buffer[] | null = null;
-  private queuedBytes = 0;
+  /** end() came while some of the body waited for credit. */
   private endAfter = false;
-  /** The last DATA frame's head and the write it goes out with: end() sets END_STREAM on it while unsent. */
-  private lastData: Buffer | null = null;
-  private lastDataFlush = -1;
   private body: MessageBody | null = null;
   /** The answer's declared length (-1: none), and the body bytes it has sent. */
   private declared = -1;
@@ -447,10 +378,10 @@ class H2ClientStream implements BodySink {
 
   private call: H2Call | null;
 
-  constructor(private readonly session: H2ClientSession, readonly id: number, call: H2Call, window: number) {
+  constructor(private readonly session: H2ClientSession, readonly id: number, call: H2Call) {
     this.call = call;
     this.r = call.r;
-    this.sendWindow = window;
+    this.outflow = new Outflow(session.credit, this, id);
   }
 
   begin(): void {
@@ -462,55 +393,25 @@ class H2ClientStream implements BodySink {
 
   write(chunk: Buffer): boolean {
     if (this.finished || this.localEnded || chunk.length === 0) return true;
-    if (this.queuedBytes === 0) chunk = this.send(chunk);
-    if (chunk.length) { (this.queued ??= []).push(chunk); this.queuedBytes += chunk.length; return false; } // drain when credit comes
-    return this.session.writable(this);
-  }
-
-  /** Sends what the windows allow of `chunk` now; returns the rest. */
-  private send(chunk: Buffer): Buffer {
-    while (chunk.length && this.sendWindow > 0) {
-      const n = this.session.takeCredit(this, Math.min(chunk.length, this.sendWindow));
-      if (n === 0) break;
-      this.sendWindow -= n;
-      this.lastData = this.session.out.frame(DATA, 0, this.id, chunk.subarray(0, n));
-      this.lastDataFlush = this.session.out.flushes;
-      chunk = chunk.subarray(n);
-    }
-    return chunk;
+    this.outflow.push(chunk);
+    if (this.outflow.queuedBytes > 0) return false; // drain when credit comes
+    return this.session.credit.writable(this);
   }
 
   /** Credit came (the stream's or the connection's): sends what waited, then says drain. */
   sendQueued(): void {
-    const q = this.queued;
-    if (this.finished || !q || this.queuedBytes === 0) return;
-    while (q.length) {
-      const first = q[0]!;
-      const rest = this.send(first);
-      this.queuedBytes -= first.length - rest.length;
-      if (rest.length) { q[0] = rest; return; }
-      q.shift();
-    }
+    if (this.finished || this.outflow.queuedBytes === 0 || !this.outflow.flush()) return;
     if (this.endAfter) { this.endAfter = false; this.end(); }
-    if (this.session.writable(this)) this.drained();
+    if (this.session.credit.writable(this)) this.drained();
   }
 
   drained(): void { if (!this.finished) this.drainListener?.(); }
 
-  /** The instance's SETTINGS moved every stream's window by `delta`; false when this one would pass 2^31-1. */
-  adjustWindow(delta: number): boolean {
-    this.sendWindow += delta;
-    return this.sendWindow <= MAX_WINDOW;
-  }
-
   end(): void {
     if (this.finished || this.localEnded) return;
-    if (this.queuedBytes > 0) { this.endAfter = true; return; }
+    if (this.outflow.queuedBytes > 0) { this.endAfter = true; return; }
     this.localEnded = true;
-    const last = this.lastData;
-    this.lastData = null;
-    if (last && this.lastDataFlush === this.session.out.flushes) last[4] = last[4]! | END_STREAM;
-    else this.session.out.frame(DATA, END_STREAM, this.id, null);
+    this.outflow.end();
     if (this.remoteEnded) this.finish();
   }
 
@@ -532,8 +433,7 @@ class H2ClientStream implements BodySink {
   onWindowUpdate(inc: number): void {
     if (this.finished) return;
     if (inc === 0) { this.streamError(PROTOCOL_ERROR, 'a stream WINDOW_UPDATE of 0'); return; }
-    this.sendWindow += inc;
-    if (this.sendWindow > MAX_WINDOW) { this.streamError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1'); return; }
+    if (!this.outflow.grow(inc)) { this.streamError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1'); return; }
     this.sendQueued();
   }
 
@@ -676,8 +576,7 @@ class H2ClientStream implements BodySink {
     this.finished = true;
     this.r.signal.removeEventListener('abort', this.onAbort);
     if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
-    this.queued = null;
-    this.queuedBytes = 0;
+    this.outflow.clear();
     this.drainListener = null;
     this.session.done(this);
     const close = this.closeListener;

@@ -4,6 +4,7 @@
 // assembling header blocks, and writing every frame of an event-loop turn in one write.
 import type { Socket } from 'node:net';
 import { UNSAFE_VALUE } from '../h1-message.js';
+import { HpackError, HpackListTooLarge, type HpackDecoder } from './hpack.js';
 
 export const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -107,7 +108,19 @@ function frameLength(b: Buffer, at: number): number {
 export class HeaderBlocks {
   private block: { id: number; flags: number; parts: Buffer[]; size: number } | null = null;
 
-  constructor(private readonly shared: boolean) {}
+  /** `onBlock`: a whole block, with the flags of its HEADERS frame. */
+  constructor(private readonly shared: boolean, private readonly onBlock: (id: number, flags: number, block: Buffer) => void) {}
+
+  /** A HEADERS or CONTINUATION frame: a block is handed on once whole. */
+  frame(type: number, flags: number, id: number, p: Buffer): void {
+    if (type === HEADERS) {
+      const block = this.headers(flags, id, p);
+      if (block) this.onBlock(id, flags, block);
+      return;
+    }
+    const done = this.continuation(flags, id, p);
+    if (done) this.onBlock(id, done.flags, done.block);
+  }
 
   /** A frame other than CONTINUATION: one may not come while a block is open. */
   check(type: number): void {
@@ -115,7 +128,7 @@ export class HeaderBlocks {
   }
 
   /** A HEADERS frame: its fragment is the whole block (END_HEADERS), else null and CONTINUATION follows. */
-  headers(flags: number, id: number, p: Buffer): Buffer | null {
+  private headers(flags: number, id: number, p: Buffer): Buffer | null {
     let start = 0, end = p.length;
     if (flags & PADDED) { if (p.length < 1) throw new ConnectionError(FRAME_SIZE_ERROR, 'padded HEADERS without its pad length'); end -= p[0]!; start = 1; }
     if (flags & PRIORITY_FLAG) start += 5;
@@ -127,7 +140,7 @@ export class HeaderBlocks {
   }
 
   /** A CONTINUATION frame: the whole block and its HEADERS' flags once END_HEADERS came, else null. */
-  continuation(flags: number, id: number, p: Buffer): { flags: number; block: Buffer } | null {
+  private continuation(flags: number, id: number, p: Buffer): { flags: number; block: Buffer } | null {
     const b = this.block;
     if (!b || b.id !== id) throw new ConnectionError(PROTOCOL_ERROR, 'CONTINUATION without its HEADERS');
     b.size += p.length;
@@ -271,9 +284,188 @@ export function checkPriority(id: number, p: Buffer): void {
   if (p.length !== 5) throw new ConnectionError(FRAME_SIZE_ERROR, 'PRIORITY not 5 bytes');
 }
 
+/** A header block's fields; null when the list is over the decoder's limit (decoded all the same: the table stays in step). */
+export function decodeBlock(decoder: HpackDecoder, block: Buffer): string[] | null {
+  try {
+    return decoder.decode(block);
+  } catch (err) {
+    if (err instanceof HpackListTooLarge) return null;
+    if (err instanceof HpackError) throw new ConnectionError(COMPRESSION_ERROR, `an undecodable header block (${err.message})`);
+    throw err;
+  }
+}
+
+/**
+ * The connection's receive window, at either end: DATA on any stream, padding included, spends
+ * it; it is topped up once half is spent (what bounds memory is each stream's window).
+ */
+export class ReceiveWindow {
+  private left = CONNECTION_WINDOW;
+
+  /** Opens the window from the protocol's 65,535 to CONNECTION_WINDOW. */
+  constructor(private readonly out: FrameWriter) {
+    out.windowUpdate(0, CONNECTION_WINDOW - 65_535);
+  }
+
+  /** A DATA frame's payload: spends the window; returns its data without the padding. */
+  data(flags: number, p: Buffer): Buffer {
+    this.left -= p.length;
+    if (this.left < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'DATA beyond the connection window');
+    if (this.left <= CONNECTION_WINDOW / 2) { this.out.windowUpdate(0, CONNECTION_WINDOW - this.left); this.left = CONNECTION_WINDOW; }
+    return unpadded(flags, p);
+  }
+}
+
 /** A DATA frame's data without its padding (flow control counts the whole payload). */
-export function unpadded(flags: number, p: Buffer): Buffer {
+function unpadded(flags: number, p: Buffer): Buffer {
   if (!(flags & PADDED)) return p;
   if (p.length < 1 || p[0]! >= p.length) throw new ConnectionError(PROTOCOL_ERROR, 'padding longer than its frame');
   return p.subarray(1, p.length - p[0]!);
+}
+
+/** Unwritten bytes in a socket past which a stream's writer waits for it to drain. */
+const SOCKET_HIGH_WATER = 1024 * 1024;
+
+/** A stream that sends DATA: told when credit came (sendQueued) or the socket drained. */
+export interface Sender { sendQueued(): void; drained(): void }
+
+/**
+ * A connection's side of sending, at either end: its send window, the peer's frame size and
+ * initial stream window, header blocks split into frames, and the streams waiting for the
+ * connection's credit or for the socket to drain.
+ */
+export class SendCredit<S extends Sender> {
+  window = 65_535;
+  peerInitialWindow = 65_535;
+  peerMaxFrame = 16_384;
+  private readonly blocked = new Set<S>();
+  private readonly waitingDrain = new Set<S>();
+
+  constructor(readonly out: FrameWriter, private readonly socket: Socket) {}
+
+  /** Takes up to `want` bytes of the connection's credit (none: `stream` is told when more comes). */
+  take(stream: S, want: number): number {
+    const n = Math.min(want, this.window, this.peerMaxFrame);
+    if (n <= 0) { this.blocked.add(stream); return 0; }
+    this.window -= n;
+    return n;
+  }
+
+  /** A connection WINDOW_UPDATE: the streams that waited for credit send. */
+  grow(inc: number): void {
+    if (inc === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a connection WINDOW_UPDATE of 0');
+    this.window += inc;
+    if (this.window > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'the connection window over 2^31-1');
+    if (this.blocked.size === 0) return;
+    const blocked = [...this.blocked];
+    this.blocked.clear();
+    for (const s of blocked) s.sendQueued();
+  }
+
+  /** The socket has room (backpressure beyond flow control); else `stream` is told when it drains. */
+  writable(stream: S): boolean {
+    if (this.socket.writableLength + this.out.queuedBytes < SOCKET_HIGH_WATER) return true;
+    this.waitingDrain.add(stream);
+    return false;
+  }
+
+  /** The socket drained. */
+  drained(): void {
+    const waiting = [...this.waitingDrain];
+    this.waitingDrain.clear();
+    for (const s of waiting) s.drained();
+  }
+
+  /**
+   * The peer's SETTINGS_INITIAL_WINDOW_SIZE: every stream's window moves by the difference (it
+   * may go below zero, RFC 9113 §6.9.2, not past 2^31-1); true when they grew (they may send now).
+   */
+  initialWindow(value: number, streams: Iterable<{ outflow: Outflow<S> }>): boolean {
+    const delta = value - this.peerInitialWindow;
+    this.peerInitialWindow = value;
+    if (delta !== 0) for (const s of streams) if (!s.outflow.grow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
+    return delta > 0;
+  }
+
+  /** The stream is over: it waits for nothing any more. */
+  forget(stream: S): void {
+    this.blocked.delete(stream);
+    this.waitingDrain.delete(stream);
+  }
+
+  /** A header block for `id`, in HEADERS and CONTINUATION frames as the peer's frame size allows. */
+  headers(id: number, block: Buffer, flags: number): void {
+    const max = this.peerMaxFrame;
+    if (block.length <= max) { this.out.frame(HEADERS, flags | END_HEADERS, id, block); return; }
+    this.out.frame(HEADERS, flags, id, block.subarray(0, max));
+    for (let at = max; at < block.length; at += max) {
+      const end = Math.min(at + max, block.length);
+      this.out.frame(CONTINUATION, end === block.length ? END_HEADERS : 0, id, block.subarray(at, end));
+    }
+  }
+}
+
+/** A stream's outgoing DATA under flow control: what the windows allow goes now, the rest waits for credit. */
+export class Outflow<S extends Sender> {
+  window: number;
+  /** Bytes waiting for credit. */
+  queuedBytes = 0;
+  private queued: Buffer[] = [];
+  /** The last DATA frame's head and the write it goes out with: END_STREAM may still be set on it while unsent. */
+  private lastData: Buffer | null = null;
+  private lastDataFlush = -1;
+
+  constructor(private readonly conn: SendCredit<S>, private readonly stream: S, private readonly id: number) {
+    this.window = conn.peerInitialWindow;
+  }
+
+  /** Sends what the windows allow of `chunk` now and queues the rest. */
+  push(chunk: Buffer): void {
+    if (this.queuedBytes === 0) chunk = this.send(chunk);
+    if (chunk.length) { this.queued.push(chunk); this.queuedBytes += chunk.length; }
+  }
+
+  /** Sends what waited, as far as credit allows; true once nothing waits. */
+  flush(): boolean {
+    const q = this.queued;
+    while (q.length) {
+      const first = q[0]!;
+      const rest = this.send(first);
+      this.queuedBytes -= first.length - rest.length;
+      if (rest.length) { q[0] = rest; return false; }
+      q.shift();
+    }
+    return true;
+  }
+
+  private send(chunk: Buffer): Buffer {
+    while (chunk.length && this.window > 0) {
+      const n = this.conn.take(this.stream, Math.min(chunk.length, this.window));
+      if (n === 0) break;
+      this.window -= n;
+      this.lastData = this.conn.out.frame(DATA, 0, this.id, chunk.subarray(0, n));
+      this.lastDataFlush = this.conn.out.flushes;
+      chunk = chunk.subarray(n);
+    }
+    return chunk;
+  }
+
+  /** END_STREAM: on the last DATA frame while it is unsent, else on an empty one. */
+  end(): void {
+    const last = this.lastData;
+    this.lastData = null;
+    if (last && this.lastDataFlush === this.conn.out.flushes) last[4] = last[4]! | END_STREAM;
+    else this.conn.out.frame(DATA, END_STREAM, this.id, null);
+  }
+
+  /** The window moves by `delta` (a WINDOW_UPDATE, or a SETTINGS change); false once past 2^31-1. */
+  grow(delta: number): boolean {
+    this.window += delta;
+    return this.window <= MAX_WINDOW;
+  }
+
+  clear(): void {
+    this.queued = [];
+    this.queuedBytes = 0;
+  }
 }

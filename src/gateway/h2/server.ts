@@ -21,16 +21,16 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http2';
-import { HpackDecoder, HpackEncoder, HpackError, HpackListTooLarge } from './hpack.js';
+import { HpackDecoder, HpackEncoder } from './hpack.js';
 import { callDeadlines, type Deadline } from '../deadlines.js';
 import { log } from '../../core/log.js';
 import {
-  CANCEL, COMPRESSION_ERROR, INTERNAL_ERROR, CONNECTION_HEADERS, CONNECTION_WINDOW, CONTINUATION, ConnectionError, DATA, END_HEADERS, END_STREAM,
-  ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FrameReader, FrameWriter, GOAWAY, HEADERS, HeaderBlocks, MAX_EMPTY_DATA, MAX_HEADER_LIST,
-  MAX_WINDOW, NAME, NO_ERROR, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
+  CANCEL, CONNECTION_HEADERS, CONTINUATION, ConnectionError, DATA, END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM,
+  FLOW_CONTROL_ERROR, FrameReader, FrameWriter, GOAWAY, HEADERS, HeaderBlocks, INTERNAL_ERROR, MAX_EMPTY_DATA, MAX_HEADER_LIST,
+  NAME, NO_ERROR, Outflow, PING, PREFACE, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM, ReceiveWindow,
   SETTINGS, SETTINGS_ENABLE_PUSH, SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS,
-  SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_CLOSED, STREAM_WINDOW, UNSAFE_VALUE, WINDOW_UPDATE, checkPriority,
-  onPing, resetCode, settingsEntries, settingsPayload, unpadded, windowIncrement,
+  SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE, STREAM_CLOSED, STREAM_WINDOW, SendCredit, UNSAFE_VALUE, WINDOW_UPDATE,
+  checkPriority, decodeBlock, onPing, resetCode, settingsEntries, settingsPayload, windowIncrement,
 } from './frames.js';
 
 /** Streams one caller may have open at once, unless told otherwise (as RFC 9113 suggests at least). */
@@ -42,8 +42,6 @@ const RESETS_PER_SECOND = 33;
 const RESET_MEMORY = 1024;
 /** What an answer may have waiting for the caller's credit before write() says to wait ('drain'). */
 const HIGH_WATER = 64 * 1024;
-/** Unwritten bytes in the socket past which writers wait for it to drain. */
-const SOCKET_HIGH_WATER = 1024 * 1024;
 
 /**
  * The part of node:http2's ServerHttp2Stream the data plane uses: node:http2's streams and this
@@ -146,19 +144,14 @@ class H2ServerSession {
   private readonly encoder = new HpackEncoder();
   private readonly decoder = new HpackDecoder(4096, MAX_HEADER_LIST);
   private readonly reader = new FrameReader((type, flags, id, p) => this.onFrame(type, flags, id, p), false);
-  private readonly blocks = new HeaderBlocks(false);
+  private readonly blocks = new HeaderBlocks(false, (id, flags, block) => this.onHeaderBlock(id, flags, block));
   private readonly streams = new Map<number, H2ServerStream>();
   /** The highest stream id the caller opened (ids must grow). */
   private lastId = 0;
   private preface: Buffer | null = Buffer.alloc(0);
   private gotSettings = false;
-  peerInitialWindow = 65_535;
-  peerMaxFrame = 16_384;
-  private sendWindow = 65_535;
-  private recvWindow = CONNECTION_WINDOW;
-  /** Streams whose answer waits for the connection's credit, or for the socket to drain. */
-  private readonly blocked = new Set<H2ServerStream>();
-  private readonly waitingDrain = new Set<H2ServerStream>();
+  readonly credit: SendCredit<H2ServerStream>;
+  private readonly recvWindow: ReceiveWindow;
   /** Streams reset here lately: what the caller had already sent on them is dropped, not an error (RFC 9113 §5.1). */
   private readonly resetHere = new Set<number>();
   private resetTokens = RESET_BURST;
@@ -175,16 +168,13 @@ class H2ServerSession {
     this.out = new FrameWriter(socket, (bytes) => {
       if (!this.broken && bytes > 0) this.connectionError(ENHANCE_YOUR_CALM);
     });
+    this.credit = new SendCredit(this.out, socket);
     this.out.frame(SETTINGS, 0, 0, settingsPayload([
       [SETTINGS_MAX_CONCURRENT_STREAMS, this.maxStreams], [SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW], [SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST],
     ]));
-    this.out.windowUpdate(0, CONNECTION_WINDOW - 65_535);
+    this.recvWindow = new ReceiveWindow(this.out);
     socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('drain', () => this.guard(() => {
-      const waiting = [...this.waitingDrain];
-      this.waitingDrain.clear();
-      for (const s of waiting) s.drained();
-    }));
+    socket.on('drain', () => this.guard(() => this.credit.drained()));
     socket.on('error', () => socket.destroy());
     socket.once('end', () => { if (this.streams.size === 0) socket.end(); else this.closing = true; });
     socket.once('close', () => this.gone());
@@ -235,15 +225,9 @@ class H2ServerSession {
       case DATA: return this.onDataFrame(flags, id, p);
       case HEADERS: {
         if (id === 0 || (id & 1) === 0) throw new ConnectionError(PROTOCOL_ERROR, `HEADERS on stream ${id}, which a client may not open`);
-        const block = this.blocks.headers(flags, id, p);
-        if (block) this.onHeaderBlock(id, flags, block);
-        return;
+        return this.blocks.frame(type, flags, id, p);
       }
-      case CONTINUATION: {
-        const done = this.blocks.continuation(flags, id, p);
-        if (done) this.onHeaderBlock(id, done.flags, done.block);
-        return;
-      }
+      case CONTINUATION: return this.blocks.frame(type, flags, id, p);
       case PRIORITY: return checkPriority(id, p);
       case RST_STREAM: {
         resetCode(p); // checked; what the caller's code says does not matter here
@@ -262,16 +246,7 @@ class H2ServerSession {
         return;
       case WINDOW_UPDATE: {
         const inc = windowIncrement(p);
-        if (id === 0) {
-          if (inc === 0) throw new ConnectionError(PROTOCOL_ERROR, 'a connection WINDOW_UPDATE of 0');
-          this.sendWindow += inc;
-          if (this.sendWindow > MAX_WINDOW) throw new ConnectionError(FLOW_CONTROL_ERROR, 'the connection window over 2^31-1');
-          if (this.blocked.size === 0) return;
-          const blocked = [...this.blocked];
-          this.blocked.clear();
-          for (const s of blocked) s.sendQueued();
-          return;
-        }
+        if (id === 0) return this.credit.grow(inc);
         this.known(id, 'WINDOW_UPDATE');
         this.streams.get(id)?.onWindowUpdate(inc);
         return;
@@ -287,24 +262,13 @@ class H2ServerSession {
 
   private onDataFrame(flags: number, id: number, p: Buffer): void {
     this.known(id, 'DATA');
-    // flow control counts the whole payload, padding included, on streams closed here too
-    this.recvWindow -= p.length;
-    if (this.recvWindow < 0) throw new ConnectionError(FLOW_CONTROL_ERROR, 'DATA beyond the connection window');
-    if (this.recvWindow <= CONNECTION_WINDOW / 2) { this.out.windowUpdate(0, CONNECTION_WINDOW - this.recvWindow); this.recvWindow = CONNECTION_WINDOW; }
-    const data = unpadded(flags, p);
+    const data = this.recvWindow.data(flags, p); // on streams closed here too
     // a stream reset or answered here already: its late frames are dropped
     this.streams.get(id)?.onData(data, p.length, (flags & END_STREAM) !== 0);
   }
 
   private onHeaderBlock(id: number, flags: number, block: Buffer): void {
-    let fields: string[] | null;
-    try {
-      fields = this.decoder.decode(block);
-    } catch (err) {
-      if (err instanceof HpackListTooLarge) fields = null;
-      else if (err instanceof HpackError) throw new ConnectionError(COMPRESSION_ERROR, `an undecodable header block (${err.message})`);
-      else throw err;
-    }
+    const fields = decodeBlock(this.decoder, block);
     const endStream = (flags & END_STREAM) !== 0;
     const open = this.streams.get(id);
     if (open) return open.onTrailers(fields, endStream); // decoded first: the table stays in step
@@ -352,13 +316,8 @@ class H2ServerSession {
     const isSettings = settingsEntries(flags, id, p, (key, value) => {
       if (key === SETTINGS_HEADER_TABLE_SIZE) this.encoder.setPeerMaxTableSize(value);
       else if (key === SETTINGS_ENABLE_PUSH) { if (value > 1) throw new ConnectionError(PROTOCOL_ERROR, `ENABLE_PUSH of ${value}`); }
-      else if (key === SETTINGS_INITIAL_WINDOW_SIZE) {
-        const delta = value - this.peerInitialWindow;
-        this.peerInitialWindow = value;
-        windowGrew ||= delta > 0;
-        // may go below zero (RFC 9113 §6.9.2), not above the largest window
-        if (delta !== 0) for (const s of this.streams.values()) if (!s.adjustWindow(delta)) throw new ConnectionError(FLOW_CONTROL_ERROR, 'a stream window over 2^31-1');
-      } else if (key === SETTINGS_MAX_FRAME_SIZE) this.peerMaxFrame = value;
+      else if (key === SETTINGS_INITIAL_WINDOW_SIZE) windowGrew = this.credit.initialWindow(value, this.streams.values()) || windowGrew;
+      else if (key === SETTINGS_MAX_FRAME_SIZE) this.credit.peerMaxFrame = value;
     });
     if (!isSettings) return;
     this.gotSettings = true;
@@ -368,40 +327,16 @@ class H2ServerSession {
 
   // ---- writing
 
-  /** A header block for `id`, in HEADERS and CONTINUATION frames as the caller's frame size allows. */
+  /** An answer's header block (or trailers) for `id`. */
   headerFrames(id: number, pseudo: string[], headers: Record<string, string | string[]> | null, endStream: boolean): void {
-    const block = this.encoder.encode(pseudo, headers);
-    const flags = endStream ? END_STREAM : 0;
-    const max = this.peerMaxFrame;
-    if (block.length <= max) { this.out.frame(HEADERS, flags | END_HEADERS, id, block); return; }
-    this.out.frame(HEADERS, flags, id, block.subarray(0, max));
-    for (let at = max; at < block.length; at += max) {
-      const end = Math.min(at + max, block.length);
-      this.out.frame(CONTINUATION, end === block.length ? END_HEADERS : 0, id, block.subarray(at, end));
-    }
-  }
-
-  /** Takes up to `want` bytes of the connection's credit (none: `stream` waits for the next). */
-  takeCredit(stream: H2ServerStream, want: number): number {
-    const n = Math.min(want, this.sendWindow, this.peerMaxFrame);
-    if (n <= 0) { this.blocked.add(stream); return 0; }
-    this.sendWindow -= n;
-    return n;
-  }
-
-  /** The socket has room; else `stream` hears when it has (drained). */
-  writable(stream: H2ServerStream): boolean {
-    if (this.socket.writableLength + this.out.queuedBytes < SOCKET_HIGH_WATER) return true;
-    this.waitingDrain.add(stream);
-    return false;
+    this.credit.headers(id, this.encoder.encode(pseudo, headers), endStream ? END_STREAM : 0);
   }
 
   /** A stream is over (both sides ended, or reset): its slot is free. */
   done(stream: H2ServerStream): void {
     if (this.streams.get(stream.id) !== stream) return;
     this.streams.delete(stream.id);
-    this.blocked.delete(stream);
-    this.waitingDrain.delete(stream);
+    this.credit.forget(stream);
     if (this.streams.size > 0 || this.broken) return;
     if (this.closing) this.end();
     else this.armIdle(this.opts.idleTimeoutMs);
@@ -483,12 +418,9 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   private lastMoved = 0;
   private idleTimer: Deadline | null = null;
   // ---- the answer
-  private sendWindow: number;
-  private queued: Buffer[] | null = null;
-  private queuedBytes = 0;
+  readonly outflow: Outflow<H2ServerStream>;
+  /** end() came while some of the body waited for credit. */
   private endAfter = false;
-  private lastData: Buffer | null = null;
-  private lastDataFlush = -1;
   private flowWaiting = false;
   private trailersAsked = false;
 
@@ -496,7 +428,7 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     super();
     this.remoteEnded = endStream;
     this.declared = typeof contentLength === 'string' ? Number(contentLength) : -1;
-    this.sendWindow = session.peerInitialWindow;
+    this.outflow = new Outflow(session.credit, this, id);
   }
 
   override on(event: string | symbol, listener: (...args: never[]) => void): this {
@@ -610,60 +542,32 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   write(chunk: Buffer | string): boolean {
     if (this.destroyed || this.writableFinished || this.endAfter) return false;
     if (!this.headersSent) this.respond({ ':status': 200 });
-    let b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    const b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
     if (b.length === 0) return true;
     this.lastMoved = performance.now();
-    if (this.queuedBytes === 0) b = this.send(b);
-    if (b.length) { (this.queued ??= []).push(b); this.queuedBytes += b.length; }
-    if (this.queuedBytes < HIGH_WATER && this.session.writable(this)) return true;
+    this.outflow.push(b);
+    if (this.outflow.queuedBytes < HIGH_WATER && this.session.credit.writable(this)) return true;
     this.flowWaiting = true;
     return false;
   }
 
-  /** Sends what the windows allow of `chunk` now; returns the rest. */
-  private send(chunk: Buffer): Buffer {
-    while (chunk.length && this.sendWindow > 0) {
-      const n = this.session.takeCredit(this, Math.min(chunk.length, this.sendWindow));
-      if (n === 0) break;
-      this.sendWindow -= n;
-      this.lastData = this.session.out.frame(DATA, 0, this.id, chunk.subarray(0, n));
-      this.lastDataFlush = this.session.out.flushes;
-      chunk = chunk.subarray(n);
-    }
-    return chunk;
-  }
-
   /** Credit came: sends what waited, then says drain. */
   sendQueued(): void {
-    const q = this.queued;
-    if (this.destroyed || !q || this.queuedBytes === 0) return;
-    while (q.length) {
-      const first = q[0]!;
-      const rest = this.send(first);
-      this.queuedBytes -= first.length - rest.length;
-      if (rest.length) { q[0] = rest; return; }
-      q.shift();
-    }
+    if (this.destroyed || this.outflow.queuedBytes === 0 || !this.outflow.flush()) return;
     if (this.endAfter) { this.endAfter = false; this.endWriting(); }
-    if (!this.destroyed && this.session.writable(this)) this.drained();
+    if (!this.destroyed && this.session.credit.writable(this)) this.drained();
   }
 
   drained(): void {
-    if (!this.flowWaiting || this.destroyed || this.queuedBytes >= HIGH_WATER) return;
+    if (!this.flowWaiting || this.destroyed || this.outflow.queuedBytes >= HIGH_WATER) return;
     this.flowWaiting = false;
     this.emit('drain');
-  }
-
-  adjustWindow(delta: number): boolean {
-    this.sendWindow += delta;
-    return this.sendWindow <= MAX_WINDOW;
   }
 
   onWindowUpdate(inc: number): void {
     if (this.destroyed) return;
     if (inc === 0) { this.reset(PROTOCOL_ERROR); return; }
-    this.sendWindow += inc;
-    if (this.sendWindow > MAX_WINDOW) { this.reset(FLOW_CONTROL_ERROR); return; }
+    if (!this.outflow.grow(inc)) { this.reset(FLOW_CONTROL_ERROR); return; }
     this.sendQueued();
   }
 
@@ -671,7 +575,7 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     if (this.destroyed || this.writableFinished || this.endAfter) return this;
     if (chunk !== undefined) this.write(chunk);
     else if (!this.headersSent) this.respond({ ':status': 200 });
-    if (this.queuedBytes > 0) this.endAfter = true;
+    if (this.outflow.queuedBytes > 0) this.endAfter = true;
     else this.endWriting();
     return this;
   }
@@ -684,11 +588,8 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     this.endWithData();
   }
 
-  /** END_STREAM on the last DATA frame while it is unsent, else on an empty one. */
   private endWithData(): void {
-    const last = this.lastData;
-    if (last && this.lastDataFlush === this.session.out.flushes) last[4] = last[4]! | END_STREAM;
-    else this.session.out.frame(DATA, END_STREAM, this.id, null);
+    this.outflow.end();
     this.endedHere();
   }
 
@@ -742,8 +643,7 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     if (this.idleTimer) { callDeadlines.clear(this.idleTimer); this.idleTimer = null; }
     this.held = [];
     this.heldAt = 0;
-    this.queued = null;
-    this.queuedBytes = 0;
+    this.outflow.clear();
     this.session.done(this);
     process.nextTick(() => this.session.guard(() => this.emit('close')));
   }
