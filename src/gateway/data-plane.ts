@@ -19,7 +19,7 @@ import { Gateway } from './execute.js';
 import { Proxy, relay } from './proxy.js';
 import { RequestBody } from './upstream.js';
 import { H2Upstream } from './h2/client.js';
-import { sendTrailersWhenAsked, type CallerStream } from './h2/server.js';
+import { sendTrailersWhenAsked, type CallerConnection, type CallerStream } from './h2/server.js';
 import { CallPipeline } from './pipeline.js';
 import { Deadline } from './deadlines.js';
 import { createFrontDoor, type FrontDoor } from './front-door.js';
@@ -63,7 +63,6 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   // the Open Inference Protocol (KServe v2) over the cell nodes, REST and gRPC
   const oip = new InferenceProtocol(config, routes, gateway);
   const grpc: GrpcServer = await startGrpcServer({ gateway, maxMessageBytes: config.maxRequestBytes, reflect: (token) => typed.descriptorsFor(token) });
-  const grpcUpstream = new H2Upstream({ host: '127.0.0.1', port: grpc.port });
 
   // test-only failpoints (BERTH_FAULTS=1, read once at start): a request carrying
   // `x-berth-fault: throw | reject | control-api` fails inside a handler, so the tests can
@@ -125,9 +124,23 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
   }));
   compatServer.on('sessionError', () => undefined);
   await new Promise<void>((resolve) => compatServer.listen(0, '127.0.0.1', resolve));
-  const compatUpstream = new H2Upstream({ host: '127.0.0.1', port: (compatServer.address() as AddressInfo).port });
+  const compatPort = (compatServer.address() as AddressInfo).port;
+  // connections on to grpc-js and to node:http2, one pair per caller connection and closed with
+  // it: a caller that leaves bodies unread stalls only its own (an HTTP/2 connection's window is shared)
+  const behind = new WeakMap<CallerConnection, { grpc: H2Upstream; compat: H2Upstream }>();
+  const open = new Set<H2Upstream>();
+  const upstreamsOf = (conn: CallerConnection): { grpc: H2Upstream; compat: H2Upstream } => {
+    let u = behind.get(conn);
+    if (!u) {
+      const pair = { grpc: new H2Upstream({ host: '127.0.0.1', port: grpc.port }), compat: new H2Upstream({ host: '127.0.0.1', port: compatPort }) };
+      behind.set(conn, u = pair);
+      open.add(pair.grpc).add(pair.compat);
+      conn.onClose(() => { for (const up of [pair.grpc, pair.compat]) { up.close(); open.delete(up); } });
+    }
+    return u;
+  };
 
-  const serveH2 = guardH2('h2', (stream: CallerStream, headers: IncomingHttpHeaders) => {
+  const serveH2 = guardH2('h2', (stream: CallerStream, headers: IncomingHttpHeaders, conn: CallerConnection) => {
     stream.on('error', () => undefined);
     const routed = Proxy.routed(headers);
     const t = routed ? proxiedTarget(String(headers[':path'] ?? '')) : canonicalTarget(String(headers[':path'] ?? ''));
@@ -136,9 +149,9 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
     const injected = fault(headers);
     if (injected) return injected;
     if (routed) return proxy.handleHttp2(stream, headers);
-    if (!String(headers['content-type'] ?? '').startsWith('application/grpc')) return forwardStream(stream, headers, compatUpstream);
+    if (!String(headers['content-type'] ?? '').startsWith('application/grpc')) return forwardStream(stream, headers, upstreamsOf(conn).compat);
     // NodeService calls are served right here; reflection and health by grpc-js behind it
-    if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardStream(stream, headers, grpcUpstream);
+    if (!grpc.handleStream(stream, headers) && !typed.handleStream(stream, headers) && !oip.handleStream(stream, headers)) return forwardStream(stream, headers, upstreamsOf(conn).grpc);
   });
 
   const door = createFrontDoor(httpServer, serveH2, {
@@ -164,9 +177,8 @@ export async function createDataPlane(deps: DataPlaneDeps): Promise<DataPlane> {
       door.h1.closeAll();
       door.h2.closeAll();
       httpServer.closeAllConnections();
-      compatUpstream.close();
+      for (const up of open) up.close();
       compatServer.close();
-      grpcUpstream.close();
       await grpc.close(1000);
     },
   };

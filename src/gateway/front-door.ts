@@ -20,10 +20,9 @@
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
 import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
-import type { IncomingHttpHeaders } from 'node:http2';
 import { BerthError } from '../core/errors.js';
 import { H1Front, type H1Handler, type H1Request } from './h1-front.js';
-import { H2Front, type CallerStream } from './h2/server.js';
+import { H2Front, type H2FrontOptions } from './h2/server.js';
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Sockets being refused at most, beyond the cap; past that they are closed without a word. */
@@ -58,7 +57,7 @@ interface Conn { raw: Socket; deadline: NodeJS.Timeout | null }
 const CONN = Symbol('berth.frontDoorConn');
 type Tagged = { [CONN]?: Conn };
 
-export function createFrontDoor(http1: HttpServer, serveH2: (stream: CallerStream, headers: IncomingHttpHeaders) => void, opts: FrontDoorOptions): FrontDoor {
+export function createFrontDoor(http1: HttpServer, serveH2: H2FrontOptions['onStream'], opts: FrontDoorOptions): FrontDoor {
   let open = 0;
   let refusing = 0;
   const counters = { refused: 0, evicted: 0 };

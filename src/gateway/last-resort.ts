@@ -12,7 +12,7 @@ import { log } from '../core/log.js';
 import { percentEncode } from './grpc/h2-unary.js';
 
 type Http1Handler<Req extends HttpRequest, Res extends HttpResponse> = (req: Req, res: Res) => void | Promise<void>;
-type H2Handler = (stream: CallerStream, headers: IncomingHttpHeaders) => void | Promise<void>;
+type H2Handler<Rest extends unknown[]> = (stream: CallerStream, headers: IncomingHttpHeaders, ...rest: Rest) => void | Promise<void>;
 
 function failHttp1(res: HttpResponse, err: unknown, where: string): void {
   try {
@@ -60,10 +60,10 @@ export function respondH2Error(stream: CallerStream, headers: IncomingHttpHeader
 }
 
 /** Wraps an HTTP/2 'stream' listener so nothing it throws escapes. */
-export function guardH2(where: string, handler: H2Handler): H2Handler {
-  return (stream, headers) => {
+export function guardH2<Rest extends unknown[]>(where: string, handler: H2Handler<Rest>): (stream: CallerStream, headers: IncomingHttpHeaders, ...rest: Rest) => void {
+  return (stream, headers, ...rest) => {
     try {
-      const p = handler(stream, headers);
+      const p = handler(stream, headers, ...rest);
       if (p) p.catch((err: unknown) => respondH2Error(stream, headers, err, where));
     } catch (err) {
       respondH2Error(stream, headers, err, where);

@@ -256,7 +256,7 @@ test('streams over the limit of 100 are refused (REFUSED_STREAM); those open sti
   await r.next((f) => f.type === 0x1 && f.id === 199, 'the 100th answer');
 });
 
-test('rapid reset: streams opened and reset at once end the connection (GOAWAY ENHANCE_YOUR_CALM) well before 20,000', OPTS, async (t) => {
+test('rapid reset: streams opened and reset at once start no work, and end the connection (GOAWAY ENHANCE_YOUR_CALM) well before 20,000', OPTS, async (t) => {
   let served = 0;
   const { port } = await front(t, () => { served++; });
   const r = await raw(t, port);
@@ -267,7 +267,8 @@ test('rapid reset: streams opened and reset at once end the connection (GOAWAY E
   }
   r.socket.write(Buffer.concat(batch));
   await r.next(isGoaway(0xb), 'GOAWAY ENHANCE_YOUR_CALM');
-  assert.ok(served < 2000, `${served} streams served before the connection ended`);
+  // a stream reset in the read that opened it is never handed to the handler (only pairs a read cuts are)
+  assert.ok(served < 100, `${served} streams served before the connection ended`);
   await within(r.closed, 'the connection closing');
 });
 

@@ -91,6 +91,12 @@ export function sendTrailersWhenAsked(stream: CallerStream, trailers: () => Prom
   });
 }
 
+/** A caller's HTTP/2 connection, as the handlers see it. */
+export interface CallerConnection {
+  /** `cb` runs once the connection has closed. */
+  onClose(cb: () => void): void;
+}
+
 export interface H2FrontOptions {
   headersTimeoutMs: number;
   idleTimeoutMs: number;
@@ -100,7 +106,8 @@ export interface H2FrontOptions {
   trusted?: boolean;
   /** A connection's first stream began (the front door's accept deadline is met). */
   onRequest(socket: Socket): void;
-  onStream(stream: CallerStream, headers: IncomingHttpHeaders): void;
+  /** A stream, and the connection it came on (what is kept per caller connection closes with it). */
+  onStream(stream: CallerStream, headers: IncomingHttpHeaders, conn: CallerConnection): void;
 }
 
 /** HTTP/2 connections from callers, from the front door on (after the preface sniff). */
@@ -139,7 +146,7 @@ export class H2Front {
   }
 }
 
-class H2ServerSession {
+class H2ServerSession implements CallerConnection {
   readonly out: FrameWriter;
   private readonly encoder = new HpackEncoder();
   private readonly decoder = new HpackDecoder(4096, MAX_HEADER_LIST);
@@ -154,6 +161,8 @@ class H2ServerSession {
   private readonly recvWindow: ReceiveWindow;
   /** Streams reset here lately: what the caller had already sent on them is dropped, not an error (RFC 9113 §5.1). */
   private readonly resetHere = new Set<number>();
+  /** Streams opened by the read being parsed: started once it is (startStreams). */
+  private starting: H2ServerStream[] = [];
   private resetTokens = RESET_BURST;
   private resetsCountedAt = performance.now();
   /** GOAWAY sent (draining, idle): no new streams; the connection ends when the last one does. */
@@ -184,6 +193,11 @@ class H2ServerSession {
 
   idle(): boolean { return this.streams.size === 0; }
 
+  onClose(cb: () => void): void {
+    if (this.socket.destroyed) queueMicrotask(cb);
+    else this.socket.once('close', cb);
+  }
+
   // ---- reading
 
   private onData(d: Buffer): void {
@@ -198,7 +212,20 @@ class H2ServerSession {
         d = p.subarray(PREFACE.length);
       }
       this.reader.read(d, () => this.broken);
+      this.startStreams();
     });
+  }
+
+  /**
+   * Hands the streams this read opened to the handlers, once the whole read is parsed: a stream
+   * the caller reset in the same read (a rapid-reset flood comes as HEADERS + RST_STREAM pairs)
+   * starts no work at all.
+   */
+  private startStreams(): void {
+    const started = this.starting;
+    if (started.length === 0) return;
+    this.starting = [];
+    for (const s of started) if (!s.destroyed && !this.broken) this.opts.onStream(s, s.headers, this);
   }
 
   /**
@@ -287,12 +314,12 @@ class H2ServerSession {
     }
     const headers = requestHeaders(fields, endStream);
     if (typeof headers === 'string') { this.spendReset(); this.resetStream(id, PROTOCOL_ERROR); return; }
-    const stream = new H2ServerStream(this, id, endStream, headers['content-length']);
+    const stream = new H2ServerStream(this, id, endStream, headers);
     this.streams.set(id, stream);
     if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
     if (!this.requested) { this.requested = true; this.opts.onRequest(this.socket); }
     if (!endStream) stream.armIdle(this.opts.idleTimeoutMs);
-    this.opts.onStream(stream, headers);
+    this.starting.push(stream);
   }
 
   /** RST_STREAM from here; the id is remembered (a bounded set) so the caller's late frames on it are dropped. */
@@ -424,10 +451,11 @@ class H2ServerStream extends EventEmitter implements CallerStream {
   private flowWaiting = false;
   private trailersAsked = false;
 
-  constructor(private readonly session: H2ServerSession, readonly id: number, endStream: boolean, contentLength: string | string[] | undefined) {
+  constructor(private readonly session: H2ServerSession, readonly id: number, endStream: boolean, readonly headers: IncomingHttpHeaders) {
     super();
     this.remoteEnded = endStream;
-    this.declared = typeof contentLength === 'string' ? Number(contentLength) : -1;
+    const length = headers['content-length'];
+    this.declared = typeof length === 'string' ? Number(length) : -1;
     this.outflow = new Outflow(session.credit, this, id);
   }
 
