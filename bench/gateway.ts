@@ -57,7 +57,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { connect as h2connect } from 'node:http2';
 import { connect as netConnect } from 'node:net';
 import { tmpdir, totalmem } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -807,7 +807,7 @@ async function main(): Promise<void> {
       return { gw: GATEWAY_WORKERS[0]!, berth, ...await echoNodes(berth), commit: gitHead(BASELINE) };
     })() : null;
     const baselineLabel = `Berth baseline (${BASELINE} at ${baseline?.commit}; --gateway-workers ${GATEWAY_WORKERS[0]})`;
-    const { berth, httpNode, grpcNode } = berths[0]!;
+    const { httpNode, grpcNode } = berths[0]!;
     const berthTarget = (b: typeof berths[number]): { short: string; workers: number; label: string } =>
       ({ short: `Berth ${b.gw}gw`, workers: b.gw, label: `Berth gateway (header-routed; --gateway-workers ${b.gw})` });
     // the proxy's processes: berth up's whole tree (its gateway workers too)

@@ -3,7 +3,6 @@
 // Execute/ExecuteAlias (grpc/node-service.ts) run through `execute` too. Both go through
 // the one call pipeline (pipeline.ts). Reads no database: routes, aliases, tokens and
 // validators are all in memory.
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, type ErrorCode, WORKER_ERRORS } from '../core/errors.js';
 import type { Config } from '../core/config.js';
 import type { Metrics } from '../core/metrics.js';

@@ -7,7 +7,7 @@
 // that worker: this one does the caller's side (auth, folder, alias, limits, metrics, usage)
 // and sends the exchange there as an HTTP/2 stream naming the node (RELAY_NODE); the home
 // serves it as its own calls from the instance on (serveRelayed).
-import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import { constants as h2c, type IncomingHttpHeaders as H2Headers } from 'node:http2';
 import { sendTrailersWhenAsked, type CallerStream } from './h2/server.js';
 import type { Config } from '../core/config.js';

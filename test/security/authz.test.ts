@@ -3,7 +3,7 @@
 // changed nothing.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startBerth, removeHome, makeCheckpoint, createNode, execute, tempHome, type Berth } from '../helpers.js';
+import { startBerth, removeHome, execute, tempHome, type Berth } from '../helpers.js';
 
 let b: Berth;
 const tokens: Record<string, string> = {};
