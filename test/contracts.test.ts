@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { status as grpcStatus } from '@grpc/grpc-js';
+import { connect } from 'node:http2';
 import { startBerth, removeHome, makeCheckpoint, createNode, execute, type Berth } from './helpers.js';
 
 let b: Berth;
@@ -188,6 +189,17 @@ test('GET /v1/nodes/{ref}/openapi.json: a valid OpenAPI 3.1 document typed from 
   assert.ok(op.responses['500'].content['application/json'].schema.allOf[1].properties.code.enum.includes('EXECUTION_ERROR'));
   assert.ok(op.responses['504']);
   assert.equal(doc.servers[0].url, b.url);
+  // over HTTP/2 (h2c) too, where the host is the caller's :authority
+  const h2 = connect(b.url);
+  try {
+    const req = h2.request({ ':path': `/v1/nodes/${node.id}/openapi.json`, authorization: `Bearer ${b.token}` });
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    await new Promise((resolve, reject) => { req.once('end', resolve); req.once('error', reject); });
+    assert.equal(JSON.parse(Buffer.concat(chunks).toString()).servers[0].url, b.url);
+  } finally {
+    h2.close();
+  }
   // the document's own example is a call that works
   const example = op.requestBody.content['application/json'].example;
   const call = await b.request('POST', path, example);

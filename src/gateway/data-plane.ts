@@ -198,6 +198,8 @@ async function forwardStream(stream: CallerStream, headers: IncomingHttpHeaders,
     const res = await upstream.request({
       method: String(headers[':method']), path: String(headers[':path']), headers: out, body: new RequestBody(stream),
       signal: gone, headersTimeoutMs: 24 * 3600_000, idleTimeoutMs: 24 * 3600_000,
+      // what the caller addressed, for what is served behind (a contract's server URL)
+      scheme: String(headers[':scheme']), authority: typeof headers[':authority'] === 'string' ? headers[':authority'] : undefined,
     });
     if (stream.destroyed || stream.closed) { res.body.destroy(); return; }
     if (res.headersOnly) { stream.respond({ ...res.headers, ':status': res.status }, { endStream: true }); return; }

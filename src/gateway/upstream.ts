@@ -23,6 +23,9 @@ export interface UpstreamRequest {
   signal: CallSignal;
   headersTimeoutMs: number;
   idleTimeoutMs: number;
+  /** HTTP/2 only: the caller's :scheme and :authority for an exchange passed on as it came (the compatibility server's). */
+  scheme?: string;
+  authority?: string;
 }
 
 export interface UpstreamResponse<Body extends ResponseBody = ResponseBody> {

@@ -150,7 +150,7 @@ class H2ClientSession {
     this.nextId += 2;
     const stream = new H2ClientStream(this, id, call);
     this.streams.set(id, stream);
-    const block = this.encoder.encode([':method', r.method, ':scheme', 'http', ':authority', this.authority, ':path', r.path], h);
+    const block = this.encoder.encode([':method', r.method, ':scheme', r.scheme ?? 'http', ':authority', r.authority ?? this.authority, ':path', r.path], h);
     this.credit.headers(id, block, r.body === null ? END_STREAM : 0);
     if (r.body === null) stream.localEnded = true;
     stream.begin();
