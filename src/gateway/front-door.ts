@@ -23,8 +23,8 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import { BerthError } from '../core/errors.js';
 import { H1Front, type H1Handler, type H1Request } from './h1-front.js';
 import { H2Front, type H2FrontOptions } from './h2/server.js';
+import { PREFACE as H2_PREFACE } from './h2/frames.js';
 
-const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 /** Sockets being refused at most, beyond the cap; past that they are closed without a word. */
 const REFUSAL_SLACK = 256;
 /** How long a refused connection may take to show its protocol and read the answer. */
