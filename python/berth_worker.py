@@ -1027,6 +1027,13 @@ class Template:
             worker.listen(quiet=True)
             worker._set_state("ready", None)  # the pong names this process
             where = where.replace("{port}", str(worker.port))
+            # from here the connection is the instance's stdout and stderr: its own log. Before
+            # "bound", which lets calls in: a call's print must not reach the template's log.
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            os.dup2(conn.fileno(), 1)
+            os.dup2((err or conn).fileno(), 2)  # stderr on a connection of its own when Berth held one
             _send_line(conn, {"bound": True, **({"port": worker.port} if worker.port is not None else {})})
         except BaseException as exc:  # noqa: BLE001 - whatever went wrong, the child must not return into the loop
             try:
@@ -1035,12 +1042,6 @@ class Template:
                 pass
             os._exit(EXIT_CONFIG)
         try:
-            # from here the connection is the instance's stdout and stderr: its own log
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-            os.dup2(conn.fileno(), 1)
-            os.dup2((err or conn).fileno(), 2)  # stderr on a connection of its own when Berth held one
             conn.close()
             if err is not None:
                 err.close()
