@@ -7,16 +7,25 @@
 // re-chunked. No auth, routing, limits, timeouts or metrics. Its numbers are a lower bound
 // for any HTTP/1.1 gateway written for Node on this machine (issue 8's "≥ 0.8× nginx").
 //
-//   node bench/gateway-raw-proxy.mjs <http-listen> <http-upstream>
-// (ports on 127.0.0.1; prints "ready" once it listens; SIGTERM stops it)
+//   node bench/gateway-raw-proxy.mjs <http-listen> <http-upstream> [processes]
+// (ports on 127.0.0.1; prints "ready" once it listens; SIGTERM stops it). With more than one
+// process, node:cluster's primary accepts each connection and hands it to one of that many
+// processes, as Berth's primary does to its gateway workers.
+import cluster from 'node:cluster';
 import net from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { HTTPParser, methods } from '_http_common';
 
-const [listenPort, upstreamPort] = process.argv.slice(2).map(Number);
-if (![listenPort, upstreamPort].every((p) => Number.isInteger(p) && p > 0 && p < 65536)) {
-  console.error('usage: node bench/gateway-raw-proxy.mjs <http-listen> <http-upstream>');
+const [listenPort, upstreamPort, processes = 1] = process.argv.slice(2).map(Number);
+if (![listenPort, upstreamPort].every((p) => Number.isInteger(p) && p > 0 && p < 65536) || !(Number.isInteger(processes) && processes >= 1)) {
+  console.error('usage: node bench/gateway-raw-proxy.mjs <http-listen> <http-upstream> [processes]');
   process.exit(2);
+}
+const serves = processes === 1 || cluster.isWorker;
+if (!serves) {
+  let listening = 0;
+  for (let i = 0; i < processes; i++) cluster.fork().once('listening', () => { if (++listening === processes) console.log('ready'); });
+  process.on('SIGTERM', () => { for (const w of Object.values(cluster.workers)) w.process.kill('SIGTERM'); process.exit(0); });
 }
 
 const MAX_HEADER = 16 * 1024;
@@ -94,8 +103,8 @@ function upstream(onReady) {
   s.once('connect', () => onReady(s));
 }
 
-// ---- callers
-net.createServer({ noDelay: true }, (client) => {
+// ---- callers (in each process that serves)
+if (serves) net.createServer({ noDelay: true }, (client) => {
   const queue = []; // requests whose head has arrived, in order: { head, body: [], ended, up }
   let current = null;
   const next = () => {
@@ -141,6 +150,6 @@ net.createServer({ noDelay: true }, (client) => {
   });
   client.on('error', () => undefined);
   client.on('close', () => { if (current?.up) current.up.destroy(); });
-}).listen(listenPort, '127.0.0.1', () => console.log('ready'));
+}).listen(listenPort, '127.0.0.1', () => { if (cluster.isPrimary) console.log('ready'); });
 
-process.on('SIGTERM', () => process.exit(0));
+if (serves) process.on('SIGTERM', () => process.exit(0));

@@ -17,7 +17,8 @@
 //                             what Node itself costs here (for reference)
 //               raw-floor     bench/gateway-raw-proxy.mjs (HTTP/1.1 only): the leanest Node proxy,
 //                             Node's own HTTP parser on raw sockets both ways, no node:http, no
-//                             undici, no streams: a lower bound for any Node gateway here
+//                             undici, no streams: a lower bound for any Node gateway here; in as
+//                             many processes as Berth has gateway workers (node:cluster past one)
 //               container-ip  the container's own address, port 8080 (no docker-proxy; for reference)
 //   gRPC      one `grpc-echo` container, unary /berth.test.Echo/Echo with h2load (h2c, prior
 //             knowledge), the same five ways (nginx: grpc_pass with upstream keepalive).
@@ -559,12 +560,18 @@ async function startNodeFloor(work: string, httpUpstream: number, grpcUpstream: 
   return { m, httpPort, grpcPort };
 }
 
-async function startRawFloor(work: string, httpUpstream: number): Promise<{ m: Managed; httpPort: number }> {
+/** The raw floor in as many processes as a Berth has gateway workers (node:cluster past one). */
+async function startRawFloor(work: string, httpUpstream: number, processes: number): Promise<{ m: Managed; httpPort: number; processes: number }> {
   const httpPort = await freePort();
-  const m = start('raw-floor', process.execPath, [RAW_PROXY, String(httpPort), String(httpUpstream)], join(work, 'raw-floor.log'));
-  await waitListening(httpPort, '127.0.0.1', m);
-  log(`raw Node floor: 127.0.0.1:${httpPort} (HTTP/1.1); pid ${m.proc.pid}`);
-  return { m, httpPort };
+  const logFile = join(work, `raw-floor-${processes}.log`);
+  const m = start(`raw-floor-${processes}`, process.execPath, [RAW_PROXY, String(httpPort), String(httpUpstream), String(processes)], logFile);
+  const deadline = Date.now() + 20_000;
+  while (!readLog(logFile).includes('ready')) { // with node:cluster, once every process listens
+    if (!alive(m) || Date.now() > deadline) throw new Error(`raw Node floor did not start: ${readLog(logFile)}`);
+    await sleep(50);
+  }
+  log(`raw Node floor (${processes} process${processes > 1 ? 'es' : ''}): 127.0.0.1:${httpPort} (HTTP/1.1); pid ${m.proc.pid}`);
+  return { m, httpPort, processes };
 }
 
 // ---------------------------------------------------------------------------
@@ -735,7 +742,7 @@ function table(title: string, rounds: Measured[][], loadDesc: string, c1Desc: st
     }
     if (goals.length) { lines.push(''); lines.push(`Goals (issue 8) for ${b.short}: ${goals.join('; ')}.`); }
     // how far the leanest Node proxy itself gets against the same nginx: the ceiling for any Node gateway here
-    const raw = results.findIndex((r) => r.name === 'raw-floor');
+    const raw = results.findIndex((r) => r.name === 'raw-floor' && r.workers === b.workers);
     if (raw >= 0 && n >= 0) { lines.push(''); lines.push(`The raw Node floor / ${results[n]!.short}, throughput: ${fmt(each(raw, n, rps), x)}.`); }
   });
   return lines;
@@ -815,7 +822,7 @@ async function main(): Promise<void> {
     const nginxes = (HTTP_TARGETS.includes('nginx') || GRPC_TARGETS.includes('nginx'))
       ? await Promise.all(GATEWAY_WORKERS.map((w) => startNginx(work, httpNode.hostPort, grpcNode.hostPort, w))) : [];
     const floor = (HTTP_TARGETS.includes('node-floor') || GRPC_TARGETS.includes('node-floor')) ? await startNodeFloor(work, httpNode.hostPort, grpcNode.hostPort) : null;
-    const rawFloor = HTTP_TARGETS.includes('raw-floor') ? await startRawFloor(work, httpNode.hostPort) : null;
+    const rawFloors = HTTP_TARGETS.includes('raw-floor') ? await Promise.all(GATEWAY_WORKERS.map((w) => startRawFloor(work, httpNode.hostPort, w))) : [];
 
     // ---- HTTP/1.1
     // every target gets the same headers (each Berth its own node id and token; the others ignore them)
@@ -842,7 +849,7 @@ async function main(): Promise<void> {
       }
       if (t === 'nginx') for (const n of nginxes) httpTargets.push({ name: t, short: `nginx ${n.workers}w`, workers: n.workers, label: `nginx (${nw(n.workers)}, upstream keepalive)`, url: `http://127.0.0.1:${n.httpPort}${PATH}`, groups: groupsFor(httpNode, n.pids) });
       if (t === 'node-floor') httpTargets.push({ name: t, short: 'Node floor', workers: 1, label: 'Node floor (minimal Node proxy, undici pool)', url: `http://127.0.0.1:${floor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [floor!.m.proc.pid!]) });
-      if (t === 'raw-floor') httpTargets.push({ name: t, short: 'raw Node floor', workers: 1, label: 'raw Node floor (llhttp on raw sockets both ways)', url: `http://127.0.0.1:${rawFloor!.httpPort}${PATH}`, groups: groupsFor(httpNode, [rawFloor!.m.proc.pid!]) });
+      if (t === 'raw-floor') for (const r of rawFloors) httpTargets.push({ name: t, short: r.processes > 1 ? `raw Node floor ${r.processes}p` : 'raw Node floor', workers: r.processes, label: `raw Node floor (llhttp on raw sockets both ways${r.processes > 1 ? `, ${r.processes} processes` : ''})`, url: `http://127.0.0.1:${r.httpPort}${PATH}`, groups: groupsFor(httpNode, treeOf(r.m.proc.pid!)) });
       if (t === 'container-ip' && httpNode.containerIp) httpTargets.push({ name: t, short: 'container IP', workers: 0, label: `container IP (${httpNode.containerIp}:8080, no docker-proxy)`, url: `http://${httpNode.containerIp}:8080${PATH}`, groups: groupsFor(httpNode, []) });
     }
     for (const t of httpTargets) await checkHttp(t.short, t.url, headersByUrl.get(t.url) ?? httpHeaders);
@@ -865,7 +872,7 @@ async function main(): Promise<void> {
     // the first Berth, the baseline, nginx with as many workers and the raw Node floor, in 1 s runs taken in turn
     const interleaved: string[] = [];
     const first = httpTargets.find((t) => t.name === 'berth');
-    const others = first ? httpTargets.filter((t) => t.name === 'baseline' || t.name === 'raw-floor' || (t.name === 'nginx' && t.workers === first.workers)) : [];
+    const others = first ? httpTargets.filter((t) => t.name === 'baseline' || ((t.name === 'nginx' || t.name === 'raw-floor') && t.workers === first.workers)) : [];
     if (BURSTS > 0 && first && others.length > 0) {
       interleaved.push(await interleave('HTTP/1.1', `wrk -c${CONNECTIONS}, 1 s`, [first, ...others], (t) => {
         if (t.name === 'berth') berthWrkRuns++; // its abandoned calls are counted too (the 499 check)
