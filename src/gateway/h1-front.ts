@@ -50,7 +50,7 @@ export class H1Front {
     this.sweep ??= setInterval(() => this.closeQuiet(), Math.max(50, Math.min(1000, this.opts.idleTimeoutMs / 4))).unref();
   }
 
-  /** Connections whose caller has sent nothing for the idle timeout, between calls or in a body, are closed. */
+  /** Connections that have waited on their caller for the idle timeout (quietSince) are closed. */
   private closeQuiet(): void {
     const since = performance.now() - this.opts.idleTimeoutMs;
     for (const c of this.conns) if (c.quietSince() < since) c.socket.destroy();
@@ -111,6 +111,9 @@ class H1Conn {
   private headTimer: NodeJS.Timeout | null = null;
   /** The caller's last bytes, or the end of the last call. */
   private lastActive = performance.now();
+  /** While a call runs: since when its answer's queued bytes stopped going out (answerTaken: how many had, at the last look). */
+  private answerHeldSince = Infinity;
+  private answerTaken = 0;
 
   constructor(readonly socket: Socket, private readonly front: H1Front) {
     const handle = (socket as unknown as { _handle?: StreamHandle | null })._handle;
@@ -149,9 +152,19 @@ class H1Conn {
     if (before) this.onData(before);
   }
 
-  /** Since when this connection waits on its caller (between calls, or for the rest of a body); Infinity while a call runs. */
+  /**
+   * Since when this connection waits on its caller: between calls, for the rest of a body, or
+   * to take an answer it does not read (bytes queued that stopped going out: it must not keep an
+   * instance's session that way); Infinity while a call runs and its answer moves, or waits on the instance.
+   */
   quietSince(): number {
-    return this.req === null || !this.req.complete ? this.lastActive : Infinity;
+    if (this.req === null || !this.req.complete) return this.lastActive;
+    const s = this.socket;
+    const taken = s.bytesWritten - s.writableLength; // bytes whose writes completed: the caller made room for them
+    if (s.writableLength === 0) this.answerHeldSince = Infinity;
+    else if (this.answerHeldSince === Infinity || taken !== this.answerTaken) this.answerHeldSince = performance.now();
+    this.answerTaken = taken;
+    return this.answerHeldSince;
   }
 
   /** The running call is this connection's last (its answer says so if its head is not out yet). */

@@ -373,3 +373,33 @@ test('a header named like an Object property is a plain header; a request withou
   noHost.socket.write('GET /dp/a HTTP/1.1\r\n\r\n');
   await noHost.until((s) => s.startsWith('HTTP/1.1 400'));
 });
+
+test('an answer the caller does not read is cut after the idle timeout (the call ends); a slow reader is not', async (t) => {
+  const closedEarly: string[] = [];
+  const f = await front((req, res: H1Response) => {
+    res.once('close', () => { if (!res.writableFinished) closedEarly.push(req.url); });
+    res.writeHead(200, {});
+    // an endless answer, written as fast as the caller takes it
+    const chunk = Buffer.alloc(64 * 1024, 120);
+    const pump = (): void => { while (!res.destroyed && res.write(chunk)); if (!res.destroyed) res.once('drain', pump); };
+    pump();
+  }, { headersTimeoutMs: 5000, idleTimeoutMs: 300 });
+  t.after(f.close);
+  // never reads: the kernel's buffers fill, then the answer's bytes queue and stop moving
+  const held = await client(f.port);
+  held.socket.pause();
+  held.socket.write(get('/dp/held'));
+  for (const end = Date.now() + 3000; closedEarly.length === 0 && Date.now() < end;) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(closedEarly, ['/dp/held'], 'the answer was cut (the call ended)');
+  held.socket.resume(); // a paused socket sees its end only once it reads again
+  await held.closing;
+  // reads 64 KiB every 100 ms: slow, but its answer moves, for 1.5 s (five idle timeouts)
+  const slow = await client(f.port);
+  slow.socket.write(get('/dp/slow'));
+  const tick = setInterval(() => { slow.socket.resume(); setTimeout(() => slow.socket.pause(), 5); }, 100);
+  await new Promise((r) => setTimeout(r, 1500));
+  clearInterval(tick);
+  assert.equal(slow.isClosed(), false, 'the slow reader still has its answer');
+  assert.deepEqual(closedEarly, ['/dp/held']);
+  slow.socket.destroy();
+});

@@ -7,7 +7,7 @@
 // trailers-only answer; malformed requests (RST_STREAM PROTOCOL_ERROR, the connection serves
 // on), a header list over the limit (431), the stream limit (REFUSED_STREAM), rapid reset
 // (GOAWAY ENHANCE_YOUR_CALM), a PING flood from a caller that does not read, not HTTP/2 at
-// all; the idle session and the stalled body timeouts; drain() (GOAWAY, the running stream
+// all; the idle session, stalled body and held-back answer timeouts; drain() (GOAWAY, the running stream
 // finishes). Every wait is bounded.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -388,6 +388,43 @@ test('the idle cut: a call whose body has all come is never cut however long its
   req.on('data', (d: Buffer) => chunks.push(d));
   await within(once(req, 'end'), 'the ticking answer');
   assert.ok(Buffer.concat(chunks).toString().endsWith('done'));
+});
+
+test('an answer the caller holds back (no credit, or its connection unread) is cut (CANCEL) after the idle timeout; a slow reader is not', OPTS, async (t) => {
+  const closedEarly: boolean[] = [];
+  const { port } = await front(t, (stream) => {
+    stream.once('close', () => closedEarly.push(!stream.writableFinished));
+    stream.respond({ ':status': 200 });
+    // an endless answer, written as fast as the caller takes it
+    const chunk = Buffer.alloc(16 * 1024, 120);
+    const pump = (): void => { while (!stream.destroyed && stream.write(chunk)); if (!stream.destroyed) stream.once('drain', pump); };
+    pump();
+  }, { headersTimeoutMs: 5000, idleTimeoutMs: 300 });
+  // a caller that gives no credit at all (SETTINGS_INITIAL_WINDOW_SIZE 0): no byte of the answer can go
+  const r = await raw(t, port);
+  r.socket.write(frame(0x4, 0, 0, Buffer.from([0x00, 0x04, 0, 0, 0, 0])));
+  r.socket.write(frame(0x1, 0x5, 1, hpack(GET)));
+  await r.next(isReset(1, 0x8), 'RST_STREAM CANCEL for the answer held back by credit');
+  // node:http2's client on a paused stream (its window fills), and on a connection it stops reading
+  const c = client(t, port);
+  const held = c.request({ ':path': '/' });
+  held.pause();
+  held.on('error', () => undefined);
+  await within(once(held, 'close'), 'the held answer being cut', 3000);
+  assert.equal(held.rstCode, 0x8);
+  // a slow reader that keeps giving some credit (16 KiB every 100 ms) is not cut: 1.5 s, five idle timeouts
+  const slow = await raw(t, port);
+  slow.socket.write(frame(0x1, 0x5, 1, hpack(GET)));
+  const credit = Buffer.alloc(4);
+  credit.writeUInt32BE(16 * 1024);
+  for (let i = 0; i < 15; i++) {
+    await sleep(100);
+    slow.socket.write(Buffer.concat([frame(0x8, 0, 1, credit), frame(0x8, 0, 0, credit)]));
+  }
+  assert.equal(slow.frames.find((f) => f.type === 0x3), undefined, 'the slow reader\'s stream was not reset');
+  const data = slow.frames.filter((f) => f.type === 0x0 && f.id === 1).reduce((n, f) => n + f.payload.length, 0);
+  assert.ok(data > 65_535 + 10 * 16 * 1024, `the answer kept moving with the credit (${data} bytes)`);
+  assert.deepEqual(closedEarly.slice(0, 2), [true, true]);
 });
 
 test('drain(): GOAWAY to every session; a running stream finishes, a new one is refused', OPTS, async (t) => {

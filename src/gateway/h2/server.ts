@@ -14,8 +14,9 @@
 //   - header blocks bounded in bytes and frames (CONTINUATION floods), header lists in size
 //     (431), acks owed to a caller that does not read bounded (PING and SETTINGS floods),
 //     empty DATA frames bounded, requests checked as RFC 9113 §8 asks;
-//   - a session with no stream is closed after the idle timeout; a stream whose body is being
-//     read and on which nothing moves either way for as long is cut (CANCEL).
+//   - a session with no stream is closed after the idle timeout; a stream that waits on its
+//     caller (a body being read, an answer held back by the caller's credit or unread
+//     connection) and on which nothing moves for as long is cut (CANCEL).
 // Streams have the part of node:http2's ServerHttp2Stream the data plane uses (CallerStream),
 // so the same handlers serve these and node:http2's (the loopback compatibility server's).
 import { EventEmitter } from 'node:events';
@@ -171,6 +172,8 @@ class H2ServerSession implements CallerConnection {
   private idleTimer: NodeJS.Timeout | null = null;
   private requested = false;
   private readonly maxStreams: number;
+
+  get idleTimeoutMs(): number { return this.opts.idleTimeoutMs; }
 
   constructor(readonly socket: Socket, private readonly opts: H2FrontOptions) {
     this.maxStreams = opts.maxStreams ?? MAX_STREAMS;
@@ -536,21 +539,32 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     this.emit('end');
   }
 
-  /** A stream whose body is being read and on which nothing moves either way for `ms` is cut (until the body has all come). */
+  /**
+   * A stream that waits on its caller is cut (CANCEL) once nothing moves on it for `ms`: a
+   * request body still coming (unless its reader holds it back), or an answer the caller holds
+   * back, by its credit or by not reading the connection (it must not keep an instance's
+   * session that way). While nothing waits on the caller, the call's own timeouts apply.
+   */
   armIdle(ms: number): void {
     this.lastMoved = performance.now();
-    const wait = (left: number): void => {
-      this.idleTimer = callDeadlines.start(left, () => {
-        this.idleTimer = null;
-        if (this.destroyed || this.remoteEnded) return; // the body is whole: the call's own timeouts apply
-        const quiet = performance.now() - this.lastMoved;
-        // a body not read yet, or held back by its reader, is not the caller's idleness
-        if (quiet < ms || this.paused || !this.flowing) wait(Math.max(ms - quiet, 100));
-        else this.close(CANCEL);
-      });
-    };
-    wait(ms);
+    this.watchCaller(ms, ms);
   }
+
+  private watchCaller(ms: number, left: number): void {
+    this.idleTimer = callDeadlines.start(left, () => {
+      this.idleTimer = null;
+      if (this.destroyed) return;
+      const answerHeld = this.answerHeld();
+      if (this.remoteEnded && !answerHeld) return; // watched again when an answer comes to wait (write)
+      const quiet = performance.now() - this.lastMoved;
+      // a body not read yet, or held back by its reader, is not the caller's idleness
+      if (quiet >= ms && (answerHeld || (this.flowing && !this.paused))) this.close(CANCEL);
+      else this.watchCaller(ms, Math.max(ms - quiet, 100));
+    });
+  }
+
+  /** Some of the answer waits for the caller's credit or for its connection to drain. */
+  private answerHeld(): boolean { return this.flowWaiting || this.outflow.queuedBytes > 0; }
 
   // ---- the answer
 
@@ -574,20 +588,29 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     if (b.length === 0) return true;
     this.lastMoved = performance.now();
     this.outflow.push(b);
-    if (this.outflow.queuedBytes < HIGH_WATER && this.session.credit.writable(this)) return true;
+    if (this.outflow.queuedBytes < HIGH_WATER && this.session.credit.writable(this)) {
+      if (this.outflow.queuedBytes > 0 && !this.idleTimer) this.armIdle(this.session.idleTimeoutMs);
+      return true;
+    }
     this.flowWaiting = true;
+    if (!this.idleTimer) this.armIdle(this.session.idleTimeoutMs);
     return false;
   }
 
   /** Credit came: sends what waited, then says drain. */
   sendQueued(): void {
-    if (this.destroyed || this.outflow.queuedBytes === 0 || !this.outflow.flush()) return;
+    if (this.destroyed || this.outflow.queuedBytes === 0) return;
+    const before = this.outflow.queuedBytes;
+    const all = this.outflow.flush();
+    if (this.outflow.queuedBytes < before) this.lastMoved = performance.now();
+    if (!all) return;
     if (this.endAfter) { this.endAfter = false; this.endWriting(); }
     if (!this.destroyed && this.session.credit.writable(this)) this.drained();
   }
 
   drained(): void {
     if (!this.flowWaiting || this.destroyed || this.outflow.queuedBytes >= HIGH_WATER) return;
+    this.lastMoved = performance.now();
     this.flowWaiting = false;
     this.emit('drain');
   }
