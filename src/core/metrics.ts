@@ -118,7 +118,9 @@ export class Metrics {
   };
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'berth_' });
+    // event-loop delay sampled every 100 ms, not prom-client's 10: a timer 100 times a second in
+    // every process (the primary and each gateway worker) was most of an idle Berth's CPU
+    collectDefaultMetrics({ register: this.registry, prefix: 'berth_', eventLoopMonitoringPrecision: 100 });
     this.nodes = new CallMetricFamily(this.registry, 'node', 'node_id');
     this.aliases = new CallMetricFamily(this.registry, 'alias', 'alias_name');
     this.instances = new Gauge({ name: 'node_instances', help: 'Instances per node and status', labelNames: ['node_id', 'status'], registers: [this.registry] });
