@@ -588,13 +588,10 @@ class H2ServerStream extends EventEmitter implements CallerStream {
     if (b.length === 0) return true;
     this.lastMoved = performance.now();
     this.outflow.push(b);
-    if (this.outflow.queuedBytes < HIGH_WATER && this.session.credit.writable(this)) {
-      if (this.outflow.queuedBytes > 0 && !this.idleTimer) this.armIdle(this.session.idleTimeoutMs);
-      return true;
-    }
-    this.flowWaiting = true;
-    if (!this.idleTimer) this.armIdle(this.session.idleTimeoutMs);
-    return false;
+    const room = this.outflow.queuedBytes < HIGH_WATER && this.session.credit.writable(this);
+    if (!room) this.flowWaiting = true;
+    if (!this.idleTimer && this.answerHeld()) this.armIdle(this.session.idleTimeoutMs);
+    return room;
   }
 
   /** Credit came: sends what waited, then says drain. */
