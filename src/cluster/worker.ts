@@ -25,6 +25,11 @@ import { WORKER_ENV, type FromWorker, type ToWorker, type WorkerBoot } from './m
  */
 const REPORT_MS = 20;
 const COUNTS_REPORT_MS = 100;
+/**
+ * While no call runs or waits here, the load is looked at this often instead: a tick every 20 ms
+ * was most of an idle worker's CPU. Calls that queue are still reported at once (onLoadChange).
+ */
+const IDLE_REPORT_MS = 250;
 /** Mirror statistics (aliases with a shadow node) are reported this often when they changed. */
 const MIRROR_REPORT_MS = 250;
 /** Calls and bytes served (usage accounting) ride on a load report this often, when there are any. */
@@ -73,8 +78,11 @@ async function main(): Promise<void> {
   let lastSent = 0;
   let lastMirror = '';
   let queued = false;
+  let busy = false;
   const report = (force: boolean): void => {
     const load = routes.loadReport();
+    busy = false;
+    for (const id in load.nodes) if (load.nodes[id]!.busy + load.nodes[id]!.waiting > 0) { busy = true; break; }
     const shape = loadShape(load);
     const now = performance.now();
     if (!force && shape === lastShape && now - lastSent < COUNTS_REPORT_MS) return;
@@ -90,7 +98,8 @@ async function main(): Promise<void> {
     queued = true;
     setImmediate(() => { queued = false; report(false); });
   };
-  setInterval(() => report(false), REPORT_MS).unref();
+  const tick = (): void => { report(false); setTimeout(tick, busy ? REPORT_MS : IDLE_REPORT_MS).unref(); };
+  tick();
   setInterval(() => {
     const mirror = aliases.mirrorReports();
     const text = JSON.stringify(mirror);
@@ -162,7 +171,7 @@ async function main(): Promise<void> {
       case 'sync': reportUsage(); send({ t: 'synced', id: m.id }); return; // the counts arrive before 'synced' (the channel keeps order)
       case 'elsewhere': routes.setElsewhere(m.waiting); return;
       case 'metrics?':
-        void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));
+        void metrics.json(m.callsOnly).then((json) => send({ t: 'metrics', id: m.id, json }), () => send({ t: 'metrics', id: m.id, json: [] }));
         return;
       case 'drain':
         if (draining) return;
