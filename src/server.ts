@@ -200,7 +200,11 @@ export async function startBerth(config: Config): Promise<RunningBerth> {
     sendError(reply.raw, routeNotFound(req.method, req.url));
   });
   if (faults) app.addHook('onRequest', async (req) => { if (req.headers['x-berth-fault'] === 'control-api') throw new TypeError('injected fault: /internal/detail/that/must/not/leak'); });
-  const metricsText = async (): Promise<string> => (gatewayCluster ? await gatewayCluster.metrics(metrics.registry) : await metrics.registry.metrics()) + telemetry.exposition();
+  /** /metrics: everything, with the instances' own telemetry; `callsOnly`: the node and alias call families (the dashboard's history). */
+  const metricsText = async (callsOnly = false): Promise<string> => {
+    const text = gatewayCluster ? await gatewayCluster.metrics(metrics, callsOnly) : await metrics.text(callsOnly);
+    return callsOnly ? text : text + telemetry.exposition();
+  };
   // which processes serve the port, and how fast routing snapshots reach them
   app.get('/v1/gateway', { schema: { hide: true } }, async (req) => {
     if (!Auth.isSuperAdmin(req.token)) throw new BerthError('PERMISSION_DENIED', '/v1/gateway needs an admin token on "*"', { needs: 'admin on *' });

@@ -21,8 +21,8 @@ export interface ApiDeps {
   aliases: AliasTable;
   metrics: Metrics;
   quotas: Quotas;
-  /** The Prometheus exposition: Berth's metrics and the scraped image-node telemetry. */
-  metricsText: () => Promise<string>;
+  /** The Prometheus exposition: Berth's metrics and the scraped image-node telemetry; `callsOnly`: the node and alias call families alone. */
+  metricsText: (callsOnly?: boolean) => Promise<string>;
   /** Usage accounting: flushed before a read, so GET /v1/usage is current to the second. */
   usage: UsageRecorder;
   /** The Berth servers sharing the store (this one alone on SQLite). */

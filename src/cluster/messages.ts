@@ -13,7 +13,7 @@ export type ToWorker =
   | { t: 'snapshot'; snapshot: RoutingSnapshot }
   | { t: 'tokens'; records: TokenRecord[] }
   | { t: 'aliases'; records: AliasRecord[] }
-  | { t: 'metrics?'; id: number }
+  | { t: 'metrics?'; id: number; callsOnly: boolean }
   | { t: 'sync'; id: number }
   /** Calls waiting per node in the other workers (each worker's queue counts them against queueSize). */
   | { t: 'elsewhere'; waiting: Record<string, number> }

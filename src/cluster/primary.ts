@@ -19,9 +19,10 @@
 import cluster, { type Worker } from 'node:cluster';
 import { rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { AggregatorRegistry, type Registry } from 'prom-client';
+import { AggregatorRegistry } from 'prom-client';
 import type { Config } from '../core/config.js';
 import type { Auth } from '../core/auth.js';
+import type { Metrics } from '../core/metrics.js';
 import type { AliasTable } from '../aliases/table.js';
 import { log } from '../core/log.js';
 import type { InstanceEvents, LoadSource, NodeEntry, RoutingSnapshot, SnapshotSink } from '../routing/snapshot.js';
@@ -552,16 +553,16 @@ export class GatewayCluster implements SnapshotSink, LoadSource {
 
   // ---- metrics, status, shutdown ----
 
-  /** The Prometheus exposition summed over the workers, with this process's own registry. */
-  async metrics(own: Registry): Promise<string> {
+  /** The Prometheus exposition summed over the workers, with this process's own metrics: all, or the call families only. */
+  async metrics(own: Metrics, callsOnly: boolean): Promise<string> {
     const live = [...this.workers.values()].filter((w) => w.worker.isConnected());
     const parts = await Promise.all(live.map((w) => new Promise<unknown>((resolve) => {
       const id = ++this.metricsSeq;
       const timer = setTimeout(() => { this.metricsWaiters.delete(id); resolve(null); }, METRICS_TIMEOUT_MS);
       this.metricsWaiters.set(id, (json) => { clearTimeout(timer); this.metricsWaiters.delete(id); resolve(json); });
-      this.send(w, { t: 'metrics?', id });
+      this.send(w, { t: 'metrics?', id, callsOnly });
     })));
-    const all = [await own.getMetricsAsJSON(), ...parts.filter((p) => p !== null)] as Parameters<typeof AggregatorRegistry.aggregate>[0];
+    const all = [await own.json(callsOnly), ...parts.filter((p) => p !== null)] as Parameters<typeof AggregatorRegistry.aggregate>[0];
     return AggregatorRegistry.aggregate(all).metrics();
   }
 

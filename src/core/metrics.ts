@@ -1,5 +1,5 @@
 // Prometheus metrics. A node's and an alias's call series are bound once, so a call only adds to numbers.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import { INSTANCE_STATUSES, type InstanceStatus } from './types.js';
 
 /** The metrics of one node or alias. */
@@ -104,6 +104,9 @@ class CallMetricFamily {
   }
 }
 
+/** The call families (node_…, alias_…): all the dashboard's history reads. */
+const isCallFamily = (name: string): boolean => name.startsWith('node_') || name.startsWith('alias_');
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly nodes: CallMetricFamily;
@@ -137,6 +140,22 @@ export class Metrics {
       calls: new Counter({ name: 'berth_usage_calls_total', help: 'Calls that reached an instance, per folder, node and preset', labelNames: usage, registers: [this.registry] }),
       bytes: new Counter({ name: 'berth_usage_bytes_total', help: 'Bytes of calls sent to instances (direction="in") and answered (direction="out")', labelNames: [...usage, 'direction'], registers: [this.registry] }),
     };
+  }
+
+  /** This process's metrics as prom-client's JSON (the primary sums the workers'): all, or the call families only. */
+  json(callsOnly: boolean): Promise<Array<MetricObjectWithValues<MetricValue<string>>>> {
+    if (!callsOnly) return this.registry.getMetricsAsJSON();
+    return Promise.all(this.callFamilies().map((n) => this.registry.getSingleMetric(n)!.get()));
+  }
+
+  /** This process's exposition: all of it (/metrics), or the call families only (the default metrics read /proc each time). */
+  async text(callsOnly: boolean): Promise<string> {
+    if (!callsOnly) return this.registry.metrics();
+    return (await Promise.all(this.callFamilies().map((n) => this.registry.getSingleMetricAsString(n)))).join('\n');
+  }
+
+  private callFamilies(): string[] {
+    return this.registry.getMetricsAsArray().map((m) => m.name).filter(isCallFamily);
   }
 
   /**

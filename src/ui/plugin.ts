@@ -122,7 +122,7 @@ export interface Dashboard {
 }
 
 export function registerDashboard(app: FastifyInstance, deps: ApiDeps): Dashboard {
-  const history = new MetricsHistory(deps.metricsText);
+  const history = new MetricsHistory(() => deps.metricsText(true));
   let files = loadStatic(UI_DIST);
   const closers = new Set<() => void>();
 

@@ -53,3 +53,25 @@ test('durations are cumulative buckets, a value on a bound counted in it; gatewa
   assert.match(summed, /node_request_durations_count\{node_id="h"\} 10\n/);
   assert.match(summed, /node_http_codes\{node_id="h",code="200"\} 10\n/);
 });
+
+test('the call families alone (the dashboard\'s history): node and alias series as in the whole text, no process metrics', async () => {
+  const metrics = new Metrics();
+  const n1 = metrics.bindNode('n1');
+  n1.requests.inc();
+  n1.observe(200, 0.002);
+  metrics.bindAlias('a1').observe(503, 0.2);
+  const all = await metrics.text(false);
+  const calls = await metrics.text(true);
+  assert.match(all, /^berth_process_cpu_user_seconds_total /m, 'the whole text has the default metrics');
+  assert.doesNotMatch(calls, /^berth_/m);
+  const callLines = (t: string): string[] => t.split('\n').filter((l) => /^(node|alias)_/.test(l)).sort();
+  assert.deepEqual(callLines(calls), callLines(all));
+  assert.ok(callLines(calls).some((l) => l.startsWith('alias_http_codes{alias_name="a1",code="503"} 1')), calls);
+  // as JSON for the primary to sum: the same families
+  const json = await metrics.json(true);
+  const names = json.map((m) => m.name);
+  assert.ok(names.every((n) => /^(node|alias)_/.test(n)), names.join(' '));
+  for (const family of ['node_requests', 'node_http_codes', 'node_request_durations', 'alias_http_codes']) assert.ok(names.includes(family), family);
+  const summed = await AggregatorRegistry.aggregate([json, json]).metrics();
+  assert.match(summed, /^node_requests\{node_id="n1"\} 2$/m, 'two workers\' counts sum');
+});
