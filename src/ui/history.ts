@@ -1,6 +1,6 @@
-// The dashboard's charts without an external Prometheus: every SAMPLE_MS the server reads its own
-// Prometheus exposition (the same text `/metrics` serves, so with --gateway-workers N it is the
-// sum over the workers) and keeps, per node and per alias, one point per sample for the last
+// The dashboard's charts without an external Prometheus: every SAMPLE_MS the server reads the node
+// and alias families of its own Prometheus exposition (as `/metrics` serves them, so with
+// --gateway-workers N the sum over the workers) and keeps, per node and per alias, one point per sample for the last
 // hour: calls/s, errors/s by code, latency percentiles from the histogram buckets, instances.
 // Reading the exposition rather than prom-client objects is what makes it work in both modes.
 
